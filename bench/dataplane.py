@@ -1,0 +1,245 @@
+"""meshd's HTTP (L7) and TCP (L4) proxying against nginx and haproxy, driven by wrk.
+
+Every path gets the same wrk load in the same run against the same nginx backend; each proxy
+has one worker/thread. Prints a table (rps, p50, p99, proxy CPU per request, errors), then
+``RATIO l7_rps_vs_nginx``, ``RATIO l4_rps_vs_haproxy`` and ``RSS_MB meshd_idle``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common import (
+    CLK_TCK,
+    BenchError,
+    Context,
+    ManagedProcess,
+    ProcessGroup,
+    WrkResult,
+    children,
+    cpu_ticks,
+    descendants,
+    ensure_tools,
+    free_ports,
+    http_get,
+    print_table,
+    render,
+    rss_kb,
+    run_wrk,
+    wait_for_port,
+)
+
+BODY = b"hello world\n"
+TOOLS = {"nginx": "nginx-light", "haproxy": "haproxy", "wrk": "wrk"}
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    """One way from wrk to the backend: the port wrk hits and whose CPU the requests cost."""
+
+    name: str
+    port: int
+    #: The proxy processes to charge CPU to (``None``: no proxy on this path).
+    cpu_pids: Callable[[], list[int]] | None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A path's wrk result and the proxy CPU spent on it."""
+
+    path: BenchPath
+    wrk: WrkResult
+    cpu_us_per_req: float | None
+
+
+def _user_line() -> str:
+    # Workers as root, so they can use the temp dirs the root-owned harness created.
+    return "user root;" if os.geteuid() == 0 else ""
+
+
+def _start_nginx(
+    ctx: Context, procs: ProcessGroup, nginx: str, name: str, template: str, **ports: int
+) -> ManagedProcess:
+    workdir = ctx.tempdir(name)
+    conf = render(template, workdir / "nginx.conf", dir=workdir, user_line=_user_line(), **ports)
+    argv = [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+    proc = procs.start(name, argv, cwd=workdir)
+    wait_for_port(ports["port"], proc)
+    return proc
+
+
+def _nginx_workers(master: ManagedProcess) -> Callable[[], list[int]]:
+    def pids() -> list[int]:
+        workers = children(master.pid)
+        if not workers:
+            raise BenchError(f"{master.name}: no worker process under master {master.pid}")
+        return workers
+
+    return pids
+
+
+def _tree(proc: ManagedProcess) -> Callable[[], list[int]]:
+    return lambda: [proc.pid, *descendants(proc.pid)]
+
+
+def _start_meshd(
+    ctx: Context,
+    procs: ProcessGroup,
+    *,
+    backend_port: int,
+    l7_port: int,
+    l4_port: int,
+    admin_port: int,
+) -> ManagedProcess:
+    workdir = ctx.tempdir("meshd")
+    render(
+        "meshd-snapshot.yaml",
+        workdir / "snapshot.yaml",
+        backend_port=backend_port,
+        l7_port=l7_port,
+        l4_port=l4_port,
+    )
+    bootstrap = render(
+        "meshd-bootstrap.yaml",
+        workdir / "bootstrap.yaml",
+        backend_port=backend_port,
+        admin_port=admin_port,
+    )
+    argv = [ctx.python, "-m", "meshd", "run", "-c", str(bootstrap)]
+    proc = procs.start("meshd", argv, cwd=workdir, env=ctx.project_env())
+    for port in (admin_port, l7_port, l4_port):
+        wait_for_port(port, proc, timeout=30.0)
+    deadline = time.monotonic() + 15.0
+    while http_get(admin_port, "/ready")[0] != 200:
+        if time.monotonic() > deadline:
+            raise BenchError(f"meshd never became ready:\n{proc.log_tail()}")
+        time.sleep(0.1)
+    return proc
+
+
+def _check(path: BenchPath) -> None:
+    """One request must come back 200 with the backend's body, or there is nothing to measure."""
+    status, body, head = http_get(path.port)
+    if status != 200 or body != BODY:
+        raise BenchError(
+            f"path {path.name} (127.0.0.1:{path.port}) is broken: expected 200 {BODY!r}, "
+            f"got:\n{head}\n\n{body[:500]!r}"
+        )
+
+
+def _measure(ctx: Context, wrk: str, path: BenchPath) -> Measured:
+    url = f"http://127.0.0.1:{path.port}/"
+    if ctx.wrk.warmup_s:
+        run_wrk(wrk, url, ctx.wrk, ctx.wrk.warmup_s)
+    pids = path.cpu_pids() if path.cpu_pids is not None else []
+    before = cpu_ticks(pids)
+    result = run_wrk(wrk, url, ctx.wrk, ctx.wrk.duration_s)
+    spent = cpu_ticks(pids) - before
+    cpu = None
+    if path.cpu_pids is not None and result.requests:
+        cpu = spent / CLK_TCK * 1e6 / result.requests
+    return Measured(path, result, cpu)
+
+
+def _report(results: list[Measured], meshd_rss_kb: int) -> None:
+    rows = [
+        [
+            m.path.name,
+            f"{m.wrk.rps:.0f}",
+            f"{m.wrk.p50_s * 1e3:.3f}",
+            f"{m.wrk.p99_s * 1e3:.3f}",
+            "-" if m.cpu_us_per_req is None else f"{m.cpu_us_per_req:.1f}",
+            str(m.wrk.requests),
+            str(m.wrk.non_2xx),
+            str(m.wrk.socket_errors),
+        ]
+        for m in results
+    ]
+    headers = ["path", "rps", "p50_ms", "p99_ms", "cpu_us/req", "requests", "non2xx", "sock_err"]
+    print_table(headers, rows)
+    for m in results:
+        if m.wrk.non_2xx or m.wrk.socket_errors:
+            print(
+                f"WARNING {m.path.name}: {m.wrk.non_2xx} non-2xx responses, "
+                f"{m.wrk.socket_errors} socket errors; its figures are suspect"
+            )
+    rps = {m.path.name: m.wrk.rps for m in results}
+    l7 = rps["meshd-l7"] / rps["nginx-l7"]
+    l4 = rps["meshd-l4"] / rps["haproxy-l4"]
+    rss_mb = meshd_rss_kb / 1024
+    print(f"RATIO l7_rps_vs_nginx={l7:.2f}")
+    print(f"RATIO l4_rps_vs_haproxy={l4:.2f}")
+    print(f"RSS_MB meshd_idle={rss_mb:.2f}")
+    verdicts = [
+        f"l7>=0.80 {'ok' if l7 >= 0.8 else 'MISS'}",
+        f"l4>=0.80 {'ok' if l4 >= 0.8 else 'MISS'}",
+        f"rss<=40MB {'ok' if rss_mb <= 40 else 'MISS'}",
+    ]
+    print(f"targets: {', '.join(verdicts)}")
+
+
+def run_suite(ctx: Context) -> None:
+    """Start backend, nginx, haproxy and meshd on loopback; check, load and compare each path."""
+    tools = ensure_tools(TOOLS)
+    backend, nginx_l7, haproxy_l7, haproxy_l4, meshd_l7, meshd_l4, admin = free_ports(7)
+    print(
+        f"dataplane: {ctx.wrk.describe()} per path after a {ctx.wrk.warmup_s}s warm-up; "
+        f"{os.cpu_count()} CPUs; meshd on {ctx.python}",
+        flush=True,
+    )
+    with ProcessGroup() as procs:
+        backend_proc = _start_nginx(
+            ctx, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend
+        )
+        nginx = _start_nginx(
+            ctx,
+            procs,
+            tools["nginx"],
+            "nginx",
+            "nginx-proxy.conf",
+            port=nginx_l7,
+            backend_port=backend,
+        )
+        hap_dir = ctx.tempdir("haproxy")
+        cfg = render(
+            "haproxy.cfg",
+            hap_dir / "haproxy.cfg",
+            dir=hap_dir,
+            backend_port=backend,
+            l7_port=haproxy_l7,
+            l4_port=haproxy_l4,
+        )
+        haproxy = procs.start("haproxy", [tools["haproxy"], "-db", "-f", str(cfg)], cwd=hap_dir)
+        wait_for_port(haproxy_l7, haproxy)
+        wait_for_port(haproxy_l4, haproxy)
+        meshd = _start_meshd(
+            ctx, procs, backend_port=backend, l7_port=meshd_l7, l4_port=meshd_l4, admin_port=admin
+        )
+        paths = [
+            BenchPath("direct", backend, None),
+            BenchPath("nginx-l7", nginx_l7, _nginx_workers(nginx)),
+            BenchPath("haproxy-l7", haproxy_l7, _tree(haproxy)),
+            BenchPath("meshd-l7", meshd_l7, _tree(meshd)),
+            BenchPath("haproxy-l4", haproxy_l4, _tree(haproxy)),
+            BenchPath("meshd-l4", meshd_l4, _tree(meshd)),
+        ]
+        for path in paths:
+            _check(path)
+        status, _, head = http_get(admin, "/metrics")
+        if status != 200:
+            raise BenchError(f"meshd /metrics is not serving:\n{head}")
+        # Idle: let the check requests' connections settle before reading the footprint.
+        time.sleep(1.0)
+        idle_rss = sum(rss_kb(pid) for pid in _tree(meshd)())
+        results = []
+        for path in paths:
+            results.append(_measure(ctx, tools["wrk"], path))
+            print(f"dataplane: measured {path.name}", file=sys.stderr, flush=True)
+        for proc in (backend_proc, nginx, haproxy, meshd):
+            if not proc.alive():
+                raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
+    _report(results, idle_rss)

@@ -1,0 +1,1 @@
+"""controld: the mesh's control plane (registry adapter, compiler, CA, push, HTTP API)."""

@@ -1,0 +1,68 @@
+"""Load YAML or JSON files into models, with errors that name the file, field path and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from meshcore.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as ``listeners[0].address.port``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line per problem: ``source: field.path: reason``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        # Model-level validators report no field; their message carries the detail.
+        loc = tuple(p for p in err["loc"] if p not in ("__root__",))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{source}: {field_path(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_document(source: str, text: str) -> Any:
+    """Parse one YAML (or JSON) document; syntax errors name the line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+
+
+def model_from_data(model: type[M], data: Any, *, source: str) -> M:
+    """Validate already-parsed data, translating errors to :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+def load_model(model: type[M], path: Path) -> M:
+    """Read ``path`` and validate it as ``model``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
+    return model_from_data(model, parse_document(str(path), text), source=str(path))

@@ -1,0 +1,1 @@
+"""meshd: the mesh's sidecar proxy (data plane)."""

@@ -1,0 +1,64 @@
+"""``meshd``: run or check a sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from meshcore import __version__
+from meshcore.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshd", description="meshd sidecar proxy")
+    parser.add_argument("--version", action="version", version=f"meshd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the sidecar")
+    run.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
+    run.add_argument("--log-format", choices=("json", "console"), default="json")
+    run.add_argument("--log-level", default=os.environ.get("MESHD_LOG_LEVEL", "info"))
+    check = sub.add_parser("validate", help="check a bootstrap file and its snapshot, then exit")
+    check.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``meshd`` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        from meshd.sidecar import load_config
+
+        try:
+            bootstrap, snapshot = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(
+            f"{args.config}: ok (service {bootstrap.service}, snapshot version {snapshot.version})"
+        )
+        return 0
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from meshcore.runtime.activation import listen_fds
+    from meshcore.runtime.logging import configure_logging
+    from meshcore.runtime.sdnotify import Notifier
+    from meshd.sidecar import Sidecar
+
+    configure_logging(json=args.log_format == "json", level=args.log_level)
+    sidecar = Sidecar(args.config, notifier=Notifier.from_env(), inherited=listen_fds())
+    try:
+        trio.run(sidecar.run)
+    except ConfigError as exc:
+        print(f"meshd: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

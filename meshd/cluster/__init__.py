@@ -1,0 +1,1 @@
+"""Clusters: load balancing, connection pools."""

@@ -1,0 +1,91 @@
+"""Build the live configuration of every listener from a validated snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshcore.model import LOCAL_APP_CLUSTER, Bootstrap, Cluster, Endpoint, Snapshot
+from meshd.cluster.pool import PoolManager
+from meshd.cluster.runtime import ClusterRuntime
+from meshd.errors import SnapshotRejected
+from meshd.http.proxy import HttpListenerConfig
+from meshd.routing import CompiledRouteTable, catch_all
+
+
+@dataclass(frozen=True, slots=True)
+class TcpListenerConfig:
+    """What a TCP listener's connections use."""
+
+    name: str
+    direction: str
+    local_service: str
+    cluster: ClusterRuntime
+    idle_timeout_s: float
+
+
+ListenerConfig = HttpListenerConfig | TcpListenerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """A snapshot turned into the objects the proxy runs, built before it is swapped in."""
+
+    bootstrap: Bootstrap
+    snapshot: Snapshot
+    clusters: dict[str, ClusterRuntime]
+    listeners: dict[str, ListenerConfig]
+
+
+def local_app_cluster(bootstrap: Bootstrap) -> Cluster:
+    """The cluster of the sidecar's own app (inbound traffic ends there)."""
+    # Built without validation: the name is reserved so that snapshots can't define it.
+    return Cluster.model_construct(
+        name=LOCAL_APP_CLUSTER,
+        service=bootstrap.service,
+        endpoints=(Endpoint(host=bootstrap.app.host, port=bootstrap.app.port),),
+        lb_policy="round_robin",
+        connect_timeout_s=2.0,
+        max_connections=4096,
+        max_idle_per_endpoint=256,
+        idle_timeout_s=60.0,
+    )
+
+
+def build_runtime(bootstrap: Bootstrap, snapshot: Snapshot, pools: PoolManager) -> RuntimeConfig:
+    """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`."""
+    models = [*snapshot.clusters, local_app_cluster(bootstrap)]
+    clusters = {c.name: ClusterRuntime(c, pools) for c in models}
+    listeners: dict[str, ListenerConfig] = {}
+    for lst in snapshot.listeners:
+        if lst.protocol == "tcp":
+            cluster_name = lst.target_cluster
+            assert cluster_name is not None  # tcp listeners never have a route table
+            listeners[lst.name] = TcpListenerConfig(
+                name=lst.name,
+                direction=lst.direction,
+                local_service=bootstrap.service,
+                cluster=clusters[cluster_name],
+                idle_timeout_s=lst.idle_timeout_s,
+            )
+            continue
+        if lst.route_table is not None:
+            table = snapshot.route_table(lst.route_table)
+            if table is None:
+                raise SnapshotRejected(f"listener {lst.name}: no route table {lst.route_table}")
+            routes = CompiledRouteTable(table)
+        else:
+            target = lst.target_cluster
+            assert target is not None
+            routes = catch_all(target)
+        listeners[lst.name] = HttpListenerConfig(
+            name=lst.name,
+            direction=lst.direction,
+            local_service=bootstrap.service,
+            routes=routes,
+            clusters=clusters,
+            idle_timeout_s=lst.idle_timeout_s,
+            headers_timeout_s=lst.request_headers_timeout_s,
+            max_head_bytes=lst.max_request_headers_kb * 1024,
+            version=snapshot.version,
+        )
+    return RuntimeConfig(bootstrap, snapshot, clusters, listeners)

@@ -1,0 +1,350 @@
+"""Sans-IO HTTP/1.1 message parsing on httptools (llhttp).
+
+llhttp is strict where request smuggling lives: it rejects Content-Length together with
+Transfer-Encoding, duplicate or malformed Content-Length, bad chunk sizes, obs-fold, bare LF and
+invalid tokens. This module adds what llhttp leaves to its user: a size limit on the request
+head, framing decisions, HEAD responses (llhttp can't know a response answers HEAD), and the
+hop-by-hop header split. Parsed headers keep their original bytes; names to be dropped or
+rewritten are sorted out once, while parsing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+import httptools
+
+# Framing of a message body.
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
+
+# Request events.
+EV_HEAD: Final = 0
+EV_DATA: Final = 1
+EV_END: Final = 2
+
+#: Headers a proxy must not forward as they are (RFC 9110 7.6.1), plus the framing headers it
+#: regenerates itself and the tracing headers it rewrites.
+_SPECIAL: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-request-id",
+        b"traceparent",
+    }
+)
+#: Of those, the ones that matter in a response.
+_SPECIAL_RESPONSE: Final = _SPECIAL - {
+    b"expect",
+    b"x-forwarded-for",
+    b"x-request-id",
+    b"traceparent",
+}
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+
+
+class HttpError(Exception):
+    """Unacceptable input: answer ``status`` with reason ``reason`` and close."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(f"{status} {reason}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+class MessageHead:
+    """Fields common to request and response heads.
+
+    Defaults live on the class, so a new head costs one allocation and only the fields a
+    message actually has are ever written.
+    """
+
+    #: Headers to forward as they are, in order (always set per instance).
+    headers: list[tuple[bytes, bytes]]
+    version = b"1.1"
+    framing = NO_BODY
+    #: -1 when the message has no Content-Length header.
+    content_length = -1
+    keep_alive = True
+    upgrade: bytes | None = None
+    expect_continue = False
+    connection_tokens: tuple[bytes, ...] = ()
+    xff: bytes | None = None
+    request_id: bytes | None = None
+    traceparent: bytes | None = None
+
+    def __init__(self) -> None:
+        self.headers = []
+
+    def _special(self, lname: bytes, value: bytes) -> None:
+        if lname == b"content-length":
+            self.content_length = int(value)  # llhttp has validated it
+        elif lname == b"transfer-encoding":
+            self.framing = CHUNKED if value.lower().rstrip().endswith(b"chunked") else UNTIL_CLOSE
+        elif lname == b"connection":
+            self.connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+        elif lname == b"upgrade":
+            self.upgrade = value
+        elif lname == b"expect":
+            self.expect_continue = value.lower() == b"100-continue"
+        elif lname == b"x-forwarded-for":
+            self.xff = value if self.xff is None else self.xff + b", " + value
+        elif lname == b"x-request-id":
+            self.request_id = value
+        elif lname == b"traceparent":
+            self.traceparent = value
+
+    def _drop_connection_options(self) -> None:
+        """Remove headers named by Connection (they are hop-by-hop too)."""
+        named = {t for t in self.connection_tokens if t not in _CONNECTION_OPTIONS}
+        if named:
+            self.headers = [(n, v) for n, v in self.headers if n.lower() not in named]
+
+
+class RequestHead(MessageHead):
+    """A parsed request head."""
+
+    method = b""
+    target = b""
+    host: bytes | None = None
+
+    @property
+    def path(self) -> str:
+        """The target's path, without the query string, for route matching."""
+        return self.target.partition(b"?")[0].decode("latin-1")
+
+
+class ResponseHead(MessageHead):
+    """A parsed response head."""
+
+    status = 0
+    reason = b""
+
+
+class RequestParser:
+    """Feeds bytes from a downstream connection; yields head/data/end events in order.
+
+    Events pile up in :attr:`events` (at most one read's worth, since the caller drains them
+    before reading more). After an upgrade request, :attr:`upgrade_tail` holds the bytes that
+    followed its head: they belong to the tunnel, not to HTTP.
+    """
+
+    __slots__ = (
+        "_head",
+        "_head_bytes",
+        "_in_head",
+        "_max_head",
+        "_parser",
+        "_url",
+        "events",
+        "upgrade_tail",
+    )
+
+    def __init__(self, max_head_bytes: int) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._max_head = max_head_bytes
+        self._head = RequestHead()
+        self._url: list[bytes] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self.events: deque[tuple[int, object]] = deque()
+        self.upgrade_tail: bytes | bytearray | None = None
+
+    @property
+    def in_head(self) -> bool:
+        """True between a request's first byte and the end of its head."""
+        return self._in_head
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Parse ``data``; raises :class:`HttpError` on bad input."""
+        if self._in_head or not self.events:
+            # A head that never ends must not grow without bound.
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.upgrade_tail = data[offset:]
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, HttpError):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserError as exc:
+            if self._head_bytes > self._max_head and self._in_head:
+                raise HttpError(431, "headers_too_large", "request head too large") from exc
+            raise HttpError(400, "bad_request", str(exc)) from exc
+        if self._in_head and self._head_bytes > self._max_head:
+            raise HttpError(431, "headers_too_large", "request head too large")
+
+    # httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head = RequestHead()
+        self._url = []
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            raise HttpError(431, "headers_too_large", "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head:
+            raise HttpError(431, "headers_too_large", "request headers too large")
+        lname = name.lower()
+        if lname in _SPECIAL:
+            head._special(lname, value)
+        else:
+            if lname == b"host":
+                if head.host is not None:
+                    raise HttpError(400, "bad_request", "duplicate Host header")
+                head.host = value
+            head.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        parser = self._parser
+        head.method = parser.get_method()
+        head.target = b"".join(self._url)
+        head.version = parser.get_http_version().encode()
+        head.keep_alive = parser.should_keep_alive()
+        if head.framing == NO_BODY and head.content_length > 0:
+            head.framing = LENGTH
+        if head.connection_tokens:
+            head._drop_connection_options()
+        if head.upgrade is not None and b"upgrade" not in head.connection_tokens:
+            head.upgrade = None  # Upgrade without Connection: upgrade is not a request for it
+        if head.version == b"1.1" and head.host is None:
+            raise HttpError(400, "bad_request", "HTTP/1.1 request without Host")
+        self._in_head = False
+        self.events.append((EV_HEAD, head))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append((EV_DATA, body))
+
+    def on_message_complete(self) -> None:
+        self.events.append((EV_END, None))
+
+
+class ResponseParser:
+    """Parses the responses of one upstream connection, one at a time.
+
+    Call :meth:`reset` before each request's response: the parser needs to know whether the
+    request was HEAD, because such a response has headers describing a body that never comes.
+    """
+
+    __slots__ = (
+        "_head",
+        "_head_request",
+        "_parser",
+        "_stale",
+        "body",
+        "complete",
+        "extra",
+        "heads",
+    )
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._stale = False
+        self._head_request = head_request
+        self._head = ResponseHead()
+        #: Heads parsed and not yet taken: zero or more 1xx, then the final one.
+        self.heads: list[ResponseHead] = []
+        #: Body pieces parsed and not yet taken.
+        self.body: list[bytes] = []
+        self.complete = False
+        #: The upstream sent bytes after the response: the connection can't be reused.
+        self.extra = False
+
+    def reset(self, *, head_request: bool) -> None:
+        """Get ready for the response to the next request."""
+        if self._stale:
+            self._parser = httptools.HttpResponseParser(self)
+            self._stale = False
+        self._head_request = head_request
+        self.heads.clear()
+        self.body.clear()
+        self.complete = False
+        self.extra = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Parse ``data``. Returns the bytes after a 101 response (they belong to the tunnel)."""
+        if self.complete:
+            self.extra = True
+            return None
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            return data[offset:]
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadDoneError):
+                return None
+            raise HttpError(502, "upstream_protocol_error", str(exc)) from exc
+        return None
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+        self._head = ResponseHead()
+
+    def on_status(self, reason: bytes) -> None:
+        self._head.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in _SPECIAL_RESPONSE:
+            if lname == b"content-length":
+                self._head.content_length = int(value)  # llhttp has validated it
+            else:
+                self._head._special(lname, value)
+        else:
+            self._head.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        parser = self._parser
+        head.status = status = parser.get_status_code()
+        head.keep_alive = parser.should_keep_alive()
+        if head.connection_tokens:
+            head._drop_connection_options()
+        if status < 200 or status in (204, 304) or self._head_request:
+            head.framing = NO_BODY
+        elif head.framing == NO_BODY:
+            # No chunking and no Content-Length: the body runs until the upstream closes.
+            head.framing = LENGTH if head.content_length >= 0 else UNTIL_CLOSE
+        self.heads.append(head)
+        if self._head_request and status >= 200:
+            # llhttp would wait for the body the headers describe; a HEAD response has none.
+            self.complete = True
+            self._stale = True
+            raise _HeadDoneError
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._head.status >= 200 or self._head.status == 101:
+            self.complete = True
+
+
+class _HeadDoneError(Exception):
+    """Stops llhttp after a HEAD response's head."""

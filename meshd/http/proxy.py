@@ -1,0 +1,681 @@
+"""The HTTP/1.1 proxy loop of one downstream connection.
+
+Per request: parse the head, route it, check out a pooled upstream connection, send head and
+body, relay the response, give the connection back. One cancel scope per downstream
+connection carries every deadline (keep-alive idle, request head, route timeout); moving its
+deadline costs an assignment where a scope per request would cost an allocation and a
+registration. What phase the connection was in when the deadline passed decides the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from meshd.accesslog import AccessLog
+from meshd.cluster.pool import UpstreamConnection
+from meshd.cluster.runtime import ClusterRuntime
+from meshd.errors import UpstreamError, UpstreamResetError
+from meshd.http import codec
+from meshd.http.codec import (
+    CHUNKED,
+    EV_DATA,
+    EV_END,
+    NO_BODY,
+    UNTIL_CLOSE,
+    HttpError,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+)
+from meshd.http.responses import synthetic_response, upstream_error_response
+from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
+from meshd.http.tracing import new_request_id, next_traceparent
+from meshd.net.stream import SocketStream, Stream
+from meshd.routing import CompiledRoute, CompiledRouteTable
+from meshd.stats import Stats
+from meshd.tcp.pump import pump
+
+_IDLE: Final = 0
+_HEAD: Final = 1
+_REQUEST: Final = 2
+_TUNNEL: Final = 3
+
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+#: How late a deadline may fire (the reaper's period).
+DEADLINE_RESOLUTION_S: Final = 0.05
+#: Requests served back to back on one connection before yielding to other tasks anyway.
+_YIELD_EVERY: Final = 16
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
+#: Methods a proxy may send again when a pooled connection turns out dead (RFC 9110 9.2.2).
+_REPLAYABLE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_METHODS: Final = {
+    m.encode(): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListenerConfig:
+    """What an HTTP listener's connections use, fixed for their lifetime (one snapshot)."""
+
+    name: str
+    direction: str
+    local_service: str
+    routes: CompiledRouteTable
+    clusters: Mapping[str, ClusterRuntime]
+    idle_timeout_s: float
+    headers_timeout_s: float
+    max_head_bytes: int
+    version: int = 0
+
+    #: The first route when it matches everything, so matching can be skipped.
+    first_route: CompiledRoute | None = None
+
+    def __post_init__(self) -> None:
+        routes = self.routes.routes
+        if routes and routes[0].is_catch_all:
+            object.__setattr__(self, "first_route", routes[0])
+
+
+@dataclass(slots=True, eq=False)
+class ProxyShared:
+    """State shared by every connection of a sidecar process."""
+
+    stats: Stats
+    access_log: AccessLog
+    trace_sample_rate: float = 0.01
+    rng: random.Random = field(default_factory=random.Random)
+    draining: bool = False
+    connections: set[HttpConnection] = field(default_factory=set)
+
+    def start_drain(self) -> None:
+        """Finish in-flight requests, then close; idle keep-alive connections close now."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def run_deadlines(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Cancel connections whose deadline has passed, checking every 50 ms.
+
+        Connections keep their deadline in a plain attribute: moving it is a store, where
+        moving a trio cancel scope's deadline re-registers it (three times per request).
+        """
+        task_status.started()
+        while True:
+            await trio.sleep(DEADLINE_RESOLUTION_S)
+            now = _now()
+            for conn in self.connections:
+                if conn.deadline < now:
+                    conn.expire()
+
+
+#: The proxy's clock (CLOCK_MONOTONIC): a plain C call, where trio.current_time() costs
+#: three Python frames. Deadlines and durations are real time even under a test's MockClock.
+_now = time.monotonic
+
+
+class _Exchange:
+    """Book-keeping of one request/response pair."""
+
+    __slots__ = (
+        "body_done",
+        "bytes_in",
+        "bytes_out",
+        "code",
+        "destination",
+        "error",
+        "head_sent",
+        "request_id",
+        "route",
+        "start",
+        "upstream",
+    )
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.code = 0
+        self.route = ""
+        self.destination = "unknown"
+        self.error = ""
+        self.head_sent = False
+        self.body_done = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.request_id: bytes | None = None
+        self.upstream = ""
+
+
+class HttpConnection:
+    """Serves the requests of one downstream connection, one at a time, in order."""
+
+    __slots__ = (
+        "_body_failure",
+        "_close_after",
+        "_exchange",
+        "_head",
+        "_phase",
+        "_scope",
+        "cfg",
+        "deadline",
+        "down",
+        "parser",
+        "peer_ip",
+        "shared",
+    )
+
+    def __init__(self, down: Stream, cfg: HttpListenerConfig, shared: ProxyShared) -> None:
+        self.down = down
+        self.cfg = cfg
+        self.shared = shared
+        self.parser = RequestParser(cfg.max_head_bytes)
+        peer = down.peer() if isinstance(down, SocketStream) else ("", 0)
+        self.peer_ip = peer[0].encode()
+        self._scope = trio.CancelScope()
+        self._phase = _IDLE
+        self._close_after = False
+        self._exchange: _Exchange | None = None
+        self._head: RequestHead | None = None
+        self._body_failure: BaseException | None = None
+        #: When the current phase times out (trio clock); see :meth:`ProxyShared.run_deadlines`.
+        self.deadline = math.inf
+
+    def expire(self) -> None:
+        """The deadline passed: stop whatever the connection is waiting for."""
+        self.deadline = math.inf
+        self._scope.cancel()
+
+    def drain(self) -> None:
+        """Close after the request in flight, or now if there is none."""
+        self._close_after = True
+        if self._phase == _IDLE and not self.parser.events:
+            self._scope.cancel()
+
+    async def serve(self) -> None:
+        """Run until the client leaves, an error ends the connection, or a drain."""
+        shared = self.shared
+        shared.connections.add(self)
+        shared.stats.downstream_opened(self.cfg.name)
+        try:
+            with self._scope:
+                try:
+                    await self._loop()
+                except HttpError as exc:
+                    await self._reject(exc)
+                except _BROKEN:
+                    pass
+            if self._scope.cancelled_caught:
+                await self._on_deadline()
+        finally:
+            shared.connections.discard(self)
+            shared.stats.downstream_closed(self.cfg.name)
+            ex = self._exchange
+            if ex is not None and ex.code == 0:
+                # The client went away mid-request: Envoy's 0 / nginx's 499, for the record.
+                ex.code = 499 if not ex.error else ex.code
+                self._finish(ex)
+            await self.down.aclose()
+
+    async def _loop(self) -> None:
+        idle_timeout = self.cfg.idle_timeout_s
+        served = 0
+        while not self._close_after:
+            self._phase = _IDLE
+            self.deadline = _now() + idle_timeout
+            head = await self._next_head()
+            if head is None:
+                return
+            self._phase = _REQUEST
+            await self._handle(head)
+            if not head.keep_alive:
+                return
+            served += 1
+            if served % _YIELD_EVERY == 0:
+                # Requests normally wait on the upstream, which yields; a client whose
+                # answers are always ready must still not starve the other connections.
+                await trio.lowlevel.checkpoint()
+
+    async def _next_head(self) -> RequestHead | None:
+        parser = self.parser
+        events = parser.events
+        down = self.down
+        # After a response the next request is seldom there yet: park before reading.
+        receive = down.receive_later if isinstance(down, SocketStream) else down.receive_some
+        while not events:
+            data = await receive()
+            if not data:
+                if parser.in_head:
+                    raise HttpError(400, "bad_request", "connection closed inside request head")
+                return None
+            parser.feed(data)
+            if self._phase == _IDLE and parser.in_head:
+                # The head did not arrive in one piece: it now has a deadline of its own.
+                self._phase = _HEAD
+                self.deadline = _now() + self.cfg.headers_timeout_s
+        kind, value = events.popleft()
+        assert kind == codec.EV_HEAD and isinstance(value, RequestHead)
+        return value
+
+    async def _handle(self, head: RequestHead) -> None:
+        cfg = self.cfg
+        shared = self.shared
+        ex = self._exchange = _Exchange(_now())
+        self._head = head
+        ex.request_id = head.request_id or new_request_id(shared.rng)
+        if head.framing == NO_BODY and head.upgrade is None:
+            self._take_end()
+        if head.method == b"CONNECT":
+            await self._respond_error(405, "connect_unsupported", "CONNECT is not proxied")
+            return
+        target = head.target
+        if target[:1] != b"/" and target != b"*":
+            target = _origin_form(head)
+        route = cfg.first_route
+        if route is None:
+            method = _METHODS.get(head.method) or head.method.decode("latin-1")
+            path = target.partition(b"?")[0].decode("latin-1")
+            route = cfg.routes.match(method, path, head.headers)
+        if route is None:
+            await self._respond_error(404, "no_route", "no route matches")
+            return
+        ex.route = route.name
+        self.deadline = ex.start + route.timeout_s
+        cluster = cfg.clusters.get(route.pick_cluster())
+        if cluster is None:
+            await self._respond_error(503, "no_healthy_upstream", "cluster not in snapshot")
+            return
+        ex.destination = cluster.service
+        traceparent = next_traceparent(head.traceparent, shared.trace_sample_rate, shared.rng)
+        xff = head.xff + b", " + self.peer_ip if head.xff else self.peer_ip
+        out = request_head_bytes(head, target, ex.request_id, traceparent, xff)
+        await self._forward(head, route, cluster, out)
+
+    async def _forward(
+        self, head: RequestHead, route: CompiledRoute, cluster: ClusterRuntime, out: bytes
+    ) -> None:
+        ex = self._exchange
+        assert ex is not None
+        first = [out]
+        if head.framing != NO_BODY:
+            ex.body_done = self._gather_body(first, head.framing == CHUNKED)
+        else:
+            ex.body_done = True
+            if head.upgrade is not None:
+                # llhttp stops at an upgrade request's head: unless the upstream switches
+                # protocols, what follows can't be parsed as HTTP, so the connection ends.
+                self._close_after = True
+        payload = b"".join(first) if len(first) > 1 else out
+        # A pooled connection the upstream closed meanwhile fails before any response byte;
+        # such a request is retried once on a new connection when nothing is lost by it.
+        for attempt in (0, 1):
+            try:
+                endpoint, conn = await cluster.acquire(fresh=attempt == 1)
+            except UpstreamError as exc:
+                self.shared.stats.upstream_error(cluster.name, exc.reason)
+                status, reason = upstream_error_response(exc)
+                await self._respond_error(status, reason, exc.detail)
+                return
+            ex.upstream = f"{endpoint.host}:{endpoint.port}"
+            reusable = False
+            try:
+                reusable = await self._exchange_with(head, conn, payload)
+                return
+            except _StaleConnectionError:
+                if attempt == 1 or not ex.body_done or head.method not in _REPLAYABLE:
+                    self.shared.stats.upstream_error(cluster.name, "upstream_reset")
+                    await self._respond_error(502, "upstream_reset", "upstream closed")
+                    return
+            except UpstreamResetError as exc:
+                self.shared.stats.upstream_error(cluster.name, exc.reason)
+                if ex.head_sent:
+                    ex.error = exc.reason
+                    self._abort_downstream()
+                    return
+                await self._respond_error(502, exc.reason, exc.detail)
+                return
+            except HttpError as exc:
+                self.shared.stats.upstream_error(cluster.name, exc.reason)
+                if ex.head_sent:
+                    ex.error = exc.reason
+                    self._abort_downstream()
+                    return
+                await self._respond_error(exc.status, exc.reason, exc.detail)
+                return
+            finally:
+                cluster.release(endpoint, conn, reusable=reusable)
+
+    async def _exchange_with(
+        self, head: RequestHead, conn: UpstreamConnection, payload: bytes
+    ) -> bool:
+        """Send the request on ``conn`` and relay the response; True if ``conn`` is reusable."""
+        ex = self._exchange
+        assert ex is not None
+        up = conn.stream
+        try:
+            await up.send_all(payload)
+        except _BROKEN as exc:
+            if conn.reused:
+                raise _StaleConnectionError from exc
+            raise UpstreamResetError("upstream_reset", "send failed") from exc
+        ex.bytes_in += len(payload)
+        if ex.body_done:
+            return await self._relay_response(head, conn)
+        # Body and response move at once: an upstream may answer before reading the body,
+        # and a client waiting on "Expect: 100-continue" sends it only after the 100.
+        # Neither task raises through the nursery (that would wrap errors in groups).
+        failure: BaseException | None = None
+        reusable = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_body, up, head.framing == CHUNKED, nursery.cancel_scope)
+            try:
+                reusable = await self._relay_response(head, conn)
+            except (UpstreamResetError, HttpError, _StaleConnectionError, *_BROKEN) as exc:
+                failure = exc
+            if not ex.body_done:
+                # The upstream answered before the whole body came (e.g. 413), or failed:
+                # the rest of the body is still on its way, so this connection must end.
+                nursery.cancel_scope.cancel()
+                self._close_after = True
+                reusable = False
+        body_failure = self._body_failure
+        if body_failure is not None:
+            self._body_failure = None
+            raise body_failure
+        if failure is not None:
+            raise failure
+        return reusable
+
+    def _gather_body(self, out: list[bytes], chunked: bool) -> bool:
+        """Move queued body events into ``out``; True once the request's end is reached."""
+        events = self.parser.events
+        ex = self._exchange
+        assert ex is not None
+        while events:
+            kind, value = events[0]
+            if kind == EV_DATA:
+                events.popleft()
+                assert isinstance(value, bytes)
+                ex.bytes_in += len(value)
+                out.append(chunk(value) if chunked else value)
+            elif kind == EV_END:
+                events.popleft()
+                if chunked:
+                    out.append(_LAST_CHUNK)
+                return True
+            else:
+                return True
+        return False
+
+    async def _send_body(self, up: Stream, chunked: bool, scope: trio.CancelScope) -> None:
+        ex = self._exchange
+        assert ex is not None
+        parser = self.parser
+        parts: list[bytes] = []
+        try:
+            while True:
+                done = self._gather_body(parts, chunked)
+                if parts:
+                    try:
+                        await up.send_all(b"".join(parts))
+                    except _BROKEN:
+                        # The upstream stopped reading; its response (if any) still counts.
+                        self._close_after = True
+                        return
+                    parts.clear()
+                if done:
+                    ex.body_done = True
+                    return
+                data = await self.down.receive_some()
+                if not data:
+                    raise trio.BrokenResourceError("client closed mid-body")
+                parser.feed(data)
+        except (HttpError, *_BROKEN) as exc:
+            # The client's side failed: nothing more can be relayed to it either.
+            self._body_failure = exc
+            scope.cancel()
+
+    async def _relay_response(self, head: RequestHead, conn: UpstreamConnection) -> bool:
+        ex = self._exchange
+        assert ex is not None
+        down = self.down
+        up = conn.stream
+        reused = conn.reused
+        rp: ResponseParser | None = conn.protocol_state
+        if rp is None:
+            rp = conn.protocol_state = ResponseParser()
+        rp.reset(head_request=head.method == b"HEAD")
+        down_framing = NO_BODY
+        final: ResponseHead | None = None
+        received = False
+        while True:
+            try:
+                data = await up.receive_later()
+            except _BROKEN as exc:
+                if reused and not received:
+                    raise _StaleConnectionError from exc
+                raise UpstreamResetError("upstream_reset", "connection reset") from exc
+            if not data:
+                if final is not None and final.framing == UNTIL_CLOSE:
+                    if down_framing == CHUNKED:
+                        await down.send_all(_LAST_CHUNK)
+                    return False
+                if reused and not received:
+                    raise _StaleConnectionError
+                raise UpstreamResetError("upstream_reset", "upstream closed mid-response")
+            received = True
+            tail = rp.feed(data)
+            out: list[bytes] = []
+            while rp.heads:
+                rh = rp.heads.pop(0)
+                if rh.status < 200 and rh.status != 101:
+                    if head.version == b"1.1":
+                        out.append(response_head_bytes(rh, NO_BODY, close=False))
+                    continue
+                final = rh
+                down_framing, close = self._response_framing(head, rh)
+                ex.code = rh.status
+                out.append(
+                    response_head_bytes(
+                        rh,
+                        down_framing,
+                        close=close,
+                        http10_keep_alive=head.version == b"1.0" and not close,
+                    )
+                )
+            if rp.body:
+                for piece in rp.body:
+                    ex.bytes_out += len(piece)
+                    out.append(chunk(piece) if down_framing == CHUNKED else piece)
+                rp.body.clear()
+            if rp.complete and down_framing == CHUNKED:
+                out.append(_LAST_CHUNK)
+            if out:
+                await down.send_all(b"".join(out) if len(out) > 1 else out[0])
+                ex.head_sent = final is not None
+            if final is not None and final.status == 101:
+                await self._tunnel(up, tail or b"")
+                return False
+            if rp.complete:
+                assert final is not None
+                self._finish(ex)
+                return final.keep_alive and not rp.extra and ex.body_done
+
+    def _response_framing(self, head: RequestHead, rh: ResponseHead) -> tuple[int, bool]:
+        """How the response body goes downstream, and whether the connection closes after."""
+        close = self._close_after or not head.keep_alive or self.shared.draining
+        framing = rh.framing
+        if framing in (CHUNKED, UNTIL_CLOSE):
+            if head.version == b"1.1":
+                framing = CHUNKED
+            else:
+                framing = UNTIL_CLOSE
+                close = True
+        if close:
+            self._close_after = True
+        return framing, close
+
+    async def _tunnel(self, up: SocketStream, tail: bytes) -> None:
+        """After a 101: bytes both ways until either side is done."""
+        ex = self._exchange
+        assert ex is not None
+        self._phase = _TUNNEL
+        self.deadline = math.inf  # the pump keeps its own idle timeout
+        self._close_after = True
+        self._finish(ex)
+        self._exchange = None
+        await pump(
+            self.down,
+            up,
+            idle_timeout_s=self.cfg.idle_timeout_s,
+            initial_to_up=bytes(self.parser.upgrade_tail or b""),
+            initial_to_down=tail,
+        )
+
+    def _take_end(self) -> None:
+        events = self.parser.events
+        if events and events[0][0] == EV_END:
+            events.popleft()
+
+    async def _respond_error(self, status: int, reason: str, detail: str) -> None:
+        ex = self._exchange
+        assert ex is not None
+        head = self._head
+        body_pending = head is not None and not ex.body_done and head.framing != NO_BODY
+        if body_pending and head is not None:
+            ex.body_done = self._gather_body([], head.framing == CHUNKED)
+            body_pending = not ex.body_done
+        close = body_pending or self._close_after or (head is not None and not head.keep_alive)
+        if close:
+            self._close_after = True
+        ex.code = status
+        ex.error = reason
+        await self.down.send_all(
+            synthetic_response(
+                status,
+                reason,
+                close=close,
+                request_id=ex.request_id,
+                detail=detail,
+                head_only=head is not None and head.method == b"HEAD",
+            )
+        )
+        ex.head_sent = True
+        self._finish(ex)
+
+    async def _reject(self, exc: HttpError) -> None:
+        """Bad input from the client: answer once, then close."""
+        self._close_after = True
+        ex = self._exchange
+        if ex is not None and ex.head_sent:
+            ex.error = exc.reason
+            self._finish(ex)
+            self._abort_downstream()
+            return
+        if ex is None or ex.code:
+            ex = self._exchange = _Exchange(_now())
+        ex.code = exc.status
+        ex.error = exc.reason
+        ex.head_sent = True
+        self._finish(ex)
+        with trio.move_on_after(1.0), contextlib.suppress(*_BROKEN):
+            await self.down.send_all(
+                synthetic_response(exc.status, exc.reason, close=True, detail=exc.detail)
+            )
+
+    async def _on_deadline(self) -> None:
+        """A deadline passed: say so if the client is still owed an answer."""
+        ex = self._exchange
+        if self._phase == _HEAD:
+            ex = self._exchange = _Exchange(_now())
+            status, reason = 408, "request_timeout"
+        elif self._phase == _REQUEST and ex is not None and not ex.head_sent and not ex.code:
+            status, reason = 504, "upstream_timeout"
+            self.shared.stats.upstream_error(ex.destination, reason)
+        else:
+            if ex is not None and self._phase == _REQUEST and not ex.code:
+                ex.error = "upstream_timeout"
+                ex.code = 504
+                self._finish(ex)
+                self._abort_downstream()
+            return
+        ex.code = status
+        ex.error = reason
+        self._finish(ex)
+        with trio.move_on_after(1.0), contextlib.suppress(*_BROKEN):
+            await self.down.send_all(
+                synthetic_response(status, reason, close=True, request_id=ex.request_id)
+            )
+
+    def _abort_downstream(self) -> None:
+        """The response head is out but its body can't be finished: reset the client."""
+        self._close_after = True
+        if isinstance(self.down, SocketStream):
+            self.down.reset()
+
+    def _finish(self, ex: _Exchange) -> None:
+        """Account for a finished exchange (once)."""
+        if self._exchange is ex:
+            self._exchange = None
+        cfg = self.cfg
+        shared = self.shared
+        head = self._head
+        method = _METHODS.get(head.method, "OTHER") if head is not None else "OTHER"
+        seconds = _now() - ex.start
+        if cfg.direction == "outbound":
+            source, destination = cfg.local_service, ex.destination
+        else:
+            source, destination = "unknown", cfg.local_service
+        shared.stats.http_request(
+            cfg.direction, source, destination, ex.route, method, ex.code, seconds
+        )
+        log = shared.access_log
+        if log.enabled:
+            log.log(
+                direction=cfg.direction,
+                listener=cfg.name,
+                source=source,
+                destination=destination,
+                route=ex.route,
+                method=method,
+                path=head.target.decode("latin-1") if head is not None else "",
+                authority=(head.host or b"").decode("latin-1") if head is not None else "",
+                code=ex.code,
+                duration_ms=round(seconds * 1000, 3),
+                bytes_in=ex.bytes_in,
+                bytes_out=ex.bytes_out,
+                upstream=ex.upstream,
+                request_id=(ex.request_id or b"").decode("latin-1"),
+                error=ex.error,
+            )
+
+
+class _StaleConnectionError(Exception):
+    """A reused upstream connection failed before any response byte: safe to retry."""
+
+
+def _origin_form(head: RequestHead) -> bytes:
+    """``http://host/path?q`` (a client using us as its HTTP proxy) -> ``/path?q``."""
+    target = head.target
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise HttpError(400, "bad_request", "unsupported request target")
+    authority, slash, path = rest.partition(b"/")
+    if head.host is None:
+        head.host = authority
+        head.headers.append((b"host", authority))
+    return b"/" + path if slash else b"/"
+
+
+async def serve_http(down: Stream, cfg: HttpListenerConfig, shared: ProxyShared) -> None:
+    """Accept-loop entry point: serve one downstream connection."""
+    await HttpConnection(down, cfg, shared).serve()

@@ -1,0 +1,83 @@
+"""Synthetic responses: the one place where proxy-path errors become HTTP answers.
+
+Every error the proxy answers itself carries ``x-meshd-error: <reason>`` so that clients,
+access logs and metrics can tell a proxy's answer from the application's.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from meshd.errors import (
+    NoHealthyUpstream,
+    PoolOverflow,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResetError,
+)
+
+_REASON_PHRASES: Final = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+#: reason -> status for errors met on the way to an upstream.
+UPSTREAM_STATUS: Final = {
+    "upstream_connect_failed": 502,
+    "upstream_reset": 502,
+    "upstream_protocol_error": 502,
+    "no_healthy_upstream": 503,
+    "upstream_overflow": 503,
+    "upstream_timeout": 504,
+}
+
+
+def upstream_error_response(exc: UpstreamError) -> tuple[int, str]:
+    """Status and reason for an upstream failure."""
+    if isinstance(exc, UpstreamConnectError):
+        return 502, "upstream_connect_failed"
+    if isinstance(exc, UpstreamResetError):
+        return 502, "upstream_reset"
+    if isinstance(exc, NoHealthyUpstream):
+        return 503, "no_healthy_upstream"
+    if isinstance(exc, PoolOverflow):
+        return 503, "upstream_overflow"
+    return UPSTREAM_STATUS.get(exc.reason, 502), exc.reason
+
+
+def synthetic_response(
+    status: int,
+    reason: str,
+    *,
+    close: bool,
+    request_id: bytes | None = None,
+    detail: str = "",
+    head_only: bool = False,
+) -> bytes:
+    """A complete HTTP/1.1 response the proxy sends on its own behalf."""
+    body = f"{reason}: {detail}\n" if detail else f"{reason}\n"
+    payload = body.encode("utf-8", "replace")
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASON_PHRASES.get(status, b"Error")),
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(payload),
+        b"x-meshd-error: " + reason.encode("ascii") + b"\r\n",
+    ]
+    if request_id is not None:
+        lines.append(b"x-request-id: " + request_id + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head_only:
+        lines.append(payload)
+    return b"".join(lines)

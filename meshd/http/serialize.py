@@ -1,0 +1,69 @@
+"""Turn parsed heads back into bytes for the next hop."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from meshd.http.codec import CHUNKED, LENGTH, NO_BODY, RequestHead, ResponseHead
+
+_STATUS: Final = {code: str(code).encode() for code in range(100, 600)}
+# map() over a C method builds header lines without a Python frame per header.
+_FIELD = b": ".join
+_LINES = b"\r\n".join
+
+
+def _fields(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return _LINES(map(_FIELD, headers)) + b"\r\n" if headers else b""
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def request_head_bytes(
+    head: RequestHead, target: bytes, request_id: bytes, traceparent: bytes, xff: bytes
+) -> bytes:
+    """The request head as sent upstream: hop-by-hop headers gone, framing and tracing redone."""
+    parts = [head.method, b" ", target, b" HTTP/1.1\r\n", _fields(head.headers)]
+    if head.framing == CHUNKED:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif head.content_length >= 0:
+        parts.append(b"content-length: %d\r\n" % head.content_length)
+    if head.upgrade is not None:
+        parts.append(b"connection: upgrade\r\nupgrade: " + head.upgrade + b"\r\n")
+    elif head.expect_continue:
+        parts.append(b"expect: 100-continue\r\n")
+    parts.append(b"x-forwarded-for: " + xff + b"\r\n")
+    parts.append(b"x-request-id: " + request_id + b"\r\n")
+    parts.append(b"traceparent: " + traceparent + b"\r\n\r\n")
+    return b"".join(parts)
+
+
+def response_head_bytes(
+    head: ResponseHead, framing: int, *, close: bool, http10_keep_alive: bool = False
+) -> bytes:
+    """The response head as sent downstream with the framing the proxy chose."""
+    status = head.status
+    parts = [
+        b"HTTP/1.1 ",
+        _STATUS.get(status) or str(status).encode(),
+        b" ",
+        head.reason,
+        b"\r\n",
+        _fields(head.headers),
+    ]
+    if status == 101:
+        parts.append(b"connection: upgrade\r\nupgrade: " + (head.upgrade or b"") + b"\r\n\r\n")
+        return b"".join(parts)
+    if framing == CHUNKED:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif head.content_length >= 0 and framing in (LENGTH, NO_BODY):
+        # NO_BODY keeps the length a HEAD or 304 response announces for the real resource.
+        parts.append(b"content-length: %d\r\n" % head.content_length)
+    if close:
+        parts.append(b"connection: close\r\n")
+    elif http10_keep_alive:
+        parts.append(b"connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

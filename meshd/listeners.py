@@ -1,0 +1,194 @@
+"""Listening sockets of a sidecar, kept across snapshot swaps.
+
+A listener whose address stays the same keeps its socket (and its accept queue) when a new
+snapshot arrives; only the configuration new connections pick up changes. Connections run in
+one nursery of their own, so closing a listener never cuts connections it accepted.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from dataclasses import dataclass, field
+
+import trio
+
+from meshcore.model import Listener
+from meshcore.runtime.activation import InheritedSocket, match_socket
+from meshd.config import ListenerConfig, RuntimeConfig, TcpListenerConfig
+from meshd.errors import SnapshotRejected
+from meshd.http.proxy import ProxyShared, serve_http
+from meshd.net.listen import accept_loop, bind_tcp
+from meshd.net.stream import SocketStream
+from meshd.tcp.proxy import serve_tcp
+
+
+@dataclass(eq=False)
+class ListenerSlot:
+    """One bound socket and the configuration its new connections get."""
+
+    model: Listener
+    sock: socket.socket
+    config: ListenerConfig
+    shared: ProxyShared
+    inherited: bool = False
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (differs from the model's when it asked for 0)."""
+        return int(self.sock.getsockname()[1])
+
+    async def handle(self, stream: SocketStream) -> None:
+        """Serve a new connection with the configuration in force when it arrived."""
+        cfg = self.config
+        if isinstance(cfg, TcpListenerConfig):
+            await serve_tcp(stream, cfg, self.shared)
+        else:
+            await serve_http(stream, cfg, self.shared)
+
+
+class ListenerManager:
+    """Binds, swaps and closes listeners; owns every downstream connection."""
+
+    def __init__(
+        self,
+        shared: ProxyShared,
+        inherited: list[InheritedSocket] | None = None,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        self.shared = shared
+        self.slots: dict[str, ListenerSlot] = {}
+        self._inherited = list(inherited or [])
+        self._reuse_port = reuse_port
+        self._nursery: trio.Nursery | None = None
+        self._connections: trio.Nursery | None = None
+        self._live = 0
+        self._all_closed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the accept loops and the connections until cancelled."""
+        async with trio.open_nursery() as connections, trio.open_nursery() as accepts:
+            self._connections = connections
+            self._nursery = accepts
+            task_status.started()
+            await trio.sleep_forever()
+
+    def apply(self, runtime: RuntimeConfig) -> None:
+        """Bind new listeners, retarget kept ones, close gone ones.
+
+        All new sockets are bound before anything changes, so a snapshot whose listener
+        can't bind is rejected whole and the running one stays.
+        """
+        assert self._nursery is not None and self._connections is not None
+        wanted = {lst.name: lst for lst in runtime.snapshot.listeners}
+        by_address = {str(s.model.address): s for s in self.slots.values()}
+        new_socks: dict[str, tuple[socket.socket, bool]] = {}
+        try:
+            for name, lst in wanted.items():
+                slot = self.slots.get(name)
+                if slot is not None and slot.model.address == lst.address:
+                    continue
+                if (
+                    str(lst.address) in by_address
+                    and by_address[str(lst.address)].model.name in wanted
+                ):
+                    continue
+                new_socks[name] = self._open(lst)
+        except OSError as exc:
+            for sock, inherited in new_socks.values():
+                if not inherited:
+                    sock.close()
+            raise SnapshotRejected(f"cannot bind listener: {exc}") from exc
+        old = self.slots
+        self.slots = {}
+        for name, lst in wanted.items():
+            cfg = runtime.listeners[name]
+            slot = old.pop(name, None)
+            if slot is None or name in new_socks:
+                moved = by_address.get(str(lst.address))
+                if name not in new_socks and moved is not None:
+                    # Same address under a new name: keep the socket.
+                    old.pop(moved.model.name, None)
+                    moved.model, moved.config = lst, cfg
+                    self.slots[name] = moved
+                    continue
+                if slot is not None:
+                    self._close(slot)
+                sock, inherited = new_socks[name]
+                slot = ListenerSlot(lst, sock, cfg, self.shared, inherited=inherited)
+                self._nursery.start_soon(self._accept, slot)
+            else:
+                slot.model, slot.config = lst, cfg
+            self.slots[name] = slot
+        for slot in old.values():
+            self._close(slot)
+
+    def _open(self, lst: Listener) -> tuple[socket.socket, bool]:
+        found = match_socket(self._inherited, lst.name, lst.address.host, lst.address.port)
+        if found is not None:
+            self._inherited.remove(found)
+            found.sock.setblocking(False)
+            return found.sock, True
+        return bind_tcp(lst.address.host, lst.address.port, reuse_port=self._reuse_port), False
+
+    async def _serve(self, slot: ListenerSlot, stream: SocketStream) -> None:
+        self._live += 1
+        try:
+            await slot.handle(stream)
+        finally:
+            self._live -= 1
+            if not self._live:
+                self._all_closed.set()
+
+    async def _accept(self, slot: ListenerSlot) -> None:
+        assert self._connections is not None
+        with slot.scope:
+            try:
+                await accept_loop(
+                    slot.sock, self._connections, functools.partial(self._serve, slot)
+                )
+            finally:
+                trio.lowlevel.notify_closing(slot.sock)
+                slot.sock.close()
+
+    @staticmethod
+    def _close(slot: ListenerSlot) -> None:
+        slot.scope.cancel()
+
+    def stop_accepting(self) -> None:
+        """Close every listening socket (draining); accepted connections go on."""
+        for slot in self.slots.values():
+            self._close(slot)
+
+    @property
+    def connection_count(self) -> int:
+        """Downstream connections open now."""
+        return self._live
+
+    async def wait_connections_done(self) -> None:
+        """Return once no downstream connection is open."""
+        while self._live:
+            self._all_closed = trio.Event()
+            await self._all_closed.wait()
+
+    def cancel_connections(self) -> None:
+        """Cut every downstream connection (the drain timeout ran out)."""
+        assert self._connections is not None
+        self._connections.cancel_scope.cancel()
+
+    def describe(self) -> list[dict[str, object]]:
+        """JSON-able listener state for the admin API."""
+        return [
+            {
+                "name": s.model.name,
+                "direction": s.model.direction,
+                "protocol": s.model.protocol,
+                "address": f"{s.model.address.host}:{s.port}",
+                "inherited": s.inherited,
+                "route_table": s.model.route_table,
+                "cluster": s.model.cluster,
+            }
+            for s in self.slots.values()
+        ]

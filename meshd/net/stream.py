@@ -1,0 +1,198 @@
+"""Byte streams.
+
+The proxy's hot path talks to :class:`Stream`, a small protocol that trio's memory streams
+also satisfy (handy in unit tests). :class:`SocketStream` fills it with a non-blocking
+stdlib socket: it calls ``recv``/``send`` directly and parks on
+``trio.lowlevel.wait_readable``/``wait_writable`` only on ``EAGAIN``, which measured about
+half the cost per proxied request of ``trio.socket`` and a third of ``trio.SocketStream``.
+
+Errors are trio's: :class:`trio.BrokenResourceError` for a reset or broken pipe,
+:class:`trio.ClosedResourceError` after :meth:`SocketStream.aclose`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+from typing import Protocol
+
+import trio
+
+RECEIVE_SIZE = 65536
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Stream(Protocol):
+    """What the proxy needs from a connection."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Bytes that arrived, or ``b""`` at end of stream."""
+        ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``."""
+        ...
+
+    async def send_eof(self) -> None:
+        """Half-close: no more data will be sent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close both directions."""
+        ...
+
+
+class SocketStream:
+    """A connected TCP socket in non-blocking mode."""
+
+    __slots__ = ("_closed", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._closed = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return what the kernel has, waiting only when it has nothing."""
+        sock = self.sock
+        size = max_bytes or RECEIVE_SIZE
+        while True:
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._translate(exc) from exc
+            await trio.lowlevel.wait_readable(sock)
+
+    async def receive_later(self, max_bytes: int | None = None) -> bytes:
+        """Like :meth:`receive_some`, for when bytes can't be there yet (a reply just asked for).
+
+        Parking first saves the ``recv`` that would only have said EAGAIN.
+        """
+        sock = self.sock
+        size = max_bytes or RECEIVE_SIZE
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._translate(exc) from exc
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
+        """What the kernel has right now, ``b""`` at end of stream, None if nothing yet."""
+        try:
+            return self.sock.recv(max_bytes or RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write everything, waiting only while the kernel's buffer is full."""
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise self._translate(exc) from exc
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._translate(exc) from exc
+            view = view[sent:]
+
+    async def send_eof(self) -> None:
+        """Shut down the sending side (the peer reads end of stream)."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise self._translate(exc) from exc
+
+    def is_stale(self) -> bool:
+        """True if the peer closed, reset or sent unexpected bytes (checked without blocking)."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        # Either end of stream or bytes nobody asked for: the connection can't be reused.
+        return True
+
+    def close_nowait(self) -> None:
+        """Close at once, waking any task parked on this socket."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+    def reset(self) -> None:
+        """Abort the connection with a TCP RST, so the peer sees an error rather than an end."""
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            self.close_nowait()
+
+    async def aclose(self) -> None:
+        """Close, with trio's checkpoint semantics."""
+        self.close_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def _translate(self, exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+        if self._closed or exc.errno == errno.EBADF:
+            return trio.ClosedResourceError("stream was closed")
+        return trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}")
+
+    def peer(self) -> tuple[str, int]:
+        """The remote address, or ``("", 0)`` if the socket is gone."""
+        try:
+            addr = self.sock.getpeername()
+        except OSError:
+            return ("", 0)
+        return (str(addr[0]), int(addr[1]))
+
+
+async def open_tcp(host: str, port: int) -> SocketStream:
+    """Connect to ``host:port`` without blocking the event loop (numeric hosts skip DNS)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, type_, proto, _name, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            if err == errno.EINPROGRESS:
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, errno.errorcode.get(err, str(err)))
+        except OSError as exc:
+            last = exc
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            continue
+        except BaseException:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            raise
+        return SocketStream(sock)
+    raise OSError(f"cannot connect to {host}:{port}: {last}") from last

@@ -1,0 +1,213 @@
+"""The sidecar service: configuration in, listeners and admin API out, reload and drain.
+
+Lifecycle (systemd ``Type=notify``): READY=1 once the listeners are bound and the admin API
+serves; SIGHUP reloads the bootstrap and snapshot files atomically (a bad file keeps the old
+configuration and says why); SIGTERM or SIGINT, or ``POST /drain``, drains: stop accepting,
+let in-flight requests finish within ``drain_timeout_s``, exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from meshcore.errors import ConfigError
+from meshcore.model import Bootstrap, Snapshot
+from meshcore.model.loading import load_model
+from meshcore.runtime.activation import InheritedSocket
+from meshcore.runtime.sdnotify import Notifier, WatchdogService
+from meshd.accesslog import AccessLog
+from meshd.admin.app import build_admin_app
+from meshd.admin.server import AdminServer
+from meshd.cluster.pool import PoolManager
+from meshd.config import RuntimeConfig, build_runtime
+from meshd.errors import SnapshotRejected
+from meshd.http.proxy import ProxyShared
+from meshd.listeners import ListenerManager
+from meshd.stats import Stats, build_registry
+
+log = structlog.get_logger("meshd.sidecar")
+
+
+def load_config(bootstrap_path: Path) -> tuple[Bootstrap, Snapshot]:
+    """Read and validate the bootstrap file and the snapshot it names.
+
+    A relative snapshot path is taken relative to the bootstrap file.
+    """
+    bootstrap = load_model(Bootstrap, bootstrap_path)
+    source = bootstrap.snapshot.file
+    assert source is not None
+    if not source.is_absolute():
+        source = bootstrap_path.parent / source
+    return bootstrap, load_model(Snapshot, source)
+
+
+class Sidecar:
+    """One meshd process (or one worker of it)."""
+
+    def __init__(
+        self,
+        bootstrap_path: Path,
+        *,
+        notifier: Notifier | None = None,
+        inherited: list[InheritedSocket] | None = None,
+        admin: bool = True,
+        reuse_port: bool = False,
+    ) -> None:
+        self.bootstrap_path = bootstrap_path
+        self.notifier = notifier or Notifier(None)
+        self.stats = Stats()
+        self.pools = PoolManager()
+        self.registry = build_registry(self.stats, self._pool_stats)
+        self.shared = ProxyShared(
+            stats=self.stats, access_log=AccessLog(enabled=False, sample_rate=1.0)
+        )
+        self.listeners = ListenerManager(self.shared, inherited, reuse_port=reuse_port)
+        self.runtime: RuntimeConfig | None = None
+        self.admin_port: int | None = None
+        self._serve_admin = admin
+        self._ready = False
+        self._drain_requested = trio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Sidecar] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until drained. Raises :class:`ConfigError` if the first configuration is bad."""
+        bootstrap, snapshot = load_config(self.bootstrap_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.pools.run)
+            await nursery.start(self.shared.run_deadlines)
+            await nursery.start(self.listeners.run)
+            try:
+                self._apply(bootstrap, snapshot)
+            except SnapshotRejected as exc:
+                raise ConfigError(str(exc)) from exc
+            if self._serve_admin:
+                app = build_admin_app(self, self.registry)
+                admin = AdminServer(app, bootstrap.admin.host, bootstrap.admin.port)
+                self.admin_port = await nursery.start(admin.run)
+            await nursery.start(WatchdogService(self.notifier, _watchdog()).run)
+            nursery.start_soon(self._signals)
+            self._ready = True
+            self.notifier.ready(f"serving snapshot {snapshot.version}")
+            log.info(
+                "ready",
+                version=snapshot.version,
+                admin_port=self.admin_port,
+                listeners=[d["address"] for d in self.listeners.describe()],
+            )
+            task_status.started(self)
+            await self._drain_requested.wait()
+            await self._drain(
+                bootstrap.drain_timeout_s
+                if self.runtime is None
+                else self.runtime.bootstrap.drain_timeout_s
+            )
+            nursery.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    self.start_drain()
+
+    def reload(self) -> bool:
+        """Re-read the configuration files; on any error keep serving the current one."""
+        self.notifier.reloading()
+        try:
+            bootstrap, snapshot = load_config(self.bootstrap_path)
+            self._apply(bootstrap, snapshot)
+        except (ConfigError, SnapshotRejected) as exc:
+            self.stats.snapshot_rejected()
+            log.error("reload rejected, keeping the running configuration", error=str(exc))
+            self.notifier.ready(f"reload rejected: {exc}".splitlines()[0])
+            return False
+        self.notifier.ready(f"serving snapshot {snapshot.version}")
+        log.info("reloaded", version=snapshot.version)
+        return True
+
+    def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
+        """Build, bind, then swap: nothing changes unless all of it works."""
+        runtime = build_runtime(bootstrap, snapshot, self.pools)
+        self.listeners.apply(runtime)
+        self.runtime = runtime
+        shared = self.shared
+        shared.trace_sample_rate = bootstrap.trace_sample_rate
+        shared.access_log = AccessLog(
+            enabled=bootstrap.access_log.enabled, sample_rate=bootstrap.access_log.sample_rate
+        )
+        self.stats.snapshot_applied(snapshot.version)
+
+    def start_drain(self) -> None:
+        """Begin draining (idempotent)."""
+        if not self._drain_requested.is_set():
+            log.info("draining")
+            self.notifier.stopping()
+            self._drain_requested.set()
+
+    async def _drain(self, grace_s: float) -> None:
+        self.shared.draining = True
+        self.listeners.stop_accepting()
+        self.shared.start_drain()
+        with trio.move_on_after(grace_s):
+            await self.listeners.wait_connections_done()
+        left = self.listeners.connection_count
+        if left:
+            log.warning("drain timeout, closing connections", connections=left)
+            self.listeners.cancel_connections()
+        log.info("drained")
+
+    # -- admin backend ------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        """Listeners bound and not draining."""
+        return self._ready and not self.shared.draining
+
+    def is_draining(self) -> bool:
+        """Draining has begun."""
+        return self.shared.draining or self._drain_requested.is_set()
+
+    def config_dump(self) -> dict[str, Any]:
+        """Bootstrap and snapshot in force."""
+        if self.runtime is None:
+            return {}
+        return {
+            "bootstrap": self.runtime.bootstrap.model_dump(mode="json"),
+            "snapshot": self.runtime.snapshot.model_dump(mode="json"),
+        }
+
+    def listeners_info(self) -> list[dict[str, Any]]:
+        """Listener state."""
+        return self.listeners.describe()
+
+    def clusters_info(self) -> list[dict[str, Any]]:
+        """Cluster and endpoint state."""
+        if self.runtime is None:
+            return []
+        return [c.describe() for c in self.runtime.clusters.values()]
+
+    def stats_info(self) -> dict[str, Any]:
+        """Counters as JSON."""
+        return {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
+
+    def _pool_stats(self) -> Iterator[tuple[str, str, int, int]]:
+        if self.runtime is None:
+            return
+        for cluster in self.runtime.clusters.values():
+            for ep in cluster.describe()["endpoints"]:  # type: ignore[attr-defined]
+                yield cluster.name, ep["address"], ep["active"], ep["idle"]
+
+
+def _watchdog() -> float | None:
+    from meshcore.runtime.sdnotify import watchdog_interval
+
+    return watchdog_interval()

@@ -1,0 +1,359 @@
+"""The sidecar's counters and their Prometheus view.
+
+The proxy's hot path only bumps plain ints (and one float) in dicts; nothing there allocates a
+metric object or takes a lock. :class:`MeshdCollector` turns the raw counts into metric families
+when ``/metrics`` is scraped, so the cost of Prometheus formatting is paid per scrape, not per
+request.
+
+Everything here runs on the daemon's one Trio thread; the admin app calls ``collect`` on that
+thread too (only the text formatting of the finished families goes to a worker thread), which is
+why plain dict updates need no locking.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "BUCKETS",
+    "MeshdCollector",
+    "PoolStats",
+    "Stats",
+    "build_registry",
+]
+
+BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+"""Upper bounds (seconds, inclusive) of the request duration histogram; ``+Inf`` is implied."""
+
+_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+_NBUCKETS = len(BUCKETS) + 1  # the last slot counts observations above BUCKETS[-1]
+_BUCKET_LABELS = (*(repr(float(b)) for b in BUCKETS), "+Inf")
+
+_HTTP_LABELS = ("direction", "source", "destination", "route", "method", "code")
+_TCP_LABELS = ("direction", "source", "destination")
+
+# TCP record slots.
+_OPENED, _CLOSED, _RECEIVED, _SENT = range(4)
+
+PoolStats = Callable[[], Iterable[tuple[str, str, int, int]]]
+"""Returns ``(cluster, endpoint "host:port", active, idle)`` for every pooled endpoint.
+
+Called at scrape time on the Trio thread, so it may read the pools' live state directly.
+"""
+
+HttpKey = tuple[str, str, str, str, str, int]
+TcpKey = tuple[str, str, str]
+
+
+def _no_pools() -> Iterable[tuple[str, str, int, int]]:
+    return ()
+
+
+class _Histogram:
+    """Per-label-set request histogram: non-cumulative bucket counts plus the sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * _NBUCKETS
+        self.total = 0.0
+
+
+class Stats:
+    """Raw counters of one sidecar; every recording method is a few dict/list operations."""
+
+    __slots__ = (
+        "_downstream",
+        "_http",
+        "_snapshot_applied",
+        "_snapshot_rejected",
+        "_snapshot_version",
+        "_tcp",
+        "_upstream_errors",
+    )
+
+    def __init__(self) -> None:
+        self._http: dict[HttpKey, _Histogram] = {}
+        self._tcp: dict[TcpKey, list[int]] = {}
+        # listener -> [active, total]
+        self._downstream: dict[str, list[int]] = {}
+        self._upstream_errors: dict[tuple[str, str], int] = {}
+        self._snapshot_version = 0
+        self._snapshot_applied = 0
+        self._snapshot_rejected = 0
+
+    def http_request(  # noqa: PLR0917 -- positional on purpose: the proxy's call is fixed
+        self,
+        direction: str,
+        source: str,
+        destination: str,
+        route: str,
+        method: str,
+        code: int,
+        seconds: float,
+    ) -> None:
+        """Count one finished HTTP request and its duration."""
+        if method not in _METHODS:
+            # Any client can send any token as a method; keep the label set bounded.
+            method = "OTHER"
+        key = (direction, source, destination, route, method, code)
+        hist = self._http.get(key)
+        if hist is None:
+            hist = self._http[key] = _Histogram()
+        hist.buckets[bisect_left(BUCKETS, seconds)] += 1
+        hist.total += seconds
+
+    def tcp_opened(self, direction: str, source: str, destination: str) -> None:
+        """Count a proxied TCP connection that was established."""
+        rec = self._tcp.get((direction, source, destination))
+        if rec is None:
+            rec = self._tcp[(direction, source, destination)] = [0, 0, 0, 0]
+        rec[_OPENED] += 1
+
+    def tcp_closed(
+        self, direction: str, source: str, destination: str, received: int, sent: int
+    ) -> None:
+        """Count a proxied TCP connection that ended, with the bytes it moved."""
+        rec = self._tcp.get((direction, source, destination))
+        if rec is None:
+            rec = self._tcp[(direction, source, destination)] = [0, 0, 0, 0]
+        rec[_CLOSED] += 1
+        rec[_RECEIVED] += received
+        rec[_SENT] += sent
+
+    def downstream_opened(self, listener: str) -> None:
+        """A downstream connection was accepted on ``listener``."""
+        rec = self._downstream.get(listener)
+        if rec is None:
+            rec = self._downstream[listener] = [0, 0]
+        rec[0] += 1
+        rec[1] += 1
+
+    def downstream_closed(self, listener: str) -> None:
+        """A downstream connection accepted on ``listener`` ended."""
+        rec = self._downstream.get(listener)
+        if rec is None:
+            rec = self._downstream[listener] = [0, 0]
+        rec[0] -= 1
+
+    def upstream_error(self, cluster: str, reason: str) -> None:
+        """Count a failure talking to ``cluster`` (``connect_failed``, ``timeout``, ...)."""
+        key = (cluster, reason)
+        self._upstream_errors[key] = self._upstream_errors.get(key, 0) + 1
+
+    def snapshot_applied(self, version: int) -> None:
+        """A snapshot passed validation and is now in service."""
+        self._snapshot_version = version
+        self._snapshot_applied += 1
+
+    def snapshot_rejected(self) -> None:
+        """A snapshot failed validation (and was NACKed)."""
+        self._snapshot_rejected += 1
+
+    def as_json(self) -> dict[str, object]:
+        """Flat, Envoy-style ``dotted.name -> number`` view for the admin ``/stats`` endpoint."""
+        out: dict[str, object] = {
+            "snapshot.version": self._snapshot_version,
+            "snapshot.updates.applied": self._snapshot_applied,
+            "snapshot.updates.rejected": self._snapshot_rejected,
+        }
+        for (direction, src, dst, route, method, code), hist in list(self._http.items()):
+            prefix = f"http.{direction}.{src}.{dst}.{route}.{method}.{code}"
+            out[f"{prefix}.requests"] = sum(hist.buckets)
+            out[f"{prefix}.duration_seconds_sum"] = hist.total
+        for (direction, src, dst), rec in list(self._tcp.items()):
+            prefix = f"tcp.{direction}.{src}.{dst}"
+            out[f"{prefix}.connections_opened"] = rec[_OPENED]
+            out[f"{prefix}.connections_closed"] = rec[_CLOSED]
+            out[f"{prefix}.received_bytes"] = rec[_RECEIVED]
+            out[f"{prefix}.sent_bytes"] = rec[_SENT]
+        for listener, (active, total) in list(self._downstream.items()):
+            out[f"listener.{listener}.downstream_connections_active"] = active
+            out[f"listener.{listener}.downstream_connections_total"] = total
+        for (cluster, reason), count in list(self._upstream_errors.items()):
+            out[f"cluster.{cluster}.upstream_errors.{reason}"] = count
+        return dict(sorted(out.items()))
+
+
+class MeshdCollector(Collector):
+    """Builds the ``meshd_*`` metric families from a :class:`Stats` at scrape time."""
+
+    def __init__(self, stats: Stats, pool_stats: PoolStats = _no_pools) -> None:
+        self._stats = stats
+        self._pool_stats = pool_stats
+
+    def describe(self) -> Iterable[Metric]:
+        """Sample-free families, so registration can check names without a collection."""
+        return _families()
+
+    def collect(self) -> Iterator[Metric]:
+        """Convert the current counts into metric families."""
+        s = self._stats
+        (
+            requests,
+            duration,
+            tcp_opened,
+            tcp_closed,
+            tcp_received,
+            tcp_sent,
+            ds_active,
+            ds_total,
+            upstream_errors,
+            pool,
+            snap_version,
+            snap_updates,
+        ) = _families()
+
+        # Copies: cheap, and immune to a recording call adding a key mid-iteration.
+        for (direction, src, dst, route, method, code), hist in list(s._http.items()):
+            labels = [direction, src, dst, route, method, str(code)]
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip(_BUCKET_LABELS, hist.buckets, strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            requests.add_metric(labels, cumulative)
+            duration.add_metric(labels, buckets, hist.total)
+
+        for (direction, src, dst), rec in list(s._tcp.items()):
+            labels = [direction, src, dst]
+            tcp_opened.add_metric(labels, rec[_OPENED])
+            tcp_closed.add_metric(labels, rec[_CLOSED])
+            tcp_received.add_metric(labels, rec[_RECEIVED])
+            tcp_sent.add_metric(labels, rec[_SENT])
+
+        for listener, (active, total) in list(s._downstream.items()):
+            ds_active.add_metric([listener], active)
+            ds_total.add_metric([listener], total)
+
+        for (cluster, reason), count in list(s._upstream_errors.items()):
+            upstream_errors.add_metric([cluster, reason], count)
+
+        for cluster, endpoint, active, idle in self._pool_stats():
+            pool.add_metric([cluster, endpoint, "active"], active)
+            pool.add_metric([cluster, endpoint, "idle"], idle)
+
+        snap_version.add_metric([], s._snapshot_version)
+        snap_updates.add_metric(["applied"], s._snapshot_applied)
+        snap_updates.add_metric(["rejected"], s._snapshot_rejected)
+
+        yield requests
+        yield duration
+        yield tcp_opened
+        yield tcp_closed
+        yield tcp_received
+        yield tcp_sent
+        yield ds_active
+        yield ds_total
+        yield upstream_errors
+        yield pool
+        yield snap_version
+        yield snap_updates
+
+
+def _families() -> tuple[
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    GaugeMetricFamily,
+    CounterMetricFamily,
+]:
+    return (
+        CounterMetricFamily("meshd_requests_total", "HTTP requests proxied.", labels=_HTTP_LABELS),
+        HistogramMetricFamily(
+            "meshd_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            labels=_HTTP_LABELS,
+        ),
+        CounterMetricFamily(
+            "meshd_tcp_connections_opened_total",
+            "Proxied TCP connections established.",
+            labels=_TCP_LABELS,
+        ),
+        CounterMetricFamily(
+            "meshd_tcp_connections_closed_total",
+            "Proxied TCP connections closed.",
+            labels=_TCP_LABELS,
+        ),
+        CounterMetricFamily(
+            "meshd_tcp_received_bytes_total",
+            "Bytes the proxy received on proxied TCP connections.",
+            labels=_TCP_LABELS,
+        ),
+        CounterMetricFamily(
+            "meshd_tcp_sent_bytes_total",
+            "Bytes the proxy sent on proxied TCP connections.",
+            labels=_TCP_LABELS,
+        ),
+        GaugeMetricFamily(
+            "meshd_downstream_connections_active",
+            "Downstream connections currently open.",
+            labels=("listener",),
+        ),
+        CounterMetricFamily(
+            "meshd_downstream_connections_total",
+            "Downstream connections accepted.",
+            labels=("listener",),
+        ),
+        CounterMetricFamily(
+            "meshd_upstream_errors_total",
+            "Failures talking to an upstream cluster, by reason.",
+            labels=("cluster", "reason"),
+        ),
+        GaugeMetricFamily(
+            "meshd_upstream_pool_connections",
+            "Pooled upstream connections by endpoint and state (active or idle).",
+            labels=("cluster", "endpoint", "state"),
+        ),
+        GaugeMetricFamily(
+            "meshd_snapshot_version",
+            "Version of the snapshot in service (0 before the first).",
+        ),
+        CounterMetricFamily(
+            "meshd_snapshot_updates_total",
+            "Snapshots received from the control plane, by result.",
+            labels=("result",),
+        ),
+    )
+
+
+def build_registry(stats: Stats, pool_stats: PoolStats = _no_pools) -> CollectorRegistry:
+    """A fresh registry for one daemon: the ``meshd_*`` metrics plus process metrics."""
+    registry = CollectorRegistry()
+    registry.register(MeshdCollector(stats, pool_stats))
+    ProcessCollector(registry=registry)
+    return registry

@@ -1,0 +1,44 @@
+"""L4 listener connections: pick an endpoint, connect, pump bytes both ways."""
+
+from __future__ import annotations
+
+import trio
+
+from meshd.config import TcpListenerConfig
+from meshd.errors import UpstreamError
+from meshd.http.proxy import ProxyShared
+from meshd.net.stream import SocketStream, Stream
+from meshd.tcp.pump import pump
+
+
+async def serve_tcp(down: Stream, cfg: TcpListenerConfig, shared: ProxyShared) -> None:
+    """Serve one downstream TCP connection until both sides are done."""
+    cluster = cfg.cluster
+    stats = shared.stats
+    if cfg.direction == "outbound":
+        source, destination = cfg.local_service, cluster.service
+    else:
+        source, destination = "unknown", cfg.local_service
+    stats.downstream_opened(cfg.name)
+    try:
+        try:
+            endpoint, conn = await cluster.acquire(fresh=True)
+        except UpstreamError as exc:
+            stats.upstream_error(cluster.name, exc.reason)
+            if isinstance(down, SocketStream):
+                down.reset()
+            return
+        stats.tcp_opened(cfg.direction, source, destination)
+        received = sent = 0
+        try:
+            result = await pump(down, conn.stream, idle_timeout_s=cfg.idle_timeout_s)
+            received, sent = result.downstream_to_upstream, result.upstream_to_downstream
+            if result.reason == "reset" and isinstance(down, SocketStream):
+                down.reset()
+        finally:
+            cluster.release(endpoint, conn, reusable=False)
+            stats.tcp_closed(cfg.direction, source, destination, received, sent)
+    finally:
+        stats.downstream_closed(cfg.name)
+        with trio.CancelScope(shield=True):
+            await down.aclose()

@@ -1,0 +1,1 @@
+"""Operator tools: the ``meshctl`` CLI and its Textual dashboard."""
