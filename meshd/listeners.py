@@ -61,7 +61,8 @@ class ListenerManager:
         self.shared = shared
         self.slots: dict[str, ListenerSlot] = {}
         self._inherited = list(inherited or [])
-        self._reuse_port = reuse_port
+        #: Bind with SO_REUSEPORT (set when worker processes share the listeners).
+        self.reuse_port = reuse_port
         self._nursery: trio.Nursery | None = None
         self._connections: trio.Nursery | None = None
         self._live = 0
@@ -131,7 +132,7 @@ class ListenerManager:
             self._inherited.remove(found)
             found.sock.setblocking(False)
             return found.sock, True
-        return bind_tcp(lst.address.host, lst.address.port, reuse_port=self._reuse_port), False
+        return bind_tcp(lst.address.host, lst.address.port, reuse_port=self.reuse_port), False
 
     async def _serve(self, slot: ListenerSlot, stream: SocketStream) -> None:
         self._live += 1

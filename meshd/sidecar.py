@@ -30,6 +30,7 @@ from meshd.errors import SnapshotRejected
 from meshd.http.proxy import ProxyShared
 from meshd.listeners import ListenerManager
 from meshd.stats import Stats, build_registry
+from meshd.workers import WorkerSupervisor
 
 log = structlog.get_logger("meshd.sidecar")
 
@@ -57,7 +58,7 @@ class Sidecar:
         notifier: Notifier | None = None,
         inherited: list[InheritedSocket] | None = None,
         admin: bool = True,
-        reuse_port: bool = False,
+        worker_index: int = 0,
     ) -> None:
         self.bootstrap_path = bootstrap_path
         self.notifier = notifier or Notifier(None)
@@ -67,7 +68,10 @@ class Sidecar:
         self.shared = ProxyShared(
             stats=self.stats, access_log=AccessLog(enabled=False, sample_rate=1.0)
         )
-        self.listeners = ListenerManager(self.shared, inherited, reuse_port=reuse_port)
+        self.listeners = ListenerManager(self.shared, inherited)
+        #: 0 in the primary process, 1.. in the workers it supervises.
+        self.worker_index = worker_index
+        self.workers: WorkerSupervisor | None = None
         self.runtime: RuntimeConfig | None = None
         self.admin_port: int | None = None
         self._serve_admin = admin
@@ -81,6 +85,8 @@ class Sidecar:
     ) -> None:
         """Serve until drained. Raises :class:`ConfigError` if the first configuration is bad."""
         bootstrap, snapshot = load_config(self.bootstrap_path)
+        if bootstrap.workers > 1:
+            self.listeners.reuse_port = True
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
             await nursery.start(self.shared.run_deadlines)
@@ -91,8 +97,12 @@ class Sidecar:
                 raise ConfigError(str(exc)) from exc
             if self._serve_admin:
                 app = build_admin_app(self, self.registry)
-                admin = AdminServer(app, bootstrap.admin.host, bootstrap.admin.port)
+                port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
+                admin = AdminServer(app, bootstrap.admin.host, port)
                 self.admin_port = await nursery.start(admin.run)
+            if bootstrap.workers > 1 and self.worker_index == 0:
+                self.workers = WorkerSupervisor(self.bootstrap_path, bootstrap.workers)
+                await nursery.start(self.workers.run)
             await nursery.start(WatchdogService(self.notifier, _watchdog()).run)
             nursery.start_soon(self._signals)
             self._ready = True
@@ -117,6 +127,8 @@ class Sidecar:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.reload()
+                    if self.workers is not None:
+                        self.workers.signal_all(signal.SIGHUP)
                 else:
                     self.start_drain()
 
@@ -160,6 +172,8 @@ class Sidecar:
         self.shared.start_drain()
         with trio.move_on_after(grace_s):
             await self.listeners.wait_connections_done()
+            if self.workers is not None:
+                await self.workers.drain()
         left = self.listeners.connection_count
         if left:
             log.warning("drain timeout, closing connections", connections=left)

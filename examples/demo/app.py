@@ -141,7 +141,10 @@ def serve(handler: type[_Handler], port: int) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # Started in the background by a script, SIGINT is ignored: Ctrl-C is then the script's
+    # to handle (it stops everything in order); by hand, Ctrl-C stops the server quietly.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, stop)
     with server:
         server.serve_forever(poll_interval=0.2)
 

@@ -98,7 +98,7 @@ class TestApp:
             await self._lifespan(receive, send)
         elif kind == "websocket":
             self.requests += 1
-            await self._websocket(receive, send)
+            await self._websocket(scope, receive, send)
         else:
             self.requests += 1
             self.paths.append(scope["path"])
@@ -114,9 +114,12 @@ class TestApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _websocket(self, receive: Receive, send: Send) -> None:
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "websocket.connect"
+        if scope["path"] != "/ws":
+            await send({"type": "websocket.close"})  # before accept: hypercorn answers 403
+            return
         await send({"type": "websocket.accept"})
         self.websockets += 1
         while True:
@@ -461,7 +464,7 @@ async def admin_get(sidecar: Sidecar, path: str) -> httpx.Response:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class SidecarProcess:
     """``python -m meshd run -c BOOTSTRAP`` in a subprocess; ports read from its ready line."""
 
