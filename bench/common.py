@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO
 
 BENCH_DIR = Path(__file__).resolve().parent
 TEMPLATES = BENCH_DIR / "templates"
@@ -363,18 +362,16 @@ def ensure_tools(packages: dict[str, str]) -> dict[str, str]:
             )
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         install = ["apt-get", "install", "-y", *missing]
+
+        def apt(argv: list[str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(argv, env=env, check=False, capture_output=True, text=True)
+
         print(f"bench: installing {' '.join(missing)}", file=sys.stderr)
         with _no_service_start():
-            done = subprocess.run(
-                install, env=env, check=False, capture_output=True, text=True, timeout=900
-            )
-            if done.returncode != 0:
-                subprocess.run(
-                    ["apt-get", "update"], env=env, check=False, capture_output=True, timeout=900
-                )
-                done = subprocess.run(
-                    install, env=env, check=False, capture_output=True, text=True, timeout=900
-                )
+            # Only refresh the package lists when the cached ones turn out to be stale.
+            if (done := apt(install)).returncode != 0:
+                apt(["apt-get", "update"])
+                done = apt(install)
         if done.returncode != 0:
             raise BenchError(f"{' '.join(install)} failed:\n{done.stderr[-2000:]}")
     found = {binary: find_binary(binary) for binary in packages}
@@ -462,11 +459,8 @@ def run_wrk(wrk: str, url: str, params: WrkParams, duration_s: int) -> WrkResult
 # -- output ---------------------------------------------------------------------------------
 
 
-def print_table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], out: IO[str] | None = None
-) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Print ``rows`` aligned under ``headers``: first column left, the others right."""
-    out = out or sys.stdout
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
@@ -475,7 +469,7 @@ def print_table(
             [first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))]
         )
 
-    print(line(headers), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
+    print(line(headers))
+    print("  ".join("-" * w for w in widths))
     for row in rows:
-        print(line(row), file=out)
+        print(line(row))

@@ -109,7 +109,7 @@ def _start_meshd(
         backend_port=backend_port,
         admin_port=admin_port,
     )
-    argv = [ctx.python, "-m", "meshd", "run", "-c", str(bootstrap)]
+    argv = [ctx.python, "-m", "meshd", "run", "-c", str(bootstrap), "--log-level", "info"]
     proc = procs.start("meshd", argv, cwd=workdir, env=ctx.project_env())
     for port in (admin_port, l7_port, l4_port):
         wait_for_port(port, proc, timeout=30.0)

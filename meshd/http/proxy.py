@@ -19,6 +19,7 @@ from typing import Final
 
 import trio
 
+from meshcore.model import Endpoint
 from meshd.accesslog import AccessLog
 from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
@@ -153,7 +154,7 @@ class _Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_id: bytes | None = None
-        self.upstream = ""
+        self.upstream: Endpoint | None = None
 
 
 class HttpConnection:
@@ -272,7 +273,11 @@ class HttpConnection:
         ex = self._exchange = _Exchange(_now())
         self._head = head
         ex.request_id = head.request_id or new_request_id(shared.rng)
-        if head.framing == NO_BODY and head.upgrade is None:
+        if self.parser.upgrade_tail is not None:
+            # llhttp stops after an Upgrade or CONNECT head: unless the upstream switches
+            # protocols, what follows can't be parsed as HTTP, so the connection ends.
+            self._close_after = True
+        elif head.framing == NO_BODY:
             self._take_end()
         if head.method == b"CONNECT":
             await self._respond_error(405, "connect_unsupported", "CONNECT is not proxied")
@@ -310,10 +315,6 @@ class HttpConnection:
             ex.body_done = self._gather_body(first, head.framing == CHUNKED)
         else:
             ex.body_done = True
-            if head.upgrade is not None:
-                # llhttp stops at an upgrade request's head: unless the upstream switches
-                # protocols, what follows can't be parsed as HTTP, so the connection ends.
-                self._close_after = True
         payload = b"".join(first) if len(first) > 1 else out
         # A pooled connection the upstream closed meanwhile fails before any response byte;
         # such a request is retried once on a new connection when nothing is lost by it.
@@ -325,7 +326,7 @@ class HttpConnection:
                 status, reason = upstream_error_response(exc)
                 await self._respond_error(status, reason, exc.detail)
                 return
-            ex.upstream = f"{endpoint.host}:{endpoint.port}"
+            ex.upstream = endpoint
             reusable = False
             try:
                 reusable = await self._exchange_with(head, conn, payload)
@@ -653,7 +654,7 @@ class HttpConnection:
                 duration_ms=round(seconds * 1000, 3),
                 bytes_in=ex.bytes_in,
                 bytes_out=ex.bytes_out,
-                upstream=ex.upstream,
+                upstream=f"{ex.upstream.host}:{ex.upstream.port}" if ex.upstream else "",
                 request_id=(ex.request_id or b"").decode("latin-1"),
                 error=ex.error,
             )

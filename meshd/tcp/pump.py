@@ -241,8 +241,15 @@ class _Pump:
         moved = 0
         budget = _YIELD_EVERY
         pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        drained = False
         try:
             while True:
+                if drained:
+                    # The last read took less than a pipeful, so the socket was empty then:
+                    # park first rather than make a splice that would only say EAGAIN.
+                    drained = False
+                    budget = _YIELD_EVERY
+                    await wait_readable(src_sock)
                 # The pipe is empty here, so EAGAIN can only mean the socket has nothing.
                 # fileno() is read after every await: a socket closed while we were parked
                 # gives -1 (EBADF), never a recycled descriptor.
@@ -274,6 +281,7 @@ class _Pump:
                         report(n, 0)
                     else:
                         report(0, n)
+                drained = n < _SPLICE_CHUNK
                 budget -= 1
                 if not budget:
                     budget = _YIELD_EVERY
