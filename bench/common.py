@@ -247,7 +247,7 @@ class ProcessGroup:
         env: dict[str, str] | None = None,
         stop_signal: int = signal.SIGTERM,
     ) -> ManagedProcess:
-        """Start ``argv`` in ``cwd`` with output to ``cwd/<name>.log``, in its own session.
+        """Start ``argv`` in ``cwd``, output to ``cwd/<name>.log``, pid in ``cwd/<name>.pid``.
 
         Its own session keeps a terminal's Ctrl-C away from it, so the harness decides the
         order things stop in.
@@ -266,6 +266,8 @@ class ProcessGroup:
             )
         proc = ManagedProcess(name, popen, log, stop_signal)
         self._procs.append(proc)
+        # Our own pid file: haproxy -db writes none, and the harness's pid is the one it stops.
+        (cwd / f"{name}.pid").write_text(f"{popen.pid}\n")
         return proc
 
 

@@ -168,6 +168,8 @@ def _report(results: list[Measured], meshd_rss_kb: int) -> None:
                 f"{m.wrk.socket_errors} socket errors; its figures are suspect"
             )
     rps = {m.path.name: m.wrk.rps for m in results}
+    if not rps["nginx-l7"] or not rps["haproxy-l4"]:
+        raise BenchError("a reference proxy completed no requests; no ratio to report")
     l7 = rps["meshd-l7"] / rps["nginx-l7"]
     l4 = rps["meshd-l4"] / rps["haproxy-l4"]
     rss_mb = meshd_rss_kb / 1024
@@ -188,7 +190,7 @@ def run_suite(ctx: Context) -> None:
     backend, nginx_l7, haproxy_l7, haproxy_l4, meshd_l7, meshd_l4, admin = free_ports(7)
     print(
         f"dataplane: {ctx.wrk.describe()} per path after a {ctx.wrk.warmup_s}s warm-up; "
-        f"{os.cpu_count()} CPUs; meshd on {ctx.python}",
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; meshd on {ctx.python}",
         flush=True,
     )
     with ProcessGroup() as procs:
@@ -199,7 +201,7 @@ def run_suite(ctx: Context) -> None:
             ctx,
             procs,
             tools["nginx"],
-            "nginx",
+            "nginx-proxy",
             "nginx-proxy.conf",
             port=nginx_l7,
             backend_port=backend,
@@ -208,7 +210,6 @@ def run_suite(ctx: Context) -> None:
         cfg = render(
             "haproxy.cfg",
             hap_dir / "haproxy.cfg",
-            dir=hap_dir,
             backend_port=backend,
             l7_port=haproxy_l7,
             l4_port=haproxy_l4,

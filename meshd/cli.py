@@ -13,6 +13,9 @@ from meshcore import __version__
 from meshcore.errors import ConfigError
 
 
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshd", description="meshd sidecar proxy")
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
@@ -20,7 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the sidecar")
     run.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
     run.add_argument("--log-format", choices=("json", "console"), default="json")
-    run.add_argument("--log-level", default=os.environ.get("MESHD_LOG_LEVEL", "info"))
+    run.add_argument(
+        "--log-level",
+        choices=_LEVELS,
+        type=str.lower,
+        default=os.environ.get("MESHD_LOG_LEVEL", "info").lower(),
+    )
     run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     check = sub.add_parser("validate", help="check a bootstrap file and its snapshot, then exit")
     check.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
@@ -63,12 +71,15 @@ def _run(args: argparse.Namespace) -> int:
         sidecar = Sidecar(args.config, worker_index=args.worker_index)
     else:
         sidecar = Sidecar(args.config, notifier=Notifier.from_env(), inherited=listen_fds())
+    failures: list[BaseException] = []
     try:
         trio.run(sidecar.run)
-    except ConfigError as exc:
+    except* ConfigError as group:
+        # Raised before or inside the sidecar's nursery (a listener that can't bind).
+        failures.extend(group.exceptions)
+    for exc in failures:
         print(f"meshd: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return 2 if failures else 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import json
 import random
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,7 +78,6 @@ class WebHandler(_Handler):
     """The frontend: calls api through the mesh."""
 
     api: tuple[str, int] = ("127.0.0.1", 15001)
-    _local = threading.local()
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -92,8 +90,8 @@ class WebHandler(_Handler):
         headers = {k: v for k in _PROPAGATE if (v := self.headers.get(k))}
         try:
             status, resp_headers, body = self._call_api("/api/items", headers)
-        except OSError as exc:
-            self.reply(502, {"service": "web", "error": f"calling api: {exc}"})
+        except (http.client.HTTPException, OSError) as exc:
+            self.reply(502, {"service": "web", "error": f"calling api: {exc!r}"})
             return
         if status != 200:
             reason = resp_headers.get("x-meshd-error", "")
@@ -109,27 +107,15 @@ class WebHandler(_Handler):
         )
 
     def _call_api(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        # One keep-alive connection per handler thread; a pooled connection the sidecar has
-        # closed meanwhile fails at once, so a GET is retried once on a new one.
-        for attempt in (0, 1):
-            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = http.client.HTTPConnection(*self.api, timeout=10)
-            try:
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read()
-            except (http.client.HTTPException, OSError):
-                conn.close()
-                self._local.conn = None
-                if attempt == 1:
-                    raise
-                continue
-            if resp.will_close:
-                conn.close()
-                self._local.conn = None
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-        raise AssertionError("unreachable")
+        # A connection per call: a snapshot reloaded with SIGHUP applies to new connections,
+        # so every request of the demo shows the change at once.
+        conn = http.client.HTTPConnection(*self.api, timeout=10)
+        try:
+            conn.request("GET", path, headers={**headers, "connection": "close"})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
 
 
 def serve(handler: type[_Handler], port: int) -> None:

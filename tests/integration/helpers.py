@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -226,7 +226,9 @@ async def _json(send: Send, value: object, *, head: bool = False) -> None:
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def serve_app(app: TestApp, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_app(
+    app: TestApp, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Serve ``app`` with hypercorn on 127.0.0.1, port 0; reports the port; runs until cancelled."""
     config = Config()
     config.bind = ["127.0.0.1:0"]
@@ -241,7 +243,7 @@ async def serve_app(app: TestApp, *, task_status: trio.TaskStatus[int] = trio.TA
             app.port = int(binds[0].rsplit(":", 1)[1])
             task_status.started(app.port)
 
-    await serve(cast("Framework", app), config, task_status=_Started())  # type: ignore[arg-type]
+    await serve(cast("Framework", app), config, task_status=_Started())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,10 +270,8 @@ class RawServer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        try:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.handler(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
 
 async def read_head(stream: trio.abc.ReceiveStream, buffer: bytearray | None = None) -> bytes:
@@ -305,7 +305,9 @@ def canned(response: bytes, *, then: str = "close") -> Handler:
 
 def reset(stream: trio.SocketStream) -> None:
     """Make closing ``stream`` send a TCP RST."""
-    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    stream.socket.setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+    )
 
 
 async def echo_until_eof(stream: trio.SocketStream) -> None:
@@ -646,33 +648,44 @@ class RawClient:
         if head_request or status < 200 or status in (204, 304):
             return
         te = response.header("transfer-encoding")
-        if te is not None:
-            assert te.lower() == "chunked", te
-            while True:
+        length = response.header("content-length")
+        chunked = te is not None
+        if chunked:
+            assert te is not None and te.lower() == "chunked", te
+        left = int(length) if length is not None and not chunked else -1
+        while True:
+            if chunked:
                 size_line = await self._line(timeout)
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
+                left = int(size_line.split(b";")[0], 16)
+                if left == 0:
                     while await self._line(timeout):  # trailers, then the empty line
                         pass
                     return
-                async for piece in self._exact(size, timeout):
+            elif left == 0:
+                return
+            if left < 0:  # delimited by the end of the connection
+                if not self.buffer:
+                    with trio.fail_after(timeout):
+                        if not await self._fill():
+                            return
+            else:
+                size = left
+                while left:
+                    if not self.buffer:
+                        with trio.fail_after(timeout):
+                            if not await self._fill():
+                                raise EOFError(f"closed with {left} of {size} body bytes missing")
+                    take = min(left, len(self.buffer))
+                    piece = bytes(self.buffer[:take])
+                    del self.buffer[:take]
+                    left -= take
                     yield piece
-                if await self._line(timeout) != b"":
+                if chunked and await self._line(timeout) != b"":
                     raise AssertionError("chunk not followed by CRLF")
-            return
-        length = response.header("content-length")
-        if length is not None:
-            async for piece in self._exact(int(length), timeout):
-                yield piece
-            return
-        while True:  # until the connection closes
-            if self.buffer:
-                data = bytes(self.buffer)
-                self.buffer.clear()
-                yield data
-            with trio.fail_after(timeout):
-                if not await self._fill():
-                    return
+                continue
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            yield data
 
     async def _line(self, timeout: float) -> bytes:
         with trio.fail_after(timeout):
@@ -684,23 +697,14 @@ class RawClient:
         del self.buffer[: end + 2]
         return line
 
-    async def _exact(self, size: int, timeout: float) -> AsyncIterator[bytes]:
-        left = size
-        while left:
-            if not self.buffer:
-                with trio.fail_after(timeout):
-                    if not await self._fill():
-                        raise EOFError(f"connection closed with {left} of {size} body bytes missing")
-            take = min(left, len(self.buffer))
-            piece = bytes(self.buffer[:take])
-            del self.buffer[:take]
-            left -= take
-            yield piece
-
-    async def read_response(self, *, head_request: bool = False, timeout: float = TIMEOUT) -> Response:
+    async def read_response(
+        self, *, head_request: bool = False, timeout: float = TIMEOUT
+    ) -> Response:
         """Read the next complete response."""
         response = await self.read_head(timeout=timeout)
-        pieces = [p async for p in self.body_pieces(response, head_request=head_request, timeout=timeout)]
+        pieces = [
+            p async for p in self.body_pieces(response, head_request=head_request, timeout=timeout)
+        ]
         response.body = b"".join(pieces)
         return response
 
@@ -749,7 +753,9 @@ def request(
     if host:
         lines.append(f"Host: {host}")
     given = [(n, v) for n, v in headers or []]
-    if body is not None and not any(n.lower() in ("content-length", "transfer-encoding") for n, _ in given):
+    if body is not None and not any(
+        n.lower() in ("content-length", "transfer-encoding") for n, _ in given
+    ):
         given.append(("Content-Length", str(len(body))))
     lines.extend(f"{n}: {v}" for n, v in given)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
@@ -771,7 +777,9 @@ async def start_inbound(
         directory,
         service="api",
         app_port=app_port,
-        listeners=[{"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0", **listener}],
+        listeners=[
+            {"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0", **listener}
+        ],
     )
     sidecar = await start_sidecar(nursery, path)
     return sidecar, port_of(sidecar, "inbound")
@@ -791,7 +799,12 @@ async def start_outbound(
     With ``route_tables`` the listener uses the table ``main``; otherwise everything goes to
     ``up`` (one endpoint, 127.0.0.1:``upstream_port``).
     """
-    out: dict[str, Any] = {"name": "out", "direction": "outbound", "address": "127.0.0.1:0", **listener}
+    out: dict[str, Any] = {
+        "name": "out",
+        "direction": "outbound",
+        "address": "127.0.0.1:0",
+        **listener,
+    }
     if route_tables:
         out["route_table"] = "main"
     else:

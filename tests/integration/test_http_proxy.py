@@ -6,10 +6,12 @@ The app is hypercorn serving :class:`helpers.TestApp`; misbehaving upstreams are
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from pathlib import Path
 
+import pytest
 import trio
 from helpers import (
     TIMEOUT,
@@ -31,7 +33,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 #: 32 hex digits (nginx's $request_id form) or a UUID.
-REQUEST_ID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+REQUEST_ID = re.compile(
+    r"^(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+)
 HOP_BY_HOP = ("x-hop", "keep-alive", "te", "proxy-connection", "transfer-encoding", "upgrade")
 
 
@@ -81,7 +85,9 @@ async def test_request_headers_through_outbound_and_inbound(chain: Chain, app: T
     assert app.requests == 1
 
 
-async def test_request_id_and_traceparent_generated_when_missing(chain: Chain, app: TestApp) -> None:
+async def test_request_id_and_traceparent_generated_when_missing(
+    chain: Chain, app: TestApp
+) -> None:
     async with RawClient.connect(chain.port) as client:
         seen = []
         for _ in range(2):
@@ -323,7 +329,9 @@ async def test_http10_keep_alive(chain: Chain) -> None:
     async with RawClient.connect(chain.port) as client:
         for i in range(3):
             await client.send(
-                request("GET", f"/echo/{i}", version="HTTP/1.0", headers=[("Connection", "keep-alive")])
+                request(
+                    "GET", f"/echo/{i}", version="HTTP/1.0", headers=[("Connection", "keep-alive")]
+                )
             )
             resp = await client.read_response()
             assert resp.json()["path"] == f"/echo/{i}"
@@ -338,7 +346,9 @@ async def test_absolute_form_target(chain: Chain) -> None:
     assert (echo["path"], echo["query"]) == ("/echo/abs", "q=1")
 
 
-async def test_upstream_body_delimited_by_close_is_rechunked(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_upstream_body_delimited_by_close_is_rechunked(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
     upstream = RawServer(canned(b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 5000))
     await nursery.start(upstream.run)
     _, port = await start_outbound(nursery, tmp_path, upstream.port)
@@ -378,7 +388,9 @@ async def test_upstream_resets_before_response(nursery: trio.Nursery, tmp_path: 
     assert await _one_error(port) == (502, "upstream_reset")
 
 
-async def test_upstream_closes_mid_content_length_body(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_upstream_closes_mid_content_length_body(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
     upstream = RawServer(canned(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 100))
     await nursery.start(upstream.run)
     _, port = await start_outbound(nursery, tmp_path, upstream.port)
@@ -436,7 +448,11 @@ async def test_no_route(nursery: trio.Nursery, tmp_path: Path, app: TestApp) -> 
         {
             "name": "main",
             "routes": [
-                {"name": "v2", "match": {"path": {"prefix": "/v2"}}, "backends": [{"cluster": "up"}]}
+                {
+                    "name": "v2",
+                    "match": {"path": {"prefix": "/v2"}},
+                    "backends": [{"cluster": "up"}],
+                }
             ],
         }
     ]
@@ -472,7 +488,7 @@ async def test_connect_method_unsupported(chain: Chain, app: TestApp) -> None:
 
 
 async def test_upstream_answers_before_reading_body(nursery: trio.Nursery, tmp_path: Path) -> None:
-    """An early answer (413 here) reaches the client; the rest of the body can't reuse the connection."""
+    """An early answer (413 here) reaches the client; the connection can't be used again."""
 
     async def early(stream: trio.SocketStream) -> None:
         await read_head(stream)
@@ -485,7 +501,9 @@ async def test_upstream_answers_before_reading_body(nursery: trio.Nursery, tmp_p
     await nursery.start(upstream.run)
     _, port = await start_outbound(nursery, tmp_path, upstream.port)
     async with RawClient.connect(port) as client:
-        await client.send(request("POST", "/", headers=[("Content-Length", "1000000")]) + b"x" * 1000)
+        await client.send(
+            request("POST", "/", headers=[("Content-Length", "1000000")]) + b"x" * 1000
+        )
         resp = await client.read_response()
         assert (resp.status, resp.body) == (413, b"big")
         # The rest of the request body is still coming, so the proxy closes this connection
@@ -514,7 +532,14 @@ async def test_metrics_count_requests_with_labels(chain: Chain) -> None:
                         labels = sample.labels
                         key = tuple(
                             labels[k]
-                            for k in ("direction", "source", "destination", "route", "method", "code")
+                            for k in (
+                                "direction",
+                                "source",
+                                "destination",
+                                "route",
+                                "method",
+                                "code",
+                            )
                         )
                         out[key] = sample.value
         return out
@@ -528,3 +553,287 @@ async def test_metrics_count_requests_with_labels(chain: Chain) -> None:
     assert inbound[("inbound", "unknown", "api", "default", "POST", "200")] == 1
     stats = (await admin_get(chain.outbound, "/stats")).json()
     assert stats["http.outbound.web.api.default.GET.200.requests"] == 3
+
+
+# -- more edges -------------------------------------------------------------------------------
+
+
+async def test_client_leaves_mid_response(chain: Chain) -> None:
+    """A client that goes away mid-body leaves nothing behind, and the proxy keeps serving."""
+    async with RawClient.connect(chain.port) as client:
+        await client.send(request("GET", "/stream?size=50000000"))
+        resp = await client.read_head()
+        assert resp.status == 200
+        pieces = client.body_pieces(resp)
+        await anext(pieces)
+        await pieces.aclose()
+    with trio.fail_after(TIMEOUT):
+        while chain.outbound.listeners.connection_count or chain.inbound.listeners.connection_count:
+            await trio.sleep(0.02)
+    async with RawClient.connect(chain.port) as client:
+        await client.send(request("GET", "/echo/next"))
+        assert (await client.read_response()).json()["path"] == "/echo/next"
+    for sidecar, name in ((chain.outbound, "api"), (chain.inbound, "local_app")):
+        [info] = [c for c in sidecar.clusters_info() if c["name"] == name]
+        assert info["endpoints"][0]["active"] == 0
+
+
+async def test_pooled_connection_closed_by_upstream_is_replaced(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The upstream closes every connection after one keep-alive response: no request fails."""
+
+    async def one_then_close(stream: trio.SocketStream) -> None:
+        if await read_head(stream):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    upstream = RawServer(one_then_close)
+    await nursery.start(upstream.run)
+    _, port = await start_outbound(nursery, tmp_path, upstream.port)
+    async with RawClient.connect(port) as client:
+        for method in ("GET", "GET", "DELETE", "GET", "HEAD", "GET"):
+            await client.send(request(method, "/"))
+            resp = await client.read_response(head_request=method == "HEAD")
+            assert resp.status == 200, (method, resp)
+    assert upstream.connections == 6
+
+
+async def test_error_response_to_head_has_no_body(nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, port = await start_outbound(nursery, tmp_path, closed_port())
+    async with RawClient.connect(port) as client:
+        await client.send(request("HEAD", "/"))
+        resp = await client.read_response(head_request=True)
+        assert (resp.status, resp.header("x-meshd-error")) == (502, "upstream_connect_failed")
+        assert int(resp.header("content-length") or "0") > 0
+        await client.send(request("GET", "/"))
+        resp = await client.read_response()
+        assert resp.status == 502
+        assert resp.body.startswith(b"upstream_connect_failed")
+
+
+async def test_body_of_unrouted_request(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    tables = [
+        {
+            "name": "main",
+            "routes": [
+                {
+                    "name": "v2",
+                    "match": {"path": {"prefix": "/v2"}},
+                    "backends": [{"cluster": "up"}],
+                }
+            ],
+        }
+    ]
+    _, port = await start_outbound(nursery, tmp_path, app.port, route_tables=tables)
+    for size in (10, 300_000):
+        async with RawClient.connect(port) as client:
+            await client.send(request("POST", "/v1/x", headers=[("Content-Length", str(size))]))
+            # The proxy may answer and close before taking the whole body; the answer must
+            # still reach the client (a lingering close, not a reset that destroys it).
+            with contextlib.suppress(trio.BrokenResourceError):
+                await client.send(b"b" * size)
+            resp = await client.read_response()
+            assert (resp.status, resp.header("x-meshd-error")) == (404, "no_route")
+            if resp.header("connection") == "close":
+                await client.wait_closed()
+                continue
+            # Kept open: then the body must not be taken for the next request.
+            await client.send(request("GET", "/v2/next"))
+            assert (await client.read_response()).json()["path"] == "/v2/next"
+    assert app.paths.count("/v1/x") == 0
+
+
+async def test_idle_keep_alive_connection_closed_quietly(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    _, port = await start_outbound(nursery, tmp_path, app.port, idle_timeout_s=0.3)
+    async with RawClient.connect(port) as client:
+        await client.send(request("GET", "/echo/1"))
+        assert (await client.read_response()).status == 200
+        # No 408 for a connection between requests: it just ends.
+        assert await client.wait_closed() == "eof"
+
+
+async def test_expect_continue_answered_with_final_status(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The upstream refuses the body up front; the client never has to send it."""
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        if await read_head(stream):
+            await stream.send_all(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n")
+            with trio.move_on_after(TIMEOUT):
+                while await stream.receive_some(65536):
+                    pass
+
+    upstream = RawServer(refuse)
+    await nursery.start(upstream.run)
+    _, port = await start_outbound(nursery, tmp_path, upstream.port)
+    async with RawClient.connect(port) as client:
+        await client.send(
+            request("PUT", "/", headers=[("Expect", "100-continue"), ("Content-Length", "1000")])
+        )
+        resp = await client.read_response()
+        assert resp.status == 417
+        assert resp.interim == []
+
+
+async def test_route_timeout_mid_body_ends_connection(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    """The deadline passes after the head went out: the client sees the body cut, not a hang."""
+    tables = [
+        {
+            "name": "main",
+            "routes": [{"name": "r", "backends": [{"cluster": "up"}], "timeout_s": 0.3}],
+        }
+    ]
+    _, port = await start_outbound(nursery, tmp_path, app.port, route_tables=tables)
+    async with RawClient.connect(port) as client:
+        # The app's gate is never opened: its body stops after the first piece.
+        await client.send(request("GET", "/gated-stream"))
+        resp = await client.read_head()
+        assert resp.status == 200
+        data, how = await client.read_until_closed()
+    assert b"first-piece" in data
+    assert not data.endswith(b"0\r\n\r\n"), data
+    assert how in ("eof", "reset")
+
+
+async def test_many_concurrent_clients(chain: Chain, app: TestApp) -> None:
+    async def client_task(i: int) -> None:
+        async with RawClient.connect(chain.port) as client:
+            for j in range(5):
+                await client.send(request("POST", f"/echo/{i}/{j}", body=b"x" * (i * 100 + j)))
+                resp = await client.read_response()
+                assert resp.status == 200
+                assert resp.json()["body_len"] == i * 100 + j
+
+    async with trio.open_nursery() as group:
+        for i in range(40):
+            group.start_soon(client_task, i)
+    assert app.requests == 200
+    assert chain.endpoint_created(chain.outbound, "api") <= 40
+
+
+async def test_response_hop_by_hop_headers_removed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream = RawServer(
+        canned(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n"
+            b"Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\n"
+            b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\ncontent-length: 2\r\n\r\nok"
+        )
+    )
+    await nursery.start(upstream.run)
+    _, port = await start_outbound(nursery, tmp_path, upstream.port)
+    async with RawClient.connect(port) as client:
+        await client.send(request("GET", "/"))
+        resp = await client.read_response()
+    names = {n for n, _ in resp.headers}
+    assert not names & {"x-secret", "keep-alive", "proxy-connection", "upgrade"}, resp.headers
+    assert resp.header("x-kept") == "yes"
+    assert resp.header_all("set-cookie") == ["a=1", "b=2"]
+    assert resp.body == b"ok"
+
+
+async def test_response_trailers_are_not_merged_into_headers(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream = RawServer(
+        canned(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
+    )
+    await nursery.start(upstream.run)
+    _, port = await start_outbound(nursery, tmp_path, upstream.port)
+    async with RawClient.connect(port) as client:
+        await client.send(request("GET", "/"))
+        resp = await client.read_response()
+    assert resp.body == b"ok"
+    assert resp.header("x-trailer") is None, resp.raw_head
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\nok",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+    ],
+    ids=["bad_status", "cl_and_te", "duplicate_cl", "bad_cl", "not_http"],
+)
+async def test_upstream_protocol_error(
+    nursery: trio.Nursery, tmp_path: Path, response: bytes
+) -> None:
+    upstream = RawServer(canned(response))
+    await nursery.start(upstream.run)
+    sidecar, port = await start_outbound(nursery, tmp_path, upstream.port)
+    assert await _one_error(port) == (502, "upstream_protocol_error")
+    stats = sidecar.stats_info()
+    assert stats["cluster.up.upstream_errors.upstream_protocol_error"] == 1
+
+
+async def test_client_connection_close(chain: Chain) -> None:
+    async with RawClient.connect(chain.port) as client:
+        await client.send(request("GET", "/echo/bye", headers=[("Connection", "close")]))
+        resp = await client.read_response()
+        assert resp.json()["path"] == "/echo/bye"
+        assert resp.header("connection") == "close"
+        assert await client.wait_closed() == "eof"
+
+
+async def test_absolute_form_target_overrides_host(chain: Chain) -> None:
+    """RFC 9112 3.2.2: with an absolute-form target, the proxy replaces Host with its authority."""
+    async with RawClient.connect(chain.port) as client:
+        await client.send(request("GET", "http://api.test:8080/echo/abs", host="other.test"))
+        resp = await client.read_response()
+    assert app_headers(resp.json())["host"] == ["api.test:8080"]
+
+
+async def test_pipelined_after_proxy_error(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    tables = [
+        {
+            "name": "main",
+            "routes": [
+                {
+                    "name": "v2",
+                    "match": {"path": {"prefix": "/v2"}},
+                    "backends": [{"cluster": "up"}],
+                }
+            ],
+        }
+    ]
+    _, port = await start_outbound(nursery, tmp_path, app.port, route_tables=tables)
+    async with RawClient.connect(port) as client:
+        await client.send(
+            request("GET", "/v2/a") + request("GET", "/nope") + request("GET", "/v2/b")
+        )
+        first = await client.read_response()
+        second = await client.read_response()
+        third = await client.read_response()
+    assert first.json()["path"] == "/v2/a"
+    assert (second.status, second.header("x-meshd-error")) == (404, "no_route")
+    assert third.json()["path"] == "/v2/b"
+
+
+async def test_junk_after_complete_response_is_discarded(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """RFC 9112 6.3: extra data after a complete response is discarded, not an error."""
+    upstream = RawServer(canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokJUNK"))
+    await nursery.start(upstream.run)
+    _, port = await start_outbound(nursery, tmp_path, upstream.port)
+    async with RawClient.connect(port) as client:
+        for _ in range(2):
+            await client.send(request("GET", "/"))
+            resp = await client.read_response()
+            assert (resp.status, resp.body) == (200, b"ok"), resp
+    # The connection that carried junk was not reused.
+    assert upstream.connections == 2

@@ -8,8 +8,10 @@ on waits, never measured durations.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -347,7 +349,10 @@ class _Request(threading.Thread):
             self.error = exc
 
 
-def test_sigterm_finishes_in_flight_then_exits(tmp_path: Path, upstream: UpstreamApp) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_sigterm_finishes_in_flight_then_exits(
+    tmp_path: Path, upstream: UpstreamApp, signum: signal.Signals
+) -> None:
     boot = _write_config(tmp_path, upstream, drain_timeout_s=60)
     with running_sidecar(boot) as sc:
         port = sc.listener_port("api")
@@ -361,7 +366,7 @@ def test_sigterm_finishes_in_flight_then_exits(tmp_path: Path, upstream: Upstrea
                 r.start()
             try:
                 upstream.wait_slow_in_flight(4)
-                sc.send_signal(signal.SIGTERM)
+                sc.send_signal(signum)
                 wait_for(lambda: _refused(port), timeout=10, what="listener closed")
             finally:
                 for r in requests:
@@ -413,6 +418,215 @@ def test_admin_post_drain(tmp_path: Path, upstream: UpstreamApp) -> None:
             slow.join(timeout=30)
         assert (slow.status, slow.error) == (200, None)
         assert sc.wait_exit(timeout=30) == 0
+
+
+def test_signals_during_drain(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """SIGHUP while draining must not bind listeners again; a second SIGTERM changes nothing."""
+    boot = _write_config(tmp_path, upstream, drain_timeout_s=30)
+    extra_port = free_port()
+    with running_sidecar(boot) as sc:
+        port = sc.listener_port("api")
+        slow = _Request(port, "/slow?ms=3000")
+        slow.start()
+        try:
+            upstream.wait_slow_in_flight(1)
+            sc.send_signal(signal.SIGTERM)
+            wait_for(lambda: _refused(port), timeout=10, what="listener closed")
+            listener = {
+                "name": "extra",
+                "direction": "outbound",
+                "address": f"127.0.0.1:{extra_port}",
+                "cluster": "app",
+            }
+            write_yaml(
+                tmp_path / "snapshot.yaml",
+                snapshot_doc(version=2, upstream_port=upstream.port, extra_listeners=[listener]),
+            )
+            sc.send_signal(signal.SIGHUP)
+            sc.send_signal(signal.SIGTERM)
+            # Watch for a while (the slow request keeps the process up meanwhile): neither
+            # the new listener nor the old one may accept at any point.
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                assert _refused(extra_port), "a reload during drain opened a new listener"
+                assert _refused(port), "a reload during drain reopened a listener"
+                time.sleep(0.1)
+            assert sc.admin("/ready")[0] == 503
+        finally:
+            slow.join(timeout=30)
+        assert (slow.status, slow.error) == (200, None)
+        assert sc.wait_exit(timeout=30) == 0
+
+
+def test_reload_keeps_existing_connections_on_their_snapshot(
+    tmp_path: Path, upstream: UpstreamApp
+) -> None:
+    extra_port = free_port()
+    extra = {
+        "name": "extra",
+        "direction": "outbound",
+        "address": f"127.0.0.1:{extra_port}",
+        "cluster": "app",
+    }
+    boot = _write_config(tmp_path, upstream)
+    write_yaml(
+        tmp_path / "snapshot.yaml",
+        snapshot_doc(version=1, upstream_port=upstream.port, extra_listeners=[extra]),
+    )
+    with running_sidecar(boot) as sc:
+        port = sc.listener_port("api")
+        old_api = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        old_extra = http.client.HTTPConnection("127.0.0.1", extra_port, timeout=15)
+        try:
+            for conn in (old_api, old_extra):
+                conn.request("GET", "/")
+                assert conn.getresponse().read() == b"ok\n"
+            # v2 routes only /v2 and drops the extra listener.
+            v2 = snapshot_doc(version=2, upstream_port=upstream.port)
+            v2["route_tables"][0]["routes"][0]["match"] = {"path": {"prefix": "/v2"}}
+            write_yaml(tmp_path / "snapshot.yaml", v2)
+            _reload_and_wait(sc, 2)
+            wait_for(lambda: _refused(extra_port), timeout=10, what="extra closed")
+            status, headers, _ = http_get(port, "/")
+            assert (status, headers.get("x-meshd-error")) == (404, "no_route")
+            # Connections accepted before the reload keep their snapshot and their listener.
+            for conn in (old_api, old_extra):
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                assert (resp.status, resp.read()) == (200, b"ok\n")
+        finally:
+            old_api.close()
+            old_extra.close()
+
+
+def test_unreachable_notify_socket_is_not_fatal(tmp_path: Path, upstream: UpstreamApp) -> None:
+    boot = _write_config(tmp_path, upstream)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock"), "WATCHDOG_USEC": "200000"}
+    with running_sidecar(boot, env=env) as sc:
+        assert http_get(sc.listener_port("api"), "/")[0] == 200
+        assert sc.admin("/ready")[0] == 200
+        sc.send_signal(signal.SIGTERM)
+        assert sc.wait_exit(timeout=20) == 0
+
+
+# -- workers ------------------------------------------------------------------------------------
+
+
+def _free_port_pair() -> int:
+    """A port p such that p and p + 1 were both free a moment ago."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two adjacent free ports")
+
+
+def _answers(port: int, path: str) -> bool:
+    try:
+        return http_get(port, path, timeout=5)[0] == 200
+    except OSError:
+        return False
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: it only waits for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found += [int(x) for x in (task / "children").read_text().split()]
+    return found
+
+
+@contextlib.contextmanager
+def _workers_sidecar(
+    tmp_path: Path, upstream: UpstreamApp
+) -> Iterator[tuple[SidecarProcess, int, int, int]]:
+    """A sidecar with ``workers: 2``: (process, listener port, admin port, worker pid)."""
+    listen, admin = free_port(), _free_port_pair()
+    boot = tmp_path / "bootstrap.yaml"
+    write_yaml(boot, bootstrap_doc(app_port=upstream.port, admin_port=admin, workers=2))
+    write_yaml(
+        tmp_path / "snapshot.yaml",
+        snapshot_doc(version=1, upstream_port=upstream.port, listen_port=listen),
+    )
+    worker_pids: set[int] = set()
+    try:
+        with running_sidecar(boot) as sc:
+            try:
+                wait_for(lambda: len(_children(sc.pid)) == 1, timeout=15, what="the worker")
+                (worker,) = _children(sc.pid)
+                worker_pids.add(worker)
+                wait_for(lambda: _answers(admin + 1, "/ready"), timeout=30, what="worker ready")
+                yield sc, listen, admin, worker
+            finally:
+                # Workers restarted meanwhile have other pids.
+                worker_pids.update(_children(sc.pid))
+    finally:
+        # The primary stops its workers, and the kernel signals them if it was killed; a
+        # worker still there after that is a bug, but must not outlive the test either.
+        for pid in worker_pids:
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda pid=pid: _gone(pid), timeout=10)  # type: ignore[misc]
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_reload_and_drain(tmp_path: Path, upstream: UpstreamApp) -> None:
+    with _workers_sidecar(tmp_path, upstream) as (sc, listen, admin, worker):
+        assert sc.admin_port == admin
+        for _ in range(20):
+            assert http_get(listen, "/")[0] == 200
+        write_yaml(
+            tmp_path / "snapshot.yaml",
+            snapshot_doc(version=2, upstream_port=upstream.port, listen_port=listen, timeout_s=3),
+        )
+        _reload_and_wait(sc, 2)
+
+        def worker_version() -> int:
+            status, _, body = http_get(admin + 1, "/config_dump")
+            assert status == 200
+            return int(json.loads(body)["snapshot"]["version"])
+
+        wait_for(lambda: worker_version() == 2, timeout=15, what="the worker to reload")
+        sc.send_signal(signal.SIGTERM)
+        assert sc.wait_exit(timeout=30) == 0
+        wait_for(lambda: _gone(worker), timeout=15, what="the worker to exit")
+        assert _refused(listen)
+
+
+def test_worker_dies_with_killed_primary(tmp_path: Path, upstream: UpstreamApp) -> None:
+    with _workers_sidecar(tmp_path, upstream) as (sc, _listen, _admin, worker):
+        sc.send_signal(signal.SIGKILL)
+        assert sc.wait_exit(timeout=15) == -signal.SIGKILL
+        wait_for(lambda: _gone(worker), timeout=20, what="the orphaned worker to exit")
+
+
+def test_worker_survives_idle_primary(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """A worker must live as long as the primary does, not as long as some thread of it.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits; trio starts
+    subprocesses from its thread cache, whose idle threads exit after 10 s.
+    """
+    with _workers_sidecar(tmp_path, upstream) as (sc, listen, _admin, worker):
+        time.sleep(12)
+        assert not _gone(worker), sc.output()
+        assert _children(sc.pid) == [worker], sc.output()
+        assert not [e for e in sc.events() if e.get("logger") == "meshd.workers"], sc.output()
+        assert http_get(listen, "/")[0] == 200
 
 
 # -- 5. invalid configuration -------------------------------------------------------------------

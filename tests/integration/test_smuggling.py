@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from helpers import RawClient, TestApp, request, start_inbound
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n"
@@ -49,9 +48,24 @@ CASES: list[tuple[str, bytes, int, str]] = [
         400,
         "bad_request",
     ),
-    ("cl_plus", b"POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: +3\r\n\r\nabc", 400, "bad_request"),
-    ("cl_negative", b"POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: -1\r\n\r\nabc", 400, "bad_request"),
-    ("cl_suffix", b"POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3a\r\n\r\nabc", 400, "bad_request"),
+    (
+        "cl_plus",
+        b"POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: +3\r\n\r\nabc",
+        400,
+        "bad_request",
+    ),
+    (
+        "cl_negative",
+        b"POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: -1\r\n\r\nabc",
+        400,
+        "bad_request",
+    ),
+    (
+        "cl_suffix",
+        b"POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3a\r\n\r\nabc",
+        400,
+        "bad_request",
+    ),
     (
         "cl_overflow",
         b"POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: 99999999999999999999999\r\n\r\nabc",
@@ -60,7 +74,8 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ),
     (
         "chunk_size_not_hex",
-        b"POST /a HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: api.test\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
         400,
         "bad_request",
     ),
@@ -73,7 +88,8 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ),
     (
         "chunk_size_negative",
-        b"POST /a HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: api.test\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
         400,
         "bad_request",
     ),
@@ -119,7 +135,8 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ),
     (
         "te_in_http10",
-        b"POST /a HTTP/1.0\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.0\r\nHost: api.test\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         400,
         "bad_request",
     ),
@@ -132,7 +149,12 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ),
     ("invalid_method", b"G(T /a HTTP/1.1\r\nHost: api.test\r\n\r\n", 400, "bad_request"),
     ("invalid_version", b"GET /a HTTP/9.9\r\nHost: api.test\r\n\r\n", 400, "bad_request"),
-    ("nul_in_header", b"GET /a HTTP/1.1\r\nHost: api.test\r\nX-A: a\x00b\r\n\r\n", 400, "bad_request"),
+    (
+        "nul_in_header",
+        b"GET /a HTTP/1.1\r\nHost: api.test\r\nX-A: a\x00b\r\n\r\n",
+        400,
+        "bad_request",
+    ),
     ("space_in_target", b"GET /a b HTTP/1.1\r\nHost: api.test\r\n\r\n", 400, "bad_request"),
     (
         "request_line_too_long",
@@ -157,7 +179,9 @@ CASES: list[tuple[str, bytes, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("wire", "status", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("wire", "status", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 async def test_rejected_and_not_forwarded(
     nursery: trio.Nursery, tmp_path: Path, app: TestApp, wire: bytes, status: int, reason: str
 ) -> None:
@@ -176,10 +200,14 @@ async def test_rejected_and_not_forwarded(
     assert app.paths == ["/echo/good"]
     # The rejection is counted like any other answer.
     stats = sidecar.stats_info()
-    assert any(k.startswith("http.inbound.") and k.endswith(f".{status}.requests") for k in stats), stats
+    assert any(
+        k.startswith("http.inbound.") and k.endswith(f".{status}.requests") for k in stats
+    ), stats
 
 
-async def test_head_over_limit_sent_in_pieces(nursery: trio.Nursery, tmp_path: Path, app: TestApp) -> None:
+async def test_head_over_limit_sent_in_pieces(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
     """A head that keeps growing is cut off at the limit, even when it arrives a piece at a time."""
     _, port = await start_inbound(nursery, tmp_path, app.port, max_request_headers_kb=1)
     async with RawClient.connect(port) as client:
@@ -195,7 +223,9 @@ async def test_head_over_limit_sent_in_pieces(nursery: trio.Nursery, tmp_path: P
     assert app.requests == 0
 
 
-async def test_head_under_limit_sent_in_pieces(nursery: trio.Nursery, tmp_path: Path, app: TestApp) -> None:
+async def test_head_under_limit_sent_in_pieces(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
     """A head under the limit passes however it is split across reads (no double counting)."""
     _, port = await start_inbound(nursery, tmp_path, app.port, max_request_headers_kb=1)
     head = b"GET /echo/pieces HTTP/1.1\r\nHost: api.test\r\n" + b"".join(
@@ -212,7 +242,9 @@ async def test_head_under_limit_sent_in_pieces(nursery: trio.Nursery, tmp_path: 
     assert app.paths == ["/echo/pieces"]
 
 
-async def test_valid_edge_cases_are_accepted(nursery: trio.Nursery, tmp_path: Path, app: TestApp) -> None:
+async def test_valid_edge_cases_are_accepted(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
     """Not everything unusual is an attack: these must pass."""
     _, port = await start_inbound(nursery, tmp_path, app.port)
     async with RawClient.connect(port) as client:
@@ -224,13 +256,37 @@ async def test_valid_edge_cases_are_accepted(nursery: trio.Nursery, tmp_path: Pa
         resp = await client.read_response()
         assert resp.json()["count"] == 10
         # Content-Length with leading zeros and optional whitespace.
-        await client.send(b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length:  003 \r\n\r\nabc")
+        await client.send(
+            b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length:  003 \r\n\r\nabc"
+        )
         resp = await client.read_response()
         assert resp.json()["count"] == 3
         # Mixed-case Transfer-Encoding value.
         await client.send(
-            b"POST /upload HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: api.test\r\n"
+            b"Transfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
         )
         resp = await client.read_response()
         assert resp.json()["count"] == 3
     assert app.requests == 3
+
+
+async def test_request_trailers_are_not_forwarded_as_headers(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    """Trailer fields are not header fields (RFC 9110 6.5.1): they must not spoof the head."""
+    _, port = await start_inbound(nursery, tmp_path, app.port)
+    async with RawClient.connect(port) as client:
+        await client.send(
+            b"POST /echo/trailers HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Trailer: t\r\nX-Forwarded-For: 6.6.6.6\r\n"
+            b"X-Request-Id: spoofed\r\n\r\n"
+        )
+        resp = await client.read_response()
+    assert resp.status == 200
+    echo = resp.json()
+    seen = {name: value for name, value in echo["headers"]}
+    assert echo["body_len"] == 3
+    assert "x-trailer" not in seen
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-request-id"] != "spoofed"

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from helpers import (
     TIMEOUT,
     Chain,
     RawClient,
     SidecarProcess,
     TestApp,
-    cluster,
     closed_port,
+    cluster,
     pattern,
     pattern_sha256,
     request,
@@ -83,7 +82,9 @@ SIZE = 100 * MB
 MAX_GROWTH_KB = 30 * 1024
 
 
-async def _start_chain_processes(tmp_path: Path, app_port: int) -> tuple[SidecarProcess, SidecarProcess]:
+async def _start_chain_processes(
+    tmp_path: Path, app_port: int
+) -> tuple[SidecarProcess, SidecarProcess]:
     inbound = SidecarProcess(
         write_sidecar_config(
             tmp_path / "api",
@@ -98,7 +99,9 @@ async def _start_chain_processes(tmp_path: Path, app_port: int) -> tuple[Sidecar
             tmp_path / "web",
             service="web",
             app_port=closed_port(),
-            listeners=[{"name": "api", "direction": "outbound", "address": "127.0.0.1:0", "cluster": "api"}],
+            listeners=[
+                {"name": "api", "direction": "outbound", "address": "127.0.0.1:0", "cluster": "api"}
+            ],
             clusters=[cluster("api", inbound.port())],
         )
     )
@@ -110,11 +113,14 @@ async def _start_chain_processes(tmp_path: Path, app_port: int) -> tuple[Sidecar
     return inbound, outbound
 
 
-async def _upload(port: int, size: int) -> dict[str, object]:
+async def _upload(port: int, size: int, *, chunked: bool = False) -> dict[str, object]:
+    framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(size))
     async with RawClient.connect(port) as client:
-        await client.send(request("POST", "/upload", headers=[("Content-Length", str(size))]))
+        await client.send(request("POST", "/upload", headers=[framing]))
         for piece in pattern(size):
-            await client.send(piece)
+            await client.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        if chunked:
+            await client.send(b"0\r\n\r\n")
         resp = await client.read_response(timeout=30)
     assert resp.status == 200
     result: dict[str, object] = resp.json()
@@ -135,7 +141,7 @@ async def _download(port: int, size: int) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-async def test_100mb_upload_and_download_with_flat_memory(tmp_path: Path, app: TestApp) -> None:
+async def test_100mb_uploads_and_download_with_flat_memory(tmp_path: Path, app: TestApp) -> None:
     inbound, outbound = await _start_chain_processes(tmp_path, app.port)
     try:
         with trio.fail_after(90):
@@ -145,8 +151,9 @@ async def test_100mb_upload_and_download_with_flat_memory(tmp_path: Path, app: T
             assert (await _download(port, MB))[0] == MB
             before = {p: p.status() for p in (inbound, outbound)}
 
-            result = await _upload(port, SIZE)
-            assert result == {"count": SIZE, "sha256": pattern_sha256(SIZE)}
+            expected = {"count": SIZE, "sha256": pattern_sha256(SIZE)}
+            assert await _upload(port, SIZE) == expected
+            assert await _upload(port, SIZE, chunked=True) == expected
             count, digest = await _download(port, SIZE)
             assert (count, digest) == (SIZE, pattern_sha256(SIZE))
 

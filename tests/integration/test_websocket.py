@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from helpers import TIMEOUT, Chain, RawClient, TestApp, request
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -16,8 +17,6 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-
-from helpers import TIMEOUT, Chain, RawClient, TestApp, request
 
 
 class WsClient:
@@ -113,7 +112,9 @@ async def test_websocket_rejected_upgrade_is_plain_http(chain: Chain, app: TestA
     assert app.websockets == 0
 
 
-async def test_upgrade_without_connection_header_is_not_an_upgrade(chain: Chain, app: TestApp) -> None:
+async def test_upgrade_without_connection_header_is_not_an_upgrade(
+    chain: Chain, app: TestApp
+) -> None:
     async with RawClient.connect(chain.port) as client:
         await client.send(request("GET", "/echo/up", headers=[("Upgrade", "websocket")]))
         resp = await client.read_response()
