@@ -11,7 +11,7 @@ import trio
 
 from meshcore import __version__
 from meshcore.errors import ConfigError
-
+from meshd.errors import MeshdError
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -65,16 +65,13 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging(json=args.log_format == "json", level=args.log_level)
     if args.worker_index:
-        from meshd.workers import die_with_parent
-
-        die_with_parent()
         sidecar = Sidecar(args.config, worker_index=args.worker_index)
     else:
         sidecar = Sidecar(args.config, notifier=Notifier.from_env(), inherited=listen_fds())
     failures: list[BaseException] = []
     try:
         trio.run(sidecar.run)
-    except* ConfigError as group:
+    except* (ConfigError, MeshdError) as group:
         # Raised before or inside the sidecar's nursery (a listener that can't bind).
         failures.extend(group.exceptions)
     for exc in failures:

@@ -66,6 +66,7 @@ class ListenerManager:
         self._nursery: trio.Nursery | None = None
         self._connections: trio.Nursery | None = None
         self._live = 0
+        self._stopped = False
         self._all_closed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -85,9 +86,13 @@ class ListenerManager:
         assert self._nursery is not None and self._connections is not None
         wanted = {lst.name: lst for lst in runtime.snapshot.listeners}
         by_address = {str(s.model.address): s for s in self.slots.values()}
+        if self._stopped:
+            raise SnapshotRejected("draining: listeners are closed")
         new_socks: dict[str, tuple[socket.socket, bool]] = {}
+        failed = ""
         try:
             for name, lst in wanted.items():
+                failed = name
                 slot = self.slots.get(name)
                 if slot is not None and slot.model.address == lst.address:
                     continue
@@ -101,7 +106,10 @@ class ListenerManager:
             for sock, inherited in new_socks.values():
                 if not inherited:
                     sock.close()
-            raise SnapshotRejected(f"cannot bind listener: {exc}") from exc
+            lst = wanted[failed]
+            raise SnapshotRejected(
+                f"cannot bind listener {lst.name!r} on {lst.address}: {exc.strerror or exc}"
+            ) from exc
         old = self.slots
         self.slots = {}
         for name, lst in wanted.items():
@@ -125,6 +133,11 @@ class ListenerManager:
             self.slots[name] = slot
         for slot in old.values():
             self._close(slot)
+
+    @property
+    def has_inherited(self) -> bool:
+        """Listening sockets came from the service manager (socket activation)."""
+        return bool(self._inherited)
 
     def _open(self, lst: Listener) -> tuple[socket.socket, bool]:
         found = match_socket(self._inherited, lst.name, lst.address.host, lst.address.port)
@@ -160,6 +173,7 @@ class ListenerManager:
 
     def stop_accepting(self) -> None:
         """Close every listening socket (draining); accepted connections go on."""
+        self._stopped = True
         for slot in self.slots.values():
             self._close(slot)
 

@@ -8,6 +8,7 @@ let in-flight requests finish within ``drain_timeout_s``, exit 0.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,9 @@ from meshd.stats import Stats, build_registry
 from meshd.workers import WorkerSupervisor
 
 log = structlog.get_logger("meshd.sidecar")
+
+#: How often a worker checks that its primary process is still there.
+_PRIMARY_CHECK_S = 0.5
 
 
 def load_config(bootstrap_path: Path) -> tuple[Bootstrap, Snapshot]:
@@ -85,7 +89,11 @@ class Sidecar:
     ) -> None:
         """Serve until drained. Raises :class:`ConfigError` if the first configuration is bad."""
         bootstrap, snapshot = load_config(self.bootstrap_path)
-        if bootstrap.workers > 1:
+        workers = bootstrap.workers
+        if workers > 1 and self.listeners.has_inherited:
+            log.warning("socket activation: serving in one process, workers ignored")
+            workers = 1
+        if workers > 1:
             self.listeners.reuse_port = True
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
@@ -100,11 +108,13 @@ class Sidecar:
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 admin = AdminServer(app, bootstrap.admin.host, port)
                 self.admin_port = await nursery.start(admin.run)
-            if bootstrap.workers > 1 and self.worker_index == 0:
-                self.workers = WorkerSupervisor(self.bootstrap_path, bootstrap.workers)
+            if workers > 1 and self.worker_index == 0:
+                self.workers = WorkerSupervisor(self.bootstrap_path, workers)
                 await nursery.start(self.workers.run)
             await nursery.start(WatchdogService(self.notifier, _watchdog()).run)
             nursery.start_soon(self._signals)
+            if self.worker_index:
+                nursery.start_soon(self._watch_primary, os.getppid())
             self._ready = True
             self.notifier.ready(f"serving snapshot {snapshot.version}")
             log.info(
@@ -126,11 +136,31 @@ class Sidecar:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    if self.is_draining():
+                        log.warning("draining: SIGHUP ignored")
+                        continue
                     self.reload()
                     if self.workers is not None:
                         self.workers.signal_all(signal.SIGHUP)
                 else:
                     self.start_drain()
+
+    async def _watch_primary(self, primary: int) -> None:
+        """A worker drains once its primary process is gone."""
+        try:
+            pidfd = os.pidfd_open(primary)
+        except (AttributeError, OSError):
+            # No pidfd (old kernel): notice the re-parenting instead.
+            while os.getppid() == primary:  # noqa: ASYNC110 -- nothing to wait on
+                await trio.sleep(_PRIMARY_CHECK_S)
+        else:
+            try:
+                await trio.lowlevel.wait_readable(pidfd)  # readable once the process exits
+            finally:
+                trio.lowlevel.notify_closing(pidfd)
+                os.close(pidfd)
+        log.warning("primary process gone, draining", primary=primary)
+        self.start_drain()
 
     def reload(self) -> bool:
         """Re-read the configuration files; on any error keep serving the current one."""

@@ -4,13 +4,12 @@ With ``workers: N`` in the bootstrap, the primary process runs a sidecar like an
 supervises N-1 more processes of the same program, each binding the same addresses with
 SO_REUSEPORT so the kernel spreads connections across them. Each worker serves its own admin
 API on the admin port plus its index (when the admin port is fixed). The primary forwards
-SIGHUP and drains the workers with its own drain; a worker that dies is started again, and a
-worker whose primary dies gets SIGTERM from the kernel (PR_SET_PDEATHSIG).
+SIGHUP and drains the workers with its own drain; a worker that dies is started again (with
+a growing delay if it keeps dying), and a worker whose primary dies drains itself.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -22,17 +21,10 @@ import trio
 
 log = structlog.get_logger("meshd.workers")
 
-_PR_SET_PDEATHSIG = 1
 _RESTART_BACKOFF_S = 1.0
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to send SIGTERM when the parent process exits (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: workers then outlive a killed primary
-        log.warning("cannot set parent-death signal")
+_RESTART_BACKOFF_MAX_S = 60.0
+#: A worker that ran this long before dying is restarted without delay growth.
+_HEALTHY_RUN_S = 30.0
 
 
 class WorkerSupervisor:
@@ -69,7 +61,9 @@ class WorkerSupervisor:
                 await self._terminate_all()
 
     async def _keep_running(self, index: int) -> None:
+        backoff = _RESTART_BACKOFF_S
         while not self.stopping():
+            started = trio.current_time()
             env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "LISTEN_"))}
             proc = await trio.lowlevel.open_process(
                 self.command(index), env=env, stdin=subprocess.DEVNULL
@@ -79,8 +73,11 @@ class WorkerSupervisor:
             del self._procs[index]
             if self.stopping():
                 return
-            log.error("worker exited, starting it again", worker=index, code=code)
-            await trio.sleep(_RESTART_BACKOFF_S)
+            if trio.current_time() - started > _HEALTHY_RUN_S:
+                backoff = _RESTART_BACKOFF_S
+            log.error("worker exited, starting it again", worker=index, code=code, delay=backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, _RESTART_BACKOFF_MAX_S)
 
     def stopping(self) -> bool:
         """Workers are being stopped on purpose (no restarts)."""

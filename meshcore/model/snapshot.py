@@ -210,15 +210,15 @@ class Snapshot(Frozen):
 
     @model_validator(mode="after")
     def _references(self) -> Snapshot:
-        for kind, names in (
-            ("listener", [x.name for x in self.listeners]),
-            ("route table", [x.name for x in self.route_tables]),
-            ("cluster", [x.name for x in self.clusters]),
-            ("listener address", [str(x.address) for x in self.listeners]),
+        for kinds, names in (
+            ("listeners", [x.name for x in self.listeners]),
+            ("route tables", [x.name for x in self.route_tables]),
+            ("clusters", [x.name for x in self.clusters]),
+            ("listener addresses", [str(x.address) for x in self.listeners]),
         ):
             dup = _duplicates(names)
             if dup:
-                raise ValueError(f"duplicate {kind}s: {', '.join(dup)}")
+                raise ValueError(f"duplicate {kinds}: {', '.join(dup)}")
         clusters = {c.name for c in self.clusters} | {LOCAL_APP_CLUSTER}
         tables = {t.name for t in self.route_tables}
         for listener in self.listeners:

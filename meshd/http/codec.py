@@ -147,6 +147,7 @@ class RequestParser:
         "_in_head",
         "_max_head",
         "_parser",
+        "_raw_head",
         "_url",
         "events",
         "upgrade_tail",
@@ -157,7 +158,11 @@ class RequestParser:
         self._max_head = max_head_bytes
         self._head = RequestHead()
         self._url: list[bytes] = []
+        #: Head bytes reported by llhttp callbacks (request line and complete header fields).
         self._head_bytes = 0
+        #: Raw bytes of reads that came while a head was still incomplete: bounds the
+        #: partial lines llhttp keeps to itself until they end.
+        self._raw_head = 0
         self._in_head = False
         self.events: deque[tuple[int, object]] = deque()
         self.upgrade_tail: bytes | bytearray | None = None
@@ -169,9 +174,7 @@ class RequestParser:
 
     def feed(self, data: bytes | bytearray) -> None:
         """Parse ``data``; raises :class:`HttpError` on bad input."""
-        if self._in_head or not self.events:
-            # A head that never ends must not grow without bound.
-            self._head_bytes += len(data)
+        continuing = self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -183,11 +186,14 @@ class RequestParser:
                 raise exc.__context__ from None
             raise
         except httptools.HttpParserError as exc:
-            if self._head_bytes > self._max_head and self._in_head:
-                raise HttpError(431, "headers_too_large", "request head too large") from exc
             raise HttpError(400, "bad_request", str(exc)) from exc
-        if self._in_head and self._head_bytes > self._max_head:
-            raise HttpError(431, "headers_too_large", "request head too large")
+        if self._in_head:
+            # Still inside a head: all of this read belonged to it, unless the head began
+            # within it (then the callbacks' count covers it).
+            if continuing:
+                self._raw_head += len(data)
+            if self._raw_head > self._max_head:
+                raise HttpError(431, "headers_too_large", "request head too large")
 
     # httptools callbacks -------------------------------------------------------------------
 
@@ -196,6 +202,7 @@ class RequestParser:
         self._url = []
         self._in_head = True
         self._head_bytes = 0
+        self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -204,6 +211,8 @@ class RequestParser:
             raise HttpError(431, "headers_too_large", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field: never merged into the head that was already sent
         head = self._head
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head:
@@ -253,6 +262,7 @@ class ResponseParser:
     __slots__ = (
         "_head",
         "_head_request",
+        "_in_head",
         "_parser",
         "_stale",
         "body",
@@ -264,6 +274,7 @@ class ResponseParser:
     def __init__(self, *, head_request: bool = False) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._stale = False
+        self._in_head = False
         self._head_request = head_request
         self._head = ResponseHead()
         #: Heads parsed and not yet taken: zero or more 1xx, then the final one.
@@ -286,10 +297,11 @@ class ResponseParser:
         self.extra = False
 
     def feed(self, data: bytes) -> bytes | None:
-        """Parse ``data``. Returns the bytes after a 101 response (they belong to the tunnel)."""
-        if self.complete:
-            self.extra = True
-            return None
+        """Parse ``data``. Returns the bytes after a 101 response (they belong to the tunnel).
+
+        Bytes after a complete response set :attr:`extra` (in ``on_message_begin``, or
+        below when they don't even parse).
+        """
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -298,6 +310,11 @@ class ResponseParser:
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadDoneError):
                 return None
+            if self.complete:
+                # Junk after a complete response: keep the response, drop the connection.
+                self.extra = True
+                self._stale = True
+                return None
             raise HttpError(502, "upstream_protocol_error", str(exc)) from exc
         return None
 
@@ -305,11 +322,14 @@ class ResponseParser:
         if self.complete:
             self.extra = True
         self._head = ResponseHead()
+        self._in_head = True
 
     def on_status(self, reason: bytes) -> None:
         self._head.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field: never merged into the head that was already sent
         lname = name.lower()
         if lname in _SPECIAL_RESPONSE:
             if lname == b"content-length":
@@ -322,6 +342,7 @@ class ResponseParser:
     def on_headers_complete(self) -> None:
         head = self._head
         parser = self._parser
+        self._in_head = False
         head.status = status = parser.get_status_code()
         head.keep_alive = parser.should_keep_alive()
         if head.connection_tokens:

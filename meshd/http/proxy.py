@@ -302,7 +302,9 @@ class HttpConnection:
         ex.destination = cluster.service
         traceparent = next_traceparent(head.traceparent, shared.trace_sample_rate, shared.rng)
         xff = head.xff + b", " + self.peer_ip if head.xff else self.peer_ip
-        out = request_head_bytes(head, target, ex.request_id, traceparent, xff)
+        out = request_head_bytes(
+            head, target, ex.request_id, traceparent, xff, default_host=cluster.service.encode()
+        )
         await self._forward(head, route, cluster, out)
 
     async def _forward(
@@ -513,7 +515,9 @@ class HttpConnection:
 
     def _response_framing(self, head: RequestHead, rh: ResponseHead) -> tuple[int, bool]:
         """How the response body goes downstream, and whether the connection closes after."""
-        close = self._close_after or not head.keep_alive or self.shared.draining
+        ex = self._exchange
+        body_unread = ex is not None and not ex.body_done
+        close = self._close_after or not head.keep_alive or self.shared.draining or body_unread
         framing = rh.framing
         if framing in (CHUNKED, UNTIL_CLOSE):
             if head.version == b"1.1":
@@ -671,9 +675,10 @@ def _origin_form(head: RequestHead) -> bytes:
     if not sep or scheme.lower() not in (b"http", b"https"):
         raise HttpError(400, "bad_request", "unsupported request target")
     authority, slash, path = rest.partition(b"/")
-    if head.host is None:
-        head.host = authority
-        head.headers.append((b"host", authority))
+    # The target's authority replaces any Host header (RFC 9112 3.2.2).
+    head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+    head.headers.append((b"host", authority))
+    head.host = authority
     return b"/" + path if slash else b"/"
 
 

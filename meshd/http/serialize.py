@@ -22,10 +22,22 @@ def chunk(data: bytes) -> bytes:
 
 
 def request_head_bytes(
-    head: RequestHead, target: bytes, request_id: bytes, traceparent: bytes, xff: bytes
+    head: RequestHead,
+    target: bytes,
+    request_id: bytes,
+    traceparent: bytes,
+    xff: bytes,
+    *,
+    default_host: bytes = b"",
 ) -> bytes:
-    """The request head as sent upstream: hop-by-hop headers gone, framing and tracing redone."""
+    """The request head as sent upstream: hop-by-hop headers gone, framing and tracing redone.
+
+    It goes out as HTTP/1.1, which requires Host: an HTTP/1.0 request without one gets
+    ``default_host``.
+    """
     parts = [head.method, b" ", target, b" HTTP/1.1\r\n", _fields(head.headers)]
+    if head.host is None:
+        parts.append(b"host: " + default_host + b"\r\n")
     if head.framing == CHUNKED:
         parts.append(b"transfer-encoding: chunked\r\n")
     elif head.content_length >= 0:

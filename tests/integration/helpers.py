@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -642,7 +642,7 @@ class RawClient:
 
     async def body_pieces(
         self, response: Response, *, head_request: bool = False, timeout: float = TIMEOUT
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The body of ``response`` as it arrives (de-chunked); each read bounded by ``timeout``."""
         status = response.status
         if head_request or status < 200 or status in (204, 304):

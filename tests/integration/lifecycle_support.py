@@ -559,6 +559,11 @@ class LoadGenerator:
         with self._lock:
             return self.result.total
 
+    @property
+    def finished(self) -> bool:
+        """Every client thread has stopped (budget, deadline or :meth:`stop`)."""
+        return not any(t.is_alive() for t in self._threads)
+
     def start(self) -> None:
         """Start the client threads."""
         self._deadline = time.monotonic() + self.max_seconds

@@ -81,7 +81,7 @@ def _wait_progress(load: LoadGenerator, more: int) -> None:
     """Let ``more`` requests finish (or the load end) before the next change."""
     target = load.completed + more
     wait_for(
-        lambda: load.completed >= target or load.completed >= load.max_requests,
+        lambda: load.completed >= target or load.finished,
         timeout=20,
         what=f"{more} more requests",
     )
@@ -233,7 +233,7 @@ def test_reloads_under_load_fail_no_request(tmp_path: Path, upstream: UpstreamAp
     boot = _write_config(tmp_path, upstream)
     with running_sidecar(boot) as sc:
         port = sc.listener_port("api")
-        load = LoadGenerator(port, threads=4, max_requests=3000, max_seconds=20)
+        load = LoadGenerator(port, threads=4, max_requests=20_000, max_seconds=20)
         with load:
             _wait_progress(load, 100)
             before = load.completed
@@ -277,10 +277,8 @@ def test_bad_snapshots_under_load_keep_old_config(tmp_path: Path, upstream: Upst
     snap = tmp_path / "snapshot.yaml"
     unknown_cluster = snapshot_doc(version=2, upstream_port=upstream.port)
     unknown_cluster["route_tables"][0]["routes"][0]["backends"] = [{"cluster": "nope"}]
-    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    busy.bind(("127.0.0.1", 0))
-    busy.listen(1)
-    busy_port = busy.getsockname()[1]
+    # A port held by someone else: a snapshot with a listener there can't be applied.
+    busy_port = free_port()
     unbindable = snapshot_doc(
         version=3,
         upstream_port=upstream.port,
@@ -298,9 +296,11 @@ def test_bad_snapshots_under_load_keep_old_config(tmp_path: Path, upstream: Upst
         (unknown_cluster, "nope"),
         (unbindable, str(busy_port)),
     ]
-    with busy, running_sidecar(boot) as sc:
+    with socket.socket() as busy, running_sidecar(boot) as sc:
+        busy.bind(("127.0.0.1", busy_port))
+        busy.listen(1)
         port = sc.listener_port("api")
-        with LoadGenerator(port, threads=4, max_requests=3000, max_seconds=20) as load:
+        with LoadGenerator(port, threads=4, max_requests=20_000, max_seconds=20) as load:
             _wait_progress(load, 100)
             for n, (doc, detail) in enumerate(bad_files, start=1):
                 write_yaml(snap, doc)
