@@ -8,6 +8,8 @@ has one worker/thread. Prints a table (rps, p50, p99, proxy CPU per request, err
 from __future__ import annotations
 
 import os
+import pathlib
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -94,8 +96,10 @@ def _start_meshd(
     l7_port: int,
     l4_port: int,
     admin_port: int,
+    workers: int = 1,
+    name: str = "meshd",
 ) -> ManagedProcess:
-    workdir = ctx.tempdir("meshd")
+    workdir = ctx.tempdir(name)
     render(
         "meshd-snapshot.yaml",
         workdir / "snapshot.yaml",
@@ -109,8 +113,11 @@ def _start_meshd(
         backend_port=backend_port,
         admin_port=admin_port,
     )
+    if workers > 1:
+        text = bootstrap.read_text().rstrip("\n")
+        bootstrap.write_text(f"{text}\nworkers: {workers}\n")
     argv = [ctx.python, "-m", "meshd", "run", "-c", str(bootstrap), "--log-level", "info"]
-    proc = procs.start("meshd", argv, cwd=workdir, env=ctx.project_env())
+    proc = procs.start(name, argv, cwd=workdir, env=ctx.project_env())
     for port in (admin_port, l7_port, l4_port):
         wait_for_port(port, proc, timeout=30.0)
     deadline = time.monotonic() + 15.0
@@ -119,6 +126,19 @@ def _start_meshd(
             raise BenchError(f"meshd never became ready:\n{proc.log_tail()}")
         time.sleep(0.1)
     return proc
+
+
+def _free_pair() -> int:
+    """A free port whose successor is free too (worker 1 serves its admin API there)."""
+    for _ in range(50):
+        (port,) = free_ports(1)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise BenchError("no two consecutive free ports on 127.0.0.1")
 
 
 def _check(path: BenchPath) -> None:
@@ -173,6 +193,9 @@ def _report(results: list[Measured], meshd_rss_kb: int) -> None:
     l7 = rps["meshd-l7"] / rps["nginx-l7"]
     l4 = rps["meshd-l4"] / rps["haproxy-l4"]
     rss_mb = meshd_rss_kb / 1024
+    # Context, not targets: two SO_REUSEPORT workers, and the floor any Trio proxy has here.
+    print(f"INFO l7_rps_vs_nginx_workers2={rps['meshd-l7-w2'] / rps['nginx-l7']:.2f}")
+    print(f"INFO l7_trio_relay_floor_vs_nginx={rps['trio-relay'] / rps['nginx-l7']:.2f}")
     print(f"RATIO l7_rps_vs_nginx={l7:.2f}")
     print(f"RATIO l4_rps_vs_haproxy={l4:.2f}")
     print(f"RSS_MB meshd_idle={rss_mb:.2f}")
@@ -187,7 +210,10 @@ def _report(results: list[Measured], meshd_rss_kb: int) -> None:
 def run_suite(ctx: Context) -> None:
     """Start backend, nginx, haproxy and meshd on loopback; check, load and compare each path."""
     tools = ensure_tools(TOOLS)
-    backend, nginx_l7, haproxy_l7, haproxy_l4, meshd_l7, meshd_l4, admin = free_ports(7)
+    ports = free_ports(10)
+    backend, nginx_l7, haproxy_l7, haproxy_l4, meshd_l7, meshd_l4, admin = ports[:7]
+    w2_l7, w2_l4, relay = ports[7:10]
+    w2_admin = _free_pair()
     print(
         f"dataplane: {ctx.wrk.describe()} per path after a {ctx.wrk.warmup_s}s warm-up; "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; meshd on {ctx.python}",
@@ -220,6 +246,24 @@ def run_suite(ctx: Context) -> None:
         meshd = _start_meshd(
             ctx, procs, backend_port=backend, l7_port=meshd_l7, l4_port=meshd_l4, admin_port=admin
         )
+        meshd_w2 = _start_meshd(
+            ctx,
+            procs,
+            backend_port=backend,
+            l7_port=w2_l7,
+            l4_port=w2_l4,
+            admin_port=w2_admin,
+            workers=2,
+            name="meshd-w2",
+        )
+        relay_script = pathlib.Path(__file__).parent / "reference" / "trio_relay.py"
+        relay_proc = procs.start(
+            "trio-relay",
+            [ctx.python, str(relay_script), str(relay), str(backend)],
+            cwd=ctx.tempdir("trio-relay"),
+            env=ctx.project_env(),
+        )
+        wait_for_port(relay, relay_proc)
         paths = [
             BenchPath("direct", backend, None),
             BenchPath("nginx-l7", nginx_l7, _nginx_workers(nginx)),
@@ -227,6 +271,8 @@ def run_suite(ctx: Context) -> None:
             BenchPath("meshd-l7", meshd_l7, _tree(meshd)),
             BenchPath("haproxy-l4", haproxy_l4, _tree(haproxy)),
             BenchPath("meshd-l4", meshd_l4, _tree(meshd)),
+            BenchPath("meshd-l7-w2", w2_l7, _tree(meshd_w2)),
+            BenchPath("trio-relay", relay, _tree(relay_proc)),
         ]
         for path in paths:
             _check(path)
@@ -240,7 +286,7 @@ def run_suite(ctx: Context) -> None:
         for path in paths:
             results.append(_measure(ctx, tools["wrk"], path))
             print(f"dataplane: measured {path.name}", file=sys.stderr, flush=True)
-        for proc in (backend_proc, nginx, haproxy, meshd):
+        for proc in (backend_proc, nginx, haproxy, meshd, meshd_w2, relay_proc):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
     _report(results, idle_rss)
