@@ -8,7 +8,7 @@ from meshcore.model import LOCAL_APP_CLUSTER, Bootstrap, Cluster, Endpoint, Snap
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import SnapshotRejected
-from meshd.http.proxy import HttpListenerConfig
+from meshd.http.shared import HttpListenerConfig
 from meshd.routing import CompiledRouteTable, catch_all
 
 

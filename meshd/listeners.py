@@ -17,7 +17,8 @@ from meshcore.model import Listener
 from meshcore.runtime.activation import InheritedSocket, match_socket
 from meshd.config import ListenerConfig, RuntimeConfig, TcpListenerConfig
 from meshd.errors import SnapshotRejected
-from meshd.http.proxy import ProxyShared, serve_http
+from meshd.http.proxy import serve_http
+from meshd.http.shared import ProxyShared
 from meshd.net.listen import accept_loop, bind_tcp
 from meshd.net.stream import SocketStream
 from meshd.tcp.proxy import serve_tcp

@@ -28,7 +28,7 @@ from meshd.admin.server import AdminServer
 from meshd.cluster.pool import PoolManager
 from meshd.config import RuntimeConfig, build_runtime
 from meshd.errors import SnapshotRejected
-from meshd.http.proxy import ProxyShared
+from meshd.http.shared import ProxyShared
 from meshd.listeners import ListenerManager
 from meshd.stats import Stats, build_registry
 from meshd.workers import WorkerSupervisor

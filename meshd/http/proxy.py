@@ -1,26 +1,19 @@
 """The HTTP/1.1 proxy loop of one downstream connection.
 
 Per request: parse the head, route it, check out a pooled upstream connection, send head and
-body, relay the response, give the connection back. One cancel scope per downstream
-connection carries every deadline (keep-alive idle, request head, route timeout); moving its
-deadline costs an assignment where a scope per request would cost an allocation and a
-registration. What phase the connection was in when the deadline passed decides the answer.
-"""
+body, relay the response, give the connection back. Each connection has one deadline, a plain
+attribute moved at every phase (keep-alive idle, request head, route timeout) and enforced by
+:meth:`ProxyShared.run_deadlines`; what phase the connection was in when it passed decides the
+answer (nothing, 408, 504, or a reset once a response head is out)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Final
 
 import trio
 
-from meshcore.model import Endpoint
-from meshd.accesslog import AccessLog
 from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import UpstreamError, UpstreamResetError
@@ -37,12 +30,13 @@ from meshd.http.codec import (
     ResponseHead,
     ResponseParser,
 )
+from meshd.http.exchange import METHODS, Exchange, record
 from meshd.http.responses import synthetic_response, upstream_error_response
 from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
+from meshd.http.shared import HttpListenerConfig, ProxyShared, now
 from meshd.http.tracing import new_request_id, next_traceparent
 from meshd.net.stream import SocketStream, Stream
-from meshd.routing import CompiledRoute, CompiledRouteTable
-from meshd.stats import Stats
+from meshd.routing import CompiledRoute
 from meshd.tcp.pump import pump
 
 _IDLE: Final = 0
@@ -51,110 +45,11 @@ _REQUEST: Final = 2
 _TUNNEL: Final = 3
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
-#: How late a deadline may fire (the reaper's period).
-DEADLINE_RESOLUTION_S: Final = 0.05
 #: Requests served back to back on one connection before yielding to other tasks anyway.
 _YIELD_EVERY: Final = 16
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 #: Methods a proxy may send again when a pooled connection turns out dead (RFC 9110 9.2.2).
 _REPLAYABLE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_METHODS: Final = {
-    m.encode(): m
-    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
-}
-
-
-@dataclass(frozen=True, slots=True)
-class HttpListenerConfig:
-    """What an HTTP listener's connections use, fixed for their lifetime (one snapshot)."""
-
-    name: str
-    direction: str
-    local_service: str
-    routes: CompiledRouteTable
-    clusters: Mapping[str, ClusterRuntime]
-    idle_timeout_s: float
-    headers_timeout_s: float
-    max_head_bytes: int
-    version: int = 0
-
-    #: The first route when it matches everything, so matching can be skipped.
-    first_route: CompiledRoute | None = None
-
-    def __post_init__(self) -> None:
-        routes = self.routes.routes
-        if routes and routes[0].is_catch_all:
-            object.__setattr__(self, "first_route", routes[0])
-
-
-@dataclass(slots=True, eq=False)
-class ProxyShared:
-    """State shared by every connection of a sidecar process."""
-
-    stats: Stats
-    access_log: AccessLog
-    trace_sample_rate: float = 0.01
-    rng: random.Random = field(default_factory=random.Random)
-    draining: bool = False
-    connections: set[HttpConnection] = field(default_factory=set)
-
-    def start_drain(self) -> None:
-        """Finish in-flight requests, then close; idle keep-alive connections close now."""
-        self.draining = True
-        for conn in list(self.connections):
-            conn.drain()
-
-    async def run_deadlines(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Cancel connections whose deadline has passed, checking every 50 ms.
-
-        Connections keep their deadline in a plain attribute: moving it is a store, where
-        moving a trio cancel scope's deadline re-registers it (three times per request).
-        """
-        task_status.started()
-        while True:
-            await trio.sleep(DEADLINE_RESOLUTION_S)
-            now = _now()
-            for conn in self.connections:
-                if conn.deadline < now:
-                    conn.expire()
-
-
-#: The proxy's clock (CLOCK_MONOTONIC): a plain C call, where trio.current_time() costs
-#: three Python frames. Deadlines and durations are real time even under a test's MockClock.
-_now = time.monotonic
-
-
-class _Exchange:
-    """Book-keeping of one request/response pair."""
-
-    __slots__ = (
-        "body_done",
-        "bytes_in",
-        "bytes_out",
-        "code",
-        "destination",
-        "error",
-        "head_sent",
-        "request_id",
-        "route",
-        "start",
-        "upstream",
-    )
-
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.code = 0
-        self.route = ""
-        self.destination = "unknown"
-        self.error = ""
-        self.head_sent = False
-        self.body_done = False
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.request_id: bytes | None = None
-        self.upstream: Endpoint | None = None
 
 
 class HttpConnection:
@@ -185,7 +80,7 @@ class HttpConnection:
         self._scope = trio.CancelScope()
         self._phase = _IDLE
         self._close_after = False
-        self._exchange: _Exchange | None = None
+        self._exchange: Exchange | None = None
         self._head: RequestHead | None = None
         self._body_failure: BaseException | None = None
         #: When the current phase times out (trio clock); see :meth:`ProxyShared.run_deadlines`.
@@ -232,7 +127,7 @@ class HttpConnection:
         served = 0
         while not self._close_after:
             self._phase = _IDLE
-            self.deadline = _now() + idle_timeout
+            self.deadline = now() + idle_timeout
             head = await self._next_head()
             if head is None:
                 return
@@ -262,7 +157,7 @@ class HttpConnection:
             if self._phase == _IDLE and parser.in_head:
                 # The head did not arrive in one piece: it now has a deadline of its own.
                 self._phase = _HEAD
-                self.deadline = _now() + self.cfg.headers_timeout_s
+                self.deadline = now() + self.cfg.headers_timeout_s
         kind, value = events.popleft()
         assert kind == codec.EV_HEAD and isinstance(value, RequestHead)
         return value
@@ -270,7 +165,7 @@ class HttpConnection:
     async def _handle(self, head: RequestHead) -> None:
         cfg = self.cfg
         shared = self.shared
-        ex = self._exchange = _Exchange(_now())
+        ex = self._exchange = Exchange(now())
         self._head = head
         ex.request_id = head.request_id or new_request_id(shared.rng)
         if self.parser.upgrade_tail is not None:
@@ -287,7 +182,7 @@ class HttpConnection:
             target = _origin_form(head)
         route = cfg.first_route
         if route is None:
-            method = _METHODS.get(head.method) or head.method.decode("latin-1")
+            method = METHODS.get(head.method) or head.method.decode("latin-1")
             path = target.partition(b"?")[0].decode("latin-1")
             route = cfg.routes.match(method, path, head.headers)
         if route is None:
@@ -338,21 +233,16 @@ class HttpConnection:
                     self.shared.stats.upstream_error(cluster.name, "upstream_reset")
                     await self._respond_error(502, "upstream_reset", "upstream closed")
                     return
-            except UpstreamResetError as exc:
+            except (UpstreamResetError, HttpError) as exc:
+                # Reset, or a response that doesn't parse: 502, or a reset client once
+                # the response head has gone out.
                 self.shared.stats.upstream_error(cluster.name, exc.reason)
                 if ex.head_sent:
                     ex.error = exc.reason
                     self._abort_downstream()
                     return
-                await self._respond_error(502, exc.reason, exc.detail)
-                return
-            except HttpError as exc:
-                self.shared.stats.upstream_error(cluster.name, exc.reason)
-                if ex.head_sent:
-                    ex.error = exc.reason
-                    self._abort_downstream()
-                    return
-                await self._respond_error(exc.status, exc.reason, exc.detail)
+                status = exc.status if isinstance(exc, HttpError) else 502
+                await self._respond_error(status, exc.reason, exc.detail)
                 return
             finally:
                 cluster.release(endpoint, conn, reusable=reusable)
@@ -587,7 +477,7 @@ class HttpConnection:
             self._abort_downstream()
             return
         if ex is None or ex.code:
-            ex = self._exchange = _Exchange(_now())
+            ex = self._exchange = Exchange(now())
         ex.code = exc.status
         ex.error = exc.reason
         ex.head_sent = True
@@ -601,7 +491,7 @@ class HttpConnection:
         """A deadline passed: say so if the client is still owed an answer."""
         ex = self._exchange
         if self._phase == _HEAD:
-            ex = self._exchange = _Exchange(_now())
+            ex = self._exchange = Exchange(now())
             status, reason = 408, "request_timeout"
         elif self._phase == _REQUEST and ex is not None and not ex.head_sent and not ex.code:
             status, reason = 504, "upstream_timeout"
@@ -627,41 +517,11 @@ class HttpConnection:
         if isinstance(self.down, SocketStream):
             self.down.reset()
 
-    def _finish(self, ex: _Exchange) -> None:
+    def _finish(self, ex: Exchange) -> None:
         """Account for a finished exchange (once)."""
         if self._exchange is ex:
             self._exchange = None
-        cfg = self.cfg
-        shared = self.shared
-        head = self._head
-        method = _METHODS.get(head.method, "OTHER") if head is not None else "OTHER"
-        seconds = _now() - ex.start
-        if cfg.direction == "outbound":
-            source, destination = cfg.local_service, ex.destination
-        else:
-            source, destination = "unknown", cfg.local_service
-        shared.stats.http_request(
-            cfg.direction, source, destination, ex.route, method, ex.code, seconds
-        )
-        log = shared.access_log
-        if log.enabled:
-            log.log(
-                direction=cfg.direction,
-                listener=cfg.name,
-                source=source,
-                destination=destination,
-                route=ex.route,
-                method=method,
-                path=head.target.decode("latin-1") if head is not None else "",
-                authority=(head.host or b"").decode("latin-1") if head is not None else "",
-                code=ex.code,
-                duration_ms=round(seconds * 1000, 3),
-                bytes_in=ex.bytes_in,
-                bytes_out=ex.bytes_out,
-                upstream=f"{ex.upstream.host}:{ex.upstream.port}" if ex.upstream else "",
-                request_id=(ex.request_id or b"").decode("latin-1"),
-                error=ex.error,
-            )
+        record(self.cfg, self.shared, self._head, ex)
 
 
 class _StaleConnectionError(Exception):

@@ -6,7 +6,7 @@ import trio
 
 from meshd.config import TcpListenerConfig
 from meshd.errors import UpstreamError
-from meshd.http.proxy import ProxyShared
+from meshd.http.shared import ProxyShared
 from meshd.net.stream import SocketStream, Stream
 from meshd.tcp.pump import pump
 

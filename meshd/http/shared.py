@@ -1,0 +1,97 @@
+"""What every HTTP connection of a sidecar shares: listener configuration, process state, clock."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import trio
+
+from meshd.accesslog import AccessLog
+from meshd.cluster.runtime import ClusterRuntime
+from meshd.routing import CompiledRoute, CompiledRouteTable
+from meshd.stats import Stats
+
+#: How late a deadline may fire (the reaper's period).
+DEADLINE_RESOLUTION_S: Final = 0.05
+
+#: The proxy's clock (CLOCK_MONOTONIC): a plain C call, where trio.current_time() costs
+#: three Python frames. Deadlines and durations are real time even under a test's MockClock.
+now = time.monotonic
+
+
+class Connection(Protocol):
+    """What the process-wide bookkeeping needs from a downstream connection."""
+
+    deadline: float
+
+    def expire(self) -> None:
+        """The deadline passed."""
+
+    def drain(self) -> None:
+        """Close after the request in flight, or now if there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListenerConfig:
+    """What an HTTP listener's connections use, fixed for their lifetime (one snapshot)."""
+
+    name: str
+    direction: str
+    local_service: str
+    routes: CompiledRouteTable
+    clusters: Mapping[str, ClusterRuntime]
+    idle_timeout_s: float
+    headers_timeout_s: float
+    max_head_bytes: int
+    version: int = 0
+
+    #: The first route when it matches everything, so matching can be skipped.
+    first_route: CompiledRoute | None = None
+
+    def __post_init__(self) -> None:
+        routes = self.routes.routes
+        if routes and routes[0].is_catch_all:
+            object.__setattr__(self, "first_route", routes[0])
+
+
+@dataclass(slots=True, eq=False)
+class ProxyShared:
+    """State shared by every connection of a sidecar process."""
+
+    stats: Stats
+    access_log: AccessLog
+    trace_sample_rate: float = 0.01
+    rng: random.Random = field(default_factory=random.Random)
+    draining: bool = False
+    connections: set[Connection] = field(default_factory=set)
+
+    def start_drain(self) -> None:
+        """Finish in-flight requests, then close; idle keep-alive connections close now."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def run_deadlines(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Cancel connections whose deadline has passed, checking every 50 ms.
+
+        Connections keep their deadline in a plain attribute: moving it is a store, where
+        moving a trio cancel scope's deadline re-registers it (three times per request).
+        """
+        task_status.started()
+        while True:
+            await trio.sleep(DEADLINE_RESOLUTION_S)
+            current = now()
+            for conn in self.connections:
+                if conn.deadline < current:
+                    conn.expire()
+
+
+#: The proxy's clock (CLOCK_MONOTONIC): a plain C call, where trio.current_time() costs
+#: three Python frames. Deadlines and durations are real time even under a test's MockClock.
+_now = time.monotonic
