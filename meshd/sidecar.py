@@ -30,6 +30,7 @@ from meshd.config import RuntimeConfig, build_runtime
 from meshd.errors import SnapshotRejected
 from meshd.http.shared import ProxyShared
 from meshd.listeners import ListenerManager
+from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
 from meshd.workers import WorkerSupervisor
 
@@ -81,6 +82,8 @@ class Sidecar:
         self._serve_admin = admin
         self._ready = False
         self._drain_requested = trio.Event()
+        #: Self-registration in the service registry (bootstrap ``registry:``; primary only).
+        self.registration: Registration | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -103,6 +106,9 @@ class Sidecar:
                 self._apply(bootstrap, snapshot)
             except SnapshotRejected as exc:
                 raise ConfigError(str(exc)) from exc
+            if bootstrap.registry is not None and self.worker_index == 0:
+                self.registration = Registration.for_sidecar(self, bootstrap.registry, self.stats)
+                await nursery.start(self.registration.run)
             if self._serve_admin:
                 app = build_admin_app(self, self.registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
@@ -125,6 +131,9 @@ class Sidecar:
             )
             task_status.started(self)
             await self._drain_requested.wait()
+            if self.registration is not None:
+                # Leave the registry first (bounded), so no new traffic is sent our way.
+                await self.registration.stop()
             await self._drain(
                 bootstrap.drain_timeout_s
                 if self.runtime is None

@@ -92,6 +92,7 @@ class Stats:
     __slots__ = (
         "_downstream",
         "_http",
+        "_registry",
         "_snapshot_applied",
         "_snapshot_rejected",
         "_snapshot_version",
@@ -108,6 +109,7 @@ class Stats:
         self._snapshot_version = 0
         self._snapshot_applied = 0
         self._snapshot_rejected = 0
+        self._registry: dict[str, int] = {}
 
     def http_request(  # noqa: PLR0917 -- positional on purpose: the proxy's call is fixed
         self,
@@ -177,6 +179,10 @@ class Stats:
         """A snapshot failed validation (and was NACKed)."""
         self._snapshot_rejected += 1
 
+    def registry_event(self, event: str) -> None:
+        """Count a self-registration event (``registered``, ``errors``, ``lost``, ...)."""
+        self._registry[event] = self._registry.get(event, 0) + 1
+
     def as_json(self) -> dict[str, object]:
         """Flat, Envoy-style ``dotted.name -> number`` view for the admin ``/stats`` endpoint."""
         out: dict[str, object] = {
@@ -199,6 +205,8 @@ class Stats:
             out[f"listener.{listener}.downstream_connections_total"] = total
         for (cluster, reason), count in list(self._upstream_errors.items()):
             out[f"cluster.{cluster}.upstream_errors.{reason}"] = count
+        for event, count in list(self._registry.items()):
+            out[f"registry.{event}"] = count
         return dict(sorted(out.items()))
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from meshcore.model.base import Frozen, SocketAddr
 
@@ -29,6 +31,64 @@ class AccessLogConfig(Frozen):
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
+class AppCheck(Frozen):
+    """How the sidecar probes its local app to drive the app's registry health check."""
+
+    #: ``tcp``: the app accepts a connection; ``http``: ``GET path`` answers 2xx (429: warning).
+    kind: Literal["tcp", "http"] = "tcp"
+    path: str = Field(default="/", pattern=r"^/[^\s]*$")
+    interval_s: float = Field(default=5.0, gt=0, le=3600)
+    timeout_s: float = Field(default=2.0, gt=0, le=3600)
+    #: TTL of the registry checks the sidecar keeps alive; default three probe intervals.
+    ttl_s: float | None = Field(default=None, gt=0)
+    #: Let the registry drop an instance whose check stayed critical this long.
+    deregister_critical_after_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ttl(self) -> AppCheck:
+        if self.ttl_s is not None and self.ttl_s < 2 * self.interval_s:
+            raise ValueError("ttl_s must be at least twice interval_s")
+        return self
+
+    @property
+    def ttl(self) -> float:
+        """The TTL in force (``ttl_s`` or three intervals)."""
+        return self.ttl_s if self.ttl_s is not None else 3 * self.interval_s
+
+
+class RegistryConfig(Frozen):
+    """Self-registration in a Consul-compatible registry (read on start, not on reload)."""
+
+    address: str = "http://127.0.0.1:8500"
+    token: SecretStr | None = None
+    datacenter: str | None = None
+    #: Instance ID of the local service; default ``<service>-<node>`` (unique per instance).
+    service_id: str | None = Field(default=None, min_length=1)
+    tags: tuple[str, ...] = ()
+    meta: dict[str, str] = Field(default_factory=dict)
+    #: Address other hosts reach this instance at; default the inbound listener's host.
+    advertise_address: str | None = Field(default=None, min_length=1)
+    #: Inbound listener registered as the sidecar proxy; default the first inbound one.
+    inbound_listener: str | None = None
+    check: AppCheck = AppCheck()
+    #: Bound of one registry request (connect plus answer).
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("address")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http(s)://host[:port], got {value!r}")
+        if parts.path not in ("", "/") or parts.query or parts.username:
+            raise ValueError(f"expected http(s)://host[:port] without path or user, got {value!r}")
+        try:
+            parts.port  # noqa: B018 -- raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {value!r}") from exc
+        return value
+
+
 class Bootstrap(Frozen):
     """What a sidecar reads on start and on SIGHUP."""
 
@@ -46,6 +106,8 @@ class Bootstrap(Frozen):
     workers: int = Field(default=1, ge=1, le=64)
     #: Fraction of new traces marked sampled in the ``traceparent`` the sidecar starts.
     trace_sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    #: Register the service and this sidecar in a registry (absent: no registration).
+    registry: RegistryConfig | None = None
 
     @property
     def node_id(self) -> str:

@@ -1,0 +1,7 @@
+"""``python -m controld``."""
+
+import sys
+
+from controld.cli import main
+
+sys.exit(main())

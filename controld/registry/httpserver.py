@@ -1,0 +1,338 @@
+"""A small HTTP/1.1 server for the registry's ASGI app, on Trio, non-blocking sockets, httptools.
+
+Why not hypercorn here: a change must wake and answer 1000 parked blocking queries within
+tens of milliseconds. Hypercorn's per-response cost (h11, several tasks and cancel scopes per
+connection) puts the floor at ~130 ms on a 2-core machine for a trivial ASGI app; this server
+writes a finished response with one ``send()`` from the woken task, which keeps the cost of a
+wake-up to the app's own work. It serves exactly what the registry needs: HTTP/1.1 (and 1.0)
+with keep-alive, ``Content-Length`` or chunked request bodies (buffered, bounded), one
+request at a time per connection, responses buffered and sent whole. A client that hangs up
+while its blocking query is parked gets its request cancelled.
+
+:class:`RegistryServer` uses it by default; ``http_server="hypercorn"`` selects hypercorn's
+Trio worker instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import http
+import logging
+import socket
+import urllib.parse
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httptools
+import trio
+
+__all__ = ["HTTPServer"]
+
+log = logging.getLogger("controld.registry.httpserver")
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+MAX_HEAD = 64 * 1024
+MAX_BODY = 8 * 1024 * 1024
+RECV_SIZE = 65536
+_REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
+
+
+class _Request:
+    """httptools callbacks collecting one request at a time."""
+
+    __slots__ = ("body", "complete", "continue_", "head_size", "headers", "too_large", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.complete: list[tuple[bytes, list[tuple[bytes, bytes]], bytes]] = []
+        self.head_size = 0
+        self.too_large = False
+        self.continue_ = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value)
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.continue_ = True
+
+    def on_body(self, body: bytes) -> None:
+        if sum(map(len, self.body)) + len(body) > MAX_BODY:
+            self.too_large = True
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete.append((self.url, self.headers, b"".join(self.body)))
+        self.url = b""
+        self.headers = []
+        self.body = []
+        self.head_size = 0
+
+
+class _Closed(Exception):
+    """The peer went away."""
+
+
+class _Conn:
+    __slots__ = ("client", "server", "sock")
+
+    def __init__(self, sock: socket.socket, client: tuple[str, int], server: tuple[str, int]):
+        self.sock = sock
+        self.client = client
+        self.server = server
+
+    async def recv(self) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+            except OSError as exc:
+                raise _Closed from exc
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+                continue
+            except OSError as exc:
+                raise _Closed from exc
+            view = view[sent:]
+
+    async def wait_hangup(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` if the peer closes while a request is being served."""
+        await trio.lowlevel.wait_readable(self.sock)
+        try:
+            peek = self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            peek = b""
+        if not peek:
+            scope.cancel()
+
+
+class HTTPServer:
+    """Serves ``app`` on ``host:port``; ``run`` reports the bound port, returns on shutdown."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, *, graceful_timeout: float = 1.0):
+        self.app = app
+        self.host = host
+        self.port = port
+        self.graceful_timeout = graceful_timeout
+        self._shutdown = trio.Event()
+        self._idle: set[trio.CancelScope] = set()
+
+    def shutdown_nowait(self) -> None:
+        """Stop accepting, close idle connections, give in-flight requests a grace period."""
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until :meth:`shutdown_nowait`."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(1024)
+            listener.setblocking(False)
+            self.port = listener.getsockname()[1]
+            async with trio.open_nursery() as conns:
+                async with trio.open_nursery() as acceptor:
+                    acceptor.start_soon(self._accept, listener, conns)
+                    task_status.started(self.port)
+                    await self._shutdown.wait()
+                    acceptor.cancel_scope.cancel()
+                for scope in list(self._idle):
+                    scope.cancel()
+                conns.cancel_scope.deadline = trio.current_time() + self.graceful_timeout
+        finally:
+            listener.close()
+
+    async def _accept(self, listener: socket.socket, conns: trio.Nursery) -> None:
+        server = listener.getsockname()[:2]
+        while True:
+            try:
+                sock, addr = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conns.start_soon(self._serve, _Conn(sock, addr[:2], server))
+
+    async def _serve(self, conn: _Conn) -> None:
+        try:
+            await self._serve_conn(conn)
+        except _Closed:
+            pass
+        finally:
+            conn.sock.close()
+
+    async def _serve_conn(self, conn: _Conn) -> None:
+        req = _Request()
+        parser = httptools.HttpRequestParser(req)
+        while True:
+            idle = trio.CancelScope()
+            self._idle.add(idle)
+            with idle:
+                if self._shutdown.is_set():
+                    return
+                data = await conn.recv()
+            self._idle.discard(idle)
+            if idle.cancelled_caught or not data:
+                return
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                await self._plain(conn, 400, b"Upgrade not supported")
+                return
+            except httptools.HttpParserError:
+                await self._plain(conn, 400, b"Bad Request")
+                return
+            if req.too_large:
+                await self._plain(conn, 413, b"Request body too large")
+                return
+            if req.head_size > MAX_HEAD:
+                await self._plain(conn, 400, b"Request header too large")
+                return
+            if req.continue_:
+                req.continue_ = False
+                await conn.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            while req.complete:
+                url, headers, body = req.complete.pop(0)
+                method = parser.get_method().decode("ascii", "replace")
+                keep = parser.should_keep_alive() and not self._shutdown.is_set()
+                version = parser.get_http_version()
+                ok = await self._dispatch(
+                    conn,
+                    method=method,
+                    version=version,
+                    url=url,
+                    headers=headers,
+                    body=body,
+                    keep=keep,
+                )
+                if not ok or not keep:
+                    return
+
+    async def _dispatch(
+        self,
+        conn: _Conn,
+        *,
+        method: str,
+        version: str,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep: bool,
+    ) -> bool:
+        raw_path, _, query = url.partition(b"?")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "method": method,
+            "scheme": "http",
+            "path": urllib.parse.unquote(raw_path.decode("latin-1")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": conn.client,
+            "server": conn.server,
+        }
+        sent_body = False
+        disconnected = trio.Event()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        status = 500
+        wire_head: bytes | None = None
+        out_headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+        done = False
+        broken = False
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, out_headers, done, broken, wire_head
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                out_headers = message.get("headers", ())
+                # A head prepared once for many woken watchers (keep-alive only).
+                wire_head = message.get("controld.head") if keep else None
+            elif kind == "http.response.body" and not done:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    done = True
+                    head = wire_head or _head(status, list(out_headers), chunks, keep)
+                    data = head if method == "HEAD" else head + b"".join(chunks)
+                    try:
+                        await conn.send_all(data)
+                    except _Closed:
+                        broken = True
+
+        await self._call(scope, receive, send)
+        if broken:
+            disconnected.set()
+            return False
+        if not done:
+            await self._plain(conn, 500, b"Internal Server Error")
+            return False
+        return True
+
+    async def _call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            # The app is ours and translates its errors; anything else is a bug to log,
+            # answered as a 500 by the caller (the response was not completed).
+            log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+
+    async def _plain(self, conn: _Conn, status: int, text: bytes) -> None:
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        await conn.send_all(_head(status, headers, [text], False) + text)
+
+
+def _head(status: int, headers: list[tuple[bytes, bytes]], body: list[bytes], keep: bool) -> bytes:
+    reason = _REASONS.get(status, b"")
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    has_length = False
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            has_length = True
+        lines.append(name + b": " + value)
+    if not has_length:
+        lines.append(b"content-length: %d" % sum(map(len, body)))
+    if not keep:
+        lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -1,0 +1,193 @@
+"""``RegistryServer``: the embedded Consul-compatible registry as one service object."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from hypercorn.typing import Framework
+
+from controld.registry.agent import Agent, AgentConfig
+from controld.registry.app import build_app
+from controld.registry.checks import CheckRunner
+from controld.registry.errors import RegistryError
+from controld.registry.http import Ctx
+from controld.registry.httpserver import ASGIApp, HTTPServer
+from controld.registry.persist import open_store
+from controld.registry.sessions import Sessions
+from controld.registry.state import State
+
+__all__ = ["RegistryConfig", "RegistryServer"]
+
+log = logging.getLogger("controld.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """Settings of one registry server."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8500
+    node_name: str = ""
+    datacenter: str = "dc1"
+    acl_management_token: str | None = None
+    # Floor of DeregisterCriticalServiceAfter and the reaper's period (Consul: 1 min, 30 s).
+    deregister_critical_min_s: float = 60.0
+    reap_interval_s: float = 30.0
+    graceful_timeout_s: float = 1.0
+    # "builtin" (controld.registry.httpserver: fast wake-ups of parked queries) or "hypercorn".
+    http_server: str = "builtin"
+
+
+class _BoundPort:
+    """Turns hypercorn's ``started(["http://host:port"])`` into ``started(port)``."""
+
+    def __init__(self, outer: trio.TaskStatus[int]) -> None:
+        self._outer = outer
+        self.port = 0
+
+    def started(self, value: list[str] | None = None) -> None:
+        assert value, "hypercorn reports its binds"
+        self.port = int(value[0].rsplit(":", 1)[1])
+        self._outer.started(self.port)
+
+
+def _probe_bind(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RegistryError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+class RegistryServer:
+    """Owns the state, its SQLite store, the check runner, session timers and the HTTP server.
+
+    ``run`` opens the data dir (raising :class:`~controld.registry.errors.DataDirError` if it
+    is unusable), serves, reports the bound port through ``task_status`` and returns after
+    :meth:`shutdown_nowait` (or ``PUT /v1/agent/leave``), having closed the database.
+    """
+
+    def __init__(self, config: RegistryConfig) -> None:
+        self.config = config
+        self.port = config.port
+        self._shutdown = trio.Event()
+        self._stopped = trio.Event()
+        self.state: State | None = None
+
+    def shutdown_nowait(self) -> None:
+        """Stop accepting, let in-flight requests finish (briefly), then return from ``run``."""
+        self._shutdown.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once ``run`` has finished (the database is closed by then)."""
+        await self._stopped.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until shut down; ``task_status.started(port)`` once listening."""
+        cfg = self.config
+        _probe_bind(cfg.host, cfg.port)
+        store = open_store(cfg.data_dir)
+        try:
+            state = self.state = State(store)
+            address = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            agent = Agent(
+                state,
+                AgentConfig(
+                    node_name=cfg.node_name or socket.gethostname(),
+                    datacenter=cfg.datacenter,
+                    address=address,
+                    port=cfg.port,
+                ),
+            )
+            agent.bootstrap()
+            sessions = Sessions(state, agent.node)
+            sessions.arm_loaded()
+            runner = CheckRunner(
+                agent,
+                deregister_min=cfg.deregister_critical_min_s,
+                reap_interval=cfg.reap_interval_s,
+            )
+            ctx = Ctx(
+                state,
+                agent,
+                sessions,
+                acl_token=cfg.acl_management_token,
+                on_leave=self.shutdown_nowait,
+            )
+            app = build_app(ctx)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(state.hub.run)
+                await nursery.start(runner.run)
+                nursery.start_soon(sessions.run)
+                self.port = await nursery.start(self._serve, app)
+                task_status.started(self.port)
+                await self._shutdown.wait()
+                # hypercorn drains in-flight requests within graceful_timeout, then returns.
+                nursery.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout_s + 5
+                await self._served.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            store.close()
+            self._stopped.set()
+
+    async def _serve(self, app: object, *, task_status: trio.TaskStatus[int]) -> None:
+        self._served = trio.Event()
+        if self.config.http_server == "hypercorn":
+            await self._serve_hypercorn(app, task_status=task_status)
+            return
+        cfg = self.config
+        server = HTTPServer(
+            cast("ASGIApp", app), cfg.host, cfg.port, graceful_timeout=cfg.graceful_timeout_s
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._relay_shutdown, server)
+                try:
+                    await server.run(task_status=task_status)
+                except OSError as exc:
+                    raise RegistryError(
+                        f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}"
+                    ) from exc
+                nursery.cancel_scope.cancel()
+        finally:
+            self._served.set()
+
+    async def _relay_shutdown(self, server: HTTPServer) -> None:
+        await self._shutdown.wait()
+        server.shutdown_nowait()
+
+    async def _serve_hypercorn(self, app: object, *, task_status: trio.TaskStatus[int]) -> None:
+        cfg = self.config
+        config = Config()
+        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+        config.bind = [f"{host}:{cfg.port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("controld.registry.hypercorn")
+        config.graceful_timeout = cfg.graceful_timeout_s
+        config.include_server_header = False
+        config.keep_alive_timeout = 75
+        status = _BoundPort(task_status)
+        try:
+            await serve(
+                cast("Framework", app),
+                config,
+                shutdown_trigger=self._shutdown.wait,
+                task_status=status,
+            )
+        except BaseExceptionGroup as group:
+            _, rest = group.split(OSError)
+            if status.port or rest is not None:
+                raise
+            raise RegistryError(f"cannot listen on {config.bind[0]}") from group
+        finally:
+            self._served.set()

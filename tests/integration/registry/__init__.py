@@ -1,0 +1,1 @@
+"""Client-compatibility tests of the embedded Consul-compatible registry (``controld registry``)."""
