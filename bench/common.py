@@ -36,7 +36,8 @@ class BenchError(Exception):
 # -- settings -------------------------------------------------------------------------------
 
 
-def _env_int(name: str, default: int, low: int, high: int) -> int:
+def env_int(name: str, default: int, low: int, high: int) -> int:
+    """Environment variable ``name`` as an integer (``default`` if unset), within [low, high]."""
     raw = os.environ.get(name, "")
     try:
         value = int(raw) if raw else default
@@ -60,12 +61,12 @@ class WrkParams:
         """Read ``BENCH_DURATION`` (1-300 s), ``BENCH_WARMUP`` (0-60 s), ``BENCH_THREADS`` (1-16)
         and ``BENCH_CONNECTIONS`` (up to 4096); out-of-range values are clamped.
         """
-        threads = _env_int("BENCH_THREADS", 1, 1, 16)
+        threads = env_int("BENCH_THREADS", 1, 1, 16)
         return cls(
             threads=threads,
-            connections=_env_int("BENCH_CONNECTIONS", 32, threads, 4096),
-            duration_s=_env_int("BENCH_DURATION", 10, 1, 300),
-            warmup_s=_env_int("BENCH_WARMUP", 2, 0, 60),
+            connections=env_int("BENCH_CONNECTIONS", 32, threads, 4096),
+            duration_s=env_int("BENCH_DURATION", 10, 1, 300),
+            warmup_s=env_int("BENCH_WARMUP", 2, 0, 60),
         )
 
     def flags(self, duration_s: int) -> list[str]:

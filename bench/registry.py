@@ -44,6 +44,7 @@ from common import (
     ManagedProcess,
     ProcessGroup,
     descendants,
+    env_int,
     free_ports,
     http_get,
     print_table,
@@ -55,15 +56,6 @@ TARGET_P99_MS = 50.0
 KEY_PATH = "/v1/kv/bench/key"
 ROUND_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 30.0
-
-
-def _env_int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        value = int(raw) if raw else default
-    except ValueError as exc:
-        raise BenchError(f"{name}={raw!r} is not an integer") from exc
-    return max(low, min(high, value))
 
 
 # -- a minimal HTTP/1.1 client over non-blocking sockets ------------------------------------
@@ -344,9 +336,9 @@ def _p(values: list[float], pct: float) -> float:
 
 def run_suite(ctx: Context) -> None:
     """Start the registry, run the rounds, print the figures."""
-    n_watchers = _env_int("BENCH_REGISTRY_WATCHERS", 1000, 1, 5000)
-    rounds = _env_int("BENCH_REGISTRY_ROUNDS", 20, 1, 200)
-    settle_ms = _env_int("BENCH_REGISTRY_SETTLE_MS", max(500, n_watchers), 100, 30_000)
+    n_watchers = env_int("BENCH_REGISTRY_WATCHERS", 1000, 1, 5000)
+    rounds = env_int("BENCH_REGISTRY_ROUNDS", 20, 1, 200)
+    settle_ms = env_int("BENCH_REGISTRY_SETTLE_MS", max(500, n_watchers), 100, 30_000)
     settle_s = settle_ms / 1000.0
     _raise_fd_limit(2 * n_watchers + 256)
     with ProcessGroup() as procs:

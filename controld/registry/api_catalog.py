@@ -15,6 +15,7 @@ from controld.registry.http import (
     blocking_read,
     check_dc,
     json_response,
+    node_meta_filter,
     read_json,
 )
 from controld.registry.render import catalog_service_json, node_json, service_json
@@ -44,19 +45,11 @@ async def datacenters(request: Request, ctx: Ctx) -> Response:
     return json_response([ctx.datacenter])
 
 
-def _node_meta_filter(request: Request) -> list[tuple[str, str]]:
-    pairs = []
-    for item in request.query_params.getlist("node-meta"):
-        key, _, value = item.partition(":")
-        pairs.append((key, value))
-    return pairs
-
-
 async def nodes(request: Request, ctx: Ctx) -> Response:
     """GET /v1/catalog/nodes."""
     allow(request, "GET")
     st = ctx.state
-    meta = _node_meta_filter(request)
+    meta = node_meta_filter(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         out = [
@@ -75,7 +68,7 @@ async def services(request: Request, ctx: Ctx) -> Response:
     """GET /v1/catalog/services: service name -> union of its tags."""
     allow(request, "GET")
     st = ctx.state
-    meta = _node_meta_filter(request)
+    meta = node_meta_filter(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         tags: dict[str, set[str]] = {}
@@ -97,26 +90,13 @@ def _service_nodes(request: Request, ctx: Ctx, connect: bool) -> Any:
     st = ctx.state
     name = request.path_params["name"]
     wanted_tags = request.query_params.getlist("tag")
-    meta = _node_meta_filter(request)
+    meta = node_meta_filter(request)
     peer = request.query_params.get("peer")
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         out = []
         if not peer:
-            if connect:
-                instances = [
-                    s
-                    for by_id in st.services.values()
-                    for s in by_id.values()
-                    if (
-                        s.kind == "connect-proxy"
-                        and (s.proxy or {}).get("DestinationServiceName") == name
-                    )
-                    or (s.name == name and (s.connect or {}).get("Native"))
-                ]
-                instances.sort(key=lambda s: (s.node.lower(), s.id.lower()))
-            else:
-                instances = st.service_instances(name)
+            instances = st.connect_instances(name) if connect else st.service_instances(name)
             for svc in instances:
                 if wanted_tags and not all(t in svc.tags for t in wanted_tags):
                     continue
@@ -145,9 +125,8 @@ async def connect(request: Request, ctx: Ctx) -> Response:
     return await blocking_read(request, ctx, "services", _service_nodes(request, ctx, True))
 
 
-async def node(request: Request, ctx: Ctx) -> Response:
-    """GET /v1/catalog/node/:node: the node and its services (``null`` if unknown)."""
-    allow(request, "GET")
+def _node_read(request: Request, ctx: Ctx, as_map: bool) -> Any:
+    """The node and its services (by ID), as a map keyed by service ID or as a list."""
     st = ctx.state
     name = request.path_params["node"]
 
@@ -155,37 +134,28 @@ async def node(request: Request, ctx: Ctx) -> Response:
         idx = st.table_index("nodes", "services")
         n = st.nodes.get(name)
         if n is None:
-            return idx, None, 200
-        svcs = {}
-        for svc in sorted(st.services.get(name, {}).values(), key=lambda s: s.id):
-            entry = service_json(svc)
-            if opts.filter and not opts.filter(entry):
-                continue
-            svcs[svc.id] = entry
+            return idx, None if as_map else {"Node": None, "Services": []}, 200
+        entries = [
+            service_json(s) for s in sorted(st.services.get(name, {}).values(), key=lambda s: s.id)
+        ]
+        if opts.filter:
+            entries = [e for e in entries if opts.filter(e)]
+        svcs = {e["ID"]: e for e in entries} if as_map else entries
         return idx, {"Node": node_json(n, ctx.datacenter), "Services": svcs}, 200
 
-    return await blocking_read(request, ctx, "catalog", compute)
+    return compute
+
+
+async def node(request: Request, ctx: Ctx) -> Response:
+    """GET /v1/catalog/node/:node: the node and its services (``null`` if unknown)."""
+    allow(request, "GET")
+    return await blocking_read(request, ctx, "catalog", _node_read(request, ctx, True))
 
 
 async def node_services(request: Request, ctx: Ctx) -> Response:
     """GET /v1/catalog/node-services/:node: the node and a list of its services."""
     allow(request, "GET")
-    st = ctx.state
-    name = request.path_params["node"]
-
-    def compute(opts: QueryOpts) -> tuple[int, Any, int]:
-        idx = st.table_index("nodes", "services")
-        n = st.nodes.get(name)
-        if n is None:
-            return idx, {"Node": None, "Services": []}, 200
-        svcs = [
-            service_json(s) for s in sorted(st.services.get(name, {}).values(), key=lambda s: s.id)
-        ]
-        if opts.filter:
-            svcs = [s for s in svcs if opts.filter(s)]
-        return idx, {"Node": node_json(n, ctx.datacenter), "Services": svcs}, 200
-
-    return await blocking_read(request, ctx, "catalog", compute)
+    return await blocking_read(request, ctx, "catalog", _node_read(request, ctx, False))
 
 
 async def gateway_services(request: Request, ctx: Ctx) -> Response:

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from controld.registry.errors import BadRequest
-from controld.registry.http import Ctx, QueryOpts, allow, blocking_read
+from controld.registry.http import Ctx, QueryOpts, allow, blocking_read, node_meta_filter
 from controld.registry.model import PASSING, Check, Service
 from controld.registry.render import check_json, node_json, service_json
 from controld.registry.state import State
@@ -49,27 +49,11 @@ def _service_entries(request: Request, ctx: Ctx, connect: bool) -> Any:
     wanted_tags = request.query_params.getlist("tag")
     passing = _flag(request, "passing")
     peer = request.query_params.get("peer")
-    meta = []
-    for item in request.query_params.getlist("node-meta"):
-        key, _, value = item.partition(":")
-        meta.append((key, value))
+    meta = node_meta_filter(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         out = []
-        if connect:
-            instances = [
-                s
-                for by_id in st.services.values()
-                for s in by_id.values()
-                if (
-                    s.kind == "connect-proxy"
-                    and (s.proxy or {}).get("DestinationServiceName") == name
-                )
-                or (s.name == name and (s.connect or {}).get("Native"))
-            ]
-            instances.sort(key=lambda s: (s.node.lower(), s.id.lower()))
-        else:
-            instances = st.service_instances(name)
+        instances = st.connect_instances(name) if connect else st.service_instances(name)
         for svc in [] if peer else instances:
             if wanted_tags and not all(t in svc.tags for t in wanted_tags):
                 continue

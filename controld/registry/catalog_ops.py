@@ -51,14 +51,20 @@ def _check(state: State, node: str, body: Json, services: dict[str, Service]) ->
     )
 
 
-def catalog_register(state: State, body: Json, datacenter: str) -> None:
-    """Register a node and optionally a service and checks, in one transaction."""
+def _node_name(body: Json, datacenter: str) -> str:
+    """The write's node, once its datacenter (if given) is known to be this one."""
     dc = defs.as_str(body, "Datacenter")
     if dc and dc.lower() != datacenter.lower():
         raise RequestError("No path to datacenter")
     name = defs.as_str(body, "Node")
     if not name:
         raise RequestError("Must provide node")
+    return name
+
+
+def catalog_register(state: State, body: Json, datacenter: str) -> None:
+    """Register a node and optionally a service and checks, in one transaction."""
+    name = _node_name(body, datacenter)
     skip = defs.as_bool(body, "SkipNodeUpdate")
     address = defs.as_str(body, "Address")
     existing = state.nodes.get(name)
@@ -132,12 +138,7 @@ def catalog_register(state: State, body: Json, datacenter: str) -> None:
 
 def catalog_deregister(state: State, body: Json, datacenter: str) -> None:
     """Remove a node, one of its services or one of its checks."""
-    dc = defs.as_str(body, "Datacenter")
-    if dc and dc.lower() != datacenter.lower():
-        raise RequestError("No path to datacenter")
-    name = defs.as_str(body, "Node")
-    if not name:
-        raise RequestError("Must provide node")
+    name = _node_name(body, datacenter)
     service_id = defs.as_str(body, "ServiceID")
     check_id = defs.as_str(body, "CheckID")
     with state.write() as txn:

@@ -212,6 +212,15 @@ def query_opts(request: Request) -> QueryOpts:
     )
 
 
+def node_meta_filter(request: Request) -> list[tuple[str, str]]:
+    """The repeatable ``node-meta=key:value`` query parameter, as (key, value) pairs."""
+    pairs = []
+    for item in request.query_params.getlist("node-meta"):
+        key, _, value = item.partition(":")
+        pairs.append((key, value))
+    return pairs
+
+
 def check_dc(request: Request, ctx: Ctx) -> None:
     """Reject ``?dc=`` naming another datacenter, as Consul does without a WAN path."""
     dc = request.query_params.get("dc")

@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import cast
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from hypercorn.typing import Framework
 
 from controld.registry.agent import Agent, AgentConfig
 from controld.registry.app import build_app
@@ -22,6 +19,7 @@ from controld.registry.httpserver import ASGIApp, HTTPServer
 from controld.registry.persist import open_store
 from controld.registry.sessions import Sessions
 from controld.registry.state import State
+from meshcore.runtime.asgi import AsgiServer, ListenError, probe_bind
 
 __all__ = ["RegistryConfig", "RegistryServer"]
 
@@ -44,29 +42,6 @@ class RegistryConfig:
     graceful_timeout_s: float = 1.0
     # "builtin" (controld.registry.httpserver: fast wake-ups of parked queries) or "hypercorn".
     http_server: str = "builtin"
-
-
-class _BoundPort:
-    """Turns hypercorn's ``started(["http://host:port"])`` into ``started(port)``."""
-
-    def __init__(self, outer: trio.TaskStatus[int]) -> None:
-        self._outer = outer
-        self.port = 0
-
-    def started(self, value: list[str] | None = None) -> None:
-        assert value, "hypercorn reports its binds"
-        self.port = int(value[0].rsplit(":", 1)[1])
-        self._outer.started(self.port)
-
-
-def _probe_bind(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise RegistryError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
 class RegistryServer:
@@ -95,7 +70,10 @@ class RegistryServer:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until shut down; ``task_status.started(port)`` once listening."""
         cfg = self.config
-        _probe_bind(cfg.host, cfg.port)
+        try:
+            probe_bind(cfg.host, cfg.port)
+        except ListenError as exc:
+            raise RegistryError(str(exc)) from exc
         store = open_store(cfg.data_dir)
         try:
             state = self.state = State(store)
@@ -168,26 +146,18 @@ class RegistryServer:
 
     async def _serve_hypercorn(self, app: object, *, task_status: trio.TaskStatus[int]) -> None:
         cfg = self.config
-        config = Config()
-        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        config.bind = [f"{host}:{cfg.port}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("controld.registry.hypercorn")
-        config.graceful_timeout = cfg.graceful_timeout_s
-        config.include_server_header = False
-        config.keep_alive_timeout = 75
-        status = _BoundPort(task_status)
+        server = AsgiServer(
+            app,
+            cfg.host,
+            cfg.port,
+            graceful_timeout=cfg.graceful_timeout_s,
+            error_logger=logging.getLogger("controld.registry.hypercorn"),
+            keep_alive_timeout=75,
+            shutdown=self._shutdown,
+        )
         try:
-            await serve(
-                cast("Framework", app),
-                config,
-                shutdown_trigger=self._shutdown.wait,
-                task_status=status,
-            )
-        except BaseExceptionGroup as group:
-            _, rest = group.split(OSError)
-            if status.port or rest is not None:
-                raise
-            raise RegistryError(f"cannot listen on {config.bind[0]}") from group
+            await server.run(task_status=task_status)
+        except ListenError as exc:
+            raise RegistryError(str(exc)) from exc
         finally:
             self._served.set()

@@ -221,3 +221,15 @@ class State:
         out = [s for by_id in self.services.values() for s in by_id.values() if s.name == name]
         out.sort(key=lambda s: (s.node.lower(), s.id.lower()))
         return out
+
+    def connect_instances(self, name: str) -> list[Service]:
+        """Connect-capable instances of service ``name``: its proxies and Connect-native ones."""
+        out = [
+            s
+            for by_id in self.services.values()
+            for s in by_id.values()
+            if (s.kind == "connect-proxy" and (s.proxy or {}).get("DestinationServiceName") == name)
+            or (s.name == name and (s.connect or {}).get("Native"))
+        ]
+        out.sort(key=lambda s: (s.node.lower(), s.id.lower()))
+        return out

@@ -7,54 +7,12 @@ sends and returns, its errors and the reconnect backoff. The client itself is im
 ~150 ms of start-up, which only the processes that talk to a registry should pay.
 """
 
+# The submodules' own ``__all__`` lists are the single statement of what this package exports.
+from meshcore.registry import errors, model
 from meshcore.registry.backoff import Backoff
-from meshcore.registry.errors import (
-    RegistryError,
-    RegistryNotFound,
-    RegistryPermissionDenied,
-    RegistryProtocolError,
-    RegistryRequestError,
-    RegistryUnavailable,
-)
-from meshcore.registry.model import (
-    CONNECT_PROXY,
-    SIDECAR_META_KEY,
-    CheckState,
-    CheckStatus,
-    HealthEntry,
-    ProxySpec,
-    ServiceInstance,
-    ServiceRegistration,
-    Status,
-    TtlCheck,
-    aggregate_status,
-    go_duration,
-    parse_catalog_services,
-    parse_health_entries,
-    parse_index,
-)
+from meshcore.registry.errors import *  # noqa: F403
+from meshcore.registry.model import *  # noqa: F403
 
-__all__ = [
-    "CONNECT_PROXY",
-    "SIDECAR_META_KEY",
-    "Backoff",
-    "CheckState",
-    "CheckStatus",
-    "HealthEntry",
-    "ProxySpec",
-    "RegistryError",
-    "RegistryNotFound",
-    "RegistryPermissionDenied",
-    "RegistryProtocolError",
-    "RegistryRequestError",
-    "RegistryUnavailable",
-    "ServiceInstance",
-    "ServiceRegistration",
-    "Status",
-    "TtlCheck",
-    "aggregate_status",
-    "go_duration",
-    "parse_catalog_services",
-    "parse_health_entries",
-    "parse_index",
-]
+__all__ = ["Backoff"]
+__all__ += errors.__all__
+__all__ += model.__all__

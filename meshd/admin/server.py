@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import socket
-from typing import cast
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from hypercorn.typing import Framework
 from starlette.types import ASGIApp
 
+from meshcore.runtime.asgi import AsgiServer, ListenError
 from meshd.errors import MeshdError
 
 __all__ = ["AdminBindError", "AdminServer"]
@@ -21,39 +17,7 @@ class AdminBindError(MeshdError):
     """The admin server could not listen on its address (in use, not local, ...)."""
 
 
-def _probe_bind(host: str, port: int) -> None:
-    """Fail early, with a typed error, if hypercorn's bind would fail.
-
-    hypercorn does not close the socket it made when ``bind`` fails, which would surface later
-    as a ResourceWarning; binding a throw-away socket the same way first avoids that in
-    practice (a port taken in between still ends up as :class:`AdminBindError`).
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise AdminBindError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-
-
-class _BoundPort:
-    """Turns hypercorn's ``started(["http://host:port"])`` into ``started(port)``."""
-
-    def __init__(self, server: AdminServer, outer: trio.TaskStatus[int]) -> None:
-        self._server = server
-        self._outer = outer
-        self.done = False
-
-    def started(self, value: list[str] | None = None) -> None:
-        assert value, "hypercorn reports its binds"
-        # "http://127.0.0.1:8080" or "http://[::1]:8080"
-        self._server._port = int(value[0].rsplit(":", 1)[1])
-        self.done = True
-        self._outer.started(self._server._port)
-
-
-class AdminServer:
+class AdminServer(AsgiServer):
     """Owns the admin HTTP server task.
 
     ``run`` serves until cancelled (which stops at once) or until :meth:`shutdown_nowait`
@@ -69,47 +33,23 @@ class AdminServer:
         graceful_timeout: float = 1.0,
         error_logger: logging.Logger | None = None,
     ) -> None:
-        self._app = app
-        self._host = host
-        self._port = port
-        self._graceful_timeout = graceful_timeout
         # A named stdlib logger rather than hypercorn's default "-": that one installs its own
         # stderr handler on the process-wide "hypercorn.error" logger. Unconfigured, this one
         # shows only warnings and errors; structlog's stdlib integration picks it up otherwise.
-        self._error_logger = error_logger or logging.getLogger("meshd.admin")
-        self._shutdown = trio.Event()
-
-    @property
-    def port(self) -> int:
-        """The bound port once ``run`` has started; the configured one before."""
-        return self._port
-
-    def shutdown_nowait(self) -> None:
-        """Ask ``run`` to stop accepting, finish in-flight requests and return."""
-        self._shutdown.set()
+        super().__init__(
+            app,
+            host,
+            port,
+            graceful_timeout=graceful_timeout,
+            error_logger=error_logger or logging.getLogger("meshd.admin"),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve; reports the bound port through ``task_status`` once listening.
 
         Raises :class:`AdminBindError` if the address can't be bound.
         """
-        config = Config()
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        config.bind = [f"{host}:{self._port}"]
-        config.accesslog = None
-        config.errorlog = self._error_logger
-        config.graceful_timeout = self._graceful_timeout
-        config.include_server_header = False
-        _probe_bind(self._host, self._port)
-        status = _BoundPort(self, task_status)
         try:
-            # Starlette's and hypercorn's ASGI type aliases describe the same protocol in
-            # incompatible terms (MutableMapping vs TypedDict scopes).
-            app = cast("Framework", self._app)
-            await serve(app, config, shutdown_trigger=self._shutdown.wait, task_status=status)
-        except BaseExceptionGroup as group:
-            # hypercorn nests its nurseries' groups; a bind failure is an OSError in there.
-            _, rest = group.split(OSError)
-            if status.done or rest is not None:
-                raise
-            raise AdminBindError(f"cannot listen on {config.bind[0]}") from group
+            await super().run(task_status=task_status)
+        except ListenError as exc:
+            raise AdminBindError(str(exc)) from exc
