@@ -1,12 +1,14 @@
 """``controld``: the control plane daemon.
 
-Subcommands available so far:
+Subcommands:
 
+* ``controld run [--registry URL | --registry-listen HOST:PORT --data-dir DIR] [--admin
+  HOST:PORT]`` runs the daemon: the registry embedded (default) or an external one, the
+  discovery watcher and the admin API (:mod:`controld.daemon`).
 * ``controld registry --listen HOST:PORT --data-dir DIR [--acl-management-token TOKEN]``
-  runs the embedded Consul-compatible registry standalone.
+  runs the Consul-compatible registry standalone.
 
-Running the registry embedded in the main ``controld`` daemon (or pointing it at an external
-Consul with ``--registry``) arrives with issue 4.
+Plain ``controld`` prints the help.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshcore import __version__
+
+if TYPE_CHECKING:
+    from controld.daemon import DaemonConfig
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -34,13 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="controld",
         description=(
-            "meshd control plane. Available now: the standalone Consul-compatible registry "
-            "(`controld registry`). Running it embedded in the controld daemon, or using an "
-            "external registry with --registry, comes with issue 4."
+            "meshd control plane. `controld run` is the daemon (registry embedded or external, "
+            "service discovery, admin API); `controld registry` runs the Consul-compatible "
+            "registry standalone."
         ),
     )
     parser.add_argument("--version", action="version", version=f"controld {__version__}")
     sub = parser.add_subparsers(dest="command")
+    run = _add_run(sub)
+    run.set_defaults(run_parser=run)
     reg = sub.add_parser(
         "registry",
         help="run the Consul-compatible registry standalone",
@@ -48,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
             "Serve the Consul HTTP API subset used by meshd and controld (agent, catalog, "
             "health, KV, sessions, status; blocking queries), persisted in SQLite under "
             "--data-dir. With --acl-management-token every request must carry that token "
-            "(X-Consul-Token, ?token= or Authorization: Bearer). Embedded mode inside the "
-            "controld daemon comes with issue 4."
+            "(X-Consul-Token, ?token= or Authorization: Bearer). `controld run` embeds the "
+            "same registry."
         ),
     )
     reg.add_argument(
@@ -78,12 +86,65 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    run = sub.add_parser(
+        "run",
+        help="run the controld daemon",
+        description=(
+            "The control plane daemon. By default it runs the Consul-compatible registry "
+            "embedded (--registry-listen, --data-dir); with --registry URL it follows an "
+            "external one instead. It watches services and their health in the registry "
+            "(keeping the last view while the registry is unreachable) and serves an admin "
+            "API on --admin: GET /v1/status, /metrics, /ready, /live. Policy, the config "
+            "compiler and the push to sidecars join this daemon with issue 4."
+        ),
+    )
+    run.add_argument(
+        "--registry",
+        metavar="URL",
+        help="use this external registry (http(s)://host:port) instead of the embedded one",
+    )
+    run.add_argument(
+        "--registry-token",
+        default=os.environ.get("CONSUL_HTTP_TOKEN"),
+        help="ACL token for the external registry (env CONSUL_HTTP_TOKEN)",
+    )
+    run.add_argument(
+        "--registry-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="embedded registry's HTTP address (default 127.0.0.1:8500)",
+    )
+    run.add_argument(
+        "--data-dir", type=Path, help="embedded registry's SQLite state (required when embedded)"
+    )
+    run.add_argument(
+        "--acl-management-token",
+        default=os.environ.get("CONTROLD_ACL_TOKEN"),
+        help="embedded registry: enable ACLs with this management token (env CONTROLD_ACL_TOKEN)",
+    )
+    run.add_argument("--node-name", default="", help="embedded registry's node name")
+    run.add_argument("--datacenter", default="dc1", help="embedded registry's datacenter")
+    run.add_argument(
+        "--admin",
+        type=_listen,
+        default=("127.0.0.1", 8501),
+        metavar="HOST:PORT",
+        help="admin API address (default 127.0.0.1:8501; port 0 picks a free port)",
+    )
+    run.add_argument("--log-format", choices=("json", "console"), default="json")
+    run.add_argument("--log-level", choices=_LEVELS, type=str.lower, default="info")
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``controld`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "registry":
         return _run_registry(args)
+    if args.command == "run":
+        return _run_daemon(args.run_parser, args)
     parser.print_help()
     return 0
 
@@ -145,6 +206,109 @@ def _run_registry(args: argparse.Namespace) -> int:
         return 2 if isinstance(error, DataDirError) else 1
     log.info("stopped")
     return 0
+
+
+def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DaemonConfig:
+    from controld.daemon import DaemonConfig
+    from controld.registry import RegistryConfig
+    from meshcore.registry.client import RegistrySettings
+
+    admin_host, admin_port = args.admin
+    if args.registry is not None:
+        if args.data_dir is not None or args.registry_listen is not None:
+            parser.error("--registry (external) excludes --data-dir and --registry-listen")
+        try:
+            RegistrySettings(url=args.registry)
+        except ValueError as exc:
+            parser.error(f"--registry: {exc}")
+        return DaemonConfig(
+            registry_url=args.registry,
+            registry_token=args.registry_token or None,
+            admin_host=admin_host,
+            admin_port=admin_port,
+        )
+    if args.data_dir is None:
+        parser.error(
+            "the embedded registry needs --data-dir DIR (or give --registry URL to use an "
+            "external registry)"
+        )
+    host, port = args.registry_listen or ("127.0.0.1", 8500)
+    return DaemonConfig(
+        registry=RegistryConfig(
+            data_dir=args.data_dir,
+            host=host,
+            port=port,
+            node_name=args.node_name or socket.gethostname(),
+            datacenter=args.datacenter,
+            acl_management_token=args.acl_management_token or None,
+        ),
+        admin_host=admin_host,
+        admin_port=admin_port,
+    )
+
+
+def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import logging
+
+    import structlog
+    import trio
+
+    from controld.daemon import ControlDaemon, DaemonPorts
+    from controld.registry import DataDirError
+    from meshcore.runtime.asgi import ListenError
+    from meshcore.runtime.logging import configure_logging
+
+    config = _daemon_config(parser, args)
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    configure_logging(json=args.log_format == "json", level=args.log_level)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    log = structlog.get_logger("controld")
+    daemon = ControlDaemon(config)
+
+    async def serve() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        daemon.shutdown_nowait()
+                        return
+
+                async def run_daemon(*, task_status: trio.TaskStatus[DaemonPorts]) -> None:
+                    await daemon.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()  # stop_on_signal too
+
+                nursery.start_soon(stop_on_signal)
+                ports: DaemonPorts = await nursery.start(run_daemon)
+                log.info(
+                    "ready",
+                    registry_mode="external" if config.registry is None else "embedded",
+                    registry=ports.registry_url,
+                    registry_port=ports.registry_port,
+                    admin=f"{config.admin_host}:{ports.admin_port}",
+                    admin_port=ports.admin_port,
+                )
+
+    try:
+        trio.run(serve)
+    except BaseException as exc:
+        error = _registry_error(exc) or _leaf(exc, ListenError)
+        if error is None:
+            raise
+        print(f"controld run: {error}", file=sys.stderr)
+        return 2 if isinstance(error, DataDirError) else 1
+    log.info("stopped")
+    return 0
+
+
+def _leaf(exc: BaseException, kind: type[Exception]) -> Exception | None:
+    """The ``kind`` error behind ``exc`` when that is all it holds (groups unwrapped)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _leaf(exc.exceptions[0], kind)
+    return None
 
 
 def _registry_error(exc: BaseException) -> Exception | None:

@@ -43,7 +43,7 @@ _NOT_IN_KEY = frozenset({"index", "wait", "token", "stale", "consistent", "cache
 class Rendered:
     """A read's result rendered once and shared by every request that asks the same."""
 
-    __slots__ = ("_heads", "_wire", "body", "index", "status")
+    __slots__ = ("_heads", "_responses", "_wire", "body", "index", "status")
 
     def __init__(self, index: int, status: int, body: bytes) -> None:
         self.index = index
@@ -51,6 +51,7 @@ class Rendered:
         self.body = body
         self._heads: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
         self._wire: dict[tuple[str, str], bytes] = {}
+        self._responses: dict[tuple[str, str], bytes] = {}
 
     def raw_headers(self, consistency: str, content_type: str) -> list[tuple[bytes, bytes]]:
         """The response headers, built once per consistency mode and content type."""
@@ -76,6 +77,14 @@ class Rendered:
             lines += [k + b": " + v for k, v in self.raw_headers(consistency, content_type)]
             wire = self._wire[key] = b"\r\n".join(lines) + b"\r\n\r\n"
         return wire
+
+    def wire_response(self, consistency: str, content_type: str) -> bytes:
+        """The whole HTTP/1.1 keep-alive response: :meth:`wire_head` and the body."""
+        key = (consistency, content_type)
+        data = self._responses.get(key)
+        if data is None:
+            data = self._responses[key] = self.wire_head(consistency, content_type) + self.body
+        return data
 
 
 def _phrase(status: int) -> str:
@@ -315,7 +324,9 @@ async def blocking_read(
 
     ``compute`` returns ``(index, json_data_or_no_body(), status)``. The wait is capped at 10
     minutes plus up to wait/16 of random jitter, as Consul does; any write to ``topic`` wakes
-    the query to recheck.
+    the query to recheck. Under :mod:`controld.registry.httpserver`, the recheck runs in the
+    hub's wake-up pass and, when the index moved, writes the response to the socket there
+    (``controld.send_now``); the response returned afterwards is then not sent again.
     """
     check_dc(request, ctx)
     opts = query_opts(request)
@@ -324,9 +335,17 @@ async def blocking_read(
     if opts.index and rendered.index <= opts.index:
         deadline = trio.current_time() + opts.wait + random.random() * opts.wait / 16  # noqa: S311
         hub = ctx.state.hub
+        send_now: Callable[[bytes], None] | None = request.scope.get("controld.send_now")
+
+        def recheck() -> Rendered:
+            fresh = ctx.cached(key, lambda: compute(opts))
+            if send_now is not None and fresh.index > opts.index:
+                send_now(fresh.wire_response(opts.consistency, content_type))
+            return fresh
+
         while rendered.index <= opts.index and trio.current_time() < deadline:
-            await hub.wait(topic, deadline)
-            rendered = ctx.cached(key, lambda: compute(opts))
+            woken = await hub.wait(topic, deadline, recheck)
+            rendered = woken or ctx.cached(key, lambda: compute(opts))
     return PreparedResponse(
         rendered.status,
         rendered.body,

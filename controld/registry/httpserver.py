@@ -3,11 +3,13 @@
 Why not hypercorn here: a change must wake and answer 1000 parked blocking queries within
 tens of milliseconds. Hypercorn's per-response cost (h11, several tasks and cancel scopes per
 connection) puts the floor at ~130 ms on a 2-core machine for a trivial ASGI app; this server
-writes a finished response with one ``send()`` from the woken task, which keeps the cost of a
-wake-up to the app's own work. It serves exactly what the registry needs: HTTP/1.1 (and 1.0)
-with keep-alive, ``Content-Length`` or chunked request bodies (buffered, bounded), one
-request at a time per connection, responses buffered and sent whole. A client that hangs up
-while its blocking query is parked gets its request cancelled.
+writes a finished response with one ``send()``, and lets a woken blocking query write it
+before its task even resumes (``controld.send_now`` in the ASGI scope, keep-alive non-HEAD
+requests only: one whole prepared response, replacing what the app then sends). It serves
+exactly what the registry needs: HTTP/1.1 (and 1.0) with keep-alive, ``Content-Length`` or
+chunked request bodies (buffered, bounded), one request at a time per connection, responses
+buffered and sent whole. A client that hangs up while its blocking query is parked gets its
+request cancelled.
 
 :class:`RegistryServer` uses it by default; ``http_server="hypercorn"`` selects hypercorn's
 Trio worker instead.
@@ -281,6 +283,27 @@ class HTTPServer:
         chunks: list[bytes] = []
         done = False
         broken = False
+        unsent: bytes | None = None
+
+        def send_now(data: bytes) -> None:
+            # A whole keep-alive response written from outside this task (a blocking query
+            # woken by WatchHub.run); what the socket won't take now goes after the app.
+            nonlocal done, broken, unsent
+            if done:
+                return
+            done = True
+            try:
+                sent = conn.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                broken = True
+                return
+            if sent < len(data):
+                unsent = data[sent:]
+
+        if keep and method != "HEAD":
+            scope["controld.send_now"] = send_now
 
         async def send(message: dict[str, Any]) -> None:
             nonlocal status, out_headers, done, broken, wire_head
@@ -302,6 +325,11 @@ class HTTPServer:
                         broken = True
 
         await self._call(scope, receive, send)
+        if unsent is not None and not broken:
+            try:
+                await conn.send_all(unsent)
+            except _Closed:
+                broken = True
         if broken:
             disconnected.set()
             return False
