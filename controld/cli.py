@@ -68,22 +68,31 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTP address (default 127.0.0.1:8500; port 0 picks a free port)",
     )
     reg.add_argument("--data-dir", type=Path, required=True, help="directory of the SQLite state")
-    reg.add_argument(
-        "--acl-management-token",
-        default=os.environ.get("CONTROLD_ACL_TOKEN"),
-        help="enable ACLs with this management token (env CONTROLD_ACL_TOKEN)",
-    )
-    reg.add_argument("--node-name", default="", help="this node's name (default: the hostname)")
-    reg.add_argument("--datacenter", default="dc1", help="datacenter name (default dc1)")
+    _add_registry_identity(reg, "")
     reg.add_argument(
         "--http-server",
         choices=("builtin", "hypercorn"),
         default="builtin",
         help="HTTP front-end: built-in (fast blocking-query wake-ups, default) or hypercorn",
     )
-    reg.add_argument("--log-format", choices=("json", "console"), default="json")
-    reg.add_argument("--log-level", choices=_LEVELS, type=str.lower, default="info")
+    _add_logging(reg)
     return parser
+
+
+def _add_registry_identity(parser: argparse.ArgumentParser, scope: str) -> None:
+    """ACL token, node and datacenter of a registry this process serves."""
+    parser.add_argument(
+        "--acl-management-token",
+        default=os.environ.get("CONTROLD_ACL_TOKEN"),
+        help=f"{scope}enable ACLs with this management token (env CONTROLD_ACL_TOKEN)",
+    )
+    parser.add_argument("--node-name", default="", help=f"{scope}node name (default: hostname)")
+    parser.add_argument("--datacenter", default="dc1", help=f"{scope}datacenter (default dc1)")
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("json", "console"), default="json")
+    parser.add_argument("--log-level", choices=_LEVELS, type=str.lower, default="info")
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -118,13 +127,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     run.add_argument(
         "--data-dir", type=Path, help="embedded registry's SQLite state (required when embedded)"
     )
-    run.add_argument(
-        "--acl-management-token",
-        default=os.environ.get("CONTROLD_ACL_TOKEN"),
-        help="embedded registry: enable ACLs with this management token (env CONTROLD_ACL_TOKEN)",
-    )
-    run.add_argument("--node-name", default="", help="embedded registry's node name")
-    run.add_argument("--datacenter", default="dc1", help="embedded registry's datacenter")
+    _add_registry_identity(run, "embedded registry: ")
     run.add_argument(
         "--admin",
         type=_listen,
@@ -132,8 +135,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         metavar="HOST:PORT",
         help="admin API address (default 127.0.0.1:8501; port 0 picks a free port)",
     )
-    run.add_argument("--log-format", choices=("json", "console"), default="json")
-    run.add_argument("--log-level", choices=_LEVELS, type=str.lower, default="info")
+    _add_logging(run)
     return run
 
 
