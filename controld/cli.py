@@ -18,8 +18,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshcore import __version__
 
@@ -152,18 +153,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_registry(args: argparse.Namespace) -> int:
-    import logging
-
-    import structlog
     import trio
 
-    from controld.registry import DataDirError, RegistryConfig, RegistryServer
-    from meshcore.runtime.logging import configure_logging
+    from controld.registry import DataDirError, RegistryConfig, RegistryError, RegistryServer
 
-    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
-    configure_logging(json=args.log_format == "json", level=args.log_level)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
-    log = structlog.get_logger("controld.registry")
+    log = _setup_logging(args, "controld.registry")
     host, port = args.listen
     config = RegistryConfig(
         data_dir=args.data_dir,
@@ -176,32 +170,20 @@ def _run_registry(args: argparse.Namespace) -> int:
     )
     server = RegistryServer(config)
 
-    async def serve() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        server.shutdown_nowait()
-                        return
-
-                nursery.start_soon(stop_on_signal)
-                bound = await nursery.start(server.run)
-                log.info(
-                    "ready",
-                    listen=f"{host}:{bound}",
-                    data_dir=str(args.data_dir),
-                    acl=config.acl_management_token is not None,
-                    node=config.node_name,
-                    datacenter=config.datacenter,
-                )
-                await server.wait_stopped()
-                nursery.cancel_scope.cancel()
+    def ready(bound: int) -> None:
+        log.info(
+            "ready",
+            listen=f"{host}:{bound}",
+            data_dir=str(args.data_dir),
+            acl=config.acl_management_token is not None,
+            node=config.node_name,
+            datacenter=config.datacenter,
+        )
 
     try:
-        trio.run(serve)
+        trio.run(_run_until_signal, server.run, server.shutdown_nowait, ready, log)
     except BaseException as exc:
-        error = _registry_error(exc)
+        error = _leaf(exc, RegistryError)
         if error is None:
             raise
         print(f"controld registry: {error}", file=sys.stderr)
@@ -250,52 +232,31 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import logging
 
-    import structlog
     import trio
 
     from controld.daemon import ControlDaemon, DaemonPorts
-    from controld.registry import DataDirError
+    from controld.registry import DataDirError, RegistryError
     from meshcore.runtime.asgi import ListenError
-    from meshcore.runtime.logging import configure_logging
 
     config = _daemon_config(parser, args)
-    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
-    configure_logging(json=args.log_format == "json", level=args.log_level)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
-    log = structlog.get_logger("controld")
+    log = _setup_logging(args, "controld")
     daemon = ControlDaemon(config)
 
-    async def serve() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    async for signum in signals:
-                        log.info("stopping", signal=signal.Signals(signum).name)
-                        daemon.shutdown_nowait()
-                        return
-
-                async def run_daemon(*, task_status: trio.TaskStatus[DaemonPorts]) -> None:
-                    await daemon.run(task_status=task_status)
-                    nursery.cancel_scope.cancel()  # stop_on_signal too
-
-                nursery.start_soon(stop_on_signal)
-                ports: DaemonPorts = await nursery.start(run_daemon)
-                log.info(
-                    "ready",
-                    registry_mode="external" if config.registry is None else "embedded",
-                    registry=ports.registry_url,
-                    registry_port=ports.registry_port,
-                    admin=f"{config.admin_host}:{ports.admin_port}",
-                    admin_port=ports.admin_port,
-                )
+    def ready(ports: DaemonPorts) -> None:
+        log.info(
+            "ready",
+            registry_mode="external" if config.registry is None else "embedded",
+            registry=ports.registry_url,
+            registry_port=ports.registry_port,
+            admin=f"{config.admin_host}:{ports.admin_port}",
+            admin_port=ports.admin_port,
+        )
 
     try:
-        trio.run(serve)
+        trio.run(_run_until_signal, daemon.run, daemon.shutdown_nowait, ready, log)
     except BaseException as exc:
-        error = _registry_error(exc) or _leaf(exc, ListenError)
+        error = _leaf(exc, RegistryError) or _leaf(exc, ListenError)
         if error is None:
             raise
         print(f"controld run: {error}", file=sys.stderr)
@@ -304,23 +265,53 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     return 0
 
 
+def _setup_logging(args: argparse.Namespace, name: str) -> Any:
+    """Configure structlog (and stdlib logging for libraries); the daemon's logger."""
+    import logging
+
+    import structlog
+
+    from meshcore.runtime.logging import configure_logging
+
+    # structlog imports rich only for prettier console tracebacks; daemons don't need it.
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    configure_logging(json=args.log_format == "json", level=args.log_level)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    return structlog.get_logger(name)
+
+
+async def _run_until_signal(
+    run: Callable[..., Awaitable[None]],
+    stop: Callable[[], None],
+    ready: Callable[[Any], None],
+    log: Any,
+) -> None:
+    """Run a service object until it returns; SIGTERM or SIGINT asks it to stop."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    stop()
+                    return
+
+            async def run_service(*, task_status: trio.TaskStatus[Any]) -> None:
+                await run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # stop_on_signal too
+
+            nursery.start_soon(stop_on_signal)
+            ready(await nursery.start(run_service))
+
+
 def _leaf(exc: BaseException, kind: type[Exception]) -> Exception | None:
     """The ``kind`` error behind ``exc`` when that is all it holds (groups unwrapped)."""
     if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return _leaf(exc.exceptions[0], kind)
-    return None
-
-
-def _registry_error(exc: BaseException) -> Exception | None:
-    """The registry error behind ``exc`` when that is all it holds (groups unwrapped)."""
-    from controld.registry import RegistryError
-
-    if isinstance(exc, RegistryError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return _registry_error(exc.exceptions[0])
     return None
 
 
