@@ -3,8 +3,9 @@
 Subcommands:
 
 * ``controld run [--registry URL | --registry-listen HOST:PORT --data-dir DIR] [--admin
-  HOST:PORT]`` runs the daemon: the registry embedded (default) or an external one, the
-  discovery watcher and the admin API (:mod:`controld.daemon`).
+  HOST:PORT] [--push HOST:PORT|off] [--admin-token-file PATH] [--kv-prefix PREFIX]`` runs the
+  daemon: the registry embedded (default) or an external one, discovery, the policy store,
+  the snapshot push and the HTTP API (:mod:`controld.daemon`).
 * ``controld registry --listen HOST:PORT --data-dir DIR [--acl-management-token TOKEN]``
   runs the Consul-compatible registry standalone.
 
@@ -35,6 +36,10 @@ def _listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def _listen_or_off(value: str) -> tuple[str, int] | None:
+    return None if value == "off" else _listen(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,9 +109,11 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
             "The control plane daemon. By default it runs the Consul-compatible registry "
             "embedded (--registry-listen, --data-dir); with --registry URL it follows an "
             "external one instead. It watches services and their health in the registry "
-            "(keeping the last view while the registry is unreachable) and serves an admin "
-            "API on --admin: GET /v1/status, /metrics, /ready, /live. Policy, the config "
-            "compiler and the push to sidecars join this daemon with issue 4."
+            "(keeping the last view while the registry is unreachable), keeps the policy "
+            "resources in the registry KV (--kv-prefix), compiles each registered sidecar's "
+            "snapshot and pushes it (long-poll, on --push), and serves the HTTP API on --admin "
+            "(bearer tokens; the admin token is in --admin-token-file; OpenAPI at "
+            "/openapi.json)."
         ),
     )
     run.add_argument(
@@ -126,7 +133,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         help="embedded registry's HTTP address (default 127.0.0.1:8500)",
     )
     run.add_argument(
-        "--data-dir", type=Path, help="embedded registry's SQLite state (required when embedded)"
+        "--data-dir",
+        type=Path,
+        help=(
+            "embedded registry's SQLite state (required when embedded) and the default home "
+            "of the admin token file; with --registry only the latter"
+        ),
     )
     _add_registry_identity(run, "embedded registry: ")
     run.add_argument(
@@ -134,7 +146,33 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         type=_listen,
         default=("127.0.0.1", 8501),
         metavar="HOST:PORT",
-        help="admin API address (default 127.0.0.1:8501; port 0 picks a free port)",
+        help="HTTP API address (default 127.0.0.1:8501; port 0 picks a free port)",
+    )
+    run.add_argument(
+        "--push",
+        type=_listen_or_off,
+        default=("127.0.0.1", 8502),
+        metavar="HOST:PORT|off",
+        help=(
+            "address the sidecars register and long-poll on: the same API, served by a lean "
+            "server made for waking many parked polls at once (default 127.0.0.1:8502; "
+            "off: sidecars use --admin)"
+        ),
+    )
+    run.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="PATH",
+        help=(
+            "the API's admin token, created (mode 0600, random token) if missing; default "
+            "<data-dir>/admin-token, or $XDG_STATE_HOME/controld/admin-token without --data-dir"
+        ),
+    )
+    run.add_argument(
+        "--kv-prefix",
+        default="meshd/",
+        metavar="PREFIX",
+        help="registry KV prefix of the policy resources (default meshd/; must end with /)",
     )
     _add_logging(run)
     return run
@@ -198,9 +236,12 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     from meshcore.registry.client import RegistrySettings
 
     admin_host, admin_port = args.admin
+    push_host, push_port = args.push or ("127.0.0.1", None)
+    if not args.kv_prefix.endswith("/"):
+        parser.error(f"--kv-prefix must end with '/', got {args.kv_prefix!r}")
     if args.registry is not None:
-        if args.data_dir is not None or args.registry_listen is not None:
-            parser.error("--registry (external) excludes --data-dir and --registry-listen")
+        if args.registry_listen is not None:
+            parser.error("--registry (external) excludes --registry-listen")
         try:
             RegistrySettings(url=args.registry)
         except ValueError as exc:
@@ -210,6 +251,11 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             registry_token=args.registry_token or None,
             admin_host=admin_host,
             admin_port=admin_port,
+            push_host=push_host,
+            push_port=push_port,
+            data_dir=args.data_dir,
+            admin_token_file=args.admin_token_file,
+            kv_prefix=args.kv_prefix,
         )
     if args.data_dir is None:
         parser.error(
@@ -228,6 +274,11 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         ),
         admin_host=admin_host,
         admin_port=admin_port,
+        push_host=push_host,
+        push_port=push_port,
+        data_dir=args.data_dir,
+        admin_token_file=args.admin_token_file,
+        kv_prefix=args.kv_prefix,
     )
 
 
@@ -235,6 +286,7 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
     import trio
 
+    from controld.auth import TokenFileError
     from controld.daemon import ControlDaemon, DaemonPorts
     from controld.registry import DataDirError, RegistryError
     from meshcore.runtime.asgi import ListenError
@@ -244,6 +296,12 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     daemon = ControlDaemon(config)
 
     def ready(ports: DaemonPorts) -> None:
+        host = config.admin_host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        api_url = f"http://{f'[{host}]' if ':' in host else host}:{ports.admin_port}"
         log.info(
             "ready",
             registry_mode="external" if config.registry is None else "embedded",
@@ -251,12 +309,22 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
             registry_port=ports.registry_port,
             admin=f"{config.admin_host}:{ports.admin_port}",
             admin_port=ports.admin_port,
+            push_port=ports.push_port,
+            api=api_url,
+            admin_token_file=str(config.token_path),
+            kv_prefix=config.kv_prefix,
+        )
+        push = "" if ports.push_port is None else f", sidecars {config.push_host}:{ports.push_port}"
+        print(
+            f"controld: API {api_url}{push} (admin token in {config.token_path})",
+            file=sys.stderr,
+            flush=True,
         )
 
     try:
         trio.run(_run_until_signal, daemon.run, daemon.shutdown_nowait, ready, log)
     except BaseException as exc:
-        error = _leaf(exc, RegistryError) or _leaf(exc, ListenError)
+        error = _leaf(exc, RegistryError) or _leaf(exc, ListenError) or _leaf(exc, TokenFileError)
         if error is None:
             raise
         print(f"controld run: {error}", file=sys.stderr)

@@ -1,26 +1,49 @@
-"""The ``controld`` daemon: the registry (embedded or external), discovery, the admin API.
+"""The ``controld`` daemon: registry (embedded or external), discovery, policy, push, API.
 
 Embedded mode runs :class:`~controld.registry.RegistryServer` in this process and points the
 :class:`~controld.discovery.RegistryWatcher` at it; external mode only runs the watcher
-against a Consul-compatible registry elsewhere. Either way the admin API reports the link's
-state and the discovery view, and the watcher keeps the last view while the registry is
-unreachable. Policy, the config compiler and the push to sidecars join here with issue 4.
+against a Consul-compatible registry elsewhere. Either way the watcher keeps the last view
+while the registry is unreachable. On top of it:
+
+* :class:`~controld.store.ResourceStore` follows the policy resources in the registry KV,
+* :class:`~controld.push.PushHub` holds the registered sidecars and their long-polls,
+* :class:`~controld.push.Reconciler` recompiles snapshots on view, resource and registration
+  changes and publishes them to the hub,
+* the HTTP API (:func:`controld.api.build_api`, bearer-token auth) serves all of it on the
+  admin address (hypercorn), and the same app on the *push* address for the sidecars.
+
+Why a second listener for the sidecars (as istiod serves xDS apart from its HTTP API): a
+change wakes every parked long-poll at once, and hypercorn's per-response cost (h11, tasks
+and cancel scopes per request) makes answering 1000 of them take most of a second on two
+cores. The push address uses the registry's lean trio/httptools server
+(:mod:`controld.registry.httpserver`), built for exactly that fan-out of blocking queries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
 
-from controld.admin import RegistryLink, build_admin_app, status_json
-from controld.discovery import RegistryWatcher
+from controld.admin import RegistryLink, status_json
+from controld.api import build_api
+from controld.auth import TokenAuth
+from controld.compiler import Compiler
+from controld.discovery import DiscoveryView, RegistryWatcher
+from controld.push import PushHub, Reconciler
 from controld.registry import RegistryConfig, RegistryServer
+from controld.registry.httpserver import HTTPServer
+from controld.store import ResourceStore
+from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff
 from meshcore.registry.client import RegistrySettings
-from meshcore.runtime.asgi import AsgiServer
+from meshcore.runtime.asgi import AsgiServer, ListenError
 
 __all__ = ["ControlDaemon", "DaemonConfig", "DaemonPorts"]
 
@@ -40,14 +63,42 @@ class DaemonConfig:
     registry_token: str | None = None
     admin_host: str = "127.0.0.1"
     admin_port: int = 8501
+    #: Where the sidecars register and long-poll (same API, lean server); ``None``: no
+    #: separate listener (sidecars then use the admin address).
+    push_host: str = "127.0.0.1"
+    push_port: int | None = 8502
     #: Longest a blocking query of the watcher stays parked.
     watch_wait_s: float = 60.0
     #: Cap of the watcher's jittered reconnect backoff.
     retry_max_s: float = 10.0
+    #: controld's own state (the admin token file); embedded mode defaults to the
+    #: registry's data dir.
+    data_dir: Path | None = None
+    #: The admin token file (created with a random token if missing); default
+    #: ``<data dir>/admin-token``.
+    admin_token_file: Path | None = None
+    #: Where the policy resources live in the registry KV.
+    kv_prefix: str = "meshd/"
 
     def __post_init__(self) -> None:
         if (self.registry is None) == (self.registry_url is None):
             raise ValueError("give either an embedded registry config or a registry URL")
+        if not self.kv_prefix or not self.kv_prefix.endswith("/"):
+            raise ValueError(f"the KV prefix must end with '/', got {self.kv_prefix!r}")
+
+    @property
+    def token_path(self) -> Path:
+        """The admin token file: explicit, else in the data dir, else in the user's state
+        directory (``$XDG_STATE_HOME/controld``, default ``~/.local/state/controld``)."""
+        if self.admin_token_file is not None:
+            return self.admin_token_file
+        data_dir = self.data_dir
+        if data_dir is None and self.registry is not None:
+            data_dir = self.registry.data_dir
+        if data_dir is None:
+            state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+            data_dir = Path(state) / "controld"
+        return data_dir / "admin-token"
 
 
 @dataclass(frozen=True)
@@ -58,13 +109,17 @@ class DaemonPorts:
     #: The embedded registry's port; ``None`` in external mode.
     registry_port: int | None
     admin_port: int
+    #: The sidecars' push listener; ``None`` when disabled.
+    push_port: int | None = None
 
 
 class ControlDaemon:
-    """Service object owning the registry server (embedded mode), the watcher and admin API.
+    """Service object owning the registry server (embedded mode), the watcher, the store,
+    the push hub and reconciler, and the API server.
 
-    ``run`` returns after :meth:`shutdown_nowait`, having stopped the admin server and the
-    embedded registry (its database closed).
+    ``run`` returns after :meth:`shutdown_nowait`, having stopped the API server and the
+    embedded registry (its database closed). The daemon is the API's
+    :class:`~controld.api.ControlPlane`.
     """
 
     def __init__(self, config: DaemonConfig) -> None:
@@ -72,9 +127,36 @@ class ControlDaemon:
         #: The daemon's own Prometheus registry (served on ``/metrics``).
         self.metrics = CollectorRegistry(auto_describe=True)
         self.watcher: RegistryWatcher | None = None
+        #: Registered sidecars and their long-polls.
+        self.hub = PushHub(metrics=self.metrics)
+        self.reconciler: Reconciler | None = None
+        self._store: ResourceStore | None = None
+        self._auth: TokenAuth | None = None
         self._link: RegistryLink | None = None
         self._ready = False
         self._shutdown = trio.Event()
+        self._scopes: list[trio.CancelScope] = []
+
+    @property
+    def store(self) -> ResourceStore:
+        """The policy resource store (available once ``run`` has started it)."""
+        assert self._store is not None, "daemon not started"
+        return self._store
+
+    @property
+    def auth(self) -> TokenAuth:
+        """The API's token checker (loaded when ``run`` starts)."""
+        assert self._auth is not None, "daemon not started"
+        return self._auth
+
+    def view(self) -> DiscoveryView:
+        """The current discovery view."""
+        assert self.watcher is not None, "daemon not started"
+        return self.watcher.view
+
+    def resources(self) -> ResourceSet:
+        """The resource set in force."""
+        return self.store.current
 
     def shutdown_nowait(self) -> None:
         """Ask ``run`` to stop and return."""
@@ -85,10 +167,20 @@ class ControlDaemon:
         """True while the daemon is up and not stopping."""
         return self._ready
 
-    def status(self) -> dict[str, object]:
-        """The admin ``/v1/status`` document."""
+    def status(self) -> dict[str, Any]:
+        """The ``/v1/status`` document: registry, discovery, ``push`` and ``store``."""
         assert self.watcher is not None and self._link is not None, "daemon not started"
-        return status_json(self._link, self.watcher.status, self.watcher.view)
+        doc = status_json(self._link, self.watcher.status, self.watcher.view)
+        push = self.hub.status_json()
+        if self.reconciler is not None:
+            push.update(self.reconciler.status_json())
+        doc["push"] = push
+        if self._store is not None:
+            store = dataclasses.asdict(self._store.status)
+            store["prefix"] = self.config.kv_prefix
+            store["kinds"] = self._store.kind_counts
+            doc["store"] = store
+        return doc
 
     async def run(
         self, *, task_status: trio.TaskStatus[DaemonPorts] = trio.TASK_STATUS_IGNORED
@@ -96,10 +188,12 @@ class ControlDaemon:
         """Run until :meth:`shutdown_nowait`; ``task_status.started(DaemonPorts)`` once up.
 
         Raises :class:`~controld.registry.RegistryError` (incl. ``DataDirError``) when the
-        embedded registry can't start and :class:`~meshcore.runtime.asgi.ListenError` when
-        the admin address can't be bound.
+        embedded registry can't start, :class:`~controld.auth.TokenFileError` when the admin
+        token file can't be read or created and :class:`~meshcore.runtime.asgi.ListenError`
+        when the admin address can't be bound.
         """
         cfg = self.config
+        self._auth = TokenAuth.from_file(cfg.token_path)
         server = RegistryServer(cfg.registry) if cfg.registry is not None else None
         async with trio.open_nursery() as nursery:
             registry_port: int | None = None
@@ -126,34 +220,71 @@ class ControlDaemon:
                 wait_s=cfg.watch_wait_s,
                 backoff=Backoff(0.5, cfg.retry_max_s),
             )
-            watch_scope = trio.CancelScope()
-            await nursery.start(self._watch, watcher, watch_scope)
-            admin = AsgiServer(
-                build_admin_app(self.status, self.metrics, self.is_ready),
-                cfg.admin_host,
-                cfg.admin_port,
-                error_logger=logging.getLogger("controld.admin"),
-                shutdown=self._shutdown,
-            )
-            admin_port: int = await nursery.start(admin.run)
-            self._ready = not self._shutdown.is_set()
-            task_status.started(DaemonPorts(url, registry_port, admin_port))
-            await self._shutdown.wait()
-            self._ready = False
-            watch_scope.cancel()
+            with ResourceStore(
+                RegistrySettings(url=url, token=token or None),
+                cfg.kv_prefix,
+                metrics=self.metrics,
+                wait_s=cfg.watch_wait_s,
+            ) as store:
+                self._store = store
+                # Its own nursery, so every task using the store ends before it is closed.
+                async with trio.open_nursery() as services:
+                    admin_port, push = await self._start_services(services, watcher, store)
+                    self._ready = not self._shutdown.is_set()
+                    task_status.started(
+                        DaemonPorts(
+                            url, registry_port, admin_port, None if push is None else push.port
+                        )
+                    )
+                    await self._shutdown.wait()
+                    self._ready = False
+                    # Parked long-polls answer "no news", so the API servers drain at once.
+                    self.hub.close()
+                    if push is not None:
+                        push.shutdown_nowait()
+                    # The API server stops on the shutdown event; the rest are cancelled.
+                    services.cancel_scope.deadline = trio.current_time() + _STOP_TIMEOUT_S
+                    for scope in self._scopes:
+                        scope.cancel()
             if server is not None:
                 server.shutdown_nowait()
                 with trio.move_on_after(_STOP_TIMEOUT_S):
                     await server.wait_stopped()
-            # The admin server stops on the same event; anything still running is cut off.
             nursery.cancel_scope.deadline = trio.current_time() + _STOP_TIMEOUT_S
 
-    @staticmethod
-    async def _watch(
-        watcher: RegistryWatcher,
-        scope: trio.CancelScope,
-        *,
-        task_status: trio.TaskStatus[RegistryWatcher] = trio.TASK_STATUS_IGNORED,
+    async def _start_services(
+        self, nursery: trio.Nursery, watcher: RegistryWatcher, store: ResourceStore
+    ) -> tuple[int, HTTPServer | None]:
+        """Start the watcher, store, reconciler and API servers; the API's port, push server."""
+        cfg = self.config
+        await nursery.start(self._scoped, watcher.run)
+        await nursery.start(self._scoped, store.run)
+        reconciler = self.reconciler = Reconciler(self.hub, Compiler(), watcher, store)
+        await nursery.start(self._scoped, reconciler.run)
+        app = build_api(self, auth=self.auth, metrics=self.metrics, is_ready=self.is_ready)
+        push: HTTPServer | None = None
+        if cfg.push_port is not None:
+            push = HTTPServer(app, cfg.push_host, cfg.push_port)
+            try:
+                await nursery.start(push.run)
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot listen on {cfg.push_host}:{cfg.push_port} (push): {exc.strerror}"
+                ) from exc
+        api = AsgiServer(
+            app,
+            cfg.admin_host,
+            cfg.admin_port,
+            error_logger=logging.getLogger("controld.admin"),
+            shutdown=self._shutdown,
+        )
+        port: int = await nursery.start(api.run)
+        return port, push
+
+    async def _scoped(
+        self, run: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        with scope:
-            await watcher.run(task_status=task_status)
+        """``run(task_status=...)`` in a cancel scope of its own, cancelled at shutdown."""
+        with trio.CancelScope() as scope:
+            self._scopes.append(scope)
+            await run(task_status=task_status)

@@ -11,6 +11,7 @@ import trio
 
 from meshcore import __version__
 from meshcore.errors import ConfigError
+from meshcore.model.bootstrap import Bootstrap
 from meshd.errors import MeshdError
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             bootstrap, snapshot = load_config(args.config)
+            if snapshot is None:
+                return _validate_controld(args.config, bootstrap)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -51,6 +54,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     return _run(args)
+
+
+def _validate_controld(path: Path, bootstrap: Bootstrap) -> int:
+    """controld mode: the bootstrap, its descriptor and the cached snapshot, if any."""
+    from meshd.control.settings import control_settings
+    from meshd.control.source import load_cache
+
+    settings = control_settings(bootstrap, path)
+    descriptor = bootstrap.descriptor(__version__)
+    cached = ""
+    if settings.cache_file is not None and settings.cache_file.exists():
+        cache = load_cache(settings.cache_file)
+        cached = f", cached snapshot version {cache.snapshot.version}"
+    print(
+        f"{path}: ok (service {bootstrap.service}, proxy {descriptor.proxy_id}, "
+        f"snapshots from controld {settings.config.url}, "
+        f"{len(descriptor.upstreams)} upstreams{cached})"
+    )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

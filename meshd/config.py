@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshcore.model import LOCAL_APP_CLUSTER, Bootstrap, Cluster, Endpoint, Snapshot
+from meshcore.routing import CompiledRouteTable, catch_all
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import SnapshotRejected
 from meshd.http.shared import HttpListenerConfig
-from meshd.routing import CompiledRouteTable, catch_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +51,50 @@ def local_app_cluster(bootstrap: Bootstrap) -> Cluster:
     )
 
 
+def first_tier(cluster: Cluster) -> Cluster:
+    """``cluster`` with only its lowest-priority endpoints.
+
+    Failover tiers (``priority`` > 0) are chosen once, when the snapshot is built: a tier is
+    used only when no endpoint of a lower one exists. Switching tiers at run time, on health,
+    waits for outlier detection and health checks.
+    """
+    endpoints = cluster.endpoints
+    if not endpoints:
+        return cluster
+    best = min(ep.priority for ep in endpoints)
+    kept = tuple(ep for ep in endpoints if ep.priority == best)
+    if len(kept) == len(endpoints):
+        return cluster
+    return cluster.model_copy(update={"endpoints": kept})
+
+
+#: Route fields accepted in snapshots but not acted on yet (``redirect`` is).
+_ROUTE_FIELDS = ("retries", "fault", "request_headers", "response_headers", "rewrite", "mirror")
+_CLUSTER_FIELDS = ("limits", "outlier_detection", "health_check")
+
+
+def unenforced_fields(snapshot: Snapshot) -> list[str]:
+    """Names of the fields set in ``snapshot`` that this meshd accepts but doesn't enforce yet."""
+    found: set[str] = set()
+    for table in snapshot.route_tables:
+        for route in table.routes:
+            found.update(f"route.{f}" for f in _ROUTE_FIELDS if getattr(route, f) is not None)
+            if route.match.query:
+                found.add("route.match.query")
+    for cluster in snapshot.clusters:
+        found.update(f"cluster.{f}" for f in _CLUSTER_FIELDS if getattr(cluster, f) is not None)
+    if snapshot.inbound_policy is not None:
+        found.add("inbound_policy")
+    if snapshot.rate_limits:
+        found.add("rate_limits")
+    if snapshot.mtls != "disabled":
+        found.add("mtls")
+    return sorted(found)
+
+
 def build_runtime(bootstrap: Bootstrap, snapshot: Snapshot, pools: PoolManager) -> RuntimeConfig:
     """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`."""
-    models = [*snapshot.clusters, local_app_cluster(bootstrap)]
+    models = [*(first_tier(c) for c in snapshot.clusters), local_app_cluster(bootstrap)]
     clusters = {c.name: ClusterRuntime(c, pools) for c in models}
     listeners: dict[str, ListenerConfig] = {}
     for lst in snapshot.listeners:

@@ -41,12 +41,12 @@ class ListenerSlot:
         return int(self.sock.getsockname()[1])
 
     async def handle(self, stream: SocketStream) -> None:
-        """Serve a new connection with the configuration in force when it arrived."""
+        """Serve a new connection; HTTP requests follow the slot's configuration as it changes."""
         cfg = self.config
         if isinstance(cfg, TcpListenerConfig):
             await serve_tcp(stream, cfg, self.shared)
         else:
-            await serve_http(stream, cfg, self.shared)
+            await serve_http(stream, cfg, self.shared, self)
 
 
 class ListenerManager:

@@ -4,6 +4,12 @@ Lifecycle (systemd ``Type=notify``): READY=1 once the listeners are bound and th
 serves; SIGHUP reloads the bootstrap and snapshot files atomically (a bad file keeps the old
 configuration and says why); SIGTERM or SIGINT, or ``POST /drain``, drains: stop accepting,
 let in-flight requests finish within ``drain_timeout_s``, exit 0.
+
+With ``snapshot.controld`` the snapshots come from controld (:mod:`meshd.control.source`):
+the admin API serves at once (``/ready`` answers 503), READY=1 follows the first snapshot
+applied. If none arrived within :data:`CACHE_AFTER_S`, the cached one (``cache_file``) is
+served meanwhile. SIGHUP then re-reads the bootstrap only and keeps the snapshot in service;
+a changed controld source or descriptor takes effect by registering again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import structlog
 import trio
 
+from meshcore import __version__
 from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.loading import load_model
@@ -26,7 +33,9 @@ from meshd.accesslog import AccessLog
 from meshd.admin.app import build_admin_app
 from meshd.admin.server import AdminServer
 from meshd.cluster.pool import PoolManager
-from meshd.config import RuntimeConfig, build_runtime
+from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
+from meshd.control.settings import ControlSettings, control_settings
+from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
 from meshd.http.shared import ProxyShared
 from meshd.listeners import ListenerManager
@@ -38,16 +47,22 @@ log = structlog.get_logger("meshd.sidecar")
 
 #: How often a worker checks that its primary process is still there.
 _PRIMARY_CHECK_S = 0.5
+#: controld mode: how long start-up waits for controld before serving the cached snapshot.
+CACHE_AFTER_S = 2.0
 
 
-def load_config(bootstrap_path: Path) -> tuple[Bootstrap, Snapshot]:
-    """Read and validate the bootstrap file and the snapshot it names.
+def load_config(bootstrap_path: Path) -> tuple[Bootstrap, Snapshot | None]:
+    """Read and validate the bootstrap file and the snapshot file it names.
 
-    A relative snapshot path is taken relative to the bootstrap file.
+    A relative snapshot path is taken relative to the bootstrap file. With
+    ``snapshot.controld`` there is no file: the snapshot is None, and the controld settings
+    are checked (token file readable, no https yet, one worker).
     """
     bootstrap = load_model(Bootstrap, bootstrap_path)
     source = bootstrap.snapshot.file
-    assert source is not None
+    if source is None:
+        control_settings(bootstrap, bootstrap_path)
+        return bootstrap, None
     if not source.is_absolute():
         source = bootstrap_path.parent / source
     return bootstrap, load_model(Snapshot, source)
@@ -84,6 +99,13 @@ class Sidecar:
         self._drain_requested = trio.Event()
         #: Self-registration in the service registry (bootstrap ``registry:``; primary only).
         self.registration: Registration | None = None
+        #: controld mode: the snapshot source (None with a snapshot file).
+        self.control: ControlSource | None = None
+        self._control_settings: ControlSettings | None = None
+        self._control_scope = trio.CancelScope()
+        #: The bootstrap in force (a pushed snapshot is applied with it).
+        self._bootstrap: Bootstrap | None = None
+        self._unenforced: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -98,22 +120,31 @@ class Sidecar:
             workers = 1
         if workers > 1:
             self.listeners.reuse_port = True
+        self._bootstrap = bootstrap
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
             await nursery.start(self.shared.run_deadlines)
             await nursery.start(self.listeners.run)
-            try:
-                self._apply(bootstrap, snapshot)
-            except SnapshotRejected as exc:
-                raise ConfigError(str(exc)) from exc
-            if bootstrap.registry is not None and self.worker_index == 0:
-                self.registration = Registration.for_sidecar(self, bootstrap.registry, self.stats)
-                await nursery.start(self.registration.run)
+            source = "file"
+            if snapshot is not None:
+                try:
+                    self._apply(bootstrap, snapshot)
+                except SnapshotRejected as exc:
+                    raise ConfigError(str(exc)) from exc
+            else:
+                await nursery.start(self._run_control, bootstrap)
             if self._serve_admin:
                 app = build_admin_app(self, self.registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 admin = AdminServer(app, bootstrap.admin.host, port)
                 self.admin_port = await nursery.start(admin.run)
+            if snapshot is None:
+                snapshot, source = await self._first_snapshot()
+                assert self._bootstrap is not None
+                bootstrap = self._bootstrap
+            if bootstrap.registry is not None and self.worker_index == 0:
+                self.registration = Registration.for_sidecar(self, bootstrap.registry, self.stats)
+                await nursery.start(self.registration.run)
             if workers > 1 and self.worker_index == 0:
                 self.workers = WorkerSupervisor(self.bootstrap_path, workers)
                 await nursery.start(self.workers.run)
@@ -126,11 +157,14 @@ class Sidecar:
             log.info(
                 "ready",
                 version=snapshot.version,
+                source=source,
                 admin_port=self.admin_port,
                 listeners=[d["address"] for d in self.listeners.describe()],
             )
             task_status.started(self)
             await self._drain_requested.wait()
+            # No new snapshot while draining (its listeners could not open anyway).
+            self._control_scope.cancel()
             if self.registration is not None:
                 # Leave the registry first (bounded), so no new traffic is sent our way.
                 await self.registration.stop()
@@ -140,6 +174,92 @@ class Sidecar:
                 else self.runtime.bootstrap.drain_timeout_s
             )
             nursery.cancel_scope.cancel()
+
+    # -- controld mode ------------------------------------------------------------------------
+
+    async def _run_control(
+        self,
+        bootstrap: Bootstrap,
+        *,
+        task_status: trio.TaskStatus[ControlSource] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        settings = control_settings(bootstrap, self.bootstrap_path)
+        self._control_settings = settings
+        self.control = ControlSource(
+            settings.config,
+            bootstrap.descriptor(__version__),
+            self._apply_pushed,
+            token=settings.token,
+            cache_file=settings.cache_file,
+            user_agent=f"meshd/{__version__}",
+            on_rejected=lambda _error: self.stats.snapshot_rejected(),
+        )
+        with self._control_scope:
+            await self.control.run(task_status=task_status)
+
+    async def _first_snapshot(self) -> tuple[Snapshot, str]:
+        """Wait for controld's first snapshot, or serve the cached one if it is slow to come."""
+        control = self.control
+        assert control is not None
+        with trio.move_on_after(CACHE_AFTER_S):
+            await control.first_applied.wait()
+        source = "controld"
+        if self.runtime is None:
+            self._serve_cache(control)
+            source = "cache"
+        if self.runtime is None:
+            log.warning("waiting for the first snapshot from controld", url=control.config.url)
+            self.notifier.status("waiting for the first snapshot from controld")
+            await control.first_applied.wait()
+            source = "controld"
+        assert self.runtime is not None
+        return self.runtime.snapshot, source
+
+    def _serve_cache(self, control: ControlSource) -> None:
+        settings = self._control_settings
+        bootstrap = self._bootstrap
+        if settings is None or settings.cache_file is None or bootstrap is None:
+            return
+        if not settings.cache_file.exists():
+            log.info("no cached snapshot yet", path=str(settings.cache_file))
+            return
+        try:
+            cached = load_cache(settings.cache_file)
+            self._apply(bootstrap, cached.snapshot)
+        except (ConfigError, SnapshotRejected) as exc:
+            log.error("cannot serve the cached snapshot", error=str(exc))
+            return
+        control.adopt(cached.version, cached.hash)
+        log.warning(
+            "controld not reachable yet, serving the cached snapshot",
+            version=cached.version,
+            error=control.last_error,
+        )
+
+    def _apply_pushed(self, snapshot: Snapshot) -> None:
+        """The :class:`ControlSource` callback: raises to reject (NACK) ``snapshot``."""
+        bootstrap = self._bootstrap
+        assert bootstrap is not None
+        if self.is_draining():
+            raise SnapshotRejected("draining")
+        self._apply(bootstrap, snapshot)
+        if self._ready:
+            self.notifier.status(f"serving snapshot {snapshot.version}")
+        log.info("snapshot applied", version=snapshot.version)
+
+    def _reconfigure_control(self, bootstrap: Bootstrap) -> None:
+        """After a reload: register again if the source or the descriptor changed."""
+        control = self.control
+        assert control is not None
+        settings = control_settings(bootstrap, self.bootstrap_path)
+        descriptor = bootstrap.descriptor(__version__)
+        if settings == self._control_settings and descriptor == control.descriptor:
+            return
+        self._control_settings = settings
+        control.update(
+            settings.config, descriptor, token=settings.token, cache_file=settings.cache_file
+        )
+        log.info("controld source or descriptor changed, registering again")
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
@@ -176,14 +296,30 @@ class Sidecar:
         self.notifier.reloading()
         try:
             bootstrap, snapshot = load_config(self.bootstrap_path)
-            self._apply(bootstrap, snapshot)
+            if (snapshot is None) != (self.control is not None):
+                raise ConfigError(
+                    f"{self.bootstrap_path}: switching between snapshot.file and "
+                    "snapshot.controld needs a restart"
+                )
+            if snapshot is None:
+                # controld mode: the bootstrap changes, the snapshot in service stays.
+                current = self.runtime.snapshot if self.runtime is not None else None
+                if current is not None:
+                    self._apply(bootstrap, current)
+                self._bootstrap = bootstrap
+                self._reconfigure_control(bootstrap)
+                snapshot = current
+            else:
+                self._apply(bootstrap, snapshot)
+                self._bootstrap = bootstrap
         except (ConfigError, SnapshotRejected) as exc:
             self.stats.snapshot_rejected()
             log.error("reload rejected, keeping the running configuration", error=str(exc))
             self.notifier.ready(f"reload rejected: {exc}".splitlines()[0])
             return False
-        self.notifier.ready(f"serving snapshot {snapshot.version}")
-        log.info("reloaded", version=snapshot.version)
+        version = snapshot.version if snapshot is not None else None
+        self.notifier.ready(f"serving snapshot {version}")
+        log.info("reloaded", version=version)
         return True
 
     def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
@@ -197,6 +333,10 @@ class Sidecar:
             enabled=bootstrap.access_log.enabled, sample_rate=bootstrap.access_log.sample_rate
         )
         self.stats.snapshot_applied(snapshot.version)
+        unenforced = unenforced_fields(snapshot)
+        if unenforced and unenforced != self._unenforced:
+            log.warning("snapshot fields not enforced yet", fields=unenforced)
+        self._unenforced = unenforced
 
     def start_drain(self) -> None:
         """Begin draining (idempotent)."""
@@ -231,12 +371,13 @@ class Sidecar:
 
     def config_dump(self) -> dict[str, Any]:
         """Bootstrap and snapshot in force."""
-        if self.runtime is None:
-            return {}
-        return {
-            "bootstrap": self.runtime.bootstrap.model_dump(mode="json"),
-            "snapshot": self.runtime.snapshot.model_dump(mode="json"),
-        }
+        out: dict[str, Any] = {}
+        if self.runtime is not None:
+            out["bootstrap"] = self.runtime.bootstrap.model_dump(mode="json")
+            out["snapshot"] = self.runtime.snapshot.model_dump(mode="json")
+        if self.control is not None:
+            out["control"] = self.control.describe()
+        return out
 
     def listeners_info(self) -> list[dict[str, Any]]:
         """Listener state."""
@@ -250,7 +391,10 @@ class Sidecar:
 
     def stats_info(self) -> dict[str, Any]:
         """Counters as JSON."""
-        return {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
+        out = {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
+        if self.control is not None:
+            out["control"] = self.control.describe()
+        return out
 
     def _pool_stats(self) -> Iterator[tuple[str, str, int, int]]:
         if self.runtime is None:

@@ -38,6 +38,9 @@ class ServiceEndpoint:
     sidecar: bool
     #: Tags of the service instance (not of its sidecar).
     tags: tuple[str, ...] = ()
+    #: The service instance's ``Service.Meta`` as sorted (key, value) pairs, for subset
+    #: filters; meshd's own :data:`SIDECAR_META_KEY` marker is left out.
+    meta: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,4 +126,5 @@ def _endpoint(where: HealthEntry, instance: HealthEntry, *, sidecar: bool) -> Se
         node=instance.node,
         sidecar=sidecar,
         tags=instance.service.tags,
+        meta=tuple(sorted(kv for kv in instance.service.meta.items() if kv[0] != SIDECAR_META_KEY)),
     )

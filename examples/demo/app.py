@@ -1,14 +1,16 @@
 """The demo's sample app: two tiny HTTP services and a traffic generator (stdlib only).
 
-    python app.py api     --port 18181
+    python app.py api     --port 18181 --version v1
     python app.py web     --port 18180 --api http://127.0.0.1:15001
     python app.py traffic --url http://127.0.0.1:15006/
 
 ``web`` answers ``GET /`` by calling ``api`` through its own sidecar's outbound listener,
 passing ``x-request-id`` and ``traceparent`` on so the sidecars see one trace per request.
-``api`` serves ``/api/items``, ``/api/slow?ms=N`` and ``/api/status/<code>``.
-``traffic`` sends one request every ``--interval`` seconds and prints a line per ``--report``
-seconds; on SIGTERM/SIGINT it prints the totals and exits 0 if every request succeeded.
+``api`` serves ``/api/items``, ``/api/slow?ms=N`` and ``/api/status/<code>``, and names its
+``--version`` in every answer. ``traffic`` sends one request every ``--interval`` seconds and
+prints a line per ``--report`` seconds, with the share of answers per api version (so a traffic
+split shows up as it happens); on SIGTERM/SIGINT it prints the totals and exits 0 if every
+request succeeded.
 """
 
 from __future__ import annotations
@@ -52,17 +54,19 @@ class _Handler(BaseHTTPRequestHandler):
 class ApiHandler(_Handler):
     """The backend."""
 
+    version = "v1"
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         trace = {name: self.headers.get(name, "") for name in _PROPAGATE}
         if url.path == "/api/items":
             time.sleep(random.uniform(0.001, 0.015))  # noqa: S311 - a plausible latency spread
             items = [{"id": 1, "name": "teapot"}, {"id": 2, "name": "kettle"}]
-            self.reply(200, {"service": "api", "items": items, **trace})
+            self.reply(200, {"service": "api", "version": self.version, "items": items, **trace})
         elif url.path == "/api/slow":
             ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
             time.sleep(min(max(ms, 0), 30_000) / 1000)
-            self.reply(200, {"service": "api", "slept_ms": ms, **trace})
+            self.reply(200, {"service": "api", "version": self.version, "slept_ms": ms, **trace})
         elif url.path.startswith("/api/status/"):
             code = int(url.path.rsplit("/", 1)[1])
             self.reply(code if 200 <= code < 600 else 400, {"service": "api", "status": code})
@@ -147,6 +151,8 @@ class Traffic:
         self.report = report
         self.stopping = False
         self.total: Counter[str] = Counter()
+        #: Answers per api version (what a traffic split changes).
+        self.versions: Counter[str] = Counter()
         self._conn: http.client.HTTPConnection | None = None
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
@@ -164,7 +170,7 @@ class Traffic:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
             self._conn.request("GET", self.path)
             resp = self._conn.getresponse()
-            resp.read()
+            body = resp.read()
             if resp.will_close:
                 self._conn.close()
                 self._conn = None
@@ -175,6 +181,7 @@ class Traffic:
             return type(exc).__name__, time.perf_counter() - start
         if 200 <= resp.status < 300:
             outcome = "ok"
+            self.versions[_api_version(body)] += 1
         else:
             reason = resp.getheader("x-meshd-error")
             outcome = f"{resp.status} {reason}" if reason else str(resp.status)
@@ -218,9 +225,23 @@ class Traffic:
             p50 = ordered[len(ordered) // 2] * 1000
             p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
             line += f"  p50 {p50:5.1f} ms  p99 {p99:5.1f} ms"
+        if label == "last" and self.versions:
+            total = sum(self.versions.values())
+            shares = ", ".join(f"{v} {n * 100 // total}%" for v, n in sorted(self.versions.items()))
+            line += f"  api {shares}"
+            self.versions.clear()
         if errors:
             line += f"  errors: {errors}"
         print(line, flush=True)
+
+
+def _api_version(body: bytes) -> str:
+    """The api version that answered through web (``?`` if the answer doesn't say)."""
+    try:
+        answer = json.loads(body)
+        return str(answer["api"]["version"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     api = sub.add_parser("api", help="run the backend")
     api.add_argument("--port", type=int, default=18181)
+    api.add_argument("--version", default="v1", help="the version this instance reports")
     web = sub.add_parser("web", help="run the frontend")
     web.add_argument("--port", type=int, default=18180)
     web.add_argument("--api", default="http://127.0.0.1:15001", help="api, via the sidecar")
@@ -239,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "api":
+        ApiHandler.version = args.version
         serve(ApiHandler, args.port)
     elif args.command == "web":
         target = urlsplit(args.api)

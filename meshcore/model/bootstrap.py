@@ -9,17 +9,59 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from meshcore.model.base import Frozen, SocketAddr
+from meshcore.model.proxy import ProxyDescriptor, Upstream
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http(s)://host[:port], got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError(f"expected http(s)://host[:port] without path or user, got {value!r}")
+    try:
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r}") from exc
+    return value
+
+
+class ControlSource(Frozen):
+    """Snapshots pushed by controld: register the descriptor, long-poll, ACK/NACK."""
+
+    #: controld's API, ``http(s)://host:port``.
+    url: str
+    #: Sidecar token (``sidecar.<service>.<hmac>``), or read from ``token_file``.
+    token: SecretStr | None = None
+    #: File holding the token; relative paths are relative to the bootstrap file.
+    token_file: Path | None = None
+    #: How long controld may hold a poll open when nothing changed.
+    wait_s: float = Field(default=30.0, ge=1, le=300)
+    #: The last applied snapshot is kept here (0600) and served at start if controld is down.
+    cache_file: Path | None = None
+    #: Bound of one request beyond the poll's ``wait_s`` (connect plus answer).
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Longest pause between reconnection attempts (jittered exponential backoff).
+    retry_max_s: float = Field(default=10.0, gt=0, le=3600)
+
+    _url = field_validator("url")(_check_http_url)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ControlSource:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        return self
 
 
 class SnapshotSource(Frozen):
-    """Where the sidecar's snapshots come from (a static file until the control plane exists)."""
+    """Where the sidecar's snapshots come from: exactly one of a ``file`` or ``controld``."""
 
     file: Path | None = None
+    controld: ControlSource | None = None
 
     @model_validator(mode="after")
     def _one(self) -> SnapshotSource:
-        if self.file is None:
-            raise ValueError("set file")
+        if (self.file is None) == (self.controld is None):
+            raise ValueError("set file or controld (exactly one of them)")
         return self
 
 
@@ -74,19 +116,7 @@ class RegistryConfig(Frozen):
     #: Bound of one registry request (connect plus answer).
     timeout_s: float = Field(default=5.0, gt=0, le=300)
 
-    @field_validator("address")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected http(s)://host[:port], got {value!r}")
-        if parts.path not in ("", "/") or parts.query or parts.username:
-            raise ValueError(f"expected http(s)://host[:port] without path or user, got {value!r}")
-        try:
-            parts.port  # noqa: B018 -- raises ValueError on a bad port
-        except ValueError as exc:
-            raise ValueError(f"bad port in {value!r}") from exc
-        return value
+    _address = field_validator("address")(_check_http_url)
 
 
 class Bootstrap(Frozen):
@@ -108,8 +138,33 @@ class Bootstrap(Frozen):
     trace_sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     #: Register the service and this sidecar in a registry (absent: no registration).
     registry: RegistryConfig | None = None
+    #: controld mode: the inbound listener's address (absent: no inbound listener).
+    inbound: SocketAddr | None = None
+    #: controld mode: one local outbound listener per upstream service.
+    upstreams: tuple[Upstream, ...] = ()
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> Bootstrap:
+        # A snapshot file defines its listeners itself; silently ignoring these would mislead.
+        if self.snapshot.file is not None and (self.inbound is not None or self.upstreams):
+            raise ValueError(
+                "inbound and upstreams are only used with snapshot.controld "
+                "(a snapshot file defines its listeners itself)"
+            )
+        return self
 
     @property
     def node_id(self) -> str:
         """The proxy id this sidecar reports."""
         return self.node or f"{self.service}-sidecar"
+
+    def descriptor(self, meshd_version: str = "") -> ProxyDescriptor:
+        """What this sidecar tells controld about itself (``proxy_id`` is :attr:`node_id`)."""
+        return ProxyDescriptor(
+            proxy_id=self.node_id,
+            service=self.service,
+            namespace=self.namespace,
+            inbound=self.inbound,
+            upstreams=self.upstreams,
+            meshd_version=meshd_version,
+        )

@@ -24,27 +24,46 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    """One line per problem: ``source: field.path: reason``."""
-    lines = []
+def validation_errors(exc: ValidationError) -> list[tuple[tuple[int | str, ...], str]]:
+    """``(location, reason)`` per problem, with pydantic's ``Value error, `` prefix dropped."""
+    out = []
     for err in exc.errors(include_url=False):
         # Model-level validators report no field; their message carries the detail.
         loc = tuple(p for p in err["loc"] if p not in ("__root__",))
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"{source}: {field_path(loc)}: {msg}")
-    return "\n".join(lines)
+        out.append((loc, str(err["msg"]).removeprefix("Value error, ")))
+    return out
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line per problem: ``source: field.path: reason``."""
+    return "\n".join(f"{source}: {field_path(loc)}: {msg}" for loc, msg in validation_errors(exc))
+
+
+def yaml_error_text(source: str, exc: yaml.YAMLError) -> str:
+    """``source:line:column: invalid YAML: problem`` (line and column when known)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        return f"{where}: invalid YAML: {exc.problem}"
+    return f"{source}: invalid YAML: {exc}"
 
 
 def parse_document(source: str, text: str) -> Any:
     """Parse one YAML (or JSON) document; syntax errors name the line and column."""
     try:
         return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+        raise ConfigError(yaml_error_text(source, exc)) from exc
+
+
+def read_text(path: Path) -> str:
+    """Read a UTF-8 file; errors become :class:`ConfigError` naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
 
 
 def model_from_data(model: type[M], data: Any, *, source: str) -> M:
@@ -59,10 +78,5 @@ def model_from_data(model: type[M], data: Any, *, source: str) -> M:
 
 def load_model(model: type[M], path: Path) -> M:
     """Read ``path`` and validate it as ``model``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
+    text = read_text(path)
     return model_from_data(model, parse_document(str(path), text), source=str(path))

@@ -6,31 +6,47 @@ validators plus its own checks) before swapping it in.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from meshcore.model.base import Frozen, SocketAddr
+from meshcore.model.match import HeaderMatch, PathMatch, QueryMatch, RouteMatch
+from meshcore.model.match import duplicates as _duplicates
+from meshcore.model.policy import (
+    AccessRule,
+    ConnectionLimits,
+    FaultPolicy,
+    HeaderMutation,
+    HealthCheck,
+    MtlsMode,
+    OutlierDetection,
+    Redirect,
+    RetryPolicy,
+    Rewrite,
+)
+
+__all__ = [
+    "LOCAL_APP_CLUSTER",
+    "Backend",
+    "Cluster",
+    "Endpoint",
+    "HeaderMatch",
+    "InboundPolicy",
+    "Listener",
+    "PathMatch",
+    "QueryMatch",
+    "RateLimitRule",
+    "Route",
+    "RouteMatch",
+    "RouteMirror",
+    "RouteTable",
+    "Snapshot",
+    "WorkloadIdentity",
+]
 
 #: Name of the cluster the sidecar builds itself from its bootstrap's ``app`` address.
 LOCAL_APP_CLUSTER = "local_app"
-
-_HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-def _check_regex(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
-    return value
-
-
-def _duplicates(names: list[str]) -> list[str]:
-    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 class Endpoint(Frozen):
@@ -39,6 +55,10 @@ class Endpoint(Frozen):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     weight: int = Field(default=1, ge=1, le=10_000)
+    #: 0: primary; 1, 2, ...: failover tiers, used in order when no lower tier is healthy.
+    priority: int = Field(default=0, ge=0, le=100)
+    #: Registry tags of the instance (informational; subsets are resolved by the compiler).
+    tags: tuple[str, ...] = ()
 
 
 class Cluster(Frozen):
@@ -56,6 +76,11 @@ class Cluster(Frozen):
     max_idle_per_endpoint: int = Field(default=128, ge=0)
     #: Pooled connections idle for longer are closed.
     idle_timeout_s: float = Field(default=60.0, gt=0)
+    #: Subset of ``service`` the endpoints were filtered by (compiler names it ``svc~subset``).
+    subset: str | None = None
+    limits: ConnectionLimits | None = None
+    outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
 
     @field_validator("name")
     @classmethod
@@ -65,66 +90,6 @@ class Cluster(Frozen):
         return value
 
 
-class PathMatch(Frozen):
-    """Exactly one of ``exact``, ``prefix`` or ``regex`` (full match)."""
-
-    exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
-
-    _check = field_validator("regex")(_check_regex)
-
-    @model_validator(mode="after")
-    def _one_of(self) -> PathMatch:
-        given = [v for v in (self.exact, self.prefix, self.regex) if v is not None]
-        if len(given) != 1:
-            raise ValueError("set exactly one of exact, prefix, regex")
-        return self
-
-
-class HeaderMatch(Frozen):
-    """Match one request header; with no matcher set, the header must be present."""
-
-    name: str = Field(min_length=1)
-    exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
-    present: bool | None = None
-    invert: bool = False
-
-    _check = field_validator("regex")(_check_regex)
-
-    @field_validator("name")
-    @classmethod
-    def _token(cls, value: str) -> str:
-        if not _HTTP_TOKEN.match(value):
-            raise ValueError(f"not a valid header name: {value!r}")
-        return value.lower()
-
-    @model_validator(mode="after")
-    def _at_most_one(self) -> HeaderMatch:
-        given = [v for v in (self.exact, self.prefix, self.regex, self.present) if v is not None]
-        if len(given) > 1:
-            raise ValueError("set at most one of exact, prefix, regex, present")
-        return self
-
-
-class RouteMatch(Frozen):
-    """All given conditions must hold. An empty match matches every request."""
-
-    path: PathMatch | None = None
-    methods: tuple[str, ...] = ()
-    headers: tuple[HeaderMatch, ...] = ()
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for method in value:
-            if not _HTTP_TOKEN.match(method):
-                raise ValueError(f"not a valid HTTP method: {method!r}")
-        return tuple(m.upper() for m in value)
-
-
 class Backend(Frozen):
     """A weighted share of a route's traffic."""
 
@@ -132,18 +97,39 @@ class Backend(Frozen):
     weight: int = Field(default=1, ge=0, le=10_000)
 
 
+class RouteMirror(Frozen):
+    """Copy ``percent`` of a route's requests to ``cluster``; answers are discarded."""
+
+    cluster: str = Field(min_length=1)
+    percent: float = Field(default=100.0, ge=0, le=100)
+
+
 class Route(Frozen):
-    """First matching route in a table wins."""
+    """First matching route in a table wins.
+
+    ``backends`` may be empty only when ``redirect`` is set; a redirect, when set, answers
+    the request and the backends are not used.
+    """
 
     name: str = Field(min_length=1)
     match: RouteMatch = RouteMatch()
-    backends: tuple[Backend, ...] = Field(min_length=1)
+    backends: tuple[Backend, ...] = ()
     #: Whole-request deadline, from the request head to the end of the response.
     timeout_s: float = Field(default=15.0, gt=0)
+    retries: RetryPolicy | None = None
+    fault: FaultPolicy | None = None
+    request_headers: HeaderMutation | None = None
+    response_headers: HeaderMutation | None = None
+    rewrite: Rewrite | None = None
+    redirect: Redirect | None = None
+    mirror: RouteMirror | None = None
 
     @model_validator(mode="after")
     def _some_weight(self) -> Route:
-        if sum(b.weight for b in self.backends) == 0:
+        if not self.backends:
+            if self.redirect is None:
+                raise ValueError("backends should have at least 1 item unless redirect is set")
+        elif sum(b.weight for b in self.backends) == 0:
             raise ValueError("at least one backend needs a weight above 0")
         return self
 
@@ -200,6 +186,40 @@ class Listener(Frozen):
         return self.cluster or LOCAL_APP_CLUSTER
 
 
+class WorkloadIdentity(Frozen):
+    """Who the sidecar is, as its SPIFFE ID says."""
+
+    service: str = Field(min_length=1)
+    namespace: str = Field(default="default", min_length=1)
+    trust_domain: str = Field(default="mesh.local", min_length=1)
+
+    @property
+    def spiffe_id(self) -> str:
+        """``spiffe://<trust domain>/ns/<namespace>/svc/<service>``."""
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/svc/{self.service}"
+
+
+class InboundPolicy(Frozen):
+    """Access control of inbound requests: first matching rule decides, else ``default_action``.
+
+    Rule sources are already resolved to SPIFFE IDs or ``"*"``.
+    """
+
+    rules: tuple[AccessRule, ...] = ()
+    default_action: Literal["allow", "deny"] = "deny"
+
+
+class RateLimitRule(Frozen):
+    """A token bucket over inbound requests matching ``match`` (None: all of them)."""
+
+    name: str = Field(min_length=1)
+    requests_per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+    match: RouteMatch | None = None
+    #: One bucket per source identity instead of one shared bucket.
+    per_source: bool = False
+
+
 class Snapshot(Frozen):
     """Everything one sidecar needs, at one version."""
 
@@ -207,6 +227,10 @@ class Snapshot(Frozen):
     listeners: tuple[Listener, ...] = ()
     route_tables: tuple[RouteTable, ...] = ()
     clusters: tuple[Cluster, ...] = ()
+    identity: WorkloadIdentity | None = None
+    mtls: MtlsMode = "disabled"
+    inbound_policy: InboundPolicy | None = None
+    rate_limits: tuple[RateLimitRule, ...] = ()
 
     @model_validator(mode="after")
     def _references(self) -> Snapshot:
@@ -215,6 +239,7 @@ class Snapshot(Frozen):
             ("route tables", [x.name for x in self.route_tables]),
             ("clusters", [x.name for x in self.clusters]),
             ("listener addresses", [str(x.address) for x in self.listeners]),
+            ("rate limits", [x.name for x in self.rate_limits]),
         ):
             dup = _duplicates(names)
             if dup:
@@ -232,11 +257,13 @@ class Snapshot(Frozen):
                 )
         for table in self.route_tables:
             for route in table.routes:
-                for backend in route.backends:
-                    if backend.cluster not in clusters:
+                named = [b.cluster for b in route.backends]
+                if route.mirror is not None:
+                    named.append(route.mirror.cluster)
+                for cluster in named:
+                    if cluster not in clusters:
                         raise ValueError(
-                            f"route {table.name}/{route.name} names unknown cluster "
-                            f"{backend.cluster!r}"
+                            f"route {table.name}/{route.name} names unknown cluster {cluster!r}"
                         )
         return self
 

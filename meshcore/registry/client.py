@@ -38,11 +38,13 @@ from meshcore.registry.errors import (
 from meshcore.registry.model import (
     CheckStatus,
     HealthEntry,
+    KvEntry,
     ServiceRegistration,
     go_duration,
     parse_catalog_services,
     parse_health_entries,
     parse_index,
+    parse_kv_entries,
 )
 
 __all__ = ["RegistryClient", "RegistrySettings"]
@@ -226,6 +228,49 @@ class RegistryClient:
         raw_index, body = await self._call(call)
         return parse_index(raw_index), parse_health_entries(body)
 
+    # -- key/value store ---------------------------------------------------------------------
+
+    async def kv_get(self, key: str) -> KvEntry | None:
+        """``GET /v1/kv/<key>``: the entry, or ``None`` when the key doesn't exist."""
+        _check_key(key)
+
+        def call(c: Any) -> tuple[Any, Any]:
+            return c.kv.get(key)  # type: ignore[no-any-return]
+
+        _index, body = await self._call(call)
+        entries = parse_kv_entries(body)
+        return entries[0] if entries else None
+
+    async def kv_list(
+        self, prefix: str, *, index: int | None = None, wait_s: float | None = None
+    ) -> tuple[int, list[KvEntry]]:
+        """``GET /v1/kv/<prefix>?recurse``: ``(index, entries)`` of every key under ``prefix``.
+
+        With ``index`` > 0 this is a blocking query (see :meth:`catalog_services`); the index
+        returned is the prefix's, so comparing it with the one passed tells a real change from a
+        timeout. An empty prefix yields ``[]``.
+        """
+        _check_key(prefix, allow_empty=True)
+        wait = go_duration(wait_s) if wait_s is not None else None
+
+        def call(c: Any) -> tuple[Any, Any]:
+            return c.kv.get(prefix, index=index or None, wait=wait, recurse=True)  # type: ignore[no-any-return]
+
+        raw_index, body = await self._call(call)
+        return parse_index(raw_index), list(parse_kv_entries(body))
+
+    async def kv_put(self, key: str, value: bytes, *, cas: int | None = None) -> bool:
+        """``PUT /v1/kv/<key>``; with ``cas`` only if the key's ModifyIndex is ``cas`` (0: only
+        if the key doesn't exist). False when the check-and-set didn't match."""
+        _check_key(key)
+        return bool(await self._call(lambda c: c.kv.put(key, value, cas=cas)))
+
+    async def kv_delete(self, key: str, *, cas: int | None = None) -> bool:
+        """``DELETE /v1/kv/<key>`` (a missing key counts as deleted); with ``cas`` only if the
+        key's ModifyIndex is ``cas``. False when the check-and-set didn't match."""
+        _check_key(key)
+        return bool(await self._call(lambda c: c.kv.delete(key, cas=cas)))
+
     # -- plumbing --------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[Any], T]) -> T:
@@ -274,6 +319,12 @@ class RegistryClient:
                 self._idle.append(client)
                 return
         _close(client)
+
+
+def _check_key(key: str, *, allow_empty: bool = False) -> None:
+    # py-consul asserts this in the worker thread; a caller's bug should be a plain ValueError.
+    if key.startswith("/") or (not key and not allow_empty):
+        raise ValueError(f"KV key must be non-empty and not start with '/': {key!r}")
 
 
 def _close(client: Any) -> None:

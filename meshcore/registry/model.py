@@ -2,8 +2,9 @@
 
 Outgoing: :class:`ServiceRegistration` (with :class:`TtlCheck` and :class:`ProxySpec`) turns
 into the body of ``PUT /v1/agent/service/register``. Incoming: :func:`parse_health_entries`
-turns the body of ``GET /v1/health/service/<name>`` into :class:`HealthEntry` values, and
-:func:`parse_catalog_services` the body of ``GET /v1/catalog/services``.
+turns the body of ``GET /v1/health/service/<name>`` into :class:`HealthEntry` values,
+:func:`parse_catalog_services` the body of ``GET /v1/catalog/services`` and
+:func:`parse_kv_entries` the (py-consul decoded) entries of ``GET /v1/kv/<key>``.
 
 Status vocabulary and aggregation follow Consul: ``passing``, ``warning``, ``critical``, and
 ``maintenance`` for the aggregate of an entry whose node or service is in maintenance mode
@@ -26,6 +27,7 @@ __all__ = [
     "CheckState",
     "CheckStatus",
     "HealthEntry",
+    "KvEntry",
     "ProxySpec",
     "ServiceInstance",
     "ServiceRegistration",
@@ -36,6 +38,7 @@ __all__ = [
     "parse_catalog_services",
     "parse_health_entries",
     "parse_index",
+    "parse_kv_entries",
 ]
 
 Status = Literal["passing", "warning", "critical", "maintenance"]
@@ -295,6 +298,49 @@ def _entry(item: dict[str, Any]) -> HealthEntry:
         node_address=str(node.get("Address") or ""),
         service=service,
         checks=checks,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Incoming: key/value store
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KvEntry:
+    """One key of the KV store, its value and indexes (``modify_index`` is the CAS token)."""
+
+    key: str
+    value: bytes
+    modify_index: int
+    create_index: int
+
+
+def parse_kv_entries(body: object) -> tuple[KvEntry, ...]:
+    """Entries of ``GET /v1/kv/<key>`` as py-consul returns them (``Value`` already base64
+    decoded; ``None`` for a missing key or empty prefix) -> :class:`KvEntry` values."""
+    if body is None:
+        return ()
+    items: list[Any] = body if isinstance(body, list) else [body]
+    try:
+        return tuple(_kv_entry(item) for item in items)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RegistryProtocolError(f"kv: malformed entry: {exc!r}") from exc
+
+
+def _kv_entry(item: dict[str, Any]) -> KvEntry:
+    value = item.get("Value")
+    if value is None:
+        value = b""
+    elif isinstance(value, str):
+        value = value.encode()
+    elif not isinstance(value, bytes):
+        raise TypeError(f"value of {item.get('Key')!r} is a {_kind(value)}")
+    return KvEntry(
+        key=str(item["Key"]),
+        value=value,
+        modify_index=int(item["ModifyIndex"]),
+        create_index=int(item["CreateIndex"]),
     )
 
 

@@ -14,6 +14,8 @@ from typing import Final
 
 import trio
 
+from meshcore.model.policy import Redirect
+from meshcore.routing import CompiledRoute
 from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import UpstreamError, UpstreamResetError
@@ -31,12 +33,11 @@ from meshd.http.codec import (
     ResponseParser,
 )
 from meshd.http.exchange import METHODS, Exchange, record
-from meshd.http.responses import synthetic_response, upstream_error_response
+from meshd.http.responses import redirect_response, synthetic_response, upstream_error_response
 from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
-from meshd.http.shared import HttpListenerConfig, ProxyShared, now
+from meshd.http.shared import ConfigSource, HttpListenerConfig, ProxyShared, now
 from meshd.http.tracing import new_request_id, next_traceparent
 from meshd.net.stream import SocketStream, Stream
-from meshd.routing import CompiledRoute
 from meshd.tcp.pump import pump
 
 _IDLE: Final = 0
@@ -68,12 +69,21 @@ class HttpConnection:
         "parser",
         "peer_ip",
         "shared",
+        "source",
     )
 
-    def __init__(self, down: Stream, cfg: HttpListenerConfig, shared: ProxyShared) -> None:
+    def __init__(
+        self,
+        down: Stream,
+        cfg: HttpListenerConfig,
+        shared: ProxyShared,
+        source: ConfigSource | None = None,
+    ) -> None:
         self.down = down
         self.cfg = cfg
         self.shared = shared
+        #: Where a newer configuration of the listener shows up (None: keep ``cfg``).
+        self.source = source
         self.parser = RequestParser(cfg.max_head_bytes)
         peer = down.peer() if isinstance(down, SocketStream) else ("", 0)
         self.peer_ip = peer[0].encode()
@@ -163,6 +173,11 @@ class HttpConnection:
         return value
 
     async def _handle(self, head: RequestHead) -> None:
+        source = self.source
+        if source is not None:
+            latest = source.config
+            if latest is not self.cfg and isinstance(latest, HttpListenerConfig):
+                self.cfg = latest  # a new snapshot's routes apply from this request on
         cfg = self.cfg
         shared = self.shared
         ex = self._exchange = Exchange(now())
@@ -183,12 +198,15 @@ class HttpConnection:
         route = cfg.first_route
         if route is None:
             method = METHODS.get(head.method) or head.method.decode("latin-1")
-            path = target.partition(b"?")[0].decode("latin-1")
-            route = cfg.routes.match(method, path, head.headers)
+            path, _, query = target.partition(b"?")
+            route = cfg.routes.match(method, path.decode("latin-1"), head.headers, query)
         if route is None:
             await self._respond_error(404, "no_route", "no route matches")
             return
         ex.route = route.name
+        if route.route.redirect is not None:
+            await self._respond_error(route.route.redirect.status, "", "", route.route.redirect)
+            return
         self.deadline = ex.start + route.timeout_s
         cluster = cfg.clusters.get(route.pick_cluster())
         if cluster is None:
@@ -441,7 +459,9 @@ class HttpConnection:
         if events and events[0][0] == EV_END:
             events.popleft()
 
-    async def _respond_error(self, status: int, reason: str, detail: str) -> None:
+    async def _respond_error(
+        self, status: int, reason: str, detail: str, redirect: Redirect | None = None
+    ) -> None:
         ex = self._exchange
         assert ex is not None
         head = self._head
@@ -454,8 +474,12 @@ class HttpConnection:
             self._close_after = True
         ex.code = status
         ex.error = reason
-        await self.down.send_all(
-            synthetic_response(
+        if redirect is not None and head is not None:
+            answer = redirect_response(
+                redirect, host=head.host, target=head.target, close=close, request_id=ex.request_id
+            )
+        else:
+            answer = synthetic_response(
                 status,
                 reason,
                 close=close,
@@ -463,7 +487,7 @@ class HttpConnection:
                 detail=detail,
                 head_only=head is not None and head.method == b"HEAD",
             )
-        )
+        await self.down.send_all(answer)
         ex.head_sent = True
         self._finish(ex)
 
@@ -542,6 +566,8 @@ def _origin_form(head: RequestHead) -> bytes:
     return b"/" + path if slash else b"/"
 
 
-async def serve_http(down: Stream, cfg: HttpListenerConfig, shared: ProxyShared) -> None:
+async def serve_http(
+    down: Stream, cfg: HttpListenerConfig, shared: ProxyShared, source: ConfigSource | None = None
+) -> None:
     """Accept-loop entry point: serve one downstream connection."""
-    await HttpConnection(down, cfg, shared).serve()
+    await HttpConnection(down, cfg, shared, source).serve()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from meshcore.model.policy import Redirect
 from meshd.errors import (
     NoHealthyUpstream,
     PoolOverflow,
@@ -17,6 +18,11 @@ from meshd.errors import (
 )
 
 _REASON_PHRASES: Final = {
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
@@ -80,4 +86,69 @@ def synthetic_response(
     lines.append(b"\r\n")
     if not head_only:
         lines.append(payload)
+    return b"".join(lines)
+
+
+def redirect_location(redirect: Redirect, host: bytes | None, target: bytes) -> bytes:
+    """The ``Location`` of a redirect route for a request to ``host`` (Host header) ``target``.
+
+    Unset parts of ``redirect`` keep the request's: the path is replaced whole, the query is
+    kept. A new host or scheme without a port drops the request's port (the scheme's default).
+    """
+    if not target.startswith(b"/"):
+        # absolute-form (``http://host/path``): keep the path and query only.
+        rest = target.partition(b"://")[2]
+        slash = rest.find(b"/")
+        target = rest[slash:] if slash >= 0 else b"/"
+    path, sep, query = target.partition(b"?")
+    if redirect.path is not None:
+        path = redirect.path.encode("utf-8")
+    req_host, req_port = _split_host(host or b"")
+    scheme = (redirect.scheme or "http").encode("ascii")
+    if redirect.host is not None:
+        name = redirect.host.encode("utf-8")
+        port = b""
+    else:
+        name = req_host
+        port = req_port if redirect.scheme is None else b""
+    if redirect.port is not None:
+        port = b"%d" % redirect.port
+    authority = name + (b":" + port if port else b"")
+    return scheme + b"://" + authority + path + (sep + query if query else b"")
+
+
+def _split_host(host: bytes) -> tuple[bytes, bytes]:
+    if host.startswith(b"["):  # [v6]:port
+        end = host.find(b"]")
+        rest = host[end + 1 :]
+        return host[: end + 1], rest[1:] if rest.startswith(b":") else b""
+    name, sep, port = host.rpartition(b":")
+    if sep and port.isdigit():
+        return name, port
+    return host, b""
+
+
+def redirect_response(
+    redirect: Redirect,
+    *,
+    host: bytes | None,
+    target: bytes,
+    close: bool,
+    request_id: bytes | None = None,
+) -> bytes:
+    """A complete redirect answer (``redirect.status`` and ``Location``) with an empty body."""
+    location = redirect_location(redirect, host, target)
+    if b"\r" in location or b"\n" in location:
+        # A Host header can't carry these (llhttp refuses them); belt and braces.
+        location = location.replace(b"\r", b"").replace(b"\n", b"")
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (redirect.status, _REASON_PHRASES[redirect.status]),
+        b"location: " + location + b"\r\n",
+        b"content-length: 0\r\n",
+    ]
+    if request_id is not None:
+        lines.append(b"x-request-id: " + request_id + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
     return b"".join(lines)

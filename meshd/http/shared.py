@@ -10,9 +10,9 @@ from typing import Final, Protocol
 
 import trio
 
+from meshcore.routing import CompiledRoute, CompiledRouteTable
 from meshd.accesslog import AccessLog
 from meshd.cluster.runtime import ClusterRuntime
-from meshd.routing import CompiledRoute, CompiledRouteTable
 from meshd.stats import Stats
 
 #: How late a deadline may fire (the reaper's period).
@@ -35,9 +35,23 @@ class Connection(Protocol):
         """Close after the request in flight, or now if there is none."""
 
 
+class ConfigSource(Protocol):
+    """Where a connection finds its listener's configuration in force now (a listener slot).
+
+    Route tables and clusters of a new snapshot apply to the next request of an existing
+    keep-alive connection, as Envoy applies a route update to new streams: otherwise an app
+    with a connection pool would never see a traffic shift.
+    """
+
+    @property
+    def config(self) -> object:
+        """The listener's current configuration."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class HttpListenerConfig:
-    """What an HTTP listener's connections use, fixed for their lifetime (one snapshot)."""
+    """What an HTTP listener's requests use: one snapshot's routes, clusters and limits."""
 
     name: str
     direction: str

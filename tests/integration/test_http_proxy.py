@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import yaml
 from helpers import (
     TIMEOUT,
     Chain,
@@ -138,6 +139,28 @@ async def test_keep_alive_reuses_one_upstream_connection(chain: Chain, app: Test
     [api] = [c for c in clusters if c["name"] == "api"]
     assert api["endpoints"][0]["created"] == 1
     assert app.requests == 21
+
+
+async def test_keep_alive_connection_follows_a_new_snapshot(chain: Chain, tmp_path: Path) -> None:
+    """A snapshot's routes apply to the next request of an open connection (a pooled client
+    sees a traffic shift at once); the connection itself stays up."""
+    snapshot_path = tmp_path / "web" / "snapshot.yaml"
+    snapshot = yaml.safe_load(snapshot_path.read_text())
+    async with RawClient.connect(chain.port) as client:
+        await client.send(request("GET", "/echo/before"))
+        assert (await client.read_response()).status == 200
+        snapshot["version"] = 2
+        snapshot["listeners"][0].pop("cluster")
+        snapshot["listeners"][0]["route_table"] = "main"
+        snapshot["route_tables"] = [
+            {"name": "main", "routes": [{"name": "moved", "redirect": {"host": "moved.test"}}]}
+        ]
+        snapshot_path.write_text(yaml.safe_dump(snapshot))
+        assert chain.outbound.reload()
+        await client.send(request("GET", "/echo/after"))
+        resp = await client.read_response()
+        assert resp.status == 302
+        assert resp.header("location") == "http://moved.test/echo/after"
 
 
 async def test_pipelined_requests_answered_in_order(chain: Chain, app: TestApp) -> None:

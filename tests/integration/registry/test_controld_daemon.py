@@ -32,8 +32,15 @@ class ControldProcess:
     def __init__(self, args: list[str], log_path: Path) -> None:
         self.admin_port = free_port()
         self.log_path = log_path
+        #: The daemon creates it on start; ``/v1/status`` needs the token in it.
+        self.token_file = log_path.parent / "admin-token"
         argv = [sys.executable, "-m", "controld", "run", *args]
-        argv += ["--admin", f"127.0.0.1:{self.admin_port}"]
+        argv += [
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
+            "--admin-token-file",
+            str(self.token_file),
+        ]
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen(
                 argv,
@@ -64,7 +71,8 @@ class ControldProcess:
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/status`` as JSON."""
-        resp = self.http.get("/v1/status")
+        token = self.token_file.read_text().strip()
+        resp = self.http.get("/v1/status", headers={"authorization": f"Bearer {token}"})
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
         return body
@@ -186,7 +194,16 @@ def test_external_registry_down_and_back(
 
 def test_embedded_without_data_dir_fails(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "controld", "run", "--admin", f"127.0.0.1:{free_port()}"],
+        [
+            sys.executable,
+            "-m",
+            "controld",
+            "run",
+            "--admin",
+            f"127.0.0.1:{free_port()}",
+            "--push",
+            "off",
+        ],
         capture_output=True,
         text=True,
         env=clean_env(),

@@ -170,6 +170,14 @@ def test_tags_come_from_the_instance() -> None:
     assert view.endpoints("web")[0].tags == ("v2",)
 
 
+def test_meta_comes_from_the_instance_sorted_without_the_sidecar_marker() -> None:
+    meta = {"zone": "b", SIDECAR_META_KEY: "web-1-sidecar-proxy", "version": "2"}
+    view = build_view(
+        {"web": [app("web", "web-1", meta=meta)], "web-sidecar-proxy": [proxy("web", "web-1")]}
+    )
+    assert view.endpoints("web")[0].meta == (("version", "2"), ("zone", "b"))
+
+
 def test_proxy_services_and_portless_instances() -> None:
     assert is_proxy_service("web-sidecar-proxy", [])
     assert not is_proxy_service("web", [])

@@ -1,8 +1,11 @@
 """Route matching: a :class:`~meshcore.model.RouteTable` compiled into a per-request matcher.
 
-Sans-IO and synchronous. The HTTP layer calls :meth:`CompiledRouteTable.match` once per request
-with the method, the path (query string already stripped) and the raw header pairs, then
+Pure, sans-IO and synchronous (shared by meshd's proxy and controld's ``explain``). The HTTP
+layer calls :meth:`CompiledRouteTable.match` once per request with the method, the path (query
+string stripped), the raw header pairs and optionally the raw query string, then
 :meth:`CompiledRoute.pick_cluster` to split traffic between the route's backends.
+:class:`RequestMatcher` (from :mod:`meshcore.matchers`) applies the same conditions outside a
+route table (access-policy permissions, rate-limit matches).
 
 Matching semantics:
 
@@ -17,64 +20,36 @@ Matching semantics:
   it must be absent. ``invert`` negates the matcher's result, so an absent header *does*
   match an inverted ``exact``/``prefix``/``regex`` (unlike Envoy's default, which never
   matches an absent header with a value matcher).
+* Query: the raw query string (without ``?``) is split on ``&``; each part on its first ``=``
+  (a part without ``=`` is a parameter with an empty value). Names and values are
+  percent-decoded as UTF-8 (``+`` stays ``+``); names are case-sensitive; a parameter given
+  several times is matched by its first value. ``exact`` is equality, ``regex`` a full match,
+  ``present: true`` or no matcher: the parameter must be present, ``present: false``: absent.
+  The query is parsed only when a route that has query matchers is reached.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Sequence
 
-from meshcore.model import Backend, HeaderMatch, Route, RouteMatch, RouteTable
+from meshcore.matchers import (
+    HeaderCheck,
+    QueryCheck,
+    RequestMatcher,
+    compile_header,
+    compile_path,
+    compile_query,
+    header_index,
+    headers_match,
+    parse_query,
+    query_match,
+)
+from meshcore.model.snapshot import Backend, Route, RouteTable
 
-__all__ = ["CompiledRoute", "CompiledRouteTable", "catch_all"]
-
-# Header matcher kinds; small ints keep the per-request dispatch a few comparisons.
-_PRESENT: Final = 0
-_ABSENT: Final = 1
-_EXACT: Final = 2
-_PREFIX: Final = 3
-_REGEX: Final = 4
-
-#: (lower-case name, kind, bytes operand, regex operand, invert)
-_HeaderCheck = tuple[bytes, int, bytes, "re.Pattern[str]", bool]
-_NO_PATTERN: Final = re.compile(r"(?!)")
-
-
-def _encode(value: str) -> bytes:
-    # surrogateescape round-trips values that came from decoding arbitrary header bytes.
-    return value.encode("utf-8", "surrogateescape")
-
-
-def _compile_header(match: HeaderMatch) -> _HeaderCheck:
-    name = _encode(match.name.lower())
-    if match.exact is not None:
-        return (name, _EXACT, _encode(match.exact), _NO_PATTERN, match.invert)
-    if match.prefix is not None:
-        return (name, _PREFIX, _encode(match.prefix), _NO_PATTERN, match.invert)
-    if match.regex is not None:
-        return (name, _REGEX, b"", re.compile(match.regex), match.invert)
-    kind = _ABSENT if match.present is False else _PRESENT
-    return (name, kind, b"", _NO_PATTERN, match.invert)
-
-
-def _compile_path(match: RouteMatch) -> Callable[[str], object] | None:
-    path = match.path
-    if path is None:
-        return None
-    if path.exact is not None:
-        return path.exact.__eq__
-    if path.prefix is not None:
-        prefix = path.prefix
-
-        def starts(value: str) -> bool:
-            return value.startswith(prefix)
-
-        return starts
-    assert path.regex is not None  # PathMatch guarantees exactly one kind
-    return re.compile(path.regex).fullmatch
+# RequestMatcher and parse_query are re-exported: callers match requests through this module.
+__all__ = ["CompiledRoute", "CompiledRouteTable", "RequestMatcher", "catch_all", "parse_query"]
 
 
 class CompiledRoute:
@@ -83,10 +58,12 @@ class CompiledRoute:
     __slots__ = (
         "_clusters",
         "_cumulative",
+        "_extra",
         "_header_checks",
         "_last",
         "_methods",
         "_path_ok",
+        "_query_checks",
         "_rng",
         "_single",
         "_total",
@@ -105,9 +82,15 @@ class CompiledRoute:
         self.timeout_s = route.timeout_s
         match = route.match
         self._methods: frozenset[str] | None = frozenset(match.methods) or None
-        self._path_ok = _compile_path(match)
-        self._header_checks: tuple[_HeaderCheck, ...] = tuple(
-            _compile_header(h) for h in match.headers
+        self._path_ok = compile_path(match.path)
+        self._header_checks: tuple[HeaderCheck, ...] = tuple(
+            compile_header(h) for h in match.headers
+        )
+        self._query_checks: tuple[QueryCheck, ...] = tuple(compile_query(q) for q in match.query)
+        self._extra: tuple[tuple[HeaderCheck, ...], tuple[QueryCheck, ...]] | None = (
+            (self._header_checks, self._query_checks)
+            if self._header_checks or self._query_checks
+            else None
         )
         live: list[Backend] = [b for b in route.backends if b.weight > 0]
         self._clusters: tuple[str, ...] = tuple(b.cluster for b in live)
@@ -122,15 +105,26 @@ class CompiledRoute:
         # Route validation guarantees some weight > 0; several backends may name one cluster.
         distinct = set(self._clusters)
         self._single: str | None = self._clusters[0] if len(distinct) == 1 else None
+        if not live:
+            # Only a redirect route has no backends; it answers before any pick.
+            self._single = ""
         self._rng = rng
 
     @property
     def is_catch_all(self) -> bool:
         """True when the route matches every request (its match is empty)."""
-        return self._methods is None and self._path_ok is None and not self._header_checks
+        return (
+            self._methods is None
+            and self._path_ok is None
+            and not self._header_checks
+            and not self._query_checks
+        )
 
     def pick_cluster(self) -> str:
-        """The cluster for one request, chosen by backend weight (backends of weight 0 never)."""
+        """The cluster for one request, chosen by backend weight (backends of weight 0 never).
+
+        ``""`` for a route without backends (a redirect, which never forwards).
+        """
         single = self._single
         if single is not None:
             return single
@@ -145,7 +139,7 @@ class CompiledRoute:
 class CompiledRouteTable:
     """A route table compiled for matching; immutable once built, rebuilt per snapshot."""
 
-    __slots__ = ("_fallback", "_header_names", "_routes", "routes", "table")
+    __slots__ = ("_fallback", "_header_names", "_query_names", "_routes", "routes", "table")
 
     table: RouteTable
     #: Every route of the table, in order (including ones a catch-all makes unreachable).
@@ -168,15 +162,25 @@ class CompiledRouteTable:
         self._header_names: frozenset[bytes] = frozenset(
             check[0] for compiled in checked for check in compiled._header_checks
         )
+        self._query_names: frozenset[str] = frozenset(
+            check[0] for compiled in checked for check in compiled._query_checks
+        )
 
     def match(
-        self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]]
+        self,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        query: bytes | str = "",
     ) -> CompiledRoute | None:
         """The first route matching the request, or None.
 
-        ``path`` excludes the query string; ``headers`` are the raw (name, value) pairs.
+        ``path`` excludes the query string; ``headers`` are the raw (name, value) pairs;
+        ``query`` is the raw query string without the ``?`` (only routes with query matchers
+        look at it).
         """
         index: dict[bytes, bytes] | None = None
+        params: dict[str, str] | None = None
         upper: str | None = None
         for compiled in self._routes:
             methods = compiled._methods
@@ -188,48 +192,29 @@ class CompiledRouteTable:
             path_ok = compiled._path_ok
             if path_ok is not None and not path_ok(path):
                 continue
-            checks = compiled._header_checks
-            if checks:
-                if index is None:
-                    index = self._index(headers)
-                if not _headers_match(checks, index):
-                    continue
+            # One test for both kinds: a route without header or query matchers pays no more
+            # than it did before query matching existed.
+            extra = compiled._extra
+            if extra is not None:
+                checks, qchecks = extra
+                if checks:
+                    if index is None:
+                        index = self._index(headers)
+                    if not headers_match(checks, index):
+                        continue
+                if qchecks:
+                    if params is None:
+                        params = parse_query(query, self._query_names)
+                    if not query_match(qchecks, params):
+                        continue
             return compiled
         return self._fallback
 
     def _index(self, headers: Sequence[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-        # Only the headers some matcher looks at; repeats joined with "," as Envoy does.
-        wanted = self._header_names
-        index: dict[bytes, bytes] = {}
-        for name, value in headers:
-            key = name.lower()
-            if key in wanted:
-                prev = index.get(key)
-                index[key] = value if prev is None else prev + b"," + value
-        return index
+        return header_index(headers, self._header_names)
 
     def __repr__(self) -> str:
         return f"CompiledRouteTable({self.table.name!r}, routes={len(self.routes)})"
-
-
-def _headers_match(checks: tuple[_HeaderCheck, ...], index: dict[bytes, bytes]) -> bool:
-    for name, kind, operand, pattern, invert in checks:
-        value = index.get(name)
-        if kind == _PRESENT:
-            ok = value is not None
-        elif kind == _ABSENT:
-            ok = value is None
-        elif value is None:
-            ok = False
-        elif kind == _EXACT:
-            ok = value == operand
-        elif kind == _PREFIX:
-            ok = value.startswith(operand)
-        else:
-            ok = pattern.fullmatch(value.decode("utf-8", "surrogateescape")) is not None
-        if ok is invert:
-            return False
-    return True
 
 
 def catch_all(

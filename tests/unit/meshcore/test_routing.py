@@ -11,8 +11,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshcore.model import Backend, Route, RouteTable
-from meshd.routing import CompiledRoute, CompiledRouteTable, catch_all
+from meshcore.model import (
+    Backend,
+    HeaderMatch,
+    PathMatch,
+    QueryMatch,
+    Route,
+    RouteMatch,
+    RouteTable,
+)
+from meshcore.routing import (
+    CompiledRoute,
+    CompiledRouteTable,
+    RequestMatcher,
+    catch_all,
+    parse_query,
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -31,8 +45,9 @@ def matched(
     method: str = "GET",
     path: str = "/",
     headers: Sequence[tuple[bytes, bytes]] = (),
+    query: bytes | str = "",
 ) -> str | None:
-    route = t.match(method, path, headers)
+    route = t.match(method, path, headers, query)
     return None if route is None else route.name
 
 
@@ -178,6 +193,127 @@ def test_path_is_matched_without_query() -> None:
     assert matched(t, path="/q") == "r1"
 
 
+QUERY_CASES = [
+    # (query matcher, raw query, matches)
+    ({"name": "v", "exact": "2"}, "v=2", True),
+    ({"name": "v", "exact": "2"}, "a=1&v=2&b", True),
+    ({"name": "v", "exact": "2"}, "v=20", False),
+    ({"name": "v", "exact": "2"}, "V=2", False),  # names are case-sensitive
+    ({"name": "v", "exact": "2"}, "", False),
+    ({"name": "v", "exact": "2"}, "v=2&v=3", True),  # the first value counts
+    ({"name": "v", "exact": "2"}, "v=3&v=2", False),
+    ({"name": "v", "exact": ""}, "v", True),  # no "=": present, empty value
+    ({"name": "v", "exact": ""}, "v=", True),
+    ({"name": "q", "exact": "a b"}, "q=a%20b", True),  # percent-decoded
+    ({"name": "q", "exact": "a+b"}, "q=a+b", True),  # "+" stays "+"
+    ({"name": "q", "exact": "café"}, "q=caf%C3%A9", True),
+    ({"name": "a b", "exact": "1"}, "a%20b=1", True),
+    ({"name": "q", "exact": "x=y"}, "q=x=y", True),  # split on the first "=" only
+    ({"name": "id", "regex": r"\d+"}, "id=42", True),
+    ({"name": "id", "regex": r"\d+"}, "id=42x", False),  # full match
+    ({"name": "id", "regex": r"\d+"}, "other=42", False),
+    ({"name": "id", "regex": r".*"}, "id=%FF", True),  # undecodable bytes don't crash
+    ({"name": "debug"}, "debug", True),
+    ({"name": "debug"}, "debug=0", True),
+    ({"name": "debug"}, "x=debug", False),
+    ({"name": "debug", "present": True}, "a&debug=1", True),
+    ({"name": "debug", "present": True}, "", False),
+    ({"name": "debug", "present": False}, "", True),
+    ({"name": "debug", "present": False}, "debug", False),
+]
+
+
+@pytest.mark.parametrize(("query_match", "query", "expected"), QUERY_CASES)
+def test_query_matchers(query_match: dict[str, Any], query: str, expected: bool) -> None:
+    t = table({"match": {"query": [query_match]}})
+    assert (matched(t, query=query) == "r0") is expected
+    assert (matched(t, query=query.encode()) == "r0") is expected
+
+
+def test_query_matchers_all_must_hold_with_other_conditions() -> None:
+    t = table(
+        {
+            "match": {
+                "path": {"prefix": "/s"},
+                "query": [{"name": "a", "exact": "1"}, {"name": "b"}],
+            }
+        },
+        {"match": {"query": [{"name": "a", "exact": "1"}]}},
+    )
+    assert matched(t, path="/search", query=b"b&a=1") == "r0"
+    assert matched(t, path="/other", query=b"b&a=1") == "r1"
+    assert matched(t, path="/search", query=b"a=1") == "r1"
+    assert matched(t, path="/search", query=b"a=2&b") is None
+
+
+def test_query_defaults_to_empty_for_existing_callers() -> None:
+    t = table({"match": {"query": [{"name": "v"}]}}, {})
+    assert t.match("GET", "/", []) is t.routes[1]
+    assert t.match("GET", "/", [], "v=1") is t.routes[0]
+
+
+def test_query_only_route_is_not_a_catch_all() -> None:
+    t = table({"match": {"query": [{"name": "v", "present": False}]}}, {"name": "last"})
+    assert not t.routes[0].is_catch_all
+    assert matched(t, query="v=1") == "last"
+
+
+def test_parse_query() -> None:
+    assert parse_query("") == {}
+    assert parse_query(b"a=1&b&c=%41&a=2&&=x") == {"a": "1", "b": "", "c": "A", "": "x"}
+    assert parse_query("a=1&b=2", frozenset({"b"})) == {"b": "2"}
+
+
+@given(query=st.binary(max_size=60))
+def test_parse_query_accepts_any_bytes(query: bytes) -> None:
+    params = parse_query(query)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in params.items())
+
+
+def test_request_matcher_applies_route_semantics() -> None:
+    m = RequestMatcher(
+        path=PathMatch(prefix="/api/"),
+        methods=("get",),
+        headers=(HeaderMatch(name="X-Env", exact="canary"),),
+        query=(QueryMatch(name="v", exact="2"),),
+    )
+    assert not m.matches_everything
+    assert m.matches("GET", "/api/x", [(b"x-env", b"canary")], "v=2")
+    assert m.matches("get", "/api/x", [(b"X-ENV", b"canary")], b"v=2")
+    assert not m.matches("POST", "/api/x", [(b"x-env", b"canary")], "v=2")
+    assert not m.matches("GET", "/web", [(b"x-env", b"canary")], "v=2")
+    assert not m.matches("GET", "/api/x", [], "v=2")
+    assert not m.matches("GET", "/api/x", [(b"x-env", b"canary")])
+    everything = RequestMatcher.from_route_match(RouteMatch())
+    assert everything.matches_everything
+    assert everything.matches("DELETE", "/x", [])
+
+
+@given(
+    method=st.sampled_from(["GET", "POST", "put"]),
+    path=st.sampled_from(["/", "/api/v1", "/users/7", "/x"]),
+    headers=st.lists(
+        st.tuples(st.sampled_from([b"x-env", b"X-Env", b"y"]), st.sampled_from([b"a", b"b"])),
+        max_size=3,
+    ),
+    query=st.sampled_from(["", "v=1", "v=2&w", "w=1"]),
+)
+def test_request_matcher_agrees_with_route_table(
+    method: str, path: str, headers: Headers, query: str
+) -> None:
+    spec = {
+        "methods": ["GET", "PUT"],
+        "path": {"regex": "/(api|users)/.*"},
+        "headers": [{"name": "x-env", "exact": "a"}],
+        "query": [{"name": "v", "regex": "[12]"}],
+    }
+    t = table({"match": spec})
+    m = RequestMatcher.from_route_match(RouteMatch.model_validate(spec))
+    assert m.matches(method, path, headers, query) is (
+        matched(t, method, path, headers, query) == "r0"
+    )
+
+
 def test_route_attributes() -> None:
     t = table({"name": "api", "timeout_s": 2.5, "match": {"path": {"prefix": "/"}}})
     route = t.match("GET", "/", [])
@@ -263,3 +399,10 @@ def test_extreme_draws_stay_in_range() -> None:
     assert split_route(("a", 1), ("b", 1), rng=Edge(0.5)).pick_cluster() == "b"
     top = 1.0 - 2.0**-53
     assert split_route(("a", 3), ("b", 7), ("z", 0), rng=Edge(top)).pick_cluster() == "b"
+
+
+def test_redirect_route_without_backends_picks_no_cluster() -> None:
+    t = table({"name": "moved", "backends": [], "redirect": {"path": "/new"}})
+    route = t.match("GET", "/", [])
+    assert route is not None and route.route.redirect is not None
+    assert route.pick_cluster() == ""

@@ -1,0 +1,57 @@
+"""The controld HTTP API application (served by hypercorn's Trio worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from controld.api.deps import Auditor, Guard
+from controld.api.errors import install_error_handlers
+from controld.api.misc import api_router, probes_router
+from controld.api.plane import ControlPlane
+from controld.api.proxies import poll_route, proxies_router
+from controld.api.resources import resources_router
+from controld.auth import TokenAuth
+from meshcore import __version__
+
+__all__ = ["AUDIT_LOGGER", "build_api"]
+
+#: Name of the structlog logger the audit events go to.
+AUDIT_LOGGER = "controld.audit"
+
+
+def build_api(
+    plane: ControlPlane,
+    *,
+    auth: TokenAuth,
+    metrics: CollectorRegistry,
+    is_ready: Callable[[], bool],
+) -> FastAPI:
+    """The API app: resources, proxies and snapshots, status/schema/explain, tokens, probes.
+
+    ``plane`` is read on each request (see :class:`~controld.api.plane.ControlPlane`);
+    ``auth`` checks bearer tokens; ``metrics`` is served on ``/metrics`` and ``is_ready``
+    answers ``/ready``. Every endpoint is ``async def``: it runs on the Trio thread, where
+    the daemon's state is safe to read, and never needs a worker thread. The interactive
+    docs (CDN assets) are off; ``/openapi.json`` is served without a token.
+    """
+    auditor = Auditor(structlog.get_logger(AUDIT_LOGGER))
+    guard = Guard(auth, auditor)
+    app = FastAPI(
+        title="controld",
+        version=__version__,
+        summary="meshd control plane API",
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(resources_router(plane, guard, auditor))
+    app.include_router(proxies_router(plane, guard))
+    app.include_router(api_router(plane, auth, guard, auditor))
+    app.include_router(probes_router(metrics, is_ready))
+    # The hot long-poll goes first: matched before (and instead of) its documented twin.
+    app.router.routes.insert(0, poll_route(plane, auth))
+    return app

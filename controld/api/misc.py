@@ -1,0 +1,135 @@
+"""Status, schema, explain, sidecar tokens, and the probes and metrics (no token needed)."""
+
+# No `from __future__ import annotations`: FastAPI evaluates route signatures, whose
+# Annotated aliases are local to the router factories.
+
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+import trio
+from fastapi import APIRouter, Depends, Security
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from controld.api.deps import BEARER, Auditor, Guard
+from controld.api.errors import ApiError
+from controld.api.plane import ControlPlane
+from controld.auth import Principal, TokenAuth
+from controld.compiler import explain
+from meshcore.model.policy import SERVICE_PATTERN
+from meshcore.model.resources import json_schemas
+
+__all__ = ["api_router", "probes_router"]
+
+
+class ExplainRequest(BaseModel):
+    """Body of ``POST /v1/explain``: one request from ``source`` to ``destination``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1)
+    destination: str = Field(pattern=SERVICE_PATTERN)
+    method: str = Field(default="GET", min_length=1)
+    path: str = Field(default="/", pattern=r"^/")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class TokenRequest(BaseModel):
+    """Body of ``POST /v1/tokens/sidecar``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(pattern=SERVICE_PATTERN)
+
+
+class TokenAnswer(BaseModel):
+    """A sidecar token (``sidecar.<service>.<mac>``)."""
+
+    token: str
+
+
+class _Collected:
+    """Metric families already collected, so they can be formatted in another thread."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Auditor) -> APIRouter:
+    """``/v1/status``, ``/v1/schema``, ``/v1/explain`` and ``/v1/tokens/sidecar``."""
+    router = APIRouter(tags=["control plane"], dependencies=[Security(BEARER)])
+    Admin = Annotated[Principal, Depends(guard.admin)]
+    AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
+    AnyToken = Annotated[Principal, Depends(guard.principal)]
+
+    @router.get("/v1/status")
+    async def status(_: Admin) -> dict[str, Any]:
+        """Registry link, discovery view, push hub and store state."""
+        return plane.status()
+
+    @router.get("/v1/schema")
+    async def schema(_: AnyToken) -> dict[str, Any]:
+        """JSON Schema of each resource kind."""
+        return json_schemas()
+
+    @router.post("/v1/explain")
+    async def explain_request(body: ExplainRequest, _: Admin) -> dict[str, Any]:
+        """How a request from ``source`` to ``destination`` is routed and authorized."""
+        try:
+            explanation = explain(
+                plane.view(),
+                plane.resources(),
+                source=body.source,
+                destination=body.destination,
+                method=body.method,
+                path=body.path,
+                headers=body.headers,
+            )
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from exc
+        return explanation.as_json()
+
+    @router.post("/v1/tokens/sidecar")
+    async def mint_sidecar_token(
+        body: TokenRequest, request: Request, principal: AdminAudited
+    ) -> TokenAnswer:
+        """Mint the token of ``service``'s sidecars (admin only; audited)."""
+        token = auth.mint_sidecar(body.service)
+        auditor.record(principal.name, request, "minted", service=body.service)
+        return TokenAnswer(token=token)
+
+    return router
+
+
+def probes_router(metrics: CollectorRegistry, is_ready: Callable[[], bool]) -> APIRouter:
+    """``/metrics``, ``/ready`` and ``/live``: no token (scrapers, health checks)."""
+    router = APIRouter(tags=["probes"])
+
+    @router.get(
+        "/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+    )
+    async def metrics_text() -> Response:
+        """The daemon's Prometheus metrics (text format)."""
+        # Collect on the Trio thread (live state); format the frozen families in a thread.
+        families = list(metrics.collect())
+        body = await trio.to_thread.run_sync(generate_latest, _Collected(families))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/ready", responses={503: {"description": "starting or stopping"}})
+    async def ready() -> JSONResponse:
+        """200 once the daemon is up, 503 before and while stopping."""
+        up = is_ready()
+        return JSONResponse({"ready": up}, status_code=200 if up else 503)
+
+    @router.get("/live")
+    async def live() -> dict[str, bool]:
+        """Always 200 while the process serves."""
+        return {"live": True}
+
+    return router

@@ -1,0 +1,305 @@
+"""``explain``: what the mesh would do with one request from a source to a destination.
+
+Compiles the source's snapshot (a synthetic sidecar calling only the destination unless a
+real descriptor is given) and the destination's, then runs the request through the same
+route matcher meshd uses (:mod:`meshcore.routing`) and the same access-policy evaluator
+(:mod:`meshcore.authz`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controld.compiler.inputs import Inputs, spiffe_id
+from controld.compiler.policy import inbound_policy
+from controld.compiler.snapshot import Compiler, outbound_listener_name
+from controld.discovery.view import DiscoveryView
+from meshcore.authz import evaluate
+from meshcore.matchers import RequestMatcher
+from meshcore.model.base import SocketAddr
+from meshcore.model.proxy import ProxyDescriptor, Upstream
+from meshcore.model.resources import ResourceSet
+from meshcore.model.snapshot import Cluster, Route, Snapshot
+from meshcore.routing import CompiledRouteTable
+
+__all__ = ["ExplainAccess", "ExplainBackend", "ExplainCluster", "Explanation", "explain"]
+
+_SOURCE_PROXY = "explain-source"
+_DESTINATION_PROXY = "explain-destination"
+_EXPLAIN_PORT = 15001
+_INBOUND = SocketAddr(host="127.0.0.1", port=15006)
+
+
+@dataclass(frozen=True)
+class ExplainBackend:
+    """A backend of the matched route: its cluster and share of the traffic."""
+
+    cluster: str
+    weight: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class ExplainEndpoint:
+    """One endpoint of a cluster (priority 0: primary, 1..: failover tiers)."""
+
+    host: str
+    port: int
+    priority: int
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExplainCluster:
+    """A cluster the request may go to (backends and mirror)."""
+
+    name: str
+    service: str
+    subset: str | None
+    lb_policy: str
+    endpoints: tuple[ExplainEndpoint, ...]
+
+
+@dataclass(frozen=True)
+class ExplainAccess:
+    """The destination's access-policy decision."""
+
+    action: str
+    rule_index: int | None
+    #: The AccessPolicy the deciding rule belongs to (None: the default decided).
+    policy: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The answer of :func:`explain`; :meth:`as_json` is its API form."""
+
+    source: str
+    source_id: str | None
+    destination: str
+    method: str
+    path: str
+    protocol: str
+    listener: str
+    #: The matched route's name (None: TCP, or no route matched).
+    route: str | None
+    backends: tuple[ExplainBackend, ...]
+    clusters: tuple[ExplainCluster, ...]
+    access: ExplainAccess
+    mtls: str
+    timeout_s: float | None = None
+    redirect: dict[str, Any] | None = None
+    mirror: dict[str, Any] | None = None
+    #: Names of the destination's rate limits that count this request.
+    rate_limits: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON data (tuples as lists)."""
+        return {
+            "source": self.source,
+            "source_id": self.source_id,
+            "destination": self.destination,
+            "method": self.method,
+            "path": self.path,
+            "protocol": self.protocol,
+            "listener": self.listener,
+            "route": self.route,
+            "timeout_s": self.timeout_s,
+            "backends": [
+                {"cluster": b.cluster, "weight": b.weight, "percent": b.percent}
+                for b in self.backends
+            ],
+            "redirect": self.redirect,
+            "mirror": self.mirror,
+            "clusters": [
+                {
+                    "name": c.name,
+                    "service": c.service,
+                    "subset": c.subset,
+                    "lb_policy": c.lb_policy,
+                    "endpoints": [
+                        {
+                            "host": e.host,
+                            "port": e.port,
+                            "priority": e.priority,
+                            "tags": list(e.tags),
+                        }
+                        for e in c.endpoints
+                    ],
+                }
+                for c in self.clusters
+            ],
+            "access": {
+                "action": self.access.action,
+                "rule_index": self.access.rule_index,
+                "policy": self.access.policy,
+                "reason": self.access.reason,
+            },
+            "mtls": self.mtls,
+            "rate_limits": list(self.rate_limits),
+            "notes": list(self.notes),
+        }
+
+
+def _source_service(source: str) -> str:
+    if source.startswith("spiffe://"):
+        _, sep, tail = source.partition("/svc/")
+        return tail.split("/", 1)[0] if sep and tail else "unknown"
+    return source
+
+
+def _source_proxy(
+    source: str, destination: str, given: ProxyDescriptor | None, notes: list[str]
+) -> ProxyDescriptor:
+    if given is None:
+        return ProxyDescriptor(
+            proxy_id=_SOURCE_PROXY,
+            service=_source_service(source),
+            upstreams=(Upstream(service=destination, port=_EXPLAIN_PORT),),
+        )
+    if any(u.service == destination for u in given.upstreams):
+        return given
+    notes.append(
+        f"{destination!r} is not an upstream of proxy {given.proxy_id!r}: explained as if it were"
+    )
+    taken = {u.port for u in given.upstreams}
+    port = next(p for p in range(_EXPLAIN_PORT, 65536) if p not in taken)
+    upstream = Upstream(service=destination, port=port)
+    return given.model_copy(update={"upstreams": (*given.upstreams, upstream)})
+
+
+def _cluster_view(cluster: Cluster) -> ExplainCluster:
+    return ExplainCluster(
+        name=cluster.name,
+        service=cluster.service,
+        subset=cluster.subset,
+        lb_policy=cluster.lb_policy,
+        endpoints=tuple(
+            ExplainEndpoint(e.host, e.port, e.priority, e.tags) for e in cluster.endpoints
+        ),
+    )
+
+
+def _backends(route: Route) -> tuple[ExplainBackend, ...]:
+    total = sum(b.weight for b in route.backends)
+    return tuple(
+        ExplainBackend(b.cluster, b.weight, round(100.0 * b.weight / total, 3) if total else 0.0)
+        for b in route.backends
+    )
+
+
+def explain(
+    view: DiscoveryView,
+    resources: ResourceSet,
+    *,
+    source: str,
+    destination: str,
+    method: str = "GET",
+    path: str = "/",
+    headers: Mapping[str, str] | None = None,
+    source_proxy: ProxyDescriptor | None = None,
+) -> Explanation:
+    """How a ``method path`` request with ``headers`` from ``source`` to ``destination`` goes.
+
+    ``source`` is a service name or a SPIFFE ID; ``path`` may carry a query string.
+    """
+    headers = headers or {}
+    notes: list[str] = []
+    src = _source_proxy(source, destination, source_proxy, notes)
+    dst = ProxyDescriptor(proxy_id=_DESTINATION_PROXY, service=destination, inbound=_INBOUND)
+    compiled = Compiler().compile_all(
+        view,
+        resources,
+        {
+            _SOURCE_PROXY: src.model_copy(update={"proxy_id": _SOURCE_PROXY}),
+            _DESTINATION_PROXY: dst,
+        },
+    )
+    src_snapshot: Snapshot = compiled[_SOURCE_PROXY][0]
+    dst_snapshot: Snapshot = compiled[_DESTINATION_PROXY][0]
+    inputs = Inputs(view, resources)
+    if source_proxy is not None:
+        assert src_snapshot.identity is not None
+        source_id: str | None = src_snapshot.identity.spiffe_id
+    else:
+        source_id = spiffe_id(source, inputs.mesh.trust_domain)
+
+    listener_name = outbound_listener_name(destination)
+    listener = next(x for x in src_snapshot.listeners if x.name == listener_name)
+    bare_path, _, query = path.partition("?")
+    pairs = [(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in headers.items()]
+    route_name: str | None = None
+    backends: tuple[ExplainBackend, ...] = ()
+    cluster_names: list[str] = []
+    timeout: float | None = None
+    redirect = mirror = None
+    if listener.route_table is not None:
+        table = src_snapshot.route_table(listener.route_table)
+        assert table is not None
+        # A fixed seed: the split is reported as weights, never drawn.
+        rng = random.Random(0)  # noqa: S311
+        matched = CompiledRouteTable(table, rng=rng).match(method, bare_path, pairs, query)
+        if matched is None:
+            notes.append("no route matches: the sidecar answers 404")
+        else:
+            route = matched.route
+            route_name = route.name
+            timeout = route.timeout_s
+            backends = _backends(route)
+            cluster_names.extend(b.cluster for b in route.backends)
+            if route.redirect is not None:
+                redirect = route.redirect.model_dump(mode="json")
+                notes.append("the sidecar answers with a redirect; nothing is forwarded")
+            if route.mirror is not None:
+                mirror = route.mirror.model_dump(mode="json")
+                cluster_names.append(route.mirror.cluster)
+    elif listener.cluster is not None:
+        cluster_names.append(listener.cluster)
+        notes.append(f"{destination!r} is a tcp service: no HTTP routing applies")
+    clusters = []
+    for name in dict.fromkeys(cluster_names):
+        cluster = src_snapshot.cluster(name)
+        if cluster is not None:
+            clusters.append(_cluster_view(cluster))
+            if not cluster.endpoints:
+                notes.append(f"cluster {name!r} has no healthy endpoint: the sidecar answers 503")
+
+    decision = evaluate(
+        dst_snapshot.inbound_policy,
+        source_id=source_id,
+        method=method,
+        path=bare_path,
+        headers=headers,
+    )
+    origins = inbound_policy(inputs, destination)[1]
+    policy_name = origins[decision.rule_index] if decision.rule_index is not None else None
+    limits = tuple(
+        rule.name
+        for rule in dst_snapshot.rate_limits
+        if rule.match is None
+        or RequestMatcher.from_route_match(rule.match).matches(method, bare_path, pairs, query)
+    )
+    return Explanation(
+        source=source,
+        source_id=source_id,
+        destination=destination,
+        method=method,
+        path=path,
+        protocol=listener.protocol,
+        listener=listener.name,
+        route=route_name,
+        backends=backends,
+        clusters=tuple(clusters),
+        access=ExplainAccess(decision.action, decision.rule_index, policy_name, decision.reason),
+        mtls=dst_snapshot.mtls,
+        timeout_s=timeout,
+        redirect=redirect,
+        mirror=mirror,
+        rate_limits=limits,
+        notes=tuple(notes),
+    )

@@ -1,0 +1,466 @@
+"""The push hub's bookkeeping as plain synchronous code: versions, ACKs, NACKs, rollouts.
+
+Nothing here waits or does I/O; the caller passes the time (``time.time()`` seconds) in.
+:class:`PushState` holds one :class:`ProxyState` per registered sidecar:
+
+* the latest compiled snapshot (:class:`Compiled`: version, hash, snapshot, the JSON body
+  serialized once on first use),
+* what the sidecar reported running on its last poll (a poll *is* the ACK of that version),
+* its last NACK, last contact and whether a poll is parked now.
+
+Rules (see the controld API contract):
+
+* Versions are monotonic per proxy: ``max(previous + 1, milliseconds since epoch)``. A newly
+  compiled hash the sidecar already reports running keeps the sidecar's version, which is how
+  a sidecar that survived a controld restart gets no push.
+* A hash the sidecar NACKed is not sent again; a different hash compiled later is, and so
+  is the NACKed one after the sidecar registers again (it restarted).
+* Each publish that changes the hash of proxies that already had a snapshot starts a
+  *rollout*; when every such proxy has ACKed (polled reporting the new hash, or a later one),
+  the rollout's convergence time (``now - changed_at``) is reported to the observer.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from meshcore.errors import MeshError
+from meshcore.model.proxy import ProxyDescriptor
+from meshcore.model.snapshot import Snapshot
+
+__all__ = [
+    "Compiled",
+    "NackRecord",
+    "ProxyState",
+    "ProxyStatus",
+    "PushObserver",
+    "PushState",
+    "UnknownProxy",
+    "next_version",
+]
+
+#: Rollouts still waiting for ACKs beyond this many are forgotten (oldest first), so sidecars
+#: that never come back can't make the bookkeeping grow without bound.
+MAX_ROLLOUTS = 256
+
+
+class UnknownProxy(MeshError):
+    """The proxy id is not registered (e.g. controld restarted): register it and poll again."""
+
+
+class PushObserver(Protocol):
+    """Where the bookkeeping reports what metrics count."""
+
+    def pushed(self) -> None:
+        """A snapshot was handed to a sidecar."""
+
+    def nacked(self) -> None:
+        """A sidecar rejected a snapshot."""
+
+    def acked(self, latency_s: float) -> None:
+        """A sidecar reported running the latest snapshot, ``latency_s`` after it was compiled."""
+
+    def converged(self, seconds: float) -> None:
+        """Every sidecar a change affected runs it, ``seconds`` after the change."""
+
+
+class NullObserver:
+    """A :class:`PushObserver` that ignores everything."""
+
+    def pushed(self) -> None:
+        """Ignored."""
+
+    def nacked(self) -> None:
+        """Ignored."""
+
+    def acked(self, latency_s: float) -> None:
+        """Ignored."""
+
+    def converged(self, seconds: float) -> None:
+        """Ignored."""
+
+
+def next_version(previous: int, now: float) -> int:
+    """The version after ``previous``: ``max(previous + 1, milliseconds since epoch)``."""
+    return max(previous + 1, int(now * 1000))
+
+
+class Compiled:
+    """One compiled snapshot of a proxy under its assigned version."""
+
+    __slots__ = ("_body", "acked", "compiled_at", "hash", "snapshot", "version")
+
+    def __init__(
+        self,
+        version: int,
+        hash: str,
+        snapshot: Snapshot,
+        compiled_at: float,
+        *,
+        acked: bool = False,
+    ) -> None:
+        self.version = version
+        self.hash = hash
+        #: As compiled (its own ``version`` field is set only in :meth:`body`).
+        self.snapshot = snapshot
+        self.compiled_at = compiled_at
+        #: The sidecar has reported running it.
+        self.acked = acked
+        self._body: bytes | None = None
+
+    def body(self) -> bytes:
+        """The JSON ``{"version", "hash", "snapshot"}``, serialized on first use only."""
+        if self._body is None:
+            snapshot = self.snapshot.model_copy(update={"version": self.version})
+            self._body = b'{"version":%d,"hash":"%s","snapshot":%s}' % (
+                self.version,
+                self.hash.encode("ascii"),
+                snapshot.model_dump_json().encode(),
+            )
+        return self._body
+
+    def with_version(self, version: int) -> Compiled:
+        """The same snapshot under another version."""
+        return Compiled(version, self.hash, self.snapshot, self.compiled_at, acked=self.acked)
+
+
+@dataclass(frozen=True, slots=True)
+class NackRecord:
+    """A sidecar's rejection of one snapshot."""
+
+    version: int
+    hash: str
+    error: str
+    time: float
+
+
+class ProxyState:
+    """Everything the hub knows about one sidecar."""
+
+    __slots__ = (
+        "acked_hash",
+        "acked_version",
+        "descriptor",
+        "last_contact",
+        "last_wait_s",
+        "latest",
+        "nack",
+        "nacked_hash",
+        "parked",
+        "stale",
+    )
+
+    def __init__(self, descriptor: ProxyDescriptor) -> None:
+        self.descriptor = descriptor
+        self.latest: Compiled | None = None
+        #: The latest snapshot was compiled for an older descriptor: hold it back.
+        self.stale = False
+        #: What the sidecar said it runs on its last poll.
+        self.acked_version: int | None = None
+        self.acked_hash: str | None = None
+        #: The last NACK (reported in the status).
+        self.nack: NackRecord | None = None
+        #: The hash not to send again (cleared by a registration: a restarted sidecar may
+        #: cope with it now).
+        self.nacked_hash: str | None = None
+        self.last_contact: float | None = None
+        self.last_wait_s = 0.0
+        #: Polls parked now.
+        self.parked = 0
+
+    def connected(self, now: float) -> bool:
+        """A poll is parked now, or the last one ended within twice its wait."""
+        if self.parked:
+            return True
+        if self.last_contact is None:
+            return False
+        return now - self.last_contact <= 2 * max(self.last_wait_s, 1.0)
+
+    def pending(self) -> Compiled | None:
+        """The snapshot to hand over now, if any (the sidecar runs another, not NACKed one)."""
+        latest = self.latest
+        if latest is None or self.stale or latest.hash == self.acked_hash:
+            return None
+        if latest.hash == self.nacked_hash:
+            return None
+        return latest
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyStatus:
+    """One row of ``GET /v1/proxies``."""
+
+    proxy_id: str
+    service: str
+    namespace: str
+    connected: bool
+    last_contact: float | None
+    acked_version: int | None
+    acked_hash: str | None
+    latest_version: int | None
+    latest_hash: str | None
+    nack: NackRecord | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON row of the API."""
+        nack = self.nack
+        nack_json = None
+        if nack is not None:
+            nack_json = {
+                "version": nack.version,
+                "hash": nack.hash,
+                "error": nack.error,
+                "time": nack.time,
+            }
+        return {
+            "proxy_id": self.proxy_id,
+            "service": self.service,
+            "namespace": self.namespace,
+            "connected": self.connected,
+            "last_contact": self.last_contact,
+            "acked_version": self.acked_version,
+            "acked_hash": self.acked_hash,
+            "latest_version": self.latest_version,
+            "latest_hash": self.latest_hash,
+            "nack": nack_json,
+        }
+
+
+class _Rollout:
+    __slots__ = ("changed_at", "nacked", "pending", "revision")
+
+    def __init__(self, revision: int, changed_at: float, pending: set[str]) -> None:
+        self.revision = revision
+        self.changed_at = changed_at
+        self.pending = pending
+        self.nacked = False
+
+
+class PushState:
+    """Per-proxy push bookkeeping (sans I/O); see the module doc for the rules."""
+
+    def __init__(self, observer: PushObserver | None = None) -> None:
+        self._observer: PushObserver = observer or NullObserver()
+        self._proxies: dict[str, ProxyState] = {}
+        self._rollouts: OrderedDict[int, _Rollout] = OrderedDict()
+        self._rollout_seq = 0
+        #: Proxy id -> rollouts it is pending in (so an ACK costs O(its rollouts)).
+        self._pending_in: dict[str, set[int]] = {}
+
+    # -- registrations -------------------------------------------------------------------------
+
+    def register(self, descriptor: ProxyDescriptor) -> bool:
+        """Add or refresh a sidecar; True when it needs (re)compiling (new or changed)."""
+        state = self._proxies.get(descriptor.proxy_id)
+        if state is None:
+            self._proxies[descriptor.proxy_id] = ProxyState(descriptor)
+            return True
+        # The sidecar (re)started: give a snapshot it NACKed before another chance.
+        state.nacked_hash = None
+        if state.descriptor == descriptor:
+            return False
+        state.descriptor = descriptor
+        state.stale = state.latest is not None
+        return True
+
+    def unregister(self, proxy_id: str) -> bool:
+        """Forget a sidecar; False if it wasn't registered."""
+        if self._proxies.pop(proxy_id, None) is None:
+            return False
+        self._drop_pending(proxy_id, nacked=False)
+        return True
+
+    def get(self, proxy_id: str) -> ProxyState:
+        """The state of ``proxy_id``; raises :class:`UnknownProxy`."""
+        try:
+            return self._proxies[proxy_id]
+        except KeyError:
+            raise UnknownProxy(proxy_id) from None
+
+    def descriptors(self) -> dict[str, ProxyDescriptor]:
+        """Registered descriptors by proxy id."""
+        return {pid: state.descriptor for pid, state in self._proxies.items()}
+
+    def __contains__(self, proxy_id: object) -> bool:
+        return proxy_id in self._proxies
+
+    def __len__(self) -> int:
+        return len(self._proxies)
+
+    # -- compiled snapshots --------------------------------------------------------------------
+
+    def publish(
+        self,
+        compiled: Mapping[str, tuple[Snapshot, str]],
+        *,
+        revision: int,
+        changed_at: float,
+        now: float,
+    ) -> list[str]:
+        """Install newly compiled snapshots; the ids whose snapshot changed (hash or version).
+
+        Ids not registered are ignored. A proxy whose first snapshot this is does not join
+        the rollout (it converges by registering, not by this change).
+        """
+        changed: list[str] = []
+        rollout: set[str] = set()
+        for pid, (snapshot, digest) in compiled.items():
+            state = self._proxies.get(pid)
+            if state is None:
+                continue
+            latest = state.latest
+            if latest is not None and latest.hash == digest:
+                if state.stale:
+                    state.stale = False
+                    changed.append(pid)
+                continue
+            state.stale = False
+            runs_it = digest == state.acked_hash and state.acked_version is not None
+            if runs_it:
+                assert state.acked_version is not None
+                version = state.acked_version
+            else:
+                previous = max(
+                    latest.version if latest is not None else 0, state.acked_version or 0
+                )
+                version = next_version(previous, now)
+            state.latest = Compiled(version, digest, snapshot, now, acked=runs_it)
+            changed.append(pid)
+            if runs_it:
+                self._acked(pid, now)  # back to what it runs: older rollouts are done for it
+            elif latest is not None:
+                rollout.add(pid)
+        if rollout:
+            self._start_rollout(revision, changed_at, rollout)
+        return changed
+
+    def _start_rollout(self, revision: int, changed_at: float, pending: set[str]) -> None:
+        self._rollout_seq += 1
+        seq = self._rollout_seq
+        self._rollouts[seq] = _Rollout(revision, changed_at, pending)
+        for pid in pending:
+            self._pending_in.setdefault(pid, set()).add(seq)
+        while len(self._rollouts) > MAX_ROLLOUTS:
+            old_seq, old = self._rollouts.popitem(last=False)
+            for pid in old.pending:
+                self._discard_pending(pid, old_seq)
+
+    # -- sidecar exchanges ---------------------------------------------------------------------
+
+    def observe_poll(
+        self,
+        proxy_id: str,
+        *,
+        version: int | None,
+        hash: str | None,
+        wait_s: float,
+        now: float,
+    ) -> ProxyState:
+        """Record a poll's report (the ACK of what it runs); raises :class:`UnknownProxy`."""
+        state = self.get(proxy_id)
+        state.last_contact = now
+        state.last_wait_s = wait_s
+        if hash is None or version is None:
+            return state
+        state.acked_version = version
+        state.acked_hash = hash
+        latest = state.latest
+        if latest is None or latest.hash != hash or latest.acked:
+            return state
+        if latest.version != version:
+            # Compiled before the sidecar (re)appeared, which runs it under its own version:
+            # adopt that (nothing was pushed, so no latency to report).
+            latest = state.latest = latest.with_version(version)
+        else:
+            self._observer.acked(max(0.0, now - latest.compiled_at))
+        latest.acked = True
+        self._acked(proxy_id, now)
+        return state
+
+    def _acked(self, proxy_id: str, now: float) -> None:
+        seqs = self._pending_in.pop(proxy_id, None)
+        if not seqs:
+            return
+        for seq in seqs:
+            rollout = self._rollouts.get(seq)
+            if rollout is None:
+                continue
+            rollout.pending.discard(proxy_id)
+            if not rollout.pending:
+                del self._rollouts[seq]
+                if not rollout.nacked:
+                    self._observer.converged(max(0.0, now - rollout.changed_at))
+
+    def take(self, proxy_id: str) -> Compiled | None:
+        """The snapshot to answer a poll with now (counted as a push), or None to wait."""
+        compiled = self.get(proxy_id).pending()
+        if compiled is not None:
+            self._observer.pushed()
+        return compiled
+
+    def nack(self, proxy_id: str, *, version: int, hash: str, error: str, now: float) -> None:
+        """Record a sidecar's rejection; raises :class:`UnknownProxy`."""
+        state = self.get(proxy_id)
+        state.nack = NackRecord(version, hash, error, now)
+        state.nacked_hash = hash
+        state.last_contact = now
+        self._observer.nacked()
+        latest = state.latest
+        if latest is not None and latest.hash == hash:
+            self._drop_pending(proxy_id, nacked=True)
+
+    def _drop_pending(self, proxy_id: str, *, nacked: bool) -> None:
+        for seq in self._pending_in.pop(proxy_id, ()):
+            rollout = self._rollouts.get(seq)
+            if rollout is None:
+                continue
+            rollout.pending.discard(proxy_id)
+            rollout.nacked |= nacked
+            if not rollout.pending:
+                # Ended by a NACK or by sidecars leaving: not a convergence to report.
+                del self._rollouts[seq]
+
+    def _discard_pending(self, proxy_id: str, seq: int) -> None:
+        seqs = self._pending_in.get(proxy_id)
+        if seqs is not None:
+            seqs.discard(seq)
+            if not seqs:
+                del self._pending_in[proxy_id]
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def rollouts_pending(self) -> int:
+        """Rollouts still waiting for ACKs."""
+        return len(self._rollouts)
+
+    def connected_count(self, now: float) -> int:
+        """Sidecars with a poll parked now or recently."""
+        return sum(1 for state in self._proxies.values() if state.connected(now))
+
+    def statuses(self, now: float) -> list[ProxyStatus]:
+        """One row per registered sidecar, sorted by proxy id."""
+        return [_status(pid, self._proxies[pid], now) for pid in sorted(self._proxies)]
+
+    def states(self) -> Iterable[tuple[str, ProxyState]]:
+        """Registered sidecars' states (read-only use)."""
+        return self._proxies.items()
+
+
+def _status(pid: str, state: ProxyState, now: float) -> ProxyStatus:
+    desc = state.descriptor
+    latest = state.latest
+    return ProxyStatus(
+        proxy_id=pid,
+        service=desc.service,
+        namespace=desc.namespace,
+        connected=state.connected(now),
+        last_contact=state.last_contact,
+        acked_version=state.acked_version,
+        acked_hash=state.acked_hash,
+        latest_version=None if latest is None else latest.version,
+        latest_hash=None if latest is None else latest.hash,
+        nack=state.nack,
+    )

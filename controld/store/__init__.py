@@ -1,0 +1,36 @@
+"""The policy resource store: resources in the registry KV, a revision per change, a watch.
+
+See :mod:`controld.store.store` for the write protocol and :mod:`controld.store.records` for
+the KV layout.
+"""
+
+from __future__ import annotations
+
+from controld.store.errors import ResourceNotFound, StoreConflict, StoreError, StoreUnavailable
+from controld.store.metrics import StoreCollector
+from controld.store.records import (
+    ApplyResult,
+    Change,
+    ChangeAction,
+    KeyLayout,
+    RevisionRecord,
+    StoredResource,
+)
+from controld.store.store import ResourceStore
+from controld.store.watch import StoreStatus
+
+__all__ = [
+    "ApplyResult",
+    "Change",
+    "ChangeAction",
+    "KeyLayout",
+    "ResourceNotFound",
+    "ResourceStore",
+    "RevisionRecord",
+    "StoreCollector",
+    "StoreConflict",
+    "StoreError",
+    "StoreStatus",
+    "StoreUnavailable",
+    "StoredResource",
+]

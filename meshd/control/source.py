@@ -1,0 +1,336 @@
+"""Snapshots from controld: register, long-poll, apply, ACK by the next poll, NACK on rejection.
+
+Protocol (controld's HTTP API, Contract 5):
+
+* ``POST /v1/proxies/{id}`` registers the sidecar's :class:`ProxyDescriptor` (again after a
+  404 on a poll: controld restarted and forgot it, or after a reload changed the descriptor).
+* ``GET /v1/snapshots/{id}?version=V&hash=H&wait=W`` reports the snapshot in service (this *is*
+  the ACK of ``V``) and returns 200 with a newer one at once, or 304 after up to ``W`` s.
+* A snapshot that fails validation or can't be applied is NACKed with
+  ``POST /v1/snapshots/{id}/nack {version, hash, error}``; polling continues with the old
+  version and hash, so the running configuration stays and controld knows why.
+
+While controld is unreachable (connection errors, timeouts, 5xx) the sidecar keeps serving what
+it has and retries with jittered exponential backoff up to ``retry_max_s``. Each applied
+snapshot is written atomically (temporary file, fsync, rename; mode 0600) to ``cache_file``,
+from which :func:`load_cache` reads it back when controld can't be reached at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from pydantic import ValidationError
+
+from meshcore.errors import ConfigError
+from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
+from meshcore.model.hashing import snapshot_hash
+from meshcore.model.loading import format_validation_error
+from meshcore.model.proxy import ProxyDescriptor
+from meshcore.model.snapshot import Snapshot
+from meshcore.registry import Backoff
+from meshd.control.client import (
+    ControlClient,
+    ControlError,
+    ControlProtocolError,
+    ControlResponse,
+    ControlUnavailable,
+    path_segment,
+)
+from meshd.errors import SnapshotRejected
+
+__all__ = ["CachedSnapshot", "ControlSource", "load_cache", "write_cache"]
+
+log = structlog.get_logger("meshd.control")
+
+#: The callback that puts a snapshot in service; raises to reject it.
+ApplyFn = Callable[[Snapshot], None]
+#: Errors of ``apply`` (and of validation) that mean "rejected", i.e. NACK and keep the old one.
+REJECTIONS = (SnapshotRejected, ConfigError, ValidationError)
+_INITIAL_BACKOFF_S = 0.25
+_MAX_NACK_ERROR = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSnapshot:
+    """A snapshot as controld sent it: its version, its hash, the validated model."""
+
+    version: int
+    hash: str
+    snapshot: Snapshot
+
+
+def _validate(document: Any, version: int, source: str) -> Snapshot:
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: the snapshot is not a JSON object")
+    try:
+        return Snapshot.model_validate({**document, "version": version})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+def load_cache(path: Path) -> CachedSnapshot:
+    """Read a cache file written by :func:`write_cache`; raises :class:`ConfigError`."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("version"), int):
+        raise ConfigError(f"{path}: expected {{version, hash, snapshot}}")
+    snapshot_doc = doc.get("snapshot")
+    snapshot = _validate(snapshot_doc, doc["version"], str(path))
+    digest = doc.get("hash")
+    if not isinstance(digest, str) or not digest:
+        digest = snapshot_hash(snapshot)
+    return CachedSnapshot(doc["version"], digest, snapshot)
+
+
+def write_cache(path: Path, version: int, digest: str, document: dict[str, Any]) -> None:
+    """Write ``{version, hash, snapshot}`` to ``path`` atomically, readable by the owner only."""
+    data = json.dumps(
+        {"version": version, "hash": digest, "snapshot": {**document, "version": version}},
+        separators=(",", ":"),
+    ).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _ServerError(ControlError):
+    """controld answered, but not with something the protocol allows here."""
+
+
+class ControlSource:
+    """Keeps the sidecar's snapshot in step with controld (a service object: :meth:`run`).
+
+    ``apply`` is called on the Trio thread with each new, validated snapshot; it raises
+    :class:`SnapshotRejected` or :class:`ConfigError` to reject it.
+    """
+
+    def __init__(
+        self,
+        config: ControlSourceConfig,
+        descriptor: ProxyDescriptor,
+        apply: ApplyFn,
+        *,
+        token: str | None = None,
+        cache_file: Path | None = None,
+        user_agent: str = "",
+        on_rejected: Callable[[str], None] | None = None,
+    ) -> None:
+        self._apply = apply
+        self._on_rejected = on_rejected
+        self._user_agent = user_agent
+        self._configure(config, descriptor, token, cache_file)
+        #: Set once a snapshot from controld (not from the cache) is in service.
+        self.first_applied = trio.Event()
+        #: The last request to controld succeeded.
+        self.connected = False
+        self.registered = False
+        self.last_error: str | None = None
+        #: Version and hash of the snapshot in service (reported, i.e. ACKed, by each poll).
+        self.version: int | None = None
+        self.hash: str | None = None
+        self.last_nack: dict[str, Any] | None = None
+        self.applied = 0
+        self.rejected = 0
+        self.polls = 0
+        self.failures = 0
+        self._scope: trio.CancelScope | None = None
+
+    def _configure(
+        self,
+        config: ControlSourceConfig,
+        descriptor: ProxyDescriptor,
+        token: str | None,
+        cache_file: Path | None,
+    ) -> None:
+        self.config = config
+        self.descriptor = descriptor
+        self.cache_file = cache_file
+        self._client = ControlClient(
+            config.url, token=token, timeout_s=config.timeout_s, user_agent=self._user_agent
+        )
+        self._backoff = Backoff(min(_INITIAL_BACKOFF_S, config.retry_max_s), config.retry_max_s)
+        self._proxy_path = path_segment(descriptor.proxy_id)
+
+    # -- control --------------------------------------------------------------------------------
+
+    def adopt(self, version: int, digest: str) -> None:
+        """A snapshot from elsewhere (the cache) is in service: report it in the next poll."""
+        self.version = version
+        self.hash = digest
+
+    def update(
+        self,
+        config: ControlSourceConfig,
+        descriptor: ProxyDescriptor,
+        *,
+        token: str | None = None,
+        cache_file: Path | None = None,
+    ) -> None:
+        """A reload changed the settings or the descriptor: reconnect and register again."""
+        old_client = self._client
+        self._configure(config, descriptor, token, cache_file)
+        old_client.close()
+        self.registered = False
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def describe(self) -> dict[str, Any]:
+        """State for the admin API (``/config_dump``, ``/stats``)."""
+        return {
+            "url": self.config.url,
+            "proxy_id": self.descriptor.proxy_id,
+            "connected": self.connected,
+            "registered": self.registered,
+            "version": self.version,
+            "hash": self.hash,
+            "last_error": self.last_error,
+            "last_nack": self.last_nack,
+            "applied": self.applied,
+            "rejected": self.rejected,
+            "polls": self.polls,
+            "failures": self.failures,
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[ControlSource] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Poll controld until cancelled (reports itself at once: the first poll may take long)."""
+        task_status.started(self)
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    self._scope = scope
+                    await self._follow()
+                self._scope = None
+        finally:
+            self._client.close()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except ControlError as exc:
+                self.connected = not isinstance(exc, ControlUnavailable)
+                self.failures += 1
+                self.last_error = str(exc)
+                delay = self._backoff.next_delay()
+                # The first failure of a run is news; the retries after it are not.
+                level = log.warning if self._backoff.failures == 1 else log.debug
+                level("controld unreachable or failing, retrying", error=str(exc), retry_in=delay)
+                self._client.close()
+                await trio.sleep(delay)
+            else:
+                self._backoff.reset()
+
+    async def _step(self) -> None:
+        client = self._client
+        just_registered = False
+        if not self.registered:
+            answer = await client.post_json(
+                f"/v1/proxies/{self._proxy_path}", self.descriptor.model_dump(mode="json")
+            )
+            if not 200 <= answer.status < 300:
+                raise _ServerError(f"registering: {answer.error_text()}")
+            self.registered = just_registered = True
+            log.info("registered with controld", url=self.config.url)
+        query: dict[str, object] = {}
+        if self.version is not None and self.hash is not None:
+            query = {"version": self.version, "hash": self.hash}
+        query["wait"] = f"{self.config.wait_s:g}"
+        self.polls += 1
+        answer = await client.get(
+            f"/v1/snapshots/{self._proxy_path}", query, wait_s=self.config.wait_s
+        )
+        if answer.status == 304:
+            self.connected = True
+            return
+        if answer.status == 404:
+            self.registered = False
+            if just_registered:
+                raise _ServerError(f"unknown proxy right after registering: {answer.error_text()}")
+            log.info("controld does not know this sidecar, registering again")
+            return
+        if answer.status != 200:
+            raise _ServerError(f"polling: {answer.error_text()}")
+        self.connected = True
+        self.last_error = None
+        await self._receive(answer)
+
+    async def _receive(self, answer: ControlResponse) -> None:
+        doc = answer.json()
+        if not isinstance(doc, dict):
+            raise ControlProtocolError("snapshot answer is not a JSON object")
+        version, digest, document = doc.get("version"), doc.get("hash"), doc.get("snapshot")
+        if not isinstance(version, int) or not isinstance(digest, str):
+            raise ControlProtocolError("snapshot answer lacks an integer version or a hash")
+        if digest == self.hash:
+            # Same content under a new version: nothing to apply, only to report.
+            self.version = version
+            return
+        nack = self.last_nack
+        if nack is not None and nack["hash"] == digest:
+            # controld missed the NACK (lost with a broken connection): say it again, and
+            # pause so that a controld that ignores NACKs can't make this a busy loop.
+            await self._send_nack(version, digest, nack["error"])
+            raise _ServerError(f"controld sent snapshot {version} again after its NACK")
+        try:
+            snapshot = _validate(document, version, f"snapshot {version}")
+            self._apply(snapshot)
+        except REJECTIONS as exc:
+            await self._nack(version, digest, str(exc))
+            return
+        assert isinstance(document, dict)
+        self.version, self.hash = version, digest
+        self.applied += 1
+        self.first_applied.set()
+        if self.cache_file is not None:
+            await self._save(version, digest, document)
+
+    async def _nack(self, version: int, digest: str, error: str) -> None:
+        self.rejected += 1
+        error = error[:_MAX_NACK_ERROR]
+        if self._on_rejected is not None:
+            self._on_rejected(error)
+        self.last_nack = {"version": version, "hash": digest, "error": error, "time": time.time()}
+        log.error("snapshot rejected, keeping the running one", version=version, error=error)
+        await self._send_nack(version, digest, error)
+
+    async def _send_nack(self, version: int, digest: str, error: str) -> None:
+        answer = await self._client.post_json(
+            f"/v1/snapshots/{self._proxy_path}/nack",
+            {"version": version, "hash": digest, "error": error},
+        )
+        if not 200 <= answer.status < 300:
+            raise _ServerError(f"sending NACK: {answer.error_text()}")
+
+    async def _save(self, version: int, digest: str, document: dict[str, Any]) -> None:
+        path = self.cache_file
+        assert path is not None
+        try:
+            await trio.to_thread.run_sync(write_cache, path, version, digest, document)
+        except OSError as exc:
+            # The cache only helps a later start; serving goes on without it.
+            log.warning("cannot write the snapshot cache", path=str(path), error=str(exc))

@@ -1,0 +1,90 @@
+"""controld client: answers become values, errors become ApiError/Unreachable."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tui.cli import main
+from tui.client import ApiError, ControldClient, Unreachable
+
+
+def _client(handler: httpx.MockTransport) -> ControldClient:
+    return ControldClient("http://controld.test", "secret", transport=handler)
+
+
+def test_sends_bearer_token_and_decodes_json() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"revision": 1, "resources": []})
+
+    with _client(httpx.MockTransport(handle)) as client:
+        assert client.list_resources("HTTPRoute") == {"revision": 1, "resources": []}
+    assert seen[0].headers["authorization"] == "Bearer secret"
+    assert seen[0].url.params["kind"] == "HTTPRoute"
+
+
+def test_problems_of_a_422() -> None:
+    problem = {"document": 0, "kind": "Mesh", "name": "x", "path": "metadata.name", "message": "m"}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"error": "invalid resources", "problems": [problem]})
+
+    with _client(httpx.MockTransport(handle)) as client, pytest.raises(ApiError) as info:
+        client.apply([{"kind": "Mesh"}])
+    assert info.value.status == 422
+    assert info.value.message == "invalid resources"
+    assert info.value.problems == [problem]
+
+
+def test_error_without_json_body_and_401_hint() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/status":
+            return httpx.Response(502, text="bad gateway\nmore")
+        return httpx.Response(401, json={"error": "missing token"})
+
+    with _client(httpx.MockTransport(handle)) as client:
+        with pytest.raises(ApiError, match=r"502: bad gateway$"):
+            client.status()
+        with pytest.raises(ApiError, match=r"missing token .*--token"):
+            client.proxies()
+
+
+def test_no_content() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    with _client(httpx.MockTransport(handle)) as client:
+        assert client.request("POST", "/v1/x") is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_names_the_url() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    with ControldClient(url) as client, pytest.raises(Unreachable, match=url):
+        client.status()
+
+
+def test_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    token = ["--token", "t"]
+    assert main(["--server", url, *token, "status"]) == 3
+    assert f"cannot reach controld at {url}" in capsys.readouterr().err
+    assert main(["get", "widgets", "--server", url, *token]) == 2
+    assert "unknown kind 'widgets'" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+    assert main(["--version"]) == 0
+    capsys.readouterr()
+    assert main(["explain", "web", "api", "--header", "nope", "--server", url]) == 2
+    assert main(["delete", "route", "--server", url]) == 2
+    assert main(["--token-file", str(tmp_path / "none"), "status"]) == 2

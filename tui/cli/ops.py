@@ -1,0 +1,314 @@
+"""``meshctl status``, ``explain``, ``token`` and ``schema``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tui import render
+from tui.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Options, error
+from tui.cli.kinds import UnknownKind, resolve_kind
+from tui.client import ApiError
+
+__all__ = [
+    "cmd_explain",
+    "cmd_schema",
+    "cmd_status",
+    "cmd_token",
+    "explain_lines",
+    "proxy_rows",
+    "proxy_state",
+    "route_rule_match",
+    "status_header",
+]
+
+PROXY_HEADERS = [
+    "PROXY",
+    "SERVICE",
+    "CONNECTED",
+    "ACKED VERSION",
+    "LATEST VERSION",
+    "STATE",
+    "LAST CONTACT",
+]
+
+
+def proxy_state(proxy: Mapping[str, Any]) -> str:
+    """``synced``, ``pending`` or ``NACKED: <first line of the error>``."""
+    latest_version = proxy.get("latest_version")
+    latest_hash = proxy.get("latest_hash")
+    nack = proxy.get("nack")
+    if isinstance(nack, Mapping):
+        nacked_latest = nack.get("version") == latest_version or (
+            latest_hash is not None and nack.get("hash") == latest_hash
+        )
+        if nacked_latest or latest_version is None:
+            lines = str(nack.get("error") or "").strip().splitlines()
+            return f"NACKED: {lines[0] if lines else '(no reason given)'}"
+    if latest_version is None and latest_hash is None:
+        return "pending"
+    if latest_hash is not None and proxy.get("acked_hash") is not None:
+        synced = proxy.get("acked_hash") == latest_hash
+    else:
+        synced = proxy.get("acked_version") == latest_version
+    return "synced" if synced else "pending"
+
+
+def proxy_rows(proxies: Sequence[Mapping[str, Any]], now: float) -> list[list[str]]:
+    """Rows of the ``status`` table, sorted by service and proxy id."""
+    rows = []
+    for p in proxies:
+        last = p.get("last_contact")
+        rows.append(
+            [
+                str(p.get("proxy_id", "?")),
+                str(p.get("service", "?")),
+                "yes" if p.get("connected") else "no",
+                _version(p.get("acked_version")),
+                _version(p.get("latest_version")),
+                proxy_state(p),
+                render.age(now - float(last)) if isinstance(last, int | float) else "-",
+            ]
+        )
+    rows.sort(key=lambda r: (r[1], r[0]))
+    return rows
+
+
+def _version(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def status_header(status: Mapping[str, Any], proxies: int) -> str:
+    """``registry: embedded (connected)   resources: revision 7   sidecars: 3``."""
+    registry = status.get("registry") or {}
+    mode = registry.get("mode", "?")
+    state = "connected" if registry.get("connected") else "DISCONNECTED"
+    parts = [f"registry: {mode} ({state})"]
+    store = status.get("store") or {}
+    revision = store.get("revision", status.get("revision"))
+    count = store.get("resources")
+    text = f"resources: revision {'-' if revision is None else revision}"
+    if isinstance(count, int):
+        text += f" ({count} resource{'' if count == 1 else 's'})"
+    if store and not store.get("connected", True):
+        text += " STORE DISCONNECTED"
+    parts.append(text)
+    parts.append(f"sidecars: {proxies}")
+    return "   ".join(parts)
+
+
+def cmd_status(opts: Options, _: argparse.Namespace) -> int:
+    """Per-sidecar sync state from ``/v1/proxies`` under a line from ``/v1/status``."""
+    with opts.client() as client:
+        status = client.status()
+        answer = client.proxies()
+    proxies = [p for p in answer.get("proxies", ()) if isinstance(p, Mapping)]
+    if opts.output != "table":
+        value = {"status": status, "proxies": proxies}
+        print(render.to_json(value) if opts.output == "json" else render.to_yaml(value), end="")
+        if opts.output == "json":
+            print()
+        return EXIT_OK
+    print(status_header(status, len(proxies)))
+    if proxies:
+        print()
+        print(render.table(PROXY_HEADERS, proxy_rows(proxies, time.time())))
+    return EXIT_OK
+
+
+def _headers(values: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for value in values:
+        name, sep, content = value.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--header expects NAME=VALUE, got {value!r}")
+        headers[name.strip().lower()] = content
+    return headers
+
+
+def _endpoint(ep: Any) -> str:
+    if not isinstance(ep, Mapping):
+        return str(ep)
+    text = f"{ep.get('host', '?')}:{ep.get('port', '?')}"
+    if ep.get("priority"):
+        text += f" (failover {ep['priority']})"
+    return text
+
+
+def _compact(value: Any) -> str:
+    """A one-line rendering of a small JSON value (match conditions, redirects)."""
+    return json.dumps(value, separators=(", ", ": "), sort_keys=False)
+
+
+def _pruned(value: Any) -> Any:
+    """``value`` without ``None``s and empty lists/mappings (unset match conditions)."""
+    if isinstance(value, Mapping):
+        items = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in items.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
+
+
+def _cluster_lines(name: str, cluster: Mapping[str, Any] | None) -> list[str]:
+    if cluster is None:
+        return []
+    lines = []
+    subset = cluster.get("subset")
+    service = cluster.get("service", "?")
+    where = f"service {service}" + (f", subset {subset}" if subset else "")
+    if cluster.get("lb_policy"):
+        where += f", {cluster['lb_policy']}"
+    lines.append(f"      cluster {name}: {where}")
+    endpoints = cluster.get("endpoints") or []
+    shown = ", ".join(_endpoint(e) for e in endpoints) or "(none)"
+    lines.append(f"      endpoints: {shown}")
+    return lines
+
+
+def route_rule_match(
+    routes: Sequence[Mapping[str, Any]], destination: str, route: str
+) -> Any | None:
+    """The ``match`` of the HTTPRoute rule of ``destination`` the compiler named ``route``.
+
+    The compiler names rules by their ``name``, else ``rule-<index>``.
+    """
+    for res in routes:
+        spec = res.get("spec") or {}
+        if res.get("kind") != "HTTPRoute" or spec.get("service") != destination:
+            continue
+        for index, rule in enumerate(spec.get("rules") or ()):
+            if (rule.get("name") or f"rule-{index}") == route:
+                return _pruned(rule.get("match") or {})
+    return None
+
+
+def explain_lines(
+    explanation: Mapping[str, Any], routes: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
+    """A human reading of ``POST /v1/explain``'s answer.
+
+    ``routes`` (the HTTPRoute resources, optional) supply the match of the rule that matched.
+    """
+    dst = str(explanation.get("destination", "?"))
+    method = explanation.get("method", "")
+    path = explanation.get("path", "")
+    lines = [f"{explanation.get('source', '?')} -> {dst}  {method} {path}".rstrip()]
+    if explanation.get("source_id"):
+        lines.append(f"source identity: {explanation['source_id']}")
+    facts = [
+        f"{key} {explanation[key]}"
+        for key in ("protocol", "listener", "mtls")
+        if explanation.get(key)
+    ]
+    if facts:
+        lines.append(", ".join(facts))
+    route = explanation.get("route")
+    if route is not None:
+        text = f"route: {route}"
+        if explanation.get("timeout_s") is not None:
+            text += f" (timeout {float(explanation['timeout_s']):g}s)"
+        lines.append(text)
+        match = route_rule_match(routes, dst, str(route))
+        if match is not None:
+            lines.append(f"  matched: {_compact(match) if match else 'any request'}")
+        elif route in ("default", "mesh-default"):
+            lines.append("  matched: no rule of the HTTPRoute did; catch-all to the whole service")
+    elif explanation.get("protocol") != "tcp":
+        lines.append("route: none matched")
+    if explanation.get("redirect"):
+        lines.append(f"redirect: {_compact(explanation['redirect'])}")
+    clusters = {
+        str(c.get("name")): c for c in explanation.get("clusters") or () if isinstance(c, Mapping)
+    }
+    backends = explanation.get("backends")
+    if isinstance(backends, list) and (backends or route is not None):
+        lines.append("backends:" if backends else "backends: (none)")
+        for b in backends:
+            name = str(b.get("cluster", "?"))
+            head = f"  - {name}"
+            if b.get("percent") is not None:
+                head += f"  {float(b['percent']):g}%"
+            if b.get("weight") is not None:
+                head += f" (weight {b['weight']})"
+            lines.append(head)
+            lines += _cluster_lines(name, clusters.get(name))
+    elif explanation.get("protocol") == "tcp":
+        for name, cluster in clusters.items():
+            lines.append(f"  - {name}")
+            lines += _cluster_lines(name, cluster)
+    mirror = explanation.get("mirror")
+    if isinstance(mirror, Mapping):
+        name = str(mirror.get("cluster", "?"))
+        lines.append(f"mirror: {name} {float(mirror.get('percent', 100)):g}%")
+        lines += _cluster_lines(name, clusters.get(name))
+    access = explanation.get("access")
+    if isinstance(access, Mapping):
+        text = f"access: {str(access.get('action', '?')).upper()}"
+        if access.get("rule_index") is not None:
+            text += f" (rule {access['rule_index']}"
+            text += f" of AccessPolicy/{access['policy']})" if access.get("policy") else ")"
+        if access.get("reason"):
+            text += f": {access['reason']}"
+        lines.append(text)
+    limits = explanation.get("rate_limits")
+    if limits:
+        lines.append("rate limits: " + ", ".join(str(x) for x in limits))
+    lines += [f"note: {note}" for note in explanation.get("notes") or ()]
+    return lines
+
+
+def cmd_explain(opts: Options, args: argparse.Namespace) -> int:
+    """``POST /v1/explain``: how a request from SOURCE to DESTINATION would be handled."""
+    try:
+        headers = _headers(args.header)
+    except ValueError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    routes: list[Mapping[str, Any]] = []
+    with opts.client() as client:
+        answer = client.explain(
+            args.source, args.destination, method=args.method, path=args.path, headers=headers
+        )
+        if opts.output == "table" and answer.get("route") is not None:
+            try:
+                listed = client.list_resources("HTTPRoute")
+            except ApiError:
+                listed = {}  # a sidecar token may explain but not list; the match is optional
+            routes = [r for r in listed.get("resources", ()) if isinstance(r, Mapping)]
+    if opts.output == "json":
+        print(render.to_json(answer))
+    elif opts.output == "yaml":
+        print(render.to_yaml(answer), end="")
+    else:
+        print("\n".join(explain_lines(answer, routes)))
+    return EXIT_OK
+
+
+def cmd_token(opts: Options, args: argparse.Namespace) -> int:
+    """``token sidecar --service S``: print a sidecar token (and nothing else)."""
+    with opts.client() as client:
+        print(client.sidecar_token(args.service))
+    return EXIT_OK
+
+
+def cmd_schema(opts: Options, args: argparse.Namespace) -> int:
+    """``schema [KIND]``: JSON Schemas of the resource kinds controld accepts."""
+    with opts.client() as client:
+        schemas = client.schema()
+    value: Any = schemas
+    if args.kind:
+        try:
+            kind = resolve_kind(args.kind, list(schemas))
+        except UnknownKind as exc:
+            error(str(exc))
+            return EXIT_FAILED
+        value = schemas[kind]
+    if opts.output == "yaml":
+        print(render.to_yaml(value), end="")
+    else:
+        print(render.to_json(value))
+    return EXIT_OK
