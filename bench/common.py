@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import http.client
+import math
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -162,6 +164,11 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise BenchError(f"no VmRSS for process {pid}")
+
+
+def tree_rss_kb(pid: int) -> int:
+    """``VmRSS`` of ``pid`` plus all its descendants, in kB."""
+    return sum(rss_kb(p) for p in [pid, *descendants(pid)])
 
 
 def _die_with_parent() -> Callable[[], None]:
@@ -330,6 +337,76 @@ def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, byt
         conn.close()
 
 
+# -- a minimal HTTP/1.1 response parser for the epoll-driven clients ------------------------
+
+
+@dataclass
+class Response:
+    """One parsed response: status, lower-cased headers, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def parse_response(buf: bytearray) -> tuple[Response, int] | None:
+    """A complete response at the start of ``buf`` and its length, or None if incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    try:
+        status = int(head[0].split(" ", 2)[1])
+    except (IndexError, ValueError) as exc:
+        raise BenchError(f"bad status line {head[0]!r}") from exc
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    start = end + 4
+    if status in (204, 304) or 100 <= status < 200:
+        return Response(status, headers, b""), start
+    if "content-length" in headers:
+        total = start + int(headers["content-length"])
+        if len(buf) < total:
+            return None
+        return Response(status, headers, bytes(buf[start:total])), total
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        pos = start
+        while True:
+            line_end = buf.find(b"\r\n", pos)
+            if line_end < 0:
+                return None
+            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
+            chunk_start = line_end + 2
+            if size == 0:
+                trailer_end = buf.find(b"\r\n\r\n", line_end)
+                if trailer_end < 0:
+                    return None
+                return Response(status, headers, bytes(body)), trailer_end + 4
+            if len(buf) < chunk_start + size + 2:
+                return None
+            body += buf[chunk_start : chunk_start + size]
+            pos = chunk_start + size + 2
+    raise BenchError(f"response without length (status {status}): {headers}")
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise this process's open-files limit to ``needed``; BenchError if the hard limit is lower.
+
+    Servers started afterwards inherit the limit, and they hold one descriptor per client
+    connection too.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise BenchError(f"open-files limit {soft} is below the {needed} this suite needs")
+
+
 # -- tools ----------------------------------------------------------------------------------
 
 
@@ -460,6 +537,13 @@ def run_wrk(wrk: str, url: str, params: WrkParams, duration_s: int) -> WrkResult
 
 
 # -- output ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile ``pct`` (0-100] of ``values`` (not empty)."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(pct / 100.0 * len(ordered)) - 1))
+    return ordered[rank]
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

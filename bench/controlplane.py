@@ -32,11 +32,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import math
 import os
-import resource
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +42,16 @@ from common import (
     Context,
     ManagedProcess,
     ProcessGroup,
-    descendants,
+    Response,
     env_int,
     free_ports,
+    percentile,
     print_table,
-    rss_kb,
+    raise_fd_limit,
+    tree_rss_kb,
     wait_for_port,
 )
-from cp_sidecars import Conn, Loop, Response, SimSidecar, build_request, start_sidecars
+from cp_sidecars import Conn, Loop, SimSidecar, build_request, start_sidecars
 
 TARGET_P99_MS = 1000.0
 TARGET_KB = 200.0
@@ -102,27 +101,7 @@ class Api:
         return doc
 
 
-@contextlib.contextmanager
-def _api(port: int, token: str | None = None) -> Iterator[Api]:
-    api = Api(port, token)
-    try:
-        yield api
-    finally:
-        api.close()
-
-
 # -- set-up -----------------------------------------------------------------------------------
-
-
-def _raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        # Inherited by controld, which holds one descriptor per sidecar too.
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        raise BenchError(f"open-files limit {soft} is below the {needed} this suite needs")
 
 
 def _start_controld(
@@ -141,7 +120,7 @@ def _start_controld(
     proc = procs.start("controld", argv, cwd=workdir, env=ctx.project_env())
     wait_for_port(admin_port, proc, timeout=START_TIMEOUT_S)
     deadline = time.monotonic() + START_TIMEOUT_S
-    with _api(admin_port) as api:
+    with contextlib.closing(Api(admin_port)) as api:
         while api.call("GET", "/ready")[0] != 200:
             if time.monotonic() > deadline or not proc.alive():
                 raise BenchError(f"controld not ready:\n{proc.log_tail()}")
@@ -158,7 +137,7 @@ def _svc(i: int) -> str:
 
 
 def _register_instances(registry_port: int, per_service: int) -> None:
-    with _api(registry_port) as api:
+    with contextlib.closing(Api(registry_port)) as api:
         for i in range(SERVICES):
             for n in range(per_service):
                 api.ok(
@@ -299,19 +278,8 @@ def _round(
     return latencies, extra, (acked - t0) * 1000.0
 
 
-def _p(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(pct / 100.0 * len(ordered)) - 1))
-    return ordered[rank]
-
-
-def _rss(pid: int) -> int:
-    return sum(rss_kb(p) for p in [pid, *descendants(pid)])
-
-
 def _convergence_metric(admin_port: int) -> list[str]:
-    with _api(admin_port) as api:
+    with contextlib.closing(Api(admin_port)) as api:
         api.conn.request("GET", "/metrics")
         resp = api.conn.getresponse()
         text = resp.read().decode(errors="replace")
@@ -348,23 +316,23 @@ def run_suite(ctx: Context) -> None:
     # controld works through the ACK polls for a while after the last push: rounds apart.
     settle_s = env_int("BENCH_CP_SETTLE_MS", 2000, 100, 30_000) / 1000.0
     n_sidecars = per_service * SERVICES
-    _raise_fd_limit(2 * n_sidecars + 512)
+    raise_fd_limit(2 * n_sidecars + 512)
     suite_start = time.monotonic()
     with ProcessGroup() as procs:
         proc, registry_port, admin_port, push_port, token_file = _start_controld(ctx, procs)
         time.sleep(1.0)
-        rss_start = _rss(proc.pid)
+        rss_start = tree_rss_kb(proc.pid)
         admin_token = token_file.read_text().strip()
         setup_start = time.monotonic()
         _register_instances(registry_port, per_service)
-        with _api(admin_port, admin_token) as admin:
+        with contextlib.closing(Api(admin_port, admin_token)) as admin:
             tokens = {
                 _svc(i): str(admin.ok("POST", "/v1/tokens/sidecar", {"service": _svc(i)})["token"])
                 for i in range(SERVICES)
             }
             admin.ok("PUT", "/v1/resources", {"resources": _routes(1.0)})
             _wait_discovery(admin, n_sidecars, proc)
-        rss_registered = _rss(proc.pid)
+        rss_registered = tree_rss_kb(proc.pid)
         print(
             f"INFO set-up: {n_sidecars} instances registered, tokens minted, routes applied "
             f"in {time.monotonic() - setup_start:.1f}s"
@@ -401,8 +369,8 @@ def run_suite(ctx: Context) -> None:
                         str(number),
                         f"{put_ms:.1f}",
                         f"{min(latencies):.1f}",
-                        f"{_p(latencies, 50):.1f}",
-                        f"{_p(latencies, 99):.1f}",
+                        f"{percentile(latencies, 50):.1f}",
+                        f"{percentile(latencies, 99):.1f}",
                         f"{max(latencies):.1f}",
                         str(extra),
                         str(loop.reconnects - reconnects),
@@ -411,7 +379,7 @@ def run_suite(ctx: Context) -> None:
                 _settle(loop, sims, quiet_s=settle_s, timeout=ROUND_TIMEOUT_S)
             # Parked right now: every sidecar's ACK poll is waiting in controld.
             _settle(loop, sims, quiet_s=1.0, timeout=ROUND_TIMEOUT_S)
-            rss_parked = _rss(proc.pid)
+            rss_parked = tree_rss_kb(proc.pid)
             reconnects = loop.reconnects
             registrations = sum(s.registrations for s in sims)
             if not proc.alive():
@@ -434,7 +402,7 @@ def run_suite(ctx: Context) -> None:
         f"sidecars parked {rss_parked} kB; reconnects {reconnects}, "
         f"registrations {registrations}; suite {time.monotonic() - suite_start:.1f}s"
     )
-    p99 = _p(every, 99)
+    p99 = percentile(every, 99)
     kb = (rss_parked - rss_start) / n_sidecars
     print(f"P99_CONVERGENCE_MS sidecars={n_sidecars} value={p99:.2f}")
     print(f"CONTROLD_KB_PER_SIDECAR value={kb:.2f}")

@@ -24,66 +24,13 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from common import BenchError
+from common import BenchError, Response, parse_response
 
 #: ``{"version": V, "hash": "H", ...`` at the start of a snapshot answer: read without parsing
 #: the (large) snapshot; any other layout falls back to ``json.loads``.
 _HEAD = re.compile(rb'\A\s*\{\s*"version"\s*:\s*(\d+)\s*,\s*"hash"\s*:\s*"([^"]+)"')
 _RECV = 262144
-
-
-@dataclass
-class Response:
-    """One parsed response: status, lower-cased headers, body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def parse_response(buf: bytearray) -> tuple[Response, int] | None:
-    """A complete response at the start of ``buf`` and its length, or None if incomplete."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    try:
-        status = int(head[0].split(" ", 2)[1])
-    except (IndexError, ValueError) as exc:
-        raise BenchError(f"bad status line {head[0]!r}") from exc
-    headers = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    start = end + 4
-    if status in (204, 304) or 100 <= status < 200:
-        return Response(status, headers, b""), start
-    if "content-length" in headers:
-        total = start + int(headers["content-length"])
-        if len(buf) < total:
-            return None
-        return Response(status, headers, bytes(buf[start:total])), total
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = bytearray()
-        pos = start
-        while True:
-            line_end = buf.find(b"\r\n", pos)
-            if line_end < 0:
-                return None
-            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-            chunk_start = line_end + 2
-            if size == 0:
-                trailer_end = buf.find(b"\r\n\r\n", line_end)
-                if trailer_end < 0:
-                    return None
-                return Response(status, headers, bytes(body)), trailer_end + 4
-            if len(buf) < chunk_start + size + 2:
-                return None
-            body += buf[chunk_start : chunk_start + size]
-            pos = chunk_start + size + 2
-    raise BenchError(f"response without length (status {status}): {headers}")
 
 
 def build_request(

@@ -29,13 +29,10 @@ registry is stopped by pid at the end, and every socket closed.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import resource
 import selectors
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from common import (
@@ -43,12 +40,15 @@ from common import (
     Context,
     ManagedProcess,
     ProcessGroup,
-    descendants,
+    Response,
     env_int,
     free_ports,
     http_get,
+    parse_response,
+    percentile,
     print_table,
-    rss_kb,
+    raise_fd_limit,
+    tree_rss_kb,
     wait_for_port,
 )
 
@@ -59,56 +59,6 @@ CONNECT_TIMEOUT_S = 30.0
 
 
 # -- a minimal HTTP/1.1 client over non-blocking sockets ------------------------------------
-
-
-@dataclass
-class Response:
-    """One parsed response: status, lower-cased headers, body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def _parse(buf: bytearray) -> tuple[Response, int] | None:
-    """A complete response at the start of ``buf`` and its length, or None if incomplete."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    try:
-        status = int(head[0].split(" ", 2)[1])
-    except (IndexError, ValueError) as exc:
-        raise BenchError(f"bad status line {head[0]!r}") from exc
-    headers = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    start = end + 4
-    if "content-length" in headers:
-        total = start + int(headers["content-length"])
-        if len(buf) < total:
-            return None
-        return Response(status, headers, bytes(buf[start:total])), total
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = bytearray()
-        pos = start
-        while True:
-            line_end = buf.find(b"\r\n", pos)
-            if line_end < 0:
-                return None
-            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-            chunk_start = line_end + 2
-            if size == 0:
-                trailer_end = buf.find(b"\r\n\r\n", line_end)
-                if trailer_end < 0:
-                    return None
-                return Response(status, headers, bytes(body)), trailer_end + 4
-            if len(buf) < chunk_start + size + 2:
-                return None
-            body += buf[chunk_start : chunk_start + size]
-            pos = chunk_start + size + 2
-    raise BenchError(f"response without length (status {status}): {headers}")
 
 
 @dataclass(eq=False)
@@ -208,7 +158,7 @@ class Client:
             if not conn.waiting:
                 raise BenchError("the registry sent bytes nobody asked for")
             conn.buf += data
-            parsed = _parse(conn.buf)
+            parsed = parse_response(conn.buf)
             if parsed is not None:
                 conn.response, _ = parsed
                 conn.done_at = stamp
@@ -234,26 +184,6 @@ def _index(resp: Response) -> int:
 # -- the suite --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _client(port: int) -> Iterator[Client]:
-    client = Client(port)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def _raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        # Inherited by the registry, which needs one descriptor per watcher too.
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        raise BenchError(f"open-files limit {soft} is below the {needed} this suite needs")
-
-
 def _start_registry(ctx: Context, procs: ProcessGroup) -> tuple[ManagedProcess, int]:
     (port,) = free_ports(1)
     workdir = ctx.tempdir("registry")
@@ -272,7 +202,7 @@ def _start_registry(ctx: Context, procs: ProcessGroup) -> tuple[ManagedProcess, 
 
 
 def _rss_mb(pid: int) -> float:
-    return sum(rss_kb(p) for p in [pid, *descendants(pid)]) / 1024
+    return tree_rss_kb(pid) / 1024
 
 
 def _put(client: Client, writer: Conn, value: int) -> float:
@@ -327,23 +257,16 @@ def _round(
     return latencies, new_index
 
 
-def _p(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(pct / 100.0 * len(ordered)) - 1))
-    return ordered[rank]
-
-
 def run_suite(ctx: Context) -> None:
     """Start the registry, run the rounds, print the figures."""
     n_watchers = env_int("BENCH_REGISTRY_WATCHERS", 1000, 1, 5000)
     rounds = env_int("BENCH_REGISTRY_ROUNDS", 20, 1, 200)
     settle_ms = env_int("BENCH_REGISTRY_SETTLE_MS", max(500, n_watchers), 100, 30_000)
     settle_s = settle_ms / 1000.0
-    _raise_fd_limit(2 * n_watchers + 256)
+    raise_fd_limit(2 * n_watchers + 256)
     with ProcessGroup() as procs:
         proc, port = _start_registry(ctx, procs)
-        with _client(port) as client:
+        with contextlib.closing(Client(port)) as client:
             (writer,) = client.open(1)
             _put(client, writer, 0)
             client.send(writer, _request("GET", KEY_PATH, port))
@@ -369,8 +292,8 @@ def run_suite(ctx: Context) -> None:
                     [
                         str(number),
                         f"{min(latencies):.2f}",
-                        f"{_p(latencies, 50):.2f}",
-                        f"{_p(latencies, 99):.2f}",
+                        f"{percentile(latencies, 50):.2f}",
+                        f"{percentile(latencies, 99):.2f}",
                         f"{max(latencies):.2f}",
                     ]
                 )
@@ -378,7 +301,7 @@ def run_suite(ctx: Context) -> None:
                 raise BenchError(f"registry died during the run:\n{proc.log_tail()}")
     print(f"{n_watchers} watchers on {KEY_PATH}, {rounds} rounds, settle {settle_s:.1f}s")
     print_table(["round", "min_ms", "p50_ms", "p99_ms", "max_ms"], rows)
-    p99 = _p(every, 99)
+    p99 = percentile(every, 99)
     print(f"BLOCKING_WAKE_MS p99={p99:.2f}")
     print(f"REGISTRY_RSS_MB watchers={n_watchers} value={rss_mb:.2f}")
     verdict = "meets" if p99 <= TARGET_P99_MS else "MISSES"

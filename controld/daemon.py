@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from controld.admin import RegistryLink, status_json
 from controld.api import build_api
 from controld.auth import TokenAuth
+from controld.ca import CertificateAuthority, IdentityService
 from controld.compiler import Compiler
 from controld.discovery import DiscoveryView, RegistryWatcher
 from controld.push import PushHub, Reconciler
@@ -42,7 +43,7 @@ from controld.registry.httpserver import HTTPServer
 from controld.store import ResourceStore
 from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff
-from meshcore.registry.client import RegistrySettings
+from meshcore.registry.client import RegistryClient, RegistrySettings
 from meshcore.runtime.asgi import AsgiServer, ListenError
 
 __all__ = ["ControlDaemon", "DaemonConfig", "DaemonPorts"]
@@ -87,18 +88,28 @@ class DaemonConfig:
             raise ValueError(f"the KV prefix must end with '/', got {self.kv_prefix!r}")
 
     @property
-    def token_path(self) -> Path:
-        """The admin token file: explicit, else in the data dir, else in the user's state
-        directory (``$XDG_STATE_HOME/controld``, default ``~/.local/state/controld``)."""
-        if self.admin_token_file is not None:
-            return self.admin_token_file
+    def state_dir(self) -> Path:
+        """controld's own state: the data dir, else the embedded registry's, else the user's
+        state directory (``$XDG_STATE_HOME/controld``, default ``~/.local/state/controld``)."""
         data_dir = self.data_dir
         if data_dir is None and self.registry is not None:
             data_dir = self.registry.data_dir
         if data_dir is None:
             state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
             data_dir = Path(state) / "controld"
-        return data_dir / "admin-token"
+        return data_dir
+
+    @property
+    def token_path(self) -> Path:
+        """The admin token file: explicit, else ``<state dir>/admin-token``."""
+        if self.admin_token_file is not None:
+            return self.admin_token_file
+        return self.state_dir / "admin-token"
+
+    @property
+    def ca_dir(self) -> Path:
+        """The certificate authority's directory: ``<state dir>/ca``."""
+        return self.state_dir / "ca"
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,8 @@ class ControlDaemon:
         self.reconciler: Reconciler | None = None
         self._store: ResourceStore | None = None
         self._auth: TokenAuth | None = None
+        #: The CA and the enrollment endpoints' logic (set when ``run`` starts).
+        self.identity: IdentityService | None = None
         self._link: RegistryLink | None = None
         self._ready = False
         self._shutdown = trio.Event()
@@ -190,10 +203,12 @@ class ControlDaemon:
         Raises :class:`~controld.registry.RegistryError` (incl. ``DataDirError``) when the
         embedded registry can't start, :class:`~controld.auth.TokenFileError` when the admin
         token file can't be read or created and :class:`~meshcore.runtime.asgi.ListenError`
-        when the admin address can't be bound.
+        when the admin address can't be bound, :class:`~controld.ca.CAFileError` when the CA
+        directory can't be loaded or created.
         """
         cfg = self.config
         self._auth = TokenAuth.from_file(cfg.token_path)
+        ca = CertificateAuthority.load_or_create(cfg.ca_dir)
         server = RegistryServer(cfg.registry) if cfg.registry is not None else None
         async with trio.open_nursery() as nursery:
             registry_port: int | None = None
@@ -220,13 +235,22 @@ class ControlDaemon:
                 wait_s=cfg.watch_wait_s,
                 backoff=Backoff(0.5, cfg.retry_max_s),
             )
-            with ResourceStore(
-                RegistrySettings(url=url, token=token or None),
-                cfg.kv_prefix,
-                metrics=self.metrics,
-                wait_s=cfg.watch_wait_s,
-            ) as store:
+            with (
+                ResourceStore(
+                    RegistrySettings(url=url, token=token or None),
+                    cfg.kv_prefix,
+                    metrics=self.metrics,
+                    wait_s=cfg.watch_wait_s,
+                ) as store,
+                RegistryClient(RegistrySettings(url=url, token=token or None)) as kv,
+            ):
                 self._store = store
+                self.identity = IdentityService(
+                    ca,
+                    kv,
+                    cfg.kv_prefix,
+                    trust_domain=lambda: store.current.mesh().trust_domain,
+                )
                 # Its own nursery, so every task using the store ends before it is closed.
                 async with trio.open_nursery() as services:
                     admin_port, push = await self._start_services(services, watcher, store)

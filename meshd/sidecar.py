@@ -38,6 +38,7 @@ from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
 from meshd.http.shared import ProxyShared
+from meshd.identity import IdentityError, IdentityService
 from meshd.listeners import ListenerManager
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
@@ -103,6 +104,8 @@ class Sidecar:
         self.control: ControlSource | None = None
         self._control_settings: ControlSettings | None = None
         self._control_scope = trio.CancelScope()
+        #: Workload certificate (bootstrap ``identity:``; primary only; not on the data path yet).
+        self.identity: IdentityService | None = None
         #: The bootstrap in force (a pushed snapshot is applied with it).
         self._bootstrap: Bootstrap | None = None
         self._unenforced: list[str] = []
@@ -138,6 +141,10 @@ class Sidecar:
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 admin = AdminServer(app, bootstrap.admin.host, port)
                 self.admin_port = await nursery.start(admin.run)
+            if bootstrap.identity is not None and self.worker_index == 0:
+                base = self.bootstrap_path.parent
+                self.identity = IdentityService.from_bootstrap(bootstrap, base)
+                nursery.start_soon(self._run_identity, self.identity)
             if snapshot is None:
                 snapshot, source = await self._first_snapshot()
                 assert self._bootstrap is not None
@@ -196,6 +203,13 @@ class Sidecar:
         )
         with self._control_scope:
             await self.control.run(task_status=task_status)
+
+    async def _run_identity(self, identity: IdentityService) -> None:
+        try:
+            await identity.run()
+        except IdentityError as exc:
+            # Nothing uses the certificate yet: keep serving, say why (also in /config_dump).
+            log.error("workload identity unavailable", error=str(exc))
 
     async def _first_snapshot(self) -> tuple[Snapshot, str]:
         """Wait for controld's first snapshot, or serve the cached one if it is slow to come."""
@@ -377,6 +391,8 @@ class Sidecar:
             out["snapshot"] = self.runtime.snapshot.model_dump(mode="json")
         if self.control is not None:
             out["control"] = self.control.describe()
+        if self.identity is not None:
+            out["identity"] = self.identity.describe()
         return out
 
     def listeners_info(self) -> list[dict[str, Any]]:

@@ -194,6 +194,17 @@ class ControldClient:
             raise ApiError(200, "answer has no token")
         return str(body["token"])
 
+    def join_token(self, service: str, *, namespace: str = "default", ttl_s: int = 3600) -> str:
+        """``POST /v1/tokens/join``: a single-use join token to enroll a sidecar of ``service``."""
+        body = self.request(
+            "POST",
+            "/v1/tokens/join",
+            json={"service": service, "namespace": namespace, "ttl_s": ttl_s},
+        )
+        if not isinstance(body, dict) or not isinstance(body.get("token"), str):
+            raise ApiError(200, "answer has no token")
+        return str(body["token"])
+
     def schema(self) -> Any:
         """``GET /v1/schema``: ``{kind: JSON schema}``."""
         return self.request("GET", "/v1/schema")

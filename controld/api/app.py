@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from controld.api.deps import Auditor, Guard
 from controld.api.errors import install_error_handlers
+from controld.api.identity import identity_router
 from controld.api.misc import api_router, probes_router
 from controld.api.plane import ControlPlane
 from controld.api.proxies import poll_route, proxies_router
@@ -52,6 +53,8 @@ def build_api(
     app.include_router(proxies_router(plane, guard))
     app.include_router(api_router(plane, auth, guard, auditor))
     app.include_router(probes_router(metrics, is_ready))
+    if (identity := getattr(plane, "identity", None)) is not None:  # optional: the CA
+        app.include_router(identity_router(identity, auth, guard, auditor))
     # The hot long-poll goes first: matched before (and instead of) its documented twin.
     app.router.routes.insert(0, poll_route(plane, auth))
     return app

@@ -13,9 +13,9 @@ and across passes while those inputs compare equal.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from controld.compiler.clusters import build_cluster, cluster_key
 from controld.compiler.hashing import FragmentHasher
@@ -31,6 +31,9 @@ from meshcore.model.snapshot import Cluster, Listener, RouteTable, Snapshot, Wor
 __all__ = ["Compiler", "compile_snapshot"]
 
 INBOUND_LISTENER = "inbound"
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
 
 def outbound_listener_name(service: str) -> str:
@@ -63,6 +66,39 @@ class _Pass:
 
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _reuse(
+    cache: dict[_K, tuple[Hashable, _V]],
+    inputs: Inputs,
+    name: _K,
+    key_of: Callable[[Inputs, _K], Hashable],
+    build: Callable[[Inputs, _K], _V],
+) -> _V:
+    """``build(inputs, name)``, or the value ``cache`` keeps while ``key_of`` compares equal."""
+    key = key_of(inputs, name)
+    cached = cache.get(name)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    value = build(inputs, name)
+    cache[name] = (key, value)
+    return value
+
+
+def _once(
+    passed: dict[_K, _V],
+    kept: dict[_K, tuple[Hashable, _V]],
+    inputs: Inputs,
+    name: _K,
+    *,
+    key_of: Callable[[Inputs, _K], Hashable],
+    build: Callable[[Inputs, _K], _V],
+) -> _V:
+    """What this pass already has for ``name`` (``passed``), else :func:`_reuse`'s, recorded."""
+    found = passed.get(name)
+    if found is None:
+        found = passed[name] = _reuse(kept, inputs, name, key_of, build)
+    return found
 
 
 class Compiler:
@@ -162,32 +198,19 @@ class Compiler:
         return found
 
     def _inbound_parts(self, work: _Pass, service: str) -> InboundParts:
-        found = work.inbound.get(service)
-        if found is not None:
-            return found
-        key = inbound_key(work.inputs, service)
-        cached = self._inbound.get(service)
-        if cached is not None and cached[0] == key:
-            found = cached[1]
-        else:
-            found = build_inbound(work.inputs, service)
-            self._inbound[service] = (key, found)
-        work.inbound[service] = found
-        return found
+        return _once(
+            work.inbound,
+            self._inbound,
+            work.inputs,
+            service,
+            key_of=inbound_key,
+            build=build_inbound,
+        )
 
     def _cluster(self, work: _Pass, ref: ClusterRef) -> Cluster:
-        found = work.clusters.get(ref)
-        if found is not None:
-            return found
-        key = cluster_key(work.inputs, ref)
-        cached = self._clusters.get(ref)
-        if cached is not None and cached[0] == key:
-            found = cached[1]
-        else:
-            found = build_cluster(work.inputs, ref)
-            self._clusters[ref] = (key, found)
-        work.clusters[ref] = found
-        return found
+        return _once(
+            work.clusters, self._clusters, work.inputs, ref, key_of=cluster_key, build=build_cluster
+        )
 
     def _upstream(self, work: _Pass, service: str) -> _Upstream:
         found = work.upstreams.get(service)
@@ -197,13 +220,7 @@ class Compiler:
         protocol = inputs.protocol(service)
         table: RouteTable | None = None
         if protocol == "http":
-            key = table_key(inputs, service)
-            cached = self._tables.get(service)
-            if cached is not None and cached[0] == key:
-                table = cached[1]
-            else:
-                table = build_route_table(inputs, service)
-                self._tables[service] = (key, table)
+            table = _reuse(self._tables, inputs, service, table_key, build_route_table)
             refs = route_refs(inputs, service)
         else:
             refs = (inputs.plain_ref(service),)

@@ -119,6 +119,22 @@ class RegistryConfig(Frozen):
     _address = field_validator("address")(_check_http_url)
 
 
+class IdentityConfig(Frozen):
+    """The sidecar's workload identity: a key made here, a leaf certificate from controld."""
+
+    #: Key, leaf and trust bundle live here (0700); relative to the bootstrap file.
+    state_dir: Path
+    #: File holding a single-use join token for the first enrollment (deleted once used).
+    join_token_file: Path | None = None
+    #: controld's API for enrollment and renewal; default ``snapshot.controld.url``.
+    controld_url: str | None = None
+
+    @field_validator("controld_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+
 class Bootstrap(Frozen):
     """What a sidecar reads on start and on SIGHUP."""
 
@@ -142,6 +158,8 @@ class Bootstrap(Frozen):
     inbound: SocketAddr | None = None
     #: controld mode: one local outbound listener per upstream service.
     upstreams: tuple[Upstream, ...] = ()
+    #: Enroll with controld and keep a workload certificate (absent: no identity).
+    identity: IdentityConfig | None = None
 
     @model_validator(mode="after")
     def _source_fields(self) -> Bootstrap:

@@ -7,12 +7,12 @@ detection, health checks and access rules. All durations are float seconds (``_s
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
 from meshcore.model.base import Frozen
-from meshcore.model.match import HeaderMatch, PathMatch, check_methods, header_name
+from meshcore.model.match import HeaderMatch, PathMatch, RouteMatch, check_methods, header_name
 
 RetryOn = Literal["5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx"]
 MtlsMode = Literal["strict", "permissive", "disabled"]
@@ -197,3 +197,30 @@ class AccessRule(Frozen):
                 continue
             raise ValueError(f"not a service name, spiffe:// ID or '*': {source!r}")
         return value
+
+
+BackendT = TypeVar("BackendT", bound=Frozen)
+MirrorT = TypeVar("MirrorT", bound=Frozen)
+
+
+class RouteRuleBase(Frozen, Generic[BackendT, MirrorT]):
+    """What an ``HTTPRoute`` rule and a snapshot ``Route`` share: a match and the policies.
+
+    They differ in how they name their targets (``BackendT``, ``MirrorT``: services and
+    subsets, or clusters) and narrow ``name`` and ``timeout_s``; those stay declared here so
+    every subclass keeps the same field (and JSON key) order.
+    """
+
+    name: str | None = None
+    match: RouteMatch = RouteMatch()
+    backends: tuple[BackendT, ...] = ()
+    #: None (rules only): the mesh's ``timeout_s``.
+    timeout_s: float | None = Field(default=None, gt=0)
+    #: None: in a rule, the mesh's ``retries``; in a route, no retries.
+    retries: RetryPolicy | None = None
+    fault: FaultPolicy | None = None
+    request_headers: HeaderMutation | None = None
+    response_headers: HeaderMutation | None = None
+    rewrite: Rewrite | None = None
+    redirect: Redirect | None = None
+    mirror: MirrorT | None = None

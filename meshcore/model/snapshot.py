@@ -16,14 +16,10 @@ from meshcore.model.match import duplicates as _duplicates
 from meshcore.model.policy import (
     AccessRule,
     ConnectionLimits,
-    FaultPolicy,
-    HeaderMutation,
     HealthCheck,
     MtlsMode,
     OutlierDetection,
-    Redirect,
-    RetryPolicy,
-    Rewrite,
+    RouteRuleBase,
 )
 
 __all__ = [
@@ -104,7 +100,7 @@ class RouteMirror(Frozen):
     percent: float = Field(default=100.0, ge=0, le=100)
 
 
-class Route(Frozen):
+class Route(RouteRuleBase[Backend, RouteMirror]):
     """First matching route in a table wins.
 
     ``backends`` may be empty only when ``redirect`` is set; a redirect, when set, answers
@@ -112,17 +108,8 @@ class Route(Frozen):
     """
 
     name: str = Field(min_length=1)
-    match: RouteMatch = RouteMatch()
-    backends: tuple[Backend, ...] = ()
     #: Whole-request deadline, from the request head to the end of the response.
     timeout_s: float = Field(default=15.0, gt=0)
-    retries: RetryPolicy | None = None
-    fault: FaultPolicy | None = None
-    request_headers: HeaderMutation | None = None
-    response_headers: HeaderMutation | None = None
-    rewrite: Rewrite | None = None
-    redirect: Redirect | None = None
-    mirror: RouteMirror | None = None
 
     @model_validator(mode="after")
     def _some_weight(self) -> Route:

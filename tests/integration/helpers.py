@@ -503,14 +503,7 @@ class SidecarProcess:
 
     def _ready_line(self) -> dict[str, Any] | None:
         assert self.stderr_path is not None
-        for line in self.stderr_path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") == "ready":
-                return record
-        return None
+        return ready_record(self.stderr_path)
 
     def port(self, index: int = 0) -> int:
         """Port of the ``index``-th listener."""
@@ -540,6 +533,58 @@ class SidecarProcess:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 while proc.poll() is None:
                     await trio.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# Child processes (controld, meshd) shared by the process-level tests
+# ----------------------------------------------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    """A child's environment: checkout on PYTHONPATH, no systemd/Consul/controld/meshctl vars."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LISTEN_", "NOTIFY_", "CONSUL_", "CONTROLD_", "MESHCTL_"))
+    }
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def log_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a process's output (other lines skipped)."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def ready_record(path: Path) -> dict[str, Any] | None:
+    """The ``ready`` log line of a controld/meshd output file, once written."""
+    for record in log_records(path):
+        if record.get("event") == "ready":
+            return record
+    return None
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM ``proc`` (by its PID), SIGKILL if it does not exit in time; its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
 
 
 # ----------------------------------------------------------------------------------------------

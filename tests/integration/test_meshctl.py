@@ -7,8 +7,6 @@ controld runs as a subprocess (stopped by PID); meshctl runs in-process through
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from helpers import clean_env, ready_record, stop_process
 
 from tui.cli import main
 
@@ -40,37 +39,6 @@ class Controld:
     log_path: Path
 
 
-def _env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LISTEN_", "NOTIFY_", "CONSUL_", "CONTROLD_", "MESHCTL_"))
-    }
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def _ready_port(log_path: Path) -> int | None:
-    for line in log_path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == "ready":
-            return int(record["admin_port"])
-    return None
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(TIMEOUT)
-
-
 @pytest.fixture(scope="module")
 def controld(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controld]:
     """``controld run`` on port 0 (API and embedded registry), ready, for this module."""
@@ -88,7 +56,7 @@ def controld(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controld]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_env(),
+            env=clean_env(),
         )
     try:
         deadline = time.monotonic() + TIMEOUT
@@ -96,7 +64,8 @@ def controld(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controld]:
         while port is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"controld not ready:\n{log_path.read_text(errors='replace')}")
-            port = _ready_port(log_path)
+            ready = ready_record(log_path)
+            port = None if ready is None else int(ready["admin_port"])
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=5.0) as http:
@@ -106,7 +75,7 @@ def controld(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controld]:
                 time.sleep(0.05)
         yield Controld(proc, url, token_file, log_path)
     finally:
-        _stop(proc)
+        stop_process(proc, TIMEOUT)
 
 
 @dataclass

@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(t, top=False)
     t.add_argument("--service", required=True)
     t.set_defaults(run=ops.cmd_token)
+    t = token_sub.add_parser("create", help="a single-use join token to enroll a sidecar")
+    add_global_options(t, top=False)
+    t.add_argument("--service", required=True)
+    t.add_argument("--namespace", default="default")
+    t.add_argument(
+        "--ttl", type=ops.parse_duration, default=3600, help="30m, 1h, 2d, ... (default 1h)"
+    )
+    t.set_defaults(run=ops.cmd_token_create)
 
     p = _sub(sub, "schema", "JSON Schema of the resource kinds (all, or one)")
     p.add_argument("kind", nargs="?")

@@ -18,7 +18,9 @@ __all__ = [
     "cmd_schema",
     "cmd_status",
     "cmd_token",
+    "cmd_token_create",
     "explain_lines",
+    "parse_duration",
     "proxy_rows",
     "proxy_state",
     "route_rule_match",
@@ -292,6 +294,28 @@ def cmd_token(opts: Options, args: argparse.Namespace) -> int:
     """``token sidecar --service S``: print a sidecar token (and nothing else)."""
     with opts.client() as client:
         print(client.sidecar_token(args.service))
+    return EXIT_OK
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``1h``, ``2d`` -> whole seconds (>= 1); ``ArgumentTypeError``
+    otherwise (argparse's ``type=``)."""
+    value = text.strip().lower()
+    scale = _UNITS.get(value[-1:], 0)
+    number = value[:-1] if scale else value
+    scale = scale or 1
+    if not (number.isascii() and number.isdigit()) or int(number) * scale < 1:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 90s, 30m, 1h, 2d)")
+    return int(number) * scale
+
+
+def cmd_token_create(opts: Options, args: argparse.Namespace) -> int:
+    """``token create --service S [--namespace NS] [--ttl 1h]``: print a join token."""
+    with opts.client() as client:
+        print(client.join_token(args.service, namespace=args.namespace, ttl_s=args.ttl))
     return EXIT_OK
 
 

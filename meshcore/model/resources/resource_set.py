@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeVar
 
 from meshcore.model.resources.access import AccessPolicy, RateLimit
 from meshcore.model.resources.kinds import Resource, resource_key
@@ -19,6 +20,7 @@ from meshcore.model.resources.resolver import ServiceResolver, ServiceResolverSp
 from meshcore.model.resources.route import HTTPRoute
 
 _DEFAULT_MESH = MeshSpec()
+_D = TypeVar("_D", AccessPolicy, RateLimit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,21 +69,20 @@ class ResourceSet:
                 out.setdefault(r.spec.service, r)
         return out
 
-    @cached_property
-    def _access(self) -> dict[str, tuple[AccessPolicy, ...]]:
-        out: dict[str, list[AccessPolicy]] = {}
-        for r in self._by_kind.get("AccessPolicy", ()):
-            if isinstance(r, AccessPolicy):
+    def _by_destination(self, kind: str, cls: type[_D]) -> dict[str, tuple[_D, ...]]:
+        out: dict[str, list[_D]] = {}
+        for r in self._by_kind.get(kind, ()):
+            if isinstance(r, cls):
                 out.setdefault(r.spec.destination, []).append(r)
         return {k: tuple(v) for k, v in out.items()}
 
     @cached_property
+    def _access(self) -> dict[str, tuple[AccessPolicy, ...]]:
+        return self._by_destination("AccessPolicy", AccessPolicy)
+
+    @cached_property
     def _limits(self) -> dict[str, tuple[RateLimit, ...]]:
-        out: dict[str, list[RateLimit]] = {}
-        for r in self._by_kind.get("RateLimit", ()):
-            if isinstance(r, RateLimit):
-                out.setdefault(r.spec.destination, []).append(r)
-        return {k: tuple(v) for k, v in out.items()}
+        return self._by_destination("RateLimit", RateLimit)
 
     def of_kind(self, kind: str) -> tuple[Resource, ...]:
         """Every resource of ``kind``, sorted by name."""

@@ -7,15 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshcore.model.base import Frozen
-from meshcore.model.match import RouteMatch, duplicates
-from meshcore.model.policy import (
-    SERVICE_PATTERN,
-    FaultPolicy,
-    HeaderMutation,
-    Redirect,
-    RetryPolicy,
-    Rewrite,
-)
+from meshcore.model.match import duplicates
+from meshcore.model.policy import SERVICE_PATTERN, RouteRuleBase
 from meshcore.model.resources.envelope import ResourceBase
 
 SUBSET_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
@@ -37,7 +30,7 @@ class Mirror(Frozen):
     percent: float = Field(default=100.0, ge=0, le=100)
 
 
-class HTTPRouteRule(Frozen):
+class HTTPRouteRule(RouteRuleBase[RouteBackend, Mirror]):
     """One rule; the first rule whose ``match`` holds takes the request.
 
     No ``backends``: the whole route's service. ``redirect`` answers instead of forwarding
@@ -45,18 +38,6 @@ class HTTPRouteRule(Frozen):
     """
 
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62})?$")
-    match: RouteMatch = RouteMatch()
-    backends: tuple[RouteBackend, ...] = ()
-    #: None: the mesh's ``timeout_s``.
-    timeout_s: float | None = Field(default=None, gt=0)
-    #: None: the mesh's ``retries``.
-    retries: RetryPolicy | None = None
-    fault: FaultPolicy | None = None
-    request_headers: HeaderMutation | None = None
-    response_headers: HeaderMutation | None = None
-    rewrite: Rewrite | None = None
-    redirect: Redirect | None = None
-    mirror: Mirror | None = None
 
     @model_validator(mode="after")
     def _targets(self) -> HTTPRouteRule:

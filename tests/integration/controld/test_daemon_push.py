@@ -40,6 +40,7 @@ async def running_daemon(data_dir: Path) -> AsyncIterator[tuple[ControlDaemon, h
     config = DaemonConfig(
         registry=RegistryConfig(data_dir=data_dir, port=0, node_name="test"),
         admin_port=0,
+        push_port=0,
         watch_wait_s=5.0,
     )
     daemon = ControlDaemon(config)

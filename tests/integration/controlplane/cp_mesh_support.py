@@ -14,8 +14,6 @@ Every process is stopped by PID (SIGTERM, then SIGKILL); every wait is bounded.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from typing import Any
 import httpx
 import trio
 import yaml
+from helpers import clean_env, ready_record, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 #: Bound of any single wait in this test.
@@ -62,17 +61,6 @@ sys.stdin.read()
 """
 
 
-def clean_env() -> dict[str, str]:
-    """The test's environment for a child: the checkout on PYTHONPATH, no systemd/consul vars."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LISTEN_", "NOTIFY_", "CONSUL_", "CONTROLD_"))
-    }
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports on 127.0.0.1 (all held while picking)."""
     socks = [socket.socket() for _ in range(count)]
@@ -83,33 +71,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
-
-
-def log_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON log lines of a process's output (other lines skipped)."""
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
-    """SIGTERM ``proc`` (by its PID), SIGKILL if it does not exit in time; its exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    return proc.returncode
 
 
 async def wait_for(
@@ -133,6 +94,20 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return ""
+
+
+async def wait_ready_line(
+    proc: subprocess.Popen[bytes], log_path: Path, what: str
+) -> dict[str, Any]:
+    """Wait (bounded) for the ``ready`` log line of ``proc``; fail with its output if it exits."""
+
+    def ready_line() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited {proc.returncode}:\n{_tail(log_path)}")
+        return ready_record(log_path)
+
+    ready: dict[str, Any] = await wait_for(ready_line, what=f"{what} ready line")
+    return ready
 
 
 @dataclass
@@ -190,16 +165,7 @@ class Controld:
                 env=clean_env(),
             )
 
-        def ready_line() -> dict[str, Any] | None:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"controld exited {self.proc.returncode}:\n{self.log_tail()}")
-            for record in log_records(self.log_path):
-                if record.get("event") == "ready":
-                    return record
-            return None
-
-        ready = await wait_for(ready_line, what="controld ready line")
+        ready = await wait_ready_line(self.proc, self.log_path, "controld")
         self.admin_port = int(ready["admin_port"])
         self.registry_port = int(ready["registry_port"])
         self.push_port = int(ready["push_port"])
@@ -342,18 +308,7 @@ class Sidecar:
                 env=clean_env(),
             )
 
-        def ready_line() -> dict[str, Any] | None:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"meshd {self.name} exited {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            for record in log_records(self.log_path):
-                if record.get("event") == "ready":
-                    return record
-            return None
-
-        ready = await wait_for(ready_line, what=f"meshd {self.name} ready")
+        ready = await wait_ready_line(self.proc, self.log_path, f"meshd {self.name}")
         self.admin_port = int(ready.get("admin_port") or 0)
 
     def stop(self) -> None:

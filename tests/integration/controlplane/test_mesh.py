@@ -38,10 +38,10 @@ from cp_mesh_support import (
     Apps,
     Controld,
     Sidecar,
-    clean_env,
     free_ports,
     wait_for,
 )
+from helpers import clean_env
 
 APP_IDS = ("web-1", "api-1", "api-2", "db-1")
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from helpers import stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 #: Bound for any single wait: a broken server fails the test, it never hangs it.
@@ -176,18 +177,7 @@ class RegistryProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; returns the exit code (None if not running)."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        return proc.returncode
+        return stop_process(self.proc, timeout)
 
     def kill9(self) -> None:
         """``kill -9`` the process (by PID) and reap it."""

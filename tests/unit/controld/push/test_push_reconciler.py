@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
 
 import trio
 import trio.testing
@@ -15,6 +16,8 @@ from meshcore.model.resources import ResourceSet
 from meshcore.model.snapshot import Snapshot
 
 TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 class FakeCompiler:
@@ -35,36 +38,49 @@ class FakeCompiler:
         }
 
 
-class FakeViews:
-    def __init__(self) -> None:
-        self.view = DiscoveryView()
+class FakeSource(Generic[T]):
+    """A versioned value, ``make(n)`` at version ``n``; :meth:`bump` publishes the next one."""
+
+    def __init__(self, make: Callable[[int], T]) -> None:
+        self._make = make
+        self.version = 0
+        self.value = make(0)
         self._changed = trio.Event()
 
     def bump(self) -> None:
-        self.view = DiscoveryView(version=self.view.version + 1)
+        self.version += 1
+        self.value = self._make(self.version)
         self._changed.set()
         self._changed = trio.Event()
+
+    async def wait_after(self, version: int) -> T:
+        while self.version <= version:
+            await self._changed.wait()
+        return self.value
+
+
+class FakeViews(FakeSource[DiscoveryView]):
+    def __init__(self) -> None:
+        super().__init__(lambda n: DiscoveryView(version=n))
+
+    @property
+    def view(self) -> DiscoveryView:
+        return self.value
 
     async def wait_view(self, after_version: int) -> DiscoveryView:
-        while self.view.version <= after_version:
-            await self._changed.wait()
-        return self.view
+        return await self.wait_after(after_version)
 
 
-class FakeStore:
+class FakeStore(FakeSource[ResourceSet]):
     def __init__(self) -> None:
-        self.current = ResourceSet()
-        self._changed = trio.Event()
+        super().__init__(lambda n: ResourceSet(revision=n))
 
-    def bump(self) -> None:
-        self.current = ResourceSet(revision=self.current.revision + 1)
-        self._changed.set()
-        self._changed = trio.Event()
+    @property
+    def current(self) -> ResourceSet:
+        return self.value
 
     async def wait_changed(self, after_revision: int) -> ResourceSet:
-        while self.current.revision <= after_revision:
-            await self._changed.wait()
-        return self.current
+        return await self.wait_after(after_revision)
 
 
 def desc(pid: str) -> ProxyDescriptor:

@@ -1,0 +1,175 @@
+"""Identity endpoints: join tokens, enrollment, renewal, trust bundle, revocation, rotation.
+
+``/v1/enroll`` and ``/v1/renew`` take no bearer token: the join token, respectively the
+proof of possession of the current leaf's key, is the credential. ``/v1/bundle`` is public.
+The others are admin-only and audited.
+"""
+
+# No `from __future__ import annotations`: FastAPI evaluates route signatures, whose
+# Annotated aliases are local to the router factory.
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+
+from controld.api.deps import Auditor, Guard
+from controld.api.errors import ApiError
+from controld.auth import Principal, TokenAuth
+from controld.ca import (
+    CSRError,
+    IdentityService,
+    JoinTokenInvalid,
+    RenewalRefused,
+    RotationError,
+)
+from controld.ca.service import rfc3339
+from meshcore.model.policy import SERVICE_PATTERN
+
+__all__ = ["identity_router"]
+
+#: Longest lifetime of a join token (30 days).
+MAX_JOIN_TTL_S = 30 * 86400
+_SPIFFE_PATTERN = r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$"
+
+
+class JoinTokenRequest(BaseModel):
+    """Body of ``POST /v1/tokens/join``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(pattern=SERVICE_PATTERN)
+    namespace: str = Field(default="default", pattern=SERVICE_PATTERN)
+    ttl_s: int = Field(default=3600, ge=1, le=MAX_JOIN_TTL_S)
+
+
+class EnrollRequest(BaseModel):
+    """Body of ``POST /v1/enroll``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=200)
+    csr: str = Field(min_length=1, max_length=16384)
+
+
+class RenewRequest(BaseModel):
+    """Body of ``POST /v1/renew``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    csr: str = Field(min_length=1, max_length=16384)
+    certificate: str = Field(min_length=1, max_length=16384)
+    signature: str = Field(min_length=1, max_length=1024)
+    time: float
+
+
+class RevokeRequest(BaseModel):
+    """Body of ``POST /v1/revocations``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spiffe_id: str = Field(pattern=_SPIFFE_PATTERN, max_length=512)
+
+
+class RotateRequest(BaseModel):
+    """Body of ``POST /v1/ca/rotate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: Literal["stage", "activate", "retire"]
+
+
+def identity_router(
+    identity: IdentityService, auth: TokenAuth, guard: Guard, auditor: Auditor
+) -> APIRouter:
+    """The identity endpoints on ``identity``."""
+    router = APIRouter(tags=["identity"])
+    AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
+
+    @router.post("/v1/tokens/join")
+    async def create_join_token(
+        body: JoinTokenRequest, request: Request, principal: AdminAudited
+    ) -> dict[str, str]:
+        """A single-use join token for ``namespace``/``service`` (admin only; audited)."""
+        token, expires = await identity.join_tokens.create(body.service, body.namespace, body.ttl_s)
+        auditor.record(
+            principal.name, request, "minted", service=body.service, namespace=body.namespace
+        )
+        return {"token": token, "expires": _rfc3339_unix(expires)}
+
+    @router.post(
+        "/v1/enroll",
+        responses={400: {"description": "bad CSR"}, 401: {"description": "bad join token"}},
+    )
+    async def enroll(body: EnrollRequest) -> dict[str, Any]:
+        """Trade a join token and a CSR for a leaf, the trust bundle and a sidecar token."""
+        try:
+            issued = await identity.enroll(body.token, body.csr)
+        except CSRError as exc:
+            raise ApiError(400, str(exc)) from exc
+        except JoinTokenInvalid as exc:
+            raise ApiError(401, str(exc)) from exc
+        answer = issued.as_json()
+        service = issued.spiffe_id.rsplit("/", 1)[-1]
+        answer["sidecar_token"] = auth.mint_sidecar(service)
+        return answer
+
+    @router.post(
+        "/v1/renew",
+        responses={400: {"description": "bad CSR"}, 401: {"description": "renewal refused"}},
+    )
+    async def renew(body: RenewRequest) -> dict[str, Any]:
+        """A new leaf for the holder of the current one (proof of possession)."""
+        try:
+            issued = await identity.renew(body.csr, body.certificate, body.signature, body.time)
+        except CSRError as exc:
+            raise ApiError(400, str(exc)) from exc
+        except RenewalRefused as exc:
+            raise ApiError(401, str(exc)) from exc
+        return issued.as_json()
+
+    @router.get("/v1/bundle")
+    async def bundle() -> dict[str, Any]:
+        """The trust domain and the trusted roots (PEM)."""
+        return {"trust_domain": identity.trust_domain, "roots": identity.ca.bundle_pem()}
+
+    @router.post("/v1/revocations")
+    async def revoke(
+        body: RevokeRequest, request: Request, principal: AdminAudited
+    ) -> dict[str, str]:
+        """Refuse further renewals of ``spiffe_id`` (admin only; audited)."""
+        await identity.revocations.revoke(body.spiffe_id)
+        auditor.record(principal.name, request, "revoked", spiffe_id=body.spiffe_id)
+        return {"spiffe_id": body.spiffe_id}
+
+    @router.post("/v1/ca/rotate", responses={409: {"description": "step out of order"}})
+    async def rotate(
+        body: RotateRequest, request: Request, principal: AdminAudited
+    ) -> dict[str, Any]:
+        """One root rotation step: ``stage``, ``activate`` or ``retire`` (admin; audited)."""
+        ca = identity.ca
+        try:
+            if body.step == "stage":
+                ca.stage_new_root()
+            elif body.step == "activate":
+                ca.activate()
+            else:
+                ca.retire_old()
+        except RotationError as exc:
+            raise ApiError(409, str(exc)) from exc
+        state = ca.state
+        auditor.record(principal.name, request, body.step, active=state.active)
+        return {
+            "phase": state.phase,
+            "active": state.active,
+            "bundle": list(state.bundle),
+            "roots": ca.bundle_pem(),
+        }
+
+    return router
+
+
+def _rfc3339_unix(when: float) -> str:
+    return rfc3339(datetime.fromtimestamp(when, UTC))

@@ -1,0 +1,31 @@
+"""controld's certificate authority: roots, SPIFFE leaves, join tokens, rotation."""
+
+from controld.ca.authority import RootCA, generate_root, sign_leaf, spiffe_id, verify_leaf
+from controld.ca.errors import (
+    CAError,
+    CAFileError,
+    CSRError,
+    JoinTokenInvalid,
+    RenewalRefused,
+    RotationError,
+)
+from controld.ca.rotation import CertificateAuthority, RotationState
+from controld.ca.service import IdentityService, Issued
+
+__all__ = [
+    "CAError",
+    "CAFileError",
+    "CSRError",
+    "CertificateAuthority",
+    "IdentityService",
+    "Issued",
+    "JoinTokenInvalid",
+    "RenewalRefused",
+    "RootCA",
+    "RotationError",
+    "RotationState",
+    "generate_root",
+    "sign_leaf",
+    "spiffe_id",
+    "verify_leaf",
+]

@@ -1,0 +1,116 @@
+"""Enrollment and renewal calls to controld (the enrollment contract of issue 5).
+
+* ``POST /v1/enroll {token, csr}`` -> ``{certificate, bundle, spiffe_id, not_after,
+  sidecar_token}``: the join token is the credential (single use).
+* ``POST /v1/renew {csr, certificate, signature, time}``: ``signature`` is the base64
+  ECDSA-SHA256 signature of the CSR's DER by the *current* leaf's key (proof of possession),
+  ``time`` unix seconds (controld refuses more than 300 s of skew).
+* ``GET /v1/bundle`` -> ``{trust_domain, roots}``.
+
+4xx answers raise :class:`EnrollmentRefused`; unreachable controld, 5xx and malformed answers
+raise :class:`~meshd.control.client.ControlError` subclasses (worth retrying).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from meshd.control.client import (
+    ControlClient,
+    ControlProtocolError,
+    ControlResponse,
+    ControlUnavailable,
+)
+from meshd.identity.csr import csr_der, csr_pem
+from meshd.identity.errors import EnrollmentRefused
+from meshd.identity.keys import PrivateKey, sign
+
+__all__ = ["IdentityClient", "Issued"]
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """controld's answer to an enrollment or a renewal (not yet checked against the key)."""
+
+    cert_pem: bytes
+    bundle_pems: tuple[bytes, ...]
+    spiffe_id: str
+    not_after: str
+    #: Only on enrollment: the API token of the service, for the snapshot source.
+    sidecar_token: str | None = None
+
+
+def _text(doc: dict[str, Any], name: str, where: str) -> str:
+    value = doc.get(name)
+    if not isinstance(value, str) or not value:
+        raise ControlProtocolError(f"{where}: {name!r} missing or not a string")
+    return value
+
+
+def _issued(resp: ControlResponse, where: str) -> Issued:
+    # 408 and 429 are "not now", not "no": retried like an unreachable controld.
+    if 400 <= resp.status < 500 and resp.status not in (408, 429):
+        raise EnrollmentRefused(f"{where}: {resp.error_text()}", resp.status)
+    if resp.status != 200:
+        raise ControlUnavailable(f"{where}: {resp.error_text()}")
+    doc = resp.json()
+    if not isinstance(doc, dict):
+        raise ControlProtocolError(f"{where}: the answer is not a JSON object")
+    bundle = doc.get("bundle")
+    if not isinstance(bundle, list) or not all(isinstance(b, str) and b for b in bundle):
+        raise ControlProtocolError(f"{where}: 'bundle' is not a list of PEM strings")
+    token = doc.get("sidecar_token")
+    return Issued(
+        cert_pem=_text(doc, "certificate", where).encode("ascii", "replace"),
+        bundle_pems=tuple(b.encode("ascii", "replace") for b in bundle),
+        spiffe_id=_text(doc, "spiffe_id", where),
+        not_after=_text(doc, "not_after", where),
+        sidecar_token=token if isinstance(token, str) and token else None,
+    )
+
+
+class IdentityClient:
+    """meshd's side of the enrollment API, over a :class:`ControlClient`."""
+
+    def __init__(self, control: ControlClient) -> None:
+        self.control = control
+
+    async def enroll(self, token: str, csr: x509.CertificateSigningRequest) -> Issued:
+        """Trade a join token and a CSR for a leaf, the bundle and the service's API token."""
+        resp = await self.control.post_json("/v1/enroll", {"token": token, "csr": csr_pem(csr)})
+        return _issued(resp, "enroll")
+
+    async def renew(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        current_cert_pem: bytes,
+        current_key: PrivateKey,
+        now: float,
+    ) -> Issued:
+        """A new leaf for ``csr``, proving possession of the current leaf's key."""
+        signature = base64.b64encode(sign(current_key, csr_der(csr))).decode("ascii")
+        document = {
+            "csr": csr_pem(csr),
+            "certificate": current_cert_pem.decode("ascii", "replace"),
+            "signature": signature,
+            "time": int(now),
+        }
+        resp = await self.control.post_json("/v1/renew", document)
+        return _issued(resp, "renew")
+
+    async def bundle(self) -> tuple[str, tuple[bytes, ...]]:
+        """The trust domain and the current roots (``GET /v1/bundle``, no auth)."""
+        resp = await self.control.get("/v1/bundle")
+        if resp.status != 200:
+            raise ControlUnavailable(f"bundle: {resp.error_text()}")
+        doc = resp.json()
+        roots = doc.get("roots") if isinstance(doc, dict) else None
+        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+            raise ControlProtocolError("bundle: 'roots' is not a list of PEM strings")
+        domain = _text(doc, "trust_domain", "bundle")
+        return domain, tuple(r.encode("ascii", "replace") for r in roots)

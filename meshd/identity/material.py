@@ -1,0 +1,113 @@
+"""One workload identity: key, leaf certificate, trust bundle, checked to belong together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from meshd.identity.csr import spiffe_ids
+from meshd.identity.errors import InvalidIdentity
+from meshd.identity.keys import PrivateKey, key_from_pem, key_to_pem, same_public_key
+
+__all__ = ["Identity", "parse_identity", "split_pem_certificates"]
+
+_PEM_END = b"-----END CERTIFICATE-----"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A leaf certificate with its key and the roots to verify peers with.
+
+    ``generation`` grows by one with each identity the service puts in force (0: not yet).
+    """
+
+    cert_pem: bytes
+    #: Kept out of ``repr`` so that logging an identity never prints the key.
+    key_pem: bytes = field(repr=False)
+    bundle_pems: tuple[bytes, ...]
+    spiffe_id: str
+    not_before: datetime
+    not_after: datetime
+    generation: int = 0
+
+    def with_generation(self, generation: int) -> Identity:
+        """This identity, numbered ``generation``."""
+        return replace(self, generation=generation)
+
+    def lifetime_s(self) -> float:
+        """Seconds from ``not_before`` to ``not_after``."""
+        return (self.not_after - self.not_before).total_seconds()
+
+    def describe(self) -> dict[str, object]:
+        """What the admin endpoint shows (no key material)."""
+        return {
+            "spiffe_id": self.spiffe_id,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "roots": len(self.bundle_pems),
+            "generation": self.generation,
+        }
+
+
+def split_pem_certificates(data: bytes) -> tuple[bytes, ...]:
+    """Each ``CERTIFICATE`` block of a concatenated PEM file, with its trailing newline."""
+    blocks = []
+    for part in data.split(_PEM_END)[:-1]:
+        start = part.find(b"-----BEGIN")
+        if start >= 0:
+            blocks.append(part[start:] + _PEM_END + b"\n")
+    return tuple(blocks)
+
+
+def _load_cert(pem: bytes, source: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise InvalidIdentity(f"{source}: not a PEM certificate: {exc}") from exc
+
+
+def _issued_by_one_of(leaf: x509.Certificate, roots: list[x509.Certificate]) -> bool:
+    for root in roots:
+        try:
+            leaf.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def parse_identity(
+    key: PrivateKey | bytes,
+    cert_pem: bytes,
+    bundle_pems: tuple[bytes, ...],
+    *,
+    source: str = "identity",
+) -> Identity:
+    """Check that the leaf is ``key``'s, carries one SPIFFE ID and chains to a bundle root.
+
+    Raises :class:`InvalidIdentity` naming ``source`` otherwise.
+    """
+    private = key_from_pem(key, f"{source}: key") if isinstance(key, bytes) else key
+    leaf = _load_cert(cert_pem, f"{source}: certificate")
+    if not same_public_key(private, leaf.public_key()):
+        raise InvalidIdentity(f"{source}: the certificate is not for this key")
+    ids = spiffe_ids(leaf)
+    if len(ids) != 1:
+        raise InvalidIdentity(f"{source}: expected one SPIFFE ID in the certificate, got {ids}")
+    if not bundle_pems:
+        raise InvalidIdentity(f"{source}: the trust bundle is empty")
+    roots = [_load_cert(pem, f"{source}: bundle") for pem in bundle_pems]
+    if not _issued_by_one_of(leaf, roots):
+        raise InvalidIdentity(f"{source}: the certificate is not issued by a bundle root")
+    key_pem = key if isinstance(key, bytes) else key_to_pem(private)
+    return Identity(
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        bundle_pems=bundle_pems,
+        spiffe_id=ids[0],
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+    )

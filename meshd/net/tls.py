@@ -1,0 +1,396 @@
+"""mTLS streams: an ``ssl.SSLSocket`` in non-blocking mode under trio's fd waits.
+
+:class:`TlsStream` fills the :class:`~meshd.net.stream.Stream` protocol like
+:class:`~meshd.net.stream.SocketStream` does: it calls ``recv``/``send`` on the
+``SSLSocket`` directly and parks on ``trio.lowlevel.wait_readable``/``wait_writable`` only
+when OpenSSL says it wants to read or write. OpenSSL's contract lets either operation
+want either direction, so every loop handles both (with TLS 1.3 only, reads only want reads
+and writes only writes in practice: no renegotiation, KeyUpdate answers go out with the
+next write). Decrypted bytes buffered inside the ``SSLSocket`` are always drained first: we
+only park after OpenSSL itself asked for more input.
+
+One task may receive while another sends (full duplex); two tasks receiving (or sending)
+at once is an error, as with any trio stream.
+
+Errors are trio's, as for ``SocketStream``: :class:`trio.BrokenResourceError` for a reset, a
+TLS alert or an end of TCP without ``close_notify`` (a possible truncation),
+:class:`trio.ClosedResourceError` after :meth:`TlsStream.aclose`. Handshake failures raise
+:class:`TlsHandshakeError` carrying OpenSSL's reason.
+
+Handshakes have no timeout of their own: callers bound them with a cancel scope.
+Contexts, identity checks and PERMISSIVE-mode sniffing live in :mod:`meshd.net.tlsconfig`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import ssl
+import struct
+
+import trio
+
+from meshd.errors import MeshdError
+from meshd.net.stream import RECEIVE_SIZE, SocketStream, open_tcp
+
+_WantRead = ssl.SSLWantReadError
+_WantWrite = ssl.SSLWantWriteError
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class TlsError(MeshdError):
+    """Base of the TLS layer's own errors."""
+
+
+class TlsHandshakeError(TlsError):
+    """The TLS handshake failed (bad certificate, protocol mismatch, reset, ...)."""
+
+
+class TlsStream:
+    """A TLS connection over a non-blocking TCP socket.
+
+    Build one with :func:`tls_connect` or :func:`tls_accept`; both return it handshaken.
+    A ``send_all`` cancelled while parked leaves OpenSSL mid-record, so the stream is then
+    broken: later sends raise :class:`trio.BrokenResourceError` (trio's ``SSLStream`` does
+    the same).
+    """
+
+    __slots__ = (
+        "_broken",
+        "_closed",
+        "_eof_sent",
+        "_peer_der",
+        "_reused",
+        "_unwrapped",
+        "sock",
+    )
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self._closed = False
+        self._broken = False
+        self._eof_sent = False
+        # unwrap() completed: both close_notify alerts went through and the SSLSocket
+        # would now read the raw TCP socket, so reads must answer end of stream themselves.
+        self._unwrapped = False
+        self._peer_der: bytes | None = None
+        self._reused = False
+
+    async def do_handshake(self) -> None:
+        """Run the handshake; raise :class:`TlsHandshakeError` if it fails."""
+        sock = self.sock
+        while True:
+            try:
+                sock.do_handshake()
+            except _WantRead:
+                await trio.lowlevel.wait_readable(sock)
+            except _WantWrite:
+                await trio.lowlevel.wait_writable(sock)
+            except ssl.SSLError as exc:
+                raise TlsHandshakeError(f"TLS handshake failed: {_reason(exc)}") from exc
+            except OSError as exc:
+                raise TlsHandshakeError(f"TLS handshake failed: {exc.strerror or exc}") from exc
+            else:
+                # Kept: the SSLSocket forgets it once shut down or closed.
+                self._peer_der = sock.getpeercert(binary_form=True)
+                self._reused = bool(sock.session_reused)
+                return
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Decrypted bytes, or ``b""`` once the peer sent ``close_notify``."""
+        if self._unwrapped:
+            # Both close_notify went through; the SSLSocket would read raw TCP now.
+            return b""
+        sock = self.sock
+        size = max_bytes or RECEIVE_SIZE
+        while True:
+            try:
+                return sock.recv(size)
+            except _WantRead:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except _WantWrite:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except ssl.SSLZeroReturnError:
+                # close_notify after our own (CPython returns b"" only when the peer's
+                # came first).
+                return b""
+            except (OSError, ValueError) as exc:
+                # ValueError: the SSLSocket was closed under us.
+                raise self._translate(exc) from exc
+
+    async def receive_later(self, max_bytes: int | None = None) -> bytes:
+        """Like :meth:`receive_some`, for when bytes can't be there yet (a reply just asked for).
+
+        Parks on the fd first, saving the read that would only have raised SSLWantRead,
+        unless OpenSSL already holds decrypted bytes (``pending()``) or the stream ended.
+        Unlike with plain TCP, this measured slower than :meth:`receive_some` for 1 KB
+        echoes on loopback: encrypting and writing the request takes long enough that the
+        reply is usually there already.
+        """
+        sock = self.sock
+        if not self._unwrapped and not sock.pending():
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except (OSError, ValueError) as exc:
+                raise self._translate(exc) from exc
+        return await self.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and write all of ``data``, parking only while OpenSSL can't proceed."""
+        if self._broken or self._eof_sent:
+            raise self._send_refused()
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except (_WantRead, _WantWrite):
+            sent = 0
+        except (OSError, ValueError) as exc:
+            raise self._translate(exc) from exc
+        if sent == len(data):
+            return
+        await self._send_slow(data, sent)
+
+    async def _send_slow(self, data: bytes | bytearray | memoryview, sent: int) -> None:
+        # OpenSSL without partial writes: after WANT_*, the retry must pass the same bytes,
+        # which `view` is until a call returns a count.
+        sock = self.sock
+        view = memoryview(data)[sent:]
+        want_read = False
+        try:
+            while view:
+                if want_read:
+                    await trio.lowlevel.wait_readable(sock)
+                else:
+                    await trio.lowlevel.wait_writable(sock)
+                try:
+                    sent = sock.send(view)
+                except _WantRead:
+                    want_read = True
+                    continue
+                except _WantWrite:
+                    want_read = False
+                    continue
+                except (OSError, ValueError) as exc:
+                    raise self._translate(exc) from exc
+                want_read = False
+                view = view[sent:]
+        except BaseException:
+            self._broken = True
+            raise
+
+    async def send_eof(self) -> None:
+        """Send ``close_notify``: the peer reads end of stream; we can still receive.
+
+        TLS 1.3 allows this half-close. Returns once the alert is written; it doesn't wait
+        for the peer's own ``close_notify``.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if self._broken:
+            raise self._send_refused()
+        if self._eof_sent:
+            return
+        sock = self.sock
+        self._eof_sent = True
+        while True:
+            try:
+                sock.unwrap()
+            except _WantRead:
+                # Our alert is out; the peer's hasn't come yet. That's the half-close.
+                return
+            except _WantWrite:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except (OSError, ValueError) as exc:
+                raise self._translate(exc) from exc
+            self._unwrapped = True
+            return
+
+    def is_stale(self) -> bool:
+        """True if the peer closed, reset or sent unexpected data (checked without blocking).
+
+        TLS control records (session tickets, key updates) waiting on the socket are read
+        and don't make the connection stale; application bytes do.
+        """
+        if self._closed or self._broken or self._unwrapped or self.sock.pending():
+            return True
+        try:
+            socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        try:
+            self.sock.recv(1)
+        except _WantRead:
+            return False  # only control records
+        except (OSError, ValueError):
+            return True
+        # Either end of stream or bytes nobody asked for: the connection can't be reused.
+        return True
+
+    def reset(self) -> None:
+        """Abort with a TCP RST and no ``close_notify``: the peer sees an error, not an end."""
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            self._broken = True
+            self.close_nowait()
+
+    def close_nowait(self) -> None:
+        """Close at once: a best-effort ``close_notify`` that never waits, then the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        sock = self.sock
+        if not (self._broken or self._unwrapped):
+            # One non-blocking attempt: a dead or stalled peer must not hold us up.
+            with contextlib.suppress(OSError, ValueError):
+                sock.unwrap()
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+    async def aclose(self) -> None:
+        """Close, with trio's checkpoint semantics; returns promptly on a dead peer."""
+        self.close_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's leaf certificate (DER), or None if it sent none."""
+        return self._peer_der
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session, to pass to :func:`tls_connect` for resumption.
+
+        With TLS 1.3 the server sends its session tickets after the handshake, so a client
+        has a resumable session only once it has read something (a first response). Take it
+        before :meth:`aclose` (None after). Each read copies the session (~0.3 ms with
+        OpenSSL 3), so pools should take it once per connection, not per request.
+        """
+        if self._closed or self._unwrapped:
+            return None
+        return _session_of(self.sock)
+
+    @property
+    def session_reused(self) -> bool:
+        """True if the handshake resumed an earlier session."""
+        return self._reused
+
+    def peer(self) -> tuple[str, int]:
+        """The remote address, or ``("", 0)`` if the socket is gone."""
+        try:
+            addr = self.sock.getpeername()
+        except OSError:
+            return ("", 0)
+        return (str(addr[0]), int(addr[1]))
+
+    def _send_refused(self) -> trio.BrokenResourceError | trio.ClosedResourceError:
+        if self._closed:
+            return trio.ClosedResourceError("stream was closed")
+        if self._broken:
+            return trio.BrokenResourceError("TLS stream broken by an interrupted send")
+        return trio.ClosedResourceError("send_eof was called")
+
+    def _translate(self, exc: Exception) -> trio.BrokenResourceError | trio.ClosedResourceError:
+        if self._closed or (isinstance(exc, OSError) and exc.errno == errno.EBADF):
+            return trio.ClosedResourceError("stream was closed")
+        if self._unwrapped:
+            return trio.ClosedResourceError("TLS session was shut down")
+        if isinstance(exc, ssl.SSLError):
+            return trio.BrokenResourceError(f"TLS connection broken: {_reason(exc)}")
+        if isinstance(exc, OSError):
+            return trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}")
+        return trio.BrokenResourceError(f"connection broken: {exc}")
+
+
+def _session_of(sock: ssl.SSLSocket) -> ssl.SSLSession | None:
+    try:
+        return sock.session
+    except ValueError:  # no session to serialize: the handshake didn't complete
+        return None
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "connection closed without close_notify"
+    if exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return str(exc)
+
+
+async def _wrap(
+    sock: socket.socket,
+    ctx: ssl.SSLContext,
+    *,
+    server_side: bool,
+    server_hostname: str | None = None,
+    session: ssl.SSLSession | None = None,
+) -> TlsStream:
+    try:
+        # wrap_socket detaches `sock`: from here on the SSLSocket owns the fd.
+        tls = ctx.wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=False,
+            server_hostname=server_hostname,
+        )
+    except BaseException:
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        raise
+    stream = TlsStream(tls)
+    try:
+        if session is not None:
+            # A session from another context (the certificate rotated since) can't be
+            # used: fall back to a full handshake.
+            with contextlib.suppress(ValueError):
+                tls.session = session
+        await stream.do_handshake()
+    except BaseException:
+        stream._broken = True  # no close_notify on a half-done handshake
+        stream.close_nowait()
+        raise
+    return stream
+
+
+async def tls_connect(
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    *,
+    server_hostname: str | None = None,
+    session: ssl.SSLSession | None = None,
+) -> TlsStream:
+    """Connect to ``host:port`` and run the client handshake.
+
+    ``server_hostname`` only sets SNI (hostname checking is off in mesh contexts).
+    ``session`` resumes an earlier session of the same context when the server agrees
+    (see :attr:`TlsStream.session_reused`). Raises ``OSError`` if the TCP connect fails and
+    :class:`TlsHandshakeError` if the handshake does. Note that in TLS 1.3 the client's
+    handshake completes before the server has checked the client certificate: a rejection
+    shows up on the first read as :class:`trio.BrokenResourceError`.
+    """
+    raw = await open_tcp(host, port)
+    return await _wrap(
+        raw.sock, ctx, server_side=False, server_hostname=server_hostname, session=session
+    )
+
+
+async def tls_accept(sock: socket.socket | SocketStream, ctx: ssl.SSLContext) -> TlsStream:
+    """Run the server handshake on an accepted connection, taking ownership of it.
+
+    The socket is closed if the handshake fails or is cancelled.
+    """
+    if isinstance(sock, SocketStream):
+        sock = sock.sock
+    sock.setblocking(False)
+    return await _wrap(sock, ctx, server_side=True)

@@ -1,0 +1,128 @@
+"""Join tokens, revocations and enroll/renew logic on an in-memory KV (``controld.ca``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+from ca_support import FakeKV, make_csr
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from controld.ca import (
+    CertificateAuthority,
+    CSRError,
+    IdentityService,
+    JoinTokenInvalid,
+    RenewalRefused,
+)
+from controld.ca.jointokens import JoinGrant, JoinTokens
+from controld.ca.revocations import Revocations, revocation_key
+
+PREFIX = "meshd/"
+
+
+async def test_join_token_is_single_use_and_stores_only_a_hash() -> None:
+    kv = FakeKV()
+    tokens = JoinTokens(kv, PREFIX)
+    token, expires = await tokens.create("web", "default", 60, now=1000.0)
+    assert expires == 1060.0
+    _, token_id, secret = token.split(".")
+    [key] = kv.entries
+    assert key == f"{PREFIX}join-tokens/{token_id}"
+    stored = kv.entries[key].value
+    assert secret.encode() not in stored
+    assert json.loads(stored)["service"] == "web"
+
+    assert await tokens.consume(token, now=1001.0) == JoinGrant("web", "default")
+    assert not kv.entries
+    with pytest.raises(JoinTokenInvalid, match="unknown, used or expired"):
+        await tokens.consume(token, now=1001.0)
+
+
+async def test_join_token_refusals() -> None:
+    kv = FakeKV()
+    tokens = JoinTokens(kv, PREFIX)
+    token, _ = await tokens.create("web", "default", 60, now=1000.0)
+    _, token_id, secret = token.split(".")
+    for bad in ("", "join.x.y", f"join.{token_id}.{'A' * 43}", f"sidecar.{token_id}.{secret}"):
+        with pytest.raises(JoinTokenInvalid):
+            await tokens.consume(bad, now=1001.0)
+    assert kv.entries  # wrong secrets don't burn the token
+    with pytest.raises(JoinTokenInvalid):
+        await tokens.consume(token, now=1060.0)
+    assert not kv.entries  # an expired token is removed
+
+
+async def test_a_used_marker_blocks_a_racing_consumer() -> None:
+    # The winner's CAS write leaves a "used" marker until its delete: a second consumer
+    # reading the entry before the delete sees it as used.
+    kv = FakeKV()
+    tokens = JoinTokens(kv, PREFIX)
+    token, _ = await tokens.create("web", "default", 60)
+    [key] = kv.entries
+    entry = kv.entries[key]
+    body = json.loads(entry.value)
+    body["used"] = True
+    assert await kv.kv_put(key, json.dumps(body).encode(), cas=entry.modify_index)
+    with pytest.raises(JoinTokenInvalid):
+        await tokens.consume(token)
+
+
+async def test_revocations() -> None:
+    kv = FakeKV()
+    revocations = Revocations(kv, PREFIX)
+    ident = "spiffe://mesh.local/ns/default/svc/web"
+    assert not await revocations.is_revoked(ident)
+    await revocations.revoke(ident)
+    await revocations.revoke(ident)
+    assert await revocations.is_revoked(ident)
+    assert list(kv.entries) == [revocation_key(PREFIX, ident)]
+    assert "/" not in revocation_key(PREFIX, ident).removeprefix(f"{PREFIX}revoked/")
+
+
+def sign_proof(key: ec.EllipticCurvePrivateKey, csr_pem: str) -> str:
+    der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
+    return base64.b64encode(key.sign(der, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+async def test_enroll_then_renew(tmp_path: Path) -> None:
+    kv = FakeKV()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    service = IdentityService(ca, kv, PREFIX, trust_domain=lambda: "corp.example")
+    token, _ = await service.join_tokens.create("web", "prod", 60)
+
+    with pytest.raises(CSRError):
+        await service.enroll(token, "not a csr")
+    csr, key = make_csr()
+    issued = await service.enroll(token, csr)  # the bad CSR didn't burn the token
+    assert issued.spiffe_id == "spiffe://corp.example/ns/prod/svc/web"
+    answer = issued.as_json()
+    assert answer["bundle"] == ca.bundle_pem()
+    assert str(answer["not_after"]).endswith("Z")
+    with pytest.raises(JoinTokenInvalid):
+        await service.enroll(token, csr)
+
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    cert_pem = str(answer["certificate"])
+    new_csr, _ = make_csr()
+    renewed = await service.renew(new_csr, cert_pem, sign_proof(key, new_csr), time.time())
+    assert renewed.spiffe_id == issued.spiffe_id
+    assert renewed.certificate.serial_number != issued.certificate.serial_number
+
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(RenewalRefused, match="possession"):
+        await service.renew(new_csr, cert_pem, sign_proof(stranger, new_csr), time.time())
+    with pytest.raises(RenewalRefused, match="clock"):
+        await service.renew(new_csr, cert_pem, sign_proof(key, new_csr), time.time() - 301)
+    with pytest.raises(RenewalRefused, match="base64"):
+        await service.renew(new_csr, cert_pem, "!!!", time.time())
+    with pytest.raises(RenewalRefused, match="PEM"):
+        await service.renew(new_csr, "nope", sign_proof(key, new_csr), time.time())
+    await service.revocations.revoke(issued.spiffe_id)
+    with pytest.raises(RenewalRefused, match="revoked"):
+        await service.renew(new_csr, cert_pem, sign_proof(key, new_csr), time.time())
