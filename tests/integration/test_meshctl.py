@@ -266,7 +266,8 @@ def test_status_token_schema_explain(meshctl: Any, controld: Controld, tmp_path:
         base_url=controld.url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
     ) as http:
         assert http.post("/v1/proxies/web-1", json=descriptor).status_code == 200
-        first = http.get("/v1/snapshots/web-1", params={"wait": 0})
+        # A new proxy's snapshot is compiled in the background: the first poll waits for it.
+        first = http.get("/v1/snapshots/web-1", params={"wait": 10})
         assert first.status_code == 200, first.text
         body = first.json()
         # The next poll ACKs that version.
