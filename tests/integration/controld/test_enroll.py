@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,40 +20,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
-from test_daemon_push import TIMEOUT
+from test_daemon_push import TIMEOUT, running_daemon
 
-from controld.daemon import ControlDaemon, DaemonConfig
-from controld.registry import RegistryConfig
 from tui.cli import main as meshctl
 
 WEB = "spiffe://mesh.local/ns/default/svc/web"
 INVALID = "join token unknown, used or expired"
-
-
-@asynccontextmanager
-async def running_daemon(data_dir: Path) -> AsyncIterator[tuple[ControlDaemon, httpx.AsyncClient]]:
-    """As ``test_daemon_push.running_daemon``, without the push listener (its fixed default
-    port may be taken by a controld running on this host)."""
-    config = DaemonConfig(
-        registry=RegistryConfig(data_dir=data_dir, port=0, node_name="test"),
-        admin_port=0,
-        push_port=None,
-        watch_wait_s=5.0,
-    )
-    daemon = ControlDaemon(config)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            ports = await nursery.start(daemon.run)
-        token = config.token_path.read_text().strip()
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{ports.admin_port}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=TIMEOUT,
-        ) as http:
-            try:
-                yield daemon, http
-            finally:
-                daemon.shutdown_nowait()
 
 
 def make_csr() -> tuple[str, ec.EllipticCurvePrivateKey]:
