@@ -20,6 +20,7 @@ Standard field names (pass the ones that apply; TCP proxying has no HTTP fields)
 ``request_id``    ``x-request-id``
 ``traceparent``   W3C ``traceparent`` as forwarded
 ``error``         the ``x-meshd-error`` reason, or "" on success
+``source_identity``  the client certificate's SPIFFE ID (inbound mTLS only)
 
 Lines go to structlog's configured output with event ``"access"`` at level info.
 """

@@ -26,6 +26,11 @@ class UpstreamResetError(UpstreamError):
     """The upstream closed or reset the connection before the response was complete."""
 
 
+class UpstreamTlsError(UpstreamError):
+    """mTLS to the upstream failed: handshake (``upstream_tls_failed``) or wrong peer identity
+    (``upstream_identity_mismatch``)."""
+
+
 class NoHealthyUpstream(UpstreamError):
     """The cluster has no endpoint to send to."""
 

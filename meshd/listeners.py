@@ -43,6 +43,19 @@ class ListenerSlot:
     async def handle(self, stream: SocketStream) -> None:
         """Serve a new connection; HTTP requests follow the slot's configuration as it changes."""
         cfg = self.config
+        tls = self.shared.tls
+        if tls is not None and tls.inbound_active and self.model.direction == "inbound":
+            accepted = await tls.accept(stream)
+            if accepted is None:
+                return  # refused (plaintext under STRICT, failed handshake): closed
+            down, peer_identity = accepted
+            if isinstance(cfg, TcpListenerConfig):
+                await serve_tcp(down, cfg, self.shared)
+            else:
+                await serve_http(
+                    down, cfg, self.shared, self, peer_identity=peer_identity, strip_identity=True
+                )
+            return
         if isinstance(cfg, TcpListenerConfig):
             await serve_tcp(stream, cfg, self.shared)
         else:

@@ -39,7 +39,9 @@ from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
 from meshd.http.shared import ProxyShared
 from meshd.identity import IdentityError, IdentityService
+from meshd.identity.static import StaticIdentity
 from meshd.listeners import ListenerManager
+from meshd.mtls import MeshTls
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
 from meshd.workers import WorkerSupervisor
@@ -84,10 +86,12 @@ class Sidecar:
         self.bootstrap_path = bootstrap_path
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
-        self.pools = PoolManager()
         self.registry = build_registry(self.stats, self._pool_stats)
+        #: mTLS mode and contexts (contexts only once there is an identity).
+        self.tls = MeshTls()
+        self.pools = PoolManager(self.tls)
         self.shared = ProxyShared(
-            stats=self.stats, access_log=AccessLog(enabled=False, sample_rate=1.0)
+            stats=self.stats, access_log=AccessLog(enabled=False, sample_rate=1.0), tls=self.tls
         )
         self.listeners = ListenerManager(self.shared, inherited)
         #: 0 in the primary process, 1.. in the workers it supervises.
@@ -104,8 +108,9 @@ class Sidecar:
         self.control: ControlSource | None = None
         self._control_settings: ControlSettings | None = None
         self._control_scope = trio.CancelScope()
-        #: Workload certificate (bootstrap ``identity:``; primary only; not on the data path yet).
-        self.identity: IdentityService | None = None
+        #: Workload certificate (bootstrap ``identity:``; enrolled: primary only; files: every
+        #: process); :attr:`tls` builds the mTLS contexts from it.
+        self.identity: IdentityService | StaticIdentity | None = None
         #: The bootstrap in force (a pushed snapshot is applied with it).
         self._bootstrap: Bootstrap | None = None
         self._unenforced: list[str] = []
@@ -124,6 +129,11 @@ class Sidecar:
         if workers > 1:
             self.listeners.reuse_port = True
         self._bootstrap = bootstrap
+        static = bootstrap.identity.static if bootstrap.identity is not None else None
+        if static is not None:
+            # Loaded before the first snapshot applies, so STRICT holds from the start.
+            self.identity = StaticIdentity(static, self.bootstrap_path.parent)
+            self.tls.use(self.identity.current)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
             await nursery.start(self.shared.run_deadlines)
@@ -141,10 +151,14 @@ class Sidecar:
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 admin = AdminServer(app, bootstrap.admin.host, port)
                 self.admin_port = await nursery.start(admin.run)
-            if bootstrap.identity is not None and self.worker_index == 0:
+            if isinstance(self.identity, StaticIdentity):
+                nursery.start_soon(self.tls.run, self.identity)
+            elif bootstrap.identity is not None and self.worker_index == 0:
                 base = self.bootstrap_path.parent
-                self.identity = IdentityService.from_bootstrap(bootstrap, base)
-                nursery.start_soon(self._run_identity, self.identity)
+                enrolled = IdentityService.from_bootstrap(bootstrap, base)
+                self.identity = enrolled
+                nursery.start_soon(self._run_identity, enrolled)
+                nursery.start_soon(self.tls.run, enrolled)
             if snapshot is None:
                 snapshot, source = await self._first_snapshot()
                 assert self._bootstrap is not None
@@ -208,7 +222,8 @@ class Sidecar:
         try:
             await identity.run()
         except IdentityError as exc:
-            # Nothing uses the certificate yet: keep serving, say why (also in /config_dump).
+            # Without an identity the data path stays plaintext: keep serving, say why (also in
+            # /config_dump).
             log.error("workload identity unavailable", error=str(exc))
 
     async def _first_snapshot(self) -> tuple[Snapshot, str]:
@@ -310,6 +325,9 @@ class Sidecar:
         self.notifier.reloading()
         try:
             bootstrap, snapshot = load_config(self.bootstrap_path)
+            if isinstance(self.identity, StaticIdentity):
+                # New certificate files apply to new connections (MeshTls follows).
+                self.identity.reload()
             if (snapshot is None) != (self.control is not None):
                 raise ConfigError(
                     f"{self.bootstrap_path}: switching between snapshot.file and "
@@ -341,6 +359,7 @@ class Sidecar:
         runtime = build_runtime(bootstrap, snapshot, self.pools)
         self.listeners.apply(runtime)
         self.runtime = runtime
+        self.tls.mode = snapshot.mtls
         shared = self.shared
         shared.trace_sample_rate = bootstrap.trace_sample_rate
         shared.access_log = AccessLog(
@@ -408,6 +427,12 @@ class Sidecar:
     def stats_info(self) -> dict[str, Any]:
         """Counters as JSON."""
         out = {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
+        if self.tls.identity is not None:
+            out["mtls"] = {
+                "mode": self.tls.mode,
+                "plaintext_refused": self.tls.plaintext_refused,
+                "handshake_failed": self.tls.handshake_failed,
+            }
         if self.control is not None:
             out["control"] = self.control.describe()
         return out

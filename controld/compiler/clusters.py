@@ -4,18 +4,20 @@ Endpoints come from the discovery view, filtered by the subset's tags and meta. 
 service's ``ServiceResolver`` failover targets are appended as tiers of priority 1, 2, ...
 (used in order when every endpoint of a lower tier is unhealthy). Settings: ``lb_policy``,
 limits, outlier detection and health check from ``ServiceDefaults``; ``connect_timeout_s``
-from the resolver, else ``ServiceDefaults``, else the mesh.
+from the resolver, else ``ServiceDefaults``, else the mesh. ``tls`` (originate mTLS, expect
+the service's SPIFFE ID) when every endpoint is a sidecar of the service itself and the
+service's mTLS mode (``ServiceDefaults``, else the mesh) isn't ``disabled``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 
-from controld.compiler.inputs import ClusterRef, Inputs, cluster_name
+from controld.compiler.inputs import ClusterRef, Inputs, cluster_name, spiffe_id
 from controld.discovery.view import ServiceEndpoint
-from meshcore.model.snapshot import Cluster, Endpoint
+from meshcore.model.snapshot import Cluster, ClusterTls, Endpoint
 
-__all__ = ["build_cluster", "cluster_key", "failover_refs", "select_endpoints"]
+__all__ = ["build_cluster", "cluster_key", "cluster_tls", "failover_refs", "select_endpoints"]
 
 
 def failover_refs(inputs: Inputs, ref: ClusterRef) -> tuple[ClusterRef, ...]:
@@ -58,6 +60,8 @@ def cluster_key(inputs: Inputs, ref: ClusterRef) -> Hashable:
     return (
         ref,
         inputs.mesh.connect_timeout_s,
+        inputs.mesh.mtls,
+        inputs.mesh.trust_domain,
         inputs.defaults(service),
         inputs.resolver(service),
         inputs.endpoints(service),
@@ -70,12 +74,30 @@ def _endpoints(inputs: Inputs, ref: ClusterRef, priority: int) -> list[Endpoint]
     return [Endpoint(host=e.host, port=e.port, priority=priority, tags=e.tags) for e in selected]
 
 
+def cluster_tls(inputs: Inputs, ref: ClusterRef) -> ClusterTls | None:
+    """mTLS settings of the cluster ``ref``: None unless its endpoints are all sidecars of its
+    own service (failover tiers included) and the service's mTLS mode isn't ``disabled``."""
+    service = ref[0]
+    defaults = inputs.defaults(service)
+    mode = defaults.mtls if defaults is not None and defaults.mtls is not None else None
+    if (mode or inputs.mesh.mtls) == "disabled":
+        return None
+    refs = (ref, *failover_refs(inputs, ref))
+    if any(r[0] != service for r in refs):
+        return None  # another service's tier would present another identity
+    selected = [e for r in refs for e in (select_endpoints(inputs, r) or ())]
+    if not selected or not all(e.sidecar for e in selected):
+        return None
+    return ClusterTls(spiffe_id=spiffe_id(service, inputs.mesh.trust_domain))
+
+
 def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
     """The cluster ``ref`` (named by :func:`cluster_name`)."""
     service, subset = ref
     endpoints = _endpoints(inputs, ref, 0)
     for priority, tier in enumerate(failover_refs(inputs, ref), start=1):
         endpoints.extend(_endpoints(inputs, tier, priority))
+    tls = cluster_tls(inputs, ref)
     endpoints.sort(key=lambda e: (e.priority, e.host, e.port, e.tags))
     defaults = inputs.defaults(service)
     resolver = inputs.resolver(service)
@@ -91,6 +113,7 @@ def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
             subset=subset,
             endpoints=tuple(endpoints),
             connect_timeout_s=connect_timeout,
+            tls=tls,
         )
     extra: dict[str, int] = {}
     if defaults.limits is not None:
@@ -105,5 +128,6 @@ def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
         limits=defaults.limits,
         outlier_detection=defaults.outlier_detection,
         health_check=defaults.health_check,
+        tls=tls,
         **extra,
     )

@@ -119,6 +119,20 @@ class RegistryConfig(Frozen):
     _address = field_validator("address")(_check_http_url)
 
 
+class StaticIdentityFiles(Frozen):
+    """Certificate material read from files instead of enrolling (an operator's own PKI).
+
+    Paths are relative to the bootstrap file; SIGHUP reads them again.
+    """
+
+    #: PEM leaf certificate (with one SPIFFE URI SAN), then any intermediates.
+    cert_file: Path
+    #: PEM private key of the leaf.
+    key_file: Path
+    #: PEM roots peers are verified with.
+    bundle_file: Path
+
+
 class IdentityConfig(Frozen):
     """The sidecar's workload identity: a key made here, a leaf certificate from controld."""
 
@@ -128,6 +142,8 @@ class IdentityConfig(Frozen):
     join_token_file: Path | None = None
     #: controld's API for enrollment and renewal; default ``snapshot.controld.url``.
     controld_url: str | None = None
+    #: Load the identity from these files instead of enrolling with controld.
+    static: StaticIdentityFiles | None = None
 
     @field_validator("controld_url")
     @classmethod

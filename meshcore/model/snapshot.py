@@ -26,6 +26,7 @@ __all__ = [
     "LOCAL_APP_CLUSTER",
     "Backend",
     "Cluster",
+    "ClusterTls",
     "Endpoint",
     "HeaderMatch",
     "InboundPolicy",
@@ -57,6 +58,12 @@ class Endpoint(Frozen):
     tags: tuple[str, ...] = ()
 
 
+class ClusterTls(Frozen):
+    """The cluster's endpoints are sidecars: originate mTLS and expect this SPIFFE ID."""
+
+    spiffe_id: str = Field(min_length=1, pattern=r"^spiffe://")
+
+
 class Cluster(Frozen):
     """A set of equivalent endpoints plus how to talk to them."""
 
@@ -77,6 +84,8 @@ class Cluster(Frozen):
     limits: ConnectionLimits | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
+    #: Set when the endpoints are sidecars: mTLS to them (when this sidecar has an identity).
+    tls: ClusterTls | None = None
 
     @field_validator("name")
     @classmethod

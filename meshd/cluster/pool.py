@@ -3,20 +3,34 @@
 Pools are keyed by address, not by cluster, so a snapshot swap keeps warm connections.
 Idle connections are reused most-recently-used first (warm in the kernel and in the peer),
 checked for a peer close without blocking before reuse, and closed after the idle timeout.
+
+A cluster whose endpoints are sidecars (``Cluster.tls``) gets pools of its own, keyed by the
+SPIFFE ID expected too: their connections are mTLS (once this sidecar has an identity),
+the peer's identity is checked after each handshake, and each pool keeps the last TLS
+session of its endpoint for resumption.
 """
 
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from meshd.errors import PoolOverflow, UpstreamConnectError
+from meshd.errors import PoolOverflow, UpstreamConnectError, UpstreamTlsError
 from meshd.net.stream import SocketStream, open_tcp
+from meshd.net.tls import TlsHandshakeError, TlsStream, tls_connect
+from meshd.net.tlsconfig import PeerIdentityError, check_peer
+
+
+class ClientContexts(Protocol):
+    """Where a pool finds the client TLS context in force (None: no identity yet)."""
+
+    client: ssl.SSLContext | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +52,14 @@ _TRUST_IDLE_S = 0.1
 class UpstreamConnection:
     """A pooled upstream connection; give it back with :meth:`EndpointPool.release`."""
 
-    __slots__ = ("pool", "protocol_state", "reused", "stream")
+    __slots__ = ("pool", "protocol_state", "reused", "session_taken", "stream")
 
-    def __init__(self, pool: EndpointPool, stream: SocketStream) -> None:
+    def __init__(self, pool: EndpointPool, stream: SocketStream | TlsStream) -> None:
         self.pool = pool
         self.stream = stream
         self.reused = False
+        #: TLS: this connection's session was kept for resumption already.
+        self.session_taken = False
         #: Per-connection protocol state the proxy keeps across requests (its parser).
         self.protocol_state: Any = None
 
@@ -51,12 +67,40 @@ class UpstreamConnection:
 class EndpointPool:
     """Connections to one ``host:port``."""
 
-    __slots__ = ("_idle", "active", "closed", "created", "host", "limits", "port", "reuses")
+    __slots__ = (
+        "_idle",
+        "active",
+        "closed",
+        "contexts",
+        "created",
+        "host",
+        "limits",
+        "port",
+        "resumed",
+        "reuses",
+        "session",
+        "tls_id",
+    )
 
-    def __init__(self, host: str, port: int, limits: PoolLimits) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        limits: PoolLimits,
+        *,
+        tls_id: str | None = None,
+        contexts: ClientContexts | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.limits = limits
+        #: The SPIFFE ID the endpoint must present (None: plaintext pool).
+        self.tls_id = tls_id
+        self.contexts = contexts
+        #: The last TLS session of this endpoint, offered for resumption.
+        self.session: ssl.SSLSession | None = None
+        #: TLS connections whose handshake resumed ``session``.
+        self.resumed = 0
         self._idle: list[tuple[UpstreamConnection, float]] = []
         self.active = 0
         self.created = 0
@@ -87,6 +131,11 @@ class EndpointPool:
         if self.active + len(self._idle) >= self.limits.max_connections:
             raise PoolOverflow("upstream_overflow", f"{self.host}:{self.port}")
         self.active += 1
+        ctx = None
+        if self.tls_id is not None and self.contexts is not None:
+            ctx = self.contexts.client
+        if ctx is not None:
+            return await self._connect_tls(ctx)
         try:
             with trio.move_on_after(self.limits.connect_timeout_s) as scope:
                 stream = await open_tcp(self.host, self.port)
@@ -104,9 +153,49 @@ class EndpointPool:
         self.created += 1
         return UpstreamConnection(self, stream)
 
+    async def _connect_tls(self, ctx: ssl.SSLContext) -> UpstreamConnection:
+        expected = self.tls_id
+        assert expected is not None
+        stream: TlsStream | None = None
+        try:
+            with trio.move_on_after(self.limits.connect_timeout_s) as scope:
+                stream = await tls_connect(self.host, self.port, ctx, session=self.session)
+            if stream is None or scope.cancelled_caught:
+                raise UpstreamConnectError(
+                    "upstream_connect_failed", f"{self.host}:{self.port}: connect timeout"
+                )
+            check_peer(stream, expected)
+        except OSError as exc:
+            self.active -= 1
+            raise UpstreamConnectError("upstream_connect_failed", str(exc)) from exc
+        except TlsHandshakeError as exc:
+            self.active -= 1
+            raise UpstreamTlsError("upstream_tls_failed", str(exc)) from exc
+        except PeerIdentityError as exc:
+            self.active -= 1
+            assert stream is not None
+            stream.close_nowait()
+            raise UpstreamTlsError("upstream_identity_mismatch", str(exc)) from exc
+        except BaseException:
+            self.active -= 1
+            if stream is not None:
+                stream.close_nowait()
+            raise
+        self.created += 1
+        if stream.session_reused:
+            self.resumed += 1
+        return UpstreamConnection(self, stream)
+
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Return ``conn``: pooled when ``reusable`` and there is room, else closed."""
         self.active -= 1
+        if self.tls_id is not None and not conn.session_taken:
+            # Once per connection (reading a session copies it); something was read by now,
+            # so the server's ticket has usually arrived.
+            conn.session_taken = True
+            stream = conn.stream
+            if isinstance(stream, TlsStream):
+                self.session = stream.session or self.session
         if reusable and not self.closed and len(self._idle) < self.limits.max_idle:
             self._idle.append((conn, time.monotonic()))
         else:
@@ -134,15 +223,23 @@ class EndpointPool:
 class PoolManager:
     """All endpoint pools of a sidecar, plus the task that expires idle connections."""
 
-    def __init__(self) -> None:
-        self._pools: dict[tuple[str, int], EndpointPool] = {}
+    def __init__(self, contexts: ClientContexts | None = None) -> None:
+        self._pools: dict[tuple[str, int, str | None], EndpointPool] = {}
+        self.contexts = contexts
 
-    def pool(self, host: str, port: int, limits: PoolLimits) -> EndpointPool:
-        """The pool for ``host:port`` (limits follow the newest snapshot that names it)."""
-        key = (host, port)
+    def pool(
+        self, host: str, port: int, limits: PoolLimits, *, tls_id: str | None = None
+    ) -> EndpointPool:
+        """The pool for ``host:port`` (limits follow the newest snapshot that names it).
+
+        With ``tls_id`` the pool's connections are mTLS to a peer with that SPIFFE ID.
+        """
+        key = (host, port, tls_id)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = EndpointPool(host, port, limits)
+            pool = self._pools[key] = EndpointPool(
+                host, port, limits, tls_id=tls_id, contexts=self.contexts
+            )
         elif pool.limits != limits:
             pool.limits = limits
         return pool
@@ -168,7 +265,7 @@ class PoolManager:
                 for pool in list(self._pools.values()):
                     pool.expire(now)
                     if pool.active == 0 and pool.idle == 0 and pool.closed:
-                        del self._pools[(pool.host, pool.port)]
+                        del self._pools[(pool.host, pool.port, pool.tls_id)]
         finally:
             for pool in self._pools.values():
                 pool.close()

@@ -25,9 +25,10 @@ class ClusterRuntime:
             idle_timeout_s=model.idle_timeout_s,
             connect_timeout_s=model.connect_timeout_s,
         )
+        tls_id = model.tls.spiffe_id if model.tls is not None else None
         # Keyed by identity: hashing a pydantic model on every request would cost more.
         self._pools: dict[int, EndpointPool] = {
-            id(ep): pools.pool(ep.host, ep.port, limits) for ep in model.endpoints
+            id(ep): pools.pool(ep.host, ep.port, limits, tls_id=tls_id) for ep in model.endpoints
         }
 
     async def acquire(self, *, fresh: bool = False) -> tuple[Endpoint, UpstreamConnection]:

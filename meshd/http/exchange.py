@@ -27,6 +27,7 @@ class Exchange:
         "head_sent",
         "request_id",
         "route",
+        "source_identity",
         "start",
         "upstream",
     )
@@ -43,6 +44,8 @@ class Exchange:
         self.bytes_out = 0
         self.request_id: bytes | None = None
         self.upstream: Endpoint | None = None
+        #: The client's SPIFFE ID (inbound mTLS), else None.
+        self.source_identity: bytes | None = None
 
 
 def record(
@@ -77,4 +80,9 @@ def record(
         upstream=f"{ex.upstream.host}:{ex.upstream.port}" if ex.upstream else "",
         request_id=(ex.request_id or b"").decode("latin-1"),
         error=ex.error,
+        **(
+            {"source_identity": ex.source_identity.decode("latin-1")}
+            if ex.source_identity is not None
+            else {}
+        ),
     )

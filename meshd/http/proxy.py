@@ -38,6 +38,7 @@ from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
 from meshd.http.shared import ConfigSource, HttpListenerConfig, ProxyShared, now
 from meshd.http.tracing import new_request_id, next_traceparent
 from meshd.net.stream import SocketStream, Stream
+from meshd.net.tls import TlsStream
 from meshd.tcp.pump import pump
 
 _IDLE: Final = 0
@@ -67,9 +68,11 @@ class HttpConnection:
         "deadline",
         "down",
         "parser",
+        "peer_identity",
         "peer_ip",
         "shared",
         "source",
+        "strip_identity",
     )
 
     def __init__(
@@ -78,14 +81,21 @@ class HttpConnection:
         cfg: HttpListenerConfig,
         shared: ProxyShared,
         source: ConfigSource | None = None,
+        *,
+        peer_identity: bytes | None = None,
+        strip_identity: bool = False,
     ) -> None:
         self.down = down
+        #: The client's SPIFFE ID (inbound mTLS), passed to the app as a header.
+        self.peer_identity = peer_identity
+        #: Replace any client-sent ``x-meshd-peer-identity`` (inbound with mTLS on).
+        self.strip_identity = strip_identity
         self.cfg = cfg
         self.shared = shared
         #: Where a newer configuration of the listener shows up (None: keep ``cfg``).
         self.source = source
         self.parser = RequestParser(cfg.max_head_bytes)
-        peer = down.peer() if isinstance(down, SocketStream) else ("", 0)
+        peer = down.peer() if isinstance(down, SocketStream | TlsStream) else ("", 0)
         self.peer_ip = peer[0].encode()
         self._scope = trio.CancelScope()
         self._phase = _IDLE
@@ -183,6 +193,9 @@ class HttpConnection:
         ex = self._exchange = Exchange(now())
         self._head = head
         ex.request_id = head.request_id or new_request_id(shared.rng)
+        if self.strip_identity:
+            _set_peer_identity(head, self.peer_identity)
+            ex.source_identity = self.peer_identity
         if self.parser.upgrade_tail is not None:
             # llhttp stops after an Upgrade or CONNECT head: unless the upstream switches
             # protocols, what follows can't be parsed as HTTP, so the connection ends.
@@ -437,7 +450,7 @@ class HttpConnection:
             self._close_after = True
         return framing, close
 
-    async def _tunnel(self, up: SocketStream, tail: bytes) -> None:
+    async def _tunnel(self, up: Stream, tail: bytes) -> None:
         """After a 101: bytes both ways until either side is done."""
         ex = self._exchange
         assert ex is not None
@@ -538,7 +551,7 @@ class HttpConnection:
     def _abort_downstream(self) -> None:
         """The response head is out but its body can't be finished: reset the client."""
         self._close_after = True
-        if isinstance(self.down, SocketStream):
+        if isinstance(self.down, SocketStream | TlsStream):
             self.down.reset()
 
     def _finish(self, ex: Exchange) -> None:
@@ -546,6 +559,17 @@ class HttpConnection:
         if self._exchange is ex:
             self._exchange = None
         record(self.cfg, self.shared, self._head, ex)
+
+
+_PEER_IDENTITY: Final = b"x-meshd-peer-identity"
+
+
+def _set_peer_identity(head: RequestHead, identity: bytes | None) -> None:
+    """Drop any client-sent identity header; add the verified one, if any."""
+    headers = [(n, v) for n, v in head.headers if n.lower() != _PEER_IDENTITY]
+    if identity is not None:
+        headers.append((_PEER_IDENTITY, identity))
+    head.headers = headers
 
 
 class _StaleConnectionError(Exception):
@@ -567,7 +591,15 @@ def _origin_form(head: RequestHead) -> bytes:
 
 
 async def serve_http(
-    down: Stream, cfg: HttpListenerConfig, shared: ProxyShared, source: ConfigSource | None = None
+    down: Stream,
+    cfg: HttpListenerConfig,
+    shared: ProxyShared,
+    source: ConfigSource | None = None,
+    *,
+    peer_identity: bytes | None = None,
+    strip_identity: bool = False,
 ) -> None:
     """Accept-loop entry point: serve one downstream connection."""
-    await HttpConnection(down, cfg, shared, source).serve()
+    await HttpConnection(
+        down, cfg, shared, source, peer_identity=peer_identity, strip_identity=strip_identity
+    ).serve()

@@ -42,6 +42,8 @@ UPSTREAM_STATUS: Final = {
     "upstream_connect_failed": 502,
     "upstream_reset": 502,
     "upstream_protocol_error": 502,
+    "upstream_tls_failed": 502,
+    "upstream_identity_mismatch": 502,
     "no_healthy_upstream": 503,
     "upstream_overflow": 503,
     "upstream_timeout": 504,

@@ -13,6 +13,7 @@ import trio
 from meshcore.routing import CompiledRoute, CompiledRouteTable
 from meshd.accesslog import AccessLog
 from meshd.cluster.runtime import ClusterRuntime
+from meshd.mtls import MeshTls
 from meshd.stats import Stats
 
 #: How late a deadline may fire (the reaper's period).
@@ -82,6 +83,8 @@ class ProxyShared:
     rng: random.Random = field(default_factory=random.Random)
     draining: bool = False
     connections: set[Connection] = field(default_factory=set)
+    #: mTLS mode and contexts (None: this process does no TLS).
+    tls: MeshTls | None = None
 
     def start_drain(self) -> None:
         """Finish in-flight requests, then close; idle keep-alive connections close now."""
