@@ -10,15 +10,18 @@ or with ``mtls: disabled``, nothing changes: plaintext as before.
 from __future__ import annotations
 
 import ssl
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
 
-from meshd.identity.material import Identity
 from meshd.net.stream import SocketStream, Stream
 from meshd.net.tls import TlsError, TlsStream, tls_accept
 from meshd.net.tlsconfig import client_context, peer_spiffe_id, server_context, sniff_tls
+
+if TYPE_CHECKING:
+    # cryptography (behind Identity) loads only when the sidecar has an identity.
+    from meshd.identity.material import Identity
 
 __all__ = ["IdentitySource", "MeshTls"]
 

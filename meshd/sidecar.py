@@ -18,7 +18,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -38,13 +38,16 @@ from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
 from meshd.http.shared import ProxyShared
-from meshd.identity import IdentityError, IdentityService
-from meshd.identity.static import StaticIdentity
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
 from meshd.workers import WorkerSupervisor
+
+if TYPE_CHECKING:
+    # The identity modules (and cryptography) load only when the bootstrap has ``identity:``.
+    from meshd.identity import IdentityService
+    from meshd.identity.static import StaticIdentity
 
 log = structlog.get_logger("meshd.sidecar")
 
@@ -111,6 +114,8 @@ class Sidecar:
         #: Workload certificate (bootstrap ``identity:``; enrolled: primary only; files: every
         #: process); :attr:`tls` builds the mTLS contexts from it.
         self.identity: IdentityService | StaticIdentity | None = None
+        #: ``self.identity`` when it comes from files (``identity.static``).
+        self._static_identity: StaticIdentity | None = None
         #: The bootstrap in force (a pushed snapshot is applied with it).
         self._bootstrap: Bootstrap | None = None
         self._unenforced: list[str] = []
@@ -131,8 +136,12 @@ class Sidecar:
         self._bootstrap = bootstrap
         static = bootstrap.identity.static if bootstrap.identity is not None else None
         if static is not None:
+            from meshd.identity.static import StaticIdentity
+
             # Loaded before the first snapshot applies, so STRICT holds from the start.
-            self.identity = StaticIdentity(static, self.bootstrap_path.parent)
+            self.identity = self._static_identity = StaticIdentity(
+                static, self.bootstrap_path.parent
+            )
             self.tls.use(self.identity.current)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
@@ -151,9 +160,11 @@ class Sidecar:
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 admin = AdminServer(app, bootstrap.admin.host, port)
                 self.admin_port = await nursery.start(admin.run)
-            if isinstance(self.identity, StaticIdentity):
-                nursery.start_soon(self.tls.run, self.identity)
+            if self._static_identity is not None:
+                nursery.start_soon(self.tls.run, self._static_identity)
             elif bootstrap.identity is not None and self.worker_index == 0:
+                from meshd.identity import IdentityService
+
                 base = self.bootstrap_path.parent
                 enrolled = IdentityService.from_bootstrap(bootstrap, base)
                 self.identity = enrolled
@@ -219,6 +230,8 @@ class Sidecar:
             await self.control.run(task_status=task_status)
 
     async def _run_identity(self, identity: IdentityService) -> None:
+        from meshd.identity import IdentityError
+
         try:
             await identity.run()
         except IdentityError as exc:
@@ -325,9 +338,9 @@ class Sidecar:
         self.notifier.reloading()
         try:
             bootstrap, snapshot = load_config(self.bootstrap_path)
-            if isinstance(self.identity, StaticIdentity):
+            if self._static_identity is not None:
                 # New certificate files apply to new connections (MeshTls follows).
-                self.identity.reload()
+                self._static_identity.reload()
             if (snapshot is None) != (self.control is not None):
                 raise ConfigError(
                     f"{self.bootstrap_path}: switching between snapshot.file and "

@@ -22,7 +22,6 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 import trio
-from cryptography import x509
 
 from meshd.net.stream import SocketStream
 from meshd.net.tls import TlsError, TlsStream
@@ -139,6 +138,9 @@ def peer_spiffe_id(der: bytes) -> str | None:
     None too when the certificate can't be parsed or carries several SPIFFE URIs (an
     X.509-SVID has exactly one).
     """
+    # cryptography loads only once a peer certificate is read (~8 MB the daemon otherwise carries).
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
