@@ -31,6 +31,7 @@ from meshd.identity.client import IdentityClient, Issued
 from meshd.identity.csr import build_csr, spiffe_id_for
 from meshd.identity.errors import IdentityError, InvalidIdentity
 from meshd.identity.files import IdentityStore
+from meshd.identity.holder import IdentityHolder
 from meshd.identity.keys import PrivateKey, generate_key, key_from_pem
 from meshd.identity.material import Identity, parse_identity
 
@@ -53,7 +54,7 @@ def renewal_delay(start: float, not_after: float, now: float, rng: random.Random
     return max(0.0, at - now)
 
 
-class IdentityService:
+class IdentityService(IdentityHolder):
     """Owns the workload identity (a service object: :meth:`run`).
 
     The service owns ``client``'s connection (closed when :meth:`run` ends); it must not be
@@ -74,6 +75,7 @@ class IdentityService:
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
     ) -> None:
+        super().__init__()
         self.store = store
         self.client = client
         self.service = service
@@ -84,10 +86,7 @@ class IdentityService:
         # Not for security: spreading renewals only.
         self._rng = rng or random.Random()  # noqa: S311
         self._retry = (retry_initial_s, retry_max_s)
-        self._current: Identity | None = None
         self._key: PrivateKey | None = None
-        self._generation = 0
-        self._changed = trio.Event()
         self._renew_at: float | None = None
         self._last_error: str | None = None
         self.sidecar_token: str | None = store.load_sidecar_token()
@@ -109,22 +108,6 @@ class IdentityService:
         )
 
     # -- what consumers use ----------------------------------------------------------------
-
-    @property
-    def current(self) -> Identity | None:
-        """The identity in force (``None`` before enrollment and after expiry)."""
-        return self._current
-
-    @property
-    def generation(self) -> int:
-        """Number of identities put in force so far."""
-        return self._generation
-
-    async def wait_changed(self, after: int) -> Identity:
-        """The first identity in force with a generation above ``after`` (waits for it)."""
-        while self._current is None or self._current.generation <= after:
-            await self._changed.wait()
-        return self._current
 
     def describe(self) -> dict[str, object]:
         """State for ``/config_dump``: the identity (no key), next renewal, last error."""
@@ -304,12 +287,9 @@ class IdentityService:
         return None
 
     def _put_in_force(self, identity: Identity, key: PrivateKey) -> None:
-        self._generation += 1
-        self._current = identity.with_generation(self._generation)
         self._key = key
         self._last_error = None
-        self._changed.set()
-        self._changed = trio.Event()
+        self._put(identity)
 
     def _expire(self, identity: Identity) -> None:
         if self._current is not None:

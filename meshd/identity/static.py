@@ -9,25 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import trio
-
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import StaticIdentityFiles
 from meshd.identity.errors import InvalidIdentity
+from meshd.identity.holder import IdentityHolder
 from meshd.identity.material import Identity, parse_identity, split_pem_certificates
 
 __all__ = ["StaticIdentity"]
 
 
-class StaticIdentity:
+class StaticIdentity(IdentityHolder):
     """The identity source for ``identity.static`` (same consumer API as IdentityService)."""
 
     def __init__(self, files: StaticIdentityFiles, base_dir: Path) -> None:
+        super().__init__()
         self.files = files
         self.base_dir = base_dir
-        self._generation = 0
-        self._current: Identity | None = None
-        self._changed = trio.Event()
         self.reload()
 
     def _path(self, path: Path) -> Path:
@@ -45,27 +42,7 @@ class StaticIdentity:
             raise ConfigError(f"identity.static: {exc.strerror or exc}: {exc.filename}") from exc
         except InvalidIdentity as exc:
             raise ConfigError(str(exc)) from exc
-        self._generation += 1
-        self._current = identity.with_generation(self._generation)
-        self._changed.set()
-        self._changed = trio.Event()
-        return self._current
-
-    @property
-    def current(self) -> Identity | None:
-        """The identity in force."""
-        return self._current
-
-    @property
-    def generation(self) -> int:
-        """Number of identities loaded so far."""
-        return self._generation
-
-    async def wait_changed(self, after: int) -> Identity:
-        """The first identity with a generation above ``after`` (waits for it)."""
-        while self._current is None or self._current.generation <= after:
-            await self._changed.wait()
-        return self._current
+        return self._put(identity)
 
     def describe(self) -> dict[str, object]:
         """State for ``/config_dump`` (no key material)."""

@@ -1,0 +1,42 @@
+"""The identity in force, numbered by generation, and a way to wait for the next one."""
+
+from __future__ import annotations
+
+import trio
+
+from meshd.identity.material import Identity
+
+__all__ = ["IdentityHolder"]
+
+
+class IdentityHolder:
+    """Base of the identity sources (enrolled or from files) that TLS contexts follow."""
+
+    def __init__(self) -> None:
+        self._current: Identity | None = None
+        self._generation = 0
+        self._changed = trio.Event()
+
+    @property
+    def current(self) -> Identity | None:
+        """The identity in force (``None`` before the first one and after expiry)."""
+        return self._current
+
+    @property
+    def generation(self) -> int:
+        """Number of identities put in force so far."""
+        return self._generation
+
+    async def wait_changed(self, after: int) -> Identity:
+        """The first identity in force with a generation above ``after`` (waits for it)."""
+        while self._current is None or self._current.generation <= after:
+            await self._changed.wait()
+        return self._current
+
+    def _put(self, identity: Identity) -> Identity:
+        """Put ``identity`` in force as the next generation and wake the waiters."""
+        self._generation += 1
+        self._current = identity.with_generation(self._generation)
+        self._changed.set()
+        self._changed = trio.Event()
+        return self._current
