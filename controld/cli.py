@@ -239,6 +239,16 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     push_host, push_port = args.push or ("127.0.0.1", None)
     if not args.kv_prefix.endswith("/"):
         parser.error(f"--kv-prefix must end with '/', got {args.kv_prefix!r}")
+    # What both registry modes share.
+    common: dict[str, Any] = {
+        "admin_host": admin_host,
+        "admin_port": admin_port,
+        "push_host": push_host,
+        "push_port": push_port,
+        "data_dir": args.data_dir,
+        "admin_token_file": args.admin_token_file,
+        "kv_prefix": args.kv_prefix,
+    }
     if args.registry is not None:
         if args.registry_listen is not None:
             parser.error("--registry (external) excludes --registry-listen")
@@ -249,13 +259,7 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         return DaemonConfig(
             registry_url=args.registry,
             registry_token=args.registry_token or None,
-            admin_host=admin_host,
-            admin_port=admin_port,
-            push_host=push_host,
-            push_port=push_port,
-            data_dir=args.data_dir,
-            admin_token_file=args.admin_token_file,
-            kv_prefix=args.kv_prefix,
+            **common,
         )
     if args.data_dir is None:
         parser.error(
@@ -272,13 +276,7 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             datacenter=args.datacenter,
             acl_management_token=args.acl_management_token or None,
         ),
-        admin_host=admin_host,
-        admin_port=admin_port,
-        push_host=push_host,
-        push_port=push_port,
-        data_dir=args.data_dir,
-        admin_token_file=args.admin_token_file,
-        kv_prefix=args.kv_prefix,
+        **common,
     )
 
 
