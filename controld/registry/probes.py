@@ -88,7 +88,14 @@ async def _fetch(url: str, spec: CheckSpec) -> tuple[int, str, str]:
             data = await stream.receive_some(65536)
             if not data:
                 break
-            parser.feed_data(data)
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError:
+                # Bytes after a complete message (e.g. a body sent with a 204, which has none
+                # by definition) are ignored, as Go's client (Consul's) ignores them.
+                if not collector.done:
+                    raise
+                break
             if len(collector.body) >= collector.limit:
                 break
         code = parser.get_status_code()
