@@ -69,35 +69,44 @@ def cluster_key(inputs: Inputs, ref: ClusterRef) -> Hashable:
     )
 
 
-def _endpoints(inputs: Inputs, ref: ClusterRef, priority: int) -> list[Endpoint]:
+def _endpoints(
+    inputs: Inputs, ref: ClusterRef, priority: int, identity: str | None = None
+) -> list[Endpoint]:
     selected = select_endpoints(inputs, ref) or ()
-    return [Endpoint(host=e.host, port=e.port, priority=priority, tags=e.tags) for e in selected]
+    return [
+        Endpoint(host=e.host, port=e.port, priority=priority, tags=e.tags, spiffe_id=identity)
+        for e in selected
+    ]
+
+
+def _mtls_mode(inputs: Inputs, service: str) -> str:
+    defaults = inputs.defaults(service)
+    mode = defaults.mtls if defaults is not None and defaults.mtls is not None else None
+    return mode or inputs.mesh.mtls
 
 
 def cluster_tls(inputs: Inputs, ref: ClusterRef) -> ClusterTls | None:
-    """mTLS settings of the cluster ``ref``: None unless its endpoints are all sidecars of its
-    own service (failover tiers included) and the service's mTLS mode isn't ``disabled``."""
-    service = ref[0]
-    defaults = inputs.defaults(service)
-    mode = defaults.mtls if defaults is not None and defaults.mtls is not None else None
-    if (mode or inputs.mesh.mtls) == "disabled":
-        return None
+    """mTLS settings of the cluster ``ref``: None unless its endpoints (failover tiers
+    included) are all sidecars and no service among the tiers has mTLS ``disabled``. Endpoints
+    of a tier of another service expect that service's identity (``Endpoint.spiffe_id``)."""
     refs = (ref, *failover_refs(inputs, ref))
-    if any(r[0] != service for r in refs):
-        return None  # another service's tier would present another identity
+    if any(_mtls_mode(inputs, r[0]) == "disabled" for r in refs):
+        return None
     selected = [e for r in refs for e in (select_endpoints(inputs, r) or ())]
     if not selected or not all(e.sidecar for e in selected):
         return None
-    return ClusterTls(spiffe_id=spiffe_id(service, inputs.mesh.trust_domain))
+    return ClusterTls(spiffe_id=spiffe_id(ref[0], inputs.mesh.trust_domain))
 
 
 def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
     """The cluster ``ref`` (named by :func:`cluster_name`)."""
     service, subset = ref
+    tls = cluster_tls(inputs, ref)
     endpoints = _endpoints(inputs, ref, 0)
     for priority, tier in enumerate(failover_refs(inputs, ref), start=1):
-        endpoints.extend(_endpoints(inputs, tier, priority))
-    tls = cluster_tls(inputs, ref)
+        other = tier[0] != service and tls is not None
+        identity = spiffe_id(tier[0], inputs.mesh.trust_domain) if other else None
+        endpoints.extend(_endpoints(inputs, tier, priority, identity))
     endpoints.sort(key=lambda e: (e.priority, e.host, e.port, e.tags))
     defaults = inputs.defaults(service)
     resolver = inputs.resolver(service)

@@ -56,6 +56,9 @@ class Endpoint(Frozen):
     priority: int = Field(default=0, ge=0, le=100)
     #: Registry tags of the instance (informational; subsets are resolved by the compiler).
     tags: tuple[str, ...] = ()
+    #: With ``Cluster.tls``: the SPIFFE ID this endpoint's sidecar presents when it isn't the
+    #: cluster's (a failover tier of another service). None: ``tls.spiffe_id``.
+    spiffe_id: str | None = Field(default=None, pattern=r"^spiffe://")
 
 
 class ClusterTls(Frozen):

@@ -28,7 +28,10 @@ class ClusterRuntime:
         tls_id = model.tls.spiffe_id if model.tls is not None else None
         # Keyed by identity: hashing a pydantic model on every request would cost more.
         self._pools: dict[int, EndpointPool] = {
-            id(ep): pools.pool(ep.host, ep.port, limits, tls_id=tls_id) for ep in model.endpoints
+            id(ep): pools.pool(
+                ep.host, ep.port, limits, tls_id=(ep.spiffe_id or tls_id) if tls_id else None
+            )
+            for ep in model.endpoints
         }
 
     async def acquire(self, *, fresh: bool = False) -> tuple[Endpoint, UpstreamConnection]:

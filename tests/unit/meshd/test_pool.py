@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+from meshcore.model.snapshot import Cluster, ClusterTls, Endpoint
 from meshd.cluster.pool import EndpointPool, PoolLimits, PoolManager
+from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import PoolOverflow, UpstreamConnectError
 
 
@@ -124,3 +126,28 @@ async def test_manager_shares_pools_and_closes_them(server: socket.socket) -> No
         nursery.cancel_scope.cancel()
     assert pool.closed
     assert pool.idle == 0
+
+
+def test_cluster_pools_expect_each_endpoints_identity() -> None:
+    # A failover tier of another service presents that service's SPIFFE ID.
+    cluster = Cluster(
+        name="api",
+        service="api",
+        tls=ClusterTls(spiffe_id="spiffe://t/ns/default/svc/api"),
+        endpoints=(
+            Endpoint(host="127.0.0.1", port=1001),
+            Endpoint(
+                host="127.0.0.1", port=1002, priority=1, spiffe_id="spiffe://t/ns/default/svc/dr"
+            ),
+        ),
+    )
+    manager = PoolManager()
+    ClusterRuntime(cluster, manager)
+    ClusterRuntime(cluster.model_copy(update={"tls": None}), manager)  # no tls: plain pools
+    ids = {(p.port, p.tls_id) for p in manager._pools.values()}
+    assert ids == {
+        (1001, "spiffe://t/ns/default/svc/api"),
+        (1002, "spiffe://t/ns/default/svc/dr"),
+        (1001, None),
+        (1002, None),
+    }

@@ -40,7 +40,26 @@ def test_plain_endpoints_mean_no_tls() -> None:
     assert _clusters({"api": []})["api"].tls is None
 
 
-def test_failover_to_another_service_means_no_tls() -> None:
-    services = {"api": API, "web": [ep("10.0.2.1")]}
-    clusters = _clusters(services, resolver("api", failover=[{"service": "web"}]))
+def test_failover_to_another_service_expects_its_identity() -> None:
+    services = {"api": API, "api-dr": [ep("10.0.2.1")]}
+    clusters = _clusters(services, resolver("api", failover=[{"service": "api-dr"}]))
+    cluster = clusters["api"]
+    assert cluster.tls is not None
+    assert cluster.tls.spiffe_id == "spiffe://mesh.local/ns/default/svc/api"
+    by_host = {e.host: (e.priority, e.spiffe_id) for e in cluster.endpoints}
+    assert by_host == {
+        "10.0.0.1": (0, None),
+        "10.0.0.2": (0, None),
+        "10.0.2.1": (1, "spiffe://mesh.local/ns/default/svc/api-dr"),
+    }
+
+
+def test_failover_to_a_service_without_mtls_means_no_tls() -> None:
+    services = {"api": API, "api-dr": [ep("10.0.2.1")]}
+    clusters = _clusters(
+        services,
+        resolver("api", failover=[{"service": "api-dr"}]),
+        defaults("api-dr", mtls="disabled"),
+    )
     assert clusters["api"].tls is None
+    assert all(e.spiffe_id is None for e in clusters["api"].endpoints)
