@@ -174,6 +174,18 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         metavar="PREFIX",
         help="registry KV prefix of the policy resources (default meshd/; must end with /)",
     )
+    run.add_argument(
+        "--ca-import-cert",
+        type=Path,
+        metavar="PEM",
+        help=(
+            "on first start, the CA uses this root certificate (ECDSA CA) instead of "
+            "generating one; needs --ca-import-key; ignored once <data-dir>/ca exists"
+        ),
+    )
+    run.add_argument(
+        "--ca-import-key", type=Path, metavar="PEM", help="the imported root's private key"
+    )
     _add_logging(run)
     return run
 
@@ -248,7 +260,11 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         "data_dir": args.data_dir,
         "admin_token_file": args.admin_token_file,
         "kv_prefix": args.kv_prefix,
+        "ca_import_cert": args.ca_import_cert,
+        "ca_import_key": args.ca_import_key,
     }
+    if (args.ca_import_cert is None) != (args.ca_import_key is None):
+        parser.error("--ca-import-cert and --ca-import-key go together")
     if args.registry is not None:
         if args.registry_listen is not None:
             parser.error("--registry (external) excludes --registry-listen")
@@ -285,6 +301,7 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     import trio
 
     from controld.auth import TokenFileError
+    from controld.ca import CAFileError
     from controld.daemon import ControlDaemon, DaemonPorts
     from controld.registry import DataDirError, RegistryError
     from meshcore.runtime.asgi import ListenError
@@ -322,11 +339,16 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     try:
         trio.run(_run_until_signal, daemon.run, daemon.shutdown_nowait, ready, log)
     except BaseException as exc:
-        error = _leaf(exc, RegistryError) or _leaf(exc, ListenError) or _leaf(exc, TokenFileError)
+        error = (
+            _leaf(exc, RegistryError)
+            or _leaf(exc, ListenError)
+            or _leaf(exc, TokenFileError)
+            or _leaf(exc, CAFileError)
+        )
         if error is None:
             raise
         print(f"controld run: {error}", file=sys.stderr)
-        return 2 if isinstance(error, DataDirError) else 1
+        return 2 if isinstance(error, DataDirError | CAFileError) else 1
     log.info("stopped")
     return 0
 

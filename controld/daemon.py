@@ -34,7 +34,8 @@ from prometheus_client import CollectorRegistry
 from controld.admin import RegistryLink, status_json
 from controld.api import build_api
 from controld.auth import TokenAuth
-from controld.ca import CertificateAuthority, IdentityService
+from controld.ca import CAFileError, CertificateAuthority, IdentityService, RootCA
+from controld.ca.storage import CAStore
 from controld.compiler import Compiler
 from controld.discovery import DiscoveryView, RegistryWatcher
 from controld.push import PushHub, Reconciler
@@ -80,10 +81,16 @@ class DaemonConfig:
     admin_token_file: Path | None = None
     #: Where the policy resources live in the registry KV.
     kv_prefix: str = "meshd/"
+    #: A root (ECDSA CA certificate and key, PEM files) the CA starts with instead of
+    #: generating one; used on first start only (ignored once ``<state dir>/ca`` exists).
+    ca_import_cert: Path | None = None
+    ca_import_key: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.registry is None) == (self.registry_url is None):
             raise ValueError("give either an embedded registry config or a registry URL")
+        if (self.ca_import_cert is None) != (self.ca_import_key is None):
+            raise ValueError("give both the CA certificate and key to import, or neither")
         if not self.kv_prefix or not self.kv_prefix.endswith("/"):
             raise ValueError(f"the KV prefix must end with '/', got {self.kv_prefix!r}")
 
@@ -208,7 +215,7 @@ class ControlDaemon:
         """
         cfg = self.config
         self._auth = TokenAuth.from_file(cfg.token_path)
-        ca = CertificateAuthority.load_or_create(cfg.ca_dir)
+        ca = CertificateAuthority.load_or_create(cfg.ca_dir, import_root=_import_root(cfg))
         server = RegistryServer(cfg.registry) if cfg.registry is not None else None
         async with trio.open_nursery() as nursery:
             registry_port: int | None = None
@@ -312,3 +319,15 @@ class ControlDaemon:
         with trio.CancelScope() as scope:
             self._scopes.append(scope)
             await run(task_status=task_status)
+
+
+def _import_root(cfg: DaemonConfig) -> RootCA | None:
+    """The root to import on first start (``ca_import_cert``/``_key``), read only then."""
+    cert_path, key_path = cfg.ca_import_cert, cfg.ca_import_key
+    if cert_path is None or key_path is None or CAStore(cfg.ca_dir).read_state() is not None:
+        return None
+    try:
+        cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+    except OSError as exc:
+        raise CAFileError(f"cannot read the CA root to import: {exc}") from exc
+    return RootCA.from_pem(cert_pem, key_pem, source=f"{cert_path} + {key_path}")

@@ -214,3 +214,57 @@ def test_embedded_without_data_dir_fails(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--data-dir" in result.stderr
     assert "--registry" in result.stderr
+
+
+def test_imported_root_signs(tmp_path: Path) -> None:
+    from controld.ca import generate_root
+
+    root = generate_root()
+    cert, key = tmp_path / "root.pem", tmp_path / "root-key.pem"
+    cert.write_text(root.cert_pem())
+    key.write_bytes(root.key_pem())
+    args = ["--registry-listen", f"127.0.0.1:{free_port()}", "--push", "off"]
+    args += ["--data-dir", str(tmp_path / "data")]
+    daemon = ControldProcess(
+        [*args, "--ca-import-cert", str(cert), "--ca-import-key", str(key)],
+        tmp_path / "controld.log",
+    )
+    try:
+        daemon.wait_ready()
+        assert daemon.http.get("/v1/bundle").json()["roots"] == [root.cert_pem()]
+    finally:
+        assert daemon.stop() == 0, daemon.log_tail()
+
+
+@pytest.mark.parametrize(
+    ("cert_text", "key_text", "message"),
+    [
+        ("not a certificate", None, "root.pem"),
+        (None, "", "root-key.pem"),
+    ],
+)
+def test_bad_root_to_import_fails(
+    tmp_path: Path, cert_text: str | None, key_text: str | None, message: str
+) -> None:
+    from controld.ca import generate_root
+
+    root = generate_root()
+    cert, key = tmp_path / "root.pem", tmp_path / "root-key.pem"
+    cert.write_text(root.cert_pem() if cert_text is None else cert_text)
+    key.write_bytes(root.key_pem() if key_text is None else key_text.encode())
+    argv = [sys.executable, "-m", "controld", "run", "--data-dir", str(tmp_path / "data")]
+    argv += ["--registry-listen", f"127.0.0.1:{free_port()}", "--push", "off"]
+    argv += ["--admin", f"127.0.0.1:{free_port()}"]
+    argv += ["--ca-import-cert", str(cert), "--ca-import-key", str(key)]
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "controld run:" in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
