@@ -9,7 +9,8 @@ Standard field names (pass the ones that apply; TCP proxying has no HTTP fields)
 
 ``direction``     "inbound" or "outbound"
 ``listener``      listener name
-``source``        downstream identity (SPIFFE ID) or address
+``source``        calling service (outbound: this one; inbound: from the client's
+                  SPIFFE ID, "unknown" without one)
 ``destination``   destination service
 ``route``         matched route name ("" when none matched)
 ``method``, ``path``, ``authority``  HTTP request line and ``:authority``/Host

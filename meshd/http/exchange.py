@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final
 
 from meshcore.model import Endpoint
@@ -12,6 +13,17 @@ METHODS: Final = {
     m.encode(): m
     for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
 }
+
+
+@lru_cache(maxsize=1024)
+def source_service(identity: bytes | None) -> str:
+    """The service of a peer's SPIFFE ID (``spiffe://td/ns/N/svc/<service>``), else "unknown"."""
+    if identity is None:
+        return "unknown"
+    _, marker, service = identity.rpartition(b"/svc/")
+    if not marker or not service or b"/" in service:
+        return "unknown"
+    return service.decode("ascii", "replace")
 
 
 class Exchange:
@@ -57,7 +69,7 @@ def record(
     if cfg.direction == "outbound":
         source, destination = cfg.local_service, ex.destination
     else:
-        source, destination = "unknown", cfg.local_service
+        source, destination = source_service(ex.source_identity), cfg.local_service
     shared.stats.http_request(
         cfg.direction, source, destination, ex.route, method, ex.code, seconds
     )

@@ -313,3 +313,8 @@ async def test_access_log_has_source_identity(
     # structlog's default console renderer (JSON when meshd configured it).
     expected = (f"source_identity={spiffe('web')}", f'"source_identity": "{spiffe("web")}"')
     assert any(text in out for text in expected)
+    # The calling service, taken from the identity, is the access log's and metrics' source.
+    assert any(text in out for text in ("source=web", '"source": "web"'))
+    metrics = (await admin_get(api, "/metrics")).text
+    assert 'direction="inbound"' in metrics
+    assert any('source="web"' in line for line in metrics.splitlines() if "inbound" in line)

@@ -13,6 +13,7 @@ import structlog
 
 from meshcore.runtime.logging import configure_logging
 from meshd.accesslog import ACCESS_FIELDS, AccessLog
+from meshd.http.exchange import source_service
 
 OK: dict[str, Any] = {"direction": "outbound", "route": "r", "code": 200, "error": ""}
 SERVER_ERROR: dict[str, Any] = {**OK, "code": 503, "error": ""}
@@ -109,3 +110,18 @@ def test_writes_to_configured_structlog_output(buf: io.StringIO) -> None:
 def test_rejects_bad_sample_rate() -> None:
     with pytest.raises(ValueError, match="sample_rate"):
         AccessLog(enabled=True, sample_rate=1.5)
+
+
+@pytest.mark.parametrize(
+    ("identity", "service"),
+    [
+        (b"spiffe://mesh.local/ns/default/svc/web", "web"),
+        (b"spiffe://corp/ns/team-a/svc/api.v2", "api.v2"),
+        (None, "unknown"),
+        (b"spiffe://corp/ns/default/svc/", "unknown"),
+        (b"spiffe://corp/workload/x", "unknown"),
+        (b"spiffe://corp/ns/default/svc/a/b", "unknown"),
+    ],
+)
+def test_source_service_from_spiffe_id(identity: bytes | None, service: str) -> None:
+    assert source_service(identity) == service
