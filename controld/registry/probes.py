@@ -28,6 +28,10 @@ class _Collector:
         self.location = ""
         self._header = b""
 
+    def finished(self) -> bool:
+        """The whole message has been parsed (a method: the parser's callbacks set it)."""
+        return self.done
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"location":
             self.location = value.decode("latin-1")
@@ -93,7 +97,7 @@ async def _fetch(url: str, spec: CheckSpec) -> tuple[int, str, str]:
             except httptools.HttpParserError:
                 # Bytes after a complete message (e.g. a body sent with a 204, which has none
                 # by definition) are ignored, as Go's client (Consul's) ignores them.
-                if not collector.done:
+                if not collector.finished():
                     raise
                 break
             if len(collector.body) >= collector.limit:

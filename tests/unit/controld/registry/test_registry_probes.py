@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from controld.registry.model import CheckSpec
-from controld.registry.probes import CRITICAL, PASSING, http_probe
+from controld.registry.model import CRITICAL, PASSING, CheckSpec
+from controld.registry.probes import http_probe
 
 
 async def _serve_once(response: bytes, task_status: trio.TaskStatus[int]) -> None:
