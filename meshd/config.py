@@ -9,7 +9,9 @@ from meshcore.routing import CompiledRouteTable, catch_all
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import SnapshotRejected
+from meshd.http.guard import AuthzContext, InboundGuard
 from meshd.http.shared import HttpListenerConfig
+from meshd.stats import Stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,8 @@ class TcpListenerConfig:
     local_service: str
     cluster: ClusterRuntime
     idle_timeout_s: float
+    #: Inbound access policy, checked on the peer's identity (None: no policy).
+    guard: InboundGuard | None = None
 
 
 ListenerConfig = HttpListenerConfig | TcpListenerConfig
@@ -83,21 +87,32 @@ def unenforced_fields(snapshot: Snapshot) -> list[str]:
                 found.add("route.match.query")
     for cluster in snapshot.clusters:
         found.update(f"cluster.{f}" for f in _CLUSTER_FIELDS if getattr(cluster, f) is not None)
-    if snapshot.inbound_policy is not None:
-        found.add("inbound_policy")
     if snapshot.rate_limits:
         found.add("rate_limits")
-    if snapshot.mtls != "disabled":
-        found.add("mtls")
     return sorted(found)
 
 
-def build_runtime(bootstrap: Bootstrap, snapshot: Snapshot, pools: PoolManager) -> RuntimeConfig:
-    """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`."""
+def build_runtime(
+    bootstrap: Bootstrap,
+    snapshot: Snapshot,
+    pools: PoolManager,
+    authz: AuthzContext | None = None,
+) -> RuntimeConfig:
+    """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`.
+
+    ``authz`` keeps what the inbound guards share across snapshots (JWKS caches, counters,
+    log limiters); the sidecar passes its own. None: a fresh one (its counts go nowhere).
+    """
     models = [*(first_tier(c) for c in snapshot.clusters), local_app_cluster(bootstrap)]
     clusters = {c.name: ClusterRuntime(c, pools) for c in models}
     listeners: dict[str, ListenerConfig] = {}
+    policy = snapshot.inbound_policy
+    if policy is not None and authz is None:
+        authz = AuthzContext(Stats())
     for lst in snapshot.listeners:
+        guard = None
+        if policy is not None and authz is not None and lst.direction == "inbound":
+            guard = authz.guard(policy, listener=lst.name, service=bootstrap.service)
         if lst.protocol == "tcp":
             cluster_name = lst.target_cluster
             assert cluster_name is not None  # tcp listeners never have a route table
@@ -107,6 +122,7 @@ def build_runtime(bootstrap: Bootstrap, snapshot: Snapshot, pools: PoolManager) 
                 local_service=bootstrap.service,
                 cluster=clusters[cluster_name],
                 idle_timeout_s=lst.idle_timeout_s,
+                guard=guard,
             )
             continue
         if lst.route_table is not None:
@@ -128,5 +144,6 @@ def build_runtime(bootstrap: Bootstrap, snapshot: Snapshot, pools: PoolManager) 
             headers_timeout_s=lst.request_headers_timeout_s,
             max_head_bytes=lst.max_request_headers_kb * 1024,
             version=snapshot.version,
+            guard=guard,
         )
     return RuntimeConfig(bootstrap, snapshot, clusters, listeners)

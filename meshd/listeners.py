@@ -50,7 +50,7 @@ class ListenerSlot:
                 return  # refused (plaintext under STRICT, failed handshake): closed
             down, peer_identity = accepted
             if isinstance(cfg, TcpListenerConfig):
-                await serve_tcp(down, cfg, self.shared)
+                await serve_tcp(down, cfg, self.shared, peer_identity=peer_identity)
             else:
                 await serve_http(
                     down, cfg, self.shared, self, peer_identity=peer_identity, strip_identity=True

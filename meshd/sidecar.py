@@ -37,6 +37,7 @@ from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
 from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
+from meshd.http.guard import AuthzContext
 from meshd.http.shared import ProxyShared
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
@@ -90,6 +91,8 @@ class Sidecar:
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
         self.registry = build_registry(self.stats, self._pool_stats)
+        #: What inbound access control keeps across snapshots (JWKS caches, log limiters).
+        self.authz = AuthzContext(self.stats)
         #: mTLS mode and contexts (contexts only once there is an identity).
         self.tls = MeshTls()
         self.pools = PoolManager(self.tls)
@@ -369,7 +372,7 @@ class Sidecar:
 
     def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
         """Build, bind, then swap: nothing changes unless all of it works."""
-        runtime = build_runtime(bootstrap, snapshot, self.pools)
+        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz)
         self.listeners.apply(runtime)
         self.runtime = runtime
         self.tls.mode = snapshot.mtls
@@ -440,11 +443,15 @@ class Sidecar:
     def stats_info(self) -> dict[str, Any]:
         """Counters as JSON."""
         out = {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
-        if self.tls.identity is not None:
+        tls = self.tls
+        if tls.identity is not None or tls.lost:
             out["mtls"] = {
-                "mode": self.tls.mode,
-                "plaintext_refused": self.tls.plaintext_refused,
-                "handshake_failed": self.tls.handshake_failed,
+                "mode": tls.mode,
+                "plaintext_refused": tls.plaintext_refused,
+                "handshake_failed": tls.handshake_failed,
+                # The certificate expired with no renewal: STRICT refuses everything.
+                "lost": tls.lost,
+                "no_identity_refused": tls.no_identity_refused,
             }
         if self.control is not None:
             out["control"] = self.control.describe()

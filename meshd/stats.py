@@ -25,6 +25,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "AUTHZ_ACTIONS",
+    "AUTHZ_ALLOW",
+    "AUTHZ_AUDIT",
+    "AUTHZ_DENY",
     "BUCKETS",
     "MeshdCollector",
     "PoolStats",
@@ -62,6 +66,10 @@ _TCP_LABELS = ("direction", "source", "destination")
 # TCP record slots.
 _OPENED, _CLOSED, _RECEIVED, _SENT = range(4)
 
+#: Slots of a listener's access-decision counters (:meth:`Stats.authz_counters`).
+AUTHZ_ACTIONS: tuple[str, ...] = ("allow", "deny", "audit")
+AUTHZ_ALLOW, AUTHZ_DENY, AUTHZ_AUDIT = range(3)
+
 PoolStats = Callable[[], Iterable[tuple[str, str, int, int]]]
 """Returns ``(cluster, endpoint "host:port", active, idle)`` for every pooled endpoint.
 
@@ -90,6 +98,7 @@ class Stats:
     """Raw counters of one sidecar; every recording method is a few dict/list operations."""
 
     __slots__ = (
+        "_authz",
         "_downstream",
         "_http",
         "_registry",
@@ -110,6 +119,8 @@ class Stats:
         self._snapshot_applied = 0
         self._snapshot_rejected = 0
         self._registry: dict[str, int] = {}
+        # listener -> counts by AUTHZ_ACTIONS slot
+        self._authz: dict[str, list[int]] = {}
 
     def http_request(  # noqa: PLR0917 -- positional on purpose: the proxy's call is fixed
         self,
@@ -183,6 +194,17 @@ class Stats:
         """Count a self-registration event (``registered``, ``errors``, ``lost``, ...)."""
         self._registry[event] = self._registry.get(event, 0) + 1
 
+    def authz_counters(self, listener: str) -> list[int]:
+        """The access-decision counts of ``listener``, indexed by ``AUTHZ_*``.
+
+        The list is the live record: the inbound guard keeps it and bumps a slot per
+        decision, so counting costs one int increment (and survives snapshot swaps).
+        """
+        rec = self._authz.get(listener)
+        if rec is None:
+            rec = self._authz[listener] = [0] * len(AUTHZ_ACTIONS)
+        return rec
+
     def as_json(self) -> dict[str, object]:
         """Flat, Envoy-style ``dotted.name -> number`` view for the admin ``/stats`` endpoint."""
         out: dict[str, object] = {
@@ -207,6 +229,9 @@ class Stats:
             out[f"cluster.{cluster}.upstream_errors.{reason}"] = count
         for event, count in list(self._registry.items()):
             out[f"registry.{event}"] = count
+        for listener, counts in list(self._authz.items()):
+            for action, count in zip(AUTHZ_ACTIONS, counts, strict=True):
+                out[f"authz.{listener}.{action}"] = count
         return dict(sorted(out.items()))
 
 
@@ -237,6 +262,7 @@ class MeshdCollector(Collector):
             pool,
             snap_version,
             snap_updates,
+            authz,
         ) = _families()
 
         # Copies: cheap, and immune to a recording call adding a key mid-iteration.
@@ -272,6 +298,10 @@ class MeshdCollector(Collector):
         snap_updates.add_metric(["applied"], s._snapshot_applied)
         snap_updates.add_metric(["rejected"], s._snapshot_rejected)
 
+        for listener, counts in list(s._authz.items()):
+            for action, count in zip(AUTHZ_ACTIONS, counts, strict=True):
+                authz.add_metric([listener, action], count)
+
         yield requests
         yield duration
         yield tcp_opened
@@ -284,6 +314,7 @@ class MeshdCollector(Collector):
         yield pool
         yield snap_version
         yield snap_updates
+        yield authz
 
 
 def _families() -> tuple[
@@ -298,6 +329,7 @@ def _families() -> tuple[
     CounterMetricFamily,
     GaugeMetricFamily,
     GaugeMetricFamily,
+    CounterMetricFamily,
     CounterMetricFamily,
 ]:
     return (
@@ -355,6 +387,11 @@ def _families() -> tuple[
             "meshd_snapshot_updates_total",
             "Snapshots received from the control plane, by result.",
             labels=("result",),
+        ),
+        CounterMetricFamily(
+            "meshd_authz_decisions_total",
+            "Inbound access decisions, by listener and outcome (allow, deny, audit).",
+            labels=("listener", "action"),
         ),
     )
 

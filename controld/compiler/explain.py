@@ -17,7 +17,7 @@ from controld.compiler.inputs import Inputs, spiffe_id
 from controld.compiler.policy import inbound_policy
 from controld.compiler.snapshot import Compiler, outbound_listener_name
 from controld.discovery.view import DiscoveryView
-from meshcore.authz import evaluate
+from meshcore.authz import evaluate, normalize_path
 from meshcore.matchers import RequestMatcher
 from meshcore.model.base import SocketAddr
 from meshcore.model.proxy import ProxyDescriptor, Upstream
@@ -273,8 +273,12 @@ def explain(
         dst_snapshot.inbound_policy,
         source_id=source_id,
         method=method,
-        path=bare_path,
+        # As the sidecar sees it (meshd's guard normalises the same way).
+        path=normalize_path(bare_path.encode("utf-8", "surrogateescape")).decode(
+            "utf-8", "surrogateescape"
+        ),
         headers=headers,
+        l4=listener.protocol == "tcp",
     )
     origins = inbound_policy(inputs, destination)[1]
     policy_name = origins[decision.rule_index] if decision.rule_index is not None else None

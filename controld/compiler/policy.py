@@ -2,9 +2,15 @@
 
 Access policies of the destination apply in name order, their rules in order, as one list
 (the first matching rule decides). Sources naming a service become that service's SPIFFE ID
-in namespace ``default``. The default action is ``deny`` as soon as one rule allows
-(an allow-list), else ``allow`` (only deny/audit rules: everything else passes); a service
-with no access policy gets no inbound policy at all (everything is allowed).
+in namespace ``default``. The default action (what happens to calls no rule matches):
+
+* the service's effective mTLS mode (its ServiceDefaults', else the Mesh's) is ``strict``:
+  ``deny`` as soon as the service has any AccessPolicy (default deny, even with only
+  ``deny``/``audit`` rules);
+* otherwise ``deny`` as soon as one rule allows (an allow-list), else ``allow`` (only
+  deny/audit rules: everything else passes).
+
+A service with no access policy gets no inbound policy at all (everything is allowed).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from controld.compiler.inputs import Inputs, spiffe_id
 from meshcore.model.policy import AccessRule, MtlsMode
 from meshcore.model.snapshot import InboundPolicy, RateLimitRule
 
-__all__ = ["InboundParts", "build_inbound", "inbound_key", "inbound_policy"]
+__all__ = ["InboundParts", "build_inbound", "effective_mtls", "inbound_key", "inbound_policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,14 @@ def inbound_key(inputs: Inputs, service: str) -> Hashable:
     )
 
 
+def effective_mtls(inputs: Inputs, service: str) -> MtlsMode:
+    """The mTLS mode of ``service``'s inbound side: its ServiceDefaults', else the Mesh's."""
+    defaults = inputs.defaults(service)
+    if defaults is not None and defaults.mtls is not None:
+        return defaults.mtls
+    return inputs.mesh.mtls
+
+
 def inbound_policy(inputs: Inputs, service: str) -> tuple[InboundPolicy | None, tuple[str, ...]]:
     """The compiled access policy of ``service`` and each rule's AccessPolicy name."""
     policies = inputs.resources.access_policies_for(service)
@@ -59,16 +73,16 @@ def inbound_policy(inputs: Inputs, service: str) -> tuple[InboundPolicy | None, 
                 rule if sources == rule.sources else rule.model_copy(update={"sources": sources})
             )
             origins.append(policy.metadata.name)
+    # STRICT: every caller is authenticated, so any policy is an allow-list (default deny).
+    strict = effective_mtls(inputs, service) == "strict"
     default: Literal["allow", "deny"] = (
-        "deny" if any(r.action == "allow" for r in rules) else "allow"
+        "deny" if strict or any(r.action == "allow" for r in rules) else "allow"
     )
     return InboundPolicy(rules=tuple(rules), default_action=default), tuple(origins)
 
 
 def build_inbound(inputs: Inputs, service: str) -> InboundParts:
     """Inbound settings of ``service``'s sidecars."""
-    defaults = inputs.defaults(service)
-    mtls = defaults.mtls if defaults is not None and defaults.mtls is not None else None
     policy, origins = inbound_policy(inputs, service)
     limits = tuple(
         RateLimitRule(
@@ -81,7 +95,7 @@ def build_inbound(inputs: Inputs, service: str) -> InboundParts:
         for r in inputs.resources.rate_limits_for(service)
     )
     return InboundParts(
-        mtls=mtls if mtls is not None else inputs.mesh.mtls,
+        mtls=effective_mtls(inputs, service),
         policy=policy,
         rule_origins=origins,
         rate_limits=limits,

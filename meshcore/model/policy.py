@@ -151,8 +151,24 @@ class Permission(Frozen):
     _methods = field_validator("methods")(check_methods)
 
 
+class ClaimMatch(Frozen):
+    """A condition on one claim of a validated JWT.
+
+    ``name`` is a dotted path into nested claims (``realm_access.roles``). The claim matches
+    when its value contains one of ``values``: a string equal to one, a list of strings with
+    one in it, or, for a claim named ``scope``, a space-separated string with one among its
+    words. Absent claims and other value types never match.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[^.\s]+(\.[^.\s]+)*$")
+    values: tuple[str, ...] = Field(min_length=1)
+
+
 class JwtRequirement(Frozen):
-    """A valid JWT from ``issuer`` is required (bearer token in Authorization)."""
+    """A valid JWT from ``issuer`` is required (bearer token in Authorization).
+
+    ``claims`` must all match (:class:`ClaimMatch`), or the request is denied (403).
+    """
 
     issuer: str = Field(min_length=1)
     #: Accepted ``aud`` values; empty: any audience.
@@ -162,6 +178,8 @@ class JwtRequirement(Frozen):
     #: Claim name -> request header forwarded to the app.
     forward_claims: dict[str, str] = Field(default_factory=dict)
     clock_skew_s: float = Field(default=30.0, ge=0, le=3600)
+    #: Conditions on the token's claims; all must hold.
+    claims: tuple[ClaimMatch, ...] = ()
 
     @field_validator("forward_claims")
     @classmethod

@@ -208,6 +208,15 @@ class HttpConnection:
         target = head.target
         if target[:1] != b"/" and target != b"*":
             target = _origin_form(head)
+        guard = cfg.guard
+        if guard is not None:
+            # Access policy (and JWT) before routing; it may edit the headers (claims).
+            refusal = await guard.admit(head, self.peer_identity, target)
+            if refusal is not None:
+                await self._respond_error(
+                    refusal.status, refusal.error, refusal.detail, extra=refusal.headers
+                )
+                return
         route = cfg.first_route
         if route is None:
             method = METHODS.get(head.method) or head.method.decode("latin-1")
@@ -473,7 +482,13 @@ class HttpConnection:
             events.popleft()
 
     async def _respond_error(
-        self, status: int, reason: str, detail: str, redirect: Redirect | None = None
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        redirect: Redirect | None = None,
+        *,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         ex = self._exchange
         assert ex is not None
@@ -499,6 +514,7 @@ class HttpConnection:
                 request_id=ex.request_id,
                 detail=detail,
                 head_only=head is not None and head.method == b"HEAD",
+                extra_headers=extra,
             )
         await self.down.send_all(answer)
         ex.head_sent = True

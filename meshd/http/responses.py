@@ -6,6 +6,7 @@ access logs and metrics can tell a proxy's answer from the application's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from meshcore.model.policy import Redirect
@@ -24,6 +25,7 @@ _REASON_PHRASES: Final = {
     307: b"Temporary Redirect",
     308: b"Permanent Redirect",
     400: b"Bad Request",
+    401: b"Unauthorized",
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
@@ -71,8 +73,12 @@ def synthetic_response(
     request_id: bytes | None = None,
     detail: str = "",
     head_only: bool = False,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> bytes:
-    """A complete HTTP/1.1 response the proxy sends on its own behalf."""
+    """A complete HTTP/1.1 response the proxy sends on its own behalf.
+
+    ``extra_headers`` (name, value) go out as given: the caller keeps CR/LF out of them.
+    """
     body = f"{reason}: {detail}\n" if detail else f"{reason}\n"
     payload = body.encode("utf-8", "replace")
     lines = [
@@ -83,6 +89,7 @@ def synthetic_response(
     ]
     if request_id is not None:
         lines.append(b"x-request-id: " + request_id + b"\r\n")
+    lines.extend(name + b": " + value + b"\r\n" for name, value in extra_headers)
     if close:
         lines.append(b"connection: close\r\n")
     lines.append(b"\r\n")

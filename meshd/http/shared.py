@@ -13,6 +13,7 @@ import trio
 from meshcore.routing import CompiledRoute, CompiledRouteTable
 from meshd.accesslog import AccessLog
 from meshd.cluster.runtime import ClusterRuntime
+from meshd.http.guard import InboundGuard
 from meshd.mtls import MeshTls
 from meshd.stats import Stats
 
@@ -63,6 +64,8 @@ class HttpListenerConfig:
     headers_timeout_s: float
     max_head_bytes: int
     version: int = 0
+    #: Inbound access policy checked before routing (None: no policy, no cost).
+    guard: InboundGuard | None = None
 
     #: The first route when it matches everything, so matching can be skipped.
     first_route: CompiledRoute | None = None

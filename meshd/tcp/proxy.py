@@ -8,11 +8,18 @@ from meshd.config import TcpListenerConfig
 from meshd.errors import UpstreamError
 from meshd.http.shared import ProxyShared
 from meshd.net.stream import SocketStream, Stream
+from meshd.net.tls import TlsStream
 from meshd.tcp.pump import pump
 
 
-async def serve_tcp(down: Stream, cfg: TcpListenerConfig, shared: ProxyShared) -> None:
-    """Serve one downstream TCP connection until both sides are done."""
+async def serve_tcp(
+    down: Stream, cfg: TcpListenerConfig, shared: ProxyShared, *, peer_identity: bytes | None = None
+) -> None:
+    """Serve one downstream TCP connection until both sides are done.
+
+    ``peer_identity``: the client's SPIFFE ID (inbound mTLS). A connection the listener's
+    access policy denies is closed at once, before any byte is forwarded.
+    """
     cluster = cfg.cluster
     stats = shared.stats
     if cfg.direction == "outbound":
@@ -21,6 +28,11 @@ async def serve_tcp(down: Stream, cfg: TcpListenerConfig, shared: ProxyShared) -
         source, destination = "unknown", cfg.local_service
     stats.downstream_opened(cfg.name)
     try:
+        guard = cfg.guard
+        if guard is not None and not guard.admit_connection(peer_identity):
+            if isinstance(down, SocketStream | TlsStream):
+                down.reset()
+            return
         try:
             endpoint, conn = await cluster.acquire(fresh=True)
         except UpstreamError as exc:

@@ -161,3 +161,24 @@ def test_decision_is_the_first_applicable_rule(
     first = next((i for i, r in enumerate(rules) if applies(r)), None)
     assert d.rule_index == first
     assert d.action == (default if first is None else rules[first]["action"])
+
+
+def test_l4_skips_rules_with_permissions_or_jwt() -> None:
+    p = policy(
+        {"sources": [WEB], "action": "deny", "permissions": [{"methods": ["GET"]}]},
+        {"sources": [WEB], "action": "allow", "jwt": JWKS},
+        {"sources": [ADMIN], "action": "deny"},
+        {"sources": ["*"], "action": "audit"},
+        default="deny",
+    )
+    compiled = CompiledPolicy(p)
+    assert compiled.evaluate_l4(WEB) == Decision("audit", 3, f"rule 3 (audit) matches {WEB}")
+    assert (compiled.evaluate_l4(ADMIN).action, compiled.evaluate_l4(ADMIN).rule_index) == (
+        "deny",
+        2,
+    )
+    unauthenticated = compiled.evaluate_l4(None)
+    assert (unauthenticated.action, unauthenticated.rule_index) == ("audit", 3)
+    assert evaluate(p, source_id=ADMIN, method="", path="", headers={}, l4=True).rule_index == 2
+    only_l7 = CompiledPolicy(policy({"sources": [WEB], "action": "allow", "jwt": JWKS}))
+    assert only_l7.evaluate_l4(WEB) == Decision("deny", None, "no rule matched (default deny)")

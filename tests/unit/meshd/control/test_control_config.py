@@ -203,6 +203,7 @@ def test_unenforced_fields_are_listed() -> None:
         {
             **SNAP,
             "mtls": "strict",
+            "inbound_policy": {"rules": [{"sources": ["*"], "action": "deny"}]},
             "rate_limits": [{"name": "r", "requests_per_second": 1, "burst": 1}],
             "clusters": [{**SNAP["clusters"][0], "health_check": {}}],
             "route_tables": [
@@ -223,7 +224,6 @@ def test_unenforced_fields_are_listed() -> None:
     )
     assert unenforced_fields(snap) == [
         "cluster.health_check",
-        "mtls",
         "rate_limits",
         "route.mirror",
         "route.retries",
