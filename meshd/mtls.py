@@ -5,6 +5,12 @@ new connections only; open ones keep theirs. Inbound connections go through
 :meth:`MeshTls.accept`: STRICT requires a client certificate from the mesh bundle,
 PERMISSIVE sniffs the first bytes and does TLS only for a ClientHello. Without an identity,
 or with ``mtls: disabled``, nothing changes: plaintext as before.
+
+An identity that goes away (its leaf expired without a renewal) is not the same as never
+having had one: the sidecar stops offering the certificate, STRICT inbound listeners refuse
+every connection (never fall back to plaintext), PERMISSIVE ones take plaintext only, and
+outbound mTLS presents no certificate, so STRICT peers refuse it at the handshake.
+Open connections, pooled upstream ones included, keep the context they were made with.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ import trio
 
 from meshd.net.stream import SocketStream, Stream
 from meshd.net.tls import TlsError, TlsStream, tls_accept
-from meshd.net.tlsconfig import client_context, peer_spiffe_id, server_context, sniff_tls
+from meshd.net.tlsconfig import (
+    anonymous_client_context,
+    client_context,
+    peer_spiffe_id,
+    server_context,
+    sniff_tls,
+)
 
 if TYPE_CHECKING:
     # cryptography (behind Identity) loads only when the sidecar has an identity.
@@ -39,8 +51,13 @@ class IdentitySource(Protocol):
         """The identity in force."""
         ...
 
-    async def wait_changed(self, after: int) -> Identity:
-        """The next identity after generation ``after``."""
+    @property
+    def version(self) -> int:
+        """Counts changes of :attr:`current` (new identities and drops)."""
+        ...
+
+    async def wait_version(self, after: int) -> int:
+        """The version, once it is above ``after``."""
         ...
 
 
@@ -59,33 +76,50 @@ class MeshTls:
         self.plaintext_refused = 0
         #: Inbound handshakes that failed (bad or missing client certificate, ...).
         self.handshake_failed = 0
+        #: The identity went away (expired): see the module docstring.
+        self.lost = False
+        #: Inbound connections refused because the identity went away.
+        self.no_identity_refused = 0
 
     def use(self, identity: Identity | None) -> None:
-        """Build the contexts new connections use from ``identity`` (None: no TLS)."""
-        self.identity = identity
+        """Build the contexts new connections use from ``identity`` (None: no identity;
+        after having had one, the "lost" state of the module docstring)."""
+        previous, self.identity = self.identity, identity
         if identity is None:
-            self.server_strict = self.server_permissive = self.client = None
+            self.server_strict = self.server_permissive = None
+            if previous is not None:
+                self.lost = True
+                self.client = anonymous_client_context(previous.bundle_pems)
+                log.error(
+                    "workload identity gone: not offering the expired certificate; "
+                    "STRICT peers will refuse this sidecar's mTLS",
+                    spiffe_id=previous.spiffe_id,
+                )
+            elif not self.lost:
+                self.client = None
             return
         cert, key, roots = identity.cert_pem, identity.key_pem, identity.bundle_pems
         self.server_strict = server_context(cert, key, roots, require_client_cert=True)
         self.server_permissive = server_context(cert, key, roots, require_client_cert=False)
         self.client = client_context(cert, key, roots)
-        log.info("mTLS contexts built", spiffe_id=identity.spiffe_id)
+        self.lost = False
+        log.info("mTLS contexts built", spiffe_id=identity.spiffe_id, roots=len(roots))
 
     @property
     def inbound_active(self) -> bool:
-        """Inbound listeners do (or may do) TLS now."""
-        return self.mode != "disabled" and self.identity is not None
+        """Inbound listeners do (or may do) TLS now, or refuse for want of an identity."""
+        return self.mode != "disabled" and (self.identity is not None or self.lost)
 
     async def run(self, source: IdentitySource) -> None:
-        """Follow ``source``: rebuild the contexts on every new identity, until cancelled."""
-        current = source.current
-        self.use(current)
-        generation = current.generation if current is not None else 0
+        """Follow ``source``: rebuild the contexts on every change of its identity (a new
+        one, or its loss), until cancelled."""
+        self.use(source.current)
+        version = source.version
         while True:
-            identity = await source.wait_changed(generation)
-            generation = identity.generation
-            self.use(identity)
+            version = await source.wait_version(version)
+            current = source.current
+            if current is not self.identity:
+                self.use(current)
 
     async def accept(self, stream: SocketStream) -> tuple[Stream, bytes | None] | None:
         """The stream to serve and the client's SPIFFE ID, or None if the connection is refused.
@@ -95,7 +129,12 @@ class MeshTls:
         strict = self.mode == "strict"
         ctx = self.server_strict if strict else self.server_permissive
         if ctx is None:
-            return stream, None
+            if not self.lost:
+                return stream, None
+            if strict:
+                self.no_identity_refused += 1
+                stream.reset()
+                return None
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                 is_tls = await sniff_tls(stream)
@@ -103,6 +142,10 @@ class MeshTls:
                     if not strict:
                         return stream, None
                     self.plaintext_refused += 1
+                    stream.reset()
+                    return None
+                if ctx is None:  # PERMISSIVE without an identity: no TLS to offer
+                    self.no_identity_refused += 1
                     stream.reset()
                     return None
                 tls: TlsStream = await tls_accept(stream, ctx)

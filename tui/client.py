@@ -208,3 +208,14 @@ class ControldClient:
     def schema(self) -> Any:
         """``GET /v1/schema``: ``{kind: JSON schema}``."""
         return self.request("GET", "/v1/schema")
+
+    def ca_status(self) -> Any:
+        """``GET /v1/ca``: rotation phase, signer, bundle and outstanding leaves per root."""
+        return self.request("GET", "/v1/ca")
+
+    def ca_rotate(self, step: str, *, force: bool = False) -> Any:
+        """``POST /v1/ca/rotate``: one root rotation step (``stage``, ``activate``, ``retire``)."""
+        body: dict[str, Any] = {"step": step}
+        if force:
+            body["force"] = True
+        return self.request("POST", "/v1/ca/rotate", json=body)

@@ -1,8 +1,11 @@
 """Identity endpoints: join tokens, enrollment, renewal, trust bundle, revocation, rotation.
 
 ``/v1/enroll`` and ``/v1/renew`` take no bearer token: the join token, respectively the
-proof of possession of the current leaf's key, is the credential. ``/v1/bundle`` is public.
-The others are admin-only and audited.
+proof of possession of the current leaf's key, is the credential. ``/v1/bundle`` is public;
+with ``?index=<n>&wait=<s>`` it is a blocking query (as in Consul): it answers at once when
+the bundle's index isn't ``n``, else when it changes or after ``wait`` (at most 300 s). The
+index is in the ``X-Meshd-Index`` header and the body. ``GET /v1/ca`` is admin-only; the
+others are admin-only and audited.
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates route signatures, whose
@@ -11,7 +14,8 @@ The others are admin-only and audited.
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
@@ -25,6 +29,7 @@ from controld.ca import (
     RenewalRefused,
     RotationError,
 )
+from controld.ca.rotation import MAX_BUNDLE_WAIT_S
 from controld.ca.service import rfc3339
 from meshcore.model.policy import SERVICE_PATTERN
 
@@ -33,6 +38,32 @@ __all__ = ["identity_router"]
 #: Longest lifetime of a join token (30 days).
 MAX_JOIN_TTL_S = 30 * 86400
 _SPIFFE_PATTERN = r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$"
+#: Header carrying the bundle's index.
+INDEX_HEADER = "X-Meshd-Index"
+#: Default wait of a bundle long-poll given an index and no ``wait``.
+DEFAULT_BUNDLE_WAIT_S = 60.0
+
+
+def parse_wait(value: str | None) -> float:
+    """A blocking query's ``wait``: seconds, optionally suffixed ``s``, ``ms`` or ``m`` (as
+    Consul's ``10s``, ``5m``); capped at 300 s. ``ValueError`` when it isn't one."""
+    if value is None or value == "":
+        return DEFAULT_BUNDLE_WAIT_S
+    text = value.strip().lower()
+    scale = 1.0
+    if text.endswith("ms"):
+        text, scale = text[:-2], 0.001
+    elif text.endswith("s"):
+        text = text[:-1]
+    elif text.endswith("m"):
+        text, scale = text[:-1], 60.0
+    try:
+        seconds = float(text) * scale
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0.0 or seconds == float("inf"):  # also NaN
+        raise ValueError(f"not a duration: {value!r}")
+    return min(seconds, MAX_BUNDLE_WAIT_S)
 
 
 class JoinTokenRequest(BaseModel):
@@ -79,6 +110,8 @@ class RotateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     step: Literal["stage", "activate", "retire"]
+    #: ``retire`` even while leaves of the old root are outstanding.
+    force: bool = False
 
 
 def identity_router(
@@ -87,6 +120,7 @@ def identity_router(
     """The identity endpoints on ``identity``."""
     router = APIRouter(tags=["identity"])
     AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
+    Admin = Annotated[Principal, Depends(guard.admin)]
 
     @router.post("/v1/tokens/join")
     async def create_join_token(
@@ -130,10 +164,35 @@ def identity_router(
             raise ApiError(401, str(exc)) from exc
         return issued.as_json()
 
-    @router.get("/v1/bundle")
-    async def bundle() -> dict[str, Any]:
-        """The trust domain and the trusted roots (PEM)."""
-        return {"trust_domain": identity.trust_domain, "roots": identity.ca.bundle_pem()}
+    @router.get("/v1/bundle", responses={400: {"description": "bad wait"}})
+    async def bundle(
+        index: Annotated[int | None, Query(ge=0)] = None,
+        wait: Annotated[str | None, Query(max_length=32)] = None,
+    ) -> JSONResponse:
+        """The trust domain, the trusted roots (PEM), the signing root (``active``, PEM;
+        ``active_id``) and the bundle's ``index``; with ``index`` a blocking query."""
+        ca = identity.ca
+        if index is not None:
+            try:
+                wait_s = parse_wait(wait)
+            except ValueError as exc:
+                raise ApiError(400, f"wait: {exc}") from exc
+            await ca.wait_bundle(index, wait_s)
+        current = ca.index
+        body = {
+            "trust_domain": identity.trust_domain,
+            "roots": ca.bundle_pem(),
+            "active": ca.signer.cert_pem(),
+            "active_id": ca.state.active,
+            "index": current,
+        }
+        return JSONResponse(body, headers={INDEX_HEADER: str(current)})
+
+    @router.get("/v1/ca")
+    async def ca_status(principal: Admin) -> dict[str, Any]:
+        """Rotation phase, signer, bundle and outstanding leaves per root (admin only)."""
+        del principal
+        return identity.status()
 
     @router.post("/v1/revocations")
     async def revoke(
@@ -148,24 +207,22 @@ def identity_router(
     async def rotate(
         body: RotateRequest, request: Request, principal: AdminAudited
     ) -> dict[str, Any]:
-        """One root rotation step: ``stage``, ``activate`` or ``retire`` (admin; audited)."""
+        """One root rotation step: ``stage``, ``activate`` or ``retire`` (admin; audited).
+
+        ``retire`` answers 409 while leaves of the old root are outstanding, unless ``force``.
+        """
         ca = identity.ca
         try:
-            if body.step == "stage":
-                ca.stage_new_root()
-            elif body.step == "activate":
-                ca.activate()
-            else:
-                ca.retire_old()
+            state = identity.rotate(body.step, force=body.force)
         except RotationError as exc:
             raise ApiError(409, str(exc)) from exc
-        state = ca.state
-        auditor.record(principal.name, request, body.step, active=state.active)
+        auditor.record(principal.name, request, body.step, active=state.active, force=body.force)
         return {
             "phase": state.phase,
             "active": state.active,
             "bundle": list(state.bundle),
             "roots": ca.bundle_pem(),
+            "index": ca.index,
         }
 
     return router

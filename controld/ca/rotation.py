@@ -3,20 +3,29 @@
 A rotation under traffic runs in three steps, each persisted before it takes effect:
 
 1. :meth:`CertificateAuthority.stage_new_root`: a new root joins the bundle; the old one still
-   signs. Sidecars pick up the bundle (old + new) at their next renewal or bundle fetch.
+   signs. Sidecars pick up the bundle (old + new) through their bundle long-poll.
 2. :meth:`CertificateAuthority.activate`: the new root signs; the bundle still holds both, so
    leaves of either root verify while sidecars renew.
 3. :meth:`CertificateAuthority.retire_old`: once every leaf has been renewed by the new root,
-   the old root leaves the bundle and its files are deleted.
+   the old root leaves the bundle and its files are deleted (the check that no old-root leaf
+   is outstanding is :meth:`controld.ca.service.IdentityService.rotate`'s).
+
+Each step moves the bundle's *index* forward and wakes :meth:`CertificateAuthority.wait_bundle`
+callers (``GET /v1/bundle?index=&wait=``), so sidecars learn a new bundle within a round trip
+rather than at their next renewal. The index isn't persisted: it starts at the wall clock in
+milliseconds, so it still moves forward across a restart and a poller's stale index differs.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import trio
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from controld.ca.authority import (
     DEFAULT_LEAF_TTL,
@@ -29,7 +38,14 @@ from controld.ca.authority import (
 from controld.ca.errors import CAFileError, RotationError
 from controld.ca.storage import CAStore
 
-__all__ = ["CertificateAuthority", "RotationState"]
+__all__ = ["MAX_BUNDLE_WAIT_S", "CertificateAuthority", "RotationState"]
+
+#: Longest a bundle long-poll waits for a change.
+MAX_BUNDLE_WAIT_S = 300.0
+
+
+def _clock_index() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,8 @@ class CertificateAuthority:
         self._store = store
         self._roots = roots
         self._state = state
+        self._index = _clock_index()
+        self._changed = trio.Event()
 
     @classmethod
     def load_or_create(
@@ -84,6 +102,45 @@ class CertificateAuthority:
     def state(self) -> RotationState:
         """The current rotation state."""
         return self._state
+
+    @property
+    def index(self) -> int:
+        """The bundle's index: it changes (grows) whenever the bundle or the signer does."""
+        return self._index
+
+    async def wait_bundle(self, after: int, wait_s: float) -> int:
+        """The index, at once when it isn't ``after``; else once it changes or after
+        ``wait_s`` seconds (capped at :data:`MAX_BUNDLE_WAIT_S`), whichever comes first."""
+        if self._index == after:
+            with trio.move_on_after(min(max(0.0, wait_s), MAX_BUNDLE_WAIT_S)):
+                while self._index == after:
+                    await self._changed.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        return self._index
+
+    def _bump(self) -> None:
+        """The bundle or the signer changed: new index, wake the long-polls."""
+        self._index = max(self._index + 1, _clock_index())
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def root(self, root_id: str) -> RootCA | None:
+        """A root of the bundle by id."""
+        return self._roots.get(root_id)
+
+    def issuer_id(self, leaf: x509.Certificate) -> str | None:
+        """The id of the bundle root that signed ``leaf`` (``None``: none of them)."""
+        for root_id in self._state.bundle:
+            root = self._roots[root_id]
+            if leaf.issuer != root.cert.subject:
+                continue
+            try:
+                leaf.verify_directly_issued_by(root.cert)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return root_id
+        return None
 
     @property
     def signer(self) -> RootCA:
@@ -123,6 +180,7 @@ class CertificateAuthority:
         self._store.write_state(state.active, list(state.bundle))
         self._roots[root.id] = root
         self._state = state
+        self._bump()
         return root
 
     def activate(self) -> RootCA:
@@ -132,6 +190,7 @@ class CertificateAuthority:
         state = RotationState(self._state.bundle[-1], self._state.bundle)
         self._store.write_state(state.active, list(state.bundle))
         self._state = state
+        self._bump()
         return self.signer
 
     def retire_old(self) -> str:
@@ -143,5 +202,6 @@ class CertificateAuthority:
         self._store.write_state(state.active, list(state.bundle))
         self._state = state
         del self._roots[old]
+        self._bump()
         self._store.remove_root(old)
         return old

@@ -19,15 +19,17 @@ from cryptography.hazmat.primitives import serialization
 
 from controld.ca.authority import (
     DEFAULT_LEAF_TTL,
+    LeafKey,
     load_csr,
     spiffe_id,
     verify_possession,
 )
-from controld.ca.errors import RenewalRefused
+from controld.ca.errors import RenewalRefused, RotationError
 from controld.ca.jointokens import JoinTokens
 from controld.ca.kv import KV
+from controld.ca.outstanding import Outstanding, OutstandingLeaves
 from controld.ca.revocations import Revocations
-from controld.ca.rotation import CertificateAuthority
+from controld.ca.rotation import CertificateAuthority, RotationState
 
 __all__ = ["MAX_CLOCK_SKEW_S", "IdentityService", "Issued"]
 
@@ -42,12 +44,15 @@ class Issued:
     certificate: x509.Certificate
     spiffe_id: str
     bundle: list[str]
+    #: The bundle's index (as in ``GET /v1/bundle``), so a sidecar can tell which is newer.
+    bundle_index: int = 0
 
     def as_json(self) -> dict[str, object]:
         """The enroll/renew answer (without ``sidecar_token``)."""
         return {
             "certificate": self.certificate.public_bytes(serialization.Encoding.PEM).decode(),
             "bundle": self.bundle,
+            "bundle_index": self.bundle_index,
             "spiffe_id": self.spiffe_id,
             "not_after": rfc3339(self.certificate.not_valid_after_utc),
         }
@@ -61,7 +66,9 @@ def rfc3339(when: datetime) -> str:
 class IdentityService:
     """Join tokens, enrollment, renewal, revocation and rotation on one CA.
 
-    ``trust_domain`` is read at each signing (the current ``Mesh`` resource's).
+    ``trust_domain`` is read at each signing (the current ``Mesh`` resource's). Rotation
+    steps go through :meth:`rotate`, which refuses to retire a root whose leaves are still
+    outstanding (see :mod:`controld.ca.outstanding`: tracked in memory since this start).
     """
 
     def __init__(
@@ -78,6 +85,9 @@ class IdentityService:
         self.revocations = Revocations(kv, prefix)
         self._trust_domain = trust_domain
         self.leaf_ttl = leaf_ttl
+        self.outstanding = OutstandingLeaves(
+            started=datetime.now(UTC), roots_at_start=ca.state.bundle
+        )
 
     @property
     def trust_domain(self) -> str:
@@ -93,8 +103,7 @@ class IdentityService:
         _, public_key = load_csr(csr_pem)
         grant = await self.join_tokens.consume(token)
         identity = spiffe_id(self.trust_domain, grant.namespace, grant.service)
-        leaf = self.ca.sign(public_key, identity, ttl=self.leaf_ttl)
-        return Issued(leaf, identity, self.ca.bundle_pem())
+        return self._issue(public_key, identity)
 
     async def renew(self, csr_pem: str, cert_pem: str, signature_b64: str, at: float) -> Issued:
         """A new leaf with the current leaf's identity, for the CSR's key.
@@ -120,5 +129,69 @@ class IdentityService:
         verify_possession(current, csr.public_bytes(serialization.Encoding.DER), signature)
         if await self.revocations.is_revoked(identity):
             raise RenewalRefused(f"{identity} is revoked")
+        issued = self._issue(public_key, identity)
+        self.outstanding.renewed(current)
+        return issued
+
+    def _issue(self, public_key: LeafKey, identity: str) -> Issued:
         leaf = self.ca.sign(public_key, identity, ttl=self.leaf_ttl)
-        return Issued(leaf, identity, self.ca.bundle_pem())
+        self.outstanding.issued(self.ca.state.active, leaf, now=datetime.now(UTC))
+        return Issued(leaf, identity, self.ca.bundle_pem(), self.ca.index)
+
+    def outstanding_of(self, root_id: str, *, now: datetime | None = None) -> Outstanding:
+        """The outstanding leaves of ``root_id``."""
+        when = now if now is not None else datetime.now(UTC)
+        return self.outstanding.outstanding(root_id, now=when, leaf_ttl=self.leaf_ttl)
+
+    def rotate(self, step: str, *, force: bool = False) -> RotationState:
+        """One rotation step (``stage``, ``activate``, ``retire``); the new state.
+
+        ``retire`` is refused (:class:`RotationError`) while leaves of the old root are
+        outstanding, unless ``force``. Every step wakes the bundle long-polls.
+        """
+        ca = self.ca
+        if step == "stage":
+            ca.stage_new_root()
+        elif step == "activate":
+            ca.activate()
+        elif step == "retire":
+            state = ca.state
+            if state.phase == "active" and not force:
+                old = state.bundle[0]
+                out = self.outstanding_of(old)
+                if not out.clear:
+                    raise RotationError(
+                        f"refusing to retire root {old}: {out.describe()}; wait for the "
+                        "sidecars to renew (or for those leaves to expire), or force it"
+                    )
+            ca.retire_old()
+        else:
+            raise RotationError(f"unknown rotation step {step!r}")
+        return ca.state
+
+    def status(self) -> dict[str, object]:
+        """For ``GET /v1/ca``: phase, signer, bundle, index and outstanding leaves per root."""
+        state = self.ca.state
+        now = datetime.now(UTC)
+        roots = []
+        for root_id in state.bundle:
+            root = self.ca.root(root_id)
+            assert root is not None
+            roots.append(
+                {
+                    "id": root_id,
+                    "active": root_id == state.active,
+                    "subject": root.cert.subject.rfc4514_string(),
+                    "not_after": rfc3339(root.cert.not_valid_after_utc),
+                    "outstanding": self.outstanding_of(root_id, now=now).as_json(),
+                }
+            )
+        return {
+            "phase": state.phase,
+            "active": state.active,
+            "bundle": list(state.bundle),
+            "index": self.ca.index,
+            "trust_domain": self.trust_domain,
+            "leaf_ttl_s": self.leaf_ttl.total_seconds(),
+            "roots": roots,
+        }

@@ -144,6 +144,11 @@ class IdentityConfig(Frozen):
     controld_url: str | None = None
     #: Load the identity from these files instead of enrolling with controld.
     static: StaticIdentityFiles | None = None
+    #: When the root that signs new leaves is not the current leaf's issuer (a root
+    #: rotation), renew after a random delay up to this (instead of at 50-70 % of the life).
+    rotation_renew_jitter_s: float = Field(default=10.0, ge=0.0, le=3600.0)
+    #: Longest wait of one trust bundle long-poll to controld.
+    bundle_wait_s: float = Field(default=300.0, ge=1.0, le=300.0)
 
     @field_validator("controld_url")
     @classmethod

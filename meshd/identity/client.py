@@ -5,7 +5,10 @@
 * ``POST /v1/renew {csr, certificate, signature, time}``: ``signature`` is the base64
   ECDSA-SHA256 signature of the CSR's DER by the *current* leaf's key (proof of possession),
   ``time`` unix seconds (controld refuses more than 300 s of skew).
-* ``GET /v1/bundle`` -> ``{trust_domain, roots}``.
+* ``GET /v1/bundle[?index=<n>&wait=<s>]`` -> ``{trust_domain, roots, active, active_id,
+  index}`` (header ``X-Meshd-Index``): with ``index`` a blocking query answered when the
+  bundle's index differs from ``n`` or after ``wait``. An older controld answers
+  ``{trust_domain, roots}`` only (:attr:`Bundle.index` ``None``).
 
 4xx answers raise :class:`EnrollmentRefused`; unreachable controld, 5xx and malformed answers
 raise :class:`~meshd.control.client.ControlError` subclasses (worth retrying).
@@ -29,7 +32,7 @@ from meshd.identity.csr import csr_der, csr_pem
 from meshd.identity.errors import EnrollmentRefused
 from meshd.identity.keys import PrivateKey, sign
 
-__all__ = ["IdentityClient", "Issued"]
+__all__ = ["Bundle", "IdentityClient", "Issued"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,26 @@ class Issued:
     not_after: str
     #: Only on enrollment: the API token of the service, for the snapshot source.
     sidecar_token: str | None = None
+    #: The index of ``bundle_pems`` (None from a controld that doesn't send it).
+    bundle_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """controld's trust bundle."""
+
+    trust_domain: str
+    roots: tuple[bytes, ...]
+    #: The root that signs new leaves (PEM); None from an older controld.
+    active: bytes | None = None
+    #: Changes whenever roots or signer do; None from an older controld (no blocking query).
+    index: int | None = None
+
+
+def _index(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 def _text(doc: dict[str, Any], name: str, where: str) -> str:
@@ -70,6 +93,7 @@ def _issued(resp: ControlResponse, where: str) -> Issued:
         spiffe_id=_text(doc, "spiffe_id", where),
         not_after=_text(doc, "not_after", where),
         sidecar_token=token if isinstance(token, str) and token else None,
+        bundle_index=_index(doc.get("bundle_index")),
     )
 
 
@@ -105,12 +129,32 @@ class IdentityClient:
 
     async def bundle(self) -> tuple[str, tuple[bytes, ...]]:
         """The trust domain and the current roots (``GET /v1/bundle``, no auth)."""
-        resp = await self.control.get("/v1/bundle")
+        found = await self.watch_bundle(None)
+        return found.trust_domain, found.roots
+
+    async def watch_bundle(self, index: int | None, wait_s: float = 0.0) -> Bundle:
+        """The bundle; with ``index``, once its index differs from ``index`` (at once if it
+        does already) or after ``wait_s`` seconds. Raises ``ControlError`` subclasses."""
+        if index is None:
+            resp = await self.control.get("/v1/bundle")
+        else:
+            query = {"index": index, "wait": f"{wait_s:g}s"}
+            resp = await self.control.get("/v1/bundle", query, wait_s=wait_s)
         if resp.status != 200:
             raise ControlUnavailable(f"bundle: {resp.error_text()}")
         doc = resp.json()
         roots = doc.get("roots") if isinstance(doc, dict) else None
-        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        if (
+            not isinstance(roots, list)
+            or not roots
+            or not all(isinstance(r, str) and r for r in roots)
+        ):
             raise ControlProtocolError("bundle: 'roots' is not a list of PEM strings")
         domain = _text(doc, "trust_domain", "bundle")
-        return domain, tuple(r.encode("ascii", "replace") for r in roots)
+        active = doc.get("active")
+        return Bundle(
+            trust_domain=domain,
+            roots=tuple(r.encode("ascii", "replace") for r in roots),
+            active=active.encode("ascii", "replace") if isinstance(active, str) else None,
+            index=_index(doc.get("index")),
+        )

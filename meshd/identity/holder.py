@@ -1,4 +1,9 @@
-"""The identity in force, numbered by generation, and a way to wait for the next one."""
+"""The identity in force, numbered by generation, and a way to wait for the next one.
+
+Two counters: ``generation`` numbers the identities put in force; ``version`` counts every
+change, including the identity being dropped (expired), which :meth:`wait_version` reports
+and :meth:`wait_changed` (new identities only) does not.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ class IdentityHolder:
     def __init__(self) -> None:
         self._current: Identity | None = None
         self._generation = 0
+        self._version = 0
         self._changed = trio.Event()
 
     @property
@@ -27,6 +33,17 @@ class IdentityHolder:
         """Number of identities put in force so far."""
         return self._generation
 
+    @property
+    def version(self) -> int:
+        """Number of changes so far (new identities and drops)."""
+        return self._version
+
+    async def wait_version(self, after: int) -> int:
+        """The version, once it is above ``after`` (at once if it is already)."""
+        while self._version <= after:
+            await self._changed.wait()
+        return self._version
+
     async def wait_changed(self, after: int) -> Identity:
         """The first identity in force with a generation above ``after`` (waits for it)."""
         while self._current is None or self._current.generation <= after:
@@ -37,6 +54,16 @@ class IdentityHolder:
         """Put ``identity`` in force as the next generation and wake the waiters."""
         self._generation += 1
         self._current = identity.with_generation(self._generation)
+        self._wake()
+        return self._current
+
+    def _drop(self) -> None:
+        """No identity in force any more (it expired); wake the waiters."""
+        if self._current is not None:
+            self._current = None
+            self._wake()
+
+    def _wake(self) -> None:
+        self._version += 1
         self._changed.set()
         self._changed = trio.Event()
-        return self._current

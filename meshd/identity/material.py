@@ -12,7 +12,7 @@ from meshd.identity.csr import spiffe_ids
 from meshd.identity.errors import InvalidIdentity
 from meshd.identity.keys import PrivateKey, key_from_pem, key_to_pem, same_public_key
 
-__all__ = ["Identity", "parse_identity", "split_pem_certificates"]
+__all__ = ["Identity", "issued_by", "parse_identity", "split_pem_certificates", "with_bundle"]
 
 _PEM_END = b"-----END CERTIFICATE-----"
 
@@ -111,3 +111,23 @@ def parse_identity(
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
     )
+
+
+def issued_by(cert_pem: bytes, root_pem: bytes) -> bool:
+    """Whether the leaf ``cert_pem`` is signed by the root ``root_pem`` (False when either
+    doesn't parse)."""
+    try:
+        leaf = x509.load_pem_x509_certificate(cert_pem)
+        root = x509.load_pem_x509_certificate(root_pem)
+    except ValueError:
+        return False
+    return _issued_by_one_of(leaf, [root])
+
+
+def with_bundle(identity: Identity, bundle_pems: tuple[bytes, ...], *, source: str) -> Identity:
+    """``identity`` (same leaf and key) trusting ``bundle_pems`` instead.
+
+    Raises :class:`InvalidIdentity` when the leaf isn't issued by one of the new roots.
+    """
+    checked = parse_identity(identity.key_pem, identity.cert_pem, bundle_pems, source=source)
+    return replace(checked, generation=identity.generation)

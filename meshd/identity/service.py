@@ -8,8 +8,17 @@ does not renew in lockstep. Failed renewals are retried with jittered backoff wh
 current certificate stays in force; once it expires it is dropped (``current`` is ``None``)
 and, if a new join token has been put in place, the sidecar enrolls again.
 
+The trust bundle is watched apart from the leaf: a long-poll of ``GET /v1/bundle?index=``
+(jittered backoff on errors; the last bundle stays while controld is unreachable) applies a
+changed bundle to the identity in force at once (same leaf and key, new roots) and saves it.
+When the root that now signs (``active``) did not sign the current leaf, a root rotation is
+under way: the leaf is renewed after a random delay of up to ``rotation_renew_jitter_s``
+instead of at 50-70 % of its life, so that the old root can be retired soon.
+
 Consumers (TLS contexts) read :attr:`IdentityService.current` and wait for the next one with
-:meth:`IdentityService.wait_changed`; new identities apply to new connections.
+:meth:`IdentityService.wait_changed` (or for any change, expiry included, with
+:meth:`~meshd.identity.holder.IdentityHolder.wait_version`); new identities apply to new
+connections.
 """
 
 from __future__ import annotations
@@ -27,13 +36,15 @@ from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import Bootstrap, IdentityConfig
 from meshcore.registry import Backoff
 from meshd.control.client import ControlClient, ControlError
-from meshd.identity.client import IdentityClient, Issued
+from meshd.identity.bundlewatch import BundleWatch, newer_bundle, second_client, signer_changed
+from meshd.identity.client import Bundle, IdentityClient, Issued
 from meshd.identity.csr import build_csr, spiffe_id_for
 from meshd.identity.errors import IdentityError, InvalidIdentity
 from meshd.identity.files import IdentityStore
 from meshd.identity.holder import IdentityHolder
+from meshd.identity.jointoken import forget_join_token, has_join_token, read_join_token
 from meshd.identity.keys import PrivateKey, generate_key, key_from_pem
-from meshd.identity.material import Identity, parse_identity
+from meshd.identity.material import Identity, parse_identity, with_bundle
 
 __all__ = ["RENEW_FROM", "RENEW_TO", "IdentityService", "renewal_delay"]
 
@@ -44,7 +55,8 @@ T = TypeVar("T")
 #: Renewal happens at a uniformly random point in this fraction of the leaf's lifetime.
 RENEW_FROM = 0.5
 RENEW_TO = 0.7
-_MAX_TOKEN = 4096
+#: Poll interval of the bundle when controld doesn't do blocking queries.
+BUNDLE_POLL_S = 60.0
 
 
 def renewal_delay(start: float, not_after: float, now: float, rng: random.Random) -> float:
@@ -74,10 +86,24 @@ class IdentityService(IdentityHolder):
         rng: random.Random | None = None,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        bundle_client: IdentityClient | None = None,
+        rotation_renew_jitter_s: float = 10.0,
+        bundle_wait_s: float = 300.0,
+        bundle_poll_s: float = BUNDLE_POLL_S,
     ) -> None:
         super().__init__()
         self.store = store
         self.client = client
+        # The bundle long-poll runs beside renewals: a connection of its own.
+        self.bundle_client = bundle_client or second_client(client)
+        self.rotation_renew_jitter_s = rotation_renew_jitter_s
+        self.bundle_wait_s = bundle_wait_s
+        self.bundle_poll_s = bundle_poll_s
+        #: The last bundle controld sent (None before the first answer).
+        self.bundle: Bundle | None = None
+        self._bundle_watch: BundleWatch | None = None
+        self._sleep: trio.CancelScope | None = None
+        self._save_lock = trio.Lock()
         self.service = service
         self.namespace = namespace
         self.join_token_file = join_token_file
@@ -105,6 +131,8 @@ class IdentityService(IdentityHolder):
             service=bootstrap.service,
             namespace=bootstrap.namespace,
             join_token_file=None if token_file is None else base_dir / token_file,
+            rotation_renew_jitter_s=config.rotation_renew_jitter_s,
+            bundle_wait_s=config.bundle_wait_s,
         )
 
     # -- what consumers use ----------------------------------------------------------------
@@ -116,6 +144,10 @@ class IdentityService(IdentityHolder):
             "state_dir": str(self.store.state_dir),
             "renew_at": self._renew_at,
             "last_error": self._last_error,
+            "bundle": None
+            if self.bundle is None
+            else {"index": self.bundle.index, "roots": len(self.bundle.roots)},
+            "bundle_error": None if self._bundle_watch is None else self._bundle_watch.error,
         }
 
     # -- the service -------------------------------------------------------------------------
@@ -135,6 +167,7 @@ class IdentityService(IdentityHolder):
             raise
         finally:
             self.client.control.close()
+            self.bundle_client.control.close()
 
     async def _run(self, task_status: trio.TaskStatus[Identity]) -> None:
         start = self._clock()
@@ -145,15 +178,78 @@ class IdentityService(IdentityHolder):
         else:
             identity, start = loaded, loaded.not_before.timestamp()
         task_status.started(identity)
+        async with trio.open_nursery() as nursery:
+            watch = self._bundle_watch = BundleWatch(
+                self.bundle_client,
+                wait_s=self.bundle_wait_s,
+                poll_s=self.bundle_poll_s,
+                retry=self._retry,
+            )
+            nursery.start_soon(watch.run, self.apply_bundle)
+            await self._renew_forever(identity, start)
+
+    async def _renew_forever(self, identity: Identity, start: float) -> None:
         while True:
             not_after = identity.not_after.timestamp()
             delay = renewal_delay(start, not_after, self._clock(), self._rng)
+            if signer_changed(identity, self.bundle):
+                delay = min(delay, self._rotation_delay())
             self._renew_at = self._clock() + delay
             log.info("identity renewal scheduled", spiffe_id=identity.spiffe_id, in_s=delay)
-            await trio.sleep(delay)
+            with trio.CancelScope(deadline=trio.current_time() + delay) as self._sleep:
+                await trio.sleep_forever()
+            self._sleep = None
             start = self._clock()
-            identity = await self._renew_until_done(identity)
+            # The bundle watch may have put a newer bundle on the same leaf in force.
+            current = self._current if self._current is not None else identity
+            identity = await self._renew_until_done(current)
             start = max(start, identity.not_before.timestamp())
+
+    def _rotation_delay(self) -> float:
+        return self._rng.uniform(0.0, self.rotation_renew_jitter_s)
+
+    def _renew_soon(self) -> None:
+        """Bring a scheduled renewal forward to within ``rotation_renew_jitter_s``."""
+        sleep = self._sleep
+        if sleep is None:  # renewing now; the next schedule checks the signer again
+            return
+        delay = self._rotation_delay()
+        if trio.current_time() + delay < sleep.deadline:
+            sleep.deadline = trio.current_time() + delay
+            self._renew_at = self._clock() + delay
+            log.info("root rotation: renewing soon", in_s=round(delay, 3))
+
+    # -- the trust bundle --------------------------------------------------------------------
+
+    async def apply_bundle(self, bundle: Bundle) -> None:
+        """Put ``bundle`` in force on the current leaf (saved first); renew soon when a root
+        rotation made another root the signer."""
+        previous, self.bundle = self.bundle, bundle
+        # Saving and putting in force happen under one lock, so a renewal's answer and a
+        # bundle never overtake each other between the files and memory.
+        async with self._save_lock:
+            current = self._current
+            if current is None:
+                return  # expired: the renewal loop enrolls again (with its answer's bundle)
+            if bundle.roots != current.bundle_pems:
+                try:
+                    updated = with_bundle(current, bundle.roots, source="controld's bundle")
+                except InvalidIdentity as exc:
+                    # The leaf's root was retired already: only a new leaf helps.
+                    log.error("the new trust bundle does not cover the leaf", error=str(exc))
+                    self._renew_soon()
+                    return
+                error = await self._persist(self.store.save, updated)
+                self._last_error = self._last_error or error
+                self._put(updated)
+                log.info(
+                    "trust bundle applied",
+                    roots=len(bundle.roots),
+                    index=bundle.index,
+                    before=None if previous is None else len(previous.roots),
+                )
+        if signer_changed(current, self.bundle):
+            self._renew_soon()
 
     def _load_at_start(self) -> Identity | None:
         try:
@@ -178,35 +274,12 @@ class IdentityService(IdentityHolder):
         return self._current
 
     def _has_join_token(self) -> bool:
-        return self.join_token_file is not None and self.join_token_file.exists()
-
-    def _read_join_token(self) -> str:
-        path = self.join_token_file
-        if path is None:
-            raise IdentityError("no saved identity and no identity.join_token_file to enroll with")
-        try:
-            with path.open("rb") as f:
-                token = f.read(_MAX_TOKEN).decode("utf-8", "replace").strip()
-        except OSError as exc:
-            raise IdentityError(f"join token {path}: {exc.strerror or exc}") from exc
-        if not token:
-            raise IdentityError(f"join token {path}: empty")
-        return token
-
-    def _forget_join_token(self) -> None:
-        assert self.join_token_file is not None
-        try:
-            self.join_token_file.unlink(missing_ok=True)
-        except OSError as exc:
-            # The token is spent (single use) either way; say so, don't fail over it.
-            log.warning(
-                "cannot delete the used join token", path=str(self.join_token_file), error=str(exc)
-            )
+        return has_join_token(self.join_token_file)
 
     async def _enroll(self) -> Identity:
         backoff = Backoff(*self._retry)
         while True:
-            token = self._read_join_token()
+            token = read_join_token(self.join_token_file)
             key = generate_key()
             spiffe_id = (
                 None
@@ -220,7 +293,8 @@ class IdentityService(IdentityHolder):
                 await self._failed("enrollment", exc, backoff)
                 continue
             del token
-            self._forget_join_token()
+            assert self.join_token_file is not None
+            forget_join_token(self.join_token_file)
             try:
                 identity = await self._accept(key, issued, "enroll")
             except InvalidIdentity as exc:
@@ -249,6 +323,8 @@ class IdentityService(IdentityHolder):
                 identity = await self._accept(key, issued, "renew")
             except (ControlError, IdentityError) as exc:
                 # Refusals (revoked, clock skew) are retried too: the cert stays until expiry.
+                if self._current is not None and self._current.cert_pem == current.cert_pem:
+                    current = self._current  # a newer bundle on the same leaf
                 if current.not_after.timestamp() <= self._clock():
                     self._expire(current)
                     if self._has_join_token():
@@ -269,9 +345,11 @@ class IdentityService(IdentityHolder):
                 f"{where} answer: spiffe_id {issued.spiffe_id!r} is not the certificate's "
                 f"{identity.spiffe_id!r}"
             )
-        error = await self._persist(self.store.save, identity)
-        self._put_in_force(identity, key)
-        self._last_error = error
+        async with self._save_lock:
+            identity = newer_bundle(identity, issued.bundle_index, self.bundle)
+            error = await self._persist(self.store.save, identity)
+            self._put_in_force(identity, key)
+            self._last_error = error
         assert self._current is not None
         return self._current
 
@@ -294,7 +372,7 @@ class IdentityService(IdentityHolder):
     def _expire(self, identity: Identity) -> None:
         if self._current is not None:
             log.error("identity expired", spiffe_id=identity.spiffe_id)
-            self._current = None
+            self._drop()
 
     async def _failed(
         self, what: str, exc: Exception, backoff: Backoff, *, until: float | None = None

@@ -28,6 +28,7 @@ from meshd.net.tls import TlsError, TlsStream
 
 __all__ = [
     "PeerIdentityError",
+    "anonymous_client_context",
     "check_peer",
     "client_context",
     "peer_spiffe_id",
@@ -82,13 +83,29 @@ def client_context(cert_pem: Pem, key_pem: Pem, roots_pem: Pem | Iterable[Pem]) 
     return ctx
 
 
-def _common(ctx: ssl.SSLContext, cert_pem: Pem, key_pem: Pem, roots: Pem | Iterable[Pem]) -> None:
+def anonymous_client_context(roots_pem: Pem | Iterable[Pem]) -> ssl.SSLContext:
+    """A TLS 1.3 client context that verifies the server by ``roots_pem`` but presents no
+    certificate: what a sidecar whose leaf expired uses, so that a STRICT peer refuses it
+    at the handshake instead of it sending plaintext or an expired certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _versions(ctx)
+    ctx.load_verify_locations(cadata=_join_roots(roots_pem))
+    return ctx
+
+
+def _versions(ctx: ssl.SSLContext) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.options |= ssl.OP_NO_COMPRESSION
     # CPython sets this by default; without it an end of TCP with no close_notify (a
     # possible truncation) is an error rather than a quiet end of stream.
     ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+
+
+def _common(ctx: ssl.SSLContext, cert_pem: Pem, key_pem: Pem, roots: Pem | Iterable[Pem]) -> None:
+    _versions(ctx)
     ctx.load_verify_locations(cadata=_join_roots(roots))
     with _pem_path(_as_bytes(cert_pem)) as cert_path, _pem_path(_as_bytes(key_pem)) as key_path:
         ctx.load_cert_chain(cert_path, key_path)
