@@ -337,6 +337,28 @@ def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, byt
         conn.close()
 
 
+def start_meshd(
+    ctx: Context,
+    procs: ProcessGroup,
+    name: str,
+    bootstrap: Path,
+    ports: Sequence[int],
+    admin_port: int,
+) -> ManagedProcess:
+    """Run ``meshd run -c bootstrap`` as ``name`` in the bootstrap's directory; return once
+    ``admin_port`` and ``ports`` accept and the admin API's ``/ready`` answers 200."""
+    argv = [ctx.python, "-m", "meshd", "run", "-c", str(bootstrap), "--log-level", "info"]
+    proc = procs.start(name, argv, cwd=bootstrap.parent, env=ctx.project_env())
+    for port in (admin_port, *ports):
+        wait_for_port(port, proc, timeout=30.0)
+    deadline = time.monotonic() + 15.0
+    while http_get(admin_port, "/ready")[0] != 200:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name} never became ready:\n{proc.log_tail()}")
+        time.sleep(0.1)
+    return proc
+
+
 # -- a minimal HTTP/1.1 response parser for the epoll-driven clients ------------------------
 
 
@@ -522,9 +544,12 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(wrk: str, url: str, params: WrkParams, duration_s: int) -> WrkResult:
-    """Run ``wrk`` on ``url`` for ``duration_s`` seconds with ``params``' threads/connections."""
-    argv = [wrk, *params.flags(duration_s), url]
+def run_wrk(
+    wrk: str, url: str, params: WrkParams, duration_s: int, *, script: Path | None = None
+) -> WrkResult:
+    """Run ``wrk`` on ``url`` for ``duration_s`` seconds with ``params``' threads/connections
+    (and the Lua ``script``, if given: ``wrk -s``)."""
+    argv = [wrk, *params.flags(duration_s), *(["-s", str(script)] if script else []), url]
     try:
         done = subprocess.run(
             argv, check=False, capture_output=True, text=True, timeout=duration_s + 30

@@ -32,6 +32,7 @@ from common import (
     render,
     rss_kb,
     run_wrk,
+    start_meshd,
     wait_for_port,
 )
 
@@ -63,7 +64,7 @@ def _user_line() -> str:
     return "user root;" if os.geteuid() == 0 else ""
 
 
-def _start_nginx(
+def start_nginx(
     ctx: Context, procs: ProcessGroup, nginx: str, name: str, template: str, **ports: int
 ) -> ManagedProcess:
     workdir = ctx.tempdir(name)
@@ -74,7 +75,7 @@ def _start_nginx(
     return proc
 
 
-def _nginx_workers(master: ManagedProcess) -> Callable[[], list[int]]:
+def nginx_workers(master: ManagedProcess) -> Callable[[], list[int]]:
     def pids() -> list[int]:
         workers = children(master.pid)
         if not workers:
@@ -84,7 +85,7 @@ def _nginx_workers(master: ManagedProcess) -> Callable[[], list[int]]:
     return pids
 
 
-def _tree(proc: ManagedProcess) -> Callable[[], list[int]]:
+def process_tree(proc: ManagedProcess) -> Callable[[], list[int]]:
     return lambda: [proc.pid, *descendants(proc.pid)]
 
 
@@ -116,16 +117,7 @@ def _start_meshd(
     if workers > 1:
         text = bootstrap.read_text().rstrip("\n")
         bootstrap.write_text(f"{text}\nworkers: {workers}\n")
-    argv = [ctx.python, "-m", "meshd", "run", "-c", str(bootstrap), "--log-level", "info"]
-    proc = procs.start(name, argv, cwd=workdir, env=ctx.project_env())
-    for port in (admin_port, l7_port, l4_port):
-        wait_for_port(port, proc, timeout=30.0)
-    deadline = time.monotonic() + 15.0
-    while http_get(admin_port, "/ready")[0] != 200:
-        if time.monotonic() > deadline:
-            raise BenchError(f"meshd never became ready:\n{proc.log_tail()}")
-        time.sleep(0.1)
-    return proc
+    return start_meshd(ctx, procs, name, bootstrap, (l7_port, l4_port), admin_port)
 
 
 def _free_pair() -> int:
@@ -141,7 +133,7 @@ def _free_pair() -> int:
     raise BenchError("no two consecutive free ports on 127.0.0.1")
 
 
-def _check(path: BenchPath) -> None:
+def check_path(path: BenchPath) -> None:
     """One request must come back 200 with the backend's body, or there is nothing to measure."""
     status, body, head = http_get(path.port)
     if status != 200 or body != BODY:
@@ -151,7 +143,7 @@ def _check(path: BenchPath) -> None:
         )
 
 
-def _measure(ctx: Context, wrk: str, path: BenchPath) -> Measured:
+def measure_path(ctx: Context, wrk: str, path: BenchPath) -> Measured:
     url = f"http://127.0.0.1:{path.port}/"
     if ctx.wrk.warmup_s:
         run_wrk(wrk, url, ctx.wrk, ctx.wrk.warmup_s)
@@ -220,10 +212,10 @@ def run_suite(ctx: Context) -> None:
         flush=True,
     )
     with ProcessGroup() as procs:
-        backend_proc = _start_nginx(
+        backend_proc = start_nginx(
             ctx, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend
         )
-        nginx = _start_nginx(
+        nginx = start_nginx(
             ctx,
             procs,
             tools["nginx"],
@@ -266,25 +258,25 @@ def run_suite(ctx: Context) -> None:
         wait_for_port(relay, relay_proc)
         paths = [
             BenchPath("direct", backend, None),
-            BenchPath("nginx-l7", nginx_l7, _nginx_workers(nginx)),
-            BenchPath("haproxy-l7", haproxy_l7, _tree(haproxy)),
-            BenchPath("meshd-l7", meshd_l7, _tree(meshd)),
-            BenchPath("haproxy-l4", haproxy_l4, _tree(haproxy)),
-            BenchPath("meshd-l4", meshd_l4, _tree(meshd)),
-            BenchPath("meshd-l7-w2", w2_l7, _tree(meshd_w2)),
-            BenchPath("trio-relay", relay, _tree(relay_proc)),
+            BenchPath("nginx-l7", nginx_l7, nginx_workers(nginx)),
+            BenchPath("haproxy-l7", haproxy_l7, process_tree(haproxy)),
+            BenchPath("meshd-l7", meshd_l7, process_tree(meshd)),
+            BenchPath("haproxy-l4", haproxy_l4, process_tree(haproxy)),
+            BenchPath("meshd-l4", meshd_l4, process_tree(meshd)),
+            BenchPath("meshd-l7-w2", w2_l7, process_tree(meshd_w2)),
+            BenchPath("trio-relay", relay, process_tree(relay_proc)),
         ]
         for path in paths:
-            _check(path)
+            check_path(path)
         status, _, head = http_get(admin, "/metrics")
         if status != 200:
             raise BenchError(f"meshd /metrics is not serving:\n{head}")
         # Idle: let the check requests' connections settle before reading the footprint.
         time.sleep(1.0)
-        idle_rss = sum(rss_kb(pid) for pid in _tree(meshd)())
+        idle_rss = sum(rss_kb(pid) for pid in process_tree(meshd)())
         results = []
         for path in paths:
-            results.append(_measure(ctx, tools["wrk"], path))
+            results.append(measure_path(ctx, tools["wrk"], path))
             print(f"dataplane: measured {path.name}", file=sys.stderr, flush=True)
         for proc in (backend_proc, nginx, haproxy, meshd, meshd_w2, relay_proc):
             if not proc.alive():
