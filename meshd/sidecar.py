@@ -228,9 +228,19 @@ class Sidecar:
             cache_file=settings.cache_file,
             user_agent=f"meshd/{__version__}",
             on_rejected=lambda _error: self.stats.snapshot_rejected(),
+            token_provider=self._enrolled_token if _enrolls(bootstrap) else None,
         )
         with self._control_scope:
             await self.control.run(task_status=task_status)
+
+    def _enrolled_token(self) -> str | None:
+        """The sidecar token controld handed out with the enrollment (None before it)."""
+        if self.identity is None:
+            return None
+        from meshd.identity import IdentityService
+
+        identity = self.identity
+        return identity.sidecar_token if isinstance(identity, IdentityService) else None
 
     async def _run_identity(self, identity: IdentityService) -> None:
         from meshd.identity import IdentityError
@@ -469,3 +479,8 @@ def _watchdog() -> float | None:
     from meshcore.runtime.sdnotify import watchdog_interval
 
     return watchdog_interval()
+
+
+def _enrolls(bootstrap: Bootstrap) -> bool:
+    """The sidecar enrolls with controld (and so gets its sidecar token from it)."""
+    return bootstrap.identity is not None and bootstrap.identity.static is None

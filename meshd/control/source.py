@@ -114,6 +114,10 @@ def write_cache(path: Path, version: int, digest: str, document: dict[str, Any])
         raise
 
 
+class _NoTokenYet(ControlError):
+    """The token comes with the identity's enrollment, which hasn't happened yet."""
+
+
 class _ServerError(ControlError):
     """controld answered, but not with something the protocol allows here."""
 
@@ -135,10 +139,14 @@ class ControlSource:
         cache_file: Path | None = None,
         user_agent: str = "",
         on_rejected: Callable[[str], None] | None = None,
+        token_provider: Callable[[], str | None] | None = None,
     ) -> None:
         self._apply = apply
         self._on_rejected = on_rejected
         self._user_agent = user_agent
+        #: Without a ``token``: where it comes from once there is one (the sidecar token
+        #: controld hands out with the enrollment); polls wait for it.
+        self._token_provider = token_provider
         self._configure(config, descriptor, token, cache_file)
         #: Set once a snapshot from controld (not from the cache) is in service.
         self.first_applied = trio.Event()
@@ -166,6 +174,7 @@ class ControlSource:
         self.config = config
         self.descriptor = descriptor
         self.cache_file = cache_file
+        self._token = token
         self._client = ControlClient(
             config.url, token=token, timeout_s=config.timeout_s, user_agent=self._user_agent
         )
@@ -233,7 +242,7 @@ class ControlSource:
             try:
                 await self._step()
             except ControlError as exc:
-                self.connected = not isinstance(exc, ControlUnavailable)
+                self.connected = not isinstance(exc, ControlUnavailable | _NoTokenYet)
                 self.failures += 1
                 self.last_error = str(exc)
                 delay = self._backoff.next_delay()
@@ -245,7 +254,16 @@ class ControlSource:
             else:
                 self._backoff.reset()
 
+    def _take_provided_token(self) -> None:
+        token = self._token_provider() if self._token_provider is not None else None
+        if token is None:
+            raise _NoTokenYet("no sidecar token yet: waiting for the identity's enrollment")
+        self._client.close()
+        self._configure(self.config, self.descriptor, token, self.cache_file)
+
     async def _step(self) -> None:
+        if self._token is None and self._token_provider is not None:
+            self._take_provided_token()
         client = self._client
         just_registered = False
         if not self.registered:

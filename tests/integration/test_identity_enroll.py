@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import trio
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -330,4 +331,56 @@ async def test_real_controld_enroll_renew_reuse_and_revoke(
                 assert svc.generation == second.generation
                 assert "revoked" in str(svc.describe()["last_error"])
                 inner.cancel_scope.cancel()
+        daemon.shutdown_nowait()
+
+
+async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: Path) -> None:
+    """One credential per host: the join token. Its enrollment answer carries the sidecar token
+    the snapshot long-poll then uses (no ``snapshot.controld.token`` configured)."""
+    config = DaemonConfig(
+        registry=RegistryConfig(data_dir=tmp_path / "data", port=0, node_name="test"),
+        admin_port=0,
+        push_port=None,
+        watch_wait_s=5.0,
+    )
+    daemon = ControlDaemon(config)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(TIMEOUT):
+            ports = await nursery.start(daemon.run)
+        url = f"http://127.0.0.1:{ports.admin_port}"
+        admin = config.token_path.read_text().strip()
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=TIMEOUT
+        ) as http:
+            resp = await http.post("/v1/tokens/join", json={"service": "web", "ttl_s": 600})
+            assert resp.status_code == 200, resp.text
+        side = tmp_path / "web"
+        side.mkdir()
+        (side / "web.join").write_text(resp.json()["token"])
+        bootstrap = {
+            "service": "web",
+            "app": f"127.0.0.1:{closed_port()}",
+            "admin": "127.0.0.1:0",
+            "inbound": "127.0.0.1:0",
+            "snapshot": {"controld": {"url": url, "cache_file": "web.snapshot.json"}},
+            "identity": {"state_dir": "identity", "join_token_file": "web.join"},
+            "drain_timeout_s": 1,
+        }
+        (side / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
+        async with trio.open_nursery() as inner:
+            with trio.fail_after(TIMEOUT):
+                sidecar = await start_sidecar(inner, side / "bootstrap.yaml")
+            control = sidecar.control
+            assert control is not None
+            with trio.fail_after(TIMEOUT):
+                await control.first_applied.wait()
+            assert control.describe()["connected"] is True
+            assert sidecar.runtime is not None
+            assert sidecar.runtime.snapshot.identity is not None
+            assert sidecar.runtime.snapshot.identity.service == "web"
+            # The token was saved with the identity: a restart polls at once.
+            saved = IdentityStore(side / "identity").load_sidecar_token()
+            assert saved is not None
+            assert saved.startswith("sidecar.web.")
+            inner.cancel_scope.cancel()
         daemon.shutdown_nowait()
