@@ -36,6 +36,7 @@ from controld.api import build_api
 from controld.auth import TokenAuth
 from controld.ca import CAFileError, CertificateAuthority, IdentityService, RootCA
 from controld.ca.storage import CAStore
+from controld.ca.sweeper import JoinTokenSweeper
 from controld.compiler import Compiler
 from controld.discovery import DiscoveryView, RegistryWatcher
 from controld.push import PushHub, Reconciler
@@ -292,6 +293,8 @@ class ControlDaemon:
         await nursery.start(self._scoped, store.run)
         reconciler = self.reconciler = Reconciler(self.hub, Compiler(), watcher, store)
         await nursery.start(self._scoped, reconciler.run)
+        assert self.identity is not None
+        await nursery.start(self._scoped, JoinTokenSweeper(self.identity.join_tokens).run)
         app = build_api(self, auth=self.auth, metrics=self.metrics, is_ready=self.is_ready)
         push: HTTPServer | None = None
         if cfg.push_port is not None:

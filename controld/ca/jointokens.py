@@ -94,6 +94,24 @@ class JoinTokens:
         await self._kv.kv_delete(key)
         return grant
 
+    async def sweep(self, *, now: float | None = None) -> int:
+        """Delete the expired tokens nobody used (each only if unchanged); how many.
+
+        Used ones are deleted by :meth:`consume` itself; an entry that doesn't parse is left
+        for an operator to look at.
+        """
+        now = time.time() if now is None else now
+        _, entries = await self._kv.kv_list(self._dir)
+        swept = 0
+        for entry in entries:
+            try:
+                expires = float(json.loads(entry.value)["expires"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if expires <= now and await self._kv.kv_delete(entry.key, cas=entry.modify_index):
+                swept += 1
+        return swept
+
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()

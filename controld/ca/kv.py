@@ -16,6 +16,10 @@ class KV(Protocol):
         """The entry, or ``None``."""
         ...
 
+    async def kv_list(self, prefix: str) -> tuple[int, list[KvEntry]]:
+        """``(index, entries)`` of every key under ``prefix``."""
+        ...
+
     async def kv_put(self, key: str, value: bytes, *, cas: int | None = None) -> bool:
         """Write; with ``cas`` only if the ModifyIndex matches (0: only if missing)."""
         ...

@@ -39,6 +39,10 @@ class FakeKV:
     async def kv_get(self, key: str) -> KvEntry | None:
         return self.entries.get(key)
 
+    async def kv_list(self, prefix: str) -> tuple[int, list[KvEntry]]:
+        found = [e for k, e in sorted(self.entries.items()) if k.startswith(prefix)]
+        return self.index, found
+
     async def kv_put(self, key: str, value: bytes, *, cas: int | None = None) -> bool:
         existing = self.entries.get(key)
         if cas is not None:
