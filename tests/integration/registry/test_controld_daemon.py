@@ -35,6 +35,8 @@ class ControldProcess:
         #: The daemon creates it on start; ``/v1/status`` needs the token in it.
         self.token_file = log_path.parent / "admin-token"
         argv = [sys.executable, "-m", "controld", "run", *args]
+        if "--push" not in args:
+            argv += ["--push", "127.0.0.1:0"]  # never the fixed default port in tests
         argv += [
             "--admin",
             f"127.0.0.1:{self.admin_port}",
