@@ -17,21 +17,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import trio
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from daemon_support import api_url, running_daemon
 from helpers import admin_get, closed_port, start_sidecar, write_sidecar_config
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from controld.daemon import ControlDaemon, DaemonConfig
-from controld.registry import RegistryConfig
 from meshcore.runtime.asgi import AsgiServer
 from meshd.control.client import ControlClient
 from meshd.identity import EnrollmentRefused, Identity, IdentityClient, IdentityService
@@ -274,86 +272,57 @@ async def test_sidecar_with_identity_section_enrolls_and_shows_it(
 async def test_real_controld_enroll_renew_reuse_and_revoke(
     tmp_path: Path,
 ) -> None:
-    config = DaemonConfig(
-        registry=RegistryConfig(data_dir=tmp_path / "data", port=0, node_name="test"),
-        admin_port=0,
-        push_port=None,
-        watch_wait_s=5.0,
-    )
-    daemon = ControlDaemon(config)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            ports = await nursery.start(daemon.run)
-        assert daemon.identity is not None
-        # Short leaves, so the renewal schedule runs during the test.
-        daemon.identity.leaf_ttl = timedelta(seconds=4)
-        url = f"http://127.0.0.1:{ports.admin_port}"
-        admin = config.token_path.read_text().strip()
-        async with httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=TIMEOUT
-        ) as http:
-            resp = await http.post("/v1/tokens/join", json={"service": "web", "ttl_s": 600})
-            assert resp.status_code == 200, resp.text
-            token = resp.json()["token"]
+    # Short leaves, so the renewal schedule runs during the test.
+    async with running_daemon(tmp_path / "data", push=False, leaf_ttl_s=4) as (_, http):
+        url = api_url(http)
+        resp = await http.post("/v1/tokens/join", json={"service": "web", "ttl_s": 600})
+        assert resp.status_code == 200, resp.text
+        token = resp.json()["token"]
 
-            svc = identity_service(tmp_path, url, token)
-            async with trio.open_nursery() as inner:
-                with trio.fail_after(TIMEOUT):
-                    first: Identity = await inner.start(svc.run)
-                trust_domain = (await http.get("/v1/bundle")).json()["trust_domain"]
-                assert first.spiffe_id == f"spiffe://{trust_domain}/ns/default/svc/web"
-                assert svc.sidecar_token is not None
-                assert svc.sidecar_token.startswith("sidecar.web.")
+        svc = identity_service(tmp_path, url, token)
+        async with trio.open_nursery() as inner:
+            with trio.fail_after(TIMEOUT):
+                first: Identity = await inner.start(svc.run)
+            trust_domain = (await http.get("/v1/bundle")).json()["trust_domain"]
+            assert first.spiffe_id == f"spiffe://{trust_domain}/ns/default/svc/web"
+            assert svc.sidecar_token is not None
+            assert svc.sidecar_token.startswith("sidecar.web.")
 
-                # The join token was single use.
-                reuse = IdentityClient(ControlClient(url, timeout_s=5.0))
+            # The join token was single use.
+            reuse = IdentityClient(ControlClient(url, timeout_s=5.0))
+            try:
+                refused = False
                 try:
-                    refused = False
-                    try:
-                        await reuse.enroll(token, build_csr(generate_key()))
-                    except EnrollmentRefused as exc:
-                        refused = exc.status == 401
-                    assert refused
-                finally:
-                    await reuse.control.aclose()
+                    await reuse.enroll(token, build_csr(generate_key()))
+                except EnrollmentRefused as exc:
+                    refused = exc.status == 401
+                assert refused
+            finally:
+                await reuse.control.aclose()
 
-                with trio.fail_after(TIMEOUT):
-                    second = await svc.wait_changed(first.generation)
-                assert second.spiffe_id == first.spiffe_id
-                assert second.not_after > first.not_after
+            with trio.fail_after(TIMEOUT):
+                second = await svc.wait_changed(first.generation)
+            assert second.spiffe_id == first.spiffe_id
+            assert second.not_after > first.not_after
 
-                # Revoked: renewals are refused, the cert stays until it expires.
-                resp = await http.post("/v1/revocations", json={"spiffe_id": first.spiffe_id})
-                assert resp.status_code == 200, resp.text
-                with trio.fail_after(TIMEOUT):
-                    while svc.current is not None:
-                        await trio.sleep(0.1)
-                assert svc.generation == second.generation
-                assert "revoked" in str(svc.describe()["last_error"])
-                inner.cancel_scope.cancel()
-        daemon.shutdown_nowait()
+            # Revoked: renewals are refused, the cert stays until it expires.
+            resp = await http.post("/v1/revocations", json={"spiffe_id": first.spiffe_id})
+            assert resp.status_code == 200, resp.text
+            with trio.fail_after(TIMEOUT):
+                while svc.current is not None:
+                    await trio.sleep(0.1)
+            assert svc.generation == second.generation
+            assert "revoked" in str(svc.describe()["last_error"])
+            inner.cancel_scope.cancel()
 
 
 async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: Path) -> None:
     """One credential per host: the join token. Its enrollment answer carries the sidecar token
     the snapshot long-poll then uses (no ``snapshot.controld.token`` configured)."""
-    config = DaemonConfig(
-        registry=RegistryConfig(data_dir=tmp_path / "data", port=0, node_name="test"),
-        admin_port=0,
-        push_port=None,
-        watch_wait_s=5.0,
-    )
-    daemon = ControlDaemon(config)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            ports = await nursery.start(daemon.run)
-        url = f"http://127.0.0.1:{ports.admin_port}"
-        admin = config.token_path.read_text().strip()
-        async with httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=TIMEOUT
-        ) as http:
-            resp = await http.post("/v1/tokens/join", json={"service": "web", "ttl_s": 600})
-            assert resp.status_code == 200, resp.text
+    async with running_daemon(tmp_path / "data", push=False) as (_, http):
+        url = api_url(http)
+        resp = await http.post("/v1/tokens/join", json={"service": "web", "ttl_s": 600})
+        assert resp.status_code == 200, resp.text
         side = tmp_path / "web"
         side.mkdir()
         (side / "web.join").write_text(resp.json()["token"])
@@ -383,4 +352,3 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
             assert saved is not None
             assert saved.startswith("sidecar.web.")
             inner.cancel_scope.cancel()
-        daemon.shutdown_nowait()

@@ -23,6 +23,7 @@ import pytest
 import trio
 import yaml
 from cryptography.hazmat.primitives import serialization
+from daemon_support import api_url, running_daemon
 from helpers import (
     RawClient,
     TestApp,
@@ -176,76 +177,61 @@ async def until(predicate: Any, what: str, limit: float = TIMEOUT) -> None:
 
 @asynccontextmanager
 async def mesh_up(tmp_path: Path, app: TestApp, *, leaf_ttl_s: float) -> AsyncIterator[Mesh]:
-    config = DaemonConfig(
-        registry=RegistryConfig(data_dir=tmp_path / "data", port=0, node_name="test"),
-        admin_port=0,
-        push_port=None,
-        watch_wait_s=5.0,
-    )
-    daemon = ControlDaemon(config)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            ports = await nursery.start(daemon.run)
-        assert daemon.identity is not None
-        daemon.identity.leaf_ttl = timedelta(seconds=leaf_ttl_s)
-        url = f"http://127.0.0.1:{ports.admin_port}"
-        admin = config.token_path.read_text().strip()
-        async with httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=TIMEOUT
-        ) as http:
-            trust_domain = (await http.get("/v1/bundle")).json()["trust_domain"]
-            api_dir, web_dir = tmp_path / "api", tmp_path / "web"
-            api_dir.mkdir()
-            web_dir.mkdir()
-            api_path = write_sidecar_config(
-                api_dir,
-                service="api",
-                app_port=app.port,
-                listeners=[{"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0"}],
-                extra={"identity": identity_section(api_dir, await join_token(http, "api"), url)},
+    async with running_daemon(tmp_path / "data", push=False, leaf_ttl_s=leaf_ttl_s) as (
+        daemon,
+        http,
+    ):
+        url = api_url(http)
+        trust_domain = (await http.get("/v1/bundle")).json()["trust_domain"]
+        api_dir, web_dir = tmp_path / "api", tmp_path / "web"
+        api_dir.mkdir()
+        web_dir.mkdir()
+        api_path = write_sidecar_config(
+            api_dir,
+            service="api",
+            app_port=app.port,
+            listeners=[{"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0"}],
+            extra={"identity": identity_section(api_dir, await join_token(http, "api"), url)},
+        )
+        set_snapshot(
+            api_dir, mtls="strict", identity={"service": "api", "trust_domain": trust_domain}
+        )
+        async with trio.open_nursery() as sidecars:
+            api = await start_sidecar(sidecars, api_path)
+            web_path = write_sidecar_config(
+                web_dir,
+                service="web",
+                app_port=closed_port(),
+                listeners=[
+                    {
+                        "name": "out",
+                        "direction": "outbound",
+                        "address": "127.0.0.1:0",
+                        "cluster": "api",
+                    }
+                ],
+                clusters=[
+                    cluster(
+                        "api",
+                        port_of(api, "inbound"),
+                        tls={"spiffe_id": f"spiffe://{trust_domain}/ns/default/svc/api"},
+                    )
+                ],
+                extra={"identity": identity_section(web_dir, await join_token(http, "web"), url)},
             )
             set_snapshot(
-                api_dir, mtls="strict", identity={"service": "api", "trust_domain": trust_domain}
+                web_dir,
+                mtls="strict",
+                identity={"service": "web", "trust_domain": trust_domain},
             )
-            async with trio.open_nursery() as sidecars:
-                api = await start_sidecar(sidecars, api_path)
-                web_path = write_sidecar_config(
-                    web_dir,
-                    service="web",
-                    app_port=closed_port(),
-                    listeners=[
-                        {
-                            "name": "out",
-                            "direction": "outbound",
-                            "address": "127.0.0.1:0",
-                            "cluster": "api",
-                        }
-                    ],
-                    clusters=[
-                        cluster(
-                            "api",
-                            port_of(api, "inbound"),
-                            tls={"spiffe_id": f"spiffe://{trust_domain}/ns/default/svc/api"},
-                        )
-                    ],
-                    extra={
-                        "identity": identity_section(web_dir, await join_token(http, "web"), url)
-                    },
-                )
-                set_snapshot(
-                    web_dir,
-                    mtls="strict",
-                    identity={"service": "web", "trust_domain": trust_domain},
-                )
-                web = await start_sidecar(sidecars, web_path)
-                mesh = Mesh(daemon, http, trust_domain, web, api)
-                await until(
-                    lambda: web.tls.identity is not None and api.tls.identity is not None,
-                    "both sidecars enrolled",
-                )
-                yield mesh
-                sidecars.cancel_scope.cancel()
-        daemon.shutdown_nowait()
+            web = await start_sidecar(sidecars, web_path)
+            mesh = Mesh(daemon, http, trust_domain, web, api)
+            await until(
+                lambda: web.tls.identity is not None and api.tls.identity is not None,
+                "both sidecars enrolled",
+            )
+            yield mesh
+            sidecars.cancel_scope.cancel()
 
 
 class Leaves:
@@ -373,26 +359,9 @@ async def test_root_rotation_under_load(tmp_path: Path, app: TestApp) -> None:
 
 
 async def test_retire_refused_while_leaves_outstanding_and_bundle_push(tmp_path: Path) -> None:
-    config = DaemonConfig(
-        registry=RegistryConfig(data_dir=tmp_path / "data", port=0, node_name="test"),
-        admin_port=0,
-        push_port=None,
-        watch_wait_s=5.0,
-    )
-    daemon = ControlDaemon(config)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            ports = await nursery.start(daemon.run)
-        assert daemon.identity is not None
-        daemon.identity.leaf_ttl = timedelta(seconds=2)
-        url = f"http://127.0.0.1:{ports.admin_port}"
-        admin = config.token_path.read_text().strip()
-        async with (
-            httpx.AsyncClient(
-                base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=TIMEOUT
-            ) as http,
-            httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as anon,
-        ):
+    async with running_daemon(tmp_path / "data", push=False, leaf_ttl_s=2) as (_, http):
+        url = api_url(http)
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as anon:
             first = await anon.get("/v1/bundle")
             index = int(first.headers["X-Meshd-Index"])
             assert first.json()["index"] == index and len(first.json()["roots"]) == 1
@@ -441,7 +410,6 @@ async def test_retire_refused_while_leaves_outstanding_and_bundle_push(tmp_path:
                     await trio.sleep(0.2)
             assert retired.status_code == 200, retired.text
             assert (await http.get("/v1/ca")).json()["phase"] == "stable"
-        daemon.shutdown_nowait()
 
 
 async def test_forced_retire_skips_the_check(

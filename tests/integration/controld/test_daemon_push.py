@@ -7,19 +7,12 @@ Registration, applies, NACKs, the proxy list and the status go through the API t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-
-from controld.daemon import ControlDaemon, DaemonConfig
-from controld.registry import RegistryConfig
-
-#: Bound on every step (starting the daemon, a long-poll that must answer).
-TIMEOUT = 20.0
+from daemon_support import TIMEOUT, running_daemon
 
 DESCRIPTOR = {
     "proxy_id": "web-1",
@@ -32,31 +25,6 @@ API_DEFAULTS = {
     "metadata": {"name": "api"},
     "spec": {"lb_policy": "random"},
 }
-
-
-@asynccontextmanager
-async def running_daemon(data_dir: Path) -> AsyncIterator[tuple[ControlDaemon, httpx.AsyncClient]]:
-    """The daemon on ports 0 with ``data_dir``, and an admin-token client of its API."""
-    config = DaemonConfig(
-        registry=RegistryConfig(data_dir=data_dir, port=0, node_name="test"),
-        admin_port=0,
-        push_port=0,
-        watch_wait_s=5.0,
-    )
-    daemon = ControlDaemon(config)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(TIMEOUT):
-            ports = await nursery.start(daemon.run)
-        token = config.token_path.read_text().strip()
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{ports.admin_port}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=TIMEOUT,
-        ) as http:
-            try:
-                yield daemon, http
-            finally:
-                daemon.shutdown_nowait()
 
 
 async def poll(

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
-from test_daemon_push import TIMEOUT, running_daemon
+from daemon_support import TIMEOUT, running_daemon
 
 from tui.cli import main as meshctl
 
