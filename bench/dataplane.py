@@ -2,7 +2,9 @@
 
 Every path gets the same wrk load in the same run against the same nginx backend; each proxy
 has one worker/thread. Prints a table (rps, p50, p99, proxy CPU per request, errors), then
-``RATIO l7_rps_vs_nginx``, ``RATIO l4_rps_vs_haproxy`` and ``RSS_MB meshd_idle``.
+``RATIO l7_rps_vs_nginx``, ``RATIO l4_rps_vs_haproxy`` and ``RSS_MB meshd_idle``, after INFO lines
+with the floors any Trio proxy has here: a bare Trio byte relay against nginx and haproxy, and
+the resident memory of the required (and recommended) libraries imported by themselves.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -157,7 +160,28 @@ def measure_path(ctx: Context, wrk: str, path: BenchPath) -> Measured:
     return Measured(path, result, cpu)
 
 
-def _report(results: list[Measured], meshd_rss_kb: int) -> None:
+#: The libraries the project requires in the daemon, and those it recommends on top.
+REQUIRED_IMPORTS = ("trio", "hypercorn.trio", "structlog", "prometheus_client")
+RECOMMENDED_IMPORTS = ("pydantic", "httptools", "starlette.applications", "yaml")
+
+
+def import_floor_kb(ctx: Context, modules: tuple[str, ...]) -> int:
+    """VmRSS (kB) of a fresh interpreter that imported ``modules`` and nothing else."""
+    script = pathlib.Path(__file__).parent / "reference" / "import_floor.py"
+    done = subprocess.run(
+        [ctx.python, str(script), *modules],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=ctx.project_env(),
+    )
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise BenchError(f"import floor of {modules} failed:\n{done.stderr[-2000:]}")
+    return int(done.stdout.strip())
+
+
+def _report(results: list[Measured], meshd_rss_kb: int, floors_kb: tuple[int, int]) -> None:
     rows = [
         [
             m.path.name,
@@ -188,6 +212,13 @@ def _report(results: list[Measured], meshd_rss_kb: int) -> None:
     # Context, not targets: two SO_REUSEPORT workers, and the floor any Trio proxy has here.
     print(f"INFO l7_rps_vs_nginx_workers2={rps['meshd-l7-w2'] / rps['nginx-l7']:.2f}")
     print(f"INFO l7_trio_relay_floor_vs_nginx={rps['trio-relay'] / rps['nginx-l7']:.2f}")
+    # The relay moves bytes with no HTTP work: the L4 floor of a Trio proxy as well.
+    print(f"INFO l4_trio_relay_floor_vs_haproxy={rps['trio-relay'] / rps['haproxy-l4']:.2f}")
+    required, recommended = (kb / 1024 for kb in floors_kb)
+    print(
+        f"INFO rss_mb_required_imports={required:.2f} "
+        f"(+pydantic/httptools/starlette/yaml {recommended:.2f})"
+    )
     print(f"RATIO l7_rps_vs_nginx={l7:.2f}")
     print(f"RATIO l4_rps_vs_haproxy={l4:.2f}")
     print(f"RSS_MB meshd_idle={rss_mb:.2f}")
@@ -281,4 +312,8 @@ def run_suite(ctx: Context) -> None:
         for proc in (backend_proc, nginx, haproxy, meshd, meshd_w2, relay_proc):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
-    _report(results, idle_rss)
+    floors = (
+        import_floor_kb(ctx, REQUIRED_IMPORTS),
+        import_floor_kb(ctx, REQUIRED_IMPORTS + RECOMMENDED_IMPORTS),
+    )
+    _report(results, idle_rss, floors)
