@@ -40,6 +40,7 @@ from common import (
     render,
     run_wrk,
     start_meshd,
+    wait_for_port,
 )
 from dataplane import BODY, BenchPath, Measured
 
@@ -243,6 +244,26 @@ def _handshakes(
     return Handshakes(server.name, wall, connections, refused, completed, cpu)
 
 
+def _start_relay_pair(
+    ctx: Context, procs: ProcessGroup, pki: Pki, out_port: int, in_port: int, backend: int
+) -> tuple[ManagedProcess, ManagedProcess]:
+    """The two sides of the Trio mTLS relay pair (the floor of any Trio sidecar pair)."""
+    script = Path(__file__).parent / "reference" / "tls_relay.py"
+    started = []
+    for side, service, port, upstream in (
+        ("in", "api", in_port, backend),
+        ("out", "web", out_port, in_port),
+    ):
+        leaf = pki.leaves[service]
+        argv = [ctx.python, str(script), side, str(port), str(upstream)]
+        argv += [str(leaf.cert), str(leaf.key), str(pki.root)]
+        name = f"tls-relay-{side}"
+        proc = procs.start(name, argv, cwd=ctx.tempdir(name), env=ctx.project_env())
+        wait_for_port(port, proc)
+        started.append(proc)
+    return started[0], started[1]
+
+
 def _measure_rate(ctx: Context, wrk: str, path: BenchPath, settings: Settings) -> WrkResult:
     script = rate_script(ctx.workdir / f"rate-{path.name}.lua", settings.rate_connections)
     params = WrkParams(1, settings.rate_connections, ctx.wrk.duration_s, 0)
@@ -298,6 +319,9 @@ def _report(
         f"INFO handshakes: {settings.hs_clients} x openssl s_time -new -tls1_3 -www / for "
         f"{settings.hs_seconds}s per server; only connections that read the full response count"
     )
+    # Context, not a target: the same pair with no HTTP work (bench/reference/tls_relay.py).
+    floor = rps["trio-tls-relay-pair"] / rps["nginx-mtls-pair"]
+    print(f"INFO mtls_trio_relay_pair_floor_vs_nginx_pair={floor:.2f}")
     print(f"RATIO mtls_pair_rps_vs_nginx_pair={ratio:.2f}")
     meshd_p99, nginx_p99 = (rate[f"{n}-mtls-pair"].p99_s * 1e3 for n in ("meshd", "nginx"))
     print(f"MTLS_PAIR_P99_MS rps={RATE} meshd={meshd_p99:.2f} nginx={nginx_p99:.2f}")
@@ -315,6 +339,7 @@ def run_suite(ctx: Context) -> None:
     settings = Settings.from_env()
     pki = write_pki(ctx.tempdir("pki"), SERVICES)
     backend, front, back, outbound, inbound, out_admin, in_admin = free_ports(7)
+    relay_out, relay_in = free_ports(2)
     print(
         f"mtls: {ctx.wrk.describe()} per pair after a {ctx.wrk.warmup_s}s warm-up; "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; meshd on {ctx.python}",
@@ -337,6 +362,7 @@ def run_suite(ctx: Context) -> None:
         mesh_out = _start_sidecar(
             ctx, procs, pki, "web", port=outbound, admin_port=out_admin, **ports
         )
+        relays = _start_relay_pair(ctx, procs, pki, relay_out, relay_in, backend)
         stats = json.loads(http_get(in_admin, "/stats")[1])
         if stats.get("mtls", {}).get("mode") != "strict":
             raise BenchError(f"meshd-inbound is not in STRICT mTLS mode: {stats.get('mtls')}")
@@ -352,6 +378,7 @@ def run_suite(ctx: Context) -> None:
                 outbound,
                 _both(dp.process_tree(mesh_out), dp.process_tree(mesh_in)),
             ),
+            BenchPath("trio-tls-relay-pair", relay_out, _both(*map(dp.process_tree, relays))),
         ]
         for path in paths:
             dp.check_path(path)
@@ -372,13 +399,13 @@ def run_suite(ctx: Context) -> None:
         for path in paths:
             full.append(dp.measure_path(ctx, tools["wrk"], path))
             print(f"mtls: measured {path.name}", file=sys.stderr, flush=True)
-        rate = {p.name: _measure_rate(ctx, tools["wrk"], p, settings) for p in paths[1:]}
+        rate = {p.name: _measure_rate(ctx, tools["wrk"], p, settings) for p in paths[1:3]}
         print("mtls: measured p99 at a fixed rate", file=sys.stderr, flush=True)
         hs = [
             _handshakes(ctx, tools["openssl"], pki, settings, s, response_len[s.name])
             for s in servers
         ]
-        for proc in (backend_proc, back_proc, front_proc, mesh_in, mesh_out):
+        for proc in (backend_proc, back_proc, front_proc, mesh_in, mesh_out, *relays):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
         created = json.loads(http_get(out_admin, "/clusters")[1])
