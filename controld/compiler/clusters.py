@@ -65,7 +65,10 @@ def cluster_key(inputs: Inputs, ref: ClusterRef) -> Hashable:
         inputs.defaults(service),
         inputs.resolver(service),
         inputs.endpoints(service),
-        tuple((t, inputs.resolver(t[0]), inputs.endpoints(t[0])) for t in tiers),
+        # A tier's defaults count too: its mTLS mode decides the cluster's (cluster_tls).
+        tuple(
+            (t, inputs.resolver(t[0]), inputs.defaults(t[0]), inputs.endpoints(t[0])) for t in tiers
+        ),
     )
 
 
