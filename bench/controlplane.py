@@ -114,7 +114,7 @@ def _start_controld(
     argv += ["--registry-listen", f"127.0.0.1:{registry_port}"]
     argv += ["--admin", f"127.0.0.1:{admin_port}", "--admin-token-file", str(token_file)]
     # The sidecars long-poll on the push listener, as meshd does by default.
-    argv += ["--push", f"127.0.0.1:{push_port}"]
+    argv += ["--push", f"127.0.0.1:{push_port}", "--tls", "off"]
     # info shows the store revisions and compile rounds with their times (for diagnosis).
     argv += ["--log-level", os.environ.get("BENCH_CP_LOG_LEVEL", "warning")]
     proc = procs.start("controld", argv, cwd=workdir, env=ctx.project_env())

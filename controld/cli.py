@@ -3,9 +3,10 @@
 Subcommands:
 
 * ``controld run [--registry URL | --registry-listen HOST:PORT --data-dir DIR] [--admin
-  HOST:PORT] [--push HOST:PORT|off] [--admin-token-file PATH] [--kv-prefix PREFIX]`` runs the
-  daemon: the registry embedded (default) or an external one, discovery, the policy store,
-  the snapshot push and the HTTP API (:mod:`controld.daemon`).
+  HOST:PORT] [--push HOST:PORT|off] [--tls HOST:PORT|off] [--tls-san NAME]
+  [--admin-token-file PATH] [--kv-prefix PREFIX]`` runs the daemon: the registry embedded
+  (default) or an external one, discovery, the policy store, the snapshot push and the HTTP
+  API (:mod:`controld.daemon`).
 * ``controld registry --listen HOST:PORT --data-dir DIR [--acl-management-token TOKEN]``
   runs the Consul-compatible registry standalone.
 
@@ -160,6 +161,24 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         ),
     )
     run.add_argument(
+        "--tls",
+        type=_listen_or_off,
+        default=("127.0.0.1", 8503),
+        metavar="HOST:PORT|off",
+        help=(
+            "TLS listener (the same API) with a certificate from controld's own CA, "
+            "spiffe://<trust domain>/controld: sidecars enroll and renew there, renewal over "
+            "mutual TLS (default 127.0.0.1:8503; off: no TLS listener, no renewals)"
+        ),
+    )
+    run.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra DNS name or IP address in the TLS listener's certificate (repeatable)",
+    )
+    run.add_argument(
         "--admin-token-file",
         type=Path,
         metavar="PATH",
@@ -249,6 +268,7 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
     admin_host, admin_port = args.admin
     push_host, push_port = args.push or ("127.0.0.1", None)
+    tls_host, tls_port = args.tls or ("127.0.0.1", None)
     if not args.kv_prefix.endswith("/"):
         parser.error(f"--kv-prefix must end with '/', got {args.kv_prefix!r}")
     # What both registry modes share.
@@ -257,6 +277,9 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         "admin_port": admin_port,
         "push_host": push_host,
         "push_port": push_port,
+        "tls_host": tls_host,
+        "tls_port": tls_port,
+        "tls_sans": tuple(args.tls_san),
         "data_dir": args.data_dir,
         "admin_token_file": args.admin_token_file,
         "kv_prefix": args.kv_prefix,
@@ -325,11 +348,14 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
             admin=f"{config.admin_host}:{ports.admin_port}",
             admin_port=ports.admin_port,
             push_port=ports.push_port,
+            tls_port=ports.tls_port,
             api=api_url,
             admin_token_file=str(config.token_path),
             kv_prefix=config.kv_prefix,
         )
         push = "" if ports.push_port is None else f", sidecars {config.push_host}:{ports.push_port}"
+        if ports.tls_port is not None:
+            push += f", TLS {config.tls_host}:{ports.tls_port}"
         print(
             f"controld: API {api_url}{push} (admin token in {config.token_path})",
             file=sys.stderr,

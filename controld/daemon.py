@@ -35,6 +35,7 @@ from controld.admin import RegistryLink, status_json
 from controld.api import build_api
 from controld.auth import TokenAuth
 from controld.ca import CAFileError, CertificateAuthority, IdentityService, RootCA
+from controld.ca.servertls import ServerTls, server_sans
 from controld.ca.storage import CAStore
 from controld.ca.sweeper import JoinTokenSweeper
 from controld.compiler import Compiler
@@ -70,6 +71,12 @@ class DaemonConfig:
     #: separate listener (sidecars then use the admin address).
     push_host: str = "127.0.0.1"
     push_port: int | None = 8502
+    #: The TLS listener (same API; certificate from controld's CA; renewals over mutual
+    #: TLS); ``None``: none.
+    tls_host: str = "127.0.0.1"
+    tls_port: int | None = 8503
+    #: Extra DNS names or IP addresses in the TLS listener's certificate.
+    tls_sans: tuple[str, ...] = ()
     #: Longest a blocking query of the watcher stays parked.
     watch_wait_s: float = 60.0
     #: Cap of the watcher's jittered reconnect backoff.
@@ -130,6 +137,8 @@ class DaemonPorts:
     admin_port: int
     #: The sidecars' push listener; ``None`` when disabled.
     push_port: int | None = None
+    #: The TLS listener; ``None`` when disabled.
+    tls_port: int | None = None
 
 
 class ControlDaemon:
@@ -154,6 +163,8 @@ class ControlDaemon:
         #: The CA and the enrollment endpoints' logic (set when ``run`` starts).
         self.identity: IdentityService | None = None
         self._link: RegistryLink | None = None
+        #: What ``run`` bound (set once it is up).
+        self.ports: DaemonPorts | None = None
         self._ready = False
         self._shutdown = trio.Event()
         self._scopes: list[trio.CancelScope] = []
@@ -261,19 +272,23 @@ class ControlDaemon:
                 )
                 # Its own nursery, so every task using the store ends before it is closed.
                 async with trio.open_nursery() as services:
-                    admin_port, push = await self._start_services(services, watcher, store)
+                    admin_port, push, tls = await self._start_services(services, watcher, store)
                     self._ready = not self._shutdown.is_set()
-                    task_status.started(
-                        DaemonPorts(
-                            url, registry_port, admin_port, None if push is None else push.port
-                        )
+                    self.ports = DaemonPorts(
+                        url,
+                        registry_port,
+                        admin_port,
+                        None if push is None else push.port,
+                        None if tls is None else tls.port,
                     )
+                    task_status.started(self.ports)
                     await self._shutdown.wait()
                     self._ready = False
                     # Parked long-polls answer "no news", so the API servers drain at once.
                     self.hub.close()
-                    if push is not None:
-                        push.shutdown_nowait()
+                    for lean in (push, tls):
+                        if lean is not None:
+                            lean.shutdown_nowait()
                     # The API server stops on the shutdown event; the rest are cancelled.
                     services.cancel_scope.deadline = trio.current_time() + _STOP_TIMEOUT_S
                     for scope in self._scopes:
@@ -286,8 +301,9 @@ class ControlDaemon:
 
     async def _start_services(
         self, nursery: trio.Nursery, watcher: RegistryWatcher, store: ResourceStore
-    ) -> tuple[int, HTTPServer | None]:
-        """Start the watcher, store, reconciler and API servers; the API's port, push server."""
+    ) -> tuple[int, HTTPServer | None, HTTPServer | None]:
+        """Start the watcher, store, reconciler and API servers; the API's port, the push and
+        TLS servers."""
         cfg = self.config
         await nursery.start(self._scoped, watcher.run)
         await nursery.start(self._scoped, store.run)
@@ -299,12 +315,23 @@ class ControlDaemon:
         push: HTTPServer | None = None
         if cfg.push_port is not None:
             push = HTTPServer(app, cfg.push_host, cfg.push_port)
-            try:
-                await nursery.start(push.run)
-            except OSError as exc:
-                raise ListenError(
-                    f"cannot listen on {cfg.push_host}:{cfg.push_port} (push): {exc.strerror}"
-                ) from exc
+            await _start_lean(nursery, push, "push")
+        tls: HTTPServer | None = None
+        if cfg.tls_port is not None:
+            identity = self.identity
+            dns_names, ips = server_sans(cfg.tls_host, cfg.tls_sans)
+            server_tls = ServerTls(
+                identity.ca,
+                lambda: identity.trust_domain,
+                leaf_ttl=lambda: identity.leaf_ttl,
+                dns_names=dns_names,
+                ips=ips,
+            )
+            await nursery.start(self._scoped, server_tls.run)
+            tls = HTTPServer(app, cfg.tls_host, cfg.tls_port, tls=server_tls.context)
+            await _start_lean(nursery, tls, "TLS")
+            listen = f"{cfg.tls_host}:{tls.port}"
+            identity.server_tls = lambda: server_tls.current.as_json(listen)
         api = AsgiServer(
             app,
             cfg.admin_host,
@@ -313,7 +340,7 @@ class ControlDaemon:
             shutdown=self._shutdown,
         )
         port: int = await nursery.start(api.run)
-        return port, push
+        return port, push, tls
 
     async def _scoped(
         self, run: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -322,6 +349,15 @@ class ControlDaemon:
         with trio.CancelScope() as scope:
             self._scopes.append(scope)
             await run(task_status=task_status)
+
+
+async def _start_lean(nursery: trio.Nursery, server: HTTPServer, what: str) -> None:
+    try:
+        await nursery.start(server.run)
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {server.host}:{server.port} ({what}): {exc.strerror}"
+        ) from exc
 
 
 def _import_root(cfg: DaemonConfig) -> RootCA | None:

@@ -1,7 +1,8 @@
 """Identity endpoints: join tokens, enrollment, renewal, trust bundle, revocation, rotation.
 
 ``/v1/enroll`` and ``/v1/renew`` take no bearer token: the join token, respectively the
-proof of possession of the current leaf's key, is the credential. ``/v1/bundle`` is public;
+current leaf presented as client certificate over mutual TLS (controld's TLS listener), is
+the credential. ``/v1/bundle`` is public;
 with ``?index=<n>&wait=<s>`` it is a blocking query (as in Consul): it answers at once when
 the bundle's index isn't ``n``, else when it changes or after ``wait`` (at most 300 s). The
 index is in the ``X-Meshd-Index`` header and the body. ``GET /v1/ca`` is admin-only; the
@@ -14,6 +15,7 @@ others are admin-only and audited.
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from cryptography import x509
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,19 +83,16 @@ class EnrollRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token: str = Field(min_length=1, max_length=200)
+    token: str = Field(min_length=1, max_length=256)
     csr: str = Field(min_length=1, max_length=16384)
 
 
 class RenewRequest(BaseModel):
-    """Body of ``POST /v1/renew``."""
+    """Body of ``POST /v1/renew`` (over mutual TLS: the client certificate is the credential)."""
 
     model_config = ConfigDict(extra="forbid")
 
     csr: str = Field(min_length=1, max_length=16384)
-    certificate: str = Field(min_length=1, max_length=16384)
-    signature: str = Field(min_length=1, max_length=1024)
-    time: float
 
 
 class RevokeRequest(BaseModel):
@@ -127,7 +126,9 @@ def identity_router(
         body: JoinTokenRequest, request: Request, principal: AdminAudited
     ) -> dict[str, str]:
         """A single-use join token for ``namespace``/``service`` (admin only; audited)."""
-        token, expires = await identity.join_tokens.create(body.service, body.namespace, body.ttl_s)
+        token, expires = await identity.join_tokens.create(
+            body.service, body.namespace, body.ttl_s, pins=identity.pins()
+        )
         auditor.record(
             principal.name, request, "minted", service=body.service, namespace=body.namespace
         )
@@ -154,10 +155,11 @@ def identity_router(
         "/v1/renew",
         responses={400: {"description": "bad CSR"}, 401: {"description": "renewal refused"}},
     )
-    async def renew(body: RenewRequest) -> dict[str, Any]:
-        """A new leaf for the holder of the current one (proof of possession)."""
+    async def renew(body: RenewRequest, request: Request) -> dict[str, Any]:
+        """A new leaf for the holder of the current one, proven by mutual TLS."""
+        current = client_certificate(request)
         try:
-            issued = await identity.renew(body.csr, body.certificate, body.signature, body.time)
+            issued = await identity.renew(body.csr, current)
         except CSRError as exc:
             raise ApiError(400, str(exc)) from exc
         except RenewalRefused as exc:
@@ -226,6 +228,25 @@ def identity_router(
         }
 
     return router
+
+
+#: Why a renewal without a verified client certificate is refused.
+NEEDS_MTLS = (
+    "renewal needs mutual TLS: call controld's TLS listener (--tls) with the current certificate"
+)
+
+
+def client_certificate(request: Request) -> x509.Certificate:
+    """The verified client certificate of a request on the TLS listener (ASGI TLS
+    extension); :class:`ApiError` 401 when there is none."""
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        raise ApiError(401, NEEDS_MTLS)
+    try:
+        return x509.load_pem_x509_certificate(str(chain[0]).encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ApiError(401, NEEDS_MTLS) from exc
 
 
 def _rfc3339_unix(when: float) -> str:

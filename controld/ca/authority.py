@@ -9,12 +9,13 @@ leaf), never from the CSR: only the CSR's public key is used.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -27,13 +28,14 @@ __all__ = [
     "DEFAULT_LEAF_TTL",
     "DEFAULT_ROOT_TTL",
     "RootCA",
+    "controld_spiffe_id",
     "generate_root",
     "leaf_spiffe_id",
     "load_csr",
     "sign_leaf",
+    "sign_server",
     "spiffe_id",
     "verify_leaf",
-    "verify_possession",
 ]
 
 #: Lifetime of a leaf unless asked otherwise.
@@ -44,6 +46,8 @@ DEFAULT_ROOT_TTL = timedelta(days=3650)
 BACKDATE = timedelta(seconds=60)
 
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Public keys a leaf may certify.
 LeafKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -188,6 +192,41 @@ def sign_leaf(
     ``root``. The leaf never outlives the root."""
     if not _SPIFFE_RE.match(identity):
         raise ValueError(f"not a SPIFFE ID of this mesh: {identity!r}")
+    return _sign(root, public_key, [x509.UniformResourceIdentifier(identity)], ttl, now)
+
+
+def controld_spiffe_id(trust_domain: str) -> str:
+    """controld's own identity: ``spiffe://<trust domain>/controld`` (never a workload's)."""
+    return f"spiffe://{trust_domain}/controld"
+
+
+def sign_server(
+    root: RootCA,
+    public_key: LeafKey,
+    trust_domain: str,
+    *,
+    dns_names: tuple[str, ...] = (),
+    ips: tuple[IPAddress, ...] = (),
+    ttl: timedelta = DEFAULT_LEAF_TTL,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """controld's TLS certificate: URI SAN :func:`controld_spiffe_id` plus ``dns_names`` and
+    ``ips`` (for clients that check host names), signed by ``root``."""
+    sans: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(controld_spiffe_id(trust_domain))
+    ]
+    sans += [x509.DNSName(name) for name in dns_names]
+    sans += [x509.IPAddress(ip) for ip in ips]
+    return _sign(root, public_key, sans, ttl, now)
+
+
+def _sign(
+    root: RootCA,
+    public_key: LeafKey,
+    sans: list[x509.GeneralName],
+    ttl: timedelta,
+    now: datetime | None,
+) -> x509.Certificate:
     now = _now(now)
     not_after = min(now + ttl, root.cert.not_valid_after_utc)
     return (
@@ -221,10 +260,7 @@ def sign_leaf(
         )
         # SPIFFE: the SAN carries the identity. Not critical: the subject isn't empty
         # (RFC 5280 4.2.1.6, which path validation enforces).
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()),
@@ -263,23 +299,9 @@ def verify_leaf(
     except VerificationError as exc:
         raise RenewalRefused(f"certificate does not verify against the bundle: {exc}") from exc
     try:
-        return leaf_spiffe_id(leaf)
+        identity = leaf_spiffe_id(leaf)
     except ValueError as exc:
         raise RenewalRefused(str(exc)) from exc
-
-
-def verify_possession(leaf: x509.Certificate, data: bytes, signature: bytes) -> None:
-    """Check ``signature`` over ``data`` by the leaf's key (ECDSA-SHA256 or Ed25519).
-
-    Raises :class:`~controld.ca.errors.RenewalRefused`.
-    """
-    key = leaf.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, data)
-        else:
-            raise RenewalRefused("certificate key is neither ECDSA nor Ed25519")
-    except InvalidSignature as exc:
-        raise RenewalRefused("proof of possession: signature does not verify") from exc
+    if not _SPIFFE_RE.match(identity):
+        raise RenewalRefused(f"{identity} is not a workload identity")
+    return identity

@@ -1,4 +1,7 @@
-"""Single-use, expiring join tokens ``join.<id>.<secret>`` kept in the registry KV.
+"""Single-use, expiring join tokens ``join.<id>.<secret>[.<pin>...]`` kept in the registry KV.
+
+The pins (:mod:`meshcore.pki`) name the roots of the bundle at mint time, so the sidecar can
+check controld's TLS certificate on first contact; controld itself only reads id and secret.
 
 The entry ``<prefix>join-tokens/<id>`` holds the service, namespace, expiry and the SHA-256
 of the secret (never the secret). Consuming a token is a check-and-set *write* of a ``used``
@@ -12,17 +15,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import time
 from dataclasses import dataclass
 
 from controld.ca.errors import JoinTokenInvalid
 from controld.ca.kv import KV
+from meshcore.pki import JOIN_TOKEN_PATTERN
 
 __all__ = ["JoinGrant", "JoinTokens"]
 
-_TOKEN_RE = re.compile(r"^join\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})$")
 _INVALID = "join token unknown, used or expired"
 
 
@@ -42,9 +44,16 @@ class JoinTokens:
         self._dir = f"{prefix}join-tokens/"
 
     async def create(
-        self, service: str, namespace: str, ttl_s: float, *, now: float | None = None
+        self,
+        service: str,
+        namespace: str,
+        ttl_s: float,
+        *,
+        pins: tuple[str, ...] = (),
+        now: float | None = None,
     ) -> tuple[str, float]:
-        """A new token for ``service`` in ``namespace``; ``(token, expiry unix time)``."""
+        """A new token for ``service`` in ``namespace`` carrying ``pins``; ``(token, expiry
+        unix time)``."""
         now = time.time() if now is None else now
         token_id = secrets.token_hex(16)
         secret = secrets.token_urlsafe(32)
@@ -58,16 +67,16 @@ class JoinTokens:
         }
         if not await self._kv.kv_put(self._dir + token_id, _encode(body), cas=0):
             raise RuntimeError("join token id collision")  # 128 random bits: never happens
-        return f"join.{token_id}.{secret}", expires
+        return ".".join(("join", token_id, secret, *pins)), expires
 
     async def consume(self, token: str, *, now: float | None = None) -> JoinGrant:
         """Use a token once; raises :class:`~controld.ca.errors.JoinTokenInvalid` when it is
         malformed, unknown, already used, expired or its secret is wrong."""
         now = time.time() if now is None else now
-        match = _TOKEN_RE.match(token)
+        match = JOIN_TOKEN_PATTERN.match(token)
         if match is None:
             raise JoinTokenInvalid(_INVALID)
-        token_id, secret = match.groups()
+        token_id, secret = match.group(1), match.group(2)
         key = self._dir + token_id
         entry = await self._kv.kv_get(key)
         if entry is None:

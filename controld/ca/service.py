@@ -7,9 +7,6 @@ translates HTTP to these calls and the errors back.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +19,6 @@ from controld.ca.authority import (
     LeafKey,
     load_csr,
     spiffe_id,
-    verify_possession,
 )
 from controld.ca.errors import RenewalRefused, RotationError
 from controld.ca.jointokens import JoinTokens
@@ -30,11 +26,9 @@ from controld.ca.kv import KV
 from controld.ca.outstanding import Outstanding, OutstandingLeaves
 from controld.ca.revocations import Revocations
 from controld.ca.rotation import CertificateAuthority, RotationState
+from meshcore.pki import spki_pin
 
-__all__ = ["MAX_CLOCK_SKEW_S", "IdentityService", "Issued"]
-
-#: Largest difference between a renewal's ``time`` and controld's clock.
-MAX_CLOCK_SKEW_S = 300.0
+__all__ = ["IdentityService", "Issued"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +79,8 @@ class IdentityService:
         self.revocations = Revocations(kv, prefix)
         self._trust_domain = trust_domain
         self.leaf_ttl = leaf_ttl
+        #: Describes controld's TLS listener for :meth:`status` (set by the daemon).
+        self.server_tls: Callable[[], dict[str, object]] | None = None
         self.outstanding = OutstandingLeaves(
             started=datetime.now(UTC), roots_at_start=ca.state.bundle
         )
@@ -105,28 +101,16 @@ class IdentityService:
         identity = spiffe_id(self.trust_domain, grant.namespace, grant.service)
         return self._issue(public_key, identity)
 
-    async def renew(self, csr_pem: str, cert_pem: str, signature_b64: str, at: float) -> Issued:
-        """A new leaf with the current leaf's identity, for the CSR's key.
+    async def renew(self, csr_pem: str, current: x509.Certificate) -> Issued:
+        """A new leaf with the identity of ``current`` (the client certificate the caller
+        presented over mutual TLS), for the CSR's key.
 
-        Refused (``RenewalRefused``) when ``at`` is more than :data:`MAX_CLOCK_SKEW_S` away,
-        the current leaf doesn't verify against the bundle (or is expired), the signature of
-        the CSR's DER by the current leaf's key doesn't verify, or the identity is revoked.
-        Raises ``CSRError`` for a bad CSR.
+        Refused (``RenewalRefused``) when ``current`` doesn't verify against the bundle (or
+        is expired), isn't a workload identity, or is revoked. Raises ``CSRError`` for a bad
+        CSR.
         """
-        csr, public_key = load_csr(csr_pem)
-        now = time.time()
-        if abs(now - at) > MAX_CLOCK_SKEW_S:
-            raise RenewalRefused("renewal time is too far from controld's clock")
-        try:
-            current = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
-        except (ValueError, UnicodeEncodeError) as exc:
-            raise RenewalRefused("current certificate is not PEM") from exc
-        identity = self.ca.verify(current, now=datetime.fromtimestamp(now, UTC))
-        try:
-            signature = base64.b64decode(signature_b64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise RenewalRefused("signature is not base64") from exc
-        verify_possession(current, csr.public_bytes(serialization.Encoding.DER), signature)
+        _, public_key = load_csr(csr_pem)
+        identity = self.ca.verify(current, now=datetime.now(UTC))
         if await self.revocations.is_revoked(identity):
             raise RenewalRefused(f"{identity} is revoked")
         issued = self._issue(public_key, identity)
@@ -137,6 +121,13 @@ class IdentityService:
         leaf = self.ca.sign(public_key, identity, ttl=self.leaf_ttl)
         self.outstanding.issued(self.ca.state.active, leaf, now=datetime.now(UTC))
         return Issued(leaf, identity, self.ca.bundle_pem(), self.ca.index)
+
+    def pins(self) -> tuple[str, ...]:
+        """The CA pins a new join token carries: every root in the bundle, the signer first."""
+        ca = self.ca
+        active = ca.signer.cert
+        others = [cert for cert in ca.bundle() if cert != active]
+        return tuple(spki_pin(cert) for cert in (active, *others))
 
     def outstanding_of(self, root_id: str, *, now: datetime | None = None) -> Outstanding:
         """The outstanding leaves of ``root_id``."""
@@ -194,4 +185,5 @@ class IdentityService:
             "trust_domain": self.trust_domain,
             "leaf_ttl_s": self.leaf_ttl.total_seconds(),
             "roots": roots,
+            "tls": None if self.server_tls is None else self.server_tls(),
         }

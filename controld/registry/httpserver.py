@@ -21,12 +21,15 @@ import errno
 import http
 import logging
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httptools
 import trio
+
+from controld.registry.conn import Closed, Conn, TlsConn, tls_accept
 
 __all__ = ["HTTPServer"]
 
@@ -39,7 +42,8 @@ ASGIApp = Callable[
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 8 * 1024 * 1024
-RECV_SIZE = 65536
+#: Longest a TLS client may take to finish its handshake.
+HANDSHAKE_TIMEOUT_S = 10.0
 _REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
 
 
@@ -84,57 +88,21 @@ class _Request:
         self.head_size = 0
 
 
-class _Closed(Exception):
-    """The peer went away."""
-
-
-class _Conn:
-    __slots__ = ("client", "server", "sock")
-
-    def __init__(self, sock: socket.socket, client: tuple[str, int], server: tuple[str, int]):
-        self.sock = sock
-        self.client = client
-        self.server = server
-
-    async def recv(self) -> bytes:
-        while True:
-            try:
-                return self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
-            except OSError as exc:
-                raise _Closed from exc
-
-    async def send_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-                continue
-            except OSError as exc:
-                raise _Closed from exc
-            view = view[sent:]
-
-    async def wait_hangup(self, scope: trio.CancelScope) -> None:
-        """Cancel ``scope`` if the peer closes while a request is being served."""
-        await trio.lowlevel.wait_readable(self.sock)
-        try:
-            peek = self.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return
-        except OSError:
-            peek = b""
-        if not peek:
-            scope.cancel()
-
-
 class HTTPServer:
     """Serves ``app`` on ``host:port``; ``run`` reports the bound port, returns on shutdown."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, graceful_timeout: float = 1.0):
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        graceful_timeout: float = 1.0,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+    ):
+        """``tls``: serve TLS, with the context it returns for each new connection."""
         self.app = app
+        self.tls = tls
         self.host = host
         self.port = port
         self.graceful_timeout = graceful_timeout
@@ -183,17 +151,27 @@ class HTTPServer:
                 raise
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conns.start_soon(self._serve, _Conn(sock, addr[:2], server))
+            conns.start_soon(self._serve, sock, addr[:2], server)
 
-    async def _serve(self, conn: _Conn) -> None:
+    async def _serve(
+        self, sock: socket.socket, client: tuple[str, int], server: tuple[str, int]
+    ) -> None:
+        if self.tls is None:
+            conn = Conn(sock, client, server)
+        else:
+            try:
+                conn = await tls_accept(sock, self.tls(), client, server, HANDSHAKE_TIMEOUT_S)
+            except Closed as exc:
+                log.debug("TLS handshake with %s failed: %s", client, exc.__cause__ or exc)
+                return
         try:
             await self._serve_conn(conn)
-        except _Closed:
+        except Closed:
             pass
         finally:
             conn.sock.close()
 
-    async def _serve_conn(self, conn: _Conn) -> None:
+    async def _serve_conn(self, conn: Conn) -> None:
         req = _Request()
         parser = httptools.HttpRequestParser(req)
         while True:
@@ -242,7 +220,7 @@ class HTTPServer:
 
     async def _dispatch(
         self,
-        conn: _Conn,
+        conn: Conn,
         *,
         method: str,
         version: str,
@@ -302,7 +280,12 @@ class HTTPServer:
             if sent < len(data):
                 unsent = data[sent:]
 
-        if keep and method != "HEAD":
+        if isinstance(conn, TlsConn):
+            # The ASGI TLS extension; a woken query writes through its own task here.
+            scope["scheme"] = "https"
+            chain = [] if conn.client_cert is None else [conn.client_cert]
+            scope["extensions"] = {"tls": {"client_cert_chain": chain, "tls_version": 0x0304}}
+        elif keep and method != "HEAD":
             scope["controld.send_now"] = send_now
 
         async def send(message: dict[str, Any]) -> None:
@@ -321,14 +304,14 @@ class HTTPServer:
                     data = head if method == "HEAD" else head + b"".join(chunks)
                     try:
                         await conn.send_all(data)
-                    except _Closed:
+                    except Closed:
                         broken = True
 
         await self._call(scope, receive, send)
         if unsent is not None and not broken:
             try:
                 await conn.send_all(unsent)
-            except _Closed:
+            except Closed:
                 broken = True
         if broken:
             disconnected.set()
@@ -346,7 +329,7 @@ class HTTPServer:
             # answered as a 500 by the caller (the response was not completed).
             log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
 
-    async def _plain(self, conn: _Conn, status: int, text: bytes) -> None:
+    async def _plain(self, conn: Conn, status: int, text: bytes) -> None:
         headers = [(b"content-type", b"text/plain; charset=utf-8")]
         await conn.send_all(_head(status, headers, [text], False) + text)
 

@@ -140,8 +140,12 @@ class IdentityConfig(Frozen):
     state_dir: Path
     #: File holding a single-use join token for the first enrollment (deleted once used).
     join_token_file: Path | None = None
-    #: controld's API for enrollment and renewal; default ``snapshot.controld.url``.
+    #: controld's TLS listener (``https://host:8503``) for enrollment and renewal (mutual
+    #: TLS); required to enroll.
     controld_url: str | None = None
+    #: PEM roots to verify controld's certificate with on first contact, instead of the pins
+    #: in the join token; relative to the bootstrap file.
+    ca_file: Path | None = None
     #: Load the identity from these files instead of enrolling with controld.
     static: StaticIdentityFiles | None = None
     #: When the root that signs new leaves is not the current leaf's issuer (a root
@@ -153,7 +157,11 @@ class IdentityConfig(Frozen):
     @field_validator("controld_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
+        if value is None:
+            return None
+        if urlsplit(value).scheme != "https":
+            raise ValueError(f"must be https (renewal uses mutual TLS), got {value!r}")
+        return _check_http_url(value)
 
 
 class Bootstrap(Frozen):

@@ -6,14 +6,18 @@ Requests go out through :func:`meshd.net.stream.open_tcp`; responses are parsed 
 (httptools). Every request is bounded in time. A pooled connection the server closed while
 idle is replaced once, transparently, when the request failed before any response byte.
 
-https is not supported yet (it arrives with mTLS); such URLs are refused with a
+For ``https`` URLs the caller gives ``tls``, a function returning the context for each new
+connection (meshd's TLS 1.3 stream), and optionally ``peer_id``, the SPIFFE ID the server's
+certificate must carry (checked after the handshake; a mismatch is a
+:class:`ControlUnavailable`). An https URL without ``tls`` is a
 :class:`~meshcore.errors.ConfigError` when the client is built.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
@@ -24,6 +28,8 @@ import trio
 from meshcore.errors import ConfigError
 from meshd.errors import MeshdError
 from meshd.net.stream import SocketStream, open_tcp
+from meshd.net.tls import TlsError, TlsStream, tls_connect
+from meshd.net.tlsconfig import PeerIdentityError, check_peer
 
 __all__ = [
     "ControlClient",
@@ -118,16 +124,26 @@ class ControlClient:
     """Requests to one controld over a reused keep-alive connection (one at a time)."""
 
     def __init__(
-        self, url: str, *, token: str | None = None, timeout_s: float = 10.0, user_agent: str = ""
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        user_agent: str = "",
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        peer_id: Callable[[], str | None] | None = None,
+        field: str = "snapshot.controld.url",
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme == "https":
-            raise ConfigError(f"snapshot.controld.url: https is not supported yet: {url}")
-        if parts.scheme != "http" or not parts.hostname:
-            raise ConfigError(f"snapshot.controld.url: expected http://host:port, got {url!r}")
+        if parts.scheme == "https" and tls is None:
+            raise ConfigError(f"{field}: https needs an identity to verify controld: {url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{field}: expected http(s)://host:port, got {url!r}")
         self.url = url
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.tls = tls if parts.scheme == "https" else None
+        self.peer_id = peer_id
         self.timeout_s = timeout_s
         host_header = f"[{self.host}]" if ":" in self.host else self.host
         fixed = [f"host: {host_header}:{self.port}", "accept: application/json"]
@@ -138,7 +154,7 @@ class ControlClient:
                 raise ConfigError("snapshot.controld: the token must not contain line breaks")
             fixed.append(f"authorization: Bearer {token}")
         self._fixed = ("\r\n".join(fixed) + "\r\n").encode("latin-1")
-        self._stream: SocketStream | None = None
+        self._stream: SocketStream | TlsStream | None = None
 
     # -- API --------------------------------------------------------------------------------
 
@@ -205,15 +221,28 @@ class ControlClient:
         except _StaleError as exc:
             raise ControlUnavailable(f"{self.url}: connection closed before an answer") from exc
 
-    async def _connect(self) -> SocketStream:
+    async def _connect(self) -> SocketStream | TlsStream:
+        stream: SocketStream | TlsStream
         try:
-            stream = await open_tcp(self.host, self.port)
-        except OSError as exc:
+            if self.tls is None:
+                stream = await open_tcp(self.host, self.port)
+            else:
+                stream = await tls_connect(self.host, self.port, self.tls())
+        except (OSError, TlsError) as exc:
             raise ControlUnavailable(f"cannot connect to {self.url}: {exc}") from exc
+        expected = None if self.peer_id is None else self.peer_id()
+        if isinstance(stream, TlsStream) and expected is not None:
+            try:
+                check_peer(stream, expected)
+            except PeerIdentityError as exc:
+                stream.close_nowait()
+                raise ControlUnavailable(f"{self.url} is not controld: {exc}") from exc
         self._stream = stream
         return stream
 
-    async def _on(self, stream: SocketStream, data: bytes, *, reused: bool) -> ControlResponse:
+    async def _on(
+        self, stream: SocketStream | TlsStream, data: bytes, *, reused: bool
+    ) -> ControlResponse:
         parser = _Parser()
         received = False
         ok = False

@@ -98,5 +98,12 @@ def second_client(client: IdentityClient) -> IdentityClient:
     :class:`ControlClient` does one request at a time, and the long-poll parks one)."""
     control = client.control
     return IdentityClient(
-        ControlClient(control.url, timeout_s=control.timeout_s, user_agent="meshd-bundle")
+        ControlClient(
+            control.url,
+            timeout_s=control.timeout_s,
+            user_agent="meshd-bundle",
+            tls=control.tls,
+            peer_id=control.peer_id,
+            field="identity.controld_url",
+        )
     )

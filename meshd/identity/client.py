@@ -2,9 +2,9 @@
 
 * ``POST /v1/enroll {token, csr}`` -> ``{certificate, bundle, spiffe_id, not_after,
   sidecar_token}``: the join token is the credential (single use).
-* ``POST /v1/renew {csr, certificate, signature, time}``: ``signature`` is the base64
-  ECDSA-SHA256 signature of the CSR's DER by the *current* leaf's key (proof of possession),
-  ``time`` unix seconds (controld refuses more than 300 s of skew).
+* ``POST /v1/renew {csr}`` over mutual TLS on controld's TLS listener: the current leaf,
+  presented as client certificate, is the credential (the connection's context comes from
+  :class:`~meshd.identity.trust.ControldTrust`).
 * ``GET /v1/bundle[?index=<n>&wait=<s>]`` -> ``{trust_domain, roots, active, active_id,
   index}`` (header ``X-Meshd-Index``): with ``index`` a blocking query answered when the
   bundle's index differs from ``n`` or after ``wait``. An older controld answers
@@ -16,7 +16,6 @@ raise :class:`~meshd.control.client.ControlError` subclasses (worth retrying).
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +27,8 @@ from meshd.control.client import (
     ControlResponse,
     ControlUnavailable,
 )
-from meshd.identity.csr import csr_der, csr_pem
+from meshd.identity.csr import csr_pem
 from meshd.identity.errors import EnrollmentRefused
-from meshd.identity.keys import PrivateKey, sign
 
 __all__ = ["Bundle", "IdentityClient", "Issued"]
 
@@ -108,23 +106,10 @@ class IdentityClient:
         resp = await self.control.post_json("/v1/enroll", {"token": token, "csr": csr_pem(csr)})
         return _issued(resp, "enroll")
 
-    async def renew(
-        self,
-        csr: x509.CertificateSigningRequest,
-        *,
-        current_cert_pem: bytes,
-        current_key: PrivateKey,
-        now: float,
-    ) -> Issued:
-        """A new leaf for ``csr``, proving possession of the current leaf's key."""
-        signature = base64.b64encode(sign(current_key, csr_der(csr))).decode("ascii")
-        document = {
-            "csr": csr_pem(csr),
-            "certificate": current_cert_pem.decode("ascii", "replace"),
-            "signature": signature,
-            "time": int(now),
-        }
-        resp = await self.control.post_json("/v1/renew", document)
+    async def renew(self, csr: x509.CertificateSigningRequest) -> Issued:
+        """A new leaf for ``csr``; the connection presents the current leaf (mutual TLS)."""
+        self.control.close()  # a new connection, with the context of the current leaf
+        resp = await self.control.post_json("/v1/renew", {"csr": csr_pem(csr)})
         return _issued(resp, "renew")
 
     async def bundle(self) -> tuple[str, tuple[bytes, ...]]:

@@ -33,7 +33,7 @@ import structlog
 import trio
 
 from meshcore.errors import ConfigError
-from meshcore.model.bootstrap import Bootstrap, IdentityConfig
+from meshcore.model.bootstrap import Bootstrap
 from meshcore.registry import Backoff
 from meshd.control.client import ControlClient, ControlError
 from meshd.identity.bundlewatch import BundleWatch, newer_bundle, second_client, signer_changed
@@ -45,6 +45,7 @@ from meshd.identity.holder import IdentityHolder
 from meshd.identity.jointoken import forget_join_token, has_join_token, read_join_token
 from meshd.identity.keys import PrivateKey, generate_key, key_from_pem
 from meshd.identity.material import Identity, parse_identity, with_bundle
+from meshd.identity.trust import FIELD, ControldTrust, first_contact
 
 __all__ = ["RENEW_FROM", "RENEW_TO", "IdentityService", "renewal_delay"]
 
@@ -90,8 +91,15 @@ class IdentityService(IdentityHolder):
         rotation_renew_jitter_s: float = 10.0,
         bundle_wait_s: float = 300.0,
         bundle_poll_s: float = BUNDLE_POLL_S,
+        trust: ControldTrust | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         super().__init__()
+        #: How controld is verified (None: a plain-http client, in tests of the logic only).
+        self.trust = trust
+        if trust is not None:
+            trust.current = lambda: self._current
+        self.ca_file = ca_file
         self.store = store
         self.client = client
         # The bundle long-poll runs beside renewals: a connection of its own.
@@ -123,11 +131,22 @@ class IdentityService(IdentityHolder):
         config = bootstrap.identity
         if config is None:
             raise ConfigError("identity: not configured")
-        url = _controld_url(config, bootstrap)
-        token_file = config.join_token_file
+        if config.controld_url is None:
+            raise ConfigError(f"{FIELD}: required to enroll (controld's TLS listener, https://)")
+        token_file, ca_file = config.join_token_file, config.ca_file
+        trust = ControldTrust()
+        control = ControlClient(
+            config.controld_url,
+            user_agent="meshd-identity",
+            tls=trust.context,
+            peer_id=trust.peer_id,
+            field=FIELD,
+        )
         return cls(
             IdentityStore(base_dir / config.state_dir),
-            IdentityClient(ControlClient(url, user_agent="meshd-identity")),
+            IdentityClient(control),
+            trust=trust,
+            ca_file=None if ca_file is None else base_dir / ca_file,
             service=bootstrap.service,
             namespace=bootstrap.namespace,
             join_token_file=None if token_file is None else base_dir / token_file,
@@ -288,6 +307,8 @@ class IdentityService(IdentityHolder):
             )
             csr = build_csr(key, spiffe_id=spiffe_id, common_name=self.service)
             try:
+                if self.trust is not None and self.client.control.tls is not None:
+                    await first_contact(self.trust, self.client.control, token, self.ca_file)
                 issued = await self.client.enroll(token, csr)
             except ControlError as exc:  # EnrollmentRefused is not one: the token is bad
                 await self._failed("enrollment", exc, backoff)
@@ -311,15 +332,11 @@ class IdentityService(IdentityHolder):
 
     async def _renew_until_done(self, current: Identity) -> Identity:
         backoff = Backoff(*self._retry)
-        assert self._key is not None
-        old_key = self._key
         while True:
             key = generate_key()
             csr = build_csr(key, spiffe_id=current.spiffe_id, common_name=self.service)
             try:
-                issued = await self.client.renew(
-                    csr, current_cert_pem=current.cert_pem, current_key=old_key, now=self._clock()
-                )
+                issued = await self.client.renew(csr)
                 identity = await self._accept(key, issued, "renew")
             except (ControlError, IdentityError) as exc:
                 # Refusals (revoked, clock skew) are retried too: the cert stays until expiry.
@@ -389,11 +406,3 @@ class IdentityService(IdentityHolder):
             retry_in_s=round(delay, 3),
         )
         await trio.sleep(delay)
-
-
-def _controld_url(config: IdentityConfig, bootstrap: Bootstrap) -> str:
-    if config.controld_url is not None:
-        return config.controld_url
-    if bootstrap.snapshot.controld is None:
-        raise ConfigError("identity.controld_url: required when snapshot.controld is not set")
-    return bootstrap.snapshot.controld.url

@@ -13,16 +13,14 @@ the context that made them, so rotating also ends resumption with the old certif
 
 from __future__ import annotations
 
-import contextlib
-import os
 import select
 import socket
 import ssl
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import trio
 
+from meshcore.pemfile import pem_path as _pem_path
 from meshd.net.stream import SocketStream
 from meshd.net.tls import TlsError, TlsStream
 
@@ -121,32 +119,6 @@ def _join_roots(roots: Pem | Iterable[Pem]) -> str:
     if "-----BEGIN CERTIFICATE-----" not in text:
         raise ValueError("no root certificate given")
     return text + "\n"
-
-
-@contextlib.contextmanager
-def _pem_path(data: bytes) -> Iterator[str]:
-    """A path OpenSSL can open holding ``data``, gone on exit.
-
-    ``ssl`` loads certificates and keys only from files; a memfd keeps the private key off
-    every filesystem. Elsewhere, a private temporary directory.
-    """
-    memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
-        fd = memfd_create("meshd-tls", getattr(os, "MFD_CLOEXEC", 0))
-        try:
-            os.write(fd, data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="meshd-tls-") as tmp:
-        path = os.path.join(tmp, "pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        yield path
 
 
 def peer_spiffe_id(der: bytes) -> str | None:

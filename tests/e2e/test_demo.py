@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 #: Every port scripts/demo binds on 127.0.0.1.
-DEMO_PORTS: tuple[int, ...] = (8500, 8501, 8502, 15000, 15001, 15006, 15100, 15106, 15200)
+DEMO_PORTS: tuple[int, ...] = (8500, 8501, 8502, 8503, 15000, 15001, 15006, 15100, 15106, 15200)
 DEMO_PORTS += (15206, 15300, 15301, 15306, 18180, 18181, 18182, 18183)
 WEB = "spiffe://demo.mesh.local/ns/default/svc/web"
 

@@ -30,6 +30,7 @@ async def running_daemon(
         registry=RegistryConfig(data_dir=data_dir, port=0, node_name="test"),
         admin_port=0,
         push_port=0 if push else None,
+        tls_port=0,
         watch_wait_s=5.0,
     )
     daemon = ControlDaemon(config)
@@ -54,3 +55,9 @@ async def running_daemon(
 def api_url(http: httpx.AsyncClient) -> str:
     """The daemon's API address (``http://127.0.0.1:PORT``) of a :func:`running_daemon` client."""
     return str(http.base_url).rstrip("/")
+
+
+def tls_url(daemon: ControlDaemon) -> str:
+    """The daemon's TLS listener (``https://127.0.0.1:PORT``) of a :func:`running_daemon`."""
+    assert daemon.ports is not None and daemon.ports.tls_port is not None
+    return f"https://127.0.0.1:{daemon.ports.tls_port}"

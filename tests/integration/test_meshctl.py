@@ -48,6 +48,7 @@ def controld(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controld]:
     log_path = workdir / "controld.log"
     argv = [sys.executable, "-m", "controld", "run", "--data-dir", str(workdir / "data")]
     argv += ["--registry-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--push", "off"]
+    argv += ["--tls", "off"]
     argv += ["--log-format", "json"]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(

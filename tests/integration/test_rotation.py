@@ -23,7 +23,7 @@ import pytest
 import trio
 import yaml
 from cryptography.hazmat.primitives import serialization
-from daemon_support import api_url, running_daemon
+from daemon_support import api_url, running_daemon, tls_url
 from helpers import (
     RawClient,
     TestApp,
@@ -181,7 +181,7 @@ async def mesh_up(tmp_path: Path, app: TestApp, *, leaf_ttl_s: float) -> AsyncIt
         daemon,
         http,
     ):
-        url = api_url(http)
+        url = tls_url(daemon)
         trust_domain = (await http.get("/v1/bundle")).json()["trust_domain"]
         api_dir, web_dir = tmp_path / "api", tmp_path / "web"
         api_dir.mkdir()

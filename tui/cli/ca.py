@@ -54,6 +54,15 @@ def ca_status_lines(status: Mapping[str, Any]) -> list[str]:
         rows.append([str(root.get("id", "?")), role, str(root.get("not_after", "-")), count, last])
     lines.append("")
     lines.extend(render.table(ROOT_HEADERS, rows).rstrip("\n").splitlines())
+    tls = status.get("tls")
+    lines.append("")
+    if isinstance(tls, Mapping):
+        lines.append(
+            f"TLS listener {tls.get('listen', '?')}: {tls.get('spiffe_id', '?')}, until "
+            f"{tls.get('not_after', '?')}; names {', '.join(map(str, tls.get('sans', ())))}"
+        )
+    else:
+        lines.append("TLS listener off: sidecars can't renew (controld run --tls)")
     step = NEXT_STEP.get(phase)
     if step is not None:
         lines.append("")

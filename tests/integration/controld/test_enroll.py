@@ -1,14 +1,15 @@
 """Enrollment end to end against a real daemon: join token, enroll, renew, revoke, rotate.
 
-The test plays the sidecar: it makes its key and CSRs locally and proves possession of the
-current key on renewal, as meshd does. Every leaf is checked with cryptography's path
-validation against the bundle controld serves.
+The test plays the sidecar: it makes its key and CSRs locally and renews over mutual TLS on
+controld's TLS listener, presenting its current leaf, as meshd does. Every leaf is checked
+with cryptography's path validation against the bundle controld serves.
 """
 
 from __future__ import annotations
 
-import base64
-import time
+import socket
+import ssl
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
-from daemon_support import TIMEOUT, running_daemon
+from daemon_support import TIMEOUT, running_daemon, tls_url
 
+from meshcore.pemfile import pem_path
+from meshcore.pki import parse_join_token_pins, spki_pin
 from tui.cli import main as meshctl
 
 WEB = "spiffe://mesh.local/ns/default/svc/web"
@@ -38,9 +41,25 @@ def make_csr() -> tuple[str, ec.EllipticCurvePrivateKey]:
     return csr.public_bytes(serialization.Encoding.PEM).decode(), key
 
 
-def proof(key: ec.EllipticCurvePrivateKey, csr_pem: str) -> str:
-    der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return base64.b64encode(key.sign(der, ec.ECDSA(hashes.SHA256()))).decode()
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def tls_context(
+    roots: list[str], cert_pem: str | None = None, key: ec.EllipticCurvePrivateKey | None = None
+) -> ssl.SSLContext:
+    """Trusts ``roots`` (host name checked: controld's certificate names 127.0.0.1) and
+    presents ``cert_pem`` when given."""
+    ctx = ssl.create_default_context(cadata="".join(roots))
+    if cert_pem is not None and key is not None:
+        with ExitStack() as files:
+            cert_path = files.enter_context(pem_path(cert_pem.encode()))
+            ctx.load_cert_chain(cert_path, files.enter_context(pem_path(key_pem(key))))
+    return ctx
 
 
 def verified_id(answer: dict[str, Any], roots: list[str]) -> str:
@@ -60,6 +79,35 @@ def issuer_key_id(answer: dict[str, Any]) -> bytes | None:
     return aki.value.key_identifier
 
 
+def issuer_key_id_of(cert: x509.Certificate) -> bytes | None:
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    return aki.value.key_identifier
+
+
+async def server_certificate(daemon: Any, roots: list[str]) -> x509.Certificate:
+    """controld's TLS certificate, as a client trusting ``roots`` (host name checked) sees it;
+    its SPIFFE ID is checked here."""
+    port = int(tls_url(daemon).rsplit(":", 1)[1])
+    ctx = tls_context(roots)
+
+    def fetch() -> bytes:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    cert = x509.load_der_x509_certificate(await trio.to_thread.run_sync(fetch))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://mesh.local/controld"
+    ]
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    return cert
+
+
 def root_key_id(pem: str) -> bytes:
     cert = x509.load_pem_x509_certificate(pem.encode())
     return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
@@ -68,8 +116,9 @@ def root_key_id(pem: str) -> bytes:
 class Sidecar:
     """One enrolled identity: its key and current certificate."""
 
-    def __init__(self, anon: httpx.AsyncClient) -> None:
+    def __init__(self, anon: httpx.AsyncClient, tls: str) -> None:
         self.anon = anon
+        self.tls = tls
         self.key: ec.EllipticCurvePrivateKey | None = None
         self.answer: dict[str, Any] = {}
 
@@ -80,16 +129,17 @@ class Sidecar:
             self.key, self.answer = key, resp.json()
         return resp
 
-    async def renew(self, *, at: float | None = None, signer: Any = None) -> httpx.Response:
+    async def renew(
+        self, roots: list[str], *, cert: bool = True, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """``POST /v1/renew`` over TLS, trusting ``roots``; presenting the current leaf
+        unless not ``cert``. A refused handshake raises ``httpx.TransportError``."""
         assert self.key is not None
         csr, key = make_csr()
-        body = {
-            "csr": csr,
-            "certificate": self.answer["certificate"],
-            "signature": proof(signer or self.key, csr),
-            "time": time.time() if at is None else at,
-        }
-        resp = await self.anon.post("/v1/renew", json=body)
+        leaf = self.answer["certificate"] if cert else None
+        ctx = tls_context(roots, leaf, self.key)
+        async with httpx.AsyncClient(base_url=self.tls, verify=ctx, timeout=TIMEOUT) as client:
+            resp = await client.post("/v1/renew", json=body or {"csr": csr})
         if resp.status_code == 200:
             self.key, self.answer = key, resp.json()
         return resp
@@ -128,7 +178,7 @@ async def test_enroll_renew_revoke(tmp_path: Path) -> None:
         assert refused.status_code == 401
 
         token = await join_token(http)
-        web = Sidecar(anon)
+        web = Sidecar(anon, tls_url(daemon))
         # A broken CSR is a 400 and doesn't burn the token.
         bad = await anon.post("/v1/enroll", json={"token": token, "csr": "nope"})
         assert bad.status_code == 400, bad.text
@@ -142,35 +192,45 @@ async def test_enroll_renew_revoke(tmp_path: Path) -> None:
         sidecar_http = {"Authorization": f"Bearer {answer['sidecar_token']}"}
         assert (await anon.get("/v1/schema", headers=sidecar_http)).status_code == 200
 
-        reused = await Sidecar(anon).enroll(token)
+        reused = await Sidecar(anon, tls_url(daemon)).enroll(token)
         assert reused.status_code == 401
         assert reused.json()["error"] == INVALID
 
         short = await join_token(http, ttl_s=1)
         await trio.sleep(1.2)
-        expired = await Sidecar(anon).enroll(short)
+        expired = await Sidecar(anon, tls_url(daemon)).enroll(short)
         assert expired.status_code == 401
         assert expired.json()["error"] == INVALID
 
-        # Renewal with proof of possession of the current key.
+        # The token pins the CA: the sidecar can check controld's certificate on first contact.
+        root = x509.load_pem_x509_certificate(roots[0].encode())
+        assert parse_join_token_pins(token) == (spki_pin(root),)
+
+        # Renewal over mutual TLS, with the current leaf as client certificate.
         first_serial = x509.load_pem_x509_certificate(answer["certificate"].encode()).serial_number
-        renewed = await web.renew()
+        renewed = await web.renew(roots)
         assert renewed.status_code == 200, renewed.text
         assert "sidecar_token" not in renewed.json()
         assert verified_id(web.answer, roots) == WEB
         serial = x509.load_pem_x509_certificate(web.answer["certificate"].encode()).serial_number
         assert serial != first_serial
 
-        stranger = ec.generate_private_key(ec.SECP256R1())
-        assert (await web.renew(signer=stranger)).status_code == 401
-        assert (await web.renew(at=time.time() - 600)).status_code == 401
-        assert (await web.renew(at=time.time() + 600)).status_code == 401
+        # No client certificate, or the plain listener: refused, saying why.
+        for refused_renewal in (
+            await web.renew(roots, cert=False),
+            await anon.post("/v1/renew", json={"csr": make_csr()[0]}),
+        ):
+            assert refused_renewal.status_code == 401
+            assert "renewal needs mutual TLS" in refused_renewal.json()["error"]
+        # The old proof-of-possession body is gone.
+        old_style = {"csr": make_csr()[0], "certificate": "x", "signature": "x", "time": 0}
+        assert (await web.renew(roots, body=old_style)).status_code == 422
 
         # Revocation stops renewals (admin only).
         body = {"spiffe_id": WEB}
         assert (await anon.post("/v1/revocations", json=body)).status_code == 401
         assert (await http.post("/v1/revocations", json=body)).status_code == 200
-        revoked = await web.renew()
+        revoked = await web.renew(roots)
         assert revoked.status_code == 401
         assert "revoked" in revoked.json()["error"]
 
@@ -181,7 +241,7 @@ async def test_enroll_renew_revoke(tmp_path: Path) -> None:
         with trio.fail_after(TIMEOUT):
             while (await bundle(anon))["trust_domain"] != "corp":
                 await trio.sleep(0.05)
-        api = Sidecar(anon)
+        api = Sidecar(anon, tls_url(daemon))
         assert (await api.enroll(await join_token(http, "api"))).status_code == 200
         assert verified_id(api.answer, roots) == "spiffe://corp/ns/default/svc/api"
 
@@ -199,18 +259,21 @@ async def test_meshctl_token_create(tmp_path: Path, capsys: pytest.CaptureFixtur
         # The daemon's structlog events share this stdout; meshctl's output is the last line.
         token = capsys.readouterr().out.strip().splitlines()[-1]
         assert token.startswith("join.")
-        api = Sidecar(anon)
+        api = Sidecar(anon, tls_url(daemon))
         assert (await api.enroll(token)).status_code == 200
         assert api.answer["spiffe_id"] == "spiffe://mesh.local/ns/prod/svc/api"
 
 
 async def test_root_rotation(tmp_path: Path) -> None:
     async with (
-        running_daemon(tmp_path / "data") as (_, http),
+        running_daemon(tmp_path / "data") as (daemon, http),
         httpx.AsyncClient(base_url=str(http.base_url), timeout=TIMEOUT) as anon,
     ):
         [old_root] = (await bundle(anon))["roots"]
-        before = Sidecar(anon)
+        assert issuer_key_id_of(await server_certificate(daemon, [old_root])) == root_key_id(
+            old_root
+        )
+        before = Sidecar(anon, tls_url(daemon))
         assert (await before.enroll(await join_token(http))).status_code == 200
 
         async def rotate(step: str) -> httpx.Response:
@@ -225,7 +288,7 @@ async def test_root_rotation(tmp_path: Path) -> None:
         assert len(roots) == 2 and roots[0] == old_root
         new_root = roots[1]
         # Still signed by the old root, but the answer carries both roots.
-        during = Sidecar(anon)
+        during = Sidecar(anon, tls_url(daemon))
         assert (await during.enroll(await join_token(http))).status_code == 200
         assert issuer_key_id(during.answer) == root_key_id(old_root)
         assert during.answer["bundle"] == roots
@@ -234,8 +297,14 @@ async def test_root_rotation(tmp_path: Path) -> None:
         assert activated.status_code == 200, activated.text
         assert activated.json()["phase"] == "active"
         assert (await bundle(anon))["roots"] == roots
+        # controld's own certificate follows the signer (for new connections).
+        with trio.fail_after(TIMEOUT):
+            while issuer_key_id_of(await server_certificate(daemon, roots)) != root_key_id(
+                new_root
+            ):
+                await trio.sleep(0.05)
         # Old-root leaves renew; the new leaf is signed by the new root.
-        assert (await before.renew()).status_code == 200
+        assert (await before.renew(roots)).status_code == 200
         assert issuer_key_id(before.answer) == root_key_id(new_root)
         assert verified_id(before.answer, roots) == WEB
 
@@ -247,10 +316,10 @@ async def test_root_rotation(tmp_path: Path) -> None:
         assert retired.json()["phase"] == "stable"
         assert (await bundle(anon))["roots"] == [new_root]
         assert verified_id(before.answer, [new_root]) == WEB
-        # A leaf of the retired root no longer renews.
-        late = await during.renew()
-        assert late.status_code == 401, late.text
-        assert (await before.renew()).status_code == 200
+        # A leaf of the retired root no longer renews: its handshake fails.
+        with pytest.raises(httpx.TransportError):
+            await during.renew([new_root])
+        assert (await before.renew([new_root])).status_code == 200
         assert (await rotate("retire")).status_code == 409
 
     # The rotated state survives a restart.

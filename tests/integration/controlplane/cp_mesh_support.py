@@ -155,6 +155,7 @@ class Controld:
         argv += ["--registry-listen", f"127.0.0.1:{self.registry_port}"]
         argv += ["--admin", f"127.0.0.1:{self.admin_port}", "--push", f"127.0.0.1:{self.push_port}"]
         argv += ["--admin-token-file", str(self.token_file), "--log-format", "json"]
+        argv += ["--tls", "off"]
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
                 argv,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,8 +36,11 @@ class ControldProcess:
         #: The daemon creates it on start; ``/v1/status`` needs the token in it.
         self.token_file = log_path.parent / "admin-token"
         argv = [sys.executable, "-m", "controld", "run", *args]
+        # Never the fixed default ports in tests.
         if "--push" not in args:
-            argv += ["--push", "127.0.0.1:0"]  # never the fixed default port in tests
+            argv += ["--push", "127.0.0.1:0"]
+        if "--tls" not in args:
+            argv += ["--tls", "127.0.0.1:0"]
         argv += [
             "--admin",
             f"127.0.0.1:{self.admin_port}",
@@ -205,6 +209,8 @@ def test_embedded_without_data_dir_fails(tmp_path: Path) -> None:
             f"127.0.0.1:{free_port()}",
             "--push",
             "off",
+            "--tls",
+            "off",
         ],
         capture_output=True,
         text=True,
@@ -255,7 +261,7 @@ def test_bad_root_to_import_fails(
     cert.write_text(root.cert_pem() if cert_text is None else cert_text)
     key.write_bytes(root.key_pem() if key_text is None else key_text.encode())
     argv = [sys.executable, "-m", "controld", "run", "--data-dir", str(tmp_path / "data")]
-    argv += ["--registry-listen", f"127.0.0.1:{free_port()}", "--push", "off"]
+    argv += ["--registry-listen", f"127.0.0.1:{free_port()}", "--push", "off", "--tls", "off"]
     argv += ["--admin", f"127.0.0.1:{free_port()}"]
     argv += ["--ca-import-cert", str(cert), "--ca-import-key", str(key)]
     result = subprocess.run(
@@ -270,3 +276,37 @@ def test_bad_root_to_import_fails(
     assert "controld run:" in result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tls_listener_serves_the_api_with_a_certificate_from_its_ca(tmp_path: Path) -> None:
+    tls_port = free_port()
+    args = ["--registry-listen", f"127.0.0.1:{free_port()}", "--push", "off"]
+    args += ["--data-dir", str(tmp_path / "data"), "--tls", f"127.0.0.1:{tls_port}"]
+    args += ["--tls-san", "controld.example"]
+    daemon = ControldProcess(args, tmp_path / "controld.log")
+    try:
+        daemon.wait_ready()
+        roots = daemon.http.get("/v1/bundle").json()["roots"]
+        # Host name checked: the certificate names 127.0.0.1 (and the extra SAN).
+        ctx = ssl.create_default_context(cadata="".join(roots))
+        with httpx.Client(verify=ctx, timeout=5.0) as client:
+            answer = client.get(f"https://127.0.0.1:{tls_port}/v1/bundle")
+        assert answer.status_code == 200 and answer.json()["roots"] == roots
+        headers = {"Authorization": f"Bearer {daemon.token_file.read_text().strip()}"}
+        tls = daemon.http.get("/v1/ca", headers=headers).json()["tls"]
+        assert tls["listen"] == f"127.0.0.1:{tls_port}"
+        assert tls["spiffe_id"] == "spiffe://mesh.local/controld"
+        assert "controld.example" in tls["sans"] and "127.0.0.1" in tls["sans"]
+    finally:
+        assert daemon.stop() == 0, daemon.log_tail()
+
+
+def test_tls_listener_off(tmp_path: Path) -> None:
+    args = ["--registry-listen", f"127.0.0.1:{free_port()}", "--push", "off", "--tls", "off"]
+    daemon = ControldProcess([*args, "--data-dir", str(tmp_path / "data")], tmp_path / "c.log")
+    try:
+        daemon.wait_ready()
+        headers = {"Authorization": f"Bearer {daemon.token_file.read_text().strip()}"}
+        assert daemon.http.get("/v1/ca", headers=headers).json()["tls"] is None
+    finally:
+        assert daemon.stop() == 0, daemon.log_tail()

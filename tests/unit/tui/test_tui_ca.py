@@ -61,6 +61,16 @@ def test_status_lines_name_roles_outstanding_and_next_step() -> None:
     lines = ca_status_lines(staged)
     assert "staged" in next(line for line in lines if line.startswith("bbbb"))
     assert lines[-1] == "next step: meshctl ca rotate --step activate"
+    assert "TLS listener off" in "\n".join(lines)
+    tls = {
+        "listen": "127.0.0.1:8503",
+        "spiffe_id": "spiffe://mesh.local/controld",
+        "not_after": "2026-11-23T06:00:00Z",
+        "sans": ["localhost", "127.0.0.1"],
+    }
+    text = "\n".join(ca_status_lines({**STATUS, "tls": tls}))
+    assert "TLS listener 127.0.0.1:8503: spiffe://mesh.local/controld" in text
+    assert "names localhost, 127.0.0.1" in text
 
 
 def test_client_rotate_sends_step_and_force_and_surfaces_409() -> None:

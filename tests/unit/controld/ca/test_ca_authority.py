@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,9 +21,9 @@ from controld.ca.authority import (
     leaf_spiffe_id,
     load_csr,
     sign_leaf,
+    sign_server,
     spiffe_id,
     verify_leaf,
-    verify_possession,
 )
 
 NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
@@ -120,9 +121,7 @@ def test_ed25519_csr_is_accepted() -> None:
     _, public = load_csr(csr)
     leaf = sign_leaf(root, public, WEB)
     assert verify_leaf(leaf, [root.cert]) == WEB
-    data = b"csr der"
     assert isinstance(key, ed25519.Ed25519PrivateKey)
-    verify_possession(leaf, data, key.sign(data))
 
 
 def test_bad_csrs_are_refused() -> None:
@@ -162,6 +161,19 @@ def test_verification_refusals() -> None:
     with pytest.raises(RenewalRefused, match="no trust roots"):
         verify_leaf(leaf, [], now=NOW)
     assert verify_leaf(leaf, [other.cert, root.cert], now=NOW) == WEB
-    key = ec.generate_private_key(ec.SECP256R1())
-    with pytest.raises(RenewalRefused, match="possession"):
-        verify_possession(leaf, b"data", key.sign(b"data", ec.ECDSA(hashes.SHA256())))
+
+
+def test_controld_server_certificate() -> None:
+    root = generate_root(now=NOW)
+    _, public = load_csr(make_csr()[0])
+    ip = ipaddress.ip_address("127.0.0.1")
+    cert = sign_server(root, public, "td.example", dns_names=("localhost",), ips=(ip,), now=NOW)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://td.example/controld"
+    ]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.IPAddress) == [ip]
+    # Chains to the root, but it is no workload identity: it can't renew as one.
+    with pytest.raises(RenewalRefused, match="not a workload identity"):
+        verify_leaf(cert, [root.cert], now=NOW)

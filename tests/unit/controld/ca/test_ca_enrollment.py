@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 from pathlib import Path
 
 import pytest
 from ca_support import FakeKV, make_csr
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controld.ca import (
@@ -85,11 +81,6 @@ async def test_revocations() -> None:
     assert "/" not in revocation_key(PREFIX, ident).removeprefix(f"{PREFIX}revoked/")
 
 
-def sign_proof(key: ec.EllipticCurvePrivateKey, csr_pem: str) -> str:
-    der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return base64.b64encode(key.sign(der, ec.ECDSA(hashes.SHA256()))).decode()
-
-
 async def test_enroll_then_renew(tmp_path: Path) -> None:
     kv = FakeKV()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
@@ -108,21 +99,20 @@ async def test_enroll_then_renew(tmp_path: Path) -> None:
         await service.enroll(token, csr)
 
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    cert_pem = str(answer["certificate"])
     new_csr, _ = make_csr()
-    renewed = await service.renew(new_csr, cert_pem, sign_proof(key, new_csr), time.time())
+    renewed = await service.renew(new_csr, issued.certificate)
     assert renewed.spiffe_id == issued.spiffe_id
     assert renewed.certificate.serial_number != issued.certificate.serial_number
 
-    stranger = ec.generate_private_key(ec.SECP256R1())
-    with pytest.raises(RenewalRefused, match="possession"):
-        await service.renew(new_csr, cert_pem, sign_proof(stranger, new_csr), time.time())
-    with pytest.raises(RenewalRefused, match="clock"):
-        await service.renew(new_csr, cert_pem, sign_proof(key, new_csr), time.time() - 301)
-    with pytest.raises(RenewalRefused, match="base64"):
-        await service.renew(new_csr, cert_pem, "!!!", time.time())
-    with pytest.raises(RenewalRefused, match="PEM"):
-        await service.renew(new_csr, "nope", sign_proof(key, new_csr), time.time())
+    # A certificate of another CA (the TLS layer refuses it first) and a revoked identity.
+    other = CertificateAuthority.load_or_create(tmp_path / "other")
+    public = issued.certificate.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    stranger = other.sign(public, issued.spiffe_id)
+    with pytest.raises(RenewalRefused, match="bundle"):
+        await service.renew(new_csr, stranger)
+    with pytest.raises(CSRError):
+        await service.renew("not a csr", issued.certificate)
     await service.revocations.revoke(issued.spiffe_id)
     with pytest.raises(RenewalRefused, match="revoked"):
-        await service.renew(new_csr, cert_pem, sign_proof(key, new_csr), time.time())
+        await service.renew(new_csr, issued.certificate)

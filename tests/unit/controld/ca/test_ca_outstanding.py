@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from ca_support import FakeKV, make_csr
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controld.ca import CertificateAuthority, IdentityService, RotationError
@@ -69,11 +66,6 @@ def test_sweeps_expired_records_as_it_goes() -> None:
     assert len(tracker) <= 1
 
 
-def sign_proof(key: ec.EllipticCurvePrivateKey, csr_pem: str) -> str:
-    der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return base64.b64encode(key.sign(der, ec.ECDSA(hashes.SHA256()))).decode()
-
-
 async def test_retire_refused_until_renewed_force_skips(tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     service = IdentityService(
@@ -98,9 +90,8 @@ async def test_retire_refused_until_renewed_force_skips(tmp_path: Path) -> None:
     roots = status["roots"]
     assert isinstance(roots, list) and roots[0]["outstanding"]["count"] == 1
 
-    cert_pem = issued.certificate.public_bytes(serialization.Encoding.PEM).decode()
     new_csr, _ = make_csr()
-    await service.renew(new_csr, cert_pem, sign_proof(key, new_csr), time.time())
+    await service.renew(new_csr, issued.certificate)
     assert service.rotate("retire").phase == "stable"
     assert ca.state.bundle == (ca.state.active,)
 

@@ -146,7 +146,7 @@ async def test_connection_refused_is_unavailable() -> None:
 
 
 def test_https_and_bad_urls_are_refused() -> None:
-    with pytest.raises(ConfigError, match="https is not supported yet"):
+    with pytest.raises(ConfigError, match="https needs an identity"):
         ControlClient("https://127.0.0.1:8501")
     with pytest.raises(ConfigError, match="expected http"):
         ControlClient("ftp://127.0.0.1:8501")

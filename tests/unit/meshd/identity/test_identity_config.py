@@ -36,6 +36,9 @@ def test_identity_section_defaults() -> None:
 def test_identity_section_rejects_bad_values() -> None:
     with pytest.raises(ValidationError, match="controld_url"):
         bootstrap(state_dir="s", controld_url="ftp://x")
+    # Renewal is over mutual TLS: plain http is refused, naming the field.
+    with pytest.raises(ValidationError, match=r"controld_url\n.*must be https"):
+        bootstrap(state_dir="s", controld_url="http://127.0.0.1:8503")
     with pytest.raises(ValidationError, match="state_dir"):
         bootstrap(join_token_file="t")
     with pytest.raises(ValidationError, match="extra"):
@@ -44,23 +47,31 @@ def test_identity_section_rejects_bad_values() -> None:
 
 def test_service_from_bootstrap_resolves_paths_and_url(tmp_path: Path) -> None:
     svc = IdentityService.from_bootstrap(
-        bootstrap(state_dir="state", join_token_file="join.token"), tmp_path
+        bootstrap(
+            state_dir="state",
+            join_token_file="join.token",
+            controld_url="https://127.0.0.1:8503",
+            ca_file="ca.pem",
+        ),
+        tmp_path,
     )
     assert svc.store.state_dir == tmp_path / "state"
     assert svc.join_token_file == tmp_path / "join.token"
-    assert svc.client.control.url == "http://127.0.0.1:8502"
+    assert svc.ca_file == tmp_path / "ca.pem"
+    assert svc.client.control.url == "https://127.0.0.1:8503"
+    assert svc.client.control.tls is not None and svc.trust is not None
     assert (svc.service, svc.namespace) == ("web", "shop")
     assert svc.current is None and svc.generation == 0
 
     explicit = IdentityService.from_bootstrap(
-        bootstrap(state_dir="/abs/state", controld_url="http://127.0.0.1:9000"), tmp_path
+        bootstrap(state_dir="/abs/state", controld_url="https://127.0.0.1:9000"), tmp_path
     )
     assert explicit.store.state_dir == Path("/abs/state")
-    assert explicit.join_token_file is None
-    assert explicit.client.control.url == "http://127.0.0.1:9000"
+    assert explicit.join_token_file is None and explicit.ca_file is None
+    assert explicit.client.control.url == "https://127.0.0.1:9000"
 
 
-def test_file_snapshot_mode_needs_an_explicit_controld_url(tmp_path: Path) -> None:
+def test_enrolling_needs_a_controld_url(tmp_path: Path) -> None:
     config = Bootstrap.model_validate(
         {
             "service": "web",

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.control.client import ControlClient, ControlUnavailable
 from meshd.identity.client import IdentityClient, Issued
-from meshd.identity.csr import csr_der, spiffe_ids
+from meshd.identity.csr import spiffe_ids
 from meshd.identity.errors import EnrollmentRefused, IdentityError
 from meshd.identity.files import IdentityStore
-from meshd.identity.keys import PrivateKey, generate_key, key_to_pem, sign, verify
+from meshd.identity.keys import generate_key, key_to_pem
 from meshd.identity.material import Identity, parse_identity
 from meshd.identity.service import RENEW_FROM, RENEW_TO, IdentityService, renewal_delay
 
@@ -38,7 +38,7 @@ def clock() -> float:
 
 
 class FakeIssuer(IdentityClient):
-    """Signs what the service asks for, checking the proof of possession on renewals."""
+    """Signs what the service asks for; refuses to renew an expired leaf."""
 
     def __init__(self, ca: TestCA, *, ttl_s: float = TTL) -> None:
         super().__init__(ControlClient("http://127.0.0.1:9"))
@@ -47,6 +47,7 @@ class FakeIssuer(IdentityClient):
         self.failing = False
         self.enrolls: list[tuple[float, str, x509.CertificateSigningRequest]] = []
         self.renewals: list[float] = []
+        self.last: x509.Certificate | None = None
 
     def _issue(self, csr: x509.CertificateSigningRequest) -> Issued:
         start = datetime.fromtimestamp(int(clock()), UTC)
@@ -55,6 +56,7 @@ class FakeIssuer(IdentityClient):
         cert = self.ca.sign(
             public_key, SPIFFE, not_before=start, not_after=start + timedelta(seconds=self.ttl_s)
         )
+        self.last = x509.load_pem_x509_certificate(cert)
         return Issued(cert, (self.ca.pem,), SPIFFE, "", sidecar_token="sidecar.web.x")
 
     async def enroll(self, token: str, csr: x509.CertificateSigningRequest) -> Issued:
@@ -66,24 +68,16 @@ class FakeIssuer(IdentityClient):
             raise EnrollmentRefused("enroll: HTTP 401: join token unknown", 401)
         return self._issue(csr)
 
-    async def renew(
-        self,
-        csr: x509.CertificateSigningRequest,
-        *,
-        current_cert_pem: bytes,
-        current_key: PrivateKey,
-        now: float,
-    ) -> Issued:
+    async def renew(self, csr: x509.CertificateSigningRequest) -> Issued:
+        # The real call presents the current leaf over mutual TLS: the last one issued here.
         await trio.lowlevel.checkpoint()
+        now = clock()
         self.renewals.append(now)
         if self.failing:
             raise ControlUnavailable("down")
-        current = x509.load_pem_x509_certificate(current_cert_pem)
-        if current.not_valid_after_utc.timestamp() <= now:
+        current = self.last  # None: the service started with a saved leaf
+        if current is not None and current.not_valid_after_utc.timestamp() <= now:
             raise EnrollmentRefused("renew: HTTP 401: expired", 401)
-        public_key = current.public_key()
-        assert isinstance(public_key, ec.EllipticCurvePublicKey)
-        assert verify(public_key, sign(current_key, csr_der(csr)), csr_der(csr))
         return self._issue(csr)
 
 
