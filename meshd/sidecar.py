@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     # The identity modules (and cryptography) load only when the bootstrap has ``identity:``.
     from meshd.identity import IdentityService
     from meshd.identity.static import StaticIdentity
+    from meshd.identity.trust import ControldTrust
 
 log = structlog.get_logger("meshd.sidecar")
 
@@ -151,6 +152,7 @@ class Sidecar:
             await nursery.start(self.shared.run_deadlines)
             await nursery.start(self.listeners.run)
             source = "file"
+            enrolled = self._enrolled_identity(bootstrap)
             if snapshot is not None:
                 try:
                     self._apply(bootstrap, snapshot)
@@ -165,12 +167,7 @@ class Sidecar:
                 self.admin_port = await nursery.start(admin.run)
             if self._static_identity is not None:
                 nursery.start_soon(self.tls.run, self._static_identity)
-            elif bootstrap.identity is not None and self.worker_index == 0:
-                from meshd.identity import IdentityService
-
-                base = self.bootstrap_path.parent
-                enrolled = IdentityService.from_bootstrap(bootstrap, base)
-                self.identity = enrolled
+            elif enrolled is not None:
                 nursery.start_soon(self._run_identity, enrolled)
                 nursery.start_soon(self.tls.run, enrolled)
             if snapshot is None:
@@ -220,6 +217,8 @@ class Sidecar:
     ) -> None:
         settings = control_settings(bootstrap, self.bootstrap_path)
         self._control_settings = settings
+        # An https controld is verified (and called with the leaf) as the identity does.
+        trust: ControldTrust | None = getattr(self.identity, "trust", None)
         self.control = ControlSource(
             settings.config,
             bootstrap.descriptor(__version__),
@@ -229,9 +228,24 @@ class Sidecar:
             user_agent=f"meshd/{__version__}",
             on_rejected=lambda _error: self.stats.snapshot_rejected(),
             token_provider=self._enrolled_token if _enrolls(bootstrap) else None,
+            tls=None if trust is None else trust.context,
+            peer_id=None if trust is None else trust.peer_id,
         )
         with self._control_scope:
             await self.control.run(task_status=task_status)
+
+    def _enrolled_identity(self, bootstrap: Bootstrap) -> IdentityService | None:
+        """The identity service enrolling with controld, made before the snapshot source
+        (which may call controld over TLS with it); None for static or no identity."""
+        if self._static_identity is not None or bootstrap.identity is None:
+            return None
+        if self.worker_index != 0:
+            return None
+        from meshd.identity import IdentityService
+
+        enrolled = IdentityService.from_bootstrap(bootstrap, self.bootstrap_path.parent)
+        self.identity = enrolled
+        return enrolled
 
     def _enrolled_token(self) -> str | None:
         """The sidecar token controld handed out with the enrollment (None before it)."""

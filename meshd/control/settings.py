@@ -40,8 +40,12 @@ def control_settings(bootstrap: Bootstrap, bootstrap_path: Path) -> ControlSetti
     if config is None:
         raise ConfigError(f"{bootstrap_path}: snapshot.controld is not set")
     where = f"{bootstrap_path}: snapshot.controld"
-    if config.url.startswith("https:"):
-        raise ConfigError(f"{where}.url: https is not supported yet (use http:// for now)")
+    enrolls = bootstrap.identity is not None and bootstrap.identity.static is None
+    if config.url.startswith("https:") and not enrolls:
+        raise ConfigError(
+            f"{where}.url: https needs an enrolled identity (identity: with controld_url) to "
+            "verify controld with"
+        )
     if bootstrap.workers > 1:
         raise ConfigError(f"{bootstrap_path}: workers: only 1 is supported with snapshot.controld")
     token = config.token.get_secret_value() if config.token is not None else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,8 +141,13 @@ class ControlSource:
         user_agent: str = "",
         on_rejected: Callable[[str], None] | None = None,
         token_provider: Callable[[], str | None] | None = None,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        peer_id: Callable[[], str | None] | None = None,
     ) -> None:
         self._apply = apply
+        #: For an https controld: the context of each new connection, controld's SPIFFE ID.
+        self._tls = tls
+        self._peer_id = peer_id
         self._on_rejected = on_rejected
         self._user_agent = user_agent
         #: Without a ``token``: where it comes from once there is one (the sidecar token
@@ -176,7 +182,12 @@ class ControlSource:
         self.cache_file = cache_file
         self._token = token
         self._client = ControlClient(
-            config.url, token=token, timeout_s=config.timeout_s, user_agent=self._user_agent
+            config.url,
+            token=token,
+            timeout_s=config.timeout_s,
+            user_agent=self._user_agent,
+            tls=self._tls,
+            peer_id=self._peer_id,
         )
         self._backoff = Backoff(min(_INITIAL_BACKOFF_S, config.retry_max_s), config.retry_max_s)
         self._proxy_path = path_segment(descriptor.proxy_id)

@@ -20,7 +20,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from daemon_support import api_url, running_daemon, tls_url
+from daemon_support import running_daemon, tls_url
 from helpers import admin_get, closed_port, start_sidecar
 
 from controld.ca.authority import generate_root
@@ -242,7 +242,7 @@ async def test_a_server_that_is_not_controld_is_refused(tmp_path: Path) -> None:
 async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: Path) -> None:
     """One credential per host: the join token. It pins controld's CA for enrollment over TLS,
     and its enrollment answer carries the sidecar token the snapshot long-poll then uses (no
-    ``snapshot.controld.token`` configured)."""
+    ``snapshot.controld.token`` configured), over mutual TLS too (an https controld URL)."""
     async with running_daemon(tmp_path / "data", push=False) as (daemon, http):
         side = tmp_path / "web"
         side.mkdir()
@@ -252,7 +252,8 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
             "app": f"127.0.0.1:{closed_port()}",
             "admin": "127.0.0.1:0",
             "inbound": "127.0.0.1:0",
-            "snapshot": {"controld": {"url": api_url(http), "cache_file": "web.snapshot.json"}},
+            # The long-poll too goes to the TLS listener, verified like the identity calls.
+            "snapshot": {"controld": {"url": tls_url(daemon), "cache_file": "web.snapshot.json"}},
             "identity": {
                 "state_dir": "identity",
                 "join_token_file": "web.join",

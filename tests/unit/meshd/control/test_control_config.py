@@ -113,7 +113,7 @@ def test_settings_token_inline() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"snapshot": {"controld": {"url": "https://h:1"}}}, "https is not supported yet"),
+        ({"snapshot": {"controld": {"url": "https://h:1"}}}, "https needs an enrolled identity"),
         ({"workers": 2}, "workers: only 1"),
         ({"snapshot": {"controld": {"url": "http://h:1", "token_file": "nope"}}}, "nope"),
         (
