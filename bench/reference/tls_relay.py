@@ -23,14 +23,9 @@ import ssl
 import sys
 
 import trio
+from trio_relay import nodelay, serve  # beside this script
 
 Conn = socket.socket  # an ssl.SSLSocket is one too
-
-
-def _nodelay(sock: socket.socket) -> socket.socket:
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 async def _handshake(sock: ssl.SSLSocket) -> None:
@@ -98,7 +93,7 @@ def _context(side: str, cert: str, key: str, root: str) -> ssl.SSLContext:
 
 
 async def _serve_one(side: str, ctx: ssl.SSLContext, client: socket.socket, port: int) -> None:
-    upstream_raw = _nodelay(socket.socket())
+    upstream_raw = nodelay(socket.socket())
     try:
         upstream_raw.connect(("127.0.0.1", port))
     except BlockingIOError:
@@ -123,19 +118,7 @@ async def _serve_one(side: str, ctx: ssl.SSLContext, client: socket.socket, port
 
 async def main(side: str, listen_port: int, upstream_port: int, ctx: ssl.SSLContext) -> None:
     """Accept on 127.0.0.1:``listen_port`` and relay to ``upstream_port`` until killed."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", listen_port))
-    listener.listen(1024)
-    listener.setblocking(False)
-    async with trio.open_nursery() as nursery:
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            try:
-                client, _ = listener.accept()
-            except BlockingIOError:
-                continue
-            nursery.start_soon(_serve_one, side, ctx, _nodelay(client), upstream_port)
+    await serve(listen_port, lambda client: _serve_one(side, ctx, client, upstream_port))
 
 
 if __name__ == "__main__":

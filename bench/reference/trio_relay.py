@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
 
-def _nodelay(sock: socket.socket) -> socket.socket:
+def nodelay(sock: socket.socket) -> socket.socket:
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -25,7 +26,7 @@ def _nodelay(sock: socket.socket) -> socket.socket:
 
 async def _relay(client: socket.socket, upstream_port: int) -> None:
     wait = trio.lowlevel.wait_readable
-    upstream = _nodelay(socket.create_connection(("127.0.0.1", upstream_port)))
+    upstream = nodelay(socket.create_connection(("127.0.0.1", upstream_port)))
     try:
         while True:
             await wait(client)
@@ -45,8 +46,9 @@ async def _relay(client: socket.socket, upstream_port: int) -> None:
         upstream.close()
 
 
-async def main(listen_port: int, upstream_port: int) -> None:
-    """Accept on 127.0.0.1:``listen_port`` and relay to ``upstream_port`` until killed."""
+async def serve(listen_port: int, handle: Callable[[socket.socket], Awaitable[None]]) -> None:
+    """Accept on 127.0.0.1:``listen_port``; each connection (non-blocking, TCP_NODELAY) goes
+    to ``handle`` in a task of its own, until killed."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", listen_port))
@@ -59,7 +61,12 @@ async def main(listen_port: int, upstream_port: int) -> None:
                 client, _ = listener.accept()
             except BlockingIOError:
                 continue
-            nursery.start_soon(_relay, _nodelay(client), upstream_port)
+            nursery.start_soon(handle, nodelay(client))
+
+
+async def main(listen_port: int, upstream_port: int) -> None:
+    """Accept on 127.0.0.1:``listen_port`` and relay to ``upstream_port`` until killed."""
+    await serve(listen_port, lambda client: _relay(client, upstream_port))
 
 
 if __name__ == "__main__":
