@@ -18,6 +18,7 @@ from controld.ca import (
 )
 from controld.ca.jointokens import JoinGrant, JoinTokens
 from controld.ca.revocations import Revocations, revocation_key
+from meshcore.pki import parse_join_token_pins, spki_pin
 
 PREFIX = "meshd/"
 
@@ -67,6 +68,35 @@ async def test_a_used_marker_blocks_a_racing_consumer() -> None:
     assert await kv.kv_put(key, json.dumps(body).encode(), cas=entry.modify_index)
     with pytest.raises(JoinTokenInvalid):
         await tokens.consume(token)
+
+
+async def test_join_token_pins(tmp_path: Path) -> None:
+    """Pins are carried, optional for controld, and must be well formed when present."""
+    kv = FakeKV()
+    tokens = JoinTokens(kv, PREFIX)
+    pin = "p" * 43
+    pinned, _ = await tokens.create("web", "default", 60, pins=(pin,), now=1000.0)
+    assert parse_join_token_pins(pinned) == (pin,)
+    for bad in (f"{pinned[:-1]}", f"{pinned}.short", f"{pinned}.{pin}.{pin}"):
+        with pytest.raises(JoinTokenInvalid):  # malformed, or more pins than roots can be
+            await tokens.consume(bad, now=1001.0)
+    assert await tokens.consume(pinned, now=1001.0) == JoinGrant("web", "default")
+    # A token minted without pins (an older meshctl or the API alone) still enrolls.
+    bare, _ = await tokens.create("api", "default", 60, now=1000.0)
+    assert parse_join_token_pins(bare) == ()
+    assert await tokens.consume(bare, now=1001.0) == JoinGrant("api", "default")
+
+    # During a rotation the bundle holds two roots: two pins, the signer first.
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    service = IdentityService(ca, FakeKV(), PREFIX, trust_domain=lambda: "mesh.local")
+    old = ca.signer.cert
+    assert service.pins() == (spki_pin(old),)
+    new = ca.stage_new_root().cert
+    assert service.pins() == (spki_pin(old), spki_pin(new))
+    ca.activate()
+    assert service.pins() == (spki_pin(new), spki_pin(old))
+    token, _ = await service.join_tokens.create("web", "default", 60, pins=service.pins())
+    assert parse_join_token_pins(token) == (spki_pin(new), spki_pin(old))
 
 
 async def test_revocations() -> None:

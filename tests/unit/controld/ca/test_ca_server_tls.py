@@ -7,7 +7,7 @@ import json
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import ExitStack
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,17 @@ async def test_a_foreign_client_certificate_is_refused(
     # TLS 1.3: the client's handshake ends before the server checks; the refusal shows next.
     with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):
         await connect_and_get(port, ctx)
+
+
+async def test_an_expired_client_certificate_is_refused(
+    nursery: trio.Nursery, ca: CertificateAuthority
+) -> None:
+    _, port = await serve(nursery, ca)
+    key = ec.generate_private_key(ec.SECP256R1())
+    past = datetime.now(UTC) - timedelta(hours=2)
+    expired = ca.sign(key.public_key(), WEB, ttl=timedelta(hours=1), now=past)
+    with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):
+        await connect_and_get(port, client_context(ca, expired, key))
 
 
 async def test_a_silent_client_is_dropped_after_the_handshake_timeout(
