@@ -96,15 +96,15 @@ class ControldTrust:
             self._last_bundle = identity.bundle_pems
             key: object = (identity.cert_pem, identity.bundle_pems)
         else:
-            key = self.anchors or self._last_bundle
+            roots = key = self.anchors or self._last_bundle
+            if not roots:
+                raise ControlUnavailable("no roots to verify controld with yet")
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         if identity is not None:
             ctx = client_context(identity.cert_pem, identity.key_pem, identity.bundle_pems)
-        elif self.anchors or self._last_bundle:
-            ctx = anonymous_client_context(self.anchors or self._last_bundle)
         else:
-            raise ControlUnavailable("no roots to verify controld with yet")
+            ctx = anonymous_client_context(roots)
         self._cached = (key, ctx)
         return ctx
 
