@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from controld.registry import defs
-from controld.registry.errors import BadRequest, NotFound, RequestError
+from controld.registry.acl_authz import MANAGEMENT, Authorizer
+from controld.registry.errors import BadRequest, Forbidden, NotFound, RequestError
 from controld.registry.model import CRITICAL, PASSING, Check, Node, Service
 from controld.registry.service_defs import parse_service, sidecar_service
 from controld.registry.state import State
@@ -112,14 +113,41 @@ class Agent:
         return check if check is not None and check.local else None
 
     # -- services ------------------------------------------------------------------------
-    def register_service(self, body: Json, *, replace_existing_checks: bool = False) -> None:
-        """PUT /v1/agent/service/register."""
+    def register_service(
+        self,
+        body: Json,
+        *,
+        replace_existing_checks: bool = False,
+        authz: Authorizer = MANAGEMENT,
+    ) -> None:
+        """PUT /v1/agent/service/register; Forbidden without service:write on the service
+        (and its sidecar, the service a proxy fronts, and any service it replaces)."""
         svc, check_bodies, sidecar = parse_service(body, self.node)
+        self._vet(authz, svc)
+        side = None
+        if sidecar is not None:
+            side = sidecar_service(self.state, svc, sidecar)
+            self._vet(authz, side[0])
         with self.state.write() as txn:
             self._put_service(txn, svc, check_bodies, replace_existing_checks)
-            if sidecar is not None:
-                side, side_checks = sidecar_service(self.state, svc, sidecar)
-                self._put_service(txn, side, side_checks, replace_existing_checks)
+            if side is not None:
+                self._put_service(txn, side[0], side[1], replace_existing_checks)
+
+    def _vet(self, authz: Authorizer, svc: Service) -> None:
+        names = [svc.name]
+        old = self.state.services.get(self.node, {}).get(svc.id)
+        if old is not None:
+            names.append(old.name)
+        if svc.kind == "connect-proxy" and isinstance(svc.proxy, dict):
+            names.append(str(svc.proxy.get("DestinationServiceName", "")))
+        if not all(authz.service_write(name) for name in names):
+            raise Forbidden("Permission denied")
+
+    def check_writable(self, authz: Authorizer, check: Check) -> bool:
+        """service:write on a service check's service, node:write for a node check."""
+        if check.service_id:
+            return authz.service_write(check.service_name)
+        return authz.node_write(check.node)
 
     def _put_service(
         self, txn: Txn, svc: Service, check_bodies: list[Json], replace_checks: bool

@@ -10,10 +10,20 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_authz import Authorizer
 from controld.registry.agent import CONSUL_VERSION
 from controld.registry.api_health import aggregate_status
 from controld.registry.errors import BadRequest, NotFound, RequestError
-from controld.registry.http import Ctx, allow, json_response, query_opts, read_json
+from controld.registry.http import (
+    Ctx,
+    access,
+    allow,
+    filtered_headers,
+    json_response,
+    query_opts,
+    read_json,
+)
+from controld.registry.model import Check
 from controld.registry.render import agent_service_json, check_json
 
 __all__ = ["ROUTES"]
@@ -63,6 +73,7 @@ def _member(ctx: Ctx, wan: bool = False) -> dict[str, Any]:
 async def self_(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/self."""
     allow(request, "GET")
+    _require_agent(request, ctx, write=False)
     cfg = ctx.agent.config
     leader = f"{cfg.address}:8300"
     config = {
@@ -109,19 +120,24 @@ async def members(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/members (``?wan=1`` for the WAN pool)."""
     allow(request, "GET")
     wan = request.query_params.get("wan", "") not in ("", "0", "false")
-    return json_response([_member(ctx, wan)])
+    acc = access(request)
+    members = [_member(ctx, wan)] if acc.visible(acc.authz.node_read(ctx.agent.node)) else []
+    return json_response(members, headers=filtered_headers(acc))
 
 
 async def services(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/services."""
     allow(request, "GET")
     opts = query_opts(request)
+    acc = access(request)
     out = {}
     for svc in ctx.agent.local_services():
+        if not acc.visible(acc.authz.service_read(svc.name)):
+            continue
         entry = agent_service_json(svc, ctx.datacenter)
         if opts.filter is None or opts.filter(entry):
             out[svc.id] = entry
-    return json_response(out)
+    return json_response(out, headers=filtered_headers(acc))
 
 
 async def service(request: Request, ctx: Ctx) -> Response:
@@ -131,6 +147,7 @@ async def service(request: Request, ctx: Ctx) -> Response:
     svc = ctx.agent.local_service(sid)
     if svc is None:
         raise NotFound(f"unknown service ID: {sid}")
+    access(request).require(access(request).authz.service_read(svc.name))
     entry = agent_service_json(svc, ctx.datacenter)
     digest = hashlib.blake2b(json.dumps(entry, sort_keys=True).encode(), digest_size=8)
     entry["ContentHash"] = digest.hexdigest()
@@ -141,12 +158,37 @@ async def checks(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/checks."""
     allow(request, "GET")
     opts = query_opts(request)
+    acc = access(request)
     out = {}
     for check in ctx.agent.local_checks():
+        if not acc.visible(_check_readable(acc.authz, check)):
+            continue
         entry = check_json(check)
         if opts.filter is None or opts.filter(entry):
             out[check.check_id] = entry
-    return json_response(out)
+    return json_response(out, headers=filtered_headers(acc))
+
+
+def _check_readable(authz: Authorizer, check: Check) -> bool:
+    if check.service_id:
+        return authz.service_read(check.service_name)
+    return authz.node_read(check.node)
+
+
+def _require_agent(request: Request, ctx: Ctx, *, write: bool) -> None:
+    authz = access(request).authz
+    node = ctx.agent.node
+    access(request).require(authz.agent_write(node) if write else authz.agent_read(node))
+
+
+def _require_check_write(request: Request, ctx: Ctx, check_id: str) -> None:
+    check = ctx.agent.local_check(check_id)
+    authz = access(request).authz
+    # An unknown check is a 404 only for a token that could write node checks.
+    allowed = authz.node_write(ctx.agent.node)
+    if check is not None:
+        allowed = ctx.agent.check_writable(authz, check)
+    access(request).require(allowed)
 
 
 async def service_register(request: Request, ctx: Ctx) -> Response:
@@ -159,6 +201,7 @@ async def service_register(request: Request, ctx: Ctx) -> Response:
     ctx.agent.register_service(
         body,
         replace_existing_checks=replace_checks.lower() in ("true", "1", "t"),
+        authz=access(request).authz,
     )
     return Response(b"", status_code=200)
 
@@ -166,6 +209,7 @@ async def service_register(request: Request, ctx: Ctx) -> Response:
 async def service_deregister(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/service/deregister/:id."""
     allow(request, "PUT")
+    _require_service_write(request, ctx, request.path_params["id"])
     ctx.agent.deregister_service(request.path_params["id"])
     return Response(b"", status_code=200)
 
@@ -175,6 +219,7 @@ async def service_maintenance(request: Request, ctx: Ctx) -> Response:
     allow(request, "PUT")
     enable = _parse_bool(request.query_params.get("enable"), "enable")
     reason = request.query_params.get("reason", "")
+    _require_service_write(request, ctx, request.path_params["id"])
     ctx.agent.service_maintenance(request.path_params["id"], enable, reason)
     return Response(b"", status_code=200)
 
@@ -183,6 +228,7 @@ async def node_maintenance(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/maintenance?enable=&reason=."""
     allow(request, "PUT")
     enable = _parse_bool(request.query_params.get("enable"), "enable")
+    access(request).require(access(request).authz.node_write(ctx.agent.node))
     ctx.agent.node_maintenance(enable, request.query_params.get("reason", ""))
     return Response(b"", status_code=200)
 
@@ -193,6 +239,11 @@ async def check_register(request: Request, ctx: Ctx) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("Request decode failed: body must be an object")
+    service_id = body.get("ServiceID")
+    svc = ctx.agent.local_service(str(service_id)) if service_id else None
+    authz = access(request).authz
+    allowed = authz.service_write(svc.name) if svc is not None else authz.node_write(ctx.agent.node)
+    access(request).require(allowed or (bool(service_id) and svc is None))
     ctx.agent.register_check(body)
     return Response(b"", status_code=200)
 
@@ -200,6 +251,7 @@ async def check_register(request: Request, ctx: Ctx) -> Response:
 async def check_deregister(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/check/deregister/:id."""
     allow(request, "PUT")
+    _require_check_write(request, ctx, request.path_params["id"])
     ctx.agent.deregister_check(request.path_params["id"])
     return Response(b"", status_code=200)
 
@@ -208,6 +260,7 @@ def _ttl_handler(status: str) -> Any:
     async def handler(request: Request, ctx: Ctx) -> Response:
         allow(request, "PUT")
         note = request.query_params.get("note", "")
+        _require_check_write(request, ctx, request.path_params["id"])
         ctx.agent.update_ttl(request.path_params["id"], status, note)
         return Response(b"", status_code=200)
 
@@ -225,8 +278,16 @@ async def check_update(request: Request, ctx: Ctx) -> Response:
     if status not in ("passing", "warning", "critical"):
         raise BadRequest(f"Invalid check status: '{status}'")
     output = body.get("Output") or ""
+    _require_check_write(request, ctx, request.path_params["id"])
     ctx.agent.update_ttl(request.path_params["id"], status, str(output))
     return Response(b"", status_code=200)
+
+
+def _require_service_write(request: Request, ctx: Ctx, service_id: str) -> None:
+    svc = ctx.agent.local_service(service_id)
+    # An unknown ID is a 404 only for a token that could write a service of that name.
+    name = svc.name if svc is not None else service_id
+    access(request).require(access(request).authz.service_write(name))
 
 
 _HEALTH_CODES = {"passing": 200, "warning": 429, "critical": 503, "maintenance": 503}
@@ -256,6 +317,9 @@ async def health_by_id(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/health/service/id/:id: aggregated status (200/429/503, 404 unknown)."""
     allow(request, "GET")
     sid = request.path_params["id"]
+    svc = ctx.agent.local_service(sid)
+    if svc is not None:
+        access(request).require(access(request).authz.service_read(svc.name))
     infos = _health_info(ctx, [sid])
     text = "format" in request.query_params and request.query_params["format"] == "text"
     if not infos:
@@ -274,6 +338,7 @@ async def health_by_name(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/health/service/name/:name: every local instance, worst status wins."""
     allow(request, "GET")
     name = request.path_params["name"]
+    access(request).require(access(request).authz.service_read(name))
     ids = [s.id for s in ctx.agent.local_services() if s.name == name]
     infos = _health_info(ctx, ids)
     text = request.query_params.get("format") == "text"
@@ -291,12 +356,14 @@ async def health_by_name(request: Request, ctx: Ctx) -> Response:
 async def reload(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/reload: nothing to reload."""
     allow(request, "PUT")
+    _require_agent(request, ctx, write=True)
     return Response(b"", status_code=200)
 
 
 async def leave(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/leave: answer, then shut the registry down gracefully."""
     allow(request, "PUT")
+    _require_agent(request, ctx, write=True)
     if ctx.on_leave is not None:
         ctx.on_leave()
     return Response(b"", status_code=200)
@@ -305,12 +372,14 @@ async def leave(request: Request, ctx: Ctx) -> Response:
 async def force_leave(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/force-leave/:node: no gossip pool here, accepted as a no-op."""
     allow(request, "PUT")
+    access(request).require(access(request).authz.operator_write())
     return Response(b"", status_code=200)
 
 
 async def metrics(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/metrics (JSON, or an empty Prometheus body as Consul without retention)."""
     allow(request, "GET")
+    _require_agent(request, ctx, write=False)
     if request.query_params.get("format") == "prometheus":
         return Response(b"", status_code=200, media_type="text/plain")
     now = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
@@ -326,6 +395,7 @@ async def metrics(request: Request, ctx: Ctx) -> Response:
 async def monitor(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/monitor: log streaming is not offered; bad levels get Consul's 400."""
     allow(request, "GET")
+    _require_agent(request, ctx, write=False)
     level = request.query_params.get("loglevel", "info")
     if level.lower() not in _LOG_LEVELS:
         raise BadRequest(f"Unknown log level: {level}")
@@ -335,8 +405,9 @@ async def monitor(request: Request, ctx: Ctx) -> Response:
 async def token(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/token/:type: 401 without ACLs, accepted (not stored) with them."""
     allow(request, "PUT")
-    if ctx.acl_token is None:
+    if not ctx.acl.enabled:
         raise RequestError("ACL support disabled", 401)
+    _require_agent(request, ctx, write=True)
     if request.path_params["type"] not in (
         "default",
         "agent",

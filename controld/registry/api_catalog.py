@@ -7,10 +7,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_authz import instance_visible
 from controld.registry.catalog_ops import catalog_deregister, catalog_register
+from controld.registry.errors import BadRequest
 from controld.registry.http import (
     Ctx,
     QueryOpts,
+    access,
     allow,
     blocking_read,
     check_dc,
@@ -27,7 +30,10 @@ async def register(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/catalog/register."""
     allow(request, "PUT")
     check_dc(request, ctx)
-    catalog_register(ctx.state, await read_json(request), ctx.datacenter)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("Request decode failed: body must be an object")
+    catalog_register(ctx.state, body, ctx.datacenter, access(request).authz)
     return json_response(True)
 
 
@@ -35,7 +41,10 @@ async def deregister(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/catalog/deregister."""
     allow(request, "PUT")
     check_dc(request, ctx)
-    catalog_deregister(ctx.state, await read_json(request), ctx.datacenter)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("Request decode failed: body must be an object")
+    catalog_deregister(ctx.state, body, ctx.datacenter, access(request).authz)
     return json_response(True)
 
 
@@ -50,12 +59,13 @@ async def nodes(request: Request, ctx: Ctx) -> Response:
     allow(request, "GET")
     st = ctx.state
     meta = node_meta_filter(request)
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         out = [
             node_json(n, ctx.datacenter)
             for n in sorted(st.nodes.values(), key=lambda n: n.name.lower())
-            if all(n.meta.get(k) == v for k, v in meta)
+            if all(n.meta.get(k) == v for k, v in meta) and acc.visible(acc.authz.node_read(n.name))
         ]
         if opts.filter:
             out = [o for o in out if opts.filter(o)]
@@ -69,6 +79,7 @@ async def services(request: Request, ctx: Ctx) -> Response:
     allow(request, "GET")
     st = ctx.state
     meta = node_meta_filter(request)
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         tags: dict[str, set[str]] = {}
@@ -77,6 +88,8 @@ async def services(request: Request, ctx: Ctx) -> Response:
             if meta and (node is None or not all(node.meta.get(k) == v for k, v in meta)):
                 continue
             for svc in by_id.values():
+                if not acc.visible(acc.authz.service_read(svc.name)):
+                    continue
                 if opts.filter and not opts.filter(catalog_service_json(svc, node, ctx.datacenter)):
                     continue
                 tags.setdefault(svc.name, set()).update(svc.tags)
@@ -92,6 +105,7 @@ def _service_nodes(request: Request, ctx: Ctx, connect: bool) -> Any:
     wanted_tags = request.query_params.getlist("tag")
     meta = node_meta_filter(request)
     peer = request.query_params.get("peer")
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         out = []
@@ -99,6 +113,8 @@ def _service_nodes(request: Request, ctx: Ctx, connect: bool) -> Any:
             instances = st.connect_instances(name) if connect else st.service_instances(name)
             for svc in instances:
                 if wanted_tags and not all(t in svc.tags for t in wanted_tags):
+                    continue
+                if not acc.visible(instance_visible(acc.authz, svc)):
                     continue
                 node = st.nodes.get(svc.node)
                 if meta and (node is None or not all(node.meta.get(k) == v for k, v in meta)):
@@ -129,14 +145,17 @@ def _node_read(request: Request, ctx: Ctx, as_map: bool) -> Any:
     """The node and its services (by ID), as a map keyed by service ID or as a list."""
     st = ctx.state
     name = request.path_params["node"]
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         idx = st.table_index("nodes", "services")
         n = st.nodes.get(name)
-        if n is None:
+        if n is None or not acc.visible(acc.authz.node_read(name)):
             return idx, None if as_map else {"Node": None, "Services": []}, 200
         entries = [
-            service_json(s) for s in sorted(st.services.get(name, {}).values(), key=lambda s: s.id)
+            service_json(s)
+            for s in sorted(st.services.get(name, {}).values(), key=lambda s: s.id)
+            if acc.visible(acc.authz.service_read(s.name))
         ]
         if opts.filter:
             entries = [e for e in entries if opts.filter(e)]

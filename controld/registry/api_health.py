@@ -7,8 +7,17 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_authz import instance_visible
 from controld.registry.errors import BadRequest
-from controld.registry.http import Ctx, QueryOpts, allow, blocking_read, node_meta_filter
+from controld.registry.http import (
+    Access,
+    Ctx,
+    QueryOpts,
+    access,
+    allow,
+    blocking_read,
+    node_meta_filter,
+)
 from controld.registry.model import PASSING, Check, Service
 from controld.registry.render import check_json, node_json, service_json
 from controld.registry.state import State
@@ -50,6 +59,7 @@ def _service_entries(request: Request, ctx: Ctx, connect: bool) -> Any:
     passing = _flag(request, "passing")
     peer = request.query_params.get("peer")
     meta = node_meta_filter(request)
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         out = []
@@ -58,7 +68,7 @@ def _service_entries(request: Request, ctx: Ctx, connect: bool) -> Any:
             if wanted_tags and not all(t in svc.tags for t in wanted_tags):
                 continue
             node = st.nodes.get(svc.node)
-            if node is None:
+            if node is None or not acc.visible(instance_visible(acc.authz, svc)):
                 continue
             if meta and not all(node.meta.get(k) == v for k, v in meta):
                 continue
@@ -101,11 +111,24 @@ async def ingress(request: Request, ctx: Ctx) -> Response:
     )
 
 
-def _checks_read(ctx: Ctx, select: Any) -> Any:
+def _check_visible(acc: Access, check: Check) -> bool:
+    authz = acc.authz
+    if check.service_id and not authz.service_read(check.service_name):
+        return acc.visible(False)
+    return acc.visible(authz.node_read(check.node))
+
+
+def _checks_read(request: Request, ctx: Ctx, select: Any) -> Any:
     st = ctx.state
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
-        found = [c for by_id in st.checks.values() for c in by_id.values() if select(c)]
+        found = [
+            c
+            for by_id in st.checks.values()
+            for c in by_id.values()
+            if select(c) and _check_visible(acc, c)
+        ]
         found.sort(key=lambda c: (c.node.lower(), c.check_id))
         out = [check_json(c) for c in found]
         if opts.filter:
@@ -120,7 +143,7 @@ async def checks(request: Request, ctx: Ctx) -> Response:
     allow(request, "GET")
     name = request.path_params["name"]
     return await blocking_read(
-        request, ctx, "checks", _checks_read(ctx, lambda c: c.service_name == name)
+        request, ctx, "checks", _checks_read(request, ctx, lambda c: c.service_name == name)
     )
 
 
@@ -131,7 +154,7 @@ async def state(request: Request, ctx: Ctx) -> Response:
     if wanted not in ("any", "passing", "warning", "critical"):
         raise BadRequest("Bad check state")
     return await blocking_read(
-        request, ctx, "checks", _checks_read(ctx, lambda c: wanted in ("any", c.status))
+        request, ctx, "checks", _checks_read(request, ctx, lambda c: wanted in ("any", c.status))
     )
 
 
@@ -139,7 +162,9 @@ async def node(request: Request, ctx: Ctx) -> Response:
     """GET /v1/health/node/:node."""
     allow(request, "GET")
     name = request.path_params["node"]
-    return await blocking_read(request, ctx, "checks", _checks_read(ctx, lambda c: c.node == name))
+    return await blocking_read(
+        request, ctx, "checks", _checks_read(request, ctx, lambda c: c.node == name)
+    )
 
 
 ROUTES = [

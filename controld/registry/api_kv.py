@@ -11,6 +11,7 @@ from controld.registry.errors import BadRequest
 from controld.registry.http import (
     Ctx,
     QueryOpts,
+    access,
     allow,
     blocking_read,
     check_dc,
@@ -41,6 +42,8 @@ def _uint(request: Request, name: str) -> int | None:
 async def _get(request: Request, ctx: Ctx, key: str) -> Response:
     st = ctx.state
     params = request.query_params
+    acc = access(request)
+    authz = acc.authz
     if "keys" in params:
         sep = params.get("separator", "")
 
@@ -49,6 +52,8 @@ async def _get(request: Request, ctx: Ctx, key: str) -> Response:
             out: list[str] = []
             seen: set[str] = set()
             for full in st.keys_with_prefix(key):
+                if not acc.visible(authz.key_list(full)):
+                    continue
                 k = full
                 if sep:
                     pos = full.find(sep, len(key))
@@ -66,7 +71,11 @@ async def _get(request: Request, ctx: Ctx, key: str) -> Response:
 
         def recurse(opts: QueryOpts) -> tuple[int, Any, int]:
             idx = st.kv_prefix_index(key)
-            out = [kv_json(st.kv[k]) for k in st.keys_with_prefix(key)]
+            out = [
+                kv_json(st.kv[k])
+                for k in st.keys_with_prefix(key)
+                if acc.visible(authz.key_read(k))
+            ]
             if opts.filter:
                 out = [o for o in out if opts.filter(o)]
             if not out:
@@ -76,6 +85,7 @@ async def _get(request: Request, ctx: Ctx, key: str) -> Response:
         return await blocking_read(request, ctx, "p:" + key, recurse)
     if not key:
         raise BadRequest("Missing key name")
+    acc.require(authz.key_read(key))
     raw = "raw" in params
 
     def single(opts: QueryOpts) -> tuple[int, Any, int]:
@@ -100,13 +110,16 @@ async def kv(request: Request, ctx: Ctx) -> Response:
         return await _get(request, ctx, key)
     check_dc(request, ctx)
     params = request.query_params
+    acc = access(request)
     if request.method == "DELETE":
         recurse = "recurse" in params
         if not key and not recurse:
             raise BadRequest("Missing key name")
+        acc.require(acc.authz.key_write_prefix(key) if recurse else acc.authz.key_write(key))
         return json_response(kv_delete(ctx.state, key, recurse=recurse, cas=_uint(request, "cas")))
     if not key:
         raise BadRequest("Missing key name")
+    acc.require(acc.authz.key_write(key))
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
     body, size = await _read_value(request)

@@ -11,8 +11,10 @@ from starlette.responses import Response
 
 from controld.registry.errors import BadRequest, RequestError
 from controld.registry.http import (
+    Access,
     Ctx,
     QueryOpts,
+    access,
     allow,
     blocking_read,
     check_dc,
@@ -28,7 +30,23 @@ __all__ = ["ROUTES"]
 MAX_TXN_OPS = 128  # Consul's txn_max_req_len limit on operations
 
 
-def _txn_kv(ctx: Ctx, op: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+_READ_VERBS = frozenset({"get", "check-index", "check-session", "check-not-exists"})
+
+
+def _txn_allowed(acc: Access, op: dict[str, Any]) -> bool:
+    """Whether the token may run this KV operation (checked for all before running any)."""
+    verb = op.get("Verb", "")
+    key = str(op.get("Key", ""))
+    if verb in _READ_VERBS:
+        return acc.authz.key_read(key)
+    if verb == "get-tree":
+        return True  # filtered to the readable keys
+    if verb == "delete-tree":
+        return acc.authz.key_write_prefix(key)
+    return acc.authz.key_write(key)
+
+
+def _txn_kv(ctx: Ctx, acc: Access, op: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """Run one KV verb; returns (result, error)."""
     st = ctx.state
     verb = op.get("Verb", "")
@@ -66,7 +84,9 @@ def _txn_kv(ctx: Ctx, op: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
         if verb == "check-session" and entry.session != session:
             return None, f'lock not held for key "{key}"'
     elif verb == "get-tree":
-        return {"KV": [kv_json(st.kv[k]) for k in st.keys_with_prefix(key)]}, None
+        authz = acc.authz
+        keys = [k for k in st.keys_with_prefix(key) if acc.visible(authz.key_read(k))]
+        return {"KV": [kv_json(st.kv[k]) for k in keys]}, None
     elif verb == "delete":
         kv_delete(st, key)
         return None, None
@@ -96,13 +116,24 @@ async def txn(request: Request, ctx: Ctx) -> Response:
         raise RequestError(
             f"Transaction contains too many operations ({len(ops)} > {MAX_TXN_OPS})", 413
         )
+    acc = access(request)
+    denied = [
+        {"OpIndex": i, "What": "Permission denied"}
+        for i, op in enumerate(ops)
+        if isinstance(op, dict)
+        and isinstance(op.get("KV"), dict)
+        and not _txn_allowed(acc, op["KV"])
+    ]
+    if denied:
+        # Like Consul's pre-check: one denied operation and none of them runs.
+        return json_response({"Results": None, "Errors": denied}, status=409)
     results: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for i, op in enumerate(ops):
         if not isinstance(op, dict) or not isinstance(op.get("KV"), dict):
             errors.append({"OpIndex": i, "What": "only KV operations are supported"})
             continue
-        result, error = _txn_kv(ctx, op["KV"])
+        result, error = _txn_kv(ctx, acc, op["KV"])
         if error:
             errors.append({"OpIndex": i, "What": error})
         elif result is not None:
@@ -127,6 +158,7 @@ async def event_fire(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/event/fire/:name."""
     allow(request, "PUT")
     check_dc(request, ctx)
+    access(request).require(access(request).authz.event_write(request.path_params["name"]))
     events = _buffer(ctx)
     payload = await read_body(request, 100 * 1024)
     events.ltime += 1
@@ -158,9 +190,14 @@ async def event_list(request: Request, ctx: Ctx) -> Response:
     allow(request, "GET")
     name = request.query_params.get("name", "")
     events = _buffer(ctx)
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
-        out = [e for e in events.items if not name or e["Name"] == name]
+        out = [
+            e
+            for e in events.items
+            if (not name or e["Name"] == name) and acc.visible(acc.authz.event_read(e["Name"]))
+        ]
         return max(1, events.ltime), out, 200
 
     return await blocking_read(request, ctx, "events", compute)
@@ -181,9 +218,14 @@ async def coordinate_nodes(request: Request, ctx: Ctx) -> Response:
     """GET /v1/coordinate/nodes."""
     allow(request, "GET")
     st = ctx.state
+    acc = access(request)
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
-        out = [{"Node": n, "Segment": "", "Coord": _coord()} for n in sorted(st.nodes)]
+        out = [
+            {"Node": n, "Segment": "", "Coord": _coord()}
+            for n in sorted(st.nodes)
+            if acc.visible(acc.authz.node_read(n))
+        ]
         return st.table_index("nodes"), out, 200
 
     return await blocking_read(request, ctx, "nodes", compute)
@@ -194,6 +236,7 @@ async def coordinate_node(request: Request, ctx: Ctx) -> Response:
     allow(request, "GET")
     st = ctx.state
     name = request.path_params["node"]
+    access(request).require(access(request).authz.node_read(name))
 
     def compute(opts: QueryOpts) -> tuple[int, Any, int]:
         if name not in st.nodes:
@@ -206,7 +249,9 @@ async def coordinate_node(request: Request, ctx: Ctx) -> Response:
 async def coordinate_update(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/coordinate/update: accepted; coordinates are not tracked."""
     allow(request, "PUT")
-    await read_json(request)
+    body = await read_json(request)
+    node = str(body.get("Node", "")) if isinstance(body, dict) else ""
+    access(request).require(access(request).authz.node_write(node))
     return json_response(True)
 
 

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from controld.registry.agent import CONSUL_VERSION
 from controld.registry.errors import BadRequest, RequestError
-from controld.registry.http import Ctx, allow, check_dc, json_response, read_json
+from controld.registry.http import Ctx, Handler, access, allow, check_dc, json_response, read_json
 
 __all__ = ["ROUTES"]
 
@@ -144,12 +144,29 @@ async def usage(request: Request, ctx: Ctx) -> Response:
     )
 
 
+def _guarded(handler: Handler) -> Handler:
+    """operator (keyring for the keyring) read for GET, write otherwise."""
+
+    async def guarded(request: Request, ctx: Ctx) -> Response:
+        authz = access(request).authz
+        write = request.method != "GET"
+        if request.url.path.startswith("/v1/operator/keyring"):
+            allowed = authz.keyring_write() if write else authz.keyring_read()
+        else:
+            allowed = authz.operator_write() if write else authz.operator_read()
+        access(request).require(allowed)
+        return await handler(request, ctx)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
 ROUTES = [
-    ("/v1/operator/raft/configuration", raft_configuration),
-    ("/v1/operator/raft/peer", raft_peer),
-    ("/v1/operator/raft/transfer-leader", transfer_leader),
-    ("/v1/operator/autopilot/configuration", autopilot_configuration),
-    ("/v1/operator/autopilot/health", autopilot_health),
-    ("/v1/operator/keyring", keyring),
-    ("/v1/operator/usage", usage),
+    ("/v1/operator/raft/configuration", _guarded(raft_configuration)),
+    ("/v1/operator/raft/peer", _guarded(raft_peer)),
+    ("/v1/operator/raft/transfer-leader", _guarded(transfer_leader)),
+    ("/v1/operator/autopilot/configuration", _guarded(autopilot_configuration)),
+    ("/v1/operator/autopilot/health", _guarded(autopilot_health)),
+    ("/v1/operator/keyring", _guarded(keyring)),
+    ("/v1/operator/usage", _guarded(usage)),
 ]

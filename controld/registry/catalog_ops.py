@@ -7,7 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 from controld.registry import defs
-from controld.registry.errors import RequestError
+from controld.registry.acl_authz import MANAGEMENT, Authorizer
+from controld.registry.errors import Forbidden, RequestError
 from controld.registry.model import Check, Node, Service
 from controld.registry.service_defs import service_addresses
 from controld.registry.state import State
@@ -62,7 +63,53 @@ def _node_name(body: Json, datacenter: str) -> str:
     return name
 
 
-def catalog_register(state: State, body: Json, datacenter: str) -> None:
+def _deny() -> Forbidden:
+    return Forbidden("Permission denied")
+
+
+def _vet_register(  # noqa: PLR0917 (one call site, all positional context)
+    state: State,
+    authz: Authorizer,
+    node: Node,
+    write_node: bool,
+    services: dict[str, Service],
+    checks: list[Check],
+) -> None:
+    """Consul's ``vetRegisterWithACL``: re-posting an unchanged node needs no node:write; a
+    service needs service:write on its name (and on the service it replaces and, for a
+    proxy, on its destination); a check needs write on its service, or on the node."""
+    existing = state.nodes.get(node.name)
+    same = existing is not None and (
+        (existing.id, existing.address, existing.tagged_addresses, existing.meta)
+        == (node.id, node.address, node.tagged_addresses, node.meta)
+    )
+    if write_node and not same and not authz.node_write(node.name):
+        raise _deny()
+    for svc in services.values():
+        names = [svc.name]
+        old = state.services.get(node.name, {}).get(svc.id)
+        if old is not None:
+            names.append(old.name)
+        if svc.kind == "connect-proxy" and isinstance(svc.proxy, dict):
+            names.append(str(svc.proxy.get("DestinationServiceName", "")))
+        if not all(authz.service_write(n) for n in names):
+            raise _deny()
+    for check in checks:
+        allowed = (
+            authz.service_write(check.service_name)
+            if check.service_id
+            else authz.node_write(node.name)
+        )
+        old_check = state.checks.get(node.name, {}).get(check.check_id)
+        if old_check is not None and old_check.service_id:
+            allowed = allowed and authz.service_write(old_check.service_name)
+        if not allowed:
+            raise _deny()
+
+
+def catalog_register(
+    state: State, body: Json, datacenter: str, authz: Authorizer = MANAGEMENT
+) -> None:
     """Register a node and optionally a service and checks, in one transaction."""
     name = _node_name(body, datacenter)
     skip = defs.as_bool(body, "SkipNodeUpdate")
@@ -122,6 +169,7 @@ def catalog_register(state: State, body: Json, datacenter: str) -> None:
     if isinstance(body.get("Checks"), list):
         check_bodies.extend(c for c in body["Checks"] if isinstance(c, dict))
     checks = [_check(state, name, c, services) for c in check_bodies]
+    _vet_register(state, authz, node, not (skip and existing is not None), services, checks)
     with state.write() as txn:
         if not (skip and existing is not None):
             txn.put_node(node)
@@ -136,11 +184,14 @@ def catalog_register(state: State, body: Json, datacenter: str) -> None:
                 txn.put_check(check)
 
 
-def catalog_deregister(state: State, body: Json, datacenter: str) -> None:
+def catalog_deregister(
+    state: State, body: Json, datacenter: str, authz: Authorizer = MANAGEMENT
+) -> None:
     """Remove a node, one of its services or one of its checks."""
     name = _node_name(body, datacenter)
     service_id = defs.as_str(body, "ServiceID")
     check_id = defs.as_str(body, "CheckID")
+    _vet_deregister(state, authz, name, service_id, check_id)
     with state.write() as txn:
         if service_id:
             txn.delete_service(name, service_id)
@@ -148,3 +199,20 @@ def catalog_deregister(state: State, body: Json, datacenter: str) -> None:
             txn.delete_check(name, check_id)
         if not service_id and not check_id:
             txn.delete_node(name)
+
+
+def _vet_deregister(
+    state: State, authz: Authorizer, node: str, service_id: str, check_id: str
+) -> None:
+    """Consul's ``vetDeregisterWithACL``: node:write for the node, else write on the
+    service being removed (or the check's service; node:write for a node check)."""
+    if authz.node_write(node):
+        return
+    if not service_id and not check_id:
+        raise _deny()
+    svc = state.services.get(node, {}).get(service_id) if service_id else None
+    if svc is not None and not authz.service_write(svc.name):
+        raise _deny()
+    check = state.checks.get(node, {}).get(check_id) if check_id else None
+    if check is not None and (not check.service_id or not authz.service_write(check.service_name)):
+        raise _deny()

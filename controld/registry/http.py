@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from controld.registry.acl_authz import Authorizer
+from controld.registry.acl_resolve import AclResolver
 from controld.registry.agent import Agent
 from controld.registry.bexpr import Predicate, compile_filter
 from controld.registry.durations import parse_duration
@@ -24,6 +26,7 @@ from controld.registry.sessions import Sessions
 from controld.registry.state import State
 
 __all__ = [
+    "Access",
     "Ctx",
     "QueryOpts",
     "Rendered",
@@ -43,12 +46,13 @@ _NOT_IN_KEY = frozenset({"index", "wait", "token", "stale", "consistent", "cache
 class Rendered:
     """A read's result rendered once and shared by every request that asks the same."""
 
-    __slots__ = ("_heads", "_responses", "_wire", "body", "index", "status")
+    __slots__ = ("_heads", "_responses", "_wire", "body", "filtered", "index", "status")
 
-    def __init__(self, index: int, status: int, body: bytes) -> None:
+    def __init__(self, index: int, status: int, body: bytes, filtered: bool = False) -> None:
         self.index = index
         self.status = status
         self.body = body
+        self.filtered = filtered
         self._heads: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
         self._wire: dict[tuple[str, str], bytes] = {}
         self._responses: dict[tuple[str, str], bytes] = {}
@@ -60,7 +64,7 @@ class Rendered:
         if head is None:
             head = [
                 (k.lower().encode(), v.encode())
-                for k, v in meta_headers(self.index, consistency).items()
+                for k, v in meta_headers(self.index, consistency, self.filtered).items()
             ]
             head.append((b"content-length", str(len(self.body)).encode()))
             if self.body:
@@ -132,22 +136,28 @@ class Ctx:
         agent: Agent,
         sessions: Sessions,
         *,
-        acl_token: str | None,
+        acl: AclResolver,
         on_leave: Callable[[], None] | None = None,
     ) -> None:
         self.state = state
         self.agent = agent
         self.sessions = sessions
         self.datacenter = agent.config.datacenter
-        self.acl_token = acl_token
+        self.acl = acl
         self.on_leave = on_leave
         # Per-server state of the smaller endpoints (the user event buffer).
         self.extras: dict[str, object] = {}
         self._cache: dict[str, Rendered] = {}
         self._cache_index = -1
 
-    def cached(self, key: str, compute: Callable[[], tuple[int, Any, int]]) -> Rendered:
-        """The rendering of ``key`` at the current state index, computing it at most once."""
+    def cached(
+        self,
+        key: str,
+        compute: Callable[[], tuple[int, Any, int]],
+        filtered: Callable[[], bool] = lambda: False,
+    ) -> Rendered:
+        """The rendering of ``key`` at the current state index, computing it at most once;
+        ``filtered()`` (asked right after ``compute``) says whether ACLs left something out."""
         st = self.state
         if self._cache_index != st.index:
             self._cache.clear()
@@ -162,7 +172,7 @@ class Ctx:
             body = data
         else:
             body = _dumps(data)
-        rendered = Rendered(max(index, 1), status, body)
+        rendered = Rendered(max(index, 1), status, body, filtered())
         if len(self._cache) < 10_000:
             self._cache[key] = rendered
         return rendered
@@ -251,15 +261,44 @@ def request_token(request: Request) -> str:
     return ""
 
 
+class Access:
+    """A request's authorizer, and whether a read left something out for it."""
+
+    __slots__ = ("authz", "filtered")
+
+    def __init__(self, authz: Authorizer) -> None:
+        self.authz = authz
+        self.filtered = False
+
+    def visible(self, allowed: bool) -> bool:
+        """``allowed``, remembering a ``False`` as filtered (for the response header)."""
+        if not allowed:
+            self.filtered = True
+        return allowed
+
+    def require(self, allowed: bool) -> None:
+        """Consul's 403 "Permission denied" unless ``allowed``."""
+        if not allowed:
+            raise Forbidden("Permission denied")
+
+
 def check_acl(request: Request, ctx: Ctx) -> None:
-    """With a management token configured, every request must carry it."""
-    if ctx.acl_token is None:
-        return
-    token = request_token(request)
-    if not token:
-        raise Forbidden("Permission denied")
-    if token != ctx.acl_token:
-        raise Forbidden("ACL not found")
+    """Resolve the request's token (403 "ACL not found" if unknown or expired) for the
+    handler to check its permissions against (:func:`access`)."""
+    request.scope["controld.access"] = Access(ctx.acl.resolve(request_token(request)))
+
+
+def access(request: Request) -> Access:
+    """The request's :class:`Access` (set by :func:`check_acl`)."""
+    found = request.scope.get("controld.access")
+    if not isinstance(found, Access):
+        raise RequestError("request not authorized (internal error)")
+    return found
+
+
+def filtered_headers(acc: Access) -> dict[str, str] | None:
+    """The header Consul adds when ACLs left entries out of a result."""
+    return {"X-Consul-Results-Filtered-By-ACLs": "true"} if acc.filtered else None
 
 
 def allow(request: Request, *methods: str) -> None:
@@ -296,20 +335,24 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     return b"".join(chunks)
 
 
-def cache_key(request: Request) -> str:
-    """Path plus the result-shaping query parameters, in a canonical order."""
+def cache_key(request: Request, who: str = "") -> str:
+    """Path plus the result-shaping query parameters, in a canonical order; ``who`` (the
+    token's authorizer key) keeps one token's filtered result from another's."""
     items = sorted((k, v) for k, v in request.query_params.multi_items() if k not in _NOT_IN_KEY)
-    return request.url.path + "?" + urllib.parse.urlencode(items)
+    return who + "|" + request.url.path + "?" + urllib.parse.urlencode(items)
 
 
-def meta_headers(index: int, consistency: str) -> dict[str, str]:
+def meta_headers(index: int, consistency: str, filtered: bool = False) -> dict[str, str]:
     """Consul's query meta headers."""
-    return {
+    headers = {
         "X-Consul-Index": str(index),
         "X-Consul-KnownLeader": "true",
         "X-Consul-LastContact": "0",
         "X-Consul-Effective-Consistency": consistency,
     }
+    if filtered:
+        headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
+    return headers
 
 
 async def blocking_read(
@@ -330,22 +373,31 @@ async def blocking_read(
     """
     check_dc(request, ctx)
     opts = query_opts(request)
-    key = cache_key(request)
-    rendered = ctx.cached(key, lambda: compute(opts))
+    acc = access(request)
+    key = cache_key(request, acc.authz.key)
+
+    def run() -> tuple[int, Any, int]:
+        acc.filtered = False
+        return compute(opts)
+
+    def was_filtered() -> bool:
+        return acc.filtered
+
+    rendered = ctx.cached(key, run, was_filtered)
     if opts.index and rendered.index <= opts.index:
         deadline = trio.current_time() + opts.wait + random.random() * opts.wait / 16  # noqa: S311
         hub = ctx.state.hub
         send_now: Callable[[bytes], None] | None = request.scope.get("controld.send_now")
 
         def recheck() -> Rendered:
-            fresh = ctx.cached(key, lambda: compute(opts))
+            fresh = ctx.cached(key, run, was_filtered)
             if send_now is not None and fresh.index > opts.index:
                 send_now(fresh.wire_response(opts.consistency, content_type))
             return fresh
 
         while rendered.index <= opts.index and trio.current_time() < deadline:
             woken = await hub.wait(topic, deadline, recheck)
-            rendered = woken or ctx.cached(key, lambda: compute(opts))
+            rendered = woken or ctx.cached(key, run, was_filtered)
     return PreparedResponse(
         rendered.status,
         rendered.body,

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS checks (node TEXT, id TEXT, rec TEXT NOT NULL, PRIMAR
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, rec TEXT NOT NULL, value BLOB);
 CREATE TABLE IF NOT EXISTS tombstones (key TEXT PRIMARY KEY, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, rec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS acl (kind TEXT, id TEXT, rec TEXT NOT NULL, PRIMARY KEY (kind, id));
 """
 
 
@@ -59,6 +60,8 @@ class Loaded:
     kv: list[KVEntry] = field(default_factory=list)
     tombstones: dict[str, int] = field(default_factory=dict)
     sessions: list[Session] = field(default_factory=list)
+    #: ACL objects as (kind, record): kind is "token", "policy" or "role".
+    acl: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def _dumps(value: object) -> str:
@@ -137,6 +140,17 @@ class Batch:
     def delete_session(self, session_id: str) -> None:
         self.ops.append(("DELETE FROM sessions WHERE id = ?", (session_id,)))
 
+    def put_acl(self, kind: str, object_id: str, value: object) -> None:
+        self.ops.append(
+            (
+                "INSERT OR REPLACE INTO acl (kind, id, rec) VALUES (?, ?, ?)",
+                (kind, object_id, _dumps(value)),
+            )
+        )
+
+    def delete_acl(self, kind: str, object_id: str) -> None:
+        self.ops.append(("DELETE FROM acl WHERE kind = ? AND id = ?", (kind, object_id)))
+
 
 class Store:
     """An open registry database; single-threaded, used from the Trio thread only."""
@@ -195,6 +209,7 @@ class Store:
         out.sessions = [
             from_record(Session, json.loads(r)) for (r,) in conn.execute("SELECT rec FROM sessions")
         ]
+        out.acl = [(kind, json.loads(r)) for kind, r in conn.execute("SELECT kind, rec FROM acl")]
         return out
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from typing import cast
 
 import trio
 
+from controld.registry.acl_resolve import AclResolver
 from controld.registry.agent import Agent, AgentConfig
 from controld.registry.app import build_app
 from controld.registry.checks import CheckRunner
@@ -35,7 +36,10 @@ class RegistryConfig:
     port: int = 8500
     node_name: str = ""
     datacenter: str = "dc1"
+    #: With a management token ACLs are on (default deny) and this token may do everything.
     acl_management_token: str | None = None
+    #: ACLs on without a configured management token (``PUT /v1/acl/bootstrap`` makes one).
+    acl_enabled: bool = False
     # Floor of DeregisterCriticalServiceAfter and the reaper's period (Consul: 1 min, 30 s).
     deregister_critical_min_s: float = 60.0
     reap_interval_s: float = 30.0
@@ -95,11 +99,17 @@ class RegistryServer:
                 deregister_min=cfg.deregister_critical_min_s,
                 reap_interval=cfg.reap_interval_s,
             )
+            acl = AclResolver(
+                state,
+                cfg.datacenter,
+                enabled=cfg.acl_enabled or cfg.acl_management_token is not None,
+            )
+            acl.bootstrap(cfg.acl_management_token)
             ctx = Ctx(
                 state,
                 agent,
                 sessions,
-                acl_token=cfg.acl_management_token,
+                acl=acl,
                 on_leave=self.shutdown_nowait,
             )
             app = build_app(ctx)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from controld.registry.acl_tables import AclTables
 from controld.registry.errors import RequestError
 from controld.registry.model import Check, KVEntry, Node, Service, Session
 from controld.registry.persist import Batch, Loaded, Store
@@ -66,6 +67,7 @@ class State:
         self.sessions: dict[str, Session] = {}
         self.session_locks: dict[str, set[str]] = {}
         self.lock_delays: dict[str, float] = {}
+        self.acl = AclTables()
 
     def _load(self, data: Loaded) -> None:
         self._reset()
@@ -85,6 +87,7 @@ class State:
         self.tombstones = dict(data.tombstones)
         for session in data.sessions:
             self.sessions[session.id] = session
+        self.acl.load(data.acl)
         tables = json.loads(data.meta.get("tables", "{}"))
         self.tables = {str(k): int(v) for k, v in tables.items()}
         self.index = max([data.index, *self.tables.values(), *self._entity_indexes()])
@@ -98,6 +101,8 @@ class State:
         yield from (e.modify_index for e in self.kv.values())
         yield from self.tombstones.values()
         yield from (s.modify_index for s in self.sessions.values())
+        for table in (self.acl.tokens, self.acl.policies, self.acl.roles):
+            yield from (o.modify_index for o in table.values())
 
     @contextmanager
     def write(self) -> Iterator[Txn]:

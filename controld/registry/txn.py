@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from controld.registry.acl_tables import AclObject, id_of, kind_of
 from controld.registry.model import CRITICAL, Check, KVEntry, Node, Service, Session
 from controld.registry.persist import Batch
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from controld.registry.state import State
 
 __all__ = ["Txn"]
+
+_A = TypeVar("_A", bound=AclObject)
 
 
 class Txn:
@@ -242,4 +245,24 @@ class Txn:
                 self.delete_kv(key)
             else:
                 self.put_kv(replace(entry, session=""))
+        return True
+
+    # -- ACL objects ---------------------------------------------------------------------
+    def put_acl(self, obj: _A) -> _A:
+        """Create or replace a token, policy or role (its indexes set here)."""
+        kind, object_id = kind_of(obj), id_of(obj)
+        old = self.state.acl.get(kind, object_id)
+        create = old.create_index if old is not None else self.index
+        obj = replace(obj, create_index=create, modify_index=self.index)
+        self.state.acl.put(obj)
+        self.batch.put_acl(kind, object_id, obj)
+        self.topics.add("acl")
+        return obj
+
+    def delete_acl(self, kind: str, object_id: str) -> bool:
+        """Delete a token, policy or role."""
+        if self.state.acl.remove(kind, object_id) is None:
+            return False
+        self.batch.delete_acl(kind, object_id)
+        self.topics.add("acl")
         return True
