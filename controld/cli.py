@@ -143,6 +143,16 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     )
     _add_registry_identity(run, "embedded registry: ")
     run.add_argument(
+        "--registry-acl-disabled",
+        action="store_true",
+        help=(
+            "UNSAFE: run the embedded registry without ACLs, so anyone who reaches it can "
+            "rewrite controld's KV prefix (join tokens, policy) and every registration. By "
+            "default ACLs are on (default deny) with a management token generated at first "
+            "start into <data-dir>/registry-token (or --acl-management-token)"
+        ),
+    )
+    run.add_argument(
         "--admin",
         type=_listen,
         default=("127.0.0.1", 8501),
@@ -288,6 +298,8 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     }
     if (args.ca_import_cert is None) != (args.ca_import_key is None):
         parser.error("--ca-import-cert and --ca-import-key go together")
+    if args.registry_acl_disabled and args.acl_management_token:
+        parser.error("--registry-acl-disabled excludes --acl-management-token")
     if args.registry is not None:
         if args.registry_listen is not None:
             parser.error("--registry (external) excludes --registry-listen")
@@ -315,6 +327,7 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             datacenter=args.datacenter,
             acl_management_token=args.acl_management_token or None,
         ),
+        registry_acl=not args.registry_acl_disabled,
         **common,
     )
 

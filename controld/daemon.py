@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from controld.admin import RegistryLink, status_json
 from controld.api import build_api
-from controld.auth import TokenAuth
+from controld.auth import TokenAuth, load_admin_token
 from controld.ca import CAFileError, CertificateAuthority, IdentityService, RootCA
 from controld.ca.servertls import ServerTls, server_sans
 from controld.ca.storage import CAStore
@@ -93,6 +93,10 @@ class DaemonConfig:
     #: generating one; used on first start only (ignored once ``<state dir>/ca`` exists).
     ca_import_cert: Path | None = None
     ca_import_key: Path | None = None
+    #: ACLs on the embedded registry (default deny; controld holds the management token,
+    #: generated into :attr:`registry_token_path` at first start unless one is configured).
+    #: False is the unsafe opt-out: anyone reaching the registry may write anything.
+    registry_acl: bool = True
 
     def __post_init__(self) -> None:
         if (self.registry is None) == (self.registry_url is None):
@@ -120,6 +124,11 @@ class DaemonConfig:
         if self.admin_token_file is not None:
             return self.admin_token_file
         return self.state_dir / "admin-token"
+
+    @property
+    def registry_token_path(self) -> Path:
+        """The embedded registry's generated management token: ``<state dir>/registry-token``."""
+        return self.state_dir / "registry-token"
 
     @property
     def ca_dir(self) -> Path:
@@ -160,6 +169,8 @@ class ControlDaemon:
         self.reconciler: Reconciler | None = None
         self._store: ResourceStore | None = None
         self._auth: TokenAuth | None = None
+        #: How controld reaches the registry, with its own token (set once running).
+        self.registry_settings: RegistrySettings | None = None
         #: The CA and the enrollment endpoints' logic (set when ``run`` starts).
         self.identity: IdentityService | None = None
         self._link: RegistryLink | None = None
@@ -228,26 +239,35 @@ class ControlDaemon:
         cfg = self.config
         self._auth = TokenAuth.from_file(cfg.token_path)
         ca = CertificateAuthority.load_or_create(cfg.ca_dir, import_root=_import_root(cfg))
-        server = RegistryServer(cfg.registry) if cfg.registry is not None else None
+        registry_cfg = cfg.registry
+        if (
+            registry_cfg is not None
+            and cfg.registry_acl
+            and registry_cfg.acl_management_token is None
+        ):
+            generated = load_admin_token(cfg.registry_token_path)
+            registry_cfg = dataclasses.replace(registry_cfg, acl_management_token=generated)
+        server = RegistryServer(registry_cfg) if registry_cfg is not None else None
         async with trio.open_nursery() as nursery:
             registry_port: int | None = None
             if server is not None:
-                assert cfg.registry is not None
+                assert registry_cfg is not None
                 registry_port = await nursery.start(server.run)
-                host = cfg.registry.host
+                host = registry_cfg.host
                 if host in ("", "0.0.0.0"):  # a wildcard bind is reached locally
                     host = "127.0.0.1"
                 elif host == "::":
                     host = "::1"
                 host = f"[{host}]" if ":" in host else host
                 url = f"http://{host}:{registry_port}"
-                token = cfg.registry.acl_management_token
+                token = registry_cfg.acl_management_token
                 self._link = RegistryLink("embedded", url)
             else:
                 assert cfg.registry_url is not None
                 url = cfg.registry_url.rstrip("/")
                 token = cfg.registry_token
                 self._link = RegistryLink("external", url)
+            self.registry_settings = RegistrySettings(url=url, token=token or None)
             watcher = self.watcher = RegistryWatcher(
                 RegistrySettings(url=url, token=token or None),
                 metrics=self.metrics,

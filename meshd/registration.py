@@ -23,10 +23,12 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
+from pydantic import SecretStr
 
 from meshcore.model import SocketAddr
 from meshcore.model.bootstrap import AppCheck, RegistryConfig
@@ -39,6 +41,7 @@ from meshcore.registry import (
 )
 from meshcore.registry.sidecar import PlanInputs, RegistrationPlan, plan_registrations
 from meshd.config import RuntimeConfig
+from meshd.control.settings import resolve_token
 from meshd.listeners import ListenerManager
 from meshd.net.stream import open_tcp
 from meshd.stats import Stats
@@ -219,9 +222,24 @@ class Registration:
 
     @classmethod
     def for_sidecar(
-        cls, sidecar: SidecarView, config: RegistryConfig, stats: Stats | None = None
+        cls,
+        sidecar: SidecarView,
+        config: RegistryConfig,
+        stats: Stats | None = None,
+        *,
+        bootstrap_path: Path | None = None,
     ) -> Registration:
-        """A registration that follows ``sidecar``'s configuration and inbound listener."""
+        """A registration that follows ``sidecar``'s configuration and inbound listener.
+
+        ``registry.token_file`` is read here (relative to ``bootstrap_path``), raising
+        :class:`~meshcore.errors.ConfigError` when it can't be.
+        """
+        if config.token_file is not None:
+            where = f"{bootstrap_path or 'bootstrap'}: registry"
+            token = resolve_token(
+                None, config.token_file, bootstrap_path=bootstrap_path or Path("."), where=where
+            )
+            config = config.model_copy(update={"token": SecretStr(token or ""), "token_file": None})
         return cls(config, lambda: sidecar_inputs(sidecar, config.inbound_listener), stats=stats)
 
     def settings(self) -> RegistrySettings:

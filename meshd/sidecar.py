@@ -175,7 +175,9 @@ class Sidecar:
                 assert self._bootstrap is not None
                 bootstrap = self._bootstrap
             if bootstrap.registry is not None and self.worker_index == 0:
-                self.registration = Registration.for_sidecar(self, bootstrap.registry, self.stats)
+                self.registration = Registration.for_sidecar(
+                    self, bootstrap.registry, self.stats, bootstrap_path=self.bootstrap_path
+                )
                 await nursery.start(self.registration.run)
             if workers > 1 and self.worker_index == 0:
                 self.workers = WorkerSupervisor(self.bootstrap_path, workers)

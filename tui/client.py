@@ -194,6 +194,16 @@ class ControldClient:
             raise ApiError(200, "answer has no token")
         return str(body["token"])
 
+    def registry_token(self, service: str, *, ttl_s: int | None = None) -> str:
+        """``POST /v1/tokens/registry``: a registry ACL token with ``service``'s identity."""
+        payload: dict[str, Any] = {"service": service}
+        if ttl_s is not None:
+            payload["ttl_s"] = ttl_s
+        body = self.request("POST", "/v1/tokens/registry", json=payload)
+        if not isinstance(body, dict) or not isinstance(body.get("secret_id"), str):
+            raise ApiError(200, "answer has no secret_id")
+        return str(body["secret_id"])
+
     def join_token(self, service: str, *, namespace: str = "default", ttl_s: int = 3600) -> str:
         """``POST /v1/tokens/join``: a single-use join token to enroll a sidecar of ``service``."""
         body = self.request(

@@ -14,6 +14,7 @@ from controld.api.identity import identity_router
 from controld.api.misc import api_router, probes_router
 from controld.api.plane import ControlPlane
 from controld.api.proxies import poll_route, proxies_router
+from controld.api.registry_tokens import registry_tokens_router
 from controld.api.resources import resources_router
 from controld.auth import TokenAuth
 from meshcore import __version__
@@ -55,6 +56,7 @@ def build_api(
     app.include_router(probes_router(metrics, is_ready))
     if (identity := getattr(plane, "identity", None)) is not None:  # optional: the CA
         app.include_router(identity_router(identity, auth, guard, auditor))
+    app.include_router(registry_tokens_router(plane, guard, auditor))
     # The hot long-poll goes first: matched before (and instead of) its documented twin.
     app.router.routes.insert(0, poll_route(plane, auth))
     return app

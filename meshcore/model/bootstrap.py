@@ -102,7 +102,10 @@ class RegistryConfig(Frozen):
     """Self-registration in a Consul-compatible registry (read on start, not on reload)."""
 
     address: str = "http://127.0.0.1:8500"
+    #: Registry ACL token (e.g. one with a service identity: ``meshctl token registry``).
     token: SecretStr | None = None
+    #: File holding that token; relative paths are relative to the bootstrap file.
+    token_file: Path | None = None
     datacenter: str | None = None
     #: Instance ID of the local service; default ``<service>-<node>`` (unique per instance).
     service_id: str | None = Field(default=None, min_length=1)
@@ -117,6 +120,12 @@ class RegistryConfig(Frozen):
     timeout_s: float = Field(default=5.0, gt=0, le=300)
 
     _address = field_validator("address")(_check_http_url)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> RegistryConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        return self
 
 
 class StaticIdentityFiles(Frozen):

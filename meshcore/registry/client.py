@@ -271,6 +271,24 @@ class RegistryClient:
         _check_key(key)
         return bool(await self._call(lambda c: c.kv.delete(key, cas=cas)))
 
+    async def create_service_token(
+        self, service: str, *, ttl_s: float | None = None, description: str = ""
+    ) -> dict[str, Any]:
+        """``PUT /v1/acl/token`` with one service identity (``consul acl token create
+        -service-identity=<service>``); needs ``acl = "write"``. Returns the token as Consul
+        renders it (``AccessorID``, ``SecretID``, ``ExpirationTime``...)."""
+        ttl = f"{int(ttl_s)}s" if ttl_s is not None else None
+        result = await self._call(
+            lambda c: c.acl.token.create(
+                service_identities=[{"ServiceName": service}],
+                description=description,
+                expiration_ttl=ttl,
+            )
+        )
+        if not isinstance(result, dict):
+            raise RegistryProtocolError(f"ACL token create answered {type(result).__name__}")
+        return result
+
     # -- plumbing --------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[Any], T]) -> T:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import Bootstrap
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
 from meshcore.model.loading import format_validation_error
 
-__all__ = ["ControlSettings", "control_settings"]
+__all__ = ["ControlSettings", "control_settings", "resolve_token"]
 
 #: Longest token file read (a sidecar token is ~100 bytes).
 _MAX_TOKEN_FILE = 64 * 1024
@@ -29,6 +29,30 @@ class ControlSettings:
 
 def _relative(bootstrap_path: Path, path: Path) -> Path:
     return path if path.is_absolute() else bootstrap_path.parent / path
+
+
+def resolve_token(
+    token: SecretStr | None, token_file: Path | None, *, bootstrap_path: Path, where: str
+) -> str | None:
+    """The token given inline or read from ``token_file`` (relative to the bootstrap file);
+    raises :class:`ConfigError` naming ``where`` when the file can't be read or the token is
+    not one line of printable text."""
+    value = token.get_secret_value() if token is not None else None
+    if token_file is not None:
+        path = _relative(bootstrap_path, token_file)
+        try:
+            with path.open("rb") as handle:
+                raw = handle.read(_MAX_TOKEN_FILE + 1)
+        except OSError as exc:
+            raise ConfigError(f"{where}.token_file: {path}: {exc.strerror or exc}") from exc
+        if len(raw) > _MAX_TOKEN_FILE:
+            raise ConfigError(f"{where}.token_file: {path}: too large for a token")
+        value = raw.decode("utf-8", "replace").strip()
+        if not value:
+            raise ConfigError(f"{where}.token_file: {path}: empty")
+    if value is not None and ("\r" in value or "\n" in value or not value.isprintable()):
+        raise ConfigError(f"{where}: the token must be one line of printable text")
+    return value
 
 
 def control_settings(bootstrap: Bootstrap, bootstrap_path: Path) -> ControlSettings:
@@ -48,21 +72,9 @@ def control_settings(bootstrap: Bootstrap, bootstrap_path: Path) -> ControlSetti
         )
     if bootstrap.workers > 1:
         raise ConfigError(f"{bootstrap_path}: workers: only 1 is supported with snapshot.controld")
-    token = config.token.get_secret_value() if config.token is not None else None
-    if config.token_file is not None:
-        path = _relative(bootstrap_path, config.token_file)
-        try:
-            with path.open("rb") as handle:
-                raw = handle.read(_MAX_TOKEN_FILE + 1)
-        except OSError as exc:
-            raise ConfigError(f"{where}.token_file: {path}: {exc.strerror or exc}") from exc
-        if len(raw) > _MAX_TOKEN_FILE:
-            raise ConfigError(f"{where}.token_file: {path}: too large for a token")
-        token = raw.decode("utf-8", "replace").strip()
-        if not token:
-            raise ConfigError(f"{where}.token_file: {path}: empty")
-    if token is not None and ("\r" in token or "\n" in token or not token.isprintable()):
-        raise ConfigError(f"{where}: the token must be one line of printable text")
+    token = resolve_token(
+        config.token, config.token_file, bootstrap_path=bootstrap_path, where=where
+    )
     try:
         bootstrap.descriptor()
     except ValidationError as exc:

@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=ops.parse_duration, default=3600, help="30m, 1h, 2d, ... (default 1h)"
     )
     t.set_defaults(run=ops.cmd_token_create)
+    t = token_sub.add_parser(
+        "registry",
+        help="a registry ACL token with a service identity, for a sidecar's registry.token_file",
+    )
+    add_global_options(t, top=False)
+    t.add_argument("--service", required=True)
+    t.add_argument(
+        "--ttl", type=ops.parse_duration, default=None, help="1h, 2d, ... (default: no expiry)"
+    )
+    t.set_defaults(run=ops.cmd_token_registry)
 
     ca.add_ca_parser(sub, add_global_options)
 

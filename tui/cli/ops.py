@@ -319,6 +319,13 @@ def cmd_token_create(opts: Options, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_token_registry(opts: Options, args: argparse.Namespace) -> int:
+    """``token registry --service S [--ttl D]``: print a registry token's SecretID."""
+    with opts.client() as client:
+        print(client.registry_token(args.service, ttl_s=args.ttl))
+    return EXIT_OK
+
+
 def cmd_schema(opts: Options, args: argparse.Namespace) -> int:
     """``schema [KIND]``: JSON Schemas of the resource kinds controld accepts."""
     with opts.client() as client:
