@@ -6,7 +6,7 @@ can then register only ``<service>`` and ``<service>-sidecar-proxy`` and read th
 and health, never controld's KV prefix. Admin only; audited.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the local Annotated aliases.
 
 from typing import Annotated
 

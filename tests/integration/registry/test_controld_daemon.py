@@ -83,6 +83,19 @@ class ControldProcess:
         body: dict[str, Any] = resp.json()
         return body
 
+    def registry_token(self, service: str, ttl_s: float | None = None) -> dict[str, Any]:
+        """``POST /v1/tokens/registry``: a registry token with ``service``'s identity."""
+        token = self.token_file.read_text().strip()
+        body: dict[str, Any] = {"service": service}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        resp = self.http.post(
+            "/v1/tokens/registry", json=body, headers={"authorization": f"Bearer {token}"}
+        )
+        assert resp.status_code == 200, resp.text
+        answer: dict[str, Any] = resp.json()
+        return answer
+
     def metrics(self) -> str:
         """``GET /metrics`` text."""
         resp = self.http.get("/metrics")
@@ -112,8 +125,8 @@ def pyconsul_clients() -> Iterator[list[Any]]:
             client.http.session.close()
 
 
-def register_web(clients: list[Any], port: int) -> None:
-    client = consul.Consul(host="127.0.0.1", port=port)
+def register_web(clients: list[Any], port: int, token: str | None = None) -> None:
+    client = consul.Consul(host="127.0.0.1", port=port, token=token)
     clients.append(client)
     client.agent.service.register("web", service_id="web-1", address="127.0.0.1", port=9001)
 
@@ -136,7 +149,8 @@ def test_embedded_registry(tmp_path: Path, pyconsul_clients: list[Any]) -> None:
     )
     try:
         daemon.wait_ready()
-        register_web(pyconsul_clients, port)
+        # ACLs are on by default: the web sidecar's own registry token registers it.
+        register_web(pyconsul_clients, port, daemon.registry_token("web")["secret_id"])
         endpoints = wait_until(lambda: web_endpoints(daemon), what="web in the view")
         assert endpoints == [
             {"host": "127.0.0.1", "port": 9001, "instance_id": "web-1", "sidecar": False}
