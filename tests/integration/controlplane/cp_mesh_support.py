@@ -147,6 +147,18 @@ class Controld:
         """The admin token controld wrote."""
         return self.token_file.read_text().strip()
 
+    def registry_token(self, service: str) -> str:
+        """A registry ACL token with ``service``'s identity (``POST /v1/tokens/registry``):
+        the embedded registry enforces ACLs, so each sidecar registers with its own."""
+        resp = httpx.post(
+            f"{self.url}/v1/tokens/registry",
+            json={"service": service},
+            headers={"Authorization": f"Bearer {self.admin_token()}"},
+            timeout=TIMEOUT,
+        )
+        resp.raise_for_status()
+        return str(resp.json()["secret_id"])
+
     async def start(self) -> None:
         """Start and wait (bounded) for ``/ready``; ports from the ``ready`` line the first time."""
         self.starts += 1
@@ -269,6 +281,9 @@ class Sidecar:
         token_file = self.workdir / f"{self.name}.token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
+        registry_token_file = self.workdir / f"{self.name}.registry-token"
+        registry_token_file.write_text(controld.registry_token(self.service) + "\n")
+        registry_token_file.chmod(0o600)
         doc = {
             "service": self.service,
             "node": self.name,
@@ -289,6 +304,7 @@ class Sidecar:
             },
             "registry": {
                 "address": controld.registry_url,
+                "token_file": str(registry_token_file),
                 "service_id": self.name,
                 "tags": list(self.tags),
                 "check": {"kind": "tcp", "interval_s": 1.0, "timeout_s": 1.0},
