@@ -316,3 +316,25 @@ def test_auth_and_unreachable(meshctl: Any, controld: Controld) -> None:
     down = meshctl("status", "--server", url, "--token", "t", server=False)
     assert down.code == 3
     assert f"cannot reach controld at {url}" in down.err
+
+
+def test_token_registry(meshctl: Any, controld: Controld) -> None:
+    """``meshctl token registry``: a registry token with the service identity, nothing more."""
+    minted = meshctl("token", "registry", "--service", "web", "--ttl", "1h")
+    assert minted.code == 0, minted.err
+    secret = minted.out.strip()
+    assert minted.out.count("\n") == 1 and secret
+    ready = ready_record(controld.log_path)
+    assert ready is not None
+    registry = f"http://127.0.0.1:{ready['registry_port']}"
+    with httpx.Client(base_url=registry, headers={"X-Consul-Token": secret}, timeout=10.0) as http:
+        me = http.get("/v1/acl/token/self").json()
+        assert me["ServiceIdentities"] == [{"ServiceName": "web"}]
+        assert me["ExpirationTime"]
+        ok = http.put("/v1/agent/service/register", json={"Name": "web", "ID": "web-meshctl"})
+        assert ok.status_code == 200, ok.text
+        assert http.put("/v1/agent/service/register", json={"Name": "db"}).status_code == 403
+        assert http.put("/v1/kv/meshd/x", content=b"x").status_code == 403
+        assert http.put("/v1/agent/service/deregister/web-meshctl").status_code == 200
+    bad = meshctl("token", "registry", "--service", "web", "--ttl", "30s")
+    assert bad.code != 0

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from pydantic import ValidationError
 
+from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, SocketAddr
 from meshcore.model.bootstrap import AppCheck, RegistryConfig
 from meshcore.registry import CONNECT_PROXY, SIDECAR_META_KEY, ProxySpec
-from meshd.registration import PlanInputs, ProbeResult, plan_registrations, probe_app
+from meshd.config import RuntimeConfig
+from meshd.registration import (
+    PlanInputs,
+    ProbeResult,
+    Registration,
+    plan_registrations,
+    probe_app,
+)
 
 
 def bootstrap(**fields: Any) -> Bootstrap:
@@ -62,6 +71,7 @@ def test_token_is_not_dumped() -> None:
         {"check": {"interval_s": 5, "ttl_s": 6}},
         {"check": {"interval_s": 0}},
         {"unknown": 1},
+        {"token": "t", "token_file": "t.token"},
     ],
 )
 def test_bad_registry_sections(registry: dict[str, Any]) -> None:
@@ -214,3 +224,25 @@ def test_config_registry_is_read_from_yaml_shape() -> None:
     )
     assert cfg.check.kind == "http"
     assert cfg.check.path == "/ready"
+
+
+class _NoSidecar:
+    """A sidecar before its first configuration (the plan has no inputs yet)."""
+
+    def __init__(self) -> None:
+        self.runtime: RuntimeConfig | None = None
+        self.listeners: Any = None
+
+
+def test_registry_token_file_is_read_relative_to_the_bootstrap(tmp_path: Path) -> None:
+    (tmp_path / "web.registry-token").write_text("  s3cret-token\n")
+    config = RegistryConfig(token_file=Path("web.registry-token"))
+    reg = Registration.for_sidecar(_NoSidecar(), config, bootstrap_path=tmp_path / "web.yaml")
+    assert reg.settings().token == "s3cret-token"
+    missing = RegistryConfig(token_file=Path("gone.token"))
+    with pytest.raises(ConfigError, match=r"registry\.token_file: .*gone\.token"):
+        Registration.for_sidecar(_NoSidecar(), missing, bootstrap_path=tmp_path / "web.yaml")
+    (tmp_path / "empty.token").write_text("\n")
+    empty = RegistryConfig(token_file=Path("empty.token"))
+    with pytest.raises(ConfigError, match="empty"):
+        Registration.for_sidecar(_NoSidecar(), empty, bootstrap_path=tmp_path / "web.yaml")
