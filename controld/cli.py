@@ -62,9 +62,10 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Serve the Consul HTTP API subset used by meshd and controld (agent, catalog, "
             "health, KV, sessions, status; blocking queries), persisted in SQLite under "
-            "--data-dir. With --acl-management-token every request must carry that token "
-            "(X-Consul-Token, ?token= or Authorization: Bearer). `controld run` embeds the "
-            "same registry."
+            "--data-dir. With --acl-management-token ACLs are on (Consul's model: tokens, "
+            "policies, roles; default deny) and that token may do everything; the token goes "
+            "in X-Consul-Token, ?token= or Authorization: Bearer. `controld run` embeds the "
+            "same registry, with ACLs on by default."
         ),
     )
     reg.add_argument(
