@@ -201,3 +201,18 @@ def test_unknown_and_deleted_tokens_are_refused(mesh: Mesh) -> None:
     after = r.get("/v1/catalog/services", headers=mesh.as_(made["secret_id"]))
     assert (after.status_code, after.text) == (403, "ACL not found")
     assert r.get("/v1/catalog/services", headers=mesh.as_("made-up")).status_code == 403
+
+
+def test_registry_tokens_are_admin_only(mesh: Mesh) -> None:
+    http = mesh.daemon.http
+    before = mesh.registry.get("/v1/acl/tokens", headers=mesh.as_(mesh.controld)).json()
+    assert http.post("/v1/tokens/registry", json={"service": "web"}).status_code == 401
+    admin = {"authorization": f"Bearer {mesh.daemon.token_file.read_text().strip()}"}
+    sidecar = http.post("/v1/tokens/sidecar", json={"service": "web"}, headers=admin).json()
+    as_sidecar = {"authorization": f"Bearer {sidecar['token']}"}
+    refused = http.post("/v1/tokens/registry", json={"service": "web"}, headers=as_sidecar)
+    assert refused.status_code == 403
+    bad = http.post("/v1/tokens/registry", json={"service": "web", "ttl_s": 5}, headers=admin)
+    assert bad.status_code == 422
+    after = mesh.registry.get("/v1/acl/tokens", headers=mesh.as_(mesh.controld)).json()
+    assert len(after) == len(before)
