@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--data-dir", type=Path, required=True, help="directory of the SQLite state")
     _add_registry_identity(reg, "")
     reg.add_argument(
+        "--acl-enabled",
+        action="store_true",
+        help=(
+            "ACLs on (default deny) without a management token: PUT /v1/acl/bootstrap makes "
+            "the first one, as `consul acl bootstrap` does"
+        ),
+    )
+    reg.add_argument(
         "--http-server",
         choices=("builtin", "hypercorn"),
         default="builtin",
@@ -246,6 +254,7 @@ def _run_registry(args: argparse.Namespace) -> int:
         node_name=args.node_name or socket.gethostname(),
         datacenter=args.datacenter,
         acl_management_token=args.acl_management_token or None,
+        acl_enabled=args.acl_enabled,
         http_server=args.http_server,
     )
     server = RegistryServer(config)
@@ -255,7 +264,7 @@ def _run_registry(args: argparse.Namespace) -> int:
             "ready",
             listen=f"{host}:{bound}",
             data_dir=str(args.data_dir),
-            acl=config.acl_management_token is not None,
+            acl=config.acl_enabled or config.acl_management_token is not None,
             node=config.node_name,
             datacenter=config.datacenter,
         )

@@ -166,9 +166,16 @@ async def bootstrap(request: Request, ctx: Ctx) -> Response:
         )
     body = await read_json(request, required=False)
     secret = field(body, "BootstrapSecret") if isinstance(body, dict) else None
+    if secret:
+        try:
+            secret = str(uuid.UUID(str(secret)))
+        except ValueError as exc:
+            raise BadRequest("BootstrapSecret must be a UUID") from exc
+        if acl.by_secret(secret) is not None:
+            raise BadRequest("BootstrapSecret is already in use")
     token = Token(
         accessor_id=str(uuid.uuid4()),
-        secret_id=secret if isinstance(secret, str) and secret else str(uuid.uuid4()),
+        secret_id=secret or str(uuid.uuid4()),
         description="Bootstrap Token (Global Management)",
         policies=(MANAGEMENT_POLICY_ID,),
         create_time=ctx.acl.clock(),
