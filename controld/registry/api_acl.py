@@ -16,6 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_access import Access, access, request_token
 from controld.registry.acl_json import (
     field,
     policy_from_body,
@@ -27,15 +28,7 @@ from controld.registry.acl_json import (
 )
 from controld.registry.acl_model import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID, Token
 from controld.registry.errors import BadRequest, Forbidden, NotFound, RequestError
-from controld.registry.http import (
-    Access,
-    Ctx,
-    access,
-    allow,
-    json_response,
-    read_json,
-    request_token,
-)
+from controld.registry.http import Ctx, allow, json_response, read_json
 
 __all__ = ["ROUTES"]
 

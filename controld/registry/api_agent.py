@@ -10,20 +10,18 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from controld.registry.acl_authz import Authorizer
+from controld.registry.acl_access import access, filtered_headers
 from controld.registry.agent import CONSUL_VERSION
+from controld.registry.agent_acl import (
+    check_readable,
+    require_agent,
+    require_check_register,
+    require_check_write,
+    require_service_write,
+)
 from controld.registry.api_health import aggregate_status
 from controld.registry.errors import BadRequest, NotFound, RequestError
-from controld.registry.http import (
-    Ctx,
-    access,
-    allow,
-    filtered_headers,
-    json_response,
-    query_opts,
-    read_json,
-)
-from controld.registry.model import Check
+from controld.registry.http import Ctx, allow, json_response, query_opts, read_json
 from controld.registry.render import agent_service_json, check_json
 
 __all__ = ["ROUTES"]
@@ -73,7 +71,7 @@ def _member(ctx: Ctx, wan: bool = False) -> dict[str, Any]:
 async def self_(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/self."""
     allow(request, "GET")
-    _require_agent(request, ctx, write=False)
+    require_agent(request, ctx, write=False)
     cfg = ctx.agent.config
     leader = f"{cfg.address}:8300"
     config = {
@@ -161,34 +159,12 @@ async def checks(request: Request, ctx: Ctx) -> Response:
     acc = access(request)
     out = {}
     for check in ctx.agent.local_checks():
-        if not acc.visible(_check_readable(acc.authz, check)):
+        if not acc.visible(check_readable(acc.authz, check)):
             continue
         entry = check_json(check)
         if opts.filter is None or opts.filter(entry):
             out[check.check_id] = entry
     return json_response(out, headers=filtered_headers(acc))
-
-
-def _check_readable(authz: Authorizer, check: Check) -> bool:
-    if check.service_id:
-        return authz.service_read(check.service_name)
-    return authz.node_read(check.node)
-
-
-def _require_agent(request: Request, ctx: Ctx, *, write: bool) -> None:
-    authz = access(request).authz
-    node = ctx.agent.node
-    access(request).require(authz.agent_write(node) if write else authz.agent_read(node))
-
-
-def _require_check_write(request: Request, ctx: Ctx, check_id: str) -> None:
-    check = ctx.agent.local_check(check_id)
-    authz = access(request).authz
-    # An unknown check is a 404 only for a token that could write node checks.
-    allowed = authz.node_write(ctx.agent.node)
-    if check is not None:
-        allowed = ctx.agent.check_writable(authz, check)
-    access(request).require(allowed)
 
 
 async def service_register(request: Request, ctx: Ctx) -> Response:
@@ -209,7 +185,7 @@ async def service_register(request: Request, ctx: Ctx) -> Response:
 async def service_deregister(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/service/deregister/:id."""
     allow(request, "PUT")
-    _require_service_write(request, ctx, request.path_params["id"])
+    require_service_write(request, ctx, request.path_params["id"])
     ctx.agent.deregister_service(request.path_params["id"])
     return Response(b"", status_code=200)
 
@@ -219,7 +195,7 @@ async def service_maintenance(request: Request, ctx: Ctx) -> Response:
     allow(request, "PUT")
     enable = _parse_bool(request.query_params.get("enable"), "enable")
     reason = request.query_params.get("reason", "")
-    _require_service_write(request, ctx, request.path_params["id"])
+    require_service_write(request, ctx, request.path_params["id"])
     ctx.agent.service_maintenance(request.path_params["id"], enable, reason)
     return Response(b"", status_code=200)
 
@@ -239,11 +215,7 @@ async def check_register(request: Request, ctx: Ctx) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("Request decode failed: body must be an object")
-    service_id = body.get("ServiceID")
-    svc = ctx.agent.local_service(str(service_id)) if service_id else None
-    authz = access(request).authz
-    allowed = authz.service_write(svc.name) if svc is not None else authz.node_write(ctx.agent.node)
-    access(request).require(allowed or (bool(service_id) and svc is None))
+    require_check_register(request, ctx, body)
     ctx.agent.register_check(body)
     return Response(b"", status_code=200)
 
@@ -251,7 +223,7 @@ async def check_register(request: Request, ctx: Ctx) -> Response:
 async def check_deregister(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/check/deregister/:id."""
     allow(request, "PUT")
-    _require_check_write(request, ctx, request.path_params["id"])
+    require_check_write(request, ctx, request.path_params["id"])
     ctx.agent.deregister_check(request.path_params["id"])
     return Response(b"", status_code=200)
 
@@ -260,7 +232,7 @@ def _ttl_handler(status: str) -> Any:
     async def handler(request: Request, ctx: Ctx) -> Response:
         allow(request, "PUT")
         note = request.query_params.get("note", "")
-        _require_check_write(request, ctx, request.path_params["id"])
+        require_check_write(request, ctx, request.path_params["id"])
         ctx.agent.update_ttl(request.path_params["id"], status, note)
         return Response(b"", status_code=200)
 
@@ -278,16 +250,9 @@ async def check_update(request: Request, ctx: Ctx) -> Response:
     if status not in ("passing", "warning", "critical"):
         raise BadRequest(f"Invalid check status: '{status}'")
     output = body.get("Output") or ""
-    _require_check_write(request, ctx, request.path_params["id"])
+    require_check_write(request, ctx, request.path_params["id"])
     ctx.agent.update_ttl(request.path_params["id"], status, str(output))
     return Response(b"", status_code=200)
-
-
-def _require_service_write(request: Request, ctx: Ctx, service_id: str) -> None:
-    svc = ctx.agent.local_service(service_id)
-    # An unknown ID is a 404 only for a token that could write a service of that name.
-    name = svc.name if svc is not None else service_id
-    access(request).require(access(request).authz.service_write(name))
 
 
 _HEALTH_CODES = {"passing": 200, "warning": 429, "critical": 503, "maintenance": 503}
@@ -356,14 +321,14 @@ async def health_by_name(request: Request, ctx: Ctx) -> Response:
 async def reload(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/reload: nothing to reload."""
     allow(request, "PUT")
-    _require_agent(request, ctx, write=True)
+    require_agent(request, ctx, write=True)
     return Response(b"", status_code=200)
 
 
 async def leave(request: Request, ctx: Ctx) -> Response:
     """PUT /v1/agent/leave: answer, then shut the registry down gracefully."""
     allow(request, "PUT")
-    _require_agent(request, ctx, write=True)
+    require_agent(request, ctx, write=True)
     if ctx.on_leave is not None:
         ctx.on_leave()
     return Response(b"", status_code=200)
@@ -379,7 +344,7 @@ async def force_leave(request: Request, ctx: Ctx) -> Response:
 async def metrics(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/metrics (JSON, or an empty Prometheus body as Consul without retention)."""
     allow(request, "GET")
-    _require_agent(request, ctx, write=False)
+    require_agent(request, ctx, write=False)
     if request.query_params.get("format") == "prometheus":
         return Response(b"", status_code=200, media_type="text/plain")
     now = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
@@ -395,7 +360,7 @@ async def metrics(request: Request, ctx: Ctx) -> Response:
 async def monitor(request: Request, ctx: Ctx) -> Response:
     """GET /v1/agent/monitor: log streaming is not offered; bad levels get Consul's 400."""
     allow(request, "GET")
-    _require_agent(request, ctx, write=False)
+    require_agent(request, ctx, write=False)
     level = request.query_params.get("loglevel", "info")
     if level.lower() not in _LOG_LEVELS:
         raise BadRequest(f"Unknown log level: {level}")
@@ -407,7 +372,7 @@ async def token(request: Request, ctx: Ctx) -> Response:
     allow(request, "PUT")
     if not ctx.acl.enabled:
         raise RequestError("ACL support disabled", 401)
-    _require_agent(request, ctx, write=True)
+    require_agent(request, ctx, write=True)
     if request.path_params["type"] not in (
         "default",
         "agent",

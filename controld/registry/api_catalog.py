@@ -7,13 +7,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_access import access
 from controld.registry.acl_authz import instance_visible
 from controld.registry.catalog_ops import catalog_deregister, catalog_register
 from controld.registry.errors import BadRequest
 from controld.registry.http import (
     Ctx,
     QueryOpts,
-    access,
     allow,
     blocking_read,
     check_dc,

@@ -7,17 +7,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_access import Access, access
 from controld.registry.acl_authz import instance_visible
 from controld.registry.errors import BadRequest
-from controld.registry.http import (
-    Access,
-    Ctx,
-    QueryOpts,
-    access,
-    allow,
-    blocking_read,
-    node_meta_filter,
-)
+from controld.registry.http import Ctx, QueryOpts, allow, blocking_read, node_meta_filter
 from controld.registry.model import PASSING, Check, Service
 from controld.registry.render import check_json, node_json, service_json
 from controld.registry.state import State

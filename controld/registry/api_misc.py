@@ -9,12 +9,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_access import Access, access
 from controld.registry.errors import BadRequest, RequestError
 from controld.registry.http import (
-    Access,
     Ctx,
     QueryOpts,
-    access,
     allow,
     blocking_read,
     check_dc,

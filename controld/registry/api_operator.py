@@ -8,9 +8,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_access import access
 from controld.registry.agent import CONSUL_VERSION
 from controld.registry.errors import BadRequest, RequestError
-from controld.registry.http import Ctx, Handler, access, allow, check_dc, json_response, read_json
+from controld.registry.http import Ctx, Handler, allow, check_dc, json_response, read_json
 
 __all__ = ["ROUTES"]
 

@@ -7,10 +7,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controld.registry.acl_access import access
 from controld.registry.http import (
     Ctx,
     QueryOpts,
-    access,
     allow,
     blocking_read,
     check_dc,

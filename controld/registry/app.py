@@ -21,8 +21,9 @@ from controld.registry import (
     api_session,
     api_status,
 )
+from controld.registry.acl_access import check_acl
 from controld.registry.errors import RequestError
-from controld.registry.http import Ctx, check_acl, error_response
+from controld.registry.http import Ctx, error_response
 
 __all__ = ["build_app"]
 
