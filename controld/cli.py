@@ -375,7 +375,13 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
             api=api_url,
             admin_token_file=str(config.token_path),
             kv_prefix=config.kv_prefix,
+            registry_acl=config.registry is None or config.registry_acl,
         )
+        if config.registry is not None and not config.registry_acl:
+            log.warning(
+                "registry ACLs disabled (--registry-acl-disabled): anyone who reaches "
+                f"{ports.registry_url} can rewrite {config.kv_prefix} and every registration"
+            )
         push = "" if ports.push_port is None else f", sidecars {config.push_host}:{ports.push_port}"
         if ports.tls_port is not None:
             push += f", TLS {config.tls_host}:{ports.tls_port}"

@@ -216,3 +216,25 @@ def test_registry_tokens_are_admin_only(mesh: Mesh) -> None:
     assert bad.status_code == 422
     after = mesh.registry.get("/v1/acl/tokens", headers=mesh.as_(mesh.controld)).json()
     assert len(after) == len(before)
+
+
+def test_unsafe_opt_out_is_explicit_and_logged(tmp_path: Path) -> None:
+    port = free_port()
+    daemon = ControldProcess(
+        [
+            "--registry-listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--registry-acl-disabled",
+        ],
+        tmp_path / "controld.log",
+    )
+    try:
+        daemon.wait_ready()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as registry:
+            assert registry.put("/v1/kv/anything", content=b"x").status_code == 200
+        assert "registry ACLs disabled" in daemon.log_path.read_text()
+        assert not (tmp_path / "data" / "registry-token").exists()
+    finally:
+        assert daemon.stop() == 0
