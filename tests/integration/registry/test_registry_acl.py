@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .compat_support import free_port
+from .compat_support import MGMT_TOKEN, RegistryProcess, free_port
 from .test_controld_daemon import ControldProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -238,3 +238,58 @@ def test_unsafe_opt_out_is_explicit_and_logged(tmp_path: Path) -> None:
         assert not (tmp_path / "data" / "registry-token").exists()
     finally:
         assert daemon.stop() == 0
+
+
+CONTROLD_POLICY = """
+key_prefix "meshd/" {
+  policy = "write"
+}
+service_prefix "" {
+  policy = "read"
+}
+node_prefix "" {
+  policy = "read"
+}
+acl = "write"
+"""
+
+
+def test_documented_consul_policies_give_the_same_split(
+    acl_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """docs/security.md's policy for controld, on an external registry with ACLs: controld
+    runs with it, mints the sidecars' tokens, and a sidecar token still can't touch meshd/."""
+    admin = {"X-Consul-Token": MGMT_TOKEN}
+    with httpx.Client(base_url=acl_registry.url, timeout=10.0) as r:
+        made = r.put(
+            "/v1/acl/policy", json={"Name": "controld", "Rules": CONTROLD_POLICY}, headers=admin
+        )
+        assert made.status_code == 200, made.text
+        token = r.put("/v1/acl/token", json={"Policies": [{"Name": "controld"}]}, headers=admin)
+        controld_token = token.json()["SecretID"]
+        daemon = ControldProcess(
+            [
+                "--registry",
+                acl_registry.url,
+                "--registry-token",
+                controld_token,
+                "--data-dir",
+                str(tmp_path / "state"),
+            ],
+            tmp_path / "controld.log",
+        )
+        try:
+            daemon.wait_ready()
+            assert daemon.status()["registry"]["connected"] is True
+            web = daemon.registry_token("web")["secret_id"]
+            as_web = {"X-Consul-Token": web}
+            ok = r.put("/v1/agent/service/register", json=_service("web"), headers=as_web)
+            assert ok.status_code == 200, ok.text
+            assert r.put(f"/v1/kv/{FORGED_KEY}", content=FORGED, headers=as_web).status_code == 403
+            assert r.put(f"/v1/kv/{FORGED_KEY}", content=FORGED).status_code == 403
+            # controld's token writes its prefix, and nothing outside it.
+            mine = {"X-Consul-Token": controld_token}
+            assert r.put(f"/v1/kv/{PREFIX}probe", content=b"1", headers=mine).json() is True
+            assert r.put("/v1/kv/elsewhere", content=b"1", headers=mine).status_code == 403
+        finally:
+            assert daemon.stop() == 0
