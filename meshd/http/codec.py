@@ -340,13 +340,15 @@ class ResponseParser(HeadLimits):
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             return data[offset:]
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserCallbackError as exc:
             context = exc.__context__
             if isinstance(context, _HeadDoneError):
                 return None
+            self._stale = True
             if isinstance(context, HttpError):
-                self._stale = True
                 raise context from None
+            raise  # a bug of ours, not the upstream's: never disguised as a 502
+        except httptools.HttpParserError as exc:
             if self.complete:
                 # Junk after a complete response: keep the response, drop the connection.
                 self.extra = True
