@@ -10,6 +10,7 @@ Bounded (a few hundred examples, no deadline) so the module runs in CI in second
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,7 +139,7 @@ def frame_body(
     body: bytes, framing: str | list[int], trailers: list[tuple[bytes, bytes]]
 ) -> tuple[bytes, bytes]:
     """(framing header line, body on the wire); a chunked body ends with ``trailers``."""
-    if framing == "length":
+    if isinstance(framing, str):
         return b"Content-Length: %d\r\n" % len(body), body
     out = []
     rest = body
@@ -229,7 +230,7 @@ _MUTATION = st.tuples(
 )
 
 
-def mutated(messages: list[Message]) -> st.SearchStrategy[bytes]:
+def mutated(messages: Sequence[Message]) -> st.SearchStrategy[bytes]:
     """Valid messages back to back, then a few bytes removed or inserted: deep parser states."""
     wire = b"".join(m.wire() for m in messages)
 

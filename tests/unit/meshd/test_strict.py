@@ -195,8 +195,10 @@ def test_many_chunks_are_not_trailers() -> None:
 # -- response parser ----------------------------------------------------------------------------
 
 
-def response_refusal(*pieces: bytes, **limits: int) -> str:
-    parser = ResponseParser(**limits)
+def response_refusal(
+    *pieces: bytes, max_head_bytes: int = 64 * 1024, max_headers: int = 100
+) -> str:
+    parser = ResponseParser(max_head_bytes=max_head_bytes, max_headers=max_headers)
     with pytest.raises(HttpError) as info:
         feed_all(parser, pieces)
     return info.value.reason
