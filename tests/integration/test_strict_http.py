@@ -78,17 +78,40 @@ BAD_HOSTS = {
     "bad_port": b"api.test:99999",
     "ipv6_unbracketed_junk": b"[::1",
 }
+BAD_VERSIONS = {
+    "http09_then_blank_line": b"GET /a\r\n\r\n",
+    "http09_with_headers": b"GET /a\r\nHost: api.test\r\n\r\n",
+    "http2_request_line": b"GET /a HTTP/2.0\r\nHost: api.test\r\n\r\n",
+    "http09_spelled_out": b"GET /a HTTP/0.9\r\nHost: api.test\r\n\r\n",
+}
+REFUSED = [
+    *(
+        (f"host_{name}", b"GET /a HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", 400, "invalid_host")
+        for name, host in BAD_HOSTS.items()
+    ),
+    *(
+        (f"version_{name}", wire, 505, "unsupported_http_version")
+        for name, wire in BAD_VERSIONS.items()
+    ),
+]
 
 
-@pytest.mark.parametrize("host", BAD_HOSTS.values(), ids=BAD_HOSTS.keys())
-async def test_invalid_host_refused(
-    nursery: trio.Nursery, tmp_path: Path, recorder: Recorder, host: bytes
+@pytest.mark.parametrize(
+    ("wire", "status", "reason"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED]
+)
+async def test_refused_and_never_forwarded(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    recorder: Recorder,
+    wire: bytes,
+    status: int,
+    reason: str,
 ) -> None:
     _, port = await start_outbound(nursery, tmp_path, recorder.port)
     async with RawClient.connect(port) as client:
-        await client.send(b"GET /a HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        await client.send(wire)
         resp = await client.read_response()
-        assert (resp.status, resp.header("x-meshd-error")) == (400, "invalid_host")
+        assert (resp.status, resp.header("x-meshd-error")) == (status, reason)
         await client.wait_closed()
     assert recorder.heads == []
 
@@ -154,26 +177,6 @@ async def test_connection_host_through_a_chain_reaches_the_app(
 
 
 # -- versions -------------------------------------------------------------------------------------
-
-VERSIONS = {
-    "http09_then_blank_line": b"GET /a\r\n\r\n",
-    "http09_with_headers": b"GET /a\r\nHost: api.test\r\n\r\n",
-    "http2_request_line": b"GET /a HTTP/2.0\r\nHost: api.test\r\n\r\n",
-    "http09_spelled_out": b"GET /a HTTP/0.9\r\nHost: api.test\r\n\r\n",
-}
-
-
-@pytest.mark.parametrize("wire", VERSIONS.values(), ids=VERSIONS.keys())
-async def test_other_http_versions_refused(
-    nursery: trio.Nursery, tmp_path: Path, recorder: Recorder, wire: bytes
-) -> None:
-    _, port = await start_outbound(nursery, tmp_path, recorder.port)
-    async with RawClient.connect(port) as client:
-        await client.send(wire)
-        resp = await client.read_response()
-        assert (resp.status, resp.header("x-meshd-error")) == (505, "unsupported_http_version")
-        await client.wait_closed()
-    assert recorder.heads == []
 
 
 async def test_http09_request_line_alone_answered_at_once(
