@@ -66,7 +66,7 @@ async def recorder(nursery: trio.Nursery) -> Recorder:
     return server
 
 
-# -- Host ---------------------------------------------------------------------------------------
+# -- Host and HTTP versions --------------------------------------------------------------------
 
 BAD_HOSTS = {
     "userinfo": b"user:pw@api.test",
