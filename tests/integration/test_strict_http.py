@@ -16,13 +16,17 @@ from helpers import (
     TIMEOUT,
     RawClient,
     RawServer,
+    SidecarProcess,
     TestApp,
     app_headers,
+    closed_port,
+    cluster,
     open_chain,
     read_head,
     request,
     start_inbound,
     start_outbound,
+    write_sidecar_config,
 )
 from mtls_ca import make_ca, spiffe
 from test_mtls import exchange, mtls_client, start_api
@@ -433,3 +437,36 @@ async def test_requests_per_connection_limit(
         await client.wait_closed()
     assert statuses == [200, 200, 200]
     assert app.paths == [f"/echo/{i}" for i in range(3)] + [f"/echo/p{i}" for i in range(3)]
+
+
+async def test_oversized_upstream_head_keeps_memory_bounded(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A sidecar process's peak memory barely moves while an upstream pushes an 80 MiB header."""
+    upstream = HugeHead(b"x-big: ", b"v")
+    await nursery.start(upstream.server.run)
+    sidecar = SidecarProcess(
+        write_sidecar_config(
+            tmp_path,
+            service="web",
+            app_port=closed_port(),
+            listeners=[
+                {"name": "out", "direction": "outbound", "address": "127.0.0.1:0", "cluster": "up"}
+            ],
+            clusters=[cluster("up", upstream.server.port)],
+        )
+    )
+    await sidecar.start()
+    try:
+        before = sidecar.status()["VmHWM"]
+        async with RawClient.connect(sidecar.port()) as client:
+            await client.send(request("GET", "/huge"))
+            resp = await client.read_response(timeout=3 * TIMEOUT)
+        assert resp.header("x-meshd-error") == "upstream_response_headers_too_large"
+        with trio.fail_after(TIMEOUT):
+            await upstream.closed.wait()
+        growth_kb = sidecar.status()["VmHWM"] - before
+    finally:
+        await sidecar.stop()
+    assert growth_kb < 16 * 1024, growth_kb  # today's unbounded parse took ~245 MB
+    assert upstream.sent < 16 * 1024 * 1024
