@@ -247,3 +247,11 @@ def test_response_limits_follow_reset() -> None:
 def test_response_version_other_than_1x_refused(version: bytes) -> None:
     data = b"HTTP/" + version + b" 200 OK\r\ncontent-length: 0\r\n\r\n"
     assert response_refusal(data) == "upstream_protocol_error"
+
+
+def test_empty_line_between_requests_is_not_http09() -> None:
+    parser = RequestParser(1024)
+    parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok")
+    parser.feed(b"\r\n")  # some clients end a body with an extra CRLF
+    parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert sum(1 for k, _ in parser.events if k == EV_HEAD) == 2
