@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ca_support import FakeKV, make_csr
+from ca_support import RECORD_KEY, FakeKV, make_csr, records
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controld.ca import (
@@ -16,8 +16,8 @@ from controld.ca import (
     JoinTokenInvalid,
     RenewalRefused,
 )
-from controld.ca.jointokens import JoinGrant, JoinTokens
-from controld.ca.revocations import Revocations, revocation_key
+from controld.ca.jointokens import JOIN_TOKEN_KIND, JoinGrant, JoinTokens
+from controld.ca.revocations import ServiceRevocations, revocation_key
 from meshcore.pki import parse_join_token_pins, spki_pin
 
 PREFIX = "meshd/"
@@ -25,7 +25,7 @@ PREFIX = "meshd/"
 
 async def test_join_token_is_single_use_and_stores_only_a_hash() -> None:
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     token, expires = await tokens.create("web", "default", 60, now=1000.0)
     assert expires == 1060.0
     _, token_id, secret = token.split(".")
@@ -33,7 +33,7 @@ async def test_join_token_is_single_use_and_stores_only_a_hash() -> None:
     assert key == f"{PREFIX}join-tokens/{token_id}"
     stored = kv.entries[key].value
     assert secret.encode() not in stored
-    assert json.loads(stored)["service"] == "web"
+    assert json.loads(stored)["body"]["service"] == "web"
 
     assert await tokens.consume(token, now=1001.0) == JoinGrant("web", "default")
     assert not kv.entries
@@ -43,7 +43,7 @@ async def test_join_token_is_single_use_and_stores_only_a_hash() -> None:
 
 async def test_join_token_refusals() -> None:
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     token, _ = await tokens.create("web", "default", 60, now=1000.0)
     _, token_id, secret = token.split(".")
     for bad in ("", "join.x.y", f"join.{token_id}.{'A' * 43}", f"sidecar.{token_id}.{secret}"):
@@ -59,13 +59,14 @@ async def test_a_used_marker_blocks_a_racing_consumer() -> None:
     # The winner's CAS write leaves a "used" marker until its delete: a second consumer
     # reading the entry before the delete sees it as used.
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     token, _ = await tokens.create("web", "default", 60)
     [key] = kv.entries
     entry = kv.entries[key]
-    body = json.loads(entry.value)
+    body = RECORD_KEY.open(JOIN_TOKEN_KIND, key, entry.value)
     body["used"] = True
-    assert await kv.kv_put(key, json.dumps(body).encode(), cas=entry.modify_index)
+    sealed = RECORD_KEY.seal(JOIN_TOKEN_KIND, key, body)
+    assert await kv.kv_put(key, sealed, cas=entry.modify_index)
     with pytest.raises(JoinTokenInvalid):
         await tokens.consume(token)
 
@@ -73,7 +74,7 @@ async def test_a_used_marker_blocks_a_racing_consumer() -> None:
 async def test_join_token_pins(tmp_path: Path) -> None:
     """Pins are carried, optional for controld, and must be well formed when present."""
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     pin = "p" * 43
     pinned, _ = await tokens.create("web", "default", 60, pins=(pin,), now=1000.0)
     assert parse_join_token_pins(pinned) == (pin,)
@@ -88,7 +89,9 @@ async def test_join_token_pins(tmp_path: Path) -> None:
 
     # During a rotation the bundle holds two roots: two pins, the signer first.
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    service = IdentityService(ca, FakeKV(), PREFIX, trust_domain=lambda: "mesh.local")
+    service = IdentityService(
+        ca, FakeKV(), PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "mesh.local"
+    )
     old = ca.signer.cert
     assert service.pins() == (spki_pin(old),)
     new = ca.stage_new_root().cert
@@ -101,7 +104,7 @@ async def test_join_token_pins(tmp_path: Path) -> None:
 
 async def test_revocations() -> None:
     kv = FakeKV()
-    revocations = Revocations(kv, PREFIX)
+    revocations = ServiceRevocations(records(kv), PREFIX)
     ident = "spiffe://mesh.local/ns/default/svc/web"
     assert not await revocations.is_revoked(ident)
     await revocations.revoke(ident)
@@ -114,7 +117,9 @@ async def test_revocations() -> None:
 async def test_enroll_then_renew(tmp_path: Path) -> None:
     kv = FakeKV()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    service = IdentityService(ca, kv, PREFIX, trust_domain=lambda: "corp.example")
+    service = IdentityService(
+        ca, kv, PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "corp.example"
+    )
     token, _ = await service.join_tokens.create("web", "prod", 60)
 
     with pytest.raises(CSRError):
@@ -143,6 +148,8 @@ async def test_enroll_then_renew(tmp_path: Path) -> None:
         await service.renew(new_csr, stranger)
     with pytest.raises(CSRError):
         await service.renew("not a csr", issued.certificate)
-    await service.revocations.revoke(issued.spiffe_id)
+    await service.revoke_service(issued.spiffe_id)
     with pytest.raises(RenewalRefused, match="revoked"):
         await service.renew(new_csr, issued.certificate)
+    with pytest.raises(RenewalRefused, match="revoked"):
+        await service.renew(new_csr, renewed.certificate)
