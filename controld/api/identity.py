@@ -33,11 +33,11 @@ from controld.ca import (
     RenewalRefused,
     RotationError,
 )
+from controld.ca.authority import spiffe_id
 from controld.ca.errors import IdentityNotFound
 from controld.ca.identities import ID_PATTERN, IdentityRecord
 from controld.ca.records import InvalidRecord
 from controld.ca.rotation import MAX_BUNDLE_WAIT_S
-from controld.ca.authority import spiffe_id
 from controld.ca.service import rfc3339
 from meshcore.model.policy import SERVICE_PATTERN
 

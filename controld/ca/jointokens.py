@@ -5,10 +5,12 @@ check controld's TLS certificate on first contact; controld itself only reads id
 
 The entry ``<prefix>join-tokens/<id>`` holds the service, namespace, expiry and the SHA-256
 of the secret (never the secret), sealed (:mod:`controld.ca.records`): an entry a registry
-writer made or changed (not sealed by this controld) enrolls nobody. Consuming a token is a check-and-set *write* of a ``used``
-marker followed by a delete: a CAS delete alone is not enough, because Consul (and the
-embedded registry) report a CAS delete of an already deleted key as a success, so two
-racing enrollments with the same token could both win.
+writer made or changed (not sealed by this controld) enrolls nobody.
+
+Consuming a token is a check-and-set *write* of a ``used`` marker followed by a delete: a
+CAS delete alone is not enough, because Consul (and the embedded registry) report a CAS
+delete of an already deleted key as a success, so two racing enrollments with the same
+token could both win.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ __all__ = ["JOIN_TOKEN_KIND", "JoinGrant", "JoinTokenRecord", "JoinTokens"]
 
 _INVALID = "join token unknown, used or expired"
 #: The record kind of a join token (part of its seal).
-JOIN_TOKEN_KIND = "join-token"
+JOIN_TOKEN_KIND = "join-token"  # noqa: S105 (a record kind, not a secret)
 
 
 class JoinTokenRecord(BaseModel):

@@ -9,7 +9,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from controld.ca.kv import KV
-
 from controld.ca.records import CARecords
 from controld.sealed import RecordKey
 from meshcore.registry.model import KvEntry

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ca_support import RECORD_KEY, FakeKV, make_csr, records
+from ca_support import RECORD_KEY, FakeKV, make_csr
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
