@@ -9,8 +9,10 @@
   existed included). Instances enrolled afterwards, with a new join token, are not revoked.
 
 :class:`RevokedSerials` is the in-memory list the bundle endpoint serves: the serials of the
-revoked, unexpired leaves, rebuilt from the identity records at start and periodically, and
-updated at once by a revocation through this controld.
+revoked, unexpired leaves, read from the identity records at start and periodically, and
+updated at once by a revocation through this controld. It only grows (until the leaves
+expire): a registry writer who deletes a record, or puts back an older sealed copy of it,
+doesn't take a revocation back while controld runs.
 """
 
 from __future__ import annotations
@@ -117,15 +119,14 @@ class RevokedSerials:
     def __init__(self) -> None:
         self._leaves: dict[int, RevokedLeaf] = {}
 
-    def replace(self, records: list[IdentityRecord], *, now: float | None = None) -> bool:
-        """Rebuild from every identity record; whether the set of serials changed."""
-        when = time.time() if now is None else now
-        leaves: dict[int, RevokedLeaf] = {}
+    def merge(self, records: list[IdentityRecord], *, now: float | None = None) -> bool:
+        """Add the leaves of every revoked record among ``records``; whether any was new.
+
+        Nothing is removed but expired leaves (see the module doc)."""
+        changed = False
         for record in records:
             if record.revoked is not None:
-                leaves.update(_revoked(record, when))
-        changed = leaves.keys() != self._leaves.keys()
-        self._leaves = leaves
+                changed = self.add(record, now=now) or changed
         return changed
 
     def add(self, record: IdentityRecord, *, now: float | None = None) -> bool:

@@ -233,8 +233,8 @@ class IdentityService:
         return revoked
 
     async def refresh_revocations(self) -> None:
-        """Rebuild the revoked leaves from the identity records (at start, periodically)."""
-        if self.revoked.replace(await self.identities.all()):
+        """Add the revoked leaves of the identity records (at start, periodically)."""
+        if self.revoked.merge(await self.identities.all()):
             self.ca.bundle_changed()
 
     def revoked_leaves(self) -> list[RevokedLeaf]:
