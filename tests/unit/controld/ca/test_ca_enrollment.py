@@ -16,6 +16,7 @@ from controld.ca import (
     JoinTokenInvalid,
     RenewalRefused,
 )
+from controld.ca.errors import IdentityNotFound
 from controld.ca.jointokens import JOIN_TOKEN_KIND, JoinGrant, JoinTokens
 from controld.ca.revocations import ServiceRevocations, revocation_key
 from meshcore.pki import parse_join_token_pins, spki_pin
@@ -153,3 +154,63 @@ async def test_enroll_then_renew(tmp_path: Path) -> None:
         await service.renew(new_csr, issued.certificate)
     with pytest.raises(RenewalRefused, match="revoked"):
         await service.renew(new_csr, renewed.certificate)
+
+
+async def test_revocation_per_instance_by_id_or_serial(tmp_path: Path) -> None:
+    kv = FakeKV()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    service = IdentityService(ca, kv, PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "m")
+    issued = []
+    for instance in ("web-a", "web-b", "web-c"):
+        token, _ = await service.join_tokens.create("web", "default", 60)
+        issued.append(await service.enroll(token, make_csr()[0], instance=instance))
+    a, b, c = issued
+    assert len({x.identity_id for x in issued}) == 3
+    records = {r.instance: r for r in await service.identities.all()}
+    assert records["web-a"].current is not None
+    assert records["web-a"].current.serial == format(a.certificate.serial_number, "x")
+    renewed_a = await service.renew(make_csr()[0], a.certificate)
+    assert renewed_a.identity_id == a.identity_id  # a renewal continues the identity
+
+    index = ca.index
+    await service.revoke_identity(a.identity_id)
+    assert ca.index > index  # the bundle long-polls wake
+    revoked = {leaf.serial for leaf in service.revoked_leaves()}
+    assert revoked == {a.certificate.serial_number, renewed_a.certificate.serial_number}
+    for cert in (a.certificate, renewed_a.certificate):
+        with pytest.raises(RenewalRefused, match="revoked"):
+            await service.renew(make_csr()[0], cert)
+    # The other instances of the same service renew.
+    assert (await service.renew(make_csr()[0], b.certificate)).identity_id == b.identity_id
+
+    # By serial: the instance holding it.
+    record = await service.revoke_serial(c.certificate.serial_number)
+    assert record.id == c.identity_id and record.revoked is not None
+    with pytest.raises(RenewalRefused, match="revoked"):
+        await service.renew(make_csr()[0], c.certificate)
+    with pytest.raises(IdentityNotFound):
+        await service.revoke_serial(12345)
+    with pytest.raises(IdentityNotFound):
+        await service.revoke_identity("0123456789abcdef")
+
+    # A forged record (not sealed by this key) is skipped by listings and counted.
+    await kv.kv_put(f"{PREFIX}identities/0123456789abcdef", b'{"v": 1, "body": {}, "mac": "x"}')
+    assert len(await service.identities.all()) == 3
+    assert service.records.invalid == {"identity": 1}
+
+
+async def test_a_leaf_from_before_identities_is_adopted_on_renewal(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    service = IdentityService(
+        ca, FakeKV(), PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "mesh.local"
+    )
+    _, key = make_csr()
+    public = key.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    old = ca.sign(public, "spiffe://mesh.local/ns/default/svc/web")  # no identity id
+    renewed = await service.renew(make_csr()[0], old)
+    [record] = await service.identities.all()
+    assert record.id == renewed.identity_id and record.instance is None
+    await service.revoke_service("spiffe://mesh.local/ns/default/svc/web")
+    with pytest.raises(RenewalRefused, match="revoked"):
+        await service.renew(make_csr()[0], old)
