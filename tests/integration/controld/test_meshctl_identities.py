@@ -37,7 +37,7 @@ async def test_identities_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixtu
         httpx.AsyncClient(base_url=str(http.base_url), timeout=TIMEOUT) as anon,
     ):
         base = ["--server", str(http.base_url), "--token-file", str(daemon.config.token_path)]
-        enrolled = []
+        enrolled: list[dict[str, Any]] = []
         for service in ("web", "web", "api"):
             token = await join_token(http, service)
             instance = f"{service}-{len(enrolled)}"
