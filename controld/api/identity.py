@@ -46,7 +46,8 @@ __all__ = ["identity_router"]
 #: Longest lifetime of a join token (30 days).
 MAX_JOIN_TTL_S = 30 * 86400
 _SPIFFE_PATTERN = r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$"
-_INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+#: What a sidecar may call itself (printable ASCII, no spaces); meshd sends nothing else.
+INSTANCE_PATTERN = r"^[!-~]{1,253}$"
 #: Header carrying the bundle's index.
 INDEX_HEADER = "X-Meshd-Index"
 #: Default wait of a bundle long-poll given an index and no ``wait``.
@@ -93,7 +94,7 @@ class EnrollRequest(BaseModel):
     token: str = Field(min_length=1, max_length=256)
     csr: str = Field(min_length=1, max_length=16384)
     #: The sidecar's proxy id, recorded with its identity (for display).
-    instance: str | None = Field(default=None, pattern=_INSTANCE_PATTERN, max_length=253)
+    instance: str | None = Field(default=None, pattern=INSTANCE_PATTERN)
 
 
 class RenewRequest(BaseModel):

@@ -17,6 +17,7 @@ raise :class:`~meshd.control.client.ControlError` subclasses (worth retrying).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ __all__ = ["MAX_REVOKED", "Bundle", "IdentityClient", "Issued"]
 
 #: Most revoked serials a bundle may carry (a bigger list is refused as malformed).
 MAX_REVOKED = 100_000
+#: An instance name controld records (printable ASCII, no spaces, at most 253).
+_INSTANCE = re.compile(r"^[!-~]{1,253}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,7 @@ class IdentityClient:
         """Trade a join token and a CSR for a leaf, the bundle and the service's API token;
         ``instance`` (the proxy id) is recorded with the new identity."""
         body = {"token": token, "csr": csr_pem(csr)}
-        if instance is not None:
+        if instance is not None and _INSTANCE.match(instance):  # else not worth a refusal
             body["instance"] = instance
         resp = await self.control.post_json("/v1/enroll", body)
         return _issued(resp, "enroll")
