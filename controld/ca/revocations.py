@@ -8,11 +8,11 @@
   renewal of any leaf of that SPIFFE ID issued before it (leaves from before identity records
   existed included). Instances enrolled afterwards, with a new join token, are not revoked.
 
-:class:`RevokedSerials` is the in-memory list the bundle endpoint serves: the serials of the
-revoked, unexpired leaves, read from the identity records at start and periodically, and
-updated at once by a revocation through this controld. It only grows (until the leaves
-expire): a registry writer who deletes a record, or puts back an older sealed copy of it,
-doesn't take a revocation back while controld runs.
+:class:`RevokedSerials` is the list the bundle endpoint serves: the serials of the revoked,
+unexpired leaves, read from the identity records at start and periodically, and updated at
+once by a revocation through this controld. It only grows (until the leaves expire) and is
+kept in the CA directory too (``revoked.json``): a registry writer who deletes a record, or
+puts back an older sealed copy of it, doesn't take a revocation back, restarts included.
 """
 
 from __future__ import annotations
@@ -22,10 +22,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from controld.ca.errors import CAFileError
 from controld.ca.identities import IdentityRecord
 from controld.ca.records import CARecords, InvalidRecord
+from controld.ca.storage import CAStore
+
+log = structlog.get_logger("controld.ca")
 
 __all__ = [
     "SERVICE_REVOCATION_KIND",
@@ -114,10 +119,45 @@ class RevokedLeaf:
 
 
 class RevokedSerials:
-    """The revoked, unexpired leaves (in memory; what the bundle carries)."""
+    """The revoked, unexpired leaves (what the bundle carries), kept in ``store`` if given."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: CAStore | None = None, *, now: float | None = None) -> None:
+        self._store = store
         self._leaves: dict[int, RevokedLeaf] = {}
+        if store is not None:
+            self._load(store, time.time() if now is None else now)
+
+    def _load(self, store: CAStore, now: float) -> None:
+        try:
+            doc = store.read_revoked()
+        except CAFileError as exc:
+            # The identity records still say what is revoked; keep serving.
+            log.error(
+                "revoked leaves file unreadable; using the registry's records", error=str(exc)
+            )
+            return
+        items = doc.get("revoked") if isinstance(doc, dict) else None
+        for item in items if isinstance(items, list) else ():
+            try:
+                leaf = RevokedLeaf(
+                    int(item["serial"], 16), float(item["not_after"]), str(item["identity"])
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            if leaf.not_after > now:
+                self._leaves[leaf.serial] = leaf
+
+    def _save(self) -> None:
+        if self._store is None:
+            return
+        items = [
+            {"serial": format(s, "x"), "not_after": leaf.not_after, "identity": leaf.identity_id}
+            for s, leaf in sorted(self._leaves.items())
+        ]
+        try:
+            self._store.write_revoked({"revoked": items})
+        except CAFileError as exc:
+            log.error("cannot save the revoked leaves", error=str(exc))
 
     def merge(self, records: list[IdentityRecord], *, now: float | None = None) -> bool:
         """Add the leaves of every revoked record among ``records``; whether any was new.
@@ -133,7 +173,11 @@ class RevokedSerials:
         """Add the leaves of a revoked ``record``; whether any was new."""
         when = time.time() if now is None else now
         new = {s: leaf for s, leaf in _revoked(record, when).items() if s not in self._leaves}
-        self._leaves.update(new)
+        if new:
+            self._leaves = {
+                s: leaf for s, leaf in {**self._leaves, **new}.items() if leaf.not_after > when
+            }
+            self._save()
         return bool(new)
 
     def current(self, *, now: float | None = None) -> list[RevokedLeaf]:

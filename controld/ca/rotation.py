@@ -99,6 +99,11 @@ class CertificateAuthority:
         return cls(store, roots, RotationState(active, tuple(bundle)))
 
     @property
+    def store(self) -> CAStore:
+        """The CA directory."""
+        return self._store
+
+    @property
     def state(self) -> RotationState:
         """The current rotation state."""
         return self._state

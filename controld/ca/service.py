@@ -96,7 +96,7 @@ class IdentityService:
         self.identities = IdentityRecords(self.records, prefix)
         self.revocations = ServiceRevocations(self.records, prefix)
         #: The revoked, unexpired leaves the bundle carries.
-        self.revoked = RevokedSerials()
+        self.revoked = RevokedSerials(ca.store)
         self._trust_domain = trust_domain
         self.leaf_ttl = leaf_ttl
         #: Describes controld's TLS listener for :meth:`status` (set by the daemon).

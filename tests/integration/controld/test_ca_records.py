@@ -126,9 +126,11 @@ async def test_an_older_record_put_back_does_not_take_a_revocation_back(
     tmp_path: Path,
 ) -> None:
     """A registry writer can't unseal a record, but can put back an older sealed copy of it
-    (or delete it): the revoked leaves stay revoked, for renewal and in the bundle."""
+    (or delete it): the revoked leaves stay revoked, for renewal and in the bundle, across a
+    restart too."""
+    data = tmp_path / "data"
     async with (
-        running_daemon(tmp_path / "data") as (daemon, http),
+        running_daemon(data) as (daemon, http),
         httpx.AsyncClient(base_url=str(http.base_url), timeout=TIMEOUT) as anon,
     ):
         prefix = daemon.config.kv_prefix
@@ -148,3 +150,20 @@ async def test_an_older_record_put_back_does_not_take_a_revocation_back(
         assert "revoked" in refused.json()["error"]
         revoked = (await anon.get("/v1/bundle")).json()["revoked"]
         assert format(serial, "x") in [r["serial"] for r in revoked]
+        other = Sidecar(anon, tls_url(daemon))
+        assert (await other.enroll(await join_token(http))).status_code == 200
+        other_id = other.answer["identity_id"]
+        assert (await http.post("/v1/revocations", json={"identity": other_id})).status_code == 200
+        await trio.to_thread.run_sync(lambda: client.kv.delete(f"{prefix}identities/{other_id}"))
+    async with (
+        running_daemon(data) as (daemon, http),
+        httpx.AsyncClient(base_url=str(http.base_url), timeout=TIMEOUT) as anon,
+    ):
+        revoked = [r["serial"] for r in (await anon.get("/v1/bundle")).json()["revoked"]]
+        other_serial = x509.load_pem_x509_certificate(
+            other.answer["certificate"].encode()
+        ).serial_number
+        assert {format(serial, "x"), format(other_serial, "x")} <= set(revoked)
+        for sidecar in (web, other):
+            sidecar.anon, sidecar.tls = anon, tls_url(daemon)
+            assert (await sidecar.renew(sidecar.answer["bundle"])).status_code == 401
