@@ -86,6 +86,11 @@ async def test_identities_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixtu
         bundle = (await anon.get("/v1/bundle")).json()
         assert len(bundle["revoked"]) == 3
 
+        # The API: admin only, exactly one target.
+        assert (await anon.get("/v1/identities")).status_code == 401
+        assert (await anon.post("/v1/revocations", json={"service": "web"})).status_code == 401
+        for body in ({}, {"identity": web0["identity_id"], "service": "web"}, {"serial": "xyz"}):
+            assert (await http.post("/v1/revocations", json=body)).status_code == 422, body
         # Usage errors and unknown targets.
         assert (await run(capsys, base, "revoke"))[0] == 2
         assert (await run(capsys, base, "revoke", "x" * 16, "--service", "api"))[0] == 2
