@@ -19,17 +19,8 @@ import pytest
 import trio
 from cryptography import x509
 from daemon_support import running_daemon, tls_url
-from helpers import (
-    RawClient,
-    TestApp,
-    closed_port,
-    cluster,
-    port_of,
-    request,
-    start_sidecar,
-    write_sidecar_config,
-)
-from test_rotation import identity_section, join_token, set_snapshot, until
+from helpers import RawClient, TestApp, port_of, request, start_sidecar
+from test_rotation import until, write_api, write_web
 
 from meshd.identity import IdentityService
 from meshd.sidecar import Sidecar
@@ -60,49 +51,13 @@ async def web_and_api(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Sidecar, Sidecar, Sidecar]]:
     async with running_daemon(tmp_path / "data", push=False) as (daemon, http):
         url = tls_url(daemon)
-        domain = (await http.get("/v1/bundle")).json()["trust_domain"]
-        api_dir = tmp_path / "api"
-        api_dir.mkdir()
-        api_path = write_sidecar_config(
-            api_dir,
-            service="api",
-            app_port=app.port,
-            listeners=[{"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0"}],
-            extra={"identity": identity_section(api_dir, await join_token(http, "api"), url)},
-        )
-        set_snapshot(api_dir, mtls="strict", identity={"service": "api", "trust_domain": domain})
+        api_path = await write_api(tmp_path / "api", http, url, app)
         async with trio.open_nursery() as sidecars:
             api = await start_sidecar(sidecars, api_path)
             webs = []
             for node in ("web-a", "web-b"):
-                web_dir = tmp_path / node
-                web_dir.mkdir()
-                section = identity_section(web_dir, await join_token(http, "web"), url)
-                web_path = write_sidecar_config(
-                    web_dir,
-                    service="web",
-                    app_port=closed_port(),
-                    listeners=[
-                        {
-                            "name": "out",
-                            "direction": "outbound",
-                            "address": "127.0.0.1:0",
-                            "cluster": "api",
-                        }
-                    ],
-                    clusters=[
-                        cluster(
-                            "api",
-                            port_of(api, "inbound"),
-                            tls={"spiffe_id": f"spiffe://{domain}/ns/default/svc/api"},
-                        )
-                    ],
-                    extra={"identity": section, "node": node},
-                )
-                set_snapshot(
-                    web_dir, mtls="strict", identity={"service": "web", "trust_domain": domain}
-                )
-                webs.append(await start_sidecar(sidecars, web_path))
+                path = await write_web(tmp_path / node, http, url, api, node=node)
+                webs.append(await start_sidecar(sidecars, path))
             await until(
                 lambda: all(s.tls.identity is not None for s in (api, *webs)), "all enrolled"
             )

@@ -61,15 +61,16 @@ def identity_rows(items: list[Mapping[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def _output(opts: Options, args: argparse.Namespace) -> str:
-    return "json" if getattr(args, "json", False) else opts.output
-
-
-def _print(output: str, value: Any) -> None:
+def _printed_as_document(opts: Options, args: argparse.Namespace, answer: Any) -> bool:
+    """Print ``answer`` as JSON (``--json``, ``-o json``) or YAML; False for a table."""
+    output = "json" if getattr(args, "json", False) else opts.output
+    if output == "table":
+        return False
     if output == "yaml":
-        print(render.to_yaml(value), end="")
+        print(render.to_yaml(answer), end="")
     else:
-        print(render.to_json(value))
+        print(render.to_json(answer))
+    return True
 
 
 def cmd_identities(opts: Options, args: argparse.Namespace) -> int:
@@ -77,9 +78,7 @@ def cmd_identities(opts: Options, args: argparse.Namespace) -> int:
     params = {"service": args.service} if args.service else None
     with opts.client() as client:
         answer = client.request("GET", "/v1/identities", params=params)
-    output = _output(opts, args)
-    if output != "table":
-        _print(output, answer)
+    if _printed_as_document(opts, args, answer):
         return EXIT_OK
     items = [i for i in answer.get("identities", ()) if isinstance(i, Mapping)]
     if not items:
@@ -105,9 +104,7 @@ def cmd_revoke(opts: Options, args: argparse.Namespace) -> int:
         body["namespace"] = args.namespace
     with opts.client() as client:
         answer = client.request("POST", "/v1/revocations", json=body)
-    output = _output(opts, args)
-    if output != "table":
-        _print(output, answer)
+    if _printed_as_document(opts, args, answer):
         return EXIT_OK
     items = [i for i in answer.get("revoked", ()) if isinstance(i, Mapping)]
     if args.service is not None:
