@@ -213,7 +213,7 @@ def identity_router(
             "active": ca.signer.cert_pem(),
             "active_id": ca.state.active,
             "index": current,
-            "revoked": [leaf.as_json() for leaf in identity.revoked_leaves()],
+            "revoked": identity.revoked_json(),
         }
         return JSONResponse(body, headers={INDEX_HEADER: str(current)})
 

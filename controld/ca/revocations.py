@@ -124,6 +124,9 @@ class RevokedSerials:
     def __init__(self, store: CAStore | None = None, *, now: float | None = None) -> None:
         self._store = store
         self._leaves: dict[int, RevokedLeaf] = {}
+        # The bundle's list, kept until a leaf is added or the first one expires: every woken
+        # bundle long-poll serves it, so it isn't sorted and encoded again per sidecar.
+        self._cached: tuple[float, list[dict[str, str]]] | None = None
         if store is not None:
             self._load(store, time.time() if now is None else now)
 
@@ -177,14 +180,28 @@ class RevokedSerials:
             self._leaves = {
                 s: leaf for s, leaf in {**self._leaves, **new}.items() if leaf.not_after > when
             }
+            self._cached = None
             self._save()
         return bool(new)
 
     def current(self, *, now: float | None = None) -> list[RevokedLeaf]:
         """The revoked leaves not yet expired at ``now`` (expired ones are pruned)."""
         when = time.time() if now is None else now
-        self._leaves = {s: leaf for s, leaf in self._leaves.items() if leaf.not_after > when}
+        if any(leaf.not_after <= when for leaf in self._leaves.values()):
+            self._leaves = {s: leaf for s, leaf in self._leaves.items() if leaf.not_after > when}
+            self._cached = None
         return sorted(self._leaves.values(), key=lambda leaf: leaf.serial)
+
+    def as_json(self, *, now: float | None = None) -> list[dict[str, str]]:
+        """:meth:`current` as the bundle carries it (cached between changes)."""
+        when = time.time() if now is None else now
+        cached = self._cached
+        if cached is not None and when < cached[0]:
+            return cached[1]
+        leaves = self.current(now=when)
+        encoded = [leaf.as_json() for leaf in leaves]
+        self._cached = (min((leaf.not_after for leaf in leaves), default=float("inf")), encoded)
+        return encoded
 
     def __contains__(self, serial: object) -> bool:
         return serial in self._leaves

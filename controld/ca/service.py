@@ -238,8 +238,12 @@ class IdentityService:
             self.ca.bundle_changed()
 
     def revoked_leaves(self) -> list[RevokedLeaf]:
-        """The revoked leaves not yet expired (what the bundle carries)."""
+        """The revoked leaves not yet expired."""
         return self.revoked.current()
+
+    def revoked_json(self) -> list[dict[str, str]]:
+        """The revoked leaves not yet expired, as the bundle carries them."""
+        return self.revoked.as_json()
 
     def pins(self) -> tuple[str, ...]:
         """The CA pins a new join token carries: every root in the bundle, the signer first."""
