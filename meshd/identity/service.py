@@ -169,7 +169,11 @@ class IdentityService(IdentityHolder):
             "last_error": self._last_error,
             "bundle": None
             if self.bundle is None
-            else {"index": self.bundle.index, "roots": len(self.bundle.roots)},
+            else {
+                "index": self.bundle.index,
+                "roots": len(self.bundle.roots),
+                "revoked": len(self.bundle.revoked),
+            },
             "bundle_error": None if self._bundle_watch is None else self._bundle_watch.error,
         }
 
