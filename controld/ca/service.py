@@ -284,7 +284,8 @@ class IdentityService:
         return ca.state
 
     def status(self) -> dict[str, object]:
-        """For ``GET /v1/ca``: phase, signer, bundle, index and outstanding leaves per root."""
+        """For ``GET /v1/ca``: phase, signer, bundle, index, outstanding leaves per root, the
+        revoked leaves not yet expired and the invalid CA records skipped (by kind)."""
         state = self.ca.state
         now = datetime.now(UTC)
         roots = []
@@ -309,4 +310,6 @@ class IdentityService:
             "leaf_ttl_s": self.leaf_ttl.total_seconds(),
             "roots": roots,
             "tls": None if self.server_tls is None else self.server_tls(),
+            "revoked_leaves": len(self.revoked_leaves()),
+            "invalid_records": dict(self.records.invalid),
         }
