@@ -17,7 +17,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -227,12 +226,3 @@ class IdentityRecords:
             if await self._records.put(IDENTITY_KIND, key, updated, cas=entry.modify_index):
                 return updated
         raise CAError(f"identity {identity_id}: too many concurrent updates")
-
-
-def expires_in(record: IdentityRecord, now: datetime | None = None) -> float | None:
-    """Seconds until the newest leaf expires (negative once expired; ``None``: no leaf)."""
-    current = record.current
-    if current is None:
-        return None
-    at = (now or datetime.now(UTC)).timestamp()
-    return current.not_after - at
