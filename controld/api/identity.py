@@ -28,13 +28,13 @@ from controld.api.errors import ApiError
 from controld.auth import Principal, TokenAuth
 from controld.ca import (
     CSRError,
+    IdentityNotFound,
     IdentityService,
     JoinTokenInvalid,
     RenewalRefused,
     RotationError,
 )
 from controld.ca.authority import spiffe_id
-from controld.ca.errors import IdentityNotFound
 from controld.ca.identities import ID_PATTERN, IdentityRecord
 from controld.ca.records import InvalidRecord
 from controld.ca.rotation import MAX_BUNDLE_WAIT_S
