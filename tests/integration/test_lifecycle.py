@@ -329,6 +329,48 @@ def test_bad_snapshots_under_load_keep_old_config(tmp_path: Path, upstream: Upst
         assert http_get(port, "/")[0] == 200
 
 
+def test_hostile_yaml_on_sighup_keeps_serving(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """Deep nesting, a duplicate key or an alias bomb in either file: rejected, meshd serves on.
+
+    Before the strict loader, the deep snapshot raised RecursionError out of the reload and
+    meshd exited.
+    """
+    boot = _write_config(tmp_path, upstream)
+    snap = tmp_path / "snapshot.yaml"
+    good_snapshot = snap.read_text()
+    good_boot = boot.read_text()
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
+    )
+    cases = [
+        (snap, "version: 2\nlisteners: " + "[" * 5000 + "\n", "nested deeper than 64"),
+        (snap, good_snapshot + "version: 3\n", "duplicate key 'version'"),
+        (snap, laughs, "aliases expand to more than"),
+        (boot, good_boot + "x: " + "{a: " * 5000 + "\n", "nested deeper than 64"),
+    ]
+    with running_sidecar(boot) as sc:
+        port = sc.listener_port("api")
+        for n, (path, text, detail) in enumerate(cases, start=1):
+            write_yaml(path, text)
+            sc.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda n=n: (
+                    len(sc.events_named("reload rejected, keeping the running configuration")) == n
+                ),  # type: ignore[misc]
+                timeout=15,
+                what=f"rejection {n}",
+            )
+            event = sc.events_named("reload rejected, keeping the running configuration")[-1]
+            assert detail in event["error"], event
+            assert str(path) in event["error"], event
+            assert sc.running()
+            assert sc.version() == 1
+            assert http_get(port, "/")[0] == 200
+            write_yaml(snap, good_snapshot)
+            write_yaml(boot, good_boot)
+        assert "RecursionError" not in sc.output()
+
+
 # -- 4. drain -----------------------------------------------------------------------------------
 
 
