@@ -450,7 +450,7 @@ def test_admin_post_drain(tmp_path: Path, upstream: UpstreamApp) -> None:
         slow.start()
         try:
             upstream.wait_slow_in_flight(1)
-            status, body = sc.admin("/drain", method="POST")
+            status, body = sc.admin_post("/drain")
             assert status == 202, body
             # The in-flight request keeps the process (and the admin API) up meanwhile.
             assert sc.admin("/ready")[0] == 503
@@ -459,6 +459,52 @@ def test_admin_post_drain(tmp_path: Path, upstream: UpstreamApp) -> None:
         finally:
             slow.join(timeout=30)
         assert (slow.status, slow.error) == (200, None)
+        assert sc.wait_exit(timeout=30) == 0
+
+
+def test_admin_drain_refuses_browser_requests(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """A cross-site form POST and a plain GET to /drain change nothing; meshd keeps serving."""
+    boot = _write_config(tmp_path, upstream, drain_timeout_s=30)
+    with running_sidecar(boot) as sc:
+        port = sc.listener_port("api")
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        refused = [
+            ("POST", {**form, "Origin": "http://evil.example"}, b"a=1", 403),
+            ("POST", {**form, "Sec-Fetch-Site": "cross-site"}, b"a=1", 403),
+            ("POST", form, b"a=1", 415),
+            ("POST", {"Content-Type": "text/plain"}, b"{}", 415),
+            ("POST", {}, None, 415),
+            (
+                "POST",
+                {"Content-Type": "application/json", "Origin": "http://evil.example"},
+                b"{}",
+                403,
+            ),
+            ("POST", {"Content-Type": "application/json", "Host": "evil.example"}, b"{}", 403),
+            ("GET", {}, None, 405),
+        ]
+        for method, headers, body, want in refused:
+            status, text = sc.admin("/drain", method=method, headers=headers, body=body)
+            assert status == want, (method, headers, status, text)
+            assert sc.admin("/ready") == (200, b"ready")
+            assert http_get(port, "/")[0] == 200
+        assert sc.running()
+        # The accepted drain: an in-flight request keeps meshd up until the answer is read.
+        slow = _Request(port, "/slow?ms=2000")
+        slow.start()
+        upstream.wait_slow_in_flight(1)
+        status, text = sc.admin(
+            "/drain",
+            method="POST",
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "Origin": f"http://127.0.0.1:{sc.admin_port}",
+                "Sec-Fetch-Site": "same-origin",
+            },
+            body=b"{}",
+        )
+        assert status == 202, text
+        slow.join(timeout=30)
         assert sc.wait_exit(timeout=30) == 0
 
 
