@@ -166,6 +166,13 @@ class Listener(Frozen):
     request_headers_timeout_s: float = Field(default=10.0, gt=0)
     #: Size limit of a request line plus headers; over it the answer is 431.
     max_request_headers_kb: int = Field(default=60, ge=1, le=1024)
+    # -- connection limits, enforced by the accept loop (meshcore.net.accept) --
+    #: Open downstream connections at most. None: derived from meshd's RLIMIT_NOFILE, below it.
+    max_connections: int | None = Field(default=None, ge=1)
+    #: A new connection that sends nothing for this long is closed. None: 10 s on http
+    #: listeners, no limit on tcp ones (behind them the server may speak first).
+    first_byte_timeout_s: float | None = Field(default=None, gt=0)
+    # -- end of connection limits --
 
     @model_validator(mode="after")
     def _target(self) -> Listener:

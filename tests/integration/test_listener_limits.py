@@ -1,0 +1,312 @@
+"""Connection-level limits of meshd's listeners: cap, time to first byte, descriptors running out.
+
+The in-process tests run a sidecar in the test's Trio loop; the flood tests run meshd as a
+subprocess under ``prlimit --nofile=256`` and open 1100 idle connections, more than it has
+descriptors for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from helpers import (
+    TIMEOUT,
+    RawServer,
+    admin_get,
+    closed_port,
+    cluster,
+    start_sidecar,
+    write_sidecar_config,
+)
+from lifecycle_support import (
+    UpstreamApp,
+    bootstrap_doc,
+    http_get,
+    running_sidecar,
+    snapshot_doc,
+    wait_for,
+    write_yaml,
+)
+
+from meshd.sidecar import Sidecar
+
+pytestmark = pytest.mark.timeout(180)
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+REQUEST = b"GET / HTTP/1.1\r\nhost: app\r\n\r\n"
+#: Idle connections of the flood tests, and meshd's descriptor limit there.
+FLOOD = 1100
+NOFILE = 256
+
+
+def _keep_alive(raw: bytes) -> bytes:
+    async def handler(stream: trio.SocketStream) -> None:
+        buf = b""
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _head, buf = buf.split(b"\r\n\r\n", 1)
+                await stream.send_all(raw)
+
+    return handler  # type: ignore[return-value]
+
+
+async def _sidecar(
+    nursery: trio.Nursery, tmp_path: Path, upstream: int, **limits: Any
+) -> tuple[Sidecar, int]:
+    path = write_sidecar_config(
+        tmp_path,
+        service="web",
+        app_port=closed_port(),
+        listeners=[
+            {
+                "name": "api",
+                "direction": "outbound",
+                "address": "127.0.0.1:0",
+                "cluster": "app",
+                **limits,
+            }
+        ],
+        clusters=[cluster("app", upstream)],
+    )
+    sidecar = await start_sidecar(nursery, path)
+    return sidecar, sidecar.listeners.slots["api"].port
+
+
+async def _limit_stats(sidecar: Sidecar) -> dict[str, int]:
+    stats = (await admin_get(sidecar, "/stats")).json()
+    prefix = "listener.api.limits."
+    return {k.removeprefix(prefix): v for k, v in stats.items() if k.startswith(prefix)}
+
+
+async def _exchange(stream: trio.SocketStream) -> bytes:
+    """One request on a kept-alive connection; the response (small, one read is enough)."""
+    await stream.send_all(REQUEST)
+    got = b""
+    with trio.fail_after(TIMEOUT):
+        while not got.endswith(b"ok"):
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            got += data
+    return got
+
+
+class Clients:
+    """Client connections of a test, all closed at its end."""
+
+    def __init__(self) -> None:
+        self.streams: list[trio.SocketStream] = []
+
+    async def open(self, port: int) -> trio.SocketStream:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        self.streams.append(stream)
+        return stream
+
+
+@pytest.fixture
+async def clients() -> Any:
+    found = Clients()
+    try:
+        yield found
+    finally:
+        for stream in found.streams:
+            await stream.aclose()
+
+
+async def _closed(stream: trio.SocketStream) -> bool:
+    """True once the peer closed (EOF or reset); fails the test if it stays open."""
+    with trio.fail_after(TIMEOUT):
+        try:
+            return await stream.receive_some(1) == b""
+        except trio.BrokenResourceError:
+            return True
+
+
+async def test_silent_connection_closed_after_first_byte_timeout(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    upstream = RawServer(_keep_alive(OK))  # type: ignore[arg-type]
+    await nursery.start(upstream.run)
+    sidecar, port = await _sidecar(nursery, tmp_path, upstream.port, first_byte_timeout_s=0.5)
+    silent = await clients.open(port)
+    talking = await clients.open(port)
+    assert (await _exchange(talking)).endswith(b"ok")
+    assert await _closed(silent)
+    assert (await _limit_stats(sidecar))["first_byte_timeout"] == 1
+    # The timeout is about the first byte only: a kept-alive connection may idle longer.
+    await trio.sleep(1.0)
+    assert (await _exchange(talking)).endswith(b"ok")
+    assert upstream.connections == 1
+
+
+async def test_over_the_cap_new_connection_closed_existing_kept(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    upstream = RawServer(_keep_alive(OK))  # type: ignore[arg-type]
+    await nursery.start(upstream.run)
+    sidecar, port = await _sidecar(nursery, tmp_path, upstream.port, max_connections=2)
+    first = await clients.open(port)
+    second = await clients.open(port)
+    assert (await _exchange(first)).endswith(b"ok")
+    assert (await _exchange(second)).endswith(b"ok")
+    third = await clients.open(port)
+    assert await _closed(third)
+    assert (await _limit_stats(sidecar))["over_limit"] == 1
+    assert (await _exchange(first)).endswith(b"ok")
+    assert (await _exchange(second)).endswith(b"ok")
+    await first.aclose()
+    fourth = await clients.open(port)
+    # Room again once one closes (its task may take a moment to end: retry, bounded).
+    for _ in range(50):
+        with contextlib.suppress(trio.BrokenResourceError):
+            if (await _exchange(fourth)).endswith(b"ok"):
+                break
+        await trio.sleep(0.1)
+        fourth = await clients.open(port)
+    else:
+        raise AssertionError("no room after a connection closed")
+
+
+async def test_full_listener_closes_the_oldest_silent_connection(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    upstream = RawServer(_keep_alive(OK))  # type: ignore[arg-type]
+    await nursery.start(upstream.run)
+    sidecar, port = await _sidecar(nursery, tmp_path, upstream.port, max_connections=2)
+    active = await clients.open(port)
+    assert (await _exchange(active)).endswith(b"ok")
+    silent = await clients.open(port)
+    await trio.sleep(0.2)  # let meshd accept it before the next one
+    newcomer = await clients.open(port)
+    assert (await _exchange(newcomer)).endswith(b"ok")
+    assert await _closed(silent)
+    stats = await _limit_stats(sidecar)
+    assert stats["idle_evicted"] == 1
+    assert stats.get("over_limit", 0) == 0
+    assert (await _exchange(active)).endswith(b"ok")
+
+
+async def test_tcp_listener_lets_the_server_speak_first(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    async def greeter(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"220 hello\r\n")
+        await stream.receive_some(1)
+
+    upstream = RawServer(greeter)
+    await nursery.start(upstream.run)
+    path = write_sidecar_config(
+        tmp_path,
+        service="web",
+        app_port=closed_port(),
+        listeners=[
+            {
+                "name": "smtp",
+                "direction": "outbound",
+                "address": "127.0.0.1:0",
+                "protocol": "tcp",
+                "cluster": "mail",
+            }
+        ],
+        clusters=[cluster("mail", upstream.port)],
+    )
+    sidecar = await start_sidecar(nursery, path)
+    client = await clients.open(sidecar.listeners.slots["smtp"].port)
+    with trio.fail_after(TIMEOUT):
+        assert await client.receive_some(100) == b"220 hello\r\n"
+
+
+# -- 1100 idle connections against meshd at RLIMIT_NOFILE=256 ----------------------------------
+
+
+@contextlib.contextmanager
+def _idle_flood(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections that never send a byte (connects not waited for), closed after."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            socks.append(sock)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _flood_config(tmp_path: Path, upstream: UpstreamApp, **limits: Any) -> Path:
+    boot = tmp_path / "bootstrap.yaml"
+    write_yaml(boot, bootstrap_doc(app_port=upstream.port))
+    snap = snapshot_doc(version=1, upstream_port=upstream.port)
+    snap["listeners"][0].update(limits)
+    write_yaml(tmp_path / "snapshot.yaml", snap)
+    return boot
+
+
+def _stat(sc: Any, event: str) -> int:
+    return int(sc.stat(f"listener.api.limits.{event}") or 0)
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamApp]:
+    with UpstreamApp() as app:
+        yield app
+
+
+def test_idle_flood_capped_below_nofile(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """The default cap sits below RLIMIT_NOFILE: the flood evicts itself, requests go on."""
+    boot = _flood_config(tmp_path, upstream)
+    wrapper = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"]
+    with running_sidecar(boot, wrapper=wrapper) as sc:
+        port = sc.listener_port("api")
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        kept.request("GET", "/")
+        assert kept.getresponse().read() is not None
+        with _idle_flood(port, FLOOD):
+            wait_for(
+                lambda: _stat(sc, "idle_evicted") >= FLOOD - NOFILE,
+                timeout=60,
+                what="meshd to accept the flood",
+            )
+            # Right away: no waiting for the first-byte timeout.
+            assert http_get(port, "/")[0] == 200
+            kept.request("GET", "/")
+            assert kept.getresponse().status == 200
+            assert sc.running()
+        assert _stat(sc, "accept_failed") == 0
+        kept.close()
+
+
+def test_idle_flood_past_nofile_keeps_serving(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """A cap above RLIMIT_NOFILE: accept() fails with EMFILE, the loop keeps going."""
+    boot = _flood_config(tmp_path, upstream, max_connections=100_000, first_byte_timeout_s=2)
+    wrapper = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"]
+    with running_sidecar(boot, wrapper=wrapper) as sc:
+        port = sc.listener_port("api")
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        kept.request("GET", "/")
+        assert kept.getresponse().read() is not None
+        with _idle_flood(port, FLOOD):
+            wait_for(
+                lambda: _stat(sc, "idle_evicted") + _stat(sc, "first_byte_timeout") >= FLOOD,
+                timeout=60,
+                what="the flood to be closed",
+            )
+            assert _stat(sc, "accept_failed") > 0
+            assert http_get(port, "/")[0] == 200
+            kept.request("GET", "/")
+            assert kept.getresponse().status == 200
+            assert sc.running()
+        kept.close()
