@@ -258,6 +258,7 @@ def _run_registry(args: argparse.Namespace) -> int:
     import trio
 
     from controld.registry import DataDirError, RegistryConfig, RegistryError, RegistryServer
+    from meshcore.net.accept import raise_nofile_limit
 
     log = _setup_logging(args, "controld.registry")
     host, port = args.listen
@@ -282,6 +283,7 @@ def _run_registry(args: argparse.Namespace) -> int:
             datacenter=config.datacenter,
         )
 
+    raise_nofile_limit()
     try:
         trio.run(_run_until_signal, server.run, server.shutdown_nowait, ready, log)
     except BaseException as exc:
@@ -364,6 +366,7 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     from controld.ca import CAFileError
     from controld.daemon import ControlDaemon, DaemonPorts
     from controld.registry import DataDirError, RegistryError
+    from meshcore.net.accept import raise_nofile_limit
     from meshcore.runtime.asgi import ListenError
 
     config = _daemon_config(parser, args)
@@ -399,6 +402,7 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
             flush=True,
         )
 
+    raise_nofile_limit()  # before the lean listeners derive their default connection caps
     try:
         trio.run(_run_until_signal, daemon.run, daemon.shutdown_nowait, ready, log)
     except BaseException as exc:

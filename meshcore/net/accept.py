@@ -25,6 +25,7 @@ Every event above is passed to ``on_event`` (the daemon counts it in a metric) a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import resource
 import socket
@@ -41,6 +42,7 @@ __all__ = [
     "ConnectionLimits",
     "default_max_connections",
     "nofile_limit",
+    "raise_nofile_limit",
 ]
 
 #: Every ``on_event`` name, for metrics that list them all.
@@ -67,6 +69,23 @@ def nofile_limit() -> int:
     """This process's soft ``RLIMIT_NOFILE`` (a large number if unlimited)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one (at most 2**20); the new soft limit.
+
+    systemd starts services with a soft limit of 1024 and a much higher hard one, expecting
+    programs that need more to raise it themselves (as Go's runtime does). The daemons call
+    this once at start, before deriving their default connection caps.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard if hard != resource.RLIM_INFINITY else 1 << 20, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return nofile_limit()
+    # Refused e.g. above fs.nr_open: keep what we have.
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return nofile_limit()
 
 
 def default_max_connections(*, fds_per_connection: int = 2) -> int:

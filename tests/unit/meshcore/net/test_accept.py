@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from meshcore.net.accept import (
     ConnectionLimits,
     default_max_connections,
     nofile_limit,
+    raise_nofile_limit,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,6 +89,17 @@ async def _talk(stream: trio.SocketStream) -> bytes:
 def test_default_cap_below_nofile() -> None:
     assert default_max_connections() < nofile_limit()
     assert default_max_connections(fds_per_connection=1) < nofile_limit()
+
+
+def test_raise_nofile_limit_up_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+        raised = raise_nofile_limit()
+        assert raised == nofile_limit()
+        assert raised == min(hard, 1 << 20) or hard == resource.RLIM_INFINITY
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_limits_validated() -> None:
