@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from helpers import (
     admin_get,
     closed_port,
     cluster,
+    idle_connections,
     start_sidecar,
     write_sidecar_config,
 )
@@ -46,7 +46,9 @@ FLOOD = 1100
 NOFILE = 256
 
 
-def _keep_alive(raw: bytes) -> bytes:
+def _keep_alive(raw: bytes) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """Answer every request head on a connection with ``raw``."""
+
     async def handler(stream: trio.SocketStream) -> None:
         buf = b""
         while True:
@@ -58,12 +60,15 @@ def _keep_alive(raw: bytes) -> bytes:
                 _head, buf = buf.split(b"\r\n\r\n", 1)
                 await stream.send_all(raw)
 
-    return handler  # type: ignore[return-value]
+    return handler
 
 
 async def _sidecar(
-    nursery: trio.Nursery, tmp_path: Path, upstream: int, **limits: Any
-) -> tuple[Sidecar, int]:
+    nursery: trio.Nursery, tmp_path: Path, **limits: Any
+) -> tuple[Sidecar, int, RawServer]:
+    """A sidecar whose listener ``api`` (with ``limits``) forwards to a keep-alive upstream."""
+    upstream = RawServer(_keep_alive(OK))
+    await nursery.start(upstream.run)
     path = write_sidecar_config(
         tmp_path,
         service="web",
@@ -77,10 +82,10 @@ async def _sidecar(
                 **limits,
             }
         ],
-        clusters=[cluster("app", upstream)],
+        clusters=[cluster("app", upstream.port)],
     )
     sidecar = await start_sidecar(nursery, path)
-    return sidecar, sidecar.listeners.slots["api"].port
+    return sidecar, sidecar.listeners.slots["api"].port, upstream
 
 
 async def _limit_stats(sidecar: Sidecar) -> dict[str, int]:
@@ -136,9 +141,7 @@ async def _closed(stream: trio.SocketStream) -> bool:
 async def test_silent_connection_closed_after_first_byte_timeout(
     nursery: trio.Nursery, tmp_path: Path, clients: Clients
 ) -> None:
-    upstream = RawServer(_keep_alive(OK))  # type: ignore[arg-type]
-    await nursery.start(upstream.run)
-    sidecar, port = await _sidecar(nursery, tmp_path, upstream.port, first_byte_timeout_s=0.5)
+    sidecar, port, upstream = await _sidecar(nursery, tmp_path, first_byte_timeout_s=0.5)
     silent = await clients.open(port)
     talking = await clients.open(port)
     assert (await _exchange(talking)).endswith(b"ok")
@@ -153,9 +156,7 @@ async def test_silent_connection_closed_after_first_byte_timeout(
 async def test_over_the_cap_new_connection_closed_existing_kept(
     nursery: trio.Nursery, tmp_path: Path, clients: Clients
 ) -> None:
-    upstream = RawServer(_keep_alive(OK))  # type: ignore[arg-type]
-    await nursery.start(upstream.run)
-    sidecar, port = await _sidecar(nursery, tmp_path, upstream.port, max_connections=2)
+    sidecar, port, _ = await _sidecar(nursery, tmp_path, max_connections=2)
     first = await clients.open(port)
     second = await clients.open(port)
     assert (await _exchange(first)).endswith(b"ok")
@@ -181,13 +182,10 @@ async def test_over_the_cap_new_connection_closed_existing_kept(
 async def test_full_listener_closes_the_oldest_silent_connection(
     nursery: trio.Nursery, tmp_path: Path, clients: Clients
 ) -> None:
-    upstream = RawServer(_keep_alive(OK))  # type: ignore[arg-type]
-    await nursery.start(upstream.run)
-    sidecar, port = await _sidecar(nursery, tmp_path, upstream.port, max_connections=2)
+    sidecar, port, _ = await _sidecar(nursery, tmp_path, max_connections=2)
     active = await clients.open(port)
     assert (await _exchange(active)).endswith(b"ok")
     silent = await clients.open(port)
-    await trio.sleep(0.2)  # let meshd accept it before the next one
     newcomer = await clients.open(port)
     assert (await _exchange(newcomer)).endswith(b"ok")
     assert await _closed(silent)
@@ -230,22 +228,6 @@ async def test_tcp_listener_lets_the_server_speak_first(
 # -- 1100 idle connections against meshd at RLIMIT_NOFILE=256 ----------------------------------
 
 
-@contextlib.contextmanager
-def _idle_flood(port: int, count: int) -> Iterator[list[socket.socket]]:
-    """``count`` connections that never send a byte (connects not waited for), closed after."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", port))
-            socks.append(sock)
-        yield socks
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def _flood_config(tmp_path: Path, upstream: UpstreamApp, **limits: Any) -> Path:
     boot = tmp_path / "bootstrap.yaml"
     write_yaml(boot, bootstrap_doc(app_port=upstream.port))
@@ -274,7 +256,7 @@ def test_idle_flood_capped_below_nofile(tmp_path: Path, upstream: UpstreamApp) -
         kept = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
         kept.request("GET", "/")
         assert kept.getresponse().read() is not None
-        with _idle_flood(port, FLOOD):
+        with idle_connections(port, FLOOD):
             wait_for(
                 lambda: _stat(sc, "idle_evicted") >= FLOOD - NOFILE,
                 timeout=60,
@@ -298,7 +280,7 @@ def test_idle_flood_past_nofile_keeps_serving(tmp_path: Path, upstream: Upstream
         kept = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
         kept.request("GET", "/")
         assert kept.getresponse().read() is not None
-        with _idle_flood(port, FLOOD):
+        with idle_connections(port, FLOOD):
             wait_for(
                 lambda: _stat(sc, "idle_evicted") + _stat(sc, "first_byte_timeout") >= FLOOD,
                 timeout=60,

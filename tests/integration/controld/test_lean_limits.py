@@ -8,7 +8,6 @@ normal request is answered right away and a kept-alive connection keeps working.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import clean_env, ready_record, stop_process
+from helpers import clean_env, idle_connections, ready_record, stop_process
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(180)
@@ -83,21 +82,6 @@ def _wait(predicate: object, what: str) -> None:
         time.sleep(0.1)
 
 
-@contextlib.contextmanager
-def _idle_flood(port: int, count: int) -> Iterator[None]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", port))
-            socks.append(sock)
-        yield
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def _ready(conn: http.client.HTTPConnection) -> int:
     conn.request("GET", "/live")
     resp = conn.getresponse()
@@ -108,7 +92,7 @@ def _ready(conn: http.client.HTTPConnection) -> int:
 def test_push_listener_survives_an_idle_flood(controld: Controld) -> None:
     kept = http.client.HTTPConnection("127.0.0.1", controld.push_port, timeout=TIMEOUT)
     assert _ready(kept) == 200
-    with _idle_flood(controld.push_port, FLOOD):
+    with idle_connections(controld.push_port, FLOOD):
         _wait(lambda: _events(controld).get("idle_evicted", 0) >= FLOOD - NOFILE, "the flood")
         fresh = http.client.HTTPConnection("127.0.0.1", controld.push_port, timeout=TIMEOUT)
         assert _ready(fresh) == 200
