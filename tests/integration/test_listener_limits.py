@@ -64,10 +64,14 @@ def _keep_alive(raw: bytes) -> Callable[[trio.SocketStream], Awaitable[None]]:
 
 
 async def _sidecar(
-    nursery: trio.Nursery, tmp_path: Path, **limits: Any
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    upstream_handler: Callable[[trio.SocketStream], Awaitable[None]] | None = None,
+    **fields: Any,
 ) -> tuple[Sidecar, int, RawServer]:
-    """A sidecar whose listener ``api`` (with ``limits``) forwards to a keep-alive upstream."""
-    upstream = RawServer(_keep_alive(OK))
+    """A sidecar whose listener ``api`` (with more ``fields``) forwards to an upstream running
+    ``upstream_handler`` (default: keep-alive, answering ``OK``)."""
+    upstream = RawServer(upstream_handler or _keep_alive(OK))
     await nursery.start(upstream.run)
     path = write_sidecar_config(
         tmp_path,
@@ -79,7 +83,7 @@ async def _sidecar(
                 "direction": "outbound",
                 "address": "127.0.0.1:0",
                 "cluster": "app",
-                **limits,
+                **fields,
             }
         ],
         clusters=[cluster("app", upstream.port)],
@@ -202,25 +206,8 @@ async def test_tcp_listener_lets_the_server_speak_first(
         await stream.send_all(b"220 hello\r\n")
         await stream.receive_some(1)
 
-    upstream = RawServer(greeter)
-    await nursery.start(upstream.run)
-    path = write_sidecar_config(
-        tmp_path,
-        service="web",
-        app_port=closed_port(),
-        listeners=[
-            {
-                "name": "smtp",
-                "direction": "outbound",
-                "address": "127.0.0.1:0",
-                "protocol": "tcp",
-                "cluster": "mail",
-            }
-        ],
-        clusters=[cluster("mail", upstream.port)],
-    )
-    sidecar = await start_sidecar(nursery, path)
-    client = await clients.open(sidecar.listeners.slots["smtp"].port)
+    _, port, _ = await _sidecar(nursery, tmp_path, greeter, protocol="tcp")
+    client = await clients.open(port)
     with trio.fail_after(TIMEOUT):
         assert await client.receive_some(100) == b"220 hello\r\n"
 
