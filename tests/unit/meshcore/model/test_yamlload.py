@@ -171,6 +171,13 @@ def test_any_text_gives_data_or_yaml_error(text: str) -> None:
 
 
 @_FUZZ
+@given(st.one_of(st.text(max_size=300), _YAMLISH))
+def test_policy_loader_gives_resources_or_document_error(text: str) -> None:
+    with contextlib.suppress(DocumentError):
+        load_documents(text, "fuzz")
+
+
+@_FUZZ
 @given(st.binary(max_size=300))
 def test_any_bytes_give_data_or_yaml_error(raw: bytes) -> None:
     with contextlib.suppress(YamlError):
