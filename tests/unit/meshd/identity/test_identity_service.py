@@ -59,7 +59,9 @@ class FakeIssuer(IdentityClient):
         self.last = x509.load_pem_x509_certificate(cert)
         return Issued(cert, (self.ca.pem,), SPIFFE, "", sidecar_token="sidecar.web.x")
 
-    async def enroll(self, token: str, csr: x509.CertificateSigningRequest) -> Issued:
+    async def enroll(
+        self, token: str, csr: x509.CertificateSigningRequest, *, instance: str | None = None
+    ) -> Issued:
         await trio.lowlevel.checkpoint()
         self.enrolls.append((clock(), token, csr))
         if self.failing:
