@@ -234,48 +234,56 @@ def upstream() -> Iterator[UpstreamApp]:
         yield app
 
 
-def test_idle_flood_capped_below_nofile(tmp_path: Path, upstream: UpstreamApp) -> None:
-    """The default cap sits below RLIMIT_NOFILE: the flood evicts itself, requests go on."""
-    boot = _flood_config(tmp_path, upstream)
+@contextlib.contextmanager
+def _flooded_sidecar(
+    tmp_path: Path, upstream: UpstreamApp, **limits: Any
+) -> Iterator[tuple[Any, Callable[[], None]]]:
+    """meshd under ``prlimit --nofile=256``, flooded with idle connections while inside.
+
+    Yields the process and a check that a fresh request, and one on a connection kept alive
+    since before the flood, are both answered 200.
+    """
+    boot = _flood_config(tmp_path, upstream, **limits)
     wrapper = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"]
     with running_sidecar(boot, wrapper=wrapper) as sc:
         port = sc.listener_port("api")
         kept = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        kept.request("GET", "/")
-        assert kept.getresponse().read() is not None
-        with idle_connections(port, FLOOD):
-            wait_for(
-                lambda: _stat(sc, "idle_evicted") >= FLOOD - NOFILE,
-                timeout=60,
-                what="meshd to accept the flood",
-            )
-            # Right away: no waiting for the first-byte timeout.
-            assert http_get(port, "/")[0] == 200
+        try:
             kept.request("GET", "/")
-            assert kept.getresponse().status == 200
-            assert sc.running()
+            assert kept.getresponse().read() is not None
+
+            def served() -> None:
+                assert http_get(port, "/")[0] == 200
+                kept.request("GET", "/")
+                assert kept.getresponse().status == 200
+                assert sc.running()
+
+            with idle_connections(port, FLOOD):
+                yield sc, served
+        finally:
+            kept.close()
+
+
+def test_idle_flood_capped_below_nofile(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """The default cap sits below RLIMIT_NOFILE: the flood evicts itself, requests go on."""
+    with _flooded_sidecar(tmp_path, upstream) as (sc, served):
+        wait_for(
+            lambda: _stat(sc, "idle_evicted") >= FLOOD - NOFILE,
+            timeout=60,
+            what="meshd to accept the flood",
+        )
+        served()  # right away: no waiting for the first-byte timeout
         assert _stat(sc, "accept_failed") == 0
-        kept.close()
 
 
 def test_idle_flood_past_nofile_keeps_serving(tmp_path: Path, upstream: UpstreamApp) -> None:
     """A cap above RLIMIT_NOFILE: accept() fails with EMFILE, the loop keeps going."""
-    boot = _flood_config(tmp_path, upstream, max_connections=100_000, first_byte_timeout_s=2)
-    wrapper = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"]
-    with running_sidecar(boot, wrapper=wrapper) as sc:
-        port = sc.listener_port("api")
-        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        kept.request("GET", "/")
-        assert kept.getresponse().read() is not None
-        with idle_connections(port, FLOOD):
-            wait_for(
-                lambda: _stat(sc, "idle_evicted") + _stat(sc, "first_byte_timeout") >= FLOOD,
-                timeout=60,
-                what="the flood to be closed",
-            )
-            assert _stat(sc, "accept_failed") > 0
-            assert http_get(port, "/")[0] == 200
-            kept.request("GET", "/")
-            assert kept.getresponse().status == 200
-            assert sc.running()
-        kept.close()
+    limits = {"max_connections": 100_000, "first_byte_timeout_s": 2}
+    with _flooded_sidecar(tmp_path, upstream, **limits) as (sc, served):
+        wait_for(
+            lambda: _stat(sc, "idle_evicted") + _stat(sc, "first_byte_timeout") >= FLOOD,
+            timeout=60,
+            what="the flood to be closed",
+        )
+        assert _stat(sc, "accept_failed") > 0
+        served()
