@@ -39,6 +39,22 @@ def _listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
 def _listen_or_off(value: str) -> tuple[str, int] | None:
     return None if value == "off" else _listen(value)
 
@@ -224,6 +240,23 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     run.add_argument(
         "--ca-import-key", type=Path, metavar="PEM", help="the imported root's private key"
     )
+    run.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help=(
+            "open connections at most on each of the push and TLS listeners (default: a "
+            "third of what RLIMIT_NOFILE leaves); over it, silent connections are closed first"
+        ),
+    )
+    run.add_argument(
+        "--first-byte-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="push and TLS listeners close a connection that sends nothing for this long "
+        "(default 10)",
+    )
     _add_logging(run)
     return run
 
@@ -244,6 +277,7 @@ def _run_registry(args: argparse.Namespace) -> int:
     import trio
 
     from controld.registry import DataDirError, RegistryConfig, RegistryError, RegistryServer
+    from meshcore.net.accept import raise_nofile_limit
 
     log = _setup_logging(args, "controld.registry")
     host, port = args.listen
@@ -269,6 +303,7 @@ def _run_registry(args: argparse.Namespace) -> int:
             datacenter=config.datacenter,
         )
 
+    raise_nofile_limit()
     try:
         trio.run(_run_until_signal, server.run, server.shutdown_nowait, ready, log)
     except BaseException as exc:
@@ -284,6 +319,7 @@ def _run_registry(args: argparse.Namespace) -> int:
 def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DaemonConfig:
     from controld.daemon import DaemonConfig
     from controld.registry import RegistryConfig
+    from controld.registry.httpserver import ServerLimits
     from meshcore.registry.client import RegistrySettings
 
     admin_host, admin_port = args.admin
@@ -305,6 +341,9 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         "kv_prefix": args.kv_prefix,
         "ca_import_cert": args.ca_import_cert,
         "ca_import_key": args.ca_import_key,
+        "listener_limits": ServerLimits(
+            max_connections=args.max_connections, first_byte_timeout_s=args.first_byte_timeout
+        ),
     }
     if (args.ca_import_cert is None) != (args.ca_import_key is None):
         parser.error("--ca-import-cert and --ca-import-key go together")
@@ -350,6 +389,7 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     from controld.ca import CAFileError
     from controld.daemon import ControlDaemon, DaemonPorts
     from controld.registry import DataDirError, RegistryError
+    from meshcore.net.accept import raise_nofile_limit
     from meshcore.runtime.asgi import ListenError
 
     config = _daemon_config(parser, args)
@@ -391,6 +431,7 @@ def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
             flush=True,
         )
 
+    raise_nofile_limit()  # before the lean listeners derive their default connection caps
     try:
         trio.run(_run_until_signal, daemon.run, daemon.shutdown_nowait, ready, log)
     except BaseException as exc:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from controld.compiler import Compiler
 from controld.discovery import DiscoveryView, RegistryWatcher
 from controld.push import PushHub, Reconciler
 from controld.registry import RegistryConfig, RegistryServer
-from controld.registry.httpserver import HTTPServer
+from controld.registry.httpserver import HTTPServer, ServerLimits, limit_events_counter
 from controld.sealed import RECORD_KEY_FILE, RecordKey
 from controld.store import ResourceStore
 from meshcore.model.resources import ResourceSet
@@ -98,6 +98,8 @@ class DaemonConfig:
     #: generated into :attr:`registry_token_path` at first start unless one is configured).
     #: False is the unsafe opt-out: anyone reaching the registry may write anything.
     registry_acl: bool = True
+    #: Connection and request-head limits of the push and TLS listeners.
+    listener_limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
         if (self.registry is None) == (self.registry_url is None):
@@ -339,9 +341,16 @@ class ControlDaemon:
         await nursery.start(self._scoped, JoinTokenSweeper(self.identity.join_tokens).run)
         await nursery.start(self._scoped, RevocationSync(self.identity).run)
         app = build_api(self, auth=self.auth, metrics=self.metrics, is_ready=self.is_ready)
+        limit_events = limit_events_counter(self.metrics)
         push: HTTPServer | None = None
         if cfg.push_port is not None:
-            push = HTTPServer(app, cfg.push_host, cfg.push_port)
+            push = HTTPServer(
+                app,
+                cfg.push_host,
+                cfg.push_port,
+                limits=cfg.listener_limits,
+                on_event=lambda event: limit_events.labels("push", event).inc(),
+            )
             await _start_lean(nursery, push, "push")
         tls: HTTPServer | None = None
         if cfg.tls_port is not None:
@@ -355,7 +364,14 @@ class ControlDaemon:
                 ips=ips,
             )
             await nursery.start(self._scoped, server_tls.run)
-            tls = HTTPServer(app, cfg.tls_host, cfg.tls_port, tls=server_tls.context)
+            tls = HTTPServer(
+                app,
+                cfg.tls_host,
+                cfg.tls_port,
+                tls=server_tls.context,
+                limits=cfg.listener_limits,
+                on_event=lambda event: limit_events.labels("tls", event).inc(),
+            )
             await _start_lean(nursery, tls, "TLS")
             listen = f"{cfg.tls_host}:{tls.port}"
             identity.server_tls = lambda: server_tls.current.as_json(listen)

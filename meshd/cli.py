@@ -80,12 +80,14 @@ def _run(args: argparse.Namespace) -> int:
     # daemon doesn't need that, and rich costs ~3.6 MB of resident memory.
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     sys.modules.setdefault("better_exceptions", None)  # type: ignore[arg-type]
+    from meshcore.net.accept import raise_nofile_limit
     from meshcore.runtime.activation import listen_fds
     from meshcore.runtime.logging import configure_logging
     from meshcore.runtime.sdnotify import Notifier
     from meshd.sidecar import Sidecar
 
     configure_logging(json=args.log_format == "json", level=args.log_level)
+    raise_nofile_limit()  # before the listeners derive their default connection caps
     if args.worker_index:
         sidecar = Sidecar(args.config, worker_index=args.worker_index)
     else:

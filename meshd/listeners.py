@@ -7,19 +7,20 @@ one nursery of their own, so closing a listener never cuts connections it accept
 
 from __future__ import annotations
 
-import functools
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from meshcore.model import Listener
+from meshcore.net.accept import Acceptor, ConnectionLimits, default_max_connections
 from meshcore.runtime.activation import InheritedSocket, match_socket
 from meshd.config import ListenerConfig, RuntimeConfig, TcpListenerConfig
 from meshd.errors import SnapshotRejected
 from meshd.http.proxy import serve_http
 from meshd.http.shared import ProxyShared
-from meshd.net.listen import accept_loop, bind_tcp
+from meshd.net.listen import bind_tcp
 from meshd.net.stream import SocketStream
 from meshd.tcp.proxy import serve_tcp
 
@@ -34,6 +35,7 @@ class ListenerSlot:
     shared: ProxyShared
     inherited: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    acceptor: Acceptor | None = None
 
     @property
     def port(self) -> int:
@@ -60,6 +62,21 @@ class ListenerSlot:
             await serve_tcp(stream, cfg, self.shared)
         else:
             await serve_http(stream, cfg, self.shared, self)
+
+
+#: Time to first byte of http listeners that don't set one.
+HTTP_FIRST_BYTE_TIMEOUT_S = 10.0
+
+
+def connection_limits(lst: Listener) -> ConnectionLimits:
+    """The connection-level limits of ``lst``, its defaults filled in."""
+    first_byte = lst.first_byte_timeout_s
+    if first_byte is None and lst.protocol == "http":
+        first_byte = HTTP_FIRST_BYTE_TIMEOUT_S
+    return ConnectionLimits(
+        max_connections=lst.max_connections or default_max_connections(),
+        first_byte_timeout_s=first_byte,
+    )
 
 
 class ListenerManager:
@@ -135,6 +152,8 @@ class ListenerManager:
                     # Same address under a new name: keep the socket.
                     old.pop(moved.model.name, None)
                     moved.model, moved.config = lst, cfg
+                    if moved.acceptor is not None:
+                        moved.acceptor.limits = connection_limits(lst)
                     self.slots[name] = moved
                     continue
                 if slot is not None:
@@ -144,6 +163,8 @@ class ListenerManager:
                 self._nursery.start_soon(self._accept, slot)
             else:
                 slot.model, slot.config = lst, cfg
+            if slot.acceptor is not None:
+                slot.acceptor.limits = connection_limits(lst)
             self.slots[name] = slot
         for slot in old.values():
             self._close(slot)
@@ -161,10 +182,10 @@ class ListenerManager:
             return found.sock, True
         return bind_tcp(lst.address.host, lst.address.port, reuse_port=self.reuse_port), False
 
-    async def _serve(self, slot: ListenerSlot, stream: SocketStream) -> None:
+    async def _serve(self, slot: ListenerSlot, sock: socket.socket, _addr: Any) -> None:
         self._live += 1
         try:
-            await slot.handle(stream)
+            await slot.handle(SocketStream(sock))
         finally:
             self._live -= 1
             if not self._live:
@@ -172,11 +193,18 @@ class ListenerManager:
 
     async def _accept(self, slot: ListenerSlot) -> None:
         assert self._connections is not None
+        stats = self.shared.stats
+
+        async def serve(sock: socket.socket, addr: Any) -> None:
+            await self._serve(slot, sock, addr)
+
+        def count(event: str) -> None:
+            stats.listener_limit_event(slot.model.name, event)
+
+        slot.acceptor = Acceptor(connection_limits(slot.model), serve, on_event=count)
         with slot.scope:
             try:
-                await accept_loop(
-                    slot.sock, self._connections, functools.partial(self._serve, slot)
-                )
+                await slot.acceptor.serve(slot.sock, self._connections)
             finally:
                 trio.lowlevel.notify_closing(slot.sock)
                 slot.sock.close()
@@ -190,6 +218,8 @@ class ListenerManager:
         self._stopped = True
         for slot in self.slots.values():
             self._close(slot)
+            if slot.acceptor is not None:
+                slot.acceptor.close_silent()
 
     @property
     def connection_count(self) -> int:

@@ -101,6 +101,7 @@ class Stats:
         "_authz",
         "_downstream",
         "_http",
+        "_limit_events",
         "_registry",
         "_snapshot_applied",
         "_snapshot_rejected",
@@ -114,6 +115,8 @@ class Stats:
         self._tcp: dict[TcpKey, list[int]] = {}
         # listener -> [active, total]
         self._downstream: dict[str, list[int]] = {}
+        # (listener, event) -> count; events are meshcore.net.accept.LIMIT_EVENTS
+        self._limit_events: dict[tuple[str, str], int] = {}
         self._upstream_errors: dict[tuple[str, str], int] = {}
         self._snapshot_version = 0
         self._snapshot_applied = 0
@@ -176,6 +179,12 @@ class Stats:
             rec = self._downstream[listener] = [0, 0]
         rec[0] -= 1
 
+    def listener_limit_event(self, listener: str, event: str) -> None:
+        """A connection-level limit acted on ``listener`` (``over_limit``, ``idle_evicted``,
+        ``first_byte_timeout``, ``accept_failed``)."""
+        key = (listener, event)
+        self._limit_events[key] = self._limit_events.get(key, 0) + 1
+
     def upstream_error(self, cluster: str, reason: str) -> None:
         """Count a failure talking to ``cluster`` (``connect_failed``, ``timeout``, ...)."""
         key = (cluster, reason)
@@ -225,6 +234,8 @@ class Stats:
         for listener, (active, total) in list(self._downstream.items()):
             out[f"listener.{listener}.downstream_connections_active"] = active
             out[f"listener.{listener}.downstream_connections_total"] = total
+        for (listener, event), count in list(self._limit_events.items()):
+            out[f"listener.{listener}.limits.{event}"] = count
         for (cluster, reason), count in list(self._upstream_errors.items()):
             out[f"cluster.{cluster}.upstream_errors.{reason}"] = count
         for event, count in list(self._registry.items()):
@@ -258,6 +269,7 @@ class MeshdCollector(Collector):
             tcp_sent,
             ds_active,
             ds_total,
+            limit_events,
             upstream_errors,
             pool,
             snap_version,
@@ -287,6 +299,9 @@ class MeshdCollector(Collector):
             ds_active.add_metric([listener], active)
             ds_total.add_metric([listener], total)
 
+        for (listener, event), count in list(s._limit_events.items()):
+            limit_events.add_metric([listener, event], count)
+
         for (cluster, reason), count in list(s._upstream_errors.items()):
             upstream_errors.add_metric([cluster, reason], count)
 
@@ -310,6 +325,7 @@ class MeshdCollector(Collector):
         yield tcp_sent
         yield ds_active
         yield ds_total
+        yield limit_events
         yield upstream_errors
         yield pool
         yield snap_version
@@ -325,6 +341,7 @@ def _families() -> tuple[
     CounterMetricFamily,
     CounterMetricFamily,
     GaugeMetricFamily,
+    CounterMetricFamily,
     CounterMetricFamily,
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -368,6 +385,12 @@ def _families() -> tuple[
             "meshd_downstream_connections_total",
             "Downstream connections accepted.",
             labels=("listener",),
+        ),
+        CounterMetricFamily(
+            "meshd_listener_limit_events_total",
+            "Connections closed or refused by a listener's connection limits, and failed "
+            "accepts (over_limit, idle_evicted, first_byte_timeout, accept_failed).",
+            labels=("listener", "event"),
         ),
         CounterMetricFamily(
             "meshd_upstream_errors_total",

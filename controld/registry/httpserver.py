@@ -11,27 +11,35 @@ chunked request bodies (buffered, bounded), one request at a time per connection
 buffered and sent whole. A client that hangs up while its blocking query is parked gets its
 request cancelled.
 
+Connection-level limits (:class:`ServerLimits`): the accept loop is
+:class:`meshcore.net.accept.Acceptor` (a cap on open connections, silent ones closed first; a
+time to first byte; back-off when descriptors run out), and a request head is bounded in size,
+header count and time (from its first byte to its blank line): over them the answer is 431 or
+408 and the connection closes.
+
 :class:`RegistryServer` uses it by default; ``http_server="hypercorn"`` selects hypercorn's
 Trio worker instead.
 """
 
 from __future__ import annotations
 
-import errno
 import http
 import logging
 import socket
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import httptools
 import trio
+from prometheus_client import CollectorRegistry, Counter
 
 from controld.registry.conn import Closed, Conn, TlsConn, tls_accept
+from meshcore.net.accept import Acceptor, ConnectionLimits, default_max_connections
 
-__all__ = ["HTTPServer"]
+__all__ = ["HTTPServer", "ServerLimits", "limit_events_counter"]
 
 log = logging.getLogger("controld.registry.httpserver")
 
@@ -40,36 +48,114 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
-MAX_HEAD = 64 * 1024
 MAX_BODY = 8 * 1024 * 1024
 #: Longest a TLS client may take to finish its handshake.
 HANDSHAKE_TIMEOUT_S = 10.0
+#: Lean servers per controld (registry, push, TLS): their default caps share RLIMIT_NOFILE.
+_SERVERS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Connection- and head-level limits of one server; the defaults are safe."""
+
+    #: Open connections at most; None: a share of RLIMIT_NOFILE (below it).
+    max_connections: int | None = None
+    #: A new connection that sends nothing for this long is closed (under TLS, the handshake
+    #: must also finish within :data:`HANDSHAKE_TIMEOUT_S`).
+    first_byte_timeout_s: float = 10.0
+    #: Time from a request's first byte to the end of its head; over it: 408.
+    head_timeout_s: float = 10.0
+    #: Request line plus headers, in bytes; over it: 431.
+    max_head_bytes: int = 64 * 1024
+    #: Header fields per request; over it: 431.
+    max_headers: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("first_byte_timeout_s", "head_timeout_s", "max_head_bytes", "max_headers"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+
+    def connection_limits(self, *, tls: bool) -> ConnectionLimits:
+        """What the accept loop enforces."""
+        first_byte = self.first_byte_timeout_s
+        if tls:
+            first_byte = min(first_byte, HANDSHAKE_TIMEOUT_S)
+        return ConnectionLimits(
+            max_connections=self.max_connections
+            or default_max_connections(fds_per_connection=_SERVERS),
+            first_byte_timeout_s=first_byte,
+        )
+
+
 _REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
+
+
+def limit_events_counter(registry: CollectorRegistry) -> Counter:
+    """``controld_listener_limit_events_total{listener, event}``, registered in ``registry``.
+
+    Pass ``lambda event: counter.labels(<listener>, event).inc()`` as a server's ``on_event``.
+    """
+    return Counter(
+        "controld_listener_limit_events",
+        "Connections closed or refused by a listener's connection limits, and failed accepts "
+        "(over_limit, idle_evicted, first_byte_timeout, accept_failed).",
+        ("listener", "event"),
+        registry=registry,
+    )
 
 
 class _Request:
     """httptools callbacks collecting one request at a time."""
 
-    __slots__ = ("body", "complete", "continue_", "head_size", "headers", "too_large", "url")
+    __slots__ = (
+        "body",
+        "complete",
+        "continue_",
+        "head_bytes",
+        "head_started",
+        "headers",
+        "in_head",
+        "max_headers",
+        "too_large",
+        "too_many_headers",
+        "url",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_headers: int) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.complete: list[tuple[bytes, list[tuple[bytes, bytes]], bytes]] = []
-        self.head_size = 0
+        #: Bytes received while a head was incomplete (counted by the server, reset per request).
+        self.head_bytes = 0
+        #: Between a request's first byte and the end of its head.
+        self.in_head = False
+        self.head_started = 0.0
         self.too_large = False
+        self.max_headers = max_headers
+        #: Sticky: the connection is answered 431 and closed.
+        self.too_many_headers = False
         self.continue_ = False
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_started = trio.current_time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value)
+        if len(self.headers) >= self.max_headers:
+            self.too_many_headers = True
+            return
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_bytes = 0
         for name, value in self.headers:
             if name == b"expect" and value.lower() == b"100-continue":
                 self.continue_ = True
@@ -85,7 +171,6 @@ class _Request:
         self.url = b""
         self.headers = []
         self.body = []
-        self.head_size = 0
 
 
 class HTTPServer:
@@ -99,10 +184,19 @@ class HTTPServer:
         *,
         graceful_timeout: float = 1.0,
         tls: Callable[[], ssl.SSLContext] | None = None,
+        limits: ServerLimits | None = None,
+        on_event: Callable[[str], None] | None = None,
     ):
-        """``tls``: serve TLS, with the context it returns for each new connection."""
+        """``tls``: serve TLS, with the context it returns for each new connection.
+
+        ``on_event`` is told each time a connection limit acts (see
+        :data:`meshcore.net.accept.LIMIT_EVENTS`).
+        """
         self.app = app
         self.tls = tls
+        self.limits = limits or ServerLimits()
+        self._on_event = on_event
+        self.acceptor: Acceptor | None = None
         self.host = host
         self.port = port
         self.graceful_timeout = graceful_timeout
@@ -137,21 +231,15 @@ class HTTPServer:
 
     async def _accept(self, listener: socket.socket, conns: trio.Nursery) -> None:
         server = listener.getsockname()[:2]
-        while True:
-            try:
-                sock, addr = listener.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(listener)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept failed: %s", exc)
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            sock.setblocking(False)
+
+        async def serve(sock: socket.socket, addr: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conns.start_soon(self._serve, sock, addr[:2], server)
+            await self._serve(sock, addr[:2], server)
+
+        # HANDSHAKE_TIMEOUT_S is read now, not at import: tests shorten it.
+        limits = self.limits.connection_limits(tls=self.tls is not None)
+        self.acceptor = Acceptor(limits, serve, on_event=self._on_event)
+        await self.acceptor.serve(listener, conns)
 
     async def _serve(
         self, sock: socket.socket, client: tuple[str, int], server: tuple[str, int]
@@ -172,18 +260,30 @@ class HTTPServer:
             conn.sock.close()
 
     async def _serve_conn(self, conn: Conn) -> None:
-        req = _Request()
+        req = _Request(self.limits.max_headers)
         parser = httptools.HttpRequestParser(req)
+        limits = self.limits
         while True:
             idle = trio.CancelScope()
+            if req.in_head:
+                idle.deadline = req.head_started + limits.head_timeout_s
             self._idle.add(idle)
             with idle:
                 if self._shutdown.is_set():
                     return
                 data = await conn.recv()
             self._idle.discard(idle)
-            if idle.cancelled_caught or not data:
+            if idle.cancelled_caught:
+                if req.in_head and not self._shutdown.is_set():
+                    await self._plain(conn, 408, b"Request head took too long")
                 return
+            if not data:
+                return
+            # Bytes read while a head is incomplete. With pipelining, a read may also hold the
+            # end of the previous body: the count is off by at most one read (RECV_SIZE).
+            if not req.in_head:
+                req.head_bytes = 0
+            req.head_bytes += len(data)
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade:
@@ -195,8 +295,11 @@ class HTTPServer:
             if req.too_large:
                 await self._plain(conn, 413, b"Request body too large")
                 return
-            if req.head_size > MAX_HEAD:
-                await self._plain(conn, 400, b"Request header too large")
+            if req.in_head and req.head_bytes > limits.max_head_bytes:
+                await self._plain(conn, 431, b"Request header too large")
+                return
+            if req.too_many_headers:
+                await self._plain(conn, 431, b"Too many request header fields")
                 return
             if req.continue_:
                 req.continue_ = False

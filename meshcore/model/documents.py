@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from meshcore.errors import ConfigError
 from meshcore.model.loading import read_text, validation_errors
 from meshcore.model.resources import KINDS, Resource, resource_key
+from meshcore.model.yamlload import YamlError, load_yaml_all
 
 _EXPECTED = ", ".join(KINDS)
 
@@ -119,20 +119,18 @@ def resource_from_data(data: Any, *, source: str = "", document: int = 1) -> Res
 def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
     """``(1-based number, data)`` of each non-empty document; YAML errors as DocumentError."""
     number = 0
-    stream = yaml.safe_load_all(text)
+    stream = load_yaml_all(text, source)
     while True:
         try:
             data = next(stream)
         except StopIteration:
             return
-        except yaml.YAMLError as exc:
+        except YamlError as exc:
             message = "invalid YAML"
-            mark = getattr(exc, "problem_mark", None)
-            if mark is not None:
-                message += f" at line {mark.line + 1}, column {mark.column + 1}"
-            problem = getattr(exc, "problem", None) or str(exc)
+            if exc.line is not None:
+                message += f" at line {exc.line}, column {exc.column}"
             raise DocumentError(
-                [Problem(source, number + 1, None, None, "", f"{message}: {problem}")]
+                [Problem(source, number + 1, None, None, "", f"{message}: {exc.problem}")]
             ) from exc
         number += 1
         if data is not None:  # empty documents (a trailing ``---``, comments only)

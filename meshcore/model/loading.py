@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from meshcore.errors import ConfigError
+from meshcore.model.yamlload import load_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,21 +39,13 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     return "\n".join(f"{source}: {field_path(loc)}: {msg}" for loc, msg in validation_errors(exc))
 
 
-def yaml_error_text(source: str, exc: yaml.YAMLError) -> str:
-    """``source:line:column: invalid YAML: problem`` (line and column when known)."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        return f"{where}: invalid YAML: {exc.problem}"
-    return f"{source}: invalid YAML: {exc}"
-
-
 def parse_document(source: str, text: str) -> Any:
-    """Parse one YAML (or JSON) document; syntax errors name the line and column."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_error_text(source, exc)) from exc
+    """Parse one YAML (or JSON) document within the strict loader's bounds.
+
+    Syntax errors, duplicate keys, nesting too deep, alias bombs and oversized text raise
+    :class:`~meshcore.model.yamlload.YamlError` (a :class:`ConfigError`) naming line and column.
+    """
+    return load_yaml(text, source)
 
 
 def read_text(path: Path) -> str:

@@ -176,6 +176,13 @@ class Listener(Frozen):
     #: Requests one downstream connection may carry; the last one is answered with
     #: ``Connection: close``.
     max_requests_per_connection: int = Field(default=1000, ge=1, le=1_000_000)
+    # -- connection limits, enforced by the accept loop (meshcore.net.accept) --
+    #: Open downstream connections at most. None: derived from meshd's RLIMIT_NOFILE, below it.
+    max_connections: int | None = Field(default=None, ge=1)
+    #: A new connection that sends nothing for this long is closed. None: 10 s on http
+    #: listeners, no limit on tcp ones (behind them the server may speak first).
+    first_byte_timeout_s: float | None = Field(default=None, gt=0)
+    # -- end of connection limits --
 
     @model_validator(mode="after")
     def _target(self) -> Listener:

@@ -1,4 +1,9 @@
-"""The admin ASGI app: a handful of read-only views over the sidecar plus ``POST /drain``."""
+"""The admin ASGI app: a handful of read-only views over the sidecar plus ``POST /drain``.
+
+GET never changes anything. The one state-changing endpoint, ``POST /drain``, also passes
+:func:`meshd.admin.origin.refusal`: JSON content type, no cross-origin or cross-site browser
+request, a local ``Host``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from meshd.admin.origin import refusal
 
 __all__ = ["AdminBackend", "build_admin_app"]
 
@@ -88,7 +95,11 @@ def build_admin_app(backend: AdminBackend, registry: CollectorRegistry) -> Starl
         body = await trio.to_thread.run_sync(generate_latest, _Collected(families))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    async def drain(_: Request) -> Response:
+    async def drain(request: Request) -> Response:
+        refused = refusal(request.headers)
+        if refused is not None:
+            status, reason = refused
+            return JSONResponse({"error": reason}, status_code=status)
         backend.start_drain()
         return JSONResponse({"draining": True}, status_code=202)
 

@@ -1,16 +1,8 @@
-"""Listening sockets and the accept loop."""
+"""Listening sockets (the accept loop is :class:`meshcore.net.accept.Acceptor`)."""
 
 from __future__ import annotations
 
-import errno
 import socket
-from collections.abc import Awaitable, Callable
-
-import trio
-
-from meshd.net.stream import SocketStream
-
-ConnectionHandler = Callable[[SocketStream], Awaitable[None]]
 
 
 def bind_tcp(
@@ -33,30 +25,3 @@ def bind_tcp(
         sock.close()
         raise
     return sock
-
-
-async def accept_loop(
-    sock: socket.socket, nursery: trio.Nursery, handler: ConnectionHandler
-) -> None:
-    """Accept connections on ``sock`` until cancelled, each handled in ``nursery``.
-
-    Accepts in batches until the backlog is empty, so a burst costs one wakeup.
-    """
-    while True:
-        try:
-            conn, _addr = sock.accept()
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-            continue
-        except OSError as exc:
-            # EMFILE/ENFILE/ECONNABORTED: back off briefly rather than spin.
-            if exc.errno is not None and exc.errno in _TRANSIENT:
-                await trio.sleep(0.01)
-                continue
-            raise
-        nursery.start_soon(handler, SocketStream(conn))
-
-
-_TRANSIENT = frozenset(
-    {errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPROTO}
-)

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -319,6 +319,25 @@ async def echo_until_eof(stream: trio.SocketStream) -> None:
                 await stream.send_eof()
                 return
             await stream.send_all(data)
+
+
+@contextmanager
+def idle_connections(port: int, count: int) -> Iterator[None]:
+    """``count`` connections to 127.0.0.1:``port`` that never send a byte, closed after.
+
+    Connects are started without waiting for them (the server's backlog takes them).
+    """
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            socks.append(sock)
+        yield
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def closed_port() -> int:

@@ -169,11 +169,13 @@ def http_get(
     method: str = "GET",
     timeout: float = 10.0,
     host: str = "127.0.0.1",
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: status, lower-cased headers, body."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request(method, path, headers={"Connection": "close"})
+        conn.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
@@ -450,10 +452,25 @@ class SidecarProcess:
         assert self.ready_info is not None, "wait_ready() first"
         return self.ready_info.admin_port
 
-    def admin(self, path: str, *, method: str = "GET") -> tuple[int, bytes]:
+    def admin(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[int, bytes]:
         """Status and body of an admin request."""
-        status, _headers, body = http_get(self.admin_port, path, method=method)
-        return status, body
+        status, _headers, data = http_get(
+            self.admin_port, path, method=method, headers=headers, body=body
+        )
+        return status, data
+
+    def admin_post(self, path: str) -> tuple[int, bytes]:
+        """A state-changing admin request as meshd's tools send it: POST, JSON body."""
+        return self.admin(
+            path, method="POST", headers={"Content-Type": "application/json"}, body=b"{}"
+        )
 
     def admin_json(self, path: str) -> Any:
         """The JSON body of a successful admin GET."""

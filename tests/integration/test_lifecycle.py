@@ -329,6 +329,48 @@ def test_bad_snapshots_under_load_keep_old_config(tmp_path: Path, upstream: Upst
         assert http_get(port, "/")[0] == 200
 
 
+def test_hostile_yaml_on_sighup_keeps_serving(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """Deep nesting, a duplicate key or an alias bomb in either file: rejected, meshd serves on.
+
+    Before the strict loader, the deep snapshot raised RecursionError out of the reload and
+    meshd exited.
+    """
+    boot = _write_config(tmp_path, upstream)
+    snap = tmp_path / "snapshot.yaml"
+    good_snapshot = snap.read_text()
+    good_boot = boot.read_text()
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
+    )
+    cases = [
+        (snap, "version: 2\nlisteners: " + "[" * 5000 + "\n", "nested deeper than 64"),
+        (snap, good_snapshot + "version: 3\n", "duplicate key 'version'"),
+        (snap, laughs, "aliases expand to more than"),
+        (boot, good_boot + "x: " + "{a: " * 5000 + "\n", "nested deeper than 64"),
+    ]
+    with running_sidecar(boot) as sc:
+        port = sc.listener_port("api")
+        for n, (path, text, detail) in enumerate(cases, start=1):
+            write_yaml(path, text)
+            sc.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda n=n: (
+                    len(sc.events_named("reload rejected, keeping the running configuration")) == n
+                ),  # type: ignore[misc]
+                timeout=15,
+                what=f"rejection {n}",
+            )
+            event = sc.events_named("reload rejected, keeping the running configuration")[-1]
+            assert detail in event["error"], event
+            assert str(path) in event["error"], event
+            assert sc.running()
+            assert sc.version() == 1
+            assert http_get(port, "/")[0] == 200
+            write_yaml(snap, good_snapshot)
+            write_yaml(boot, good_boot)
+        assert "RecursionError" not in sc.output()
+
+
 # -- 4. drain -----------------------------------------------------------------------------------
 
 
@@ -408,7 +450,7 @@ def test_admin_post_drain(tmp_path: Path, upstream: UpstreamApp) -> None:
         slow.start()
         try:
             upstream.wait_slow_in_flight(1)
-            status, body = sc.admin("/drain", method="POST")
+            status, body = sc.admin_post("/drain")
             assert status == 202, body
             # The in-flight request keeps the process (and the admin API) up meanwhile.
             assert sc.admin("/ready")[0] == 503
@@ -417,6 +459,52 @@ def test_admin_post_drain(tmp_path: Path, upstream: UpstreamApp) -> None:
         finally:
             slow.join(timeout=30)
         assert (slow.status, slow.error) == (200, None)
+        assert sc.wait_exit(timeout=30) == 0
+
+
+def test_admin_drain_refuses_browser_requests(tmp_path: Path, upstream: UpstreamApp) -> None:
+    """A cross-site form POST and a plain GET to /drain change nothing; meshd keeps serving."""
+    boot = _write_config(tmp_path, upstream, drain_timeout_s=30)
+    with running_sidecar(boot) as sc:
+        port = sc.listener_port("api")
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        refused = [
+            ("POST", {**form, "Origin": "http://evil.example"}, b"a=1", 403),
+            ("POST", {**form, "Sec-Fetch-Site": "cross-site"}, b"a=1", 403),
+            ("POST", form, b"a=1", 415),
+            ("POST", {"Content-Type": "text/plain"}, b"{}", 415),
+            ("POST", {}, None, 415),
+            (
+                "POST",
+                {"Content-Type": "application/json", "Origin": "http://evil.example"},
+                b"{}",
+                403,
+            ),
+            ("POST", {"Content-Type": "application/json", "Host": "evil.example"}, b"{}", 403),
+            ("GET", {}, None, 405),
+        ]
+        for method, headers, body, want in refused:
+            status, text = sc.admin("/drain", method=method, headers=headers, body=body)
+            assert status == want, (method, headers, status, text)
+            assert sc.admin("/ready") == (200, b"ready")
+            assert http_get(port, "/")[0] == 200
+        assert sc.running()
+        # The accepted drain: an in-flight request keeps meshd up until the answer is read.
+        slow = _Request(port, "/slow?ms=2000")
+        slow.start()
+        upstream.wait_slow_in_flight(1)
+        status, text = sc.admin(
+            "/drain",
+            method="POST",
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "Origin": f"http://127.0.0.1:{sc.admin_port}",
+                "Sec-Fetch-Site": "same-origin",
+            },
+            body=b"{}",
+        )
+        assert status == 202, text
+        slow.join(timeout=30)
         assert sc.wait_exit(timeout=30) == 0
 
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from meshcore.errors import ConfigError
+from meshcore.model.yamlload import YamlError, load_yaml_all
 
 __all__ = [
     "LocalResource",
@@ -60,8 +59,8 @@ class LocalResource:
 def document_numbers(text: str) -> list[int]:
     """1-based numbers of the non-empty YAML documents of ``text`` (empty ones are skipped)."""
     try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError:
+        docs = list(load_yaml_all(text, "-"))
+    except YamlError:
         return []
     return [i for i, doc in enumerate(docs, start=1) if doc is not None]
 

@@ -122,7 +122,7 @@ async def test_metrics(admin: Admin) -> None:
 
 async def test_drain(admin: Admin) -> None:
     admin.backend.ready = True
-    resp = await admin.client.post("/drain")
+    resp = await admin.client.post("/drain", json={})
     assert resp.status_code == 202
     assert resp.json() == {"draining": True}
     assert admin.backend.drain_calls == 1
@@ -138,6 +138,46 @@ async def test_wrong_method(admin: Admin, method: str, path: str) -> None:
     resp = await admin.client.request(method, path)
     assert resp.status_code == 405
     assert admin.backend.drain_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"content-type": "application/x-www-form-urlencoded"}, 415),
+        ({"content-type": "multipart/form-data; boundary=x"}, 415),
+        ({"content-type": "text/plain"}, 415),
+        ({"content-type": "application/jsonx"}, 415),
+        ({"content-type": "application/json", "origin": "http://evil.example"}, 403),
+        ({"content-type": "application/json", "origin": "null"}, 403),
+        ({"content-type": "application/json", "sec-fetch-site": "cross-site"}, 403),
+        ({"content-type": "application/json", "sec-fetch-site": "same-site"}, 403),
+        ({"content-type": "application/json", "host": "rebound.example:15000"}, 403),
+    ],
+)
+async def test_drain_refuses_browser_requests(
+    admin: Admin, headers: dict[str, str], status: int
+) -> None:
+    resp = await admin.client.post("/drain", content=b"{}", headers=headers)
+    assert resp.status_code == status, resp.text
+    assert "error" in resp.json()
+    assert "access-control-allow-origin" not in resp.headers
+    assert admin.backend.drain_calls == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "Application/JSON; charset=utf-8"},
+        {"content-type": "application/json", "sec-fetch-site": "same-origin"},
+        {"content-type": "application/json", "sec-fetch-site": "none"},
+        {"content-type": "application/json", "host": "localhost:15000"},
+        {"content-type": "application/json", "host": "[::1]:15000", "origin": "http://[::1]:15000"},
+    ],
+)
+async def test_drain_accepts_local_json(admin: Admin, headers: dict[str, str]) -> None:
+    resp = await admin.client.post("/drain", content=b"{}", headers=headers)
+    assert resp.status_code == 202, resp.text
+    assert admin.backend.drain_calls == 1
 
 
 async def test_unknown_path(admin: Admin) -> None:

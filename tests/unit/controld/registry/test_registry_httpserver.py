@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import pytest
 import trio
 
-from controld.registry.httpserver import HTTPServer
+from controld.registry.httpserver import HTTPServer, ServerLimits
 
 Scope = MutableMapping[str, Any]
 
@@ -88,3 +89,110 @@ async def test_shutdown_closes_idle_connections(nursery: trio.Nursery) -> None:
         with trio.fail_after(5):
             await done.wait()
             assert await stream.receive_some(10) == b""
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+async def _limited(nursery: trio.Nursery, **limits: Any) -> tuple[HTTPServer, int]:
+    events: list[str] = []
+    server = HTTPServer(
+        echo_app, "127.0.0.1", 0, limits=ServerLimits(**limits), on_event=events.append
+    )
+    server.events = events  # type: ignore[attr-defined]
+    return server, int(await nursery.start(server.run))
+
+
+async def _read_all(stream: trio.SocketStream) -> bytes:
+    got = b""
+    with trio.fail_after(5):
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+async def test_header_count_limit(nursery: trio.Nursery) -> None:
+    _, port = await _limited(nursery, max_headers=10)
+    ok = b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(10)) + b"\r\n"
+    assert (await _exchange(port, ok, b"200 OK")).startswith(b"HTTP/1.1 200 OK")
+    many = b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(11)) + b"\r\n"
+    got = await _exchange(port, many, b"Too many")
+    assert got.startswith(b"HTTP/1.1 431 ")
+    assert b"connection: close" in got
+
+
+async def test_default_header_count_is_bounded(port: int) -> None:
+    many = b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(10_000)) + b"\r\n"
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(many)
+        assert (await _read_all(stream)).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_head_size_limit_before_the_head_ends(nursery: trio.Nursery) -> None:
+    """A header value that never ends is refused once the head passes the limit."""
+    _, port = await _limited(nursery, max_head_bytes=4096)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nx-big: ")
+        with contextlib.suppress(trio.BrokenResourceError):
+            for _ in range(64):  # at most 4 MiB; the server answers after the first 4 KiB
+                await stream.send_all(b"a" * 65536)
+        assert (await _read_all(stream)).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_head_timeout(nursery: trio.Nursery) -> None:
+    _, port = await _limited(nursery, head_timeout_s=0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: h\r\n")
+        assert (await _read_all(stream)).startswith(b"HTTP/1.1 408 ")
+
+
+async def test_head_timeout_leaves_idle_keep_alive_alone(nursery: trio.Nursery) -> None:
+    _, port = await _limited(nursery, head_timeout_s=0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        for _ in range(2):
+            await stream.send_all(b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n")
+            with trio.fail_after(5):
+                assert b"200 OK" in await stream.receive_some(65536)
+            await trio.sleep(0.5)  # idle between requests: not a slow head
+
+
+async def test_silent_connection_closed_after_first_byte_timeout(nursery: trio.Nursery) -> None:
+    server, port = await _limited(nursery, first_byte_timeout_s=0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        assert await _read_all(stream) == b""
+    assert server.events == ["first_byte_timeout"]  # type: ignore[attr-defined]
+
+
+async def test_connection_cap(nursery: trio.Nursery) -> None:
+    server, port = await _limited(nursery, max_connections=1)
+    first = await trio.open_tcp_stream("127.0.0.1", port)
+    async with first:
+        await first.send_all(b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n")
+        with trio.fail_after(5):
+            assert b"200 OK" in await first.receive_some(65536)
+        second = await trio.open_tcp_stream("127.0.0.1", port)
+        async with second:
+            assert await _read_all(second) == b""
+        await first.send_all(b"GET /b HTTP/1.1\r\nhost: h\r\n\r\n")
+        with trio.fail_after(5):
+            assert b"200 OK" in await first.receive_some(65536)
+    assert server.events == ["over_limit"]  # type: ignore[attr-defined]
+
+
+def test_limits_validated() -> None:
+    with pytest.raises(ValueError, match="max_headers"):
+        ServerLimits(max_headers=0)
+    with pytest.raises(ValueError, match="max_connections"):
+        ServerLimits(max_connections=0)

@@ -1,0 +1,1 @@
+"""Networking machinery both daemons share: the accept loop with connection-level limits."""
