@@ -6,7 +6,7 @@ validators plus its own checks) before swapping it in.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -147,6 +147,19 @@ class RouteTable(Frozen):
         return self
 
 
+#: Listener settings that only an HTTP listener enforces.
+_HTTP_ONLY_FIELDS: Final = frozenset(
+    {
+        "request_headers_timeout_s",
+        "max_request_headers_kb",
+        "max_request_header_count",
+        "max_response_headers_kb",
+        "max_response_header_count",
+        "max_requests_per_connection",
+    }
+)
+
+
 class Listener(Frozen):
     """A socket the sidecar accepts on, and what it does with what arrives.
 
@@ -190,6 +203,14 @@ class Listener(Frozen):
             raise ValueError("set route_table or cluster, not both")
         if self.protocol == "tcp" and self.route_table is not None:
             raise ValueError("a tcp listener forwards to a cluster; route_table is for http")
+        if self.protocol == "tcp":
+            fields = type(self).model_fields
+            http_only = sorted(
+                name for name in _HTTP_ONLY_FIELDS if getattr(self, name) != fields[name].default
+            )
+            if http_only:
+                # Never accept what isn't enforced: a tcp listener parses no HTTP.
+                raise ValueError(f"{', '.join(http_only)}: http listener settings, not for tcp")
         if self.direction == "outbound" and self.route_table is None and self.cluster is None:
             raise ValueError("an outbound listener needs a route_table or a cluster")
         return self

@@ -420,3 +420,18 @@ def test_model_from_data_source_label() -> None:
     with pytest.raises(ConfigError) as info:
         model_from_data(Snapshot, {"version": -1}, source="snap.yaml")
     assert str(info.value) == "snap.yaml: version: Input should be greater than or equal to 0"
+
+
+def test_http_settings_on_a_tcp_listener_are_refused() -> None:
+    """A tcp listener parses no HTTP: its HTTP limits would be accepted and ignored."""
+    base = {
+        "name": "db",
+        "direction": "outbound",
+        "address": {"host": "127.0.0.1", "port": 5432},
+        "protocol": "tcp",
+        "cluster": "db",
+    }
+    Listener.model_validate(base)
+    Listener.model_validate({**base, "max_connections": 10, "first_byte_timeout_s": 5})
+    with pytest.raises(ValidationError, match="max_request_header_count: http listener"):
+        Listener.model_validate({**base, "max_request_header_count": 50})
