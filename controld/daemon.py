@@ -43,6 +43,8 @@ from controld.discovery import DiscoveryView, RegistryWatcher
 from controld.push import PushHub, Reconciler
 from controld.registry import RegistryConfig, RegistryServer
 from controld.registry.httpserver import HTTPServer
+from controld.sealed import RECORD_KEY_FILE, RecordKey
+from controld.sidecar_tokens import SidecarTokens
 from controld.store import ResourceStore
 from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff
@@ -264,6 +266,12 @@ class ControlDaemon:
                 RegistryClient(RegistrySettings(url=url, token=token or None)) as kv,
             ):
                 self._store = store
+                self.auth.tokens = SidecarTokens(
+                    kv,
+                    cfg.kv_prefix,
+                    RecordKey.load_or_create(cfg.state_dir / RECORD_KEY_FILE),
+                    metrics=self.metrics,
+                )
                 self.identity = IdentityService(
                     ca,
                     kv,

@@ -57,7 +57,7 @@ async def test_missing_or_bad_token_is_401(method: str, path: str, token: str | 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ONLY)
 async def test_sidecar_token_on_admin_routes_is_403(method: str, path: str) -> None:
     async with serving_api() as api:
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             resp = await client.request(method, path, json={"resources": [], "service": "web"})
         assert resp.status_code == 403, resp.text
         assert "sidecar:web" in resp.json()["error"]
@@ -68,7 +68,7 @@ async def test_refused_mutations_are_audited() -> None:
         with capture_logs() as logs:
             async with api.as_token(None) as client:
                 await client.put("/v1/resources", json={"resources": []})
-            async with api.as_token(api.auth.mint_sidecar("web")) as client:
+            async with api.as_token(await api.sidecar_token("web")) as client:
                 await client.delete("/v1/resources/Mesh/default")
             await api.client.get("/v1/resources")  # reads aren't audited
         events = [e for e in logs if e["event"] == "audit"]
@@ -151,7 +151,7 @@ async def test_schema() -> None:
         resp = await api.client.get("/v1/schema")
         assert resp.status_code == 200
         assert resp.json() == json_schemas()
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             assert (await client.get("/v1/schema")).status_code == 200
 
 
@@ -198,7 +198,7 @@ async def test_mint_sidecar_token() -> None:
             resp = await api.client.post("/v1/tokens/sidecar", json={"service": "web"})
         assert resp.status_code == 200
         token = resp.json()["token"]
-        assert api.auth.verify(token).name == "sidecar:web"
+        assert (await api.auth.verify(token)).name == "sidecar:web"
         [event] = [e for e in logs if e["event"] == "audit"]
         assert event["principal"] == "admin"
         assert event["path"] == "/v1/tokens/sidecar"
@@ -216,7 +216,7 @@ async def test_served_by_hypercorn_on_a_real_socket() -> None:
             api.app, "127.0.0.1", 0, error_logger=logging.getLogger("test"), shutdown=shutdown
         )
         port = await nursery.start(server.run)
-        headers = {"Authorization": f"Bearer {api.auth.mint_sidecar('web')}"}
+        headers = {"Authorization": f"Bearer {await api.sidecar_token('web')}"}
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", headers=headers
         ) as client:
