@@ -321,10 +321,7 @@ class IdentityService(IdentityHolder):
             except InvalidIdentity as exc:
                 # The token is spent: nothing to retry with.
                 raise IdentityError(f"controld's enrollment answer is unusable: {exc}") from exc
-            if issued.sidecar_token is not None:
-                self.sidecar_token = issued.sidecar_token
-                error = await self._persist(self.store.save_sidecar_token, issued.sidecar_token)
-                self._last_error = self._last_error or error
+            await self._keep_sidecar_token(issued)
             log.info(
                 "enrolled", spiffe_id=identity.spiffe_id, not_after=identity.not_after.isoformat()
             )
@@ -348,10 +345,19 @@ class IdentityService(IdentityHolder):
                         return await self._enroll()
                 await self._failed("renewal", exc, backoff, until=current.not_after.timestamp())
                 continue
+            await self._keep_sidecar_token(issued)
             log.info(
                 "renewed", spiffe_id=identity.spiffe_id, not_after=identity.not_after.isoformat()
             )
             return identity
+
+    async def _keep_sidecar_token(self, issued: Issued) -> None:
+        """Use (and save) the sidecar API token of an enrollment or renewal answer: each
+        expires with its leaf, so the one from the latest renewal is the one that works."""
+        if issued.sidecar_token is not None:
+            self.sidecar_token = issued.sidecar_token
+            error = await self._persist(self.store.save_sidecar_token, issued.sidecar_token)
+            self._last_error = self._last_error or error
 
     async def _accept(self, key: PrivateKey, issued: Issued, where: str) -> Identity:
         identity = parse_identity(

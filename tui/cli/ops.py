@@ -1,4 +1,4 @@
-"""``meshctl status``, ``explain``, ``token`` and ``schema``."""
+"""``meshctl status``, ``explain``, ``token create`` and ``schema``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ __all__ = [
     "cmd_explain",
     "cmd_schema",
     "cmd_status",
-    "cmd_token",
     "cmd_token_create",
     "explain_lines",
     "parse_duration",
@@ -287,13 +286,6 @@ def cmd_explain(opts: Options, args: argparse.Namespace) -> int:
         print(render.to_yaml(answer), end="")
     else:
         print("\n".join(explain_lines(answer, routes)))
-    return EXIT_OK
-
-
-def cmd_token(opts: Options, args: argparse.Namespace) -> int:
-    """``token sidecar --service S``: print a sidecar token (and nothing else)."""
-    with opts.client() as client:
-        print(client.sidecar_token(args.service))
     return EXIT_OK
 
 

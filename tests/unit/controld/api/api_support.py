@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from controld.api import build_api
 from controld.auth import TokenAuth
-from controld.sealed import RecordKey
-from controld.sidecar_tokens import SidecarTokens
 from controld.discovery import DiscoveryView
 from controld.push import PushHub
+from controld.sealed import RecordKey
+from controld.sidecar_tokens import SidecarTokens
 from controld.store import (
     ApplyResult,
     Change,
@@ -35,7 +35,7 @@ from meshcore.model.resources import Resource, ResourceSet, resource_key
 
 # The in-memory KV of the CA tests (one definition), importable when only these tests run.
 sys.path.insert(0, str(Path(__file__).parent.parent / "ca"))
-from ca_support import FakeKV  # noqa: E402
+from ca_support import FakeKV
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789abcdef"
 TIME = "2026-11-22T05:30:40.000Z"

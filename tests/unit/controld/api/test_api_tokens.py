@@ -45,8 +45,7 @@ async def test_mint_refuses_bad_bodies(body: dict[str, object]) -> None:
 
 
 async def test_sidecar_tokens_may_not_manage_tokens() -> None:
-    async with serving_api() as api:
-        async with api.as_token(await api.sidecar_token("web")) as client:
-            assert (await client.get("/v1/tokens/sidecar")).status_code == 403
-            resp = await client.delete("/v1/tokens/sidecar/" + "0" * 32)
-            assert resp.status_code == 403
+    async with serving_api() as api, api.as_token(await api.sidecar_token("web")) as client:
+        assert (await client.get("/v1/tokens/sidecar")).status_code == 403
+        resp = await client.delete("/v1/tokens/sidecar/" + "0" * 32)
+        assert resp.status_code == 403
