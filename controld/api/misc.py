@@ -18,6 +18,8 @@ from controld.api.errors import ApiError
 from controld.api.plane import ControlPlane
 from controld.auth import Principal, TokenAuth
 from controld.compiler import explain
+from controld.compiler.endpoint_tls import endpoint_mix
+from controld.compiler.inputs import Inputs
 from meshcore.model.policy import SERVICE_PATTERN
 from meshcore.model.resources import json_schemas
 
@@ -54,8 +56,13 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
 
     @router.get("/v1/status")
     async def status(_: Admin) -> dict[str, Any]:
-        """Registry link, discovery view, push hub and store state."""
-        return plane.status()
+        """Registry link, discovery view, push hub and store state; ``endpoint_mix``: the
+        services with plain (no sidecar) endpoints, how each endpoint is reached and which
+        are excluded (STRICT) and why."""
+        doc = plane.status()
+        view = plane.view()
+        doc["endpoint_mix"] = endpoint_mix(Inputs(view, plane.resources()), view.services)
+        return doc
 
     @router.get("/v1/schema")
     async def schema(_: AnyToken) -> dict[str, Any]:

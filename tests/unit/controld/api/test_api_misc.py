@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from api_support import serving_api
 from structlog.testing import capture_logs
 
 from controld.compiler import explain
+from controld.discovery.view import DiscoveryView, ServiceEndpoint
 from meshcore.model.resources import json_schemas
 from meshcore.model.snapshot import Snapshot
 from meshcore.runtime.asgi import AsgiServer
@@ -249,3 +251,24 @@ async def test_internal_errors_are_json_500() -> None:
             resp = await client.get("/v1/status")
     assert resp.status_code == 500
     assert resp.json() == {"error": "internal error", "problems": []}
+
+
+async def test_status_shows_services_with_plain_endpoints() -> None:
+    sidecar = ServiceEndpoint("10.0.0.1", 21000, "api-1", "n1", sidecar=True)
+    plain = ServiceEndpoint("10.0.0.9", 8080, "api-2", "n2", sidecar=False)
+    async with serving_api() as api:
+        api.plane.discovery = DiscoveryView(
+            services=MappingProxyType({"api": (sidecar, plain), "web": (sidecar,)}), version=1
+        )
+        doc = (await api.client.get("/v1/status")).json()
+        # Only the mixed service; under the default (PERMISSIVE) the plain one is plaintext.
+        assert doc["endpoint_mix"] == {
+            "api": {
+                "mtls_mode": "permissive",
+                "sidecar": 1,
+                "plain": 1,
+                "mtls": 1,
+                "plaintext": 1,
+                "excluded": [],
+            }
+        }
