@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from controld.sidecar_tokens import SidecarTokenRecord, SidecarTokens, TokenRefused
+from controld.sidecar_tokens import (
+    WORKLOAD_ID_RE,
+    SidecarTokenRecord,
+    SidecarTokens,
+    TokenRefused,
+)
 from meshcore.errors import MeshError
 
 __all__ = [
@@ -45,8 +49,6 @@ __all__ = [
 _SIDECAR_PREFIX = "sidecar."
 #: Shortest admin token accepted from a file (``token_urlsafe(32)`` gives 43 characters).
 _MIN_ADMIN_TOKEN_LEN = 16
-#: A workload's SPIFFE ID: ``spiffe://<trust domain>/ns/<namespace>/svc/<service>``.
-_WORKLOAD_RE = re.compile(r"^spiffe://[a-z0-9.-]+/ns/([a-z0-9._-]+)/svc/([a-z0-9._-]+)$")
 
 
 class AuthError(MeshError):
@@ -159,7 +161,7 @@ class TokenAuth:
         not valid), :class:`Forbidden` when the token names another workload than the
         certificate.
         """
-        workload = _WORKLOAD_RE.match(peer_id) if peer_id is not None else None
+        workload = WORKLOAD_ID_RE.match(peer_id) if peer_id is not None else None
         if not authorization:
             if workload is not None:
                 return Principal("sidecar", workload.group(2), workload.group(1), peer_id)

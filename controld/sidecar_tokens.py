@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_TTL_S",
     "MAX_TTL_S",
     "REFRESH_S",
+    "WORKLOAD_ID_RE",
     "SidecarTokenRecord",
     "SidecarTokens",
     "TokenRefused",
@@ -58,7 +59,9 @@ _ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
 _SECRET_RE: Final = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _OLD_MAC_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _SERVICE_RE: Final = re.compile(SERVICE_PATTERN)
-_SPIFFE_RE: Final = re.compile(r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$")
+#: A workload's SPIFFE ID ``spiffe://<trust domain>/ns/<namespace>/svc/<service>``; groups:
+#: namespace, service.
+WORKLOAD_ID_RE: Final = re.compile(r"^spiffe://[a-z0-9.-]+/ns/([a-z0-9._-]+)/svc/([a-z0-9._-]+)$")
 _SERIAL_RE: Final = re.compile(r"^[0-9a-f]{1,40}$")
 #: Why an old ``sidecar.<service>.<hmac>`` token is refused.
 OLD_FORMAT: Final = (
@@ -116,7 +119,7 @@ def _parse(token_id: str, body: dict[str, Any]) -> tuple[SidecarTokenRecord, str
         and _SERVICE_RE.match(service) is not None
         and isinstance(namespace, str)
         and _SERVICE_RE.match(namespace) is not None
-        and (identity is None or (isinstance(identity, str) and _SPIFFE_RE.match(identity)))
+        and (identity is None or (isinstance(identity, str) and WORKLOAD_ID_RE.match(identity)))
         and (serial is None or (isinstance(serial, str) and _SERIAL_RE.match(serial)))
         and isinstance(digest, str)
         and len(digest) == 64
@@ -182,7 +185,7 @@ class SidecarTokens:
         """
         if not _SERVICE_RE.match(service) or not _SERVICE_RE.match(namespace):
             raise ValueError(f"invalid service or namespace {namespace!r}/{service!r}")
-        if identity is not None and not _SPIFFE_RE.match(identity):
+        if identity is not None and not WORKLOAD_ID_RE.match(identity):
             raise ValueError(f"invalid identity {identity!r}")
         if serial is not None and not _SERIAL_RE.match(serial):
             raise ValueError(f"invalid serial {serial!r}")

@@ -13,6 +13,7 @@ from cryptography import x509
 
 from controld.auth import TokenAuth
 from controld.ca.service import Issued
+from controld.sidecar_tokens import WORKLOAD_ID_RE
 
 __all__ = ["mint_bound_token", "serial_hex"]
 
@@ -28,8 +29,10 @@ async def mint_bound_token(
     """A sidecar token bound to ``issued``'s identity and leaf, expiring with the leaf;
     with ``replaces`` (the leaf presented for a renewal) that leaf's tokens are revoked."""
     identity = issued.spiffe_id
-    _, _, rest = identity.partition("/ns/")
-    namespace, _, service = rest.partition("/svc/")
+    workload = WORKLOAD_ID_RE.match(identity)
+    if workload is None:  # the CA only signs workload IDs
+        raise ValueError(f"{identity} is not a workload identity")
+    namespace, service = workload.group(1), workload.group(2)
     cert = issued.certificate
     ttl = (cert.not_valid_after_utc - datetime.now(UTC)).total_seconds()
     token, _ = await auth.mint_sidecar(

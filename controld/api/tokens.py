@@ -17,6 +17,7 @@ from starlette.requests import Request
 from controld.api.deps import BEARER, Auditor, Guard
 from controld.api.errors import ApiError
 from controld.auth import Principal, TokenAuth
+from controld.ca.service import rfc3339
 from controld.sidecar_tokens import DEFAULT_TTL_S, MAX_TTL_S, SidecarTokenRecord
 from meshcore.model.policy import SERVICE_PATTERN
 
@@ -42,7 +43,7 @@ class TokenAnswer(BaseModel):
 
 
 def _time(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.fromtimestamp(when, UTC))
 
 
 def record_json(record: SidecarTokenRecord) -> dict[str, Any]:
