@@ -47,8 +47,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_TTL_S: Final = 30 * 86400
 #: Longest lifetime a token may be given (1 year).
 MAX_TTL_S: Final = 365 * 86400
-#: How long a verified record is trusted from memory before it is read again.
-REFRESH_S: Final = 5.0
+#: How long a verified record is trusted from memory before it is read again: longer than a
+#: long-poll (30 s), so a sidecar's polls read its record from the registry once a minute.
+REFRESH_S: Final = 60.0
 #: Largest record read back (a record is about 400 bytes).
 MAX_RECORD_BYTES: Final = 4096
 #: Most records ``list`` reads (and cached records kept).
