@@ -124,6 +124,8 @@ class IdentityService(IdentityHolder):
         self._renew_at: float | None = None
         self._last_error: str | None = None
         self.sidecar_token: str | None = store.load_sidecar_token()
+        #: The token of the last renewal, until it is saved (see ``_renew_forever``).
+        self._token_to_save: str | None = None
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap, base_dir: Path) -> IdentityService:
@@ -216,6 +218,11 @@ class IdentityService(IdentityHolder):
             self._renew_at = self._clock() + delay
             log.info("identity renewal scheduled", spiffe_id=identity.spiffe_id, in_s=delay)
             with trio.CancelScope(deadline=trio.current_time() + delay) as self._sleep:
+                # Saved while waiting for the next renewal: its thread hop never delays one.
+                token, self._token_to_save = self._token_to_save, None
+                if token is not None:
+                    error = await self._persist(self.store.save_sidecar_token, token)
+                    self._last_error = self._last_error or error
                 await trio.sleep_forever()
             self._sleep = None
             start = self._clock()
@@ -321,7 +328,10 @@ class IdentityService(IdentityHolder):
             except InvalidIdentity as exc:
                 # The token is spent: nothing to retry with.
                 raise IdentityError(f"controld's enrollment answer is unusable: {exc}") from exc
-            await self._keep_sidecar_token(issued)
+            if issued.sidecar_token is not None:
+                self.sidecar_token = issued.sidecar_token
+                error = await self._persist(self.store.save_sidecar_token, issued.sidecar_token)
+                self._last_error = self._last_error or error
             log.info(
                 "enrolled", spiffe_id=identity.spiffe_id, not_after=identity.not_after.isoformat()
             )
@@ -345,19 +355,13 @@ class IdentityService(IdentityHolder):
                         return await self._enroll()
                 await self._failed("renewal", exc, backoff, until=current.not_after.timestamp())
                 continue
-            await self._keep_sidecar_token(issued)
+            if issued.sidecar_token is not None:
+                # Each renewal brings a new sidecar token (the previous one is revoked).
+                self.sidecar_token = self._token_to_save = issued.sidecar_token
             log.info(
                 "renewed", spiffe_id=identity.spiffe_id, not_after=identity.not_after.isoformat()
             )
             return identity
-
-    async def _keep_sidecar_token(self, issued: Issued) -> None:
-        """Use (and save) the sidecar API token of an enrollment or renewal answer: each
-        expires with its leaf, so the one from the latest renewal is the one that works."""
-        if issued.sidecar_token is not None:
-            self.sidecar_token = issued.sidecar_token
-            error = await self._persist(self.store.save_sidecar_token, issued.sidecar_token)
-            self._last_error = self._last_error or error
 
     async def _accept(self, key: PrivateKey, issued: Issued, where: str) -> Identity:
         identity = parse_identity(

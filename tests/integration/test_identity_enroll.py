@@ -296,7 +296,9 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
                 while identity.sidecar_token == saved:
                     await trio.sleep(0.05)
             renewed = identity.sidecar_token
-            assert IdentityStore(side / "identity").load_sidecar_token() == renewed
+            with trio.fail_after(TIMEOUT):  # saved once the next renewal is scheduled
+                while IdentityStore(side / "identity").load_sidecar_token() != renewed:
+                    await trio.sleep(0.05)
             old = await http.post(
                 "/v1/proxies/web-x",
                 json={"proxy_id": "web-x", "service": "web"},
