@@ -37,7 +37,7 @@ from controld.auth import TokenAuth
 from controld.ca import CAFileError, CertificateAuthority, IdentityService, RootCA
 from controld.ca.servertls import ServerTls, server_sans
 from controld.ca.storage import CAStore
-from controld.ca.sweeper import JoinTokenSweeper
+from controld.ca.sweeper import JoinTokenSweeper, RevocationSync
 from controld.compiler import Compiler
 from controld.discovery import DiscoveryView, RegistryWatcher
 from controld.push import PushHub, Reconciler
@@ -230,6 +230,7 @@ class ControlDaemon:
         cfg = self.config
         self._auth = TokenAuth.from_file(cfg.token_path)
         ca = CertificateAuthority.load_or_create(cfg.ca_dir, import_root=_import_root(cfg))
+        record_key = RecordKey.load_or_create(cfg.state_dir / RECORD_KEY_FILE)
         server = RegistryServer(cfg.registry) if cfg.registry is not None else None
         async with trio.open_nursery() as nursery:
             registry_port: int | None = None
@@ -266,17 +267,20 @@ class ControlDaemon:
                 RegistryClient(RegistrySettings(url=url, token=token or None)) as kv,
             ):
                 self._store = store
-                self.auth.tokens = SidecarTokens(
-                    kv,
-                    cfg.kv_prefix,
-                    RecordKey.load_or_create(cfg.state_dir / RECORD_KEY_FILE),
-                    metrics=self.metrics,
-                )
                 self.identity = IdentityService(
                     ca,
                     kv,
                     cfg.kv_prefix,
+                    record_key=record_key,
                     trust_domain=lambda: store.current.mesh().trust_domain,
+                    metrics=self.metrics,
+                )
+                self.auth.tokens = SidecarTokens(
+                    kv,
+                    cfg.kv_prefix,
+                    record_key,
+                    metrics=self.metrics,
+                    leaf_revoked=self.identity.revoked.__contains__,
                 )
                 # Its own nursery, so every task using the store ends before it is closed.
                 async with trio.open_nursery() as services:
@@ -319,6 +323,7 @@ class ControlDaemon:
         await nursery.start(self._scoped, reconciler.run)
         assert self.identity is not None
         await nursery.start(self._scoped, JoinTokenSweeper(self.identity.join_tokens).run)
+        await nursery.start(self._scoped, RevocationSync(self.identity).run)
         app = build_api(self, auth=self.auth, metrics=self.metrics, is_ready=self.is_ready)
         push: HTTPServer | None = None
         if cfg.push_port is not None:

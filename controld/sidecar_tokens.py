@@ -5,7 +5,8 @@ so a registry writer who isn't controld can't forge or move one) holds the servi
 namespace the token acts for, the enrolled identity it is bound to (SPIFFE ID and the leaf's
 serial; none for tokens minted with ``meshctl token sidecar``), the SHA-256 of the secret
 (never the secret), and when it was created and expires. A token is accepted only while its
-record opens, is unexpired and exists: revoking deletes the record.
+record opens, is unexpired and exists (revoking deletes the record), and, if bound, while its
+leaf isn't revoked.
 
 Verified records are cached in memory for :data:`REFRESH_S` seconds so the snapshot long-poll
 doesn't read the registry on every request; a revocation on this controld drops the entry at
@@ -144,12 +145,16 @@ class SidecarTokens:
         key: RecordKey,
         *,
         metrics: CollectorRegistry | None = None,
+        leaf_revoked: Callable[[int], bool] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kv = kv
         self._dir = f"{prefix}sidecar-tokens/"
         self._key = key
+        #: Whether the leaf with this serial is revoked (the CA's in-memory list): a token
+        #: bound to a revoked leaf is refused at once.
+        self._leaf_revoked = leaf_revoked
         self._clock = clock
         self._monotonic = monotonic
         # id -> (record, secret hash, when read); insertion order is age order.
@@ -230,6 +235,12 @@ class SidecarTokens:
         if record.expires <= self._clock():
             self._cache.pop(head, None)
             raise TokenRefused("sidecar token expired")
+        if (
+            record.serial is not None
+            and self._leaf_revoked is not None
+            and self._leaf_revoked(int(record.serial, 16))
+        ):
+            raise TokenRefused("sidecar token bound to a revoked certificate")
         return record
 
     async def revoke(self, token_id: str) -> bool:

@@ -143,6 +143,10 @@ def build_runtime(
             idle_timeout_s=lst.idle_timeout_s,
             headers_timeout_s=lst.request_headers_timeout_s,
             max_head_bytes=lst.max_request_headers_kb * 1024,
+            max_headers=lst.max_request_header_count,
+            max_response_head_bytes=lst.max_response_headers_kb * 1024,
+            max_response_headers=lst.max_response_header_count,
+            max_requests_per_connection=lst.max_requests_per_connection,
             version=snapshot.version,
             guard=guard,
         )

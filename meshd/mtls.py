@@ -11,6 +11,11 @@ having had one: the sidecar stops offering the certificate, STRICT inbound liste
 every connection (never fall back to plaintext), PERMISSIVE ones take plaintext only, and
 outbound mTLS presents no certificate, so STRICT peers refuse it at the handshake.
 Open connections, pooled upstream ones included, keep the context they were made with.
+
+Revoked certificates (the serials controld's bundle carries, :attr:`IdentitySource.revoked`)
+are refused on every context built here, inbound and outbound, right after the handshake;
+a new list also resets the open connections whose peer it revokes
+(:class:`~meshd.net.revoked.RevokedPeers`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 import trio
 
+from meshd.net.revoked import RevokedPeers
 from meshd.net.stream import SocketStream, Stream
-from meshd.net.tls import TlsError, TlsStream, tls_accept
+from meshd.net.tls import PeerRevoked, TlsError, TlsStream, tls_accept
 from meshd.net.tlsconfig import (
     anonymous_client_context,
     client_context,
@@ -53,7 +59,13 @@ class IdentitySource(Protocol):
 
     @property
     def version(self) -> int:
-        """Counts changes of :attr:`current` (new identities and drops)."""
+        """Counts changes of :attr:`current` (new identities and drops) and of
+        :attr:`revoked`."""
+        ...
+
+    @property
+    def revoked(self) -> frozenset[int]:
+        """Serials of revoked certificates."""
         ...
 
     async def wait_version(self, after: int) -> int:
@@ -80,6 +92,8 @@ class MeshTls:
         self.lost = False
         #: Inbound connections refused because the identity went away.
         self.no_identity_refused = 0
+        #: Revoked peer certificates: refused after the handshake, their connections reset.
+        self.revoked = RevokedPeers()
 
     def use(self, identity: Identity | None) -> None:
         """Build the contexts new connections use from ``identity`` (None: no identity;
@@ -89,7 +103,7 @@ class MeshTls:
             self.server_strict = self.server_permissive = None
             if previous is not None:
                 self.lost = True
-                self.client = anonymous_client_context(previous.bundle_pems)
+                self.client = anonymous_client_context(previous.bundle_pems, guard=self.revoked)
                 log.error(
                     "workload identity gone: not offering the expired certificate; "
                     "STRICT peers will refuse this sidecar's mTLS",
@@ -99,9 +113,12 @@ class MeshTls:
                 self.client = None
             return
         cert, key, roots = identity.cert_pem, identity.key_pem, identity.bundle_pems
-        self.server_strict = server_context(cert, key, roots, require_client_cert=True)
-        self.server_permissive = server_context(cert, key, roots, require_client_cert=False)
-        self.client = client_context(cert, key, roots)
+        guard = self.revoked
+        self.server_strict = server_context(cert, key, roots, require_client_cert=True, guard=guard)
+        self.server_permissive = server_context(
+            cert, key, roots, require_client_cert=False, guard=guard
+        )
+        self.client = client_context(cert, key, roots, guard=guard)
         self.lost = False
         log.info("mTLS contexts built", spiffe_id=identity.spiffe_id, roots=len(roots))
 
@@ -112,14 +129,23 @@ class MeshTls:
 
     async def run(self, source: IdentitySource) -> None:
         """Follow ``source``: rebuild the contexts on every change of its identity (a new
-        one, or its loss), until cancelled."""
+        one, or its loss), and apply its revoked serials, until cancelled."""
         self.use(source.current)
+        self.apply_revoked(source.revoked)
         version = source.version
         while True:
             version = await source.wait_version(version)
             current = source.current
             if current is not self.identity:
                 self.use(current)
+            self.apply_revoked(source.revoked)
+
+    def apply_revoked(self, serials: frozenset[int]) -> None:
+        """Refuse peers presenting one of ``serials`` from now on; reset their connections."""
+        if serials == self.revoked.serials:
+            return
+        closed = self.revoked.update(serials)
+        log.info("revoked certificates applied", revoked=len(serials), connections_reset=closed)
 
     async def accept(self, stream: SocketStream) -> tuple[Stream, bytes | None] | None:
         """The stream to serve and the client's SPIFFE ID, or None if the connection is refused.
@@ -149,6 +175,9 @@ class MeshTls:
                     stream.reset()
                     return None
                 tls: TlsStream = await tls_accept(stream, ctx)
+        except PeerRevoked as exc:
+            log.warning("revoked peer refused", error=str(exc))
+            return None  # closed by tls_accept; counted by the guard
         except (TlsError, trio.TooSlowError, trio.BrokenResourceError, OSError):
             self.handshake_failed += 1
             if stream.sock.fileno() != -1:  # tls_accept closed it already otherwise

@@ -476,6 +476,10 @@ class Sidecar:
                 # The certificate expired with no renewal: STRICT refuses everything.
                 "lost": tls.lost,
                 "no_identity_refused": tls.no_identity_refused,
+                # Revoked peer certificates (controld's bundle): refused, connections reset.
+                "revoked": len(tls.revoked.serials),
+                "revoked_refused": tls.revoked.refused,
+                "revoked_reset": tls.revoked.reset,
             }
         if self.control is not None:
             out["control"] = self.control.describe()

@@ -1,12 +1,14 @@
-"""Identity endpoints: join tokens, enrollment, renewal, trust bundle, revocation, rotation.
+"""Identity endpoints: join tokens, enrollment, renewal, trust bundle, identities, revocation,
+rotation.
 
 ``/v1/enroll`` and ``/v1/renew`` take no bearer token: the join token, respectively the
 current leaf presented as client certificate over mutual TLS (controld's TLS listener), is
 the credential. ``/v1/bundle`` is public;
 with ``?index=<n>&wait=<s>`` it is a blocking query (as in Consul): it answers at once when
 the bundle's index isn't ``n``, else when it changes or after ``wait`` (at most 300 s). The
-index is in the ``X-Meshd-Index`` header and the body. ``GET /v1/ca`` is admin-only; the
-others are admin-only and audited.
+index is in the ``X-Meshd-Index`` header and the body; ``revoked`` lists the serials of the
+revoked leaves that haven't expired. ``GET /v1/ca`` and ``GET /v1/identities`` are
+admin-only; the others are admin-only and audited.
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates route signatures, whose
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal
 from cryptography import x509
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 
 from controld.api.bound_tokens import mint_bound_token
@@ -27,11 +29,15 @@ from controld.api.errors import ApiError
 from controld.auth import Principal, TokenAuth
 from controld.ca import (
     CSRError,
+    IdentityNotFound,
     IdentityService,
     JoinTokenInvalid,
     RenewalRefused,
     RotationError,
 )
+from controld.ca.authority import spiffe_id
+from controld.ca.identities import ID_PATTERN, IdentityRecord
+from controld.ca.records import InvalidRecord
 from controld.ca.rotation import MAX_BUNDLE_WAIT_S
 from controld.ca.service import rfc3339
 from meshcore.model.policy import SERVICE_PATTERN
@@ -41,6 +47,8 @@ __all__ = ["identity_router"]
 #: Longest lifetime of a join token (30 days).
 MAX_JOIN_TTL_S = 30 * 86400
 _SPIFFE_PATTERN = r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$"
+#: What a sidecar may call itself (printable ASCII, no spaces); meshd sends nothing else.
+INSTANCE_PATTERN = r"^[!-~]{1,253}$"
 #: Header carrying the bundle's index.
 INDEX_HEADER = "X-Meshd-Index"
 #: Default wait of a bundle long-poll given an index and no ``wait``.
@@ -86,6 +94,8 @@ class EnrollRequest(BaseModel):
 
     token: str = Field(min_length=1, max_length=256)
     csr: str = Field(min_length=1, max_length=16384)
+    #: The sidecar's proxy id, recorded with its identity (for display).
+    instance: str | None = Field(default=None, pattern=INSTANCE_PATTERN)
 
 
 class RenewRequest(BaseModel):
@@ -97,11 +107,24 @@ class RenewRequest(BaseModel):
 
 
 class RevokeRequest(BaseModel):
-    """Body of ``POST /v1/revocations``."""
+    """Body of ``POST /v1/revocations``: exactly one of ``identity`` (an instance's identity
+    id), ``serial`` (of one of its certificates, hex), ``service`` (every instance; with
+    ``namespace``) or ``spiffe_id`` (every instance of it)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    spiffe_id: str = Field(pattern=_SPIFFE_PATTERN, max_length=512)
+    identity: str | None = Field(default=None, pattern=ID_PATTERN)
+    serial: str | None = Field(default=None, pattern=r"^(0x)?[0-9a-fA-F]{1,40}$")
+    service: str | None = Field(default=None, pattern=SERVICE_PATTERN)
+    namespace: str = Field(default="default", pattern=SERVICE_PATTERN)
+    spiffe_id: str | None = Field(default=None, pattern=_SPIFFE_PATTERN, max_length=512)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "RevokeRequest":
+        given = [self.identity, self.serial, self.service, self.spiffe_id]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of identity, serial, service or spiffe_id")
+        return self
 
 
 class RotateRequest(BaseModel):
@@ -139,10 +162,13 @@ def identity_router(
         "/v1/enroll",
         responses={400: {"description": "bad CSR"}, 401: {"description": "bad join token"}},
     )
-    async def enroll(body: EnrollRequest) -> dict[str, Any]:
+    async def enroll(body: EnrollRequest, request: Request) -> dict[str, Any]:
         """Trade a join token and a CSR for a leaf, the trust bundle and a sidecar token."""
+        address = request.client.host if request.client is not None else None
         try:
-            issued = await identity.enroll(body.token, body.csr)
+            issued = await identity.enroll(
+                body.token, body.csr, instance=body.instance, address=address
+            )
         except CSRError as exc:
             raise ApiError(400, str(exc)) from exc
         except JoinTokenInvalid as exc:
@@ -189,6 +215,7 @@ def identity_router(
             "active": ca.signer.cert_pem(),
             "active_id": ca.state.active,
             "index": current,
+            "revoked": identity.revoked_json(),
         }
         return JSONResponse(body, headers={INDEX_HEADER: str(current)})
 
@@ -198,14 +225,57 @@ def identity_router(
         del principal
         return identity.status()
 
-    @router.post("/v1/revocations")
+    @router.get("/v1/identities")
+    async def identities(
+        principal: Admin,
+        service: Annotated[str | None, Query(pattern=SERVICE_PATTERN)] = None,
+    ) -> dict[str, Any]:
+        """Every enrolled instance: service, instance, SPIFFE ID, current serial, expiry and
+        revocation (admin only)."""
+        del principal
+        now = datetime.now(UTC).timestamp()
+        records = await identity.identities.all()
+        found = [r for r in records if service is None or r.service == service]
+        found.sort(key=lambda r: (r.namespace, r.service, r.enrolled))
+        return {"identities": [identity_json(r, now) for r in found]}
+
+    @router.post(
+        "/v1/revocations",
+        responses={
+            404: {"description": "no such identity or serial"},
+            409: {"description": "the identity's record is unusable"},
+        },
+    )
     async def revoke(
         body: RevokeRequest, request: Request, principal: AdminAudited
-    ) -> dict[str, str]:
-        """Refuse further renewals of ``spiffe_id`` (admin only; audited)."""
-        await identity.revocations.revoke(body.spiffe_id)
-        auditor.record(principal.name, request, "revoked", spiffe_id=body.spiffe_id)
-        return {"spiffe_id": body.spiffe_id}
+    ) -> dict[str, Any]:
+        """Revoke one instance (by ``identity`` or certificate ``serial``) or every instance
+        of a service: peers refuse its certificates within a bundle long-poll and it can't
+        renew (admin only; audited)."""
+        try:
+            if body.identity is not None:
+                revoked = [await identity.revoke_identity(body.identity)]
+            elif body.serial is not None:
+                revoked = [await identity.revoke_serial(int(body.serial, 16))]
+            else:
+                target = body.spiffe_id or spiffe_id(
+                    identity.trust_domain, body.namespace, str(body.service)
+                )
+                revoked = await identity.revoke_service(target)
+        except IdentityNotFound as exc:
+            raise ApiError(404, str(exc)) from exc
+        except InvalidRecord as exc:
+            raise ApiError(409, f"cannot revoke: {exc}") from exc
+        fields = body.model_dump(exclude_none=True, exclude_defaults=True)
+        ids = [r.id for r in revoked]
+        auditor.record(principal.name, request, "revoked", identities=ids, **fields)
+        now = datetime.now(UTC).timestamp()
+        answer: dict[str, Any] = {"revoked": [identity_json(r, now) for r in revoked]}
+        if body.spiffe_id is not None or body.service is not None:
+            answer["spiffe_id"] = body.spiffe_id or spiffe_id(
+                identity.trust_domain, body.namespace, str(body.service)
+            )
+        return answer
 
     @router.post("/v1/ca/rotate", responses={409: {"description": "step out of order"}})
     async def rotate(
@@ -253,3 +323,23 @@ def client_certificate(request: Request) -> x509.Certificate:
 
 def _rfc3339_unix(when: float) -> str:
     return rfc3339(datetime.fromtimestamp(when, UTC))
+
+
+def identity_json(record: IdentityRecord, now: float) -> dict[str, Any]:
+    """One identity as the API shows it (times in RFC 3339, serials in hex)."""
+    current = record.current
+    return {
+        "id": record.id,
+        "service": record.service,
+        "namespace": record.namespace,
+        "spiffe_id": record.spiffe_id,
+        "instance": record.instance,
+        "address": record.address,
+        "enrolled": _rfc3339_unix(record.enrolled),
+        "renewed": None if record.renewed is None else _rfc3339_unix(record.renewed),
+        "serial": None if current is None else current.serial,
+        "not_after": None if current is None else _rfc3339_unix(current.not_after),
+        "expires_in_s": None if current is None else round(current.not_after - now, 1),
+        "serials": [leaf.serial for leaf in record.unexpired(now)],
+        "revoked": None if record.revoked is None else _rfc3339_unix(record.revoked),
+    }

@@ -1,10 +1,12 @@
-"""controld's certificate authority: roots, SPIFFE leaves, join tokens, rotation."""
+"""controld's certificate authority: roots, SPIFFE leaves, join tokens, per-instance
+identities, revocation, rotation."""
 
 from controld.ca.authority import RootCA, generate_root, sign_leaf, spiffe_id, verify_leaf
 from controld.ca.errors import (
     CAError,
     CAFileError,
     CSRError,
+    IdentityNotFound,
     JoinTokenInvalid,
     RenewalRefused,
     RotationError,
@@ -17,6 +19,7 @@ __all__ = [
     "CAFileError",
     "CSRError",
     "CertificateAuthority",
+    "IdentityNotFound",
     "IdentityService",
     "Issued",
     "JoinTokenInvalid",

@@ -187,12 +187,16 @@ def sign_leaf(
     *,
     ttl: timedelta = DEFAULT_LEAF_TTL,
     now: datetime | None = None,
+    instance_id: str | None = None,
 ) -> x509.Certificate:
     """An X.509-SVID for ``identity`` (a SPIFFE ID) certifying ``public_key``, signed by
-    ``root``. The leaf never outlives the root."""
+    ``root``. The leaf never outlives the root. ``instance_id`` (the enrolled instance's
+    identity id, :mod:`controld.ca.identities`) goes in the subject CN, so a renewal names
+    the instance it continues."""
     if not _SPIFFE_RE.match(identity):
         raise ValueError(f"not a SPIFFE ID of this mesh: {identity!r}")
-    return _sign(root, public_key, [x509.UniformResourceIdentifier(identity)], ttl, now)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity)]
+    return _sign(root, public_key, sans, ttl, now, common_name=instance_id)
 
 
 def controld_spiffe_id(trust_domain: str) -> str:
@@ -226,12 +230,17 @@ def _sign(
     sans: list[x509.GeneralName],
     ttl: timedelta,
     now: datetime | None,
+    *,
+    common_name: str | None = None,
 ) -> x509.Certificate:
     now = _now(now)
     not_after = min(now + ttl, root.cert.not_valid_after_utc)
+    names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshd")]
+    if common_name is not None:
+        names.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshd")]))
+        .subject_name(x509.Name(names))
         .issuer_name(root.cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())

@@ -8,6 +8,7 @@ __all__ = [
     "CAError",
     "CAFileError",
     "CSRError",
+    "IdentityNotFound",
     "JoinTokenInvalid",
     "RenewalRefused",
     "RotationError",
@@ -26,6 +27,10 @@ class CAFileError(CAError):
 class CSRError(CAError):
     """A certificate signing request that is malformed, badly signed or of a refused key type
     (HTTP 400)."""
+
+
+class IdentityNotFound(CAError):
+    """No identity (or leaf) by that id or serial (HTTP 404)."""
 
 
 class JoinTokenInvalid(CAError):

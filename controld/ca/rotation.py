@@ -99,6 +99,11 @@ class CertificateAuthority:
         return cls(store, roots, RotationState(active, tuple(bundle)))
 
     @property
+    def store(self) -> CAStore:
+        """The CA directory."""
+        return self._store
+
+    @property
     def state(self) -> RotationState:
         """The current rotation state."""
         return self._state
@@ -118,6 +123,11 @@ class CertificateAuthority:
         else:
             await trio.lowlevel.checkpoint()
         return self._index
+
+    def bundle_changed(self) -> None:
+        """Something the bundle carries besides the roots changed (the revoked leaves): new
+        index, wake the long-polls."""
+        self._bump()
 
     def _bump(self) -> None:
         """The bundle or the signer changed: new index, wake the long-polls."""
@@ -162,9 +172,12 @@ class CertificateAuthority:
         *,
         ttl: timedelta = DEFAULT_LEAF_TTL,
         now: datetime | None = None,
+        instance_id: str | None = None,
     ) -> x509.Certificate:
-        """A leaf for ``identity`` signed by the active root."""
-        return sign_leaf(self.signer, public_key, identity, ttl=ttl, now=now)
+        """A leaf for ``identity`` (of instance ``instance_id``) signed by the active root."""
+        return sign_leaf(
+            self.signer, public_key, identity, ttl=ttl, now=now, instance_id=instance_id
+        )
 
     def verify(self, leaf: x509.Certificate, *, now: datetime | None = None) -> str:
         """The SPIFFE ID of a leaf chaining to the bundle (``RenewalRefused`` otherwise)."""

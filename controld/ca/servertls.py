@@ -4,8 +4,9 @@ The key is made in memory at start (ECDSA P-256) and never written. The certific
 the URI SAN ``spiffe://<trust domain>/controld`` (what sidecars check), plus ``localhost``, the
 host name, the operator's ``--tls-san`` names and the loopback and bind addresses (for
 ``curl --cacert`` and other host-name checking clients). It is issued again, into a new
-context, when the CA's bundle index moves (a rotation step), when the trust domain changes and
-when half its lifetime has passed; new connections get the new context, open ones keep theirs.
+context, when the CA's roots or signer change (a rotation step), when the trust domain
+changes and when half its lifetime has passed; new connections get the new context, open
+ones keep theirs.
 
 The context asks for a client certificate but doesn't require one (TLS 1.3 only): one that is
 presented must chain to the current bundle, so a retired root's leaves fail the handshake of new
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controld.ca.authority import IPAddress, controld_spiffe_id, sign_server
-from controld.ca.rotation import CertificateAuthority
+from controld.ca.rotation import CertificateAuthority, RotationState
 from meshcore.pemfile import pem_path
 
 __all__ = ["ServerCertificate", "ServerTls", "server_sans"]
@@ -67,6 +68,8 @@ class ServerCertificate:
     context: ssl.SSLContext
     trust_domain: str
     bundle_index: int
+    #: The rotation state it was issued in (a revocation moves the index, not this).
+    state: RotationState | None = None
 
     def as_json(self, listen: str) -> dict[str, object]:
         """For ``GET /v1/ca``."""
@@ -129,7 +132,7 @@ class ServerTls:
         )
         with pem_path(cert_pem) as cert_path, pem_path(key_pem) as key_path:
             ctx.load_cert_chain(cert_path, key_path)
-        return ServerCertificate(cert, ctx, domain, index)
+        return ServerCertificate(cert, ctx, domain, index, self._ca.state)
 
     def _stale(self, now: datetime) -> bool:
         current = self.current
@@ -137,7 +140,7 @@ class ServerTls:
         start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
         half = start + (end - start) / 2
         return (
-            current.bundle_index != self._ca.index
+            current.state != self._ca.state
             or current.trust_domain != self._trust_domain()
             or now >= half
         )
@@ -145,8 +148,9 @@ class ServerTls:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Re-issue when stale (see the module doc) until cancelled."""
         task_status.started()
+        seen = self.current.bundle_index
         while True:
-            await self._ca.wait_bundle(self.current.bundle_index, _CHECK_S)
+            seen = await self._ca.wait_bundle(seen, _CHECK_S)
             if self._stale(datetime.now(UTC)):
                 self.current = self._issue()
                 log.info(

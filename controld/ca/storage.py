@@ -3,6 +3,8 @@
 * ``<id>.crt`` the root certificate (PEM, 0644), ``<id>.key`` its private key (PEM, 0600);
   ``<id>`` is :attr:`~controld.ca.authority.RootCA.id`.
 * ``state.json``: ``{"active": "<id>", "bundle": ["<id>", ...]}``, the rotation state.
+* ``revoked.json``: the revoked leaves not yet expired (:mod:`controld.ca.revocations`), so a
+  revocation outlives a registry writer deleting its record and a restart.
 
 Every file is written to a temporary name, synced and renamed, so a crash leaves either the
 old or the new content. A key file or the directory accessible by group or others is refused
@@ -15,13 +17,18 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from controld.ca.authority import RootCA
 from controld.ca.errors import CAFileError
+from meshcore.boundedjson import BoundedJsonError, loads_bounded
 
 __all__ = ["CAStore"]
 
 _STATE = "state.json"
+_REVOKED = "revoked.json"
+#: Bound of ``revoked.json`` (about 100 bytes a leaf).
+_MAX_REVOKED_BYTES = 64 << 20
 
 
 class CAStore:
@@ -108,6 +115,22 @@ class CAStore:
         """Persist the rotation state."""
         body = json.dumps({"active": active, "bundle": bundle}, indent=2) + "\n"
         self._write(self.directory / _STATE, body.encode("utf-8"), 0o600)
+
+    def read_revoked(self) -> Any:
+        """The decoded ``revoked.json`` (``None`` when missing); :class:`CAFileError` when
+        it can't be read or isn't JSON within bounds."""
+        path = self.directory / _REVOKED
+        try:
+            return loads_bounded(path.read_bytes(), max_bytes=_MAX_REVOKED_BYTES)
+        except FileNotFoundError:
+            return None
+        except (OSError, BoundedJsonError) as exc:
+            raise CAFileError(f"cannot read {path}: {exc}") from exc
+
+    def write_revoked(self, value: Any) -> None:
+        """Persist the revoked leaves (0600)."""
+        body = json.dumps(value, separators=(",", ":")) + "\n"
+        self._write(self.directory / _REVOKED, body.encode("utf-8"), 0o600)
 
     def _write(self, path: Path, data: bytes, mode: int) -> None:
         tmp = path.with_name(f".{path.name}.tmp")

@@ -170,6 +170,16 @@ class Listener(Frozen):
     request_headers_timeout_s: float = Field(default=10.0, gt=0)
     #: Size limit of a request line plus headers; over it the answer is 431.
     max_request_headers_kb: int = Field(default=60, ge=1, le=1024)
+    # -- HTTP message limits (meshd.http) --
+    #: Header fields of a request (and, separately, of its trailers); over it 431.
+    max_request_header_count: int = Field(default=100, ge=1, le=10000)
+    #: Size limit of an upstream response's status line plus headers; over it 502.
+    max_response_headers_kb: int = Field(default=60, ge=1, le=1024)
+    #: Header fields of an upstream response; over it 502.
+    max_response_header_count: int = Field(default=100, ge=1, le=10000)
+    #: Requests one downstream connection may carry; the last one is answered with
+    #: ``Connection: close``.
+    max_requests_per_connection: int = Field(default=1000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _target(self) -> Listener:

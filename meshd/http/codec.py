@@ -4,8 +4,11 @@ llhttp is strict where request smuggling lives: it rejects Content-Length togeth
 Transfer-Encoding, duplicate or malformed Content-Length, bad chunk sizes, obs-fold, bare LF and
 invalid tokens. This module adds what llhttp leaves to its user: a size limit on the request
 head, framing decisions, HEAD responses (llhttp can't know a response answers HEAD), and the
-hop-by-hop header split. Parsed headers keep their original bytes; names to be dropped or
-rewritten are sorted out once, while parsing.
+hop-by-hop header split, and the strict rules of :mod:`meshd.http.strict` (Host syntax, HTTP
+versions, protected headers, mesh-internal headers dropped). Parsed headers keep their original
+bytes; names to be dropped or rewritten are sorted out once, while parsing.
+
+Heads and trailer sections are bounded in bytes and header fields (:mod:`meshd.http.limits`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,25 @@ from collections import deque
 from typing import Final
 
 import httptools
+
+from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS, HeadLimits, HttpError
+from meshd.http.strict import MESH_HEADER_PREFIX, SUPPORTED_VERSIONS, removable, valid_host
+
+__all__ = [
+    "CHUNKED",
+    "EV_DATA",
+    "EV_END",
+    "EV_HEAD",
+    "LENGTH",
+    "NO_BODY",
+    "UNTIL_CLOSE",
+    "HttpError",
+    "MessageHead",
+    "RequestHead",
+    "RequestParser",
+    "ResponseHead",
+    "ResponseParser",
+]
 
 # Framing of a message body.
 NO_BODY: Final = 0
@@ -52,16 +74,6 @@ _SPECIAL_RESPONSE: Final = _SPECIAL - {
     b"traceparent",
 }
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
-
-
-class HttpError(Exception):
-    """Unacceptable input: answer ``status`` with reason ``reason`` and close."""
-
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(f"{status} {reason}: {detail}")
-        self.status = status
-        self.reason = reason
-        self.detail = detail
 
 
 class MessageHead:
@@ -107,8 +119,8 @@ class MessageHead:
             self.traceparent = value
 
     def _drop_connection_options(self) -> None:
-        """Remove headers named by Connection (they are hop-by-hop too)."""
-        named = {t for t in self.connection_tokens if t not in _CONNECTION_OPTIONS}
+        """Remove headers named by Connection (they are hop-by-hop too), unless protected."""
+        named = {t for t in self.connection_tokens if t not in _CONNECTION_OPTIONS and removable(t)}
         if named:
             self.headers = [(n, v) for n, v in self.headers if n.lower() not in named]
 
@@ -133,7 +145,7 @@ class ResponseHead(MessageHead):
     reason = b""
 
 
-class RequestParser:
+class RequestParser(HeadLimits):
     """Feeds bytes from a downstream connection; yields head/data/end events in order.
 
     Events pile up in :attr:`events` (at most one read's worth, since the caller drains them
@@ -141,29 +153,16 @@ class RequestParser:
     followed its head: they belong to the tunnel, not to HTTP.
     """
 
-    __slots__ = (
-        "_head",
-        "_head_bytes",
-        "_in_head",
-        "_max_head",
-        "_parser",
-        "_raw_head",
-        "_url",
-        "events",
-        "upgrade_tail",
-    )
+    __slots__ = ("_head", "_parser", "_url", "events", "upgrade_tail")
 
-    def __init__(self, max_head_bytes: int) -> None:
+    _too_large = "headers_too_large"
+    _too_many = "too_many_headers"
+
+    def __init__(self, max_head_bytes: int, max_headers: int = DEFAULT_MAX_HEADERS) -> None:
+        super().__init__(max_head_bytes, max_headers)
         self._parser = httptools.HttpRequestParser(self)
-        self._max_head = max_head_bytes
         self._head = RequestHead()
         self._url: list[bytes] = []
-        #: Head bytes reported by llhttp callbacks (request line and complete header fields).
-        self._head_bytes = 0
-        #: Raw bytes of reads that came while a head was still incomplete: bounds the
-        #: partial lines llhttp keeps to itself until they end.
-        self._raw_head = 0
-        self._in_head = False
         self.events: deque[tuple[int, object]] = deque()
         self.upgrade_tail: bytes | bytearray | None = None
 
@@ -175,6 +174,7 @@ class RequestParser:
     def feed(self, data: bytes | bytearray) -> None:
         """Parse ``data``; raises :class:`HttpError` on bad input."""
         continuing = self._in_head
+        in_trailers = self._chunk_pending
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -186,53 +186,59 @@ class RequestParser:
                 raise exc.__context__ from None
             raise
         except httptools.HttpParserError as exc:
-            raise HttpError(400, "bad_request", str(exc)) from exc
+            raise HttpError("bad_request", str(exc)) from exc
+        self._count_read(len(data), continuing, in_trailers)
         if self._in_head:
-            # Still inside a head: all of this read belonged to it, unless the head began
-            # within it (then the callbacks' count covers it).
-            if continuing:
-                self._raw_head += len(data)
-            if self._raw_head > self._max_head:
-                raise HttpError(431, "headers_too_large", "request head too large")
+            self._refuse_http09(data)
+
+    def _refuse_http09(self, data: bytes | bytearray) -> None:
+        """An HTTP/0.9 request line (no version) is refused once it ends, not after a timeout.
+
+        llhttp reports 0.9 once a line follows it, and 0.0 (nothing parsed yet) right after its
+        end; a version being parsed always shows as 1.x or more.
+        """
+        version = self._parser.get_http_version()
+        if version == "0.9" or (version == "0.0" and data[-1:] == b"\n"):
+            raise HttpError("unsupported_http_version", "HTTP/0.9 is not supported")
 
     # httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._head = RequestHead()
         self._url = []
-        self._in_head = True
-        self._head_bytes = 0
-        self._raw_head = 0
+        self._begin()
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._head_bytes += len(url)
-        if self._head_bytes > self._max_head:
-            raise HttpError(431, "headers_too_large", "request line too long")
+        self._count_line(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_field(name, value)  # trailer fields too: they are bounded like a head
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         head = self._head
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self._max_head:
-            raise HttpError(431, "headers_too_large", "request headers too large")
         lname = name.lower()
         if lname in _SPECIAL:
             head._special(lname, value)
+        elif lname.startswith(MESH_HEADER_PREFIX):
+            return  # only the mesh sets these: a client's copy never reaches anyone
         else:
             if lname == b"host":
                 if head.host is not None:
-                    raise HttpError(400, "bad_request", "duplicate Host header")
+                    raise HttpError("bad_request", "duplicate Host header")
                 head.host = value
             head.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         head = self._head
         parser = self._parser
+        head.version = parser.get_http_version().encode()
+        if head.version not in SUPPORTED_VERSIONS:
+            raise HttpError(
+                "unsupported_http_version", f"HTTP/{head.version.decode()} is not supported"
+            )
         head.method = parser.get_method()
         head.target = b"".join(self._url)
-        head.version = parser.get_http_version().encode()
         head.keep_alive = parser.should_keep_alive()
         if head.framing == NO_BODY and head.content_length > 0:
             head.framing = LENGTH
@@ -240,29 +246,37 @@ class RequestParser:
             head._drop_connection_options()
         if head.upgrade is not None and b"upgrade" not in head.connection_tokens:
             head.upgrade = None  # Upgrade without Connection: upgrade is not a request for it
-        if head.version == b"1.1" and head.host is None:
-            raise HttpError(400, "bad_request", "HTTP/1.1 request without Host")
+        if head.host is None:
+            if head.version == b"1.1":
+                raise HttpError("bad_request", "HTTP/1.1 request without Host")
+        elif not valid_host(head.host):
+            raise HttpError("invalid_host", "Host is not host[:port]")
         self._in_head = False
+        self._count = 0  # trailer fields, if any, are counted on their own
+        self._head_bytes = 0
         self.events.append((EV_HEAD, head))
 
     def on_body(self, body: bytes) -> None:
+        self._chunk_pending = False
         self.events.append((EV_DATA, body))
 
     def on_message_complete(self) -> None:
+        self._chunk_pending = False
         self.events.append((EV_END, None))
 
 
-class ResponseParser:
+class ResponseParser(HeadLimits):
     """Parses the responses of one upstream connection, one at a time.
 
     Call :meth:`reset` before each request's response: the parser needs to know whether the
     request was HEAD, because such a response has headers describing a body that never comes.
+    A head over the limits raises ``upstream_response_headers_too_large``: the connection
+    can't be reused after it.
     """
 
     __slots__ = (
         "_head",
         "_head_request",
-        "_in_head",
         "_parser",
         "_stale",
         "body",
@@ -271,10 +285,19 @@ class ResponseParser:
         "heads",
     )
 
-    def __init__(self, *, head_request: bool = False) -> None:
+    _too_large = "upstream_response_headers_too_large"
+    _too_many = "upstream_response_headers_too_large"
+
+    def __init__(
+        self,
+        *,
+        head_request: bool = False,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+    ) -> None:
+        super().__init__(max_head_bytes, max_headers)
         self._parser = httptools.HttpResponseParser(self)
         self._stale = False
-        self._in_head = False
         self._head_request = head_request
         self._head = ResponseHead()
         #: Heads parsed and not yet taken: zero or more 1xx, then the final one.
@@ -285,12 +308,20 @@ class ResponseParser:
         #: The upstream sent bytes after the response: the connection can't be reused.
         self.extra = False
 
-    def reset(self, *, head_request: bool) -> None:
-        """Get ready for the response to the next request."""
+    def reset(
+        self,
+        *,
+        head_request: bool,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+    ) -> None:
+        """Get ready for the response to the next request (under the listener's limits)."""
         if self._stale:
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
         self._head_request = head_request
+        self._max_head = max_head_bytes
+        self._max_headers = max_headers
         self.heads.clear()
         self.body.clear()
         self.complete = False
@@ -302,32 +333,43 @@ class ResponseParser:
         Bytes after a complete response set :attr:`extra` (in ``on_message_begin``, or
         below when they don't even parse).
         """
+        continuing = self._in_head
+        in_trailers = self._chunk_pending
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             return data[offset:]
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadDoneError):
+        except httptools.HttpParserCallbackError as exc:
+            context = exc.__context__
+            if isinstance(context, _HeadDoneError):
                 return None
+            self._stale = True
+            if isinstance(context, HttpError):
+                raise context from None
+            raise  # a bug of ours, not the upstream's: never disguised as a 502
+        except httptools.HttpParserError as exc:
             if self.complete:
                 # Junk after a complete response: keep the response, drop the connection.
                 self.extra = True
                 self._stale = True
                 return None
-            raise HttpError(502, "upstream_protocol_error", str(exc)) from exc
+            raise HttpError("upstream_protocol_error", str(exc)) from exc
+        self._count_read(len(data), continuing, in_trailers)
         return None
 
     def on_message_begin(self) -> None:
         if self.complete:
             self.extra = True
         self._head = ResponseHead()
-        self._in_head = True
+        self._begin()
 
     def on_status(self, reason: bytes) -> None:
+        self._count_line(len(reason))
         self._head.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_field(name, value)
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         lname = name.lower()
@@ -343,6 +385,10 @@ class ResponseParser:
         head = self._head
         parser = self._parser
         self._in_head = False
+        self._count = 0
+        self._head_bytes = 0
+        if parser.get_http_version().encode() not in SUPPORTED_VERSIONS:
+            raise HttpError("upstream_protocol_error", "not an HTTP/1.x response")
         head.status = status = parser.get_status_code()
         head.keep_alive = parser.should_keep_alive()
         if head.connection_tokens:
@@ -360,9 +406,11 @@ class ResponseParser:
             raise _HeadDoneError
 
     def on_body(self, body: bytes) -> None:
+        self._chunk_pending = False
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self._chunk_pending = False
         if self._head.status >= 200 or self._head.status == 101:
             self.complete = True
 

@@ -18,7 +18,7 @@ from meshcore.model.policy import Redirect
 from meshcore.routing import CompiledRoute
 from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
-from meshd.errors import UpstreamError, UpstreamResetError
+from meshd.errors import PROXY_ERRORS, UpstreamError, UpstreamResetError
 from meshd.http import codec
 from meshd.http.codec import (
     CHUNKED,
@@ -33,9 +33,10 @@ from meshd.http.codec import (
     ResponseParser,
 )
 from meshd.http.exchange import METHODS, Exchange, record
-from meshd.http.responses import redirect_response, synthetic_response, upstream_error_response
+from meshd.http.responses import redirect_response, synthetic_response
 from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
 from meshd.http.shared import ConfigSource, HttpListenerConfig, ProxyShared, now
+from meshd.http.strict import valid_host
 from meshd.http.tracing import new_request_id, next_traceparent
 from meshd.net.stream import SocketStream, Stream
 from meshd.net.tls import TlsStream
@@ -88,13 +89,14 @@ class HttpConnection:
         self.down = down
         #: The client's SPIFFE ID (inbound mTLS), passed to the app as a header.
         self.peer_identity = peer_identity
-        #: Replace any client-sent ``x-meshd-peer-identity`` (inbound with mTLS on).
+        #: Kept for callers; client-sent ``x-meshd-*`` headers are now dropped from every
+        #: request by the parser, whatever the listener and mTLS mode.
         self.strip_identity = strip_identity
         self.cfg = cfg
         self.shared = shared
         #: Where a newer configuration of the listener shows up (None: keep ``cfg``).
         self.source = source
-        self.parser = RequestParser(cfg.max_head_bytes)
+        self.parser = RequestParser(cfg.max_head_bytes, cfg.max_headers)
         peer = down.peer() if isinstance(down, SocketStream | TlsStream) else ("", 0)
         self.peer_ip = peer[0].encode()
         self._scope = trio.CancelScope()
@@ -152,6 +154,9 @@ class HttpConnection:
             if head is None:
                 return
             self._phase = _REQUEST
+            if served + 1 >= self.cfg.max_requests_per_connection:
+                # The last request this connection may carry: its answer says so.
+                self._close_after = True
             await self._handle(head)
             if not head.keep_alive:
                 return
@@ -171,7 +176,7 @@ class HttpConnection:
             data = await receive()
             if not data:
                 if parser.in_head:
-                    raise HttpError(400, "bad_request", "connection closed inside request head")
+                    raise HttpError("bad_request", "connection closed inside request head")
                 return None
             parser.feed(data)
             if self._phase == _IDLE and parser.in_head:
@@ -193,8 +198,9 @@ class HttpConnection:
         ex = self._exchange = Exchange(now())
         self._head = head
         ex.request_id = head.request_id or new_request_id(shared.rng)
-        if self.strip_identity:
-            _set_peer_identity(head, self.peer_identity)
+        if self.peer_identity is not None:
+            # The parser dropped any client-sent copy; this one the TLS handshake verified.
+            head.headers.append((_PEER_IDENTITY, self.peer_identity))
             ex.source_identity = self.peer_identity
         if self.parser.upgrade_tail is not None:
             # llhttp stops after an Upgrade or CONNECT head: unless the upstream switches
@@ -203,7 +209,7 @@ class HttpConnection:
         elif head.framing == NO_BODY:
             self._take_end()
         if head.method == b"CONNECT":
-            await self._respond_error(405, "connect_unsupported", "CONNECT is not proxied")
+            await self._respond_error("connect_unsupported", "CONNECT is not proxied")
             return
         target = head.target
         if target[:1] != b"/" and target != b"*":
@@ -214,7 +220,7 @@ class HttpConnection:
             refusal = await guard.admit(head, self.peer_identity, target)
             if refusal is not None:
                 await self._respond_error(
-                    refusal.status, refusal.error, refusal.detail, extra=refusal.headers
+                    refusal.error, refusal.detail, status=refusal.status, extra=refusal.headers
                 )
                 return
         route = cfg.first_route
@@ -223,16 +229,17 @@ class HttpConnection:
             path, _, query = target.partition(b"?")
             route = cfg.routes.match(method, path.decode("latin-1"), head.headers, query)
         if route is None:
-            await self._respond_error(404, "no_route", "no route matches")
+            await self._respond_error("no_route", "no route matches")
             return
         ex.route = route.name
         if route.route.redirect is not None:
-            await self._respond_error(route.route.redirect.status, "", "", route.route.redirect)
+            redirect = route.route.redirect
+            await self._respond_error("", "", redirect, status=redirect.status)
             return
         self.deadline = ex.start + route.timeout_s
         cluster = cfg.clusters.get(route.pick_cluster())
         if cluster is None:
-            await self._respond_error(503, "no_healthy_upstream", "cluster not in snapshot")
+            await self._respond_error("no_healthy_upstream", "cluster not in snapshot")
             return
         ex.destination = cluster.service
         traceparent = next_traceparent(head.traceparent, shared.trace_sample_rate, shared.rng)
@@ -260,8 +267,7 @@ class HttpConnection:
                 endpoint, conn = await cluster.acquire(fresh=attempt == 1)
             except UpstreamError as exc:
                 self.shared.stats.upstream_error(cluster.name, exc.reason)
-                status, reason = upstream_error_response(exc)
-                await self._respond_error(status, reason, exc.detail)
+                await self._respond_error(exc.reason, exc.detail)
                 return
             ex.upstream = endpoint
             reusable = False
@@ -271,7 +277,7 @@ class HttpConnection:
             except _StaleConnectionError:
                 if attempt == 1 or not ex.body_done or head.method not in _REPLAYABLE:
                     self.shared.stats.upstream_error(cluster.name, "upstream_reset")
-                    await self._respond_error(502, "upstream_reset", "upstream closed")
+                    await self._respond_error("upstream_reset", "upstream closed")
                     return
             except (UpstreamResetError, HttpError) as exc:
                 # Reset, or a response that doesn't parse: 502, or a reset client once
@@ -281,8 +287,7 @@ class HttpConnection:
                     ex.error = exc.reason
                     self._abort_downstream()
                     return
-                status = exc.status if isinstance(exc, HttpError) else 502
-                await self._respond_error(status, exc.reason, exc.detail)
+                await self._respond_error(exc.reason, exc.detail)
                 return
             finally:
                 cluster.release(endpoint, conn, reusable=reusable)
@@ -386,7 +391,12 @@ class HttpConnection:
         rp: ResponseParser | None = conn.protocol_state
         if rp is None:
             rp = conn.protocol_state = ResponseParser()
-        rp.reset(head_request=head.method == b"HEAD")
+        cfg = self.cfg
+        rp.reset(
+            head_request=head.method == b"HEAD",
+            max_head_bytes=cfg.max_response_head_bytes,
+            max_headers=cfg.max_response_headers,
+        )
         down_framing = NO_BODY
         final: ResponseHead | None = None
         received = False
@@ -414,6 +424,11 @@ class HttpConnection:
                     if head.version == b"1.1":
                         out.append(response_head_bytes(rh, NO_BODY, close=False))
                     continue
+                if rh.status == 101 and head.upgrade is None:
+                    # Switching protocols nobody asked for would turn this connection into a
+                    # raw tunnel past every HTTP check: refused, and both connections end.
+                    self._close_after = True
+                    raise HttpError("upstream_unexpected_upgrade", "101 without an Upgrade request")
                 final = rh
                 down_framing, close = self._response_framing(head, rh)
                 ex.code = rh.status
@@ -483,13 +498,19 @@ class HttpConnection:
 
     async def _respond_error(
         self,
-        status: int,
         reason: str,
         detail: str,
         redirect: Redirect | None = None,
         *,
+        status: int = 0,
         extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
+        """Answer the request in flight on the proxy's behalf.
+
+        ``status`` is the reason's in :data:`PROXY_ERRORS`, unless given: access policy
+        refusals and redirects bring their own.
+        """
+        status = status or PROXY_ERRORS[reason]
         ex = self._exchange
         assert ex is not None
         head = self._head
@@ -545,17 +566,18 @@ class HttpConnection:
         ex = self._exchange
         if self._phase == _HEAD:
             ex = self._exchange = Exchange(now())
-            status, reason = 408, "request_timeout"
+            reason = "request_timeout"
         elif self._phase == _REQUEST and ex is not None and not ex.head_sent and not ex.code:
-            status, reason = 504, "upstream_timeout"
+            reason = "upstream_timeout"
             self.shared.stats.upstream_error(ex.destination, reason)
         else:
             if ex is not None and self._phase == _REQUEST and not ex.code:
                 ex.error = "upstream_timeout"
-                ex.code = 504
+                ex.code = PROXY_ERRORS[ex.error]
                 self._finish(ex)
                 self._abort_downstream()
             return
+        status = PROXY_ERRORS[reason]
         ex.code = status
         ex.error = reason
         self._finish(ex)
@@ -580,14 +602,6 @@ class HttpConnection:
 _PEER_IDENTITY: Final = b"x-meshd-peer-identity"
 
 
-def _set_peer_identity(head: RequestHead, identity: bytes | None) -> None:
-    """Drop any client-sent identity header; add the verified one, if any."""
-    headers = [(n, v) for n, v in head.headers if n.lower() != _PEER_IDENTITY]
-    if identity is not None:
-        headers.append((_PEER_IDENTITY, identity))
-    head.headers = headers
-
-
 class _StaleConnectionError(Exception):
     """A reused upstream connection failed before any response byte: safe to retry."""
 
@@ -597,13 +611,17 @@ def _origin_form(head: RequestHead) -> bytes:
     target = head.target
     scheme, sep, rest = target.partition(b"://")
     if not sep or scheme.lower() not in (b"http", b"https"):
-        raise HttpError(400, "bad_request", "unsupported request target")
-    authority, slash, path = rest.partition(b"/")
+        raise HttpError("bad_request", "unsupported request target")
+    # The authority ends at the path or, with an empty path, at the query.
+    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if not valid_host(authority):
+        raise HttpError("invalid_host", "the target's authority is not host[:port]")
     # The target's authority replaces any Host header (RFC 9112 3.2.2).
     head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
     head.headers.append((b"host", authority))
     head.host = authority
-    return b"/" + path if slash else b"/"
+    return path if path.startswith(b"/") else b"/" + path
 
 
 async def serve_http(

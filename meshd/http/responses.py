@@ -1,7 +1,8 @@
 """Synthetic responses: the one place where proxy-path errors become HTTP answers.
 
 Every error the proxy answers itself carries ``x-meshd-error: <reason>`` so that clients,
-access logs and metrics can tell a proxy's answer from the application's.
+access logs and metrics can tell a proxy's answer from the application's; its status comes
+from :data:`meshd.errors.PROXY_ERRORS`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,6 @@ from collections.abc import Sequence
 from typing import Final
 
 from meshcore.model.policy import Redirect
-from meshd.errors import (
-    NoHealthyUpstream,
-    PoolOverflow,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamResetError,
-)
 
 _REASON_PHRASES: Final = {
     301: b"Moved Permanently",
@@ -37,32 +31,8 @@ _REASON_PHRASES: Final = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
-
-#: reason -> status for errors met on the way to an upstream.
-UPSTREAM_STATUS: Final = {
-    "upstream_connect_failed": 502,
-    "upstream_reset": 502,
-    "upstream_protocol_error": 502,
-    "upstream_tls_failed": 502,
-    "upstream_identity_mismatch": 502,
-    "no_healthy_upstream": 503,
-    "upstream_overflow": 503,
-    "upstream_timeout": 504,
-}
-
-
-def upstream_error_response(exc: UpstreamError) -> tuple[int, str]:
-    """Status and reason for an upstream failure."""
-    if isinstance(exc, UpstreamConnectError):
-        return 502, "upstream_connect_failed"
-    if isinstance(exc, UpstreamResetError):
-        return 502, "upstream_reset"
-    if isinstance(exc, NoHealthyUpstream):
-        return 503, "no_healthy_upstream"
-    if isinstance(exc, PoolOverflow):
-        return 503, "upstream_overflow"
-    return UPSTREAM_STATUS.get(exc.reason, 502), exc.reason
 
 
 def synthetic_response(

@@ -63,6 +63,11 @@ class HttpListenerConfig:
     idle_timeout_s: float
     headers_timeout_s: float
     max_head_bytes: int
+    #: Message limits (meshcore.model.Listener has their defaults).
+    max_headers: int
+    max_response_head_bytes: int
+    max_response_headers: int
+    max_requests_per_connection: int
     version: int = 0
     #: Inbound access policy checked before routing (None: no policy, no cost).
     guard: InboundGuard | None = None

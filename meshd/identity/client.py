@@ -6,9 +6,10 @@
   presented as client certificate, is the credential (the connection's context comes from
   :class:`~meshd.identity.trust.ControldTrust`).
 * ``GET /v1/bundle[?index=<n>&wait=<s>]`` -> ``{trust_domain, roots, active, active_id,
-  index}`` (header ``X-Meshd-Index``): with ``index`` a blocking query answered when the
-  bundle's index differs from ``n`` or after ``wait``. An older controld answers
-  ``{trust_domain, roots}`` only (:attr:`Bundle.index` ``None``).
+  index, revoked}`` (header ``X-Meshd-Index``): with ``index`` a blocking query answered when
+  the bundle's index differs from ``n`` or after ``wait``; ``revoked`` lists the revoked
+  leaves (``{serial: <hex>, not_after, identity}``) that haven't expired. An older controld
+  answers ``{trust_domain, roots}`` only (:attr:`Bundle.index` ``None``, nothing revoked).
 
 4xx answers raise :class:`EnrollmentRefused`; unreachable controld, 5xx and malformed answers
 raise :class:`~meshd.control.client.ControlError` subclasses (worth retrying).
@@ -16,6 +17,7 @@ raise :class:`~meshd.control.client.ControlError` subclasses (worth retrying).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,12 @@ from meshd.control.client import (
 from meshd.identity.csr import csr_pem
 from meshd.identity.errors import EnrollmentRefused
 
-__all__ = ["Bundle", "IdentityClient", "Issued"]
+__all__ = ["MAX_REVOKED", "Bundle", "IdentityClient", "Issued"]
+
+#: Most revoked serials a bundle may carry (a bigger list is refused as malformed).
+MAX_REVOKED = 100_000
+#: An instance name controld records (printable ASCII, no spaces, at most 253).
+_INSTANCE = re.compile(r"^[!-~]{1,253}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +62,34 @@ class Bundle:
     roots: tuple[bytes, ...]
     #: The root that signs new leaves (PEM); None from an older controld.
     active: bytes | None = None
-    #: Changes whenever roots or signer do; None from an older controld (no blocking query).
+    #: Changes whenever roots, signer or revocations do; None from an older controld (no
+    #: blocking query).
     index: int | None = None
+    #: Serials of the revoked leaves that haven't expired: peers presenting one are refused.
+    revoked: frozenset[int] = frozenset()
 
 
 def _index(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
+
+
+def _revoked(value: object) -> frozenset[int]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or len(value) > MAX_REVOKED:
+        raise ControlProtocolError(f"bundle: 'revoked' is not a list of at most {MAX_REVOKED}")
+    serials = set()
+    for item in value:
+        serial = item.get("serial") if isinstance(item, dict) else None
+        if not isinstance(serial, str) or not 0 < len(serial) <= 40:
+            raise ControlProtocolError("bundle: a 'revoked' entry has no hex 'serial'")
+        try:
+            serials.add(int(serial, 16))
+        except ValueError as exc:
+            raise ControlProtocolError(f"bundle: revoked serial {serial!r} is not hex") from exc
+    return frozenset(serials)
 
 
 def _text(doc: dict[str, Any], name: str, where: str) -> str:
@@ -101,9 +128,15 @@ class IdentityClient:
     def __init__(self, control: ControlClient) -> None:
         self.control = control
 
-    async def enroll(self, token: str, csr: x509.CertificateSigningRequest) -> Issued:
-        """Trade a join token and a CSR for a leaf, the bundle and the service's API token."""
-        resp = await self.control.post_json("/v1/enroll", {"token": token, "csr": csr_pem(csr)})
+    async def enroll(
+        self, token: str, csr: x509.CertificateSigningRequest, *, instance: str | None = None
+    ) -> Issued:
+        """Trade a join token and a CSR for a leaf, the bundle and the service's API token;
+        ``instance`` (the proxy id) is recorded with the new identity."""
+        body = {"token": token, "csr": csr_pem(csr)}
+        if instance is not None and _INSTANCE.match(instance):  # else not worth a refusal
+            body["instance"] = instance
+        resp = await self.control.post_json("/v1/enroll", body)
         return _issued(resp, "enroll")
 
     async def renew(self, csr: x509.CertificateSigningRequest) -> Issued:
@@ -142,4 +175,5 @@ class IdentityClient:
             roots=tuple(r.encode("ascii", "replace") for r in roots),
             active=active.encode("ascii", "replace") if isinstance(active, str) else None,
             index=_index(doc.get("index")),
+            revoked=_revoked(doc.get("revoked")),
         )

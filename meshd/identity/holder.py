@@ -1,8 +1,9 @@
 """The identity in force, numbered by generation, and a way to wait for the next one.
 
 Two counters: ``generation`` numbers the identities put in force; ``version`` counts every
-change, including the identity being dropped (expired), which :meth:`wait_version` reports
-and :meth:`wait_changed` (new identities only) does not.
+change, including the identity being dropped (expired) and a new list of revoked peer
+certificates, which :meth:`wait_version` reports and :meth:`wait_changed` (new identities
+only) does not.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ class IdentityHolder:
         self._generation = 0
         self._version = 0
         self._changed = trio.Event()
+        self._revoked: frozenset[int] = frozenset()
 
     @property
     def current(self) -> Identity | None:
         """The identity in force (``None`` before the first one and after expiry)."""
         return self._current
+
+    @property
+    def revoked(self) -> frozenset[int]:
+        """Serials of revoked certificates (controld's bundle): peers presenting one are
+        refused."""
+        return self._revoked
 
     @property
     def generation(self) -> int:
@@ -56,6 +64,12 @@ class IdentityHolder:
         self._current = identity.with_generation(self._generation)
         self._wake()
         return self._current
+
+    def _set_revoked(self, serials: frozenset[int]) -> None:
+        """A new list of revoked serials; wakes the waiters when it differs."""
+        if serials != self._revoked:
+            self._revoked = serials
+            self._wake()
 
     def _drop(self) -> None:
         """No identity in force any more (it expired); wake the waiters."""

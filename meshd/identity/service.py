@@ -93,8 +93,11 @@ class IdentityService(IdentityHolder):
         bundle_poll_s: float = BUNDLE_POLL_S,
         trust: ControldTrust | None = None,
         ca_file: Path | None = None,
+        instance: str | None = None,
     ) -> None:
         super().__init__()
+        #: The proxy id sent at enrollment (recorded with the identity, for display).
+        self.instance = instance
         #: How controld is verified (None: a plain-http client, in tests of the logic only).
         self.trust = trust
         if trust is not None:
@@ -154,6 +157,7 @@ class IdentityService(IdentityHolder):
             join_token_file=None if token_file is None else base_dir / token_file,
             rotation_renew_jitter_s=config.rotation_renew_jitter_s,
             bundle_wait_s=config.bundle_wait_s,
+            instance=bootstrap.node_id,
         )
 
     # -- what consumers use ----------------------------------------------------------------
@@ -167,7 +171,11 @@ class IdentityService(IdentityHolder):
             "last_error": self._last_error,
             "bundle": None
             if self.bundle is None
-            else {"index": self.bundle.index, "roots": len(self.bundle.roots)},
+            else {
+                "index": self.bundle.index,
+                "roots": len(self.bundle.roots),
+                "revoked": len(self.bundle.revoked),
+            },
             "bundle_error": None if self._bundle_watch is None else self._bundle_watch.error,
         }
 
@@ -249,8 +257,9 @@ class IdentityService(IdentityHolder):
 
     async def apply_bundle(self, bundle: Bundle) -> None:
         """Put ``bundle`` in force on the current leaf (saved first); renew soon when a root
-        rotation made another root the signer."""
+        rotation made another root the signer. Its revoked serials apply at once."""
         previous, self.bundle = self.bundle, bundle
+        self._set_revoked(bundle.revoked)
         # Saving and putting in force happen under one lock, so a renewal's answer and a
         # bundle never overtake each other between the files and memory.
         async with self._save_lock:
@@ -316,7 +325,7 @@ class IdentityService(IdentityHolder):
             try:
                 if self.trust is not None and self.client.control.tls is not None:
                     await first_contact(self.trust, self.client.control, token, self.ca_file)
-                issued = await self.client.enroll(token, csr)
+                issued = await self.client.enroll(token, csr, instance=self.instance)
             except ControlError as exc:  # EnrollmentRefused is not one: the token is bad
                 await self._failed("enrollment", exc, backoff)
                 continue

@@ -17,8 +17,11 @@ TLS alert or an end of TCP without ``close_notify`` (a possible truncation),
 :class:`trio.ClosedResourceError` after :meth:`TlsStream.aclose`. Handshake failures raise
 :class:`TlsHandshakeError` carrying OpenSSL's reason.
 
-Handshakes have no timeout of their own: callers bound them with a cancel scope.
-Contexts, identity checks and PERMISSIVE-mode sniffing live in :mod:`meshd.net.tlsconfig`.
+Handshakes have no timeout of their own: callers bound them with a cancel scope. A
+:class:`GuardedContext` carries a :class:`PeerGuard` that sees every handshake it completes
+(both sides) and may refuse the peer, e.g. for a revoked certificate
+(:mod:`meshd.net.revoked`). Contexts, identity checks and PERMISSIVE-mode sniffing live in
+:mod:`meshd.net.tlsconfig`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import errno
 import socket
 import ssl
 import struct
+from typing import Protocol
 
 import trio
 
@@ -48,6 +52,26 @@ class TlsHandshakeError(TlsError):
     """The TLS handshake failed (bad certificate, protocol mismatch, reset, ...)."""
 
 
+class PeerRevoked(TlsHandshakeError):
+    """The peer presented a revoked certificate (the connection was closed)."""
+
+
+class PeerGuard(Protocol):
+    """Sees each handshake a :class:`GuardedContext` completes."""
+
+    def admit(self, stream: TlsStream) -> None:
+        """Accept the peer of ``stream`` (which may be kept to close it later) or raise
+        :class:`PeerRevoked`."""
+        ...
+
+
+class GuardedContext(ssl.SSLContext):
+    """An :class:`ssl.SSLContext` whose completed handshakes pass :attr:`peer_guard` (after
+    OpenSSL's verification; resumed sessions too, whose peer certificate is the session's)."""
+
+    peer_guard: PeerGuard | None = None
+
+
 class TlsStream:
     """A TLS connection over a non-blocking TCP socket.
 
@@ -58,6 +82,7 @@ class TlsStream:
     """
 
     __slots__ = (
+        "__weakref__",  # a PeerGuard keeps open streams weakly, to close a revoked peer's
         "_broken",
         "_closed",
         "_eof_sent",
@@ -355,6 +380,8 @@ async def _wrap(
             with contextlib.suppress(ValueError):
                 tls.session = session
         await stream.do_handshake()
+        if isinstance(ctx, GuardedContext) and ctx.peer_guard is not None:
+            ctx.peer_guard.admit(stream)
     except BaseException:
         stream._broken = True  # no close_notify on a half-done handshake
         stream.close_nowait()

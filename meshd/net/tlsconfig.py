@@ -7,8 +7,11 @@ URIs in the certificate's URI SAN, checked by :func:`check_peer` after the hands
 DNS names.
 
 Treat a context as an immutable value: a new certificate or bundle means a new context,
-which new connections use while open ones keep theirs. Sessions (and tickets) belong to
-the context that made them, so rotating also ends resumption with the old certificate.
+which new connections use while open ones keep theirs. The one live part is an optional
+``guard`` (:class:`~meshd.net.tls.PeerGuard`, e.g. :class:`~meshd.net.revoked.RevokedPeers`)
+that every completed handshake passes, so revoking a peer needs no new context. Sessions
+(and tickets) belong to the context that made them, so rotating also ends resumption with
+the old certificate.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import trio
 
 from meshcore.pemfile import pem_path as _pem_path
 from meshd.net.stream import SocketStream
-from meshd.net.tls import TlsError, TlsStream
+from meshd.net.tls import GuardedContext, PeerGuard, TlsError, TlsStream
 
 __all__ = [
     "PeerIdentityError",
@@ -59,37 +62,57 @@ def server_context(
     roots_pem: Pem | Iterable[Pem],
     *,
     require_client_cert: bool = True,
+    guard: PeerGuard | None = None,
 ) -> ssl.SSLContext:
     """A TLS 1.3 server context presenting ``cert_pem`` (leaf, then any intermediates).
 
     With ``require_client_cert`` (STRICT mTLS) clients without a certificate verified by
     ``roots_pem`` are refused; without it a client certificate is still verified if sent.
+    ``guard`` sees every completed handshake (and may refuse the client).
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = _guarded(True, guard)
     _common(ctx, cert_pem, key_pem, roots_pem)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return ctx
 
 
-def client_context(cert_pem: Pem, key_pem: Pem, roots_pem: Pem | Iterable[Pem]) -> ssl.SSLContext:
+def client_context(
+    cert_pem: Pem,
+    key_pem: Pem,
+    roots_pem: Pem | Iterable[Pem],
+    *,
+    guard: PeerGuard | None = None,
+) -> ssl.SSLContext:
     """A TLS 1.3 client context presenting ``cert_pem`` and requiring a server verified by
-    ``roots_pem``; the server's identity is then checked with :func:`check_peer`."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ``roots_pem``; the server's identity is then checked with :func:`check_peer`. ``guard``
+    sees every completed handshake (and may refuse the server)."""
+    ctx = _guarded(False, guard)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     _common(ctx, cert_pem, key_pem, roots_pem)
     return ctx
 
 
-def anonymous_client_context(roots_pem: Pem | Iterable[Pem]) -> ssl.SSLContext:
+def anonymous_client_context(
+    roots_pem: Pem | Iterable[Pem], *, guard: PeerGuard | None = None
+) -> ssl.SSLContext:
     """A TLS 1.3 client context that verifies the server by ``roots_pem`` but presents no
     certificate: what a sidecar whose leaf expired uses, so that a STRICT peer refuses it
     at the handshake instead of it sending plaintext or an expired certificate."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = _guarded(False, guard)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     _versions(ctx)
     ctx.load_verify_locations(cadata=_join_roots(roots_pem))
+    return ctx
+
+
+def _guarded(server: bool, guard: PeerGuard | None) -> ssl.SSLContext:
+    protocol = ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT
+    if guard is None:
+        return ssl.SSLContext(protocol)
+    ctx = GuardedContext(protocol)
+    ctx.peer_guard = guard
     return ctx
 
 

@@ -175,6 +175,50 @@ async def until(predicate: Any, what: str, limit: float = TIMEOUT) -> None:
     assert not scope.cancelled_caught, f"timed out waiting for {what}"
 
 
+async def write_api(directory: Path, http: httpx.AsyncClient, url: str, app: TestApp) -> Path:
+    """Bootstrap and snapshot of ``api``: a STRICT inbound listener in front of ``app``,
+    enrolling with a fresh join token."""
+    directory.mkdir()
+    path = write_sidecar_config(
+        directory,
+        service="api",
+        app_port=app.port,
+        listeners=[{"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0"}],
+        extra={"identity": identity_section(directory, await join_token(http, "api"), url)},
+    )
+    domain = (await http.get("/v1/bundle")).json()["trust_domain"]
+    set_snapshot(directory, mtls="strict", identity={"service": "api", "trust_domain": domain})
+    return path
+
+
+async def write_web(
+    directory: Path, http: httpx.AsyncClient, url: str, api: Sidecar, **extra: Any
+) -> Path:
+    """Bootstrap and snapshot of a ``web`` instance: an outbound listener ``out`` with mTLS
+    to ``api``, enrolling with a fresh join token; ``extra`` goes into the bootstrap."""
+    directory.mkdir()
+    domain = (await http.get("/v1/bundle")).json()["trust_domain"]
+    section = identity_section(directory, await join_token(http, "web"), url)
+    path = write_sidecar_config(
+        directory,
+        service="web",
+        app_port=closed_port(),
+        listeners=[
+            {"name": "out", "direction": "outbound", "address": "127.0.0.1:0", "cluster": "api"}
+        ],
+        clusters=[
+            cluster(
+                "api",
+                port_of(api, "inbound"),
+                tls={"spiffe_id": f"spiffe://{domain}/ns/default/svc/api"},
+            )
+        ],
+        extra={"identity": section, **extra},
+    )
+    set_snapshot(directory, mtls="strict", identity={"service": "web", "trust_domain": domain})
+    return path
+
+
 @asynccontextmanager
 async def mesh_up(tmp_path: Path, app: TestApp, *, leaf_ttl_s: float) -> AsyncIterator[Mesh]:
     async with running_daemon(tmp_path / "data", push=False, leaf_ttl_s=leaf_ttl_s) as (
@@ -183,47 +227,10 @@ async def mesh_up(tmp_path: Path, app: TestApp, *, leaf_ttl_s: float) -> AsyncIt
     ):
         url = tls_url(daemon)
         trust_domain = (await http.get("/v1/bundle")).json()["trust_domain"]
-        api_dir, web_dir = tmp_path / "api", tmp_path / "web"
-        api_dir.mkdir()
-        web_dir.mkdir()
-        api_path = write_sidecar_config(
-            api_dir,
-            service="api",
-            app_port=app.port,
-            listeners=[{"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0"}],
-            extra={"identity": identity_section(api_dir, await join_token(http, "api"), url)},
-        )
-        set_snapshot(
-            api_dir, mtls="strict", identity={"service": "api", "trust_domain": trust_domain}
-        )
+        api_path = await write_api(tmp_path / "api", http, url, app)
         async with trio.open_nursery() as sidecars:
             api = await start_sidecar(sidecars, api_path)
-            web_path = write_sidecar_config(
-                web_dir,
-                service="web",
-                app_port=closed_port(),
-                listeners=[
-                    {
-                        "name": "out",
-                        "direction": "outbound",
-                        "address": "127.0.0.1:0",
-                        "cluster": "api",
-                    }
-                ],
-                clusters=[
-                    cluster(
-                        "api",
-                        port_of(api, "inbound"),
-                        tls={"spiffe_id": f"spiffe://{trust_domain}/ns/default/svc/api"},
-                    )
-                ],
-                extra={"identity": identity_section(web_dir, await join_token(http, "web"), url)},
-            )
-            set_snapshot(
-                web_dir,
-                mtls="strict",
-                identity={"service": "web", "trust_domain": trust_domain},
-            )
+            web_path = await write_web(tmp_path / "web", http, url, api)
             web = await start_sidecar(sidecars, web_path)
             mesh = Mesh(daemon, http, trust_domain, web, api)
             await until(

@@ -63,6 +63,17 @@ def ca_status_lines(status: Mapping[str, Any]) -> list[str]:
         )
     else:
         lines.append("TLS listener off: sidecars can't renew (controld run --tls)")
+    if "revoked_leaves" in status:
+        invalid = status.get("invalid_records")
+        skipped = (
+            ", ".join(f"{kind} {count}" for kind, count in sorted(invalid.items()))
+            if isinstance(invalid, Mapping) and invalid
+            else "none"
+        )
+        lines.append(
+            f"revoked certificates not yet expired: {status['revoked_leaves']} "
+            f"(meshctl identities); invalid CA records skipped: {skipped}"
+        )
     step = NEXT_STEP.get(phase)
     if step is not None:
         lines.append("")

@@ -10,6 +10,7 @@ import consul
 import httpx
 import pytest
 import trio
+from cryptography import x509
 from daemon_support import TIMEOUT, running_daemon, tls_url
 from test_enroll import WEB, Sidecar, bundle, join_token, tls_context
 
@@ -159,3 +160,26 @@ async def test_records_forged_in_the_registry_are_refused(tmp_path: Any) -> None
         assert await register(anon, good, "web-1", "web") == 200
         metrics = (await anon.get("/metrics")).text
         assert "controld_sidecar_token_invalid_records_total 3.0" in metrics
+
+
+async def test_revoking_the_instance_refuses_its_bound_token(tmp_path: Any) -> None:
+    async with (
+        running_daemon(tmp_path / "data") as (daemon, http),
+        httpx.AsyncClient(base_url=str(http.base_url), timeout=TIMEOUT) as anon,
+    ):
+        web = Sidecar(anon, tls_url(daemon))
+        assert (await web.enroll(await join_token(http))).status_code == 200
+        bound = web.answer["sidecar_token"]
+        operator = (await mint(http, "web"))["token"]
+        assert await register(anon, bound, "web-1", "web") == 200
+        serial = (
+            f"{x509.load_pem_x509_certificate(web.answer['certificate'].encode()).serial_number:x}"
+        )
+        resp = await http.post("/v1/revocations", json={"serial": serial})
+        assert resp.status_code == 200, resp.text
+        resp = await anon.post(
+            "/v1/proxies/web-1", json={"proxy_id": "web-1", "service": "web"}, headers=bearer(bound)
+        )
+        assert resp.status_code == 401
+        assert "revoked certificate" in resp.json()["error"]
+        assert await register(anon, operator, "web-1", "web") == 200

@@ -157,3 +157,15 @@ async def test_list_drops_expired_records() -> None:
 async def test_mint_refuses_bad_values(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         await _store(FakeKV(), Clock()).mint("web", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_token_bound_to_a_revoked_leaf_is_refused() -> None:
+    revoked: set[int] = set()
+    store = SidecarTokens(FakeKV(), "meshd/", KEY, leaf_revoked=revoked.__contains__)
+    bound, _ = await store.mint("web", identity=WEB_ID, serial="a1")
+    unbound, _ = await store.mint("web")
+    await store.verify(bound)
+    revoked.add(0xA1)
+    with pytest.raises(TokenRefused, match="revoked certificate"):
+        await store.verify(bound)
+    await store.verify(unbound)

@@ -71,6 +71,10 @@ def test_status_lines_name_roles_outstanding_and_next_step() -> None:
     text = "\n".join(ca_status_lines({**STATUS, "tls": tls}))
     assert "TLS listener 127.0.0.1:8503: spiffe://mesh.local/controld" in text
     assert "names localhost, 127.0.0.1" in text
+    revoked = {**STATUS, "revoked_leaves": 3, "invalid_records": {"join-token": 2}}
+    text = "\n".join(ca_status_lines(revoked))
+    assert "revoked certificates not yet expired: 3" in text
+    assert "invalid CA records skipped: join-token 2" in text
 
 
 def test_client_rotate_sends_step_and_force_and_surfaces_409() -> None:

@@ -8,7 +8,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from controld.ca.kv import KV
+from controld.ca.records import CARecords
+from controld.sealed import RecordKey
 from meshcore.registry.model import KvEntry
+
+#: The record key of the CA tests (controld makes a random one at first start).
+RECORD_KEY = RecordKey(b"test record key, 32 bytes long!!")
+
+
+def records(kv: KV) -> CARecords:
+    """Sealed CA records over ``kv`` with :data:`RECORD_KEY`."""
+    return CARecords(kv, RECORD_KEY)
+
 
 LeafPrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 

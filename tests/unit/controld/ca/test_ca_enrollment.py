@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ca_support import FakeKV, make_csr
+from ca_support import RECORD_KEY, FakeKV, make_csr, records
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controld.ca import (
@@ -16,8 +16,9 @@ from controld.ca import (
     JoinTokenInvalid,
     RenewalRefused,
 )
-from controld.ca.jointokens import JoinGrant, JoinTokens
-from controld.ca.revocations import Revocations, revocation_key
+from controld.ca.errors import IdentityNotFound
+from controld.ca.jointokens import JOIN_TOKEN_KIND, JoinGrant, JoinTokens
+from controld.ca.revocations import ServiceRevocations, revocation_key
 from meshcore.pki import parse_join_token_pins, spki_pin
 
 PREFIX = "meshd/"
@@ -25,7 +26,7 @@ PREFIX = "meshd/"
 
 async def test_join_token_is_single_use_and_stores_only_a_hash() -> None:
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     token, expires = await tokens.create("web", "default", 60, now=1000.0)
     assert expires == 1060.0
     _, token_id, secret = token.split(".")
@@ -33,7 +34,7 @@ async def test_join_token_is_single_use_and_stores_only_a_hash() -> None:
     assert key == f"{PREFIX}join-tokens/{token_id}"
     stored = kv.entries[key].value
     assert secret.encode() not in stored
-    assert json.loads(stored)["service"] == "web"
+    assert json.loads(stored)["body"]["service"] == "web"
 
     assert await tokens.consume(token, now=1001.0) == JoinGrant("web", "default")
     assert not kv.entries
@@ -43,7 +44,7 @@ async def test_join_token_is_single_use_and_stores_only_a_hash() -> None:
 
 async def test_join_token_refusals() -> None:
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     token, _ = await tokens.create("web", "default", 60, now=1000.0)
     _, token_id, secret = token.split(".")
     for bad in ("", "join.x.y", f"join.{token_id}.{'A' * 43}", f"sidecar.{token_id}.{secret}"):
@@ -59,13 +60,14 @@ async def test_a_used_marker_blocks_a_racing_consumer() -> None:
     # The winner's CAS write leaves a "used" marker until its delete: a second consumer
     # reading the entry before the delete sees it as used.
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     token, _ = await tokens.create("web", "default", 60)
     [key] = kv.entries
     entry = kv.entries[key]
-    body = json.loads(entry.value)
+    body = RECORD_KEY.open(JOIN_TOKEN_KIND, key, entry.value)
     body["used"] = True
-    assert await kv.kv_put(key, json.dumps(body).encode(), cas=entry.modify_index)
+    sealed = RECORD_KEY.seal(JOIN_TOKEN_KIND, key, body)
+    assert await kv.kv_put(key, sealed, cas=entry.modify_index)
     with pytest.raises(JoinTokenInvalid):
         await tokens.consume(token)
 
@@ -73,7 +75,7 @@ async def test_a_used_marker_blocks_a_racing_consumer() -> None:
 async def test_join_token_pins(tmp_path: Path) -> None:
     """Pins are carried, optional for controld, and must be well formed when present."""
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     pin = "p" * 43
     pinned, _ = await tokens.create("web", "default", 60, pins=(pin,), now=1000.0)
     assert parse_join_token_pins(pinned) == (pin,)
@@ -88,7 +90,9 @@ async def test_join_token_pins(tmp_path: Path) -> None:
 
     # During a rotation the bundle holds two roots: two pins, the signer first.
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    service = IdentityService(ca, FakeKV(), PREFIX, trust_domain=lambda: "mesh.local")
+    service = IdentityService(
+        ca, FakeKV(), PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "mesh.local"
+    )
     old = ca.signer.cert
     assert service.pins() == (spki_pin(old),)
     new = ca.stage_new_root().cert
@@ -101,7 +105,7 @@ async def test_join_token_pins(tmp_path: Path) -> None:
 
 async def test_revocations() -> None:
     kv = FakeKV()
-    revocations = Revocations(kv, PREFIX)
+    revocations = ServiceRevocations(records(kv), PREFIX)
     ident = "spiffe://mesh.local/ns/default/svc/web"
     assert not await revocations.is_revoked(ident)
     await revocations.revoke(ident)
@@ -114,7 +118,9 @@ async def test_revocations() -> None:
 async def test_enroll_then_renew(tmp_path: Path) -> None:
     kv = FakeKV()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    service = IdentityService(ca, kv, PREFIX, trust_domain=lambda: "corp.example")
+    service = IdentityService(
+        ca, kv, PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "corp.example"
+    )
     token, _ = await service.join_tokens.create("web", "prod", 60)
 
     with pytest.raises(CSRError):
@@ -143,6 +149,68 @@ async def test_enroll_then_renew(tmp_path: Path) -> None:
         await service.renew(new_csr, stranger)
     with pytest.raises(CSRError):
         await service.renew("not a csr", issued.certificate)
-    await service.revocations.revoke(issued.spiffe_id)
+    await service.revoke_service(issued.spiffe_id)
     with pytest.raises(RenewalRefused, match="revoked"):
         await service.renew(new_csr, issued.certificate)
+    with pytest.raises(RenewalRefused, match="revoked"):
+        await service.renew(new_csr, renewed.certificate)
+
+
+async def test_revocation_per_instance_by_id_or_serial(tmp_path: Path) -> None:
+    kv = FakeKV()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    service = IdentityService(ca, kv, PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "m")
+    issued = []
+    for instance in ("web-a", "web-b", "web-c"):
+        token, _ = await service.join_tokens.create("web", "default", 60)
+        issued.append(await service.enroll(token, make_csr()[0], instance=instance))
+    a, b, c = issued
+    assert len({x.identity_id for x in issued}) == 3
+    records = {r.instance: r for r in await service.identities.all()}
+    assert records["web-a"].current is not None
+    assert records["web-a"].current.serial == format(a.certificate.serial_number, "x")
+    renewed_a = await service.renew(make_csr()[0], a.certificate)
+    assert renewed_a.identity_id == a.identity_id  # a renewal continues the identity
+
+    index = ca.index
+    await service.revoke_identity(a.identity_id)
+    assert ca.index > index  # the bundle long-polls wake
+    revoked = {leaf.serial for leaf in service.revoked_leaves()}
+    assert revoked == {a.certificate.serial_number, renewed_a.certificate.serial_number}
+    for cert in (a.certificate, renewed_a.certificate):
+        with pytest.raises(RenewalRefused, match="revoked"):
+            await service.renew(make_csr()[0], cert)
+    # The other instances of the same service renew.
+    assert (await service.renew(make_csr()[0], b.certificate)).identity_id == b.identity_id
+
+    # By serial: the instance holding it.
+    record = await service.revoke_serial(c.certificate.serial_number)
+    assert record.id == c.identity_id and record.revoked is not None
+    with pytest.raises(RenewalRefused, match="revoked"):
+        await service.renew(make_csr()[0], c.certificate)
+    with pytest.raises(IdentityNotFound):
+        await service.revoke_serial(12345)
+    with pytest.raises(IdentityNotFound):
+        await service.revoke_identity("0123456789abcdef")
+
+    # A forged record (not sealed by this key) is skipped by listings and counted.
+    await kv.kv_put(f"{PREFIX}identities/0123456789abcdef", b'{"v": 1, "body": {}, "mac": "x"}')
+    assert len(await service.identities.all()) == 3
+    assert service.records.invalid == {"identity": 1}
+
+
+async def test_a_leaf_from_before_identities_is_adopted_on_renewal(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    service = IdentityService(
+        ca, FakeKV(), PREFIX, record_key=RECORD_KEY, trust_domain=lambda: "mesh.local"
+    )
+    _, key = make_csr()
+    public = key.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    old = ca.sign(public, "spiffe://mesh.local/ns/default/svc/web")  # no identity id
+    renewed = await service.renew(make_csr()[0], old)
+    [record] = await service.identities.all()
+    assert record.id == renewed.identity_id and record.instance is None
+    await service.revoke_service("spiffe://mesh.local/ns/default/svc/web")
+    with pytest.raises(RenewalRefused, match="revoked"):
+        await service.renew(make_csr()[0], old)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ca_support import FakeKV
+from ca_support import FakeKV, records
 
 from controld.ca.jointokens import JoinTokens
 from controld.ca.sweeper import JoinTokenSweeper
@@ -16,7 +16,7 @@ PREFIX = "meshd/"
 
 async def test_sweep_removes_only_expired_tokens() -> None:
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     now = time.time()
     await tokens.create("web", "default", 60, now=now - 120)  # expired a minute ago
     live, _ = await tokens.create("api", "default", 600, now=now)
@@ -39,12 +39,12 @@ class _DownKV(FakeKV):
 
 async def test_sweeper_counts_and_survives_a_registry_outage() -> None:
     kv = FakeKV()
-    tokens = JoinTokens(kv, PREFIX)
+    tokens = JoinTokens(records(kv), PREFIX)
     await tokens.create("web", "default", 1, now=time.time() - 10)
     sweeper = JoinTokenSweeper(tokens)
     assert await sweeper.sweep_once() == 1
     assert sweeper.swept == 1
-    down = JoinTokenSweeper(JoinTokens(_DownKV(), PREFIX))
+    down = JoinTokenSweeper(JoinTokens(records(_DownKV()), PREFIX))
     assert await down.sweep_once() == 0
     assert down.last_error is not None
     assert "registry down" in down.last_error

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ca_support import FakeKV, make_csr
+from ca_support import RECORD_KEY, FakeKV, make_csr
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -69,7 +69,12 @@ def test_sweeps_expired_records_as_it_goes() -> None:
 async def test_retire_refused_until_renewed_force_skips(tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     service = IdentityService(
-        ca, FakeKV(), "meshd/", trust_domain=lambda: "mesh.local", leaf_ttl=timedelta(0)
+        ca,
+        FakeKV(),
+        "meshd/",
+        record_key=RECORD_KEY,
+        trust_domain=lambda: "mesh.local",
+        leaf_ttl=timedelta(0),
     )
     service.leaf_ttl = timedelta(hours=1)
     token, _ = await service.join_tokens.create("web", "default", 60)
@@ -98,7 +103,9 @@ async def test_retire_refused_until_renewed_force_skips(tmp_path: Path) -> None:
 
 async def test_force_retires_with_leaves_outstanding(tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    service = IdentityService(ca, FakeKV(), "meshd/", trust_domain=lambda: "mesh.local")
+    service = IdentityService(
+        ca, FakeKV(), "meshd/", record_key=RECORD_KEY, trust_domain=lambda: "mesh.local"
+    )
     service.rotate("stage")
     service.rotate("activate")
     with pytest.raises(RotationError, match="not tracked"):

@@ -116,3 +116,28 @@ async def test_bundle(canned: tuple[Canned, IdentityClient]) -> None:
     with pytest.raises(ControlProtocolError):
         await client.bundle()
     await client.control.aclose()
+
+
+async def test_bundle_revoked_serials(canned: tuple[Canned, IdentityClient]) -> None:
+    server, client = canned
+    base = {"trust_domain": "mesh.test", "roots": ["r1"], "index": 7}
+    server.answer = (200, base)  # an older controld: nothing revoked
+    assert (await client.watch_bundle(None)).revoked == frozenset()
+    revoked = [{"serial": "1f", "not_after": "2026-01-01T00:00:00Z", "identity": "x"}]
+    server.answer = (200, {**base, "revoked": [*revoked, {"serial": "A0"}]})
+    assert (await client.watch_bundle(None)).revoked == frozenset({0x1F, 0xA0})
+    for bad in ("1f", [{"serial": 31}], [{"serial": "zz"}], [{"serial": "f" * 41}], [3]):
+        server.answer = (200, {**base, "revoked": bad})
+        with pytest.raises(ControlProtocolError):
+            await client.watch_bundle(None)
+    await client.control.aclose()
+
+
+async def test_enroll_sends_the_instance_when_it_is_one(
+    canned: tuple[Canned, IdentityClient],
+) -> None:
+    server, client = canned
+    await client.enroll("join.1.s", build_csr(generate_key()), instance="web-1")
+    await client.enroll("join.1.s", build_csr(generate_key()), instance="bad name")
+    assert [body.get("instance") for _, body in server.seen] == ["web-1", None]
+    await client.control.aclose()

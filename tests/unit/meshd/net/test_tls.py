@@ -33,9 +33,13 @@ class Pki:
     server: Leaf
     client: Leaf
 
-    def server_ctx(self, leaf: Leaf | None = None, **kwargs: bool) -> ssl.SSLContext:
+    def server_ctx(
+        self, leaf: Leaf | None = None, *, require_client_cert: bool = True
+    ) -> ssl.SSLContext:
         leaf = leaf or self.server
-        return server_context(leaf.cert_pem, leaf.key_pem, self.ca.root_pem, **kwargs)
+        return server_context(
+            leaf.cert_pem, leaf.key_pem, self.ca.root_pem, require_client_cert=require_client_cert
+        )
 
     def client_ctx(self, leaf: Leaf | None = None) -> ssl.SSLContext:
         leaf = leaf or self.client
