@@ -1,32 +1,40 @@
-"""Bearer-token authentication of controld's HTTP API.
+"""Bearer-token (and client-certificate) authentication of controld's HTTP API.
 
 Two kinds of token:
 
 * The **admin token**, a random secret kept in a file (``--admin-token-file``; created with
   mode 0600 on first start, which is also how ``meshctl`` on the same host finds it). It may do
   everything.
-* **Sidecar tokens** ``sidecar.<service>.<hex hmac-sha256>``, minted by the admin for one
-  service. The MAC key is derived from the admin token, so nothing besides that file has to be
-  stored, and rotating the admin token revokes every sidecar token at once. A sidecar token may
-  only register and poll proxies of its own service.
+* **Sidecar tokens** ``sidecar.<id>.<secret>``, each a sealed record in the registry KV
+  (:mod:`controld.sidecar_tokens`): they expire, can be revoked one by one, and those handed
+  out at enrollment are bound to the enrolled identity. A sidecar token may only register and
+  poll proxies of its own service. Old ``sidecar.<service>.<hmac>`` tokens are refused with a
+  message saying so.
+
+On the mutual-TLS listener a request that presents a client certificate is the workload of
+the certificate's SPIFFE ID; a bearer token sent with it must be a sidecar token of the same
+service (and, if bound, of the same identity), else the request is refused.
 
 Every comparison of secret material is constant-time (:func:`hmac.compare_digest`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
-import re
 import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from controld.sidecar_tokens import (
+    WORKLOAD_ID_RE,
+    SidecarTokenRecord,
+    SidecarTokens,
+    TokenRefused,
+)
 from meshcore.errors import MeshError
-from meshcore.model.policy import SERVICE_PATTERN
 
 __all__ = [
     "AuthError",
@@ -35,17 +43,12 @@ __all__ = [
     "TokenAuth",
     "TokenFileError",
     "Unauthenticated",
+    "load_admin_token",
 ]
 
-#: Domain separation of the sidecar MAC key from any other use of the admin token.
-_SIDECAR_KEY_INFO = b"meshd sidecar token v1"
 _SIDECAR_PREFIX = "sidecar."
-_MAC_HEX_LEN = 64
 #: Shortest admin token accepted from a file (``token_urlsafe(32)`` gives 43 characters).
 _MIN_ADMIN_TOKEN_LEN = 16
-#: Service names a sidecar token may carry: the names proxy descriptors may use.
-_SERVICE_RE = re.compile(SERVICE_PATTERN)
-_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class AuthError(MeshError):
@@ -69,8 +72,13 @@ class Principal:
     """Who made a request."""
 
     kind: Literal["admin", "sidecar"]
-    #: The service of a sidecar token; ``None`` for the admin.
+    #: The service of a sidecar; ``None`` for the admin.
     service: str | None = None
+    namespace: str | None = None
+    #: The SPIFFE ID of the client certificate, or the identity the token is bound to.
+    identity: str | None = None
+    #: The id of the sidecar token used (None: admin, or a client certificate alone).
+    token_id: str | None = None
 
     @property
     def name(self) -> str:
@@ -96,71 +104,101 @@ class Principal:
 ADMIN = Principal("admin")
 
 
+def _sidecar(record: SidecarTokenRecord) -> Principal:
+    return Principal("sidecar", record.service, record.namespace, record.identity, record.id)
+
+
 class TokenAuth:
-    """Checks bearer tokens against the admin token and the sidecar tokens derived from it."""
+    """Checks bearer tokens (admin, sidecar) and client certificates' SPIFFE IDs."""
 
-    __slots__ = ("_admin", "_key", "_sidecars")
+    __slots__ = ("_admin", "tokens")
 
-    def __init__(self, admin_token: str) -> None:
+    def __init__(self, admin_token: str, tokens: SidecarTokens | None = None) -> None:
         if len(admin_token) < _MIN_ADMIN_TOKEN_LEN or not admin_token.isascii():
             raise ValueError(
                 f"the admin token must be at least {_MIN_ADMIN_TOKEN_LEN} ASCII characters"
             )
         self._admin = admin_token.encode("ascii")
-        self._key = hmac.new(self._admin, _SIDECAR_KEY_INFO, hashlib.sha256).digest()
-        # Principal per service, so a poll doesn't allocate one per request.
-        self._sidecars: dict[str, Principal] = {}
+        #: The sidecar token records; None: sidecar tokens are refused (no registry).
+        self.tokens = tokens
 
     @classmethod
-    def from_file(cls, path: Path) -> TokenAuth:
+    def from_file(cls, path: Path, tokens: SidecarTokens | None = None) -> TokenAuth:
         """Load the admin token from ``path``, creating it (mode 0600) if missing.
 
         A missing parent directory is created with mode 0700. Raises :class:`TokenFileError`
         when the file can't be read or written, is empty, or is readable by group or others.
         """
-        return cls(load_admin_token(path))
+        return cls(load_admin_token(path), tokens)
 
-    def mint_sidecar(self, service: str) -> str:
-        """A token for the sidecars of ``service``; raises ``ValueError`` for a bad name."""
-        if not _SERVICE_RE.match(service):
-            raise ValueError(f"invalid service name {service!r}")
-        return f"{_SIDECAR_PREFIX}{service}.{self._mac(service)}"
+    def _store(self) -> SidecarTokens:
+        if self.tokens is None:
+            raise ValueError("sidecar tokens need the registry KV, which is not configured")
+        return self.tokens
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an ``Authorization`` header value (``Bearer <token>``).
+    async def mint_sidecar(
+        self,
+        service: str,
+        namespace: str = "default",
+        *,
+        ttl_s: float | None = None,
+        identity: str | None = None,
+        serial: str | None = None,
+    ) -> tuple[str, SidecarTokenRecord]:
+        """A new sidecar token and its record (see :meth:`SidecarTokens.mint`)."""
+        store = self._store()
+        if ttl_s is None:
+            return await store.mint(service, namespace, identity=identity, serial=serial)
+        return await store.mint(service, namespace, ttl_s=ttl_s, identity=identity, serial=serial)
 
-        Raises :class:`Unauthenticated` when the header is missing, not a bearer token, or
-        the token is not valid.
+    async def authenticate(
+        self, authorization: str | None, *, peer_id: str | None = None
+    ) -> Principal:
+        """The principal of a request: its ``Authorization`` header value (``Bearer
+        <token>``) and the SPIFFE ID of its verified client certificate, if any.
+
+        Raises :class:`Unauthenticated` when neither identifies a caller (or the token is
+        not valid), :class:`Forbidden` when the token names another workload than the
+        certificate.
         """
+        workload = WORKLOAD_ID_RE.match(peer_id) if peer_id is not None else None
         if not authorization:
+            if workload is not None:
+                return Principal("sidecar", workload.group(2), workload.group(1), peer_id)
             raise Unauthenticated("missing bearer token")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("expected 'Authorization: Bearer <token>'")
-        return self.verify(token.strip())
+        principal = await self.verify(token.strip())
+        if workload is None:
+            return principal
+        namespace, service = workload.group(1), workload.group(2)
+        if (
+            principal.kind != "sidecar"
+            or principal.service != service
+            or principal.namespace != namespace
+            or (principal.identity is not None and principal.identity != peer_id)
+        ):
+            raise Forbidden(
+                f"the bearer token ({principal.name}) does not belong to the client "
+                f"certificate's workload {peer_id}"
+            )
+        return Principal("sidecar", service, namespace, peer_id, principal.token_id)
 
-    def verify(self, token: str) -> Principal:
+    async def verify(self, token: str) -> Principal:
         """The principal of a bare token; raises :class:`Unauthenticated` if invalid."""
         if not token.isascii():
             raise Unauthenticated("invalid token")
         if token.startswith(_SIDECAR_PREFIX):
-            service, _, mac = token[len(_SIDECAR_PREFIX) :].rpartition(".")
-            if (
-                _SERVICE_RE.match(service)
-                and _HEX_RE.match(mac)
-                and hmac.compare_digest(mac, self._mac(service))
-            ):
-                principal = self._sidecars.get(service)
-                if principal is None:
-                    principal = self._sidecars[service] = Principal("sidecar", service)
-                return principal
-            raise Unauthenticated("invalid token")
+            if self.tokens is None:
+                raise Unauthenticated("invalid token")
+            try:
+                return _sidecar(await self.tokens.verify(token))
+            except TokenRefused as exc:
+                raise Unauthenticated(str(exc)) from exc
         if hmac.compare_digest(token.encode("ascii"), self._admin):
             return ADMIN
         raise Unauthenticated("invalid token")
-
-    def _mac(self, service: str) -> str:
-        return hmac.new(self._key, service.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def load_admin_token(path: Path) -> str:

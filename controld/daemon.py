@@ -44,6 +44,7 @@ from controld.push import PushHub, Reconciler
 from controld.registry import RegistryConfig, RegistryServer
 from controld.registry.httpserver import HTTPServer, ServerLimits, limit_events_counter
 from controld.sealed import RECORD_KEY_FILE, RecordKey
+from controld.sidecar_tokens import SidecarTokens
 from controld.store import ResourceStore
 from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff
@@ -297,6 +298,13 @@ class ControlDaemon:
                     record_key=record_key,
                     trust_domain=lambda: store.current.mesh().trust_domain,
                     metrics=self.metrics,
+                )
+                self.auth.tokens = SidecarTokens(
+                    kv,
+                    cfg.kv_prefix,
+                    record_key,
+                    metrics=self.metrics,
+                    leaf_revoked=self.identity.revoked.__contains__,
                 )
                 # Its own nursery, so every task using the store ends before it is closed.
                 async with trio.open_nursery() as services:

@@ -187,12 +187,26 @@ class ControldClient:
         }
         return self.request("POST", "/v1/explain", json=body)
 
-    def sidecar_token(self, service: str) -> str:
-        """``POST /v1/tokens/sidecar``: a token for the sidecars of ``service``."""
-        body = self.request("POST", "/v1/tokens/sidecar", json={"service": service})
+    def sidecar_token(self, service: str, *, ttl_s: int | None = None) -> dict[str, Any]:
+        """``POST /v1/tokens/sidecar``: a token for the sidecars of ``service`` (``{token,
+        id, expires}``)."""
+        request: dict[str, Any] = {"service": service}
+        if ttl_s is not None:
+            request["ttl_s"] = ttl_s
+        body = self.request("POST", "/v1/tokens/sidecar", json=request)
         if not isinstance(body, dict) or not isinstance(body.get("token"), str):
             raise ApiError(200, "answer has no token")
-        return str(body["token"])
+        return body
+
+    def sidecar_tokens(self) -> list[dict[str, Any]]:
+        """``GET /v1/tokens/sidecar``: every unexpired sidecar token (no secrets)."""
+        body = self.request("GET", "/v1/tokens/sidecar")
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        return [t for t in tokens or () if isinstance(t, dict)]
+
+    def revoke_sidecar_token(self, token_id: str) -> Any:
+        """``DELETE /v1/tokens/sidecar/{id}``: revoke one sidecar token."""
+        return self.request("DELETE", f"/v1/tokens/sidecar/{token_id}")
 
     def registry_token(self, service: str, *, ttl_s: int | None = None) -> str:
         """``POST /v1/tokens/registry``: a registry ACL token with ``service``'s identity."""

@@ -16,6 +16,7 @@ from controld.api.plane import ControlPlane
 from controld.api.proxies import poll_route, proxies_router
 from controld.api.registry_tokens import registry_tokens_router
 from controld.api.resources import resources_router
+from controld.api.tokens import tokens_router
 from controld.auth import TokenAuth
 from meshcore import __version__
 
@@ -54,6 +55,7 @@ def build_api(
     app.include_router(proxies_router(plane, guard))
     app.include_router(api_router(plane, auth, guard, auditor))
     app.include_router(probes_router(metrics, is_ready))
+    app.include_router(tokens_router(auth, guard, auditor))
     if (identity := getattr(plane, "identity", None)) is not None:  # optional: the CA
         app.include_router(identity_router(identity, auth, guard, auditor))
     app.include_router(registry_tokens_router(plane, guard, auditor))

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi.security import HTTPBearer
 from starlette.requests import Request
 
+from controld.api.peer import peer_spiffe_id
 from controld.auth import Forbidden, Principal, TokenAuth, Unauthenticated
 
 __all__ = ["BEARER", "Auditor", "Guard"]
@@ -50,19 +51,21 @@ class Guard:
         self._auditor = auditor
 
     async def principal(self, request: Request) -> Principal:
-        """Any valid token (admin or sidecar)."""
-        return self._auth.authenticate(request.headers.get("authorization"))
+        """Any valid token (admin or sidecar), or a workload's client certificate."""
+        return await self._auth.authenticate(
+            request.headers.get("authorization"), peer_id=peer_spiffe_id(request.scope)
+        )
 
     async def admin(self, request: Request) -> Principal:
         """The admin token only."""
-        principal = self._auth.authenticate(request.headers.get("authorization"))
+        principal = await self.principal(request)
         principal.require_admin()
         return principal
 
     async def admin_audited(self, request: Request) -> Principal:
         """The admin token only, auditing refusals (for mutating endpoints)."""
         try:
-            principal = self._auth.authenticate(request.headers.get("authorization"))
+            principal = await self.principal(request)
         except Unauthenticated:
             self._auditor.record("anonymous", request, "unauthenticated")
             raise

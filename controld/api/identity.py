@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 
+from controld.api.bound_tokens import mint_bound_token
 from controld.api.deps import Auditor, Guard
 from controld.api.errors import ApiError
 from controld.auth import Principal, TokenAuth
@@ -173,8 +174,7 @@ def identity_router(
         except JoinTokenInvalid as exc:
             raise ApiError(401, str(exc)) from exc
         answer = issued.as_json()
-        service = issued.spiffe_id.rsplit("/", 1)[-1]
-        answer["sidecar_token"] = auth.mint_sidecar(service)
+        answer["sidecar_token"] = await mint_bound_token(auth, issued)
         return answer
 
     @router.post(
@@ -190,7 +190,9 @@ def identity_router(
             raise ApiError(400, str(exc)) from exc
         except RenewalRefused as exc:
             raise ApiError(401, str(exc)) from exc
-        return issued.as_json()
+        answer = issued.as_json()
+        answer["sidecar_token"] = await mint_bound_token(auth, issued, replaces=current)
+        return answer
 
     @router.get("/v1/bundle", responses={400: {"description": "bad wait"}})
     async def bundle(

@@ -1,4 +1,4 @@
-"""Status, schema, explain, sidecar tokens, and the probes and metrics (no token needed)."""
+"""Status, schema, explain, and the probes and metrics (no token needed)."""
 
 # No `from __future__ import annotations`: FastAPI evaluates route signatures, whose
 # Annotated aliases are local to the router factories.
@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Security
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from controld.api.deps import BEARER, Auditor, Guard
@@ -19,6 +18,8 @@ from controld.api.errors import ApiError
 from controld.api.plane import ControlPlane
 from controld.auth import Principal, TokenAuth
 from controld.compiler import explain
+from controld.compiler.endpoint_tls import endpoint_mix
+from controld.compiler.inputs import Inputs
 from meshcore.model.policy import SERVICE_PATTERN
 from meshcore.model.resources import json_schemas
 
@@ -37,20 +38,6 @@ class ExplainRequest(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-class TokenRequest(BaseModel):
-    """Body of ``POST /v1/tokens/sidecar``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    service: str = Field(pattern=SERVICE_PATTERN)
-
-
-class TokenAnswer(BaseModel):
-    """A sidecar token (``sidecar.<service>.<mac>``)."""
-
-    token: str
-
-
 class _Collected:
     """Metric families already collected, so they can be formatted in another thread."""
 
@@ -62,16 +49,20 @@ class _Collected:
 
 
 def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Auditor) -> APIRouter:
-    """``/v1/status``, ``/v1/schema``, ``/v1/explain`` and ``/v1/tokens/sidecar``."""
+    """``/v1/status``, ``/v1/schema`` and ``/v1/explain``."""
     router = APIRouter(tags=["control plane"], dependencies=[Security(BEARER)])
     Admin = Annotated[Principal, Depends(guard.admin)]
-    AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
     AnyToken = Annotated[Principal, Depends(guard.principal)]
 
     @router.get("/v1/status")
     async def status(_: Admin) -> dict[str, Any]:
-        """Registry link, discovery view, push hub and store state."""
-        return plane.status()
+        """Registry link, discovery view, push hub and store state; ``endpoint_mix``: the
+        services with plain (no sidecar) endpoints, how each endpoint is reached and which
+        are excluded (STRICT) and why."""
+        doc = plane.status()
+        view = plane.view()
+        doc["endpoint_mix"] = endpoint_mix(Inputs(view, plane.resources()), view.services)
+        return doc
 
     @router.get("/v1/schema")
     async def schema(_: AnyToken) -> dict[str, Any]:
@@ -94,15 +85,6 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
         except ValueError as exc:
             raise ApiError(422, str(exc)) from exc
         return explanation.as_json()
-
-    @router.post("/v1/tokens/sidecar")
-    async def mint_sidecar_token(
-        body: TokenRequest, request: Request, principal: AdminAudited
-    ) -> TokenAnswer:
-        """Mint the token of ``service``'s sidecars (admin only; audited)."""
-        token = auth.mint_sidecar(body.service)
-        auditor.record(principal.name, request, "minted", service=body.service)
-        return TokenAnswer(token=token)
 
     return router
 

@@ -4,20 +4,29 @@ Endpoints come from the discovery view, filtered by the subset's tags and meta. 
 service's ``ServiceResolver`` failover targets are appended as tiers of priority 1, 2, ...
 (used in order when every endpoint of a lower tier is unhealthy). Settings: ``lb_policy``,
 limits, outlier detection and health check from ``ServiceDefaults``; ``connect_timeout_s``
-from the resolver, else ``ServiceDefaults``, else the mesh. ``tls`` (originate mTLS, expect
-the service's SPIFFE ID) when every endpoint is a sidecar of the service itself and the
-service's mTLS mode (``ServiceDefaults``, else the mesh) isn't ``disabled``.
+from the resolver, else ``ServiceDefaults``, else the mesh. TLS is decided per endpoint
+(:mod:`controld.compiler.endpoint_tls`): ``tls`` (originate mTLS, expect the service's SPIFFE
+ID) is set when at least one endpoint is reached over mTLS; endpoints reached in plaintext
+beside them carry ``plaintext``; plain endpoints under STRICT are left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 
+from controld.compiler.endpoint_tls import EndpointDecision, decisions
 from controld.compiler.inputs import ClusterRef, Inputs, cluster_name, spiffe_id
 from controld.discovery.view import ServiceEndpoint
 from meshcore.model.snapshot import Cluster, ClusterTls, Endpoint
 
-__all__ = ["build_cluster", "cluster_key", "cluster_tls", "failover_refs", "select_endpoints"]
+__all__ = [
+    "build_cluster",
+    "cluster_decisions",
+    "cluster_key",
+    "cluster_tls",
+    "failover_refs",
+    "select_endpoints",
+]
 
 
 def failover_refs(inputs: Inputs, ref: ClusterRef) -> tuple[ClusterRef, ...]:
@@ -72,44 +81,47 @@ def cluster_key(inputs: Inputs, ref: ClusterRef) -> Hashable:
     )
 
 
-def _endpoints(
-    inputs: Inputs, ref: ClusterRef, priority: int, identity: str | None = None
-) -> list[Endpoint]:
-    selected = select_endpoints(inputs, ref) or ()
-    return [
-        Endpoint(host=e.host, port=e.port, priority=priority, tags=e.tags, spiffe_id=identity)
-        for e in selected
-    ]
+def cluster_decisions(inputs: Inputs, ref: ClusterRef) -> list[EndpointDecision]:
+    """How each endpoint of the cluster ``ref`` (failover tiers included) is reached."""
+    tiers = [(ref, 0, select_endpoints(inputs, ref) or ())]
+    for priority, tier in enumerate(failover_refs(inputs, ref), start=1):
+        tiers.append((tier, priority, select_endpoints(inputs, tier) or ()))
+    return decisions(inputs, tiers)
 
 
-def _mtls_mode(inputs: Inputs, service: str) -> str:
-    defaults = inputs.defaults(service)
-    mode = defaults.mtls if defaults is not None and defaults.mtls is not None else None
-    return mode or inputs.mesh.mtls
-
-
-def cluster_tls(inputs: Inputs, ref: ClusterRef) -> ClusterTls | None:
-    """mTLS settings of the cluster ``ref``: None unless its endpoints (failover tiers
-    included) are all sidecars and no service among the tiers has mTLS ``disabled``. Endpoints
-    of a tier of another service expect that service's identity (``Endpoint.spiffe_id``)."""
-    refs = (ref, *failover_refs(inputs, ref))
-    if any(_mtls_mode(inputs, r[0]) == "disabled" for r in refs):
-        return None
-    selected = [e for r in refs for e in (select_endpoints(inputs, r) or ())]
-    if not selected or not all(e.sidecar for e in selected):
+def cluster_tls(
+    inputs: Inputs, ref: ClusterRef, found: list[EndpointDecision] | None = None
+) -> ClusterTls | None:
+    """mTLS settings of the cluster ``ref``: set when at least one of its endpoints (failover
+    tiers included) is reached over mTLS (see :mod:`controld.compiler.endpoint_tls`).
+    ``found``: its :func:`cluster_decisions`, if made already."""
+    found = cluster_decisions(inputs, ref) if found is None else found
+    if not any(d.choice == "mtls" for d in found):
         return None
     return ClusterTls(spiffe_id=spiffe_id(ref[0], inputs.mesh.trust_domain))
+
+
+def _endpoint(inputs: Inputs, ref: ClusterRef, decision: EndpointDecision, tls: bool) -> Endpoint:
+    e = decision.endpoint
+    other = decision.service != ref[0] and decision.choice == "mtls"
+    return Endpoint(
+        host=e.host,
+        port=e.port,
+        priority=decision.priority,
+        tags=e.tags,
+        spiffe_id=spiffe_id(decision.service, inputs.mesh.trust_domain) if other else None,
+        plaintext=tls and decision.choice == "plaintext",
+    )
 
 
 def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
     """The cluster ``ref`` (named by :func:`cluster_name`)."""
     service, subset = ref
-    tls = cluster_tls(inputs, ref)
-    endpoints = _endpoints(inputs, ref, 0)
-    for priority, tier in enumerate(failover_refs(inputs, ref), start=1):
-        other = tier[0] != service and tls is not None
-        identity = spiffe_id(tier[0], inputs.mesh.trust_domain) if other else None
-        endpoints.extend(_endpoints(inputs, tier, priority, identity))
+    found = cluster_decisions(inputs, ref)
+    tls = cluster_tls(inputs, ref, found)
+    endpoints = [
+        _endpoint(inputs, ref, d, tls is not None) for d in found if d.choice != "excluded"
+    ]
     endpoints.sort(key=lambda e: (e.priority, e.host, e.port, e.tags))
     defaults = inputs.defaults(service)
     resolver = inputs.resolver(service)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controld.compiler.clusters import cluster_decisions
+from controld.compiler.endpoint_tls import mix_json
 from controld.compiler.inputs import Inputs, spiffe_id
 from controld.compiler.policy import inbound_policy
 from controld.compiler.snapshot import Compiler, outbound_listener_name
@@ -50,6 +52,8 @@ class ExplainEndpoint:
     port: int
     priority: int
     tags: tuple[str, ...]
+    #: ``mtls`` or ``plaintext``: how the source's sidecar reaches it.
+    tls: str = "plaintext"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class ExplainCluster:
     subset: str | None
     lb_policy: str
     endpoints: tuple[ExplainEndpoint, ...]
+    #: Sidecar vs plain endpoints and the excluded ones (see ``endpoint_tls.mix_json``).
+    mix: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,11 @@ class Explanation:
                             "port": e.port,
                             "priority": e.priority,
                             "tags": list(e.tags),
+                            "tls": e.tls,
                         }
                         for e in c.endpoints
                     ],
+                    "mix": c.mix,
                 }
                 for c in self.clusters
             ],
@@ -173,15 +181,24 @@ def _source_proxy(
     return given.model_copy(update={"upstreams": (*given.upstreams, upstream)})
 
 
-def _cluster_view(cluster: Cluster) -> ExplainCluster:
+def _cluster_view(cluster: Cluster, inputs: Inputs) -> ExplainCluster:
+    mix = mix_json(cluster_decisions(inputs, (cluster.service, cluster.subset)))
     return ExplainCluster(
         name=cluster.name,
         service=cluster.service,
         subset=cluster.subset,
         lb_policy=cluster.lb_policy,
         endpoints=tuple(
-            ExplainEndpoint(e.host, e.port, e.priority, e.tags) for e in cluster.endpoints
+            ExplainEndpoint(
+                e.host,
+                e.port,
+                e.priority,
+                e.tags,
+                "mtls" if cluster.tls is not None and not e.plaintext else "plaintext",
+            )
+            for e in cluster.endpoints
         ),
+        mix=mix,
     )
 
 
@@ -265,7 +282,13 @@ def explain(
     for name in dict.fromkeys(cluster_names):
         cluster = src_snapshot.cluster(name)
         if cluster is not None:
-            clusters.append(_cluster_view(cluster))
+            view_ = _cluster_view(cluster, inputs)
+            clusters.append(view_)
+            for left_out in view_.mix["excluded"]:
+                notes.append(
+                    f"endpoint {left_out['host']}:{left_out['port']} of {left_out['service']!r}"
+                    f" is excluded from cluster {name!r}: {left_out['reason']}"
+                )
             if not cluster.endpoints:
                 notes.append(f"cluster {name!r} has no healthy endpoint: the sidecar answers 503")
 

@@ -59,6 +59,10 @@ class Endpoint(Frozen):
     #: With ``Cluster.tls``: the SPIFFE ID this endpoint's sidecar presents when it isn't the
     #: cluster's (a failover tier of another service). None: ``tls.spiffe_id``.
     spiffe_id: str | None = Field(default=None, pattern=r"^spiffe://")
+    #: With ``Cluster.tls``: reach this endpoint without TLS (a plain instance, no sidecar,
+    #: of a service in PERMISSIVE mode, or of a failover service with mTLS disabled). The
+    #: other endpoints of the cluster keep mTLS: the decision is per endpoint.
+    plaintext: bool = False
 
 
 class ClusterTls(Frozen):

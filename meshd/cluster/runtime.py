@@ -27,9 +27,14 @@ class ClusterRuntime:
         )
         tls_id = model.tls.spiffe_id if model.tls is not None else None
         # Keyed by identity: hashing a pydantic model on every request would cost more.
+        # TLS is per endpoint: a plain endpoint beside sidecars (``plaintext``) gets a plain
+        # pool; every other endpoint of a TLS cluster is reached over mTLS.
         self._pools: dict[int, EndpointPool] = {
             id(ep): pools.pool(
-                ep.host, ep.port, limits, tls_id=(ep.spiffe_id or tls_id) if tls_id else None
+                ep.host,
+                ep.port,
+                limits,
+                tls_id=(ep.spiffe_id or tls_id) if tls_id and not ep.plaintext else None,
             )
             for ep in model.endpoints
         }
@@ -60,6 +65,7 @@ class ClusterRuntime:
                 {
                     "address": f"{ep.host}:{ep.port}",
                     "weight": ep.weight,
+                    "tls": self._pools[id(ep)].tls_id is not None,
                     "active": self._pools[id(ep)].active,
                     "idle": self._pools[id(ep)].idle,
                     "created": self._pools[id(ep)].created,

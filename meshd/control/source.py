@@ -269,11 +269,14 @@ class ControlSource:
         token = self._token_provider() if self._token_provider is not None else None
         if token is None:
             raise _NoTokenYet("no sidecar token yet: waiting for the identity's enrollment")
+        if token == self._token:
+            return
         self._client.close()
         self._configure(self.config, self.descriptor, token, self.cache_file)
 
     async def _step(self) -> None:
-        if self._token is None and self._token_provider is not None:
+        if self._token_provider is not None:
+            # Every renewal brings a new token (the previous one is revoked): use the latest.
             self._take_provided_token()
         client = self._client
         just_registered = False

@@ -127,6 +127,8 @@ class IdentityService(IdentityHolder):
         self._renew_at: float | None = None
         self._last_error: str | None = None
         self.sidecar_token: str | None = store.load_sidecar_token()
+        #: The token of the last renewal, until it is saved (see ``_renew_forever``).
+        self._token_to_save: str | None = None
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap, base_dir: Path) -> IdentityService:
@@ -224,6 +226,11 @@ class IdentityService(IdentityHolder):
             self._renew_at = self._clock() + delay
             log.info("identity renewal scheduled", spiffe_id=identity.spiffe_id, in_s=delay)
             with trio.CancelScope(deadline=trio.current_time() + delay) as self._sleep:
+                # Saved while waiting for the next renewal: its thread hop never delays one.
+                token, self._token_to_save = self._token_to_save, None
+                if token is not None:
+                    error = await self._persist(self.store.save_sidecar_token, token)
+                    self._last_error = self._last_error or error
                 await trio.sleep_forever()
             self._sleep = None
             start = self._clock()
@@ -357,6 +364,9 @@ class IdentityService(IdentityHolder):
                         return await self._enroll()
                 await self._failed("renewal", exc, backoff, until=current.not_after.timestamp())
                 continue
+            if issued.sidecar_token is not None:
+                # Each renewal brings a new sidecar token (the previous one is revoked).
+                self.sidecar_token = self._token_to_save = issued.sidecar_token
             log.info(
                 "renewed", spiffe_id=identity.spiffe_id, not_after=identity.not_after.isoformat()
             )

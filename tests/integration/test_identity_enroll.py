@@ -96,7 +96,7 @@ async def test_enroll_with_pins_then_renew_over_mtls_reuse_revoke_restart(
             trust_domain = (await http.get("/v1/bundle")).json()["trust_domain"]
             assert first.spiffe_id == f"spiffe://{trust_domain}/ns/default/svc/web"
             assert svc.sidecar_token is not None
-            assert svc.sidecar_token.startswith("sidecar.web.")
+            assert svc.sidecar_token.startswith("sidecar.")
             current = IdentityStore(tmp_path / "state").current_dir
             assert stat.S_IMODE((current / "key.pem").stat().st_mode) == 0o600
             assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
@@ -243,7 +243,8 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
     """One credential per host: the join token. It pins controld's CA for enrollment over TLS,
     and its enrollment answer carries the sidecar token the snapshot long-poll then uses (no
     ``snapshot.controld.token`` configured), over mutual TLS too (an https controld URL)."""
-    async with running_daemon(tmp_path / "data", push=False) as (daemon, http):
+    # Short leaves: a renewal (and with it a new sidecar token) happens during the test.
+    async with running_daemon(tmp_path / "data", push=False, leaf_ttl_s=6) as (daemon, http):
         side = tmp_path / "web"
         side.mkdir()
         (side / "web.join").write_text(await join_token(http))
@@ -253,7 +254,13 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
             "admin": "127.0.0.1:0",
             "inbound": "127.0.0.1:0",
             # The long-poll too goes to the TLS listener, verified like the identity calls.
-            "snapshot": {"controld": {"url": tls_url(daemon), "cache_file": "web.snapshot.json"}},
+            "snapshot": {
+                "controld": {
+                    "url": tls_url(daemon),
+                    "cache_file": "web.snapshot.json",
+                    "wait_s": 1,
+                }
+            },
             "identity": {
                 "state_dir": "identity",
                 "join_token_file": "web.join",
@@ -280,5 +287,27 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
             # The token was saved with the identity: a restart polls at once.
             saved = IdentityStore(side / "identity").load_sidecar_token()
             assert saved is not None
-            assert saved.startswith("sidecar.web.")
+            assert saved.startswith("sidecar.")
+            # A renewal brings a new token and revokes the old one: the long-poll switches to
+            # the new one and keeps succeeding (the token never runs out).
+            identity = sidecar.identity
+            assert isinstance(identity, IdentityService)
+            with trio.fail_after(TIMEOUT):
+                while identity.sidecar_token == saved:
+                    await trio.sleep(0.05)
+            renewed = identity.sidecar_token
+            with trio.fail_after(TIMEOUT):  # saved once the next renewal is scheduled
+                while IdentityStore(side / "identity").load_sidecar_token() != renewed:
+                    await trio.sleep(0.05)
+            old = await http.post(
+                "/v1/proxies/web-x",
+                json={"proxy_id": "web-x", "service": "web"},
+                headers={"Authorization": f"Bearer {saved}"},
+            )
+            assert old.status_code == 401
+            failures, polls = control.failures, control.polls
+            with trio.fail_after(TIMEOUT):
+                while control.polls < polls + 3:
+                    await trio.sleep(0.05)
+            assert control.failures == failures, control.describe()["last_error"]
             inner.cancel_scope.cancel()

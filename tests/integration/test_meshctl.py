@@ -255,8 +255,23 @@ def test_status_token_schema_explain(meshctl: Any, controld: Controld, tmp_path:
     minted = meshctl("token", "sidecar", "--service", "web")
     assert minted.code == 0, minted.err
     token = minted.out.strip()
-    assert token.startswith("sidecar.web.")
+    assert token.startswith("sidecar.")
     assert minted.out.count("\n") == 1
+    token_id = token.split(".")[1]
+    assert f"token id {token_id}" in minted.err
+    short = meshctl("token", "sidecar", "--service", "web", "--ttl", "1h", "-o", "json")
+    assert short.code == 0, short.err
+    short_id = json.loads(short.out)["id"]
+    listed = meshctl("token", "list")
+    assert listed.code == 0, listed.err
+    rows = {line.split()[0]: line.split() for line in listed.out.splitlines()[1:]}
+    assert rows[token_id][1:4] == ["web", "default", "-"]
+    assert set(rows) == {token_id, short_id}
+    assert token.split(".")[2] not in listed.out
+    revoked = meshctl("token", "revoke", short_id)
+    assert revoked.code == 0, revoked.err
+    assert short_id not in meshctl("token", "list").out
+    assert meshctl("token", "revoke", short_id).code != 0
 
     descriptor = {
         "proxy_id": "web-1",

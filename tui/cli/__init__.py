@@ -66,7 +66,7 @@ def _files(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``meshctl`` argument parser."""
-    from tui.cli import ca, identities, ops, resources
+    from tui.cli import ca, identities, ops, resources, tokens
     from tui.cli.validate import VALIDATE_KINDS
 
     parser = argparse.ArgumentParser(
@@ -119,12 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=ops.cmd_explain)
 
-    p = _sub(sub, "token", "mint tokens")
+    p = _sub(sub, "token", "mint, list and revoke tokens")
     token_sub = p.add_subparsers(dest="token_kind", required=True, metavar="KIND")
     t = token_sub.add_parser("sidecar", help="a token for the sidecars of a service")
     add_global_options(t, top=False)
     t.add_argument("--service", required=True)
-    t.set_defaults(run=ops.cmd_token)
+    t.add_argument("--ttl", type=ops.parse_duration, default=None, help="1h, 7d, ... (default 30d)")
+    t.set_defaults(run=tokens.cmd_token_sidecar)
+    t = token_sub.add_parser("list", help="the sidecar tokens: id, service, identity, expiry")
+    add_global_options(t, top=False)
+    t.set_defaults(run=tokens.cmd_token_list)
+    t = token_sub.add_parser("revoke", help="revoke one sidecar token by its id")
+    add_global_options(t, top=False)
+    t.add_argument("id")
+    t.set_defaults(run=tokens.cmd_token_revoke)
     t = token_sub.add_parser("create", help="a single-use join token to enroll a sidecar")
     add_global_options(t, top=False)
     t.add_argument("--service", required=True)

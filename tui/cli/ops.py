@@ -1,4 +1,4 @@
-"""``meshctl status``, ``explain``, ``token`` and ``schema``."""
+"""``meshctl status``, ``explain``, ``token create`` and ``schema``."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ __all__ = [
     "cmd_explain",
     "cmd_schema",
     "cmd_status",
-    "cmd_token",
     "cmd_token_create",
+    "endpoint_mix_lines",
     "explain_lines",
+    "mix_lines",
     "parse_duration",
     "proxy_rows",
     "proxy_state",
@@ -118,7 +119,21 @@ def cmd_status(opts: Options, _: argparse.Namespace) -> int:
     if proxies:
         print()
         print(render.table(PROXY_HEADERS, proxy_rows(proxies, time.time())))
+    mixed = status.get("endpoint_mix")
+    if isinstance(mixed, Mapping) and mixed:
+        print()
+        print("\n".join(endpoint_mix_lines(mixed)))
     return EXIT_OK
+
+
+def endpoint_mix_lines(mixed: Mapping[str, Any]) -> list[str]:
+    """The ``status`` section on services with plain (no sidecar) endpoints."""
+    lines = ["services with plain endpoints (TLS is decided per endpoint):"]
+    for service, mix in mixed.items():
+        mode = mix.get("mtls_mode", "?") if isinstance(mix, Mapping) else "?"
+        lines.append(f"  {service} (mTLS {str(mode).upper()})")
+        lines += mix_lines(mix, "    ")
+    return lines
 
 
 def _headers(values: Sequence[str]) -> dict[str, str]:
@@ -135,9 +150,30 @@ def _endpoint(ep: Any) -> str:
     if not isinstance(ep, Mapping):
         return str(ep)
     text = f"{ep.get('host', '?')}:{ep.get('port', '?')}"
+    if ep.get("tls"):
+        text += f" [{'mTLS' if ep['tls'] == 'mtls' else str(ep['tls'])}]"
     if ep.get("priority"):
         text += f" (failover {ep['priority']})"
     return text
+
+
+def mix_lines(mix: Mapping[str, Any] | None, indent: str) -> list[str]:
+    """The endpoint mix of a cluster or service (sidecar vs plain endpoints, how many go
+    over mTLS and plaintext, the excluded ones and why); nothing when every endpoint is a
+    sidecar and none is excluded."""
+    if not isinstance(mix, Mapping) or (not mix.get("plain") and not mix.get("excluded")):
+        return []
+    lines = [
+        f"{indent}mix: {mix.get('sidecar', 0)} sidecar, {mix.get('plain', 0)} plain "
+        f"({mix.get('mtls', 0)} mTLS, {mix.get('plaintext', 0)} plaintext, "
+        f"{len(mix.get('excluded') or ())} excluded)"
+    ]
+    for left_out in mix.get("excluded") or ():
+        lines.append(
+            f"{indent}excluded: {left_out.get('host', '?')}:{left_out.get('port', '?')}"
+            f" ({left_out.get('service', '?')}): {left_out.get('reason', '')}"
+        )
+    return lines
 
 
 def _compact(value: Any) -> str:
@@ -168,6 +204,7 @@ def _cluster_lines(name: str, cluster: Mapping[str, Any] | None) -> list[str]:
     endpoints = cluster.get("endpoints") or []
     shown = ", ".join(_endpoint(e) for e in endpoints) or "(none)"
     lines.append(f"      endpoints: {shown}")
+    lines += mix_lines(cluster.get("mix"), "      ")
     return lines
 
 
@@ -287,13 +324,6 @@ def cmd_explain(opts: Options, args: argparse.Namespace) -> int:
         print(render.to_yaml(answer), end="")
     else:
         print("\n".join(explain_lines(answer, routes)))
-    return EXIT_OK
-
-
-def cmd_token(opts: Options, args: argparse.Namespace) -> int:
-    """``token sidecar --service S``: print a sidecar token (and nothing else)."""
-    with opts.client() as client:
-        print(client.sidecar_token(args.service))
     return EXIT_OK
 
 

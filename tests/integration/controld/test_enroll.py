@@ -210,7 +210,7 @@ async def test_enroll_renew_revoke(tmp_path: Path) -> None:
         first_serial = x509.load_pem_x509_certificate(answer["certificate"].encode()).serial_number
         renewed = await web.renew(roots)
         assert renewed.status_code == 200, renewed.text
-        assert "sidecar_token" not in renewed.json()
+        assert renewed.json()["sidecar_token"] != answer["sidecar_token"]
         assert verified_id(web.answer, roots) == WEB
         serial = x509.load_pem_x509_certificate(web.answer["certificate"].encode()).serial_number
         assert serial != first_serial

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tui.cli.ops import (
+    endpoint_mix_lines,
     explain_lines,
     proxy_rows,
     proxy_state,
@@ -219,6 +220,41 @@ def test_explain_lines_tcp() -> None:
     lines = explain_lines(explanation)
     assert "route: none matched" not in lines
     assert "  - api~v1" in lines
+
+
+MIX = {
+    "sidecar": 2,
+    "plain": 1,
+    "mtls": 2,
+    "plaintext": 0,
+    "excluded": [
+        {"host": "10.0.0.9", "port": 8080, "service": "api", "reason": "under STRICT mTLS"}
+    ],
+}
+
+
+def test_explain_lines_show_tls_per_endpoint_and_the_mix() -> None:
+    cluster = {
+        "name": "api~v1",
+        "service": "api",
+        "endpoints": [
+            {"host": "10.0.0.1", "port": 21000, "tls": "mtls"},
+            {"host": "10.0.0.2", "port": 21000, "tls": "mtls"},
+        ],
+        "mix": MIX,
+    }
+    explanation = {**EXPLANATION, "clusters": [cluster]}
+    lines = explain_lines(explanation)
+    assert "      endpoints: 10.0.0.1:21000 [mTLS], 10.0.0.2:21000 [mTLS]" in lines
+    assert "      mix: 2 sidecar, 1 plain (2 mTLS, 0 plaintext, 1 excluded)" in lines
+    assert "      excluded: 10.0.0.9:8080 (api): under STRICT mTLS" in lines
+
+
+def test_status_lists_services_with_plain_endpoints() -> None:
+    lines = endpoint_mix_lines({"api": {"mtls_mode": "strict", **MIX}})
+    assert lines[1] == "  api (mTLS STRICT)"
+    assert lines[2] == "    mix: 2 sidecar, 1 plain (2 mTLS, 0 plaintext, 1 excluded)"
+    assert lines[3] == "    excluded: 10.0.0.9:8080 (api): under STRICT mTLS"
 
 
 def test_compact_manifest_leaves_out_defaults() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from tui.cli import build_parser
 from tui.cli.ops import cmd_token_create, parse_duration
+from tui.cli.tokens import cmd_token_list, cmd_token_revoke, cmd_token_sidecar, token_rows
 
 
 @pytest.mark.parametrize(
@@ -29,3 +30,35 @@ def test_token_create_command_line() -> None:
     assert args.run is cmd_token_create
     args = build_parser().parse_args(["token", "create", "--service", "web", "--namespace", "x"])
     assert (args.namespace, args.ttl) == ("x", 3600)
+
+
+def test_sidecar_token_command_lines() -> None:
+    args = build_parser().parse_args(["token", "sidecar", "--service", "web", "--ttl", "7d"])
+    assert (args.service, args.ttl, args.run) == ("web", 7 * 86400, cmd_token_sidecar)
+    args = build_parser().parse_args(["token", "sidecar", "--service", "web"])
+    assert args.ttl is None
+    assert build_parser().parse_args(["token", "list"]).run is cmd_token_list
+    args = build_parser().parse_args(["token", "revoke", "ab12"])
+    assert (args.id, args.run) == ("ab12", cmd_token_revoke)
+
+
+def test_token_rows_show_no_secret_and_a_dash_for_unbound_tokens() -> None:
+    rows = token_rows(
+        [
+            {
+                "id": "a1",
+                "service": "web",
+                "namespace": "default",
+                "expires": "2027-01-01T00:00:00Z",
+            },
+            {
+                "id": "b2",
+                "service": "web",
+                "namespace": "default",
+                "identity": "spiffe://mesh.local/ns/default/svc/web",
+                "expires": "2026-12-07T00:00:00Z",
+            },
+        ]
+    )
+    assert rows[0] == ["a1", "web", "default", "-", "2027-01-01T00:00:00Z"]
+    assert rows[1][3] == "spiffe://mesh.local/ns/default/svc/web"

@@ -6,9 +6,11 @@ The push hub is the real one (pure Trio bookkeeping); the store is an in-memory 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,8 @@ from controld.api import build_api
 from controld.auth import TokenAuth
 from controld.discovery import DiscoveryView
 from controld.push import PushHub
+from controld.sealed import RecordKey
+from controld.sidecar_tokens import SidecarTokens
 from controld.store import (
     ApplyResult,
     Change,
@@ -28,6 +32,10 @@ from controld.store import (
     StoreUnavailable,
 )
 from meshcore.model.resources import Resource, ResourceSet, resource_key
+
+# The in-memory KV of the CA tests (one definition), importable when only these tests run.
+sys.path.insert(0, str(Path(__file__).parent.parent / "ca"))
+from ca_support import FakeKV
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789abcdef"
 TIME = "2026-11-22T05:30:40.000Z"
@@ -144,6 +152,11 @@ class Api:
     app: Any
     ready: list[bool]
 
+    async def sidecar_token(self, service: str, **kwargs: Any) -> str:
+        """A new sidecar token of ``service`` (``kwargs``: as :meth:`TokenAuth.mint_sidecar`)."""
+        token, _ = await self.auth.mint_sidecar(service, **kwargs)
+        return token
+
     def as_token(self, token: str | None) -> httpx.AsyncClient:
         """Another client on the same app with ``token`` (None: no Authorization header)."""
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
@@ -158,7 +171,7 @@ async def serving_api() -> AsyncIterator[Api]:
     metrics = CollectorRegistry(auto_describe=True)
     Counter("controld_test_events", "a metric to see on /metrics", registry=metrics).inc()
     plane = FakePlane(PushHub(metrics=metrics), FakeStore())
-    auth = TokenAuth(ADMIN_TOKEN)
+    auth = TokenAuth(ADMIN_TOKEN, SidecarTokens(FakeKV(), "meshd/", RecordKey(b"k" * 32)))
     ready = [True]
     app = build_api(plane, auth=auth, metrics=metrics, is_ready=lambda: ready[0])
     async with httpx.AsyncClient(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from api_support import serving_api
 from structlog.testing import capture_logs
 
 from controld.compiler import explain
+from controld.discovery.view import DiscoveryView, ServiceEndpoint
 from meshcore.model.resources import json_schemas
 from meshcore.model.snapshot import Snapshot
 from meshcore.runtime.asgi import AsgiServer
@@ -57,7 +59,7 @@ async def test_missing_or_bad_token_is_401(method: str, path: str, token: str | 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ONLY)
 async def test_sidecar_token_on_admin_routes_is_403(method: str, path: str) -> None:
     async with serving_api() as api:
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             resp = await client.request(method, path, json={"resources": [], "service": "web"})
         assert resp.status_code == 403, resp.text
         assert "sidecar:web" in resp.json()["error"]
@@ -68,7 +70,7 @@ async def test_refused_mutations_are_audited() -> None:
         with capture_logs() as logs:
             async with api.as_token(None) as client:
                 await client.put("/v1/resources", json={"resources": []})
-            async with api.as_token(api.auth.mint_sidecar("web")) as client:
+            async with api.as_token(await api.sidecar_token("web")) as client:
                 await client.delete("/v1/resources/Mesh/default")
             await api.client.get("/v1/resources")  # reads aren't audited
         events = [e for e in logs if e["event"] == "audit"]
@@ -151,7 +153,7 @@ async def test_schema() -> None:
         resp = await api.client.get("/v1/schema")
         assert resp.status_code == 200
         assert resp.json() == json_schemas()
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             assert (await client.get("/v1/schema")).status_code == 200
 
 
@@ -198,7 +200,7 @@ async def test_mint_sidecar_token() -> None:
             resp = await api.client.post("/v1/tokens/sidecar", json={"service": "web"})
         assert resp.status_code == 200
         token = resp.json()["token"]
-        assert api.auth.verify(token).name == "sidecar:web"
+        assert (await api.auth.verify(token)).name == "sidecar:web"
         [event] = [e for e in logs if e["event"] == "audit"]
         assert event["principal"] == "admin"
         assert event["path"] == "/v1/tokens/sidecar"
@@ -216,7 +218,7 @@ async def test_served_by_hypercorn_on_a_real_socket() -> None:
             api.app, "127.0.0.1", 0, error_logger=logging.getLogger("test"), shutdown=shutdown
         )
         port = await nursery.start(server.run)
-        headers = {"Authorization": f"Bearer {api.auth.mint_sidecar('web')}"}
+        headers = {"Authorization": f"Bearer {await api.sidecar_token('web')}"}
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", headers=headers
         ) as client:
@@ -249,3 +251,24 @@ async def test_internal_errors_are_json_500() -> None:
             resp = await client.get("/v1/status")
     assert resp.status_code == 500
     assert resp.json() == {"error": "internal error", "problems": []}
+
+
+async def test_status_shows_services_with_plain_endpoints() -> None:
+    sidecar = ServiceEndpoint("10.0.0.1", 21000, "api-1", "n1", sidecar=True)
+    plain = ServiceEndpoint("10.0.0.9", 8080, "api-2", "n2", sidecar=False)
+    async with serving_api() as api:
+        api.plane.discovery = DiscoveryView(
+            services=MappingProxyType({"api": (sidecar, plain), "web": (sidecar,)}), version=1
+        )
+        doc = (await api.client.get("/v1/status")).json()
+        # Only the mixed service; under the default (PERMISSIVE) the plain one is plaintext.
+        assert doc["endpoint_mix"] == {
+            "api": {
+                "mtls_mode": "permissive",
+                "sidecar": 1,
+                "plain": 1,
+                "mtls": 1,
+                "plaintext": 1,
+                "excluded": [],
+            }
+        }

@@ -31,7 +31,7 @@ def publish(api: Api, proxy_id: str = "web-1", hash_: str = "h1") -> None:
 
 async def test_register_as_own_sidecar() -> None:
     async with serving_api() as api:
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             resp = await client.post("/v1/proxies/web-1", json=DESCRIPTOR)
         assert resp.status_code == 200
         descriptor = api.plane.hub.descriptor("web-1")
@@ -41,7 +41,7 @@ async def test_register_as_own_sidecar() -> None:
 
 async def test_register_for_another_service_is_403() -> None:
     async with serving_api() as api:
-        async with api.as_token(api.auth.mint_sidecar("api")) as client:
+        async with api.as_token(await api.sidecar_token("api")) as client:
             resp = await client.post("/v1/proxies/web-1", json=DESCRIPTOR)
         assert resp.status_code == 403
         assert api.plane.hub.descriptor("web-1") is None
@@ -50,7 +50,7 @@ async def test_register_for_another_service_is_403() -> None:
 async def test_sidecar_cannot_take_over_another_services_proxy_id() -> None:
     async with serving_api() as api:
         await register(api)
-        async with api.as_token(api.auth.mint_sidecar("api")) as client:
+        async with api.as_token(await api.sidecar_token("api")) as client:
             resp = await client.post("/v1/proxies/web-1", json=dict(DESCRIPTOR, service="api"))
         assert resp.status_code == 403
         descriptor = api.plane.hub.descriptor("web-1")
@@ -73,7 +73,7 @@ async def test_poll_unknown_proxy_is_404() -> None:
         resp = await api.client.get("/v1/snapshots/web-1", params={"wait": 0})
         assert resp.status_code == 404
         assert resp.json()["error"] == "unknown proxy"
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             resp = await client.get("/v1/snapshots/web-1", params={"wait": 0})
         assert resp.status_code == 404
 
@@ -82,7 +82,7 @@ async def test_poll_returns_the_hubs_body_then_304() -> None:
     async with serving_api() as api:
         await register(api)
         publish(api)
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             resp = await client.get("/v1/snapshots/web-1", params={"wait": 0})
             assert resp.status_code == 200
             assert resp.headers["content-type"] == "application/json"
@@ -137,7 +137,7 @@ async def test_poll_query_errors() -> None:
 async def test_sidecar_may_not_poll_another_service() -> None:
     async with serving_api() as api:
         await register(api)
-        async with api.as_token(api.auth.mint_sidecar("api")) as client:
+        async with api.as_token(await api.sidecar_token("api")) as client:
             resp = await client.get("/v1/snapshots/web-1", params={"wait": 0})
             assert resp.status_code == 403
             resp = await client.post(
@@ -151,7 +151,7 @@ async def test_nack() -> None:
         await register(api)
         publish(api)
         body = (await api.client.get("/v1/snapshots/web-1", params={"wait": 0})).json()
-        async with api.as_token(api.auth.mint_sidecar("web")) as client:
+        async with api.as_token(await api.sidecar_token("web")) as client:
             resp = await client.post(
                 "/v1/snapshots/web-1/nack",
                 json={"version": body["version"], "hash": "h1", "error": "bind failed" * 1000},

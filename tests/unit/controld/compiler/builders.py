@@ -18,14 +18,15 @@ def ep(
     tags: Sequence[str] = (),
     meta: Mapping[str, str] | None = None,
     instance: str | None = None,
+    sidecar: bool = True,
 ) -> ServiceEndpoint:
-    """A healthy sidecar endpoint."""
+    """A healthy sidecar endpoint (``sidecar=False``: a plain instance, no sidecar)."""
     return ServiceEndpoint(
         host=host,
         port=port,
         instance_id=instance or f"{host}:{port}",
         node="n1",
-        sidecar=True,
+        sidecar=sidecar,
         tags=tuple(tags),
         meta=tuple(sorted((meta or {}).items())),
     )

@@ -75,6 +75,7 @@ def test_matched_route_backends_clusters_and_access() -> None:
         "port": 21000,
         "priority": 1,
         "tags": [],
+        "tls": "mtls",
     }
 
 
@@ -120,3 +121,24 @@ def test_empty_cluster_is_noted() -> None:
     assert ex.route == "default"
     assert [c.name for c in ex.clusters] == ["api"]
     assert any("no healthy endpoint" in n for n in ex.notes)
+
+
+def test_mixed_endpoints_show_the_mix_and_the_excluded_ones() -> None:
+    mixed = [ep("10.0.0.1"), ep("10.0.0.9", sidecar=False)]
+    permissive = explain(view({"api": mixed}), rset(), source="web", destination="api")
+    [cluster] = permissive.clusters
+    assert [(e.host, e.tls) for e in cluster.endpoints] == [
+        ("10.0.0.1", "mtls"),
+        ("10.0.0.9", "plaintext"),
+    ]
+    assert cluster.mix == {"sidecar": 1, "plain": 1, "mtls": 1, "plaintext": 1, "excluded": []}
+    strict = explain(
+        view({"api": mixed}), rset(defaults("api", mtls="strict")), source="web", destination="api"
+    )
+    [cluster] = strict.clusters
+    assert [(e.host, e.tls) for e in cluster.endpoints] == [("10.0.0.1", "mtls")]
+    [left_out] = cluster.mix["excluded"]
+    assert (left_out["host"], left_out["port"], left_out["service"]) == ("10.0.0.9", 21000, "api")
+    assert "STRICT" in left_out["reason"]
+    assert any("10.0.0.9:21000" in note and "excluded" in note for note in strict.notes)
+    assert strict.as_json()["clusters"][0]["mix"]["excluded"] == [left_out]

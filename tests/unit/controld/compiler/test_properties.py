@@ -51,13 +51,15 @@ class World:
 service = st.sampled_from(SERVICES)
 subset = st.sampled_from(SUBSETS)
 endpoint = st.builds(
-    lambda i, port, tags, zone: ep(
-        f"10.0.0.{i}", port, tags=tags, meta={"zone": zone} if zone else None
+    lambda i, port, tags, zone, sidecar: ep(
+        f"10.0.0.{i}", port, tags=tags, meta={"zone": zone} if zone else None, sidecar=sidecar
     ),
     st.integers(1, 40),
     st.sampled_from([21000, 21001]),
     st.lists(st.sampled_from(["v1", "v2", "x"]), unique=True, max_size=2),
     st.sampled_from([None, "a", "b"]),
+    # Mostly sidecars, some plain instances: the per-endpoint TLS decision is in the key.
+    st.sampled_from([True, True, True, False]),
 )
 backend = st.fixed_dictionaries(
     {},
@@ -116,7 +118,7 @@ def defaults_res(draw: st.DrawFn, svc: str) -> Resource:
                 "protocol": st.sampled_from(["http", "tcp"]),
                 "lb_policy": st.sampled_from(["random", "least_request"]),
                 "connect_timeout_s": st.sampled_from([1.0, 2.0]),
-                "mtls": st.sampled_from(["strict", "disabled"]),
+                "mtls": st.sampled_from(["strict", "permissive", "disabled"]),
             },
         )
     )

@@ -47,7 +47,8 @@ class RotatingIssuer(FakeIssuer):
         self.roots: tuple[bytes, ...] = (ca.pem,)
         self.index = 1
 
-    def _issue(self, csr: x509.CertificateSigningRequest) -> Issued:
+    def _issue(self, csr: x509.CertificateSigningRequest, token: str = "") -> Issued:
+        del token  # no sidecar token here
         start = datetime.fromtimestamp(int(clock()), UTC)
         public_key = csr.public_key()
         assert isinstance(public_key, ec.EllipticCurvePublicKey)

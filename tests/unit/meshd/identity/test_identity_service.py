@@ -49,7 +49,7 @@ class FakeIssuer(IdentityClient):
         self.renewals: list[float] = []
         self.last: x509.Certificate | None = None
 
-    def _issue(self, csr: x509.CertificateSigningRequest) -> Issued:
+    def _issue(self, csr: x509.CertificateSigningRequest, token: str = "sidecar.web.x") -> Issued:
         start = datetime.fromtimestamp(int(clock()), UTC)
         public_key = csr.public_key()
         assert isinstance(public_key, ec.EllipticCurvePublicKey)
@@ -57,7 +57,7 @@ class FakeIssuer(IdentityClient):
             public_key, SPIFFE, not_before=start, not_after=start + timedelta(seconds=self.ttl_s)
         )
         self.last = x509.load_pem_x509_certificate(cert)
-        return Issued(cert, (self.ca.pem,), SPIFFE, "", sidecar_token="sidecar.web.x")
+        return Issued(cert, (self.ca.pem,), SPIFFE, "", sidecar_token=token)
 
     async def enroll(
         self, token: str, csr: x509.CertificateSigningRequest, *, instance: str | None = None
@@ -80,7 +80,8 @@ class FakeIssuer(IdentityClient):
         current = self.last  # None: the service started with a saved leaf
         if current is not None and current.not_valid_after_utc.timestamp() <= now:
             raise EnrollmentRefused("renew: HTTP 401: expired", 401)
-        return self._issue(csr)
+        # Each renewal brings a fresh sidecar token, as controld's does.
+        return self._issue(csr, f"sidecar.web.r{len(self.renewals)}")
 
 
 def service(
@@ -160,6 +161,16 @@ async def test_enrolls_then_renews_within_50_to_70_percent(
             assert start + RENEW_FROM * TTL - 1 <= at <= start + RENEW_TO * TTL + 1
         assert identity.generation == 5 and len(issuer.renewals) == 4
         assert IdentityStore(tmp_path / "state").load() == identity.with_generation(0)
+        # The latest renewal's token is the one in use, and saved (while the next waits: in
+        # a thread, so real time is given to it here, bounded).
+        assert svc.sidecar_token == "sidecar.web.r4"
+        for _ in range(500):
+            saved = IdentityStore(tmp_path / "state").load_sidecar_token()
+            if saved == svc.sidecar_token:
+                break
+            await trio.to_thread.run_sync(time.sleep, 0.01)
+        assert saved == svc.sidecar_token
+        assert saved is not None and saved.startswith("sidecar.web.r")
         nursery.cancel_scope.cancel()
 
 
