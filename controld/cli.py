@@ -39,6 +39,12 @@ def _listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return int(value)
+
+
 def _listen_or_off(value: str) -> tuple[str, int] | None:
     return None if value == "off" else _listen(value)
 
@@ -205,6 +211,16 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     run.add_argument(
         "--ca-import-key", type=Path, metavar="PEM", help="the imported root's private key"
     )
+    run.add_argument(
+        "--api-max-body-bytes",
+        type=_positive,
+        default=1 << 20,
+        metavar="BYTES",
+        help=(
+            "largest request body the API accepts (default 1048576 = 1 MiB); a larger one is "
+            "refused with 413 before it is read"
+        ),
+    )
     _add_logging(run)
     return run
 
@@ -285,6 +301,7 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         "kv_prefix": args.kv_prefix,
         "ca_import_cert": args.ca_import_cert,
         "ca_import_key": args.ca_import_key,
+        "api_max_body_bytes": args.api_max_body_bytes,
     }
     if (args.ca_import_cert is None) != (args.ca_import_key is None):
         parser.error("--ca-import-cert and --ca-import-key go together")

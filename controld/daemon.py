@@ -33,7 +33,9 @@ from prometheus_client import CollectorRegistry
 
 from controld.admin import RegistryLink, status_json
 from controld.api import build_api
-from controld.auth import TokenAuth
+from controld.api.gate import DEFAULT_MAX_BODY_BYTES
+from controld.audit import AuditLog
+from controld.auth import TokenAuth, TokenFileError
 from controld.ca import CAFileError, CertificateAuthority, IdentityService, RootCA
 from controld.ca.servertls import ServerTls, server_sans
 from controld.ca.storage import CAStore
@@ -43,6 +45,7 @@ from controld.discovery import DiscoveryView, RegistryWatcher
 from controld.push import PushHub, Reconciler
 from controld.registry import RegistryConfig, RegistryServer
 from controld.registry.httpserver import HTTPServer
+from controld.sealed import RECORD_KEY_FILE, RecordKey
 from controld.store import ResourceStore
 from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff
@@ -93,6 +96,8 @@ class DaemonConfig:
     #: generating one; used on first start only (ignored once ``<state dir>/ca`` exists).
     ca_import_cert: Path | None = None
     ca_import_key: Path | None = None
+    #: Largest request body the API accepts (checked before it is read).
+    api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         if (self.registry is None) == (self.registry_url is None):
@@ -101,6 +106,8 @@ class DaemonConfig:
             raise ValueError("give both the CA certificate and key to import, or neither")
         if not self.kv_prefix or not self.kv_prefix.endswith("/"):
             raise ValueError(f"the KV prefix must end with '/', got {self.kv_prefix!r}")
+        if self.api_max_body_bytes < 1:
+            raise ValueError("the API's body limit must be at least 1 byte")
 
     @property
     def state_dir(self) -> Path:
@@ -160,6 +167,8 @@ class ControlDaemon:
         self.reconciler: Reconciler | None = None
         self._store: ResourceStore | None = None
         self._auth: TokenAuth | None = None
+        #: The control-plane audit log (set when ``run`` starts).
+        self.audit: AuditLog | None = None
         #: The CA and the enrollment endpoints' logic (set when ``run`` starts).
         self.identity: IdentityService | None = None
         self._link: RegistryLink | None = None
@@ -227,6 +236,7 @@ class ControlDaemon:
         """
         cfg = self.config
         self._auth = TokenAuth.from_file(cfg.token_path)
+        record_key = _record_key(cfg.state_dir)
         ca = CertificateAuthority.load_or_create(cfg.ca_dir, import_root=_import_root(cfg))
         server = RegistryServer(cfg.registry) if cfg.registry is not None else None
         async with trio.open_nursery() as nursery:
@@ -258,12 +268,15 @@ class ControlDaemon:
                 ResourceStore(
                     RegistrySettings(url=url, token=token or None),
                     cfg.kv_prefix,
+                    record_key=record_key,
                     metrics=self.metrics,
                     wait_s=cfg.watch_wait_s,
                 ) as store,
                 RegistryClient(RegistrySettings(url=url, token=token or None)) as kv,
             ):
                 self._store = store
+                self.audit = AuditLog(kv, cfg.kv_prefix, record_key, store.invalid)
+                self.metrics.register(self.audit)
                 self.identity = IdentityService(
                     ca,
                     kv,
@@ -311,7 +324,14 @@ class ControlDaemon:
         await nursery.start(self._scoped, reconciler.run)
         assert self.identity is not None
         await nursery.start(self._scoped, JoinTokenSweeper(self.identity.join_tokens).run)
-        app = build_api(self, auth=self.auth, metrics=self.metrics, is_ready=self.is_ready)
+        app = build_api(
+            self,
+            auth=self.auth,
+            metrics=self.metrics,
+            is_ready=self.is_ready,
+            audit=self.audit,
+            max_body_bytes=cfg.api_max_body_bytes,
+        )
         push: HTTPServer | None = None
         if cfg.push_port is not None:
             push = HTTPServer(app, cfg.push_host, cfg.push_port)
@@ -358,6 +378,17 @@ async def _start_lean(nursery: trio.Nursery, server: HTTPServer, what: str) -> N
         raise ListenError(
             f"cannot listen on {server.host}:{server.port} ({what}): {exc.strerror}"
         ) from exc
+
+
+def _record_key(state_dir: Path) -> RecordKey:
+    """The key sealing controld's KV records, ``<state dir>/record-key`` (made at first start);
+    :class:`TokenFileError` when it can't be read or made, or others may read it."""
+    path = state_dir / RECORD_KEY_FILE
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return RecordKey.load_or_create(path)
+    except (OSError, ValueError) as exc:
+        raise TokenFileError(f"record key {path}: {exc}") from exc
 
 
 def _import_root(cfg: DaemonConfig) -> RootCA | None:
