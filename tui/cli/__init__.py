@@ -2,7 +2,7 @@
 
 Offline: ``validate`` checks snapshot, bootstrap and resource files. Against controld's API
 (``--server``, token from ``--token``/``--token-file``/the environment): ``apply``, ``get``,
-``delete``, ``diff``, ``status``, ``explain``, ``token``, ``ca`` and ``schema``.
+``delete``, ``diff``, ``status``, ``explain``, ``token``, ``ca``, ``audit`` and ``schema``.
 
 Exit codes: 0 ok, 1 validation failed / differences found / controld answered with an error,
 2 usage error, 3 controld unreachable.
@@ -65,7 +65,7 @@ def _files(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``meshctl`` argument parser."""
-    from tui.cli import ca, ops, resources
+    from tui.cli import audit, ca, ops, resources
     from tui.cli.validate import VALIDATE_KINDS
 
     parser = argparse.ArgumentParser(
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(run=ops.cmd_token_create)
 
     ca.add_ca_parser(sub, add_global_options)
+    audit.add_audit_parser(sub, add_global_options)
 
     p = _sub(sub, "schema", "JSON Schema of the resource kinds (all, or one)")
     p.add_argument("kind", nargs="?")
