@@ -169,10 +169,10 @@ async def test_bad_audit_records_are_skipped_and_the_log_is_bounded(tmp_path: Pa
                 assert await kv.kv_put(f"meshd/audit/{suffix}", value)
             found = await entries(http)
             assert [(e["actor"], e["route"]) for e in found] == [("admin", "/v1/resources")]
-            value = daemon.metrics.get_sample_value(
+            counted = daemon.metrics.get_sample_value(
                 "controld_kv_records_invalid_total", {"kind": "audit"}
             )
-            assert value == 3
+            assert counted == 3
 
             # The bound: the oldest entries are dropped.
             log = AuditLog(kv, "bounded/", RecordKey(b"k" * 32), InvalidRecords(), max_entries=3)
