@@ -4,9 +4,9 @@ Subcommands:
 
 * ``controld run [--registry URL | --registry-listen HOST:PORT --data-dir DIR] [--admin
   HOST:PORT] [--push HOST:PORT|off] [--tls HOST:PORT|off] [--tls-san NAME]
-  [--admin-token-file PATH] [--kv-prefix PREFIX]`` runs the daemon: the registry embedded
-  (default) or an external one, discovery, the policy store, the snapshot push and the HTTP
-  API (:mod:`controld.daemon`).
+  [--admin-token-file PATH] [--kv-prefix PREFIX] [--api-max-body-bytes BYTES]`` runs the
+  daemon: the registry embedded (default) or an external one, discovery, the policy store,
+  the snapshot push and the HTTP API (:mod:`controld.daemon`).
 * ``controld registry --listen HOST:PORT --data-dir DIR [--acl-management-token TOKEN]``
   runs the Consul-compatible registry standalone.
 
