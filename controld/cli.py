@@ -4,9 +4,9 @@ Subcommands:
 
 * ``controld run [--registry URL | --registry-listen HOST:PORT --data-dir DIR] [--admin
   HOST:PORT] [--push HOST:PORT|off] [--tls HOST:PORT|off] [--tls-san NAME]
-  [--admin-token-file PATH] [--kv-prefix PREFIX]`` runs the daemon: the registry embedded
-  (default) or an external one, discovery, the policy store, the snapshot push and the HTTP
-  API (:mod:`controld.daemon`).
+  [--admin-token-file PATH] [--kv-prefix PREFIX] [--api-max-body-bytes BYTES]`` runs the
+  daemon: the registry embedded (default) or an external one, discovery, the policy store,
+  the snapshot push and the HTTP API (:mod:`controld.daemon`).
 * ``controld registry --listen HOST:PORT --data-dir DIR [--acl-management-token TOKEN]``
   runs the Consul-compatible registry standalone.
 
@@ -257,6 +257,16 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         help="push and TLS listeners close a connection that sends nothing for this long "
         "(default 10)",
     )
+    run.add_argument(
+        "--api-max-body-bytes",
+        type=_positive_int,
+        default=1 << 20,
+        metavar="BYTES",
+        help=(
+            "largest request body the API accepts (default 1048576 = 1 MiB); a larger one is "
+            "refused with 413 before it is read"
+        ),
+    )
     _add_logging(run)
     return run
 
@@ -344,6 +354,7 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         "listener_limits": ServerLimits(
             max_connections=args.max_connections, first_byte_timeout_s=args.first_byte_timeout
         ),
+        "api_max_body_bytes": args.api_max_body_bytes,
     }
     if (args.ca_import_cert is None) != (args.ca_import_key is None):
         parser.error("--ca-import-cert and --ca-import-key go together")

@@ -33,7 +33,9 @@ from prometheus_client import CollectorRegistry
 
 from controld.admin import RegistryLink, status_json
 from controld.api import build_api
-from controld.auth import TokenAuth, load_admin_token
+from controld.api.gate import DEFAULT_MAX_BODY_BYTES
+from controld.audit import AuditLog
+from controld.auth import TokenAuth, TokenFileError, load_admin_token
 from controld.ca import CAFileError, CertificateAuthority, IdentityService, RootCA
 from controld.ca.servertls import ServerTls, server_sans
 from controld.ca.storage import CAStore
@@ -101,6 +103,8 @@ class DaemonConfig:
     registry_acl: bool = True
     #: Connection and request-head limits of the push and TLS listeners.
     listener_limits: ServerLimits = field(default_factory=ServerLimits)
+    #: Largest request body the API accepts (checked before it is read).
+    api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         if (self.registry is None) == (self.registry_url is None):
@@ -109,6 +113,8 @@ class DaemonConfig:
             raise ValueError("give both the CA certificate and key to import, or neither")
         if not self.kv_prefix or not self.kv_prefix.endswith("/"):
             raise ValueError(f"the KV prefix must end with '/', got {self.kv_prefix!r}")
+        if self.api_max_body_bytes < 1:
+            raise ValueError("the API's body limit must be at least 1 byte")
 
     @property
     def state_dir(self) -> Path:
@@ -175,6 +181,8 @@ class ControlDaemon:
         self._auth: TokenAuth | None = None
         #: How controld reaches the registry, with its own token (set once running).
         self.registry_settings: RegistrySettings | None = None
+        #: The control-plane audit log (set when ``run`` starts).
+        self.audit: AuditLog | None = None
         #: The CA and the enrollment endpoints' logic (set when ``run`` starts).
         self.identity: IdentityService | None = None
         self._link: RegistryLink | None = None
@@ -242,8 +250,8 @@ class ControlDaemon:
         """
         cfg = self.config
         self._auth = TokenAuth.from_file(cfg.token_path)
+        record_key = _record_key(cfg.state_dir)
         ca = CertificateAuthority.load_or_create(cfg.ca_dir, import_root=_import_root(cfg))
-        record_key = RecordKey.load_or_create(cfg.state_dir / RECORD_KEY_FILE)
         registry_cfg = cfg.registry
         if (
             registry_cfg is not None
@@ -274,23 +282,26 @@ class ControlDaemon:
                 url = cfg.registry_url.rstrip("/")
                 token = cfg.registry_token
                 self._link = RegistryLink("external", url)
-            self.registry_settings = RegistrySettings(url=url, token=token or None)
+            settings = self.registry_settings = RegistrySettings(url=url, token=token or None)
             watcher = self.watcher = RegistryWatcher(
-                RegistrySettings(url=url, token=token or None),
+                settings,
                 metrics=self.metrics,
                 wait_s=cfg.watch_wait_s,
                 backoff=Backoff(0.5, cfg.retry_max_s),
             )
             with (
                 ResourceStore(
-                    RegistrySettings(url=url, token=token or None),
+                    settings,
                     cfg.kv_prefix,
+                    record_key=record_key,
                     metrics=self.metrics,
                     wait_s=cfg.watch_wait_s,
                 ) as store,
-                RegistryClient(RegistrySettings(url=url, token=token or None)) as kv,
+                RegistryClient(settings) as kv,
             ):
                 self._store = store
+                self.audit = AuditLog(kv, cfg.kv_prefix, record_key, store.invalid)
+                self.metrics.register(self.audit)
                 self.identity = IdentityService(
                     ca,
                     kv,
@@ -348,7 +359,14 @@ class ControlDaemon:
         assert self.identity is not None
         await nursery.start(self._scoped, JoinTokenSweeper(self.identity.join_tokens).run)
         await nursery.start(self._scoped, RevocationSync(self.identity).run)
-        app = build_api(self, auth=self.auth, metrics=self.metrics, is_ready=self.is_ready)
+        app = build_api(
+            self,
+            auth=self.auth,
+            metrics=self.metrics,
+            is_ready=self.is_ready,
+            audit=self.audit,
+            max_body_bytes=cfg.api_max_body_bytes,
+        )
         limit_events = limit_events_counter(self.metrics)
         push: HTTPServer | None = None
         if cfg.push_port is not None:
@@ -409,6 +427,17 @@ async def _start_lean(nursery: trio.Nursery, server: HTTPServer, what: str) -> N
         raise ListenError(
             f"cannot listen on {server.host}:{server.port} ({what}): {exc.strerror}"
         ) from exc
+
+
+def _record_key(state_dir: Path) -> RecordKey:
+    """The key sealing controld's KV records, ``<state dir>/record-key`` (made at first start);
+    :class:`TokenFileError` when it can't be read or made, or others may read it."""
+    path = state_dir / RECORD_KEY_FILE
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return RecordKey.load_or_create(path)
+    except (OSError, ValueError) as exc:
+        raise TokenFileError(f"record key {path}: {exc}") from exc
 
 
 def _import_root(cfg: DaemonConfig) -> RootCA | None:

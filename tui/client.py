@@ -243,3 +243,10 @@ class ControldClient:
         if force:
             body["force"] = True
         return self.request("POST", "/v1/ca/rotate", json=body)
+
+    def audit(self, *, since: str | None = None, limit: int = 50) -> Any:
+        """``GET /v1/audit``: ``{"entries": [...]}``, newest first (``since``: RFC 3339)."""
+        params: dict[str, str | int] = {"limit": limit}
+        if since is not None:
+            params["since"] = since
+        return self.request("GET", "/v1/audit", params=params)

@@ -8,8 +8,10 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from controld.api.audit import audit_router
 from controld.api.deps import Auditor, Guard
 from controld.api.errors import install_error_handlers
+from controld.api.gate import DEFAULT_MAX_BODY_BYTES, ApiGate
 from controld.api.identity import identity_router
 from controld.api.misc import api_router, probes_router
 from controld.api.plane import ControlPlane
@@ -17,6 +19,7 @@ from controld.api.proxies import poll_route, proxies_router
 from controld.api.registry_tokens import registry_tokens_router
 from controld.api.resources import resources_router
 from controld.api.tokens import tokens_router
+from controld.audit import AuditLog
 from controld.auth import TokenAuth
 from meshcore import __version__
 
@@ -32,14 +35,20 @@ def build_api(
     auth: TokenAuth,
     metrics: CollectorRegistry,
     is_ready: Callable[[], bool],
+    audit: AuditLog | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API app: resources, proxies and snapshots, status/schema/explain, tokens, probes.
 
     ``plane`` is read on each request (see :class:`~controld.api.plane.ControlPlane`);
     ``auth`` checks bearer tokens; ``metrics`` is served on ``/metrics`` and ``is_ready``
-    answers ``/ready``. Every endpoint is ``async def``: it runs on the Trio thread, where
-    the daemon's state is safe to read, and never needs a worker thread. The interactive
-    docs (CDN assets) are off; ``/openapi.json`` is served without a token.
+    answers ``/ready``. :class:`~controld.api.gate.ApiGate` wraps every route: bodies over
+    ``max_body_bytes`` and requests without a valid token are refused before the body is
+    read, bad JSON before it is parsed, and every mutating request is recorded in ``audit``
+    (served on ``/v1/audit``; ``None``: audit events are only logged). Every endpoint is
+    ``async def``: it runs on the Trio thread, where the daemon's state is safe to read, and
+    never needs a worker thread. The interactive docs (CDN assets) are off;
+    ``/openapi.json`` is served without a token.
     """
     auditor = Auditor(structlog.get_logger(AUDIT_LOGGER))
     guard = Guard(auth, auditor)
@@ -59,6 +68,16 @@ def build_api(
     if (identity := getattr(plane, "identity", None)) is not None:  # optional: the CA
         app.include_router(identity_router(identity, auth, guard, auditor))
     app.include_router(registry_tokens_router(plane, guard, auditor))
+    if audit is not None:
+        app.include_router(audit_router(audit, guard))
     # The hot long-poll goes first: matched before (and instead of) its documented twin.
     app.router.routes.insert(0, poll_route(plane, auth))
+    # The live route list: routers included later are covered too.
+    app.add_middleware(
+        ApiGate,
+        routes=app.router.routes,
+        guard=guard,
+        audit=audit,
+        max_body_bytes=max_body_bytes,
+    )
     return app

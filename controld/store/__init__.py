@@ -7,12 +7,15 @@ the KV layout.
 from __future__ import annotations
 
 from controld.store.errors import ResourceNotFound, StoreConflict, StoreError, StoreUnavailable
+from controld.store.invalid import InvalidRecords
 from controld.store.metrics import StoreCollector
 from controld.store.records import (
     ApplyResult,
     Change,
     ChangeAction,
+    InvalidValue,
     KeyLayout,
+    RecordCodec,
     RevisionRecord,
     StoredResource,
 )
@@ -23,7 +26,10 @@ __all__ = [
     "ApplyResult",
     "Change",
     "ChangeAction",
+    "InvalidRecords",
+    "InvalidValue",
     "KeyLayout",
+    "RecordCodec",
     "ResourceNotFound",
     "ResourceStore",
     "RevisionRecord",

@@ -1,23 +1,30 @@
 """What the store keeps in the KV, and how it is spelled.
 
-Layout under a prefix (``meshd/`` by default)::
+Layout under a prefix (``meshd/`` by default); every value is a record sealed with
+controld's record key (:mod:`controld.sealed`), whose body is::
 
     <prefix>resources/<Kind>/<name>  {"resource": {...}, "revision": R, "author", "time"}
-    <prefix>revision                 the revision counter, a decimal integer
+    <prefix>revision                 {"revision": R}, the revision counter
     <prefix>history/<R, 12 digits>   {"revision", "author", "time", "action", "changes": [...]}
+
+A value is read within bounds (size, nesting), its seal checked, then its body validated
+against the schema: whatever fails is an :class:`InvalidValue` (skipped, logged and counted by
+the caller, never fatal). A value without a seal was written by an earlier controld (or by
+someone who isn't controld): it is refused like a forged one; re-applying the resource seals it.
 
 Everything here is pure: values in, values (or :class:`InvalidValue`) out.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from controld.sealed import MAX_RECORD_BYTES, InvalidRecord, RecordKey
+from meshcore.boundedjson import BoundedJsonError, loads_bounded
 from meshcore.model.resources import Resource, parse_resource, resource_key
 
 __all__ = [
@@ -26,19 +33,22 @@ __all__ = [
     "ChangeAction",
     "InvalidValue",
     "KeyLayout",
+    "RecordCodec",
     "RevisionRecord",
     "StoredResource",
-    "decode_counter",
-    "decode_history",
-    "decode_stored",
-    "encode_history",
-    "encode_stored",
     "rfc3339",
 ]
 
 #: What an apply or delete did to one resource.
 ChangeAction = Literal["created", "updated", "deleted", "unchanged"]
 _ACTIONS = ("created", "updated", "deleted", "unchanged")
+
+
+#: Why an unsealed value is refused, and what the operator can do about it.
+UNSEALED_HINT = (
+    "unsealed value (written by an earlier controld, or by someone who isn't controld): "
+    "refused; re-apply the resource with `meshctl apply` (or delete the key) to replace it"
+)
 
 
 class InvalidValue(ValueError):
@@ -153,20 +163,6 @@ class RevisionRecord:
         }
 
 
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidValue(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InvalidValue(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
     value = obj.get(name)
     # bool is an int; a revision of true is as broken as one of "1".
@@ -175,66 +171,120 @@ def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def encode_stored(resource: Resource, *, revision: int, author: str, time: str) -> bytes:
-    """The KV value of a resource."""
-    return _dumps(
-        {"resource": resource.to_json(), "revision": revision, "author": author, "time": time}
-    )
-
-
-def decode_stored(raw: bytes, key: tuple[str, str]) -> StoredResource:
-    """A resource's KV value -> :class:`StoredResource` (:class:`InvalidValue` if broken,
-    including a resource whose kind and name don't match the key it is stored under)."""
-    obj = _object(raw)
-    body = _field(obj, "resource", dict)
+def _unsealed(raw: bytes) -> bool:
+    """True if ``raw`` is readable JSON that isn't a sealed record at all (not a forged seal)."""
     try:
-        resource = parse_resource(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise InvalidValue(f"resource {path}: {first['msg']}") from exc
-    if resource_key(resource) != key:
-        got = "/".join(resource_key(resource))
-        raise InvalidValue(f"holds {got}, not {'/'.join(key)}")
-    return StoredResource(
-        resource=resource,
-        revision=_field(obj, "revision", int),
-        author=_field(obj, "author", str),
-        time=_field(obj, "time", str),
-    )
+        value = loads_bounded(raw, max_bytes=MAX_RECORD_BYTES)
+    except BoundedJsonError:
+        return False
+    return not (isinstance(value, dict) and "mac" in value)
 
 
-def decode_counter(raw: bytes) -> int:
-    """The revision counter's value (:class:`InvalidValue` unless a non-negative integer)."""
-    text = raw.decode("ascii", "replace").strip()
-    if not text.isdigit():
-        raise InvalidValue(f"revision counter is not a number: {text[:40]!r}")
-    return int(text)
+class RecordCodec:
+    """Seals what the store writes and opens what it reads, with one :class:`RecordKey`.
 
+    Record kinds (bound into each seal, so a record can't pass for another kind):
+    ``store.resource``, ``store.revision`` and ``store.history``.
+    """
 
-def encode_history(record: RevisionRecord) -> bytes:
-    """The KV value of a history record."""
-    return _dumps(record.as_json())
+    def __init__(self, layout: KeyLayout, key: RecordKey) -> None:
+        self.layout = layout
+        self._key = key
 
+    def _open(self, kind: str, kv_key: str, raw: bytes) -> dict[str, Any]:
+        try:
+            return self._key.open(kind, kv_key, raw)
+        except InvalidRecord as exc:
+            if _unsealed(raw):
+                raise InvalidValue(UNSEALED_HINT) from exc
+            raise InvalidValue(str(exc)) from exc
 
-def decode_history(raw: bytes) -> RevisionRecord:
-    """A history record's KV value -> :class:`RevisionRecord` (:class:`InvalidValue` if broken)."""
-    obj = _object(raw)
-    action = _field(obj, "action", str)
-    if action not in ("apply", "delete"):
-        raise InvalidValue(f"unknown action {action!r}")
-    changes: list[Change] = []
-    for item in _field(obj, "changes", list):
-        if not isinstance(item, dict):
-            raise InvalidValue("changes must be objects")
-        change_action = _field(item, "action", str)
-        if change_action not in _ACTIONS:
-            raise InvalidValue(f"unknown change action {change_action!r}")
-        changes.append(Change(_field(item, "kind", str), _field(item, "name", str), change_action))
-    return RevisionRecord(
-        revision=_field(obj, "revision", int),
-        author=_field(obj, "author", str),
-        time=_field(obj, "time", str),
-        action=action,
-        changes=tuple(changes),
-    )
+    # -- resources -----------------------------------------------------------------------------
+
+    def encode_resource(
+        self, resource: Resource, *, revision: int, author: str, time: str
+    ) -> bytes:
+        """The KV value of a resource (under ``layout.resource(kind, name)``)."""
+        kv_key = self.layout.resource(*resource_key(resource))
+        body = {
+            "resource": resource.to_json(),
+            "revision": revision,
+            "author": author,
+            "time": time,
+        }
+        return self._key.seal("store.resource", kv_key, body)
+
+    def decode_resource(self, raw: bytes, key: tuple[str, str]) -> StoredResource:
+        """The value stored under resource ``key`` -> :class:`StoredResource`
+        (:class:`InvalidValue` if unsealed, forged or broken, including a resource whose kind
+        and name don't match the key it is stored under)."""
+        obj = self._open("store.resource", self.layout.resource(*key), raw)
+        body = _field(obj, "resource", dict)
+        try:
+            resource = parse_resource(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            path = ".".join(str(p) for p in first["loc"])
+            raise InvalidValue(f"resource {path}: {first['msg']}") from exc
+        if resource_key(resource) != key:
+            got = "/".join(resource_key(resource))
+            raise InvalidValue(f"holds {got}, not {'/'.join(key)}")
+        revision = _field(obj, "revision", int)
+        if revision < 1:
+            raise InvalidValue("'revision' must be positive")
+        return StoredResource(
+            resource=resource,
+            revision=revision,
+            author=_field(obj, "author", str),
+            time=_field(obj, "time", str),
+        )
+
+    # -- the revision counter --------------------------------------------------------------------
+
+    def encode_counter(self, revision: int) -> bytes:
+        """The KV value of the revision counter."""
+        return self._key.seal("store.revision", self.layout.revision, {"revision": revision})
+
+    def decode_counter(self, raw: bytes) -> int:
+        """The revision counter's value (:class:`InvalidValue` unless a sealed, non-negative
+        integer)."""
+        obj = self._open("store.revision", self.layout.revision, raw)
+        revision: int = _field(obj, "revision", int)
+        if revision < 0:
+            raise InvalidValue("revision counter is negative")
+        return revision
+
+    # -- history -------------------------------------------------------------------------------
+
+    def encode_history(self, record: RevisionRecord) -> bytes:
+        """The KV value of a history record (under ``layout.history_record(revision)``)."""
+        kv_key = self.layout.history_record(record.revision)
+        return self._key.seal("store.history", kv_key, record.as_json())
+
+    def decode_history(self, kv_key: str, raw: bytes) -> RevisionRecord:
+        """The history record stored under ``kv_key`` -> :class:`RevisionRecord`
+        (:class:`InvalidValue` if unsealed, forged, broken or filed under another revision)."""
+        obj = self._open("store.history", kv_key, raw)
+        action = _field(obj, "action", str)
+        if action not in ("apply", "delete"):
+            raise InvalidValue(f"unknown action {action!r}")
+        changes: list[Change] = []
+        for item in _field(obj, "changes", list):
+            if not isinstance(item, dict):
+                raise InvalidValue("changes must be objects")
+            change_action = _field(item, "action", str)
+            if change_action not in _ACTIONS:
+                raise InvalidValue(f"unknown change action {change_action!r}")
+            changes.append(
+                Change(_field(item, "kind", str), _field(item, "name", str), change_action)
+            )
+        revision = _field(obj, "revision", int)
+        if kv_key != self.layout.history_record(revision):
+            raise InvalidValue(f"record of revision {revision} filed under {kv_key}")
+        return RevisionRecord(
+            revision=revision,
+            author=_field(obj, "author", str),
+            time=_field(obj, "time", str),
+            action=action,
+            changes=tuple(changes),
+        )

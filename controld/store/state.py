@@ -16,9 +16,8 @@ from controld.store.records import (
     Change,
     InvalidValue,
     KeyLayout,
+    RecordCodec,
     StoredResource,
-    decode_counter,
-    decode_stored,
 )
 from meshcore.model.resources import Resource, ResourceSet, resource_key
 from meshcore.registry import KvEntry
@@ -42,6 +41,8 @@ class BadEntry:
     key: str
     modify_index: int
     reason: str
+    #: Record kind (``resource`` or ``revision``), the label of the invalid-records counter.
+    kind: str = "resource"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class StoredState:
     """Counter and resources as one recursive list returned them."""
 
     index: int
+    #: The counter's value; when the counter is missing or refused, the newest revision of
+    #: a valid resource (a lower bound, so the followed revision doesn't fall to 0).
     revision: int
     #: ModifyIndex of the counter key; 0 when it doesn't exist yet (no revision made).
     revision_cas: int
@@ -66,6 +69,7 @@ class StoredState:
     entries: Mapping[tuple[str, str], KvEntry]
     stored: Mapping[tuple[str, str], StoredResource]
     bad: tuple[BadEntry, ...] = ()
+    #: The counter exists and opened (else a write recovers it, see ``ResourceStore``).
     counter_ok: bool = True
 
     def resource_set(self) -> ResourceSet:
@@ -78,10 +82,11 @@ class StoredState:
         return ResourceSet(revision=self.revision, resources=resources)
 
 
-def read_state(layout: KeyLayout, index: int, entries: Sequence[KvEntry]) -> StoredState:
-    """Entries of a recursive list of ``layout.state`` -> :class:`StoredState`."""
-    revision = revision_cas = 0
-    counter_ok = True
+def read_state(codec: RecordCodec, index: int, entries: Sequence[KvEntry]) -> StoredState:
+    """Entries of a recursive list of ``codec.layout.state`` -> :class:`StoredState`."""
+    layout = codec.layout
+    revision: int | None = None
+    revision_cas = 0
     raw: dict[tuple[str, str], KvEntry] = {}
     stored: dict[tuple[str, str], StoredResource] = {}
     bad: list[BadEntry] = []
@@ -89,10 +94,9 @@ def read_state(layout: KeyLayout, index: int, entries: Sequence[KvEntry]) -> Sto
         if entry.key == layout.revision:
             revision_cas = entry.modify_index
             try:
-                revision = decode_counter(entry.value)
+                revision = codec.decode_counter(entry.value)
             except InvalidValue as exc:
-                counter_ok = False
-                bad.append(BadEntry(entry.key, entry.modify_index, str(exc)))
+                bad.append(BadEntry(entry.key, entry.modify_index, str(exc), "revision"))
             continue
         key = layout.parse_resource(entry.key)
         if key is None:
@@ -101,9 +105,12 @@ def read_state(layout: KeyLayout, index: int, entries: Sequence[KvEntry]) -> Sto
             continue  # a neighbour of "resources/" and "revision"; not ours
         raw[key] = entry
         try:
-            stored[key] = decode_stored(entry.value, key)
+            stored[key] = codec.decode_resource(entry.value, key)
         except InvalidValue as exc:
             bad.append(BadEntry(entry.key, entry.modify_index, str(exc)))
+    counter_ok = revision is not None
+    if revision is None:
+        revision = max((s.revision for s in stored.values()), default=0)
     return StoredState(
         index=index,
         revision=revision,

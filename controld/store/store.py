@@ -8,6 +8,11 @@ resources in one recursive list, plan what changes, then
    concurrent writer of the same resource is detected (:class:`StoreConflict`), and
 3. write the history record of the revision last: it is the revision's commit marker.
 
+Every value is sealed with controld's record key (:mod:`controld.store.records`): a value a
+registry writer who isn't controld put there is refused when read (logged, counted, skipped).
+A missing or refused counter is recovered by the next write, from the newest valid resource
+and history record.
+
 The registry may be a real Consul cluster, which has no multi-key atomic write this could rely
 on (the embedded registry's ``/v1/txn`` isn't atomic), hence the commit marker: the watch
 (:mod:`controld.store.watch`) publishes a new revision once its record exists, so readers never
@@ -25,19 +30,18 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry
 
+from controld.sealed import RecordKey
 from controld.store.errors import StoreConflict, StoreError, StoreUnavailable
+from controld.store.invalid import InvalidRecords
 from controld.store.metrics import StoreCollector
 from controld.store.records import (
     ApplyResult,
     Change,
     InvalidValue,
     KeyLayout,
+    RecordCodec,
     RevisionRecord,
     StoredResource,
-    decode_history,
-    decode_stored,
-    encode_history,
-    encode_stored,
     rfc3339,
 )
 from controld.store.state import (
@@ -77,7 +81,9 @@ class ResourceStore:
 
     Reads and writes work without :meth:`run`; :meth:`run` follows the prefix with blocking
     queries and keeps :attr:`current` (what the compiler uses). Use as a context manager (or
-    call :meth:`close`) to close the registry client's connections.
+    call :meth:`close`) to close the registry client's connections. ``record_key`` seals
+    every value written and checks every value read; :attr:`invalid` logs and counts the
+    refused ones (``controld_kv_records_invalid_total`` on ``metrics``).
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class ResourceStore:
         settings: RegistrySettings,
         prefix: str = "meshd/",
         *,
+        record_key: RecordKey,
         metrics: CollectorRegistry | None = None,
         wait_s: float = 60.0,
         backoff: Backoff | None = None,
@@ -93,11 +100,15 @@ class ResourceStore:
     ) -> None:
         self.settings = settings
         self.layout = KeyLayout(prefix)
+        self.codec = RecordCodec(self.layout, record_key)
+        #: Refused values (shared with other readers of the prefix, e.g. the audit log).
+        self.invalid = InvalidRecords()
         self._client = RegistryClient(settings)
         self._clock = clock
         self._watch = StoreWatch(
             self._client,
-            self.layout,
+            self.codec,
+            self.invalid,
             wait_s=wait_s,
             backoff=backoff or Backoff(0.5, 30.0),
             commit_wait_s=commit_wait_s,
@@ -105,6 +116,7 @@ class ResourceStore:
         )
         if metrics is not None:
             metrics.register(StoreCollector(self))
+            metrics.register(self.invalid)
 
     def __enter__(self) -> ResourceStore:
         return self
@@ -132,7 +144,7 @@ class ResourceStore:
     @property
     def invalid_values_total(self) -> int:
         """Stored values seen that don't decode (each key and ModifyIndex counted once)."""
-        return self._watch.invalid_values_total
+        return self.invalid.total
 
     @property
     def kind_counts(self) -> dict[str, int]:
@@ -172,9 +184,9 @@ class ResourceStore:
         if entry is None:
             return None
         try:
-            return decode_stored(entry.value, (kind, name))
+            return self.codec.decode_resource(entry.value, (kind, name))
         except InvalidValue as exc:
-            self._watch.note_invalid(entry.key, entry.modify_index, str(exc))
+            self.invalid.note("resource", entry.key, entry.modify_index, str(exc))
             return None
 
     async def history(self, limit: int = 50) -> list[RevisionRecord]:
@@ -186,9 +198,9 @@ class ResourceStore:
             if len(records) >= limit:
                 break
             try:
-                records.append(decode_history(entry.value))
+                records.append(self.codec.decode_history(entry.key, entry.value))
             except InvalidValue as exc:
-                self._watch.note_invalid(entry.key, entry.modify_index, str(exc))
+                self.invalid.note("history", entry.key, entry.modify_index, str(exc))
         return records
 
     # -- writes ------------------------------------------------------------------------------
@@ -241,20 +253,40 @@ class ResourceStore:
     async def _read(self) -> StoredState:
         with _registry_errors("reading the store"):
             index, entries = await self._client.kv_list(self.layout.state)
-        state = read_state(self.layout, index, entries)
+        state = read_state(self.codec, index, entries)
         self._watch.note_bad(state)
         return state
 
     async def _bump(self, state: StoredState) -> int | None:
-        """CAS-increment the counter from what ``state`` read; ``None`` if another writer won."""
+        """CAS-increment the counter from what ``state`` read; ``None`` if another writer won.
+
+        A missing or refused counter (a first write, or a value someone else put there) is
+        replaced, still by CAS, with one past the newest valid resource or history record.
+        """
+        base = state.revision
         if not state.counter_ok:
-            raise StoreError(f"the revision counter {self.layout.revision} is corrupt")
-        revision = state.revision + 1
+            base = max(base, await self._newest_history())
+            if state.revision_cas:
+                log.warning(
+                    "revision counter refused; recovering it", key=self.layout.revision, base=base
+                )
+        revision = base + 1
         with _registry_errors("incrementing the revision"):
             won = await self._client.kv_put(
-                self.layout.revision, str(revision).encode(), cas=state.revision_cas
+                self.layout.revision, self.codec.encode_counter(revision), cas=state.revision_cas
             )
         return revision if won else None
+
+    async def _newest_history(self) -> int:
+        """Revision of the newest valid history record (0: none)."""
+        with _registry_errors("reading the history"):
+            _index, entries = await self._client.kv_list(self.layout.history)
+        for entry in sorted(entries, key=lambda e: e.key, reverse=True):
+            try:
+                return self.codec.decode_history(entry.key, entry.value).revision
+            except InvalidValue as exc:
+                self.invalid.note("history", entry.key, entry.modify_index, str(exc))
+        return 0
 
     async def _commit(
         self,
@@ -272,7 +304,7 @@ class ResourceStore:
                     if write.resource is None:
                         ok = await self._client.kv_delete(write.key, cas=write.cas)
                     else:
-                        value = encode_stored(
+                        value = self.codec.encode_resource(
                             write.resource, revision=revision, author=author, time=now
                         )
                         ok = await self._client.kv_put(write.key, value, cas=write.cas)
@@ -301,5 +333,5 @@ class ResourceStore:
     async def _record(self, record: RevisionRecord) -> None:
         with _registry_errors(f"writing the record of revision {record.revision}"):
             await self._client.kv_put(
-                self.layout.history_record(record.revision), encode_history(record)
+                self.layout.history_record(record.revision), self.codec.encode_history(record)
             )

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from controld.store.records import KeyLayout
+from controld.store.invalid import InvalidRecords
+from controld.store.records import InvalidValue, RecordCodec
 from controld.store.state import StoredState, read_state
 from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff, RegistryError
@@ -75,7 +76,8 @@ class StoreWatch:
     def __init__(
         self,
         client: RegistryClient,
-        layout: KeyLayout,
+        codec: RecordCodec,
+        invalid: InvalidRecords,
         *,
         wait_s: float,
         backoff: Backoff,
@@ -83,7 +85,9 @@ class StoreWatch:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._layout = layout
+        self._codec = codec
+        self._layout = codec.layout
+        self._invalid = invalid
         self.wait_s = wait_s
         self.commit_wait_s = commit_wait_s
         self._backoff = backoff
@@ -96,8 +100,6 @@ class StoreWatch:
         self._last_error: str | None = None
         self._last_contact: float | None = None
         self._errors = 0
-        self._invalid_seen: set[tuple[str, int]] = set()
-        self.invalid_values_total = 0
         #: Resources in force per kind (for the ``controld_resources`` gauge).
         self.kind_counts: dict[str, int] = {}
 
@@ -117,7 +119,7 @@ class StoreWatch:
             last_error=self._last_error,
             last_contact=self._last_contact,
             errors=self._errors,
-            invalid_values=self.invalid_values_total,
+            invalid_values=self._invalid.total,
         )
 
     async def wait_changed(self, after_revision: int) -> ResourceSet:
@@ -128,18 +130,10 @@ class StoreWatch:
 
     # -- invalid values ------------------------------------------------------------------------
 
-    def note_invalid(self, key: str, modify_index: int, reason: str) -> None:
-        """Log and count a value that doesn't decode, once per key and ModifyIndex."""
-        if (key, modify_index) in self._invalid_seen:
-            return
-        self._invalid_seen.add((key, modify_index))
-        self.invalid_values_total += 1
-        log.error("invalid stored value skipped", key=key, modify_index=modify_index, reason=reason)
-
     def note_bad(self, state: StoredState) -> None:
-        """:meth:`note_invalid` for every bad entry of a read."""
+        """Log and count every bad entry of a read (once per key and ModifyIndex)."""
         for bad in state.bad:
-            self.note_invalid(bad.key, bad.modify_index, bad.reason)
+            self._invalid.note(bad.kind, bad.key, bad.modify_index, bad.reason)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -181,14 +175,14 @@ class StoreWatch:
                 continue
             # An index going backwards (a restored or reset registry) is no problem here: the
             # answer is a complete read either way, and its index is where to block next.
-            state = await self._settle(read_state(self._layout, new_index, entries))
+            state = await self._settle(read_state(self._codec, new_index, entries))
             self._publish(state)
             index = state.index
 
     async def _list(self) -> StoredState:
         index, entries = await self._client.kv_list(self._layout.state)
         self._last_contact = self._clock()
-        return read_state(self._layout, index, entries)
+        return read_state(self._codec, index, entries)
 
     async def _settle(self, state: StoredState) -> StoredState:
         """Wait for the commit of each newer revision ``state`` shows, re-reading after each."""
@@ -217,22 +211,25 @@ class StoreWatch:
                 new_index, entries = await self._client.kv_list(
                     key, index=index or None, wait_s=self.commit_wait_s if index else None
                 )
-                if entries:
+                if any(self._is_record(entry.key, entry.value) for entry in entries):
                     return True
                 if new_index == index:
                     await trio.sleep(_IDLE_PAUSE_S)
                 index = new_index
         return False
 
+    def _is_record(self, key: str, raw: bytes) -> bool:
+        """True if ``raw`` is a valid history record (a forged one commits nothing)."""
+        try:
+            self._codec.decode_history(key, raw)
+        except InvalidValue:
+            return False
+        return True
+
     def _publish(self, state: StoredState) -> None:
         self.note_bad(state)
         # Forget invalid values no longer stored, so the memory stays bounded.
-        live = {(b.key, b.modify_index) for b in state.bad}
-        self._invalid_seen = {
-            seen
-            for seen in self._invalid_seen
-            if seen in live or not seen[0].startswith(self._layout.state)
-        }
+        self._invalid.forget(self._layout.state, ((b.key, b.modify_index) for b in state.bad))
         self._loaded = True
         new = state.resource_set()
         if new == self._current:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -19,12 +21,13 @@ TIMEOUT = 20.0
 
 @asynccontextmanager
 async def running_daemon(
-    data_dir: Path, *, push: bool = True, leaf_ttl_s: float | None = None
+    data_dir: Path, *, push: bool = True, leaf_ttl_s: float | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[ControlDaemon, httpx.AsyncClient]]:
     """The daemon on ports 0 with ``data_dir``, and an admin-token client of its API.
 
     ``push``: a separate push listener too (else sidecars use the API's address);
-    ``leaf_ttl_s``: shorten the leaves its CA issues, so renewals happen during a test.
+    ``leaf_ttl_s``: shorten the leaves its CA issues, so renewals happen during a test;
+    ``overrides``: other :class:`DaemonConfig` fields.
     """
     config = DaemonConfig(
         registry=RegistryConfig(data_dir=data_dir, port=0, node_name="test"),
@@ -33,6 +36,7 @@ async def running_daemon(
         tls_port=0,
         watch_wait_s=5.0,
     )
+    config = dataclasses.replace(config, **overrides)
     daemon = ControlDaemon(config)
     async with trio.open_nursery() as nursery:
         with trio.fail_after(TIMEOUT):

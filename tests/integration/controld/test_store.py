@@ -7,7 +7,6 @@ Every wait is bounded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from controld.registry import RegistryConfig, RegistryServer
+from controld.sealed import RecordKey
 from controld.store import (
     ResourceNotFound,
     ResourceStore,
@@ -28,6 +28,8 @@ from meshcore.registry import Backoff
 from meshcore.registry.client import RegistryClient, RegistrySettings
 
 TIMEOUT = 15.0
+#: The record key every "replica" in these tests shares (as replicas of one controld would).
+KEY = RecordKey(b"r" * 32)
 #: 2023-11-14T22:13:20.500Z
 NOW = 1_700_000_000.5
 
@@ -75,6 +77,7 @@ def make_store(registry: EmbeddedRegistry) -> Iterator[Callable[..., ResourceSto
     def make(**kwargs: Any) -> ResourceStore:
         kwargs.setdefault("backoff", Backoff(0.05, 0.2))
         kwargs.setdefault("wait_s", 5.0)
+        kwargs.setdefault("record_key", KEY)
         store = ResourceStore(registry.settings, **kwargs)
         stores.append(store)
         return store
@@ -186,10 +189,10 @@ async def test_apply_get_load_delete_history(
     # The KV layout of the contract.
     counter = await kv.kv_get("meshd/revision")
     assert counter is not None
-    assert counter.value == b"3"
+    assert KEY.open("store.revision", "meshd/revision", counter.value) == {"revision": 3}
     raw = await kv.kv_get("meshd/resources/ServiceDefaults/api")
     assert raw is not None
-    value = json.loads(raw.value)
+    value = KEY.open("store.resource", raw.key, raw.value)
     assert (value["revision"], value["author"], value["resource"]["kind"]) == (
         1,
         "alice",
@@ -197,7 +200,7 @@ async def test_apply_get_load_delete_history(
     )
     record = await kv.kv_get("meshd/history/000000000003")
     assert record is not None
-    assert json.loads(record.value) == history[0].as_json()
+    assert KEY.open("store.history", record.key, record.value) == history[0].as_json()
 
 
 async def test_dry_run_and_check_store_nothing(make_store: Callable[..., ResourceStore]) -> None:
@@ -293,9 +296,9 @@ async def test_watch_publishes_a_revision_whose_writer_died(
     follower = make_store(commit_wait_s=0.3)
     await nursery.start(follower.run)
     # A writer that bumped the counter and wrote one resource, then died: no history record.
-    assert await kv.kv_put("meshd/revision", b"1", cas=0)
-    value = {"resource": route("r").to_json(), "revision": 1, "author": "x", "time": "t"}
-    assert await kv.kv_put("meshd/resources/HTTPRoute/r", json.dumps(value).encode())
+    assert await kv.kv_put("meshd/revision", follower.codec.encode_counter(1), cas=0)
+    value = follower.codec.encode_resource(route("r"), revision=1, author="x", time="t")
+    assert await kv.kv_put("meshd/resources/HTTPRoute/r", value)
     got = await wait_revision(follower, 0)
     assert (got.revision, list(got.resources)) == (1, [("HTTPRoute", "r")])
 
@@ -316,6 +319,9 @@ async def test_garbage_is_skipped_and_counted(
     assert sorted(got.resources) == [("HTTPRoute", "good"), ("ServiceDefaults", "api")]
     assert follower.invalid_values_total == 2  # each bad value counted once, however often read
     assert metrics.get_sample_value("controld_store_invalid_values_total") == 2
+    invalid = "controld_kv_records_invalid_total"
+    assert metrics.get_sample_value(invalid, {"kind": "resource"}) == 2
+    assert metrics.get_sample_value(invalid, {"kind": "revision"}) == 0
     assert metrics.get_sample_value("controld_resources", {"kind": "HTTPRoute"}) == 1
     assert metrics.get_sample_value("controld_resources", {"kind": "Mesh"}) == 0
     assert metrics.get_sample_value("controld_store_revision") == 2
@@ -380,3 +386,34 @@ async def test_watch_starts_while_the_registry_is_down(
     got = await wait_revision(follower, 0)
     assert (got.revision, list(got.resources)) == (1, [("HTTPRoute", "r")])
     assert follower.status.connected
+
+
+async def test_a_refused_counter_is_recovered_by_the_next_write(
+    nursery: trio.Nursery, make_store: Callable[..., ResourceStore], kv: RegistryClient
+) -> None:
+    writer, follower = make_store(), make_store()
+    await writer.apply([route("a")], author="alice")
+    await writer.apply([route("b")], author="alice")
+    await writer.delete("HTTPRoute", "b", author="alice")
+    await nursery.start(follower.run)
+    assert follower.current.revision == 3
+    # Someone who isn't controld overwrites the counter (unsealed, and far ahead).
+    assert await kv.kv_put("meshd/revision", b"999999")
+    assert [r.revision for r in await writer.history()] == [3, 2, 1]
+    # The next write continues after the newest valid history record, not at 1 or 1000000.
+    result = await writer.apply([route("c")], author="alice")
+    assert result.revision == 4
+    got = await wait_revision(follower, 3)
+    assert (got.revision, sorted(got.resources)) == (4, [("HTTPRoute", "a"), ("HTTPRoute", "c")])
+    assert follower.invalid.totals["revision"] >= 1
+
+
+async def test_a_store_with_another_key_refuses_everything(
+    make_store: Callable[..., ResourceStore],
+) -> None:
+    await make_store().apply([route("a")], author="alice")
+    stranger = make_store(record_key=RecordKey(b"x" * 32))
+    assert (await stranger.load()).resources == {}
+    assert await stranger.get("HTTPRoute", "a") is None
+    assert await stranger.history() == []
+    assert stranger.invalid.totals == {"revision": 1, "resource": 1, "history": 1}

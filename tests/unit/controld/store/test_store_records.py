@@ -1,4 +1,4 @@
-"""Pure parts of the resource store: key layout, value codecs, planning an apply."""
+"""Pure parts of the resource store: key layout, sealed value codecs, planning an apply."""
 
 from __future__ import annotations
 
@@ -6,19 +6,15 @@ import json
 
 import pytest
 
+from controld.sealed import RecordKey
 from controld.store import ApplyResult, Change, KeyLayout, ResourceNotFound, RevisionRecord
-from controld.store.records import (
-    InvalidValue,
-    decode_counter,
-    decode_history,
-    decode_stored,
-    encode_history,
-    encode_stored,
-    rfc3339,
-)
+from controld.store.records import UNSEALED_HINT, InvalidValue, RecordCodec, rfc3339
 from controld.store.state import plan_apply, plan_delete, prospective, read_state, unique
 from meshcore.model.resources import Resource, parse_resource
 from meshcore.registry import KvEntry
+
+KEY = RecordKey(b"k" * 32)
+CODEC = RecordCodec(KeyLayout(), KEY)
 
 
 def route(name: str, weight: int = 1) -> Resource:
@@ -51,8 +47,8 @@ def test_rfc3339() -> None:
 
 
 def test_stored_roundtrip_and_breakage() -> None:
-    raw = encode_stored(route("r"), revision=3, author="alice", time="T")
-    stored = decode_stored(raw, ("HTTPRoute", "r"))
+    raw = CODEC.encode_resource(route("r"), revision=3, author="alice", time="T")
+    stored = CODEC.decode_resource(raw, ("HTTPRoute", "r"))
     assert (stored.resource, stored.revision, stored.author, stored.time) == (
         route("r"),
         3,
@@ -60,29 +56,72 @@ def test_stored_roundtrip_and_breakage() -> None:
         "T",
     )
     assert stored.meta_json() == {"revision": 3, "author": "alice", "time": "T"}
-    with pytest.raises(InvalidValue, match="holds HTTPRoute/r, not HTTPRoute/other"):
-        decode_stored(raw, ("HTTPRoute", "other"))
-    body = json.loads(raw)
+    # The seal binds the key: a record copied under another name doesn't open.
+    with pytest.raises(InvalidValue, match="seal does not verify"):
+        CODEC.decode_resource(raw, ("HTTPRoute", "other"))
+    body = json.loads(raw)["body"]
     for broken, message in [
-        (b"{nope", "not JSON"),
-        (b"[]", "expected a JSON object"),
-        (json.dumps({**body, "revision": True}).encode(), "'revision' must be a int"),
-        (json.dumps({**body, "author": None}).encode(), "'author' must be a str"),
-        (json.dumps({**body, "resource": {"kind": "Nope"}}).encode(), "resource"),
+        ({**body, "revision": True}, "'revision' must be a int"),
+        ({**body, "revision": 0}, "'revision' must be positive"),
+        ({**body, "author": None}, "'author' must be a str"),
+        ({**body, "resource": {"kind": "Nope"}}, "resource"),
+        ({**body, "resource": route("x").to_json()}, "holds HTTPRoute/x, not HTTPRoute/r"),
     ]:
+        # Sealed by controld yet off-schema: refused by the schema check.
+        sealed = KEY.seal("store.resource", "meshd/resources/HTTPRoute/r", broken)
         with pytest.raises(InvalidValue, match=message):
-            decode_stored(broken, ("HTTPRoute", "r"))
+            CODEC.decode_resource(sealed, ("HTTPRoute", "r"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{nope", "not JSON"),
+        (b"[" * 5000 + b"]" * 5000, "nested 5000 levels deep"),
+        (b'"' + b"x" * 70_000 + b'"', "exceeds"),
+        (b"\xff\xfe", "not JSON"),
+        (b'{"v": 1, "body": {}, "mac": "forged"}', "seal does not verify"),
+        (b"[]", "unsealed"),
+    ],
+)
+def test_bad_values_are_invalid_not_errors(raw: bytes, message: str) -> None:
+    for decode in (
+        lambda: CODEC.decode_resource(raw, ("HTTPRoute", "r")),
+        lambda: CODEC.decode_counter(raw),
+        lambda: CODEC.decode_history("meshd/history/000000000001", raw),
+    ):
+        with pytest.raises(InvalidValue, match=message):
+            decode()
+
+
+def test_an_unsealed_value_of_an_earlier_version_is_refused_with_a_hint() -> None:
+    legacy = {"resource": route("r").to_json(), "revision": 1, "author": "admin", "time": "T"}
+    with pytest.raises(InvalidValue) as info:
+        CODEC.decode_resource(json.dumps(legacy).encode(), ("HTTPRoute", "r"))
+    assert str(info.value) == UNSEALED_HINT
+    assert "meshctl apply" in UNSEALED_HINT
+    with pytest.raises(InvalidValue, match="unsealed"):
+        CODEC.decode_counter(b"17")
+    # Sealed with another controld's key: forged.
+    other = RecordCodec(KeyLayout(), RecordKey(b"o" * 32))
+    with pytest.raises(InvalidValue, match="seal does not verify"):
+        CODEC.decode_counter(other.encode_counter(17))
 
 
 def test_counter_and_history_codecs() -> None:
-    assert decode_counter(b"17") == 17
-    for bad in (b"", b"-1", b"x", b"1.5"):
-        with pytest.raises(InvalidValue):
-            decode_counter(bad)
+    assert CODEC.decode_counter(CODEC.encode_counter(17)) == 17
+    negative = KEY.seal("store.revision", "meshd/revision", {"revision": -1})
+    with pytest.raises(InvalidValue, match="negative"):
+        CODEC.decode_counter(negative)
     record = RevisionRecord(5, "bob", "T", "delete", (Change("HTTPRoute", "r", "deleted"),))
-    assert decode_history(encode_history(record)) == record
+    key = KeyLayout().history_record(5)
+    assert CODEC.decode_history(key, CODEC.encode_history(record)) == record
+    explode = KEY.seal("store.history", key, {**record.as_json(), "action": "explode"})
     with pytest.raises(InvalidValue, match="unknown action"):
-        decode_history(json.dumps({**record.as_json(), "action": "explode"}).encode())
+        CODEC.decode_history(key, explode)
+    # A sealed record can't be moved to another revision's key.
+    with pytest.raises(InvalidValue, match="seal does not verify"):
+        CODEC.decode_history(KeyLayout().history_record(6), CODEC.encode_history(record))
     result = ApplyResult(5, (Change("A", "b", "unchanged"),))
     assert not result.changed
     assert result.as_json() == {
@@ -96,16 +135,16 @@ def test_read_state_and_plans() -> None:
     entries = [
         KvEntry(
             "meshd/resources/HTTPRoute/a",
-            encode_stored(route("a"), revision=1, author="x", time="T"),
+            CODEC.encode_resource(route("a"), revision=1, author="x", time="T"),
             11,
             11,
         ),
         KvEntry("meshd/resources/HTTPRoute/bad", b"garbage", 12, 12),
         KvEntry("meshd/resources/odd", b"{}", 13, 13),
-        KvEntry("meshd/revision", b"2", 14, 3),
+        KvEntry("meshd/revision", CODEC.encode_counter(2), 14, 3),
         KvEntry("meshd/retired-neighbour", b"x", 15, 15),
     ]
-    state = read_state(layout, 20, entries)
+    state = read_state(CODEC, 20, entries)
     assert (state.index, state.revision, state.revision_cas, state.counter_ok) == (20, 2, 14, True)
     assert list(state.stored) == [("HTTPRoute", "a")]
     assert [b.key for b in state.bad] == ["meshd/resources/HTTPRoute/bad", "meshd/resources/odd"]
@@ -135,5 +174,17 @@ def test_read_state_and_plans() -> None:
     with pytest.raises(ValueError, match="more than once"):
         unique([route("a"), route("a", 2)])
 
-    corrupt = read_state(layout, 21, [KvEntry("meshd/revision", b"zz", 3, 3)])
+    corrupt = read_state(CODEC, 21, [KvEntry("meshd/revision", b"zz", 3, 3)])
     assert (corrupt.counter_ok, corrupt.revision, len(corrupt.bad)) == (False, 0, 1)
+    assert corrupt.bad[0].kind == "revision"
+    # A refused counter: the newest valid resource's revision stands in (never back to 0).
+    newer = CODEC.encode_resource(route("b"), revision=7, author="x", time="T")
+    refused = read_state(
+        CODEC,
+        22,
+        [
+            KvEntry("meshd/resources/HTTPRoute/b", newer, 5, 5),
+            KvEntry("meshd/revision", b"9", 6, 6),
+        ],
+    )
+    assert (refused.counter_ok, refused.revision, refused.revision_cas) == (False, 7, 6)
