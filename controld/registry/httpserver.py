@@ -111,6 +111,7 @@ class _Request:
     """httptools callbacks collecting one request at a time."""
 
     __slots__ = (
+        "awaiting_body",
         "body",
         "complete",
         "continue_",
@@ -139,6 +140,8 @@ class _Request:
         #: Sticky: the connection is answered 431 and closed.
         self.too_many_headers = False
         self.continue_ = False
+        #: The head of the request being read is complete, its body is not (yet).
+        self.awaiting_body = False
 
     def on_message_begin(self) -> None:
         self.in_head = True
@@ -155,6 +158,7 @@ class _Request:
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.awaiting_body = True
         self.head_bytes = 0
         for name, value in self.headers:
             if name == b"expect" and value.lower() == b"100-continue":
@@ -167,6 +171,7 @@ class _Request:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.awaiting_body = False
         self.complete.append((self.url, self.headers, b"".join(self.body)))
         self.url = b""
         self.headers = []
@@ -279,59 +284,89 @@ class HTTPServer:
                 return
             if not data:
                 return
-            # Bytes read while a head is incomplete. With pipelining, a read may also hold the
-            # end of the previous body: the count is off by at most one read (RECV_SIZE).
-            if not req.in_head:
-                req.head_bytes = 0
-            req.head_bytes += len(data)
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
-                await self._plain(conn, 400, b"Upgrade not supported")
-                return
-            except httptools.HttpParserError:
-                await self._plain(conn, 400, b"Bad Request")
-                return
-            if req.too_large:
-                await self._plain(conn, 413, b"Request body too large")
-                return
-            if req.in_head and req.head_bytes > limits.max_head_bytes:
-                await self._plain(conn, 431, b"Request header too large")
-                return
-            if req.too_many_headers:
-                await self._plain(conn, 431, b"Too many request header fields")
+            refusal = self._feed(parser, req, data)
+            if refusal is not None:
+                await self._plain(conn, *refusal)
                 return
             if req.continue_:
                 req.continue_ = False
                 await conn.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             while req.complete:
                 url, headers, body = req.complete.pop(0)
-                method = parser.get_method().decode("ascii", "replace")
-                keep = parser.should_keep_alive() and not self._shutdown.is_set()
-                version = parser.get_http_version()
-                ok = await self._dispatch(
-                    conn,
-                    method=method,
-                    version=version,
-                    url=url,
-                    headers=headers,
-                    body=body,
-                    keep=keep,
-                )
-                if not ok or not keep:
+                if not await self._dispatch(conn, parser, url=url, headers=headers, body=body):
                     return
+            if req.awaiting_body:
+                # The head is complete, the body is not: the app runs now and the body is
+                # read only if it asks for it, so a request the app refuses (no credential,
+                # announced size over its limit) costs no more than its head. The
+                # connection closes after the answer.
+                await self._dispatch(
+                    conn, parser, url=req.url, headers=req.headers, body=None, req=req
+                )
+                return
+
+    def _feed(
+        self, parser: httptools.HttpRequestParser, req: _Request, data: bytes
+    ) -> tuple[int, bytes] | None:
+        """Parse ``data``; the status and text to refuse the request with, if any."""
+        # Bytes read while a head is incomplete. With pipelining, a read may also hold the
+        # end of the previous body: the count is off by at most one read (RECV_SIZE).
+        if not req.in_head:
+            req.head_bytes = 0
+        req.head_bytes += len(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            return 400, b"Upgrade not supported"
+        except httptools.HttpParserError:
+            return 400, b"Bad Request"
+        if req.too_large:
+            return 413, b"Request body too large"
+        if req.in_head and req.head_bytes > self.limits.max_head_bytes:
+            return 431, b"Request header too large"
+        if req.too_many_headers:
+            return 431, b"Too many request header fields"
+        return None
+
+    async def _read_rest(
+        self, conn: Conn, parser: httptools.HttpRequestParser, req: _Request
+    ) -> bytes | tuple[int, bytes] | None:
+        """The body of the request whose head was dispatched, the refusal to answer, or None
+        when the client went away."""
+        if req.continue_:
+            req.continue_ = False
+            await conn.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not req.complete:
+            with trio.move_on_after(self.limits.head_timeout_s) as late:
+                data = await conn.recv()
+            if late.cancelled_caught:
+                return 408, b"Request body took too long"
+            if not data:
+                return None
+            refusal = self._feed(parser, req, data)
+            if refusal is not None:
+                return refusal
+        return req.complete.pop(0)[2]
 
     async def _dispatch(
         self,
         conn: Conn,
+        parser: httptools.HttpRequestParser,
         *,
-        method: str,
-        version: str,
         url: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        keep: bool,
+        body: bytes | None,
+        req: _Request | None = None,
     ) -> bool:
+        """Run the app for one request; False when the connection must close.
+
+        ``body`` None: the body is still arriving and is read from ``req`` when the app asks
+        for it; the answer then says ``connection: close`` (an unread body is never parsed as
+        a next request).
+        """
+        method = parser.get_method().decode("ascii", "replace")
+        keep = parser.should_keep_alive() and not self._shutdown.is_set() and body is not None
+        version = parser.get_http_version()
         raw_path, _, query = url.partition(b"?")
         scope: dict[str, Any] = {
             "type": "http",
@@ -349,11 +384,27 @@ class HTTPServer:
         }
         sent_body = False
         disconnected = trio.Event()
+        refusal: tuple[int, bytes] | None = None
+        broken = False
 
         async def receive() -> dict[str, Any]:
-            nonlocal sent_body
+            nonlocal sent_body, body, refusal, broken
             if not sent_body:
                 sent_body = True
+                if body is None:
+                    assert req is not None
+                    try:
+                        rest = await self._read_rest(conn, parser, req)
+                    except Closed:
+                        rest = None
+                    if not isinstance(rest, bytes):
+                        if rest is None:
+                            broken = True  # the client went away: nothing to answer
+                        else:
+                            refusal = rest
+                        disconnected.set()
+                        return {"type": "http.disconnect"}
+                    body = rest
                 return {"type": "http.request", "body": body, "more_body": False}
             await disconnected.wait()
             return {"type": "http.disconnect"}
@@ -363,7 +414,6 @@ class HTTPServer:
         out_headers: list[tuple[bytes, bytes]] = []
         chunks: list[bytes] = []
         done = False
-        broken = False
         unsent: bytes | None = None
 
         def send_now(data: bytes) -> None:
@@ -419,10 +469,13 @@ class HTTPServer:
         if broken:
             disconnected.set()
             return False
+        if refusal is not None and not done:
+            await self._plain(conn, *refusal)
+            return False
         if not done:
             await self._plain(conn, 500, b"Internal Server Error")
             return False
-        return True
+        return keep
 
     async def _call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:

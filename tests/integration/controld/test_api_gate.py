@@ -51,11 +51,14 @@ async def read_head(stream: trio.SocketStream) -> bytes:
     return data
 
 
-async def test_a_huge_body_without_token_is_refused_unread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listener", ["admin", "push"])
+async def test_a_huge_body_without_token_is_refused_unread(tmp_path: Path, listener: str) -> None:
+    """On hypercorn (admin) and on the lean server (push, TLS) alike."""
     async with running_daemon(tmp_path / "data") as (daemon, _http):
-        assert daemon.ports is not None
+        assert daemon.ports is not None and daemon.ports.push_port is not None
         before = rss_bytes()
-        stream = await trio.open_tcp_stream("127.0.0.1", daemon.ports.admin_port)
+        port = daemon.ports.admin_port if listener == "admin" else daemon.ports.push_port
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             head = (
                 b"PUT /v1/resources HTTP/1.1\r\nHost: controld\r\n"

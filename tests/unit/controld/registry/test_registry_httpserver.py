@@ -196,3 +196,43 @@ def test_limits_validated() -> None:
         ServerLimits(max_headers=0)
     with pytest.raises(ValueError, match="max_connections"):
         ServerLimits(max_connections=0)
+
+
+async def refusing_app(
+    scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Answers 401 without reading the body (as controld's API gate does without a token)."""
+    await send({"type": "http.response.start", "status": 401, "headers": []})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+async def test_a_body_still_arriving_is_read_only_if_the_app_asks(nursery: trio.Nursery) -> None:
+    """The app runs once the head is complete: one that answers without reading the body
+    gets its answer out before the body is sent; one that reads it gets all of it."""
+    refusing = HTTPServer(refusing_app, "127.0.0.1", 0)
+    port = await nursery.start(refusing.run)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"PUT /k HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
+        got = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\nno" not in got:
+                chunk = await stream.receive_some(65536)
+                assert chunk, got
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 401") and b"connection: close" in got
+    echo_port = await nursery.start(HTTPServer(echo_app, "127.0.0.1", 0).run)
+    stream = await trio.open_tcp_stream("127.0.0.1", echo_port)
+    async with stream:
+        await stream.send_all(b"PUT /k HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+        await trio.sleep(0.05)
+        await stream.send_all(b"hello")
+        await trio.sleep(0.05)
+        await stream.send_all(b"world")
+        got = b""
+        with trio.fail_after(5):
+            while b"helloworld" not in got:
+                chunk = await stream.receive_some(65536)
+                assert chunk, got
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 200") and b"connection: close" in got
