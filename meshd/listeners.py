@@ -54,9 +54,7 @@ class ListenerSlot:
             if isinstance(cfg, TcpListenerConfig):
                 await serve_tcp(down, cfg, self.shared, peer_identity=peer_identity)
             else:
-                await serve_http(
-                    down, cfg, self.shared, self, peer_identity=peer_identity, strip_identity=True
-                )
+                await serve_http(down, cfg, self.shared, self, peer_identity=peer_identity)
             return
         if isinstance(cfg, TcpListenerConfig):
             await serve_tcp(stream, cfg, self.shared)

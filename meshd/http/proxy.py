@@ -73,7 +73,6 @@ class HttpConnection:
         "peer_ip",
         "shared",
         "source",
-        "strip_identity",
     )
 
     def __init__(
@@ -84,14 +83,10 @@ class HttpConnection:
         source: ConfigSource | None = None,
         *,
         peer_identity: bytes | None = None,
-        strip_identity: bool = False,
     ) -> None:
         self.down = down
         #: The client's SPIFFE ID (inbound mTLS), passed to the app as a header.
         self.peer_identity = peer_identity
-        #: Kept for callers; client-sent ``x-meshd-*`` headers are now dropped from every
-        #: request by the parser, whatever the listener and mTLS mode.
-        self.strip_identity = strip_identity
         self.cfg = cfg
         self.shared = shared
         #: Where a newer configuration of the listener shows up (None: keep ``cfg``).
@@ -631,9 +626,6 @@ async def serve_http(
     source: ConfigSource | None = None,
     *,
     peer_identity: bytes | None = None,
-    strip_identity: bool = False,
 ) -> None:
     """Accept-loop entry point: serve one downstream connection."""
-    await HttpConnection(
-        down, cfg, shared, source, peer_identity=peer_identity, strip_identity=strip_identity
-    ).serve()
+    await HttpConnection(down, cfg, shared, source, peer_identity=peer_identity).serve()
