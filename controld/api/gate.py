@@ -37,7 +37,7 @@ from controld.api.deps import AUDIT_NOTE, AuditNote, Guard
 from controld.api.errors import error_response
 from controld.api.peer import peer_spiffe_id
 from controld.audit import AuditEntry, AuditLog
-from controld.auth import Unauthenticated
+from controld.auth import Forbidden, Unauthenticated
 from meshcore.boundedjson import DEFAULT_MAX_DEPTH, BoundedJsonError, loads_bounded
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ApiGate"]
@@ -111,7 +111,13 @@ def _source(scope: Scope) -> str:
 
 
 #: Outcome of the gate's own refusals.
-_REFUSALS: Final = {401: "unauthenticated", 413: "too_large", 422: "invalid", 400: "invalid"}
+_REFUSALS: Final = {
+    401: "unauthenticated",
+    403: "forbidden",
+    413: "too_large",
+    422: "invalid",
+    400: "invalid",
+}
 
 
 def _outcome(status: int) -> str:
@@ -227,16 +233,19 @@ class ApiGate:
 
     async def _actor(self, request: Request, route: BaseRoute | None) -> str:
         """Who is asking; :class:`_Refused` (401) when the route needs a token and the request
-        has none that is valid."""
+        has none that is valid, (403) when its credentials contradict each other (a bearer
+        token of another workload than the client certificate)."""
         if self._requires_token(route):
             try:
                 return (await self._guard.authenticate(request)).name
             except Unauthenticated as exc:
                 raise _Refused(401, str(exc)) from exc
+            except Forbidden as exc:
+                raise _Refused(403, str(exc)) from exc
         if request.headers.get("authorization"):
             try:
                 return (await self._guard.authenticate(request)).name
-            except Unauthenticated:
+            except (Unauthenticated, Forbidden):
                 pass  # a public route: the route decides what the header is worth
         return peer_spiffe_id(request.scope) or "anonymous"
 

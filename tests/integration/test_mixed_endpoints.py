@@ -67,6 +67,14 @@ async def bootstrap(
     return path
 
 
+async def registry_token(http: httpx.AsyncClient, service: str) -> str:
+    """A registry ACL token with ``service``'s identity (the registry enforces ACLs)."""
+    resp = await http.post("/v1/tokens/registry", json={"service": service})
+    assert resp.status_code == 200, resp.text
+    secret: str = resp.json()["secret_id"]
+    return secret
+
+
 def endpoints(web: Sidecar) -> list[tuple[int, bool]]:
     """``(port, plaintext)`` of web's cluster ``api`` in the snapshot it runs."""
     assert web.runtime is not None
@@ -110,7 +118,11 @@ async def test_plain_registration_does_not_downgrade_the_sidecar_endpoint(
             "api",
             app=f"127.0.0.1:{app.port}",
             inbound=f"127.0.0.1:{inbound}",
-            registry={"address": daemon.ports.registry_url, "service_id": "api-1"},
+            registry={
+                "address": daemon.ports.registry_url,
+                "service_id": "api-1",
+                "token": await registry_token(http, "api"),
+            },
         )
         web_boot = await bootstrap(
             tmp_path / "web",
