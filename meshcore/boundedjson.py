@@ -58,7 +58,8 @@ def loads_bounded(
     """Decode ``raw`` as JSON, refusing more than ``max_bytes`` or ``max_depth`` levels.
 
     Raises :class:`BoundedJsonError` (a :class:`ValueError`) for every way the input can be
-    bad: too large, too deep, not UTF-8, not JSON, or a lone surrogate in a string.
+    bad: too large, too deep, not UTF-8, not JSON, a key twice in one object, or a lone
+    surrogate in a string.
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if len(data) > max_bytes:
@@ -68,11 +69,26 @@ def loads_bounded(
         raise BoundedJsonError(f"JSON value nested {depth} levels deep exceeds {max_depth}")
     try:
         text = data.decode("utf-8")
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except BoundedJsonError:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BoundedJsonError(f"not JSON: {exc}") from exc
     _refuse_surrogates(value)
     return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object with a key twice means what the parser that reads it says (the first, the
+    last): refuse it rather than guess, as the YAML loader does."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BoundedJsonError(f"not JSON: duplicate key {key!r} in an object")
+            seen.add(key)
+    return obj
 
 
 def _refuse_surrogates(value: Any) -> None:

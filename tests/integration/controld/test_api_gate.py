@@ -110,7 +110,9 @@ async def test_bad_json_with_token_is_422_never_500(tmp_path: Path, listener: st
         ) as client:
             surrogate = json.dumps({"resources": [ROUTE]}).replace('"r"', '"\\ud800"')
             deep = b'{"resources": [' + b"[" * 5000 + b"]" * 5000 + b"]}"
-            for body in (surrogate.encode(), deep, b"\xff\xfe", b"{not json"):
+            # The same key twice: one parser takes the first, another the last; refused.
+            twice = json.dumps({"resources": [ROUTE]}).replace('"r"', '"r", "name": "x"')
+            for body in (surrogate.encode(), deep, b"\xff\xfe", b"{not json", twice.encode()):
                 resp = await client.put(
                     "/v1/resources", content=body, headers={"content-type": "application/json"}
                 )

@@ -32,7 +32,16 @@ def test_size_is_checked_before_parsing() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{", b"\xff", b'{"a": "\\ud800"}', b'["\\udc00x"]', b'{"\\ud800": 1}']
+    "raw",
+    [
+        b"{",
+        b"\xff",
+        b'{"a": "\\ud800"}',
+        b'["\\udc00x"]',
+        b'{"\\ud800": 1}',
+        b'{"role": "user", "role": "admin"}',
+        b'[{"a": {"b": 1, "b": 2}}]',
+    ],
 )
 def test_bad_input_is_refused(raw: bytes) -> None:
     with pytest.raises(BoundedJsonError):
