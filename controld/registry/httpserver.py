@@ -7,8 +7,9 @@ writes a finished response with one ``send()``, and lets a woken blocking query 
 before its task even resumes (``controld.send_now`` in the ASGI scope, keep-alive non-HEAD
 requests only: one whole prepared response, replacing what the app then sends). It serves
 exactly what the registry needs: HTTP/1.1 (and 1.0) with keep-alive, ``Content-Length`` or
-chunked request bodies (buffered, bounded), one request at a time per connection, responses
-buffered and sent whole. A client that hangs up while its blocking query is parked gets its
+chunked request bodies (buffered, bounded; a body still arriving when the head is complete is
+read only if the app asks for it), one request at a time per connection, responses buffered
+and sent whole. A client that hangs up while its blocking query is parked gets its
 request cancelled.
 
 Connection-level limits (:class:`ServerLimits`): the accept loop is
@@ -37,6 +38,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter
 
 from controld.registry.conn import Closed, Conn, TlsConn, tls_accept
+from controld.registry.reqcollect import RequestCollector
 from meshcore.net.accept import Acceptor, ConnectionLimits, default_max_connections
 
 __all__ = ["HTTPServer", "ServerLimits", "limit_events_counter"]
@@ -48,7 +50,6 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
-MAX_BODY = 8 * 1024 * 1024
 #: Longest a TLS client may take to finish its handshake.
 HANDSHAKE_TIMEOUT_S = 10.0
 #: Lean servers per controld (registry, push, TLS): their default caps share RLIMIT_NOFILE.
@@ -105,77 +106,6 @@ def limit_events_counter(registry: CollectorRegistry) -> Counter:
         ("listener", "event"),
         registry=registry,
     )
-
-
-class _Request:
-    """httptools callbacks collecting one request at a time."""
-
-    __slots__ = (
-        "awaiting_body",
-        "body",
-        "complete",
-        "continue_",
-        "head_bytes",
-        "head_started",
-        "headers",
-        "in_head",
-        "max_headers",
-        "too_large",
-        "too_many_headers",
-        "url",
-    )
-
-    def __init__(self, max_headers: int) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.complete: list[tuple[bytes, list[tuple[bytes, bytes]], bytes]] = []
-        #: Bytes received while a head was incomplete (counted by the server, reset per request).
-        self.head_bytes = 0
-        #: Between a request's first byte and the end of its head.
-        self.in_head = False
-        self.head_started = 0.0
-        self.too_large = False
-        self.max_headers = max_headers
-        #: Sticky: the connection is answered 431 and closed.
-        self.too_many_headers = False
-        self.continue_ = False
-        #: The head of the request being read is complete, its body is not (yet).
-        self.awaiting_body = False
-
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self.head_started = trio.current_time()
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.max_headers:
-            self.too_many_headers = True
-            return
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        self.awaiting_body = True
-        self.head_bytes = 0
-        for name, value in self.headers:
-            if name == b"expect" and value.lower() == b"100-continue":
-                self.continue_ = True
-
-    def on_body(self, body: bytes) -> None:
-        if sum(map(len, self.body)) + len(body) > MAX_BODY:
-            self.too_large = True
-            return
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.awaiting_body = False
-        self.complete.append((self.url, self.headers, b"".join(self.body)))
-        self.url = b""
-        self.headers = []
-        self.body = []
 
 
 class HTTPServer:
@@ -265,7 +195,7 @@ class HTTPServer:
             conn.sock.close()
 
     async def _serve_conn(self, conn: Conn) -> None:
-        req = _Request(self.limits.max_headers)
+        req = RequestCollector(self.limits.max_headers)
         parser = httptools.HttpRequestParser(req)
         limits = self.limits
         while True:
@@ -306,7 +236,7 @@ class HTTPServer:
                 return
 
     def _feed(
-        self, parser: httptools.HttpRequestParser, req: _Request, data: bytes
+        self, parser: httptools.HttpRequestParser, req: RequestCollector, data: bytes
     ) -> tuple[int, bytes] | None:
         """Parse ``data``; the status and text to refuse the request with, if any."""
         # Bytes read while a head is incomplete. With pipelining, a read may also hold the
@@ -329,7 +259,7 @@ class HTTPServer:
         return None
 
     async def _read_rest(
-        self, conn: Conn, parser: httptools.HttpRequestParser, req: _Request
+        self, conn: Conn, parser: httptools.HttpRequestParser, req: RequestCollector
     ) -> bytes | tuple[int, bytes] | None:
         """The body of the request whose head was dispatched, the refusal to answer, or None
         when the client went away."""
@@ -356,7 +286,7 @@ class HTTPServer:
         url: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes | None,
-        req: _Request | None = None,
+        req: RequestCollector | None = None,
     ) -> bool:
         """Run the app for one request; False when the connection must close.
 
