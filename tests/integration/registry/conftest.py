@@ -2,7 +2,11 @@
 
 * ``registry`` / ``acl_registry``: a fresh registry subprocess per test (ACLs off / on with
   :data:`MGMT_TOKEN` as the management token), ready when ``/v1/status/leader`` answers;
-  stopped by PID at the end. ``restart()`` / ``kill9()`` / ``restart(hard=True)`` on it
+  stopped by PID at the end. The product paths (meshd's registration, controld's discovery,
+  controld with an external registry) run on ``acl_registry``, as in production; the Consul
+  API compatibility tests run with ACLs off, as against a Consul dev agent, because py-consul
+  sends no token on some calls (``agent.service_definition``, ``agent.self``, ...), which a
+  Consul with ACLs would refuse too. ``restart()`` / ``kill9()`` / ``restart(hard=True)`` on it
   keep the data dir.
 * ``consul_client``: py-consul's std client (``import consul``) on ``registry``;
   ``make_client(registry, token=...)`` for others. Their HTTP sessions are closed at the end.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import consul
+import httpx
 import trio
 import yaml
 
@@ -85,8 +86,24 @@ async def registry_up(registry: RegistryProcess, *, wipe: bool = False) -> None:
 
 
 def py_consul(registry: RegistryProcess) -> Any:
-    """A py-consul std client on ``registry`` (close with ``client.http.session.close()``)."""
-    return consul.Consul(host="127.0.0.1", port=registry.port)
+    """A py-consul std client on ``registry`` with its management token, if it has one
+    (close with ``client.http.session.close()``)."""
+    return consul.Consul(host="127.0.0.1", port=registry.port, token=registry.token)
+
+
+def service_token(registry: RegistryProcess, service: str) -> str:
+    """A new registry token with ``service``'s identity (what `meshctl token registry` or
+    `consul acl token create -service-identity` make), created with the management token."""
+    assert registry.token is not None
+    resp = httpx.put(
+        f"{registry.url}/v1/acl/token",
+        json={"Description": service, "ServiceIdentities": [{"ServiceName": service}]},
+        headers={"X-Consul-Token": registry.token},
+        timeout=TIMEOUT,
+    )
+    resp.raise_for_status()
+    secret: str = resp.json()["SecretID"]
+    return secret
 
 
 # ----------------------------------------------------------------------------------------------

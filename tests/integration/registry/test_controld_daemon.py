@@ -21,7 +21,14 @@ import consul
 import httpx
 import pytest
 
-from .compat_support import TIMEOUT, RegistryProcess, clean_env, free_port, wait_until
+from .compat_support import (
+    MGMT_TOKEN,
+    TIMEOUT,
+    RegistryProcess,
+    clean_env,
+    free_port,
+    wait_until,
+)
 
 #: Bound on the watcher reconnecting (its backoff is capped at 10 s).
 RECONNECT_TIMEOUT = 40.0
@@ -179,12 +186,15 @@ def test_embedded_registry(tmp_path: Path, pyconsul_clients: list[Any]) -> None:
 
 
 def test_external_registry_down_and_back(
-    registry: RegistryProcess, tmp_path: Path, pyconsul_clients: list[Any]
+    acl_registry: RegistryProcess, tmp_path: Path, pyconsul_clients: list[Any]
 ) -> None:
-    daemon = ControldProcess(["--registry", registry.url], tmp_path / "controld.log")
+    registry = acl_registry  # with ACLs, as a production Consul: controld reads with its token
+    daemon = ControldProcess(
+        ["--registry", registry.url, "--registry-token", MGMT_TOKEN], tmp_path / "controld.log"
+    )
     try:
         daemon.wait_ready()
-        register_web(pyconsul_clients, registry.port)
+        register_web(pyconsul_clients, registry.port, MGMT_TOKEN)
         wait_until(lambda: web_endpoints(daemon), what="web in the view")
         status = daemon.status()
         assert status["registry"]["mode"] == "external"

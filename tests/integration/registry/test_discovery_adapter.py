@@ -29,6 +29,13 @@ Check = consul.Check
 
 
 @pytest.fixture
+def registry(acl_registry: RegistryProcess) -> RegistryProcess:
+    """The registry enforces ACLs; the watcher reads with the management token, as controld
+    reads with its own."""
+    return acl_registry
+
+
+@pytest.fixture
 def client(registry: RegistryProcess) -> Iterator[Any]:
     c = py_consul(registry)
     try:
@@ -41,7 +48,7 @@ async def start_watcher(
     nursery: trio.Nursery, url: str, metrics: CollectorRegistry | None = None
 ) -> RegistryWatcher:
     watcher = RegistryWatcher(
-        RegistrySettings(url=url, timeout_s=5.0),
+        RegistrySettings(url=url, token=MGMT_TOKEN, timeout_s=5.0),
         metrics=metrics,
         # Short parks and retries keep the test quick; the logic is the same.
         wait_s=5.0,

@@ -30,12 +30,20 @@ from .discovery_support import (
     py_consul,
     registry_down,
     registry_up,
+    service_token,
     start_sidecar,
     write_sidecar,
 )
 
 SERVICE_ID = "web-1"
 PROXY_ID = "web-1-sidecar-proxy"
+
+
+@pytest.fixture
+def registry(acl_registry: RegistryProcess) -> RegistryProcess:
+    """The registry enforces ACLs, as controld's does: the sidecar registers with a token of
+    its service's identity, the checks read with the management token."""
+    return acl_registry
 
 
 @pytest.fixture
@@ -48,7 +56,9 @@ def client(registry: RegistryProcess) -> Iterator[Any]:
 
 
 def registry_section(registry: RegistryProcess, **extra: Any) -> dict[str, Any]:
-    return {
+    """The sidecar's ``registry:`` section; a token of web's identity unless ``token`` is
+    given (``token=None``: none)."""
+    section = {
         "address": registry.url,
         "service_id": SERVICE_ID,
         "tags": ["v1"],
@@ -57,6 +67,9 @@ def registry_section(registry: RegistryProcess, **extra: Any) -> dict[str, Any]:
         "check": {"kind": "http", "path": "/health", "interval_s": 0.2, "ttl_s": 30},
         **extra,
     }
+    if "token" not in extra and registry.token is not None:
+        section["token"] = service_token(registry, "web")
+    return section
 
 
 async def start(
@@ -219,7 +232,9 @@ async def test_drain_is_not_held_up_by_a_dead_registry(
 async def test_reregisters_after_registry_restart(
     nursery: trio.Nursery, tmp_path: Path, registry: RegistryProcess, client: Any
 ) -> None:
-    app, running = await start(nursery, tmp_path, registry)
+    # A wiped registry loses the tokens it made (as a new Consul cluster would); the
+    # management token comes from its command line and survives, so the sidecar holds that.
+    app, running = await start(nursery, tmp_path, registry, token=MGMT_TOKEN)
     await wait_check(client, f"service:{SERVICE_ID}", "passing")
 
     # Restart keeping the data: the checks come back to passing.
@@ -247,8 +262,9 @@ async def test_reregisters_after_registry_restart(
 async def test_starts_and_serves_while_registry_is_down(
     nursery: trio.Nursery, tmp_path: Path, registry: RegistryProcess, client: Any
 ) -> None:
+    token = service_token(registry, "web")  # made while the registry is up
     await registry_down(registry)
-    _app, running = await start(nursery, tmp_path, registry)
+    _app, running = await start(nursery, tmp_path, registry, token=token)
     assert running.sidecar.is_ready()
     registration = running.sidecar.registration
     assert registration is not None
@@ -275,7 +291,7 @@ async def test_registers_with_its_token(
 async def test_refused_without_a_token(
     nursery: trio.Nursery, tmp_path: Path, acl_registry: RegistryProcess
 ) -> None:
-    _app, running = await start(nursery, tmp_path, acl_registry)
+    _app, running = await start(nursery, tmp_path, acl_registry, token=None)
     registration = running.sidecar.registration
     assert registration is not None
     await eventually(lambda: registration.in_sync is False, what="refusal")
