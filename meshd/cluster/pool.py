@@ -2,7 +2,8 @@
 
 Pools are keyed by address, not by cluster, so a snapshot swap keeps warm connections.
 Idle connections are reused most-recently-used first (warm in the kernel and in the peer),
-checked for a peer close without blocking before reuse, and closed after the idle timeout.
+checked without blocking before every reuse (a peer close, or bytes nobody asked for, and the
+connection is closed instead), and closed after the idle timeout.
 
 A cluster whose endpoints are sidecars (``Cluster.tls``) gets pools of its own, keyed by the
 SPIFFE ID expected too: their connections are mTLS (once this sidecar has an identity),
@@ -41,12 +42,6 @@ class PoolLimits:
     max_idle: int = 128
     idle_timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
-
-
-#: A connection idle for less than this is reused without asking the kernel whether the peer
-#: closed it: a peer closes idle connections after seconds, and the proxy retries the rare
-#: request that meets a dead one.
-_TRUST_IDLE_S = 0.1
 
 
 class UpstreamConnection:
@@ -115,13 +110,14 @@ class EndpointPool:
     async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
         """A pooled connection if one is usable (unless ``fresh``), else a new one."""
         if not fresh and self._idle:
-            now = time.monotonic()
-            expired = now - self.limits.idle_timeout_s
-            untrusted = now - _TRUST_IDLE_S
+            expired = time.monotonic() - self.limits.idle_timeout_s
             idle = self._idle
             while idle:
                 conn, since = idle.pop()
-                if since < expired or (since < untrusted and conn.stream.is_stale()):
+                # Every reuse asks the kernel first (one non-blocking peek): bytes the upstream
+                # wrote after its complete response, however soon, must never become the next
+                # request's answer, and a closed connection is not worth a failed attempt.
+                if since < expired or conn.stream.is_stale():
                     conn.stream.close_nowait()
                     continue
                 self.active += 1

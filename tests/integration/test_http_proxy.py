@@ -860,3 +860,33 @@ async def test_junk_after_complete_response_is_discarded(
             assert (resp.status, resp.body) == (200, b"ok"), resp
     # The connection that carried junk was not reused.
     assert upstream.connections == 2
+
+
+async def test_stray_response_after_a_complete_one_never_reaches_the_next_client(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A backend that writes a second, unasked-for response a moment after a complete one:
+    the pooled connection must not carry it to the next request (one client reading an answer
+    meant for nobody, or for another). The stray bytes arrive after the connection went back
+    to the pool, and the next request comes right after (sooner than any idle-time shortcut)."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        if not await read_head(stream, buf):
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await trio.sleep(0.02)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTRAY")
+        # Then serve what comes next on this connection as a normal backend would.
+        while await read_head(stream, buf):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    upstream = RawServer(handler)
+    await nursery.start(upstream.run)
+    _, port = await start_outbound(nursery, tmp_path, upstream.port)
+    for _ in range(5):
+        async with RawClient.connect(port) as client:
+            await client.send(request("GET", "/"))
+            resp = await client.read_response()
+            assert (resp.status, resp.body) == (200, b"ok"), resp
+        await trio.sleep(0.05)  # the stray bytes are in by now; well under 0.1 s idle
