@@ -33,6 +33,7 @@ from meshd.http.codec import (
     ResponseParser,
 )
 from meshd.http.exchange import METHODS, Exchange, record
+from meshd.http.pathnorm import normalize_target
 from meshd.http.responses import redirect_response, synthetic_response
 from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
 from meshd.http.shared import ConfigSource, HttpListenerConfig, ProxyShared, now
@@ -209,6 +210,8 @@ class HttpConnection:
         target = head.target
         if target[:1] != b"/" and target != b"*":
             target = _origin_form(head)
+        # The access check, routing and the app all see the same, normalized path.
+        target = normalize_target(target)
         guard = cfg.guard
         if guard is not None:
             # Access policy (and JWT) before routing; it may edit the headers (claims).

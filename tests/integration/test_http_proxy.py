@@ -890,3 +890,36 @@ async def test_stray_response_after_a_complete_one_never_reaches_the_next_client
             resp = await client.read_response()
             assert (resp.status, resp.body) == (200, b"ok"), resp
         await trio.sleep(0.05)  # the stray bytes are in by now; well under 0.1 s idle
+
+
+async def test_dot_segments_cannot_escape_a_prefix_route(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    """``/api/../secret`` is ``/secret``: it doesn't match the ``/api/`` route, and what the
+    app gets through a route is the normalized path, never one with dot segments."""
+    tables = [
+        {
+            "name": "main",
+            "routes": [
+                {
+                    "name": "api",
+                    "match": {"path": {"prefix": "/api/"}},
+                    "backends": [{"cluster": "up"}],
+                }
+            ],
+        }
+    ]
+    _, port = await start_outbound(nursery, tmp_path, app.port, route_tables=tables)
+    async with RawClient.connect(port) as client:
+        for target in ("/api/../secret", "/api/%2e%2e/secret", "/api/./..//secret"):
+            await client.send(request("GET", target))
+            resp = await client.read_response()
+            assert (resp.status, resp.header("x-meshd-error")) == (404, "no_route"), target
+        await client.send(request("GET", "/api/v1/../items//x/./y?q=/../z"))
+        resp = await client.read_response()
+        assert resp.status == 200
+        assert (resp.json()["path"], resp.json()["query"]) == ("/api/items/x/y", "q=/../z")
+        await client.send(request("GET", "/api/%zz"))
+        resp = await client.read_response()
+        assert resp.status == 400
+    assert app.paths == ["/api/items/x/y"]

@@ -1,0 +1,72 @@
+"""Request paths normalized before anything looks at them (RFC 3986 6.2.2).
+
+Route matching, the access policy and the app must all see the same path, or a request such
+as ``/api/../admin`` matches the ``/api/`` route (or an allow rule) and then reaches the app as
+``/admin``. So the sidecar normalizes the path of every request target once, before the access
+check and routing, and forwards the normalized target:
+
+* percent-encodings of unreserved characters are decoded (``%41`` -> ``A``, ``%2e`` -> ``.``),
+  other encodings are kept with upper-case hex digits; an encoded ``/`` (``%2F``) or ``\\``
+  (``%5C``) stays encoded, so it never becomes a segment separator;
+* empty segments are merged (``//`` -> ``/``);
+* dot segments are removed (``/a/./b/../c`` -> ``/a/c``; never above the root).
+
+A malformed percent-encoding is refused (400). The query string is left as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from meshd.http.codec import HttpError
+
+__all__ = ["normalize_target"]
+
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+
+
+def normalize_target(target: bytes) -> bytes:
+    """``target`` (origin form, ``/path?query``, or ``*``) with its path normalized."""
+    path, sep, query = target.partition(b"?")
+    if b"%" not in path and b"//" not in path and b"/." not in path:
+        return target  # the common case: nothing to do
+    if b"%" in path:
+        path = _decode_unreserved(path)
+    return _remove_dot_segments(path) + sep + query
+
+
+def _decode_unreserved(path: bytes) -> bytes:
+    out = bytearray()
+    i, n = 0, len(path)
+    while i < n:
+        byte = path[i]
+        if byte != 0x25:  # "%"
+            out.append(byte)
+            i += 1
+            continue
+        digits = path[i + 1 : i + 3]
+        if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX:
+            raise HttpError("bad_request", "malformed percent-encoding in the path")
+        value = int(digits, 16)
+        if value in _UNRESERVED:
+            out.append(value)
+        else:
+            out += b"%" + digits.upper()
+        i += 3
+    return bytes(out)
+
+
+def _remove_dot_segments(path: bytes) -> bytes:
+    parts = path.split(b"/")[1:]
+    kept: list[bytes] = []
+    for part in parts:
+        if part == b".." and kept:
+            kept.pop()
+        elif part not in (b"", b".", b".."):
+            kept.append(part)
+    # A path that ends in "/", "/." or "/.." names a directory: keep its trailing slash.
+    trailing = bool(kept) and parts[-1] in (b"", b".", b"..")
+    return b"/" + b"/".join(kept) + (b"/" if trailing else b"")
