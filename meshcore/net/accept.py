@@ -232,6 +232,10 @@ class Acceptor:
                 if timer.cancelled_caught:
                     self._event("first_byte_timeout")
                     return
+                if conn.sock.fileno() == -1:
+                    # Evicted (a drain's close_silent, a full listener) after the socket became
+                    # readable but before this task ran again: nothing to serve.
+                    return
             await self._handler(conn.sock, addr)
         finally:
             self._silent.pop(conn, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import resource
 import socket
@@ -208,3 +209,31 @@ async def test_limits_replaced_while_serving(nursery: trio.Nursery, listening: L
         async with await trio.open_tcp_stream("127.0.0.1", listening.port) as two:
             assert await _talk(two) == b"ok"
     assert acceptor.counts["over_limit"] == 0
+
+
+async def test_drain_racing_a_connection_that_just_spoke(
+    nursery: trio.Nursery, listening: Listening
+) -> None:
+    """close_silent() (a drain) may close a connection whose first bytes arrived but whose
+    task hasn't run yet: that task must not start its handler on the closed socket (which
+    crashed the whole process with EBADF)."""
+    started: list[int] = []
+
+    async def handler(sock: socket.socket, _addr: Any) -> None:
+        sock.setblocking(False)  # what meshd's stream does first: EBADF on a closed socket
+        started.append(1)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.receive_some(100)  # the client resets: not this test's concern
+
+    acceptor = Acceptor(ConnectionLimits(1000, first_byte_timeout_s=60), handler)
+    await _serve(nursery, acceptor, listening)
+    for attempt in range(200):
+        stream = await trio.open_tcp_stream("127.0.0.1", listening.port)
+        async with stream:
+            await stream.send_all(b"hi")
+            for _ in range(attempt % 4):
+                await trio.lowlevel.checkpoint()
+            acceptor.close_silent()
+    await trio.testing.wait_all_tasks_blocked()
+    assert acceptor.open_connections == 0
