@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from controld.sidecar_tokens import (
+    DEFAULT_TTL_S,
     WORKLOAD_ID_RE,
     SidecarTokenRecord,
     SidecarTokens,
@@ -141,15 +142,14 @@ class TokenAuth:
         service: str,
         namespace: str = "default",
         *,
-        ttl_s: float | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
         identity: str | None = None,
         serial: str | None = None,
     ) -> tuple[str, SidecarTokenRecord]:
         """A new sidecar token and its record (see :meth:`SidecarTokens.mint`)."""
-        store = self._store()
-        if ttl_s is None:
-            return await store.mint(service, namespace, identity=identity, serial=serial)
-        return await store.mint(service, namespace, ttl_s=ttl_s, identity=identity, serial=serial)
+        return await self._store().mint(
+            service, namespace, ttl_s=ttl_s, identity=identity, serial=serial
+        )
 
     async def authenticate(
         self, authorization: str | None, *, peer_id: str | None = None
