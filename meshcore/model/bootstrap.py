@@ -186,6 +186,12 @@ class Bootstrap(Frozen):
     access_log: AccessLogConfig = AccessLogConfig()
     #: On SIGTERM, in-flight requests get this long to finish.
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    #: On SIGTERM, first deregister and answer 503 on ``/ready`` but keep serving for this
+    #: long, so callers learn the new endpoint list before the listeners close.
+    drain_delay_s: float = Field(default=5.0, ge=0, le=3600)
+    #: This host's zone: registered as service meta ``zone`` and preferred by locality-aware
+    #: load balancing.
+    zone: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62})$")
     #: Worker processes sharing the listeners through SO_REUSEPORT.
     workers: int = Field(default=1, ge=1, le=64)
     #: Fraction of new traces marked sampled in the ``traceparent`` the sidecar starts.

@@ -17,7 +17,12 @@ from meshcore.model.match import HeaderMatch, PathMatch, RouteMatch, check_metho
 RetryOn = Literal["5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx"]
 MtlsMode = Literal["strict", "permissive", "disabled"]
 Protocol = Literal["http", "tcp"]
-LbPolicy = Literal["round_robin", "random", "least_request"]
+LbPolicy = Literal["round_robin", "random", "least_request", "ewma", "ring_hash", "maglev"]
+#: What the sidecar does with ``%2F``/``%5C`` (escaped ``/`` and ``\\``) in a request path,
+#: as Envoy's ``path_with_escaped_slashes_action``: ``keep`` them encoded, ``reject`` the
+#: request (400), ``unescape`` them (forward ``/``), or ``redirect`` the client to the
+#: unescaped path (307).
+EscapedSlashes = Literal["keep", "reject", "unescape", "redirect"]
 
 #: A service name as registered (lower-case DNS label-ish, dots allowed).
 SERVICE_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$"
@@ -25,15 +30,43 @@ _SERVICE = re.compile(SERVICE_PATTERN)
 
 
 class RetryPolicy(Frozen):
-    """Retry a failed request on another endpoint (idempotent methods and unsent bodies only)."""
+    """Retry a failed request, on another endpoint when there is one.
+
+    Idempotent methods are retried on every ``retry_on`` condition; other methods only on
+    ``connect-failure`` (the request never left). A request whose body is larger than the
+    replay bound, or whose response bytes have reached the client, is never retried.
+    """
 
     #: Total tries, the first included.
     attempts: int = Field(default=2, ge=1, le=10)
     #: Deadline of one try; None: only the route's whole-request timeout applies.
     per_try_timeout_s: float | None = Field(default=None, gt=0)
     retry_on: tuple[RetryOn, ...] = ("connect-failure", "reset", "gateway-error")
+    #: Response statuses retried besides those ``retry_on`` names.
+    retriable_status_codes: tuple[int, ...] = ()
     #: Base of the jittered exponential backoff between tries.
     backoff_base_s: float = Field(default=0.025, ge=0, le=60)
+    #: Upper bound of one backoff.
+    backoff_max_s: float = Field(default=0.25, ge=0, le=300)
+
+    @field_validator("retriable_status_codes")
+    @classmethod
+    def _statuses(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for code in value:
+            if not 100 <= code <= 599:
+                raise ValueError(f"not an HTTP status code: {code}")
+        return value
+
+
+class RetryBudget(Frozen):
+    """Linkerd's retry budget: retries may add at most ``percent`` of the requests of the
+    last ``ttl_s`` seconds, plus ``min_retries_per_second``, so retries can't multiply an
+    outage. Per cluster, as seen by one sidecar.
+    """
+
+    percent: float = Field(default=20.0, ge=0, le=1000)
+    min_retries_per_second: float = Field(default=10.0, ge=0, le=100_000)
+    ttl_s: float = Field(default=10.0, gt=0, le=3600)
 
 
 class FaultDelay(Frozen):
@@ -51,10 +84,14 @@ class FaultAbort(Frozen):
 
 
 class FaultPolicy(Frozen):
-    """Fault injection for testing resilience; set ``delay``, ``abort`` or both."""
+    """Fault injection for testing resilience; set ``delay``, ``abort`` or both.
+
+    With ``headers``, only requests matching all of them are faulted.
+    """
 
     delay: FaultDelay | None = None
     abort: FaultAbort | None = None
+    headers: tuple[HeaderMatch, ...] = ()
 
     @model_validator(mode="after")
     def _some(self) -> FaultPolicy:
@@ -113,25 +150,61 @@ class Redirect(Frozen):
 
 
 class ConnectionLimits(Frozen):
-    """Circuit-breaker thresholds of a cluster (per sidecar)."""
+    """Circuit-breaker thresholds of a cluster, counted by each calling sidecar over all of
+    the cluster's endpoints. Over a limit the request fails at once with 503
+    ``upstream_overflow``.
+    """
 
+    #: Upstream connections open (pooled plus in use).
     max_connections: int = Field(default=1024, ge=1)
+    #: Requests waiting for a connection (all ``max_connections`` busy).
     max_pending_requests: int = Field(default=1024, ge=0)
+    #: Requests in flight.
     max_requests: int = Field(default=1024, ge=1)
+    #: Retries in flight.
+    max_retries: int = Field(default=3, ge=0)
+
+
+class SuccessRateEjection(Frozen):
+    """Eject endpoints whose success rate is below ``mean - stdev_factor * stdev`` of the
+    cluster's, every ``interval_s``, when enough endpoints have enough requests."""
+
+    minimum_hosts: int = Field(default=5, ge=1)
+    request_volume: int = Field(default=100, ge=1)
+    stdev_factor: float = Field(default=1.9, gt=0)
 
 
 class OutlierDetection(Frozen):
-    """Eject endpoints that keep failing, for a growing time."""
+    """Eject endpoints that keep failing, for a time that grows with each ejection.
 
+    An ejected endpoint returns after ``base_ejection_s`` times the number of times it was
+    ejected (at most ``max_ejection_s``). At most ``max_ejection_percent`` of a cluster's
+    endpoints are ejected at once.
+    """
+
+    #: Consecutive 5xx responses (gateway errors and local-origin failures count too).
     consecutive_5xx: int = Field(default=5, ge=1)
+    #: Consecutive 502, 503 or 504 responses (and local-origin failures).
     consecutive_gateway_errors: int = Field(default=5, ge=1)
+    #: Consecutive connect failures, resets and timeouts (no response at all).
+    consecutive_local_origin_failures: int = Field(default=5, ge=1)
+    #: How often success rates are computed and ejection times checked.
     interval_s: float = Field(default=10.0, gt=0)
     base_ejection_s: float = Field(default=30.0, gt=0)
+    max_ejection_s: float = Field(default=300.0, gt=0)
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
+    #: None: no success-rate ejection.
+    success_rate: SuccessRateEjection | None = None
 
 
 class HealthCheck(Frozen):
-    """Active health check the sidecar runs against each endpoint."""
+    """Active health check the sidecar runs against each endpoint.
+
+    ``http``: a GET of ``path`` must answer 2xx within ``timeout_s``; ``tcp``: a connection
+    must open. An endpoint turns unhealthy after ``unhealthy_threshold`` failures in a row
+    and healthy again after ``healthy_threshold`` successes; only endpoints the registry
+    calls healthy are in a snapshot, so both must agree.
+    """
 
     kind: Literal["http", "tcp"] = "http"
     path: str = Field(default="/", pattern=r"^/[^\s]*$")
@@ -139,6 +212,35 @@ class HealthCheck(Frozen):
     timeout_s: float = Field(default=2.0, gt=0)
     unhealthy_threshold: int = Field(default=3, ge=1)
     healthy_threshold: int = Field(default=2, ge=1)
+
+
+class HashPolicy(Frozen):
+    """What ``ring_hash`` and ``maglev`` hash: exactly one of a request header, a cookie
+    or the client's source address. A request without it goes to a random endpoint."""
+
+    header: str | None = None
+    cookie: str | None = Field(default=None, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    source_ip: bool = False
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        return None if value is None else header_name(value)
+
+    @model_validator(mode="after")
+    def _one(self) -> HashPolicy:
+        given = [self.header is not None, self.cookie is not None, self.source_ip]
+        if sum(given) != 1:
+            raise ValueError("set exactly one of header, cookie, source_ip")
+        return self
+
+
+class LocalityPolicy(Frozen):
+    """Prefer endpoints in the caller's zone (registry meta ``zone``) while at least
+    ``min_healthy_percent`` of that zone's endpoints are healthy; spill the rest over to
+    the other zones in proportion."""
+
+    min_healthy_percent: int = Field(default=70, ge=0, le=100)
 
 
 class Permission(Frozen):

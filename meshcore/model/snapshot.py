@@ -16,9 +16,14 @@ from meshcore.model.match import duplicates as _duplicates
 from meshcore.model.policy import (
     AccessRule,
     ConnectionLimits,
+    EscapedSlashes,
+    HashPolicy,
     HealthCheck,
+    LbPolicy,
+    LocalityPolicy,
     MtlsMode,
     OutlierDetection,
+    RetryBudget,
     RouteRuleBase,
 )
 
@@ -63,6 +68,8 @@ class Endpoint(Frozen):
     #: of a service in PERMISSIVE mode, or of a failover service with mTLS disabled). The
     #: other endpoints of the cluster keep mTLS: the decision is per endpoint.
     plaintext: bool = False
+    #: The instance's zone (registry service meta ``zone``, else its node's), for locality.
+    zone: str | None = None
 
 
 class ClusterTls(Frozen):
@@ -78,9 +85,18 @@ class Cluster(Frozen):
     #: Destination service name, used as the ``destination`` metrics label.
     service: str = Field(min_length=1)
     endpoints: tuple[Endpoint, ...] = ()
-    lb_policy: Literal["round_robin", "random", "least_request"] = "round_robin"
+    lb_policy: LbPolicy = "round_robin"
+    #: With ``ring_hash`` and ``maglev`` (required by them): what is hashed.
+    hash_policy: HashPolicy | None = None
+    #: Prefer the caller's zone (None: ignore zones).
+    locality: LocalityPolicy | None = None
+    #: Below this share of healthy endpoints, every endpoint of the tiers is used (Envoy's
+    #: healthy panic threshold).
+    panic_threshold_percent: float = Field(default=50.0, ge=0, le=100)
+    retry_budget: RetryBudget = RetryBudget()
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    #: Upper bound of open connections per endpoint (pooled plus in use).
+    #: Upper bound of open connections per endpoint (pooled plus in use); the cluster-wide
+    #: bound of this sidecar is ``limits.max_connections``.
     max_connections: int = Field(default=1024, ge=1)
     #: Idle pooled connections per endpoint beyond this are closed.
     max_idle_per_endpoint: int = Field(default=128, ge=0)
@@ -100,6 +116,12 @@ class Cluster(Frozen):
         if value == LOCAL_APP_CLUSTER:
             raise ValueError(f"{LOCAL_APP_CLUSTER!r} is reserved for the sidecar's own app")
         return value
+
+    @model_validator(mode="after")
+    def _hashing(self) -> Cluster:
+        if self.lb_policy in ("ring_hash", "maglev") and self.hash_policy is None:
+            raise ValueError(f"lb_policy {self.lb_policy} needs hash_policy")
+        return self
 
 
 class Backend(Frozen):
@@ -160,6 +182,7 @@ _HTTP_ONLY_FIELDS: Final = frozenset(
         "max_response_headers_kb",
         "max_response_header_count",
         "max_requests_per_connection",
+        "path_with_escaped_slashes",
     }
 )
 
@@ -200,6 +223,8 @@ class Listener(Frozen):
     #: listeners, no limit on tcp ones (behind them the server may speak first).
     first_byte_timeout_s: float | None = Field(default=None, gt=0)
     # -- end of connection limits --
+    #: ``%2F``/``%5C`` in request paths: keep, reject, unescape or redirect.
+    path_with_escaped_slashes: EscapedSlashes = "keep"
 
     @model_validator(mode="after")
     def _target(self) -> Listener:

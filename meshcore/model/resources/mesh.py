@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from meshcore.model.base import Frozen
 from meshcore.model.policy import (
     ConnectionLimits,
+    EscapedSlashes,
+    HashPolicy,
     HealthCheck,
     LbPolicy,
+    LocalityPolicy,
     MtlsMode,
     OutlierDetection,
     Protocol,
+    RetryBudget,
     RetryPolicy,
 )
 from meshcore.model.resources.envelope import Metadata, ResourceBase
@@ -31,6 +35,8 @@ class MeshSpec(Frozen):
     timeout_s: float = Field(default=15.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     retries: RetryPolicy | None = None
+    #: ``%2F`` and ``%5C`` in request paths (see :data:`~meshcore.model.policy.EscapedSlashes`).
+    path_with_escaped_slashes: EscapedSlashes = "keep"
 
 
 class Mesh(ResourceBase):
@@ -60,6 +66,23 @@ class ServiceDefaultsSpec(Frozen):
     limits: ConnectionLimits | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
+    #: Bounds the retries callers send this service (Linkerd's ``retryBudget``).
+    retry_budget: RetryBudget = RetryBudget()
+    #: Required by ``ring_hash`` and ``maglev``, refused otherwise.
+    hash_policy: HashPolicy | None = None
+    #: None: endpoints are chosen regardless of zone.
+    locality: LocalityPolicy | None = None
+    #: Below this share of healthy endpoints in every tier, all endpoints are used (panic).
+    panic_threshold_percent: float = Field(default=50.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _hashing(self) -> ServiceDefaultsSpec:
+        hashing = self.lb_policy in ("ring_hash", "maglev")
+        if hashing and self.hash_policy is None:
+            raise ValueError(f"lb_policy {self.lb_policy} needs hash_policy")
+        if not hashing and self.hash_policy is not None:
+            raise ValueError("hash_policy is only for lb_policy ring_hash or maglev")
+        return self
 
 
 class ServiceDefaults(ResourceBase):
