@@ -1,4 +1,4 @@
-"""Micro-benchmark: meshd.tcp.pump over loopback, splice(2) against receive_some/send_all.
+"""Micro-benchmark: meshd.net.pump over loopback, splice(2) against receive_some/send_all.
 
 A child process (plain blocking sockets, one thread per direction) is the client and the
 server; this process runs only the pump, so its wall and CPU time are the pump's.
@@ -19,8 +19,8 @@ import time
 
 import trio
 
+from meshd.net.pump import SPLICE_AVAILABLE, PumpResult, pump
 from meshd.net.stream import SocketStream
-from meshd.tcp.pump import SPLICE_AVAILABLE, PumpResult, pump
 
 CHUNK = 1 << 20
 

@@ -6,26 +6,13 @@ from dataclasses import dataclass
 
 from meshcore.model import LOCAL_APP_CLUSTER, Bootstrap, Cluster, Endpoint, Snapshot
 from meshcore.routing import CompiledRouteTable, catch_all
+from meshd.access.guard import AuthzContext
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import SnapshotRejected
-from meshd.http.guard import AuthzContext, InboundGuard
-from meshd.http.shared import HttpListenerConfig
+from meshd.http.config import HttpListenerConfig
 from meshd.stats import Stats
-
-
-@dataclass(frozen=True, slots=True)
-class TcpListenerConfig:
-    """What a TCP listener's connections use."""
-
-    name: str
-    direction: str
-    local_service: str
-    cluster: ClusterRuntime
-    idle_timeout_s: float
-    #: Inbound access policy, checked on the peer's identity (None: no policy).
-    guard: InboundGuard | None = None
-
+from meshd.tcp.config import TcpListenerConfig
 
 ListenerConfig = HttpListenerConfig | TcpListenerConfig
 

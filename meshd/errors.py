@@ -20,6 +20,8 @@ PROXY_ERRORS: Final[Mapping[str, int]] = MappingProxyType(
         "bad_request": 400,
         "invalid_host": 400,
         "no_route": 404,
+        "escaped_slash": 400,
+        "rate_limited": 429,
         "connect_unsupported": 405,
         "request_timeout": 408,
         "headers_too_large": 431,

@@ -16,12 +16,13 @@ import trio
 from meshcore.model import Listener
 from meshcore.net.accept import Acceptor, ConnectionLimits, default_max_connections
 from meshcore.runtime.activation import InheritedSocket, match_socket
-from meshd.config import ListenerConfig, RuntimeConfig, TcpListenerConfig
+from meshd.config import ListenerConfig, RuntimeConfig
+from meshd.context import ProxyShared
 from meshd.errors import SnapshotRejected
 from meshd.http.proxy import serve_http
-from meshd.http.shared import ProxyShared
 from meshd.net.listen import bind_tcp
 from meshd.net.stream import SocketStream
+from meshd.tcp.config import TcpListenerConfig
 from meshd.tcp.proxy import serve_tcp
 
 

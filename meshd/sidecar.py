@@ -29,16 +29,16 @@ from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.loading import load_model
 from meshcore.runtime.activation import InheritedSocket
 from meshcore.runtime.sdnotify import Notifier, WatchdogService
+from meshd.access.guard import AuthzContext
 from meshd.accesslog import AccessLog
 from meshd.admin.app import build_admin_app
 from meshd.admin.server import AdminServer
 from meshd.cluster.pool import PoolManager
 from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
+from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
-from meshd.http.guard import AuthzContext
-from meshd.http.shared import ProxyShared
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
 from meshd.registration import Registration

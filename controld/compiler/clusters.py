@@ -139,9 +139,6 @@ def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
             connect_timeout_s=connect_timeout,
             tls=tls,
         )
-    extra: dict[str, int] = {}
-    if defaults.limits is not None:
-        extra["max_connections"] = defaults.limits.max_connections
     return Cluster(
         name=cluster_name(ref),
         service=service,
@@ -152,6 +149,9 @@ def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
         limits=defaults.limits,
         outlier_detection=defaults.outlier_detection,
         health_check=defaults.health_check,
+        retry_budget=defaults.retry_budget,
+        hash_policy=defaults.hash_policy,
+        locality=defaults.locality,
+        panic_threshold_percent=defaults.panic_threshold_percent,
         tls=tls,
-        **extra,
     )

@@ -15,9 +15,10 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from functools import reduce
 from math import gcd
-from typing import Literal, Protocol
+from typing import Protocol
 
 from meshcore.model import Endpoint
+from meshcore.model.policy import LbPolicy
 
 __all__ = [
     "Balancer",
@@ -27,8 +28,6 @@ __all__ = [
     "WeightedRandom",
     "make_balancer",
 ]
-
-LbPolicy = Literal["round_robin", "random", "least_request"]
 
 
 class Balancer(Protocol):

@@ -1,6 +1,24 @@
-"""A cluster as the proxy uses it: pick an endpoint, check out a pooled connection."""
+"""A cluster as the proxy uses it: pick an endpoint, check out a pooled connection.
+
+The request path talks to a cluster only through this API, in this order::
+
+    cluster.admit()                      # once per request; may raise PoolOverflow
+    try:
+        key = cluster.hash_key(headers, peer_ip)
+        for each try:
+            if it is a retry and not cluster.begin_retry(): stop retrying
+            endpoint, conn = await cluster.acquire(hash_key=key, exclude=tried)
+            ...exchange...
+            cluster.report(endpoint, status, latency_s)   # status 0: no response
+            cluster.release(endpoint, conn, reusable=...)
+            if it was a retry: cluster.end_retry()
+    finally:
+        cluster.done()
+"""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from meshcore.model import Cluster, Endpoint
 from meshd.cluster.lb import Balancer, make_balancer
@@ -39,8 +57,37 @@ class ClusterRuntime:
             for ep in model.endpoints
         }
 
-    async def acquire(self, *, fresh: bool = False) -> tuple[Endpoint, UpstreamConnection]:
-        """An endpoint and a connection to it; raises an :class:`UpstreamError`."""
+    def admit(self) -> None:
+        """A request starts using this cluster; raises :class:`PoolOverflow` over a limit."""
+
+    def done(self) -> None:
+        """A request :meth:`admit` let in has ended, however it ended."""
+
+    def begin_retry(self) -> bool:
+        """Whether a retry may start now (retry budget, ``max_retries``); True counts it."""
+        return True
+
+    def end_retry(self) -> None:
+        """A retry :meth:`begin_retry` allowed has ended."""
+
+    def hash_key(self, headers: list[tuple[bytes, bytes]], peer_ip: bytes) -> bytes | None:
+        """What ``ring_hash``/``maglev`` hash for this request (None: no hash policy, or the
+        request lacks the header or cookie)."""
+        return None
+
+    def report(self, endpoint: Endpoint, status: int, latency_s: float) -> None:
+        """The outcome of one try on ``endpoint``: the response status, or 0 when no response
+        came (connect failure, reset, timeout). Feeds outlier detection and EWMA."""
+
+    async def acquire(
+        self,
+        *,
+        hash_key: bytes | None = None,
+        exclude: Collection[Endpoint] = (),
+        fresh: bool = False,
+    ) -> tuple[Endpoint, UpstreamConnection]:
+        """An endpoint (not one of ``exclude`` when another is available) and a connection to
+        it; raises an :class:`UpstreamError`."""
         endpoint = self.balancer.pick()
         if endpoint is None:
             raise NoHealthyUpstream("no_healthy_upstream", f"cluster {self.name} is empty")

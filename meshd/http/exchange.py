@@ -6,8 +6,9 @@ from functools import lru_cache
 from typing import Final
 
 from meshcore.model import Endpoint
+from meshd.context import ProxyShared, now
 from meshd.http.codec import RequestHead
-from meshd.http.shared import HttpListenerConfig, ProxyShared, now
+from meshd.http.config import HttpListenerConfig
 
 METHODS: Final = {
     m.encode(): m

@@ -18,6 +18,7 @@ from meshcore.model.policy import Redirect
 from meshcore.routing import CompiledRoute
 from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
+from meshd.context import ConfigSource, ProxyShared, now
 from meshd.errors import PROXY_ERRORS, UpstreamError, UpstreamResetError
 from meshd.http import codec
 from meshd.http.codec import (
@@ -32,16 +33,16 @@ from meshd.http.codec import (
     ResponseHead,
     ResponseParser,
 )
+from meshd.http.config import HttpListenerConfig
 from meshd.http.exchange import METHODS, Exchange, record
 from meshd.http.pathnorm import normalize_target
 from meshd.http.responses import redirect_response, synthetic_response
 from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
-from meshd.http.shared import ConfigSource, HttpListenerConfig, ProxyShared, now
 from meshd.http.strict import valid_host
 from meshd.http.tracing import new_request_id, next_traceparent
+from meshd.net.pump import pump
 from meshd.net.stream import SocketStream, Stream
 from meshd.net.tls import TlsStream
-from meshd.tcp.pump import pump
 
 _IDLE: Final = 0
 _HEAD: Final = 1

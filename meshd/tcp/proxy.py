@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import trio
 
-from meshd.config import TcpListenerConfig
+from meshd.context import ProxyShared
 from meshd.errors import UpstreamError
-from meshd.http.shared import ProxyShared
+from meshd.net.pump import pump
 from meshd.net.stream import SocketStream, Stream
 from meshd.net.tls import TlsStream
-from meshd.tcp.pump import pump
+from meshd.tcp.config import TcpListenerConfig
 
 
 async def serve_tcp(

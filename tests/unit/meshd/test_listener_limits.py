@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from meshcore.model import Bootstrap, Listener, Snapshot
 from meshd.cluster.pool import PoolManager
 from meshd.config import build_runtime
-from meshd.http.shared import HttpListenerConfig
+from meshd.http.config import HttpListenerConfig
 
 LIMITS = {
     "max_request_header_count": 7,

@@ -1,4 +1,4 @@
-"""meshd.tcp.pump over real loopback sockets (splice and copy paths) and memory streams."""
+"""meshd.net.pump over real loopback sockets (splice and copy paths) and memory streams."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio.testing
 
+from meshd.net.pump import SPLICE_AVAILABLE, PumpResult, can_splice, pump
 from meshd.net.stream import SocketStream, Stream
-from meshd.tcp.pump import SPLICE_AVAILABLE, PumpResult, can_splice, pump
 
 BIG = 64 * 1024 * 1024
 

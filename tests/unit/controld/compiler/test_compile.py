@@ -216,7 +216,7 @@ def test_cluster_settings() -> None:
     )
     snap = compile_snapshot(VIEW, resources, proxy("x", "db", ["api", "web", "db"]))
     api, db, web = snap.clusters
-    assert (api.lb_policy, api.connect_timeout_s, api.max_connections) == ("least_request", 2, 7)
+    assert (api.lb_policy, api.connect_timeout_s) == ("least_request", 2)
     assert api.limits is not None and api.limits.max_connections == 7
     assert api.outlier_detection is not None and api.outlier_detection.consecutive_5xx == 3
     assert api.health_check is not None and api.health_check.path == "/health"

@@ -1,4 +1,4 @@
-"""The inbound guard (meshd.http.guard): decisions, JWT rules, claims, headers, log limits."""
+"""The inbound guard (meshd.access.guard): decisions, JWT rules, claims, headers, log limits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 from meshcore.authz import normalize_path
 from meshcore.model import InboundPolicy
 from meshcore.model.policy import ClaimMatch
-from meshd.http.authzmatch import claim_matches
-from meshd.http.guard import AuthzContext, InboundGuard, LogLimiter, Refusal
+from meshd.access.claims import claim_matches
+from meshd.access.guard import AuthzContext, InboundGuard, LogLimiter, Refusal
 from meshd.stats import Stats
 
 from .support import FakeClock, SigningKey, jwks

@@ -25,7 +25,7 @@ import structlog
 from meshcore.authz import CompiledPolicy, Decision, normalize_path
 from meshcore.model.policy import ClaimMatch, JwtRequirement
 from meshcore.model.snapshot import InboundPolicy
-from meshd.http.authzmatch import claim_matches
+from meshd.access.claims import claim_matches
 from meshd.stats import AUTHZ_ALLOW, AUTHZ_AUDIT, AUTHZ_DENY, Stats
 
 if TYPE_CHECKING:

@@ -1,19 +1,16 @@
-"""What every HTTP connection of a sidecar shares: listener configuration, process state, clock."""
+"""What every downstream connection of a sidecar shares (HTTP and TCP): process state, clock,
+and the seams a connection finds its listener's configuration through."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import trio
 
-from meshcore.routing import CompiledRoute, CompiledRouteTable
 from meshd.accesslog import AccessLog
-from meshd.cluster.runtime import ClusterRuntime
-from meshd.http.guard import InboundGuard
 from meshd.mtls import MeshTls
 from meshd.stats import Stats
 
@@ -37,6 +34,15 @@ class Connection(Protocol):
         """Close after the request in flight, or now if there is none."""
 
 
+class MirrorSink(Protocol):
+    """Where the request path hands copies of requests to mirror (:mod:`meshd.http.mirror`)."""
+
+    def submit(self, cluster: str, request: bytes) -> bool:
+        """Queue ``request`` (head and body, serialized) for ``cluster`` without waiting;
+        False when dropped (too many copies in flight)."""
+        ...
+
+
 class ConfigSource(Protocol):
     """Where a connection finds its listener's configuration in force now (a listener slot).
 
@@ -51,36 +57,6 @@ class ConfigSource(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class HttpListenerConfig:
-    """What an HTTP listener's requests use: one snapshot's routes, clusters and limits."""
-
-    name: str
-    direction: str
-    local_service: str
-    routes: CompiledRouteTable
-    clusters: Mapping[str, ClusterRuntime]
-    idle_timeout_s: float
-    headers_timeout_s: float
-    max_head_bytes: int
-    #: Message limits (meshcore.model.Listener has their defaults).
-    max_headers: int
-    max_response_head_bytes: int
-    max_response_headers: int
-    max_requests_per_connection: int
-    version: int = 0
-    #: Inbound access policy checked before routing (None: no policy, no cost).
-    guard: InboundGuard | None = None
-
-    #: The first route when it matches everything, so matching can be skipped.
-    first_route: CompiledRoute | None = None
-
-    def __post_init__(self) -> None:
-        routes = self.routes.routes
-        if routes and routes[0].is_catch_all:
-            object.__setattr__(self, "first_route", routes[0])
-
-
 @dataclass(slots=True, eq=False)
 class ProxyShared:
     """State shared by every connection of a sidecar process."""
@@ -93,6 +69,8 @@ class ProxyShared:
     connections: set[Connection] = field(default_factory=set)
     #: mTLS mode and contexts (None: this process does no TLS).
     tls: MeshTls | None = None
+    #: Sends mirrored copies of requests (None: mirroring is not running).
+    mirror: MirrorSink | None = None
 
     def start_drain(self) -> None:
         """Finish in-flight requests, then close; idle keep-alive connections close now."""
@@ -115,8 +93,3 @@ class ProxyShared:
             for conn in self.connections:
                 if conn.deadline < current:
                     conn.expire()
-
-
-#: The proxy's clock (CLOCK_MONOTONIC): a plain C call, where trio.current_time() costs
-#: three Python frames. Deadlines and durations are real time even under a test's MockClock.
-_now = time.monotonic
