@@ -24,6 +24,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from meshd.policystats import PolicyCollector, PolicyStats
+
 __all__ = [
     "AUTHZ_ACTIONS",
     "AUTHZ_ALLOW",
@@ -108,6 +110,7 @@ class Stats:
         "_snapshot_version",
         "_tcp",
         "_upstream_errors",
+        "policy",
     )
 
     def __init__(self) -> None:
@@ -124,6 +127,8 @@ class Stats:
         self._registry: dict[str, int] = {}
         # listener -> counts by AUTHZ_ACTIONS slot
         self._authz: dict[str, list[int]] = {}
+        #: Retries, breakers, ejections, health checks, rate limits, faults, mirroring.
+        self.policy = PolicyStats()
 
     def http_request(  # noqa: PLR0917 -- positional on purpose: the proxy's call is fixed
         self,
@@ -423,5 +428,6 @@ def build_registry(stats: Stats, pool_stats: PoolStats = _no_pools) -> Collector
     """A fresh registry for one daemon: the ``meshd_*`` metrics plus process metrics."""
     registry = CollectorRegistry()
     registry.register(MeshdCollector(stats, pool_stats))
+    registry.register(PolicyCollector(stats.policy))
     ProcessCollector(registry=registry)
     return registry
