@@ -9,6 +9,7 @@ from meshcore.routing import CompiledRouteTable, catch_all
 from meshd.access.guard import AuthzContext
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
+from meshd.cluster.state import ClusterStates
 from meshd.errors import SnapshotRejected
 from meshd.http.config import HttpListenerConfig
 from meshd.stats import Stats
@@ -84,14 +85,21 @@ def build_runtime(
     snapshot: Snapshot,
     pools: PoolManager,
     authz: AuthzContext | None = None,
+    states: ClusterStates | None = None,
 ) -> RuntimeConfig:
     """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`.
 
     ``authz`` keeps what the inbound guards share across snapshots (JWKS caches, counters,
     log limiters); the sidecar passes its own. None: a fresh one (its counts go nowhere).
+    ``states`` keeps the clusters' health (breakers, retry budgets, outlier detection, health
+    checks) across snapshots; the caller configures them with ``states.apply`` once the
+    runtime is in service. None: each cluster gets a private state.
     """
     models = [*(first_tier(c) for c in snapshot.clusters), local_app_cluster(bootstrap)]
-    clusters = {c.name: ClusterRuntime(c, pools) for c in models}
+    clusters = {
+        c.name: ClusterRuntime(c, pools, None if states is None else states.get(c.name))
+        for c in models
+    }
     listeners: dict[str, ListenerConfig] = {}
     policy = snapshot.inbound_policy
     if policy is not None and authz is None:

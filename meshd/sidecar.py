@@ -33,7 +33,9 @@ from meshd.access.guard import AuthzContext
 from meshd.accesslog import AccessLog
 from meshd.admin.app import build_admin_app
 from meshd.admin.server import AdminServer
+from meshd.cluster.healthcheck import HealthChecker
 from meshd.cluster.pool import PoolManager
+from meshd.cluster.state import ClusterStates
 from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
 from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings, control_settings
@@ -97,6 +99,9 @@ class Sidecar:
         #: mTLS mode and contexts (contexts only once there is an identity).
         self.tls = MeshTls()
         self.pools = PoolManager(self.tls)
+        #: Cluster health kept across snapshots (breakers, budgets, outliers, health checks).
+        self.cluster_states = ClusterStates(self.stats.policy)
+        self.health_checks = HealthChecker(self.cluster_states, self.tls)
         self.shared = ProxyShared(
             stats=self.stats, access_log=AccessLog(enabled=False, sample_rate=1.0), tls=self.tls
         )
@@ -149,6 +154,7 @@ class Sidecar:
             self.tls.use(self.identity.current)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
+            await nursery.start(self.health_checks.run)
             await nursery.start(self.shared.run_deadlines)
             await nursery.start(self.listeners.run)
             source = "file"
@@ -398,9 +404,12 @@ class Sidecar:
 
     def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
         """Build, bind, then swap: nothing changes unless all of it works."""
-        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz)
+        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz, self.cluster_states)
         self.listeners.apply(runtime)
         self.runtime = runtime
+        models = [c.model for c in runtime.clusters.values()]
+        self.cluster_states.apply(models)
+        self.health_checks.update(models)
         self.tls.mode = snapshot.mtls
         shared = self.shared
         shared.trace_sample_rate = bootstrap.trace_sample_rate

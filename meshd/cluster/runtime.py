@@ -14,6 +14,15 @@ The request path talks to a cluster only through this API, in this order::
             if it was a retry: cluster.end_retry()
     finally:
         cluster.done()
+
+``acquire`` reports its own connect failures (status 0) to outlier detection: the caller
+never learns which endpoint it picked then. The caller reports every try that got a
+connection.
+
+Health (:mod:`meshd.cluster.state`): the circuit breaker, the retry budget, outlier detection
+and active health checks live in a :class:`ClusterState` that outlives the snapshot; the
+balancer avoids the endpoints it marks unavailable (ejected or failing health checks), or uses
+all of them when none is left.
 """
 
 from __future__ import annotations
@@ -22,16 +31,46 @@ from collections.abc import Collection
 
 from meshcore.model import Cluster, Endpoint
 from meshd.cluster.lb import Balancer, make_balancer
+from meshd.cluster.outlier import Address
 from meshd.cluster.pool import EndpointPool, PoolLimits, PoolManager, UpstreamConnection
-from meshd.errors import NoHealthyUpstream
+from meshd.cluster.state import ClusterState
+from meshd.errors import NoHealthyUpstream, UpstreamConnectError, UpstreamTlsError
+from meshd.policystats import PolicyStats
+
+_NEVER = float("inf")
 
 
 class ClusterRuntime:
     """The live side of one snapshot's :class:`~meshcore.model.Cluster`."""
 
-    __slots__ = ("_pools", "_tracks_requests", "balancer", "model", "name", "service")
+    __slots__ = (
+        "_budget",
+        "_clock",
+        "_limits",
+        "_pools",
+        "_tracks_requests",
+        "_unavailable",
+        "balancer",
+        "model",
+        "name",
+        "service",
+        "state",
+    )
 
-    def __init__(self, model: Cluster, pools: PoolManager) -> None:
+    def __init__(
+        self, model: Cluster, pools: PoolManager, state: ClusterState | None = None
+    ) -> None:
+        """``state``: the cluster's long-lived :class:`ClusterState` (the sidecar's
+        :class:`~meshd.cluster.state.ClusterStates` configures it once the snapshot is in
+        service); None: a private one, configured here."""
+        if state is None:
+            state = ClusterState(model.name, PolicyStats())
+            state.configure(model)
+        self.state = state
+        self._clock = state.clock
+        self._limits = model.limits
+        self._budget = state.budget(model.retry_budget)
+        self._unavailable: frozenset[Address] = frozenset()
         self.model = model
         self.name = model.name
         self.service = model.service
@@ -59,16 +98,25 @@ class ClusterRuntime:
 
     def admit(self) -> None:
         """A request starts using this cluster; raises :class:`PoolOverflow` over a limit."""
+        self.state.breaker.admit(self._limits)
+        self._budget.record_request(self._clock())
 
     def done(self) -> None:
         """A request :meth:`admit` let in has ended, however it ended."""
+        self.state.breaker.done()
 
     def begin_retry(self) -> bool:
         """Whether a retry may start now (retry budget, ``max_retries``); True counts it."""
-        return True
+        if not self._budget.try_retry(self._clock()):
+            self.state.stats.inc("meshd_retry_budget_exhausted", self.name)
+            return False
+        # The budget's token stays spent if the breaker refuses: a refused retry is still
+        # a sign of overload.
+        return self.state.breaker.begin_retry(self._limits)
 
     def end_retry(self) -> None:
         """A retry :meth:`begin_retry` allowed has ended."""
+        self.state.breaker.end_retry()
 
     def hash_key(self, headers: list[tuple[bytes, bytes]], peer_ip: bytes) -> bytes | None:
         """What ``ring_hash``/``maglev`` hash for this request (None: no hash policy, or the
@@ -78,6 +126,8 @@ class ClusterRuntime:
     def report(self, endpoint: Endpoint, status: int, latency_s: float) -> None:
         """The outcome of one try on ``endpoint``: the response status, or 0 when no response
         came (connect failure, reset, timeout). Feeds outlier detection and EWMA."""
+        # H3: EWMA observe(endpoint, latency_s) goes here.
+        self.state.report((endpoint.host, endpoint.port), status)
 
     async def acquire(
         self,
@@ -88,10 +138,25 @@ class ClusterRuntime:
     ) -> tuple[Endpoint, UpstreamConnection]:
         """An endpoint (not one of ``exclude`` when another is available) and a connection to
         it; raises an :class:`UpstreamError`."""
+        state = self.state
+        if state.due < _NEVER and state.due <= self._clock():
+            state.tick()
+        if state.unavailable is not self._unavailable:
+            self._apply_unavailable(state.unavailable)
         endpoint = self.balancer.pick()
         if endpoint is None:
             raise NoHealthyUpstream("no_healthy_upstream", f"cluster {self.name} is empty")
-        conn = await self._pools[id(endpoint)].acquire(fresh=fresh)
+        pool = self._pools[id(endpoint)]
+        limits = self._limits
+        if limits is not None and (fresh or not pool.idle):
+            await state.breaker.wait_connection_room(
+                limits, self._open_connections, self._close_idle
+            )
+        try:
+            conn = await pool.acquire(fresh=fresh)
+        except (UpstreamConnectError, UpstreamTlsError):
+            state.report((endpoint.host, endpoint.port), 0)
+            raise
         if self._tracks_requests:
             self.balancer.started(endpoint)
         return endpoint, conn
@@ -101,13 +166,43 @@ class ClusterRuntime:
         if self._tracks_requests:
             self.balancer.finished(endpoint)
         conn.pool.release(conn, reusable=reusable)
+        self.state.breaker.released()
+
+    def _apply_unavailable(self, addresses: frozenset[Address]) -> None:
+        """Balance over the endpoints not in ``addresses`` (all of them if none is left)."""
+        # H3's selector replaces this with ``self.selector.set_unavailable(addresses)``.
+        self._unavailable = addresses
+        endpoints = self.model.endpoints
+        available = [ep for ep in endpoints if (ep.host, ep.port) not in addresses]
+        self.balancer = make_balancer(self.model.lb_policy, available or endpoints)
+
+    def _open_connections(self) -> int:
+        """The cluster's upstream connections, pooled and in use."""
+        return sum(p.active + p.idle for p in self._unique_pools())
+
+    def _close_idle(self) -> bool:
+        """Close the idle connections of one of the cluster's pools; False if none had any."""
+        for pool in self._unique_pools():
+            if pool.idle:
+                pool.expire(float("inf"))
+                return True
+        return False
+
+    def _unique_pools(self) -> list[EndpointPool]:
+        return list({id(p): p for p in self._pools.values()}.values())
 
     def describe(self) -> dict[str, object]:
         """JSON-able state for the admin API."""
+        state = self.state
+        state.tick()
+        breaker = state.breaker.describe(self._limits)
+        breaker["connections"] = self._open_connections()
         return {
             "name": self.name,
             "service": self.service,
             "lb_policy": self.model.lb_policy,
+            "circuit_breaker": breaker,
+            "retry_budget": self._budget.describe(self._clock()),
             "endpoints": [
                 {
                     "address": f"{ep.host}:{ep.port}",
@@ -116,6 +211,7 @@ class ClusterRuntime:
                     "active": self._pools[id(ep)].active,
                     "idle": self._pools[id(ep)].idle,
                     "created": self._pools[id(ep)].created,
+                    **state.describe_endpoint((ep.host, ep.port)),
                 }
                 for ep in self.model.endpoints
             ],

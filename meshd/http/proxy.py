@@ -259,6 +259,21 @@ class HttpConnection:
         else:
             ex.body_done = True
         payload = b"".join(first) if len(first) > 1 else out
+        # Circuit breaker (H4 stop-gap until H1's forward step calls the cluster API).
+        try:
+            cluster.admit()
+        except UpstreamError as exc:
+            self.shared.stats.upstream_error(cluster.name, exc.reason)
+            await self._respond_error(exc.reason, exc.detail)
+            return
+        try:
+            await self._attempts(head, cluster, payload)
+        finally:
+            cluster.done()
+
+    async def _attempts(self, head: RequestHead, cluster: ClusterRuntime, payload: bytes) -> None:
+        ex = self._exchange
+        assert ex is not None
         # A pooled connection the upstream closed meanwhile fails before any response byte;
         # such a request is retried once on a new connection when nothing is lost by it.
         for attempt in (0, 1):
@@ -270,18 +285,22 @@ class HttpConnection:
                 return
             ex.upstream = endpoint
             reusable = False
+            started = now()
             try:
                 reusable = await self._exchange_with(head, conn, payload)
+                cluster.report(endpoint, ex.code, now() - started)
                 return
             except _StaleConnectionError:
                 if attempt == 1 or not ex.body_done or head.method not in _REPLAYABLE:
                     self.shared.stats.upstream_error(cluster.name, "upstream_reset")
+                    cluster.report(endpoint, 0, now() - started)
                     await self._respond_error("upstream_reset", "upstream closed")
                     return
             except (UpstreamResetError, HttpError) as exc:
                 # Reset, or a response that doesn't parse: 502, or a reset client once
                 # the response head has gone out.
                 self.shared.stats.upstream_error(cluster.name, exc.reason)
+                cluster.report(endpoint, ex.code if ex.head_sent else 0, now() - started)
                 if ex.head_sent:
                     ex.error = exc.reason
                     self._abort_downstream()
