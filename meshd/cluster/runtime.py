@@ -107,12 +107,14 @@ class ClusterRuntime:
 
     def begin_retry(self) -> bool:
         """Whether a retry may start now (retry budget, ``max_retries``); True counts it."""
+        breaker = self.state.breaker
+        if not breaker.begin_retry(self._limits):
+            return False
         if not self._budget.try_retry(self._clock()):
+            breaker.end_retry()
             self.state.stats.inc("meshd_retry_budget_exhausted", self.name)
             return False
-        # The budget's token stays spent if the breaker refuses: a refused retry is still
-        # a sign of overload.
-        return self.state.breaker.begin_retry(self._limits)
+        return True
 
     def end_retry(self) -> None:
         """A retry :meth:`begin_retry` allowed has ended."""
@@ -127,7 +129,9 @@ class ClusterRuntime:
         """The outcome of one try on ``endpoint``: the response status, or 0 when no response
         came (connect failure, reset, timeout). Feeds outlier detection and EWMA."""
         # H3: EWMA observe(endpoint, latency_s) goes here.
-        self.state.report((endpoint.host, endpoint.port), status)
+        state = self.state
+        if state.outliers is not None:
+            state.report((endpoint.host, endpoint.port), status)
 
     async def acquire(
         self,

@@ -187,7 +187,7 @@ async def test_consecutive_5xx_ejects_and_the_endpoint_returns(tmp_path: Path) -
     async with trio.open_nursery() as nursery:
         bad, good = await _apps(nursery, 2)
         bad.status = 500
-        outliers = {"consecutive_5xx": 3, "base_ejection_s": 1.0, "max_ejection_percent": 50}
+        outliers = {"consecutive_5xx": 3, "base_ejection_s": 2.0, "max_ejection_percent": 50}
         sidecar, port = await _sidecar(
             nursery, tmp_path, [bad.port, good.port], outlier_detection=outliers
         )

@@ -212,3 +212,22 @@ def test_budget_exhaustion_is_counted_and_admit_feeds_it() -> None:
     for _ in range(4):
         runtime.done()
     assert runtime.state.breaker.requests == 0
+
+
+def test_max_retries_refusal_leaves_the_budget_untouched() -> None:
+    model = _cluster(
+        [1001],
+        limits={"max_retries": 1},
+        retry_budget={"percent": 0, "min_retries_per_second": 0.2, "ttl_s": 10},
+    )
+    runtime = ClusterRuntime(model, PoolManager())
+    runtime.admit()
+    assert runtime.begin_retry()  # the budget's floor: two retries in the window
+    assert not runtime.begin_retry()  # max_retries: one in flight
+    assert runtime.state.stats.value("meshd_upstream_overflow", "api", "max_retries") == 1
+    runtime.end_retry()
+    assert runtime.begin_retry()  # the budget still had its second retry
+    runtime.end_retry()
+    assert not runtime.begin_retry()
+    assert runtime.state.stats.value("meshd_retry_budget_exhausted", "api") == 1
+    assert runtime.state.breaker.retries == 0
