@@ -62,7 +62,8 @@ def first_tier(cluster: Cluster) -> Cluster:
 
 #: Route fields accepted in snapshots but not acted on yet (``redirect`` is).
 _ROUTE_FIELDS = ("retries", "fault", "request_headers", "response_headers", "rewrite", "mirror")
-_CLUSTER_FIELDS = ("limits", "outlier_detection", "health_check")
+#: ``limits``, ``outlier_detection``, ``health_check`` are enforced (meshd.cluster.state).
+_CLUSTER_FIELDS: tuple[str, ...] = ()
 
 
 def unenforced_fields(snapshot: Snapshot) -> list[str]:

@@ -223,7 +223,6 @@ def test_unenforced_fields_are_listed() -> None:
         }
     )
     assert unenforced_fields(snap) == [
-        "cluster.health_check",
         "rate_limits",
         "route.mirror",
         "route.retries",
