@@ -34,13 +34,16 @@ from meshd.accesslog import AccessLog
 from meshd.admin.app import build_admin_app
 from meshd.admin.server import AdminServer
 from meshd.cluster.pool import PoolManager
+from meshd.cluster.runtime import ClusterRuntime
 from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
 from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
+from meshd.http.mirror import MirrorService
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
+from meshd.ratelimit import RateLimits
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
 from meshd.workers import WorkerSupervisor
@@ -94,6 +97,10 @@ class Sidecar:
         self.registry = build_registry(self.stats, self._pool_stats)
         #: What inbound access control keeps across snapshots (JWKS caches, log limiters).
         self.authz = AuthzContext(self.stats)
+        #: Token buckets of the snapshot's rate limits, kept across snapshots.
+        self.rate_limits = RateLimits(self.stats.policy)
+        #: Sends mirrored copies of requests through the clusters of the runtime in force.
+        self.mirror = MirrorService(self._mirror_cluster, self.stats.policy)
         #: mTLS mode and contexts (contexts only once there is an identity).
         self.tls = MeshTls()
         self.pools = PoolManager(self.tls)
@@ -150,6 +157,8 @@ class Sidecar:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
             await nursery.start(self.shared.run_deadlines)
+            await nursery.start(self.mirror.run)
+            self.shared.mirror = self.mirror
             await nursery.start(self.listeners.run)
             source = "file"
             enrolled = self._enrolled_identity(bootstrap)
@@ -398,7 +407,7 @@ class Sidecar:
 
     def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
         """Build, bind, then swap: nothing changes unless all of it works."""
-        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz)
+        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz, self.rate_limits)
         self.listeners.apply(runtime)
         self.runtime = runtime
         self.tls.mode = snapshot.mtls
@@ -486,6 +495,11 @@ class Sidecar:
         if self.control is not None:
             out["control"] = self.control.describe()
         return out
+
+    def _mirror_cluster(self, name: str) -> ClusterRuntime | None:
+        """The cluster called ``name`` in the configuration in force (mirrored copies)."""
+        runtime = self.runtime
+        return runtime.clusters.get(name) if runtime is not None else None
 
     def _pool_stats(self) -> Iterator[tuple[str, str, int, int]]:
         if self.runtime is None:
