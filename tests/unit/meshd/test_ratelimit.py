@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 
+from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.snapshot import RateLimitRule
+from meshd.cluster.pool import PoolManager
+from meshd.config import build_runtime
 from meshd.errors import SnapshotRejected
+from meshd.http.config import HttpListenerConfig
 from meshd.policystats import PolicyStats
 from meshd.ratelimit import ListenerRateLimiter, RateLimits, TokenBucket, retry_after
+from meshd.tcp.config import TcpListenerConfig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -254,3 +259,35 @@ def test_tcp_refuses_a_rule_with_a_match() -> None:
     limits = RateLimits(PolicyStats())
     with pytest.raises(SnapshotRejected, match="rate limit by-path"):
         limits.tcp("db", [rule("ok"), rule("by-path", match={"path": {"prefix": "/x"}})])
+
+
+def test_build_runtime_gives_limiters_to_inbound_listeners_only() -> None:
+    snapshot = Snapshot.model_validate(
+        {
+            "version": 1,
+            "listeners": [
+                {"name": "in", "direction": "inbound", "address": "127.0.0.1:1"},
+                {"name": "db", "direction": "inbound", "address": "127.0.0.1:2", "protocol": "tcp"},
+                {"name": "out", "direction": "outbound", "address": "127.0.0.1:3", "cluster": "a"},
+            ],
+            "clusters": [{"name": "a", "service": "a"}],
+            "rate_limits": [{"name": "r", "requests_per_second": 1, "burst": 1}],
+        }
+    )
+    bootstrap = Bootstrap.model_validate(
+        {"service": "api", "app": "127.0.0.1:9", "snapshot": {"file": "snapshot.yaml"}}
+    )
+    limits = RateLimits(PolicyStats())
+    runtime = build_runtime(bootstrap, snapshot, PoolManager(), rate_limits=limits)
+    inbound, tcp, outbound = (runtime.listeners[n] for n in ("in", "db", "out"))
+    assert isinstance(inbound, HttpListenerConfig) and isinstance(outbound, HttpListenerConfig)
+    assert isinstance(tcp, TcpListenerConfig)
+    assert isinstance(inbound.rate_limiter, ListenerRateLimiter)
+    assert isinstance(tcp.rate_limiter, ListenerRateLimiter)
+    assert outbound.rate_limiter is None
+    # A rule with a match can't be enforced on the tcp listener: the snapshot is refused.
+    matched = snapshot.model_copy(
+        update={"rate_limits": (rule("m", match={"path": {"prefix": "/x"}}),)}
+    )
+    with pytest.raises(SnapshotRejected, match="listener db: rate limit m"):
+        build_runtime(bootstrap, matched, PoolManager(), rate_limits=limits)
