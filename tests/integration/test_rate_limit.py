@@ -19,12 +19,15 @@ from helpers import (
     RawServer,
     TestApp,
     admin_get,
+    closed_port,
+    cluster,
     echo_until_eof,
     port_of,
     request,
     start_sidecar,
     write_sidecar_config,
 )
+from mtls_ca import TRUST_DOMAIN, MiniCA, make_ca, spiffe
 
 from meshd.sidecar import Sidecar
 
@@ -201,3 +204,84 @@ async def test_tcp_listener_refuses_a_rate_limit_with_a_match(
     assert sidecar.runtime is not None and sidecar.runtime.snapshot.version == 1
     # The snapshot in service keeps serving.
     assert await _ping(port, b"still") == b"still"
+
+
+async def test_per_source_buckets_by_client_address_without_mtls(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    path = _write(
+        tmp_path,
+        app.port,
+        [{"name": "each", "requests_per_second": SLOW, "burst": 1, "per_source": True}],
+    )
+    _, port = await _start(nursery, path)
+    statuses = {}
+    for local in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        with trio.fail_after(TIMEOUT):
+            stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=local)
+        async with stream:
+            statuses[local] = await _statuses(RawClient(stream), "/a", 2)
+    # Each client address has a bucket of its own.
+    assert statuses == {a: [200, 429] for a in ("127.0.0.1", "127.0.0.2", "127.0.0.3")}
+    assert app.requests == 3
+
+
+IDENTITY = {
+    "state_dir": "state",
+    "static": {"cert_file": "cert.pem", "key_file": "key.pem", "bundle_file": "bundle.pem"},
+}
+
+
+def _with_identity(directory: Path, ca: MiniCA, service: str, **snapshot: Any) -> None:
+    leaf = ca.service(service)
+    (directory / "cert.pem").write_bytes(leaf.cert_pem)
+    (directory / "key.pem").write_bytes(leaf.key_pem)
+    (directory / "bundle.pem").write_bytes(ca.root_pem)
+    path = directory / "snapshot.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc.update(identity={"service": service, "trust_domain": TRUST_DOMAIN}, **snapshot)
+    path.write_text(yaml.safe_dump(doc))
+
+
+async def test_per_source_buckets_by_peer_identity_over_mtls(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    """Two calling services behind sidecars on the same address: one bucket each, by the
+    SPIFFE ID of their certificates."""
+    ca = make_ca()
+    api_dir = tmp_path / "api"
+    write_sidecar_config(
+        api_dir,
+        service="api",
+        app_port=app.port,
+        listeners=[{"name": "inbound", "direction": "inbound", "address": "127.0.0.1:0"}],
+        extra={"identity": IDENTITY},
+    )
+    _with_identity(
+        api_dir,
+        ca,
+        "api",
+        mtls="strict",
+        rate_limits=[{"name": "each", "requests_per_second": SLOW, "burst": 2, "per_source": True}],
+    )
+    api = await start_sidecar(nursery, api_dir / "bootstrap.yaml")
+    ports = {}
+    for name in ("web", "batch"):
+        path = write_sidecar_config(
+            tmp_path / name,
+            service=name,
+            app_port=closed_port(),
+            listeners=[
+                {"name": "out", "direction": "outbound", "address": "127.0.0.1:0", "cluster": "api"}
+            ],
+            clusters=[cluster("api", port_of(api, "inbound"), tls={"spiffe_id": spiffe("api")})],
+            extra={"identity": IDENTITY},
+        )
+        _with_identity(tmp_path / name, ca, name, mtls="strict")
+        ports[name] = port_of(await start_sidecar(nursery, path), "out")
+    async with RawClient.connect(ports["web"]) as client:
+        assert await _statuses(client, "/a", 3) == [200, 200, 429]
+    async with RawClient.connect(ports["batch"]) as client:
+        assert await _statuses(client, "/a", 3) == [200, 200, 429]
+    assert app.requests == 4
+    assert api.stats.policy.value("meshd_rate_limited", "inbound", "each") == 2
