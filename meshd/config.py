@@ -98,14 +98,15 @@ def build_runtime(
     policy = snapshot.inbound_policy
     if policy is not None and authz is None:
         authz = AuthzContext(Stats())
-    if snapshot.rate_limits and rate_limits is None:
+    if rate_limits is None:
         rate_limits = RateLimits(Stats().policy)
     for lst in snapshot.listeners:
         guard = None
         inbound = lst.direction == "inbound"
         if policy is not None and authz is not None and inbound:
             guard = authz.guard(policy, listener=lst.name, service=bootstrap.service)
-        limits = snapshot.rate_limits if inbound and rate_limits is not None else ()
+        # Rate limits are the destination's: they apply to inbound listeners only.
+        limits = snapshot.rate_limits if inbound else ()
         if lst.protocol == "tcp":
             cluster_name = lst.target_cluster
             assert cluster_name is not None  # tcp listeners never have a route table
@@ -116,7 +117,7 @@ def build_runtime(
                 cluster=clusters[cluster_name],
                 idle_timeout_s=lst.idle_timeout_s,
                 guard=guard,
-                rate_limiter=rate_limits.tcp(lst.name, limits) if rate_limits else None,
+                rate_limiter=rate_limits.tcp(lst.name, limits),
             )
             continue
         if lst.route_table is not None:
@@ -143,6 +144,6 @@ def build_runtime(
             max_requests_per_connection=lst.max_requests_per_connection,
             version=snapshot.version,
             guard=guard,
-            rate_limiter=rate_limits.http(lst.name, limits) if rate_limits else None,
+            rate_limiter=rate_limits.http(lst.name, limits),
         )
     return RuntimeConfig(bootstrap, snapshot, clusters, listeners)
