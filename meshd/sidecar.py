@@ -319,7 +319,7 @@ class Sidecar:
         if self.shared.draining:
             raise SnapshotRejected("draining")
         self._apply(bootstrap, snapshot)
-        if self._ready:
+        if self._ready and not self.is_draining():
             self.notifier.status(f"serving snapshot {snapshot.version}")
         log.info("snapshot applied", version=snapshot.version)
 
@@ -485,7 +485,7 @@ class Sidecar:
     def stats_info(self) -> dict[str, Any]:
         """Counters as JSON."""
         out = {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
-        out["drain"] = self.drain_control.describe()
+        out.update({f"drain.{k}": v for k, v in self.drain_control.describe().items()})
         tls = self.tls
         if tls.identity is not None or tls.lost:
             out["mtls"] = {

@@ -92,7 +92,7 @@ def _registered(client: Any) -> set[str]:
 
 
 def _drain_phase(sc: SidecarProcess) -> str:
-    return str(sc.stat("drain")["phase"])
+    return str(sc.stat("drain.phase"))
 
 
 class _Request(threading.Thread):
