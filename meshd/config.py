@@ -12,6 +12,7 @@ from meshd.cluster.runtime import ClusterRuntime
 from meshd.cluster.state import ClusterStates
 from meshd.errors import SnapshotRejected
 from meshd.http.config import HttpListenerConfig
+from meshd.ratelimit import RateLimits
 from meshd.stats import Stats
 from meshd.tcp.config import TcpListenerConfig
 
@@ -61,7 +62,7 @@ def first_tier(cluster: Cluster) -> Cluster:
 
 
 #: Route fields accepted in snapshots but not acted on yet (``redirect`` is).
-_ROUTE_FIELDS = ("retries", "fault", "request_headers", "response_headers", "rewrite", "mirror")
+_ROUTE_FIELDS = ("retries", "fault", "request_headers", "response_headers", "rewrite")
 #: ``limits``, ``outlier_detection``, ``health_check`` are enforced (meshd.cluster.state).
 _CLUSTER_FIELDS: tuple[str, ...] = ()
 
@@ -76,8 +77,6 @@ def unenforced_fields(snapshot: Snapshot) -> list[str]:
                 found.add("route.match.query")
     for cluster in snapshot.clusters:
         found.update(f"cluster.{f}" for f in _CLUSTER_FIELDS if getattr(cluster, f) is not None)
-    if snapshot.rate_limits:
-        found.add("rate_limits")
     return sorted(found)
 
 
@@ -86,12 +85,16 @@ def build_runtime(
     snapshot: Snapshot,
     pools: PoolManager,
     authz: AuthzContext | None = None,
+    rate_limits: RateLimits | None = None,
+    *,
     states: ClusterStates | None = None,
 ) -> RuntimeConfig:
     """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`.
 
     ``authz`` keeps what the inbound guards share across snapshots (JWKS caches, counters,
     log limiters); the sidecar passes its own. None: a fresh one (its counts go nowhere).
+    ``rate_limits`` likewise keeps the token buckets of the snapshot's ``rate_limits``, which
+    apply to inbound listeners (requests on http, new connections on tcp).
     ``states`` keeps the clusters' health (breakers, retry budgets, outlier detection, health
     checks) across snapshots; the caller configures them with ``states.apply`` once the
     runtime is in service. None: each cluster gets a private state.
@@ -105,10 +108,15 @@ def build_runtime(
     policy = snapshot.inbound_policy
     if policy is not None and authz is None:
         authz = AuthzContext(Stats())
+    if rate_limits is None:
+        rate_limits = RateLimits(Stats().policy)
     for lst in snapshot.listeners:
         guard = None
-        if policy is not None and authz is not None and lst.direction == "inbound":
+        inbound = lst.direction == "inbound"
+        if policy is not None and authz is not None and inbound:
             guard = authz.guard(policy, listener=lst.name, service=bootstrap.service)
+        # Rate limits are the destination's: they apply to inbound listeners only.
+        limits = snapshot.rate_limits if inbound else ()
         if lst.protocol == "tcp":
             cluster_name = lst.target_cluster
             assert cluster_name is not None  # tcp listeners never have a route table
@@ -119,6 +127,7 @@ def build_runtime(
                 cluster=clusters[cluster_name],
                 idle_timeout_s=lst.idle_timeout_s,
                 guard=guard,
+                rate_limiter=rate_limits.tcp(lst.name, limits),
             )
             continue
         if lst.route_table is not None:
@@ -145,5 +154,6 @@ def build_runtime(
             max_requests_per_connection=lst.max_requests_per_connection,
             version=snapshot.version,
             guard=guard,
+            rate_limiter=rate_limits.http(lst.name, limits),
         )
     return RuntimeConfig(bootstrap, snapshot, clusters, listeners)

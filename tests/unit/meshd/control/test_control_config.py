@@ -222,11 +222,9 @@ def test_unenforced_fields_are_listed() -> None:
             ],
         }
     )
-    assert unenforced_fields(snap) == [
-        "rate_limits",
-        "route.mirror",
-        "route.retries",
-    ]
+    # Rate limits and mirroring are enforced (meshd.ratelimit, meshd.http.mirror), and so
+    # are limits, outlier detection and health checks (meshd.cluster.state).
+    assert unenforced_fields(snap) == ["route.retries"]
 
 
 @pytest.mark.parametrize(
