@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from meshcore.model.policy import OutlierDetection
 
@@ -66,12 +67,17 @@ class EndpointOutliers:
         self.consecutive_gateway_errors = 0
         self.consecutive_local_origin_failures = 0
 
-    def describe(self, now: float) -> dict[str, object]:
-        """State for the admin API (times relative to ``now``)."""
+    def describe(self, now: float, wall_now: float) -> dict[str, object]:
+        """State for the admin API; ``now`` is the detector's clock, ``wall_now`` the same
+        instant in Unix time (for ``ejected_until``)."""
         until = self.ejected_until
+        left = None if until is None else max(until - now, 0.0)
         return {
             "ejected": until is not None,
-            "ejected_for_s": None if until is None else round(max(until - now, 0.0), 3),
+            "ejected_for_s": None if left is None else round(left, 3),
+            "ejected_until": None
+            if left is None
+            else datetime.fromtimestamp(wall_now + left, UTC).isoformat(timespec="milliseconds"),
             "times_ejected": self.times_ejected,
             "consecutive_5xx": self.consecutive_5xx,
             "consecutive_gateway_errors": self.consecutive_gateway_errors,

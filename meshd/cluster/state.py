@@ -179,7 +179,7 @@ class ClusterState:
         outliers = self.outliers
         state = outliers.endpoints.get(address) if outliers is not None else None
         if state is not None:
-            out["outlier"] = state.describe(self.clock())
+            out["outlier"] = state.describe(self.clock(), time.time())
         out["available"] = address not in self.unavailable
         return out
 

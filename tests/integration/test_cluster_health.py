@@ -138,6 +138,10 @@ async def test_max_requests_overflow_is_an_immediate_503(tmp_path: Path) -> None
             assert refused.header("x-meshd-error") == "upstream_overflow"
             assert app.requests == 2
             assert _policy(sidecar, "meshd_upstream_overflow", "up", "max_requests") == 1
+            described = (await admin_get(sidecar, "/clusters")).json()
+            breaker = next(c for c in described if c["name"] == "up")["circuit_breaker"]
+            assert (breaker["requests"], breaker["connections"]) == (2, 2)
+            assert breaker["limits"]["max_requests"] == 2
             app.gate.set()
             for held, head in zip((one, two), heads, strict=True):
                 assert b"second-piece" in b"".join([p async for p in held.body_pieces(head)])
@@ -201,6 +205,8 @@ async def test_consecutive_5xx_ejects_and_the_endpoint_returns(tmp_path: Path) -
         up = next(c for c in described if c["name"] == "up")
         assert up["endpoints"][0]["outlier"]["ejected"] is True
         assert up["endpoints"][0]["outlier"]["times_ejected"] == 1
+        assert up["endpoints"][0]["outlier"]["ejected_until"].endswith("+00:00")
+        assert up["endpoints"][0]["available"] is False
         for _ in range(4):
             assert (await _get(port)).status == 200
         assert bad.calls == 3
