@@ -49,10 +49,14 @@ class FlakyApp(TestApp):
         super().__init__()
         self.status = 200
         self.health = 200
+        #: Answer 500 to every n-th request (0: never).
+        self.fail_every = 0
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         code = self.health if path == "/health" else self.status
+        if self.fail_every and path != "/health" and self.calls % self.fail_every == 0:
+            code = 500
         if path == "/gated-stream" or code == 200:
             await super()._http(scope, receive, send)
             return
@@ -241,6 +245,39 @@ async def test_max_ejection_percent_keeps_the_rest_in_service(tmp_path: Path) ->
         ejected = sorted(a.calls for a in apps[:2])
         assert ejected[0] == 2  # ejected at its second 503
         assert ejected[1] >= 6
+        nursery.cancel_scope.cancel()
+
+
+async def test_success_rate_ejects_the_endpoint_failing_more_than_its_peers(
+    tmp_path: Path,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        apps = await _apps(nursery, 5)
+        apps[0].fail_every = 2  # half its answers are 500s, never two in a row
+        outliers = {
+            "consecutive_5xx": 100,
+            "consecutive_gateway_errors": 100,
+            "interval_s": 0.5,
+            "base_ejection_s": 60,
+            "max_ejection_percent": 20,
+            "success_rate": {"minimum_hosts": 5, "request_volume": 5, "stdev_factor": 1.0},
+        }
+        sidecar, port = await _sidecar(
+            nursery, tmp_path, [a.port for a in apps], outlier_detection=outliers
+        )
+        ejected = ("127.0.0.1", apps[0].port)
+        state = sidecar.cluster_states.get("up")
+        with trio.fail_after(TIMEOUT):
+            for _ in range(2000):  # bounded: the interval ends long before
+                await _get(port)
+                if state.unavailable:
+                    break
+        assert state.unavailable == {ejected}
+        assert _policy(sidecar, "meshd_outlier_ejections", "up", "success_rate") == 1
+        calls = apps[0].calls
+        for _ in range(8):
+            assert (await _get(port)).status == 200
+        assert apps[0].calls == calls
         nursery.cancel_scope.cancel()
 
 
