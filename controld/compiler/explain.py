@@ -114,6 +114,9 @@ class Explanation:
     mirror: dict[str, Any] | None = None
     #: Names of the destination's rate limits that count this request.
     rate_limits: tuple[str, ...] = ()
+    #: The matched route's retries, fault, header changes and rewrite, as the source's
+    #: sidecar applies them (only those set).
+    route_policy: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = field(default=())
 
     def as_json(self) -> dict[str, Any]:
@@ -164,6 +167,7 @@ class Explanation:
             },
             "mtls": self.mtls,
             "rate_limits": list(self.rate_limits),
+            "route_policy": self.route_policy,
             "notes": list(self.notes),
         }
 
@@ -236,6 +240,18 @@ def _cluster_view(cluster: Cluster, inputs: Inputs) -> ExplainCluster:
     )
 
 
+_ROUTE_POLICIES = ("retries", "fault", "request_headers", "response_headers", "rewrite")
+
+
+def _route_policy(route: Route) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _ROUTE_POLICIES:
+        value = getattr(route, name)
+        if value is not None:
+            out[name] = value.model_dump(mode="json", exclude_defaults=name != "retries")
+    return out
+
+
 def _backends(route: Route) -> tuple[ExplainBackend, ...]:
     total = sum(b.weight for b in route.backends)
     return tuple(
@@ -289,6 +305,7 @@ def explain(
     cluster_names: list[str] = []
     timeout: float | None = None
     redirect = mirror = None
+    route_policy: dict[str, Any] = {}
     if listener.route_table is not None:
         table = src_snapshot.route_table(listener.route_table)
         assert table is not None
@@ -301,6 +318,7 @@ def explain(
             route = matched.route
             route_name = route.name
             timeout = route.timeout_s
+            route_policy = _route_policy(route)
             backends = _backends(route)
             cluster_names.extend(b.cluster for b in route.backends)
             if route.redirect is not None:
@@ -360,6 +378,7 @@ def explain(
         mtls=dst_snapshot.mtls,
         timeout_s=timeout,
         redirect=redirect,
+        route_policy=route_policy,
         mirror=mirror,
         rate_limits=limits,
         notes=tuple(notes),

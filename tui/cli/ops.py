@@ -262,6 +262,9 @@ def explain_lines(
             lines.append("  matched: no rule of the HTTPRoute did; catch-all to the whole service")
     elif explanation.get("protocol") != "tcp":
         lines.append("route: none matched")
+    policy = explanation.get("route_policy")
+    if isinstance(policy, Mapping):
+        lines += [f"  {name}: {_compact(value)}" for name, value in policy.items()]
     if explanation.get("redirect"):
         lines.append(f"redirect: {_compact(explanation['redirect'])}")
     clusters = {

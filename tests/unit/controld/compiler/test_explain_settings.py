@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from compiler.builders import defaults, ep, rset, view
+from compiler.builders import defaults, ep, route, rset, view
 from controld.compiler import explain
 from tui.cli.ops import explain_lines
 
@@ -100,3 +100,28 @@ def test_meshctl_without_settings_prints_no_settings() -> None:
     assert not any("limits" in line or "health check" in line for line in lines)
     data["clusters"][0].pop("settings")
     assert not any("balancing" in line for line in explain_lines(data))
+
+
+def test_the_matched_route_policies_are_shown() -> None:
+    resources = rset(
+        route(
+            "api",
+            {
+                "name": "r",
+                "retries": {"attempts": 3, "retry_on": ["connect-failure"]},
+                "fault": {"abort": {"percent": 5, "status": 503}},
+                "rewrite": {"path_prefix": "/v2/"},
+            },
+        )
+    )
+    data = explain(VIEW, resources, source="web", destination="api").as_json()
+    policy = data["route_policy"]
+    assert policy["retries"]["attempts"] == 3
+    assert policy["retries"]["retry_on"] == ["connect-failure"]
+    assert policy["retries"]["backoff_max_s"] == 0.25
+    assert policy["fault"] == {"abort": {"percent": 5.0, "status": 503}}
+    assert policy["rewrite"] == {"path_prefix": "/v2/"}
+    assert "request_headers" not in policy
+    lines = explain_lines(data)
+    assert '  rewrite: {"path_prefix": "/v2/"}' in lines
+    assert any(line.startswith('  retries: {"attempts": 3') for line in lines)
