@@ -66,7 +66,7 @@ SECTIONS: dict[str, tuple[type[BaseModel], ...]] = {
     "### Header changes": (HeaderMutation,),
     "### Rewrite": (Rewrite,),
     "### Redirect": (Redirect,),
-    "### Mirror": (Mirror,),
+    "### Mirroring": (Mirror,),
     "## ServiceResolver": (ServiceResolverSpec,),
     "### Subset filter": (SubsetFilter,),
     "### Failover target": (FailoverTarget,),

@@ -222,12 +222,8 @@ def test_unenforced_fields_are_listed() -> None:
             ],
         }
     )
-    assert unenforced_fields(snap) == [
-        "cluster.health_check",
-        "rate_limits",
-        "route.mirror",
-        "route.retries",
-    ]
+    # Rate limits and mirroring are enforced (meshd.ratelimit, meshd.http.mirror).
+    assert unenforced_fields(snap) == ["cluster.health_check", "route.retries"]
 
 
 @pytest.mark.parametrize(
