@@ -136,5 +136,6 @@ def build_runtime(
             max_requests_per_connection=lst.max_requests_per_connection,
             version=snapshot.version,
             guard=guard,
+            escaped_slashes=lst.path_with_escaped_slashes,
         )
     return RuntimeConfig(bootstrap, snapshot, clusters, listeners)
