@@ -178,6 +178,7 @@ async def _tries(
         and not ex.body_done
         and not head.expect_continue
         and head.upgrade is None
+        and head.content_length <= REPLAY_LIMIT  # -1 when chunked: read up to the limit
         and ex.bytes_in <= REPLAY_LIMIT
     ):
         await _buffer_body(c, first, chunked)

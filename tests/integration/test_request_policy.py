@@ -190,6 +190,42 @@ async def test_connect_failure_retried_on_a_live_endpoint(
     assert app.requests == 12
 
 
+async def test_large_streamed_body_still_retried_on_connect_failure(
+    nursery: trio.Nursery, tmp_path: Path, app: TestApp
+) -> None:
+    """A body over the replay bound streams, but a connect failure sent nothing of it."""
+    retries = {"attempts": 2, "retry_on": ["connect-failure"], "backoff_base_s": 0.001}
+    _, out = await _sidecar(nursery, tmp_path, [closed_port(), app.port], {"retries": retries})
+    body = bytes(range(256)) * 1024  # 256 KiB
+    for _ in range(4):
+        async with RawClient.connect(out) as client:
+            await client.send(request("POST", "/upload", body=body))
+            resp = await client.read_response()
+        assert resp.status == 200
+        assert resp.json()["count"] == len(body)
+
+
+async def test_retriable_status_codes(nursery: trio.Nursery, tmp_path: Path) -> None:
+    backend = Backend(429)
+    port = await backend.start(nursery)
+    retries = {"attempts": 3, "retry_on": [], "retriable_status_codes": [429]}
+    sidecar, out = await _sidecar(nursery, tmp_path, [port], {"retries": retries})
+    assert (await _call(out))[0] == 429
+    assert backend.requests == 3
+    labels = {"cluster": "up", "reason": "status"}
+    assert await _metric(sidecar, "meshd_upstream_retries_total", **labels) == 2
+
+
+async def test_route_timeout_covers_all_tries(nursery: trio.Nursery, tmp_path: Path) -> None:
+    hang = Backend(hang=True)
+    port = await hang.start(nursery)
+    retries = {"attempts": 10, "retry_on": ["gateway-error"], "per_try_timeout_s": 0.3}
+    _, out = await _sidecar(nursery, tmp_path, [port], {"retries": retries, "timeout_s": 0.5})
+    status, headers, _ = await _call(out)
+    assert (status, headers["x-meshd-error"]) == (504, "upstream_timeout")
+    assert 1 <= hang.requests <= 2
+
+
 async def test_without_retries_a_dead_endpoint_fails_its_share(
     nursery: trio.Nursery, tmp_path: Path, app: TestApp
 ) -> None:
