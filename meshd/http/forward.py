@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 __all__ = ["forward"]
 
-_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
-
 
 async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: bytes) -> None:
     """Forward the request in flight as ``plan`` says and relay (or answer) its response."""
