@@ -23,7 +23,7 @@ from collections.abc import Collection
 from meshcore.model import Cluster, Endpoint
 from meshd.cluster.lb import Balancer, make_balancer
 from meshd.cluster.pool import EndpointPool, PoolLimits, PoolManager, UpstreamConnection
-from meshd.errors import NoHealthyUpstream
+from meshd.errors import NoHealthyUpstream, UpstreamError
 
 
 class ClusterRuntime:
@@ -91,7 +91,11 @@ class ClusterRuntime:
         endpoint = self.balancer.pick()
         if endpoint is None:
             raise NoHealthyUpstream("no_healthy_upstream", f"cluster {self.name} is empty")
-        conn = await self._pools[id(endpoint)].acquire(fresh=fresh)
+        try:
+            conn = await self._pools[id(endpoint)].acquire(fresh=fresh)
+        except UpstreamError as exc:
+            exc.endpoint = endpoint  # the request path reports it and retries elsewhere
+            raise
         if self._tracks_requests:
             self.balancer.started(endpoint)
         return endpoint, conn
