@@ -238,6 +238,7 @@ class HttpConnection:
             headers=head.headers,
             host=head.host,
             peer_identity=self.peer_identity,
+            peer_ip=self.peer_ip,
             rng=shared.rng,
         )
         if isinstance(plan, Answer):

@@ -16,7 +16,6 @@ mirroring) get a :class:`Plan` built once per snapshot, so the hot path allocate
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from meshd.errors import PROXY_ERRORS
 from meshd.http.exchange import METHODS
 from meshd.http.pathnorm import normalize_target
 from meshd.http.responses import redirect_location
-from meshd.http.strict import MESH_HEADER_PREFIX
+from meshd.ratelimit import retry_after
 
 if TYPE_CHECKING:
     from meshd.http.config import HttpListenerConfig
@@ -46,25 +45,6 @@ __all__ = [
 ]
 
 Headers = list[tuple[bytes, bytes]]
-
-#: Headers a policy may not edit: the proxy writes them itself (framing, hop-by-hop, tracing);
-#: editing them would desynchronize the message from its framing. ``host`` is editable.
-FIXED_HEADERS: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-request-id",
-        b"traceparent",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +76,12 @@ class HeaderEdit:
 
     @classmethod
     def compile(cls, mutation: HeaderMutation) -> HeaderEdit:
-        """Names the proxy owns (:data:`FIXED_HEADERS`, ``x-meshd-*``) are left out."""
-
-        def editable(name: str) -> bool:
-            raw = name.encode("latin-1")
-            return raw not in FIXED_HEADERS and not raw.startswith(MESH_HEADER_PREFIX)
-
+        """The model already refused names the proxy owns (``FIXED_HEADERS``, ``x-meshd-*``)."""
         setting = [(k.encode("latin-1"), v.encode("utf-8")) for k, v in mutation.set.items()]
         adding = [(k.encode("latin-1"), v.encode("utf-8")) for k, v in mutation.add.items()]
-        removed = {n.encode("latin-1") for n in mutation.remove if editable(n)}
-        removed.update(n for n, _ in setting if editable(n.decode("latin-1")))
-        append = tuple((n, v) for n, v in (*setting, *adding) if editable(n.decode("latin-1")))
-        return cls(frozenset(removed), append)
+        removed = {n.encode("latin-1") for n in mutation.remove}
+        removed.update(n for n, _ in setting)
+        return cls(frozenset(removed), (*setting, *adding))
 
     def apply(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
         """A new header list with the edit applied (names compared case-insensitively)."""
@@ -242,17 +216,22 @@ def decide(
     headers: Headers,
     host: bytes | None,
     peer_identity: bytes | None,
+    peer_ip: bytes = b"",
     rng: random.Random,
 ) -> Plan | Answer:
-    """The plan for one request (``target`` normalized, origin form), or the proxy's answer."""
+    """The plan for one request (``target`` normalized, origin form), or the proxy's answer.
+
+    Rate limits key per-source buckets by the peer's SPIFFE ID, else its address.
+    """
     limiter = cfg.rate_limiter
     if limiter is not None:
         wait = limiter.check(
-            source=peer_identity, method=method, path=target.partition(b"?")[0], headers=headers
+            source=peer_identity or peer_ip or None, method=method, path=target, headers=headers
         )
         if wait is not None:
-            retry_after = b"%d" % max(1, math.ceil(wait))
-            return _error("rate_limited", "rate limit exceeded", ((b"retry-after", retry_after),))
+            return _error(
+                "rate_limited", "rate limit exceeded", ((b"retry-after", retry_after(wait)),)
+            )
     route = cfg.first_route
     if route is None:
         name = METHODS.get(method) or method.decode("latin-1")

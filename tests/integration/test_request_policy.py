@@ -481,6 +481,6 @@ async def test_mirror_hands_a_copy_to_the_sink(
     [(cluster, copy)] = sink.copies
     assert cluster == "shadow"
     assert copy.startswith(b"POST /echo?x=1 HTTP/1.1\r\n")
-    assert b"\r\nhost: api.test-shadow:8080\r\n" in copy
+    assert b"\r\nhost: api.test-shadow:8080\r\n" in copy.lower()
     assert copy.endswith(b"\r\n\r\nhello")
     assert app.requests == 1

@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from meshcore.model.policy import HeaderMutation
 from meshcore.model.snapshot import RouteTable
@@ -125,7 +126,7 @@ def test_rate_limited_answers_429_with_retry_after(wait: float, header: bytes) -
     assert isinstance(answer, Answer)
     assert (answer.status, answer.reason) == (429, "rate_limited")
     assert answer.headers == ((b"retry-after", header),)
-    assert limiter.calls == [(None, b"POST", b"/p")]
+    assert limiter.calls == [(None, b"POST", b"/p?x=1")]
 
 
 def test_rate_limit_passes() -> None:
@@ -201,16 +202,34 @@ def test_request_header_mutation_remove_then_set_then_add() -> None:
     assert plan.response_headers == HeaderEdit(frozenset({b"x-resp"}), ((b"x-resp", b"1"),))
 
 
-def test_framing_and_mesh_headers_are_not_editable() -> None:
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        {"set": {"content-length": "0"}},
+        {"set": {"X-Meshd-Error": "no"}},
+        {"add": {"transfer-encoding": "chunked"}},
+        {"remove": ["connection"]},
+        {"remove": ["x-meshd-peer-identity"]},
+        {"add": {"traceparent": "00-x"}},
+    ],
+)
+def test_framing_and_mesh_headers_are_refused_not_ignored(mutation: dict[str, object]) -> None:
+    # Never accepted and silently skipped: the snapshot (and the resource) is refused.
+    with pytest.raises(ValidationError, match="written by the proxy"):
+        HeaderMutation.model_validate(mutation)
+
+
+def test_a_set_header_replaces_and_add_appends() -> None:
     edit = HeaderEdit.compile(
-        HeaderMutation(
-            set={"content-length": "0", "x-meshd-error": "no", "x-ok": "1"},
-            add={"transfer-encoding": "chunked"},
-            remove=("connection", "x-meshd-peer-identity", "x-gone"),
-        )
+        HeaderMutation(set={"x-ok": "1"}, add={"x-more": "2"}, remove=("x-gone",))
     )
     assert edit.remove == frozenset({b"x-ok", b"x-gone"})
-    assert edit.append == ((b"x-ok", b"1"),)
+    assert edit.append == ((b"x-ok", b"1"), (b"x-more", b"2"))
+    assert edit.apply([(b"X-Ok", b"0"), (b"x-gone", b"1"), (b"x-more", b"1")]) == [
+        (b"x-more", b"1"),
+        (b"x-ok", b"1"),
+        (b"x-more", b"2"),
+    ]
 
 
 @pytest.mark.parametrize(
