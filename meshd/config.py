@@ -155,5 +155,6 @@ def build_runtime(
             version=snapshot.version,
             guard=guard,
             rate_limiter=rate_limits.http(lst.name, limits),
+            escaped_slashes=lst.path_with_escaped_slashes,
         )
     return RuntimeConfig(bootstrap, snapshot, clusters, listeners)

@@ -64,6 +64,11 @@ class ProxyError(MeshdError):
 class UpstreamError(ProxyError):
     """Talking to an upstream failed; ``reason`` goes into ``x-meshd-error``."""
 
+    #: The endpoint (a ``meshcore.model.Endpoint``) the failure happened with, when known:
+    #: set by the cluster on a failed connect, so the request path can report it and retry
+    #: elsewhere.
+    endpoint: object = None
+
 
 class UpstreamConnectError(UpstreamError):
     """No connection to the upstream could be opened."""

@@ -19,7 +19,7 @@ from meshcore.runtime.activation import InheritedSocket, match_socket
 from meshd.config import ListenerConfig, RuntimeConfig
 from meshd.context import ProxyShared
 from meshd.errors import SnapshotRejected
-from meshd.http.proxy import serve_http
+from meshd.http.connection import serve_http
 from meshd.net.listen import bind_tcp
 from meshd.net.stream import SocketStream
 from meshd.tcp.config import TcpListenerConfig

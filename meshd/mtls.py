@@ -27,7 +27,7 @@ import structlog
 import trio
 
 from meshd.net.revoked import RevokedPeers
-from meshd.net.stream import SocketStream, Stream
+from meshd.net.stream import ProxyStream, SocketStream
 from meshd.net.tls import PeerRevoked, TlsError, TlsStream, tls_accept
 from meshd.net.tlsconfig import (
     anonymous_client_context,
@@ -147,7 +147,7 @@ class MeshTls:
         closed = self.revoked.update(serials)
         log.info("revoked certificates applied", revoked=len(serials), connections_reset=closed)
 
-    async def accept(self, stream: SocketStream) -> tuple[Stream, bytes | None] | None:
+    async def accept(self, stream: SocketStream) -> tuple[ProxyStream, bytes | None] | None:
         """The stream to serve and the client's SPIFFE ID, or None if the connection is refused.
 
         Closes ``stream`` when it refuses it.

@@ -1,13 +1,22 @@
 """Clusters: a service (or one subset of it) with its endpoints and connection settings.
 
-Endpoints come from the discovery view, filtered by the subset's tags and meta. The
-service's ``ServiceResolver`` failover targets are appended as tiers of priority 1, 2, ...
-(used in order when every endpoint of a lower tier is unhealthy). Settings: ``lb_policy``,
-limits, outlier detection and health check from ``ServiceDefaults``; ``connect_timeout_s``
-from the resolver, else ``ServiceDefaults``, else the mesh. TLS is decided per endpoint
-(:mod:`controld.compiler.endpoint_tls`): ``tls`` (originate mTLS, expect the service's SPIFFE
-ID) is set when at least one endpoint is reached over mTLS; endpoints reached in plaintext
-beside them carry ``plaintext``; plain endpoints under STRICT are left out.
+Endpoints come from the discovery view, filtered by the subset's tags and meta, each with its
+zone (registry service meta ``zone``, else its node's). The service's ``ServiceResolver``
+failover targets are appended as tiers of priority 1, 2, ... . Every tier is carried, even
+when a lower one is empty or entirely healthy: the sidecar picks the tier at run time from
+its own view of health (health checks, outlier ejections, panic threshold).
+
+Settings from ``ServiceDefaults``, copied unchanged: ``lb_policy``, ``hash_policy``,
+``locality``, ``panic_threshold_percent``, ``retry_budget``, ``limits``, ``outlier_detection``
+and ``health_check`` (a service without ServiceDefaults gets the model defaults).
+``limits.max_connections`` is the cluster-wide breaker of each calling sidecar; the cluster's
+own ``max_connections`` (the per-endpoint pool cap) keeps its default and is never derived from
+it. ``connect_timeout_s`` comes from the resolver, else ``ServiceDefaults``, else the mesh.
+
+TLS is decided per endpoint (:mod:`controld.compiler.endpoint_tls`): ``tls`` (originate mTLS,
+expect the service's SPIFFE ID) is set when at least one endpoint is reached over mTLS;
+endpoints reached in plaintext beside them carry ``plaintext``; plain endpoints under STRICT
+are left out.
 """
 
 from __future__ import annotations
@@ -111,6 +120,7 @@ def _endpoint(inputs: Inputs, ref: ClusterRef, decision: EndpointDecision, tls: 
         tags=e.tags,
         spiffe_id=spiffe_id(decision.service, inputs.mesh.trust_domain) if other else None,
         plaintext=tls and decision.choice == "plaintext",
+        zone=e.zone,
     )
 
 

@@ -27,7 +27,14 @@ from meshcore.model.resources import ResourceSet
 from meshcore.model.snapshot import Cluster, Route, Snapshot
 from meshcore.routing import CompiledRouteTable
 
-__all__ = ["ExplainAccess", "ExplainBackend", "ExplainCluster", "Explanation", "explain"]
+__all__ = [
+    "ExplainAccess",
+    "ExplainBackend",
+    "ExplainCluster",
+    "Explanation",
+    "cluster_settings",
+    "explain",
+]
 
 _SOURCE_PROXY = "explain-source"
 _DESTINATION_PROXY = "explain-destination"
@@ -54,6 +61,8 @@ class ExplainEndpoint:
     tags: tuple[str, ...]
     #: ``mtls`` or ``plaintext``: how the source's sidecar reaches it.
     tls: str = "plaintext"
+    #: The instance's zone (registry meta), for locality.
+    zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,9 @@ class ExplainCluster:
     endpoints: tuple[ExplainEndpoint, ...]
     #: Sidecar vs plain endpoints and the excluded ones (see ``endpoint_tls.mix_json``).
     mix: dict[str, Any] = field(default_factory=dict)
+    #: The cluster's resilience and balancing settings as the snapshot carries them
+    #: (:func:`cluster_settings`).
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,9 @@ class Explanation:
     mirror: dict[str, Any] | None = None
     #: Names of the destination's rate limits that count this request.
     rate_limits: tuple[str, ...] = ()
+    #: The matched route's retries, fault, header changes and rewrite, as the source's
+    #: sidecar applies them (only those set).
+    route_policy: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = field(default=())
 
     def as_json(self) -> dict[str, Any]:
@@ -135,10 +150,12 @@ class Explanation:
                             "priority": e.priority,
                             "tags": list(e.tags),
                             "tls": e.tls,
+                            "zone": e.zone,
                         }
                         for e in c.endpoints
                     ],
                     "mix": c.mix,
+                    "settings": c.settings,
                 }
                 for c in self.clusters
             ],
@@ -150,6 +167,7 @@ class Explanation:
             },
             "mtls": self.mtls,
             "rate_limits": list(self.rate_limits),
+            "route_policy": self.route_policy,
             "notes": list(self.notes),
         }
 
@@ -181,6 +199,24 @@ def _source_proxy(
     return given.model_copy(update={"upstreams": (*given.upstreams, upstream)})
 
 
+def cluster_settings(cluster: Cluster) -> dict[str, Any]:
+    """The settings of ``cluster`` that decide how the source's sidecar balances, limits,
+    retries and checks it, as JSON: always ``lb_policy``, ``connect_timeout_s``,
+    ``panic_threshold_percent`` and ``retry_budget``; ``hash_policy``, ``locality``,
+    ``limits``, ``outlier_detection`` and ``health_check`` only when set."""
+    out: dict[str, Any] = {
+        "lb_policy": cluster.lb_policy,
+        "connect_timeout_s": cluster.connect_timeout_s,
+        "panic_threshold_percent": cluster.panic_threshold_percent,
+        "retry_budget": cluster.retry_budget.model_dump(mode="json"),
+    }
+    for name in ("hash_policy", "locality", "limits", "outlier_detection", "health_check"):
+        value = getattr(cluster, name)
+        if value is not None:
+            out[name] = value.model_dump(mode="json", exclude_defaults=name == "hash_policy")
+    return out
+
+
 def _cluster_view(cluster: Cluster, inputs: Inputs) -> ExplainCluster:
     mix = mix_json(cluster_decisions(inputs, (cluster.service, cluster.subset)))
     return ExplainCluster(
@@ -195,11 +231,25 @@ def _cluster_view(cluster: Cluster, inputs: Inputs) -> ExplainCluster:
                 e.priority,
                 e.tags,
                 "mtls" if cluster.tls is not None and not e.plaintext else "plaintext",
+                e.zone,
             )
             for e in cluster.endpoints
         ),
         mix=mix,
+        settings=cluster_settings(cluster),
     )
+
+
+_ROUTE_POLICIES = ("retries", "fault", "request_headers", "response_headers", "rewrite")
+
+
+def _route_policy(route: Route) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _ROUTE_POLICIES:
+        value = getattr(route, name)
+        if value is not None:
+            out[name] = value.model_dump(mode="json", exclude_defaults=name != "retries")
+    return out
 
 
 def _backends(route: Route) -> tuple[ExplainBackend, ...]:
@@ -255,6 +305,7 @@ def explain(
     cluster_names: list[str] = []
     timeout: float | None = None
     redirect = mirror = None
+    route_policy: dict[str, Any] = {}
     if listener.route_table is not None:
         table = src_snapshot.route_table(listener.route_table)
         assert table is not None
@@ -267,6 +318,7 @@ def explain(
             route = matched.route
             route_name = route.name
             timeout = route.timeout_s
+            route_policy = _route_policy(route)
             backends = _backends(route)
             cluster_names.extend(b.cluster for b in route.backends)
             if route.redirect is not None:
@@ -326,6 +378,7 @@ def explain(
         mtls=dst_snapshot.mtls,
         timeout_s=timeout,
         redirect=redirect,
+        route_policy=route_policy,
         mirror=mirror,
         rate_limits=limits,
         notes=tuple(notes),

@@ -3,8 +3,9 @@
 Pure and deterministic. Listeners: ``inbound`` (when the proxy has an inbound address; to
 the local app, with the protocol of the proxy's service) and one ``outbound-<service>`` per
 upstream, at the upstream's address: HTTP through route table ``<service>``, TCP straight
-to the service's cluster. Only the clusters these name are included. Lists are sorted by
-name.
+to the service's cluster. HTTP listeners take the mesh's ``path_with_escaped_slashes``; tcp
+listeners keep ``keep`` (they parse no paths). Only the clusters these name are included.
+Lists are sorted by name.
 
 :class:`Compiler` memoizes: the route table and clusters of an upstream depend only on the
 inputs of the services involved, so they are built once per pass and reused by every proxy,
@@ -24,6 +25,7 @@ from controld.compiler.policy import InboundParts, build_inbound, inbound_key
 from controld.compiler.routes import build_route_table, route_refs, table_key
 from controld.discovery.view import DiscoveryView
 from meshcore.model.base import SocketAddr
+from meshcore.model.policy import EscapedSlashes
 from meshcore.model.proxy import ProxyDescriptor, Upstream
 from meshcore.model.resources import ResourceSet
 from meshcore.model.snapshot import Cluster, Listener, RouteTable, Snapshot, WorkloadIdentity
@@ -169,10 +171,14 @@ class Compiler:
         target: str | None = None
         if upstream is not None and protocol != "http":
             target = cluster_name(work.inputs.plain_ref(upstream.service))
+        # Escaped slashes are an HTTP listener setting; tcp listeners keep the default.
+        escaped: EscapedSlashes = (
+            work.inputs.mesh.path_with_escaped_slashes if protocol == "http" else "keep"
+        )
         key: Hashable = (
-            (upstream.service, upstream.host, upstream.port, protocol, target)
+            (upstream.service, upstream.host, upstream.port, protocol, target, escaped)
             if upstream is not None
-            else (inbound, protocol)
+            else (inbound, protocol, escaped)
         )
         found = work.listeners.get(key) or self._listeners.get(key)
         if found is None:
@@ -185,6 +191,7 @@ class Compiler:
                     protocol="http" if protocol == "http" else "tcp",
                     route_table=service if protocol == "http" else None,
                     cluster=target,
+                    path_with_escaped_slashes=escaped,
                 )
             else:
                 assert inbound is not None
@@ -193,6 +200,7 @@ class Compiler:
                     direction="inbound",
                     address=inbound,
                     protocol="http" if protocol == "http" else "tcp",
+                    path_with_escaped_slashes=escaped,
                 )
         work.listeners[key] = found
         return found

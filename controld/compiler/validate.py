@@ -10,10 +10,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from controld.compiler.routes import CATCH_ALL_ROUTE, rule_route_name
+from meshcore.model.policy import Protocol
 from meshcore.model.resources import (
     MESH_NAME,
     AccessPolicy,
     HTTPRoute,
+    RateLimit,
     ResourceSet,
     ServiceResolver,
 )
@@ -47,6 +49,14 @@ def _subset_problem(resources: ResourceSet, service: str, subset: str | None) ->
     return None
 
 
+def _protocol(resources: ResourceSet, service: str) -> Protocol:
+    """``ServiceDefaults.protocol`` of ``service``, else the mesh's ``default_protocol``."""
+    defaults = resources.service_defaults(service)
+    if defaults is not None and defaults.protocol is not None:
+        return defaults.protocol
+    return resources.mesh().default_protocol
+
+
 def _route_problems(resources: ResourceSet, route: HTTPRoute) -> list[ResourceProblem]:
     out: list[ResourceProblem] = []
     name = route.metadata.name
@@ -62,9 +72,7 @@ def _route_problems(resources: ResourceSet, route: HTTPRoute) -> list[ResourcePr
             f"service {service!r} already has HTTPRoute {first.metadata.name!r} "
             "(one HTTPRoute per service)",
         )
-    defaults = resources.service_defaults(service)
-    protocol = defaults.protocol if defaults is not None else None
-    if (protocol or resources.mesh().default_protocol) == "tcp":
+    if _protocol(resources, service) == "tcp":
         add("spec.service", f"service {service!r} uses protocol tcp: HTTP routes cannot apply")
     names = [rule_route_name(rule, i) for i, rule in enumerate(route.spec.rules)]
     counts = Counter(names)
@@ -130,6 +138,16 @@ def _access_problems(policy: AccessPolicy) -> list[ResourceProblem]:
     return out
 
 
+def _rate_limit_problems(resources: ResourceSet, limit: RateLimit) -> list[ResourceProblem]:
+    # A tcp destination's sidecar sees connections, not requests: a request match could
+    # never be evaluated, so it is refused rather than silently ignored.
+    spec = limit.spec
+    if spec.match is not None and _protocol(resources, spec.destination) == "tcp":
+        message = "tcp services are limited per connection; match is for http"
+        return [ResourceProblem("RateLimit", limit.metadata.name, "spec.match", message)]
+    return []
+
+
 def validate_resources(resources: ResourceSet) -> list[ResourceProblem]:
     """Every cross-resource problem of ``resources``, sorted."""
     problems: list[ResourceProblem] = []
@@ -144,6 +162,8 @@ def validate_resources(resources: ResourceSet) -> list[ResourceProblem]:
             problems.extend(_resolver_problems(resources, resource))
         elif isinstance(resource, AccessPolicy):
             problems.extend(_access_problems(resource))
+        elif isinstance(resource, RateLimit):
+            problems.extend(_rate_limit_problems(resources, resource))
         elif kind == "Mesh" and name != MESH_NAME:
             problems.append(
                 ResourceProblem(kind, name, "metadata.name", f"a Mesh must be named {MESH_NAME!r}")

@@ -9,6 +9,9 @@ sidecar is a plain service: its own address, kept while it is passing.
 Traffic never bypasses the mesh: an instance whose sidecars are all unhealthy gets no endpoint,
 and neither does an instance carrying meshd's :data:`SIDECAR_META_KEY` whose sidecar has not
 been seen (yet: the service's and the proxy's health arrive through separate queries).
+
+An endpoint's zone is the instance's (not its sidecar's): ``Service.Meta["zone"]``, else the
+instance node's ``Meta["zone"]``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ from types import MappingProxyType
 
 from meshcore.registry import CONNECT_PROXY, SIDECAR_META_KEY, HealthEntry
 
-__all__ = ["DiscoveryView", "ServiceEndpoint", "build_view", "is_proxy_service"]
+__all__ = [
+    "ZONE_META_KEY",
+    "DiscoveryView",
+    "ServiceEndpoint",
+    "build_view",
+    "instance_zone",
+    "is_proxy_service",
+]
+
+#: The registry meta key (service, else node) naming an instance's zone.
+ZONE_META_KEY = "zone"
 
 _PROXY_SUFFIX = "-sidecar-proxy"
 _EMPTY: Mapping[str, tuple[ServiceEndpoint, ...]] = MappingProxyType({})
@@ -41,6 +54,9 @@ class ServiceEndpoint:
     #: The service instance's ``Service.Meta`` as sorted (key, value) pairs, for subset
     #: filters; meshd's own :data:`SIDECAR_META_KEY` marker is left out.
     meta: tuple[tuple[str, str], ...] = ()
+    #: The instance's zone: its ``Service.Meta`` ``zone``, else its node's ``Meta`` ``zone``
+    #: (None: neither says). Used by locality-aware load balancing.
+    zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,11 @@ def build_view(health: Mapping[str, Iterable[HealthEntry]], version: int = 0) ->
     return DiscoveryView(services=MappingProxyType(services), version=version)
 
 
+def instance_zone(instance: HealthEntry) -> str | None:
+    """The zone of a service instance: its ``Service.Meta`` ``zone``, else its node's."""
+    return instance.service.meta.get(ZONE_META_KEY) or instance.node_meta.get(ZONE_META_KEY) or None
+
+
 def _endpoint(where: HealthEntry, instance: HealthEntry, *, sidecar: bool) -> ServiceEndpoint:
     return ServiceEndpoint(
         host=where.address,
@@ -127,4 +148,5 @@ def _endpoint(where: HealthEntry, instance: HealthEntry, *, sidecar: bool) -> Se
         sidecar=sidecar,
         tags=instance.service.tags,
         meta=tuple(sorted(kv for kv in instance.service.meta.items() if kv[0] != SIDECAR_META_KEY)),
+        zone=instance_zone(instance),
     )

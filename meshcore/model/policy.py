@@ -100,8 +100,39 @@ class FaultPolicy(Frozen):
         return self
 
 
+#: Headers a policy may not edit: the proxy writes them itself (framing, hop-by-hop, tracing)
+#: and an edit would desynchronize the message from its framing; ``x-meshd-*`` too. ``host``
+#: is editable (``rewrite.host`` or a header edit).
+FIXED_HEADERS: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "expect",
+        "x-forwarded-for",
+        "x-request-id",
+        "traceparent",
+    }
+)
+FIXED_HEADER_PREFIX = "x-meshd-"
+
+
+def _editable(name: str) -> str:
+    if name in FIXED_HEADERS or name.startswith(FIXED_HEADER_PREFIX):
+        raise ValueError(f"header {name!r} is written by the proxy and can't be edited")
+    return name
+
+
 class HeaderMutation(Frozen):
-    """Edit headers: ``remove`` first, then ``set`` (replace), then ``add`` (append)."""
+    """Edit headers: ``remove`` first, then ``set`` (replace), then ``add`` (append).
+
+    Headers the proxy writes itself (:data:`FIXED_HEADERS`, ``x-meshd-*``) are refused.
+    """
 
     set: dict[str, str] = Field(default_factory=dict)
     add: dict[str, str] = Field(default_factory=dict)
@@ -110,7 +141,7 @@ class HeaderMutation(Frozen):
     @field_validator("set", "add")
     @classmethod
     def _names(cls, value: dict[str, str]) -> dict[str, str]:
-        out = {header_name(k): v for k, v in value.items()}
+        out = {_editable(header_name(k)): v for k, v in value.items()}
         for name, text in out.items():
             if "\r" in text or "\n" in text:
                 raise ValueError(f"header {name!r}: value must not contain CR or LF")
@@ -119,7 +150,7 @@ class HeaderMutation(Frozen):
     @field_validator("remove")
     @classmethod
     def _removed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(header_name(v) for v in value)
+        return tuple(_editable(header_name(v)) for v in value)
 
 
 class Rewrite(Frozen):

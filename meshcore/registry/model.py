@@ -212,6 +212,8 @@ class HealthEntry:
     node_address: str
     service: ServiceInstance
     checks: tuple[CheckState, ...] = ()
+    #: The node's ``Meta`` (locality: its ``zone``).
+    node_meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @property
     def address(self) -> str:
@@ -298,6 +300,7 @@ def _entry(item: dict[str, Any]) -> HealthEntry:
         node_address=str(node.get("Address") or ""),
         service=service,
         checks=checks,
+        node_meta=MappingProxyType({str(k): str(v) for k, v in (node.get("Meta") or {}).items()}),
     )
 
 

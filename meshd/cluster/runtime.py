@@ -15,9 +15,8 @@ The request path talks to a cluster only through this API, in this order::
     finally:
         cluster.done()
 
-``acquire`` reports its own connect failures (status 0) to outlier detection: the caller
-never learns which endpoint it picked then. The caller reports every try that got a
-connection.
+When ``acquire`` fails to connect, its error's ``endpoint`` names the endpoint it picked:
+the caller reports that try (status 0) like every other.
 
 Health (:mod:`meshd.cluster.state`): the circuit breaker, the retry budget, outlier detection
 and active health checks live in a :class:`ClusterState` that outlives the snapshot; the
@@ -34,7 +33,7 @@ from meshd.cluster.lb import Balancer, make_balancer
 from meshd.cluster.outlier import Address
 from meshd.cluster.pool import EndpointPool, PoolLimits, PoolManager, UpstreamConnection
 from meshd.cluster.state import ClusterState
-from meshd.errors import NoHealthyUpstream, UpstreamConnectError, UpstreamTlsError
+from meshd.errors import NoHealthyUpstream, UpstreamError
 from meshd.policystats import PolicyStats
 
 _NEVER = float("inf")
@@ -158,8 +157,8 @@ class ClusterRuntime:
             )
         try:
             conn = await pool.acquire(fresh=fresh)
-        except (UpstreamConnectError, UpstreamTlsError):
-            state.report((endpoint.host, endpoint.port), 0)
+        except UpstreamError as exc:
+            exc.endpoint = endpoint  # the request path reports it and retries elsewhere
             raise
         if self._tracks_requests:
             self.balancer.started(endpoint)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshcore.routing import CompiledRoute, CompiledRouteTable
 from meshd.access.guard import InboundGuard
 from meshd.cluster.runtime import ClusterRuntime
+from meshd.http.decide import RoutePolicy, compile_policies
 
 
 class RateLimitCheck(Protocol):
@@ -54,8 +55,11 @@ class HttpListenerConfig:
 
     #: The first route when it matches everything, so matching can be skipped.
     first_route: CompiledRoute | None = None
+    #: Each route's compiled policies, by route name (built from ``routes``).
+    policies: Mapping[str, RoutePolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         routes = self.routes.routes
         if routes and routes[0].is_catch_all:
             object.__setattr__(self, "first_route", routes[0])
+        object.__setattr__(self, "policies", compile_policies(self.routes))

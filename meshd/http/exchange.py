@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from meshcore.model import Endpoint
 from meshd.context import ProxyShared, now
 from meshd.http.codec import RequestHead
-from meshd.http.config import HttpListenerConfig
+
+if TYPE_CHECKING:
+    from meshd.http.config import HttpListenerConfig
 
 METHODS: Final = {
     m.encode(): m

@@ -35,6 +35,11 @@ _REASON_PHRASES: Final = {
 }
 
 
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase the proxy writes for ``status``."""
+    return _REASON_PHRASES.get(status, b"Error")
+
+
 def synthetic_response(
     status: int,
     reason: str,

@@ -29,14 +29,21 @@ def request_head_bytes(
     xff: bytes,
     *,
     default_host: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """The request head as sent upstream: hop-by-hop headers gone, framing and tracing redone.
 
-    It goes out as HTTP/1.1, which requires Host: an HTTP/1.0 request without one gets
-    ``default_host``.
+    ``headers`` replace the head's own (a policy edited them). It goes out as HTTP/1.1, which
+    requires Host: an HTTP/1.0 request without one gets ``default_host``.
     """
-    parts = [head.method, b" ", target, b" HTTP/1.1\r\n", _fields(head.headers)]
-    if head.host is None:
+    if headers is None:
+        fields = _fields(head.headers)
+        missing_host = head.host is None
+    else:
+        fields = _fields(headers)
+        missing_host = not any(n.lower() == b"host" for n, _ in headers)
+    parts = [head.method, b" ", target, b" HTTP/1.1\r\n", fields]
+    if missing_host:
         parts.append(b"host: " + default_host + b"\r\n")
     if head.framing == CHUNKED:
         parts.append(b"transfer-encoding: chunked\r\n")

@@ -1,10 +1,14 @@
 """Byte streams.
 
 The proxy's hot path talks to :class:`Stream`, a small protocol that trio's memory streams
-also satisfy (handy in unit tests). :class:`SocketStream` fills it with a non-blocking
-stdlib socket: it calls ``recv``/``send`` directly and parks on
-``trio.lowlevel.wait_readable``/``wait_writable`` only on ``EAGAIN``, which measured about
-half the cost per proxied request of ``trio.socket`` and a third of ``trio.SocketStream``.
+also satisfy (handy in unit tests); the HTTP proxy needs a little more of its connections
+(:class:`ProxyStream`: the peer's address, a reset, a parked read, a staleness check), which
+:class:`SocketStream` and :class:`meshd.net.tls.TlsStream` both provide.
+
+:class:`SocketStream` fills them with a non-blocking stdlib socket: it calls
+``recv``/``send`` directly and parks on ``trio.lowlevel.wait_readable``/``wait_writable``
+only on ``EAGAIN``, which measured about half the cost per proxied request of
+``trio.socket`` and a third of ``trio.SocketStream``.
 
 Errors are trio's: :class:`trio.BrokenResourceError` for a reset or broken pipe,
 :class:`trio.ClosedResourceError` after :meth:`SocketStream.aclose`.
@@ -45,10 +49,42 @@ class Stream(Protocol):
         ...
 
 
+class ProxyStream(Stream, Protocol):
+    """What the HTTP proxy needs from a downstream or upstream connection."""
+
+    @property
+    def parks_reads(self) -> bool:
+        """True if :meth:`receive_later` is the cheaper way to wait for a next request."""
+        ...
+
+    async def receive_later(self, max_bytes: int | None = None) -> bytes:
+        """Like ``receive_some``, for when bytes can't be there yet (a reply just asked for)."""
+        ...
+
+    def peer(self) -> tuple[str, int]:
+        """The remote address, or ``("", 0)`` if the connection is gone."""
+        ...
+
+    def reset(self) -> None:
+        """Abort the connection so the peer sees an error rather than an end."""
+        ...
+
+    def is_stale(self) -> bool:
+        """True if the peer closed, reset or sent unexpected bytes (checked without blocking)."""
+        ...
+
+    def close_nowait(self) -> None:
+        """Close at once."""
+        ...
+
+
 class SocketStream:
     """A connected TCP socket in non-blocking mode."""
 
     __slots__ = ("_closed", "sock")
+
+    #: Waiting for readability first saves the ``recv`` that would only say EAGAIN.
+    parks_reads = True
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)

@@ -92,6 +92,9 @@ class TlsStream:
         "sock",
     )
 
+    #: A next request is read with :meth:`receive_some` (see :meth:`receive_later`).
+    parks_reads = False
+
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
         self._closed = False

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tui import render
+from tui.cli.clustertext import cluster_settings_lines
 from tui.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Options, error
 from tui.cli.kinds import UnknownKind, resolve_kind
 from tui.client import ApiError
@@ -152,6 +153,8 @@ def _endpoint(ep: Any) -> str:
     text = f"{ep.get('host', '?')}:{ep.get('port', '?')}"
     if ep.get("tls"):
         text += f" [{'mTLS' if ep['tls'] == 'mtls' else str(ep['tls'])}]"
+    if ep.get("zone"):
+        text += f" zone {ep['zone']}"
     if ep.get("priority"):
         text += f" (failover {ep['priority']})"
     return text
@@ -205,6 +208,7 @@ def _cluster_lines(name: str, cluster: Mapping[str, Any] | None) -> list[str]:
     shown = ", ".join(_endpoint(e) for e in endpoints) or "(none)"
     lines.append(f"      endpoints: {shown}")
     lines += mix_lines(cluster.get("mix"), "      ")
+    lines += cluster_settings_lines(cluster.get("settings"), "      ")
     return lines
 
 
@@ -258,6 +262,9 @@ def explain_lines(
             lines.append("  matched: no rule of the HTTPRoute did; catch-all to the whole service")
     elif explanation.get("protocol") != "tcp":
         lines.append("route: none matched")
+    policy = explanation.get("route_policy")
+    if isinstance(policy, Mapping):
+        lines += [f"  {name}: {_compact(value)}" for name, value in policy.items()]
     if explanation.get("redirect"):
         lines.append(f"redirect: {_compact(explanation['redirect'])}")
     clusters = {

@@ -19,6 +19,7 @@ def ep(
     meta: Mapping[str, str] | None = None,
     instance: str | None = None,
     sidecar: bool = True,
+    zone: str | None = None,
 ) -> ServiceEndpoint:
     """A healthy sidecar endpoint (``sidecar=False``: a plain instance, no sidecar)."""
     return ServiceEndpoint(
@@ -29,6 +30,7 @@ def ep(
         sidecar=sidecar,
         tags=tuple(tags),
         meta=tuple(sorted((meta or {}).items())),
+        zone=zone,
     )
 
 

@@ -76,6 +76,7 @@ def test_matched_route_backends_clusters_and_access() -> None:
         "priority": 1,
         "tags": [],
         "tls": "mtls",
+        "zone": None,
     }
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from meshcore.model.policy import HealthCheck
-from meshcore.model.snapshot import Cluster
+from meshcore.model.snapshot import Cluster, Endpoint
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.cluster.state import ClusterStates, EndpointHealth
@@ -158,7 +158,7 @@ async def test_runtime_avoids_unavailable_endpoints_and_uses_all_when_none_is_le
     assert runtime.state.unavailable == frozenset()
 
 
-async def test_connect_failures_are_reported_by_acquire(
+async def test_a_failed_connect_names_its_endpoint_for_the_report(
     listeners: list[int], pools: PoolManager
 ) -> None:
     with socket.socket() as sock:
@@ -169,15 +169,17 @@ async def test_connect_failures_are_reported_by_acquire(
         outlier_detection={**OUTLIERS, "consecutive_local_origin_failures": 2},
     )
     runtime = ClusterRuntime(model, pools)
-    failures = 0
+    failed: list[object] = []
     for _ in range(10):
         try:
             endpoint, conn = await runtime.acquire()
-        except UpstreamConnectError:
-            failures += 1
+        except UpstreamConnectError as exc:
+            failed.append(exc.endpoint)
+            if isinstance(exc.endpoint, Endpoint):
+                runtime.report(exc.endpoint, 0, 0.001)  # as the request path does
             continue
         runtime.release(endpoint, conn, reusable=True)
-    assert failures == 2
+    assert failed == [model.endpoints[0]] * 2
     assert runtime.state.unavailable == {("127.0.0.1", dead)}
 
 

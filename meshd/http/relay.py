@@ -1,0 +1,287 @@
+"""One try of the upstream exchange: send the request on a connection, relay the response.
+
+:func:`exchange_with` sends the request (head and the body gathered so far; the rest of a
+streamed body goes up while the response comes down), then relays the response downstream.
+A response whose status a retry policy retries is *held* instead: its head is read, its body
+read and discarded, and :class:`HeldResponse` raised, so no byte of it reaches the client.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from meshd.cluster.pool import UpstreamConnection
+from meshd.errors import UpstreamResetError
+from meshd.http.codec import (
+    CHUNKED,
+    NO_BODY,
+    UNTIL_CLOSE,
+    HttpError,
+    RequestHead,
+    ResponseHead,
+    ResponseParser,
+)
+from meshd.http.decide import HeaderEdit
+from meshd.http.phase import Phase
+from meshd.http.serialize import chunk, response_head_bytes
+from meshd.net.pump import pump
+from meshd.net.stream import Stream
+
+if TYPE_CHECKING:
+    from meshd.http.connection import HttpConnection
+
+__all__ = ["HeldResponse", "StaleConnectionError", "exchange_with"]
+
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+#: Called with a final response's status: True to hold it for a retry.
+Hold = Callable[[int], bool]
+
+
+class StaleConnectionError(Exception):
+    """A reused upstream connection failed before any response byte: safe to send again."""
+
+
+class HeldResponse(Exception):
+    """A response held back for a retry (nothing of it went downstream)."""
+
+    def __init__(self, status: int, *, reusable: bool) -> None:
+        super().__init__(status)
+        self.status = status
+        self.reusable = reusable
+
+
+async def exchange_with(
+    c: HttpConnection,
+    head: RequestHead,
+    conn: UpstreamConnection,
+    payload: bytes,
+    *,
+    edit: HeaderEdit | None,
+    hold: Hold | None = None,
+    try_scope: trio.CancelScope | None = None,
+) -> bool:
+    """Send the request on ``conn`` and relay the response; True if ``conn`` is reusable."""
+    ex = c.exchange
+    assert ex is not None
+    up = conn.stream
+    try:
+        await up.send_all(payload)
+    except _BROKEN as exc:
+        if conn.reused:
+            raise StaleConnectionError from exc
+        raise UpstreamResetError("upstream_reset", "send failed") from exc
+    if ex.body_done:
+        return await _relay_response(c, head, conn=conn, edit=edit, hold=hold, try_scope=try_scope)
+    # Body and response move at once: an upstream may answer before reading the body,
+    # and a client waiting on "Expect: 100-continue" sends it only after the 100.
+    # Neither task raises through the nursery (that would wrap errors in groups).
+    failure: BaseException | None = None
+    reusable = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_send_body, c, up, head.framing == CHUNKED, nursery.cancel_scope)
+        try:
+            reusable = await _relay_response(
+                c, head, conn=conn, edit=edit, hold=None, try_scope=try_scope
+            )
+        except (UpstreamResetError, HttpError, StaleConnectionError, *_BROKEN) as exc:
+            failure = exc
+        if not ex.body_done:
+            # The upstream answered before the whole body came (e.g. 413), or failed:
+            # the rest of the body is still on its way, so this connection must end.
+            nursery.cancel_scope.cancel()
+            c.close_after = True
+            reusable = False
+    body_failure = c.body_failure
+    if body_failure is not None:
+        c.body_failure = None
+        raise body_failure
+    if failure is not None:
+        raise failure
+    return reusable
+
+
+async def _send_body(c: HttpConnection, up: Stream, chunked: bool, scope: trio.CancelScope) -> None:
+    ex = c.exchange
+    assert ex is not None
+    parser = c.parser
+    parts: list[bytes] = []
+    try:
+        while True:
+            done = c.gather_body(parts, chunked)
+            if parts:
+                try:
+                    await up.send_all(b"".join(parts))
+                except _BROKEN:
+                    # The upstream stopped reading; its response (if any) still counts.
+                    c.close_after = True
+                    return
+                parts.clear()
+            if done:
+                ex.body_done = True
+                return
+            data = await c.down.receive_some()
+            if not data:
+                raise trio.BrokenResourceError("client closed mid-body")
+            parser.feed(data)
+    except (HttpError, *_BROKEN) as exc:
+        # The client's side failed: nothing more can be relayed to it either.
+        c.body_failure = exc
+        scope.cancel()
+
+
+async def _relay_response(
+    c: HttpConnection,
+    head: RequestHead,
+    *,
+    conn: UpstreamConnection,
+    edit: HeaderEdit | None,
+    hold: Hold | None,
+    try_scope: trio.CancelScope | None,
+) -> bool:
+    ex = c.exchange
+    assert ex is not None
+    down = c.down
+    up = conn.stream
+    reused = conn.reused
+    rp: ResponseParser | None = conn.protocol_state
+    if rp is None:
+        rp = conn.protocol_state = ResponseParser()
+    cfg = c.cfg
+    rp.reset(
+        head_request=head.method == b"HEAD",
+        max_head_bytes=cfg.max_response_head_bytes,
+        max_headers=cfg.max_response_headers,
+    )
+    down_framing = NO_BODY
+    final: ResponseHead | None = None
+    held = 0
+    received = False
+    relayed = False
+    while True:
+        try:
+            data = await up.receive_later()
+        except _BROKEN as exc:
+            if held:
+                raise HeldResponse(held, reusable=False) from exc
+            if reused and not received:
+                raise StaleConnectionError from exc
+            raise UpstreamResetError("upstream_reset", "connection reset") from exc
+        if not data:
+            if held:
+                raise HeldResponse(held, reusable=False)
+            if final is not None and final.framing == UNTIL_CLOSE:
+                if down_framing == CHUNKED:
+                    await down.send_all(_LAST_CHUNK)
+                return False
+            if reused and not received:
+                raise StaleConnectionError
+            raise UpstreamResetError("upstream_reset", "upstream closed mid-response")
+        received = True
+        try:
+            tail = rp.feed(data)
+        except HttpError as exc:
+            if held:
+                raise HeldResponse(held, reusable=False) from exc
+            raise
+        if held:
+            rp.body.clear()
+            if rp.complete:
+                raise HeldResponse(held, reusable=rp.heads == [] and not rp.extra)
+            continue
+        out: list[bytes] = []
+        while rp.heads:
+            rh = rp.heads.pop(0)
+            if rh.status < 200 and rh.status != 101:
+                if head.version == b"1.1":
+                    out.append(response_head_bytes(rh, NO_BODY, close=False))
+                continue
+            if rh.status == 101 and head.upgrade is None:
+                # Switching protocols nobody asked for would turn this connection into a
+                # raw tunnel past every HTTP check: refused, and both connections end.
+                c.close_after = True
+                raise HttpError("upstream_unexpected_upgrade", "101 without an Upgrade request")
+            if hold is not None and not relayed and not out and hold(rh.status):
+                # Retried: nothing of this response goes downstream. Its body is read and
+                # dropped so the connection may serve again.
+                held = rh.status
+                rp.body.clear()
+                if rp.complete:
+                    raise HeldResponse(held, reusable=rh.keep_alive and not rp.extra)
+                break
+            final = rh
+            if try_scope is not None:
+                # The response is the client's now: only the route's deadline applies.
+                try_scope.deadline = math.inf
+            if edit is not None:
+                rh.headers = edit.apply(rh.headers)
+            down_framing, close = _response_framing(c, head, rh)
+            ex.code = rh.status
+            out.append(
+                response_head_bytes(
+                    rh,
+                    down_framing,
+                    close=close,
+                    http10_keep_alive=head.version == b"1.0" and not close,
+                )
+            )
+        if held:
+            continue
+        if rp.body:
+            for piece in rp.body:
+                ex.bytes_out += len(piece)
+                out.append(chunk(piece) if down_framing == CHUNKED else piece)
+            rp.body.clear()
+        if rp.complete and down_framing == CHUNKED:
+            out.append(_LAST_CHUNK)
+        if out:
+            await down.send_all(b"".join(out) if len(out) > 1 else out[0])
+            relayed = True
+            ex.head_sent = final is not None
+        if final is not None and final.status == 101:
+            await _tunnel(c, up, tail or b"")
+            return False
+        if rp.complete:
+            assert final is not None
+            c.finish(ex)
+            return final.keep_alive and not rp.extra and ex.body_done
+
+
+def _response_framing(c: HttpConnection, head: RequestHead, rh: ResponseHead) -> tuple[int, bool]:
+    """How the response body goes downstream, and whether the connection closes after."""
+    ex = c.exchange
+    body_unread = ex is not None and not ex.body_done
+    close = c.close_after or not head.keep_alive or c.shared.draining or body_unread
+    framing = rh.framing
+    if framing in (CHUNKED, UNTIL_CLOSE):
+        if head.version == b"1.1":
+            framing = CHUNKED
+        else:
+            framing = UNTIL_CLOSE
+            close = True
+    if close:
+        c.close_after = True
+    return framing, close
+
+
+async def _tunnel(c: HttpConnection, up: Stream, tail: bytes) -> None:
+    """After a 101: bytes both ways until either side is done."""
+    ex = c.exchange
+    assert ex is not None
+    c.phase = Phase.TUNNEL
+    c.deadline = math.inf  # the pump keeps its own idle timeout
+    c.close_after = True
+    c.finish(ex)
+    c.exchange = None
+    await pump(
+        c.down,
+        up,
+        idle_timeout_s=c.cfg.idle_timeout_s,
+        initial_to_up=bytes(c.parser.upgrade_tail or b""),
+        initial_to_down=tail,
+    )
