@@ -79,17 +79,30 @@ async def _apps(nursery: trio.Nursery, count: int) -> list[FlakyApp]:
 
 
 async def _sidecar(
-    nursery: trio.Nursery, tmp_path: Path, ports: list[int], **cluster_fields: Any
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    ports: list[int],
+    route: dict[str, Any] | None = None,
+    **cluster_fields: Any,
 ) -> tuple[Sidecar, int]:
     """A sidecar whose outbound listener ``out`` sends to cluster ``up`` (round robin over
-    127.0.0.1:``ports``, with ``cluster_fields``)."""
+    127.0.0.1:``ports``, with ``cluster_fields``); with ``route``, through one route with
+    those fields."""
+    listener: dict[str, Any] = {"name": "out", "direction": "outbound", "address": "127.0.0.1:0"}
+    tables = []
+    if route is None:
+        listener["cluster"] = "up"
+    else:
+        listener["route_table"] = "main"
+        tables = [
+            {"name": "main", "routes": [{"name": "r", "backends": [{"cluster": "up"}], **route}]}
+        ]
     path = write_sidecar_config(
         tmp_path,
         service="web",
         app_port=closed_port(),
-        listeners=[
-            {"name": "out", "direction": "outbound", "address": "127.0.0.1:0", "cluster": "up"}
-        ],
+        listeners=[listener],
+        route_tables=tables,
         clusters=[
             {
                 "name": "up",
@@ -405,9 +418,47 @@ async def test_health_checks_follow_snapshots_and_keep_state(tmp_path: Path) -> 
 # -- retry budget ------------------------------------------------------------------------------
 
 
+async def test_retry_budget_holds_during_a_total_outage_through_a_sidecar(
+    tmp_path: Path,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        (app,) = await _apps(nursery, 1)
+        app.status = 503
+        retries = {"attempts": 5, "retry_on": ["gateway-error"], "backoff_base_s": 0.001}
+        budget = {"percent": 20, "min_retries_per_second": 0.5, "ttl_s": 10}
+        sidecar, port = await _sidecar(
+            nursery, tmp_path, [app.port], {"retries": retries}, retry_budget=budget
+        )
+        requests = 60
+        for _ in range(requests):
+            assert (await _get(port)).status == 503
+        # Without the budget the app would have seen 5 tries per request (300).
+        floor = budget["min_retries_per_second"] * budget["ttl_s"]
+        assert requests < app.calls <= requests * (1 + budget["percent"] / 100) + floor
+        assert _policy(sidecar, "meshd_retry_budget_exhausted", "up") > 0
+        retried = _policy(sidecar, "meshd_upstream_retries", "up", "gateway-error")
+        assert retried == app.calls - requests
+        nursery.cancel_scope.cancel()
+
+
+async def test_max_retries_zero_sends_no_retry(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        (app,) = await _apps(nursery, 1)
+        app.status = 503
+        retries = {"attempts": 3, "retry_on": ["gateway-error"], "backoff_base_s": 0.001}
+        sidecar, port = await _sidecar(
+            nursery, tmp_path, [app.port], {"retries": retries}, limits={"max_retries": 0}
+        )
+        for _ in range(5):
+            assert (await _get(port)).status == 503
+        assert app.calls == 5
+        assert _policy(sidecar, "meshd_upstream_overflow", "up", "max_retries") == 5
+        nursery.cancel_scope.cancel()
+
+
 async def test_retry_budget_holds_during_a_total_outage() -> None:
-    """Driven through :class:`ClusterRuntime`'s API as the request path drives it; the
-    same check through a sidecar needs the route retries of the rebuilt request path (H1)."""
+    """Driven through :class:`ClusterRuntime`'s API as the request path drives it, one try
+    per new connection (the backend counts them)."""
     seen = 0
 
     async def unavailable(stream: trio.SocketStream) -> None:
