@@ -6,7 +6,9 @@ Nothing here waits or does I/O; the caller passes the time (``time.time()`` seco
 * the latest compiled snapshot (:class:`Compiled`: version, hash, snapshot, the JSON body
   serialized once on first use),
 * what the sidecar reported running on its last poll (a poll *is* the ACK of that version),
-* its last NACK, last contact and whether a poll is parked now.
+* its last NACK, last contact and whether a poll is parked now,
+* the snapshot features it declares (``x-meshd-features`` of its requests; None: an older
+  sidecar that declares none) and the compiled snapshot it ACKed, when controld has it.
 
 Rules (see the controld API contract):
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshcore.errors import MeshError
+from meshcore.model.features import features_used, parse_features
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
 
@@ -38,6 +41,7 @@ __all__ = [
     "ProxyStatus",
     "PushObserver",
     "PushState",
+    "SidecarInfo",
     "UnknownProxy",
     "next_version",
 ]
@@ -91,7 +95,7 @@ def next_version(previous: int, now: float) -> int:
 class Compiled:
     """One compiled snapshot of a proxy under its assigned version."""
 
-    __slots__ = ("_body", "acked", "compiled_at", "hash", "snapshot", "version")
+    __slots__ = ("_body", "_features", "acked", "compiled_at", "hash", "snapshot", "version")
 
     def __init__(
         self,
@@ -110,6 +114,13 @@ class Compiled:
         #: The sidecar has reported running it.
         self.acked = acked
         self._body: bytes | None = None
+        self._features: dict[str, str] | None = None
+
+    def features(self) -> dict[str, str]:
+        """The features the snapshot uses (feature -> first field path), computed once."""
+        if self._features is None:
+            self._features = features_used(self.snapshot)
+        return self._features
 
     def body(self) -> bytes:
         """The JSON ``{"version", "hash", "snapshot"}``, serialized on first use only."""
@@ -124,7 +135,9 @@ class Compiled:
 
     def with_version(self, version: int) -> Compiled:
         """The same snapshot under another version."""
-        return Compiled(version, self.hash, self.snapshot, self.compiled_at, acked=self.acked)
+        other = Compiled(version, self.hash, self.snapshot, self.compiled_at, acked=self.acked)
+        other._features = self._features
+        return other
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +154,12 @@ class ProxyState:
     """Everything the hub knows about one sidecar."""
 
     __slots__ = (
+        "acked",
         "acked_hash",
         "acked_version",
         "descriptor",
+        "features",
+        "features_raw",
         "last_contact",
         "last_wait_s",
         "latest",
@@ -161,6 +177,13 @@ class ProxyState:
         #: What the sidecar said it runs on its last poll.
         self.acked_version: int | None = None
         self.acked_hash: str | None = None
+        #: The compiled snapshot the sidecar ACKed (None: not known here, e.g. controld
+        #: restarted and has not compiled that content again).
+        self.acked: Compiled | None = None
+        #: The features it declares (None: unknown, it sends no features header) and the
+        #: header they were parsed from (parsed again only when it changes).
+        self.features: frozenset[str] | None = None
+        self.features_raw: str | None = None
         #: The last NACK (reported in the status).
         self.nack: NackRecord | None = None
         #: The hash not to send again (cleared by a registration: a restarted sidecar may
@@ -178,6 +201,21 @@ class ProxyState:
         if self.last_contact is None:
             return False
         return now - self.last_contact <= 2 * max(self.last_wait_s, 1.0)
+
+    def declare(self, raw: str | None) -> None:
+        """Record the features header of a request (None: the sidecar declares none)."""
+        if raw != self.features_raw or (raw is None) != (self.features is None):
+            self.features_raw = raw
+            self.features = None if raw is None else parse_features(raw)
+
+    def unsupported(self) -> dict[str, str]:
+        """Features the latest snapshot uses that the sidecar doesn't declare ({}: none, or
+        it declares nothing, which says nothing)."""
+        latest = self.latest
+        features = self.features
+        if latest is None or features is None:
+            return {}
+        return {f: p for f, p in latest.features().items() if f not in features}
 
     def pending(self) -> Compiled | None:
         """The snapshot to hand over now, if any (the sidecar runs another, not NACKed one)."""
@@ -203,6 +241,10 @@ class ProxyStatus:
     latest_version: int | None
     latest_hash: str | None
     nack: NackRecord | None
+    #: Declared features (None: unknown, an older sidecar).
+    features: frozenset[str] | None = None
+    #: Features the latest snapshot uses that the sidecar doesn't declare -> first field path.
+    unsupported: Mapping[str, str] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The JSON row of the API."""
@@ -226,7 +268,25 @@ class ProxyStatus:
             "latest_version": self.latest_version,
             "latest_hash": self.latest_hash,
             "nack": nack_json,
+            "features": None if self.features is None else sorted(self.features),
+            "unsupported": [{"feature": f, "path": p} for f, p in (self.unsupported or {}).items()],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarInfo:
+    """What controld knows of one sidecar, for feature checks (apply warnings, explain)."""
+
+    proxy_id: str
+    descriptor: ProxyDescriptor
+    connected: bool
+    #: Declared features (None: unknown).
+    features: frozenset[str] | None
+    acked_version: int | None
+    #: The snapshot it ACKed, when controld has it.
+    acked_snapshot: Snapshot | None
+    latest_version: int | None
+    latest_snapshot: Snapshot | None
 
 
 class _Rollout:
@@ -252,12 +312,20 @@ class PushState:
 
     # -- registrations -------------------------------------------------------------------------
 
-    def register(self, descriptor: ProxyDescriptor) -> bool:
-        """Add or refresh a sidecar; True when it needs (re)compiling (new or changed)."""
+    def register(self, descriptor: ProxyDescriptor, *, features: str | None = None) -> bool:
+        """Add or refresh a sidecar; True when it needs (re)compiling (new or changed).
+
+        ``features``: the features header of the registration, if it had one (its polls
+        say it again; one without the header makes the features unknown).
+        """
         state = self._proxies.get(descriptor.proxy_id)
         if state is None:
-            self._proxies[descriptor.proxy_id] = ProxyState(descriptor)
+            state = self._proxies[descriptor.proxy_id] = ProxyState(descriptor)
+            if features is not None:
+                state.declare(features)
             return True
+        if features is not None:
+            state.declare(features)
         # The sidecar (re)started: give a snapshot it NACKed before another chance.
         state.nacked_hash = None
         if state.descriptor == descriptor:
@@ -328,6 +396,8 @@ class PushState:
                 )
                 version = next_version(previous, now)
             state.latest = Compiled(version, digest, snapshot, now, acked=runs_it)
+            if runs_it:
+                state.acked = state.latest
             changed.append(pid)
             if runs_it:
                 self._acked(pid, now)  # back to what it runs: older rollouts are done for it
@@ -358,22 +428,29 @@ class PushState:
         hash: str | None,
         wait_s: float,
         now: float,
+        features: str | None = None,
     ) -> ProxyState:
-        """Record a poll's report (the ACK of what it runs); raises :class:`UnknownProxy`."""
+        """Record a poll's report (the ACK of what it runs) and the features it declares
+        (its features header; None: none); raises :class:`UnknownProxy`."""
         state = self.get(proxy_id)
         state.last_contact = now
         state.last_wait_s = wait_s
+        state.declare(features)
         if hash is None or version is None:
             return state
         state.acked_version = version
         state.acked_hash = hash
         latest = state.latest
+        if latest is not None and latest.hash == hash:
+            state.acked = latest
+        elif state.acked is not None and state.acked.hash != hash:
+            state.acked = None
         if latest is None or latest.hash != hash or latest.acked:
             return state
         if latest.version != version:
             # Compiled before the sidecar (re)appeared, which runs it under its own version:
             # adopt that (nothing was pushed, so no latency to report).
-            latest = state.latest = latest.with_version(version)
+            latest = state.latest = state.acked = latest.with_version(version)
         else:
             self._observer.acked(max(0.0, now - latest.compiled_at))
         latest.acked = True
@@ -448,6 +525,27 @@ class PushState:
         """Registered sidecars' states (read-only use)."""
         return self._proxies.items()
 
+    def sidecars(self, now: float) -> list[SidecarInfo]:
+        """Every registered sidecar's features and ACKed snapshot, sorted by proxy id."""
+        out = []
+        for pid in sorted(self._proxies):
+            state = self._proxies[pid]
+            acked = state.acked
+            latest = state.latest
+            out.append(
+                SidecarInfo(
+                    proxy_id=pid,
+                    descriptor=state.descriptor,
+                    connected=state.connected(now),
+                    features=state.features,
+                    acked_version=state.acked_version,
+                    acked_snapshot=None if acked is None else acked.snapshot,
+                    latest_version=None if latest is None else latest.version,
+                    latest_snapshot=None if latest is None else latest.snapshot,
+                )
+            )
+        return out
+
 
 def _status(pid: str, state: ProxyState, now: float) -> ProxyStatus:
     desc = state.descriptor
@@ -463,4 +561,6 @@ def _status(pid: str, state: ProxyState, now: float) -> ProxyStatus:
         latest_version=None if latest is None else latest.version,
         latest_hash=None if latest is None else latest.hash,
         nack=state.nack,
+        features=state.features,
+        unsupported=state.unsupported(),
     )

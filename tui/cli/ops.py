@@ -20,11 +20,13 @@ __all__ = [
     "cmd_token_create",
     "endpoint_mix_lines",
     "explain_lines",
+    "feature_cells",
     "mix_lines",
     "parse_duration",
     "proxy_rows",
     "proxy_state",
     "route_rule_match",
+    "sidecar_lines",
     "status_header",
 ]
 
@@ -35,6 +37,8 @@ PROXY_HEADERS = [
     "ACKED VERSION",
     "LATEST VERSION",
     "STATE",
+    "FEATURES",
+    "UNSUPPORTED IN USE",
     "LAST CONTACT",
 ]
 
@@ -73,11 +77,25 @@ def proxy_rows(proxies: Sequence[Mapping[str, Any]], now: float) -> list[list[st
                 _version(p.get("acked_version")),
                 _version(p.get("latest_version")),
                 proxy_state(p),
+                *feature_cells(p),
                 render.age(now - float(last)) if isinstance(last, int | float) else "-",
             ]
         )
     rows.sort(key=lambda r: (r[1], r[0]))
     return rows
+
+
+def feature_cells(proxy: Mapping[str, Any]) -> tuple[str, str]:
+    """``FEATURES`` (how many the sidecar declares; ``?``: it declares none, an older meshd)
+    and ``UNSUPPORTED IN USE`` (features its latest snapshot uses that it doesn't declare)."""
+    features = proxy.get("features")
+    count = str(len(features)) if isinstance(features, list) else "?"
+    missing = [
+        str(u.get("feature"))
+        for u in proxy.get("unsupported") or ()
+        if isinstance(u, Mapping) and u.get("feature")
+    ]
+    return count, ",".join(missing) or "-"
 
 
 def _version(value: object) -> str:
@@ -296,7 +314,47 @@ def explain_lines(
     limits = explanation.get("rate_limits")
     if limits:
         lines.append("rate limits: " + ", ".join(str(x) for x in limits))
+    lines += sidecar_lines(explanation.get("sidecars") or ())
     lines += [f"note: {note}" for note in explanation.get("notes") or ()]
+    return lines
+
+
+def _uses(items: Any) -> list[tuple[str, str]]:
+    return [
+        (str(u.get("feature")), str(u.get("path")))
+        for u in items or ()
+        if isinstance(u, Mapping) and u.get("feature")
+    ]
+
+
+def sidecar_lines(sidecars: Sequence[Any]) -> list[str]:
+    """What each sidecar of the request's path enforces, from the snapshot it ACKed, and the
+    features of the current policy it lacks (``NOT ENFORCED by <proxy>``)."""
+    lines: list[str] = []
+    for sidecar in sidecars:
+        if not isinstance(sidecar, Mapping):
+            continue
+        pid = str(sidecar.get("proxy_id", "?"))
+        acked, latest = sidecar.get("acked_version"), sidecar.get("latest_version")
+        head = f"sidecar {pid} ({sidecar.get('role', '?')}): runs version {_version(acked)}"
+        if latest is not None and latest != acked:
+            head += f" (latest {latest} not ACKed)"
+        count = sidecar.get("features")
+        head += (
+            f", declares {count} features"
+            if isinstance(count, int)
+            else ", declares no features (older meshd: unknown)"
+        )
+        if not sidecar.get("connected"):
+            head += ", not connected"
+        lines.append(head)
+        running = _uses(sidecar.get("enforces"))
+        lines.append(
+            "  enforces: " + (", ".join(f"{f} ({p})" for f, p in running) if running else "-")
+        )
+        lines += [
+            f"  {f} ({p}): NOT ENFORCED by {pid}" for f, p in _uses(sidecar.get("not_enforced"))
+        ]
     return lines
 
 
