@@ -277,7 +277,10 @@ def explain_lines(
     elif explanation.get("protocol") != "tcp":
         lines.append("route: none matched")
     if explanation.get("redirect"):
-        lines.append(f"redirect: {_compact(explanation['redirect'])}")
+        lines.append(
+            f"redirect: {_compact(explanation['redirect'])}"
+            + _lacking(explanation, "route.redirect")
+        )
     clusters = {
         str(c.get("name")): c for c in explanation.get("clusters") or () if isinstance(c, Mapping)
     }
@@ -300,7 +303,10 @@ def explain_lines(
     mirror = explanation.get("mirror")
     if isinstance(mirror, Mapping):
         name = str(mirror.get("cluster", "?"))
-        lines.append(f"mirror: {name} {float(mirror.get('percent', 100)):g}%")
+        lines.append(
+            f"mirror: {name} {float(mirror.get('percent', 100)):g}%"
+            + _lacking(explanation, "route.mirror")
+        )
         lines += _cluster_lines(name, clusters.get(name))
     access = explanation.get("access")
     if isinstance(access, Mapping):
@@ -313,10 +319,24 @@ def explain_lines(
         lines.append(text)
     limits = explanation.get("rate_limits")
     if limits:
-        lines.append("rate limits: " + ", ".join(str(x) for x in limits))
+        lines.append(
+            "rate limits: "
+            + ", ".join(str(x) for x in limits)
+            + _lacking(explanation, "rate_limits")
+        )
     lines += sidecar_lines(explanation.get("sidecars") or ())
     lines += [f"note: {note}" for note in explanation.get("notes") or ()]
     return lines
+
+
+def _lacking(explanation: Mapping[str, Any], feature: str) -> str:
+    """``  (NOT ENFORCED by web-1, web-2)`` when sidecars of the path lack ``feature``."""
+    pids = [
+        str(s.get("proxy_id"))
+        for s in explanation.get("sidecars") or ()
+        if isinstance(s, Mapping) and any(f == feature for f, _ in _uses(s.get("not_enforced")))
+    ]
+    return f"  (NOT ENFORCED by {', '.join(pids)})" if pids else ""
 
 
 def _uses(items: Any) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from tui.cli.ops import (
     route_rule_match,
     status_header,
 )
-from tui.cli.resources import apply_lines, diff_resource, resource_rows
+from tui.cli.resources import apply_lines, diff_resource, resource_rows, warning_lines
 
 
 def test_apply_lines_mark_unsent_changes_unchanged() -> None:
@@ -311,6 +311,7 @@ def test_explain_shows_what_the_source_sidecar_enforces() -> None:
         "destination": "api",
         "protocol": "http",
         "route": "copy",
+        "mirror": {"cluster": "shadow", "percent": 50},
         "sidecars": [
             {
                 "proxy_id": "web-1",
@@ -334,3 +335,10 @@ def test_explain_shows_what_the_source_sidecar_enforces() -> None:
     )
     assert "  enforces: route.retries (route_tables.0.routes.0.retries)" in lines
     assert "  route.mirror (route_tables.0.routes.0.mirror): NOT ENFORCED by web-1" in lines
+    assert "mirror: shadow 50%  (NOT ENFORCED by web-1)" in lines
+
+
+def test_apply_warning_lines() -> None:
+    warning = {"proxy_id": "web-1", "feature": "route.mirror", "message": "unsupported ..."}
+    assert warning_lines({"warnings": [warning]}) == ["warning: unsupported ..."]
+    assert warning_lines({"revision": 3}) == []
