@@ -18,12 +18,16 @@ from controld.compiler import Compiler
 from controld.compiler.snapshot import outbound_listener_name
 from controld.discovery import DiscoveryView
 from controld.push.state import SidecarInfo
+from meshcore.model.base import SocketAddr
 from meshcore.model.features import feature_uses
-from meshcore.model.proxy import ProxyDescriptor
+from meshcore.model.proxy import ProxyDescriptor, Upstream
 from meshcore.model.resources import ResourceSet
 from meshcore.model.snapshot import Snapshot
 
 __all__ = ["FeatureGap", "enforcement", "feature_gaps"]
+
+_SHAPE_INBOUND = SocketAddr(host="127.0.0.1", port=15006)
+_SHAPE_PORT = 20000
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,17 +94,34 @@ def _compile(
         return out
 
 
+def _shape(descriptor: ProxyDescriptor) -> ProxyDescriptor:
+    """``descriptor`` without what can't change which features its snapshot uses or their
+    field paths: its id, version and addresses (listener names and order come from the
+    upstream services, not their ports)."""
+    upstreams = sorted(descriptor.upstreams, key=lambda u: u.service)
+    return descriptor.model_copy(
+        update={
+            "proxy_id": "feature-check",
+            "meshd_version": "",
+            "inbound": None if descriptor.inbound is None else _SHAPE_INBOUND,
+            "upstreams": tuple(
+                Upstream(service=u.service, port=_SHAPE_PORT + i) for i, u in enumerate(upstreams)
+            ),
+        }
+    )
+
+
 def feature_gaps(
     view: DiscoveryView, resources: ResourceSet, sidecars: Iterable[SidecarInfo]
 ) -> list[FeatureGap]:
     """Features ``resources`` would give a connected sidecar that it doesn't declare."""
-    # Sidecars with the same descriptor (but their id) and features get the same answer.
+    # Compiled once per shape: sidecars of one service with the same upstreams and features
+    # get the same answer (this runs on the event loop, inside the store's write).
     groups: dict[tuple[ProxyDescriptor, frozenset[str]], list[SidecarInfo]] = {}
     for sidecar in sidecars:
         if not sidecar.connected or sidecar.features is None:
             continue
-        shape = sidecar.descriptor.model_copy(update={"proxy_id": "feature-check"})
-        groups.setdefault((shape, sidecar.features), []).append(sidecar)
+        groups.setdefault((_shape(sidecar.descriptor), sidecar.features), []).append(sidecar)
     if not groups:
         return []
     leaders = {members[0].proxy_id: members[0].descriptor for members in groups.values()}

@@ -131,3 +131,25 @@ async def test_proxies_and_explain_show_what_the_sidecar_enforces() -> None:
         assert sidecar["not_enforced"] == [
             {"feature": "route.mirror", "path": "route_tables.0.routes.0.mirror"}
         ]
+
+
+async def test_sidecars_of_one_shape_are_compiled_once_and_each_warned() -> None:
+    async with serving_api() as api:
+        for proxy, port in (("web-1", 15001), ("web-2", 16001)):
+            descriptor = {
+                **DESCRIPTOR,
+                "proxy_id": proxy,
+                "inbound": f"127.0.0.1:{port + 5}",
+                "upstreams": [{"service": "api", "port": port}],
+            }
+            headers = {FEATURES_HEADER: OLDER}
+            resp = await api.client.post(f"/v1/proxies/{proxy}", json=descriptor, headers=headers)
+            assert resp.status_code == 200, resp.text
+            await api.client.get(f"/v1/snapshots/{proxy}?wait=0", headers=headers)
+        resp = await api.client.put(
+            "/v1/resources", json={"resources": [MIRROR_ROUTE], "dry_run": True}
+        )
+        assert [(w["proxy_id"], w["feature"]) for w in resp.json()["warnings"]] == [
+            ("web-1", "route.mirror"),
+            ("web-2", "route.mirror"),
+        ]
