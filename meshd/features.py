@@ -12,15 +12,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from meshcore.model.features import FEATURES, format_features, unsupported, unsupported_message
+from meshcore.model.features import format_features, unsupported, unsupported_message
 from meshcore.model.snapshot import Snapshot
 from meshd.errors import SnapshotRejected
 
 __all__ = ["ENFORCED", "NOT_YET", "check_features", "features_header"]
 
-# Issue 12 builds these in parallel branches; each is removed from NOT_YET by the change that
-# makes meshd enforce it (the merge finalizes the list). Until then meshd NACKs them.
-NOT_YET: Final = frozenset(
+#: The snapshot features this meshd enforces (names of :data:`meshcore.model.features.FEATURES`).
+#: Listed one by one on purpose: a feature added to the vocabulary is refused by meshd until
+#: the change that makes meshd enforce it adds it here.
+ENFORCED: Final[frozenset[str]] = frozenset(
+    {
+        "route.redirect",
+        "route.match.headers",
+        "route.match.query",
+        # Tiers picked when the snapshot is built (the lowest one present); runtime failover
+        # on health comes with the load-balancing work of issue 12.
+        "cluster.failover",
+        "lb_policy:random",
+        "lb_policy:least_request",
+        "inbound_policy.jwt",
+    }
+)
+
+# Issue 12 builds these in parallel branches: each moves to ENFORCED with the change that makes
+# meshd enforce it (the merge finalizes both lists; NOT_YET should end up empty). Until then
+# meshd refuses snapshots that use them.
+NOT_YET: Final[frozenset[str]] = frozenset(
     {
         "route.retries",
         "route.fault",
@@ -44,9 +62,6 @@ NOT_YET: Final = frozenset(
         "rate_limits",
     }
 )
-
-#: The snapshot features this meshd enforces (names of :data:`meshcore.model.features.FEATURES`).
-ENFORCED: Final[frozenset[str]] = frozenset(FEATURES) - NOT_YET
 
 
 def check_features(snapshot: Snapshot, enforced: Iterable[str] = ENFORCED) -> None:

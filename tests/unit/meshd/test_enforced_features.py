@@ -39,6 +39,8 @@ def test_enforced_names_known_features() -> None:
     assert set(FEATURES) >= ENFORCED
     assert set(FEATURES) >= NOT_YET
     assert ENFORCED.isdisjoint(NOT_YET)
+    # Every feature is decided: enforced, or known to be missing (refused).
+    assert set(FEATURES) == ENFORCED | NOT_YET
     # On main before issue 12's parts land: what meshd did already.
     assert {"route.redirect", "route.match.headers", "route.match.query"} <= ENFORCED
     assert parse_features(features_header()) == ENFORCED
