@@ -11,6 +11,7 @@ from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.errors import SnapshotRejected
 from meshd.http.config import HttpListenerConfig
+from meshd.ratelimit import RateLimits
 from meshd.stats import Stats
 from meshd.tcp.config import TcpListenerConfig
 
@@ -64,11 +65,14 @@ def build_runtime(
     snapshot: Snapshot,
     pools: PoolManager,
     authz: AuthzContext | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> RuntimeConfig:
     """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`.
 
     ``authz`` keeps what the inbound guards share across snapshots (JWKS caches, counters,
     log limiters); the sidecar passes its own. None: a fresh one (its counts go nowhere).
+    ``rate_limits`` likewise keeps the token buckets of the snapshot's ``rate_limits``, which
+    apply to inbound listeners (requests on http, new connections on tcp).
     """
     models = [*(first_tier(c) for c in snapshot.clusters), local_app_cluster(bootstrap)]
     clusters = {c.name: ClusterRuntime(c, pools) for c in models}
@@ -76,10 +80,15 @@ def build_runtime(
     policy = snapshot.inbound_policy
     if policy is not None and authz is None:
         authz = AuthzContext(Stats())
+    if rate_limits is None:
+        rate_limits = RateLimits(Stats().policy)
     for lst in snapshot.listeners:
         guard = None
-        if policy is not None and authz is not None and lst.direction == "inbound":
+        inbound = lst.direction == "inbound"
+        if policy is not None and authz is not None and inbound:
             guard = authz.guard(policy, listener=lst.name, service=bootstrap.service)
+        # Rate limits are the destination's: they apply to inbound listeners only.
+        limits = snapshot.rate_limits if inbound else ()
         if lst.protocol == "tcp":
             cluster_name = lst.target_cluster
             assert cluster_name is not None  # tcp listeners never have a route table
@@ -90,6 +99,7 @@ def build_runtime(
                 cluster=clusters[cluster_name],
                 idle_timeout_s=lst.idle_timeout_s,
                 guard=guard,
+                rate_limiter=rate_limits.tcp(lst.name, limits),
             )
             continue
         if lst.route_table is not None:
@@ -116,5 +126,6 @@ def build_runtime(
             max_requests_per_connection=lst.max_requests_per_connection,
             version=snapshot.version,
             guard=guard,
+            rate_limiter=rate_limits.http(lst.name, limits),
         )
     return RuntimeConfig(bootstrap, snapshot, clusters, listeners)

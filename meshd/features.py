@@ -32,6 +32,9 @@ ENFORCED: Final[frozenset[str]] = frozenset(
         "lb_policy:random",
         "lb_policy:least_request",
         "inbound_policy.jwt",
+        # meshd.ratelimit and meshd.http.mirror.
+        "rate_limits",
+        "route.mirror",
     }
 )
 
@@ -46,7 +49,6 @@ NOT_YET: Final[frozenset[str]] = frozenset(
         "route.request_headers",
         "route.response_headers",
         "route.rewrite",
-        "route.mirror",
         "cluster.limits",
         "cluster.outlier_detection",
         "cluster.outlier_detection.success_rate",
@@ -59,7 +61,6 @@ NOT_YET: Final[frozenset[str]] = frozenset(
         "listener.path_with_escaped_slashes:reject",
         "listener.path_with_escaped_slashes:unescape",
         "listener.path_with_escaped_slashes:redirect",
-        "rate_limits",
     }
 )
 

@@ -2,8 +2,10 @@
 
 Lifecycle (systemd ``Type=notify``): READY=1 once the listeners are bound and the admin API
 serves; SIGHUP reloads the bootstrap and snapshot files atomically (a bad file keeps the old
-configuration and says why); SIGTERM or SIGINT, or ``POST /drain``, drains: stop accepting,
-let in-flight requests finish within ``drain_timeout_s``, exit 0.
+configuration and says why); SIGTERM or SIGINT, or ``POST /drain``, drains
+(:mod:`meshd.drain`): STOPPING=1, ``/ready`` 503, leave the registry, keep serving for
+``drain_delay_s`` (a second SIGTERM or SIGINT cuts it short), then stop accepting, let
+in-flight requests finish within ``drain_timeout_s``, exit 0.
 
 With ``snapshot.controld`` the snapshots come from controld (:mod:`meshd.control.source`):
 the admin API serves at once (``/ready`` answers 503), READY=1 follows the first snapshot
@@ -34,14 +36,18 @@ from meshd.accesslog import AccessLog
 from meshd.admin.app import build_admin_app
 from meshd.admin.server import AdminServer
 from meshd.cluster.pool import PoolManager
+from meshd.cluster.runtime import ClusterRuntime
 from meshd.config import RuntimeConfig, build_runtime
 from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
+from meshd.drain import DrainControl
 from meshd.errors import SnapshotRejected
 from meshd.features import ENFORCED, check_features, features_header
+from meshd.http.mirror import MirrorService
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
+from meshd.ratelimit import RateLimits
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
 from meshd.workers import WorkerSupervisor
@@ -99,6 +105,10 @@ class Sidecar:
         self.registry = build_registry(self.stats, self._pool_stats)
         #: What inbound access control keeps across snapshots (JWKS caches, log limiters).
         self.authz = AuthzContext(self.stats)
+        #: Token buckets of the snapshot's rate limits, kept across snapshots.
+        self.rate_limits = RateLimits(self.stats.policy)
+        #: Sends mirrored copies of requests through the clusters of the runtime in force.
+        self.mirror = MirrorService(self._mirror_cluster, self.stats.policy)
         #: mTLS mode and contexts (contexts only once there is an identity).
         self.tls = MeshTls()
         self.pools = PoolManager(self.tls)
@@ -113,7 +123,8 @@ class Sidecar:
         self.admin_port: int | None = None
         self._serve_admin = admin
         self._ready = False
-        self._drain_requested = trio.Event()
+        #: Drain phase; the delay a second SIGTERM cuts short.
+        self.drain_control = DrainControl()
         #: Self-registration in the service registry (bootstrap ``registry:``; primary only).
         self.registration: Registration | None = None
         #: controld mode: the snapshot source (None with a snapshot file).
@@ -154,6 +165,8 @@ class Sidecar:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
             await nursery.start(self.shared.run_deadlines)
+            await nursery.start(self.mirror.run)
+            self.shared.mirror = self.mirror
             await nursery.start(self.listeners.run)
             source = "file"
             enrolled = self._enrolled_identity(bootstrap)
@@ -200,12 +213,13 @@ class Sidecar:
                 listeners=[d["address"] for d in self.listeners.describe()],
             )
             task_status.started(self)
-            await self._drain_requested.wait()
-            # No new snapshot while draining (its listeners could not open anyway).
-            self._control_scope.cancel()
+            await self.drain_control.requested.wait()
             if self.registration is not None:
                 # Leave the registry first (bounded), so no new traffic is sent our way.
                 await self.registration.stop()
+            await self._drain_delay()
+            # No new snapshot from here on (its listeners could not open anyway).
+            self._control_scope.cancel()
             await self._drain(
                 bootstrap.drain_timeout_s
                 if self.runtime is None
@@ -316,10 +330,10 @@ class Sidecar:
         """The :class:`ControlSource` callback: raises to reject (NACK) ``snapshot``."""
         bootstrap = self._bootstrap
         assert bootstrap is not None
-        if self.is_draining():
+        if self.shared.draining:
             raise SnapshotRejected("draining")
         self._apply(bootstrap, snapshot)
-        if self._ready:
+        if self._ready and not self.is_draining():
             self.notifier.status(f"serving snapshot {snapshot.version}")
         log.info("snapshot applied", version=snapshot.version)
 
@@ -347,6 +361,8 @@ class Sidecar:
                     self.reload()
                     if self.workers is not None:
                         self.workers.signal_all(signal.SIGHUP)
+                elif self.drain_control.started:
+                    self.drain_control.skip_delay()  # a second SIGTERM: close now
                 else:
                     self.start_drain()
 
@@ -405,7 +421,7 @@ class Sidecar:
         """Build, bind, then swap: nothing changes unless all of it works."""
         # Never accept what isn't enforced: refused before anything is built.
         check_features(snapshot, self.enforced)
-        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz)
+        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz, self.rate_limits)
         self.listeners.apply(runtime)
         self.runtime = runtime
         self.tls.mode = snapshot.mtls
@@ -417,11 +433,20 @@ class Sidecar:
         self.stats.snapshot_applied(snapshot.version)
 
     def start_drain(self) -> None:
-        """Begin draining (idempotent)."""
-        if not self._drain_requested.is_set():
+        """Begin draining (idempotent): ``/ready`` answers 503 from now on."""
+        if self.drain_control.request():
             log.info("draining")
             self.notifier.stopping()
-            self._drain_requested.set()
+
+    async def _drain_delay(self) -> None:
+        """Keep serving while callers learn we are gone (workers: the primary did it)."""
+        bootstrap = self.runtime.bootstrap if self.runtime is not None else self._bootstrap
+        delay_s = bootstrap.drain_delay_s if bootstrap is not None and not self.worker_index else 0
+        if delay_s > 0:
+            log.info("drain delay, still serving", delay_s=delay_s)
+            self.notifier.status(f"draining: still serving for {delay_s:g} s")
+            await self.drain_control.wait_delay(delay_s)
+        self.drain_control.close()
 
     async def _drain(self, grace_s: float) -> None:
         self.shared.draining = True
@@ -445,7 +470,7 @@ class Sidecar:
 
     def is_draining(self) -> bool:
         """Draining has begun."""
-        return self.shared.draining or self._drain_requested.is_set()
+        return self.shared.draining or self.drain_control.started
 
     def config_dump(self) -> dict[str, Any]:
         """Bootstrap and snapshot in force."""
@@ -472,6 +497,7 @@ class Sidecar:
     def stats_info(self) -> dict[str, Any]:
         """Counters as JSON."""
         out = {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
+        out.update({f"drain.{k}": v for k, v in self.drain_control.describe().items()})
         tls = self.tls
         if tls.identity is not None or tls.lost:
             out["mtls"] = {
@@ -489,6 +515,11 @@ class Sidecar:
         if self.control is not None:
             out["control"] = self.control.describe()
         return out
+
+    def _mirror_cluster(self, name: str) -> ClusterRuntime | None:
+        """The cluster called ``name`` in the configuration in force (mirrored copies)."""
+        runtime = self.runtime
+        return runtime.clusters.get(name) if runtime is not None else None
 
     def _pool_stats(self) -> Iterator[tuple[str, str, int, int]]:
         if self.runtime is None:

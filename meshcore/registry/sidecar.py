@@ -10,6 +10,8 @@ the two :class:`ServiceRegistration` values meshd keeps in the registry:
   ``Proxy`` block naming the instance and the app's local address, TTL check
   ``service:<id>-sidecar-proxy``.
 
+With ``zone`` in the bootstrap both carry service meta ``zone`` (:data:`ZONE_META_KEY`).
+
 The advertised address is ``advertise_address``, else the inbound listener's host unless it is
 a wildcard, else empty (the registry then uses the node's address).
 """
@@ -28,7 +30,10 @@ from meshcore.registry.model import (
     TtlCheck,
 )
 
-__all__ = ["PlanInputs", "RegistrationPlan", "plan_registrations"]
+__all__ = ["ZONE_META_KEY", "PlanInputs", "RegistrationPlan", "plan_registrations"]
+
+#: Service meta key naming the instance's zone (``Bootstrap.zone``), read for locality.
+ZONE_META_KEY = "zone"
 
 _UNSPECIFIED = frozenset(("", "0.0.0.0", "::"))
 
@@ -80,7 +85,10 @@ def plan_registrations(
     check = config.check
     ttl = check.ttl
     proxy_id = f"{service_id}-sidecar-proxy"
-    meta = dict(config.meta)
+    zone_meta = {ZONE_META_KEY: boot.zone} if boot.zone else {}
+    # The bootstrap's zone wins over a ``zone`` in ``registry.meta``: locality must follow
+    # what this sidecar itself prefers.
+    meta = {**config.meta, **zone_meta}
     if inbound is not None:
         meta[SIDECAR_META_KEY] = proxy_id
     service = ServiceRegistration(
@@ -107,6 +115,7 @@ def plan_registrations(
             address=address,
             port=inbound.port,
             kind=CONNECT_PROXY,
+            meta=zone_meta,
             proxy=ProxySpec(
                 destination_service_name=boot.service,
                 destination_service_id=service_id,

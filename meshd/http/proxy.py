@@ -35,6 +35,7 @@ from meshd.http.codec import (
 )
 from meshd.http.config import HttpListenerConfig
 from meshd.http.exchange import METHODS, Exchange, record
+from meshd.http.mirror import shadow_copy
 from meshd.http.pathnorm import normalize_target
 from meshd.http.responses import redirect_response, synthetic_response
 from meshd.http.serialize import chunk, request_head_bytes, response_head_bytes
@@ -43,6 +44,7 @@ from meshd.http.tracing import new_request_id, next_traceparent
 from meshd.net.pump import pump
 from meshd.net.stream import SocketStream, Stream
 from meshd.net.tls import TlsStream
+from meshd.ratelimit import retry_after
 
 _IDLE: Final = 0
 _HEAD: Final = 1
@@ -50,6 +52,8 @@ _REQUEST: Final = 2
 _TUNNEL: Final = 3
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+#: TEMPORARY (H2): requests larger than this (head and body) are not mirrored.
+_MIRROR_MAX_BYTES: Final = 64 * 1024
 #: Requests served back to back on one connection before yielding to other tasks anyway.
 _YIELD_EVERY: Final = 16
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -222,6 +226,21 @@ class HttpConnection:
                     refusal.error, refusal.detail, status=refusal.status, extra=refusal.headers
                 )
                 return
+        limiter = cfg.rate_limiter  # TEMPORARY (H2): moves into H1's decide step
+        if limiter is not None:
+            wait = limiter.check(
+                source=self.peer_identity or self.peer_ip,
+                method=head.method,
+                path=target,
+                headers=head.headers,
+            )
+            if wait is not None:
+                await self._respond_error(
+                    "rate_limited",
+                    "rate limit exceeded",
+                    extra=((b"retry-after", retry_after(wait)),),
+                )
+                return
         route = cfg.first_route
         if route is None:
             method = METHODS.get(head.method) or head.method.decode("latin-1")
@@ -259,6 +278,16 @@ class HttpConnection:
         else:
             ex.body_done = True
         payload = b"".join(first) if len(first) > 1 else out
+        mirror, sink = route.route.mirror, self.shared.mirror  # TEMPORARY (H2): H1's forward
+        if (
+            mirror is not None
+            and sink is not None
+            and ex.body_done
+            and head.upgrade is None
+            and len(payload) <= _MIRROR_MAX_BYTES
+            and self.shared.rng.random() * 100 < mirror.percent
+        ):
+            sink.submit(mirror.cluster, shadow_copy(payload))
         # A pooled connection the upstream closed meanwhile fails before any response byte;
         # such a request is retried once on a new connection when nothing is lost by it.
         for attempt in (0, 1):

@@ -18,7 +18,8 @@ async def serve_tcp(
     """Serve one downstream TCP connection until both sides are done.
 
     ``peer_identity``: the client's SPIFFE ID (inbound mTLS). A connection the listener's
-    access policy denies is closed at once, before any byte is forwarded.
+    access policy denies, or that its connection-rate limit refuses, is closed (reset) at
+    once, before any byte is forwarded.
     """
     cluster = cfg.cluster
     stats = shared.stats
@@ -33,6 +34,14 @@ async def serve_tcp(
             if isinstance(down, SocketStream | TlsStream):
                 down.reset()
             return
+        limiter = cfg.rate_limiter
+        if limiter is not None:
+            # Over the connection rate: closed at once, before the upstream is contacted.
+            peer = down.peer()[0].encode() if isinstance(down, SocketStream | TlsStream) else None
+            if limiter.check_connection(peer_identity or peer) is not None:
+                if isinstance(down, SocketStream | TlsStream):
+                    down.reset()
+                return
         try:
             endpoint, conn = await cluster.acquire(fresh=True)
         except UpstreamError as exc:

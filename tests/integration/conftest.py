@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from backends import Backends, running_backends
 from helpers import Chain, TestApp, open_chain, serve_app
 
 
@@ -21,3 +23,11 @@ async def app(nursery: trio.Nursery) -> TestApp:
 async def chain(nursery: trio.Nursery, tmp_path: Path, app: TestApp) -> Chain:
     """Outbound sidecar ``web`` -> inbound sidecar ``api`` -> :func:`app`."""
     return await open_chain(nursery, tmp_path, app.port)
+
+
+@pytest.fixture
+def backends(tmp_path: Path) -> Iterator[Backends]:
+    """Starts misbehaving backend processes (``backends.start(name, mode)``); every one still
+    running is killed at the end, however the test ends."""
+    with running_backends(tmp_path / "backends") as started:
+        yield started

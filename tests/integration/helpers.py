@@ -379,6 +379,8 @@ def write_sidecar_config(
         "admin": f"127.0.0.1:{admin_port}",
         "snapshot": {"file": "snapshot.yaml"},
         "drain_timeout_s": 2,
+        # Tests here are not about the drain delay: stop at once.
+        "drain_delay_s": 0,
         **(extra or {}),
     }
     path = directory / "bootstrap.yaml"

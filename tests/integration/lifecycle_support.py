@@ -103,15 +103,21 @@ def bootstrap_doc(
     admin_port: int = 0,
     snapshot: str = "snapshot.yaml",
     drain_timeout_s: float = 10.0,
+    drain_delay_s: float = 0.0,
     **more: Any,
 ) -> dict[str, Any]:
-    """A bootstrap document (admin on a free port by default)."""
+    """A bootstrap document (admin on a free port by default).
+
+    ``drain_delay_s`` defaults to 0 (not meshd's 5 s): most tests here are about something
+    else than the delay, and SIGTERM should start closing at once.
+    """
     return {
         "service": "web",
         "app": f"127.0.0.1:{app_port}",
         "admin": f"127.0.0.1:{admin_port}",
         "snapshot": {"file": snapshot},
         "drain_timeout_s": drain_timeout_s,
+        "drain_delay_s": drain_delay_s,
         **more,
     }
 

@@ -55,6 +55,7 @@ def write_bootstrap(directory: Path, controld_port: int, **controld: Any) -> Pat
         "inbound": "127.0.0.1:15996",
         "upstreams": [{"service": "api", "port": 15991}],
         "drain_timeout_s": 1,
+        "drain_delay_s": 0,
         "snapshot": {
             "controld": {
                 "url": f"http://127.0.0.1:{controld_port}",

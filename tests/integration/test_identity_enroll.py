@@ -267,6 +267,7 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
                 "controld_url": tls_url(daemon),
             },
             "drain_timeout_s": 1,
+            "drain_delay_s": 0,
         }
         (side / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
         async with trio.open_nursery() as inner:

@@ -60,6 +60,7 @@ async def bootstrap(
             "controld_url": tls_url(daemon),
         },
         "drain_timeout_s": 1,
+        "drain_delay_s": 0,
         **more,
     }
     path = directory / "bootstrap.yaml"

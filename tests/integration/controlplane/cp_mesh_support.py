@@ -292,6 +292,7 @@ class Sidecar:
             "inbound": f"127.0.0.1:{self.inbound_port}",
             "upstreams": [{"service": svc, "port": port} for svc, port in self.upstreams.items()],
             "drain_timeout_s": 2.0,
+            "drain_delay_s": 0,
             "snapshot": {
                 "controld": {
                     "url": controld.push_url,

@@ -176,6 +176,7 @@ def write_sidecar(
         "admin": "127.0.0.1:0",
         "snapshot": {"file": "snapshot.yaml"},
         "drain_timeout_s": 2,
+        "drain_delay_s": 0,
         "registry": registry,
     }
     path = directory / "bootstrap.yaml"

@@ -110,6 +110,19 @@ def test_plan_ids_and_addresses() -> None:
     assert advertised.service.address == advertised.proxy.address == "192.0.2.7"
 
 
+def test_plan_carries_the_zone_in_service_meta() -> None:
+    plan = plan_for(bootstrap(zone="eu-west-1a", registry={"meta": {"team": "a", "zone": "x"}}))
+    # The bootstrap's zone wins over registry.meta; the proxy entry carries it too.
+    assert plan.service.meta["zone"] == "eu-west-1a"
+    assert plan.service.meta["team"] == "a"
+    assert dict(plan.proxy.meta) == {"zone": "eu-west-1a"}
+    assert plan.service.to_json()["Meta"]["zone"] == "eu-west-1a"
+    # No zone: no zone meta (and registry.meta passes through as it is).
+    plain = plan_for(bootstrap(registry={"meta": {"zone": "x"}}))
+    assert plain.service.meta["zone"] == "x"
+    assert not plan_for(bootstrap()).proxy.meta
+
+
 def test_plan_without_inbound_listener_has_no_sidecar_entry() -> None:
     plan = plan_for(bootstrap(), None)
     assert plan.proxy is None

@@ -1,0 +1,61 @@
+"""Tests for meshd.drain: phases, the delay and what cuts it short (virtual clock)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from meshd.drain import DrainControl, DrainPhase
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_request_starts_once() -> None:
+    drain = DrainControl()
+    assert drain.describe() == {"phase": "serving", "delay_left_s": None}
+    assert not drain.started
+    assert drain.request()
+    assert not drain.request()
+    assert drain.requested.is_set()
+    assert drain.describe()["phase"] == DrainPhase.DELAY.value
+    drain.close()
+    assert drain.describe() == {"phase": "closing", "delay_left_s": None}
+
+
+async def test_delay_runs_to_the_end(autojump_clock: trio.testing.MockClock) -> None:
+    drain = DrainControl()
+    drain.request()
+    start = trio.current_time()
+    assert await drain.wait_delay(5.0)
+    assert trio.current_time() - start == pytest.approx(5.0)
+    assert drain.phase is DrainPhase.DELAY  # closing is the caller's step
+    assert drain.delay_ends_at is None
+
+
+async def test_skip_cuts_the_delay_short(autojump_clock: trio.testing.MockClock) -> None:
+    drain = DrainControl()
+    drain.request()
+    start = trio.current_time()
+    seen: list[object] = []
+
+    async def second_sigterm() -> None:
+        await trio.sleep(1.5)
+        seen.append(drain.describe()["delay_left_s"])
+        drain.skip_delay()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second_sigterm)
+        assert not await drain.wait_delay(60.0)
+    assert trio.current_time() - start == pytest.approx(1.5)
+    assert seen == [pytest.approx(58.5)]
+
+
+async def test_skip_before_the_delay_and_zero_delay(autojump_clock: trio.testing.MockClock) -> None:
+    drain = DrainControl()
+    drain.request()
+    drain.skip_delay()
+    start = trio.current_time()
+    assert not await drain.wait_delay(60.0)
+    assert await DrainControl().wait_delay(0)
+    assert trio.current_time() == start
