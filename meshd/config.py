@@ -61,25 +61,6 @@ def first_tier(cluster: Cluster) -> Cluster:
     return cluster.model_copy(update={"endpoints": kept})
 
 
-#: Route fields accepted in snapshots but not acted on yet (``redirect`` is).
-_ROUTE_FIELDS = ("retries", "fault", "request_headers", "response_headers", "rewrite")
-#: ``limits``, ``outlier_detection``, ``health_check`` are enforced (meshd.cluster.state).
-_CLUSTER_FIELDS: tuple[str, ...] = ()
-
-
-def unenforced_fields(snapshot: Snapshot) -> list[str]:
-    """Names of the fields set in ``snapshot`` that this meshd accepts but doesn't enforce yet."""
-    found: set[str] = set()
-    for table in snapshot.route_tables:
-        for route in table.routes:
-            found.update(f"route.{f}" for f in _ROUTE_FIELDS if getattr(route, f) is not None)
-            if route.match.query:
-                found.add("route.match.query")
-    for cluster in snapshot.clusters:
-        found.update(f"cluster.{f}" for f in _CLUSTER_FIELDS if getattr(cluster, f) is not None)
-    return sorted(found)
-
-
 def build_runtime(
     bootstrap: Bootstrap,
     snapshot: Snapshot,

@@ -39,12 +39,13 @@ from meshd.cluster.healthcheck import HealthChecker
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.cluster.state import ClusterStates
-from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
+from meshd.config import RuntimeConfig, build_runtime
 from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
 from meshd.drain import DrainControl
 from meshd.errors import SnapshotRejected
+from meshd.features import ENFORCED, check_features, features_header
 from meshd.http.mirror import MirrorService
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
@@ -95,8 +96,12 @@ class Sidecar:
         inherited: list[InheritedSocket] | None = None,
         admin: bool = True,
         worker_index: int = 0,
+        enforced: frozenset[str] = ENFORCED,
     ) -> None:
         self.bootstrap_path = bootstrap_path
+        #: The snapshot features this sidecar enforces (and declares to controld); a snapshot
+        #: using another one is refused. Tests pass fewer to play an older meshd.
+        self.enforced = enforced
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
         self.registry = build_registry(self.stats, self._pool_stats)
@@ -138,7 +143,6 @@ class Sidecar:
         self._static_identity: StaticIdentity | None = None
         #: The bootstrap in force (a pushed snapshot is applied with it).
         self._bootstrap: Bootstrap | None = None
-        self._unenforced: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -252,6 +256,7 @@ class Sidecar:
             token_provider=self._enrolled_token if _enrolls(bootstrap) else None,
             tls=None if trust is None else trust.context,
             peer_id=None if trust is None else trust.peer_id,
+            features=features_header(self.enforced),
         )
         with self._control_scope:
             await self.control.run(task_status=task_status)
@@ -420,6 +425,8 @@ class Sidecar:
 
     def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
         """Build, bind, then swap: nothing changes unless all of it works."""
+        # Never accept what isn't enforced: refused before anything is built.
+        check_features(snapshot, self.enforced)
         runtime = build_runtime(
             bootstrap,
             snapshot,
@@ -440,10 +447,6 @@ class Sidecar:
             enabled=bootstrap.access_log.enabled, sample_rate=bootstrap.access_log.sample_rate
         )
         self.stats.snapshot_applied(snapshot.version)
-        unenforced = unenforced_fields(snapshot)
-        if unenforced and unenforced != self._unenforced:
-            log.warning("snapshot fields not enforced yet", fields=unenforced)
-        self._unenforced = unenforced
 
     def start_drain(self) -> None:
         """Begin draining (idempotent): ``/ready`` answers 503 from now on."""
@@ -487,7 +490,7 @@ class Sidecar:
 
     def config_dump(self) -> dict[str, Any]:
         """Bootstrap and snapshot in force."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"features": sorted(self.enforced)}
         if self.runtime is not None:
             out["bootstrap"] = self.runtime.bootstrap.model_dump(mode="json")
             out["snapshot"] = self.runtime.snapshot.model_dump(mode="json")

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from controld.api.deps import BEARER, Auditor, Guard
 from controld.api.errors import ApiError
+from controld.api.features import enforcement
 from controld.api.plane import ControlPlane
 from controld.auth import Principal, TokenAuth
 from controld.compiler import explain
@@ -71,7 +72,12 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
 
     @router.post("/v1/explain")
     async def explain_request(body: ExplainRequest, _: Admin) -> dict[str, Any]:
-        """How a request from ``source`` to ``destination`` is routed and authorized."""
+        """How a request from ``source`` to ``destination`` is routed and authorized.
+
+        ``sidecars``: for each registered sidecar of the source (and destination) service, the
+        snapshot features of this request's path in the version it ACKed, and the features
+        the current policy gives it that it doesn't enforce.
+        """
         try:
             explanation = explain(
                 plane.view(),
@@ -84,9 +90,25 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
             )
         except ValueError as exc:
             raise ApiError(422, str(exc)) from exc
-        return explanation.as_json()
+        doc = explanation.as_json()
+        doc["sidecars"] = enforcement(
+            plane.hub.sidecars(),
+            source=_service_of(explanation.source_id, body.source),
+            destination=body.destination,
+            route=explanation.route,
+            clusters=[c.name for c in explanation.clusters],
+        )
+        return doc
 
     return router
+
+
+def _service_of(source_id: str | None, source: str) -> str:
+    """The service of a SPIFFE ID (``.../svc/<service>``), else ``source`` as given."""
+    for text in (source_id, source):
+        if text is not None and "/svc/" in text:
+            return text.rsplit("/svc/", 1)[1].split("/", 1)[0]
+    return source
 
 
 def probes_router(metrics: CollectorRegistry, is_ready: Callable[[], bool]) -> APIRouter:

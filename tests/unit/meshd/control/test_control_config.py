@@ -1,5 +1,5 @@
-"""Bootstrap controld fields, their resolution, the snapshot cache, and build-time handling of
-the snapshot fields meshd doesn't enforce yet."""
+"""Bootstrap controld fields, their resolution, the snapshot cache, failover tiers and
+redirects."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.policy import Redirect
 from meshcore.model.snapshot import Cluster
-from meshd.config import first_tier, unenforced_fields
+from meshd.config import first_tier
 from meshd.control.settings import control_settings
 from meshd.control.source import load_cache, write_cache
 from meshd.http.responses import redirect_location, redirect_response
@@ -195,36 +195,6 @@ def test_first_tier_keeps_the_lowest_priority_present() -> None:
     assert [e.host for e in first_tier(failover).endpoints] == ["10.0.0.1"]
     plain = Cluster.model_validate({"name": "a", "service": "a", "endpoints": [eps[1]]})
     assert first_tier(plain) is plain
-
-
-def test_unenforced_fields_are_listed() -> None:
-    assert unenforced_fields(Snapshot.model_validate(SNAP)) == []
-    snap = Snapshot.model_validate(
-        {
-            **SNAP,
-            "mtls": "strict",
-            "inbound_policy": {"rules": [{"sources": ["*"], "action": "deny"}]},
-            "rate_limits": [{"name": "r", "requests_per_second": 1, "burst": 1}],
-            "clusters": [{**SNAP["clusters"][0], "health_check": {}}],
-            "route_tables": [
-                {
-                    "name": "t",
-                    "routes": [
-                        {
-                            "name": "a",
-                            "backends": [{"cluster": "api"}],
-                            "retries": {},
-                            "mirror": {"cluster": "api"},
-                        },
-                        {"name": "b", "redirect": {"path": "/x"}},
-                    ],
-                }
-            ],
-        }
-    )
-    # Rate limits and mirroring are enforced (meshd.ratelimit, meshd.http.mirror), and so
-    # are limits, outlier detection and health checks (meshd.cluster.state).
-    assert unenforced_fields(snap) == ["route.retries"]
 
 
 @pytest.mark.parametrize(
