@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshcore.model import LOCAL_APP_CLUSTER, Bootstrap, Cluster, Endpoint, Snapshot
@@ -42,23 +43,6 @@ def local_app_cluster(bootstrap: Bootstrap) -> Cluster:
     )
 
 
-def first_tier(cluster: Cluster) -> Cluster:
-    """``cluster`` with only its lowest-priority endpoints.
-
-    Failover tiers (``priority`` > 0) are chosen once, when the snapshot is built: a tier is
-    used only when no endpoint of a lower one exists. Switching tiers at run time, on health,
-    waits for outlier detection and health checks.
-    """
-    endpoints = cluster.endpoints
-    if not endpoints:
-        return cluster
-    best = min(ep.priority for ep in endpoints)
-    kept = tuple(ep for ep in endpoints if ep.priority == best)
-    if len(kept) == len(endpoints):
-        return cluster
-    return cluster.model_copy(update={"endpoints": kept})
-
-
 #: Route fields accepted in snapshots but not acted on yet (``redirect`` is).
 _ROUTE_FIELDS = ("retries", "fault", "request_headers", "response_headers", "rewrite", "mirror")
 _CLUSTER_FIELDS = ("limits", "outlier_detection", "health_check")
@@ -84,14 +68,22 @@ def build_runtime(
     snapshot: Snapshot,
     pools: PoolManager,
     authz: AuthzContext | None = None,
+    previous: Mapping[str, ClusterRuntime] | None = None,
 ) -> RuntimeConfig:
     """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`.
 
     ``authz`` keeps what the inbound guards share across snapshots (JWKS caches, counters,
     log limiters); the sidecar passes its own. None: a fresh one (its counts go nowhere).
+    ``previous``: the running configuration's clusters, whose balancing state (latency
+    estimates, in-flight counts, unavailable endpoints) carries over to clusters of the same
+    name. Every priority tier is kept: the clusters fail over at run time, on health.
     """
-    models = [*(first_tier(c) for c in snapshot.clusters), local_app_cluster(bootstrap)]
-    clusters = {c.name: ClusterRuntime(c, pools) for c in models}
+    models = [*snapshot.clusters, local_app_cluster(bootstrap)]
+    before = previous or {}
+    clusters = {
+        c.name: ClusterRuntime(c, pools, zone=bootstrap.zone, previous=before.get(c.name))
+        for c in models
+    }
     listeners: dict[str, ListenerConfig] = {}
     policy = snapshot.inbound_policy
     if policy is not None and authz is None:

@@ -398,7 +398,8 @@ class Sidecar:
 
     def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
         """Build, bind, then swap: nothing changes unless all of it works."""
-        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz)
+        previous = self.runtime.clusters if self.runtime is not None else None
+        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz, previous)
         self.listeners.apply(runtime)
         self.runtime = runtime
         self.tls.mode = snapshot.mtls

@@ -21,22 +21,53 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from meshcore.model import Cluster, Endpoint
-from meshd.cluster.lb import Balancer, make_balancer
+from meshd.cluster.lb import HASH_POLICIES
 from meshd.cluster.pool import EndpointPool, PoolLimits, PoolManager, UpstreamConnection
-from meshd.errors import NoHealthyUpstream
+from meshd.cluster.selector import EndpointSelector
+from meshd.context import now
+from meshd.errors import NoHealthyUpstream, UpstreamConnectError, UpstreamTlsError
 
 
 class ClusterRuntime:
-    """The live side of one snapshot's :class:`~meshcore.model.Cluster`."""
+    """The live side of one snapshot's :class:`~meshcore.model.Cluster`.
 
-    __slots__ = ("_pools", "_tracks_requests", "balancer", "model", "name", "service")
+    ``previous``: the same cluster's runtime of the snapshot this one replaces; its
+    :attr:`selector` state (latency estimates, in-flight counts, unavailable endpoints) is
+    carried over for the endpoints that stay. ``zone``: the calling sidecar's zone.
+    """
 
-    def __init__(self, model: Cluster, pools: PoolManager) -> None:
+    __slots__ = (
+        "_hash_cookie",
+        "_hash_header",
+        "_hash_source",
+        "_pools",
+        "_starts",
+        "model",
+        "name",
+        "selector",
+        "service",
+    )
+
+    def __init__(
+        self,
+        model: Cluster,
+        pools: PoolManager,
+        *,
+        zone: str | None = None,
+        previous: ClusterRuntime | None = None,
+    ) -> None:
         self.model = model
         self.name = model.name
         self.service = model.service
-        self.balancer: Balancer = make_balancer(model.lb_policy, model.endpoints)
-        self._tracks_requests = model.lb_policy == "least_request"
+        self.selector: EndpointSelector = EndpointSelector(
+            model, zone=zone, previous=previous.selector if previous is not None else None
+        )
+        policy = model.hash_policy if model.lb_policy in HASH_POLICIES else None
+        self._hash_header = policy.header.encode() if policy and policy.header else None
+        self._hash_cookie = policy.cookie.encode() if policy and policy.cookie else None
+        self._hash_source = bool(policy and policy.source_ip)
+        #: id(connection) -> when its try was picked, for the latency fed to the balancer.
+        self._starts: dict[int, float] = {}
         limits = PoolLimits(
             max_connections=model.max_connections,
             max_idle=model.max_idle_per_endpoint,
@@ -72,12 +103,31 @@ class ClusterRuntime:
 
     def hash_key(self, headers: list[tuple[bytes, bytes]], peer_ip: bytes) -> bytes | None:
         """What ``ring_hash``/``maglev`` hash for this request (None: no hash policy, or the
-        request lacks the header or cookie)."""
+        request lacks the header or cookie): the first value of the policy's header, the
+        policy's cookie from the ``Cookie`` headers, or the client's address."""
+        if self._hash_source:
+            return peer_ip
+        name = self._hash_header
+        if name is not None:
+            for key, value in headers:
+                if len(key) == len(name) and key.lower() == name:
+                    return value
+            return None
+        cookie = self._hash_cookie
+        if cookie is not None:
+            for key, value in headers:
+                if len(key) == 6 and key.lower() == b"cookie":
+                    for pair in value.split(b";"):
+                        found, sep, found_value = pair.strip().partition(b"=")
+                        if sep and found == cookie:
+                            return found_value.strip(b'"')
         return None
 
     def report(self, endpoint: Endpoint, status: int, latency_s: float) -> None:
         """The outcome of one try on ``endpoint``: the response status, or 0 when no response
         came (connect failure, reset, timeout). Feeds outlier detection and EWMA."""
+        # EWMA latency (load balancing); keep this line separate from outlier detection.
+        self.selector.observe(endpoint, latency_s, failed=status == 0)
 
     async def acquire(
         self,
@@ -87,19 +137,36 @@ class ClusterRuntime:
         fresh: bool = False,
     ) -> tuple[Endpoint, UpstreamConnection]:
         """An endpoint (not one of ``exclude`` when another is available) and a connection to
-        it; raises an :class:`UpstreamError`."""
-        endpoint = self.balancer.pick()
+        it; raises an :class:`UpstreamError`.
+
+        ``hash_key``: from :meth:`hash_key`. The try counts as in flight on the endpoint
+        (least-request, EWMA) from here until :meth:`release`.
+        """
+        selector = self.selector
+        endpoint = selector.pick(hash_key, exclude)
         if endpoint is None:
-            raise NoHealthyUpstream("no_healthy_upstream", f"cluster {self.name} is empty")
-        conn = await self._pools[id(endpoint)].acquire(fresh=fresh)
-        if self._tracks_requests:
-            self.balancer.started(endpoint)
+            raise NoHealthyUpstream("no_healthy_upstream", f"cluster {self.name}: no endpoint")
+        # Counted before connecting, so concurrent picks see the pending try.
+        selector.started(endpoint)
+        start = now()
+        try:
+            conn = await self._pools[id(endpoint)].acquire(fresh=fresh)
+        except (UpstreamConnectError, UpstreamTlsError):
+            # The request path learns no endpoint from a failed acquire, so EWMA hears here.
+            selector.observe(endpoint, now() - start, failed=True)
+            selector.finished(endpoint)
+            raise
+        except BaseException:
+            selector.finished(endpoint)
+            raise
+        self._starts[id(conn)] = start
         return endpoint, conn
 
     def release(self, endpoint: Endpoint, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give ``conn`` back after a request on ``endpoint``."""
-        if self._tracks_requests:
-            self.balancer.finished(endpoint)
+        start = self._starts.pop(id(conn), None)
+        # The time since acquire is a latency sample when the request path didn't report one.
+        self.selector.finished(endpoint, None if start is None else now() - start)
         conn.pool.release(conn, reusable=reusable)
 
     def describe(self) -> dict[str, object]:
@@ -108,10 +175,12 @@ class ClusterRuntime:
             "name": self.name,
             "service": self.service,
             "lb_policy": self.model.lb_policy,
+            **self.selector.describe(),
             "endpoints": [
                 {
                     "address": f"{ep.host}:{ep.port}",
                     "weight": ep.weight,
+                    **self.selector.endpoint_state(ep),
                     "tls": self._pools[id(ep)].tls_id is not None,
                     "active": self._pools[id(ep)].active,
                     "idle": self._pools[id(ep)].idle,

@@ -259,11 +259,12 @@ class HttpConnection:
         else:
             ex.body_done = True
         payload = b"".join(first) if len(first) > 1 else out
+        hash_key = cluster.hash_key(head.headers, self.peer_ip)
         # A pooled connection the upstream closed meanwhile fails before any response byte;
         # such a request is retried once on a new connection when nothing is lost by it.
         for attempt in (0, 1):
             try:
-                endpoint, conn = await cluster.acquire(fresh=attempt == 1)
+                endpoint, conn = await cluster.acquire(hash_key=hash_key, fresh=attempt == 1)
             except UpstreamError as exc:
                 self.shared.stats.upstream_error(cluster.name, exc.reason)
                 await self._respond_error(exc.reason, exc.detail)
