@@ -2,7 +2,8 @@
 
 Endpoints come from the discovery view, filtered by the subset's tags and meta. The
 service's ``ServiceResolver`` failover targets are appended as tiers of priority 1, 2, ...
-(used in order when every endpoint of a lower tier is unhealthy). Settings: ``lb_policy``,
+(each calling sidecar spills over to them at run time as lower tiers lose healthy endpoints;
+an endpoint's ``zone`` is its instance's meta ``zone``). Settings: ``lb_policy``,
 limits, outlier detection and health check from ``ServiceDefaults``; ``connect_timeout_s``
 from the resolver, else ``ServiceDefaults``, else the mesh. TLS is decided per endpoint
 (:mod:`controld.compiler.endpoint_tls`): ``tls`` (originate mTLS, expect the service's SPIFFE
@@ -111,6 +112,7 @@ def _endpoint(inputs: Inputs, ref: ClusterRef, decision: EndpointDecision, tls: 
         tags=e.tags,
         spiffe_id=spiffe_id(decision.service, inputs.mesh.trust_domain) if other else None,
         plaintext=tls and decision.choice == "plaintext",
+        zone=dict(e.meta).get("zone"),  # locality-aware balancing (issue 12)
     )
 
 
