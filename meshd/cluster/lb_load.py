@@ -113,11 +113,16 @@ class LoadBook:
         lower one is averaged in with a weight that grows with the time since the last
         sample. ``failed``: no response came; at least :data:`FAILURE_PENALTY_S` is recorded.
         """
-        if failed:
-            latency_s = max(latency_s, FAILURE_PENALTY_S)
-        latency_s = max(latency_s, 0.0)
-        load = self.get(endpoint)
-        now = self.clock()
+        self.sample(self.get(endpoint), latency_s, self.clock(), failed=failed)
+
+    def sample(
+        self, load: EndpointLoad, latency_s: float, now: float, *, failed: bool = False
+    ) -> None:
+        """:meth:`observe` for a load already looked up, at clock reading ``now``."""
+        if failed and latency_s < FAILURE_PENALTY_S:
+            latency_s = FAILURE_PENALTY_S
+        elif latency_s < 0.0:
+            latency_s = 0.0
         estimate = load.rtt_s
         if estimate is None or latency_s > estimate:
             load.rtt_s = latency_s

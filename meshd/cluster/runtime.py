@@ -162,11 +162,19 @@ class ClusterRuntime:
         self._starts[id(conn)] = start
         return endpoint, conn
 
-    def release(self, endpoint: Endpoint, conn: UpstreamConnection, *, reusable: bool) -> None:
-        """Give ``conn`` back after a request on ``endpoint``."""
+    def release(
+        self, endpoint: Endpoint, conn: UpstreamConnection, *, reusable: bool, timed: bool = True
+    ) -> None:
+        """Give ``conn`` back after a request on ``endpoint``.
+
+        ``timed``: the time since :meth:`acquire` is the try's latency (for EWMA, unless
+        :meth:`report` gave one); False for connections whose lifetime is no latency (TCP).
+        """
         start = self._starts.pop(id(conn), None)
-        # The time since acquire is a latency sample when the request path didn't report one.
-        self.selector.finished(endpoint, None if start is None else now() - start)
+        if start is not None and timed:
+            self.selector.finished(endpoint, now() - start)
+        else:
+            self.selector.finished(endpoint)
         conn.pool.release(conn, reusable=reusable)
 
     def describe(self) -> dict[str, object]:

@@ -19,7 +19,7 @@ from meshcore.model import Cluster, Endpoint
 from meshd.cluster.lb import HASH_POLICIES, Balancer, make_balancer
 from meshd.cluster.lb_hash import HashTables
 from meshd.cluster.lb_hash import hash_key as key_of
-from meshd.cluster.lb_load import Addr, LoadBook, addr
+from meshd.cluster.lb_load import Addr, EndpointLoad, LoadBook, addr
 from meshd.cluster.priority import Group, TierLoad, plan
 
 __all__ = ["EndpointSelector"]
@@ -43,6 +43,7 @@ class EndpointSelector:
 
     __slots__ = (
         "_balancers",
+        "_by_id",
         "_cumulative",
         "_groups",
         "_hashing",
@@ -84,6 +85,7 @@ class EndpointSelector:
         else:
             self.book = LoadBook(self.endpoints, clock=clock or time.monotonic)
             self._tables = HashTables()
+        self._by_id = {id(e): self.book.get(e) for e in self.endpoints}
         self._hashing = model.lb_policy in HASH_POLICIES
         self.unavailable: frozenset[Addr] = frozenset()
         self.tiers: list[TierLoad] = []
@@ -144,7 +146,8 @@ class EndpointSelector:
         any other usable endpoint), else one of them.
         """
         key = key_of(hash_key) if hash_key is not None and self._hashing else None
-        picked = self._pick(key, 0)
+        single = self._single
+        picked = single.pick(key) if single is not None else self._pick(key, 0)
         if not exclude or picked is None:
             return picked
         tried = {addr(e) for e in exclude}
@@ -182,9 +185,15 @@ class EndpointSelector:
         ]
         return available[0] if available else None
 
+    def _load(self, endpoint: Endpoint) -> EndpointLoad:
+        # By identity first: the request path hands back the snapshot's own objects, and
+        # hashing a tuple of two fields per request is avoidable work.
+        load = self._by_id.get(id(endpoint))
+        return load if load is not None else self.book.get(endpoint)
+
     def started(self, endpoint: Endpoint) -> None:
         """A try began on ``endpoint`` (counted in flight until :meth:`finished`)."""
-        self.book.started(endpoint)
+        self._load(endpoint).in_flight += 1
 
     def finished(self, endpoint: Endpoint, latency_s: float | None = None) -> None:
         """A try that :meth:`started` on ``endpoint`` ended.
@@ -193,18 +202,20 @@ class EndpointSelector:
         :meth:`observe`-d for the endpoint since the try began (the request path's report
         is more precise; this covers callers that don't report).
         """
-        book = self.book
-        book.finished(endpoint)
+        load = self._load(endpoint)
+        if load.in_flight > 0:  # clamped: the try may have started before a restart of counts
+            load.in_flight -= 1
         if latency_s is None:
             return
-        load = book.find(endpoint)
-        if load is not None and load.stamp <= book.clock() - latency_s:
-            book.observe(endpoint, latency_s)
+        book = self.book
+        now = book.clock()
+        if load.stamp <= now - latency_s:
+            book.sample(load, latency_s, now)
 
     def observe(self, endpoint: Endpoint, latency_s: float, *, failed: bool = False) -> None:
         """One try's latency on ``endpoint`` for the EWMA estimate; ``failed``: no response
         came (recorded as at least :data:`~meshd.cluster.lb_load.FAILURE_PENALTY_S`)."""
-        self.book.observe(endpoint, latency_s, failed=failed)
+        self.book.sample(self._load(endpoint), latency_s, self.book.clock(), failed=failed)
 
     def endpoint_state(self, endpoint: Endpoint) -> dict[str, object]:
         """JSON-able balancing state of ``endpoint`` for the admin API."""

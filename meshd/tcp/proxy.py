@@ -48,7 +48,7 @@ async def serve_tcp(
             if result.reason == "reset" and isinstance(down, SocketStream):
                 down.reset()
         finally:
-            cluster.release(endpoint, conn, reusable=False)
+            cluster.release(endpoint, conn, reusable=False, timed=False)
             stats.tcp_closed(cfg.direction, source, destination, received, sent)
     finally:
         stats.downstream_closed(cfg.name)

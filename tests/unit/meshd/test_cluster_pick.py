@@ -179,3 +179,18 @@ def test_describe_shows_priority_zone_ewma_and_in_flight() -> None:
     assert first["ewma_ms"] == pytest.approx(12.0, abs=0.5)
     assert first["available"] is True
     assert (second["priority"], second["ewma_ms"]) == (1, None)
+
+
+async def test_untimed_release_gives_no_latency_sample(server: socket.socket) -> None:
+    port = int(server.getsockname()[1])
+    cluster = runtime(endpoints=[{"host": "127.0.0.1", "port": port}], lb_policy="ewma")
+    endpoint, conn = await cluster.acquire(fresh=True)
+    cluster.release(endpoint, conn, reusable=False, timed=False)  # as the TCP proxy does
+    assert cluster.selector.endpoint_state(endpoint) == {
+        "priority": 0,
+        "zone": None,
+        "available": True,
+        "in_flight": 0,
+        "ewma_ms": None,
+    }
+    close(cluster)
