@@ -100,9 +100,13 @@ class EndpointSelector:
     def set_unavailable(self, addrs: frozenset[Addr]) -> None:
         """Endpoints (by host, port) not to send to: ejected or failing health checks.
 
-        Replaces the previous set and recomputes tier loads, panic and locality groups.
+        Replaces the previous set and recomputes tier loads, panic and locality groups (a set
+        equal to the current one changes nothing).
         """
-        self.unavailable = frozenset(addrs)
+        addrs = frozenset(addrs)
+        if addrs == self.unavailable and self._balancers:
+            return
+        self.unavailable = addrs
         locality = self.model.locality
         self.tiers, self._groups = plan(
             self.endpoints,

@@ -345,3 +345,13 @@ def test_empty_cluster_picks_none() -> None:
     assert sel.pick() is None
     assert sel.pick(b"k", exclude=[ep("a")]) is None
     assert sel.describe()["tiers"] == []
+
+
+def test_same_unavailable_set_keeps_the_balancers() -> None:
+    sel = EndpointSelector(model([ep("a"), ep("b"), ep("c"), ep("d")]))
+    sel.set_unavailable(down("d"))
+    assert [p.host for p in (sel.pick(), sel.pick()) if p] == ["a", "b"]
+    sel.set_unavailable(down("d"))  # nothing changed: the rotation goes on
+    assert [p.host for p in (sel.pick(), sel.pick()) if p] == ["c", "a"]
+    sel.set_unavailable(frozenset())  # a change: new balancers
+    assert [p.host for p in (sel.pick(), sel.pick()) if p] == ["a", "b"]
