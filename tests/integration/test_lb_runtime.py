@@ -97,14 +97,21 @@ async def send(
     seen: Counter[int] = Counter()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         for _ in range(count):
-            before = [a.requests for a in apps]
-            with trio.fail_after(TIMEOUT):
-                response = await client.get("/echo", headers=headers)
-            assert response.status_code == 200, response.text
-            after = [a.requests for a in apps]
-            (index,) = [i for i, (b, n) in enumerate(zip(before, after, strict=True)) if n > b]
-            seen[index] += 1
+            seen[await answered_by(client, apps, headers)] += 1
     return seen
+
+
+async def answered_by(
+    client: httpx.AsyncClient, apps: list[Backend], headers: dict[str, str] | None = None
+) -> int:
+    """Send one request; the index of the backend that saw it."""
+    before = [a.requests for a in apps]
+    with trio.fail_after(TIMEOUT):
+        response = await client.get("/echo", headers=headers)
+    assert response.status_code == 200, response.text
+    after = [a.requests for a in apps]
+    (index,) = [i for i, (b, n) in enumerate(zip(before, after, strict=True)) if n > b]
+    return index
 
 
 async def test_ewma_prefers_the_fast_endpoint(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -250,3 +257,46 @@ async def test_balancer_state_survives_a_snapshot_reload(
     # Fast new endpoint vs the known-slow one: EWMA sends most traffic to the new one.
     seen = await send(port, 20, apps)
     assert 0 not in seen and seen[2] > 0.6 * 20, seen
+
+
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+async def test_removing_an_endpoint_moves_only_about_its_keys(
+    nursery: trio.Nursery, tmp_path: Path, policy: str
+) -> None:
+    apps = await backends(nursery, *([0.0] * 5))
+    sc, port = await sidecar(
+        nursery,
+        tmp_path,
+        [endpoint(a) for a in apps],
+        lb_policy=policy,
+        hash_policy={"header": "x-user"},
+    )
+    users = [f"user-{i}" for i in range(100)]
+
+    async def owners() -> list[int]:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            return [await answered_by(client, apps, {"x-user": user}) for user in users]
+
+    before = await owners()
+    path = tmp_path / "snapshot.yaml"
+    snapshot = yaml.safe_load(path.read_text())
+    full = list(snapshot["clusters"][0]["endpoints"])
+    snapshot["version"] = 2
+    snapshot["clusters"][0]["endpoints"] = [e for e in full if e["port"] != apps[2].port]
+    path.write_text(yaml.safe_dump(snapshot))
+    assert sc.reload()
+    after = await owners()
+    assert 2 not in after
+    moved = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a]
+    orphaned = [i for i, b in enumerate(before) if b == 2]
+    assert set(orphaned) <= set(moved)
+    if policy == "ring_hash":
+        assert moved == orphaned  # exactly the removed endpoint's keys
+    else:
+        assert len(moved) - len(orphaned) <= 5, (moved, orphaned)
+    # Back to five endpoints: every key returns to where it was.
+    snapshot["version"] = 3
+    snapshot["clusters"][0]["endpoints"] = full
+    path.write_text(yaml.safe_dump(snapshot))
+    assert sc.reload()
+    assert await owners() == before
