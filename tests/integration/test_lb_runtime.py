@@ -300,3 +300,18 @@ async def test_removing_an_endpoint_moves_only_about_its_keys(
     path.write_text(yaml.safe_dump(snapshot))
     assert sc.reload()
     assert await owners() == before
+
+
+async def test_panic_uses_every_endpoint_when_too_few_are_healthy(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    apps = await backends(nursery, 0.0, 0.0, 0.0)
+    sc, port = await sidecar(nursery, tmp_path, [endpoint(a) for a in apps])
+    mark_down(sc, apps[0])  # 67% healthy: the other two take everything
+    assert set(await send(port, 6, apps)) == {1, 2}
+    mark_down(sc, apps[0], apps[1])  # 33% < 50%: panic, all three again
+    assert set(await send(port, 6, apps)) == {0, 1, 2}
+    tiers = (await admin_get(sc, "/clusters")).json()[0]["tiers"]
+    assert tiers == [
+        {"priority": 0, "endpoints": 3, "healthy": 1, "load_percent": 100.0, "panic": True}
+    ]
