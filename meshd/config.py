@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshcore.model import LOCAL_APP_CLUSTER, Bootstrap, Cluster, Endpoint, Snapshot
@@ -44,23 +45,6 @@ def local_app_cluster(bootstrap: Bootstrap) -> Cluster:
     )
 
 
-def first_tier(cluster: Cluster) -> Cluster:
-    """``cluster`` with only its lowest-priority endpoints.
-
-    Failover tiers (``priority`` > 0) are chosen once, when the snapshot is built: a tier is
-    used only when no endpoint of a lower one exists. Switching tiers at run time, on health,
-    waits for outlier detection and health checks.
-    """
-    endpoints = cluster.endpoints
-    if not endpoints:
-        return cluster
-    best = min(ep.priority for ep in endpoints)
-    kept = tuple(ep for ep in endpoints if ep.priority == best)
-    if len(kept) == len(endpoints):
-        return cluster
-    return cluster.model_copy(update={"endpoints": kept})
-
-
 def build_runtime(
     bootstrap: Bootstrap,
     snapshot: Snapshot,
@@ -69,6 +53,7 @@ def build_runtime(
     rate_limits: RateLimits | None = None,
     *,
     states: ClusterStates | None = None,
+    previous: Mapping[str, ClusterRuntime] | None = None,
 ) -> RuntimeConfig:
     """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`.
 
@@ -79,10 +64,20 @@ def build_runtime(
     ``states`` keeps the clusters' health (breakers, retry budgets, outlier detection, health
     checks) across snapshots; the caller configures them with ``states.apply`` once the
     runtime is in service. None: each cluster gets a private state.
+    ``previous``: the running configuration's clusters, whose balancing state (latency
+    estimates, in-flight counts, unavailable endpoints) carries over to clusters of the same
+    name. Every priority tier is kept: the clusters fail over at run time, on health.
     """
-    models = [*(first_tier(c) for c in snapshot.clusters), local_app_cluster(bootstrap)]
+    models = [*snapshot.clusters, local_app_cluster(bootstrap)]
+    before = previous or {}
     clusters = {
-        c.name: ClusterRuntime(c, pools, None if states is None else states.get(c.name))
+        c.name: ClusterRuntime(
+            c,
+            pools,
+            None if states is None else states.get(c.name),
+            zone=bootstrap.zone,
+            previous=before.get(c.name),
+        )
         for c in models
     }
     listeners: dict[str, ListenerConfig] = {}

@@ -26,8 +26,7 @@ ENFORCED: Final[frozenset[str]] = frozenset(
         "route.redirect",
         "route.match.headers",
         "route.match.query",
-        # Tiers picked when the snapshot is built (the lowest one present); runtime failover
-        # on health comes with the load-balancing work of issue 12.
+        # Every tier kept; the selector fails over at run time, on health.
         "cluster.failover",
         "lb_policy:random",
         "lb_policy:least_request",
@@ -50,14 +49,7 @@ ENFORCED: Final[frozenset[str]] = frozenset(
         "cluster.outlier_detection",
         "cluster.outlier_detection.success_rate",
         "cluster.health_check",
-    }
-)
-
-# Issue 12 builds these in parallel branches: each moves to ENFORCED with the change that makes
-# meshd enforce it (the merge finalizes both lists; NOT_YET should end up empty). Until then
-# meshd refuses snapshots that use them.
-NOT_YET: Final[frozenset[str]] = frozenset(
-    {
+        # meshd.cluster.selector / priority / lb_ewma / lb_hash.
         "cluster.locality",
         "cluster.panic_threshold",
         "lb_policy:ewma",
@@ -65,6 +57,9 @@ NOT_YET: Final[frozenset[str]] = frozenset(
         "lb_policy:maglev",
     }
 )
+
+#: Features of the vocabulary this meshd does not enforce yet (refused when used).
+NOT_YET: Final[frozenset[str]] = frozenset()
 
 
 def check_features(snapshot: Snapshot, enforced: Iterable[str] = ENFORCED) -> None:

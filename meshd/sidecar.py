@@ -434,6 +434,7 @@ class Sidecar:
             self.authz,
             self.rate_limits,
             states=self.cluster_states,
+            previous=self.runtime.clusters if self.runtime is not None else None,
         )
         self.listeners.apply(runtime)
         self.runtime = runtime

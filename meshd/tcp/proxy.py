@@ -90,5 +90,5 @@ async def _forward(
         if result.reason == "reset":
             down.reset()
     finally:
-        cluster.release(endpoint, conn, reusable=False)
+        cluster.release(endpoint, conn, reusable=False, timed=False)
         stats.tcp_closed(cfg.direction, source, destination, received, sent)

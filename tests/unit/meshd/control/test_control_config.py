@@ -15,8 +15,6 @@ from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.policy import Redirect
-from meshcore.model.snapshot import Cluster
-from meshd.config import first_tier
 from meshd.control.settings import control_settings
 from meshd.control.source import load_cache, write_cache
 from meshd.http.responses import redirect_location, redirect_response
@@ -181,20 +179,6 @@ def test_bad_cache(tmp_path: Path, text: str, message: str) -> None:
         load_cache(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_cache(tmp_path / "missing.json")
-
-
-def test_first_tier_keeps_the_lowest_priority_present() -> None:
-    eps = [
-        {"host": "10.0.0.1", "port": 80, "priority": 1},
-        {"host": "10.0.0.2", "port": 80, "priority": 0},
-        {"host": "10.0.0.3", "port": 80, "priority": 2},
-    ]
-    c = Cluster.model_validate({"name": "a", "service": "a", "endpoints": eps})
-    assert [e.host for e in first_tier(c).endpoints] == ["10.0.0.2"]
-    failover = Cluster.model_validate({"name": "a", "service": "a", "endpoints": [eps[0], eps[2]]})
-    assert [e.host for e in first_tier(failover).endpoints] == ["10.0.0.1"]
-    plain = Cluster.model_validate({"name": "a", "service": "a", "endpoints": [eps[1]]})
-    assert first_tier(plain) is plain
 
 
 @pytest.mark.parametrize(
