@@ -87,9 +87,12 @@ async def test_acquire_counts_in_flight_and_release_feeds_latency(server: socket
 
 async def test_failed_connect_is_a_slow_sample_and_not_in_flight() -> None:
     cluster = runtime(endpoints=[{"host": "127.0.0.1", "port": closed_port()}], lb_policy="ewma")
-    with pytest.raises(UpstreamConnectError):
+    with pytest.raises(UpstreamConnectError) as failed:
         await cluster.acquire()
     endpoint = cluster.model.endpoints[0]
+    # The request path reports the endpoint the error names (status 0: no response).
+    assert failed.value.endpoint == endpoint
+    cluster.report(endpoint, 0, 0.001)
     state = cluster.selector.endpoint_state(endpoint)
     assert state["in_flight"] == 0
     assert isinstance(state["ewma_ms"], float)
