@@ -10,7 +10,7 @@ import trio
 from fastapi import APIRouter, Depends, Security
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse, Response
 
 from controld.api.deps import BEARER, Auditor, Guard
@@ -23,6 +23,7 @@ from controld.compiler.endpoint_tls import endpoint_mix
 from controld.compiler.inputs import Inputs
 from meshcore.model.policy import SERVICE_PATTERN
 from meshcore.model.resources import json_schemas
+from meshcore.pathnorm import MalformedPath, normalize_target
 
 __all__ = ["api_router", "probes_router"]
 
@@ -37,6 +38,16 @@ class ExplainRequest(BaseModel):
     method: str = Field(default="GET", min_length=1)
     path: str = Field(default="/", pattern=r"^/")
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _well_formed(cls, value: str) -> str:
+        # A path the sidecar would refuse (400) has no route to explain.
+        try:
+            normalize_target(value.encode("utf-8", "surrogateescape"))
+        except MalformedPath as exc:
+            raise ValueError(f"{exc} (the sidecar answers 400 bad_request)") from exc
+        return value
 
 
 class _Collected:

@@ -199,6 +199,11 @@ async def test_explain_rejects_bad_input() -> None:
         assert resp.json()["problems"][0]["path"] == "body.destination"
         resp = await api.client.post("/v1/explain", json={"source": "web"})
         assert resp.status_code == 422
+        resp = await api.client.post(
+            "/v1/explain", json={"source": "web", "destination": "api", "path": "/a%zz"}
+        )
+        assert resp.status_code == 422
+        assert "malformed percent-encoding" in resp.text
 
 
 async def test_mint_sidecar_token() -> None:
