@@ -7,6 +7,11 @@ configuration and says why); SIGTERM or SIGINT, or ``POST /drain``, drains
 ``drain_delay_s`` (a second SIGTERM or SIGINT cuts it short), then stop accepting, let
 in-flight requests finish within ``drain_timeout_s``, exit 0.
 
+A restart is not a removal: SIGUSR2 (systemd's ``RestartKillSignal=``), or a successor that took
+the listening sockets over (``meshd run --takeover``, :mod:`meshd.handoff`), drains the same
+way but keeps the registry registration and skips the delay: the sockets live on in the service
+manager or the successor, which registers the same IDs again.
+
 With ``snapshot.controld`` the snapshots come from controld (:mod:`meshd.control.source`):
 the admin API serves at once (``/ready`` answers 503), READY=1 follows the first snapshot
 applied. If none arrived within :data:`CACHE_AFTER_S`, the cached one (``cache_file``) is
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,8 +47,9 @@ from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
 from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
-from meshd.drain import DrainControl
+from meshd.drain import IDLE_CLOSE_AFTER_S, DrainControl
 from meshd.errors import SnapshotRejected
+from meshd.handoff import HandedSocket, HandoffError, HandoffServer, Takeover, bind_admin
 from meshd.http.mirror import MirrorService
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
@@ -93,8 +100,16 @@ class Sidecar:
         inherited: list[InheritedSocket] | None = None,
         admin: bool = True,
         worker_index: int = 0,
+        takeover: Takeover | None = None,
+        handoff_path: Path | None = None,
     ) -> None:
         self.bootstrap_path = bootstrap_path
+        #: The sockets taken over from the previous process (told once this one is ready).
+        self.takeover = takeover
+        #: Where this process serves the hand-off to its own successor (None: it doesn't).
+        self.handoff_path = handoff_path
+        #: A copy of the admin API's listening socket, for a successor.
+        self._admin_sock: socket.socket | None = None
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
         self.registry = build_registry(self.stats, self._pool_stats)
@@ -176,7 +191,10 @@ class Sidecar:
             if self._serve_admin:
                 app = build_admin_app(self, self.registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
-                admin = AdminServer(app, bootstrap.admin.host, port)
+                sock = bind_admin(bootstrap.admin.host, port, self.takeover)
+                if self.worker_index == 0:
+                    self._admin_sock = sock.dup()
+                admin = AdminServer(app, bootstrap.admin.host, port, sock=sock)
                 self.admin_port = await nursery.start(admin.run)
             if self._static_identity is not None:
                 nursery.start_soon(self.tls.run, self._static_identity)
@@ -209,11 +227,17 @@ class Sidecar:
                 listeners=[d["address"] for d in self.listeners.describe()],
             )
             task_status.started(self)
+            await self._start_handoff(nursery)
             await self.drain_control.requested.wait()
+            restart = self.drain_control.restart
             if self.registration is not None:
-                # Leave the registry first (bounded), so no new traffic is sent our way.
-                await self.registration.stop()
-            await self._drain_delay()
+                # A restart keeps the registration for the next process; a stop leaves the
+                # registry first (bounded), so no new traffic is sent our way.
+                await (self.registration.hand_over() if restart else self.registration.stop())
+            if restart:
+                self.drain_control.close()
+            else:
+                await self._drain_delay()
             # No new snapshot from here on (its listeners could not open anyway).
             self._control_scope.cancel()
             await self._drain(
@@ -347,9 +371,13 @@ class Sidecar:
         log.info("controld source or descriptor changed, registering again")
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(
+            signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2
+        ) as signals:
             async for signum in signals:
-                if signum == signal.SIGHUP:
+                if signum == signal.SIGUSR2:
+                    self.start_restart("SIGUSR2")
+                elif signum == signal.SIGHUP:
                     if self.is_draining():
                         log.warning("draining: SIGHUP ignored")
                         continue
@@ -429,6 +457,38 @@ class Sidecar:
             log.warning("snapshot fields not enforced yet", fields=unenforced)
         self._unenforced = unenforced
 
+    async def _start_handoff(self, nursery: trio.Nursery) -> None:
+        """Tell the previous process we serve (it hands over), then serve our own hand-off."""
+        took_over = self.takeover is not None
+        if self.takeover is not None:
+            self.takeover.confirm()
+            self.takeover = None
+        if self.handoff_path is not None and self.worker_index == 0:
+            server = HandoffServer(
+                self.handoff_path,
+                self._handoff_offer,
+                lambda pid: self.start_restart(f"successor {pid} took over"),
+                replace=took_over,
+            )
+            await nursery.start(server.run)
+
+    def _handoff_offer(self) -> list[HandedSocket]:
+        """The listening sockets a successor takes over (raises to refuse)."""
+        if self.is_draining():
+            raise HandoffError("draining")
+        if self.workers is not None:
+            raise HandoffError("workers share the listeners: restart with socket activation")
+        offered = [HandedSocket(n, "listener", s) for n, s in self.listeners.listening_sockets()]
+        if self._admin_sock is not None:
+            offered.append(HandedSocket("admin", "admin", self._admin_sock))
+        return offered
+
+    def start_restart(self, why: str) -> None:
+        """Begin a restart drain (idempotent): keep the registration, no delay."""
+        if self.drain_control.request(restart=True):
+            log.info("restarting: handing over, registration kept", reason=why)
+            self.notifier.stopping()
+
     def start_drain(self) -> None:
         """Begin draining (idempotent): ``/ready`` answers 503 from now on."""
         if self.drain_control.request():
@@ -446,10 +506,17 @@ class Sidecar:
         self.drain_control.close()
 
     async def _drain(self, grace_s: float) -> None:
+        # Every answer from here on says ``Connection: close``. A kept-alive connection is
+        # closed by us only once it has stayed idle for IDLE_CLOSE_AFTER_S: closing one its
+        # client is just reusing races with the client's next request.
         self.shared.draining = True
-        self.listeners.stop_accepting()
+        self.listeners.stop_accepting(close_silent=False)
+        deadline = trio.current_time() + grace_s
+        with trio.move_on_after(min(grace_s, IDLE_CLOSE_AFTER_S)):
+            await self.listeners.wait_connections_done()
+        self.listeners.close_silent()
         self.shared.start_drain()
-        with trio.move_on_after(grace_s):
+        with trio.move_on_at(deadline):
             await self.listeners.wait_connections_done()
             if self.workers is not None:
                 await self.workers.drain()
