@@ -131,8 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         # Raised before or inside the sidecar's nursery (a listener that can't bind).
         failures.extend(group.exceptions)
     finally:
-        if sidecar.takeover is not None:
-            sidecar.takeover.abandon()  # failed before serving: the previous process serves on
+        sidecar.succession.abandon()  # failed before serving: the previous process serves on
     for exc in failures:
         print(f"meshd: {exc}", file=sys.stderr)
     return 2 if failures else 0

@@ -282,7 +282,12 @@ class HandoffServer:
             with listener:
                 task_status.started(True)
                 while True:
-                    conn, _ = await listener.accept()
+                    try:
+                        conn, _ = await listener.accept()
+                    except OSError as exc:  # out of descriptors, say: not worth dying for
+                        log.warning("hand-off: accept failed", error=str(exc))
+                        await trio.sleep(0.5)
+                        continue
                     with conn:
                         if await self._serve(conn):
                             return

@@ -232,6 +232,14 @@ class ListenerManager:
             if slot.acceptor is not None:
                 slot.acceptor.close_silent()
 
+    def close_unused_inherited(self) -> None:
+        """Close the inherited sockets no listener uses (after a hand-off: the previous
+        process's listeners that the configuration in force dropped), so their ports refuse
+        rather than queue connections nobody accepts."""
+        for item in self._inherited:
+            item.sock.close()
+        self._inherited.clear()
+
     def listening_sockets(self) -> list[tuple[str, socket.socket]]:
         """Name and socket of every listener (what a successor takes over)."""
         return [(name, slot.sock) for name, slot in self.slots.items() if not self._stopped]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,13 +48,14 @@ from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
 from meshd.drain import IDLE_CLOSE_AFTER_S, DrainControl
 from meshd.errors import SnapshotRejected
-from meshd.handoff import HandedSocket, HandoffError, HandoffServer, Takeover, bind_admin
+from meshd.handoff import Takeover
 from meshd.http.mirror import MirrorService
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
 from meshd.ratelimit import RateLimits
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
+from meshd.succession import Succession
 from meshd.workers import WorkerSupervisor
 
 if TYPE_CHECKING:
@@ -104,12 +104,8 @@ class Sidecar:
         handoff_path: Path | None = None,
     ) -> None:
         self.bootstrap_path = bootstrap_path
-        #: The sockets taken over from the previous process (told once this one is ready).
-        self.takeover = takeover
-        #: Where this process serves the hand-off to its own successor (None: it doesn't).
-        self.handoff_path = handoff_path
-        #: A copy of the admin API's listening socket, for a successor.
-        self._admin_sock: socket.socket | None = None
+        #: The takeover this process came from and the hand-off it serves (``handoff_path``).
+        self.succession = Succession(self, takeover, handoff_path)
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
         self.registry = build_registry(self.stats, self._pool_stats)
@@ -177,6 +173,7 @@ class Sidecar:
             await nursery.start(self.pools.run)
             await nursery.start(self.shared.run_deadlines)
             await nursery.start(self.mirror.run)
+            await nursery.start(self.succession.run)
             self.shared.mirror = self.mirror
             await nursery.start(self.listeners.run)
             source = "file"
@@ -191,10 +188,11 @@ class Sidecar:
             if self._serve_admin:
                 app = build_admin_app(self, self.registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
-                sock = bind_admin(bootstrap.admin.host, port, self.takeover)
-                if self.worker_index == 0:
-                    self._admin_sock = sock.dup()
+                sock = self.succession.admin_socket(
+                    bootstrap.admin.host, port, primary=self.worker_index == 0
+                )
                 admin = AdminServer(app, bootstrap.admin.host, port, sock=sock)
+                self.succession.serving_admin(admin)
                 self.admin_port = await nursery.start(admin.run)
             if self._static_identity is not None:
                 nursery.start_soon(self.tls.run, self._static_identity)
@@ -227,7 +225,7 @@ class Sidecar:
                 listeners=[d["address"] for d in self.listeners.describe()],
             )
             task_status.started(self)
-            await self._start_handoff(nursery)
+            self.succession.serving()
             await self.drain_control.requested.wait()
             restart = self.drain_control.restart
             if self.registration is not None:
@@ -456,32 +454,6 @@ class Sidecar:
         if unenforced and unenforced != self._unenforced:
             log.warning("snapshot fields not enforced yet", fields=unenforced)
         self._unenforced = unenforced
-
-    async def _start_handoff(self, nursery: trio.Nursery) -> None:
-        """Tell the previous process we serve (it hands over), then serve our own hand-off."""
-        took_over = self.takeover is not None
-        if self.takeover is not None:
-            self.takeover.confirm()
-            self.takeover = None
-        if self.handoff_path is not None and self.worker_index == 0:
-            server = HandoffServer(
-                self.handoff_path,
-                self._handoff_offer,
-                lambda pid: self.start_restart(f"successor {pid} took over"),
-                replace=took_over,
-            )
-            await nursery.start(server.run)
-
-    def _handoff_offer(self) -> list[HandedSocket]:
-        """The listening sockets a successor takes over (raises to refuse)."""
-        if self.is_draining():
-            raise HandoffError("draining")
-        if self.workers is not None:
-            raise HandoffError("workers share the listeners: restart with socket activation")
-        offered = [HandedSocket(n, "listener", s) for n, s in self.listeners.listening_sockets()]
-        if self._admin_sock is not None:
-            offered.append(HandedSocket("admin", "admin", self._admin_sock))
-        return offered
 
     def start_restart(self, why: str) -> None:
         """Begin a restart drain (idempotent): keep the registration, no delay."""

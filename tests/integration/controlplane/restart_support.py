@@ -162,6 +162,8 @@ class LoadResult:
 
     ok: Counter[str] = field(default_factory=Counter)
     failures: list[Failure] = field(default_factory=list)
+    #: Answers that said ``Connection: close`` on a keep-alive connection, by client.
+    closes: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -172,6 +174,8 @@ class LoadResult:
 class Load:
     """Keep-alive and new-connection clients, each alternating GET and POST (1 KiB body).
 
+    With ``direct_port`` one more keep-alive client talks to that port (the restarted
+    sidecar's inbound listener) rather than through the caller.
     Bounded: every client stops at :meth:`stop`, after ``max_seconds``, or once the clients
     together sent ``max_requests``.
     """
@@ -185,6 +189,7 @@ class Load:
         pause_s: float = 0.02,
         max_requests: int = 20000,
         max_seconds: float = 90.0,
+        direct_port: int | None = None,
     ) -> None:
         self.port = port
         self.pause_s = pause_s
@@ -195,9 +200,12 @@ class Load:
         self._stop = threading.Event()
         self._sent = 0
         self._started = 0.0
+        keepalive = [(f"keepalive-{i}", port) for i in range(keepalive_clients)]
+        if direct_port is not None:
+            keepalive.append(("keepalive-direct", direct_port))
         self._threads = [
-            threading.Thread(target=self._keepalive, args=(f"keepalive-{i}",), daemon=True)
-            for i in range(keepalive_clients)
+            threading.Thread(target=self._keepalive, args=client, daemon=True)
+            for client in keepalive
         ] + [
             threading.Thread(target=self._fresh, args=(f"new-connection-{i}",), daemon=True)
             for i in range(new_connection_clients)
@@ -247,7 +255,9 @@ class Load:
                 at = round(time.monotonic() - self._started, 3)
                 self.result.failures.append(Failure(at, client, f"{kind}: {error}"))
 
-    def _exchange(self, conn: http.client.HTTPConnection, n: int, close: bool) -> tuple[str, str]:
+    def _exchange(
+        self, conn: http.client.HTTPConnection, n: int, close: bool, client: str = ""
+    ) -> tuple[str, str]:
         headers = {"Connection": "close"} if close else {}
         if n % 2:
             body = b"x" * 1024
@@ -260,19 +270,22 @@ class Load:
             kind = "GET"
         resp = conn.getresponse()
         data = resp.read()
+        if not close and (resp.getheader("connection") or "").lower() == "close":
+            with self._lock:
+                self.result.closes[client] += 1
         if resp.status != 200 or data != expected:
             return kind, f"status {resp.status} {resp.getheader('x-meshd-error')} {data[:80]!r}"
         return kind, ""
 
-    def _keepalive(self, name: str) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+    def _keepalive(self, name: str, port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
         n = 0
         try:
             while self._claim():
                 n += 1
                 kind = "POST" if n % 2 else "GET"
                 try:
-                    kind, error = self._exchange(conn, n, close=False)
+                    kind, error = self._exchange(conn, n, close=False, client=name)
                 except (OSError, http.client.HTTPException) as exc:
                     conn.close()  # the next request opens a new connection
                     error = f"{type(exc).__name__}: {exc}"

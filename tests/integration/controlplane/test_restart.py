@@ -174,7 +174,8 @@ def _report(what: str, result: LoadResult, watch: RegistryWatch) -> str:
     lines = [
         f"{what}: {result.total} requests, {len(result.failures)} failed; "
         f"answered by kind: {dict(sorted(result.ok.items()))}; "
-        f"registry samples: {watch.present} with api-1, {len(watch.missing)} without",
+        f"registry samples: {watch.present} with api-1, {len(watch.missing)} without; "
+        f"Connection: close answers on keep-alive connections: {dict(result.closes)}",
     ]
     lines += [f"  {f.at_s:7.3f}s {f.client}: {f.what}" for f in result.failures[:30]]
     return "\n".join(lines)
@@ -184,7 +185,8 @@ async def _under_load(
     mesh: RestartMesh, restart: Callable[[], Awaitable[None]]
 ) -> tuple[LoadResult, RegistryWatch]:
     """Steady load and a registry watch around ``restart`` (an async callable)."""
-    load = Load(mesh.web_api_port)
+    assert mesh.api is not None
+    load = Load(mesh.web_api_port, direct_port=mesh.api.inbound_port)
     watch = mesh.watch()
     watch.start()
     load.start()
@@ -217,6 +219,8 @@ async def test_restart_with_socket_activation_fails_no_request(mesh: RestartMesh
     report = _report("socket-activated restart", result, watch)
     assert not result.failures, report
     assert not watch.missing, report
+    # The old process told its direct keep-alive client to reconnect rather than resetting it.
+    assert result.closes["keepalive-direct"] >= 1, report
     assert {"keepalive GET", "keepalive POST", "new-connection GET", "new-connection POST"} <= set(
         result.ok
     ), report
@@ -243,6 +247,8 @@ async def test_restart_by_handoff_fails_no_request_and_stop_deregisters(
     report = _report("hand-off restart", result, watch)
     assert not result.failures, report
     assert not watch.missing, report
+    # The old process told its direct keep-alive client to reconnect rather than resetting it.
+    assert result.closes["keepalive-direct"] >= 1, report
     assert {"keepalive GET", "keepalive POST", "new-connection GET", "new-connection POST"} <= set(
         result.ok
     ), report
