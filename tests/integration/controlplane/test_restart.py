@@ -9,11 +9,12 @@ so ``api-1``'s keep-alive downstreams are a real sidecar's.
 1. Socket activation: the test holds ``api-1``'s inbound listening socket (as ``meshd@.socket``
    does) and passes it with ``LISTEN_FDS``/``LISTEN_FDNAMES``/``LISTEN_PID``. A restart is what
    ``systemctl restart`` does with ``RestartKillSignal=SIGUSR2``: SIGUSR2, wait for the exit,
-   start the new process with the same socket. Zero failed requests; the instance never leaves
-   the registry.
+   start the new process with the same socket. Twice. Zero failed requests; the instance never
+   leaves the registry.
 2. Hand-off (no socket activation, fixed admin port): ``meshd run --takeover`` while the old
-   process runs. Zero failed requests; the instance never leaves the registry; the admin port
-   is served by the new process. Then a stop for good (SIGTERM) deregisters it.
+   process runs, twice (the second takes over from the first successor). Zero failed requests;
+   the instance never leaves the registry; the admin port is served by the new process. Then a
+   stop for good (SIGTERM) deregisters it.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ from restart_support import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-#: Steady load before the restart and after the new process is ready.
-WARMUP_REQUESTS = 150
-AFTER_REQUESTS = 150
+#: Restarts in a row under the same load (the second is of a process that took over).
+RESTARTS = 2
+#: Steady load before, between and after the restarts.
+BETWEEN_REQUESTS = 150
 
 
 class RestartMesh:
@@ -184,21 +186,45 @@ def _report(what: str, result: LoadResult, watch: RegistryWatch) -> str:
 async def _under_load(
     mesh: RestartMesh, restart: Callable[[], Awaitable[None]]
 ) -> tuple[LoadResult, RegistryWatch]:
-    """Steady load and a registry watch around ``restart`` (an async callable)."""
+    """Steady load and a registry watch around :data:`RESTARTS` calls of ``restart``."""
     assert mesh.api is not None
-    load = Load(mesh.web_api_port, direct_port=mesh.api.inbound_port)
+    load = Load(
+        mesh.web_api_port,
+        keepalive_clients=4,
+        new_connection_clients=4,
+        direct_port=mesh.api.inbound_port,
+    )
     watch = mesh.watch()
     watch.start()
     load.start()
     try:
-        await trio.to_thread.run_sync(load.wait_more, WARMUP_REQUESTS)
-        await restart()
-        await trio.to_thread.run_sync(load.wait_more, AFTER_REQUESTS)
+        for _ in range(RESTARTS):
+            await trio.to_thread.run_sync(load.wait_more, BETWEEN_REQUESTS)
+            await restart()
+        await trio.to_thread.run_sync(load.wait_more, BETWEEN_REQUESTS)
     finally:
         result = await trio.to_thread.run_sync(load.stop)
         watch.stop()
-    print(_report("restart", result, watch))
     return result, watch
+
+
+def _check(what: str, result: LoadResult, watch: RegistryWatch) -> None:
+    """Zero failed requests, the instance always registered, every kind of client served."""
+    report = _report(what, result, watch)
+    print(report)
+    assert not result.failures, report
+    assert not watch.missing, report
+    # The old processes told their direct keep-alive client to reconnect rather than reset it.
+    assert result.closes["keepalive-direct"] >= RESTARTS, report
+    kinds = {"keepalive GET", "keepalive POST", "new-connection GET", "new-connection POST"}
+    assert kinds <= set(result.ok), report
+
+
+def _kept_registration(mesh: RestartMesh) -> None:
+    """Every restarted process kept its registration (no deregistration, a last renewal)."""
+    for index in range(1, RESTARTS + 1):
+        assert not log_events(mesh.api_log(index), "deregistered"), index
+        assert log_events(mesh.api_log(index), "restart: registrations kept"), index
 
 
 async def test_restart_with_socket_activation_fails_no_request(mesh: RestartMesh, api: Api) -> None:
@@ -206,27 +232,19 @@ async def test_restart_with_socket_activation_fails_no_request(mesh: RestartMesh
     assert mesh.api is not None
     held = listening_socket(mesh.api.inbound_port)
     mesh.held.append(held)
-    old = await mesh.start_api(sockets=[("inbound", held)])
+    await mesh.start_api(sockets=[("inbound", held)])
     await mesh.wait_serving()
 
     async def restart() -> None:
         # systemctl restart with RestartKillSignal=SIGUSR2: signal, wait for the exit, start.
+        old = mesh.api_procs[-1]
         old.send_signal(signal.SIGUSR2)
         assert await _exit_code(old) == 0
         await mesh.start_api(sockets=[("inbound", held)])
 
     result, watch = await _under_load(mesh, restart)
-    report = _report("socket-activated restart", result, watch)
-    assert not result.failures, report
-    assert not watch.missing, report
-    # The old process told its direct keep-alive client to reconnect rather than resetting it.
-    assert result.closes["keepalive-direct"] >= 1, report
-    assert {"keepalive GET", "keepalive POST", "new-connection GET", "new-connection POST"} <= set(
-        result.ok
-    ), report
-    # The old process kept its registration; the new one serves the inherited socket.
-    assert not log_events(mesh.api_log(1), "deregistered")
-    assert log_events(mesh.api_log(1), "restart: registrations kept")
+    _check("socket-activated restarts", result, watch)
+    _kept_registration(mesh)
     assert "api-1" in watch.instances()
 
 
@@ -234,29 +252,24 @@ async def test_restart_by_handoff_fails_no_request_and_stop_deregisters(
     mesh: RestartMesh, api: Api
 ) -> None:
     await mesh.start(api)
-    old = await mesh.start_api()
+    await mesh.start_api()
     await mesh.wait_serving()
-    new: list[subprocess.Popen[bytes]] = []
 
     async def restart() -> None:
         # No socket activation: the new process takes the sockets over from the running one.
-        new.append(await mesh.start_api(takeover=True))
+        old = mesh.api_procs[-1]
+        await mesh.start_api(takeover=True)
         assert await _exit_code(old) == 0
 
     result, watch = await _under_load(mesh, restart)
-    report = _report("hand-off restart", result, watch)
-    assert not result.failures, report
-    assert not watch.missing, report
-    # The old process told its direct keep-alive client to reconnect rather than resetting it.
-    assert result.closes["keepalive-direct"] >= 1, report
-    assert {"keepalive GET", "keepalive POST", "new-connection GET", "new-connection POST"} <= set(
-        result.ok
-    ), report
-    assert not log_events(mesh.api_log(1), "deregistered")
-    took = log_events(mesh.api_log(2), "hand-off: took over")
-    assert took and took[0]["previous_pid"] == old.pid
+    _check("hand-off restarts", result, watch)
+    _kept_registration(mesh)
+    for index in range(1, RESTARTS + 1):
+        took = log_events(mesh.api_log(index + 1), "hand-off: took over")
+        assert took and took[0]["previous_pid"] == mesh.api_procs[index - 1].pid
     # The fixed admin port moved to the new process with the listeners.
-    ready = log_events(mesh.api_log(2), "ready")
+    last = mesh.api_procs[-1]
+    ready = log_events(mesh.api_log(RESTARTS + 1), "ready")
     assert ready[0]["admin_port"] == mesh.api_admin_port
     status = httpx.get(f"http://127.0.0.1:{mesh.api_admin_port}/ready", timeout=5.0)
     assert status.status_code == 200
@@ -264,8 +277,8 @@ async def test_restart_by_handoff_fails_no_request_and_stop_deregisters(
     # A stop for good: deregistered (the instance leaves the registry), process gone.
     watch = mesh.watch()
     assert "api-1" in watch.instances()
-    new[0].send_signal(signal.SIGTERM)
-    assert await _exit_code(new[0]) == 0
-    assert log_events(mesh.api_log(2), "deregistered")
+    last.send_signal(signal.SIGTERM)
+    assert await _exit_code(last) == 0
+    assert log_events(mesh.api_log(RESTARTS + 1), "deregistered")
     assert "api-1" not in watch.instances()
-    assert not pid_alive(new[0].pid)
+    assert not pid_alive(last.pid)
