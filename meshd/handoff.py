@@ -86,6 +86,7 @@ def handoff_path(bootstrap: Path, environ: Mapping[str, str] = os.environ) -> Pa
     runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
         return Path(runtime) / "handoff.sock"
+    bootstrap = bootstrap.absolute()  # the same socket whatever directory meshd starts in
     return bootstrap.with_name(bootstrap.name + ".handoff.sock")
 
 
