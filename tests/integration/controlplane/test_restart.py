@@ -22,6 +22,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import pytest
 import trio
 import yaml
 from cp_mesh_support import TIMEOUT, Api, Controld, Sidecar, free_ports, wait_for, wait_ready_line
-from helpers import stop_process
+from helpers import clean_env, stop_process
 from restart_support import (
     EchoApp,
     Load,
@@ -273,6 +274,31 @@ async def test_restart_by_handoff_fails_no_request_and_stop_deregisters(
     assert ready[0]["admin_port"] == mesh.api_admin_port
     status = httpx.get(f"http://127.0.0.1:{mesh.api_admin_port}/ready", timeout=5.0)
     assert status.status_code == 200
+
+    # A successor that fails before it serves (here: a bad bootstrap) changes nothing.
+    assert mesh.api is not None
+    broken = mesh.workdir / "broken.yaml"
+    broken.write_text("service: api\napp: nowhere\n")
+    failed = subprocess.run(
+        [
+            *(sys.executable, "-m", "meshd", "run", "-c", str(broken), "--takeover"),
+            *("--handoff-socket", f"{mesh.api.bootstrap_path}.handoff.sock"),
+        ],
+        cwd=mesh.workdir,
+        env=clean_env(),
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert failed.returncode == 2, failed.stderr
+    await wait_for(
+        lambda: log_events(
+            mesh.api_log(RESTARTS + 1), "hand-off: successor did not get ready, serving on"
+        ),
+        what="the running process noticing its successor failed",
+    )
+    assert not log_events(mesh.api_log(RESTARTS + 1), "restarting: handing over, registration kept")
+    await mesh.wait_serving()
 
     # A stop for good: deregistered (the instance leaves the registry), process gone.
     watch = mesh.watch()
