@@ -246,6 +246,9 @@ class PushState:
         state.last_wait_s = wait_s
         state.declare(features)
         if hash is None or version is None:
+            # A sidecar that reports nothing runs nothing: a new process of it (a restart)
+            # no longer runs what the old one ACKed, so the latest snapshot is due again.
+            state.acked_version = state.acked_hash = None
             return state
         state.acked_version = version
         state.acked_hash = hash
