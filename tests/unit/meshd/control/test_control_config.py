@@ -17,7 +17,7 @@ from meshcore.model.hashing import snapshot_hash
 from meshcore.model.policy import Redirect
 from meshd.control.settings import control_settings
 from meshd.control.source import load_cache, write_cache
-from meshd.http.responses import redirect_location, redirect_response
+from meshd.http.responses import location_response, redirect_location
 
 
 def boot(**fields: Any) -> dict[str, Any]:
@@ -200,9 +200,8 @@ def test_redirect_location(
 
 
 def test_redirect_response() -> None:
-    answer = redirect_response(
-        Redirect(status=301, path="/x"), host=b"h", target=b"/", close=True, request_id=b"r1"
-    )
+    location = redirect_location(Redirect(status=301, path="/x"), b"h", b"/")
+    answer = location_response(301, location, close=True, request_id=b"r1")
     assert answer == (
         b"HTTP/1.1 301 Moved Permanently\r\nlocation: http://h/x\r\ncontent-length: 0\r\n"
         b"x-request-id: r1\r\nconnection: close\r\n\r\n"
