@@ -105,7 +105,9 @@ def _inventory(path: Path, root: Path, debs: dict[str, Path]) -> Path:
     return path
 
 
-def _playbook(inventory: Path, playbook: str = "site.yml") -> dict[str, dict[str, int]]:
+def _playbook(
+    inventory: Path, playbook: str = "site.yml", hosts: frozenset[str] = frozenset({"cp", "node"})
+) -> dict[str, dict[str, int]]:
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
@@ -129,7 +131,7 @@ def _playbook(inventory: Path, playbook: str = "site.yml") -> dict[str, dict[str
         m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "failed": int(m.group(5))}
         for m in _RECAP.finditer(result.stdout)
     }
-    assert set(recap) == {"cp", "node"}, output[-3000:]
+    assert set(recap) == hosts, output[-3000:]
     return recap
 
 
@@ -194,6 +196,11 @@ def test_converge_then_idempotent(root: Path, debs: dict[str, Path], tmp_path: P
     third = _playbook(inventory)
     assert third["node"]["changed"] == 0, third
     assert not join.exists()
+
+    # The rolling upgrade with the same package: nothing to do (its waits need running
+    # units, which a chroot never has; they are skipped with meshd_node_service_start off).
+    upgrade = _playbook(inventory, "upgrade.yml", frozenset({"node"}))
+    assert upgrade["node"]["changed"] == 0, upgrade
 
 
 def _assert_mode(
