@@ -12,7 +12,8 @@ or ``Type=notify`` with ``ExecReload=kill -HUP $MAINPID``):
   status saying what was applied and what needs a restart. A configuration that doesn't
   parse is rejected as a whole: nothing changes, the error is logged and in the status.
 * SIGTERM or SIGINT: ``STOPPING=1``, then the daemon stops (long-polls answered, listeners
-  closed, the registry's database closed) and the process exits 0.
+  closed, the registry's database closed) and the process exits 0. While still starting
+  (``STATUS=starting``, no ``READY=1`` yet) the start is cancelled instead.
 
 What a reload applies:
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -127,6 +128,7 @@ class Lifecycle:
         self._on_ready = on_ready
         #: Reloads answered (applied or rejected).
         self.reloads = 0
+        self._up = False
 
     async def run(
         self, *, task_status: trio.TaskStatus[DaemonPorts] = trio.TASK_STATUS_IGNORED
@@ -137,28 +139,42 @@ class Lifecycle:
         with trio.open_signal_receiver(*signals_wanted) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._watchdog.run)
+                nursery.start_soon(self._on_signals, signals, nursery)
                 self.notifier.status("starting")
                 ports: DaemonPorts = await nursery.start(self._serve, nursery)
+                self._up = True
                 status = serving_status(self.daemon.config, ports, self.daemon.sockets)
                 self.notifier.ready(status)
                 if self._on_ready is not None:
                     self._on_ready(ports)
                 task_status.started(ports)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        self.reload()
-                        continue
-                    log.info("stopping", signal=signal.Signals(signum).name)
-                    self.notifier.stopping()
-                    self.notifier.status(f"stopping ({signal.Signals(signum).name})")
-                    self.daemon.shutdown_nowait()
-                    return
+
+    async def _on_signals(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                if self._up:
+                    self.reload()
+                else:
+                    # systemd sends no reload before READY=1; someone else did: say so.
+                    log.warning("SIGHUP while starting: nothing to reload yet")
+                continue
+            name = signal.Signals(signum).name
+            log.info("stopping", signal=name)
+            self.notifier.stopping()
+            self.notifier.status(f"stopping ({name})")
+            if self._up:
+                self.daemon.shutdown_nowait()
+            else:
+                # Still starting: abandon the start (every service object cleans up on
+                # cancellation) rather than finish it only to stop.
+                nursery.cancel_scope.cancel()
+            return
 
     async def _serve(
         self, nursery: trio.Nursery, *, task_status: trio.TaskStatus[DaemonPorts]
     ) -> None:
         await self.daemon.run(task_status=task_status)
-        nursery.cancel_scope.cancel()  # the signal loop and the watchdog too
+        nursery.cancel_scope.cancel()  # the signal task and the watchdog too
 
     def reload(self) -> bool:
         """Read the configuration again and apply what can change; False when rejected."""

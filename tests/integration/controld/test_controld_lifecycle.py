@@ -246,6 +246,23 @@ def test_no_watchdog_pings_for_another_pid(tmp_path: Path, notify: NotifySocket)
         daemon.stop()
 
 
+def test_sigterm_while_starting(tmp_path: Path, notify: NotifySocket) -> None:
+    args = [*_base_args(tmp_path), *_ports_args(), "--admin", "127.0.0.1:0"]
+    daemon = Controld(tmp_path, args, env={"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        # STATUS=starting comes once the signal handlers are in place, before the listeners.
+        notify.next(lambda m: m.get("STATUS") == "starting", timeout=40)
+        daemon.proc.send_signal(signal.SIGTERM)
+        notify.next(lambda m: "STOPPING" in m)
+        assert daemon.proc.wait(30) == 0, daemon.output()
+        assert daemon.events("stopped")
+        # Usually the start is abandoned; if it had finished first, READY=1 came before.
+        if not daemon.events("ready"):
+            assert not any("READY" in m for m in notify.seen)
+    finally:
+        daemon.stop()
+
+
 # -- socket activation --------------------------------------------------------------------------
 
 
