@@ -53,8 +53,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     policy.chmod(0o755)
     try:
         yield tree
-    finally:
         _assert_nothing_runs_in(tree)
+    finally:
         shutil.rmtree(tree, ignore_errors=True)
 
 
