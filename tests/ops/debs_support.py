@@ -8,14 +8,16 @@ users, ``/etc/<package>/``) so the role logic is still exercised (the test then 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-__all__ = ["find_debs"]
+__all__ = ["find_debs", "with_version", "write_repository"]
 
 PACKAGES = ("controld", "meshd")
 
@@ -120,3 +122,38 @@ def _stand_in(name: str, scratch: Path) -> Path:
         timeout=120,
     )
     return out
+
+
+def with_version(deb: Path, version: str, out_dir: Path) -> Path:
+    """A copy of ``deb`` whose only change is its version (an "upgrade" to install)."""
+    work = out_dir / f"{deb.stem}-repack"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(work)], check=True, timeout=300)
+    control = work / "DEBIAN/control"
+    text = re.sub(r"^Version: .*$", f"Version: {version}", control.read_text(), flags=re.M)
+    control.write_text(text)
+    name = text.split("Package: ", 1)[1].split("\n", 1)[0]
+    out = out_dir / f"{name}_{version}_upgrade.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(work), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    shutil.rmtree(work)
+    return out
+
+
+def write_repository(repo: Path) -> None:
+    """A flat apt repository (``deb [trusted=yes] file:<repo> ./``) of the .debs in ``repo``:
+    its ``Packages`` index, made here (no dpkg-dev needed)."""
+    stanzas = []
+    for deb in sorted(repo.glob("*.deb")):
+        fields = subprocess.run(
+            ["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True, timeout=60
+        ).stdout.rstrip("\n")
+        data = deb.read_bytes()
+        stanzas.append(
+            f"{fields}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+            f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
+        )
+    (repo / "Packages").write_text("\n".join(stanzas))

@@ -12,6 +12,7 @@ token again. The chroot is a fresh copy of a cached debootstrap tree, removed af
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from chroot_support import base_tarball, unpack
-from debs_support import find_debs
+from debs_support import find_debs, with_version, write_repository
 
 from controld.runner import parse_run, run_settings
 from meshcore.model import Bootstrap
@@ -37,16 +38,18 @@ _RECAP = re.compile(
     r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
 
+_ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook") or "ansible-playbook"
+
 pytestmark.append(
     pytest.mark.skipif(os.geteuid() != 0, reason="a chroot needs root"),
 )
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+@contextlib.contextmanager
+def _fresh_root(parent: Path) -> Iterator[Path]:
     if shutil.which("debootstrap") is None:
         pytest.fail("debootstrap is missing (scripts/setup installs it)")
-    tree = unpack(base_tarball(), tmp_path_factory.mktemp("chroot") / "root")
+    tree = unpack(base_tarball(), parent / "root")
     # Debian's way to keep package scripts in a chroot from starting services.
     policy = tree / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\n# meshd tests: never start anything in this chroot\nexit 101\n")
@@ -58,12 +61,18 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.rmtree(tree, ignore_errors=True)
 
 
+@pytest.fixture
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with _fresh_root(tmp_path_factory.mktemp("chroot")) as tree:
+        yield tree
+
+
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return find_debs(REPO, tmp_path_factory.mktemp("debs"))
 
 
-def _inventory(path: Path, root: Path, debs: dict[str, Path]) -> Path:
+def _inventory(path: Path, root: Path, debs: dict[str, Path], **overrides: Any) -> Path:
     host = {
         "ansible_connection": "community.general.chroot",
         "ansible_host": str(root),
@@ -93,6 +102,7 @@ def _inventory(path: Path, root: Path, debs: dict[str, Path]) -> Path:
                     },
                     {"name": "batch", "app": "127.0.0.1:9000", "admin": "127.0.0.1:15010"},
                 ],
+                **overrides,
             },
             "children": {
                 # One tree plays both parts: the plays of site.yml run one after the other.
@@ -106,7 +116,10 @@ def _inventory(path: Path, root: Path, debs: dict[str, Path]) -> Path:
 
 
 def _playbook(
-    inventory: Path, playbook: str = "site.yml", hosts: frozenset[str] = frozenset({"cp", "node"})
+    inventory: Path,
+    playbook: str = "site.yml",
+    hosts: frozenset[str] = frozenset({"cp", "node"}),
+    extra: tuple[str, ...] = (),
 ) -> dict[str, dict[str, int]]:
     env = {
         **os.environ,
@@ -116,7 +129,7 @@ def _playbook(
         "ANSIBLE_HOME": str(inventory.parent / "ansible-home"),
     }
     result = subprocess.run(
-        [shutil.which("ansible-playbook") or "ansible-playbook", "-i", str(inventory), playbook],
+        [_ANSIBLE_PLAYBOOK, "-i", str(inventory), *extra, playbook],
         cwd=ANSIBLE,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -201,6 +214,59 @@ def test_converge_then_idempotent(root: Path, debs: dict[str, Path], tmp_path: P
     # units, which a chroot never has; they are skipped with meshd_node_service_start off).
     upgrade = _playbook(inventory, "upgrade.yml", frozenset({"node"}))
     assert upgrade["node"]["changed"] == 0, upgrade
+
+
+def test_apt_repository_then_rolling_upgrade(
+    root: Path, debs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both roles from an apt repository (a flat file: repository in the chroot), then
+    ``upgrade.yml`` installs a newer meshd from it and keeps the configuration."""
+    repo = root / "srv/meshd-repo"
+    repo.mkdir(parents=True)
+    for deb in debs.values():
+        shutil.copy(deb, repo)
+    write_repository(repo)
+    # Only this repository: the base tree has every dependency already.
+    for sources in (root / "etc/apt/sources.list", *root.glob("etc/apt/sources.list.d/*")):
+        sources.unlink()
+    (root / "etc/apt/sources.list.d/meshd.list").write_text(
+        "deb [trusted=yes] file:/srv/meshd-repo ./\n"
+    )
+    inventory = _inventory(
+        tmp_path / "inventory.yml",
+        root,
+        debs,
+        controld_package_source="apt",
+        meshd_node_package_source="apt",
+    )
+    # The lists of the new repository are read at once (the tree's are fresh otherwise).
+    fresh = ("-e", "controld_apt_cache_valid_time=0", "-e", "meshd_node_apt_cache_valid_time=0")
+    _playbook(inventory, extra=fresh)
+    before = _dpkg_version(root, "meshd")
+    bootstrap = (root / "etc/meshd/web.yaml").read_text()
+    again = _playbook(inventory)
+    assert again["cp"]["changed"] == 0 and again["node"]["changed"] == 0, again
+
+    newer = with_version(debs["meshd"], before + "+up1", tmp_path)
+    shutil.copy(newer, repo)
+    write_repository(repo)
+    refresh = ("-e", "meshd_node_apt_cache_valid_time=0")
+    upgrade = _playbook(inventory, "upgrade.yml", frozenset({"node"}), refresh)
+    assert upgrade["node"]["changed"] > 0, upgrade
+    assert _dpkg_version(root, "meshd") == before + "+up1"
+    assert (root / "etc/meshd/web.yaml").read_text() == bootstrap
+    assert (root / "etc/systemd/system/multi-user.target.wants/meshd@web.service").is_symlink()
+    # Up to date now: only the package lists may be refreshed.
+    settled = _playbook(inventory, "upgrade.yml", frozenset({"node"}))
+    assert settled["node"]["changed"] == 0, settled
+
+
+def _dpkg_version(root: Path, package: str) -> str:
+    status = (root / "var/lib/dpkg/status").read_text()
+    for stanza in status.split("\n\n"):
+        if f"Package: {package}\n" in stanza + "\n" and "Status: install ok installed" in stanza:
+            return stanza.split("Version: ", 1)[1].split("\n", 1)[0]
+    raise AssertionError(f"{package} is not installed")
 
 
 def _assert_mode(
