@@ -125,6 +125,9 @@ def _playbook(
         **os.environ,
         "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
         "ANSIBLE_NOCOLOR": "1",
+        # Faster: modules piped to the chroot's python, no facts (the roles use none).
+        "ANSIBLE_PIPELINING": "1",
+        "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_LOCAL_TEMP": str(inventory.parent / "ansible-local"),
         "ANSIBLE_HOME": str(inventory.parent / "ansible-home"),
     }
