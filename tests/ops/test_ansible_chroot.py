@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chroot_support import base_tarball, unpack
-from debs_support import find_debs, with_version, write_repository
+from ops_chroot import base_tarball, unpack
+from ops_debs import find_debs, with_version, write_repository
 
 from controld.runner import parse_run, run_settings
 from meshcore.model import Bootstrap
