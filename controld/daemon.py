@@ -31,6 +31,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
+from controld.activation import ListenerSockets
 from controld.admin import RegistryLink, status_json
 from controld.api import build_api
 from controld.api.gate import DEFAULT_MAX_BODY_BYTES
@@ -169,8 +170,10 @@ class ControlDaemon:
     :class:`~controld.api.ControlPlane`.
     """
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, *, sockets: ListenerSockets | None = None) -> None:
+        """``sockets``: listening sockets passed by socket activation, by listener name."""
         self.config = config
+        self.sockets = sockets or ListenerSockets()
         #: The daemon's own Prometheus registry (served on ``/metrics``).
         self.metrics = CollectorRegistry(auto_describe=True)
         self.watcher: RegistryWatcher | None = None
@@ -262,7 +265,11 @@ class ControlDaemon:
             registry_cfg = dataclasses.replace(registry_cfg, acl_management_token=generated)
             # The config the daemon runs with names the token it uses (as if it was given).
             self.config = cfg = dataclasses.replace(cfg, registry=registry_cfg)
-        server = RegistryServer(registry_cfg) if registry_cfg is not None else None
+        server = (
+            RegistryServer(registry_cfg, sock=self.sockets.get("registry"))
+            if registry_cfg is not None
+            else None
+        )
         async with trio.open_nursery() as nursery:
             registry_port: int | None = None
             if server is not None:
@@ -376,12 +383,15 @@ class ControlDaemon:
                 cfg.push_port,
                 limits=cfg.listener_limits,
                 on_event=lambda event: limit_events.labels("push", event).inc(),
+                sock=self.sockets.get("push"),
             )
             await _start_lean(nursery, push, "push")
         tls: HTTPServer | None = None
         if cfg.tls_port is not None:
             identity = self.identity
-            dns_names, ips = server_sans(cfg.tls_host, cfg.tls_sans)
+            tls_sock = self.sockets.get("tls")
+            tls_host = cfg.tls_host if tls_sock is None else tls_sock.getsockname()[0]
+            dns_names, ips = server_sans(tls_host, cfg.tls_sans)
             server_tls = ServerTls(
                 identity.ca,
                 lambda: identity.trust_domain,
@@ -397,9 +407,10 @@ class ControlDaemon:
                 tls=server_tls.context,
                 limits=cfg.listener_limits,
                 on_event=lambda event: limit_events.labels("tls", event).inc(),
+                sock=tls_sock,
             )
             await _start_lean(nursery, tls, "TLS")
-            listen = f"{cfg.tls_host}:{tls.port}"
+            listen = f"{tls_host}:{tls.port}"
             identity.server_tls = lambda: server_tls.current.as_json(listen)
         api = AsgiServer(
             app,
@@ -407,6 +418,7 @@ class ControlDaemon:
             cfg.admin_port,
             error_logger=logging.getLogger("controld.admin"),
             shutdown=self._shutdown,
+            sock=self.sockets.get("admin"),
         )
         port: int = await nursery.start(api.run)
         return port, push, tls
