@@ -30,7 +30,9 @@ def report(service: str = "web", seq: int = 0, **fields: object) -> TelemetryRep
     return TelemetryReport.model_validate({"service": service, "seq": seq, **fields})
 
 
-def http(dst: str, route: str, n: int, errors: dict[str, int] | None = None, **kw: object):
+def http(
+    dst: str, route: str, n: int, errors: dict[str, int] | None = None, **kw: object
+) -> HttpSeries:
     return HttpSeries.model_validate(
         {
             "destination": dst,

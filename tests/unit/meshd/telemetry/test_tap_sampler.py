@@ -62,7 +62,7 @@ def test_filters() -> None:
 def test_rate_bound_per_tap_and_events() -> None:
     clock = Clock()
     sampler = TapSampler(clock=clock, wall=lambda: 123.0)
-    assert not sampler.active
+    assert sampler.take_events() == []
     sampler.set_taps([tap(rate=3)])
     assert sampler.active
     for _ in range(10):
