@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -68,7 +68,7 @@ class Receiver:
 
     def spans(self) -> list[dict[str, Any]]:
         """Every span received, with its resource's ``service.name`` as ``_service``."""
-        out = []
+        out: list[dict[str, Any]] = []
         for doc in self.docs:
             for rs in doc["resourceSpans"]:
                 attrs = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
@@ -124,7 +124,8 @@ async def test_telemetry_taps_and_traces(mesh: Mesh) -> None:
 
             async def serve_receiver(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
                 with receiver_scope:
-                    await serve(receiver.app, config, task_status=task_status)
+                    # A plain ASGI callable; hypercorn's types are narrower than needed.
+                    await serve(cast(Any, receiver.app), config, task_status=task_status)
 
             await nursery.start(serve_receiver)
             await mesh.controld.start()
