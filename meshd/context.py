@@ -48,6 +48,11 @@ class RequestObserver(Protocol):
     (:mod:`meshd.telemetry`). Installed in :class:`ProxyShared` only while it has work, so
     the request path pays one ``is None`` check otherwise."""
 
+    def wants(self) -> bool:
+        """Whether :meth:`observe` could keep anything now (cheap: checked first, so a tap
+        over its rate costs no record)."""
+        ...
+
     def observe(self, record: ExchangeRecord) -> None:
         """Look at one finished exchange (must not block or raise)."""
         ...

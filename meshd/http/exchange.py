@@ -102,7 +102,9 @@ def record(
     # One flag check each unless a tap is active or this trace is sampled (last bit of the
     # trace flags) and exported.
     traced = shared.tracer is not None and traceparent is not None and traceparent[-1] in _SAMPLED
-    if shared.tap is not None or traced:
+    tap = shared.tap
+    tapped = tap is not None and tap.wants()
+    if tapped or traced:
         _observe(
             cfg,
             shared,
@@ -112,6 +114,7 @@ def record(
             destination=destination,
             method=method,
             seconds=seconds,
+            tapped=tapped,
             traced=traced,
         )
     log = shared.access_log
@@ -153,6 +156,7 @@ def _observe(
     destination: str,
     method: str,
     seconds: float,
+    tapped: bool,
     traced: bool,
 ) -> None:
     """Hand the exchange to the active tap and the span recorder (sampled traces only)."""
@@ -179,7 +183,7 @@ def _observe(
         retries=ex.retries,
         error=ex.error,
     )
-    if shared.tap is not None:
+    if tapped and shared.tap is not None:
         shared.tap.observe(rec)
     if traced and shared.tracer is not None:
         shared.tracer.observe(rec)

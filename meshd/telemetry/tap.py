@@ -2,7 +2,8 @@
 
 controld tells the sidecar its active taps in each telemetry answer; :class:`TapSampler` is
 installed as :attr:`meshd.context.ProxyShared.tap` only while one is active. Each tap keeps at
-most ``max_events_per_s`` events per second (a token bucket holding one second's worth), the
+most ``max_events_per_s`` events per second (a token bucket holding one second's worth; while
+no tap has a token, :meth:`TapSampler.wants` says so and a request is not looked at), the
 buffer holds at most :data:`~meshcore.api.report.MAX_TAP_EVENTS` events between two reports,
 and the events go out with the next report.
 """
@@ -45,11 +46,15 @@ class _Tap:
     tokens: float
     stamp: float
 
-    def take(self, now: float) -> bool:
+    def ready(self, now: float) -> bool:
+        """A token is available at ``now`` (the bucket is refilled, none is taken)."""
         rate = self.spec.max_events_per_s
         self.tokens = min(float(rate), self.tokens + (now - self.stamp) * rate)
         self.stamp = now
-        if self.tokens < 1.0:
+        return self.tokens >= 1.0
+
+    def take(self, now: float) -> bool:
+        if not self.ready(now):
             return False
         self.tokens -= 1.0
         return True
@@ -70,6 +75,8 @@ class TapSampler:
         self._taps: dict[str, _Tap] = {}
         self._events: deque[SidecarTapEvent] = deque()
         self._max_buffer = max_buffer
+        #: :meth:`wants` is False until then (no tap has a token before).
+        self._quiet_until = 0.0
         #: Events sampled, and matching events not kept (over the rate or the buffer).
         self.sampled = 0
         self.dropped = 0
@@ -93,6 +100,23 @@ class TapSampler:
             else:
                 kept[spec.id] = _Tap(spec, now + spec.remaining_s, 1.0, now)
         self._taps = kept
+        self._quiet_until = 0.0
+
+    def wants(self) -> bool:
+        """Some active tap has a token left and the buffer has room (else a request is not
+        even looked at: the rate bound is what keeps a tap cheap)."""
+        now = self._clock()
+        if now < self._quiet_until or len(self._events) >= self._max_buffer:
+            return False
+        live = [tap for tap in self._taps.values() if tap.until > now]
+        if any(tap.ready(now) for tap in live):
+            return True
+        # No token anywhere: nothing to look at until the first one is back.
+        self._quiet_until = min(
+            (t.stamp + (1.0 - t.tokens) / t.spec.max_events_per_s for t in live),
+            default=float("inf"),
+        )
+        return False
 
     def observe(self, record: ExchangeRecord) -> None:
         """Keep ``record`` as an event of every active tap it matches, within their rates."""
@@ -110,6 +134,7 @@ class TapSampler:
         """The events buffered since the last call."""
         events = list(self._events)
         self._events.clear()
+        self._quiet_until = 0.0  # the buffer has room again
         return events
 
     def _event(self, tap_id: str, rec: ExchangeRecord) -> SidecarTapEvent:

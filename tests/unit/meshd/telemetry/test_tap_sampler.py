@@ -74,6 +74,10 @@ def test_rate_bound_per_tap_and_events() -> None:
     # One token at the start, then three per second.
     assert len(events) == 4
     assert sampler.dropped == 16
+    # Without a token, a request is not even looked at.
+    assert not sampler.wants()
+    clock.t += 1.0
+    assert sampler.wants()
     e = events[0]
     assert (e.tap_id, e.path, e.status, e.trace_id) == ("t1", "/api/x", 200, "a" * 32)
     assert e.latency_ms == 2.0 and e.ts == 123.0 and e.direction == "outbound"
