@@ -185,18 +185,6 @@ def _table(results: Iterable[Measured]) -> None:
     print_table(headers, rows)
 
 
-def _unenforced(proc: ManagedProcess) -> str | None:
-    """The fields meshd said it accepts but does not enforce (its start-up warning), if any."""
-    try:
-        text = proc.log.read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-    for line in text.splitlines():
-        if "not enforced" in line:
-            return line.strip()
-    return None
-
-
 def run_suite(ctx: Context) -> None:
     """Start the backend and the two sidecars; check, load and compare them."""
     tools = ensure_tools(TOOLS)
@@ -244,11 +232,8 @@ def run_suite(ctx: Context) -> None:
         for proc in (backend_proc, *(p for p, _ in sidecars.values())):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
-        unenforced = _unenforced(sidecars["meshd-policy"][0])
     plain, policy = (combine(totals[name]) for name in sidecars)
     _table([*totals["meshd-plain"], *totals["meshd-policy"]])
-    if unenforced is not None:
-        print(f"INFO meshd-policy said at start-up: {unenforced[:300]}")
     for line in report(plain, policy, counters):
         print(line)
 

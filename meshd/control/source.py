@@ -6,6 +6,8 @@ Protocol (controld's HTTP API, Contract 5):
   404 on a poll: controld restarted and forgot it, or after a reload changed the descriptor).
 * ``GET /v1/snapshots/{id}?version=V&hash=H&wait=W`` reports the snapshot in service (this *is*
   the ACK of ``V``) and returns 200 with a newer one at once, or 304 after up to ``W`` s.
+* Every request carries the features the sidecar enforces (``x-meshd-features``), so
+  controld knows what it may send; a snapshot using another one is NACKed (by ``apply``).
 * A snapshot that fails validation or can't be applied is NACKed with
   ``POST /v1/snapshots/{id}/nack {version, hash, error}``; polling continues with the old
   version and hash, so the running configuration stays and controld knows why.
@@ -33,6 +35,7 @@ from pydantic import ValidationError
 
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
+from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.loading import format_validation_error
 from meshcore.model.proxy import ProxyDescriptor
@@ -143,8 +146,11 @@ class ControlSource:
         token_provider: Callable[[], str | None] | None = None,
         tls: Callable[[], ssl.SSLContext] | None = None,
         peer_id: Callable[[], str | None] | None = None,
+        features: str | None = None,
     ) -> None:
         self._apply = apply
+        #: The features header value (None: not sent, as an older meshd).
+        self._features = features
         #: For an https controld: the context of each new connection, controld's SPIFFE ID.
         self._tls = tls
         self._peer_id = peer_id
@@ -190,6 +196,7 @@ class ControlSource:
             user_agent=self._user_agent,
             tls=self._tls,
             peer_id=self._peer_id,
+            headers=None if self._features is None else {FEATURES_HEADER: self._features},
         )
         self._backoff = Backoff(min(_INITIAL_BACKOFF_S, config.retry_max_s), config.retry_max_s)
         self._proxy_path = path_segment(descriptor.proxy_id)

@@ -121,7 +121,10 @@ async def _once(
         try:
             endpoint, conn = await cluster.acquire(hash_key=key, fresh=attempt == 1)
         except UpstreamError as exc:
-            if isinstance(exc.endpoint, Endpoint):
+            # Only a failed connect is the endpoint's fault; an overflow is this sidecar's.
+            if isinstance(exc, UpstreamConnectError | UpstreamTlsError) and isinstance(
+                exc.endpoint, Endpoint
+            ):
                 cluster.report(exc.endpoint, 0, now() - started)
             c.shared.stats.upstream_error(cluster.name, exc.reason)
             await c.respond_error(exc)
