@@ -280,7 +280,8 @@ class TelemetryWindow:
         for t in report.tcp:
             edge = self._edge(bucket.edges, (source, t.destination, "tcp"), cap)
             if edge is not None:
-                edge.requests += t.opened
+                # Attempts: connections established plus those that failed to.
+                edge.requests += t.opened + t.failed
                 edge.failed += t.failed
                 edge.bytes += t.bytes_in + t.bytes_out
                 if t.mtls:

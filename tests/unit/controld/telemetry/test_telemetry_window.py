@@ -121,7 +121,7 @@ def test_edges_http_and_tcp_with_mtls() -> None:
     assert api.mtls is False
     db = edges[("web", "db", "tcp")]
     assert db.mtls is True and db.bytes_per_s == pytest.approx(1000 / 9)
-    assert db.error_rate == pytest.approx(0.1)
+    assert db.error_rate == pytest.approx(1 / 11)  # 10 opened, 1 failed to
 
 
 def test_instances_counters_over_the_window_and_eviction() -> None:
