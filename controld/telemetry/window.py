@@ -17,12 +17,20 @@ Pure: every method takes the time (``now``, Unix seconds) from its caller.
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Final
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from meshcore.api.report import LATENCY_BOUNDS_MS, TelemetryReport
+from controld.telemetry.rows import (
+    COUNTERS,
+    SLOTS,
+    Bucket,
+    EdgeAcc,
+    Instance,
+    Row,
+    Sum,
+    percentile_ms,
+)
+from meshcore.api.report import TelemetryReport
 from meshcore.api.telemetry import (
     MAX_WINDOW_S,
     RESOLUTION_S,
@@ -38,23 +46,7 @@ from meshcore.api.telemetry import (
     ServicesTelemetry,
 )
 
-__all__ = ["TelemetryWindow", "WindowLimits", "percentile_ms"]
-
-#: Buckets kept: the longest window, plus the one being filled.
-SLOTS: Final = MAX_WINDOW_S // RESOLUTION_S + 1
-_NBUCKETS: Final = len(LATENCY_BOUNDS_MS) + 1
-#: Per-sidecar counters, in the order of their array slots.
-_COUNTERS: Final = (
-    "retries",
-    "overflows",
-    "ejections",
-    "rate_limited",
-    "denied",
-    "health_check_failures",
-)
-_NCOUNTERS: Final = len(_COUNTERS)
-#: Error reasons kept per row; the rest are summed under ``other``.
-_MAX_REASONS: Final = 16
+__all__ = ["SLOTS", "TelemetryWindow", "WindowLimits", "percentile_ms"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,156 +59,13 @@ class WindowLimits:
     max_instances: int = 20_000
 
 
-class _Row:
-    """Requests of one row in one bucket."""
-
-    __slots__ = ("errors", "hist", "reasons", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.hist = [0] * _NBUCKETS
-        self.reasons: dict[str, int] = {}
-
-    def add(self, requests: int, errors: dict[str, int], hist: Iterable[int]) -> None:
-        self.requests += requests
-        reasons = self.reasons
-        for reason, n in errors.items():
-            self.errors += n
-            key = reason if reason in reasons or len(reasons) < _MAX_REASONS else "other"
-            reasons[key] = reasons.get(key, 0) + n
-        own = self.hist
-        for i, n in enumerate(hist):
-            if i < _NBUCKETS:
-                own[i] += n
-
-
-class _Edge:
-    __slots__ = ("bytes", "failed", "mtls", "plain", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.failed = 0
-        self.bytes = 0
-        self.mtls = 0
-        self.plain = 0
-
-
-@dataclass(slots=True)
-class _Bucket:
-    routes: dict[tuple[str, str], _Row] = field(default_factory=dict)
-    endpoints: dict[tuple[str, str], _Row] = field(default_factory=dict)
-    edges: dict[tuple[str, str, str], _Edge] = field(default_factory=dict)
-
-
-class _Instance:
-    __slots__ = (
-        "cert_not_after",
-        "counts",
-        "dropped_series",
-        "ejected",
-        "last_contact",
-        "proxy_id",
-        "service",
-        "snapshot_version",
-        "stamps",
-    )
-
-    def __init__(self, proxy_id: str, service: str) -> None:
-        self.proxy_id = proxy_id
-        self.service = service
-        self.last_contact = 0.0
-        self.snapshot_version: int | None = None
-        self.cert_not_after: float | None = None
-        self.ejected: tuple[str, ...] = ()
-        self.dropped_series = 0
-        self.counts = array("q", bytes(8 * SLOTS * _NCOUNTERS))
-        self.stamps = array("q", [-1] * SLOTS)
-
-    def add(self, slot: int, values: tuple[int, ...]) -> None:
-        i = slot % SLOTS
-        base = i * _NCOUNTERS
-        if self.stamps[i] != slot:
-            self.stamps[i] = slot
-            for k in range(_NCOUNTERS):
-                self.counts[base + k] = 0
-        for k, v in enumerate(values):
-            self.counts[base + k] += v
-
-    def window_sums(self, first_slot: int) -> list[int]:
-        sums = [0] * _NCOUNTERS
-        for i, stamp in enumerate(self.stamps):
-            if stamp >= first_slot:
-                base = i * _NCOUNTERS
-                for k in range(_NCOUNTERS):
-                    sums[k] += self.counts[base + k]
-        return sums
-
-
-def percentile_ms(hist: list[int], q: float) -> float | None:
-    """Upper bound (ms) of the histogram bucket holding the ``q`` quantile (None: empty).
-
-    Observations above the last bound report twice the last bound.
-    """
-    total = sum(hist)
-    if total <= 0:
-        return None
-    rank = q * total
-    cumulative = 0
-    for i, n in enumerate(hist):
-        cumulative += n
-        if cumulative >= rank:
-            return (
-                float(LATENCY_BOUNDS_MS[i])
-                if i < len(LATENCY_BOUNDS_MS)
-                else float(LATENCY_BOUNDS_MS[-1] * 2)
-            )
-    return float(LATENCY_BOUNDS_MS[-1] * 2)
-
-
-class _Sum:
-    """A row summed over the buckets of a window, with its per-bucket requests."""
-
-    __slots__ = ("errors", "hist", "reasons", "requests", "series")
-
-    def __init__(self, nslots: int) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.hist = [0] * _NBUCKETS
-        self.reasons: dict[str, int] = {}
-        self.series = [0] * nslots
-
-    def add(self, index: int, row: _Row) -> None:
-        self.requests += row.requests
-        self.errors += row.errors
-        self.series[index] += row.requests
-        for i, n in enumerate(row.hist):
-            self.hist[i] += n
-        for reason, n in row.reasons.items():
-            self.reasons[reason] = self.reasons.get(reason, 0) + n
-
-    def stats(self, seconds: float) -> dict[str, object]:
-        requests = self.requests
-        return {
-            "requests": requests,
-            "errors": self.errors,
-            "rps": requests / seconds,
-            "success_rate": (requests - self.errors) / requests if requests else None,
-            "p50_ms": percentile_ms(self.hist, 0.50),
-            "p95_ms": percentile_ms(self.hist, 0.95),
-            "p99_ms": percentile_ms(self.hist, 0.99),
-            "rps_series": tuple(n / RESOLUTION_S for n in self.series),
-            "errors_by_reason": dict(sorted(self.reasons.items())),
-        }
-
-
 class TelemetryWindow:
     """Merges reports into the rolling window and answers the views (see the module doc)."""
 
     def __init__(self, limits: WindowLimits | None = None) -> None:
         self.limits = limits or WindowLimits()
-        self._buckets: dict[int, _Bucket] = {}
-        self._instances: dict[str, _Instance] = {}
+        self._buckets: dict[int, Bucket] = {}
+        self._instances: dict[str, Instance] = {}
         self._last_sweep = -1
         #: Rows not kept because a bucket was full, and sidecars not tracked (over the caps).
         self.dropped_rows = 0
@@ -236,7 +85,7 @@ class TelemetryWindow:
             if len(self._instances) >= self.limits.max_instances:
                 self.refused_instances += 1
             else:
-                inst = self._instances[proxy_id] = _Instance(proxy_id, report.service)
+                inst = self._instances[proxy_id] = Instance(proxy_id, report.service)
         if inst is not None:
             inst.service = report.service
             inst.last_contact = now
@@ -258,7 +107,7 @@ class TelemetryWindow:
             )
         bucket = self._buckets.get(slot)
         if bucket is None:
-            bucket = self._buckets[slot] = _Bucket()
+            bucket = self._buckets[slot] = Bucket()
         cap = self.limits.max_rows
         source = report.service
         for h in report.http:
@@ -289,26 +138,24 @@ class TelemetryWindow:
                 else:
                     edge.plain += max(t.opened, 1)
 
-    def _row(
-        self, rows: dict[tuple[str, str], _Row], key: tuple[str, str], cap: int
-    ) -> _Row | None:
+    def _row(self, rows: dict[tuple[str, str], Row], key: tuple[str, str], cap: int) -> Row | None:
         row = rows.get(key)
         if row is None:
             if len(rows) >= cap:
                 self.dropped_rows += 1
                 return None
-            row = rows[key] = _Row()
+            row = rows[key] = Row()
         return row
 
     def _edge(
-        self, edges: dict[tuple[str, str, str], _Edge], key: tuple[str, str, str], cap: int
-    ) -> _Edge | None:
+        self, edges: dict[tuple[str, str, str], EdgeAcc], key: tuple[str, str, str], cap: int
+    ) -> EdgeAcc | None:
         edge = edges.get(key)
         if edge is None:
             if len(edges) >= cap:
                 self.dropped_rows += 1
                 return None
-            edge = edges[key] = _Edge()
+            edge = edges[key] = EdgeAcc()
         return edge
 
     def _sweep(self, slot: int, now: float) -> None:
@@ -336,10 +183,10 @@ class TelemetryWindow:
         return list(range(slot - n + 1, slot + 1)), n * RESOLUTION_S, covered
 
     def _sum_rows(
-        self, window_s: int, now: float, pick: Callable[[_Bucket], dict[tuple[str, str], _Row]]
-    ) -> tuple[dict[tuple[str, str], _Sum], int, float]:
+        self, window_s: int, now: float, pick: Callable[[Bucket], dict[tuple[str, str], Row]]
+    ) -> tuple[dict[tuple[str, str], Sum], int, float]:
         slots, span, covered = self._slots(window_s, now)
-        sums: dict[tuple[str, str], _Sum] = {}
+        sums: dict[tuple[str, str], Sum] = {}
         for index, slot in enumerate(slots):
             bucket = self._buckets.get(slot)
             if bucket is None:
@@ -347,14 +194,14 @@ class TelemetryWindow:
             for key, row in pick(bucket).items():
                 acc = sums.get(key)
                 if acc is None:
-                    acc = sums[key] = _Sum(len(slots))
+                    acc = sums[key] = Sum(len(slots))
                 acc.add(index, row)
         return sums, span, covered
 
     def services(self, window_s: int, now: float) -> ServicesTelemetry:
         """Traffic per destination service (all callers and routes)."""
         sums, span, covered = self._sum_rows(window_s, now, lambda b: b.routes)
-        merged: dict[str, _Sum] = {}
+        merged: dict[str, Sum] = {}
         for (service, _route), s in sums.items():
             acc = merged.get(service)
             if acc is None:
@@ -403,7 +250,7 @@ class TelemetryWindow:
     def edges(self, window_s: int, now: float) -> EdgesTelemetry:
         """The service graph: one edge per (source, destination, protocol)."""
         slots, span, covered = self._slots(window_s, now)
-        sums: dict[tuple[str, str, str], _Edge] = {}
+        sums: dict[tuple[str, str, str], EdgeAcc] = {}
         for slot in slots:
             bucket = self._buckets.get(slot)
             if bucket is None:
@@ -411,7 +258,7 @@ class TelemetryWindow:
             for key, e in bucket.edges.items():
                 acc = sums.get(key)
                 if acc is None:
-                    acc = sums[key] = _Edge()
+                    acc = sums[key] = EdgeAcc()
                 acc.requests += e.requests
                 acc.failed += e.failed
                 acc.bytes += e.bytes
@@ -436,7 +283,7 @@ class TelemetryWindow:
         slots, span, _covered = self._slots(window_s, now)
         rows = []
         for proxy_id, inst in sorted(self._instances.items()):
-            sums = dict(zip(_COUNTERS, inst.window_sums(slots[0]), strict=True))
+            sums = dict(zip(COUNTERS, inst.window_sums(slots[0]), strict=True))
             rows.append(
                 InstanceTelemetry(
                     proxy_id=proxy_id,
