@@ -49,6 +49,7 @@ from controld.registry.httpserver import HTTPServer, ServerLimits, limit_events_
 from controld.sealed import RECORD_KEY_FILE, RecordKey
 from controld.sidecar_tokens import SidecarTokens
 from controld.store import ResourceStore
+from controld.telemetry import TapHub, TelemetryWindow
 from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff
 from meshcore.registry.client import RegistryClient, RegistrySettings
@@ -180,6 +181,9 @@ class ControlDaemon:
         #: Registered sidecars and their long-polls.
         self.hub = PushHub(metrics=self.metrics)
         self.reconciler: Reconciler | None = None
+        #: The sidecars' telemetry (rolling window) and the operators' taps.
+        self.telemetry = TelemetryWindow()
+        self.taps = TapHub()
         self._store: ResourceStore | None = None
         self._auth: TokenAuth | None = None
         #: How controld reaches the registry, with its own token (set once running).
@@ -233,6 +237,7 @@ class ControlDaemon:
         if self.reconciler is not None:
             push.update(self.reconciler.status_json())
         doc["push"] = push
+        doc["telemetry"] = {**self.telemetry.status_json(), "taps": self.taps.status_json()}
         if self._store is not None:
             store = dataclasses.asdict(self._store.status)
             store["prefix"] = self.config.kv_prefix
@@ -373,6 +378,8 @@ class ControlDaemon:
             is_ready=self.is_ready,
             audit=self.audit,
             max_body_bytes=cfg.api_max_body_bytes,
+            telemetry=self.telemetry,
+            taps=self.taps,
         )
         limit_events = limit_events_counter(self.metrics)
         push: HTTPServer | None = None

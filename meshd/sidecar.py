@@ -34,6 +34,7 @@ from meshcore import __version__
 from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.loading import load_model
+from meshcore.model.snapshot import LOCAL_APP_CLUSTER
 from meshcore.runtime.activation import InheritedSocket
 from meshcore.runtime.sdnotify import Notifier, WatchdogService
 from meshd.access.guard import AuthzContext
@@ -59,6 +60,9 @@ from meshd.ratelimit import RateLimits
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
 from meshd.succession import Succession
+from meshd.telemetry.delta import ClusterFacts, ReportBuilder
+from meshd.telemetry.exporter import SpanExporter
+from meshd.telemetry.reporter import TelemetryReporter
 from meshd.workers import WorkerSupervisor
 
 if TYPE_CHECKING:
@@ -115,6 +119,7 @@ class Sidecar:
         self.succession = Succession(self, takeover, handoff_path)
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
+        self.stats.cert_expiry = self._cert_not_after
         self.registry = build_registry(self.stats, self._pool_stats)
         #: What inbound access control keeps across snapshots (JWKS caches, log limiters).
         self.authz = AuthzContext(self.stats)
@@ -154,6 +159,8 @@ class Sidecar:
         self._static_identity: StaticIdentity | None = None
         #: The bootstrap in force (a pushed snapshot is applied with it).
         self._bootstrap: Bootstrap | None = None
+        #: controld mode: the telemetry reporter (None when off or in file mode).
+        self.telemetry: TelemetryReporter | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -186,6 +193,16 @@ class Sidecar:
             await nursery.start(self.succession.run)
             self.shared.mirror = self.mirror
             await nursery.start(self.listeners.run)
+            if bootstrap.tracing is not None:
+                # Read once: a changed tracing section takes a restart.
+                exporter = SpanExporter(
+                    bootstrap.tracing,
+                    service=bootstrap.service,
+                    proxy_id=bootstrap.node_id,
+                    stats=self.stats.policy,
+                )
+                self.shared.tracer = exporter.recorder
+                await nursery.start(exporter.run)
             source = "file"
             enrolled = self._enrolled_identity(bootstrap)
             if snapshot is not None:
@@ -194,7 +211,20 @@ class Sidecar:
                 except SnapshotRejected as exc:
                     raise ConfigError(str(exc)) from exc
             else:
-                await nursery.start(self._run_control, bootstrap)
+                control = await nursery.start(self._run_control, bootstrap)
+                if bootstrap.telemetry.enabled:
+                    self.telemetry = TelemetryReporter(
+                        builder=ReportBuilder(self.stats, bootstrap.service),
+                        proxy_id=bootstrap.node_id,
+                        shared=self.shared,
+                        client=control.side_client,
+                        facts=self._telemetry_facts,
+                        cert_not_after=self._cert_not_after,
+                        ejected=self._ejected_endpoints,
+                        policy=self.stats.policy,
+                        interval_s=bootstrap.telemetry.interval_s,
+                    )
+                    await nursery.start(self.telemetry.run)
             if self._serve_admin:
                 app = build_admin_app(self, self.registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
@@ -576,6 +606,31 @@ class Sidecar:
         """The cluster called ``name`` in the configuration in force (mirrored copies)."""
         runtime = self.runtime
         return runtime.clusters.get(name) if runtime is not None else None
+
+    def _cert_not_after(self) -> float | None:
+        identity = self.tls.identity
+        return identity.not_after.timestamp() if identity is not None else None
+
+    def _telemetry_facts(self) -> ClusterFacts:
+        runtime = self.runtime
+        if runtime is None:
+            return ClusterFacts()
+        clusters = runtime.snapshot.clusters
+        return ClusterFacts(
+            services={c.name: c.service for c in clusters},
+            mtls=frozenset(c.service for c in clusters if c.tls is not None),
+            local=frozenset({LOCAL_APP_CLUSTER}),
+        )
+
+    def _ejected_endpoints(self) -> Iterator[str]:
+        """``cluster/host:port`` of the endpoints outlier detection has ejected now."""
+        if self.runtime is None:
+            return
+        for cluster in self.runtime.clusters.values():
+            for ep in cluster.describe()["endpoints"]:  # type: ignore[attr-defined]
+                outlier = ep.get("outlier")
+                if isinstance(outlier, dict) and outlier.get("ejected"):
+                    yield f"{cluster.name}/{ep['address']}"
 
     def _pool_stats(self) -> Iterator[tuple[str, str, int, int]]:
         if self.runtime is None:

@@ -175,6 +175,8 @@ class ControlSource:
         self.polls = 0
         self.failures = 0
         self._scope: trio.CancelScope | None = None
+        self._side: ControlClient | None = None
+        self._side_key: tuple[str, str | None] | None = None
 
     def _configure(
         self,
@@ -200,6 +202,29 @@ class ControlSource:
         self._proxy_path = path_segment(descriptor.proxy_id)
 
     # -- control --------------------------------------------------------------------------------
+
+    def side_client(self) -> ControlClient | None:
+        """A second client with this source's settings (URL, token, TLS), for requests beside
+        the long-poll (telemetry reports); rebuilt when those change. None while the token
+        is still to come from the enrollment."""
+        # The latest enrolled token (each renewal revokes the previous one).
+        token = self._token_provider() if self._token_provider is not None else self._token
+        if token is None and self._token_provider is not None:
+            return None
+        key = (self.config.url, token)
+        if self._side is None or self._side_key != key:
+            if self._side is not None:
+                self._side.close()
+            self._side = ControlClient(
+                self.config.url,
+                token=token,
+                timeout_s=self.config.timeout_s,
+                user_agent=self._user_agent,
+                tls=self._tls,
+                peer_id=self._peer_id,
+            )
+            self._side_key = key
+        return self._side
 
     def adopt(self, version: int, digest: str) -> None:
         """A snapshot from elsewhere (the cache) is in service: report it in the next poll."""
@@ -254,6 +279,8 @@ class ControlSource:
                 self._scope = None
         finally:
             self._client.close()
+            if self._side is not None:
+                self._side.close()
 
     async def _follow(self) -> None:
         while True:
