@@ -63,7 +63,7 @@ PACKAGES = (
     Package(
         name="meshd",
         command="meshd",
-        summary="sidecar proxy of the meshd service mesh",
+        summary="Sidecar proxy of the service mesh",
         description=(
             "The data plane of the meshd service mesh: one sidecar per local service routes\n"
             "HTTP/1.1 and TCP between services over mutual TLS, enforces access policies and\n"
@@ -77,7 +77,7 @@ PACKAGES = (
     Package(
         name="controld",
         command="controld",
-        summary="control plane of the meshd service mesh",
+        summary="Control plane of the meshd service mesh",
         description=(
             "The control plane of the meshd service mesh: a Consul-compatible service\n"
             "registry, the policy store, the certificate authority of the mesh and the\n"
@@ -91,7 +91,7 @@ PACKAGES = (
     Package(
         name="meshctl",
         command="meshctl",
-        summary="operator tools of the meshd service mesh",
+        summary="Operator tools of the meshd service mesh",
         description=(
             "meshctl, the operator CLI of the meshd service mesh: apply and inspect policy,\n"
             "mint join tokens, show the sidecars' status, explain routing decisions."
@@ -319,23 +319,34 @@ class Build:
     # -- package metadata files ----------------------------------------------------------------
 
     def docs(self, pkg: Package) -> dict[str, Path]:
-        """copyright, changelog and README of /usr/share/doc/<name>."""
+        """copyright and README of /usr/share/doc/<name> (nfpm writes the changelog)."""
         work = self.work / pkg.name / "doc"
         work.mkdir(parents=True, exist_ok=True)
-        date = datetime.fromtimestamp(self.epoch, UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
-        changelog = (
-            f"{pkg.name} ({self.deb_version}) unstable; urgency=medium\n\n"
-            f"  * Package built from the meshd source, version {self.version}.\n\n"
-            f" -- {MAINTAINER}  {date}\n"
-        )
         copyright_text = (HERE / "debian" / "copyright").read_text()
         (work / "copyright").write_text(copyright_text)
         (work / "README.md").write_text((HERE / "README.package.md").read_text())
         return {
             "copyright": work / "copyright",
-            "changelog.Debian.gz": self._gzip(changelog.encode(), work / "changelog.Debian.gz"),
             "README.md": work / "README.md",
         }
+
+    def chglog(self, pkg: Package) -> Path:
+        """The changelog (goreleaser/chglog YAML): nfpm makes the rpm's %changelog and the deb's
+        changelog.Debian.gz from it."""
+        date = datetime.fromtimestamp(self.epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        entry = [
+            {
+                "semver": self.deb_version,
+                "date": date,
+                "packager": MAINTAINER,
+                "changes": [
+                    {"note": f"Package built from the meshd source, version {self.version}."}
+                ],
+            }
+        ]
+        path = self.work / pkg.name / "changelog.yml"
+        path.write_text(json.dumps(entry, indent=2))
+        return path
 
     @property
     def deb_version(self) -> str:
@@ -363,7 +374,7 @@ class Build:
         }
         out = {}
         for template in sorted((HERE / "scripts").glob("*.in")):
-            text = template.read_text()
+            text = _blocks(template.read_text(), user=pkg.user is not None, units=bool(pkg.units))
             for key, value in values.items():
                 text = text.replace(key, value)
             path = work / template.name.removesuffix(".in")
@@ -380,18 +391,22 @@ class Build:
             # python3.11 by name, since EL9/Fedora's python3 may be another version.
             {"src": "/usr/bin/python3", "dst": f"/opt/{pkg.name}/bin/python3",
              "type": "symlink", "packager": "deb"},
-            {"src": f"/usr/bin/{PY}", "dst": f"/opt/{pkg.name}/bin/python3",
+            # Debian policy 10.5 wants links across top-level directories absolute, rpmlint
+            # wants them relative.
+            {"src": f"../../../usr/bin/{PY}", "dst": f"/opt/{pkg.name}/bin/python3",
              "type": "symlink", "packager": "rpm"},
             {"src": f"/opt/{pkg.name}/bin/{pkg.command}", "dst": f"/usr/bin/{pkg.command}",
-             "type": "symlink"},
+             "type": "symlink", "packager": "deb"},
+            {"src": f"../../opt/{pkg.name}/bin/{pkg.command}", "dst": f"/usr/bin/{pkg.command}",
+             "type": "symlink", "packager": "rpm"},
             {"src": str(man), "dst": f"/usr/share/man/man1/{pkg.command}.1.gz",
-             "file_info": {"mode": 0o644}},
+             "file_info": {"mode": 0o644}, "packager": "deb"},
+            {"src": str(man), "dst": f"/usr/share/man/man1/{pkg.command}.1.gz",
+             "file_info": {"mode": 0o644}, "packager": "rpm", "type": "doc"},
         ]  # fmt: skip
         for name, path in self.docs(pkg).items():
             dst = f"/usr/share/doc/{pkg.name}/{name}"
-            if name == "changelog.Debian.gz":
-                contents.append({"src": str(path), "dst": dst, "packager": "deb"})
-            elif name == "copyright":
+            if name == "copyright":
                 contents.append({"src": str(path), "dst": dst, "packager": "deb"})
                 contents.append(
                     {"src": str(path), "dst": f"/usr/share/licenses/{pkg.name}/copyright",
@@ -423,7 +438,8 @@ class Build:
                  "file_info": {"mode": 0o750, "owner": pkg.user, "group": pkg.user}}
             )  # fmt: skip
         overrides = self.work / pkg.name / "lintian-overrides"
-        text = (HERE / "lintian" / "overrides.in").read_text().replace("@NAME@", pkg.name)
+        text = _blocks((HERE / "lintian" / "overrides.in").read_text(), units=bool(pkg.units))
+        text = text.replace("@NAME@", pkg.name)
         overrides.write_text(text)
         contents.append(
             {"src": str(overrides), "dst": f"/usr/share/lintian/overrides/{pkg.name}",
@@ -455,9 +471,11 @@ class Build:
             "license": "Apache-2.0",
             "mtime": datetime.fromtimestamp(self.epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "contents": contents,
+            "changelog": str(self.chglog(pkg)),
             "overrides": {"deb": {"depends": deb_depends}, "rpm": {"depends": rpm_depends}},
             "deb": {
-                "compression": "zstd",
+                # Debian 12's lintian accepts only gz/xz/bz2/lzma data members; gzip is fast.
+                "compression": "gzip",
                 "scripts": {},
                 "fields": {},
             },
@@ -519,13 +537,34 @@ class Build:
             result = run(
                 [self.nfpm(), "package", "--config", config, "--packager", packager,
                  "--target", self.dist],
-                env=self.env, capture_output=True,
+                env=self.env, capture_output=True, check=False,
             )  # fmt: skip
+            if result.returncode != 0:
+                raise SystemExit(f"nfpm failed:\n{result.stdout}{result.stderr}")
             match = re.search(r"created package: (\S+)", result.stdout + result.stderr)
             if not match:
                 raise SystemExit(f"nfpm said: {result.stdout}{result.stderr}")
             out.append(Path(match.group(1)))
         return out
+
+
+def _blocks(text: str, **keep: bool) -> str:
+    """``text`` without the ``#@if NAME`` ... ``#@end`` blocks whose ``keep[NAME]`` is false."""
+    out: list[str] = []
+    skipping: str | None = None
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("#@if "):
+            name = stripped.removeprefix("#@if ").strip()
+            if not keep[name]:
+                skipping = name
+            continue
+        if stripped == "#@end":
+            skipping = None
+            continue
+        if skipping is None:
+            out.append(line)
+    return "".join(out)
 
 
 def _runnable(path: Path) -> bool:
@@ -583,14 +622,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     build.fetch(HERE / "requirements.lock")
     build.dist.mkdir(parents=True, exist_ok=True)
-    wheel = build.meshd_wheel()
     made: list[Path] = []
-    for pkg in PACKAGES:
-        if args.only and pkg.name not in args.only:
-            continue
-        made += build.package(pkg, wheel)
-    if not os.environ.get("MESHD_PKG_KEEP"):
-        shutil.rmtree(build.work, ignore_errors=True)
+    try:
+        wheel = build.meshd_wheel()
+        for pkg in PACKAGES:
+            if args.only and pkg.name not in args.only:
+                continue
+            made += build.package(pkg, wheel)
+    finally:
+        if not os.environ.get("MESHD_PKG_KEEP"):
+            shutil.rmtree(build.work, ignore_errors=True)
     sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(made)]
     (build.dist / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     for line in sums:
