@@ -309,9 +309,7 @@ class Build:
     def _gzip(self, data: bytes, out: Path) -> Path:
         with (
             out.open("wb") as raw,
-            gzip.GzipFile(
-                filename="", mode="wb", fileobj=raw, mtime=self.epoch, compresslevel=9
-            ) as gz,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
         ):
             gz.write(data)
         return out
@@ -339,6 +337,7 @@ class Build:
                 "semver": self.deb_version,
                 "date": date,
                 "packager": MAINTAINER,
+                "deb": {"urgency": "medium", "distributions": ["unstable"]},
                 "changes": [
                     {"note": f"Package built from the meshd source, version {self.version}."}
                 ],
@@ -438,7 +437,11 @@ class Build:
                  "file_info": {"mode": 0o750, "owner": pkg.user, "group": pkg.user}}
             )  # fmt: skip
         overrides = self.work / pkg.name / "lintian-overrides"
-        text = _blocks((HERE / "lintian" / "overrides.in").read_text(), units=bool(pkg.units))
+        text = _blocks(
+            (HERE / "lintian" / "overrides.in").read_text(),
+            # lintian asks for an init script only for plain services, not templates.
+            service=any("@" not in unit for unit in pkg.units),
+        )
         text = text.replace("@NAME@", pkg.name)
         overrides.write_text(text)
         contents.append(
