@@ -21,8 +21,11 @@ Environment:
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -259,6 +262,7 @@ class Build:
         for lib in sorted(prefix.rglob("*.so")):
             if lib.is_file() and not lib.is_symlink():
                 run(["strip", "--strip-unneeded", "--remove-section=.comment", lib])
+        _rewrite_records(prefix)
         # lib64 -> lib is a relative symlink venv makes; keep it.
         leftovers = run(["grep", "-rlF", staged, prefix], capture_output=True, check=False)
         if leftovers.stdout.strip():
@@ -549,6 +553,31 @@ class Build:
                 raise SystemExit(f"nfpm said: {result.stdout}{result.stderr}")
             out.append(Path(match.group(1)))
         return out
+
+
+def _rewrite_records(prefix: Path) -> None:
+    """Hashes and sizes of each distribution's RECORD match the files as shipped.
+
+    The scripts (shebang rewritten) and the extension modules (stripped) changed after pip
+    wrote them; pip's hashes of the scripts would even carry the build path.
+    """
+    for record in sorted(prefix.glob("lib/*/site-packages/*.dist-info/RECORD")):
+        site = record.parent.parent
+        rows = []
+        for row in csv.reader(record.read_text().splitlines()):
+            if not row:
+                continue
+            target = (site / row[0]).resolve() if not row[0].startswith("/") else Path(row[0])
+            if row[1] and target.is_file():
+                data = target.read_bytes()
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                rows.append([row[0], f"sha256={digest.decode()}", str(len(data))])
+            elif target.exists() or row[0].endswith("RECORD"):
+                rows.append(row)
+            # else: removed above (direct_url.json)
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(rows)
+        record.write_text(out.getvalue())
 
 
 def _blocks(text: str, **keep: bool) -> str:

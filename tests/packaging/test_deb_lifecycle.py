@@ -1,0 +1,228 @@
+"""The .debs in a Debian 12 chroot: install, run controld and a sidecar from it (plain
+processes, never systemd) and serve a request through the sidecar, check the units with
+systemd-analyze, upgrade to a newer build keeping configuration and state, purge.
+
+The tests share one chroot and run in order (install, units, upgrade, purge). Slow; needs
+root and the tools .ci/run installs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from pkgtools import (
+    PACKAGES,
+    Daemon,
+    Dist,
+    build,
+    free_ports,
+    fresh_chroot,
+    http_get,
+    in_root,
+    require_tools,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+class _App(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"app saw {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[int]:
+    """An HTTP app on the host's 127.0.0.1 (the chroot shares the network)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _App)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dist, Dist]:
+    require_tools()
+    old = build(tmp_path_factory)
+    new = build(tmp_path_factory, version="0.1.1")
+    return old, new
+
+
+@pytest.fixture(scope="module")
+def root(dists: tuple[Dist, Dist]) -> Iterator[Path]:
+    with fresh_chroot() as path:
+        for deb in dists[0].debs() + dists[1].debs():
+            (path / "tmp" / deb.name).write_bytes(deb.read_bytes())
+        yield path
+
+
+def _dpkg(root: Path, *args: str) -> str:
+    return in_root(root, "dpkg", *args, timeout=600).stdout
+
+
+def _tree_digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _write_sidecar(root: Path, app: int, outbound: int, admin: int) -> None:
+    """A sidecar "web" with a snapshot file: 127.0.0.1:<outbound> -> the host's app."""
+    (root / "etc/meshd/web.yaml").write_text(
+        f"service: web\napp: 127.0.0.1:{app}\nadmin: 127.0.0.1:{admin}\n"
+        "snapshot: {file: web.snapshot.yaml}\ndrain_delay_s: 0\ndrain_timeout_s: 2\n"
+    )
+    (root / "etc/meshd/web.snapshot.yaml").write_text(
+        "version: 1\nlisteners:\n"
+        f'  - {{name: api, direction: outbound, address: "127.0.0.1:{outbound}", '
+        "route_table: api}\n"
+        "route_tables:\n  - name: api\n    routes:\n"
+        "      - {name: all, match: {path: {prefix: /}}, backends: [{cluster: api}]}\n"
+        "clusters:\n"
+        f"  - {{name: api, service: api, endpoints: [{{host: 127.0.0.1, port: {app}}}]}}\n"
+    )
+
+
+def _start_controld(root: Path, log: Path) -> tuple[Daemon, str]:
+    registry, admin, push = free_ports(3)
+    daemon = Daemon(
+        root,
+        "controld",
+        ["/usr/bin/controld", "run", "--data-dir", "/var/lib/controld",
+         "--registry-listen", f"127.0.0.1:{registry}", "--admin", f"127.0.0.1:{admin}",
+         "--push", f"127.0.0.1:{push}", "--tls", "off"],
+        log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{admin}"
+    daemon.wait_http(f"{url}/ready")
+    return daemon, url
+
+
+def test_install_and_serve_a_request_through_the_sidecar(
+    root: Path, app: int, tmp_path: Path
+) -> None:
+    _dpkg(root, "-i", *(f"/tmp/{name}_0.1.0-1_amd64.deb" for name in PACKAGES))
+    assert in_root(root, "meshd", "--version").stdout.strip() == "meshd 0.1.0"
+    for user in ("meshd", "controld"):
+        entry = in_root(root, "getent", "passwd", user).stdout
+        assert entry.split(":")[5] == f"/var/lib/{user}"
+        assert (root / "var/lib" / user).is_dir()
+    assert list((root / "opt/controld/lib").rglob("*.pyc")), "postinst compiled nothing"
+
+    controld, url = _start_controld(root, tmp_path / "controld.log")
+    try:
+        # meshctl of the chroot finds controld's admin token in /var/lib/controld by itself.
+        status = in_root(root, "meshctl", "--server", url, "status")
+        assert status.returncode == 0
+        assert (root / "var/lib/controld/admin-token").exists()
+        assert (root / "var/lib/controld/admin-token").stat().st_uid != 0  # the controld user
+    finally:
+        assert controld.stop() == 0, controld.tail()
+
+    outbound, admin = free_ports(2)
+    _write_sidecar(root, app, outbound, admin)
+    in_root(root, "meshd", "validate", "-c", "/etc/meshd/web.yaml", user="meshd")
+    sidecar = Daemon(
+        root, "meshd", ["/usr/bin/meshd", "run", "-c", "/etc/meshd/web.yaml"], tmp_path / "m.log"
+    )
+    try:
+        sidecar.wait_http(f"http://127.0.0.1:{admin}/ready")
+        status_code, body = http_get(f"http://127.0.0.1:{outbound}/hello")
+        assert (status_code, body) == (200, b"app saw /hello")
+    finally:
+        assert sidecar.stop() == 0, sidecar.tail()
+
+
+def _exposure(root: Path, unit: str) -> float:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", f"--root={root}", unit],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout[-2000:] + done.stderr[-2000:]
+    return float(match.group(1))
+
+
+def test_units_verify_and_are_hardened(root: Path) -> None:
+    # The instance "web" as an operator sets it up: /etc/meshd/web.yaml (written by the test
+    # above) and the socket's addresses in a drop-in.
+    if not (root / "etc/meshd/web.yaml").exists():
+        pytest.skip("needs the installed chroot of the test above")
+    dropin = root / "etc/systemd/system/meshd@web.socket.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "listen.conf").write_text("[Socket]\nListenStream=127.0.0.1:15001\n")
+    units = ["meshd@web.service", "meshd@web.socket", "controld.service"]
+    done = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "--man=no", *units],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "" and done.stderr.strip() == "", done.stdout + done.stderr
+    for unit in ("meshd@web.service", "controld.service"):
+        assert _exposure(root, unit) <= 2.0
+    service = (root / "lib/systemd/system/meshd@.service").read_text()
+    assert "Type=notify" in service
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in service
+    assert "WatchdogSec=" in service
+    # Above drain_delay_s (5) + drain_timeout_s (30).
+    assert int(re.search(r"TimeoutStopSec=(\d+)s", service).group(1)) > 35  # type: ignore[union-attr]
+
+
+def test_upgrade_keeps_configuration_and_state(root: Path, tmp_path: Path) -> None:
+    if not (root / "var/lib/controld/admin-token").exists():
+        pytest.skip("needs the installed chroot of the first test")
+    meshd_env = root / "etc/meshd/meshd.env"
+    controld_env = root / "etc/controld/controld.env"
+    meshd_env.write_text(meshd_env.read_text() + "MESHD_LOG_LEVEL=debug\n")
+    controld_env.write_text(controld_env.read_text() + "# changed by the operator\n")
+    state = _tree_digest(root / "var/lib/controld")
+    assert "admin-token" in state
+    assert any(name.startswith("ca") for name in state), sorted(state)
+
+    _dpkg(root, "-i", *(f"/tmp/{name}_0.1.1-1_amd64.deb" for name in PACKAGES))
+    versions = in_root(root, "dpkg-query", "-W", *PACKAGES).stdout.split()
+    assert versions == ["controld", "0.1.1-1", "meshctl", "0.1.1-1", "meshd", "0.1.1-1"]
+    assert meshd_env.read_text().endswith("MESHD_LOG_LEVEL=debug\n")
+    assert controld_env.read_text().endswith("# changed by the operator\n")
+    assert (root / "etc/meshd/web.yaml").exists()
+    assert _tree_digest(root / "var/lib/controld") == state
+
+    # The upgraded controld starts on the same state: meshctl's token (read from it) works.
+    controld, url = _start_controld(root, tmp_path / "controld.log")
+    try:
+        in_root(root, "meshctl", "--server", url, "status")
+    finally:
+        assert controld.stop() == 0, controld.tail()
+
+
+def test_purge_removes_what_the_packages_made(root: Path) -> None:
+    if not (root / "opt/meshd").exists():
+        pytest.skip("needs the installed chroot of the first test")
+    _dpkg(root, "--purge", *PACKAGES)
+    for name in PACKAGES:
+        assert not (root / "opt" / name).exists()
+        assert not (root / "usr/bin" / name).exists()
+        assert not (root / "usr/share/doc" / name).exists()
+    for gone in ("etc/meshd/meshd.env", "etc/controld", "var/lib/meshd", "var/lib/controld"):
+        assert not (root / gone).exists(), gone
+    assert not (root / "lib/systemd/system/meshd@.service").exists()
+    # What the operator wrote stays (dpkg removes only its own files), and so do the system
+    # users (Debian policy: files they own may remain); docs/install.md says so.
+    assert (root / "etc/meshd/web.yaml").exists()
+    assert in_root(root, "getent", "passwd", "meshd").stdout.startswith("meshd:")
