@@ -1,6 +1,7 @@
-"""The .debs in a Debian 12 chroot: install, run controld and a sidecar from it (plain
-processes, never systemd) and serve a request through the sidecar, check the units with
-systemd-analyze, upgrade to a newer build keeping configuration and state, purge.
+"""The .debs in a Debian 12 chroot: install; run the installed controld and two sidecars
+fed by it (plain processes through chroot(8), never systemd) and serve a request from the
+"web" sidecar's outbound listener through the "api" sidecar to an app; check the units with
+systemd-analyze; upgrade to a newer build keeping configuration and state; purge.
 
 The tests share one chroot and run in order (install, units, upgrade, purge). Slow; needs
 root and the tools .ci/run installs."""
@@ -11,6 +12,7 @@ import hashlib
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -82,24 +84,52 @@ def _tree_digest(path: Path) -> dict[str, str]:
     }
 
 
-def _write_sidecar(root: Path, app: int, outbound: int, admin: int) -> None:
-    """A sidecar "web" with a snapshot file: 127.0.0.1:<outbound> -> the host's app."""
-    (root / "etc/meshd/web.yaml").write_text(
-        f"service: web\napp: 127.0.0.1:{app}\nadmin: 127.0.0.1:{admin}\n"
-        "snapshot: {file: web.snapshot.yaml}\ndrain_delay_s: 0\ndrain_timeout_s: 2\n"
+def _write_sidecar(
+    root: Path,
+    name: str,
+    app: int,
+    admin: int,
+    inbound: int,
+    controld: str,
+    upstreams: dict[str, int],
+) -> None:
+    """Sidecar ``name`` in controld mode, as docs/install.md describes: bootstrap in
+    /etc/meshd/NAME.yaml, everything it writes or reads as secrets in /var/lib/meshd/NAME."""
+    state = root / "var/lib/meshd" / name
+    state.mkdir(mode=0o700)
+    push, registry, url = controld.split()
+    sidecar_token = in_root(root, "meshctl", "--server", url, "token", "sidecar", "--service", name)
+    registry_token = in_root(
+        root, "meshctl", "--server", url, "token", "registry", "--service", name
     )
-    (root / "etc/meshd/web.snapshot.yaml").write_text(
-        "version: 1\nlisteners:\n"
-        f'  - {{name: api, direction: outbound, address: "127.0.0.1:{outbound}", '
-        "route_table: api}\n"
-        "route_tables:\n  - name: api\n    routes:\n"
-        "      - {name: all, match: {path: {prefix: /}}, backends: [{cluster: api}]}\n"
-        "clusters:\n"
-        f"  - {{name: api, service: api, endpoints: [{{host: 127.0.0.1, port: {app}}}]}}\n"
-    )
+    (state / "token").write_text(sidecar_token.stdout.strip() + "\n")
+    (state / "registry-token").write_text(registry_token.stdout.strip() + "\n")
+    in_root(root, "chown", "-R", "meshd:meshd", f"/var/lib/meshd/{name}")
+    lines = [
+        f"service: {name}",
+        f"node: {name}-sidecar",
+        f"app: 127.0.0.1:{app}",
+        f"admin: 127.0.0.1:{admin}",
+        f"inbound: 127.0.0.1:{inbound}",
+        "drain_delay_s: 0",
+        "drain_timeout_s: 2",
+        "snapshot:",
+        f"  controld: {{url: '{push}', token_file: /var/lib/meshd/{name}/token,",
+        f"             cache_file: /var/lib/meshd/{name}/snapshot.json, wait_s: 30}}",
+        "registry:",
+        f"  address: '{registry}'",
+        f"  token_file: /var/lib/meshd/{name}/registry-token",
+        f"  service_id: {name}",
+        "  check: {kind: tcp, interval_s: 1, timeout_s: 1}",
+    ]
+    if upstreams:
+        lines.append("upstreams:")
+        lines += [f"  - {{service: {svc}, port: {port}}}" for svc, port in upstreams.items()]
+    (root / "etc/meshd" / f"{name}.yaml").write_text("\n".join(lines) + "\n")
 
 
 def _start_controld(root: Path, log: Path) -> tuple[Daemon, str]:
+    """controld of the chroot as its user; returns it and "push registry admin" URLs."""
     registry, admin, push = free_ports(3)
     daemon = Daemon(
         root,
@@ -111,10 +141,10 @@ def _start_controld(root: Path, log: Path) -> tuple[Daemon, str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{admin}"
     daemon.wait_http(f"{url}/ready")
-    return daemon, url
+    return daemon, f"http://127.0.0.1:{push} http://127.0.0.1:{registry} {url}"
 
 
-def test_install_and_serve_a_request_through_the_sidecar(
+def test_install_and_serve_a_request_through_the_sidecars(
     root: Path, app: int, tmp_path: Path
 ) -> None:
     _dpkg(root, "-i", *(f"/tmp/{name}_0.1.0-1_amd64.deb" for name in PACKAGES))
@@ -125,28 +155,41 @@ def test_install_and_serve_a_request_through_the_sidecar(
         assert (root / "var/lib" / user).is_dir()
     assert list((root / "opt/controld/lib").rglob("*.pyc")), "postinst compiled nothing"
 
-    controld, url = _start_controld(root, tmp_path / "controld.log")
-    try:
-        # meshctl of the chroot finds controld's admin token in /var/lib/controld by itself.
-        status = in_root(root, "meshctl", "--server", url, "status")
-        assert status.returncode == 0
-        assert (root / "var/lib/controld/admin-token").exists()
-        assert (root / "var/lib/controld/admin-token").stat().st_uid != 0  # the controld user
-    finally:
-        assert controld.stop() == 0, controld.tail()
+    _serve_through_the_mesh(root, app, tmp_path)
 
-    outbound, admin = free_ports(2)
-    _write_sidecar(root, app, outbound, admin)
-    in_root(root, "meshd", "validate", "-c", "/etc/meshd/web.yaml", user="meshd")
-    sidecar = Daemon(
-        root, "meshd", ["/usr/bin/meshd", "run", "-c", "/etc/meshd/web.yaml"], tmp_path / "m.log"
-    )
+
+def _serve_through_the_mesh(root: Path, app: int, tmp_path: Path) -> None:
+    """controld, and sidecars for "web" and "api" fed by it; web's outbound listener for api
+    reaches the app behind api's sidecar."""
+    controld, urls = _start_controld(root, tmp_path / "controld.log")
+    sidecars: list[Daemon] = []
     try:
-        sidecar.wait_http(f"http://127.0.0.1:{admin}/ready")
-        status_code, body = http_get(f"http://127.0.0.1:{outbound}/hello")
-        assert (status_code, body) == (200, b"app saw /hello")
+        admin_url = urls.split()[2]
+        # meshctl of the chroot finds controld's admin token in /var/lib/controld by itself.
+        in_root(root, "meshctl", "--server", admin_url, "status")
+        assert (root / "var/lib/controld/admin-token").stat().st_uid != 0  # the controld user
+        api_admin, api_in, web_admin, web_in, web_out = free_ports(5)
+        _write_sidecar(root, "api", app, api_admin, api_in, urls, {})
+        _write_sidecar(root, "web", app, web_admin, web_in, urls, {"api": web_out})
+        for name, admin in (("api", api_admin), ("web", web_admin)):
+            in_root(root, "meshd", "validate", "-c", f"/etc/meshd/{name}.yaml", user="meshd")
+            argv = ["/usr/bin/meshd", "run", "-c", f"/etc/meshd/{name}.yaml"]
+            sidecars.append(Daemon(root, "meshd", argv, tmp_path / f"{name}.log"))
+            sidecars[-1].wait_http(f"http://127.0.0.1:{admin}/ready")
+        # api's endpoint reaches web's snapshot once api registered: bounded wait.
+        answer: tuple[int, bytes] = (0, b"")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            answer = http_get(f"http://127.0.0.1:{web_out}/hello")
+            if answer[0] == 200:
+                break
+            time.sleep(0.3)
+        logs = "".join(sidecar.tail() for sidecar in sidecars)
+        assert answer == (200, b"app saw /hello"), f"{answer}\n{logs}"
     finally:
-        assert sidecar.stop() == 0, sidecar.tail()
+        for sidecar in reversed(sidecars):
+            assert sidecar.stop() == 0, sidecar.tail()
+        assert controld.stop() == 0, controld.tail()
 
 
 def _exposure(root: Path, unit: str) -> float:
@@ -192,6 +235,8 @@ def test_upgrade_keeps_configuration_and_state(root: Path, tmp_path: Path) -> No
     meshd_env.write_text(meshd_env.read_text() + "MESHD_LOG_LEVEL=debug\n")
     controld_env.write_text(controld_env.read_text() + "# changed by the operator\n")
     state = _tree_digest(root / "var/lib/controld")
+    sidecar_state = _tree_digest(root / "var/lib/meshd")
+    assert "web/token" in sidecar_state and "web/snapshot.json" in sidecar_state
     assert "admin-token" in state
     assert any(name.startswith("ca") for name in state), sorted(state)
 
@@ -202,11 +247,12 @@ def test_upgrade_keeps_configuration_and_state(root: Path, tmp_path: Path) -> No
     assert controld_env.read_text().endswith("# changed by the operator\n")
     assert (root / "etc/meshd/web.yaml").exists()
     assert _tree_digest(root / "var/lib/controld") == state
+    assert _tree_digest(root / "var/lib/meshd") == sidecar_state
 
     # The upgraded controld starts on the same state: meshctl's token (read from it) works.
-    controld, url = _start_controld(root, tmp_path / "controld.log")
+    controld, urls = _start_controld(root, tmp_path / "controld.log")
     try:
-        in_root(root, "meshctl", "--server", url, "status")
+        in_root(root, "meshctl", "--server", urls.split()[2], "status")
     finally:
         assert controld.stop() == 0, controld.tail()
 
