@@ -21,11 +21,7 @@ Environment:
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
-import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -34,94 +30,21 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-#: The distribution's interpreter: the virtualenvs point at it (Debian 12: 3.11).
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-PY = "python3.11"
-MAINTAINER = "meshd maintainers <meshd@example.org>"
-HOMEPAGE = "https://example.org/meshd"
-
-
-@dataclass(frozen=True)
-class Package:
-    """One package: its name, command, summary, and the system user its daemon runs as."""
-
-    name: str
-    command: str
-    summary: str
-    description: str
-    user: str | None
-    config_dir: str | None
-    state_dir: str | None
-    units: tuple[str, ...]
-
-
-PACKAGES = (
-    Package(
-        name="meshd",
-        command="meshd",
-        summary="Sidecar proxy of the service mesh",
-        description=(
-            "The data plane of the meshd service mesh: one sidecar per local service routes\n"
-            "HTTP/1.1 and TCP between services over mutual TLS, enforces access policies and\n"
-            "exports metrics. Runs as meshd@NAME.service with /etc/meshd/NAME.yaml."
-        ),
-        user="meshd",
-        config_dir="/etc/meshd",
-        state_dir="/var/lib/meshd",
-        units=("meshd@.service", "meshd@.socket"),
-    ),
-    Package(
-        name="controld",
-        command="controld",
-        summary="Control plane of the meshd service mesh",
-        description=(
-            "The control plane of the meshd service mesh: a Consul-compatible service\n"
-            "registry, the policy store, the certificate authority of the mesh and the\n"
-            "snapshot push to the sidecars. Runs as controld.service."
-        ),
-        user="controld",
-        config_dir="/etc/controld",
-        state_dir="/var/lib/controld",
-        units=("controld.service",),
-    ),
-    Package(
-        name="meshctl",
-        command="meshctl",
-        summary="Operator tools of the meshd service mesh",
-        description=(
-            "meshctl, the operator CLI of the meshd service mesh: apply and inspect policy,\n"
-            "mint join tokens, show the sidecars' status, explain routing decisions."
-        ),
-        user=None,
-        config_dir=None,
-        state_dir=None,
-        units=(),
-    ),
+from nfpmconfig import Recipe
+from pkgspec import (
+    CLI_MODULES,
+    HERE,
+    PACKAGES,
+    REPO,
+    SUBCOMMANDS,
+    SYSTEM_PYTHON,
+    Package,
+    log,
+    run,
 )
-
-#: The module run as each command (``python -m``) to generate its man page.
-CLI_MODULES = {"meshd": "meshd.cli", "controld": "controld.cli", "meshctl": "tui.cli"}
-#: Subcommands whose --help goes into the man page's COMMANDS section.
-SUBCOMMANDS = {"meshd": ("run", "validate"), "controld": ("run", "registry"), "meshctl": ()}
-
-
-def log(message: str) -> None:
-    print(f"packaging/build: {message}", file=sys.stderr, flush=True)
-
-
-def run(
-    cmd: Sequence[str | Path], *, check: bool = True, **kwargs: object
-) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` (text mode); raises on a non-zero exit unless ``check`` is false."""
-    # Commands and arguments are this script's own (tool paths, cache paths).
-    return subprocess.run([str(c) for c in cmd], check=check, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]  # noqa: S603
+from staging import gzip_to, normalize, relocate, roff_escape
 
 
 class Build:
@@ -170,7 +93,7 @@ class Build:
     def fetch(self, lock: Path) -> None:
         """Every wheel of ``lock`` in the cache: offline when they are all there."""
         self.wheels.mkdir(parents=True, exist_ok=True)
-        offline = [
+        offline: list[str | Path] = [
             "download", "--no-deps", "--only-binary=:all:", "--no-index",
             "--find-links", self.wheels, "-d", self.wheels, "-r", lock,
         ]  # fmt: skip
@@ -224,49 +147,8 @@ class Build:
             "--no-deps", "--no-warn-script-location",
             "-r", HERE / "requirements.lock", wheel,
         )  # fmt: skip
-        self._relocate(prefix, f"/opt/{pkg.name}")
+        relocate(prefix, f"/opt/{pkg.name}")
         return root
-
-    @staticmethod
-    def _relocate(prefix: Path, target: str) -> None:
-        """Rewrite the staging path out of the virtualenv (it runs from ``target``)."""
-        staged = str(prefix)
-        for script in (prefix / "bin").iterdir():
-            if script.is_symlink() or not script.is_file():
-                continue
-            if script.name.startswith("activate") or script.name == "Activate.ps1":
-                # Interactive helpers with the build path baked in; the package needs none.
-                script.unlink()
-                continue
-            data = script.read_bytes()
-            if data.startswith(b"#!") and staged.encode() in data:
-                script.write_bytes(data.replace(staged.encode(), target.encode()))
-        cfg = prefix / "pyvenv.cfg"
-        lines = [
-            f"command = {SYSTEM_PYTHON} -m venv {target}" if line.startswith("command") else line
-            for line in cfg.read_text().splitlines()
-        ]
-        cfg.write_text("\n".join(lines) + "\n")
-        # pip records where a wheel came from (a build path) and who installed it.
-        for direct in prefix.glob("lib/*/site-packages/*.dist-info/direct_url.json"):
-            direct.unlink()
-        for cache in sorted(prefix.rglob("__pycache__"), reverse=True):
-            shutil.rmtree(cache)
-        # Data files some distributions install at the virtualenv's top (py-consul's
-        # requirements files), and the empty include/ directory.
-        for item in prefix.iterdir():
-            if item.is_file() and not item.is_symlink() and item.name != "pyvenv.cfg":
-                item.unlink()
-        shutil.rmtree(prefix / "include", ignore_errors=True)
-        # Debug symbols of the wheels' extension modules, as dh_strip removes them.
-        for lib in sorted(prefix.rglob("*.so")):
-            if lib.is_file() and not lib.is_symlink():
-                run(["strip", "--strip-unneeded", "--remove-section=.comment", lib])
-        _rewrite_records(prefix)
-        # lib64 -> lib is a relative symlink venv makes; keep it.
-        leftovers = run(["grep", "-rlF", staged, prefix], capture_output=True, check=False)
-        if leftovers.stdout.strip():
-            raise SystemExit(f"build path left in the virtualenv:\n{leftovers.stdout}")
 
     # -- man pages -----------------------------------------------------------------------------
 
@@ -293,7 +175,7 @@ class Build:
             env=env,
         )  # fmt: skip
         text = page.read_text().replace(str(work) + "/", "")
-        return self._gzip(text.encode(), work / f"{pkg.command}.1.gz")
+        return gzip_to(text.encode(), work / f"{pkg.command}.1.gz")
 
     def _man_include(self, pkg: Package, wrapper: Path) -> str:
         parts = []
@@ -303,228 +185,16 @@ class Build:
             env = dict(self.env, COLUMNS="80", PYTHONDONTWRITEBYTECODE="1")
             for sub in subs:
                 out = run([wrapper, sub, "--help"], capture_output=True, env=env).stdout
-                parts.append(f'.SS "{pkg.command} {sub}"\n.nf\n{_roff_escape(out)}\n.fi\n')
+                parts.append(f'.SS "{pkg.command} {sub}"\n.nf\n{roff_escape(out)}\n.fi\n')
         parts.append(
             "[SEE ALSO]\n/usr/share/doc/" + pkg.name + "/README.md and docs/install.md in "
             "the meshd source.\n"
         )
         return "".join(parts)
 
-    def _gzip(self, data: bytes, out: Path) -> Path:
-        with (
-            out.open("wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
-        ):
-            gz.write(data)
-        return out
-
-    # -- package metadata files ----------------------------------------------------------------
-
-    def docs(self, pkg: Package) -> dict[str, Path]:
-        """copyright and README of /usr/share/doc/<name> (nfpm writes the changelog)."""
-        work = self.work / pkg.name / "doc"
-        work.mkdir(parents=True, exist_ok=True)
-        copyright_text = (HERE / "debian" / "copyright").read_text()
-        (work / "copyright").write_text(copyright_text)
-        (work / "README.md").write_text((HERE / "README.package.md").read_text())
-        return {
-            "copyright": work / "copyright",
-            "README.md": work / "README.md",
-        }
-
-    def chglog(self, pkg: Package) -> Path:
-        """The changelog (goreleaser/chglog YAML): nfpm makes the rpm's %changelog and the deb's
-        changelog.Debian.gz from it."""
-        date = datetime.fromtimestamp(self.epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        entry = [
-            {
-                "semver": self.deb_version,
-                "date": date,
-                "packager": MAINTAINER,
-                "deb": {"urgency": "medium", "distributions": ["unstable"]},
-                "changes": [
-                    {"note": f"Package built from the meshd source, version {self.version}."}
-                ],
-            }
-        ]
-        path = self.work / pkg.name / "changelog.yml"
-        path.write_text(json.dumps(entry, indent=2))
-        return path
-
     @property
     def deb_version(self) -> str:
         return f"{self.version}-{self.release}"
-
-    def scripts(self, pkg: Package) -> dict[str, Path]:
-        """Maintainer scripts from packaging/scripts/*.in with the package's names filled in."""
-        work = self.work / pkg.name / "scripts"
-        work.mkdir(parents=True, exist_ok=True)
-        values = {
-            "@NAME@": pkg.name,
-            "@USER@": pkg.user or "",
-            "@STATE_DIR@": pkg.state_dir or "",
-            "@PY@": PY,
-            "@UNITS_STOP@": " ".join(
-                "'meshd@*.service' 'meshd@*.socket'" if u == "meshd@.service" else u
-                for u in pkg.units
-                if not u.endswith(".socket")
-            ),
-            "@UNITS_RESTART@": " ".join(
-                "'meshd@*.service'" if u == "meshd@.service" else u
-                for u in pkg.units
-                if not u.endswith(".socket")
-            ),
-        }
-        out = {}
-        for template in sorted((HERE / "scripts").glob("*.in")):
-            text = _blocks(template.read_text(), user=pkg.user is not None, units=bool(pkg.units))
-            for key, value in values.items():
-                text = text.replace(key, value)
-            path = work / template.name.removesuffix(".in")
-            path.write_text(text)
-            path.chmod(0o755)
-            out[path.stem] = path
-        return out
-
-    def config(self, pkg: Package, root: Path, man: Path) -> Path:
-        """The nfpm configuration of ``pkg`` (JSON, which nfpm reads as YAML)."""
-        contents: list[dict[str, object]] = [
-            {"src": str(root / "opt" / pkg.name), "dst": f"/opt/{pkg.name}", "type": "tree"},
-            # The virtualenv's interpreter: Debian's python3 (3.11 in bookworm); in the rpm
-            # python3.11 by name, since EL9/Fedora's python3 may be another version.
-            {"src": "/usr/bin/python3", "dst": f"/opt/{pkg.name}/bin/python3",
-             "type": "symlink", "packager": "deb"},
-            # Debian policy 10.5 wants links across top-level directories absolute, rpmlint
-            # wants them relative.
-            {"src": f"../../../usr/bin/{PY}", "dst": f"/opt/{pkg.name}/bin/python3",
-             "type": "symlink", "packager": "rpm"},
-            {"src": f"/opt/{pkg.name}/bin/{pkg.command}", "dst": f"/usr/bin/{pkg.command}",
-             "type": "symlink", "packager": "deb"},
-            {"src": f"../../opt/{pkg.name}/bin/{pkg.command}", "dst": f"/usr/bin/{pkg.command}",
-             "type": "symlink", "packager": "rpm"},
-            {"src": str(man), "dst": f"/usr/share/man/man1/{pkg.command}.1.gz",
-             "file_info": {"mode": 0o644}, "packager": "deb"},
-            {"src": str(man), "dst": f"/usr/share/man/man1/{pkg.command}.1.gz",
-             "file_info": {"mode": 0o644}, "packager": "rpm", "type": "doc"},
-        ]  # fmt: skip
-        for name, path in self.docs(pkg).items():
-            dst = f"/usr/share/doc/{pkg.name}/{name}"
-            if name == "copyright":
-                contents.append({"src": str(path), "dst": dst, "packager": "deb"})
-                contents.append(
-                    {"src": str(path), "dst": f"/usr/share/licenses/{pkg.name}/copyright",
-                     "packager": "rpm", "type": "license"}
-                )  # fmt: skip
-            else:
-                contents.append({"src": str(path), "dst": dst, "packager": "deb"})
-                contents.append({"src": str(path), "dst": dst, "type": "doc", "packager": "rpm"})
-        for unit in pkg.units:
-            src = str(HERE / "systemd" / unit)
-            # Debian 12 keeps units under /lib (usrmerge aliasing: lintian insists), RPM
-            # distributions under /usr/lib.
-            contents.append({"src": src, "dst": f"/lib/systemd/system/{unit}", "packager": "deb"})
-            contents.append(
-                {"src": src, "dst": f"/usr/lib/systemd/system/{unit}", "packager": "rpm"}
-            )
-        if pkg.config_dir is not None:
-            env_file = HERE / "etc" / f"{pkg.name}.env"
-            contents.append(
-                {"src": str(env_file), "dst": f"{pkg.config_dir}/{pkg.name}.env",
-                 "type": "config|noreplace", "file_info": {"mode": 0o644}}
-            )  # fmt: skip
-            contents.append({"dst": pkg.config_dir, "type": "dir", "file_info": {"mode": 0o755}})
-        if pkg.user is not None and pkg.state_dir is not None:
-            # rpm owns the state directory (its user exists from %pre on); the deb's postinst
-            # makes it, since dpkg unpacks before the user is created.
-            contents.append(
-                {"dst": pkg.state_dir, "type": "dir", "packager": "rpm",
-                 "file_info": {"mode": 0o750, "owner": pkg.user, "group": pkg.user}}
-            )  # fmt: skip
-        overrides = self.work / pkg.name / "lintian-overrides"
-        text = _blocks(
-            (HERE / "lintian" / "overrides.in").read_text(),
-            # lintian asks for an init script only for plain services, not templates.
-            service=any("@" not in unit for unit in pkg.units),
-        )
-        text = text.replace("@NAME@", pkg.name)
-        overrides.write_text(text)
-        contents.append(
-            {"src": str(overrides), "dst": f"/usr/share/lintian/overrides/{pkg.name}",
-             "packager": "deb", "file_info": {"mode": 0o644}}
-        )  # fmt: skip
-        scripts = self.scripts(pkg)
-        # The virtualenv holds modules built for CPython 3.11 (cp311 wheels), and
-        # cryptography's wheel needs glibc 2.34.
-        deb_depends = ["python3 (>= 3.11)", "python3 (<< 3.12)", "libc6 (>= 2.34)"]
-        rpm_depends = [f"/usr/bin/{PY}"]
-        if pkg.units:
-            deb_depends.append("procps")  # /bin/kill of ExecReload
-        if pkg.user is not None:
-            deb_depends.append("adduser")
-            rpm_depends += ["shadow-utils"]
-        cfg: dict[str, object] = {
-            "name": pkg.name,
-            "arch": "amd64",
-            "platform": "linux",
-            "version": self.version,
-            "release": self.release,
-            "version_schema": "none",
-            "section": "net" if pkg.user else "admin",
-            "priority": "optional",
-            "maintainer": MAINTAINER,
-            "description": f"{pkg.summary}\n{pkg.description}",
-            "vendor": "meshd",
-            "homepage": HOMEPAGE,
-            "license": "Apache-2.0",
-            "mtime": datetime.fromtimestamp(self.epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "contents": contents,
-            "changelog": str(self.chglog(pkg)),
-            "overrides": {"deb": {"depends": deb_depends}, "rpm": {"depends": rpm_depends}},
-            "deb": {
-                # Debian 12's lintian accepts only gz/xz/bz2/lzma data members; gzip is fast.
-                "compression": "gzip",
-                "scripts": {},
-                "fields": {},
-            },
-            "rpm": {
-                "summary": pkg.summary,
-                "group": "System Environment/Daemons" if pkg.user else "Applications/System",
-                "compression": "zstd",
-                "packager": MAINTAINER,
-                "buildhost": "meshd-build",
-                "scripts": {"posttrans": str(scripts["rpm-posttrans"])},
-            },
-        }
-        deb_scripts = {
-            "postinstall": scripts["deb-postinst"],
-            "preremove": scripts["deb-prerm"],
-            "postremove": scripts["deb-postrm"],
-        }
-        rpm_scripts = {
-            "preinstall": scripts["rpm-pre"],
-            "postinstall": scripts["rpm-post"],
-            "preremove": scripts["rpm-preun"],
-            "postremove": scripts["rpm-postun"],
-        }
-        overrides_cfg = cfg["overrides"]
-        assert isinstance(overrides_cfg, dict)
-        overrides_cfg["deb"]["scripts"] = {k: str(v) for k, v in deb_scripts.items()}
-        overrides_cfg["rpm"]["scripts"] = {k: str(v) for k, v in rpm_scripts.items()}
-        path = self.work / pkg.name / "nfpm.yaml"
-        path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        return path
-
-    def normalize(self, root: Path) -> None:
-        """Every mtime is SOURCE_DATE_EPOCH; modes are 0755/0644 (umask-independent)."""
-        for path in sorted(root.rglob("*"), reverse=True):
-            if path.is_symlink():
-                os.utime(path, (self.epoch, self.epoch), follow_symlinks=False)
-                continue
-            mode = path.stat().st_mode
-            executable = path.is_dir() or (mode & 0o111 and _runnable(path))
-            path.chmod(0o755 if executable else 0o644)
-            os.utime(path, (self.epoch, self.epoch))
-        os.utime(root, (self.epoch, self.epoch))
 
     def package(self, pkg: Package, wheel: Path) -> list[Path]:
         log(f"{pkg.name} {self.deb_version}: virtualenv")
@@ -533,8 +203,8 @@ class Build:
         # /opt/<name>/bin/python3 -> /usr/bin/python3 is added per package format (the rpm
         # points at python3.11 explicitly), see config().
         (root / "opt" / pkg.name / "bin" / "python3").unlink()
-        self.normalize(root)
-        config = self.config(pkg, root, man)
+        normalize(root, self.epoch)
+        config = Recipe(self.work, self.version, self.release, self.epoch).config(pkg, root, man)
         for item in (self.work / pkg.name).rglob("*"):
             if not item.is_symlink() and item.is_file() and "root" not in item.parts:
                 os.utime(item, (self.epoch, self.epoch))
@@ -553,65 +223,6 @@ class Build:
                 raise SystemExit(f"nfpm said: {result.stdout}{result.stderr}")
             out.append(Path(match.group(1)))
         return out
-
-
-def _rewrite_records(prefix: Path) -> None:
-    """Hashes and sizes of each distribution's RECORD match the files as shipped.
-
-    The scripts (shebang rewritten) and the extension modules (stripped) changed after pip
-    wrote them; pip's hashes of the scripts would even carry the build path.
-    """
-    for record in sorted(prefix.glob("lib/*/site-packages/*.dist-info/RECORD")):
-        site = record.parent.parent
-        rows = []
-        for row in csv.reader(record.read_text().splitlines()):
-            if not row:
-                continue
-            target = (site / row[0]).resolve() if not row[0].startswith("/") else Path(row[0])
-            if row[1] and target.is_file():
-                data = target.read_bytes()
-                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-                rows.append([row[0], f"sha256={digest.decode()}", str(len(data))])
-            elif target.exists() or row[0].endswith("RECORD"):
-                rows.append(row)
-            # else: removed above (direct_url.json)
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(rows)
-        record.write_text(out.getvalue())
-
-
-def _blocks(text: str, **keep: bool) -> str:
-    """``text`` without the ``#@if NAME`` ... ``#@end`` blocks whose ``keep[NAME]`` is false."""
-    out: list[str] = []
-    skipping: str | None = None
-    for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        if stripped.startswith("#@if "):
-            name = stripped.removeprefix("#@if ").strip()
-            if not keep[name]:
-                skipping = name
-            continue
-        if stripped == "#@end":
-            skipping = None
-            continue
-        if skipping is None:
-            out.append(line)
-    return "".join(out)
-
-
-def _runnable(path: Path) -> bool:
-    """An ELF object or a script: what may keep its executable bit."""
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    return head.startswith(b"#!") or head == b"\x7fELF"
-
-
-def _roff_escape(text: str) -> str:
-    lines = []
-    for line in text.replace("\\", "\\e").replace("-", "\\-").splitlines():
-        # A line starting with . or ' would be a roff request.
-        lines.append("\\&" + line if line.startswith((".", "'")) else line)
-    return "\n".join(lines)
 
 
 def relock(build: Build) -> None:
