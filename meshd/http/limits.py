@@ -27,8 +27,9 @@ class HeadLimits:
     """What the request and response parsers share: counting a head's bytes and header fields,
     and those of a trailer section, against the limits.
 
-    The read that starts a head is counted by the callbacks (start line, complete fields); the
-    reads that continue it are counted whole. Subclasses name their reasons for "too large"
+    The read that starts a head is counted by the callbacks (start line, complete fields: each
+    parser's ``on_header`` counts a field inline, one call less per header); the reads that
+    continue it are counted whole. Subclasses name their reasons for "too large"
     and "too many fields".
     """
 
@@ -69,12 +70,6 @@ class HeadLimits:
         self._head_bytes += size
         if self._head_bytes > self._max_head:
             raise HttpError(self._too_large, "head too large")
-
-    def _count_field(self, name: bytes, value: bytes) -> None:
-        self._count += 1
-        if self._count > self._max_headers:
-            raise HttpError(self._too_many, f"more than {self._max_headers} header fields")
-        self._count_line(len(name) + len(value) + 4)
 
     def _count_read(self, size: int, continuing: bool, in_trailers: bool) -> None:
         """After a read: bound a head or trailer section that is still incomplete."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from typing import Final
 
 #: Versions the proxy speaks; anything else llhttp accepts is answered 505.
@@ -42,6 +43,9 @@ _HOST: Final = re.compile(
 )
 
 
+# Clients send the same few Host values over and over: the answer is cached (bounded, so a
+# client cycling through names costs a regex match each, as without the cache).
+@lru_cache(maxsize=512)
 def valid_host(value: bytes) -> bool:
     """True if ``value`` is ``host[:port]`` as RFC 3986 defines it (see the module doc)."""
     match = _HOST.fullmatch(value)
