@@ -109,6 +109,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--py-spy", default=os.environ.get("PY_SPY") or shutil.which("py-spy"))
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument(
+        "--l4", action="store_true", help="load the TCP listener instead of the HTTP one"
+    )
+    parser.add_argument(
         "--gil",
         action="store_true",
         help="sample only while the GIL is held: Python's own work, without syscalls or "
@@ -139,7 +142,7 @@ def main(argv: list[str]) -> int:
                 admin_port=admin,
                 name=f"meshd-{i}",
             )
-            path = dp.BenchPath(f"meshd-{i}", l7, dp.process_tree(proc))
+            path = dp.BenchPath(f"meshd-{i}", l4 if args.l4 else l7, dp.process_tree(proc))
             dp.check_path(path)
             meshds.append((root, proc, path))
         print(f"profile_l7: {wrk_params.describe()}, warm-up {wrk_params.warmup_s}s", flush=True)

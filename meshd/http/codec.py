@@ -215,7 +215,9 @@ class RequestParser(HeadLimits):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._count_line(len(url))
+        size = self._head_bytes = self._head_bytes + len(url)  # _count_line, inlined
+        if size > self._max_head:
+            raise HttpError(self._too_large, "head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Trailer fields too: they are bounded like a head. (HeadLimits._count_field, inlined:
@@ -378,7 +380,9 @@ class ResponseParser(HeadLimits):
         self._begin()
 
     def on_status(self, reason: bytes) -> None:
-        self._count_line(len(reason))
+        size = self._head_bytes = self._head_bytes + len(reason)  # _count_line, inlined
+        if size > self._max_head:
+            raise HttpError(self._too_large, "head too large")
         self._head.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
