@@ -192,7 +192,10 @@ class RequestParser(HeadLimits):
             raise
         except httptools.HttpParserError as exc:
             raise HttpError("bad_request", str(exc)) from exc
-        self._count_read(len(data), continuing, in_trailers)
+        if continuing or in_trailers:
+            self._count_read(len(data), continuing, in_trailers)
+        elif not self._chunk_pending:
+            self._raw = 0  # what _count_read does for a read that continued nothing
         if self._in_head:
             self._refuse_http09(data)
 
@@ -370,7 +373,10 @@ class ResponseParser(HeadLimits):
                 self._stale = True
                 return None
             raise HttpError("upstream_protocol_error", str(exc)) from exc
-        self._count_read(len(data), continuing, in_trailers)
+        if continuing or in_trailers:
+            self._count_read(len(data), continuing, in_trailers)
+        elif not self._chunk_pending:
+            self._raw = 0  # what _count_read does for a read that continued nothing
         return None
 
     def on_message_begin(self) -> None:
