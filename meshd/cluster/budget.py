@@ -55,6 +55,8 @@ class RetryBudgetWindow:
         epoch = int(now // self._width)
         last = self._epoch
         count = len(self._requests)
+        if epoch == last:
+            return epoch % count  # still the newest bucket: the usual case, per request
         if last is None or epoch - last >= count:
             if self.requests or self.retries:
                 self._requests = [0] * count

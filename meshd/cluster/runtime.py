@@ -208,7 +208,8 @@ class ClusterRuntime:
         selector.started(endpoint)
         start = now()
         try:
-            conn = await pool.acquire(fresh=fresh)
+            reused = None if fresh else pool.take_idle()
+            conn = reused if reused is not None else await pool.acquire(fresh=fresh)
         except UpstreamError as exc:
             selector.finished(endpoint)
             exc.endpoint = endpoint  # the request path reports it and retries elsewhere
