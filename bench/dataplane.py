@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from common import (
@@ -186,7 +186,8 @@ def import_floor_kb(ctx: Context, modules: tuple[str, ...]) -> int:
     return int(done.stdout.strip())
 
 
-def _report(results: list[Measured], meshd_rss_kb: int, floors_kb: tuple[int, int]) -> None:
+def print_measured(results: Iterable[Measured]) -> None:
+    """The table of measured paths (rps, latency, CPU per request, errors)."""
     rows = [
         [
             m.path.name,
@@ -202,6 +203,10 @@ def _report(results: list[Measured], meshd_rss_kb: int, floors_kb: tuple[int, in
     ]
     headers = ["path", "rps", "p50_ms", "p99_ms", "cpu_us/req", "requests", "non2xx", "sock_err"]
     print_table(headers, rows)
+
+
+def _report(results: list[Measured], meshd_rss_kb: int, floors_kb: tuple[int, int]) -> None:
+    print_measured(results)
     for m in results:
         if m.wrk.non_2xx or m.wrk.socket_errors:
             print(

@@ -29,11 +29,18 @@ from common import (
     env_int,
     free_ports,
     http_get,
-    print_table,
     render,
     start_meshd,
 )
-from dataplane import BenchPath, Measured, check_path, measure_path, process_tree, start_nginx
+from dataplane import (
+    BenchPath,
+    Measured,
+    check_path,
+    measure_path,
+    print_measured,
+    process_tree,
+    start_nginx,
+)
 
 TOOLS = {"nginx": "nginx-light", "wrk": "wrk"}
 #: Target of the ratio (reported, not failed).
@@ -167,24 +174,6 @@ def report(plain: Measured, policy: Measured, counters: Mapping[str, float]) -> 
     return lines
 
 
-def _table(results: Iterable[Measured]) -> None:
-    rows = [
-        [
-            m.path.name,
-            f"{m.wrk.rps:.0f}",
-            f"{m.wrk.p50_s * 1e3:.3f}",
-            f"{m.wrk.p99_s * 1e3:.3f}",
-            "-" if m.cpu_us_per_req is None else f"{m.cpu_us_per_req:.1f}",
-            str(m.wrk.requests),
-            str(m.wrk.non_2xx),
-            str(m.wrk.socket_errors),
-        ]
-        for m in results
-    ]
-    headers = ["path", "rps", "p50_ms", "p99_ms", "cpu_us/req", "requests", "non2xx", "sock_err"]
-    print_table(headers, rows)
-
-
 def run_suite(ctx: Context) -> None:
     """Start the backend and the two sidecars; check, load and compare them."""
     tools = ensure_tools(TOOLS)
@@ -233,7 +222,7 @@ def run_suite(ctx: Context) -> None:
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
     plain, policy = (combine(totals[name]) for name in sidecars)
-    _table([*totals["meshd-plain"], *totals["meshd-policy"]])
+    print_measured([*totals["meshd-plain"], *totals["meshd-policy"]])
     for line in report(plain, policy, counters):
         print(line)
 
