@@ -33,8 +33,6 @@ from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.loading import load_model
 from meshcore.runtime.sdnotify import WatchdogService
-from meshd.admin.app import build_admin_app
-from meshd.admin.server import AdminServer
 from meshd.control.settings import control_settings
 from meshd.drain import IDLE_CLOSE_AFTER_S
 from meshd.errors import SnapshotRejected
@@ -121,6 +119,9 @@ class Sidecar(ControlledSidecar):
             elif self.follower is None:
                 await nursery.start(self._run_control, bootstrap)
             if self._serve_admin:
+                from meshd.admin.app import build_admin_app
+                from meshd.admin.server import AdminServer
+
                 app = build_admin_app(self, self.registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 sock = self.succession.admin_socket(
@@ -174,6 +175,9 @@ class Sidecar(ControlledSidecar):
             )
             task_status.started(self)
             self.succession.serving()
+            from meshd.memory import settle_after_start
+
+            settle_after_start()
             await self.drain_control.requested.wait()
             restart = self.drain_control.restart
             if self._feed is not None and not restart:
