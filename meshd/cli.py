@@ -130,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
             inherited=inherited,
             takeover=takeover,
             handoff_path=path,
+            settle_memory=True,
         )
     failures: list[BaseException] = []
     try:
@@ -164,7 +165,11 @@ def _worker(args: argparse.Namespace) -> Sidecar:
         channel = socket.socket(fileno=args.worker_channel)
         channel.set_inheritable(False)
     return Sidecar(
-        args.config, worker_index=args.worker_index, inherited=inherited, channel=channel
+        args.config,
+        worker_index=args.worker_index,
+        inherited=inherited,
+        channel=channel,
+        settle_memory=True,
     )
 
 

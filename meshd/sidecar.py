@@ -36,6 +36,7 @@ from meshcore.runtime.sdnotify import WatchdogService
 from meshd.control.settings import control_settings
 from meshd.drain import IDLE_CLOSE_AFTER_S
 from meshd.errors import SnapshotRejected
+from meshd.memory import settle_after_start
 from meshd.registration import Registration
 from meshd.workers import WorkerSupervisor
 from meshd.workers.feed import WorkerFeed
@@ -175,9 +176,8 @@ class Sidecar(ControlledSidecar):
             )
             task_status.started(self)
             self.succession.serving()
-            from meshd.memory import settle_after_start
-
-            settle_after_start()
+            if self._settle_memory:
+                settle_after_start()
             await self.drain_control.requested.wait()
             restart = self.drain_control.restart
             if self._feed is not None and not restart:

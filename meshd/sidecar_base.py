@@ -69,6 +69,7 @@ class SidecarBase:
         takeover: Takeover | None = None,
         handoff_path: Path | None = None,
         channel: socket.socket | None = None,
+        settle_memory: bool = False,
     ) -> None:
         self.bootstrap_path = bootstrap_path
         #: The snapshot features this sidecar enforces (and declares to controld); a snapshot
@@ -101,6 +102,9 @@ class SidecarBase:
         #: Primary with workers: what they follow. Worker: its channel to the primary.
         self._feed: WorkerFeed | None = None
         self._channel = channel
+        #: Collect and freeze the start-up objects once serving (:mod:`meshd.memory`); only
+        #: for a process of its own (a test process hosting sidecars must not freeze its own).
+        self._settle_memory = settle_memory
         self.follower: WorkerFollower | None = None
         #: A worker whose drain the primary started waits for its SIGTERM to close.
         self._delay_from_primary = False
