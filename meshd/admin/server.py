@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -51,32 +53,60 @@ class _BadRequest(Exception):
     """The request can't be parsed or is over a bound."""
 
 
+@dataclass
 class _Request:
-    """httptools callbacks collecting one request."""
+    """One parsed request."""
+
+    method: str
+    http_version: str
+    keep_alive: bool
+    url: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class _Collector:
+    """httptools callbacks: the requests completed so far, in order (pipelining), and
+    whether one is under way."""
 
     def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
-        self.head_done = False
-        self.done = False
+        self.parser = httptools.HttpRequestParser(self)
+        self.complete: deque[_Request] = deque()
+        self.started = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body = bytearray()
+        self._head: tuple[str, str, bool] = ("GET", "1.1", True)
+
+    def on_message_begin(self) -> None:
+        self.started = True
+        self._url, self._headers, self._body = b"", [], bytearray()
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        self._url += url
+        if len(self._url) > MAX_HEAD:
+            raise _BadRequest("request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        self._headers.append((name.lower(), value))
+        if len(self._headers) > 200:
+            raise _BadRequest("too many headers")
 
     def on_headers_complete(self) -> None:
-        self.head_done = True
+        parser = self.parser
+        method = parser.get_method().decode("ascii", "replace")
+        self._head = (method, parser.get_http_version(), parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        self.body += body
-        if len(self.body) > MAX_BODY:
+        self._body += body
+        if len(self._body) > MAX_BODY:
             raise _BadRequest("request body too large")
 
     def on_message_complete(self) -> None:
-        self.done = True
+        method, version, keep_alive = self._head
+        request = _Request(method, version, keep_alive, self._url, self._headers, bytes(self._body))
+        self.complete.append(request)
+        self.started = False
 
 
 class AdminServer:
@@ -176,44 +206,55 @@ class AdminServer:
                 self._all_closed.set()
 
     async def _requests(self, stream: trio.SocketStream) -> None:
-        buffered = b""
+        collector = _Collector()
         while not self._closing:
-            request = _Request()
-            parser = httptools.HttpRequestParser(request)
-            started = False
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT_S) as deadline:
-                    deadline.deadline = trio.current_time() + KEEP_ALIVE_S
-                    while not request.done:
-                        if buffered:
-                            data, buffered = buffered, b""
-                        else:
-                            data = await self._receive(stream, idle=not started)
-                            if not data:
-                                return
-                        if not started:
-                            started = True
-                            deadline.deadline = trio.current_time() + REQUEST_TIMEOUT_S
-                        try:
-                            parser.feed_data(data)
-                        except httptools.HttpParserUpgrade:
-                            raise _BadRequest("upgrade not supported") from None
-                        except httptools.HttpParserError as exc:
-                            raise _BadRequest(str(exc)) from exc
-                        if not request.head_done and len(request.url) > MAX_HEAD:
-                            raise _BadRequest("request head too large")
-            except _BadRequest:
-                await stream.send_all(_response(400, [], b"bad request\n", close=True))
-                return
-            except trio.TooSlowError:
-                if started:
+            if not collector.complete:
+                try:
+                    if not await self._read_request(stream, collector):
+                        return
+                except _BadRequest:
+                    await stream.send_all(_response(400, [], b"bad request\n", close=True))
+                    return
+                except trio.TooSlowError:
                     await stream.send_all(_response(408, [], b"timeout\n", close=True))
-                return
-            keep_alive = parser.should_keep_alive() and not self._closing
-            status, headers, body = await self._call(request, parser)
+                    return
+            request = collector.complete.popleft()
+            status, headers, body = await self._call(request)
+            keep_alive = request.keep_alive and not self._closing
             await stream.send_all(_response(status, headers, body, close=not keep_alive))
             if not keep_alive:
                 return
+
+    async def _read_request(self, stream: trio.SocketStream, collector: _Collector) -> bool:
+        """Read until a whole request is in ``collector``; False if the client closed (or the
+        server closes an idle connection); raises :class:`_BadRequest`, ``TooSlowError``."""
+        idle_deadline = trio.current_time() + KEEP_ALIVE_S
+        request_deadline: float | None = None
+        while not collector.complete:
+            if collector.started and request_deadline is None:
+                request_deadline = trio.current_time() + REQUEST_TIMEOUT_S
+            if request_deadline is None:
+                with trio.move_on_at(idle_deadline):
+                    data = await self._receive(stream, idle=True)
+                    if data:
+                        self._feed(collector, data)
+                        continue
+                return False  # closed, idle too long, or shut down between requests
+            with trio.fail_at(request_deadline):
+                data = await self._receive(stream, idle=False)
+            if not data:
+                return False
+            self._feed(collector, data)
+        return True
+
+    @staticmethod
+    def _feed(collector: _Collector, data: bytes) -> None:
+        try:
+            collector.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise _BadRequest("upgrade not supported") from None
+        except httptools.HttpParserError as exc:
+            raise _BadRequest(str(exc)) from exc
 
     async def _receive(self, stream: trio.SocketStream, *, idle: bool) -> bytes:
         if not idle:
@@ -227,15 +268,13 @@ class AdminServer:
                 self._idle.discard(scope)
         return b""
 
-    async def _call(
-        self, request: _Request, parser: httptools.HttpRequestParser
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _call(self, request: _Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         url = httptools.parse_url(request.url)
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": parser.get_http_version(),
-            "method": parser.get_method().decode("ascii", "replace"),
+            "http_version": request.http_version,
+            "method": request.method,
             "scheme": "http",
             "path": (url.path or b"/").decode("utf-8", "replace"),
             "raw_path": url.path or b"/",
@@ -245,7 +284,7 @@ class AdminServer:
             "server": (self._host, self._port),
             "client": None,
         }
-        body = bytes(request.body)
+        body = request.body
         sent_body = False
         status = 500
         headers: list[tuple[bytes, bytes]] = []
