@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,8 +45,11 @@ def upstream() -> Iterator[UpstreamApp]:
 
 
 def _admin_pair() -> int:
-    for _ in range(50):
-        port = free_port()
+    """A port p such that p and p + 1 were both free a moment ago, below the ephemeral range
+    (so that no outgoing connection of any process takes p + 1 before the worker binds it)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
         with socket.socket() as a, socket.socket() as b:
             try:
                 a.bind(("127.0.0.1", port))

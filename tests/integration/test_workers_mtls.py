@@ -11,6 +11,7 @@ having enrolled itself (one enrollment: the join token is spent once).
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 
@@ -27,9 +28,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _admin_pair() -> int:
-    """A port p such that p and p + 1 were both free a moment ago."""
-    for _ in range(50):
-        port = closed_port()
+    """A port p such that p and p + 1 were both free a moment ago, below the ephemeral range
+    (so that no outgoing connection of any process takes p + 1 before the worker binds it)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
         with socket.socket() as a, socket.socket() as b:
             try:
                 a.bind(("127.0.0.1", port))

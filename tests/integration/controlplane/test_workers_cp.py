@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -61,9 +62,11 @@ sys.stdin.read()
 
 
 def _admin_pair() -> int:
-    """A port p such that p and p + 1 were both free a moment ago."""
-    for _ in range(50):
-        (port,) = free_ports(1)
+    """A port p such that p and p + 1 were both free a moment ago, below the ephemeral range
+    (so that no outgoing connection of any process takes p + 1 before the worker binds it)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
         with socket.socket() as a, socket.socket() as b:
             try:
                 a.bind(("127.0.0.1", port))
@@ -135,9 +138,9 @@ async def test_controld_mode_workers(tmp_path: Path) -> None:
     controld.workdir.mkdir()
     procs: list[int] = []
     sidecar: Sidecar | None = None
+    api = Api(controld)
     try:
         await controld.start()
-        api = Api(controld)
         with _slow_app(tmp_path) as app_port:
             (inbound,) = free_ports(1)
             admin = _admin_pair()
@@ -158,8 +161,8 @@ async def test_controld_mode_workers(tmp_path: Path) -> None:
                 await _both_serve(client, inbound, admin)
                 await _update_reaches_both(client, api, admin, worker)
                 await _drain_together(client, sidecar, inbound, admin, primary, worker)
-        await api.aclose()
     finally:
+        await api.aclose()
         if sidecar is not None:
             sidecar.stop()
         for pid in procs:
