@@ -17,6 +17,11 @@ the admin API serves at once (``/ready`` answers 503), READY=1 follows the first
 applied. If none arrived within :data:`CACHE_AFTER_S`, the cached one (``cache_file``) is
 served meanwhile. SIGHUP then re-reads the bootstrap only and keeps the snapshot in service;
 a changed controld source or descriptor takes effect by registering again.
+
+With ``workers: N`` the process started is the primary: it alone talks to controld, enrolls
+the identity and registers; its worker processes (:mod:`meshd.workers`) follow it over a
+channel and drain with it. The state and the admin views live in :mod:`meshd.sidecar_base`,
+the controld and worker sources in :mod:`meshd.sidecar_control`.
 """
 
 from __future__ import annotations
