@@ -167,7 +167,7 @@ class Sidecar(ControlledSidecar):
                 )
                 await nursery.start(self.workers.run)
             await nursery.start(WatchdogService(self.notifier, _watchdog()).run)
-            nursery.start_soon(self._signals)
+            await nursery.start(self._signals)
             if self.worker_index:
                 nursery.start_soon(watch_primary, os.getppid(), self._primary_gone)
             self._ready = True
@@ -204,10 +204,14 @@ class Sidecar(ControlledSidecar):
             )
             nursery.cancel_scope.cancel()
 
-    async def _signals(self) -> None:
+    async def _signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.open_signal_receiver(
             signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2
         ) as signals:
+            # Before READY=1: a SIGHUP right after it must reload, not kill (default action).
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGUSR2:
                     self.start_restart("SIGUSR2")
