@@ -147,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> Sidecar:
     """Worker ``args.worker_index`` with the channel and sockets its primary passed down."""
+    import signal
     import socket
 
     import structlog
@@ -158,6 +159,9 @@ def _worker(args: argparse.Namespace) -> Sidecar:
     for item in args.worker_listen_fd:
         name, _, fd = str(item).rpartition("=")
         inherited.append(adopt_socket(int(fd), name))
+    # A SIGHUP the primary forwards while this worker starts must not kill it (the default
+    # action): it reads the bootstrap at start anyway; the sidecar's receiver takes over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Every log line of a worker says which one (its output goes where the primary's does).
     structlog.contextvars.bind_contextvars(worker=args.worker_index)
     channel = None
