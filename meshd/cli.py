@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -13,6 +14,9 @@ from meshcore import __version__
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import Bootstrap
 from meshd.errors import MeshdError
+
+if TYPE_CHECKING:
+    from meshd.sidecar import Sidecar
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -44,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         "else BOOTSTRAP.handoff.sock)",
     )
     run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    # A worker's channel to its primary, and the listening sockets it inherits (NAME=FD).
+    run.add_argument("--worker-channel", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--worker-listen-fd", action="append", default=[], help=argparse.SUPPRESS)
     check = sub.add_parser("validate", help="check a bootstrap file and its snapshot, then exit")
     check.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
     return parser
@@ -103,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     raise_nofile_limit()  # before the listeners derive their default connection caps
     takeover = None
     if args.worker_index:
-        sidecar = Sidecar(args.config, worker_index=args.worker_index)
+        sidecar = _worker(args)
     else:
         from meshd.handoff import HandoffError, handoff_path, take_over
 
@@ -123,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
             inherited=inherited,
             takeover=takeover,
             handoff_path=path,
+            settle_memory=True,
         )
     failures: list[BaseException] = []
     try:
@@ -135,6 +143,38 @@ def _run(args: argparse.Namespace) -> int:
     for exc in failures:
         print(f"meshd: {exc}", file=sys.stderr)
     return 2 if failures else 0
+
+
+def _worker(args: argparse.Namespace) -> Sidecar:
+    """Worker ``args.worker_index`` with the channel and sockets its primary passed down."""
+    import signal
+    import socket
+
+    import structlog
+
+    from meshcore.runtime.activation import adopt_socket
+    from meshd.sidecar import Sidecar
+
+    inherited = []
+    for item in args.worker_listen_fd:
+        name, _, fd = str(item).rpartition("=")
+        inherited.append(adopt_socket(int(fd), name))
+    # A SIGHUP the primary forwards while this worker starts must not kill it (the default
+    # action): it reads the bootstrap at start anyway; the sidecar's receiver takes over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Every log line of a worker says which one (its output goes where the primary's does).
+    structlog.contextvars.bind_contextvars(worker=args.worker_index)
+    channel = None
+    if args.worker_channel is not None:
+        channel = socket.socket(fileno=args.worker_channel)
+        channel.set_inheritable(False)
+    return Sidecar(
+        args.config,
+        worker_index=args.worker_index,
+        inherited=inherited,
+        channel=channel,
+        settle_memory=True,
+    )
 
 
 if __name__ == "__main__":

@@ -240,6 +240,13 @@ class ListenerManager:
             item.sock.close()
         self._inherited.clear()
 
+    def inherited_sockets(self) -> list[tuple[str, socket.socket]]:
+        """Name and socket of the listeners serving an inherited socket (worker processes
+        accept from the same ones)."""
+        if self._stopped:
+            return []
+        return [(name, slot.sock) for name, slot in self.slots.items() if slot.inherited]
+
     def listening_sockets(self) -> list[tuple[str, socket.socket]]:
         """Name and socket of every listener (what a successor takes over)."""
         return [(name, slot.sock) for name, slot in self.slots.items() if not self._stopped]

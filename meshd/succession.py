@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
 
-from meshd.admin.server import AdminServer
 from meshd.handoff import HandedSocket, HandoffError, HandoffServer, Takeover, bind_admin
 from meshd.listeners import ListenerManager
 from meshd.workers import WorkerSupervisor
+
+if TYPE_CHECKING:
+    from meshd.admin.server import AdminServer
 
 __all__ = ["Succession"]
 

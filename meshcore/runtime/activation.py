@@ -24,6 +24,7 @@ __all__ = [
     "ActivationError",
     "InheritedSocket",
     "UnsupportedSocketError",
+    "adopt_socket",
     "listen_fds",
     "match_socket",
 ]
@@ -122,6 +123,13 @@ def _adopt(fd: int, name: str) -> InheritedSocket:
         sock.detach()
         raise
     return InheritedSocket(fd=fd, name=name, family=sock.family, sock=sock, address=(host, port))
+
+
+def adopt_socket(fd: int, name: str) -> InheritedSocket:
+    """The listening TCP socket at ``fd`` (passed down by a parent process under the listener
+    name ``name``), checked as the ones from ``LISTEN_FDS`` are; raises
+    :class:`UnsupportedSocketError`."""
+    return _adopt(fd, name)
 
 
 def match_socket(

@@ -3,24 +3,31 @@
 GET never changes anything. The one state-changing endpoint, ``POST /drain``, also passes
 :func:`meshd.admin.origin.refusal`: JSON content type, no cross-origin or cross-site browser
 request, a local ``Host``.
+
+A plain ASGI callable rather than a web framework: eight fixed routes don't need one, and
+Starlette (with anyio) cost every sidecar process about a megabyte of resident memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
 from meshd.admin.origin import refusal
 
-__all__ = ["AdminBackend", "build_admin_app"]
+__all__ = ["AdminApp", "AdminBackend", "build_admin_app"]
+
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
+#: A view's answer: status, content type, body.
+Answer = tuple[int, bytes, bytes]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
 
 
 class AdminBackend(Protocol):
@@ -58,61 +65,116 @@ class _Collected:
         return self._families
 
 
-def build_admin_app(backend: AdminBackend, registry: CollectorRegistry) -> Starlette:
-    """The admin app serving ``backend`` and the metrics in ``registry``.
+def _text(status: int, text: str) -> Answer:
+    return status, _TEXT, text.encode("utf-8")
 
-    Handlers are ``async def`` on purpose: Starlette would run plain functions in a worker
-    thread, and the backend and the stats are only safe to read from the Trio thread.
+
+def _json(value: object, status: int = 200) -> Answer:
+    # Compact, as Starlette's JSONResponse wrote it.
+    body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return status, _JSON, body.encode("utf-8")
+
+
+class AdminApp:
+    """The admin API as an ASGI app (``http`` scopes; other scope types are refused).
+
+    Views run on the Trio thread: the backend and the stats are only safe to read there.
     """
 
-    async def ready(_: Request) -> Response:
-        if backend.is_draining():
-            return PlainTextResponse("draining", status_code=503)
-        if backend.is_ready():
-            return PlainTextResponse("ready")
-        return PlainTextResponse("not ready", status_code=503)
+    def __init__(self, backend: AdminBackend, registry: CollectorRegistry) -> None:
+        self._backend = backend
+        self._registry = registry
+        get: dict[str, Callable[[], Awaitable[Answer]]] = {
+            "/ready": self._ready,
+            "/live": self._live,
+            "/config_dump": self._config_dump,
+            "/listeners": self._listeners,
+            "/clusters": self._clusters,
+            "/stats": self._stats,
+            "/metrics": self._metrics,
+        }
+        self._get = get
 
-    async def live(_: Request) -> Response:
-        return PlainTextResponse("live")
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        """Answer one request."""
+        if scope["type"] != "http":
+            return  # lifespan and websockets: nothing to do
+        path, method = scope["path"], scope["method"]
+        if path in self._get:
+            answer = await self._get[path]() if method in ("GET", "HEAD") else None
+            allow = b"GET, HEAD"
+        elif path == "/drain":
+            answer = None
+            if method == "POST":
+                await _read_body(receive)
+                answer = self._drain(scope)
+            allow = b"POST"
+        else:
+            answer, allow = _text(404, "Not Found"), b""
+        headers: list[tuple[bytes, bytes]] = []
+        if answer is None:
+            answer = _text(405, "Method Not Allowed")
+            headers.append((b"allow", allow))
+        status, content_type, body = answer
+        headers.append((b"content-type", content_type))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
-    async def config_dump(_: Request) -> Response:
-        return JSONResponse(backend.config_dump())
+    async def _ready(self) -> Answer:
+        if self._backend.is_draining():
+            return _text(503, "draining")
+        if self._backend.is_ready():
+            return _text(200, "ready")
+        return _text(503, "not ready")
 
-    async def listeners(_: Request) -> Response:
-        return JSONResponse(backend.listeners_info())
+    async def _live(self) -> Answer:
+        return _text(200, "live")
 
-    async def clusters(_: Request) -> Response:
-        return JSONResponse(backend.clusters_info())
+    async def _config_dump(self) -> Answer:
+        return _json(self._backend.config_dump())
 
-    async def stats(_: Request) -> Response:
-        return JSONResponse(backend.stats_info())
+    async def _listeners(self) -> Answer:
+        return _json(self._backend.listeners_info())
 
-    async def metrics(_: Request) -> Response:
+    async def _clusters(self) -> Answer:
+        return _json(self._backend.clusters_info())
+
+    async def _stats(self) -> Answer:
+        return _json(self._backend.stats_info())
+
+    async def _metrics(self) -> Answer:
         # Collecting reads live proxy state, so it stays on the Trio thread. Formatting the
         # immutable families is the expensive part (~10 us per sample in prometheus_client):
         # a thread turns one long loop stall into GIL-switch-sized slices.
-        families = list(registry.collect())
+        families = list(self._registry.collect())
         body = await trio.to_thread.run_sync(generate_latest, _Collected(families))
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return 200, CONTENT_TYPE_LATEST.encode("ascii"), body
 
-    async def drain(request: Request) -> Response:
-        refused = refusal(request.headers)
+    def _drain(self, scope: MutableMapping[str, Any]) -> Answer:
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            # Like Starlette's Headers.get: the first value of a repeated header.
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        refused = refusal(headers)
         if refused is not None:
             status, reason = refused
-            return JSONResponse({"error": reason}, status_code=status)
-        backend.start_drain()
-        return JSONResponse({"draining": True}, status_code=202)
+            return _json({"error": reason}, status)
+        self._backend.start_drain()
+        return _json({"draining": True}, 202)
 
-    get = ["GET"]
-    return Starlette(
-        routes=[
-            Route("/ready", ready, methods=get),
-            Route("/live", live, methods=get),
-            Route("/config_dump", config_dump, methods=get),
-            Route("/listeners", listeners, methods=get),
-            Route("/clusters", clusters, methods=get),
-            Route("/stats", stats, methods=get),
-            Route("/metrics", metrics, methods=get),
-            Route("/drain", drain, methods=["POST"]),
-        ]
-    )
+
+async def _read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return body
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body", False):
+            return body
+
+
+def build_admin_app(backend: AdminBackend, registry: CollectorRegistry) -> AdminApp:
+    """The admin app serving ``backend`` and the metrics in ``registry``."""
+    return AdminApp(backend, registry)

@@ -70,8 +70,6 @@ def control_settings(bootstrap: Bootstrap, bootstrap_path: Path) -> ControlSetti
             f"{where}.url: https needs an enrolled identity (identity: with controld_url) to "
             "verify controld with"
         )
-    if bootstrap.workers > 1:
-        raise ConfigError(f"{bootstrap_path}: workers: only 1 is supported with snapshot.controld")
     token = resolve_token(
         config.token, config.token_file, bootstrap_path=bootstrap_path, where=where
     )

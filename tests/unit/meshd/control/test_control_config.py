@@ -112,7 +112,6 @@ def test_settings_token_inline() -> None:
     ("fields", "message"),
     [
         ({"snapshot": {"controld": {"url": "https://h:1"}}}, "https needs an enrolled identity"),
-        ({"workers": 2}, "workers: only 1"),
         ({"snapshot": {"controld": {"url": "http://h:1", "token_file": "nope"}}}, "nope"),
         (
             {"upstreams": [{"service": "a", "port": 1}, {"service": "b", "port": 1}]},
@@ -124,6 +123,14 @@ def test_settings_errors(tmp_path: Path, fields: dict[str, Any], message: str) -
     b = Bootstrap.model_validate(boot(**fields))
     with pytest.raises(ConfigError, match=message):
         control_settings(b, tmp_path / "b.yaml")
+
+
+def test_settings_allow_workers() -> None:
+    # One control session in the primary; the workers follow it over their channels.
+    b = Bootstrap.model_validate(
+        boot(workers=2, snapshot={"controld": {"url": "http://127.0.0.1:8501", "token": "t"}})
+    )
+    assert control_settings(b, Path("/etc/meshd/b.yaml")).token == "t"
 
 
 def test_empty_token_file(tmp_path: Path) -> None:

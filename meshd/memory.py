@@ -1,0 +1,39 @@
+"""Process memory after start-up: collect the start-up garbage, return free heap, freeze.
+
+Start-up (imports, pydantic schemas, the first snapshot) leaves ~50,000 long-lived objects
+tracked by the cyclic garbage collector; every full collection would traverse them all again,
+a stall of tens of milliseconds on the Trio thread (measured: ~60 ms on a loaded 2-core
+machine, 0.01 ms once frozen) for objects that live as long as the process. So once the
+sidecar serves, :func:`settle_after_start` collects what start-up left behind, hands the freed
+heap pages back to the OS (glibc's ``malloc_trim``; elsewhere a no-op) and moves the survivors
+to the collector's permanent generation (``gc.freeze``). The collector's thresholds stay
+Python's defaults: raising them showed no CPU difference within the noise of the bench.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+__all__ = ["settle_after_start"]
+
+
+def _malloc_trim() -> None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+
+
+def settle_after_start() -> None:
+    """Collect, trim and freeze (see the module docstring); call once, when serving."""
+    gc.collect()
+    _malloc_trim()
+    gc.freeze()

@@ -1,0 +1,77 @@
+"""The pure parts of ``bench/run memory``: its knobs, /proc parsing, medians and the report."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import memory  # noqa: E402
+from common import BenchError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(30)
+
+STATUS = """Name:\tpython
+VmPeak:\t  120000 kB
+VmRSS:\t   48704 kB
+RssAnon:\t   33348 kB
+RssFile:\t   15356 kB
+RssShmem:\t       0 kB
+"""
+ROLLUP = """55d0c0000000-7ffd00000000 ---p 00000000 00:00 0  [rollup]
+Rss:               48704 kB
+Pss:               39010 kB
+"""
+
+
+def test_params_default_and_clamped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BENCH_MEMORY_CONNECTIONS", raising=False)
+    monkeypatch.delenv("BENCH_MEMORY_SETTLE", raising=False)
+    assert memory.MemoryParams.from_env() == memory.MemoryParams(connections=1000, settle_s=2)
+    monkeypatch.setenv("BENCH_MEMORY_CONNECTIONS", "999999")
+    monkeypatch.setenv("BENCH_MEMORY_SETTLE", "0")
+    assert memory.MemoryParams.from_env() == memory.MemoryParams(connections=20000, settle_s=0)
+    monkeypatch.setenv("BENCH_MEMORY_CONNECTIONS", "many")
+    with pytest.raises(BenchError, match="not an integer"):
+        memory.MemoryParams.from_env()
+
+
+def test_parse_memory_reads_status_and_rollup() -> None:
+    assert memory.parse_memory(STATUS, ROLLUP) == {
+        "VmRSS": 48704,
+        "RssAnon": 33348,
+        "RssFile": 15356,
+        "Pss": 39010,
+    }
+    # No smaps_rollup (old kernel): Pss is left out, not guessed.
+    assert "Pss" not in memory.parse_memory(STATUS)
+    with pytest.raises(BenchError, match="VmRSS"):
+        memory.parse_memory("Name:\tx\n")
+
+
+def test_median_memory_per_field() -> None:
+    samples = [{"VmRSS": 3, "Pss": 1}, {"VmRSS": 1, "Pss": 9}, {"VmRSS": 2}]
+    # Pss is missing from one sample: left out rather than a median of two.
+    assert memory.median_memory(samples) == {"VmRSS": 2}
+
+
+def test_report_lines() -> None:
+    idle = {"VmRSS": 40 * 1024}
+    loaded = {"VmRSS": 40 * 1024 + 9000}
+    assert memory.report_lines(idle, loaded, 1000) == [
+        "RSS_MB meshd_idle=40.00",
+        "RSS_MB meshd_1000_conns=48.79",
+        "INFO kb_per_conn=9.0",
+        "memory: idle rss<=40MB ok",
+    ]
+    assert memory.report_lines({"VmRSS": 41 * 1024}, loaded, 10)[-1].endswith("MISS")
+
+
+def test_read_memory_of_this_process() -> None:
+    mine = memory.read_memory(os.getpid())
+    assert mine["VmRSS"] > 0 and mine["RssAnon"] > 0
