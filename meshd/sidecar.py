@@ -246,6 +246,7 @@ class Sidecar:
             token_provider=self._enrolled_token if _enrolls(bootstrap) else None,
             tls=None if trust is None else trust.context,
             peer_id=None if trust is None else trust.peer_id,
+            on_drain=self.start_drain,
         )
         with self._control_scope:
             await self.control.run(task_status=task_status)
