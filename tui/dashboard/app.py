@@ -84,6 +84,13 @@ class DashboardApp(App[None]):
         self.retry_in: float = 0.0
         self.tap_id: str | None = None
         self._wake = asyncio.Event()
+        # The views, kept: a modal screen on top hides them from app-level queries.
+        self.traffic = TrafficView(id="traffic-view")
+        self.topology = TopologyView()
+        self.policy = PolicyView()
+        self.instances = InstancesView()
+        self.tap = TapView(id="tap-view")
+        self.events_view = EventsView()
 
     # -- layout ----------------------------------------------------------------------------------
 
@@ -91,17 +98,17 @@ class DashboardApp(App[None]):
         yield Static("", id="status")
         with TabbedContent(initial="traffic"):
             with TabPane("1 Traffic", id="traffic"):
-                yield TrafficView(id="traffic-view")
+                yield self.traffic
             with TabPane("2 Topology", id="topology"):
-                yield TopologyView()
+                yield self.topology
             with TabPane("3 Policy", id="policy"):
-                yield PolicyView()
+                yield self.policy
             with TabPane("4 Instances", id="instances"):
-                yield InstancesView()
+                yield self.instances
             with TabPane("5 Tap", id="tap"):
-                yield TapView(id="tap-view")
+                yield self.tap
             with TabPane("6 Events", id="events"):
-                yield EventsView()
+                yield self.events_view
         yield Footer()
 
     def on_mount(self) -> None:
@@ -138,7 +145,7 @@ class DashboardApp(App[None]):
             )
         if self.last_action:
             text += f"  │ {self.last_action}"
-        status = self.query_one("#status", Static)
+        status = self.screen_stack[0].query_one("#status", Static)
         status.update(text)
         status.set_class(self.stale, "stale")
 
@@ -146,11 +153,8 @@ class DashboardApp(App[None]):
         self.show_status()
 
     def watch_state(self, state: MeshState | None) -> None:
-        self.query_one(TrafficView).state = state
-        self.query_one(TopologyView).state = state
-        self.query_one(PolicyView).state = state
-        self.query_one(InstancesView).state = state
-        self.query_one(EventsView).state = state
+        for view in (self.traffic, self.topology, self.policy, self.instances, self.events_view):
+            view.state = state
         self.show_status()
 
     # -- polling ---------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ class DashboardApp(App[None]):
         if not added:
             return
         self.events = (self.events + added)[-MAX_EVENTS:]
-        self.query_one(EventsView).events = tuple(self.events)
+        self.events_view.events = tuple(self.events)
 
     def action_refresh(self) -> None:
         self._wake.set()
@@ -289,7 +293,7 @@ class DashboardApp(App[None]):
     @work(exclusive=True, group="tap")
     async def run_tap(self, tap_filter: TapFilter) -> None:
         """Start a tap and stream its events into the Tap view until it ends or is stopped."""
-        view = self.query_one(TapView)
+        view = self.tap
         try:
             created = await self.source.start_tap(TapRequest(filter=tap_filter))
         except SourceError as exc:
@@ -321,7 +325,7 @@ class DashboardApp(App[None]):
         """Stop the running tap (its worker, then the tap in controld)."""
         tap_id = self.tap_id
         self.workers.cancel_group(self, "tap")
-        self.query_one(TapView).set_running(False, "stopped")
+        self.tap.set_running(False, "stopped")
         if tap_id is not None:
             self.delete_tap(tap_id)
 
