@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from dashboard_pilot import run_app, status_text, table_rows, wait_for
 from textual.pilot import Pilot
+from textual.widgets import TabbedContent
 
 from tui.dashboard.app import DashboardApp
 from tui.dashboard.fake import FakeSource
@@ -189,9 +190,8 @@ def test_help_screen_and_command_palette() -> None:
         await type_text(pilot, "Show topology")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await wait_for(
-            pilot, lambda: app.query_one("TabbedContent").active == "topology", "topology"
-        )  # type: ignore[attr-defined]
+        tabs = app.query_one(TabbedContent)
+        await wait_for(pilot, lambda: tabs.active == "topology", "topology")
 
     run_app(scenario)
 
