@@ -104,12 +104,13 @@ class TrafficStats(Answer):
     """Request statistics of one row (service, route or endpoint) over the asked window.
 
     Counted by the calling sidecars (the outbound side), so connect failures, timeouts and
-    the proxy's own refusals (overflow, no healthy endpoint, rate limit) are in it.
+    the proxy's own 5xx answers (overflow, no healthy endpoint) are in it; requests that
+    reach a service from outside the mesh (no calling sidecar) are not.
     """
 
     #: Requests finished in the window.
     requests: int = 0
-    #: Of those, failed ones: status >= 500, no response, or refused by the proxy.
+    #: Of those, failed ones: status >= 500 or no response (a 429 or 403 is not a failure).
     errors: int = 0
     #: Requests per second over the window.
     rps: float = 0.0
@@ -285,6 +286,8 @@ class TapEvent(Answer):
     identity: str = ""
     #: W3C trace id (32 hex digits; "" when none).
     trace_id: str = ""
+    #: ``outbound`` (seen by the caller's sidecar) or ``inbound`` (the callee's sidecar).
+    direction: str = ""
 
 
 class TapEvents(Answer):
