@@ -27,8 +27,8 @@ pytestmark = pytest.mark.timeout(420)
 REPO = Path(__file__).resolve().parents[2]
 DEMO_PORTS: tuple[int, ...] = (8500, 8501, 8502, 8503, 15000, 15001, 15006, 15100, 15106, 15200)
 DEMO_PORTS += (15206, 15300, 15301, 15306, 18180, 18181, 18182, 18183)
-#: A number as the Traffic view prints it (rps, percentages, milliseconds).
-NUMBER = re.compile(r"\d+(?:\.\d+)?")
+#: A cell holding a number as the Traffic view prints it (rps, percentages, milliseconds).
+NUMBER = re.compile(r"(\d+(?:\.\d+)?)(?:%|ms|k)?")
 
 
 def _taken(port: int) -> bool:
@@ -98,7 +98,8 @@ def row(screen: str, name: str) -> list[str] | None:
     for line in screen.splitlines():
         words = line.split()
         if words and words[0] == name:
-            return NUMBER.findall(line[line.index(name) + len(name) :])
+            cells = (NUMBER.fullmatch(word) for word in words[1:])
+            return [m.group(1) for m in cells if m is not None]
     return None
 
 
@@ -143,7 +144,10 @@ def _session(terminal: Terminal, run_dir: Path) -> None:
     if telemetry:
         # Live numbers: the Traffic view's rows change from one capture to the next.
         first = terminal.wait(lambda s: row(s, "api"), "api in the Traffic view")
-        terminal.wait(lambda s: row(s, "api") != row(first, "api"), "api's numbers to change")
+        later = terminal.wait(
+            lambda s: row(s, "api") != row(first, "api"), "api's numbers to change"
+        )
+        print(f"TRAFFIC api {row(first, 'api')} then {row(later, 'api')}\n{later}")
 
     # Shift the split from the keyboard: Policy, w (the demo's only split), weights, y.
     terminal.keys("3")
@@ -172,7 +176,7 @@ def _session(terminal: Terminal, run_dir: Path) -> None:
             v1, v2 = row(s, "127.0.0.1:15106"), row(s, "127.0.0.1:15206")
             return bool(v1 and v2 and float(v2[0]) > float(v1[0]))
 
-        terminal.wait(v2_leads, "api v2's rate above v1's", 60)
+        print("ENDPOINTS\n" + terminal.wait(v2_leads, "api v2's rate above v1's", 90))
     else:
         traffic_log = run_dir / "logs" / "traffic.log"
 
