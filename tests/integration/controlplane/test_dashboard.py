@@ -287,8 +287,37 @@ class Scenario:
         # The traffic follows: only api v2 answers now.
         await self.wait(pilot, lambda: self.traffic.recent(20)["api-2"] == 20, "traffic to v2")
         if self.telemetry == "live":
-            await pilot.press("1", "enter")  # api's routes
-            await self.wait(pilot, lambda: app.drill == "api", "drill into api")
+            await self.drill_and_tap(pilot, app)
+
+    async def drill_and_tap(self, pilot: Pilot[None], app: DashboardApp) -> None:
+        """Traffic drilled to api's routes and endpoints; a tap on api streams its calls."""
+        await pilot.press("1")
+        table = app.traffic.query_one(DataTable)
+        table.focus()
+        keys = [r[0] for r in rows(app, "traffic-table")]
+        table.move_cursor(row=keys.index("api"))
+        await pilot.press("enter")
+        await self.wait(
+            pilot, lambda: [r[0] for r in rows(app, "traffic-table")] == ["canary"], "api's routes"
+        )
+        await pilot.press("enter")
+
+        def v2_only() -> bool:
+            found = {r[0].split()[-1]: float(r[1]) for r in rows(app, "traffic-table")}
+            return "api-2" in found and found["api-2"] > found.get("api-1", 0.0)
+
+        await self.wait(pilot, v2_only, "api-2 leading in api's endpoints")
+        await pilot.press("escape", "escape", "5")
+        await pilot.click("#tap-filter")
+        for key in "destination=api":
+            await pilot.press(key)
+        await pilot.press("enter")
+        await self.wait(pilot, lambda: len(rows(app, "tap-table")) >= 3, "tap events")
+        first = rows(app, "tap-table")[0]
+        assert first[1].startswith("web→api") and first[2] == "GET /" and first[3] == "200", first
+        app.tap.query_one(DataTable).focus()
+        await pilot.press("t")
+        await self.wait(pilot, lambda: app.tap_id is None, "the tap stopped")
 
     async def fault(self, pilot: Pilot[None], app: DashboardApp) -> None:
         await pilot.press("3")
