@@ -19,7 +19,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
 from meshcore.api.telemetry import TapFilter, TapRequest
 from tui.dashboard import control, fmt
@@ -206,15 +206,19 @@ class DashboardApp(App[None]):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        pane = self.query_one(f"#{tab}", TabPane)
-        focusable = pane.query(DataTable).first() if tab != "tap" else None
-        if focusable is not None:
-            focusable.focus()
+        self._focus_pane(self.query_one(f"#{tab}", TabPane))
 
     @on(TabbedContent.TabActivated)
     def _focus_tab(self, event: TabbedContent.TabActivated) -> None:
-        tables = event.pane.query(DataTable)
-        if tables and event.pane.id != "tap":
+        self._focus_pane(event.pane)
+
+    def _focus_pane(self, pane: TabPane) -> None:
+        """The keys go to the shown view: its first table (the Tap view: its filter)."""
+        if pane.id == "tap":
+            self.tap.query_one(Input).focus()
+            return
+        tables = pane.query(DataTable)
+        if tables:
             tables.first().focus()
 
     def action_help(self) -> None:

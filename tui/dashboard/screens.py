@@ -25,7 +25,7 @@ Policy       w: shift the weights of the selected split
              a / x: allow / deny a source (access policy row)
 Instances    d: drain the selected sidecar
 Anywhere     R: rotate the CA (stage, activate, retire)
-Tap          filter like destination=api status=503, t: start/stop
+Tap          filter like destination=api status=503, enter: start/stop
 
 Every change asks first, goes through controld's API with
 your token, shows its result in the status line and in

@@ -19,7 +19,8 @@ from tui.dashboard.views.table import Cell, TitledTable
 
 __all__ = ["InstancesView", "instance_rows"]
 
-COLUMNS = ("PROXY", "SERVICE", "HEALTH", "EJECTED", "CERT", "SNAPSHOT", "CONTACT")
+#: SNAP: the snapshot version in service; SEEN: time since the last contact.
+COLUMNS = ("PROXY", "SERVICE", "HEALTH", "EJECTED", "CERT", "SNAP", "SEEN")
 #: A certificate closer than this to expiry is shown in red.
 CERT_WARN_S = 3600.0
 

@@ -23,6 +23,8 @@ __all__ = ["PolicyView", "policy_rows", "sidecar_rows", "sidecar_state"]
 
 POLICY_COLUMNS = ("KIND", "NAME", "FOR", "WHAT")
 SIDECAR_COLUMNS = ("SIDECAR", "ACKED", "LATEST", "STATE", "CAN'T ENFORCE")
+#: Longest state cell (a NACK's first line is cut): the next column stays on an 80-column screen.
+MAX_STATE = 24
 
 
 def _compact(value: Any) -> str:
@@ -76,7 +78,10 @@ def sidecar_state(proxy: Mapping[str, Any]) -> Cell:
     latest = proxy.get("latest_version")
     if isinstance(nack, Mapping) and (nack.get("version") == latest or latest is None):
         lines = str(nack.get("error") or "").strip().splitlines()
-        return Text(f"NACK v{nack.get('version')}: {lines[0] if lines else '?'}", style="bold red")
+        text = f"NACK v{nack.get('version')}: {lines[0] if lines else '?'}"
+        if len(text) > MAX_STATE:
+            text = text[: MAX_STATE - 1] + "…"
+        return Text(text, style="bold red")
     if latest is None:
         return "pending"
     if proxy.get("acked_hash") is not None and proxy.get("latest_hash") is not None:

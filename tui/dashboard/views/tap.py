@@ -66,7 +66,7 @@ def tap_row(event: TapEvent) -> list[Cell]:
 
 
 class TapView(Vertical):
-    """``t`` starts or stops a tap with the filter typed above the events."""
+    """``enter`` in the filter (or ``t`` on the events) starts or stops a tap."""
 
     BINDINGS = [Binding("t", "toggle_tap", "Start/stop tap", show=True)]
 
@@ -88,12 +88,12 @@ class TapView(Vertical):
             yield Input(
                 placeholder="destination=api method=GET status=503 (empty: all)", id="tap-filter"
             )
-        yield TitledTable("Tap: stopped (t: start)", COLUMNS, id="tap-table")
+        yield TitledTable("Tap: stopped (enter: start)", COLUMNS, id="tap-table")
 
     def set_running(self, running: bool, note: str = "") -> None:
         """Show whether a tap runs (set by the app)."""
         self.running = running
-        state = "running (t: stop)" if running else "stopped (t: start)"
+        state = "running (enter or t: stop)" if running else "stopped (enter: start)"
         self.query_one(TitledTable).set_title(
             f"Tap: {state}  {self._count} events  {note}".rstrip()
         )
@@ -122,6 +122,6 @@ class TapView(Vertical):
         self.post_message(self.Toggle(tap_filter))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        # enter in the filter starts (or stops) the tap, as t does on the table.
         event.stop()
-        if not self.running:
-            self.action_toggle_tap()
+        self.action_toggle_tap()
