@@ -168,7 +168,7 @@ def _session(terminal: Terminal, run_dir: Path) -> None:
         terminal.keys("s", "s", "s")  # sort by name: api first
         terminal.wait(lambda s: "sort: name" in s, "sorted by name")
         terminal.keys("Up", "Enter")
-        terminal.wait(lambda s: "api > routes" in s, "api's routes")
+        terminal.wait(lambda s: "api > routes" in s and row(s, "canary"), "api's routes")
         terminal.keys("Enter")
         terminal.wait(lambda s: "endpoints of api" in s, "api's endpoints")
 
