@@ -195,3 +195,20 @@ def _session(terminal: Terminal, run_dir: Path) -> None:
     assert not left, f"ports still taken after the demo stopped: {left}"
     if not telemetry:
         pytest.skip("controld has no telemetry API here: live numbers not checked")
+
+
+def test_closing_the_terminal_stops_the_demo(terminal: Terminal, tmp_path: Path) -> None:
+    """The terminal goes away under the dashboard (window closed, SSH dropped): the demo
+    still stops everything it started (sidecars take SIGHUP as "reload", so they'd stay)."""
+    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), TERM="xterm-256color")
+    env["MESHD_VENV"] = str(Path(sys.executable).parent.parent)
+    env.pop("DEMO_SECONDS", None)
+    terminal.start(str(REPO / "scripts" / "demo"), env)
+    terminal.wait(lambda s: "1 Traffic" in s and "data at" in s, "the dashboard", 240)
+    terminal.kill()
+    deadline = time.monotonic() + 60
+    while any(_taken(p) for p in DEMO_PORTS) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in DEMO_PORTS if _taken(p)], "the demo left processes behind"
+    log = (tmp_path / "demo" / "logs" / "demo.log").read_text()
+    assert "demo: stopping dashboard traffic" in log

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import ClassVar
@@ -114,8 +115,14 @@ class DashboardApp(App[None]):
     def on_mount(self) -> None:
         self.show_status()
         self.poll()
+        # The terminal went away (window closed, SSH dropped): quit rather than linger.
+        # Only the main thread may set signal handlers (tests run the app in others).
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
 
     async def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.source.aclose()
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
