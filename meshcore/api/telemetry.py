@@ -186,9 +186,9 @@ class Edge(Answer):
     source: str
     destination: str
     protocol: Literal["http", "tcp"]
-    #: Requests per second (http) or connections per second (tcp).
+    #: Requests per second (http) or connection attempts per second (tcp).
     rps: float = 0.0
-    #: Share of failed requests (http) or failed connections (tcp), 0..1; None without traffic.
+    #: Share of failed requests (http) or connection attempts (tcp), 0..1; None without traffic.
     error_rate: float | None = None
     #: Every hop in the window was mutually authenticated TLS.
     mtls: bool = False
