@@ -83,6 +83,8 @@ class DashboardApp(App[None]):
         self.last_error: str | None = None
         self.last_action: str = ""
         self.retry_in: float = 0.0
+        #: The last refresh failed with an error answer (not an outage): why.
+        self.refresh_error: str | None = None
         self.tap_id: str | None = None
         self._wake = asyncio.Event()
         # The views, kept: a modal screen on top hides them from app-level queries.
@@ -150,11 +152,13 @@ class DashboardApp(App[None]):
             text = (
                 f"STALE  {text}  unreachable, retrying in {self.retry_in:.0f}s: {self.last_error}"
             )
+        elif self.refresh_error:
+            text = f"ERROR  {text}  controld answered {self.refresh_error}"
         if self.last_action:
             text += f"  │ {self.last_action}"
         status = self.screen_stack[0].query_one("#status", Static)
         status.update(text)
-        status.set_class(self.stale, "stale")
+        status.set_class(self.stale or bool(self.refresh_error), "stale")
 
     def watch_stale(self) -> None:
         self.show_status()
@@ -182,11 +186,14 @@ class DashboardApp(App[None]):
                 self.show_status()
                 delay, backoff = backoff, min(MAX_BACKOFF_S, backoff * 2)
             except SourceError as exc:
+                # controld answered, with an error (a bad token, ...): say it, try again later.
                 self.last_error = str(exc)
-                self.notify(str(exc), title="controld", severity="error", timeout=5)
+                self.refresh_error = str(exc)
+                self.show_status()
                 delay = self.refresh_s * 5
             else:
                 backoff = 0.5
+                self.refresh_error = None
                 old = self.state
                 self.add_events(
                     proxy_events(old.proxies if old else (), new.proxies, new.fetched_at)

@@ -90,7 +90,12 @@ class HttpSource:
             reason = str(exc) or type(exc).__name__
             raise SourceUnreachable(f"cannot reach controld at {self.base_url}: {reason}") from exc
         if response.status_code >= 400:
-            raise SourceRefused(response.status_code, _message(response))
+            message = _message(response)
+            if response.status_code in (401, 403):
+                message += (
+                    " (the dashboard needs an admin token: --token, --token-file or MESHCTL_TOKEN)"
+                )
+            raise SourceRefused(response.status_code, message)
         if not response.content:
             return None
         try:

@@ -25,6 +25,7 @@ def run_app(
     size: tuple[int, int] = (100, 30),
     clock: Callable[[], float] = lambda: FAKE_NOW,
     refresh_s: float = 0.5,
+    first_refresh: bool = True,
 ) -> None:
     """Run ``scenario`` against a headless dashboard (fake source and clock by default)."""
 
@@ -33,7 +34,8 @@ def run_app(
             source or FakeSource(), server="http://fake", refresh_s=refresh_s, clock=clock
         )
         async with app.run_test(size=size) as pilot:
-            await wait_for(pilot, lambda: app.state is not None, "the first refresh")
+            if first_refresh:
+                await wait_for(pilot, lambda: app.state is not None, "the first refresh")
             await scenario(pilot, app)
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))

@@ -13,6 +13,7 @@ from textual.widgets import TabbedContent
 from tui.dashboard.app import DashboardApp
 from tui.dashboard.fake import FakeSource
 from tui.dashboard.screens import ConfirmScreen, HelpScreen, PromptScreen
+from tui.dashboard.source import SourceRefused
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -331,3 +332,16 @@ def test_quit() -> None:
 
     run_app(scenario, source)
     assert source.calls[-1] == "aclose"
+
+
+class Forbidden(FakeSource):
+    async def proxies(self) -> list[dict]:  # type: ignore[type-arg]
+        raise SourceRefused(401, "unauthenticated (the dashboard needs an admin token)")
+
+
+def test_an_error_answer_is_shown() -> None:
+    async def scenario(pilot: Pilot[None], app: DashboardApp) -> None:
+        await wait_for(pilot, lambda: status_text(app).startswith("ERROR"), "the error")
+        assert "401: unauthenticated" in status_text(app)
+
+    run_app(scenario, Forbidden(), first_refresh=False)
