@@ -18,6 +18,7 @@ from typing import ClassVar
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
@@ -42,6 +43,11 @@ TABS = ("traffic", "topology", "policy", "instances", "tap", "events")
 MAX_BACKOFF_S = 10.0
 #: Events kept in the Events view.
 MAX_EVENTS = 200
+
+
+def _tearing_down() -> contextlib.suppress:
+    """A worker may hand data to a view the app is removing while it quits: drop it."""
+    return contextlib.suppress(NoMatches, IndexError)
 
 
 class DashboardApp(App[None]):
@@ -156,16 +162,24 @@ class DashboardApp(App[None]):
             text = f"ERROR  {text}  controld answered {self.refresh_error}"
         if self.last_action:
             text += f"  │ {self.last_action}"
-        status = self.screen_stack[0].query_one("#status", Static)
-        status.update(text)
-        status.set_class(self.stale or bool(self.refresh_error), "stale")
+        with _tearing_down():
+            status = self.screen_stack[0].query_one("#status", Static)
+            status.update(text)
+            status.set_class(self.stale or bool(self.refresh_error), "stale")
 
     def watch_stale(self) -> None:
         self.show_status()
 
     def watch_state(self, state: MeshState | None) -> None:
-        for view in (self.traffic, self.topology, self.policy, self.instances, self.events_view):
-            view.state = state
+        with _tearing_down():
+            for view in (
+                self.traffic,
+                self.topology,
+                self.policy,
+                self.instances,
+                self.events_view,
+            ):
+                view.state = state
         self.show_status()
 
     # -- polling ---------------------------------------------------------------------------------
@@ -211,7 +225,8 @@ class DashboardApp(App[None]):
         if not added:
             return
         self.events = (self.events + added)[-MAX_EVENTS:]
-        self.events_view.events = tuple(self.events)
+        with _tearing_down():
+            self.events_view.events = tuple(self.events)
 
     def action_refresh(self) -> None:
         self._wake.set()
@@ -327,7 +342,8 @@ class DashboardApp(App[None]):
                 except SourceUnreachable:
                     await asyncio.sleep(1.0)
                     continue
-                view.add_events(answer.events)
+                with _tearing_down():
+                    view.add_events(answer.events)
                 after = answer.next
                 if answer.done:
                     break
@@ -337,7 +353,8 @@ class DashboardApp(App[None]):
             self.notify(f"tap: {exc}", severity="error")
         finally:
             self.tap_id = None
-            view.set_running(False, "ended")
+            with _tearing_down():
+                view.set_running(False, "ended")
 
     def stop_tap(self) -> None:
         """Stop the running tap (its worker, then the tap in controld)."""
