@@ -585,3 +585,43 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print(line(row))
+
+
+# -- ratios and targets ---------------------------------------------------------------------
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing or the denominator is 0."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def ratio_line(name: str, value: float | None) -> str:
+    """``RATIO <name>=<value, two decimals>`` (``n/a`` when there is no value)."""
+    return f"RATIO {name}={'n/a' if value is None else f'{value:.2f}'}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure's target: ``value <= limit`` (``at_most``) or ``value >= limit``."""
+
+    name: str
+    limit: float
+    at_most: bool
+
+    def met(self, value: float | None) -> bool:
+        """Whether ``value`` meets the target (a missing value never does)."""
+        if value is None:
+            return False
+        return value <= self.limit if self.at_most else value >= self.limit
+
+    def verdict(self, value: float | None) -> str:
+        """``<name><=<limit> ok`` or ``... MISS``, for the one-line verdict of a suite."""
+        op = "<=" if self.at_most else ">="
+        return f"{self.name}{op}{self.limit:g} {'ok' if self.met(value) else 'MISS'}"
+
+
+def print_verdicts(checks: Sequence[tuple[Target, float | None]]) -> None:
+    """The suite's one-line verdict: ``targets: <verdict>, <verdict>, ...``."""
+    print(f"targets: {', '.join(target.verdict(value) for target, value in checks)}")

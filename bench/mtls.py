@@ -4,7 +4,9 @@ Both pairs run in the same run in front of the same nginx backend, one worker ea
 ``dataplane``): wrk -> outbound (plaintext) -> TLS 1.3 with client certificates, pooled and
 resumed -> inbound (client certificate required) -> backend. Full (non-resumed) mTLS
 handshakes per second of each inbound side come from ``openssl s_time -new``. Prints a table,
-then ``RATIO mtls_pair_rps_vs_nginx_pair``, ``MTLS_PAIR_P99_MS`` and ``MTLS_HANDSHAKES_PER_S``.
+then ``RATIO mtls_pair_rps_vs_nginx_pair``, ``MTLS_PAIR_P99_MS``, ``MTLS_HANDSHAKES_PER_S``, the
+ratios to the nginx pair (``RATIO mtls_pair_cpu_vs_nginx``, ``handshakes_vs_nginx``,
+``mtls_p99_vs_nginx``, ``mtls_p50_vs_nginx``) and a verdict against the targets.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from common import (
     Context,
     ManagedProcess,
     ProcessGroup,
+    Target,
     WrkParams,
     WrkResult,
     cpu_ticks,
@@ -37,6 +40,9 @@ from common import (
     free_ports,
     http_get,
     print_table,
+    print_verdicts,
+    ratio,
+    ratio_line,
     render,
     run_wrk,
     start_meshd,
@@ -307,7 +313,7 @@ def _report(
     rps = {m.path.name: m.wrk.rps for m in full}
     if not rps["nginx-mtls-pair"]:
         raise BenchError("the nginx pair completed no requests; no ratio to report")
-    ratio = rps["meshd-mtls-pair"] / rps["nginx-mtls-pair"]
+    rps_ratio = rps["meshd-mtls-pair"] / rps["nginx-mtls-pair"]
     handshakes = next(h for h in hs if h.name == "meshd-inbound").per_s
     achieved = ", ".join(f"{name}={r.rps:.0f}" for name, r in rate.items())
     print(
@@ -322,15 +328,52 @@ def _report(
     # Context, not a target: the same pair with no HTTP work (bench/reference/tls_relay.py).
     floor = rps["trio-tls-relay-pair"] / rps["nginx-mtls-pair"]
     print(f"INFO mtls_trio_relay_pair_floor_vs_nginx_pair={floor:.2f}")
-    print(f"RATIO mtls_pair_rps_vs_nginx_pair={ratio:.2f}")
+    print(f"RATIO mtls_pair_rps_vs_nginx_pair={rps_ratio:.2f}")
     meshd_p99, nginx_p99 = (rate[f"{n}-mtls-pair"].p99_s * 1e3 for n in ("meshd", "nginx"))
     print(f"MTLS_PAIR_P99_MS rps={RATE} meshd={meshd_p99:.2f} nginx={nginx_p99:.2f}")
     print(f"MTLS_HANDSHAKES_PER_S value={handshakes:.0f}")
-    verdicts = [
-        f"ratio>=0.50 {'ok' if ratio >= 0.5 else 'MISS'}",
-        f"handshakes>=800/s {'ok' if handshakes >= 800 else 'MISS'}",
+    figures = ratios(full, rate, hs)
+    for name, value in figures.items():
+        print(ratio_line(name, value))
+    checks: list[tuple[Target, float | None]] = [
+        (RPS_TARGET, rps_ratio),
+        (HANDSHAKES_TARGET, handshakes),
+        *((t, figures[t.name]) for t in TARGETS),
     ]
-    print(f"targets: {', '.join(verdicts)}")
+    print_verdicts(checks)
+
+
+#: The rps ratio and absolute handshake rate this suite has reported from the start.
+RPS_TARGET = Target("ratio", 0.5, at_most=False)
+HANDSHAKES_TARGET = Target("handshakes/s", 800, at_most=False)
+#: Issue 15's targets, each against the nginx pair in the same run.
+TARGETS = (
+    Target("mtls_pair_cpu_vs_nginx", 2.5, at_most=True),
+    Target("handshakes_vs_nginx", 1.0, at_most=False),
+    Target("mtls_p99_vs_nginx", 1.5, at_most=True),
+    Target("mtls_p50_vs_nginx", 1.5, at_most=True),
+)
+
+
+def ratios(
+    full: list[Measured], rate: dict[str, WrkResult], hs: list[Handshakes]
+) -> dict[str, float | None]:
+    """The meshd pair against the nginx pair, by name: CPU per request at full load, full
+    handshakes per second (inbound sides), and p99 and p50 latency at the fixed rate.
+
+    None when a figure is missing (no requests, no completed handshake).
+    """
+    cpu = {m.path.name: m.cpu_us_per_req for m in full}
+    per_s = {h.name: h.per_s for h in hs}
+    meshd, nginx = rate.get("meshd-mtls-pair"), rate.get("nginx-mtls-pair")
+    p99 = (meshd.p99_s, nginx.p99_s) if meshd is not None and nginx is not None else (None, None)
+    p50 = (meshd.p50_s, nginx.p50_s) if meshd is not None and nginx is not None else (None, None)
+    return {
+        "mtls_pair_cpu_vs_nginx": ratio(cpu.get("meshd-mtls-pair"), cpu.get("nginx-mtls-pair")),
+        "handshakes_vs_nginx": ratio(per_s.get("meshd-inbound"), per_s.get("nginx-back")),
+        "mtls_p99_vs_nginx": ratio(*p99),
+        "mtls_p50_vs_nginx": ratio(*p50),
+    }
 
 
 def run_suite(ctx: Context) -> None:

@@ -29,11 +29,18 @@ from common import (
     env_int,
     free_ports,
     http_get,
-    print_table,
     render,
     start_meshd,
 )
-from dataplane import BenchPath, Measured, check_path, measure_path, process_tree, start_nginx
+from dataplane import (
+    BenchPath,
+    Measured,
+    check_path,
+    measure_path,
+    print_measured,
+    process_tree,
+    start_nginx,
+)
 
 TOOLS = {"nginx": "nginx-light", "wrk": "wrk"}
 #: Target of the ratio (reported, not failed).
@@ -167,36 +174,6 @@ def report(plain: Measured, policy: Measured, counters: Mapping[str, float]) -> 
     return lines
 
 
-def _table(results: Iterable[Measured]) -> None:
-    rows = [
-        [
-            m.path.name,
-            f"{m.wrk.rps:.0f}",
-            f"{m.wrk.p50_s * 1e3:.3f}",
-            f"{m.wrk.p99_s * 1e3:.3f}",
-            "-" if m.cpu_us_per_req is None else f"{m.cpu_us_per_req:.1f}",
-            str(m.wrk.requests),
-            str(m.wrk.non_2xx),
-            str(m.wrk.socket_errors),
-        ]
-        for m in results
-    ]
-    headers = ["path", "rps", "p50_ms", "p99_ms", "cpu_us/req", "requests", "non2xx", "sock_err"]
-    print_table(headers, rows)
-
-
-def _unenforced(proc: ManagedProcess) -> str | None:
-    """The fields meshd said it accepts but does not enforce (its start-up warning), if any."""
-    try:
-        text = proc.log.read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-    for line in text.splitlines():
-        if "not enforced" in line:
-            return line.strip()
-    return None
-
-
 def run_suite(ctx: Context) -> None:
     """Start the backend and the two sidecars; check, load and compare them."""
     tools = ensure_tools(TOOLS)
@@ -244,11 +221,8 @@ def run_suite(ctx: Context) -> None:
         for proc in (backend_proc, *(p for p, _ in sidecars.values())):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
-        unenforced = _unenforced(sidecars["meshd-policy"][0])
     plain, policy = (combine(totals[name]) for name in sidecars)
-    _table([*totals["meshd-plain"], *totals["meshd-policy"]])
-    if unenforced is not None:
-        print(f"INFO meshd-policy said at start-up: {unenforced[:300]}")
+    print_measured([*totals["meshd-plain"], *totals["meshd-policy"]])
     for line in report(plain, policy, counters):
         print(line)
 

@@ -132,6 +132,18 @@ class TokenAuth:
         """
         return cls(load_admin_token(path), tokens)
 
+    def replace_admin(self, admin_token: str) -> bool:
+        """Accept ``admin_token`` instead of the current one (a rotated token file re-read
+        on SIGHUP); True when it changed. ValueError, as the constructor, for a bad token."""
+        if len(admin_token) < _MIN_ADMIN_TOKEN_LEN or not admin_token.isascii():
+            raise ValueError(
+                f"the admin token must be at least {_MIN_ADMIN_TOKEN_LEN} ASCII characters"
+            )
+        new = admin_token.encode("ascii")
+        changed = not hmac.compare_digest(new, self._admin)
+        self._admin = new
+        return changed
+
     def _store(self) -> SidecarTokens:
         if self.tokens is None:
             raise ValueError("sidecar tokens need the registry KV, which is not configured")

@@ -2,8 +2,8 @@
 
 Subcommands:
 
-* ``controld run [--registry URL | --registry-listen HOST:PORT --data-dir DIR] [--admin
-  HOST:PORT] [--push HOST:PORT|off] [--tls HOST:PORT|off] [--tls-san NAME]
+* ``controld run [--config FILE] [--registry URL | --registry-listen HOST:PORT --data-dir
+  DIR] [--admin HOST:PORT] [--push HOST:PORT|off] [--tls HOST:PORT|off] [--tls-san NAME]
   [--admin-token-file PATH] [--kv-prefix PREFIX] [--api-max-body-bytes BYTES]`` runs the
   daemon: the registry embedded (default) or an external one, discovery, the policy store,
   the snapshot push and the HTTP API (:mod:`controld.daemon`).
@@ -59,8 +59,10 @@ def _listen_or_off(value: str) -> tuple[str, int] | None:
     return None if value == "off" else _listen(value)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    parser = parser_class(
         prog="controld",
         description=(
             "meshd control plane. `controld run` is the daemon (registry embedded or external, "
@@ -140,6 +142,16 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
             "snapshot and pushes it (long-poll, on --push), and serves the HTTP API on --admin "
             "(bearer tokens; the admin token is in --admin-token-file; OpenAPI at "
             "/openapi.json)."
+        ),
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "YAML file of these options (long names without --, e.g. `admin: "
+            "127.0.0.1:8501`); the command line wins. SIGHUP reads it again: log-level and "
+            "the admin token file apply at once, other changes need a restart"
         ),
     )
     run.add_argument(
@@ -273,12 +285,15 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``controld`` command."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "registry":
         return _run_registry(args)
     if args.command == "run":
-        return _run_daemon(args.run_parser, args)
+        from controld.runner import run_daemon
+
+        return run_daemon(argv)
     parser.print_help()
     return 0
 
@@ -390,74 +405,6 @@ def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         registry_acl=not args.registry_acl_disabled,
         **common,
     )
-
-
-def _run_daemon(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-
-    import trio
-
-    from controld.auth import TokenFileError
-    from controld.ca import CAFileError
-    from controld.daemon import ControlDaemon, DaemonPorts
-    from controld.registry import DataDirError, RegistryError
-    from meshcore.net.accept import raise_nofile_limit
-    from meshcore.runtime.asgi import ListenError
-
-    config = _daemon_config(parser, args)
-    log = _setup_logging(args, "controld")
-    daemon = ControlDaemon(config)
-
-    def ready(ports: DaemonPorts) -> None:
-        host = config.admin_host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        api_url = f"http://{f'[{host}]' if ':' in host else host}:{ports.admin_port}"
-        log.info(
-            "ready",
-            registry_mode="external" if config.registry is None else "embedded",
-            registry=ports.registry_url,
-            registry_port=ports.registry_port,
-            admin=f"{config.admin_host}:{ports.admin_port}",
-            admin_port=ports.admin_port,
-            push_port=ports.push_port,
-            tls_port=ports.tls_port,
-            api=api_url,
-            admin_token_file=str(config.token_path),
-            kv_prefix=config.kv_prefix,
-            registry_acl=config.registry is None or config.registry_acl,
-        )
-        if config.registry is not None and not config.registry_acl:
-            log.warning(
-                "registry ACLs disabled (--registry-acl-disabled): anyone who reaches "
-                f"{ports.registry_url} can rewrite {config.kv_prefix} and every registration"
-            )
-        push = "" if ports.push_port is None else f", sidecars {config.push_host}:{ports.push_port}"
-        if ports.tls_port is not None:
-            push += f", TLS {config.tls_host}:{ports.tls_port}"
-        print(
-            f"controld: API {api_url}{push} (admin token in {config.token_path})",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    raise_nofile_limit()  # before the lean listeners derive their default connection caps
-    try:
-        trio.run(_run_until_signal, daemon.run, daemon.shutdown_nowait, ready, log)
-    except BaseException as exc:
-        error = (
-            _leaf(exc, RegistryError)
-            or _leaf(exc, ListenError)
-            or _leaf(exc, TokenFileError)
-            or _leaf(exc, CAFileError)
-        )
-        if error is None:
-            raise
-        print(f"controld run: {error}", file=sys.stderr)
-        return 2 if isinstance(error, DataDirError | CAFileError) else 1
-    log.info("stopped")
-    return 0
 
 
 def _setup_logging(args: argparse.Namespace, name: str) -> Any:

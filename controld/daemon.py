@@ -31,6 +31,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
+from controld.activation import ListenerSockets
 from controld.admin import RegistryLink, status_json
 from controld.api import build_api
 from controld.api.gate import DEFAULT_MAX_BODY_BYTES
@@ -48,6 +49,7 @@ from controld.registry.httpserver import HTTPServer, ServerLimits, limit_events_
 from controld.sealed import RECORD_KEY_FILE, RecordKey
 from controld.sidecar_tokens import SidecarTokens
 from controld.store import ResourceStore
+from controld.telemetry import TapHub, TelemetryWindow
 from meshcore.model.resources import ResourceSet
 from meshcore.registry import Backoff
 from meshcore.registry.client import RegistryClient, RegistrySettings
@@ -169,14 +171,19 @@ class ControlDaemon:
     :class:`~controld.api.ControlPlane`.
     """
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, *, sockets: ListenerSockets | None = None) -> None:
+        """``sockets``: listening sockets passed by socket activation, by listener name."""
         self.config = config
+        self.sockets = sockets or ListenerSockets()
         #: The daemon's own Prometheus registry (served on ``/metrics``).
         self.metrics = CollectorRegistry(auto_describe=True)
         self.watcher: RegistryWatcher | None = None
         #: Registered sidecars and their long-polls.
         self.hub = PushHub(metrics=self.metrics)
         self.reconciler: Reconciler | None = None
+        #: The sidecars' telemetry (rolling window) and the operators' taps.
+        self.telemetry = TelemetryWindow()
+        self.taps = TapHub()
         self._store: ResourceStore | None = None
         self._auth: TokenAuth | None = None
         #: How controld reaches the registry, with its own token (set once running).
@@ -230,6 +237,7 @@ class ControlDaemon:
         if self.reconciler is not None:
             push.update(self.reconciler.status_json())
         doc["push"] = push
+        doc["telemetry"] = {**self.telemetry.status_json(), "taps": self.taps.status_json()}
         if self._store is not None:
             store = dataclasses.asdict(self._store.status)
             store["prefix"] = self.config.kv_prefix
@@ -262,7 +270,11 @@ class ControlDaemon:
             registry_cfg = dataclasses.replace(registry_cfg, acl_management_token=generated)
             # The config the daemon runs with names the token it uses (as if it was given).
             self.config = cfg = dataclasses.replace(cfg, registry=registry_cfg)
-        server = RegistryServer(registry_cfg) if registry_cfg is not None else None
+        server = (
+            RegistryServer(registry_cfg, sock=self.sockets.get("registry"))
+            if registry_cfg is not None
+            else None
+        )
         async with trio.open_nursery() as nursery:
             registry_port: int | None = None
             if server is not None:
@@ -366,6 +378,8 @@ class ControlDaemon:
             is_ready=self.is_ready,
             audit=self.audit,
             max_body_bytes=cfg.api_max_body_bytes,
+            telemetry=self.telemetry,
+            taps=self.taps,
         )
         limit_events = limit_events_counter(self.metrics)
         push: HTTPServer | None = None
@@ -376,12 +390,15 @@ class ControlDaemon:
                 cfg.push_port,
                 limits=cfg.listener_limits,
                 on_event=lambda event: limit_events.labels("push", event).inc(),
+                sock=self.sockets.get("push"),
             )
             await _start_lean(nursery, push, "push")
         tls: HTTPServer | None = None
         if cfg.tls_port is not None:
             identity = self.identity
-            dns_names, ips = server_sans(cfg.tls_host, cfg.tls_sans)
+            tls_sock = self.sockets.get("tls")
+            tls_host = cfg.tls_host if tls_sock is None else tls_sock.getsockname()[0]
+            dns_names, ips = server_sans(tls_host, cfg.tls_sans)
             server_tls = ServerTls(
                 identity.ca,
                 lambda: identity.trust_domain,
@@ -397,9 +414,10 @@ class ControlDaemon:
                 tls=server_tls.context,
                 limits=cfg.listener_limits,
                 on_event=lambda event: limit_events.labels("tls", event).inc(),
+                sock=tls_sock,
             )
             await _start_lean(nursery, tls, "TLS")
-            listen = f"{cfg.tls_host}:{tls.port}"
+            listen = f"{tls_host}:{tls.port}"
             identity.server_tls = lambda: server_tls.current.as_json(listen)
         api = AsgiServer(
             app,
@@ -407,6 +425,7 @@ class ControlDaemon:
             cfg.admin_port,
             error_logger=logging.getLogger("controld.admin"),
             shutdown=self._shutdown,
+            sock=self.sockets.get("admin"),
         )
         port: int = await nursery.start(api.run)
         return port, push, tls

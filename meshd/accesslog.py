@@ -20,6 +20,7 @@ Standard field names (pass the ones that apply; TCP proxying has no HTTP fields)
 ``upstream``      endpoint address used ("" when none)
 ``request_id``    ``x-request-id``
 ``traceparent``   W3C ``traceparent`` as forwarded
+``trace_id``, ``span_id``  its trace id and this proxy's span id ("" when not forwarded)
 ``error``         the ``x-meshd-error`` reason, or "" on success
 ``source_identity``  the client certificate's SPIFFE ID (inbound mTLS only)
 
@@ -52,6 +53,8 @@ ACCESS_FIELDS: tuple[str, ...] = (
     "request_id",
     "traceparent",
     "error",
+    "trace_id",
+    "span_id",
 )
 
 

@@ -30,6 +30,19 @@ def _parser() -> argparse.ArgumentParser:
         type=str.lower,
         default=os.environ.get("MESHD_LOG_LEVEL", "info").lower(),
     )
+    run.add_argument(
+        "--takeover",
+        action="store_true",
+        help="take the listening sockets over from the meshd running with this bootstrap "
+        "(restart without socket activation); start normally if none runs",
+    )
+    run.add_argument(
+        "--handoff-socket",
+        type=Path,
+        default=None,
+        help="Unix socket of the hand-off (default $RUNTIME_DIRECTORY/handoff.sock, "
+        "else BOOTSTRAP.handoff.sock)",
+    )
     run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     check = sub.add_parser("validate", help="check a bootstrap file and its snapshot, then exit")
     check.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
@@ -88,16 +101,37 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging(json=args.log_format == "json", level=args.log_level)
     raise_nofile_limit()  # before the listeners derive their default connection caps
+    takeover = None
     if args.worker_index:
         sidecar = Sidecar(args.config, worker_index=args.worker_index)
     else:
-        sidecar = Sidecar(args.config, notifier=Notifier.from_env(), inherited=listen_fds())
+        from meshd.handoff import HandoffError, handoff_path, take_over
+
+        inherited = listen_fds()
+        path = args.handoff_socket or handoff_path(args.config)
+        if args.takeover and not inherited:
+            try:
+                takeover = take_over(path)
+            except HandoffError as refused:
+                print(f"meshd: {refused}", file=sys.stderr)
+                return 2
+            if takeover is not None:
+                inherited = takeover.inherited()
+        sidecar = Sidecar(
+            args.config,
+            notifier=Notifier.from_env(),
+            inherited=inherited,
+            takeover=takeover,
+            handoff_path=path,
+        )
     failures: list[BaseException] = []
     try:
         trio.run(sidecar.run)
     except* (ConfigError, MeshdError) as group:
         # Raised before or inside the sidecar's nursery (a listener that can't bind).
         failures.extend(group.exceptions)
+    finally:
+        sidecar.succession.abandon()  # failed before serving: the previous process serves on
     for exc in failures:
         print(f"meshd: {exc}", file=sys.stderr)
     return 2 if failures else 0

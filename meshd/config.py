@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshcore.model import LOCAL_APP_CLUSTER, Bootstrap, Cluster, Endpoint, Snapshot
@@ -9,6 +10,7 @@ from meshcore.routing import CompiledRouteTable, catch_all
 from meshd.access.guard import AuthzContext
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
+from meshd.cluster.state import ClusterStates
 from meshd.errors import SnapshotRejected
 from meshd.http.config import HttpListenerConfig
 from meshd.ratelimit import RateLimits
@@ -43,47 +45,15 @@ def local_app_cluster(bootstrap: Bootstrap) -> Cluster:
     )
 
 
-def first_tier(cluster: Cluster) -> Cluster:
-    """``cluster`` with only its lowest-priority endpoints.
-
-    Failover tiers (``priority`` > 0) are chosen once, when the snapshot is built: a tier is
-    used only when no endpoint of a lower one exists. Switching tiers at run time, on health,
-    waits for outlier detection and health checks.
-    """
-    endpoints = cluster.endpoints
-    if not endpoints:
-        return cluster
-    best = min(ep.priority for ep in endpoints)
-    kept = tuple(ep for ep in endpoints if ep.priority == best)
-    if len(kept) == len(endpoints):
-        return cluster
-    return cluster.model_copy(update={"endpoints": kept})
-
-
-#: Route fields accepted in snapshots but not acted on yet (``redirect`` is).
-_ROUTE_FIELDS = ("retries", "fault", "request_headers", "response_headers", "rewrite")
-_CLUSTER_FIELDS = ("limits", "outlier_detection", "health_check")
-
-
-def unenforced_fields(snapshot: Snapshot) -> list[str]:
-    """Names of the fields set in ``snapshot`` that this meshd accepts but doesn't enforce yet."""
-    found: set[str] = set()
-    for table in snapshot.route_tables:
-        for route in table.routes:
-            found.update(f"route.{f}" for f in _ROUTE_FIELDS if getattr(route, f) is not None)
-            if route.match.query:
-                found.add("route.match.query")
-    for cluster in snapshot.clusters:
-        found.update(f"cluster.{f}" for f in _CLUSTER_FIELDS if getattr(cluster, f) is not None)
-    return sorted(found)
-
-
 def build_runtime(
     bootstrap: Bootstrap,
     snapshot: Snapshot,
     pools: PoolManager,
     authz: AuthzContext | None = None,
     rate_limits: RateLimits | None = None,
+    *,
+    states: ClusterStates | None = None,
+    previous: Mapping[str, ClusterRuntime] | None = None,
 ) -> RuntimeConfig:
     """Compile ``snapshot`` for this sidecar; raises :class:`SnapshotRejected`.
 
@@ -91,9 +61,25 @@ def build_runtime(
     log limiters); the sidecar passes its own. None: a fresh one (its counts go nowhere).
     ``rate_limits`` likewise keeps the token buckets of the snapshot's ``rate_limits``, which
     apply to inbound listeners (requests on http, new connections on tcp).
+    ``states`` keeps the clusters' health (breakers, retry budgets, outlier detection, health
+    checks) across snapshots; the caller configures them with ``states.apply`` once the
+    runtime is in service. None: each cluster gets a private state.
+    ``previous``: the running configuration's clusters, whose balancing state (latency
+    estimates, in-flight counts, unavailable endpoints) carries over to clusters of the same
+    name. Every priority tier is kept: the clusters fail over at run time, on health.
     """
-    models = [*(first_tier(c) for c in snapshot.clusters), local_app_cluster(bootstrap)]
-    clusters = {c.name: ClusterRuntime(c, pools) for c in models}
+    models = [*snapshot.clusters, local_app_cluster(bootstrap)]
+    before = previous or {}
+    clusters = {
+        c.name: ClusterRuntime(
+            c,
+            pools,
+            None if states is None else states.get(c.name),
+            zone=bootstrap.zone,
+            previous=before.get(c.name),
+        )
+        for c in models
+    }
     listeners: dict[str, ListenerConfig] = {}
     policy = snapshot.inbound_policy
     if policy is not None and authz is None:

@@ -43,6 +43,47 @@ class MirrorSink(Protocol):
         ...
 
 
+class RequestObserver(Protocol):
+    """Sees finished HTTP exchanges: the tap sampler and the span recorder
+    (:mod:`meshd.telemetry`). Installed in :class:`ProxyShared` only while it has work, so
+    the request path pays one ``is None`` check otherwise."""
+
+    def wants(self) -> bool:
+        """Whether :meth:`observe` could keep anything now (cheap: checked first, so a tap
+        over its rate costs no record)."""
+        ...
+
+    def observe(self, record: ExchangeRecord) -> None:
+        """Look at one finished exchange (must not block or raise)."""
+        ...
+
+
+@dataclass(slots=True, frozen=True)
+class ExchangeRecord:
+    """A finished HTTP exchange, as :class:`RequestObserver` objects see it."""
+
+    direction: str
+    source: str
+    destination: str
+    route: str
+    method: str
+    #: Request target as received (bytes: decoded only by an observer that keeps it).
+    target: bytes
+    code: int
+    #: Monotonic start (:func:`now`) and duration.
+    start: float
+    seconds: float
+    #: ``host:port`` of the upstream endpoint ("" when none was reached).
+    endpoint: str
+    #: The SPIFFE ID of the peer: inbound the client's, outbound the cluster's expected one.
+    peer_identity: str
+    #: ``traceparent`` as received and as forwarded (None: none / not forwarded).
+    traceparent_in: bytes | None
+    traceparent_out: bytes | None
+    retries: int
+    error: str
+
+
 class ConfigSource(Protocol):
     """Where a connection finds its listener's configuration in force now (a listener slot).
 
@@ -71,6 +112,10 @@ class ProxyShared:
     tls: MeshTls | None = None
     #: Sends mirrored copies of requests (None: mirroring is not running).
     mirror: MirrorSink | None = None
+    #: Active taps (None: no tap is active, nothing is sampled).
+    tap: RequestObserver | None = None
+    #: Records sampled spans (None: tracing is off).
+    tracer: RequestObserver | None = None
 
     def start_drain(self) -> None:
         """Finish in-flight requests, then close; idle keep-alive connections close now."""

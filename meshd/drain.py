@@ -13,6 +13,10 @@ A drain goes through three phases (:class:`DrainPhase`):
 
 :class:`DrainControl` is the small state machine the sidecar and its signal handler share; the
 I/O around it (deregistration, closing listeners) stays in :mod:`meshd.sidecar`.
+
+A restart (SIGUSR2, or a successor that took the sockets over, :mod:`meshd.handoff`) is a drain
+with :attr:`DrainControl.restart` set: the sidecar keeps its registration, skips the delay and
+goes straight to ``closing`` (the sockets live on in the service manager or the successor).
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ import enum
 import structlog
 import trio
 
-__all__ = ["DrainControl", "DrainPhase"]
+__all__ = ["IDLE_CLOSE_AFTER_S", "DrainControl", "DrainPhase"]
 
 log = structlog.get_logger("meshd.drain")
+
+#: In ``closing``, a kept-alive connection idle this long is closed; one in use gets
+#: ``Connection: close`` on its next answer instead (closing it would race with that request).
+IDLE_CLOSE_AFTER_S = 1.0
 
 
 class DrainPhase(enum.Enum):
@@ -45,16 +53,20 @@ class DrainControl:
         self._skip = trio.Event()
         #: ``trio.current_time()`` at which the delay ends (None outside the delay).
         self.delay_ends_at: float | None = None
+        #: The drain is a restart: keep the registration, no delay.
+        self.restart = False
 
     @property
     def started(self) -> bool:
         """A drain was requested (whatever its phase)."""
         return self.requested.is_set()
 
-    def request(self) -> bool:
-        """Start the drain; False if it had already started (then nothing changes)."""
+    def request(self, *, restart: bool = False) -> bool:
+        """Start the drain (a restart with ``restart``); False if it had already started
+        (then nothing changes: a stop stays a stop, a restart a restart)."""
         if self.requested.is_set():
             return False
+        self.restart = restart
         self.phase = DrainPhase.DELAY
         self.requested.set()
         return True
@@ -92,4 +104,4 @@ class DrainControl:
         left = None
         if self.delay_ends_at is not None:
             left = round(max(0.0, self.delay_ends_at - trio.current_time()), 3)
-        return {"phase": self.phase.value, "delay_left_s": left}
+        return {"phase": self.phase.value, "delay_left_s": left, "restart": self.restart}

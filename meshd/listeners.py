@@ -212,13 +212,37 @@ class ListenerManager:
     def _close(slot: ListenerSlot) -> None:
         slot.scope.cancel()
 
-    def stop_accepting(self) -> None:
-        """Close every listening socket (draining); accepted connections go on."""
+    def stop_accepting(self, *, close_silent: bool = True) -> None:
+        """Close every listening socket (draining); accepted connections go on.
+
+        Connections that have not sent a byte yet are closed too unless ``close_silent`` is
+        false (then :meth:`close_silent` does it later). A listening socket shared with the
+        service manager or a successor stays open there, its accept queue with it: this
+        process only closes its own descriptor, and never between an accept and its handler.
+        """
         self._stopped = True
         for slot in self.slots.values():
             self._close(slot)
+        if close_silent:
+            self.close_silent()
+
+    def close_silent(self) -> None:
+        """Close the accepted connections that have not sent a byte yet."""
+        for slot in self.slots.values():
             if slot.acceptor is not None:
                 slot.acceptor.close_silent()
+
+    def close_unused_inherited(self) -> None:
+        """Close the inherited sockets no listener uses (after a hand-off: the previous
+        process's listeners that the configuration in force dropped), so their ports refuse
+        rather than queue connections nobody accepts."""
+        for item in self._inherited:
+            item.sock.close()
+        self._inherited.clear()
+
+    def listening_sockets(self) -> list[tuple[str, socket.socket]]:
+        """Name and socket of every listener (what a successor takes over)."""
+        return [(name, slot.sock) for name, slot in self.slots.items() if not self._stopped]
 
     @property
     def connection_count(self) -> int:

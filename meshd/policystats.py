@@ -70,6 +70,14 @@ POLICY_METRICS: Final[dict[str, MetricSpec]] = {
         "Mirrored copies of requests, by cluster and result (sent, failed, dropped).",
         ("cluster", "result"),
     ),
+    "meshd_trace_spans": MetricSpec(
+        "Spans of sampled traces, by result (exported, failed: the export request failed, "
+        "dropped: the export queue was full).",
+        ("result",),
+    ),
+    "meshd_telemetry_reports": MetricSpec(
+        "Telemetry reports to controld, by result (sent, failed).", ("result",)
+    ),
 }
 
 

@@ -13,7 +13,8 @@ TTL checks are renewed every third of their TTL. When the registry is unreachabl
 keeps serving, retries with jittered backoff, and registers again once it answers (it may have
 lost its state: a TTL update for an unknown check means exactly that). On drain both instances
 are deregistered first, within :data:`STOP_BUDGET_S`, so the drain is never held up by a slow
-registry.
+registry. On a restart (:meth:`Registration.hand_over`) they stay: the checks are renewed one
+last time and the next process registers the same IDs again.
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ class Registration:
         self._ids: frozenset[str] = frozenset()  # instances we may have put into the registry
         self._stopping = False
         self._abandon = False
+        self._handing_over = False
         self._wake = trio.Event()
         self._done = trio.Event()
         self._scope = trio.CancelScope()
@@ -268,8 +270,14 @@ class Registration:
                     task_status.started(self)
                     await self._loop(client)
             finally:
+                if self._handing_over:
+                    # A restart: the registrations stay for the next process; renewing the
+                    # checks now gives it a whole TTL to register again.
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + STOP_BUDGET_S
+                        await self._renew_last(client)
                 # Stopped, or cancelled from outside: leave the registry clean, briefly.
-                if self._ids and not self._abandon:
+                elif self._ids and not self._abandon:
                     with trio.CancelScope(shield=True) as scope:
                         scope.deadline = trio.current_time() + STOP_BUDGET_S
                         await self._deregister(client)
@@ -288,6 +296,22 @@ class Registration:
             log.warning("registry: deregistration did not finish in time, giving up")
             self._abandon = True
             self._scope.cancel()
+
+    async def hand_over(self) -> None:
+        """Stop without deregistering (a restart); returns within :data:`STOP_BUDGET_S`."""
+        self._handing_over = True
+        await self.stop()
+
+    async def _renew_last(self, client: RegistryClient) -> None:
+        plan, probe = self.registered, self.last_probe
+        if plan is None or probe is None:
+            return
+        try:
+            await self._report(client, plan, probe)
+        except RegistryError as exc:
+            log.warning("registry: last renewal before the restart failed", error=str(exc))
+            return
+        log.info("restart: registrations kept", service_ids=sorted(plan.service_ids))
 
     def describe(self) -> dict[str, object]:
         """JSON-able state, for logs and tests."""

@@ -7,6 +7,11 @@ configuration and says why); SIGTERM or SIGINT, or ``POST /drain``, drains
 ``drain_delay_s`` (a second SIGTERM or SIGINT cuts it short), then stop accepting, let
 in-flight requests finish within ``drain_timeout_s``, exit 0.
 
+A restart is not a removal: SIGUSR2 (systemd's ``RestartKillSignal=``), or a successor that took
+the listening sockets over (``meshd run --takeover``, :mod:`meshd.handoff`), drains the same
+way but keeps the registry registration and skips the delay: the sockets live on in the service
+manager or the successor, which registers the same IDs again.
+
 With ``snapshot.controld`` the snapshots come from controld (:mod:`meshd.control.source`):
 the admin API serves at once (``/ready`` answers 503), READY=1 follows the first snapshot
 applied. If none arrived within :data:`CACHE_AFTER_S`, the cached one (``cache_file``) is
@@ -29,26 +34,35 @@ from meshcore import __version__
 from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.loading import load_model
+from meshcore.model.snapshot import LOCAL_APP_CLUSTER
 from meshcore.runtime.activation import InheritedSocket
 from meshcore.runtime.sdnotify import Notifier, WatchdogService
 from meshd.access.guard import AuthzContext
 from meshd.accesslog import AccessLog
 from meshd.admin.app import build_admin_app
 from meshd.admin.server import AdminServer
+from meshd.cluster.healthcheck import HealthChecker
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
-from meshd.config import RuntimeConfig, build_runtime, unenforced_fields
+from meshd.cluster.state import ClusterStates
+from meshd.config import RuntimeConfig, build_runtime
 from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings, control_settings
 from meshd.control.source import ControlSource, load_cache
-from meshd.drain import DrainControl
+from meshd.drain import IDLE_CLOSE_AFTER_S, DrainControl
 from meshd.errors import SnapshotRejected
+from meshd.features import ENFORCED, check_features, features_header
+from meshd.handoff import Takeover
 from meshd.http.mirror import MirrorService
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
 from meshd.ratelimit import RateLimits
 from meshd.registration import Registration
 from meshd.stats import Stats, build_registry
+from meshd.succession import Succession
+from meshd.telemetry.delta import ClusterFacts, ReportBuilder
+from meshd.telemetry.exporter import SpanExporter
+from meshd.telemetry.reporter import TelemetryReporter
 from meshd.workers import WorkerSupervisor
 
 if TYPE_CHECKING:
@@ -93,10 +107,19 @@ class Sidecar:
         inherited: list[InheritedSocket] | None = None,
         admin: bool = True,
         worker_index: int = 0,
+        enforced: frozenset[str] = ENFORCED,
+        takeover: Takeover | None = None,
+        handoff_path: Path | None = None,
     ) -> None:
         self.bootstrap_path = bootstrap_path
+        #: The snapshot features this sidecar enforces (and declares to controld); a snapshot
+        #: using another one is refused. Tests pass fewer to play an older meshd.
+        self.enforced = enforced
+        #: The takeover this process came from and the hand-off it serves (``handoff_path``).
+        self.succession = Succession(self, takeover, handoff_path)
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
+        self.stats.cert_expiry = self._cert_not_after
         self.registry = build_registry(self.stats, self._pool_stats)
         #: What inbound access control keeps across snapshots (JWKS caches, log limiters).
         self.authz = AuthzContext(self.stats)
@@ -107,6 +130,9 @@ class Sidecar:
         #: mTLS mode and contexts (contexts only once there is an identity).
         self.tls = MeshTls()
         self.pools = PoolManager(self.tls)
+        #: Cluster health kept across snapshots (breakers, budgets, outliers, health checks).
+        self.cluster_states = ClusterStates(self.stats.policy)
+        self.health_checks = HealthChecker(self.cluster_states, self.tls)
         self.shared = ProxyShared(
             stats=self.stats, access_log=AccessLog(enabled=False, sample_rate=1.0), tls=self.tls
         )
@@ -133,7 +159,8 @@ class Sidecar:
         self._static_identity: StaticIdentity | None = None
         #: The bootstrap in force (a pushed snapshot is applied with it).
         self._bootstrap: Bootstrap | None = None
-        self._unenforced: list[str] = []
+        #: controld mode: the telemetry reporter (None when off or in file mode).
+        self.telemetry: TelemetryReporter | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -160,10 +187,22 @@ class Sidecar:
             self.tls.use(self.identity.current)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pools.run)
+            await nursery.start(self.health_checks.run)
             await nursery.start(self.shared.run_deadlines)
             await nursery.start(self.mirror.run)
+            await nursery.start(self.succession.run)
             self.shared.mirror = self.mirror
             await nursery.start(self.listeners.run)
+            if bootstrap.tracing is not None:
+                # Read once: a changed tracing section takes a restart.
+                exporter = SpanExporter(
+                    bootstrap.tracing,
+                    service=bootstrap.service,
+                    proxy_id=bootstrap.node_id,
+                    stats=self.stats.policy,
+                )
+                self.shared.tracer = exporter.recorder
+                await nursery.start(exporter.run)
             source = "file"
             enrolled = self._enrolled_identity(bootstrap)
             if snapshot is not None:
@@ -172,11 +211,28 @@ class Sidecar:
                 except SnapshotRejected as exc:
                     raise ConfigError(str(exc)) from exc
             else:
-                await nursery.start(self._run_control, bootstrap)
+                control = await nursery.start(self._run_control, bootstrap)
+                if bootstrap.telemetry.enabled:
+                    self.telemetry = TelemetryReporter(
+                        builder=ReportBuilder(self.stats, bootstrap.service),
+                        proxy_id=bootstrap.node_id,
+                        shared=self.shared,
+                        client=control.side_client,
+                        facts=self._telemetry_facts,
+                        cert_not_after=self._cert_not_after,
+                        ejected=self._ejected_endpoints,
+                        policy=self.stats.policy,
+                        interval_s=bootstrap.telemetry.interval_s,
+                    )
+                    await nursery.start(self.telemetry.run)
             if self._serve_admin:
                 app = build_admin_app(self, self.registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
-                admin = AdminServer(app, bootstrap.admin.host, port)
+                sock = self.succession.admin_socket(
+                    bootstrap.admin.host, port, primary=self.worker_index == 0
+                )
+                admin = AdminServer(app, bootstrap.admin.host, port, sock=sock)
+                self.succession.serving_admin(admin)
                 self.admin_port = await nursery.start(admin.run)
             if self._static_identity is not None:
                 nursery.start_soon(self.tls.run, self._static_identity)
@@ -209,11 +265,17 @@ class Sidecar:
                 listeners=[d["address"] for d in self.listeners.describe()],
             )
             task_status.started(self)
+            self.succession.serving()
             await self.drain_control.requested.wait()
+            restart = self.drain_control.restart
             if self.registration is not None:
-                # Leave the registry first (bounded), so no new traffic is sent our way.
-                await self.registration.stop()
-            await self._drain_delay()
+                # A restart keeps the registration for the next process; a stop leaves the
+                # registry first (bounded), so no new traffic is sent our way.
+                await (self.registration.hand_over() if restart else self.registration.stop())
+            if restart:
+                self.drain_control.close()
+            else:
+                await self._drain_delay()
             # No new snapshot from here on (its listeners could not open anyway).
             self._control_scope.cancel()
             await self._drain(
@@ -246,6 +308,7 @@ class Sidecar:
             token_provider=self._enrolled_token if _enrolls(bootstrap) else None,
             tls=None if trust is None else trust.context,
             peer_id=None if trust is None else trust.peer_id,
+            features=features_header(self.enforced),
             on_drain=self.start_drain,
         )
         with self._control_scope:
@@ -348,9 +411,13 @@ class Sidecar:
         log.info("controld source or descriptor changed, registering again")
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(
+            signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2
+        ) as signals:
             async for signum in signals:
-                if signum == signal.SIGHUP:
+                if signum == signal.SIGUSR2:
+                    self.start_restart("SIGUSR2")
+                elif signum == signal.SIGHUP:
                     if self.is_draining():
                         log.warning("draining: SIGHUP ignored")
                         continue
@@ -415,9 +482,22 @@ class Sidecar:
 
     def _apply(self, bootstrap: Bootstrap, snapshot: Snapshot) -> None:
         """Build, bind, then swap: nothing changes unless all of it works."""
-        runtime = build_runtime(bootstrap, snapshot, self.pools, self.authz, self.rate_limits)
+        # Never accept what isn't enforced: refused before anything is built.
+        check_features(snapshot, self.enforced)
+        runtime = build_runtime(
+            bootstrap,
+            snapshot,
+            self.pools,
+            self.authz,
+            self.rate_limits,
+            states=self.cluster_states,
+            previous=self.runtime.clusters if self.runtime is not None else None,
+        )
         self.listeners.apply(runtime)
         self.runtime = runtime
+        models = [c.model for c in runtime.clusters.values()]
+        self.cluster_states.apply(models)
+        self.health_checks.update(models)
         self.tls.mode = snapshot.mtls
         shared = self.shared
         shared.trace_sample_rate = bootstrap.trace_sample_rate
@@ -425,10 +505,12 @@ class Sidecar:
             enabled=bootstrap.access_log.enabled, sample_rate=bootstrap.access_log.sample_rate
         )
         self.stats.snapshot_applied(snapshot.version)
-        unenforced = unenforced_fields(snapshot)
-        if unenforced and unenforced != self._unenforced:
-            log.warning("snapshot fields not enforced yet", fields=unenforced)
-        self._unenforced = unenforced
+
+    def start_restart(self, why: str) -> None:
+        """Begin a restart drain (idempotent): keep the registration, no delay."""
+        if self.drain_control.request(restart=True):
+            log.info("restarting: handing over, registration kept", reason=why)
+            self.notifier.stopping()
 
     def start_drain(self) -> None:
         """Begin draining (idempotent): ``/ready`` answers 503 from now on."""
@@ -447,10 +529,17 @@ class Sidecar:
         self.drain_control.close()
 
     async def _drain(self, grace_s: float) -> None:
+        # Every answer from here on says ``Connection: close``. A kept-alive connection is
+        # closed by us only once it has stayed idle for IDLE_CLOSE_AFTER_S: closing one its
+        # client is just reusing races with the client's next request.
         self.shared.draining = True
-        self.listeners.stop_accepting()
+        self.listeners.stop_accepting(close_silent=False)
+        deadline = trio.current_time() + grace_s
+        with trio.move_on_after(min(grace_s, IDLE_CLOSE_AFTER_S)):
+            await self.listeners.wait_connections_done()
+        self.listeners.close_silent()
         self.shared.start_drain()
-        with trio.move_on_after(grace_s):
+        with trio.move_on_at(deadline):
             await self.listeners.wait_connections_done()
             if self.workers is not None:
                 await self.workers.drain()
@@ -472,7 +561,7 @@ class Sidecar:
 
     def config_dump(self) -> dict[str, Any]:
         """Bootstrap and snapshot in force."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"features": sorted(self.enforced)}
         if self.runtime is not None:
             out["bootstrap"] = self.runtime.bootstrap.model_dump(mode="json")
             out["snapshot"] = self.runtime.snapshot.model_dump(mode="json")
@@ -518,6 +607,31 @@ class Sidecar:
         """The cluster called ``name`` in the configuration in force (mirrored copies)."""
         runtime = self.runtime
         return runtime.clusters.get(name) if runtime is not None else None
+
+    def _cert_not_after(self) -> float | None:
+        identity = self.tls.identity
+        return identity.not_after.timestamp() if identity is not None else None
+
+    def _telemetry_facts(self) -> ClusterFacts:
+        runtime = self.runtime
+        if runtime is None:
+            return ClusterFacts()
+        clusters = runtime.snapshot.clusters
+        return ClusterFacts(
+            services={c.name: c.service for c in clusters},
+            mtls=frozenset(c.service for c in clusters if c.tls is not None),
+            local=frozenset({LOCAL_APP_CLUSTER}),
+        )
+
+    def _ejected_endpoints(self) -> Iterator[str]:
+        """``cluster/host:port`` of the endpoints outlier detection has ejected now."""
+        if self.runtime is None:
+            return
+        for cluster in self.runtime.clusters.values():
+            for ep in cluster.describe()["endpoints"]:  # type: ignore[attr-defined]
+                outlier = ep.get("outlier")
+                if isinstance(outlier, dict) and outlier.get("ejected"):
+                    yield f"{cluster.name}/{ep['address']}"
 
     def _pool_stats(self) -> Iterator[tuple[str, str, int, int]]:
         if self.runtime is None:

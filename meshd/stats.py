@@ -80,6 +80,10 @@ Called at scrape time on the Trio thread, so it may read the pools' live state d
 
 HttpKey = tuple[str, str, str, str, str, int]
 TcpKey = tuple[str, str, str]
+#: (cluster, endpoint host, endpoint port, status // 100)
+EndpointKey = tuple[str, str, int, int]
+#: (destination, route, reason)
+RouteErrorKey = tuple[str, str, str]
 
 
 def _no_pools() -> Iterable[tuple[str, str, int, int]]:
@@ -102,14 +106,17 @@ class Stats:
     __slots__ = (
         "_authz",
         "_downstream",
+        "_endpoints",
         "_http",
         "_limit_events",
         "_registry",
+        "_route_errors",
         "_snapshot_applied",
         "_snapshot_rejected",
         "_snapshot_version",
         "_tcp",
         "_upstream_errors",
+        "cert_expiry",
         "policy",
     )
 
@@ -129,6 +136,13 @@ class Stats:
         self._authz: dict[str, list[int]] = {}
         #: Retries, breakers, ejections, health checks, rate limits, faults, mirroring.
         self.policy = PolicyStats()
+        # Per upstream endpoint request histograms (outbound and inbound).
+        self._endpoints: dict[EndpointKey, _Histogram] = {}
+        # Failed outbound requests (status >= 500 or none) by destination, route and reason.
+        self._route_errors: dict[RouteErrorKey, int] = {}
+        #: The workload certificate's ``not_after`` (Unix seconds), None without one; read at
+        #: scrape and report time.
+        self.cert_expiry: Callable[[], float | None] = _no_expiry
 
     def http_request(  # noqa: PLR0917 -- positional on purpose: the proxy's call is fixed
         self,
@@ -150,6 +164,51 @@ class Stats:
             hist = self._http[key] = _Histogram()
         hist.buckets[bisect_left(BUCKETS, seconds)] += 1
         hist.total += seconds
+
+    def upstream_endpoint(
+        self, cluster: str, host: str, port: int, code: int, seconds: float
+    ) -> None:
+        """Count one request answered (or failed: ``code`` 0) by an upstream endpoint."""
+        key = (cluster, host, port, code // 100)
+        hist = self._endpoints.get(key)
+        if hist is None:
+            hist = self._endpoints[key] = _Histogram()
+        hist.buckets[bisect_left(BUCKETS, seconds)] += 1
+        hist.total += seconds
+
+    def route_error(self, destination: str, route: str, reason: str) -> None:
+        """Count a failed outbound request (status >= 500 or no response) by ``reason``."""
+        key = (destination, route, reason)
+        self._route_errors[key] = self._route_errors.get(key, 0) + 1
+
+    def http_view(self) -> list[tuple[HttpKey, list[int]]]:
+        """A copy of the request histograms' bucket counts (telemetry reports)."""
+        return [(k, list(h.buckets)) for k, h in list(self._http.items())]
+
+    def endpoint_view(self) -> list[tuple[EndpointKey, list[int]]]:
+        """A copy of the per-endpoint bucket counts (telemetry reports)."""
+        return [(k, list(h.buckets)) for k, h in list(self._endpoints.items())]
+
+    def route_error_view(self) -> list[tuple[RouteErrorKey, int]]:
+        """A copy of the failed-request counts by destination, route and reason."""
+        return list(self._route_errors.items())
+
+    def tcp_view(self) -> list[tuple[TcpKey, tuple[int, int, int, int]]]:
+        """A copy of the TCP records: (opened, closed, received, sent)."""
+        return [(k, (r[0], r[1], r[2], r[3])) for k, r in list(self._tcp.items())]
+
+    def upstream_error_view(self) -> list[tuple[tuple[str, str], int]]:
+        """A copy of the upstream error counts by (cluster, reason)."""
+        return list(self._upstream_errors.items())
+
+    def authz_view(self) -> list[tuple[str, tuple[int, ...]]]:
+        """A copy of the access-decision counts by listener."""
+        return [(k, tuple(v)) for k, v in list(self._authz.items())]
+
+    @property
+    def snapshot_version(self) -> int:
+        """Version of the snapshot in service (0 before the first)."""
+        return self._snapshot_version
 
     def tcp_opened(self, direction: str, source: str, destination: str) -> None:
         """Count a proxied TCP connection that was established."""
@@ -260,7 +319,7 @@ class MeshdCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         """Sample-free families, so registration can check names without a collection."""
-        return _families()
+        return [*_families(), *_extra_families(None)]
 
     def collect(self) -> Iterator[Metric]:
         """Convert the current counts into metric families."""
@@ -336,6 +395,7 @@ class MeshdCollector(Collector):
         yield snap_version
         yield snap_updates
         yield authz
+        yield from _extra_families(s)
 
 
 def _families() -> tuple[
@@ -422,6 +482,37 @@ def _families() -> tuple[
             labels=("listener", "action"),
         ),
     )
+
+
+def _no_expiry() -> float | None:
+    return None
+
+
+def _extra_families(s: Stats | None) -> Iterator[Metric]:
+    """Per-endpoint requests and the certificate expiry (``s`` None: sample-free)."""
+    endpoint = CounterMetricFamily(
+        "meshd_upstream_endpoint_requests_total",
+        "HTTP requests by upstream cluster, endpoint (host:port) and status class (0xx: no "
+        "response).",
+        labels=("cluster", "endpoint", "code_class"),
+    )
+    expiry = GaugeMetricFamily(
+        "meshd_certificate_expiry_timestamp_seconds",
+        "Expiry (not_after, Unix seconds) of the workload certificate in use; absent without one.",
+    )
+    if s is not None:
+        counts: dict[tuple[str, str, str], int] = {}
+        for (cluster, host, port, klass), hist in list(s._endpoints.items()):
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            key = (cluster, address, f"{klass}xx")
+            counts[key] = counts.get(key, 0) + sum(hist.buckets)
+        for labels, count in counts.items():
+            endpoint.add_metric(list(labels), count)
+        not_after = s.cert_expiry()
+        if not_after is not None:
+            expiry.add_metric([], not_after)
+    yield endpoint
+    yield expiry
 
 
 def build_registry(stats: Stats, pool_stats: PoolStats = _no_pools) -> CollectorRegistry:

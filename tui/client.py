@@ -142,9 +142,19 @@ class ControldClient:
 
     # -- the endpoints meshctl uses ----------------------------------------------------------
 
-    def apply(self, resources: Sequence[Mapping[str, Any]], *, dry_run: bool = False) -> Any:
-        """``PUT /v1/resources``: ``{"revision", "changes": [{"kind","name","action"}]}``."""
-        body = {"resources": list(resources), "dry_run": dry_run}
+    def apply(
+        self,
+        resources: Sequence[Mapping[str, Any]],
+        *,
+        dry_run: bool = False,
+        strict: bool = False,
+    ) -> Any:
+        """``PUT /v1/resources``: ``{"revision", "changes": [{"kind","name","action"}],
+        "warnings": [...]}``; ``strict``: refused (422) when there would be warnings."""
+        body: dict[str, Any] = {"resources": list(resources), "dry_run": dry_run}
+        if strict:
+            # Sent only when asked, so a controld without the field still takes the others.
+            body["strict"] = True
         return self.request("PUT", "/v1/resources", json=body)
 
     def list_resources(self, kind: str | None = None) -> Any:

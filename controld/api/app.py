@@ -18,9 +18,11 @@ from controld.api.plane import ControlPlane
 from controld.api.proxies import poll_route, proxies_router
 from controld.api.registry_tokens import registry_tokens_router
 from controld.api.resources import resources_router
+from controld.api.telemetry import report_route, telemetry_router
 from controld.api.tokens import tokens_router
 from controld.audit import AuditLog
 from controld.auth import TokenAuth
+from controld.telemetry import TapHub, TelemetryWindow
 from meshcore import __version__
 
 __all__ = ["AUDIT_LOGGER", "build_api"]
@@ -37,6 +39,8 @@ def build_api(
     is_ready: Callable[[], bool],
     audit: AuditLog | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    telemetry: TelemetryWindow | None = None,
+    taps: TapHub | None = None,
 ) -> FastAPI:
     """The API app: resources, proxies and snapshots, status/schema/explain, tokens, probes.
 
@@ -48,7 +52,8 @@ def build_api(
     (served on ``/v1/audit``; ``None``: audit events are only logged). Every endpoint is
     ``async def``: it runs on the Trio thread, where the daemon's state is safe to read, and
     never needs a worker thread. The interactive docs (CDN assets) are off;
-    ``/openapi.json`` is served without a token.
+    ``/openapi.json`` is served without a token. ``telemetry`` and ``taps`` (made here when
+    not given) hold the sidecars' telemetry and the taps (:mod:`controld.api.telemetry`).
     """
     auditor = Auditor(structlog.get_logger(AUDIT_LOGGER))
     guard = Guard(auth, auditor)
@@ -70,8 +75,13 @@ def build_api(
     app.include_router(registry_tokens_router(plane, guard, auditor))
     if audit is not None:
         app.include_router(audit_router(audit, guard))
+    telemetry = telemetry if telemetry is not None else TelemetryWindow()
+    taps = taps if taps is not None else TapHub()
+    app.include_router(telemetry_router(plane.hub, telemetry, taps, guard))
     # The hot long-poll goes first: matched before (and instead of) its documented twin.
     app.router.routes.insert(0, poll_route(plane, auth))
+    # As hot: a report per sidecar per second.
+    app.router.routes.insert(1, report_route(plane.hub, auth, telemetry, taps))
     # The live route list: routers included later are covered too.
     app.add_middleware(
         ApiGate,

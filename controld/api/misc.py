@@ -10,11 +10,12 @@ import trio
 from fastapi import APIRouter, Depends, Security
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse, Response
 
 from controld.api.deps import BEARER, Auditor, Guard
 from controld.api.errors import ApiError
+from controld.api.features import enforcement
 from controld.api.plane import ControlPlane
 from controld.auth import Principal, TokenAuth
 from controld.compiler import explain
@@ -22,6 +23,7 @@ from controld.compiler.endpoint_tls import endpoint_mix
 from controld.compiler.inputs import Inputs
 from meshcore.model.policy import SERVICE_PATTERN
 from meshcore.model.resources import json_schemas
+from meshcore.pathnorm import MalformedPath, normalize_target
 
 __all__ = ["api_router", "probes_router"]
 
@@ -36,6 +38,16 @@ class ExplainRequest(BaseModel):
     method: str = Field(default="GET", min_length=1)
     path: str = Field(default="/", pattern=r"^/")
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _well_formed(cls, value: str) -> str:
+        # A path the sidecar would refuse (400) has no route to explain.
+        try:
+            normalize_target(value.encode("utf-8", "surrogateescape"))
+        except MalformedPath as exc:
+            raise ValueError(f"{exc} (the sidecar answers 400 bad_request)") from exc
+        return value
 
 
 class _Collected:
@@ -71,7 +83,12 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
 
     @router.post("/v1/explain")
     async def explain_request(body: ExplainRequest, _: Admin) -> dict[str, Any]:
-        """How a request from ``source`` to ``destination`` is routed and authorized."""
+        """How a request from ``source`` to ``destination`` is routed and authorized.
+
+        ``sidecars``: for each registered sidecar of the source (and destination) service, the
+        snapshot features of this request's path in the version it ACKed, and the features
+        the current policy gives it that it doesn't enforce.
+        """
         try:
             explanation = explain(
                 plane.view(),
@@ -84,9 +101,25 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
             )
         except ValueError as exc:
             raise ApiError(422, str(exc)) from exc
-        return explanation.as_json()
+        doc = explanation.as_json()
+        doc["sidecars"] = enforcement(
+            plane.hub.sidecars(),
+            source=_service_of(explanation.source_id, body.source),
+            destination=body.destination,
+            route=explanation.route,
+            clusters=[c.name for c in explanation.clusters],
+        )
+        return doc
 
     return router
+
+
+def _service_of(source_id: str | None, source: str) -> str:
+    """The service of a SPIFFE ID (``.../svc/<service>``), else ``source`` as given."""
+    for text in (source_id, source):
+        if text is not None and "/svc/" in text:
+            return text.rsplit("/svc/", 1)[1].split("/", 1)[0]
+    return source
 
 
 def probes_router(metrics: CollectorRegistry, is_ready: Callable[[], bool]) -> APIRouter:

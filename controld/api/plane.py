@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from controld.discovery import DiscoveryView
+from controld.push.state import SidecarInfo
 from controld.store import ApplyResult, RevisionRecord, StoredResource
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.resources import Resource, ResourceSet
@@ -46,8 +47,9 @@ class PushHubAPI(Protocol):
     registered (the API answers 404 and the sidecar re-registers).
     """
 
-    def register(self, descriptor: ProxyDescriptor) -> None:
-        """Register or refresh a sidecar's descriptor (compiles its snapshot)."""
+    def register(self, descriptor: ProxyDescriptor, *, features: str | None = None) -> None:
+        """Register or refresh a sidecar's descriptor (compiles its snapshot); ``features``:
+        the registration's features header, if any."""
         ...
 
     def descriptor(self, proxy_id: str) -> ProxyDescriptor | None:
@@ -55,9 +57,16 @@ class PushHubAPI(Protocol):
         ...
 
     async def poll(
-        self, proxy_id: str, *, version: int | None, hash: str | None, wait: float
+        self,
+        proxy_id: str,
+        *,
+        version: int | None,
+        hash: str | None,
+        wait: float,
+        features: str | None = None,
     ) -> EnvelopeLike | None:
-        """ACK ``version``/``hash``; a newer envelope at once or within ``wait`` s, else None."""
+        """ACK ``version``/``hash`` and record the declared ``features`` (the header; None:
+        none); a newer envelope at once or within ``wait`` s, else None."""
         ...
 
     def nack(self, proxy_id: str, *, version: int, hash: str, error: str) -> None:
@@ -66,6 +75,10 @@ class PushHubAPI(Protocol):
 
     def proxies(self) -> list[dict[str, Any]]:
         """The ``GET /v1/proxies`` entries (JSON-ready dicts, see Contract 5)."""
+        ...
+
+    def sidecars(self) -> list[SidecarInfo]:
+        """Each sidecar's declared features and ACKed snapshot (apply warnings, explain)."""
         ...
 
     def request_drain(self, proxy_id: str) -> float:

@@ -17,7 +17,7 @@ more than the whole plain request (~80 us for nursery + task + cancel on this ma
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, Security
+from fastapi import APIRouter, Depends, Header, Query, Response, Security
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.routing import Route
@@ -28,6 +28,7 @@ from controld.api.peer import peer_spiffe_id
 from controld.api.plane import ControlPlane, PushHubAPI
 from controld.auth import Forbidden, Principal, TokenAuth, Unauthenticated
 from controld.push import MAX_WAIT_S, UnknownProxy
+from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
 
@@ -132,7 +133,13 @@ def poll_route(plane: ControlPlane, auth: TokenAuth) -> Route:
                 return _bad_query("wait", "must be a number of seconds")
             wait = min(MAX_WAIT_S, max(0.0, wait))
         try:
-            envelope = await hub.poll(proxy_id, version=version, hash=hash_, wait=wait)
+            envelope = await hub.poll(
+                proxy_id,
+                version=version,
+                hash=hash_,
+                wait=wait,
+                features=request.headers.get(FEATURES_HEADER),
+            )
         except UnknownProxy:
             return error_response(404, "unknown proxy")
         headers = {DRAIN_HEADER: "1"} if hub.take_drain(proxy_id) else None
@@ -152,9 +159,13 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
 
     @router.post("/v1/proxies/{proxy_id}", responses={403: {"description": "wrong service"}})
     async def register_proxy(
-        proxy_id: str, descriptor: ProxyDescriptor, principal: AnyToken
+        proxy_id: str, descriptor: ProxyDescriptor, principal: AnyToken, request: Request
     ) -> Registered:
-        """Register (or refresh) a sidecar's descriptor; its snapshot gets compiled."""
+        """Register (or refresh) a sidecar's descriptor; its snapshot gets compiled.
+
+        A sidecar declares the snapshot features it enforces in the ``x-meshd-features``
+        header (comma-separated) of this call and of its polls; without it, they are unknown.
+        """
         if descriptor.proxy_id != proxy_id:
             raise ApiError(
                 422,
@@ -167,7 +178,7 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
         if existing is not None:
             # A sidecar may not take over another service's proxy id.
             principal.require_service(existing.service)
-        hub.register(descriptor)
+        hub.register(descriptor, features=request.headers.get(FEATURES_HEADER))
         return Registered(proxy_id=proxy_id)
 
     @router.get(
@@ -187,6 +198,10 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
         wait: Annotated[
             float, Query(ge=0, description=f"seconds to wait for news (at most {MAX_WAIT_S:g})")
         ] = DEFAULT_WAIT_S,
+        x_meshd_features: Annotated[
+            str | None,
+            Header(description="features the sidecar enforces, comma-separated (none: unknown)"),
+        ] = None,
     ) -> Response:
         """Long-poll for the proxy's snapshot; the call ACKs ``version``/``hash``.
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from controld.api.deps import BEARER, Auditor, Guard
 from controld.api.errors import ApiError, loc_path
+from controld.api.features import FeatureGap, feature_gaps
 from controld.api.plane import ControlPlane
 from controld.auth import Principal
 from controld.compiler import ResourceProblem, validate_resources
@@ -36,6 +37,9 @@ class ApplyRequest(BaseModel):
     resources: list[dict[str, Any]] = Field(max_length=MAX_DOCUMENTS)
     #: Validate and report the changes without storing anything.
     dry_run: bool = False
+    #: Refuse (422, nothing stored) when a connected sidecar would get a snapshot feature it
+    #: doesn't enforce, instead of storing and warning.
+    strict: bool = False
 
 
 class ChangeOut(BaseModel):
@@ -46,13 +50,26 @@ class ChangeOut(BaseModel):
     action: str
 
 
+class FeatureWarning(BaseModel):
+    """A connected sidecar would get a snapshot using a feature it doesn't enforce (it will
+    NACK it and keep its current one)."""
+
+    proxy_id: str
+    service: str
+    feature: str
+    #: The first field of that sidecar's snapshot using it.
+    path: str
+    message: str
+
+
 class ApplyAnswer(BaseModel):
     """Answer of ``PUT`` and ``DELETE``: the revision in force after the call (the current
-    one for a dry run or when nothing changed)."""
+    one for a dry run or when nothing changed), and the feature warnings of ``PUT``."""
 
     revision: int
     changes: list[ChangeOut]
     dry_run: bool = False
+    warnings: list[FeatureWarning] = Field(default_factory=list)
 
 
 def _doc_identity(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -131,16 +148,20 @@ def cross_problems(
 class _Rejected(Exception):
     """The resulting set has cross-resource problems (raised through the store's ``check``)."""
 
-    def __init__(self, problems: list[dict[str, Any]]) -> None:
+    def __init__(self, problems: list[dict[str, Any]], message: str = "invalid resources") -> None:
         super().__init__(f"{len(problems)} problems")
         self.problems = problems
+        self.message = message
 
 
-def _answer(result: ApplyResult, *, dry_run: bool = False) -> ApplyAnswer:
+def _answer(
+    result: ApplyResult, *, dry_run: bool = False, gaps: Sequence[FeatureGap] = ()
+) -> ApplyAnswer:
     return ApplyAnswer(
         revision=result.revision,
         changes=[ChangeOut(kind=c.kind, name=c.name, action=c.action) for c in result.changes],
         dry_run=dry_run,
+        warnings=[FeatureWarning.model_validate(g.as_json()) for g in gaps],
     )
 
 
@@ -176,18 +197,27 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
         body: ApplyRequest, request: Request, principal: AdminAudited
     ) -> ApplyAnswer:
         """Validate the resources (each alone, then the whole resulting set) and store them
-        as one revision; with ``dry_run`` only report what would change."""
+        as one revision; with ``dry_run`` only report what would change.
+
+        ``warnings`` name each connected sidecar that would get a snapshot feature it doesn't
+        enforce (it would NACK that snapshot); with ``strict`` that refuses the call (422).
+        """
         parsed, problems = parse_documents(body.resources)
         if problems:
             auditor.record(principal.name, request, "invalid", problems=len(problems))
             raise ApiError(422, "invalid resources", problems)
         index_of = {resource_key(r): i for i, r in enumerate(parsed)}
+        gaps: list[FeatureGap] = []
 
         def check(candidate: ResourceSet) -> None:
             # Run by the store on the set it would write, read fresh from the registry.
             found = cross_problems(candidate, index_of)
             if found:
                 raise _Rejected(found)
+            # What the connected sidecars would get from this set (a retried write re-plans).
+            gaps[:] = feature_gaps(plane.view(), candidate, plane.hub.sidecars())
+            if gaps and body.strict:
+                raise _Rejected([g.as_problem() for g in gaps], "unsupported features (strict)")
 
         try:
             result = await plane.store.apply(
@@ -195,7 +225,7 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
             )
         except _Rejected as exc:
             auditor.record(principal.name, request, "invalid", problems=len(exc.problems))
-            raise ApiError(422, "invalid resources", exc.problems) from exc
+            raise ApiError(422, exc.message, exc.problems) from exc
         except StoreError as exc:
             auditor.record(principal.name, request, "error", error=str(exc))
             raise
@@ -205,7 +235,7 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
             outcome = "applied" if result.changed else "unchanged"
             auditor.record(principal.name, request, outcome, revision=result.revision)
             await _settle(plane, result.revision)
-        return _answer(result, dry_run=body.dry_run)
+        return _answer(result, dry_run=body.dry_run, gaps=gaps)
 
     @router.get("/v1/resources")
     async def list_resources(

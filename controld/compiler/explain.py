@@ -25,6 +25,7 @@ from meshcore.model.base import SocketAddr
 from meshcore.model.proxy import ProxyDescriptor, Upstream
 from meshcore.model.resources import ResourceSet
 from meshcore.model.snapshot import Cluster, Route, Snapshot
+from meshcore.pathnorm import normalize_target
 from meshcore.routing import CompiledRouteTable
 
 __all__ = [
@@ -273,7 +274,8 @@ def explain(
 ) -> Explanation:
     """How a ``method path`` request with ``headers`` from ``source`` to ``destination`` goes.
 
-    ``source`` is a service name or a SPIFFE ID; ``path`` may carry a query string.
+    ``source`` is a service name or a SPIFFE ID; ``path`` may carry a query string. The path
+    is normalized as the sidecar does (raises :class:`~meshcore.pathnorm.MalformedPath`).
     """
     headers = headers or {}
     notes: list[str] = []
@@ -298,7 +300,13 @@ def explain(
 
     listener_name = outbound_listener_name(destination)
     listener = next(x for x in src_snapshot.listeners if x.name == listener_name)
-    bare_path, _, query = path.partition("?")
+    # The sidecar matches the normalized path (dot segments, //, unreserved escapes).
+    normalized = normalize_target(path.encode("utf-8", "surrogateescape")).decode(
+        "utf-8", "surrogateescape"
+    )
+    if normalized != path:
+        notes.append(f"the sidecar normalizes the path to {normalized}")
+    bare_path, _, query = normalized.partition("?")
     pairs = [(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in headers.items()]
     route_name: str | None = None
     backends: tuple[ExplainBackend, ...] = ()

@@ -10,7 +10,14 @@
 from controld.push.hub import MAX_WAIT_S, Envelope, PushHub
 from controld.push.metrics import PushMetrics
 from controld.push.reconciler import Reconciler, ResourceSource, SnapshotCompiler, ViewSource
-from controld.push.state import NackRecord, ProxyStatus, PushState, UnknownProxy, next_version
+from controld.push.state import (
+    NackRecord,
+    ProxyStatus,
+    PushState,
+    SidecarInfo,
+    UnknownProxy,
+    next_version,
+)
 
 __all__ = [
     "MAX_WAIT_S",
@@ -22,6 +29,7 @@ __all__ = [
     "PushState",
     "Reconciler",
     "ResourceSource",
+    "SidecarInfo",
     "SnapshotCompiler",
     "UnknownProxy",
     "ViewSource",

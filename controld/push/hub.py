@@ -18,7 +18,14 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from controld.push.metrics import PushMetrics
-from controld.push.state import Compiled, ProxyStatus, PushObserver, PushState, UnknownProxy
+from controld.push.state import (
+    Compiled,
+    ProxyStatus,
+    PushObserver,
+    PushState,
+    SidecarInfo,
+    UnknownProxy,
+)
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
 
@@ -66,13 +73,16 @@ class PushHub:
 
     # -- registrations -------------------------------------------------------------------------
 
-    def register(self, descriptor: ProxyDescriptor) -> None:
-        """Register or refresh a sidecar; a new or changed one is queued for compiling."""
+    def register(self, descriptor: ProxyDescriptor, *, features: str | None = None) -> None:
+        """Register or refresh a sidecar; a new or changed one is queued for compiling.
+
+        ``features``: the registration's features header, if it had one.
+        """
         drain = self._drains.get(descriptor.proxy_id)
         if drain is not None and drain[1]:
             # A sidecar registering after it was told to drain is a new process.
             del self._drains[descriptor.proxy_id]
-        if self._state.register(descriptor):
+        if self._state.register(descriptor, features=features):
             self._dirty.add(descriptor.proxy_id)
             self._dirty_event.set()
 
@@ -181,8 +191,11 @@ class PushHub:
         hash: str | None,
         wait: float | None = None,
         wait_s: float | None = None,
+        features: str | None = None,
     ) -> Envelope | None:
         """ACK ``version``/``hash`` (what the sidecar runs; None on first contact) and answer.
+
+        ``features`` is the poll's features header (None: the sidecar declares none).
 
         Returns the proxy's snapshot at once when it differs from ``hash`` (and wasn't NACKed),
         else waits up to ``wait`` (alias ``wait_s``) seconds for one; None if nothing came.
@@ -190,7 +203,12 @@ class PushHub:
         """
         timeout = min(MAX_WAIT_S, max(0.0, wait if wait is not None else (wait_s or 0.0)))
         state = self._state.observe_poll(
-            proxy_id, version=version, hash=hash, wait_s=timeout, now=self._clock()
+            proxy_id,
+            version=version,
+            hash=hash,
+            wait_s=timeout,
+            now=self._clock(),
+            features=features,
         )
         compiled = self._state.take(proxy_id)
         if (
@@ -233,6 +251,10 @@ class PushHub:
     def proxies(self) -> list[dict[str, Any]]:
         """The ``GET /v1/proxies`` entries (JSON-ready)."""
         return [status.as_json() for status in self._state.statuses(self._clock())]
+
+    def sidecars(self) -> list[SidecarInfo]:
+        """Each sidecar's declared features and ACKed snapshot (feature checks)."""
+        return self._state.sidecars(self._clock())
 
     def connected_count(self) -> int:
         """Sidecars with a poll parked now or recently."""

@@ -6,7 +6,9 @@ Nothing here waits or does I/O; the caller passes the time (``time.time()`` seco
 * the latest compiled snapshot (:class:`Compiled`: version, hash, snapshot, the JSON body
   serialized once on first use),
 * what the sidecar reported running on its last poll (a poll *is* the ACK of that version),
-* its last NACK, last contact and whether a poll is parked now.
+* its last NACK, last contact and whether a poll is parked now,
+* the snapshot features it declares (``x-meshd-features`` of its requests; None: an older
+  sidecar that declares none) and the compiled snapshot it ACKed, when controld has it.
 
 Rules (see the controld API contract):
 
@@ -24,9 +26,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from controld.push.proxy import (
+    Compiled,
+    NackRecord,
+    ProxyState,
+    ProxyStatus,
+    SidecarInfo,
+    proxy_status,
+)
 from meshcore.errors import MeshError
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
@@ -38,6 +47,7 @@ __all__ = [
     "ProxyStatus",
     "PushObserver",
     "PushState",
+    "SidecarInfo",
     "UnknownProxy",
     "next_version",
 ]
@@ -88,147 +98,6 @@ def next_version(previous: int, now: float) -> int:
     return max(previous + 1, int(now * 1000))
 
 
-class Compiled:
-    """One compiled snapshot of a proxy under its assigned version."""
-
-    __slots__ = ("_body", "acked", "compiled_at", "hash", "snapshot", "version")
-
-    def __init__(
-        self,
-        version: int,
-        hash: str,
-        snapshot: Snapshot,
-        compiled_at: float,
-        *,
-        acked: bool = False,
-    ) -> None:
-        self.version = version
-        self.hash = hash
-        #: As compiled (its own ``version`` field is set only in :meth:`body`).
-        self.snapshot = snapshot
-        self.compiled_at = compiled_at
-        #: The sidecar has reported running it.
-        self.acked = acked
-        self._body: bytes | None = None
-
-    def body(self) -> bytes:
-        """The JSON ``{"version", "hash", "snapshot"}``, serialized on first use only."""
-        if self._body is None:
-            snapshot = self.snapshot.model_copy(update={"version": self.version})
-            self._body = b'{"version":%d,"hash":"%s","snapshot":%s}' % (
-                self.version,
-                self.hash.encode("ascii"),
-                snapshot.model_dump_json().encode(),
-            )
-        return self._body
-
-    def with_version(self, version: int) -> Compiled:
-        """The same snapshot under another version."""
-        return Compiled(version, self.hash, self.snapshot, self.compiled_at, acked=self.acked)
-
-
-@dataclass(frozen=True, slots=True)
-class NackRecord:
-    """A sidecar's rejection of one snapshot."""
-
-    version: int
-    hash: str
-    error: str
-    time: float
-
-
-class ProxyState:
-    """Everything the hub knows about one sidecar."""
-
-    __slots__ = (
-        "acked_hash",
-        "acked_version",
-        "descriptor",
-        "last_contact",
-        "last_wait_s",
-        "latest",
-        "nack",
-        "nacked_hash",
-        "parked",
-        "stale",
-    )
-
-    def __init__(self, descriptor: ProxyDescriptor) -> None:
-        self.descriptor = descriptor
-        self.latest: Compiled | None = None
-        #: The latest snapshot was compiled for an older descriptor: hold it back.
-        self.stale = False
-        #: What the sidecar said it runs on its last poll.
-        self.acked_version: int | None = None
-        self.acked_hash: str | None = None
-        #: The last NACK (reported in the status).
-        self.nack: NackRecord | None = None
-        #: The hash not to send again (cleared by a registration: a restarted sidecar may
-        #: cope with it now).
-        self.nacked_hash: str | None = None
-        self.last_contact: float | None = None
-        self.last_wait_s = 0.0
-        #: Polls parked now.
-        self.parked = 0
-
-    def connected(self, now: float) -> bool:
-        """A poll is parked now, or the last one ended within twice its wait."""
-        if self.parked:
-            return True
-        if self.last_contact is None:
-            return False
-        return now - self.last_contact <= 2 * max(self.last_wait_s, 1.0)
-
-    def pending(self) -> Compiled | None:
-        """The snapshot to hand over now, if any (the sidecar runs another, not NACKed one)."""
-        latest = self.latest
-        if latest is None or self.stale or latest.hash == self.acked_hash:
-            return None
-        if latest.hash == self.nacked_hash:
-            return None
-        return latest
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyStatus:
-    """One row of ``GET /v1/proxies``."""
-
-    proxy_id: str
-    service: str
-    namespace: str
-    connected: bool
-    last_contact: float | None
-    acked_version: int | None
-    acked_hash: str | None
-    latest_version: int | None
-    latest_hash: str | None
-    nack: NackRecord | None
-
-    def as_json(self) -> dict[str, Any]:
-        """The JSON row of the API."""
-        nack = self.nack
-        nack_json = None
-        if nack is not None:
-            nack_json = {
-                "version": nack.version,
-                "hash": nack.hash,
-                "error": nack.error,
-                "time": nack.time,
-            }
-        return {
-            "proxy_id": self.proxy_id,
-            "service": self.service,
-            "namespace": self.namespace,
-            "connected": self.connected,
-            "last_contact": self.last_contact,
-            "acked_version": self.acked_version,
-            "acked_hash": self.acked_hash,
-            "latest_version": self.latest_version,
-            "latest_hash": self.latest_hash,
-            "nack": nack_json,
-        }
-
-
 class _Rollout:
     __slots__ = ("changed_at", "nacked", "pending", "revision")
 
@@ -252,12 +121,20 @@ class PushState:
 
     # -- registrations -------------------------------------------------------------------------
 
-    def register(self, descriptor: ProxyDescriptor) -> bool:
-        """Add or refresh a sidecar; True when it needs (re)compiling (new or changed)."""
+    def register(self, descriptor: ProxyDescriptor, *, features: str | None = None) -> bool:
+        """Add or refresh a sidecar; True when it needs (re)compiling (new or changed).
+
+        ``features``: the features header of the registration, if it had one (its polls
+        say it again; one without the header makes the features unknown).
+        """
         state = self._proxies.get(descriptor.proxy_id)
         if state is None:
-            self._proxies[descriptor.proxy_id] = ProxyState(descriptor)
+            state = self._proxies[descriptor.proxy_id] = ProxyState(descriptor)
+            if features is not None:
+                state.declare(features)
             return True
+        if features is not None:
+            state.declare(features)
         # The sidecar (re)started: give a snapshot it NACKed before another chance.
         state.nacked_hash = None
         if state.descriptor == descriptor:
@@ -328,6 +205,8 @@ class PushState:
                 )
                 version = next_version(previous, now)
             state.latest = Compiled(version, digest, snapshot, now, acked=runs_it)
+            if runs_it:
+                state.acked = state.latest
             changed.append(pid)
             if runs_it:
                 self._acked(pid, now)  # back to what it runs: older rollouts are done for it
@@ -358,22 +237,32 @@ class PushState:
         hash: str | None,
         wait_s: float,
         now: float,
+        features: str | None = None,
     ) -> ProxyState:
-        """Record a poll's report (the ACK of what it runs); raises :class:`UnknownProxy`."""
+        """Record a poll's report (the ACK of what it runs) and the features it declares
+        (its features header; None: none); raises :class:`UnknownProxy`."""
         state = self.get(proxy_id)
         state.last_contact = now
         state.last_wait_s = wait_s
+        state.declare(features)
         if hash is None or version is None:
+            # A sidecar that reports nothing runs nothing: a new process of it (a restart)
+            # no longer runs what the old one ACKed, so the latest snapshot is due again.
+            state.acked_version = state.acked_hash = None
             return state
         state.acked_version = version
         state.acked_hash = hash
         latest = state.latest
+        if latest is not None and latest.hash == hash:
+            state.acked = latest
+        elif state.acked is not None and state.acked.hash != hash:
+            state.acked = None
         if latest is None or latest.hash != hash or latest.acked:
             return state
         if latest.version != version:
             # Compiled before the sidecar (re)appeared, which runs it under its own version:
             # adopt that (nothing was pushed, so no latency to report).
-            latest = state.latest = latest.with_version(version)
+            latest = state.latest = state.acked = latest.with_version(version)
         else:
             self._observer.acked(max(0.0, now - latest.compiled_at))
         latest.acked = True
@@ -442,25 +331,29 @@ class PushState:
 
     def statuses(self, now: float) -> list[ProxyStatus]:
         """One row per registered sidecar, sorted by proxy id."""
-        return [_status(pid, self._proxies[pid], now) for pid in sorted(self._proxies)]
+        return [proxy_status(pid, self._proxies[pid], now) for pid in sorted(self._proxies)]
 
     def states(self) -> Iterable[tuple[str, ProxyState]]:
         """Registered sidecars' states (read-only use)."""
         return self._proxies.items()
 
-
-def _status(pid: str, state: ProxyState, now: float) -> ProxyStatus:
-    desc = state.descriptor
-    latest = state.latest
-    return ProxyStatus(
-        proxy_id=pid,
-        service=desc.service,
-        namespace=desc.namespace,
-        connected=state.connected(now),
-        last_contact=state.last_contact,
-        acked_version=state.acked_version,
-        acked_hash=state.acked_hash,
-        latest_version=None if latest is None else latest.version,
-        latest_hash=None if latest is None else latest.hash,
-        nack=state.nack,
-    )
+    def sidecars(self, now: float) -> list[SidecarInfo]:
+        """Every registered sidecar's features and ACKed snapshot, sorted by proxy id."""
+        out = []
+        for pid in sorted(self._proxies):
+            state = self._proxies[pid]
+            acked = state.acked
+            latest = state.latest
+            out.append(
+                SidecarInfo(
+                    proxy_id=pid,
+                    descriptor=state.descriptor,
+                    connected=state.connected(now),
+                    features=state.features,
+                    acked_version=state.acked_version,
+                    acked_snapshot=None if acked is None else acked.snapshot,
+                    latest_version=None if latest is None else latest.version,
+                    latest_snapshot=None if latest is None else latest.snapshot,
+                )
+            )
+        return out

@@ -121,8 +121,12 @@ class HTTPServer:
         tls: Callable[[], ssl.SSLContext] | None = None,
         limits: ServerLimits | None = None,
         on_event: Callable[[str], None] | None = None,
+        sock: socket.socket | None = None,
     ):
         """``tls``: serve TLS, with the context it returns for each new connection.
+
+        ``sock``: an already listening socket (socket activation) served instead of binding
+        ``host:port``; ``run`` closes it when it returns.
 
         ``on_event`` is told each time a connection limit acts (see
         :data:`meshcore.net.accept.LIMIT_EVENTS`).
@@ -135,6 +139,7 @@ class HTTPServer:
         self.host = host
         self.port = port
         self.graceful_timeout = graceful_timeout
+        self._sock = sock
         self._shutdown = trio.Event()
         self._idle: set[trio.CancelScope] = set()
 
@@ -144,14 +149,17 @@ class HTTPServer:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until :meth:`shutdown_nowait`."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener = self._sock
+        if listener is None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.host, self.port))
-            listener.listen(1024)
+            if self._sock is None:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((self.host, self.port))
+                listener.listen(1024)
             listener.setblocking(False)
-            self.port = listener.getsockname()[1]
+            self.host, self.port = listener.getsockname()[:2]
             async with trio.open_nursery() as conns:
                 async with trio.open_nursery() as acceptor:
                     acceptor.start_soon(self._accept, listener, conns)

@@ -56,8 +56,11 @@ class RegistryServer:
     :meth:`shutdown_nowait` (or ``PUT /v1/agent/leave``), having closed the database.
     """
 
-    def __init__(self, config: RegistryConfig) -> None:
+    def __init__(self, config: RegistryConfig, *, sock: socket.socket | None = None) -> None:
+        """``sock``: an already listening socket (socket activation) to serve instead of
+        binding ``config.host:config.port``."""
         self.config = config
+        self._sock = sock
         self.port = config.port
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -75,7 +78,8 @@ class RegistryServer:
         """Serve until shut down; ``task_status.started(port)`` once listening."""
         cfg = self.config
         try:
-            probe_bind(cfg.host, cfg.port)
+            if self._sock is None:
+                probe_bind(cfg.host, cfg.port)
         except ListenError as exc:
             raise RegistryError(str(exc)) from exc
         store = open_store(cfg.data_dir)
@@ -135,7 +139,11 @@ class RegistryServer:
             return
         cfg = self.config
         server = HTTPServer(
-            cast("ASGIApp", app), cfg.host, cfg.port, graceful_timeout=cfg.graceful_timeout_s
+            cast("ASGIApp", app),
+            cfg.host,
+            cfg.port,
+            graceful_timeout=cfg.graceful_timeout_s,
+            sock=self._sock,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -164,6 +172,7 @@ class RegistryServer:
             error_logger=logging.getLogger("controld.registry.hypercorn"),
             keep_alive_timeout=75,
             shutdown=self._shutdown,
+            sock=self._sock,
         )
         try:
             await server.run(task_status=task_status)

@@ -73,6 +73,37 @@ class AccessLogConfig(Frozen):
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
+class TracingConfig(Frozen):
+    """Span export over OTLP/HTTP (JSON) to a collector (Jaeger, the OpenTelemetry collector)."""
+
+    #: The collector's OTLP/HTTP base URL; spans go to ``<url>/v1/traces`` (plain http).
+    otlp_endpoint: str
+    #: How often queued spans are sent.
+    export_interval_s: float = Field(default=1.0, ge=0.05, le=60.0)
+    #: Most spans per export request.
+    max_batch: int = Field(default=512, ge=1, le=10_000)
+    #: Most spans waiting for export; more are dropped (``meshd_trace_spans_total{result=
+    #: "dropped"}``).
+    max_queue: int = Field(default=2048, ge=1, le=100_000)
+    #: Time limit of one export request (connect included).
+    timeout_s: float = Field(default=2.0, gt=0.0, le=60.0)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _plain_http(cls, value: str) -> str:
+        if urlsplit(value).scheme != "http":
+            raise ValueError(f"must be an http:// URL (no TLS to the collector yet), got {value!r}")
+        return _check_http_url(value)
+
+
+class TelemetryConfig(Frozen):
+    """Telemetry reports to controld (``snapshot.controld`` only)."""
+
+    enabled: bool = True
+    #: Seconds between two reports.
+    interval_s: float = Field(default=1.0, ge=0.1, le=60.0)
+
+
 class AppCheck(Frozen):
     """How the sidecar probes its local app to drive the app's registry health check."""
 
@@ -196,6 +227,10 @@ class Bootstrap(Frozen):
     workers: int = Field(default=1, ge=1, le=64)
     #: Fraction of new traces marked sampled in the ``traceparent`` the sidecar starts.
     trace_sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    #: Export spans of sampled traces (absent: no span is recorded).
+    tracing: TracingConfig | None = None
+    #: Telemetry reports to controld (with ``snapshot.controld``).
+    telemetry: TelemetryConfig = TelemetryConfig()
     #: Register the service and this sidecar in a registry (absent: no registration).
     registry: RegistryConfig | None = None
     #: controld mode: the inbound listener's address (absent: no inbound listener).

@@ -70,8 +70,12 @@ class AsgiServer:
         error_logger: logging.Logger,
         keep_alive_timeout: float | None = None,
         shutdown: trio.Event | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: an already listening socket (socket activation) served instead of
+        binding ``host:port``; the server takes it over (it is closed when ``run`` returns)."""
         self._app = app
+        self._sock = sock
         self._host = host
         self._port = port
         self._graceful_timeout = graceful_timeout
@@ -95,14 +99,19 @@ class AsgiServer:
         """
         config = Config()
         host = f"[{self._host}]" if ":" in self._host else self._host
-        config.bind = [f"{host}:{self._port}"]
+        if self._sock is not None:
+            # hypercorn's fd:// bind adopts the descriptor; detached so it has one owner.
+            config.bind = [f"fd://{self._sock.detach()}"]
+            self._sock = None
+        else:
+            config.bind = [f"{host}:{self._port}"]
+            probe_bind(self._host, self._port)
         config.accesslog = None
         config.errorlog = self._error_logger
         config.graceful_timeout = self._graceful_timeout
         config.include_server_header = False
         if self._keep_alive_timeout is not None:
             config.keep_alive_timeout = self._keep_alive_timeout
-        probe_bind(self._host, self._port)
         status = _BoundPort(self, task_status)
         try:
             # Starlette's and hypercorn's ASGI type aliases describe the same protocol in

@@ -15,7 +15,7 @@ import structlog
 import structlog.tracebacks
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging"]
+__all__ = ["LogLevel", "configure_logging"]
 
 
 class _NamedWriteLogger(structlog.WriteLogger):
@@ -42,19 +42,59 @@ def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventD
     return event_dict
 
 
+def _numeric(level: str) -> int:
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    return numeric
+
+
+# structlog method names that are not stdlib level names.
+_METHOD_LEVELS = {"warn": logging.WARNING, "exception": logging.ERROR, "fatal": logging.CRITICAL}
+
+
+class LogLevel:
+    """The threshold of a reloadable configuration (``configure_logging(reloadable=True)``).
+
+    A processor rather than structlog's filtering logger classes, because those are bound
+    into each logger on first use and so can't change afterwards.
+    """
+
+    __slots__ = ("name", "numeric")
+
+    def __init__(self, level: str) -> None:
+        self.numeric = _numeric(level)
+        self.name = level.lower()
+
+    def set(self, level: str) -> None:
+        """Log at ``level`` from now on; ValueError for an unknown name."""
+        self.numeric = _numeric(level)
+        self.name = level.lower()
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        numeric = _METHOD_LEVELS.get(method_name)
+        if numeric is None:
+            numeric = logging.getLevelNamesMapping().get(method_name.upper(), logging.INFO)
+        if numeric < self.numeric:
+            raise structlog.DropEvent
+        return event_dict
+
+
 def configure_logging(
-    *, json: bool = True, level: str = "info", stream: TextIO = sys.stderr
-) -> None:
+    *, json: bool = True, level: str = "info", stream: TextIO = sys.stderr, reloadable: bool = False
+) -> LogLevel | None:
     """Configure structlog globally: level filtering, contextvars, then JSON or console output.
 
     JSON lines carry ``timestamp`` (ISO 8601, UTC), ``level``, ``event``, ``logger`` (when the
     logger was named) and every bound or contextvars field. ``level`` is a stdlib level name
     (``debug``, ``info``, ``warning``, ``error``, ``critical``); unknown names raise ValueError.
+    With ``reloadable`` the level can be changed later through the returned :class:`LogLevel`
+    (at the cost of building the event of every filtered-out call); else None is returned.
     """
-    numeric = logging.getLevelNamesMapping().get(level.upper())
-    if numeric is None:
-        raise ValueError(f"unknown log level {level!r}")
-    processors: list[Processor] = [
+    numeric = _numeric(level)
+    threshold = LogLevel(level) if reloadable else None
+    processors: list[Processor] = [] if threshold is None else [threshold]
+    processors += [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _add_logger_name,
@@ -71,11 +111,14 @@ def configure_logging(
         processors.append(structlog.dev.ConsoleRenderer(colors=_isatty(stream)))
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.NOTSET if threshold is not None else numeric
+        ),
         context_class=dict,
         logger_factory=_NamedWriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
+    return threshold
 
 
 def _isatty(stream: TextIO) -> bool:

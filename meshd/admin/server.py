@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import trio
 from starlette.types import ASGIApp
@@ -32,6 +33,7 @@ class AdminServer(AsgiServer):
         *,
         graceful_timeout: float = 1.0,
         error_logger: logging.Logger | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         # A named stdlib logger rather than hypercorn's default "-": that one installs its own
         # stderr handler on the process-wide "hypercorn.error" logger. Unconfigured, this one
@@ -42,6 +44,7 @@ class AdminServer(AsgiServer):
             port,
             graceful_timeout=graceful_timeout,
             error_logger=error_logger or logging.getLogger("meshd.admin"),
+            sock=sock,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

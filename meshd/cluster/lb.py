@@ -1,11 +1,15 @@
-"""Load balancers: pick one endpoint of a cluster for each request.
+"""Load balancers: pick one endpoint of a fixed endpoint set for each request.
 
-Sans-IO and synchronous. A balancer is built for one fixed endpoint set and is cheap to build,
-so excluding endpoints (ejected by outlier detection, failing health checks) means building a
-new balancer over the remaining ones with :func:`make_balancer`.
+Sans-IO and synchronous. A balancer is built for one fixed endpoint set and is cheap to build;
+:class:`~meshd.cluster.selector.EndpointSelector` builds one per group of usable endpoints
+(priority tier, zone) and rebuilds them when endpoint health changes.
 
-The caller reports each request's start and end with :meth:`Balancer.started` and
-:meth:`Balancer.finished`; only :class:`LeastRequest` uses them, the others ignore them.
+Policies: ``round_robin`` (smooth weighted), ``random`` (weighted), ``least_request`` (P2C on
+requests in flight), ``ewma`` (P2C on peak-EWMA latency x load, :mod:`.lb_ewma`),
+``ring_hash`` and ``maglev`` (consistent hashing of a request key, :mod:`.lb_hash`).
+Load-aware balancers read a shared :class:`~meshd.cluster.lb_load.LoadBook`; the caller
+reports each request's start and end (:meth:`Balancer.started`, :meth:`Balancer.finished`)
+there or through the balancer.
 """
 
 from __future__ import annotations
@@ -19,30 +23,50 @@ from typing import Protocol
 
 from meshcore.model import Endpoint
 from meshcore.model.policy import LbPolicy
+from meshd.cluster.lb_ewma import PeakEwma
+from meshd.cluster.lb_hash import HashTables, Maglev, RingHash
+from meshd.cluster.lb_load import LoadBook
 
 __all__ = [
+    "HASH_POLICIES",
     "Balancer",
     "LbPolicy",
     "LeastRequest",
+    "Maglev",
+    "PeakEwma",
+    "RingHash",
     "RoundRobin",
     "WeightedRandom",
     "make_balancer",
 ]
 
+#: Policies that pick by a request key (a request without one goes to a random endpoint).
+HASH_POLICIES: frozenset[LbPolicy] = frozenset({"ring_hash", "maglev"})
+
 
 class Balancer(Protocol):
     """Chooses endpoints of one fixed endpoint set."""
 
-    def pick(self) -> Endpoint | None:
-        """The endpoint for the next request, or None when there are no endpoints."""
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoint set, in order."""
+        ...
+
+    def pick(self, key: int | None = None) -> Endpoint | None:
+        """The endpoint for the next request, or None when there are no endpoints.
+
+        ``key``: the request's 64-bit hash for the hashing policies (others ignore it);
+        None: no key, a random endpoint.
+        """
         ...
 
     def started(self, endpoint: Endpoint) -> None:
         """A request began on ``endpoint`` (one that :meth:`pick` returned)."""
         ...
 
-    def finished(self, endpoint: Endpoint) -> None:
-        """A request that :meth:`started` on ``endpoint`` ended, however it ended."""
+    def finished(self, endpoint: Endpoint, latency_s: float | None = None) -> None:
+        """A request that :meth:`started` on ``endpoint`` ended, however it ended;
+        ``latency_s``: how long it took, for the latency-aware policy."""
         ...
 
 
@@ -60,13 +84,13 @@ class _Fixed:
         self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
         self._endpoint = endpoints[0] if endpoints else None
 
-    def pick(self) -> Endpoint | None:
+    def pick(self, key: int | None = None) -> Endpoint | None:
         return self._endpoint
 
     def started(self, endpoint: Endpoint) -> None:
         pass
 
-    def finished(self, endpoint: Endpoint) -> None:
+    def finished(self, endpoint: Endpoint, latency_s: float | None = None) -> None:
         pass
 
 
@@ -93,7 +117,7 @@ class RoundRobin:
         self._current = [0] * len(self.endpoints)
         self._next = 0
 
-    def pick(self) -> Endpoint | None:
+    def pick(self, key: int | None = None) -> Endpoint | None:
         """The next endpoint of the sequence, or None when there are none."""
         endpoints = self.endpoints
         weights = self._weights
@@ -119,7 +143,7 @@ class RoundRobin:
     def started(self, endpoint: Endpoint) -> None:
         """Ignored: the sequence does not depend on load."""
 
-    def finished(self, endpoint: Endpoint) -> None:
+    def finished(self, endpoint: Endpoint, latency_s: float | None = None) -> None:
         """Ignored: the sequence does not depend on load."""
 
 
@@ -141,7 +165,7 @@ class WeightedRandom:
         self._total = float(total)
         self._last = len(self.endpoints) - 1
 
-    def pick(self) -> Endpoint | None:
+    def pick(self, key: int | None = None) -> Endpoint | None:
         """A random endpoint, or None when there are none."""
         endpoints = self.endpoints
         if len(endpoints) <= 1:
@@ -158,68 +182,56 @@ class WeightedRandom:
     def started(self, endpoint: Endpoint) -> None:
         """Ignored: picks do not depend on load."""
 
-    def finished(self, endpoint: Endpoint) -> None:
+    def finished(self, endpoint: Endpoint, latency_s: float | None = None) -> None:
         """Ignored: picks do not depend on load."""
 
 
 class LeastRequest:
     """Power of two choices (Envoy's P2C): of two random endpoints, the less loaded one.
 
-    Load is active requests divided by weight. With equal weights the two candidates are
-    distinct and drawn uniformly; otherwise each is drawn in proportion to its weight, so
-    without concurrency traffic still splits by weight. Ties go to the first candidate, which
-    is itself random.
+    Load is requests in flight (from the :class:`LoadBook`) divided by weight. With equal
+    weights the two candidates are distinct and drawn uniformly; otherwise each is drawn in
+    proportion to its weight, so without concurrency traffic still splits by weight. Ties go
+    to the first candidate, which is itself random.
     """
 
-    __slots__ = (
-        "_active",
-        "_by_id",
-        "_by_value",
-        "_random",
-        "_rng",
-        "_slot",
-        "_weighted",
-        "_weights",
-        "endpoints",
-    )
+    __slots__ = ("_book", "_loads", "_random", "_rng", "_weighted", "_weights", "endpoints")
 
-    def __init__(self, endpoints: Sequence[Endpoint], *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        rng: random.Random | None = None,
+        book: LoadBook | None = None,
+    ) -> None:
         self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
         self._rng = _new_rng(rng)
+        self._book = book if book is not None else LoadBook(self.endpoints)
         self._random = WeightedRandom(self.endpoints, rng=self._rng)
         self._weights = tuple(e.weight for e in self.endpoints)
         self._weighted = len(set(self._weights)) > 1
-        self._active = [0] * len(self.endpoints)
-        # Lookups by identity are several times cheaper than hashing a pydantic model; the
-        # value lookup covers an equal endpoint from elsewhere (e.g. another snapshot).
-        # Equal endpoints listed twice share a counter.
-        self._by_value: dict[Endpoint, int] = {}
-        for i, endpoint in enumerate(self.endpoints):
-            self._by_value.setdefault(endpoint, i)
-        self._by_id = {id(e): self._by_value[e] for e in self.endpoints}
-        #: Position in ``endpoints`` -> counter index.
-        self._slot = tuple(self._by_value[e] for e in self.endpoints)
+        # Equal endpoints (same address) listed twice share one load.
+        self._loads = tuple(self._book.get(e) for e in self.endpoints)
 
     def active(self, endpoint: Endpoint) -> int:
         """Requests in flight on ``endpoint`` as far as this balancer knows."""
-        index = self._index(endpoint)
-        return 0 if index is None else self._active[index]
+        load = self._book.find(endpoint)
+        return 0 if load is None else load.in_flight
 
-    def pick(self) -> Endpoint | None:
+    def pick(self, key: int | None = None) -> Endpoint | None:
         """The less loaded of two random endpoints, or None when there are none."""
         endpoints = self.endpoints
         count = len(endpoints)
         if count <= 1:
             return endpoints[0] if endpoints else None
-        active = self._active
+        loads = self._loads
         if self._weighted:
             draw = self._random._draw
             i = draw()
             j = draw()
             weights = self._weights
-            slot = self._slot
-            # active/weight compared without division; ties (and i == j) keep the first.
-            if active[slot[i]] * weights[j] <= active[slot[j]] * weights[i]:
+            # in_flight/weight compared without division; ties (and i == j) keep the first.
+            if loads[i].in_flight * weights[j] <= loads[j].in_flight * weights[i]:
                 return endpoints[i]
             return endpoints[j]
         rnd = self._rng.random
@@ -227,33 +239,33 @@ class LeastRequest:
         j = int(rnd() * (count - 1))
         if j >= i:
             j += 1
-        slot = self._slot
-        return endpoints[i] if active[slot[i]] <= active[slot[j]] else endpoints[j]
+        return endpoints[i] if loads[i].in_flight <= loads[j].in_flight else endpoints[j]
 
     def started(self, endpoint: Endpoint) -> None:
         """Count a request in flight on ``endpoint``; unknown endpoints are ignored."""
-        index = self._index(endpoint)
-        if index is not None:
-            self._active[index] += 1
+        load = self._book.find(endpoint)
+        if load is not None:
+            load.in_flight += 1
 
-    def finished(self, endpoint: Endpoint) -> None:
-        """Count a request on ``endpoint`` as done."""
-        index = self._index(endpoint)
-        # Clamped: a request may have started on a balancer this one replaced.
-        if index is not None and self._active[index] > 0:
-            self._active[index] -= 1
-
-    def _index(self, endpoint: Endpoint) -> int | None:
-        index = self._by_id.get(id(endpoint))
-        if index is None:
-            index = self._by_value.get(endpoint)
-        return index
+    def finished(self, endpoint: Endpoint, latency_s: float | None = None) -> None:
+        """Count a request on ``endpoint`` as done (clamped at zero: a request may have
+        started on a balancer this one replaced)."""
+        self._book.finished(endpoint)
 
 
 def make_balancer(
-    policy: LbPolicy, endpoints: Sequence[Endpoint], *, rng: random.Random | None = None
+    policy: LbPolicy,
+    endpoints: Sequence[Endpoint],
+    *,
+    rng: random.Random | None = None,
+    book: LoadBook | None = None,
+    tables: HashTables | None = None,
 ) -> Balancer:
-    """A balancer of ``policy`` over ``endpoints`` (zero or one endpoint: a trivial one)."""
+    """A balancer of ``policy`` over ``endpoints`` (zero or one endpoint: a trivial one).
+
+    ``book``: the cluster's shared load (``least_request``, ``ewma``); None: a private one.
+    ``tables``: recently built hash tables to reuse (``ring_hash``, ``maglev``).
+    """
     if len(endpoints) <= 1:
         return _Fixed(endpoints)
     if policy == "round_robin":
@@ -261,5 +273,11 @@ def make_balancer(
     if policy == "random":
         return WeightedRandom(endpoints, rng=rng)
     if policy == "least_request":
-        return LeastRequest(endpoints, rng=rng)
+        return LeastRequest(endpoints, rng=rng, book=book)
+    if policy == "ewma":
+        return PeakEwma(endpoints, rng=rng, book=book)
+    if policy == "ring_hash":
+        return RingHash(endpoints, rng=rng, tables=tables)
+    if policy == "maglev":
+        return Maglev(endpoints, rng=rng, tables=tables)
     raise ValueError(f"unknown load balancing policy: {policy!r}")

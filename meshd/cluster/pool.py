@@ -107,22 +107,34 @@ class EndpointPool:
         """Connections waiting in the pool."""
         return len(self._idle)
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled connection that is still usable, or None (then :meth:`acquire` connects).
+
+        Synchronous, so the request path's usual case costs no coroutine of its own.
+        """
+        idle = self._idle
+        if not idle:
+            return None
+        expired = time.monotonic() - self.limits.idle_timeout_s
+        while idle:
+            conn, since = idle.pop()
+            # Every reuse asks the kernel first (one non-blocking peek): bytes the upstream
+            # wrote after its complete response, however soon, must never become the next
+            # request's answer, and a closed connection is not worth a failed attempt.
+            if since < expired or conn.stream.is_stale():
+                conn.stream.close_nowait()
+                continue
+            self.active += 1
+            self.reuses += 1
+            conn.reused = True
+            return conn
+        return None
+
     async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
         """A pooled connection if one is usable (unless ``fresh``), else a new one."""
-        if not fresh and self._idle:
-            expired = time.monotonic() - self.limits.idle_timeout_s
-            idle = self._idle
-            while idle:
-                conn, since = idle.pop()
-                # Every reuse asks the kernel first (one non-blocking peek): bytes the upstream
-                # wrote after its complete response, however soon, must never become the next
-                # request's answer, and a closed connection is not worth a failed attempt.
-                if since < expired or conn.stream.is_stale():
-                    conn.stream.close_nowait()
-                    continue
-                self.active += 1
-                self.reuses += 1
-                conn.reused = True
+        if not fresh:
+            conn = self.take_idle()
+            if conn is not None:
                 return conn
         if self.active + len(self._idle) >= self.limits.max_connections:
             raise PoolOverflow("upstream_overflow", f"{self.host}:{self.port}")

@@ -133,6 +133,7 @@ class ControlClient:
         tls: Callable[[], ssl.SSLContext] | None = None,
         peer_id: Callable[[], str | None] | None = None,
         field: str = "snapshot.controld.url",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme == "https" and tls is None:
@@ -153,6 +154,10 @@ class ControlClient:
             if any(c in token for c in "\r\n"):
                 raise ConfigError("snapshot.controld: the token must not contain line breaks")
             fixed.append(f"authorization: Bearer {token}")
+        for name, value in (headers or {}).items():
+            if any(c in name + value for c in "\r\n"):
+                raise ConfigError(f"header {name!r} must not contain line breaks")
+            fixed.append(f"{name}: {value}")
         self._fixed = ("\r\n".join(fixed) + "\r\n").encode("latin-1")
         self._stream: SocketStream | TlsStream | None = None
 

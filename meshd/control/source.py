@@ -6,6 +6,8 @@ Protocol (controld's HTTP API, Contract 5):
   404 on a poll: controld restarted and forgot it, or after a reload changed the descriptor).
 * ``GET /v1/snapshots/{id}?version=V&hash=H&wait=W`` reports the snapshot in service (this *is*
   the ACK of ``V``) and returns 200 with a newer one at once, or 304 after up to ``W`` s.
+* Every request carries the features the sidecar enforces (``x-meshd-features``), so
+  controld knows what it may send; a snapshot using another one is NACKed (by ``apply``).
 * A poll answer with ``x-meshd-drain: 1`` relays an operator's drain request
   (``POST /v1/proxies/{id}/drain``): the sidecar drains as on SIGTERM.
 * A snapshot that fails validation or can't be applied is NACKed with
@@ -35,6 +37,7 @@ from pydantic import ValidationError
 
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
+from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.loading import format_validation_error
 from meshcore.model.proxy import ProxyDescriptor
@@ -147,9 +150,12 @@ class ControlSource:
         token_provider: Callable[[], str | None] | None = None,
         tls: Callable[[], ssl.SSLContext] | None = None,
         peer_id: Callable[[], str | None] | None = None,
+        features: str | None = None,
         on_drain: Callable[[], None] | None = None,
     ) -> None:
         self._apply = apply
+        #: The features header value (None: not sent, as an older meshd).
+        self._features = features
         #: Called when a poll answer says an operator asked this sidecar to drain.
         self._on_drain = on_drain
         #: For an https controld: the context of each new connection, controld's SPIFFE ID.
@@ -176,6 +182,8 @@ class ControlSource:
         self.polls = 0
         self.failures = 0
         self._scope: trio.CancelScope | None = None
+        self._side: ControlClient | None = None
+        self._side_key: tuple[str, str | None] | None = None
 
     def _configure(
         self,
@@ -195,11 +203,35 @@ class ControlSource:
             user_agent=self._user_agent,
             tls=self._tls,
             peer_id=self._peer_id,
+            headers=None if self._features is None else {FEATURES_HEADER: self._features},
         )
         self._backoff = Backoff(min(_INITIAL_BACKOFF_S, config.retry_max_s), config.retry_max_s)
         self._proxy_path = path_segment(descriptor.proxy_id)
 
     # -- control --------------------------------------------------------------------------------
+
+    def side_client(self) -> ControlClient | None:
+        """A second client with this source's settings (URL, token, TLS), for requests beside
+        the long-poll (telemetry reports); rebuilt when those change. None while the token
+        is still to come from the enrollment."""
+        # The latest enrolled token (each renewal revokes the previous one).
+        token = self._token_provider() if self._token_provider is not None else self._token
+        if token is None and self._token_provider is not None:
+            return None
+        key = (self.config.url, token)
+        if self._side is None or self._side_key != key:
+            if self._side is not None:
+                self._side.close()
+            self._side = ControlClient(
+                self.config.url,
+                token=token,
+                timeout_s=self.config.timeout_s,
+                user_agent=self._user_agent,
+                tls=self._tls,
+                peer_id=self._peer_id,
+            )
+            self._side_key = key
+        return self._side
 
     def adopt(self, version: int, digest: str) -> None:
         """A snapshot from elsewhere (the cache) is in service: report it in the next poll."""
@@ -254,6 +286,8 @@ class ControlSource:
                 self._scope = None
         finally:
             self._client.close()
+            if self._side is not None:
+                self._side.close()
 
     async def _follow(self) -> None:
         while True:

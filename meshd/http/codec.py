@@ -74,6 +74,8 @@ _SPECIAL_RESPONSE: Final = _SPECIAL - {
     b"traceparent",
 }
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+#: llhttp's version string -> the bytes heads carry (saves an encode per message).
+_VERSION_BYTES: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 class MessageHead:
@@ -106,7 +108,10 @@ class MessageHead:
         elif lname == b"transfer-encoding":
             self.framing = CHUNKED if value.lower().rstrip().endswith(b"chunked") else UNTIL_CLOSE
         elif lname == b"connection":
-            self.connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+            if b"," in value:
+                self.connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+            else:  # one token, as nearly always: no generator for it
+                self.connection_tokens += (value.strip().lower(),)
         elif lname == b"upgrade":
             self.upgrade = value
         elif lname == b"expect":
@@ -187,7 +192,10 @@ class RequestParser(HeadLimits):
             raise
         except httptools.HttpParserError as exc:
             raise HttpError("bad_request", str(exc)) from exc
-        self._count_read(len(data), continuing, in_trailers)
+        if continuing or in_trailers:
+            self._count_read(len(data), continuing, in_trailers)
+        elif not self._chunk_pending:
+            self._raw = 0  # what _count_read does for a read that continued nothing
         if self._in_head:
             self._refuse_http09(data)
 
@@ -210,10 +218,19 @@ class RequestParser(HeadLimits):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._count_line(len(url))
+        size = self._head_bytes = self._head_bytes + len(url)  # _count_line, inlined
+        if size > self._max_head:
+            raise HttpError(self._too_large, "head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_field(name, value)  # trailer fields too: they are bounded like a head
+        # Trailer fields too: they are bounded like a head. (HeadLimits._count_field, inlined:
+        # this runs for every header of every request.)
+        count = self._count = self._count + 1
+        if count > self._max_headers:
+            raise HttpError(self._too_many, f"more than {self._max_headers} header fields")
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
+        if size > self._max_head:
+            raise HttpError(self._too_large, "head too large")
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         head = self._head
@@ -232,7 +249,8 @@ class RequestParser(HeadLimits):
     def on_headers_complete(self) -> None:
         head = self._head
         parser = self._parser
-        head.version = parser.get_http_version().encode()
+        version = parser.get_http_version()
+        head.version = _VERSION_BYTES.get(version) or version.encode()
         if head.version not in SUPPORTED_VERSIONS:
             raise HttpError(
                 "unsupported_http_version", f"HTTP/{head.version.decode()} is not supported"
@@ -242,7 +260,7 @@ class RequestParser(HeadLimits):
         head.keep_alive = parser.should_keep_alive()
         if head.framing == NO_BODY and head.content_length > 0:
             head.framing = LENGTH
-        if head.connection_tokens:
+        if head.connection_tokens and not _CONNECTION_OPTIONS.issuperset(head.connection_tokens):
             head._drop_connection_options()
         if head.upgrade is not None and b"upgrade" not in head.connection_tokens:
             head.upgrade = None  # Upgrade without Connection: upgrade is not a request for it
@@ -355,7 +373,10 @@ class ResponseParser(HeadLimits):
                 self._stale = True
                 return None
             raise HttpError("upstream_protocol_error", str(exc)) from exc
-        self._count_read(len(data), continuing, in_trailers)
+        if continuing or in_trailers:
+            self._count_read(len(data), continuing, in_trailers)
+        elif not self._chunk_pending:
+            self._raw = 0  # what _count_read does for a read that continued nothing
         return None
 
     def on_message_begin(self) -> None:
@@ -365,11 +386,19 @@ class ResponseParser(HeadLimits):
         self._begin()
 
     def on_status(self, reason: bytes) -> None:
-        self._count_line(len(reason))
+        size = self._head_bytes = self._head_bytes + len(reason)  # _count_line, inlined
+        if size > self._max_head:
+            raise HttpError(self._too_large, "head too large")
         self._head.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_field(name, value)
+        # HeadLimits._count_field, inlined: this runs for every header of every response.
+        count = self._count = self._count + 1
+        if count > self._max_headers:
+            raise HttpError(self._too_many, f"more than {self._max_headers} header fields")
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
+        if size > self._max_head:
+            raise HttpError(self._too_large, "head too large")
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         lname = name.lower()
@@ -387,11 +416,11 @@ class ResponseParser(HeadLimits):
         self._in_head = False
         self._count = 0
         self._head_bytes = 0
-        if parser.get_http_version().encode() not in SUPPORTED_VERSIONS:
+        if parser.get_http_version() not in _VERSION_BYTES:
             raise HttpError("upstream_protocol_error", "not an HTTP/1.x response")
         head.status = status = parser.get_status_code()
         head.keep_alive = parser.should_keep_alive()
-        if head.connection_tokens:
+        if head.connection_tokens and not _CONNECTION_OPTIONS.issuperset(head.connection_tokens):
             head._drop_connection_options()
         if status < 200 or status in (204, 304) or self._head_request:
             head.framing = NO_BODY

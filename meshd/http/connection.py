@@ -26,6 +26,7 @@ from typing import Final
 
 import trio
 
+from meshcore.pathnorm import MalformedPath, normalize_target
 from meshd.context import ConfigSource, ProxyShared, now
 from meshd.errors import PROXY_ERRORS, ProxyError
 from meshd.http import codec
@@ -35,7 +36,6 @@ from meshd.http.decide import Answer, check_escaped_slashes, decide
 from meshd.http.exchange import Exchange, record
 from meshd.http.failure import answer_for, error_answer, render
 from meshd.http.forward import forward
-from meshd.http.pathnorm import normalize_target
 from meshd.http.phase import Phase
 from meshd.http.serialize import chunk
 from meshd.http.strict import valid_host
@@ -215,7 +215,10 @@ class HttpConnection:
         if target[:1] != b"/" and target != b"*":
             target = _origin_form(head)
         # The access check, routing and the app all see the same, normalized path.
-        target = normalize_target(target)
+        try:
+            target = normalize_target(target)
+        except MalformedPath as exc:
+            raise HttpError("bad_request", str(exc)) from exc
         if cfg.escaped_slashes != "keep":
             checked = check_escaped_slashes(target, cfg.escaped_slashes)
             if isinstance(checked, Answer):

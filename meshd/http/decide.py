@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Final
 from meshcore.matchers import HeaderCheck, compile_header, header_index, headers_match
 from meshcore.model.policy import FaultPolicy, HeaderMutation, RetryPolicy
 from meshcore.model.snapshot import RouteMirror
+from meshcore.pathnorm import normalize_target
 from meshcore.routing import CompiledRoute, CompiledRouteTable
 from meshd.errors import PROXY_ERRORS
 from meshd.http.exchange import METHODS
-from meshd.http.pathnorm import normalize_target
 from meshd.http.responses import redirect_location
 from meshd.ratelimit import retry_after
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from meshd.errors import PROXY_ERRORS, ProxyError
 from meshd.http.decide import Answer
-from meshd.http.responses import reason_phrase, synthetic_response
+from meshd.http.responses import location_response, synthetic_response
 
 __all__ = ["answer_for", "error_answer", "render"]
 
@@ -41,17 +41,4 @@ def render(
             head_only=head_only,
             extra_headers=answer.headers,
         )
-    if b"\r" in location or b"\n" in location:
-        # A Host header can't carry these (llhttp refuses them); belt and braces.
-        location = location.replace(b"\r", b"").replace(b"\n", b"")
-    lines = [
-        b"HTTP/1.1 %d %s\r\n" % (answer.status, reason_phrase(answer.status)),
-        b"location: " + location + b"\r\n",
-        b"content-length: 0\r\n",
-    ]
-    if request_id is not None:
-        lines.append(b"x-request-id: " + request_id + b"\r\n")
-    if close:
-        lines.append(b"connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    return location_response(answer.status, location, close=close, request_id=request_id)

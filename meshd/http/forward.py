@@ -63,6 +63,7 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
         await c.respond(answer_for("no_healthy_upstream", "cluster not in snapshot"))
         return
     ex.destination = cluster.service
+    ex.cluster = cluster
     if plan.delay_s:
         shared.stats.policy.inc("meshd_faults_injected", plan.route.name, "delay")
         await trio.sleep(plan.delay_s)
@@ -70,7 +71,9 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
         shared.stats.policy.inc("meshd_faults_injected", plan.route.name, "abort")
         await c.respond(plan.abort)
         return
-    traceparent = next_traceparent(head.traceparent, shared.trace_sample_rate, shared.rng)
+    traceparent = ex.traceparent = next_traceparent(
+        head.traceparent, shared.trace_sample_rate, shared.rng
+    )
     xff = head.xff + b", " + c.peer_ip if head.xff else c.peer_ip
     out = request_head_bytes(
         head,
@@ -118,7 +121,10 @@ async def _once(
         try:
             endpoint, conn = await cluster.acquire(hash_key=key, fresh=attempt == 1)
         except UpstreamError as exc:
-            if isinstance(exc.endpoint, Endpoint):
+            # Only a failed connect is the endpoint's fault; an overflow is this sidecar's.
+            if isinstance(exc, UpstreamConnectError | UpstreamTlsError) and isinstance(
+                exc.endpoint, Endpoint
+            ):
                 cluster.report(exc.endpoint, 0, now() - started)
             c.shared.stats.upstream_error(cluster.name, exc.reason)
             await c.respond_error(exc)
@@ -241,6 +247,7 @@ async def _tries(
             tried.append(endpoint)
             # hold() called begin_retry() already.
             shared.stats.policy.inc("meshd_upstream_retries", cluster.name, condition or "")
+            ex.retries += 1
             await trio.sleep(backoff_s(policy, tries, shared.rng))
             continue
         except StaleConnectionError:
@@ -275,6 +282,7 @@ async def _tries(
             condition = failure_condition(policy, failure)
             if condition is not None and cluster.begin_retry():
                 shared.stats.policy.inc("meshd_upstream_retries", cluster.name, condition)
+                ex.retries += 1
                 await trio.sleep(backoff_s(policy, tries, shared.rng))
                 continue
         shared.stats.upstream_error(cluster.name, last.reason)

@@ -27,9 +27,10 @@ class HeadLimits:
     """What the request and response parsers share: counting a head's bytes and header fields,
     and those of a trailer section, against the limits.
 
-    The read that starts a head is counted by the callbacks (start line, complete fields); the
-    reads that continue it are counted whole. Subclasses name their reasons for "too large"
-    and "too many fields".
+    The read that starts a head is counted by the parsers' callbacks (start line, complete
+    fields: each callback adds to ``_head_bytes`` and ``_count`` itself, since a call per header
+    costs more than the check); the reads that continue it are counted whole. Subclasses name
+    their reasons for "too large" and "too many fields".
     """
 
     __slots__ = (
@@ -64,17 +65,6 @@ class HeadLimits:
         self._count = 0
         self._raw = 0
         self._chunk_pending = False
-
-    def _count_line(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self._max_head:
-            raise HttpError(self._too_large, "head too large")
-
-    def _count_field(self, name: bytes, value: bytes) -> None:
-        self._count += 1
-        if self._count > self._max_headers:
-            raise HttpError(self._too_many, f"more than {self._max_headers} header fields")
-        self._count_line(len(name) + len(value) + 4)
 
     def _count_read(self, size: int, continuing: bool, in_trailers: bool) -> None:
         """After a read: bound a head or trailer section that is still incomplete."""

@@ -112,21 +112,15 @@ def _split_host(host: bytes) -> tuple[bytes, bytes]:
     return host, b""
 
 
-def redirect_response(
-    redirect: Redirect,
-    *,
-    host: bytes | None,
-    target: bytes,
-    close: bool,
-    request_id: bytes | None = None,
+def location_response(
+    status: int, location: bytes, *, close: bool, request_id: bytes | None = None
 ) -> bytes:
-    """A complete redirect answer (``redirect.status`` and ``Location``) with an empty body."""
-    location = redirect_location(redirect, host, target)
+    """A complete redirect answer (``status`` and ``Location``) with an empty body."""
     if b"\r" in location or b"\n" in location:
         # A Host header can't carry these (llhttp refuses them); belt and braces.
         location = location.replace(b"\r", b"").replace(b"\n", b"")
     lines = [
-        b"HTTP/1.1 %d %s\r\n" % (redirect.status, _REASON_PHRASES[redirect.status]),
+        b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)),
         b"location: " + location + b"\r\n",
         b"content-length: 0\r\n",
     ]

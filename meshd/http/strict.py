@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from typing import Final
 
 #: Versions the proxy speaks; anything else llhttp accepts is answered 505.
@@ -42,8 +43,20 @@ _HOST: Final = re.compile(
 )
 
 
+#: Longest Host value whose verdict is cached (a DNS name is at most 253 bytes, plus a port).
+_CACHED_HOST_BYTES: Final = 260
+
+
 def valid_host(value: bytes) -> bool:
     """True if ``value`` is ``host[:port]`` as RFC 3986 defines it (see the module doc)."""
+    # Clients send the same few Host values over and over, so the verdict is cached; only
+    # for short values, so 512 entries hold little memory however large a client makes them.
+    if len(value) <= _CACHED_HOST_BYTES:
+        return _valid_host_cached(value)
+    return _valid_host(value)
+
+
+def _valid_host(value: bytes) -> bool:
     match = _HOST.fullmatch(value)
     if match is None:
         return False
@@ -57,6 +70,9 @@ def valid_host(value: bytes) -> bool:
         except ValueError:
             return False
     return True
+
+
+_valid_host_cached: Final = lru_cache(maxsize=512)(_valid_host)
 
 
 def removable(token: bytes) -> bool:

@@ -36,7 +36,7 @@ from typing import Protocol
 import trio
 
 from meshd.errors import MeshdError
-from meshd.net.stream import RECEIVE_SIZE, SocketStream, open_tcp
+from meshd.net.stream import RECEIVE_SIZE, ReadProbe, SocketStream, open_tcp
 
 _WantRead = ssl.SSLWantReadError
 _WantWrite = ssl.SSLWantWriteError
@@ -87,6 +87,7 @@ class TlsStream:
         "_closed",
         "_eof_sent",
         "_peer_der",
+        "_probe",
         "_reused",
         "_unwrapped",
         "sock",
@@ -105,6 +106,7 @@ class TlsStream:
         self._unwrapped = False
         self._peer_der: bytes | None = None
         self._reused = False
+        self._probe: ReadProbe | None = None
 
     async def do_handshake(self) -> None:
         """Run the handshake; raise :class:`TlsHandshakeError` if it fails."""
@@ -244,14 +246,14 @@ class TlsStream:
         TLS control records (session tickets, key updates) waiting on the socket are read
         and don't make the connection stale; application bytes do.
         """
-        if self._closed or self._broken or self._unwrapped or self.sock.pending():
+        sock = self.sock
+        if self._closed or self._broken or self._unwrapped or sock.pending() or sock.fileno() < 0:
             return True
-        try:
-            socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+        probe = self._probe
+        if probe is None:
+            probe = self._probe = ReadProbe(sock)
+        if not probe.ready():
+            return False  # nothing on the socket (the usual case)
         try:
             self.sock.recv(1)
         except _WantRead:

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import trio
 
-from meshd.context import ProxyShared
-from meshd.errors import UpstreamError
+from meshcore.model import Endpoint
+from meshd.context import ProxyShared, now
+from meshd.errors import UpstreamConnectError, UpstreamError, UpstreamTlsError
 from meshd.net.pump import pump
-from meshd.net.stream import SocketStream, Stream
-from meshd.net.tls import TlsStream
+from meshd.net.stream import ProxyStream
 from meshd.tcp.config import TcpListenerConfig
+
+#: What a TCP connection reports to outlier detection once its upstream connection is open
+#: (there is no response status at L4: a connection is a success or a local-origin failure).
+_CONNECTED = 200
 
 
 async def serve_tcp(
-    down: Stream, cfg: TcpListenerConfig, shared: ProxyShared, *, peer_identity: bytes | None = None
+    down: ProxyStream,
+    cfg: TcpListenerConfig,
+    shared: ProxyShared,
+    *,
+    peer_identity: bytes | None = None,
 ) -> None:
     """Serve one downstream TCP connection until both sides are done.
 
@@ -31,35 +39,56 @@ async def serve_tcp(
     try:
         guard = cfg.guard
         if guard is not None and not guard.admit_connection(peer_identity):
-            if isinstance(down, SocketStream | TlsStream):
-                down.reset()
+            down.reset()
             return
         limiter = cfg.rate_limiter
         if limiter is not None:
             # Over the connection rate: closed at once, before the upstream is contacted.
-            peer = down.peer()[0].encode() if isinstance(down, SocketStream | TlsStream) else None
+            peer = down.peer()[0].encode() or None
             if limiter.check_connection(peer_identity or peer) is not None:
-                if isinstance(down, SocketStream | TlsStream):
-                    down.reset()
+                down.reset()
                 return
         try:
-            endpoint, conn = await cluster.acquire(fresh=True)
+            cluster.admit()
         except UpstreamError as exc:
             stats.upstream_error(cluster.name, exc.reason)
-            if isinstance(down, SocketStream):
-                down.reset()
+            down.reset()
             return
-        stats.tcp_opened(cfg.direction, source, destination)
-        received = sent = 0
         try:
-            result = await pump(down, conn.stream, idle_timeout_s=cfg.idle_timeout_s)
-            received, sent = result.downstream_to_upstream, result.upstream_to_downstream
-            if result.reason == "reset" and isinstance(down, SocketStream):
-                down.reset()
+            await _forward(down, cfg, shared, source, destination)
         finally:
-            cluster.release(endpoint, conn, reusable=False)
-            stats.tcp_closed(cfg.direction, source, destination, received, sent)
+            cluster.done()
     finally:
         stats.downstream_closed(cfg.name)
         with trio.CancelScope(shield=True):
             await down.aclose()
+
+
+async def _forward(
+    down: ProxyStream, cfg: TcpListenerConfig, shared: ProxyShared, source: str, destination: str
+) -> None:
+    cluster = cfg.cluster
+    stats = shared.stats
+    started = now()
+    try:
+        endpoint, conn = await cluster.acquire(fresh=True)
+    except UpstreamError as exc:
+        failed = exc.endpoint
+        if isinstance(exc, UpstreamConnectError | UpstreamTlsError) and isinstance(
+            failed, Endpoint
+        ):
+            cluster.report(failed, 0, now() - started)
+        stats.upstream_error(cluster.name, exc.reason)
+        down.reset()
+        return
+    cluster.report(endpoint, _CONNECTED, now() - started)
+    stats.tcp_opened(cfg.direction, source, destination)
+    received = sent = 0
+    try:
+        result = await pump(down, conn.stream, idle_timeout_s=cfg.idle_timeout_s)
+        received, sent = result.downstream_to_upstream, result.upstream_to_downstream
+        if result.reason == "reset":
+            down.reset()
+    finally:
+        cluster.release(endpoint, conn, reusable=False, timed=False)
+        stats.tcp_closed(cfg.direction, source, destination, received, sent)

@@ -40,6 +40,8 @@ class FakeControld:
     registrations: list[dict[str, Any]] = field(default_factory=list)
     polls: list[dict[str, str]] = field(default_factory=list)
     nacks: list[dict[str, Any]] = field(default_factory=list)
+    #: The ``x-meshd-features`` header of each poll (None: not sent).
+    poll_features: list[str | None] = field(default_factory=list)
     #: Answer polls with this status instead (e.g. 503), when set.
     fail_status: int | None = None
     changed: trio.Event = field(default_factory=trio.Event)
@@ -135,6 +137,7 @@ class FakeControld:
                 return JSONResponse({"error": "unauthorized"}, status_code=401)
             proxy = request.path_params["proxy"]
             query = dict(request.query_params)
+            self.poll_features.append(request.headers.get("x-meshd-features"))
             self.polls.append(query)
             self.polled.set()
             if self.fail_status is not None:

@@ -131,11 +131,7 @@ async def test_first_snapshot_then_update_acked(
                             "match": {"path": {"prefix": "/old"}},
                             "redirect": {"path": "/new", "status": 308},
                         },
-                        {
-                            "name": "default",
-                            "backends": [{"cluster": "api"}],
-                            "retries": {"attempts": 3},
-                        },
+                        {"name": "default", "backends": [{"cluster": "api"}]},
                     ],
                 }
             ],

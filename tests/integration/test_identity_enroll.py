@@ -311,4 +311,10 @@ async def test_enrolled_sidecar_polls_controld_with_the_token_it_got(tmp_path: P
                 while control.polls < polls + 3:
                     await trio.sleep(0.05)
             assert control.failures == failures, control.describe()["last_error"]
+            # Telemetry reports go over mutual TLS with the latest token as well.
+            policy = sidecar.stats.policy
+            sent = policy.value("meshd_telemetry_reports", "sent")
+            with trio.fail_after(TIMEOUT):
+                while policy.value("meshd_telemetry_reports", "sent") < sent + 2:
+                    await trio.sleep(0.05)
             inner.cancel_scope.cancel()

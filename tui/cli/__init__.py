@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "apply", "create or update the resources of files in controld")
     _files(p, required=True)
     p.add_argument("--dry-run", action="store_true", help="validate in controld, store nothing")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (store nothing) when a connected sidecar would get a snapshot feature it "
+        "doesn't enforce, instead of warning",
+    )
     p.set_defaults(run=resources.cmd_apply)
 
     p = _sub(sub, "get", "list resources, or show one")

@@ -21,11 +21,13 @@ __all__ = [
     "cmd_token_create",
     "endpoint_mix_lines",
     "explain_lines",
+    "feature_cells",
     "mix_lines",
     "parse_duration",
     "proxy_rows",
     "proxy_state",
     "route_rule_match",
+    "sidecar_lines",
     "status_header",
 ]
 
@@ -36,6 +38,8 @@ PROXY_HEADERS = [
     "ACKED VERSION",
     "LATEST VERSION",
     "STATE",
+    "FEATURES",
+    "UNSUPPORTED IN USE",
     "LAST CONTACT",
 ]
 
@@ -74,11 +78,25 @@ def proxy_rows(proxies: Sequence[Mapping[str, Any]], now: float) -> list[list[st
                 _version(p.get("acked_version")),
                 _version(p.get("latest_version")),
                 proxy_state(p),
+                *feature_cells(p),
                 render.age(now - float(last)) if isinstance(last, int | float) else "-",
             ]
         )
     rows.sort(key=lambda r: (r[1], r[0]))
     return rows
+
+
+def feature_cells(proxy: Mapping[str, Any]) -> tuple[str, str]:
+    """``FEATURES`` (how many the sidecar declares; ``?``: it declares none, an older meshd)
+    and ``UNSUPPORTED IN USE`` (features its latest snapshot uses that it doesn't declare)."""
+    features = proxy.get("features")
+    count = str(len(features)) if isinstance(features, list) else "?"
+    missing = [
+        str(u.get("feature"))
+        for u in proxy.get("unsupported") or ()
+        if isinstance(u, Mapping) and u.get("feature")
+    ]
+    return count, ",".join(missing) or "-"
 
 
 def _version(value: object) -> str:
@@ -266,7 +284,10 @@ def explain_lines(
     if isinstance(policy, Mapping):
         lines += [f"  {name}: {_compact(value)}" for name, value in policy.items()]
     if explanation.get("redirect"):
-        lines.append(f"redirect: {_compact(explanation['redirect'])}")
+        lines.append(
+            f"redirect: {_compact(explanation['redirect'])}"
+            + _lacking(explanation, "route.redirect")
+        )
     clusters = {
         str(c.get("name")): c for c in explanation.get("clusters") or () if isinstance(c, Mapping)
     }
@@ -289,7 +310,10 @@ def explain_lines(
     mirror = explanation.get("mirror")
     if isinstance(mirror, Mapping):
         name = str(mirror.get("cluster", "?"))
-        lines.append(f"mirror: {name} {float(mirror.get('percent', 100)):g}%")
+        lines.append(
+            f"mirror: {name} {float(mirror.get('percent', 100)):g}%"
+            + _lacking(explanation, "route.mirror")
+        )
         lines += _cluster_lines(name, clusters.get(name))
     access = explanation.get("access")
     if isinstance(access, Mapping):
@@ -302,8 +326,62 @@ def explain_lines(
         lines.append(text)
     limits = explanation.get("rate_limits")
     if limits:
-        lines.append("rate limits: " + ", ".join(str(x) for x in limits))
+        lines.append(
+            "rate limits: "
+            + ", ".join(str(x) for x in limits)
+            + _lacking(explanation, "rate_limits")
+        )
+    lines += sidecar_lines(explanation.get("sidecars") or ())
     lines += [f"note: {note}" for note in explanation.get("notes") or ()]
+    return lines
+
+
+def _lacking(explanation: Mapping[str, Any], feature: str) -> str:
+    """``  (NOT ENFORCED by web-1, web-2)`` when sidecars of the path lack ``feature``."""
+    pids = [
+        str(s.get("proxy_id"))
+        for s in explanation.get("sidecars") or ()
+        if isinstance(s, Mapping) and any(f == feature for f, _ in _uses(s.get("not_enforced")))
+    ]
+    return f"  (NOT ENFORCED by {', '.join(pids)})" if pids else ""
+
+
+def _uses(items: Any) -> list[tuple[str, str]]:
+    return [
+        (str(u.get("feature")), str(u.get("path")))
+        for u in items or ()
+        if isinstance(u, Mapping) and u.get("feature")
+    ]
+
+
+def sidecar_lines(sidecars: Sequence[Any]) -> list[str]:
+    """What each sidecar of the request's path enforces, from the snapshot it ACKed, and the
+    features of the current policy it lacks (``NOT ENFORCED by <proxy>``)."""
+    lines: list[str] = []
+    for sidecar in sidecars:
+        if not isinstance(sidecar, Mapping):
+            continue
+        pid = str(sidecar.get("proxy_id", "?"))
+        acked, latest = sidecar.get("acked_version"), sidecar.get("latest_version")
+        head = f"sidecar {pid} ({sidecar.get('role', '?')}): runs version {_version(acked)}"
+        if latest is not None and latest != acked:
+            head += f" (latest {latest} not ACKed)"
+        count = sidecar.get("features")
+        head += (
+            f", declares {count} features"
+            if isinstance(count, int)
+            else ", declares no features (older meshd: unknown)"
+        )
+        if not sidecar.get("connected"):
+            head += ", not connected"
+        lines.append(head)
+        running = _uses(sidecar.get("enforces"))
+        lines.append(
+            "  enforces: " + (", ".join(f"{f} ({p})" for f, p in running) if running else "-")
+        )
+        lines += [
+            f"  {f} ({p}): NOT ENFORCED by {pid}" for f, p in _uses(sidecar.get("not_enforced"))
+        ]
     return lines
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "cmd_get",
     "diff_resource",
     "resource_rows",
+    "warning_lines",
 ]
 
 
@@ -63,7 +64,9 @@ def cmd_apply(opts: Options, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     with opts.client() as client:
         try:
-            answer = client.apply([r.body for r in local], dry_run=args.dry_run)
+            answer = client.apply(
+                [r.body for r in local], dry_run=args.dry_run, strict=getattr(args, "strict", False)
+            )
         except ApiError as exc:
             if not exc.problems:
                 raise
@@ -71,11 +74,23 @@ def cmd_apply(opts: Options, args: argparse.Namespace) -> int:
             for line in problem_lines(exc.problems, [r.origin for r in local]):
                 print(line, file=sys.stderr)
             return EXIT_FAILED
+    for line in warning_lines(answer):
+        print(line, file=sys.stderr)
     if opts.output != "table":
         _dump(opts, answer)
         return EXIT_OK
     print("\n".join(apply_lines([r.key for r in local], answer, dry_run=args.dry_run)))
     return EXIT_OK
+
+
+def warning_lines(answer: Mapping[str, Any]) -> list[str]:
+    """One ``warning:`` line per connected sidecar that would get a snapshot feature it
+    doesn't enforce (it will NACK that snapshot and keep its current one)."""
+    return [
+        f"warning: {w.get('message') or w}"
+        for w in answer.get("warnings") or ()
+        if isinstance(w, Mapping)
+    ]
 
 
 def resource_rows(resources: Sequence[Mapping[str, Any]]) -> list[list[str]]:

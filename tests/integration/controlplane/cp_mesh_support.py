@@ -254,6 +254,8 @@ class Sidecar:
     inbound_port: int
     upstreams: dict[str, int] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    #: More bootstrap fields (e.g. ``tracing``), merged over the defaults.
+    extra: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
     admin_port: int = 0
@@ -311,6 +313,7 @@ class Sidecar:
                 "check": {"kind": "tcp", "interval_s": 1.0, "timeout_s": 1.0},
             },
         }
+        doc.update(self.extra)
         self.bootstrap_path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     async def start(self) -> None:

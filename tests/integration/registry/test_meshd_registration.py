@@ -205,6 +205,23 @@ async def test_drain_deregisters_both(
     assert running.sidecar.stats.as_json()["registry.deregistered"] == 1
 
 
+async def test_restart_keeps_both_registered(
+    nursery: trio.Nursery, tmp_path: Path, registry: RegistryProcess, client: Any
+) -> None:
+    _app, running = await start(nursery, tmp_path, registry)
+    await wait_check(client, f"service:{PROXY_ID}", "passing")
+
+    running.sidecar.start_restart("test")  # as SIGUSR2 does
+    with trio.fail_after(TIMEOUT):
+        await running.done.wait()
+    # The next process registers the same IDs; meanwhile the checks stay passing.
+    assert {SERVICE_ID, PROXY_ID} <= (await services(client)).keys()
+    found = await checks(client)
+    assert found[f"service:{PROXY_ID}"]["Status"] == "passing"
+    assert found[f"service:{SERVICE_ID}"]["Status"] == "passing"
+    assert "registry.deregistered" not in running.sidecar.stats.as_json()
+
+
 async def test_drain_is_not_held_up_by_a_hanging_app(
     nursery: trio.Nursery, tmp_path: Path, registry: RegistryProcess, client: Any
 ) -> None:

@@ -13,14 +13,14 @@ pytestmark = pytest.mark.timeout(30)
 
 def test_request_starts_once() -> None:
     drain = DrainControl()
-    assert drain.describe() == {"phase": "serving", "delay_left_s": None}
+    assert drain.describe() == {"phase": "serving", "delay_left_s": None, "restart": False}
     assert not drain.started
     assert drain.request()
     assert not drain.request()
     assert drain.requested.is_set()
     assert drain.describe()["phase"] == DrainPhase.DELAY.value
     drain.close()
-    assert drain.describe() == {"phase": "closing", "delay_left_s": None}
+    assert drain.describe() == {"phase": "closing", "delay_left_s": None, "restart": False}
 
 
 async def test_delay_runs_to_the_end(autojump_clock: trio.testing.MockClock) -> None:
@@ -59,3 +59,16 @@ async def test_skip_before_the_delay_and_zero_delay(autojump_clock: trio.testing
     assert not await drain.wait_delay(60.0)
     assert await DrainControl().wait_delay(0)
     assert trio.current_time() == start
+
+
+def test_restart_request_is_remembered_and_final() -> None:
+    drain = DrainControl()
+    assert drain.request(restart=True)
+    assert drain.restart
+    assert not drain.request()  # a later SIGTERM doesn't turn the restart into a stop
+    assert drain.restart
+    assert drain.describe()["restart"] is True
+    stop = DrainControl()
+    assert stop.request()
+    assert not stop.request(restart=True)  # nor a restart request a stop into a restart
+    assert not stop.restart

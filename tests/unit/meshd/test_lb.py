@@ -14,6 +14,9 @@ from meshd.cluster.lb import (
     Balancer,
     LbPolicy,
     LeastRequest,
+    Maglev,
+    PeakEwma,
+    RingHash,
     RoundRobin,
     WeightedRandom,
     make_balancer,
@@ -48,6 +51,14 @@ class CountingRandom(random.Random):
 
 def test_policies_match_the_model() -> None:
     assert set(POLICIES) == set(get_args(Cluster.model_fields["lb_policy"].annotation))
+    assert set(POLICIES) == {
+        "round_robin",
+        "random",
+        "least_request",
+        "ewma",
+        "ring_hash",
+        "maglev",
+    }
 
 
 def test_round_robin_smooth_weighted_sequence() -> None:
@@ -189,6 +200,9 @@ BUILDERS: list[Callable[[Sequence[Endpoint]], Balancer]] = [
     RoundRobin,
     WeightedRandom,
     LeastRequest,
+    PeakEwma,
+    RingHash,
+    Maglev,
 ]
 
 
@@ -206,13 +220,16 @@ def test_make_balancer_builds_the_policy() -> None:
     assert isinstance(make_balancer("round_robin", endpoints), RoundRobin)
     assert isinstance(make_balancer("random", endpoints), WeightedRandom)
     assert isinstance(make_balancer("least_request", endpoints), LeastRequest)
+    assert isinstance(make_balancer("ewma", endpoints), PeakEwma)
+    assert isinstance(make_balancer("ring_hash", endpoints), RingHash)
+    assert isinstance(make_balancer("maglev", endpoints), Maglev)
     with pytest.raises(ValueError, match="unknown load balancing policy"):
-        make_balancer("ring_hash", endpoints)
+        make_balancer("nope", endpoints)  # type: ignore[arg-type]
 
 
 def test_make_balancer_uses_the_given_rng() -> None:
     endpoints = [ep("a"), ep("b"), ep("c")]
-    policies: tuple[LbPolicy, ...] = ("random", "least_request")
+    policies: tuple[LbPolicy, ...] = ("random", "least_request", "ewma", "ring_hash", "maglev")
     for policy in policies:
         first = hosts(make_balancer(policy, endpoints, rng=random.Random(9)), 50)
         again = hosts(make_balancer(policy, endpoints, rng=random.Random(9)), 50)

@@ -255,3 +255,13 @@ def test_empty_line_between_requests_is_not_http09() -> None:
     parser.feed(b"\r\n")  # some clients end a body with an extra CRLF
     parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert sum(1 for k, _ in parser.events if k == EV_HEAD) == 2
+
+
+def test_host_verdicts_are_the_same_cached_or_not() -> None:
+    # The second call of each answers from the cache; long values are never cached.
+    long_good = b".".join([b"a" * 60] * 5) + b":443"
+    long_bad = long_good + b"/"
+    assert len(long_good) > 260
+    for _ in range(2):
+        assert all(valid_host(h) for h in [*GOOD_HOSTS, long_good])
+        assert not any(valid_host(h) for h in [*BAD_HOSTS, long_bad])

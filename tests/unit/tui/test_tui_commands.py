@@ -7,12 +7,13 @@ from typing import Any
 from tui.cli.ops import (
     endpoint_mix_lines,
     explain_lines,
+    feature_cells,
     proxy_rows,
     proxy_state,
     route_rule_match,
     status_header,
 )
-from tui.cli.resources import apply_lines, diff_resource, resource_rows
+from tui.cli.resources import apply_lines, diff_resource, resource_rows, warning_lines
 
 
 def test_apply_lines_mark_unsent_changes_unchanged() -> None:
@@ -106,9 +107,20 @@ def test_proxy_rows() -> None:
     ]
     rows = proxy_rows(proxies, now=1065.0)
     assert [r[0] for r in rows] == ["api-1", "web-1", "web-2"]
-    assert rows[1] == ["web-1", "web", "yes", "5", "5", "synced", "1m5s"]
+    # No features header from the sidecar (an older meshd): unknown.
+    assert rows[1] == ["web-1", "web", "yes", "5", "5", "synced", "?", "-", "1m5s"]
     assert rows[2][2:4] == ["no", "-"]
-    assert rows[2][6] == "-"
+    assert rows[2][8] == "-"
+
+
+def test_proxy_rows_show_features_and_those_in_use_it_lacks() -> None:
+    unsupported = [
+        {"feature": "route.mirror", "path": "route_tables.0.routes.1.mirror"},
+        {"feature": "rate_limits", "path": "rate_limits"},
+    ]
+    proxy = _proxy(features=["route.redirect", "route.retries"], unsupported=unsupported)
+    assert feature_cells(proxy) == ("2", "route.mirror,rate_limits")
+    assert feature_cells(_proxy(features=[], unsupported=[])) == ("0", "-")
 
 
 def test_status_header() -> None:
@@ -291,3 +303,42 @@ def test_compact_manifest_leaves_out_defaults() -> None:
         "metadata": {"name": "g"},
         "spec": {"x": 1},
     }
+
+
+def test_explain_shows_what_the_source_sidecar_enforces() -> None:
+    explanation = {
+        "source": "web",
+        "destination": "api",
+        "protocol": "http",
+        "route": "copy",
+        "mirror": {"cluster": "shadow", "percent": 50},
+        "sidecars": [
+            {
+                "proxy_id": "web-1",
+                "role": "source",
+                "connected": True,
+                "acked_version": 5,
+                "latest_version": 6,
+                "features": 26,
+                "enforces": [
+                    {"feature": "route.retries", "path": "route_tables.0.routes.0.retries"}
+                ],
+                "not_enforced": [
+                    {"feature": "route.mirror", "path": "route_tables.0.routes.0.mirror"}
+                ],
+            }
+        ],
+    }
+    lines = explain_lines(explanation)
+    assert "sidecar web-1 (source): runs version 5 (latest 6 not ACKed), declares 26 features" in (
+        lines
+    )
+    assert "  enforces: route.retries (route_tables.0.routes.0.retries)" in lines
+    assert "  route.mirror (route_tables.0.routes.0.mirror): NOT ENFORCED by web-1" in lines
+    assert "mirror: shadow 50%  (NOT ENFORCED by web-1)" in lines
+
+
+def test_apply_warning_lines() -> None:
+    warning = {"proxy_id": "web-1", "feature": "route.mirror", "message": "unsupported ..."}
+    assert warning_lines({"warnings": [warning]}) == ["warning: unsupported ..."]
+    assert warning_lines({"revision": 3}) == []

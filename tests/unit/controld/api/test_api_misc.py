@@ -123,7 +123,13 @@ async def test_openapi_lists_the_routes_without_token() -> None:
         ]:
             assert method in paths[path], (method, path)
         poll = paths["/v1/snapshots/{proxy_id}"]["get"]
-        assert {p["name"] for p in poll["parameters"]} == {"proxy_id", "version", "hash", "wait"}
+        assert {p["name"] for p in poll["parameters"]} == {
+            "proxy_id",
+            "version",
+            "hash",
+            "wait",
+            "x-meshd-features",
+        }
         assert {"200", "304", "404"} <= set(poll["responses"])
         assert "HTTPBearer" in doc["components"]["securitySchemes"]
         assert poll["security"] == [{"HTTPBearer": []}]
@@ -180,7 +186,8 @@ async def test_explain_passes_through() -> None:
             path="/v2/x",
             headers={"x-user": "a"},
         ).as_json()
-        assert resp.json() == expected
+        # No sidecar registered: nothing to say about enforcement.
+        assert resp.json() == {**expected, "sidecars": []}
 
 
 async def test_explain_rejects_bad_input() -> None:
@@ -192,6 +199,11 @@ async def test_explain_rejects_bad_input() -> None:
         assert resp.json()["problems"][0]["path"] == "body.destination"
         resp = await api.client.post("/v1/explain", json={"source": "web"})
         assert resp.status_code == 422
+        resp = await api.client.post(
+            "/v1/explain", json={"source": "web", "destination": "api", "path": "/a%zz"}
+        )
+        assert resp.status_code == 422
+        assert "malformed percent-encoding" in resp.text
 
 
 async def test_mint_sidecar_token() -> None:

@@ -53,6 +53,7 @@ async def test_apply_stores_one_revision_and_audits() -> None:
         assert resp.json() == {
             "revision": 1,
             "dry_run": False,
+            "warnings": [],
             "changes": [
                 {"kind": "ServiceDefaults", "name": "web", "action": "created"},
                 {"kind": "ServiceResolver", "name": "api", "action": "created"},
@@ -152,6 +153,7 @@ async def test_dry_run_reports_without_storing() -> None:
         assert resp.json() == {
             "revision": 1,
             "dry_run": True,
+            "warnings": [],
             "changes": [
                 {"kind": "ServiceDefaults", "name": "web", "action": "updated"},
                 {"kind": "ServiceResolver", "name": "api", "action": "created"},
@@ -224,6 +226,7 @@ async def test_delete() -> None:
         assert resp.json() == {
             "revision": 2,
             "dry_run": False,
+            "warnings": [],
             "changes": [{"kind": "ServiceDefaults", "name": "web", "action": "deleted"}],
         }
         assert len(api.plane.store.current) == 0

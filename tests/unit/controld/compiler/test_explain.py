@@ -143,3 +143,11 @@ def test_mixed_endpoints_show_the_mix_and_the_excluded_ones() -> None:
     assert "STRICT" in left_out["reason"]
     assert any("10.0.0.9:21000" in note and "excluded" in note for note in strict.notes)
     assert strict.as_json()["clusters"][0]["mix"]["excluded"] == [left_out]
+
+
+def test_the_path_is_normalized_as_the_sidecar_does() -> None:
+    # /other/../old/x is /old/x to the sidecar: it takes the redirect rule, not the default.
+    ex = explain(VIEW, RESOURCES, source="web", destination="api", path="/other/../old/x")
+    assert ex.route == "old"
+    assert "the sidecar normalizes the path to /old/x" in ex.notes
+    assert explain(VIEW, RESOURCES, source="web", destination="api", path="/old").route == "old"

@@ -104,6 +104,21 @@ def test_first_contact_gets_the_snapshot_then_nothing_until_a_new_hash() -> None
     assert rec.acks == [0.25]
 
 
+def test_a_restarted_sidecar_gets_the_snapshot_its_predecessor_acked() -> None:
+    state, rec = fresh()
+    state.publish({"web-1": (SNAP, "h1")}, revision=1, changed_at=T0, now=T0)
+    assert state.take("web-1") is not None
+    ack(state, "web-1", T0 + 0.25)
+    # The sidecar restarts (same descriptor): its new process polls reporting nothing.
+    assert not state.register(desc())
+    state.observe_poll("web-1", version=None, hash=None, wait_s=30, now=T0 + 5)
+    again = state.take("web-1")
+    assert again is not None and again.hash == "h1"
+    ack(state, "web-1", T0 + 5.1)
+    assert state.take("web-1") is None
+    assert rec.acks == [0.25]  # the second delivery is no new rollout to time
+
+
 def test_body_is_serialized_once_with_the_version() -> None:
     state, _ = fresh()
     state.publish({"web-1": (SNAP, "abc")}, revision=1, changed_at=T0, now=T0)

@@ -1,5 +1,5 @@
-"""Bootstrap controld fields, their resolution, the snapshot cache, and build-time handling of
-the snapshot fields meshd doesn't enforce yet."""
+"""Bootstrap controld fields, their resolution, the snapshot cache, failover tiers and
+redirects."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.policy import Redirect
-from meshcore.model.snapshot import Cluster
-from meshd.config import first_tier, unenforced_fields
 from meshd.control.settings import control_settings
 from meshd.control.source import load_cache, write_cache
-from meshd.http.responses import redirect_location, redirect_response
+from meshd.http.responses import location_response, redirect_location
 
 
 def boot(**fields: Any) -> dict[str, Any]:
@@ -183,49 +181,6 @@ def test_bad_cache(tmp_path: Path, text: str, message: str) -> None:
         load_cache(tmp_path / "missing.json")
 
 
-def test_first_tier_keeps_the_lowest_priority_present() -> None:
-    eps = [
-        {"host": "10.0.0.1", "port": 80, "priority": 1},
-        {"host": "10.0.0.2", "port": 80, "priority": 0},
-        {"host": "10.0.0.3", "port": 80, "priority": 2},
-    ]
-    c = Cluster.model_validate({"name": "a", "service": "a", "endpoints": eps})
-    assert [e.host for e in first_tier(c).endpoints] == ["10.0.0.2"]
-    failover = Cluster.model_validate({"name": "a", "service": "a", "endpoints": [eps[0], eps[2]]})
-    assert [e.host for e in first_tier(failover).endpoints] == ["10.0.0.1"]
-    plain = Cluster.model_validate({"name": "a", "service": "a", "endpoints": [eps[1]]})
-    assert first_tier(plain) is plain
-
-
-def test_unenforced_fields_are_listed() -> None:
-    assert unenforced_fields(Snapshot.model_validate(SNAP)) == []
-    snap = Snapshot.model_validate(
-        {
-            **SNAP,
-            "mtls": "strict",
-            "inbound_policy": {"rules": [{"sources": ["*"], "action": "deny"}]},
-            "rate_limits": [{"name": "r", "requests_per_second": 1, "burst": 1}],
-            "clusters": [{**SNAP["clusters"][0], "health_check": {}}],
-            "route_tables": [
-                {
-                    "name": "t",
-                    "routes": [
-                        {
-                            "name": "a",
-                            "backends": [{"cluster": "api"}],
-                            "retries": {},
-                            "mirror": {"cluster": "api"},
-                        },
-                        {"name": "b", "redirect": {"path": "/x"}},
-                    ],
-                }
-            ],
-        }
-    )
-    # Rate limits and mirroring are enforced (meshd.ratelimit, meshd.http.mirror).
-    assert unenforced_fields(snap) == ["cluster.health_check", "route.retries"]
-
-
 @pytest.mark.parametrize(
     ("redirect", "host", "target", "location"),
     [
@@ -245,9 +200,8 @@ def test_redirect_location(
 
 
 def test_redirect_response() -> None:
-    answer = redirect_response(
-        Redirect(status=301, path="/x"), host=b"h", target=b"/", close=True, request_id=b"r1"
-    )
+    location = redirect_location(Redirect(status=301, path="/x"), b"h", b"/")
+    answer = location_response(301, location, close=True, request_id=b"r1")
     assert answer == (
         b"HTTP/1.1 301 Moved Permanently\r\nlocation: http://h/x\r\ncontent-length: 0\r\n"
         b"x-request-id: r1\r\nconnection: close\r\n\r\n"

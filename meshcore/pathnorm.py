@@ -11,16 +11,23 @@ check and routing, and forwards the normalized target:
 * empty segments are merged (``//`` -> ``/``);
 * dot segments are removed (``/a/./b/../c`` -> ``/a/c``; never above the root).
 
-A malformed percent-encoding is refused (400). The query string is left as it is.
+A malformed percent-encoding is refused (:class:`MalformedPath`; the sidecar answers 400).
+The query string is left as it is. Pure: meshd normalizes every request with it, and
+``meshctl explain`` (controld) normalizes the path it is asked about the same way.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from meshd.http.codec import HttpError
+from meshcore.errors import MeshError
 
-__all__ = ["normalize_target"]
+__all__ = ["MalformedPath", "normalize_target"]
+
+
+class MalformedPath(MeshError, ValueError):
+    """A path with a malformed percent-encoding."""
+
 
 _UNRESERVED: Final = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -49,7 +56,7 @@ def _decode_unreserved(path: bytes) -> bytes:
             continue
         digits = path[i + 1 : i + 3]
         if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX:
-            raise HttpError("bad_request", "malformed percent-encoding in the path")
+            raise MalformedPath("malformed percent-encoding in the path")
         value = int(digits, 16)
         if value in _UNRESERVED:
             out.append(value)

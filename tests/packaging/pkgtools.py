@@ -1,0 +1,254 @@
+"""Helpers of the packaging tests: builds of packaging/build, a cached Debian chroot, daemons.
+
+Builds are memoized per (version, output) in this process, so the test modules share them.
+The chroot is a debootstrap of Debian 12 (minbase plus python3, adduser, procps and systemd's
+unit files), cached as a tarball outside the repository and extracted afresh for each use.
+Nothing here starts systemd: daemons run as plain processes through chroot(8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "packaging" / "build"
+#: Every build of the tests uses this timestamp (reproducibility is checked against it).
+SOURCE_DATE_EPOCH = "1765000000"
+CHROOT_CACHE = Path(
+    os.environ.get("MESHD_TEST_CHROOT_CACHE", "/var/cache/meshd-test/chroot-bookworm.tar.zst")
+)
+#: What the chroot has besides minbase: the packages' dependencies, and systemd for the unit
+#: files `systemd-analyze verify --root` resolves (installing it starts nothing in a chroot).
+CHROOT_INCLUDE = "python3,adduser,init-system-helpers,procps,systemd"
+DEBIAN_MIRROR = os.environ.get("MESHD_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+TOOLS = (
+    "debootstrap", "lintian", "rpmlint", "rpm", "help2man", "systemd-analyze", "zstd",
+    "dpkg-deb", "chroot", "mount",
+)  # fmt: skip
+PACKAGES = ("meshd", "controld", "meshctl")
+
+
+def require_tools() -> None:
+    """Skip (fail in CI, where .ci/run installs them) without root or the tools."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    problem = ""
+    if os.geteuid() != 0:
+        problem = "needs root (chroot, mount)"
+    elif missing:
+        problem = f"missing tools: {' '.join(missing)} (apt-get install {' '.join(missing)})"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One build's output directory."""
+
+    path: Path
+    version: str
+
+    def deb(self, name: str) -> Path:
+        return self.path / f"{name}_{self.version}-1_amd64.deb"
+
+    def rpm(self, name: str) -> Path:
+        return self.path / f"{name}-{self.version}-1.x86_64.rpm"
+
+    def debs(self) -> list[Path]:
+        return [self.deb(name) for name in PACKAGES]
+
+    def rpms(self) -> list[Path]:
+        return [self.rpm(name) for name in PACKAGES]
+
+    def sums(self) -> dict[str, str]:
+        out = {}
+        for line in (self.path / "SHA256SUMS").read_text().splitlines():
+            digest, name = line.split()
+            out[name] = digest
+        return out
+
+
+_builds: dict[str, Dist] = {}
+
+
+def build(factory: pytest.TempPathFactory, version: str = "0.1.0") -> Dist:
+    """``packaging/build`` of ``version`` (once per test run: the modules share it)."""
+    if version not in _builds:
+        _builds[version] = build_into(factory.mktemp(f"dist-{version}"), version)
+    return _builds[version]
+
+
+def build_into(out: Path, version: str = "0.1.0") -> Dist:
+    """``packaging/build`` into ``out``, with the tests' SOURCE_DATE_EPOCH."""
+    env = dict(
+        os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, MESHD_PKG_VERSION=version, DIST=str(out)
+    )
+    done = subprocess.run(
+        [str(BUILD)], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return Dist(out, version)
+
+
+def _make_chroot_cache() -> None:
+    CHROOT_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with (CHROOT_CACHE.parent / (CHROOT_CACHE.name + ".lock")).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be making it right now
+        if CHROOT_CACHE.exists():
+            return
+        work = Path(tempfile.mkdtemp(prefix="meshd-debootstrap-", dir="/var/tmp"))
+        try:
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={CHROOT_INCLUDE}",
+                 "bookworm", str(work), DEBIAN_MIRROR],
+                check=True, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            partial = CHROOT_CACHE.with_name(CHROOT_CACHE.name + ".partial")
+            subprocess.run(
+                ["tar", "--zstd", "--numeric-owner", "-C", str(work), "-cf", str(partial), "."],
+                check=True,
+                timeout=600,
+            )
+            partial.rename(CHROOT_CACHE)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_chroot() -> Iterator[Path]:
+    """A Debian 12 root extracted from the cached tarball (debootstrapped if missing), with
+    /proc mounted and a policy-rc.d that forbids starting services; removed afterwards."""
+    if not CHROOT_CACHE.exists():
+        _make_chroot_cache()
+    root = Path(tempfile.mkdtemp(prefix="meshd-chroot-", dir="/var/tmp"))
+    mounted = False
+    try:
+        subprocess.run(
+            ["tar", "--zstd", "--numeric-owner", "-C", str(root), "-xf", str(CHROOT_CACHE)],
+            check=True,
+            timeout=600,
+        )
+        policy = root / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\n# packaging tests: never start a service here\nexit 101\n")
+        policy.chmod(0o755)
+        subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+        mounted = True
+        yield root
+    finally:
+        if mounted:
+            done = subprocess.run(["umount", str(root / "proc")], check=False)
+            if done.returncode != 0:
+                subprocess.run(["umount", "-l", str(root / "proc")], check=False)
+        # Only delete the tree once nothing is mounted in it.
+        if not mounted or not _is_mounted(root / "proc"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _is_mounted(path: Path) -> bool:
+    real = str(path.resolve())
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == real for line in mounts)
+
+
+def in_root(
+    root: Path, *cmd: str, user: str | None = None, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in the chroot (as ``user``), capturing its output."""
+    argv = ["chroot"]
+    if user:
+        argv.append(f"--userspec={user}:{user}")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
+    env["DEBIAN_FRONTEND"] = "noninteractive"
+    done = subprocess.run(
+        [*argv, str(root), *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    if check:
+        assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]}{done.stderr[-4000:]}"
+    return done
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+class Daemon:
+    """A daemon of the chroot run as a plain process (``chroot --userspec``), stopped by PID."""
+
+    def __init__(self, root: Path, user: str, argv: Sequence[str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/"}
+        self.proc = subprocess.Popen(
+            ["chroot", f"--userspec={user}:{user}", str(root), *argv],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+
+    def wait_http(self, url: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode}: {self.tail()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=2) as answer,
+            ):
+                if answer.status == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"{url} not ready after {timeout}s: {self.tail()}")
+
+    def tail(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> int:
+        """SIGTERM (the daemons drain), then SIGKILL if it takes too long."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()
+        return self.proc.returncode
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

@@ -1,0 +1,92 @@
+"""What a finished exchange leaves behind: endpoint counters, error reasons, trace ids in the
+access log, spans for sampled traces only, and the new Prometheus families."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import types
+from typing import Any, cast
+
+import pytest
+import structlog
+from prometheus_client import generate_latest
+
+from meshcore.model import Endpoint
+from meshd.accesslog import AccessLog
+from meshd.context import ExchangeRecord, ProxyShared, now
+from meshd.http.exchange import Exchange, record
+from meshd.http.tracing import next_traceparent
+from meshd.stats import Stats, build_registry
+
+pytestmark = pytest.mark.timeout(30)
+
+CFG: Any = types.SimpleNamespace(direction="outbound", local_service="web", name="web-out")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.records: list[ExchangeRecord] = []
+
+    def wants(self) -> bool:
+        return True
+
+    def observe(self, rec: ExchangeRecord) -> None:
+        self.records.append(rec)
+
+
+def exchange(code: int, traceparent: bytes | None, error: str = "") -> Exchange:
+    ex = Exchange(now())
+    ex.code, ex.route, ex.destination, ex.error = code, "r", "api", error
+    ex.upstream = Endpoint(host="10.0.0.1", port=8080)
+    ex.cluster = cast(Any, types.SimpleNamespace(name="api", model=types.SimpleNamespace(tls=None)))
+    ex.traceparent = traceparent
+    return ex
+
+
+def test_counters_trace_ids_and_spans() -> None:
+    buf = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.WriteLogger(buf),
+        processors=[structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+    )
+    stats = Stats()
+    stats.cert_expiry = lambda: 1_900_000_000.0
+    tracer = Recorder()
+    shared = ProxyShared(
+        stats=stats, access_log=AccessLog(enabled=True, sample_rate=1.0, logger=logger)
+    )
+    shared.tracer = tracer
+    rng = random.Random(3)
+    sampled = next_traceparent(None, 1.0, rng)
+    unsampled = next_traceparent(None, 0.0, rng)
+    record(CFG, shared, None, exchange(200, sampled))
+    record(CFG, shared, None, exchange(200, unsampled))
+    record(CFG, shared, None, exchange(503, None, "upstream_overflow"))
+    record(CFG, shared, None, exchange(0, unsampled))
+    # Only the sampled trace is recorded.
+    assert [r.traceparent_out for r in tracer.records] == [sampled]
+    assert tracer.records[0].endpoint == "10.0.0.1:8080"
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert lines[0]["trace_id"] == sampled[3:35].decode()
+    assert lines[0]["span_id"] == sampled[36:52].decode()
+    assert lines[2]["trace_id"] == "" and lines[2]["span_id"] == ""
+    assert dict(stats.route_error_view()) == {
+        ("api", "r", "upstream_overflow"): 1,
+        ("api", "r", "no_response"): 1,
+    }
+    text = generate_latest(build_registry(stats)).decode()
+    assert (
+        'meshd_upstream_endpoint_requests_total{cluster="api",code_class="2xx",'
+        'endpoint="10.0.0.1:8080"} 2.0'
+    ) in text
+    assert 'code_class="0xx"' in text and 'code_class="5xx"' in text
+    assert "meshd_certificate_expiry_timestamp_seconds 1.9e+09" in text
+
+
+def test_no_certificate_no_expiry_sample() -> None:
+    text = generate_latest(build_registry(Stats())).decode()
+    assert "# TYPE meshd_certificate_expiry_timestamp_seconds gauge" in text
+    assert "\nmeshd_certificate_expiry_timestamp_seconds " not in text
