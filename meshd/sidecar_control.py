@@ -64,6 +64,8 @@ class ControlledSidecar(SidecarBase):
             tls=None if trust is None else trust.context,
             peer_id=None if trust is None else trust.peer_id,
             features=features_header(self.enforced),
+            # controld relays an operator's drain (POST /v1/proxies/{id}/drain).
+            on_drain=self.start_drain,
         )
         with self._control_scope:
             await self.control.run(task_status=task_status)

@@ -81,6 +81,18 @@ class PushHubAPI(Protocol):
         """Each sidecar's declared features and ACKed snapshot (apply warnings, explain)."""
         ...
 
+    def request_drain(self, proxy_id: str) -> float:
+        """Ask ``proxy_id`` to drain (its poll answers now, with the drain header)."""
+        ...
+
+    def take_drain(self, proxy_id: str) -> bool:
+        """True once per drain request: the answering poll carries it."""
+        ...
+
+    def drain_requested(self, proxy_id: str) -> float | None:
+        """When a drain of ``proxy_id`` was asked for, or None."""
+        ...
+
 
 class ResourceStoreAPI(Protocol):
     """The resource store as the API uses it (``controld.store.ResourceStore``).

@@ -32,12 +32,14 @@ from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
 
-__all__ = ["MAX_WAIT_S", "poll_route", "proxies_router"]
+__all__ = ["DRAIN_HEADER", "MAX_WAIT_S", "poll_route", "proxies_router"]
 
 DEFAULT_WAIT_S = 30.0
 #: Longest NACK error text kept (a sidecar's validation errors can be long).
 MAX_NACK_ERROR = 4096
 _SNAPSHOT_PATH = "/v1/snapshots/{proxy_id}"
+#: Header of a long-poll answer telling the sidecar to drain (an operator asked for it).
+DRAIN_HEADER = "x-meshd-drain"
 
 
 class SnapshotAnswer(BaseModel):
@@ -56,6 +58,14 @@ class NackRequest(BaseModel):
     version: int
     hash: str = Field(max_length=256)
     error: str
+
+
+class DrainAnswer(BaseModel):
+    """Answer of ``POST /v1/proxies/{proxy_id}/drain``."""
+
+    proxy_id: str
+    #: When the drain was first asked for (Unix seconds).
+    drain_requested: float
 
 
 class Registered(BaseModel):
@@ -132,9 +142,10 @@ def poll_route(plane: ControlPlane, auth: TokenAuth) -> Route:
             )
         except UnknownProxy:
             return error_response(404, "unknown proxy")
+        headers = {DRAIN_HEADER: "1"} if hub.take_drain(proxy_id) else None
         if envelope is None:
-            return Response(status_code=304)
-        return Response(envelope.body, media_type="application/json")
+            return Response(status_code=304, headers=headers)
+        return Response(envelope.body, media_type="application/json", headers=headers)
 
     return Route(_SNAPSHOT_PATH, poll_snapshot, methods=["GET"], name="poll_snapshot")
 
@@ -144,6 +155,7 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
     router = APIRouter(tags=["proxies"], dependencies=[Security(BEARER)])
     AnyToken = Annotated[Principal, Depends(guard.principal)]
     Admin = Annotated[Principal, Depends(guard.admin)]
+    AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
 
     @router.post("/v1/proxies/{proxy_id}", responses={403: {"description": "wrong service"}})
     async def register_proxy(
@@ -219,7 +231,27 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
 
     @router.get("/v1/proxies")
     async def list_proxies(_: Admin) -> dict[str, Any]:
-        """Every registered sidecar: connection, ACKed and latest versions, last NACK."""
-        return {"proxies": plane.hub.proxies()}
+        """Every registered sidecar: connection, ACKed and latest versions, last NACK, and
+        ``drain_requested`` (when an operator asked it to drain, else null)."""
+        hub = plane.hub
+        rows = hub.proxies()
+        for row in rows:
+            row["drain_requested"] = hub.drain_requested(str(row["proxy_id"]))
+        return {"proxies": rows}
+
+    @router.post(
+        "/v1/proxies/{proxy_id}/drain",
+        status_code=202,
+        responses={404: {"description": "unknown proxy"}},
+    )
+    async def drain_proxy(proxy_id: str, _: AdminAudited) -> DrainAnswer:
+        """Ask a sidecar to drain (admin; audited): its long-poll answers at once with an
+        ``x-meshd-drain: 1`` header, and the sidecar drains as on SIGTERM (leaves the
+        registry, keeps serving for its drain delay, finishes in-flight requests, exits)."""
+        try:
+            asked = plane.hub.request_drain(proxy_id)
+        except UnknownProxy as exc:
+            raise ApiError(404, "unknown proxy") from exc
+        return DrainAnswer(proxy_id=proxy_id, drain_requested=asked)
 
     return router

@@ -68,6 +68,8 @@ class PushHub:
         self._dirty: set[str] = set()
         self._dirty_event = trio.Event()
         self._closed = False
+        #: Drains asked for by an operator: proxy id -> [asked at, delivered to the sidecar].
+        self._drains: dict[str, list[Any]] = {}
 
     # -- registrations -------------------------------------------------------------------------
 
@@ -76,12 +78,17 @@ class PushHub:
 
         ``features``: the registration's features header, if it had one.
         """
+        drain = self._drains.get(descriptor.proxy_id)
+        if drain is not None and drain[1]:
+            # A sidecar registering after it was told to drain is a new process.
+            del self._drains[descriptor.proxy_id]
         if self._state.register(descriptor, features=features):
             self._dirty.add(descriptor.proxy_id)
             self._dirty_event.set()
 
     def unregister(self, proxy_id: str) -> None:
         """Forget a sidecar (its parked polls raise :class:`UnknownProxy`)."""
+        self._drains.pop(proxy_id, None)
         if self._state.unregister(proxy_id):
             self._dirty.discard(proxy_id)
             self._wake(proxy_id)
@@ -144,6 +151,36 @@ class PushHub:
         if event is not None:
             event.set()
 
+    # -- drain ---------------------------------------------------------------------------------
+
+    def request_drain(self, proxy_id: str) -> float:
+        """Ask ``proxy_id`` to drain: its parked poll (or its next one) answers at once and
+        carries the request (see :meth:`take_drain`). Returns when it was first asked;
+        raises :class:`UnknownProxy`."""
+        if proxy_id not in self._state:
+            raise UnknownProxy(proxy_id)
+        drain = self._drains.setdefault(proxy_id, [self._clock(), False])
+        drain[1] = False
+        self._wake(proxy_id)
+        return float(drain[0])
+
+    def take_drain(self, proxy_id: str) -> bool:
+        """True once per request: the poll answering now tells the sidecar to drain."""
+        drain = self._drains.get(proxy_id)
+        if drain is None or drain[1]:
+            return False
+        drain[1] = True
+        return True
+
+    def drain_requested(self, proxy_id: str) -> float | None:
+        """When a drain of ``proxy_id`` was asked for (None: never, or it registered anew)."""
+        drain = self._drains.get(proxy_id)
+        return None if drain is None else float(drain[0])
+
+    def _drain_pending(self, proxy_id: str) -> bool:
+        drain = self._drains.get(proxy_id)
+        return drain is not None and not drain[1]
+
     # -- sidecar exchanges ---------------------------------------------------------------------
 
     async def poll(
@@ -174,7 +211,12 @@ class PushHub:
             features=features,
         )
         compiled = self._state.take(proxy_id)
-        if compiled is not None or timeout <= 0 or self.is_closed():
+        if (
+            compiled is not None
+            or timeout <= 0
+            or self.is_closed()
+            or self._drain_pending(proxy_id)
+        ):
             return _envelope(compiled)
         state.parked += 1
         try:
@@ -189,7 +231,7 @@ class PushHub:
                     if proxy_id not in self._state or self._state.get(proxy_id) is not state:
                         raise UnknownProxy(proxy_id)
                     compiled = self._state.take(proxy_id)
-                    if compiled is not None:
+                    if compiled is not None or self._drain_pending(proxy_id):
                         return _envelope(compiled)
             return None
         finally:

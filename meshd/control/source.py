@@ -8,6 +8,8 @@ Protocol (controld's HTTP API, Contract 5):
   the ACK of ``V``) and returns 200 with a newer one at once, or 304 after up to ``W`` s.
 * Every request carries the features the sidecar enforces (``x-meshd-features``), so
   controld knows what it may send; a snapshot using another one is NACKed (by ``apply``).
+* A poll answer with ``x-meshd-drain: 1`` relays an operator's drain request
+  (``POST /v1/proxies/{id}/drain``): the sidecar drains as on SIGTERM.
 * A snapshot that fails validation or can't be applied is NACKed with
   ``POST /v1/snapshots/{id}/nack {version, hash, error}``; polling continues with the old
   version and hash, so the running configuration stays and controld knows why.
@@ -60,6 +62,8 @@ ApplyFn = Callable[[Snapshot], None]
 #: Errors of ``apply`` (and of validation) that mean "rejected", i.e. NACK and keep the old one.
 REJECTIONS = (SnapshotRejected, ConfigError, ValidationError)
 _INITIAL_BACKOFF_S = 0.25
+#: Header of a poll answer by which controld relays an operator's drain request.
+DRAIN_HEADER = "x-meshd-drain"
 _MAX_NACK_ERROR = 4096
 
 
@@ -147,10 +151,13 @@ class ControlSource:
         tls: Callable[[], ssl.SSLContext] | None = None,
         peer_id: Callable[[], str | None] | None = None,
         features: str | None = None,
+        on_drain: Callable[[], None] | None = None,
     ) -> None:
         self._apply = apply
         #: The features header value (None: not sent, as an older meshd).
         self._features = features
+        #: Called when a poll answer says an operator asked this sidecar to drain.
+        self._on_drain = on_drain
         #: For an https controld: the context of each new connection, controld's SPIFFE ID.
         self._tls = tls
         self._peer_id = peer_id
@@ -330,6 +337,9 @@ class ControlSource:
         answer = await client.get(
             f"/v1/snapshots/{self._proxy_path}", query, wait_s=self.config.wait_s
         )
+        if answer.headers.get(DRAIN_HEADER) == "1" and self._on_drain is not None:
+            log.warning("controld asks this sidecar to drain")
+            self._on_drain()
         if answer.status == 304:
             self.connected = True
             return

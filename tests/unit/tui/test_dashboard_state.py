@@ -1,0 +1,106 @@
+"""One refresh of the dashboard (fetch_state), control-plane events, text helpers, tap filter."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from meshcore.api.telemetry import ServicesTelemetry
+from tui.dashboard import fmt
+from tui.dashboard.fake import FAKE_NOW, FakeSource
+from tui.dashboard.source import SourceRefused, SourceUnreachable
+from tui.dashboard.state import MeshState, fetch_state, proxy_events
+from tui.dashboard.views.tap import parse_filter
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _fetch(source: FakeSource, drill: str | None = None) -> MeshState:
+    return asyncio.run(fetch_state(source, now=FAKE_NOW, drill=drill, window_s=60))
+
+
+def test_fetch_reads_everything_and_the_drilled_service() -> None:
+    source = FakeSource()
+    state = _fetch(source)
+    assert [s.service for s in state.services] == ["api", "web"]
+    assert state.routes == () and state.endpoints == ()
+    assert len(state.edges) == 3 and len(state.instances) == 4
+    assert state.ca["phase"] == "stable"
+    drilled = _fetch(source, "api")
+    assert {r.route for r in drilled.routes} == {"canary", "slow"}
+    assert {e.proxy_id for e in drilled.endpoints} == {"api-v1-sidecar", "api-v2-sidecar"}
+
+
+class NoTelemetry(FakeSource):
+    async def services(self, window_s: int) -> ServicesTelemetry:
+        raise SourceRefused(404, "Not Found")
+
+
+def test_a_controld_without_telemetry_still_shows_policy() -> None:
+    state = _fetch(NoTelemetry())
+    assert state.telemetry_error == "telemetry unavailable: Not Found (404)"
+    assert state.services == ()
+    assert len(state.resources) == 3 and len(state.proxies) == 4
+
+
+def test_unreachable_passes_through() -> None:
+    source = FakeSource()
+    source.unreachable = True
+    with pytest.raises(SourceUnreachable):
+        _fetch(source)
+
+
+def test_proxy_events() -> None:
+    before = [
+        {"proxy_id": "a", "service": "x", "connected": True, "acked_version": 1, "nack": None},
+        {"proxy_id": "b", "service": "x", "connected": True, "acked_version": 1, "nack": None},
+    ]
+    after = [
+        {"proxy_id": "a", "service": "x", "connected": False, "acked_version": 2, "nack": None},
+        {
+            "proxy_id": "c",
+            "service": "y",
+            "connected": True,
+            "acked_version": None,
+            "nack": {"version": 3, "hash": "h", "error": "bad\nmore"},
+        },
+    ]
+    events = proxy_events(before, after, 5.0)
+    assert [(e.kind, e.subject) for e in events] == [
+        ("acked", "a"),
+        ("disconnected", "a"),
+        ("registered", "c"),
+        ("gone", "b"),
+    ]
+    assert proxy_events([], after, 5.0) == []  # the first refresh is the baseline
+    nacked = [dict(after[1], nack={"version": 4, "hash": "h4", "error": "worse"})]
+    assert [(e.kind, e.detail) for e in proxy_events(after[1:], nacked, 6.0)] == [
+        ("NACKED", "version 4: worse")
+    ]
+
+
+def test_text_helpers() -> None:
+    assert fmt.sparkline([0, 1, 2, 4]) == "▁▂▄█"
+    assert fmt.sparkline([0, 0]) == "▁▁"
+    assert fmt.sparkline([]) == ""
+    assert fmt.rate(1234) == "1.2k" and fmt.rate(3.14) == "3.1"
+    assert fmt.pct(None) == "-" and fmt.pct(0.995) == "99.5%"
+    assert fmt.ms(3.25) == "3.2ms" and fmt.ms(120) == "120ms" and fmt.ms(None) == "-"
+    assert fmt.age(5) == "5s" and fmt.age(7200) == "2h" and fmt.age(-90) == "in 1m"
+    assert fmt.clock(FAKE_NOW + 61) == "00:01:01"
+
+
+def test_tap_filter_parsing() -> None:
+    f = parse_filter("dst=api method=get status=503 path=/api source=web")
+    assert (f.destination, f.method, f.status, f.path_prefix, f.source) == (
+        "api",
+        "GET",
+        503,
+        "/api",
+        "web",
+    )
+    assert parse_filter("") == parse_filter("  ")
+    for bad in ("api", "colour=red", "status=x"):
+        with pytest.raises(ValueError, match=r"NAME=VALUE|status"):
+            parse_filter(bad)

@@ -1,0 +1,344 @@
+""":class:`FakeSource`: a small in-memory mesh behind the :class:`DashboardSource` seam.
+
+For unit, pilot and snapshot tests (and nothing else): a fixed clock, the demo's services
+(loadgen -> web -> api v1/v2), its policy resources, and control actions that change the
+resources and append audit entries the way controld does. ``unreachable = True`` makes every
+call fail like a stopped controld.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from meshcore.api.telemetry import (
+    Edge,
+    EdgesTelemetry,
+    EndpointStats,
+    EndpointsTelemetry,
+    InstancesTelemetry,
+    InstanceTelemetry,
+    RouteStats,
+    RoutesTelemetry,
+    ServiceStats,
+    ServicesTelemetry,
+    TapCreated,
+    TapEvent,
+    TapEvents,
+    TapRequest,
+)
+from tui.dashboard.source import SourceRefused, SourceUnreachable
+
+__all__ = ["FAKE_NOW", "FakeSource", "demo_resources"]
+
+Json = dict[str, Any]
+
+#: The fake's clock: 2026-01-01T00:00:00Z.
+FAKE_NOW = 1767225600.0
+
+
+def demo_resources() -> list[Json]:
+    """The demo's policy, as ``GET /v1/resources`` lists it."""
+    return [
+        {
+            "apiVersion": "meshd.io/v1",
+            "kind": "AccessPolicy",
+            "metadata": {"name": "api-callers"},
+            "spec": {
+                "destination": "api",
+                "rules": [
+                    {
+                        "sources": ["web"],
+                        "action": "allow",
+                        "permissions": [{"path": {"prefix": "/api/"}, "methods": ["GET"]}],
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "meshd.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "api"},
+            "spec": {
+                "service": "api",
+                "rules": [
+                    {"name": "slow", "match": {"path": {"prefix": "/api/slow"}}, "timeout_s": 2},
+                    {
+                        "name": "canary",
+                        "match": {"path": {"prefix": "/api/"}},
+                        "backends": [
+                            {"subset": "v1", "weight": 90},
+                            {"subset": "v2", "weight": 10},
+                        ],
+                    },
+                ],
+            },
+        },
+        {
+            "apiVersion": "meshd.io/v1",
+            "kind": "RateLimit",
+            "metadata": {"name": "api-limit"},
+            "spec": {"destination": "api", "requests_per_second": 50, "burst": 100},
+        },
+    ]
+
+
+def _stats(rps: float, errors: float, p50: float) -> dict[str, Any]:
+    requests = int(rps * 60)
+    failed = int(requests * errors)
+    return {
+        "requests": requests,
+        "errors": failed,
+        "rps": rps,
+        "success_rate": 1 - errors if requests else None,
+        "p50_ms": p50,
+        "p95_ms": p50 * 3,
+        "p99_ms": p50 * 6,
+        "rps_series": tuple(rps * f for f in (0.6, 0.8, 1.0, 0.9, 1.1, 1.0)),
+    }
+
+
+class FakeSource:
+    """An in-memory :class:`~tui.dashboard.source.DashboardSource` (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.now = FAKE_NOW
+        self.unreachable = False
+        self.resources_: dict[tuple[str, str], Json] = {
+            (r["kind"], r["metadata"]["name"]): r for r in demo_resources()
+        }
+        self.revision = 7
+        self.audit_: list[Json] = []
+        self.drained: list[str] = []
+        self.rotations: list[str] = []
+        self.ca_phase = "stable"
+        self.taps: dict[str, list[TapEvent]] = {}
+        self.calls: list[str] = []
+        self.proxies_: list[Json] = [
+            self._proxy("api-v1-sidecar", "api", 12, 12),
+            self._proxy(
+                "api-v2-sidecar", "api", 11, 12, nack="route canary: fault.headers unsupported"
+            ),
+            self._proxy("loadgen-sidecar", "loadgen", 12, 12),
+            self._proxy("web-sidecar", "web", 12, 12),
+        ]
+
+    def _proxy(
+        self, pid: str, service: str, acked: int, latest: int, nack: str | None = None
+    ) -> Json:
+        return {
+            "proxy_id": pid,
+            "service": service,
+            "namespace": "default",
+            "connected": True,
+            "last_contact": self.now - 2,
+            "acked_version": acked,
+            "acked_hash": f"h{acked}",
+            "latest_version": latest,
+            "latest_hash": f"h{latest}",
+            "nack": None
+            if nack is None
+            else {"version": latest, "hash": f"h{latest}", "error": nack, "time": self.now - 30},
+            "features": ["routes", "splits"],
+            "unsupported": []
+            if nack is None
+            else [{"feature": "fault.headers", "path": "routes[1]"}],
+        }
+
+    def _check(self, name: str) -> None:
+        self.calls.append(name)
+        if self.unreachable:
+            raise SourceUnreachable("cannot reach controld at http://fake: connection refused")
+
+    def _weights(self) -> tuple[int, int]:
+        rule = self.resources_[("HTTPRoute", "api")]["spec"]["rules"][1]
+        v1, v2 = (int(b["weight"]) for b in rule["backends"])
+        return v1, v2
+
+    # -- telemetry -------------------------------------------------------------------------------
+
+    async def services(self, window_s: int) -> ServicesTelemetry:
+        self._check("services")
+        rows = [
+            ServiceStats(service="api", **_stats(5.0, 0.02, 4.0)),
+            ServiceStats(service="web", **_stats(5.0, 0.0, 9.0)),
+        ]
+        return ServicesTelemetry(generated_at=self.now, window_s=window_s, services=tuple(rows))
+
+    async def routes(self, service: str, window_s: int) -> RoutesTelemetry:
+        self._check("routes")
+        rows = [RouteStats(service=service, route="canary", **_stats(4.8, 0.02, 4.0))]
+        rows.append(RouteStats(service=service, route="slow", **_stats(0.2, 0.0, 2000.0)))
+        return RoutesTelemetry(
+            generated_at=self.now, window_s=window_s, service=service, routes=tuple(rows)
+        )
+
+    async def endpoints(self, service: str, window_s: int) -> EndpointsTelemetry:
+        self._check("endpoints")
+        v1, v2 = self._weights()
+        total = 5.0
+        rows = [
+            EndpointStats(
+                service=service,
+                endpoint="127.0.0.1:15106",
+                proxy_id="api-v1-sidecar",
+                **_stats(total * v1 / (v1 + v2), 0.0, 4.0),
+            ),
+            EndpointStats(
+                service=service,
+                endpoint="127.0.0.1:15206",
+                proxy_id="api-v2-sidecar",
+                **_stats(total * v2 / (v1 + v2), 0.1, 5.0),
+            ),
+        ]
+        return EndpointsTelemetry(
+            generated_at=self.now, window_s=window_s, service=service, endpoints=tuple(rows)
+        )
+
+    async def edges(self, window_s: int) -> EdgesTelemetry:
+        self._check("edges")
+        edges = (
+            Edge(
+                source="loadgen",
+                destination="web",
+                protocol="http",
+                rps=5.0,
+                error_rate=0.0,
+                mtls=True,
+            ),
+            Edge(
+                source="web",
+                destination="api",
+                protocol="http",
+                rps=5.0,
+                error_rate=0.02,
+                mtls=True,
+            ),
+            Edge(
+                source="web",
+                destination="db",
+                protocol="tcp",
+                rps=0.5,
+                mtls=False,
+                bytes_per_s=2048,
+            ),
+        )
+        return EdgesTelemetry(generated_at=self.now, window_s=window_s, edges=edges)
+
+    async def instances(self, window_s: int) -> InstancesTelemetry:
+        self._check("instances")
+        rows = tuple(
+            InstanceTelemetry(
+                proxy_id=p["proxy_id"],
+                service=p["service"],
+                snapshot_version=p["acked_version"],
+                last_contact=self.now - 1,
+                cert_not_after=self.now + 20 * 3600,
+                ejected_endpoints=("api/127.0.0.1:15206",) if p["service"] == "web" else (),
+                ejections=1 if p["service"] == "web" else 0,
+            )
+            for p in self.proxies_
+        )
+        return InstancesTelemetry(generated_at=self.now, window_s=window_s, instances=rows)
+
+    # -- control plane -------------------------------------------------------------------------
+
+    async def resources(self) -> list[Json]:
+        self._check("resources")
+        return [copy.deepcopy(r) for _, r in sorted(self.resources_.items())]
+
+    async def proxies(self) -> list[Json]:
+        self._check("proxies")
+        return copy.deepcopy(self.proxies_)
+
+    async def audit(self, limit: int) -> list[Json]:
+        self._check("audit")
+        return copy.deepcopy(self.audit_[::-1][:limit])
+
+    async def ca_status(self) -> Json:
+        self._check("ca")
+        return {"phase": self.ca_phase, "active": "root-1"}
+
+    def _record(self, method: str, route: str, resource: str, outcome: str) -> None:
+        self.audit_.append(
+            {
+                "time": "2026-01-01T00:00:00Z",
+                "actor": "admin",
+                "method": method,
+                "route": route,
+                "path": route,
+                "source": "127.0.0.1",
+                "status": 200,
+                "outcome": outcome,
+                "resource": resource,
+                "revision": self.revision,
+                "details": {},
+            }
+        )
+
+    async def start_tap(self, request: TapRequest) -> TapCreated:
+        self._check("start_tap")
+        tap_id = f"tap-{len(self.taps) + 1}"
+        self.taps[tap_id] = [
+            TapEvent(
+                ts=self.now + i,
+                source="web",
+                destination="api",
+                route="canary",
+                endpoint="127.0.0.1:15106",
+                method="GET",
+                path=f"/api/items/{i}",
+                status=200 if i % 3 else 503,
+                latency_ms=3.5 + i,
+                identity="spiffe://demo.mesh.local/ns/default/svc/web",
+                trace_id=f"{i:032x}",
+            )
+            for i in range(3)
+        ]
+        return TapCreated(id=tap_id, expires_at=self.now + request.duration_s)
+
+    async def tap_events(self, tap_id: str, after: int, wait_s: float) -> TapEvents:
+        self._check("tap_events")
+        events = self.taps.get(tap_id)
+        if events is None:
+            raise SourceRefused(404, "unknown tap")
+        return TapEvents(events=tuple(events[after:]), next=len(events), done=False)
+
+    async def stop_tap(self, tap_id: str) -> None:
+        self._check("stop_tap")
+        self.taps.pop(tap_id, None)
+
+    async def get_resource(self, kind: str, name: str) -> Json:
+        self._check("get_resource")
+        found = self.resources_.get((kind, name))
+        if found is None:
+            raise SourceRefused(404, f"{kind}/{name} not found")
+        return copy.deepcopy(found)
+
+    async def apply(self, resource: Mapping[str, Any]) -> Json:
+        self._check("apply")
+        key = (str(resource["kind"]), str(resource["metadata"]["name"]))
+        self.revision += 1
+        self.resources_[key] = copy.deepcopy(dict(resource))
+        self._record("PUT", "/v1/resources", f"{key[0]}/{key[1]}", "applied")
+        change = {"kind": key[0], "name": key[1], "action": "updated"}
+        return {"revision": self.revision, "changes": [change], "dry_run": False}
+
+    async def drain(self, proxy_id: str) -> Json:
+        self._check("drain")
+        if proxy_id not in {p["proxy_id"] for p in self.proxies_}:
+            raise SourceRefused(404, "unknown proxy")
+        self.drained.append(proxy_id)
+        self._record("POST", "/v1/proxies/{proxy_id}/drain", proxy_id, "drain_requested")
+        return {"proxy_id": proxy_id, "drain_requested": self.now}
+
+    async def ca_rotate(self, step: str) -> Json:
+        self._check("ca_rotate")
+        self.rotations.append(step)
+        self.ca_phase = {"stage": "staged", "activate": "active", "retire": "stable"}[step]
+        self._record("POST", "/v1/ca/rotate", "ca", step)
+        return {"phase": self.ca_phase, "active": "root-2"}
+
+    async def aclose(self) -> None:
+        self.calls.append("aclose")

@@ -1,0 +1,87 @@
+"""The Events view: control-plane events the dashboard saw, its own actions, and the audit
+log of changes (who, what, when)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive
+
+from tui.dashboard import fmt
+from tui.dashboard.state import MeshState, PlaneEvent
+from tui.dashboard.views.table import Cell, TitledTable
+
+__all__ = ["EventsView", "audit_rows", "event_rows"]
+
+EVENT_COLUMNS = ("TIME", "EVENT", "SUBJECT", "DETAIL")
+AUDIT_COLUMNS = ("TIME", "WHO", "WHAT", "RESOURCE", "OUTCOME")
+
+
+def event_rows(events: Sequence[PlaneEvent]) -> list[tuple[str, list[Cell]]]:
+    """Newest first."""
+    rows: list[tuple[str, list[Cell]]] = []
+    for i, e in enumerate(reversed(events)):
+        kind: Cell = e.kind
+        if e.kind in ("NACKED", "gone", "disconnected", "failed"):
+            kind = Text(e.kind, style="bold red")
+        rows.append((f"e{len(events) - i}", [fmt.clock(e.time), kind, e.subject, e.detail]))
+    return rows
+
+
+def audit_rows(entries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Cell]]]:
+    """Audit entries as controld answers them (newest first)."""
+    rows: list[tuple[str, list[Cell]]] = []
+    for i, e in enumerate(entries):
+        when = str(e.get("time", ""))
+        # RFC 3339: keep the time of day, the date is rarely news in a live view.
+        short = when[11:19] if len(when) >= 19 and when[10] in "T " else when
+        outcome = str(e.get("outcome", ""))
+        cell: Cell = outcome
+        if int(e.get("status") or 0) >= 400:
+            cell = Text(f"{outcome} ({e.get('status')})", style="bold red")
+        rows.append(
+            (
+                f"a{i}",
+                [
+                    short,
+                    str(e.get("actor", "?")),
+                    f"{e.get('method', '')} {e.get('route', '')}",
+                    str(e.get("resource") or "-"),
+                    cell,
+                ],
+            )
+        )
+    return rows
+
+
+class EventsView(Vertical):
+    """Events above, the audit log below."""
+
+    state: reactive[MeshState | None] = reactive(None, always_update=True)
+    events: reactive[tuple[PlaneEvent, ...]] = reactive((), always_update=True)
+
+    def compose(self) -> ComposeResult:
+        yield TitledTable(
+            "Control-plane events (seen by this dashboard)", EVENT_COLUMNS, id="events-table"
+        )
+        yield TitledTable("Audit log", AUDIT_COLUMNS, id="audit-table")
+
+    def on_mount(self) -> None:
+        self.watch_state()
+        self.watch_events()
+
+    def watch_events(self) -> None:
+        if self.is_mounted:
+            self.query_one("#events-table", TitledTable).set_rows(event_rows(self.events))
+
+    def watch_state(self) -> None:
+        if not self.is_mounted or self.state is None:
+            return
+        audit = self.query_one("#audit-table", TitledTable)
+        notes = "; ".join(self.state.notes)
+        audit.set_title(f"Audit log: {len(self.state.audit)} newest changes {notes}".rstrip())
+        audit.set_rows(audit_rows(self.state.audit))
