@@ -581,8 +581,13 @@ class Sidecar:
         return [c.describe() for c in self.runtime.clusters.values()]
 
     def stats_info(self) -> dict[str, Any]:
-        """Counters as JSON."""
-        out = {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
+        """Counters as JSON, and the running meshd's version (which one serves after an
+        upgrade)."""
+        out = {
+            "version": __version__,
+            **self.stats.as_json(),
+            "downstream_connections": self.listeners.connection_count,
+        }
         out.update({f"drain.{k}": v for k, v in self.drain_control.describe().items()})
         tls = self.tls
         if tls.identity is not None or tls.lost:
