@@ -293,9 +293,12 @@ def write_sidecar(
     upstreams: dict[str, int],
     *,
     drain_timeout_s: float = 2,
+    check_interval_s: float | None = 1,
 ) -> None:
     """Sidecar ``name`` in controld mode, as docs/install.md describes: bootstrap in
-    /etc/meshd/NAME.yaml, everything it writes or reads as secrets in /var/lib/meshd/NAME."""
+    /etc/meshd/NAME.yaml, everything it writes or reads as secrets in /var/lib/meshd/NAME.
+    ``check_interval_s`` None leaves the registry check's interval at its default (5 s, so a
+    TTL of 15 s: what a restarting sidecar has to come back in)."""
     state = root / "var/lib/meshd" / name
     state.mkdir(mode=0o700)
     push, registry, url = controld.split()
@@ -321,7 +324,9 @@ def write_sidecar(
         f"  address: '{registry}'",
         f"  token_file: /var/lib/meshd/{name}/registry-token",
         f"  service_id: {name}",
-        "  check: {kind: tcp, interval_s: 1, timeout_s: 1}",
+        "  check: {kind: tcp}"
+        if check_interval_s is None
+        else f"  check: {{kind: tcp, interval_s: {check_interval_s}, timeout_s: 1}}",
     ]
     if upstreams:
         lines.append("upstreams:")
