@@ -334,9 +334,13 @@ def write_sidecar(
     (root / "etc/meshd" / f"{name}.yaml").write_text("\n".join(lines) + "\n")
 
 
-def start_controld(root: Path, log: Path) -> tuple[Daemon, str]:
-    """controld of the chroot as its user; returns it and "push registry admin" URLs."""
-    registry, admin, push = free_ports(3)
+def start_controld(root: Path, log: Path, urls: str = "") -> tuple[Daemon, str]:
+    """controld of the chroot as its user; returns it and "push registry admin" URLs (on
+    free ports, or those of ``urls`` from an earlier start: a restart)."""
+    if urls:
+        push, registry, admin = (int(url.rsplit(":", 1)[1]) for url in urls.split())
+    else:
+        registry, admin, push = free_ports(3)
     daemon = Daemon(
         root,
         "controld",
@@ -346,5 +350,9 @@ def start_controld(root: Path, log: Path) -> tuple[Daemon, str]:
         log,
     )  # fmt: skip
     url = f"http://127.0.0.1:{admin}"
-    daemon.wait_http(f"{url}/ready")
+    try:
+        daemon.wait_http(f"{url}/ready")
+    except BaseException:
+        daemon.stop()  # not handed to the caller: stop it here
+        raise
     return daemon, f"http://127.0.0.1:{push} http://127.0.0.1:{registry} {url}"

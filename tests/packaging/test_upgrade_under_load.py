@@ -22,8 +22,12 @@ old processes told their keep-alive clients to reconnect (``Connection: close``)
 registrations (no deregistration); the new version serves (``meshd --version`` in the chroot
 and each restarted sidecar's admin ``/stats`` ``version``).
 
-Not restarted: controld. It has no socket unit, and its own restart is not part of this test;
-it goes on running the 0.1.0 code it loaded, as a daemon does until it is restarted.
+Then controld's restart, as try-restart of ``controld.service`` does it (no socket unit: SIGTERM,
+wait, start the installed 0.1.1 ``controld`` on the same ports and data directory): the
+sidecars serve on from their snapshots while it is away and register with it again; the load
+goes on until both did, still with zero failed requests, and the registry (embedded in
+controld) lists both instances at every sample after the restart (the watches pause while it
+is down).
 """
 
 from __future__ import annotations
@@ -116,6 +120,14 @@ def _wait_through(port: int, sidecars: list[Daemon]) -> None:
     raise AssertionError(f"web -> api -> app: {answer}\n{logs}")
 
 
+def _wait_event(daemon: Daemon, event: str, count: int) -> None:
+    """Until ``daemon`` logged ``event`` ``count`` times (bounded)."""
+    deadline = time.monotonic() + 60
+    while len(log_events(daemon.log, event)) < count:
+        assert time.monotonic() < deadline, f"{event} x{count}: {daemon.tail()}"
+        time.sleep(0.2)
+
+
 @dataclass
 class _Instance:
     """One ``meshd@NAME``: the sockets ``meshd@NAME.socket`` holds, its processes in order."""
@@ -172,10 +184,15 @@ def test_upgrade_restarts_the_sidecars_without_failing_a_request(
 
         registry_url = urls.split()[1]
         token = (root / "var/lib/meshd/api/registry-token").read_text().strip()
-        watches = [RegistryWatch(registry_url, token, name, name) for name in ("api", "web")]
-        load = Load(web_out, direct_port=api_in, max_requests=8000, max_seconds=300)
-        for watch in watches:
-            watch.start()
+
+        def watch_registry() -> list[RegistryWatch]:
+            started = [RegistryWatch(registry_url, token, name, name) for name in ("api", "web")]
+            for watch in started:
+                watch.start()
+            return started
+
+        load = Load(web_out, direct_port=api_in, max_requests=10000, max_seconds=300)
+        watches = watch_registry()
         load.start()
         try:
             load.wait_more(STEADY_REQUESTS)
@@ -185,14 +202,29 @@ def test_upgrade_restarts_the_sidecars_without_failing_a_request(
             for instance in (api, web):
                 instance.try_restart(root, tmp_path)
                 load.wait_more(STEADY_REQUESTS)
+            # And of controld.service (no socket unit: a stop and a start on the same ports).
+            # Its registry is away meanwhile, so the watches pause; the sidecars serve on.
+            for watch in watches:
+                watch.stop()
+            assert controld.stop() == 0, controld.tail()
+            controld, _ = start_controld(root, tmp_path / "controld.2.log", urls)
+            watches += watch_registry()
+            for instance in (api, web):  # both back on the new controld, then steady load
+                _wait_event(instance.procs[-1], "registered with controld", 2)
+            load.wait_more(STEADY_REQUESTS)
         finally:
             result = load.stop()
             for watch in watches:
                 watch.stop()
 
         report = "\n".join(
-            load_report(f"upgrade 0.1.0 -> 0.1.1 under load ({watch.instance})", result, watch)
-            for watch in watches
+            load_report(
+                f"upgrade 0.1.0 -> 0.1.1 under load ({watch.instance}, "
+                f"{'before' if n < 2 else 'after'} controld's restart)",
+                result,
+                watch,
+            )
+            for n, watch in enumerate(watches)
         )
         print(report)
         assert not result.failures, report
@@ -202,7 +234,7 @@ def test_upgrade_restarts_the_sidecars_without_failing_a_request(
         assert sum(n for client, n in result.closes.items() if client != "keepalive-direct")
         kinds = {"keepalive GET", "keepalive POST", "new-connection GET", "new-connection POST"}
         assert kinds <= set(result.ok), report
-        assert {"api", "web"} <= {i for w in watches for i in w.instances()}
+        assert {"api", "web"} <= {i for w in watches[-2:] for i in w.instances()}
         # The new version serves.
         assert in_root(root, "meshd", "--version").stdout.strip() == "meshd 0.1.1"
         for instance in (api, web):
