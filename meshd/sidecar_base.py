@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from meshcore import __version__
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.runtime.activation import InheritedSocket
 from meshcore.runtime.sdnotify import Notifier
@@ -210,8 +211,13 @@ class SidecarBase:
         return [c.describe() for c in self.runtime.clusters.values()]
 
     def stats_info(self) -> dict[str, Any]:
-        """Counters as JSON."""
-        out = {**self.stats.as_json(), "downstream_connections": self.listeners.connection_count}
+        """Counters as JSON, and the running meshd's version (which one serves after an
+        upgrade)."""
+        out = {
+            "version": __version__,
+            **self.stats.as_json(),
+            "downstream_connections": self.listeners.connection_count,
+        }
         out.update({f"drain.{k}": v for k, v in self.drain_control.describe().items()})
         tls = self.tls
         if tls.identity is not None or tls.lost:

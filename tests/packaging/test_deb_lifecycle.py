@@ -28,6 +28,8 @@ from pkgtools import (
     http_get,
     in_root,
     require_tools,
+    start_controld,
+    write_sidecar,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -84,66 +86,6 @@ def _tree_digest(path: Path) -> dict[str, str]:
     }
 
 
-def _write_sidecar(
-    root: Path,
-    name: str,
-    app: int,
-    admin: int,
-    inbound: int,
-    controld: str,
-    upstreams: dict[str, int],
-) -> None:
-    """Sidecar ``name`` in controld mode, as docs/install.md describes: bootstrap in
-    /etc/meshd/NAME.yaml, everything it writes or reads as secrets in /var/lib/meshd/NAME."""
-    state = root / "var/lib/meshd" / name
-    state.mkdir(mode=0o700)
-    push, registry, url = controld.split()
-    sidecar_token = in_root(root, "meshctl", "--server", url, "token", "sidecar", "--service", name)
-    registry_token = in_root(
-        root, "meshctl", "--server", url, "token", "registry", "--service", name
-    )
-    (state / "token").write_text(sidecar_token.stdout.strip() + "\n")
-    (state / "registry-token").write_text(registry_token.stdout.strip() + "\n")
-    in_root(root, "chown", "-R", "meshd:meshd", f"/var/lib/meshd/{name}")
-    lines = [
-        f"service: {name}",
-        f"node: {name}-sidecar",
-        f"app: 127.0.0.1:{app}",
-        f"admin: 127.0.0.1:{admin}",
-        f"inbound: 127.0.0.1:{inbound}",
-        "drain_delay_s: 0",
-        "drain_timeout_s: 2",
-        "snapshot:",
-        f"  controld: {{url: '{push}', token_file: /var/lib/meshd/{name}/token,",
-        f"             cache_file: /var/lib/meshd/{name}/snapshot.json, wait_s: 30}}",
-        "registry:",
-        f"  address: '{registry}'",
-        f"  token_file: /var/lib/meshd/{name}/registry-token",
-        f"  service_id: {name}",
-        "  check: {kind: tcp, interval_s: 1, timeout_s: 1}",
-    ]
-    if upstreams:
-        lines.append("upstreams:")
-        lines += [f"  - {{service: {svc}, port: {port}}}" for svc, port in upstreams.items()]
-    (root / "etc/meshd" / f"{name}.yaml").write_text("\n".join(lines) + "\n")
-
-
-def _start_controld(root: Path, log: Path) -> tuple[Daemon, str]:
-    """controld of the chroot as its user; returns it and "push registry admin" URLs."""
-    registry, admin, push = free_ports(3)
-    daemon = Daemon(
-        root,
-        "controld",
-        ["/usr/bin/controld", "run", "--data-dir", "/var/lib/controld",
-         "--registry-listen", f"127.0.0.1:{registry}", "--admin", f"127.0.0.1:{admin}",
-         "--push", f"127.0.0.1:{push}", "--tls", "off"],
-        log,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{admin}"
-    daemon.wait_http(f"{url}/ready")
-    return daemon, f"http://127.0.0.1:{push} http://127.0.0.1:{registry} {url}"
-
-
 def test_install_and_serve_a_request_through_the_sidecars(
     root: Path, app: int, tmp_path: Path
 ) -> None:
@@ -161,7 +103,7 @@ def test_install_and_serve_a_request_through_the_sidecars(
 def _serve_through_the_mesh(root: Path, app: int, tmp_path: Path) -> None:
     """controld, and sidecars for "web" and "api" fed by it; web's outbound listener for api
     reaches the app behind api's sidecar."""
-    controld, urls = _start_controld(root, tmp_path / "controld.log")
+    controld, urls = start_controld(root, tmp_path / "controld.log")
     sidecars: list[Daemon] = []
     try:
         admin_url = urls.split()[2]
@@ -169,8 +111,8 @@ def _serve_through_the_mesh(root: Path, app: int, tmp_path: Path) -> None:
         in_root(root, "meshctl", "--server", admin_url, "status")
         assert (root / "var/lib/controld/admin-token").stat().st_uid != 0  # the controld user
         api_admin, api_in, web_admin, web_in, web_out = free_ports(5)
-        _write_sidecar(root, "api", app, api_admin, api_in, urls, {})
-        _write_sidecar(root, "web", app, web_admin, web_in, urls, {"api": web_out})
+        write_sidecar(root, "api", app, api_admin, api_in, urls, {})
+        write_sidecar(root, "web", app, web_admin, web_in, urls, {"api": web_out})
         for name, admin in (("api", api_admin), ("web", web_admin)):
             in_root(root, "meshd", "validate", "-c", f"/etc/meshd/{name}.yaml", user="meshd")
             argv = ["/usr/bin/meshd", "run", "-c", f"/etc/meshd/{name}.yaml"]
@@ -250,7 +192,7 @@ def test_upgrade_keeps_configuration_and_state(root: Path, tmp_path: Path) -> No
     assert _tree_digest(root / "var/lib/meshd") == sidecar_state
 
     # The upgraded controld starts on the same state: meshctl's token (read from it) works.
-    controld, urls = _start_controld(root, tmp_path / "controld.log")
+    controld, urls = start_controld(root, tmp_path / "controld.log")
     try:
         in_root(root, "meshctl", "--server", urls.split()[2], "status")
     finally:

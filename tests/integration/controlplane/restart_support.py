@@ -4,6 +4,8 @@
   the test holds, passed exactly as systemd passes them: moved to fds 3, 4, ..., with
   ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` set to the pid of the process that
   then runs meshd (a tiny exec wrapper, :data:`ACTIVATE`, so the pid is known).
+  :func:`activated` is that wrapping for any command (the packaging tests run the installed
+  meshd of a chroot through ``chroot(8)``, which execs it in the same process).
 * :class:`EchoApp` is the service's app (GET and POST) in a subprocess.
 * :class:`Load` runs keep-alive and new-connection clients (GET and POST) against a caller
   sidecar's outbound listener; every client is bounded in requests and time.
@@ -43,7 +45,7 @@ for index, fd in enumerate(high):
     os.dup2(fd, 3 + index)
     os.close(fd)
 os.environ.update(LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names, LISTEN_PID=str(os.getpid()))
-os.execv(sys.executable, [sys.executable, *argv])
+os.execvp(argv[0], argv)
 """
 
 APP = """
@@ -86,6 +88,19 @@ def listening_socket(port: int) -> socket.socket:
     return sock
 
 
+def activated(
+    workdir: Path, sockets: Sequence[tuple[str, socket.socket]], argv: Sequence[str]
+) -> tuple[list[str], list[int]]:
+    """The command that runs ``argv`` with ``sockets`` (name, socket) passed as systemd passes
+    them, and the descriptors the child must inherit (``pass_fds``). ``argv`` must exec the
+    daemon in the same process (``LISTEN_PID`` is the wrapper's pid)."""
+    fds = [sock.fileno() for _name, sock in sockets]
+    names = ":".join(name for name, _sock in sockets)
+    wrapper = workdir / "activate.py"
+    wrapper.write_text(ACTIVATE)
+    return [sys.executable, str(wrapper), names, *map(str, fds), "--", *argv], fds
+
+
 def spawn_meshd(
     workdir: Path,
     bootstrap: Path,
@@ -95,15 +110,10 @@ def spawn_meshd(
     extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """``meshd run -c bootstrap``; with ``sockets`` (name, socket), socket-activated."""
-    argv = ["-m", "meshd", "run", "-c", str(bootstrap), *extra_args]
-    fds = [sock.fileno() for _name, sock in sockets]
+    command = [sys.executable, "-m", "meshd", "run", "-c", str(bootstrap), *extra_args]
+    fds: list[int] = []
     if sockets:
-        names = ":".join(name for name, _sock in sockets)
-        wrapper = workdir / "activate.py"
-        wrapper.write_text(ACTIVATE)
-        command = [sys.executable, str(wrapper), names, *map(str, fds), "--", *argv]
-    else:
-        command = [sys.executable, *argv]
+        command, fds = activated(workdir, sockets, command)
     with log_path.open("wb") as out:
         return subprocess.Popen(
             command,
@@ -353,6 +363,18 @@ class RegistryWatch:
             self._stop.wait(0.05)
 
 
+def load_report(what: str, result: LoadResult, watch: RegistryWatch) -> str:
+    """What the clients and the registry watch saw, with the first failures."""
+    lines = [
+        f"{what}: {result.total} requests, {len(result.failures)} failed; "
+        f"answered by kind: {dict(sorted(result.ok.items()))}; "
+        f"registry samples: {watch.present} with {watch.instance}, {len(watch.missing)} "
+        f"without; Connection: close answers on keep-alive connections: {dict(result.closes)}",
+    ]
+    lines += [f"  {f.at_s:7.3f}s {f.client}: {f.what}" for f in result.failures[:30]]
+    return "\n".join(lines)
+
+
 def log_events(path: Path, name: str) -> list[dict[str, object]]:
     """The JSON log lines of a process whose ``event`` is ``name``."""
     out = []
@@ -383,7 +405,9 @@ __all__ = [
     "Load",
     "LoadResult",
     "RegistryWatch",
+    "activated",
     "listening_socket",
+    "load_report",
     "log_events",
     "pid_alive",
     "spawn_meshd",

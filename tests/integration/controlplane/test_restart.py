@@ -38,6 +38,7 @@ from restart_support import (
     LoadResult,
     RegistryWatch,
     listening_socket,
+    load_report,
     log_events,
     pid_alive,
     spawn_meshd,
@@ -173,17 +174,6 @@ async def _exit_code(proc: subprocess.Popen[bytes], *, timeout: float = TIMEOUT)
     raise AssertionError(f"pid {proc.pid} still running {timeout} s later")
 
 
-def _report(what: str, result: LoadResult, watch: RegistryWatch) -> str:
-    lines = [
-        f"{what}: {result.total} requests, {len(result.failures)} failed; "
-        f"answered by kind: {dict(sorted(result.ok.items()))}; "
-        f"registry samples: {watch.present} with api-1, {len(watch.missing)} without; "
-        f"Connection: close answers on keep-alive connections: {dict(result.closes)}",
-    ]
-    lines += [f"  {f.at_s:7.3f}s {f.client}: {f.what}" for f in result.failures[:30]]
-    return "\n".join(lines)
-
-
 async def _under_load(
     mesh: RestartMesh, restart: Callable[[], Awaitable[None]]
 ) -> tuple[LoadResult, RegistryWatch]:
@@ -211,7 +201,7 @@ async def _under_load(
 
 def _check(what: str, result: LoadResult, watch: RegistryWatch) -> None:
     """Zero failed requests, the instance always registered, every kind of client served."""
-    report = _report(what, result, watch)
+    report = load_report(what, result, watch)
     print(report)
     assert not result.failures, report
     assert not watch.missing, report
