@@ -33,23 +33,40 @@ class SlowApp:
         await send({"type": "http.response.body", "body": body})
 
 
+class ResponseReader:
+    """Reads responses one by one from a stream, by content-length, keeping what arrived of
+    the next one (pipelined answers can come in one read)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> tuple[bytes, bytes]:
+        """One response (head, body); ``(what came, b"")`` if the peer closed first."""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                data, self.buffer = self.buffer, b""
+                return data, b""
+            self.buffer += chunk
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                break
+            rest += chunk
+        body, self.buffer = rest[:length], rest[length:]
+        return head, body
+
+
 async def read_response(stream: trio.SocketStream) -> tuple[bytes, bytes]:
-    """One response (head, body) read by its content-length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            return data, b""
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        body += await stream.receive_some(65536)
-    return head, body
+    """One response (head, body) of a stream that carries only one."""
+    return await ResponseReader(stream).next()
 
 
 async def test_keep_alive_and_pipelining() -> None:
@@ -62,13 +79,14 @@ async def test_keep_alive_and_pipelining() -> None:
                 b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
                 b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
             )
-            head, body = await read_response(stream)
+            reader = ResponseReader(stream)
+            head, body = await reader.next()
             assert head.startswith(b"HTTP/1.1 200") and body == b"GET /a 0"
             assert b"connection: close" not in head.lower()
-            head, body = await read_response(stream)
+            head, body = await reader.next()
             assert body == b"POST /b 3"
             await stream.send_all(b"GET /c HTTP/1.0\r\n\r\n")
-            head, body = await read_response(stream)
+            head, body = await reader.next()
             assert body == b"GET /c 0" and b"connection: close" in head
             assert await stream.receive_some(10) == b""
         nursery.cancel_scope.cancel()
