@@ -7,10 +7,14 @@ from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
+from starlette.requests import Request
+from starlette.responses import Response
 
+from controld.api.errors import error_response
+from controld.auth import Forbidden, Principal, TokenAuth, Unauthenticated
 from controld.ca.authority import leaf_spiffe_id
 
-__all__ = ["peer_spiffe_id"]
+__all__ = ["authenticate_plain", "peer_spiffe_id"]
 
 
 def peer_spiffe_id(scope: Mapping[str, Any]) -> str | None:
@@ -29,3 +33,16 @@ def _spiffe_of(pem: str) -> str | None:
         return leaf_spiffe_id(x509.load_pem_x509_certificate(pem.encode("ascii")))
     except (ValueError, UnicodeEncodeError):
         return None
+
+
+async def authenticate_plain(auth: TokenAuth, request: Request) -> Principal | Response:
+    """For the plain (non-FastAPI) sidecar routes: the caller's principal from its bearer
+    token and client certificate, or the 401/403 answer to send instead."""
+    try:
+        return await auth.authenticate(
+            request.headers.get("authorization"), peer_id=peer_spiffe_id(request.scope)
+        )
+    except Unauthenticated as exc:
+        return error_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+    except Forbidden as exc:
+        return error_response(403, str(exc))

@@ -24,9 +24,9 @@ from starlette.routing import Route
 
 from controld.api.deps import BEARER, Guard
 from controld.api.errors import ApiError, error_response
-from controld.api.peer import peer_spiffe_id
+from controld.api.peer import authenticate_plain
 from controld.api.plane import ControlPlane, PushHubAPI
-from controld.auth import Forbidden, Principal, TokenAuth, Unauthenticated
+from controld.auth import Principal, TokenAuth
 from controld.push import MAX_WAIT_S, UnknownProxy
 from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.proxy import ProxyDescriptor
@@ -100,14 +100,9 @@ def poll_route(plane: ControlPlane, auth: TokenAuth) -> Route:
     """The plain Starlette route of ``GET /v1/snapshots/{proxy_id}`` (see the module doc)."""
 
     async def poll_snapshot(request: Request) -> Response:
-        try:
-            principal = await auth.authenticate(
-                request.headers.get("authorization"), peer_id=peer_spiffe_id(request.scope)
-            )
-        except Unauthenticated as exc:
-            return error_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
-        except Forbidden as exc:
-            return error_response(403, str(exc))
+        principal = await authenticate_plain(auth, request)
+        if isinstance(principal, Response):
+            return principal
         proxy_id: str = request.path_params["proxy_id"]
         hub = plane.hub
         denied = _scope_error(principal, hub, proxy_id)

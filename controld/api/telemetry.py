@@ -25,9 +25,9 @@ from starlette.routing import Route
 
 from controld.api.deps import BEARER, Guard
 from controld.api.errors import ApiError, error_response, loc_path
-from controld.api.peer import peer_spiffe_id
+from controld.api.peer import authenticate_plain
 from controld.api.plane import PushHubAPI
-from controld.auth import Forbidden, Principal, TokenAuth, Unauthenticated
+from controld.auth import Principal, TokenAuth
 from controld.telemetry import TapHub, TelemetryWindow, UnknownTap
 from controld.telemetry.taps import MAX_WAIT_S, TooManyTaps
 from meshcore.api.report import TelemetryAck, TelemetryReport
@@ -82,14 +82,9 @@ def report_route(
     """The plain route of ``POST /v1/telemetry/{proxy_id}`` (see the module doc)."""
 
     async def post_report(request: Request) -> Response:
-        try:
-            principal = await auth.authenticate(
-                request.headers.get("authorization"), peer_id=peer_spiffe_id(request.scope)
-            )
-        except Unauthenticated as exc:
-            return error_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
-        except Forbidden as exc:
-            return error_response(403, str(exc))
+        principal = await authenticate_plain(auth, request)
+        if isinstance(principal, Response):
+            return principal
         proxy_id: str = request.path_params["proxy_id"]
         descriptor = hub.descriptor(proxy_id)
         if principal.kind != "admin":
