@@ -38,6 +38,7 @@ from lifecycle_support import (
     wait_for,
     write_yaml,
 )
+from process_support import admin_port_pair, answers, child_pids, process_gone
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -604,51 +605,12 @@ def test_unreachable_notify_socket_is_not_fatal(tmp_path: Path, upstream: Upstre
 # -- workers ------------------------------------------------------------------------------------
 
 
-def _free_port_pair() -> int:
-    """A port p such that p and p + 1 were both free a moment ago."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no two adjacent free ports")
-
-
-def _answers(port: int, path: str) -> bool:
-    try:
-        return http_get(port, path, timeout=5)[0] == 200
-    except OSError:
-        return False
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie counts: it only waits for its parent to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of ``pid``, whichever of its threads started them."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            found += [int(x) for x in (task / "children").read_text().split()]
-    return found
-
-
 @contextlib.contextmanager
 def _workers_sidecar(
     tmp_path: Path, upstream: UpstreamApp
 ) -> Iterator[tuple[SidecarProcess, int, int, int]]:
     """A sidecar with ``workers: 2``: (process, listener port, admin port, worker pid)."""
-    listen, admin = free_port(), _free_port_pair()
+    listen, admin = free_port(), admin_port_pair()
     boot = tmp_path / "bootstrap.yaml"
     write_yaml(boot, bootstrap_doc(app_port=upstream.port, admin_port=admin, workers=2))
     write_yaml(
@@ -659,21 +621,21 @@ def _workers_sidecar(
     try:
         with running_sidecar(boot) as sc:
             try:
-                wait_for(lambda: len(_children(sc.pid)) == 1, timeout=15, what="the worker")
-                (worker,) = _children(sc.pid)
+                wait_for(lambda: len(child_pids(sc.pid)) == 1, timeout=15, what="the worker")
+                (worker,) = child_pids(sc.pid)
                 worker_pids.add(worker)
-                wait_for(lambda: _answers(admin + 1, "/ready"), timeout=30, what="worker ready")
+                wait_for(lambda: answers(admin + 1, "/ready"), timeout=30, what="worker ready")
                 yield sc, listen, admin, worker
             finally:
                 # Workers restarted meanwhile have other pids.
-                worker_pids.update(_children(sc.pid))
+                worker_pids.update(child_pids(sc.pid))
     finally:
         # The primary stops its workers, and the kernel signals them if it was killed; a
         # worker still there after that is a bug, but must not outlive the test either.
         for pid in worker_pids:
             with contextlib.suppress(AssertionError):
-                wait_for(lambda pid=pid: _gone(pid), timeout=10)  # type: ignore[misc]
-            if not _gone(pid):
+                wait_for(lambda pid=pid: process_gone(pid), timeout=10)  # type: ignore[misc]
+            if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -696,7 +658,7 @@ def test_workers_reload_and_drain(tmp_path: Path, upstream: UpstreamApp) -> None
         wait_for(lambda: worker_version() == 2, timeout=15, what="the worker to reload")
         sc.send_signal(signal.SIGTERM)
         assert sc.wait_exit(timeout=30) == 0
-        wait_for(lambda: _gone(worker), timeout=15, what="the worker to exit")
+        wait_for(lambda: process_gone(worker), timeout=15, what="the worker to exit")
         assert _refused(listen)
 
 
@@ -704,7 +666,7 @@ def test_worker_dies_with_killed_primary(tmp_path: Path, upstream: UpstreamApp) 
     with _workers_sidecar(tmp_path, upstream) as (sc, _listen, _admin, worker):
         sc.send_signal(signal.SIGKILL)
         assert sc.wait_exit(timeout=15) == -signal.SIGKILL
-        wait_for(lambda: _gone(worker), timeout=20, what="the orphaned worker to exit")
+        wait_for(lambda: process_gone(worker), timeout=20, what="the orphaned worker to exit")
 
 
 def test_worker_survives_idle_primary(tmp_path: Path, upstream: UpstreamApp) -> None:
@@ -715,8 +677,8 @@ def test_worker_survives_idle_primary(tmp_path: Path, upstream: UpstreamApp) -> 
     """
     with _workers_sidecar(tmp_path, upstream) as (sc, listen, _admin, worker):
         time.sleep(12)
-        assert not _gone(worker), sc.output()
-        assert _children(sc.pid) == [worker], sc.output()
+        assert not process_gone(worker), sc.output()
+        assert child_pids(sc.pid) == [worker], sc.output()
         assert not [e for e in sc.events() if e.get("logger") == "meshd.workers"], sc.output()
         assert http_get(listen, "/")[0] == 200
 

@@ -7,13 +7,10 @@ SO_REUSEPORT), so both accept from the one socket the service manager keeps open
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from lifecycle_support import (
     wait_for,
     write_yaml,
 )
+from process_support import admin_port_pair, answers, child_pids, process_gone
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -44,49 +42,10 @@ def upstream() -> Iterator[UpstreamApp]:
         yield app
 
 
-def _admin_pair() -> int:
-    """A port p such that p and p + 1 were both free a moment ago, below the ephemeral range
-    (so that no outgoing connection of any process takes p + 1 before the worker binds it)."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no two adjacent free ports")
-
-
 def _get_json(port: int, path: str) -> object:
     status, _, body = http_get(port, path, timeout=5)
     assert status == 200, body
     return json.loads(body)
-
-
-def _answers(port: int, path: str) -> bool:
-    try:
-        return http_get(port, path, timeout=5)[0] == 200
-    except OSError:
-        return False
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            found += [int(x) for x in (task / "children").read_text().split()]
-    return found
 
 
 def _requests(stats: object) -> int:
@@ -97,7 +56,7 @@ def _requests(stats: object) -> int:
 
 
 def test_workers_share_the_inherited_socket(tmp_path: Path, upstream: UpstreamApp) -> None:
-    port, admin = free_port(), _admin_pair()
+    port, admin = free_port(), admin_port_pair()
     boot = tmp_path / "bootstrap.yaml"
     write_yaml(boot, bootstrap_doc(app_port=upstream.port, admin_port=admin, workers=2))
     write_yaml(
@@ -112,12 +71,12 @@ def test_workers_share_the_inherited_socket(tmp_path: Path, upstream: UpstreamAp
     try:
         with running_sidecar(boot, wrapper=wrapper, wait=False) as sc:
             # The first connection wakes the activator, which execs meshd.
-            wait_for(lambda: _answers(port, "/"), timeout=60, what="the first answer")
+            wait_for(lambda: answers(port, "/"), timeout=60, what="the first answer")
             sc.wait_ready()
-            wait_for(lambda: len(_children(sc.pid)) == 1, timeout=15, what="the worker")
-            (worker,) = _children(sc.pid)
+            wait_for(lambda: len(child_pids(sc.pid)) == 1, timeout=15, what="the worker")
+            (worker,) = child_pids(sc.pid)
             workers.append(worker)
-            wait_for(lambda: _answers(admin + 1, "/ready"), timeout=30, what="worker ready")
+            wait_for(lambda: answers(admin + 1, "/ready"), timeout=30, what="worker ready")
             for admin_port in (admin, admin + 1):
                 listeners = _get_json(admin_port, "/listeners")
                 assert isinstance(listeners, list)
@@ -133,8 +92,8 @@ def test_workers_share_the_inherited_socket(tmp_path: Path, upstream: UpstreamAp
             wait_for(worker_served, timeout=30, what="a request accepted by the worker")
             sc.send_signal(signal.SIGTERM)
             assert sc.wait_exit(timeout=30) == 0
-            wait_for(lambda: _gone(worker), timeout=15, what="the worker to exit")
+            wait_for(lambda: process_gone(worker), timeout=15, what="the worker to exit")
     finally:
         for pid in workers:
-            if not _gone(pid):
+            if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ import trio
 import yaml
 from cp_mesh_support import TIMEOUT, Api, Controld, Sidecar, free_ports, wait_for
 from helpers import clean_env, stop_process
+from process_support import admin_port_pair, child_pids, process_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -61,22 +60,6 @@ sys.stdin.read()
 """
 
 
-def _admin_pair() -> int:
-    """A port p such that p and p + 1 were both free a moment ago, below the ephemeral range
-    (so that no outgoing connection of any process takes p + 1 before the worker binds it)."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no two adjacent free ports")
-
-
 @contextlib.contextmanager
 def _slow_app(workdir: Path) -> Iterator[int]:
     script = workdir / "slow_app.py"
@@ -96,22 +79,6 @@ def _slow_app(workdir: Path) -> Iterator[int]:
             if pipe is not None:
                 pipe.close()
         stop_process(proc)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            found += [int(x) for x in (task / "children").read_text().split()]
-    return found
 
 
 async def _stats(client: httpx.AsyncClient, port: int) -> dict[str, Any]:
@@ -143,7 +110,7 @@ async def test_controld_mode_workers(tmp_path: Path) -> None:
         await controld.start()
         with _slow_app(tmp_path) as app_port:
             (inbound,) = free_ports(1)
-            admin = _admin_pair()
+            admin = admin_port_pair()
             token = (await api.ok("POST", "/v1/tokens/sidecar", {"service": "api"}))["token"]
             sidecar = Sidecar(tmp_path, "api-1", "api", app_port, inbound)
             sidecar.write_bootstrap(controld, str(token))
@@ -153,7 +120,7 @@ async def test_controld_mode_workers(tmp_path: Path) -> None:
             await sidecar.start()
             assert sidecar.proc is not None
             primary = sidecar.proc.pid
-            (worker,) = await wait_for(lambda: _children(primary), what="the worker process")
+            (worker,) = await wait_for(lambda: child_pids(primary), what="the worker process")
             procs += [primary, worker]
             async with httpx.AsyncClient(
                 timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0)
@@ -166,7 +133,7 @@ async def test_controld_mode_workers(tmp_path: Path) -> None:
         if sidecar is not None:
             sidecar.stop()
         for pid in procs:
-            if not _gone(pid):
+            if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
         controld.stop()
 
@@ -273,7 +240,9 @@ async def _drain_together(
         assert sidecar.proc is not None
         sidecar.proc.send_signal(signal.SIGTERM)
     assert results == [200] * started
-    await wait_for(lambda: _gone(primary) and _gone(worker), what="both processes to exit")
+    await wait_for(
+        lambda: process_gone(primary) and process_gone(worker), what="both processes to exit"
+    )
     assert sidecar.proc.wait(TIMEOUT) == 0
     with pytest.raises(httpx.ConnectError):
         await client.get(f"http://127.0.0.1:{inbound}/")
