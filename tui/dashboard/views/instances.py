@@ -15,7 +15,7 @@ from textual.reactive import reactive
 from meshcore.api.telemetry import InstanceTelemetry
 from tui.dashboard import fmt
 from tui.dashboard.state import MeshState
-from tui.dashboard.views.table import Cell, TitledTable
+from tui.dashboard.views.table import Cell, TitledTable, with_note
 
 __all__ = ["InstancesView", "instance_rows"]
 
@@ -105,10 +105,12 @@ class InstancesView(Vertical):
             return
         titled = self.query_one(TitledTable)
         state = self.state
-        title = "Instances (d: drain the selected sidecar)"
-        if state is not None and state.telemetry_error:
-            title += f"  ({state.telemetry_error})"
-        titled.set_title(title)
+        titled.set_title(
+            with_note(
+                "Instances (d: drain the selected sidecar)",
+                state.telemetry_error if state else None,
+            )
+        )
         if state is None:
             titled.set_rows([])
             return

@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
-__all__ = ["Cell", "TitledTable", "selected_key"]
+__all__ = ["Cell", "TitledTable", "selected_key", "with_note"]
 
 Cell = str | Text
 
@@ -68,3 +68,8 @@ class TitledTable(Vertical):
     def selected(self) -> str | None:
         """The key of the selected row."""
         return selected_key(self.table)
+
+
+def with_note(title: str, note: str | None) -> str:
+    """``title``, followed by ``note`` (e.g. why telemetry is missing) in parentheses."""
+    return f"{title}  ({note})" if note else title

@@ -17,7 +17,7 @@ from textual.reactive import reactive
 from meshcore.api.telemetry import Edge
 from tui.dashboard import fmt
 from tui.dashboard.state import MeshState
-from tui.dashboard.views.table import Cell, TitledTable
+from tui.dashboard.views.table import Cell, TitledTable, with_note
 
 __all__ = ["TopologyView", "edge_rows"]
 
@@ -73,8 +73,10 @@ class TopologyView(Vertical):
             return
         titled = self.query_one(TitledTable)
         state = self.state
-        title = "Topology: caller ─▶ callee (http: requests/s, tcp: connections/s)"
-        if state is not None and state.telemetry_error:
-            title += f"  ({state.telemetry_error})"
-        titled.set_title(title)
+        titled.set_title(
+            with_note(
+                "Topology: caller ─▶ callee (http: requests/s, tcp: connections/s)",
+                state.telemetry_error if state else None,
+            )
+        )
         titled.set_rows(edge_rows(state.edges if state is not None else ()))

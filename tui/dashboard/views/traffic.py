@@ -17,7 +17,7 @@ from textual.widgets import DataTable
 from meshcore.api.telemetry import TrafficStats
 from tui.dashboard import fmt
 from tui.dashboard.state import MeshState
-from tui.dashboard.views.table import Cell, TitledTable
+from tui.dashboard.views.table import Cell, TitledTable, with_note
 
 __all__ = ["SORT_KEYS", "TrafficView", "traffic_rows"]
 
@@ -131,10 +131,8 @@ class TrafficView(Vertical):
             where = f"{self.service} > routes"
         elif self.level == "endpoints":
             where = f"{self.service} > {self.route} > endpoints of {self.service}"
-        window = ""
-        if state is not None and state.telemetry_error:
-            window = f"  ({state.telemetry_error})"
-        return f"Traffic: {where}   sort: {self.sort} (s)   enter: drill, esc: up{window}"
+        title = f"Traffic: {where}   sort: {self.sort} (s)   enter: drill, esc: up"
+        return with_note(title, state.telemetry_error if state else None)
 
     def render_rows(self) -> None:
         """Fill the table from ``state`` at the current level."""
