@@ -13,18 +13,17 @@ Python's defaults: raising them showed no CPU difference within the noise of the
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 
 __all__ = ["settle_after_start"]
 
 
 def _malloc_trim() -> None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
+    # The symbols already loaded into the process (libc among them), not
+    # ``ctypes.util.find_library``: that one runs ``ldconfig -p`` in a child process, a blocking
+    # fork on the Trio thread and a stray child for anyone watching the process tree.
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return  # not glibc
     trim.argtypes = [ctypes.c_size_t]

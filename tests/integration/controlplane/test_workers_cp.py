@@ -120,7 +120,8 @@ async def test_controld_mode_workers(tmp_path: Path) -> None:
             await sidecar.start()
             assert sidecar.proc is not None
             primary = sidecar.proc.pid
-            (worker,) = await wait_for(lambda: child_pids(primary), what="the worker process")
+            await wait_for(lambda: len(child_pids(primary)) == 1, what="the worker process")
+            (worker,) = child_pids(primary)
             procs += [primary, worker]
             async with httpx.AsyncClient(
                 timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0)
