@@ -1,0 +1,103 @@
+"""Sidecars connecting, going quiet, and snapshot features they can't enforce, as events.
+
+A poll ending is not a disconnect (the next one follows at once): a sidecar counts as
+connected while a poll is parked or the last one ended within twice its wait
+(:meth:`~controld.push.proxy.ProxyState.connected`). That is a matter of time passing, so
+:class:`PresenceWatch` looks at the hub once a second and :class:`Presence` (pure: rows in,
+events out) says what changed since the last look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from controld.events.ring import EventSink
+from meshcore.api.events import Severity
+
+__all__ = ["INTERVAL_S", "Presence", "PresenceEvent", "PresenceRow", "PresenceWatch"]
+
+#: How often the watch looks.
+INTERVAL_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRow:
+    """One registered sidecar as the hub sees it now."""
+
+    proxy_id: str
+    connected: bool
+    #: Feature -> snapshot path of what its latest snapshot needs and it doesn't enforce.
+    unsupported: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """An event to record."""
+
+    kind: str
+    subject: str
+    detail: str = ""
+    severity: Severity = "info"
+
+
+class Presence:
+    """What each sidecar looked like at the last :meth:`update` (sans I/O)."""
+
+    def __init__(self) -> None:
+        self._connected: dict[str, bool] = {}
+        self._unsupported: dict[str, frozenset[tuple[str, str]]] = {}
+
+    def update(self, rows: Iterable[PresenceRow]) -> list[PresenceEvent]:
+        """The events since the last call: connections starting and stopping, and new sets
+        of unsupported features (a sidecar that left is forgotten quietly: the hub records
+        its deregistration)."""
+        events: list[PresenceEvent] = []
+        connected: dict[str, bool] = {}
+        unsupported: dict[str, frozenset[tuple[str, str]]] = {}
+        for row in rows:
+            pid = row.proxy_id
+            connected[pid] = row.connected
+            if row.connected != self._connected.get(pid, False):
+                if row.connected:
+                    events.append(PresenceEvent("sidecar.connected", pid))
+                else:
+                    detail = "long-poll stopped beyond twice its wait"
+                    events.append(PresenceEvent("sidecar.disconnected", pid, detail, "warning"))
+            gaps = unsupported[pid] = frozenset(row.unsupported.items())
+            if gaps and gaps != self._unsupported.get(pid, frozenset()):
+                detail = ", ".join(f"{feature} at {path}" for feature, path in sorted(gaps))
+                events.append(PresenceEvent("sidecar.unsupported", pid, detail, "warning"))
+        self._connected, self._unsupported = connected, unsupported
+        return events
+
+
+class PresenceWatch:
+    """Records :class:`Presence` events of ``rows()`` (the hub's) every ``interval_s``."""
+
+    def __init__(
+        self,
+        rows: Callable[[], Iterable[PresenceRow]],
+        events: EventSink,
+        *,
+        interval_s: float = INTERVAL_S,
+    ) -> None:
+        self._rows = rows
+        self._events = events
+        self._interval_s = interval_s
+        self._presence = Presence()
+
+    def check(self) -> None:
+        """Look once."""
+        for event in self._presence.update(self._rows()):
+            self._events.record(event.kind, event.subject, event.detail, event.severity)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Look every ``interval_s`` until cancelled."""
+        task_status.started()
+        while True:
+            self.check()
+            await trio.sleep(self._interval_s)
