@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from meshcore.api.events import EVENTS_PATH, ControlEvents
 from meshcore.api.telemetry import (
     EDGES_PATH,
     ENDPOINTS_PATH,
@@ -103,8 +104,14 @@ class HttpSource:
         except ValueError as exc:
             raise SourceRefused(response.status_code, "answer is not JSON") from exc
 
-    async def _model(self, model: type[M], path: str, params: Mapping[str, str | int | float]) -> M:
-        body = await self._call("GET", path, params=params)
+    async def _model(
+        self,
+        model: type[M],
+        path: str,
+        params: Mapping[str, str | int | float],
+        timeout_s: float | None = None,
+    ) -> M:
+        body = await self._call("GET", path, params=params, timeout_s=timeout_s)
         try:
             return model.model_validate(body)
         except ValidationError as exc:
@@ -146,6 +153,10 @@ class HttpSource:
     async def ca_status(self) -> Json:
         body = await self._call("GET", "/v1/ca")
         return body if isinstance(body, dict) else {}
+
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        params: dict[str, str | int | float] = {"after": after, "wait_s": wait_s, "limit": limit}
+        return await self._model(ControlEvents, EVENTS_PATH, params, timeout_s=wait_s + 5.0)
 
     async def start_tap(self, request: TapRequest) -> TapCreated:
         body = await self._call("POST", TAPS_PATH, json=request.model_dump(mode="json"))

@@ -2,7 +2,8 @@
 
 The real source is :class:`~tui.dashboard.http.HttpSource` (controld's API with the
 operator's token); tests fill the seam with :class:`~tui.dashboard.fake.FakeSource`.
-Telemetry and taps come as :mod:`meshcore.api.telemetry` models; the older endpoints
+Telemetry and taps come as :mod:`meshcore.api.telemetry` models, control-plane events as
+:mod:`meshcore.api.events` models; the older endpoints
 (resources, proxies, audit, CA) as the JSON mappings controld answers.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from meshcore.api.events import ControlEvents
 from meshcore.api.telemetry import (
     EdgesTelemetry,
     EndpointsTelemetry,
@@ -81,6 +83,11 @@ class DashboardSource(Protocol):
 
     async def ca_status(self) -> Json:
         """The CA's rotation phase (``GET /v1/ca``)."""
+        ...
+
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        """Control-plane events numbered after ``after`` (``GET /v1/events``, a long-poll:
+        waits up to ``wait_s`` when there is none yet)."""
         ...
 
     async def start_tap(self, request: TapRequest) -> TapCreated:
