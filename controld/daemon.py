@@ -10,7 +10,8 @@ while the registry is unreachable. On top of it:
 * :class:`~controld.push.Reconciler` recompiles snapshots on view, resource and registration
   changes and publishes them to the hub,
 * :class:`~controld.events.EventJournal` records control-plane events (the hub's, the
-  resource routes', the CA's, and :class:`~controld.push.PresenceWatch`'s connections),
+  resource routes', the CA's, :class:`~controld.push.PresenceWatch`'s connections and
+  :class:`~controld.events.EndpointWatch`'s endpoint health changes),
 * the HTTP API (:func:`controld.api.build_api`, bearer-token auth) serves all of it on the
   admin address (hypercorn), and the same app on the *push* address for the sidecars.
 
@@ -45,7 +46,7 @@ from controld.ca.storage import CAStore
 from controld.ca.sweeper import JoinTokenSweeper, RevocationSync
 from controld.compiler import Compiler
 from controld.discovery import DiscoveryView, RegistryWatcher
-from controld.events import EventJournal
+from controld.events import EndpointWatch, EventJournal
 from controld.push import PresenceWatch, PushHub, Reconciler
 from controld.registry import RegistryConfig, RegistryServer
 from controld.registry.httpserver import HTTPServer, ServerLimits, limit_events_counter
@@ -376,6 +377,7 @@ class ControlDaemon:
         reconciler = self.reconciler = Reconciler(self.hub, Compiler(), watcher, store)
         await nursery.start(self._scoped, reconciler.run)
         await nursery.start(self._scoped, PresenceWatch(self.hub.presence, self.events).run)
+        await nursery.start(self._scoped, EndpointWatch(watcher, self.events).run)
         assert self.identity is not None
         await nursery.start(self._scoped, JoinTokenSweeper(self.identity.join_tokens).run)
         await nursery.start(self._scoped, RevocationSync(self.identity).run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
@@ -20,8 +21,10 @@ __all__ = [
     "MAX_DETAIL",
     "EventRing",
     "EventSink",
+    "NewEvent",
     "NullSink",
     "ResourceChange",
+    "record_all",
     "record_changes",
     "rfc3339_ms",
 ]
@@ -41,6 +44,22 @@ class EventSink(Protocol):
     ) -> None:
         """Record one event (``kind`` from :data:`meshcore.api.events.EVENT_KINDS`)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event a pure core found, for its shell to :meth:`record` (see :func:`record_all`)."""
+
+    kind: str
+    subject: str
+    detail: str = ""
+    severity: Severity = "info"
+
+
+def record_all(sink: EventSink, events: Iterable[NewEvent]) -> None:
+    """Record ``events`` in order."""
+    for event in events:
+        sink.record(event.kind, event.subject, event.detail, event.severity)
 
 
 class NullSink:

@@ -15,10 +15,9 @@ from typing import Final
 
 import trio
 
-from controld.events.ring import EventSink
-from meshcore.api.events import Severity
+from controld.events.ring import EventSink, NewEvent, record_all
 
-__all__ = ["INTERVAL_S", "Presence", "PresenceEvent", "PresenceRow", "PresenceWatch"]
+__all__ = ["INTERVAL_S", "Presence", "PresenceRow", "PresenceWatch"]
 
 #: How often the watch looks.
 INTERVAL_S: Final = 1.0
@@ -34,16 +33,6 @@ class PresenceRow:
     unsupported: Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceEvent:
-    """An event to record."""
-
-    kind: str
-    subject: str
-    detail: str = ""
-    severity: Severity = "info"
-
-
 class Presence:
     """What each sidecar looked like at the last :meth:`update` (sans I/O)."""
 
@@ -51,11 +40,11 @@ class Presence:
         self._connected: dict[str, bool] = {}
         self._unsupported: dict[str, frozenset[tuple[str, str]]] = {}
 
-    def update(self, rows: Iterable[PresenceRow]) -> list[PresenceEvent]:
+    def update(self, rows: Iterable[PresenceRow]) -> list[NewEvent]:
         """The events since the last call: connections starting and stopping, and new sets
         of unsupported features (a sidecar that left is forgotten quietly: the hub records
         its deregistration)."""
-        events: list[PresenceEvent] = []
+        events: list[NewEvent] = []
         connected: dict[str, bool] = {}
         unsupported: dict[str, frozenset[tuple[str, str]]] = {}
         for row in rows:
@@ -63,14 +52,14 @@ class Presence:
             connected[pid] = row.connected
             if row.connected != self._connected.get(pid, False):
                 if row.connected:
-                    events.append(PresenceEvent("sidecar.connected", pid))
+                    events.append(NewEvent("sidecar.connected", pid))
                 else:
                     detail = "long-poll stopped beyond twice its wait"
-                    events.append(PresenceEvent("sidecar.disconnected", pid, detail, "warning"))
+                    events.append(NewEvent("sidecar.disconnected", pid, detail, "warning"))
             gaps = unsupported[pid] = frozenset(row.unsupported.items())
             if gaps and gaps != self._unsupported.get(pid, frozenset()):
                 detail = ", ".join(f"{feature} at {path}" for feature, path in sorted(gaps))
-                events.append(PresenceEvent("sidecar.unsupported", pid, detail, "warning"))
+                events.append(NewEvent("sidecar.unsupported", pid, detail, "warning"))
         self._connected, self._unsupported = connected, unsupported
         return events
 
@@ -92,8 +81,7 @@ class PresenceWatch:
 
     def check(self) -> None:
         """Look once."""
-        for event in self._presence.update(self._rows()):
-            self._events.record(event.kind, event.subject, event.detail, event.severity)
+        record_all(self._events, self._presence.update(self._rows()))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Look every ``interval_s`` until cancelled."""

@@ -2,7 +2,8 @@
 
 controld keeps a bounded, in-memory journal of what happens in the control plane: sidecars
 registering, connecting and going away, snapshots pushed, ACKed and NACKed, features a sidecar
-can't enforce, drains, resource changes, certificates and CA rotation steps. Each event has a
+can't enforce, drains, resource changes, certificates and CA rotation steps, endpoints joining
+and leaving their service's healthy set. Each event has a
 sequence number; a reader asks for the events after the last one it saw, and the call
 long-polls (answers at once when newer events exist, else waits up to ``wait_s``).
 
@@ -59,6 +60,8 @@ EVENT_KINDS: Final[dict[str, str]] = {
     "cert.issued": "a sidecar enrolled and got its first leaf (subject: SPIFFE ID)",
     "cert.renewed": "a sidecar's leaf was renewed (subject: SPIFFE ID)",
     "ca.rotation": "a CA root rotation step (subject: step; detail: phase and signer)",
+    "endpoint.healthy": "an endpoint joined its service's healthy set (subject: service/addr)",
+    "endpoint.unhealthy": "an endpoint left it: failing or deregistered (warning)",
 }
 
 

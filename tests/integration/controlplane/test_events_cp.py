@@ -1,7 +1,8 @@
 """Control-plane events against a real controld process (``GET /v1/events``, ``meshctl events``).
 
-One controld (embedded registry). A sidecar's exchanges played over the API (register, poll,
-ACK by polling again, NACK, drain) and a resource applied show up as numbered events; a parked
+One controld (embedded registry). An endpoint registered in the registry and deregistered, a
+sidecar's exchanges played over the API (register, poll, ACK by polling again, NACK, drain) and
+a resource applied show up as numbered events; a parked
 long-poll answers when a new event comes; bad parameters get 422 in the API's error shape and
 no token 401; ``meshctl events -o json`` prints the same events.
 """
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from cp_mesh_support import TIMEOUT, Api, Controld, wait_for
@@ -55,6 +57,10 @@ async def test_events_of_a_sidecar_and_a_change(
     await controld.start()
     api = Api(controld)
     try:
+
+        async def seen(*wanted: tuple[str, str]) -> bool:
+            return set(wanted) <= set(await kinds_of(api))
+
         # The guard and the parameters.
         resp = await api.client.get(f"{controld.url}{EVENTS_PATH}")
         assert resp.status_code == 401 and "error" in resp.json()
@@ -64,6 +70,29 @@ async def test_events_of_a_sidecar_and_a_change(
             assert resp.json()["error"] == "invalid request"
             assert resp.json()["problems"][0]["path"].startswith("query.")
 
+        # An endpoint joining and leaving the registry (after the watcher's first view).
+        async def first_view() -> bool:
+            status = await api.ok("GET", "/v1/status")
+            return int(status["discovery"]["version"]) >= 1
+
+        await wait_for(first_view, what="the discovery view")
+        registry = httpx.AsyncClient(
+            base_url=controld.registry_url,
+            headers={"X-Consul-Token": controld.registry_token("db")},
+            timeout=10.0,
+        )
+        async with registry:
+            db = {"Name": "db", "ID": "db-1", "Address": "127.0.0.1", "Port": 5432}
+            assert (await registry.put("/v1/agent/service/register", json=db)).status_code == 200
+            await wait_for(
+                lambda: seen(("endpoint.healthy", "db/127.0.0.1:5432")), what="a healthy endpoint"
+            )
+            resp = await registry.put("/v1/agent/service/deregister/db-1")
+            assert resp.status_code == 200
+            await wait_for(
+                lambda: seen(("endpoint.unhealthy", "db/127.0.0.1:5432")), what="it leaving"
+            )
+
         # A sidecar's life, played over the API with the admin token.
         await api.ok("POST", "/v1/proxies/web-1", {"proxy_id": "web-1", "service": "web"})
         snap = await api.ok("GET", "/v1/snapshots/web-1?wait=10")
@@ -71,9 +100,6 @@ async def test_events_of_a_sidecar_and_a_change(
         ack = f"/v1/snapshots/web-1?version={snap['version']}&hash={snap['hash']}&wait=0"
         resp = await api.request("GET", ack)
         assert resp.status_code == 304
-
-        async def seen(*wanted: tuple[str, str]) -> bool:
-            return set(wanted) <= set(await kinds_of(api))
 
         await wait_for(
             lambda: seen(

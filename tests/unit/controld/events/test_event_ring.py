@@ -6,7 +6,9 @@ import pytest
 import trio
 import trio.testing
 
-from controld.events import EventJournal, EventRing, record_changes
+from controld.discovery import DiscoveryView, ServiceEndpoint
+from controld.events import EndpointWatch, EventJournal, EventRing, record_changes
+from controld.events.endpoints import endpoint_events
 from controld.events.ring import MAX_DETAIL, rfc3339_ms
 from controld.store import Change
 
@@ -124,3 +126,54 @@ async def test_journal_wait_ends_empty_and_close_releases(
     journal.close()
     with trio.fail_after(0.1):
         await journal.wait_after(0, wait_s=30, limit=10)
+
+
+def _view(version: int, **services: tuple[ServiceEndpoint, ...]) -> DiscoveryView:
+    return DiscoveryView(services=services, version=version)
+
+
+def _ep(port: int) -> ServiceEndpoint:
+    return ServiceEndpoint("127.0.0.1", port, f"api-{port}", "node-1", sidecar=True)
+
+
+def test_endpoint_events_of_two_views() -> None:
+    before = _view(1, api=(_ep(1), _ep(2)))
+    after = _view(2, api=(_ep(2), _ep(3)), web=(_ep(4),))
+    got = [(e.kind, e.subject, e.severity) for e in endpoint_events(before, after)]
+    assert got == [
+        ("endpoint.healthy", "api/127.0.0.1:3", "info"),
+        ("endpoint.unhealthy", "api/127.0.0.1:1", "warning"),
+        ("endpoint.healthy", "web/127.0.0.1:4", "info"),
+    ]
+    assert endpoint_events(after, after) == []
+
+
+class Views:
+    def __init__(self) -> None:
+        self.view = _view(0)
+        self.changed = trio.Event()
+
+    def swap(self, view: DiscoveryView) -> None:
+        self.view = view
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_view(self, after_version: int) -> DiscoveryView:
+        while self.view.version <= after_version:
+            await self.changed.wait()
+        return self.view
+
+
+async def test_endpoint_watch_skips_the_first_view_of_the_registry() -> None:
+    views = Views()
+    journal = EventJournal(16, clock=lambda: T0)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(EndpointWatch(views, journal).run)
+            views.swap(_view(1, api=(_ep(1),)))  # the baseline: no event
+            await trio.testing.wait_all_tasks_blocked()
+            views.swap(_view(2, api=()))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    page = await journal.wait_after(0, wait_s=0, limit=10)
+    assert [(e.kind, e.subject) for e in page.events] == [("endpoint.unhealthy", "api/127.0.0.1:1")]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from controld.events.ring import NewEvent
 from controld.push import PushHub
-from controld.push.presence import Presence, PresenceEvent, PresenceRow, PresenceWatch
+from controld.push.presence import Presence, PresenceRow, PresenceWatch
 from meshcore.api.events import Severity
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
@@ -66,7 +67,7 @@ async def test_hub_records_registration_push_ack_nack_drain() -> None:
 def test_presence_reports_transitions_only() -> None:
     presence = Presence()
     rows = [PresenceRow("a", True, {}), PresenceRow("b", False, {})]
-    assert presence.update(rows) == [PresenceEvent("sidecar.connected", "a")]
+    assert presence.update(rows) == [NewEvent("sidecar.connected", "a")]
     assert presence.update(rows) == []
     gaps = {"fault.headers": "routes[1]"}
     events = presence.update([PresenceRow("a", False, gaps), PresenceRow("b", True, {})])
@@ -78,9 +79,7 @@ def test_presence_reports_transitions_only() -> None:
     assert events[1].detail == "fault.headers at routes[1]"
     # Same gaps again: nothing; a sidecar that left is forgotten quietly.
     assert presence.update([PresenceRow("a", False, gaps)]) == []
-    assert presence.update([PresenceRow("b", True, {})]) == [
-        PresenceEvent("sidecar.connected", "b")
-    ]
+    assert presence.update([PresenceRow("b", True, {})]) == [NewEvent("sidecar.connected", "b")]
 
 
 async def test_presence_watch_reads_the_hub() -> None:
