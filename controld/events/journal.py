@@ -29,6 +29,8 @@ class EventJournal:
         self._ring = EventRing(capacity)
         self._clock = clock
         self._changed = trio.Event()
+        #: Readers parked now (a record with none skips making a new event).
+        self._parked = 0
         self._closed = False
 
     @property
@@ -41,8 +43,9 @@ class EventJournal:
     ) -> None:
         """Add an event now and wake the parked readers."""
         self._ring.append(self._clock(), kind, subject, detail, severity)
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._parked:
+            self._changed.set()
+            self._changed = trio.Event()
 
     def close(self) -> None:
         """Release parked readers now and from now on (the server is stopping)."""
@@ -54,6 +57,10 @@ class EventJournal:
         (at most :data:`~meshcore.api.events.MAX_EVENTS_WAIT_S`) for one."""
         wait_s = min(max(0.0, wait_s), MAX_EVENTS_WAIT_S)
         if after == self._ring.last_seq and wait_s > 0 and not self._closed:
-            with trio.move_on_after(wait_s):
-                await self._changed.wait()
+            self._parked += 1
+            try:
+                with trio.move_on_after(wait_s):
+                    await self._changed.wait()
+            finally:
+                self._parked -= 1
         return self._ring.after(after, limit)

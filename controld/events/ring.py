@@ -8,10 +8,10 @@ asks for events it can no longer get is told how many it missed.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final, Protocol
 
 from meshcore.api.events import ControlEvent, ControlEvents, Severity
@@ -93,23 +93,26 @@ def record_changes(sink: EventSink, changes: Iterable[ResourceChange], author: s
 
 def rfc3339_ms(when: float) -> str:
     """Unix seconds as ``2026-12-06T11:24:01.123Z``."""
-    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-    return stamp[:-3] + "Z"
+    seconds = int(when // 1)
+    millis = min(999, round((when - seconds) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def _short(detail: str) -> str:
-    if len(detail) <= MAX_DETAIL:
-        return detail
-    return detail[: MAX_DETAIL - 1] + "…"
+#: seq, time, kind, subject, detail, severity.
+_Entry = tuple[int, float, str, str, str, Severity]
 
 
 class EventRing:
-    """At most ``capacity`` events, oldest dropped first."""
+    """At most ``capacity`` events, oldest dropped first.
+
+    Appending is on the push hub's hot path (an event per snapshot pushed and per ACK), so the
+    ring keeps plain tuples and builds the wire models only for a reader.
+    """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 1:
             raise ValueError("the event ring holds at least one event")
-        self._events: deque[ControlEvent] = deque(maxlen=capacity)
+        self._events: deque[_Entry] = deque(maxlen=capacity)
         self._seq = 0
 
     @property
@@ -122,19 +125,13 @@ class EventRing:
 
     def append(
         self, now: float, kind: str, subject: str, detail: str = "", severity: Severity = "info"
-    ) -> ControlEvent:
-        """Add an event at ``now`` (Unix seconds); the event, numbered."""
+    ) -> int:
+        """Add an event at ``now`` (Unix seconds); its seq."""
         self._seq += 1
-        event = ControlEvent(
-            seq=self._seq,
-            time=rfc3339_ms(now),
-            kind=kind,
-            subject=subject,
-            detail=_short(detail),
-            severity=severity,
-        )
-        self._events.append(event)
-        return event
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 1] + "…"
+        self._events.append((self._seq, now, kind, subject, detail, severity))
+        return self._seq
 
     def after(self, after: int, limit: int) -> ControlEvents:
         """The oldest ``limit`` events numbered after ``after`` (see
@@ -142,9 +139,21 @@ class EventRing:
         reset = after > self._seq
         if reset:
             after = 0
-        first = self._events[0].seq if self._events else self._seq + 1
+        first = self._events[0][0] if self._events else self._seq + 1
         missed = max(0, first - 1 - after)
         start = max(0, after + 1 - first)
-        events = tuple(itertools.islice(self._events, start, start + max(0, limit)))
+        events = tuple(
+            ControlEvent(
+                seq=seq,
+                time=rfc3339_ms(when),
+                kind=kind,
+                subject=subject,
+                detail=detail,
+                severity=severity,
+            )
+            for seq, when, kind, subject, detail, severity in itertools.islice(
+                self._events, start, start + max(0, limit)
+            )
+        )
         next_seq = events[-1].seq if events else max(after, first - 1)
         return ControlEvents(events=events, next=next_seq, missed=missed, reset=reset)

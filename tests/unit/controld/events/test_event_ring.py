@@ -27,7 +27,8 @@ def ring_of(n: int, capacity: int = 10) -> EventRing:
 def test_events_are_numbered_from_one_with_rfc3339_times() -> None:
     ring = EventRing(4)
     assert ring.last_seq == 0
-    event = ring.append(T0 + 0.25, "snapshot.nacked", "web-1", "bad route", "error")
+    ring.append(T0 + 0.25, "snapshot.nacked", "web-1", "bad route", "error")
+    [event] = ring.after(0, 10).events
     assert (event.seq, event.time, event.kind, event.subject) == (
         1,
         "2026-01-01T00:00:00.250Z",
@@ -37,6 +38,7 @@ def test_events_are_numbered_from_one_with_rfc3339_times() -> None:
     assert (event.detail, event.severity) == ("bad route", "error")
     assert ring.last_seq == 1
     assert rfc3339_ms(T0) == "2026-01-01T00:00:00.000Z"
+    assert rfc3339_ms(T0 + 59.9996) == "2026-01-01T00:00:59.999Z"
 
 
 def test_after_pages_forward_oldest_first() -> None:
@@ -71,7 +73,9 @@ def test_after_beyond_the_newest_is_a_reset() -> None:
 
 
 def test_long_details_are_cut() -> None:
-    event = EventRing(1).append(T0, "snapshot.nacked", "p", "x" * 5000, "error")
+    ring = EventRing(1)
+    ring.append(T0, "snapshot.nacked", "p", "x" * 5000, "error")
+    [event] = ring.after(0, 1).events
     assert len(event.detail) == MAX_DETAIL
     assert event.detail.endswith("…")
 
