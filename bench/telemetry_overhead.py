@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import profile_l7
@@ -80,6 +80,7 @@ LAYOUT = {OFF: (False, False), TELEMETRY: (True, False), TAP: (True, True)}
 #: The tap's rate bound (events per second), as an operator's tap would have.
 TAP_EVENTS_PER_S = 100
 _HASH = "bench-snapshot"
+T = TypeVar("T")
 
 
 class FakeControld:
@@ -262,6 +263,17 @@ def rounds_setting() -> tuple[int, int]:
     )
 
 
+def round_order(paths: list[T], number: int) -> list[T]:
+    """The order of round ``number``: rotated by one each round, reversed every other
+    ``len(paths)`` rounds, so over ``2 * len(paths)`` rounds each runs at each place, and
+    right after each other one, equally often."""
+    shift = number % len(paths)
+    order = paths[shift:] + paths[:shift]
+    if (number // len(paths)) % 2:
+        order.reverse()
+    return order
+
+
 @dataclasses.dataclass(frozen=True)
 class Rounds:
     """What :func:`measure` measured."""
@@ -289,11 +301,7 @@ def measure(ctx: Context, wrk: str, side: Sidecars) -> Rounds:
             measure_path(warm, wrk, path)
     results = []
     for number in range(rounds):
-        # Each round in another order: no sidecar always runs first or last, or after another.
-        shift = number % len(side.paths)
-        order = side.paths[shift:] + side.paths[:shift]
-        if (number // len(side.paths)) % 2:
-            order.reverse()
+        order = round_order(side.paths, number)
         results.append({path.name: measure_path(short, wrk, path) for path in order})
     return Rounds(results, time.process_time() - cpu0, time.monotonic() - wall0)
 
