@@ -3,9 +3,11 @@
 Every path gets the same wrk load in the same run against the same nginx backend; each proxy
 has one worker/thread. Prints a table (rps, p50, p99, proxy CPU per request, errors), then
 ``RATIO l7_cpu_vs_nginx``, ``RATIO l4_cpu_vs_haproxy``, ``RATIO l7_rps_vs_nginx``,
-``RATIO l4_rps_vs_haproxy`` and ``RSS_MB meshd_idle`` and a verdict, after INFO lines
-with the floors any Trio proxy has here: a bare Trio byte relay against nginx and haproxy, and
-the resident memory of the required (and recommended) libraries imported by themselves.
+``RATIO l4_rps_vs_haproxy``, ``RATIO telemetry_overhead`` (meshd-l7 with telemetry on, and
+with a tap active, against both off: ``telemetry_overhead.py``) and ``RSS_MB meshd_idle`` and a
+verdict, after INFO lines with the floors any Trio proxy has here: a bare Trio byte relay
+against nginx and haproxy, and the resident memory of the required (and recommended) libraries
+imported by themselves.
 """
 
 from __future__ import annotations
