@@ -9,10 +9,13 @@ Events view shows (ACKs of new snapshots, NACKs, sidecars connecting and going a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from meshcore.api.audit import AuditEntry
+from meshcore.api.base import JsonObject
+from meshcore.api.ca import CaStatus
+from meshcore.api.proxies import Nack, ProxyState
 from meshcore.api.telemetry import (
     Edge,
     EndpointStats,
@@ -23,8 +26,6 @@ from meshcore.api.telemetry import (
 from tui.dashboard.source import DashboardSource, SourceRefused
 
 __all__ = ["MeshState", "PlaneEvent", "fetch_state", "proxy_events"]
-
-Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +49,12 @@ class MeshState:
     endpoints: tuple[EndpointStats, ...] = ()
     edges: tuple[Edge, ...] = ()
     instances: tuple[InstanceTelemetry, ...] = ()
-    proxies: tuple[Json, ...] = ()
-    resources: tuple[Json, ...] = ()
-    audit: tuple[Json, ...] = ()
-    ca: Json = field(default_factory=dict)
+    proxies: tuple[ProxyState, ...] = ()
+    #: The policy resource documents (what the control actions edit).
+    resources: tuple[JsonObject, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
+    #: None: the CA state is unavailable (see ``notes``).
+    ca: CaStatus | None = None
     #: Why telemetry is missing (controld without the telemetry API), else None.
     telemetry_error: str | None = None
     #: Why the audit log or the CA state is missing (e.g. not enabled), else None.
@@ -81,12 +84,12 @@ async def fetch_state(
     proxies = tuple(await source.proxies())
     resources = tuple(await source.resources())
     notes: list[str] = []
-    audit: tuple[Json, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
     try:
         audit = tuple(await source.audit(audit_limit))
     except SourceRefused as exc:
         notes.append(f"audit log unavailable: {exc.message}")
-    ca: Json = {}
+    ca: CaStatus | None = None
     try:
         ca = await source.ca_status()
     except SourceRefused as exc:
@@ -107,45 +110,40 @@ async def fetch_state(
     )
 
 
-def _nack_key(proxy: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    nack = proxy.get("nack")
-    if not isinstance(nack, Mapping):
-        return None
-    return (nack.get("version"), nack.get("hash"))
+def _nack_key(nack: Nack | None) -> tuple[int, str] | None:
+    return None if nack is None else (nack.version, nack.hash)
 
 
 def proxy_events(
-    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], now: float
+    before: Sequence[ProxyState], after: Sequence[ProxyState], now: float
 ) -> list[PlaneEvent]:
     """What changed between two ``GET /v1/proxies`` answers (empty ``before``: nothing, the
     first refresh is the baseline)."""
     if not before:
         return []
-    old = {str(p.get("proxy_id")): p for p in before}
-    new = {str(p.get("proxy_id")): p for p in after}
+    old = {p.proxy_id: p for p in before}
+    new = {p.proxy_id: p for p in after}
     events: list[PlaneEvent] = []
     for pid, proxy in sorted(new.items()):
         prev = old.get(pid)
         if prev is None:
-            events.append(PlaneEvent(now, "registered", pid, f"service {proxy.get('service')}"))
+            events.append(PlaneEvent(now, "registered", pid, f"service {proxy.service}"))
             continue
-        if proxy.get("acked_version") != prev.get("acked_version"):
-            events.append(
-                PlaneEvent(now, "acked", pid, f"snapshot version {proxy.get('acked_version')}")
-            )
-        if _nack_key(proxy) != _nack_key(prev) and _nack_key(proxy) is not None:
-            nack = proxy["nack"]
-            first = str(nack.get("error") or "").strip().splitlines()
+        if proxy.acked_version != prev.acked_version:
+            events.append(PlaneEvent(now, "acked", pid, f"snapshot version {proxy.acked_version}"))
+        nack = proxy.nack
+        if nack is not None and _nack_key(nack) != _nack_key(prev.nack):
+            first = nack.error.strip().splitlines()
             events.append(
                 PlaneEvent(
                     now,
                     "NACKED",
                     pid,
-                    f"version {nack.get('version')}: {first[0] if first else '(no reason)'}",
+                    f"version {nack.version}: {first[0] if first else '(no reason)'}",
                 )
             )
-        if bool(proxy.get("connected")) != bool(prev.get("connected")):
-            state = "connected" if proxy.get("connected") else "disconnected"
+        if proxy.connected != prev.connected:
+            state = "connected" if proxy.connected else "disconnected"
             events.append(PlaneEvent(now, state, pid, ""))
     for pid in sorted(old.keys() - new.keys()):
         events.append(PlaneEvent(now, "gone", pid, "no longer registered"))
