@@ -65,7 +65,11 @@ def to_yaml(value: Any) -> str:
     """One YAML document, keys in their given order, ending with a newline (wire models as
     :func:`json_value`)."""
     text: str = yaml.dump(
-        json_value(value), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+        json_value(value),
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
     )
     return text
 

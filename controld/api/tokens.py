@@ -65,7 +65,7 @@ def tokens_router(auth: TokenAuth, guard: Guard, auditor: Auditor) -> APIRouter:
     async def list_sidecar_tokens(_: Admin) -> SidecarTokenList:
         """Every unexpired sidecar token: id, service, identity, expiry (never a secret)."""
         if auth.tokens is None:
-            return SidecarTokenList()
+            return SidecarTokenList(tokens=())
         return SidecarTokenList(tokens=tuple(token_info(r) for r in await auth.tokens.list()))
 
     @router.delete(

@@ -50,4 +50,4 @@ class AuditEntry(Answer):
 class AuditPage(Answer):
     """Answer of ``GET /v1/audit``."""
 
-    entries: tuple[AuditEntry, ...] = ()
+    entries: tuple[AuditEntry, ...]

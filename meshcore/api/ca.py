@@ -154,7 +154,7 @@ class Identity(Answer):
 class IdentityList(Answer):
     """Answer of ``GET /v1/identities``."""
 
-    identities: tuple[Identity, ...] = ()
+    identities: tuple[Identity, ...]
 
 
 class RevokeRequest(Request):
@@ -180,5 +180,5 @@ class RevokeAnswer(Answer):
     """Answer of ``POST /v1/revocations``: the instances revoked; ``spiffe_id`` when a whole
     service was."""
 
-    revoked: tuple[Identity, ...] = ()
+    revoked: tuple[Identity, ...]
     spiffe_id: str | None = None

@@ -75,7 +75,7 @@ class ProxyState(Answer):
 class ProxyList(Answer):
     """Answer of ``GET /v1/proxies``."""
 
-    proxies: tuple[ProxyState, ...] = ()
+    proxies: tuple[ProxyState, ...]
 
 
 class DrainAnswer(Answer):

@@ -93,4 +93,4 @@ class ResourceList(Answer):
     kind and name."""
 
     revision: int
-    resources: tuple[JsonObject, ...] = ()
+    resources: tuple[JsonObject, ...]

@@ -95,7 +95,7 @@ class SidecarTokenInfo(Answer):
 class SidecarTokenList(Answer):
     """Answer of ``GET /v1/tokens/sidecar``."""
 
-    tokens: tuple[SidecarTokenInfo, ...] = ()
+    tokens: tuple[SidecarTokenInfo, ...]
 
 
 class TokenRevoked(Answer):

@@ -10,6 +10,7 @@ from dashboard_pilot import run_app, status_text, table_rows, wait_for
 from textual.pilot import Pilot
 from textual.widgets import TabbedContent
 
+from meshcore.api.proxies import ProxyState
 from tui.dashboard.app import DashboardApp
 from tui.dashboard.fake import FakeSource
 from tui.dashboard.screens import ConfirmScreen, HelpScreen, PromptScreen
@@ -335,7 +336,7 @@ def test_quit() -> None:
 
 
 class Forbidden(FakeSource):
-    async def proxies(self) -> list[dict]:  # type: ignore[type-arg]
+    async def proxies(self) -> list[ProxyState]:
         raise SourceRefused(401, "unauthenticated (the dashboard needs an admin token)")
 
 

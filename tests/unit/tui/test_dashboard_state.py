@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
+from meshcore.api.proxies import ProxyState
 from meshcore.api.telemetry import ServicesTelemetry
 from tui.dashboard import fmt
 from tui.dashboard.fake import FAKE_NOW, FakeSource
@@ -26,7 +28,7 @@ def test_fetch_reads_everything_and_the_drilled_service() -> None:
     assert [s.service for s in state.services] == ["api", "web"]
     assert state.routes == () and state.endpoints == ()
     assert len(state.edges) == 3 and len(state.instances) == 4
-    assert state.ca["phase"] == "stable"
+    assert state.ca is not None and state.ca.phase == "stable"
     drilled = _fetch(source, "api")
     assert {r.route for r in drilled.routes} == {"canary", "slow"}
     assert {e.proxy_id for e in drilled.endpoints} == {"api-v1-sidecar", "api-v2-sidecar"}
@@ -51,33 +53,36 @@ def test_unreachable_passes_through() -> None:
         _fetch(source)
 
 
+def _proxies(rows: list[dict[str, Any]]) -> list[ProxyState]:
+    return [ProxyState.model_validate(row) for row in rows]
+
+
 def test_proxy_events() -> None:
-    before = [
+    before: list[dict[str, Any]] = [
         {"proxy_id": "a", "service": "x", "connected": True, "acked_version": 1, "nack": None},
         {"proxy_id": "b", "service": "x", "connected": True, "acked_version": 1, "nack": None},
     ]
-    after = [
+    after: list[dict[str, Any]] = [
         {"proxy_id": "a", "service": "x", "connected": False, "acked_version": 2, "nack": None},
         {
             "proxy_id": "c",
             "service": "y",
             "connected": True,
             "acked_version": None,
-            "nack": {"version": 3, "hash": "h", "error": "bad\nmore"},
+            "nack": {"version": 3, "hash": "h", "error": "bad\nmore", "time": 1.0},
         },
     ]
-    events = proxy_events(before, after, 5.0)
+    events = proxy_events(_proxies(before), _proxies(after), 5.0)
     assert [(e.kind, e.subject) for e in events] == [
         ("acked", "a"),
         ("disconnected", "a"),
         ("registered", "c"),
         ("gone", "b"),
     ]
-    assert proxy_events([], after, 5.0) == []  # the first refresh is the baseline
-    nacked = [dict(after[1], nack={"version": 4, "hash": "h4", "error": "worse"})]
-    assert [(e.kind, e.detail) for e in proxy_events(after[1:], nacked, 6.0)] == [
-        ("NACKED", "version 4: worse")
-    ]
+    assert proxy_events([], _proxies(after), 5.0) == []  # the first refresh is the baseline
+    nacked = [dict(after[1], nack={"version": 4, "hash": "h4", "error": "worse", "time": 2.0})]
+    events = proxy_events(_proxies(after[1:]), _proxies(nacked), 6.0)
+    assert [(e.kind, e.detail) for e in events] == [("NACKED", "version 4: worse")]
 
 
 def test_text_helpers() -> None:
