@@ -15,7 +15,6 @@ from meshcore.api.audit import (
     AUDIT_PATH,
     DEFAULT_AUDIT_LIMIT,
     MAX_AUDIT_LIMIT,
-    AuditEntry,
     AuditPage,
 )
 from meshcore.registry import RegistryError
@@ -56,6 +55,6 @@ def audit_router(audit: AuditLog, guard: Guard) -> APIRouter:
             entries = await audit.read(since=floor, limit=limit)
         except RegistryError as exc:
             raise ApiError(503, f"registry unavailable: {exc}") from exc
-        return AuditPage(entries=tuple(AuditEntry.model_validate(e.as_json()) for e in entries))
+        return AuditPage(entries=tuple(entries))
 
     return router
