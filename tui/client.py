@@ -40,7 +40,13 @@ from meshcore.api.resources import (
     ResourceList,
     resource_path,
 )
-from meshcore.api.status import EXPLAIN_PATH, SCHEMA_PATH, STATUS_PATH, ExplainRequest
+from meshcore.api.status import (
+    EXPLAIN_PATH,
+    SCHEMA_PATH,
+    STATUS_PATH,
+    ExplainRequest,
+    StatusAnswer,
+)
 from meshcore.api.tokens import (
     JOIN_TOKENS_PATH,
     REGISTRY_TOKENS_PATH,
@@ -229,9 +235,9 @@ class ControldClient:
         """``POST /v1/proxies/{id}/drain``: ask that sidecar to drain."""
         return self._answer(DrainAnswer, "POST", drain_path(proxy_id))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusAnswer:
         """``GET /v1/status``: registry, discovery, push, store, endpoint mix."""
-        return parse_object(STATUS_PATH, self.request("GET", STATUS_PATH))
+        return self._answer(StatusAnswer, "GET", STATUS_PATH)
 
     def explain(
         self,

@@ -20,7 +20,13 @@ from controld.auth import Principal, TokenAuth
 from controld.compiler import explain
 from controld.compiler.endpoint_tls import endpoint_mix
 from controld.compiler.inputs import Inputs
-from meshcore.api.status import EXPLAIN_PATH, SCHEMA_PATH, STATUS_PATH, ExplainRequest
+from meshcore.api.status import (
+    EXPLAIN_PATH,
+    SCHEMA_PATH,
+    STATUS_PATH,
+    ExplainRequest,
+    StatusAnswer,
+)
 from meshcore.model.resources import json_schemas
 
 __all__ = ["api_router", "probes_router"]
@@ -42,15 +48,16 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
     Admin = Annotated[Principal, Depends(guard.admin)]
     AnyToken = Annotated[Principal, Depends(guard.principal)]
 
-    @router.get(STATUS_PATH)
-    async def status(_: Admin) -> dict[str, Any]:
+    # Only the sections and fields the daemon filled in are sent.
+    @router.get(STATUS_PATH, response_model_exclude_unset=True)
+    async def status(_: Admin) -> StatusAnswer:
         """Registry link, discovery view, push hub and store state; ``endpoint_mix``: the
         services with plain (no sidecar) endpoints, how each endpoint is reached and which
         are excluded (STRICT) and why."""
         doc = plane.status()
         view = plane.view()
         doc["endpoint_mix"] = endpoint_mix(Inputs(view, plane.resources()), view.services)
-        return doc
+        return StatusAnswer.model_validate(doc)
 
     @router.get(SCHEMA_PATH)
     async def schema(_: AnyToken) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshcore.api.proxies import ProxyState
+from meshcore.api.status import StatusAnswer
 from tui import render
 from tui.cli.clustertext import cluster_settings_lines
 from tui.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Options, error
@@ -100,19 +101,18 @@ def _version(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def status_header(status: Mapping[str, Any], proxies: int) -> str:
+def status_header(status: StatusAnswer, proxies: int) -> str:
     """``registry: embedded (connected)   resources: revision 7   sidecars: 3``."""
-    registry = status.get("registry") or {}
-    mode = registry.get("mode", "?")
-    state = "connected" if registry.get("connected") else "DISCONNECTED"
-    parts = [f"registry: {mode} ({state})"]
-    store = status.get("store") or {}
-    revision = store.get("revision", status.get("revision"))
-    count = store.get("resources")
+    registry = status.registry
+    state = "connected" if registry.connected else "DISCONNECTED"
+    parts = [f"registry: {registry.mode} ({state})"]
+    store = status.store
+    revision = None if store is None else store.revision
+    count = None if store is None else store.resources
     text = f"resources: revision {'-' if revision is None else revision}"
-    if isinstance(count, int):
+    if count is not None:
         text += f" ({count} resource{'' if count == 1 else 's'})"
-    if store and not store.get("connected", True):
+    if store is not None and not store.connected:
         text += " STORE DISCONNECTED"
     parts.append(text)
     parts.append(f"sidecars: {proxies}")
@@ -134,10 +134,9 @@ def cmd_status(opts: Options, _: argparse.Namespace) -> int:
     if proxies:
         print()
         print(render.table(PROXY_HEADERS, proxy_rows(proxies, time.time())))
-    mixed = status.get("endpoint_mix")
-    if isinstance(mixed, Mapping) and mixed:
+    if status.endpoint_mix:
         print()
-        print("\n".join(endpoint_mix_lines(mixed)))
+        print("\n".join(endpoint_mix_lines(status.endpoint_mix)))
     return EXIT_OK
 
 

@@ -119,3 +119,18 @@ async def test_json_output_is_the_daemons_answer(
             expected = raw if key is None else raw[key]
             assert expected, path  # something to compare
             assert json.dumps(last_json(out)) == json.dumps(expected), args
+        # The status moves (contact times, counters): the same sections and fields, in order.
+        code, out = await run(capsys, base, "status", "-o", "json")
+        assert code == 0
+        raw = (await http.get("/v1/status")).json()
+        assert _shape(last_json(out)["status"]) == _shape(raw)
+        assert "registry" in raw and "store" in raw
+
+
+def _shape(value: Any) -> Any:
+    """The keys of ``value``'s objects, in order, recursively (the values left out)."""
+    if isinstance(value, dict):
+        return [(key, _shape(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return None

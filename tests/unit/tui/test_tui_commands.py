@@ -6,6 +6,7 @@ from typing import Any
 
 from meshcore.api.proxies import ProxyState
 from meshcore.api.resources import ApplyAnswer
+from meshcore.api.status import StatusAnswer
 from tui.cli.ops import (
     endpoint_mix_lines,
     explain_lines,
@@ -127,14 +128,22 @@ def test_proxy_rows_show_features_and_those_in_use_it_lacks() -> None:
     assert feature_cells(_proxy(features=[], unsupported=[])) == ("0", "-")
 
 
+def _header(status: dict[str, Any], proxies: int) -> str:
+    return status_header(StatusAnswer.model_validate(status), proxies)
+
+
 def test_status_header() -> None:
-    status = {"registry": {"mode": "embedded", "connected": True}, "store": {"revision": 9}}
-    assert status_header(status, 3) == (
+    status: dict[str, Any] = {
+        "registry": {"mode": "embedded", "connected": True},
+        "store": {"revision": 9},
+    }
+    assert _header(status, 3) == (
         "registry: embedded (connected)   resources: revision 9   sidecars: 3"
     )
     status["store"] = {"revision": 9, "resources": 1, "connected": False}
-    assert "resources: revision 9 (1 resource) STORE DISCONNECTED" in status_header(status, 3)
-    assert "DISCONNECTED" in status_header({"registry": {"mode": "external"}}, 0)
+    assert "resources: revision 9 (1 resource) STORE DISCONNECTED" in _header(status, 3)
+    assert "DISCONNECTED" in _header({"registry": {"mode": "external"}}, 0)
+    assert "revision -" in _header({}, 0)
 
 
 EXPLANATION: dict[str, Any] = {

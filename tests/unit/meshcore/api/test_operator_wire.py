@@ -27,7 +27,7 @@ from meshcore.api.errors import (
 )
 from meshcore.api.proxies import ProxyList, drain_path
 from meshcore.api.resources import ApplyAnswer, ApplyRequest, resource_path
-from meshcore.api.status import ExplainRequest
+from meshcore.api.status import ExplainRequest, StatusAnswer
 from meshcore.api.tokens import (
     JoinTokenRequest,
     RegistryTokenRequest,
@@ -86,6 +86,34 @@ CA = {
     "revoked_leaves": 0,
     "invalid_records": {},
 }
+STATUS = {
+    "registry": {
+        "mode": "embedded",
+        "address": "127.0.0.1:8500",
+        "connected": True,
+        "last_error": None,
+        "last_contact": 1000.25,
+        "last_index": 42,
+        "errors": 0,
+        "added_later": True,
+    },
+    "discovery": {"version": 3, "services": {"web": [{"host": "127.0.0.1", "port": 1}]}},
+    "push": {"proxies": 1, "connected": 1, "rollouts_pending": 0},
+    "telemetry": {"instances": 1, "taps": {"active": 0}},
+    "store": {
+        "connected": True,
+        "loaded": True,
+        "revision": 7,
+        "resources": 3,
+        "last_error": None,
+        "last_contact": 1000.5,
+        "errors": 0,
+        "invalid_values": 0,
+        "prefix": "meshd/",
+        "kinds": {"HTTPRoute": 1},
+    },
+    "endpoint_mix": {},
+}
 IDENTITY = {
     "id": "0123456789abcdef",
     "service": "web",
@@ -111,6 +139,8 @@ IDENTITY = {
         (CaStatus, CA),
         (RevokeAnswer, {"revoked": [IDENTITY], "spiffe_id": IDENTITY["spiffe_id"]}),
         (RevokeAnswer, {"revoked": [IDENTITY]}),
+        (StatusAnswer, STATUS),
+        (StatusAnswer, {"registry": {"mode": "embedded"}, "added_later": {"x": 1}}),
         (
             ApplyAnswer,
             {
