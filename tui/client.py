@@ -166,7 +166,7 @@ class ControldClient:
         """One call; the decoded JSON body (``None`` for an empty one).
 
         Raises :class:`ApiError` on an error status, :class:`Unreachable` when there is no
-        answer.
+        answer, :class:`~meshcore.api.errors.UnexpectedAnswer` when a success isn't JSON.
         """
         try:
             response = self._http.request(method, path, json=json, params=params)
@@ -179,7 +179,7 @@ class ControldClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise ApiError(response.status_code, "answer is not JSON") from exc
+            raise UnexpectedAnswer(path, "not JSON") from exc
 
     def _answer(
         self,

@@ -107,7 +107,8 @@ class HttpSource:
         try:
             return response.json()
         except ValueError as exc:
-            raise SourceRefused(response.status_code, "answer is not JSON") from exc
+            detail = str(UnexpectedAnswer(path, "not JSON"))
+            raise SourceRefused(response.status_code, detail) from exc
 
     async def _model(
         self,

@@ -61,6 +61,8 @@ def _odd_answers(request: httpx.Request) -> httpx.Response:
     """A server whose success answers don't have the API's shape."""
     if request.url.path == "/v1/explain":
         return httpx.Response(200, json=["not", "an", "object"])
+    if request.url.path == "/v1/schema":
+        return httpx.Response(200, text="<html>a login page</html>")
     return httpx.Response(200, json={"proxies": [{"proxy_id": "p"}]})
 
 
@@ -72,6 +74,8 @@ def test_an_answer_of_another_shape_is_a_clear_error(
             client.proxies()
         with pytest.raises(UnexpectedAnswer, match="/v1/explain: not a JSON object"):
             client.explain("web", "api")
+        with pytest.raises(UnexpectedAnswer, match="/v1/schema: not JSON"):
+            client.schema()
     # meshctl says so in one line and exits 1 (no traceback).
     monkeypatch.setattr(
         "tui.cli.common.ControldClient",
