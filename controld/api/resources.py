@@ -17,6 +17,7 @@ from controld.api.features import FeatureGap, feature_gaps
 from controld.api.plane import ControlPlane
 from controld.auth import Principal
 from controld.compiler import ResourceProblem, validate_resources
+from controld.events import EventSink, NullSink, record_changes
 from controld.store import ApplyResult, ResourceNotFound, RevisionRecord, StoreError
 from meshcore.api.errors import Problem, loc_path
 from meshcore.api.resources import (
@@ -146,8 +147,11 @@ def _check_kind(kind: str) -> None:
         )
 
 
-def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> APIRouter:
-    """The resource routes (admin token)."""
+def resources_router(
+    plane: ControlPlane, guard: Guard, auditor: Auditor, events: EventSink | None = None
+) -> APIRouter:
+    """The resource routes (admin token); changes made are recorded in ``events``."""
+    journal = events if events is not None else NullSink()
     router = APIRouter(tags=["resources"], dependencies=[Security(BEARER)])
     Admin = Annotated[Principal, Depends(guard.admin)]
     AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
@@ -197,6 +201,7 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
         else:
             outcome = "applied" if result.changed else "unchanged"
             auditor.record(principal.name, request, outcome, revision=result.revision)
+            record_changes(journal, result.changes, principal.name)
             await _settle(plane, result.revision)
         return _answer(result, dry_run=body.dry_run, gaps=gaps)
 
@@ -259,6 +264,7 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
         except StoreError as exc:
             auditor.record(principal.name, request, "error", error=str(exc))
             raise
+        record_changes(journal, result.changes, principal.name)
         await _settle(plane, result.revision)
         auditor.record(principal.name, request, "deleted", revision=result.revision)
         return _answer(result)

@@ -19,6 +19,7 @@ from meshcore.api.ca import (
     RotationStep,
 )
 from meshcore.api.errors import UnexpectedAnswer, error_of, parse_answer, parse_object
+from meshcore.api.events import EVENTS_PATH, ControlEvents
 from meshcore.api.proxies import PROXIES_PATH, DrainAnswer, ProxyList, ProxyState, drain_path
 from meshcore.api.resources import (
     RESOURCES_PATH,
@@ -158,6 +159,12 @@ class HttpSource:
 
     async def ca_status(self) -> CaStatus:
         return await self._get(CaStatus, CA_PATH, {})
+
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        params: dict[str, str | int | float] = {"after": after, "wait_s": wait_s, "limit": limit}
+        return await self._model(
+            ControlEvents, "GET", EVENTS_PATH, params=params, timeout_s=wait_s + 5.0
+        )
 
     async def start_tap(self, request: TapRequest) -> TapCreated:
         body = request.model_dump(mode="json")

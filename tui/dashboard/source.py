@@ -2,9 +2,10 @@
 
 The real source is :class:`~tui.dashboard.http.HttpSource` (controld's API with the
 operator's token); tests fill the seam with :class:`~tui.dashboard.fake.FakeSource`.
-Answers come as the wire models of :mod:`meshcore.api` (policy resources as the JSON
-documents controld stores, which the control actions edit); an answer without the promised
-shape is a :class:`SourceRefused` naming the route and the first bad field.
+Answers come as the wire models of :mod:`meshcore.api` (control-plane events as
+:mod:`meshcore.api.events` models, policy resources as the JSON documents controld stores,
+which the control actions edit); an answer without the promised shape is a
+:class:`SourceRefused` naming the route and the first bad field.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from meshcore.api.audit import AuditEntry
 from meshcore.api.base import JsonObject
 from meshcore.api.ca import CaStatus, RotateAnswer, RotationStep
+from meshcore.api.events import ControlEvents
 from meshcore.api.proxies import DrainAnswer, ProxyState
 from meshcore.api.resources import ApplyAnswer
 from meshcore.api.telemetry import (
@@ -85,6 +87,11 @@ class DashboardSource(Protocol):
 
     async def ca_status(self) -> CaStatus:
         """The CA's rotation phase (``GET /v1/ca``)."""
+        ...
+
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        """Control-plane events numbered after ``after`` (``GET /v1/events``, a long-poll:
+        waits up to ``wait_s`` when there is none yet)."""
         ...
 
     async def start_tap(self, request: TapRequest) -> TapCreated:

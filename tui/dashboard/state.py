@@ -3,19 +3,21 @@
 :func:`fetch_state` reads the source once per refresh; the app hands the result down to the
 views. Telemetry answering 404 (a controld without the telemetry API) is not an outage: the
 other views still work and the traffic views say why they are empty.
-:func:`proxy_events` turns two consecutive proxy lists into the control-plane events the
-Events view shows (ACKs of new snapshots, NACKs, sidecars connecting and going away).
+:class:`PlaneEvent` is one row of the Events view: a control-plane event controld recorded
+(:func:`plane_event` of a :class:`~meshcore.api.events.ControlEvent`, streamed from
+``GET /v1/events``) or the result of one of the dashboard's own actions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from meshcore.api.audit import AuditEntry
 from meshcore.api.base import JsonObject
 from meshcore.api.ca import CaStatus
-from meshcore.api.proxies import Nack, ProxyState
+from meshcore.api.events import ControlEvent, Severity
+from meshcore.api.proxies import ProxyState
 from meshcore.api.telemetry import (
     Edge,
     EndpointStats,
@@ -25,17 +27,28 @@ from meshcore.api.telemetry import (
 )
 from tui.dashboard.source import DashboardSource, SourceRefused
 
-__all__ = ["MeshState", "PlaneEvent", "fetch_state", "proxy_events"]
+__all__ = ["MeshState", "PlaneEvent", "fetch_state", "plane_event"]
 
 
 @dataclass(frozen=True, slots=True)
 class PlaneEvent:
-    """Something that happened in the control plane, as the dashboard saw it."""
+    """One row of the Events view: a control-plane event or a dashboard action's result."""
 
     time: float
     kind: str
     subject: str
     detail: str
+    severity: Severity = "info"
+
+
+def plane_event(event: ControlEvent) -> PlaneEvent:
+    """A row for an event controld recorded (its RFC 3339 time as Unix seconds; an
+    unreadable one as 0, shown as midnight rather than dropping the event)."""
+    try:
+        when = datetime.fromisoformat(event.time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        when = 0.0
+    return PlaneEvent(when, event.kind, event.subject, event.detail, event.severity)
 
 
 @dataclass(frozen=True)
@@ -108,43 +121,3 @@ async def fetch_state(
         telemetry_error=telemetry_error,
         notes=tuple(notes),
     )
-
-
-def _nack_key(nack: Nack | None) -> tuple[int, str] | None:
-    return None if nack is None else (nack.version, nack.hash)
-
-
-def proxy_events(
-    before: Sequence[ProxyState], after: Sequence[ProxyState], now: float
-) -> list[PlaneEvent]:
-    """What changed between two ``GET /v1/proxies`` answers (empty ``before``: nothing, the
-    first refresh is the baseline)."""
-    if not before:
-        return []
-    old = {p.proxy_id: p for p in before}
-    new = {p.proxy_id: p for p in after}
-    events: list[PlaneEvent] = []
-    for pid, proxy in sorted(new.items()):
-        prev = old.get(pid)
-        if prev is None:
-            events.append(PlaneEvent(now, "registered", pid, f"service {proxy.service}"))
-            continue
-        if proxy.acked_version != prev.acked_version:
-            events.append(PlaneEvent(now, "acked", pid, f"snapshot version {proxy.acked_version}"))
-        nack = proxy.nack
-        if nack is not None and _nack_key(nack) != _nack_key(prev.nack):
-            first = nack.error.strip().splitlines()
-            events.append(
-                PlaneEvent(
-                    now,
-                    "NACKED",
-                    pid,
-                    f"version {nack.version}: {first[0] if first else '(no reason)'}",
-                )
-            )
-        if proxy.connected != prev.connected:
-            state = "connected" if proxy.connected else "disconnected"
-            events.append(PlaneEvent(now, state, pid, ""))
-    for pid in sorted(old.keys() - new.keys()):
-        events.append(PlaneEvent(now, "gone", pid, "no longer registered"))
-    return events

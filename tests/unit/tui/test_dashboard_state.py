@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from meshcore.api.proxies import ProxyState
+from meshcore.api.events import ControlEvent
 from meshcore.api.telemetry import ServicesTelemetry
 from tui.dashboard import fmt
 from tui.dashboard.fake import FAKE_NOW, FakeSource
 from tui.dashboard.source import SourceRefused, SourceUnreachable
-from tui.dashboard.state import MeshState, fetch_state, proxy_events
+from tui.dashboard.state import MeshState, PlaneEvent, fetch_state, plane_event
 from tui.dashboard.views.tap import parse_filter
 
 pytestmark = pytest.mark.timeout(30)
@@ -53,36 +52,29 @@ def test_unreachable_passes_through() -> None:
         _fetch(source)
 
 
-def _proxies(rows: list[dict[str, Any]]) -> list[ProxyState]:
-    return [ProxyState.model_validate(row) for row in rows]
+def test_plane_event_of_a_control_event() -> None:
+    event = ControlEvent(
+        seq=3,
+        time="2026-01-01T00:00:05.250Z",
+        kind="snapshot.nacked",
+        subject="api-v2-sidecar",
+        detail="version 12: bad",
+        severity="error",
+    )
+    assert plane_event(event) == PlaneEvent(
+        FAKE_NOW + 5.25, "snapshot.nacked", "api-v2-sidecar", "version 12: bad", "error"
+    )
+    assert plane_event(event.model_copy(update={"time": "yesterday"})).time == 0.0
 
 
-def test_proxy_events() -> None:
-    before: list[dict[str, Any]] = [
-        {"proxy_id": "a", "service": "x", "connected": True, "acked_version": 1, "nack": None},
-        {"proxy_id": "b", "service": "x", "connected": True, "acked_version": 1, "nack": None},
-    ]
-    after: list[dict[str, Any]] = [
-        {"proxy_id": "a", "service": "x", "connected": False, "acked_version": 2, "nack": None},
-        {
-            "proxy_id": "c",
-            "service": "y",
-            "connected": True,
-            "acked_version": None,
-            "nack": {"version": 3, "hash": "h", "error": "bad\nmore", "time": 1.0},
-        },
-    ]
-    events = proxy_events(_proxies(before), _proxies(after), 5.0)
-    assert [(e.kind, e.subject) for e in events] == [
-        ("acked", "a"),
-        ("disconnected", "a"),
-        ("registered", "c"),
-        ("gone", "b"),
-    ]
-    assert proxy_events([], _proxies(after), 5.0) == []  # the first refresh is the baseline
-    nacked = [dict(after[1], nack={"version": 4, "hash": "h4", "error": "worse", "time": 2.0})]
-    events = proxy_events(_proxies(after[1:]), _proxies(nacked), 6.0)
-    assert [(e.kind, e.detail) for e in events] == [("NACKED", "version 4: worse")]
+def test_fake_events_page_and_wait() -> None:
+    source = FakeSource()
+    held = len(source.events_)
+    first = asyncio.run(source.events(0, 0.0, 2))
+    assert [e.seq for e in first.events] == [1, 2] and first.next == 2
+    rest = asyncio.run(source.events(2, 0.0, 100))
+    assert rest.next == held
+    assert asyncio.run(source.events(held, 0.1, 100)).events == ()
 
 
 def test_text_helpers() -> None:

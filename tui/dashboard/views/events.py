@@ -1,5 +1,5 @@
-"""The Events view: control-plane events the dashboard saw, its own actions, and the audit
-log of changes (who, what, when)."""
+"""The Events view: controld's control-plane events (streamed from ``GET /v1/events``) with
+the dashboard's own actions, and the audit log of changes (who, what, when)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,21 @@ __all__ = ["EventsView", "audit_rows", "event_rows"]
 
 EVENT_COLUMNS = ("TIME", "EVENT", "SUBJECT", "DETAIL")
 AUDIT_COLUMNS = ("TIME", "WHO", "WHAT", "RESOURCE", "OUTCOME")
+EVENTS_TITLE = "Control-plane events and this dashboard's actions"
+
+
+#: How each severity's kind is shown (info: plain).
+_SEVERITY_STYLE = {"warning": "yellow", "error": "bold red"}
 
 
 def event_rows(events: Sequence[PlaneEvent]) -> list[tuple[str, list[Cell]]]:
-    """Newest first."""
+    """Newest first; warnings and errors in colour (their kinds say it without)."""
     rows: list[tuple[str, list[Cell]]] = []
     for i, e in enumerate(reversed(events)):
         kind: Cell = e.kind
-        if e.kind in ("NACKED", "gone", "disconnected", "failed"):
-            kind = Text(e.kind, style="bold red")
+        style = _SEVERITY_STYLE.get(e.severity)
+        if style is not None:
+            kind = Text(e.kind, style=style)
         rows.append((f"e{len(events) - i}", [fmt.clock(e.time), kind, e.subject, e.detail]))
     return rows
 
@@ -62,20 +68,26 @@ class EventsView(Vertical):
 
     state: reactive[MeshState | None] = reactive(None, always_update=True)
     events: reactive[tuple[PlaneEvent, ...]] = reactive((), always_update=True)
+    #: Why controld's events are missing (an older controld, a refused token), else "".
+    events_note: reactive[str] = reactive("")
 
     def compose(self) -> ComposeResult:
-        yield TitledTable(
-            "Control-plane events (seen by this dashboard)", EVENT_COLUMNS, id="events-table"
-        )
+        yield TitledTable(EVENTS_TITLE, EVENT_COLUMNS, id="events-table")
         yield TitledTable("Audit log", AUDIT_COLUMNS, id="audit-table")
 
     def on_mount(self) -> None:
         self.watch_state()
         self.watch_events()
+        self.watch_events_note()
 
     def watch_events(self) -> None:
         if self.is_mounted:
             self.query_one("#events-table", TitledTable).set_rows(event_rows(self.events))
+
+    def watch_events_note(self) -> None:
+        if self.is_mounted:
+            title = f"{EVENTS_TITLE}: {self.events_note}" if self.events_note else EVENTS_TITLE
+            self.query_one("#events-table", TitledTable).set_title(title)
 
     def watch_state(self) -> None:
         if not self.is_mounted or self.state is None:
