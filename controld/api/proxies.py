@@ -15,7 +15,7 @@ more than the whole plain request (~80 us for nursery + task + cancel on this ma
 # Annotated aliases are local to the router factories.
 
 import math
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, Security
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,7 @@ from controld.api.peer import authenticate_plain
 from controld.api.plane import ControlPlane, PushHubAPI
 from controld.auth import Principal, TokenAuth
 from controld.push import MAX_WAIT_S, UnknownProxy
+from meshcore.api.proxies import PROXIES_PATH, DrainAnswer, ProxyList, ProxyState
 from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
@@ -58,14 +59,6 @@ class NackRequest(BaseModel):
     version: int
     hash: str = Field(max_length=256)
     error: str
-
-
-class DrainAnswer(BaseModel):
-    """Answer of ``POST /v1/proxies/{proxy_id}/drain``."""
-
-    proxy_id: str
-    #: When the drain was first asked for (Unix seconds).
-    drain_requested: float
 
 
 class Registered(BaseModel):
@@ -224,18 +217,22 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
             raise ApiError(404, "unknown proxy") from exc
         return Response(status_code=204)
 
-    @router.get("/v1/proxies")
-    async def list_proxies(_: Admin) -> dict[str, Any]:
+    @router.get(PROXIES_PATH)
+    async def list_proxies(_: Admin) -> ProxyList:
         """Every registered sidecar: connection, ACKed and latest versions, last NACK, and
         ``drain_requested`` (when an operator asked it to drain, else null)."""
         hub = plane.hub
-        rows = hub.proxies()
-        for row in rows:
-            row["drain_requested"] = hub.drain_requested(str(row["proxy_id"]))
-        return {"proxies": rows}
+        return ProxyList(
+            proxies=tuple(
+                ProxyState.model_validate(
+                    {**row, "drain_requested": hub.drain_requested(str(row["proxy_id"]))}
+                )
+                for row in hub.proxies()
+            )
+        )
 
     @router.post(
-        "/v1/proxies/{proxy_id}/drain",
+        PROXIES_PATH + "/{proxy_id}/drain",
         status_code=202,
         responses={404: {"description": "unknown proxy"}},
     )

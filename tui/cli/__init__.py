@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meshctl`` command; returns the exit code."""
-    from tui.client import ApiError, Unreachable
+    from tui.client import ApiError, UnexpectedAnswer, Unreachable
 
     parser = build_parser()
     try:
@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         error(f"controld answered {exc.status}: {exc.message}")
         for line in problem_lines(exc.problems, ()):
             print(line, file=sys.stderr)
+        return EXIT_FAILED
+    except UnexpectedAnswer as exc:
+        error(str(exc))
         return EXIT_FAILED
 
 

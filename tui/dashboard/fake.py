@@ -3,7 +3,9 @@
 For unit, pilot and snapshot tests (and nothing else): a fixed clock, the demo's services
 (loadgen -> web -> api v1/v2), its policy resources, a few control-plane events, and control
 actions that change the resources and append audit entries and events the way controld does.
-``unreachable = True`` makes every call fail like a stopped controld.
+``unreachable = True`` makes every call fail like a stopped controld. Its state is kept as
+the JSON controld sends (tests edit it); each answer is parsed into the :mod:`meshcore.api`
+model, as :class:`HttpSource` does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from meshcore.api.audit import AuditEntry
+from meshcore.api.base import JsonObject
+from meshcore.api.ca import CaStatus, RotateAnswer, RotationStep
 from meshcore.api.events import ControlEvent, ControlEvents, Severity
+from meshcore.api.proxies import DrainAnswer, ProxyState
+from meshcore.api.resources import ApplyAnswer
 from meshcore.api.telemetry import (
     Edge,
     EdgesTelemetry,
@@ -284,21 +291,49 @@ class FakeSource:
 
     # -- control plane -------------------------------------------------------------------------
 
-    async def resources(self) -> list[Json]:
+    async def resources(self) -> list[JsonObject]:
         self._check("resources")
         return [copy.deepcopy(r) for _, r in sorted(self.resources_.items())]
 
-    async def proxies(self) -> list[Json]:
+    async def proxies(self) -> list[ProxyState]:
         self._check("proxies")
-        return copy.deepcopy(self.proxies_)
+        return [ProxyState.model_validate(p) for p in self.proxies_]
 
-    async def audit(self, limit: int) -> list[Json]:
+    async def audit(self, limit: int) -> list[AuditEntry]:
         self._check("audit")
-        return copy.deepcopy(self.audit_[::-1][:limit])
+        return [AuditEntry.model_validate(e) for e in self.audit_[::-1][:limit]]
 
-    async def ca_status(self) -> Json:
+    def _roots(self) -> list[str]:
+        """The bundle: root-1, plus root-2 while a rotation is under way."""
+        return ["root-1"] if self.ca_phase == "stable" else ["root-1", "root-2"]
+
+    def _active(self) -> str:
+        return "root-2" if self.ca_phase == "active" else "root-1"
+
+    async def ca_status(self) -> CaStatus:
         self._check("ca")
-        return {"phase": self.ca_phase, "active": "root-1"}
+        roots = self._roots()
+        active = self._active()
+        return CaStatus.model_validate(
+            {
+                "phase": self.ca_phase,
+                "active": active,
+                "bundle": roots,
+                "index": len(self.rotations) + 1,
+                "trust_domain": "demo.mesh.local",
+                "leaf_ttl_s": 86400.0,
+                "roots": [
+                    {
+                        "id": root,
+                        "active": root == active,
+                        "subject": f"CN={root}",
+                        "not_after": "2036-01-01T00:00:00Z",
+                        "outstanding": {"count": 4 if root == active else 0},
+                    }
+                    for root in roots
+                ],
+            }
+        )
 
     async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
         self._check("events")
@@ -360,14 +395,14 @@ class FakeSource:
         self._check("stop_tap")
         self.taps.pop(tap_id, None)
 
-    async def get_resource(self, kind: str, name: str) -> Json:
+    async def get_resource(self, kind: str, name: str) -> JsonObject:
         self._check("get_resource")
         found = self.resources_.get((kind, name))
         if found is None:
             raise SourceRefused(404, f"{kind}/{name} not found")
         return copy.deepcopy(found)
 
-    async def apply(self, resource: Mapping[str, Any]) -> Json:
+    async def apply(self, resource: Mapping[str, Any]) -> ApplyAnswer:
         self._check("apply")
         key = (str(resource["kind"]), str(resource["metadata"]["name"]))
         self.revision += 1
@@ -375,24 +410,30 @@ class FakeSource:
         self._record("PUT", "/v1/resources", f"{key[0]}/{key[1]}", "applied")
         self.add_event("resource.updated", f"{key[0]}/{key[1]}", "by admin")
         change = {"kind": key[0], "name": key[1], "action": "updated"}
-        return {"revision": self.revision, "changes": [change], "dry_run": False}
+        answer = {"revision": self.revision, "changes": [change], "dry_run": False}
+        return ApplyAnswer.model_validate(answer)
 
-    async def drain(self, proxy_id: str) -> Json:
+    async def drain(self, proxy_id: str) -> DrainAnswer:
         self._check("drain")
         if proxy_id not in {p["proxy_id"] for p in self.proxies_}:
             raise SourceRefused(404, "unknown proxy")
         self.drained.append(proxy_id)
         self._record("POST", "/v1/proxies/{proxy_id}/drain", proxy_id, "drain_requested")
         self.add_event("sidecar.drain_requested", proxy_id, severity="warning")
-        return {"proxy_id": proxy_id, "drain_requested": self.now}
+        return DrainAnswer(proxy_id=proxy_id, drain_requested=self.now)
 
-    async def ca_rotate(self, step: str) -> Json:
+    async def ca_rotate(self, step: RotationStep) -> RotateAnswer:
         self._check("ca_rotate")
         self.rotations.append(step)
         self.ca_phase = {"stage": "staged", "activate": "active", "retire": "stable"}[step]
         self._record("POST", "/v1/ca/rotate", "ca", step)
-        self.add_event("ca.rotation", step, f"phase {self.ca_phase}, signer root-2")
-        return {"phase": self.ca_phase, "active": "root-2"}
+        self.add_event("ca.rotation", step, f"phase {self.ca_phase}, signer {self._active()}")
+        return RotateAnswer(
+            phase=self.ca_phase,
+            active=self._active(),
+            bundle=tuple(self._roots()),
+            index=len(self.rotations) + 1,
+        )
 
     async def aclose(self) -> None:
         self.calls.append("aclose")

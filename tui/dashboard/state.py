@@ -10,11 +10,14 @@ other views still work and the traffic views say why they are empty.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from meshcore.api.audit import AuditEntry
+from meshcore.api.base import JsonObject
+from meshcore.api.ca import CaStatus
 from meshcore.api.events import ControlEvent, Severity
+from meshcore.api.proxies import ProxyState
 from meshcore.api.telemetry import (
     Edge,
     EndpointStats,
@@ -25,8 +28,6 @@ from meshcore.api.telemetry import (
 from tui.dashboard.source import DashboardSource, SourceRefused
 
 __all__ = ["MeshState", "PlaneEvent", "fetch_state", "plane_event"]
-
-Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +62,12 @@ class MeshState:
     endpoints: tuple[EndpointStats, ...] = ()
     edges: tuple[Edge, ...] = ()
     instances: tuple[InstanceTelemetry, ...] = ()
-    proxies: tuple[Json, ...] = ()
-    resources: tuple[Json, ...] = ()
-    audit: tuple[Json, ...] = ()
-    ca: Json = field(default_factory=dict)
+    proxies: tuple[ProxyState, ...] = ()
+    #: The policy resource documents (what the control actions edit).
+    resources: tuple[JsonObject, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
+    #: None: the CA state is unavailable (see ``notes``).
+    ca: CaStatus | None = None
     #: Why telemetry is missing (controld without the telemetry API), else None.
     telemetry_error: str | None = None
     #: Why the audit log or the CA state is missing (e.g. not enabled), else None.
@@ -94,12 +97,12 @@ async def fetch_state(
     proxies = tuple(await source.proxies())
     resources = tuple(await source.resources())
     notes: list[str] = []
-    audit: tuple[Json, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
     try:
         audit = tuple(await source.audit(audit_limit))
     except SourceRefused as exc:
         notes.append(f"audit log unavailable: {exc.message}")
-    ca: Json = {}
+    ca: CaStatus | None = None
     try:
         ca = await source.ca_status()
     except SourceRefused as exc:

@@ -11,6 +11,7 @@ from textual.pilot import Pilot
 from textual.widgets import TabbedContent
 
 from meshcore.api.events import ControlEvents
+from meshcore.api.proxies import ProxyState
 from tui.dashboard.app import DashboardApp
 from tui.dashboard.fake import FakeSource
 from tui.dashboard.screens import ConfirmScreen, HelpScreen, PromptScreen
@@ -362,7 +363,7 @@ def test_quit() -> None:
 
 
 class Forbidden(FakeSource):
-    async def proxies(self) -> list[dict]:  # type: ignore[type-arg]
+    async def proxies(self) -> list[ProxyState]:
         raise SourceRefused(401, "unauthenticated (the dashboard needs an admin token)")
 
 

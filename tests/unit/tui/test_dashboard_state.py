@@ -27,7 +27,7 @@ def test_fetch_reads_everything_and_the_drilled_service() -> None:
     assert [s.service for s in state.services] == ["api", "web"]
     assert state.routes == () and state.endpoints == ()
     assert len(state.edges) == 3 and len(state.instances) == 4
-    assert state.ca["phase"] == "stable"
+    assert state.ca is not None and state.ca.phase == "stable"
     drilled = _fetch(source, "api")
     assert {r.route for r in drilled.routes} == {"canary", "slow"}
     assert {e.proxy_id for e in drilled.endpoints} == {"api-v1-sidecar", "api-v2-sidecar"}

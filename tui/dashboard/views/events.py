@@ -3,14 +3,14 @@ the dashboard's own actions, and the audit log of changes (who, what, when)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 
+from meshcore.api.audit import AuditEntry
 from tui.dashboard import fmt
 from tui.dashboard.state import MeshState, PlaneEvent
 from tui.dashboard.views.table import Cell, TitledTable
@@ -38,25 +38,24 @@ def event_rows(events: Sequence[PlaneEvent]) -> list[tuple[str, list[Cell]]]:
     return rows
 
 
-def audit_rows(entries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Cell]]]:
+def audit_rows(entries: Sequence[AuditEntry]) -> list[tuple[str, list[Cell]]]:
     """Audit entries as controld answers them (newest first)."""
     rows: list[tuple[str, list[Cell]]] = []
     for i, e in enumerate(entries):
-        when = str(e.get("time", ""))
+        when = e.time
         # RFC 3339: keep the time of day, the date is rarely news in a live view.
         short = when[11:19] if len(when) >= 19 and when[10] in "T " else when
-        outcome = str(e.get("outcome", ""))
-        cell: Cell = outcome
-        if int(e.get("status") or 0) >= 400:
-            cell = Text(f"{outcome} ({e.get('status')})", style="bold red")
+        cell: Cell = e.outcome
+        if e.status >= 400:
+            cell = Text(f"{e.outcome} ({e.status})", style="bold red")
         rows.append(
             (
                 f"a{i}",
                 [
                     short,
-                    str(e.get("actor", "?")),
-                    f"{e.get('method', '')} {e.get('route', '')}",
-                    str(e.get("resource") or "-"),
+                    e.actor,
+                    f"{e.method} {e.route}",
+                    e.resource or "-",
                     cell,
                 ],
             )
