@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.control.client import ControlClient, ControlUnavailable
-from meshd.identity.client import IdentityClient, Issued
+from meshd.identity.client import Bundle, IdentityClient, Issued
 from meshd.identity.csr import spiffe_ids
 from meshd.identity.errors import EnrollmentRefused, IdentityError
 from meshd.identity.files import IdentityStore
@@ -86,6 +86,18 @@ class FakeIssuer(IdentityClient):
         return self._issue(csr, f"sidecar.web.r{len(self.renewals)}")
 
 
+class SilentBundle(IdentityClient):
+    """A bundle long-poll that never answers: no bundle news, and no retry timers either
+    (failing fetches would add deadlines the autojump clock runs through while a save is in
+    its thread, moving the renewal schedule)."""
+
+    def __init__(self) -> None:
+        super().__init__(ControlClient("http://127.0.0.1:9"))
+
+    async def watch_bundle(self, index: int | None, wait_s: float = 0.0) -> Bundle:
+        await trio.sleep_forever()
+
+
 def service(
     tmp_path: Path,
     issuer: FakeIssuer,
@@ -105,6 +117,7 @@ def service(
         retry_initial_s=1.0,
         retry_max_s=8.0,
         trust_domain=trust_domain,
+        bundle_client=SilentBundle(),
     )
 
 
