@@ -25,6 +25,8 @@ from typing import Protocol
 
 import trio
 
+from meshd.net.reactor import Reactor, current_reactor
+
 RECEIVE_SIZE = 65536
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -82,7 +84,7 @@ class ProxyStream(Stream, Protocol):
 class SocketStream:
     """A connected TCP socket in non-blocking mode."""
 
-    __slots__ = ("_closed", "_probe", "sock")
+    __slots__ = ("_closed", "_fd", "_probe", "_reactor", "sock")
 
     #: Waiting for readability first saves the ``recv`` that would only say EAGAIN.
     parks_reads = True
@@ -92,8 +94,21 @@ class SocketStream:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
+        self._fd = sock.fileno()
         self._closed = False
         self._probe: ReadProbe | None = None
+        #: Where read waits park (registered on the first one; see :mod:`meshd.net.reactor`).
+        self._reactor: Reactor | None = None
+
+    async def wait_readable(self) -> None:
+        """Park until the socket may have bytes (or end of stream, or an error) to read."""
+        reactor = self._reactor
+        if reactor is None:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            reactor = self._reactor = current_reactor()
+            reactor.register(self._fd)
+        await reactor.wait_readable(self._fd)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return what the kernel has, waiting only when it has nothing."""
@@ -101,12 +116,16 @@ class SocketStream:
         size = max_bytes or RECEIVE_SIZE
         while True:
             try:
-                return sock.recv(size)
+                data = sock.recv(size)
             except BlockingIOError:
                 pass
             except OSError as exc:
                 raise self._translate(exc) from exc
-            await trio.lowlevel.wait_readable(sock)
+            else:
+                if len(data) == size and self._reactor is not None:
+                    self._reactor.mark_ready(self._fd)
+                return data
+            await self.wait_readable()
 
     async def receive_later(self, max_bytes: int | None = None) -> bytes:
         """Like :meth:`receive_some`, for when bytes can't be there yet (a reply just asked for).
@@ -115,23 +134,36 @@ class SocketStream:
         """
         sock = self.sock
         size = max_bytes or RECEIVE_SIZE
+        fd = self._fd
+        reactor = self._reactor
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            if reactor is None:
+                await self.wait_readable()
+                reactor = self._reactor
+            else:
+                await reactor.wait_readable(fd)
             try:
-                return sock.recv(size)
+                data = sock.recv(size)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise self._translate(exc) from exc
+            if len(data) == size and reactor is not None:
+                reactor.mark_ready(fd)  # edge-triggered: see meshd.net.reactor
+            return data
 
     def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
         """What the kernel has right now, ``b""`` at end of stream, None if nothing yet."""
+        size = max_bytes or RECEIVE_SIZE
         try:
-            return self.sock.recv(max_bytes or RECEIVE_SIZE)
+            data = self.sock.recv(size)
         except BlockingIOError:
             return None
         except OSError as exc:
             raise self._translate(exc) from exc
+        if len(data) == size and self._reactor is not None:
+            self._reactor.mark_ready(self._fd)
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write everything, waiting only while the kernel's buffer is full."""
@@ -179,6 +211,11 @@ class SocketStream:
         """Close at once, waking any task parked on this socket."""
         if not self._closed:
             self._closed = True
+            reactor = self._reactor
+            if reactor is not None:
+                # Before close(): the descriptor number may be reused at once.
+                self._reactor = None
+                reactor.unregister(self._fd)
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 
