@@ -25,8 +25,6 @@ from typing import Protocol
 
 import trio
 
-from meshd.net.reactor import Reactor, current_reactor
-
 RECEIVE_SIZE = 65536
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -84,7 +82,7 @@ class ProxyStream(Stream, Protocol):
 class SocketStream:
     """A connected TCP socket in non-blocking mode."""
 
-    __slots__ = ("_closed", "_fd", "_probe", "_reactor", "sock")
+    __slots__ = ("_closed", "_probe", "sock")
 
     #: Waiting for readability first saves the ``recv`` that would only say EAGAIN.
     parks_reads = True
@@ -94,21 +92,8 @@ class SocketStream:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
-        self._fd = sock.fileno()
         self._closed = False
         self._probe: ReadProbe | None = None
-        #: Where read waits park (registered on the first one; see :mod:`meshd.net.reactor`).
-        self._reactor: Reactor | None = None
-
-    async def wait_readable(self) -> None:
-        """Park until the socket may have bytes (or end of stream, or an error) to read."""
-        reactor = self._reactor
-        if reactor is None:
-            if self._closed:
-                raise trio.ClosedResourceError("stream was closed")
-            reactor = self._reactor = current_reactor()
-            reactor.register(self._fd)
-        await reactor.wait_readable(self._fd)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return what the kernel has, waiting only when it has nothing."""
@@ -116,16 +101,12 @@ class SocketStream:
         size = max_bytes or RECEIVE_SIZE
         while True:
             try:
-                data = sock.recv(size)
+                return sock.recv(size)
             except BlockingIOError:
                 pass
             except OSError as exc:
                 raise self._translate(exc) from exc
-            else:
-                if len(data) == size and self._reactor is not None:
-                    self._reactor.mark_ready(self._fd)
-                return data
-            await self.wait_readable()
+            await trio.lowlevel.wait_readable(sock)
 
     async def receive_later(self, max_bytes: int | None = None) -> bytes:
         """Like :meth:`receive_some`, for when bytes can't be there yet (a reply just asked for).
@@ -134,36 +115,23 @@ class SocketStream:
         """
         sock = self.sock
         size = max_bytes or RECEIVE_SIZE
-        fd = self._fd
-        reactor = self._reactor
         while True:
-            if reactor is None:
-                await self.wait_readable()
-                reactor = self._reactor
-            else:
-                await reactor.wait_readable(fd)
+            await trio.lowlevel.wait_readable(sock)
             try:
-                data = sock.recv(size)
+                return sock.recv(size)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise self._translate(exc) from exc
-            if len(data) == size and reactor is not None:
-                reactor.mark_ready(fd)  # edge-triggered: see meshd.net.reactor
-            return data
 
     def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
         """What the kernel has right now, ``b""`` at end of stream, None if nothing yet."""
-        size = max_bytes or RECEIVE_SIZE
         try:
-            data = self.sock.recv(size)
+            return self.sock.recv(max_bytes or RECEIVE_SIZE)
         except BlockingIOError:
             return None
         except OSError as exc:
             raise self._translate(exc) from exc
-        if len(data) == size and self._reactor is not None:
-            self._reactor.mark_ready(self._fd)
-        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write everything, waiting only while the kernel's buffer is full."""
@@ -211,11 +179,6 @@ class SocketStream:
         """Close at once, waking any task parked on this socket."""
         if not self._closed:
             self._closed = True
-            reactor = self._reactor
-            if reactor is not None:
-                # Before close(): the descriptor number may be reused at once.
-                self._reactor = None
-                reactor.unregister(self._fd)
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 
