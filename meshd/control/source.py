@@ -35,9 +35,21 @@ import structlog
 import trio
 from pydantic import ValidationError
 
+from meshcore.api.sidecar import (
+    DRAIN_HEADER,
+    DRAIN_VALUE,
+    FEATURES_HEADER,
+    MAX_NACK_ERROR,
+    NackRequest,
+    RawSnapshotAnswer,
+    Registered,
+    nack_path,
+    proxy_path,
+    snapshot_path,
+    snapshot_query,
+)
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
-from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.loading import format_validation_error
 from meshcore.model.proxy import ProxyDescriptor
@@ -46,10 +58,8 @@ from meshcore.registry import Backoff
 from meshd.control.client import (
     ControlClient,
     ControlError,
-    ControlProtocolError,
     ControlResponse,
     ControlUnavailable,
-    path_segment,
 )
 from meshd.errors import SnapshotRejected
 
@@ -62,9 +72,6 @@ ApplyFn = Callable[[Snapshot], None]
 #: Errors of ``apply`` (and of validation) that mean "rejected", i.e. NACK and keep the old one.
 REJECTIONS = (SnapshotRejected, ConfigError, ValidationError)
 _INITIAL_BACKOFF_S = 0.25
-#: Header of a poll answer by which controld relays an operator's drain request.
-DRAIN_HEADER = "x-meshd-drain"
-_MAX_NACK_ERROR = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +213,8 @@ class ControlSource:
             headers=None if self._features is None else {FEATURES_HEADER: self._features},
         )
         self._backoff = Backoff(min(_INITIAL_BACKOFF_S, config.retry_max_s), config.retry_max_s)
-        self._proxy_path = path_segment(descriptor.proxy_id)
+        proxy_id = descriptor.proxy_id
+        self._paths = (proxy_path(proxy_id), snapshot_path(proxy_id), nack_path(proxy_id))
 
     # -- control --------------------------------------------------------------------------------
 
@@ -321,23 +329,18 @@ class ControlSource:
             self._take_provided_token()
         client = self._client
         just_registered = False
+        register, poll, _ = self._paths
         if not self.registered:
-            answer = await client.post_json(
-                f"/v1/proxies/{self._proxy_path}", self.descriptor.model_dump(mode="json")
-            )
+            answer = await client.post_json(register, self.descriptor.model_dump(mode="json"))
             if not 200 <= answer.status < 300:
                 raise _ServerError(f"registering: {answer.error_text()}")
+            answer.parse(Registered, "registration answer")
             self.registered = just_registered = True
             log.info("registered with controld", url=self.config.url)
-        query: dict[str, object] = {}
-        if self.version is not None and self.hash is not None:
-            query = {"version": self.version, "hash": self.hash}
-        query["wait"] = f"{self.config.wait_s:g}"
+        query = snapshot_query(self.version, self.hash, self.config.wait_s)
         self.polls += 1
-        answer = await client.get(
-            f"/v1/snapshots/{self._proxy_path}", query, wait_s=self.config.wait_s
-        )
-        if answer.headers.get(DRAIN_HEADER) == "1" and self._on_drain is not None:
+        answer = await client.get(poll, query, wait_s=self.config.wait_s)
+        if answer.headers.get(DRAIN_HEADER) == DRAIN_VALUE and self._on_drain is not None:
             log.warning("controld asks this sidecar to drain")
             self._on_drain()
         if answer.status == 304:
@@ -356,12 +359,9 @@ class ControlSource:
         await self._receive(answer)
 
     async def _receive(self, answer: ControlResponse) -> None:
-        doc = answer.json()
-        if not isinstance(doc, dict):
-            raise ControlProtocolError("snapshot answer is not a JSON object")
-        version, digest, document = doc.get("version"), doc.get("hash"), doc.get("snapshot")
-        if not isinstance(version, int) or not isinstance(digest, str):
-            raise ControlProtocolError("snapshot answer lacks an integer version or a hash")
+        # The snapshot stays a dict here: a bad one is rejected (NACKed) below, not retried.
+        parsed = answer.parse(RawSnapshotAnswer, "snapshot answer")
+        version, digest, document = parsed.version, parsed.hash, parsed.snapshot
         if digest == self.hash:
             # Same content under a new version: nothing to apply, only to report.
             self.version = version
@@ -378,7 +378,6 @@ class ControlSource:
         except REJECTIONS as exc:
             await self._nack(version, digest, str(exc))
             return
-        assert isinstance(document, dict)
         self.version, self.hash = version, digest
         self.applied += 1
         self.first_applied.set()
@@ -387,7 +386,7 @@ class ControlSource:
 
     async def _nack(self, version: int, digest: str, error: str) -> None:
         self.rejected += 1
-        error = error[:_MAX_NACK_ERROR]
+        error = error[:MAX_NACK_ERROR]
         if self._on_rejected is not None:
             self._on_rejected(error)
         self.last_nack = {"version": version, "hash": digest, "error": error, "time": time.time()}
@@ -395,10 +394,8 @@ class ControlSource:
         await self._send_nack(version, digest, error)
 
     async def _send_nack(self, version: int, digest: str, error: str) -> None:
-        answer = await self._client.post_json(
-            f"/v1/snapshots/{self._proxy_path}/nack",
-            {"version": version, "hash": digest, "error": error},
-        )
+        body = NackRequest(version=version, hash=digest, error=error)
+        answer = await self._client.post_json(self._paths[2], body.model_dump(mode="json"))
         if not 200 <= answer.status < 300:
             raise _ServerError(f"sending NACK: {answer.error_text()}")
 
