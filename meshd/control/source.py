@@ -1,6 +1,7 @@
 """Snapshots from controld: register, long-poll, apply, ACK by the next poll, NACK on rejection.
 
-Protocol (controld's HTTP API, Contract 5):
+Protocol (controld's HTTP API, Contract 5; its models, paths and headers are
+:mod:`meshcore.api.sidecar`'s):
 
 * ``POST /v1/proxies/{id}`` registers the sidecar's :class:`ProxyDescriptor` (again after a
   404 on a poll: controld restarted and forgot it, or after a reload changed the descriptor).
@@ -14,8 +15,9 @@ Protocol (controld's HTTP API, Contract 5):
   ``POST /v1/snapshots/{id}/nack {version, hash, error}``; polling continues with the old
   version and hash, so the running configuration stays and controld knows why.
 
-While controld is unreachable (connection errors, timeouts, 5xx) the sidecar keeps serving what
-it has and retries with jittered exponential backoff up to ``retry_max_s``. Each applied
+While controld is unreachable (connection errors, timeouts, 5xx) or answers something that
+isn't the protocol's, the sidecar keeps serving what it has and retries with jittered
+exponential backoff up to ``retry_max_s``. Each applied
 snapshot is written atomically (temporary file, fsync, rename; mode 0600) to ``cache_file``,
 from which :func:`load_cache` reads it back when controld can't be reached at start.
 """
