@@ -15,12 +15,11 @@ admin-only; the others are admin-only and audited.
 # Annotated aliases are local to the router factory.
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from cryptography import x509
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
 from controld.api.bound_tokens import mint_bound_token
@@ -53,15 +52,21 @@ from meshcore.api.ca import (
     RotateAnswer,
     RotateRequest,
 )
+from meshcore.api.enroll import (
+    BUNDLE_PATH,
+    ENROLL_PATH,
+    INDEX_HEADER,
+    RENEW_PATH,
+    BundleAnswer,
+    EnrollRequest,
+    IssuedAnswer,
+    RenewRequest,
+)
 from meshcore.api.tokens import JOIN_TOKENS_PATH, JoinToken, JoinTokenRequest
 from meshcore.model.policy import SERVICE_PATTERN
 
 __all__ = ["identity_router"]
 
-#: What a sidecar may call itself (printable ASCII, no spaces); meshd sends nothing else.
-INSTANCE_PATTERN = r"^[!-~]{1,253}$"
-#: Header carrying the bundle's index.
-INDEX_HEADER = "X-Meshd-Index"
 #: Default wait of a bundle long-poll given an index and no ``wait``.
 DEFAULT_BUNDLE_WAIT_S = 60.0
 
@@ -88,25 +93,6 @@ def parse_wait(value: str | None) -> float:
     return min(seconds, MAX_BUNDLE_WAIT_S)
 
 
-class EnrollRequest(BaseModel):
-    """Body of ``POST /v1/enroll``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    token: str = Field(min_length=1, max_length=256)
-    csr: str = Field(min_length=1, max_length=16384)
-    #: The sidecar's proxy id, recorded with its identity (for display).
-    instance: str | None = Field(default=None, pattern=INSTANCE_PATTERN)
-
-
-class RenewRequest(BaseModel):
-    """Body of ``POST /v1/renew`` (over mutual TLS: the client certificate is the credential)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    csr: str = Field(min_length=1, max_length=16384)
-
-
 def identity_router(
     identity: IdentityService, auth: TokenAuth, guard: Guard, auditor: Auditor
 ) -> APIRouter:
@@ -129,10 +115,10 @@ def identity_router(
         return JoinToken(token=token, expires=_rfc3339_unix(expires))
 
     @router.post(
-        "/v1/enroll",
+        ENROLL_PATH,
         responses={400: {"description": "bad CSR"}, 401: {"description": "bad join token"}},
     )
-    async def enroll(body: EnrollRequest, request: Request) -> dict[str, Any]:
+    async def enroll(body: EnrollRequest, request: Request) -> IssuedAnswer:
         """Trade a join token and a CSR for a leaf, the trust bundle and a sidecar token."""
         address = request.client.host if request.client is not None else None
         try:
@@ -143,15 +129,14 @@ def identity_router(
             raise ApiError(400, str(exc)) from exc
         except JoinTokenInvalid as exc:
             raise ApiError(401, str(exc)) from exc
-        answer = issued.as_json()
-        answer["sidecar_token"] = await mint_bound_token(auth, issued)
-        return answer
+        token = await mint_bound_token(auth, issued)
+        return IssuedAnswer.model_validate({**issued.as_json(), "sidecar_token": token})
 
     @router.post(
-        "/v1/renew",
+        RENEW_PATH,
         responses={400: {"description": "bad CSR"}, 401: {"description": "renewal refused"}},
     )
-    async def renew(body: RenewRequest, request: Request) -> dict[str, Any]:
+    async def renew(body: RenewRequest, request: Request) -> IssuedAnswer:
         """A new leaf for the holder of the current one, proven by mutual TLS."""
         current = client_certificate(request)
         try:
@@ -160,17 +145,23 @@ def identity_router(
             raise ApiError(400, str(exc)) from exc
         except RenewalRefused as exc:
             raise ApiError(401, str(exc)) from exc
-        answer = issued.as_json()
-        answer["sidecar_token"] = await mint_bound_token(auth, issued, replaces=current)
-        return answer
+        token = await mint_bound_token(auth, issued, replaces=current)
+        return IssuedAnswer.model_validate({**issued.as_json(), "sidecar_token": token})
 
-    @router.get("/v1/bundle", responses={400: {"description": "bad wait"}})
+    @router.get(
+        BUNDLE_PATH,
+        response_class=JSONResponse,
+        responses={200: {"model": BundleAnswer}, 400: {"description": "bad wait"}},
+    )
     async def bundle(
         index: Annotated[int | None, Query(ge=0)] = None,
         wait: Annotated[str | None, Query(max_length=32)] = None,
     ) -> JSONResponse:
         """The trust domain, the trusted roots (PEM), the signing root (``active``, PEM;
-        ``active_id``) and the bundle's ``index``; with ``index`` a blocking query."""
+        ``active_id``) and the bundle's ``index``; with ``index`` a blocking query.
+
+        The body is a :class:`~meshcore.api.enroll.BundleAnswer` built as a dict: a woken
+        query answers every waiting sidecar, with the revocations encoded once."""
         ca = identity.ca
         if index is not None:
             try:

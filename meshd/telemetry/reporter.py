@@ -16,7 +16,7 @@ import structlog
 import trio
 from pydantic import ValidationError
 
-from meshcore.api.report import TelemetryAck
+from meshcore.api.report import TelemetryAck, telemetry_path
 from meshd.context import ProxyShared
 from meshd.control.client import ControlClient, ControlError, path_segment
 from meshd.policystats import PolicyStats
@@ -46,7 +46,7 @@ class TelemetryReporter:
     ) -> None:
         self.builder = builder
         self.sampler = TapSampler()
-        self._path = f"/v1/telemetry/{path_segment(proxy_id)}"
+        self._path = telemetry_path(path_segment(proxy_id))
         self._shared = shared
         self._client = client
         self._facts = facts
