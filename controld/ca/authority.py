@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from controld.ca.errors import CAFileError, CSRError, RenewalRefused
+from meshcore.api.ca import SPIFFE_ID_PATTERN
 
 __all__ = [
     "BACKDATE",
@@ -45,7 +46,7 @@ DEFAULT_ROOT_TTL = timedelta(days=3650)
 #: How far ``not_before`` is set in the past (clock skew between hosts).
 BACKDATE = timedelta(seconds=60)
 
-_SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$")
+_SPIFFE_RE = re.compile(SPIFFE_ID_PATTERN)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -29,6 +29,7 @@ from controld.ca.errors import CAFileError
 from controld.ca.identities import IdentityRecord
 from controld.ca.records import CARecords, InvalidRecord
 from controld.ca.storage import CAStore
+from meshcore.api.ca import SPIFFE_ID_PATTERN as _SPIFFE_PATTERN
 
 log = structlog.get_logger("controld.ca")
 
@@ -43,7 +44,6 @@ __all__ = [
 
 #: The record kind of a service revocation (part of its seal).
 SERVICE_REVOCATION_KIND = "service-revocation"
-_SPIFFE_PATTERN = r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$"
 
 
 def revocation_key(prefix: str, identity: str) -> str:
