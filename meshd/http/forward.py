@@ -131,13 +131,14 @@ async def _once(
             return
         ex.upstream = endpoint
         reusable = False
+        resend = False
         try:
             reusable = await exchange_with(c, head, conn, payload, edit=plan.response_headers)
             cluster.report(endpoint, ex.code, now() - started)
             return
         except StaleConnectionError:
-            if attempt == 0 and ex.body_done and head.method in IDEMPOTENT:
-                continue
+            # Decided here, acted on after the release (mypyc has no continue in a finally).
+            resend = attempt == 0 and ex.body_done and head.method in IDEMPOTENT
             failure: UpstreamError | HttpError = UpstreamResetError(
                 "upstream_reset", "upstream closed"
             )
@@ -147,6 +148,8 @@ async def _once(
             failure = exc
         finally:
             cluster.release(endpoint, conn, reusable=reusable)
+        if resend:
+            continue
         cluster.report(endpoint, 0, now() - started)
         c.shared.stats.upstream_error(cluster.name, failure.reason)
         await c.respond_error(failure)
