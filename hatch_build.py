@@ -40,6 +40,10 @@ ENABLE = "MESHD_MYPYC"
 CACHE = "MESHD_MYPYC_CACHE"
 #: gcc's optimization level for the generated C (mypyc's default).
 OPT_LEVEL = "3"
+#: No debug information: it would hold the temporary build paths, and the ELF build id is a
+#: hash over it, so two builds of the same source would differ (packaging/build strips the
+#: modules anyway).
+DEBUG_LEVEL = "0"
 #: The packages whose source the compiled modules are typed against (the cache key).
 SOURCE_PACKAGES = ("meshd", "meshcore")
 _VERSION_LINE = re.compile(rb"^__version__ = .*$", re.M)
@@ -106,7 +110,12 @@ def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
     lib = work / "lib"
     options = ["--cache-dir", str(work / "mypy-cache")]
     with contextlib.chdir(root):  # mypy reads its configuration from root's pyproject.toml
-        extensions = mypycify([*options, *modules], opt_level=OPT_LEVEL, target_dir=str(work / "c"))
+        extensions = mypycify(
+            [*options, *modules],
+            opt_level=OPT_LEVEL,
+            debug_level=DEBUG_LEVEL,
+            target_dir=str(work / "c"),
+        )
         dist = Distribution({"name": "meshd-mypyc", "ext_modules": extensions})
         build_ext = dist.get_command_obj("build_ext")
         build_ext.build_lib = str(lib)
@@ -120,7 +129,8 @@ def cache_key(root: Path, modules: list[str]) -> str:
     import mypy.version
 
     digest = hashlib.sha256()
-    for part in (sys.version, _ext_suffix(), mypy.version.__version__, OPT_LEVEL, *modules):
+    parts = (sys.version, _ext_suffix(), mypy.version.__version__, OPT_LEVEL, DEBUG_LEVEL)
+    for part in (*parts, *modules):
         digest.update(part.encode() + b"\0")
     for package in SOURCE_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
