@@ -24,8 +24,11 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
+from urllib.parse import urlencode
 
 from common import BenchError, Response, parse_response
+
+from meshcore.api.sidecar import proxy_path, snapshot_path, snapshot_query
 
 #: ``{"version": V, "hash": "H", ...`` at the start of a snapshot answer: read without parsing
 #: the (large) snapshot; any other layout falls back to ``json.loads``.
@@ -253,7 +256,7 @@ class SimSidecar:
 
     def register(self) -> None:
         """POST the descriptor (then poll, from the response handler)."""
-        path = f"/v1/proxies/{self.proxy_id}"
+        path = proxy_path(self.proxy_id)
         self.registrations += 1
         self.registering = True
         self.loop.send(
@@ -261,9 +264,8 @@ class SimSidecar:
         )
 
     def _poll(self) -> None:
-        path = f"/v1/snapshots/{self.proxy_id}?wait={self.wait_s}"
-        if self.version is not None:
-            path += f"&version={self.version}&hash={self.hash}"
+        query = urlencode(snapshot_query(self.version, self.hash, self.wait_s))
+        path = f"{snapshot_path(self.proxy_id)}?{query}"
         self.loop.send(self.conn, build_request("GET", path, self.loop.port, self.token))
 
     def _on_response(self, conn: Conn, resp: Response, stamp: float) -> None:

@@ -3,9 +3,11 @@
 Every path gets the same wrk load in the same run against the same nginx backend; each proxy
 has one worker/thread. Prints a table (rps, p50, p99, proxy CPU per request, errors), then
 ``RATIO l7_cpu_vs_nginx``, ``RATIO l4_cpu_vs_haproxy``, ``RATIO l7_rps_vs_nginx``,
-``RATIO l4_rps_vs_haproxy`` and ``RSS_MB meshd_idle`` and a verdict, after INFO lines
-with the floors any Trio proxy has here: a bare Trio byte relay against nginx and haproxy, and
-the resident memory of the required (and recommended) libraries imported by themselves.
+``RATIO l4_rps_vs_haproxy``, ``RATIO telemetry_overhead`` (meshd-l7 with telemetry on, and
+with a tap active, against both off: ``telemetry_overhead.py``) and ``RSS_MB meshd_idle`` and a
+verdict, after INFO lines with the floors any Trio proxy has here: a bare Trio byte relay
+against nginx and haproxy, and the resident memory of the required (and recommended) libraries
+imported by themselves.
 """
 
 from __future__ import annotations
@@ -205,7 +207,14 @@ def print_measured(results: Iterable[Measured]) -> None:
     print_table(headers, rows)
 
 
-def _report(results: list[Measured], meshd_rss_kb: int, floors_kb: tuple[int, int]) -> None:
+def _report(
+    results: list[Measured],
+    meshd_rss_kb: int,
+    floors_kb: tuple[int, int],
+    telemetry: Callable[[], float],
+) -> None:
+    """Print the tables, INFO, RATIO and RSS lines and the verdict; ``telemetry`` prints the
+    telemetry sidecars' table and INFO lines and returns ``RATIO telemetry_overhead``."""
     print_measured(results)
     for m in results:
         if m.wrk.non_2xx or m.wrk.socket_errors:
@@ -227,11 +236,19 @@ def _report(results: list[Measured], meshd_rss_kb: int, floors_kb: tuple[int, in
         f"INFO rss_mb_required_imports={required:.2f} "
         f"(+pydantic/httptools/starlette/yaml {recommended:.2f})"
     )
+    overhead = telemetry()
     figures = ratios(results)
     for name, value in figures.items():
         print(ratio_line(name, value))
+    print(ratio_line(TELEMETRY_TARGET.name, overhead))
     print(f"RSS_MB meshd_idle={rss_mb:.2f}")
-    print_verdicts([*((t, figures[t.name]) for t in TARGETS), (RSS_TARGET, rss_mb)])
+    print_verdicts(
+        [
+            *((t, figures[t.name]) for t in TARGETS),
+            (TELEMETRY_TARGET, overhead),
+            (RSS_TARGET, rss_mb),
+        ]
+    )
 
 
 #: The targets (issue 15: CPU per request, which moves less between machines than rps).
@@ -242,6 +259,9 @@ TARGETS = (
     Target("l4_rps_vs_haproxy", 0.8, at_most=False),
 )
 RSS_TARGET = Target("rss_mb", 40, at_most=True)
+#: Issue 14: meshd-l7's rps with telemetry on, and with a tap active, over both off
+#: (``telemetry_overhead.py``).
+TELEMETRY_TARGET = Target("telemetry_overhead", 0.95, at_most=False)
 
 
 def ratios(results: list[Measured]) -> dict[str, float | None]:
@@ -268,6 +288,8 @@ def ratios(results: list[Measured]) -> dict[str, float | None]:
 
 def run_suite(ctx: Context) -> None:
     """Start backend, nginx, haproxy and meshd on loopback; check, load and compare each path."""
+    import telemetry_overhead as to  # here: it imports this module's pieces
+
     tools = ensure_tools(TOOLS)
     ports = free_ports(10)
     backend, nginx_l7, haproxy_l7, haproxy_l4, meshd_l7, meshd_l4, admin = ports[:7]
@@ -348,8 +370,13 @@ def run_suite(ctx: Context) -> None:
         for proc in (backend_proc, nginx, haproxy, meshd, meshd_w2, relay_proc):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
+        # Started only now, so their reports and taps cost the paths above nothing.
+        with to.sidecars(ctx, procs, backend) as side:
+            rounds = to.measure(ctx, tools["wrk"], side)
+            print("dataplane: measured the telemetry sidecars", file=sys.stderr, flush=True)
+            side.check()
     floors = (
         import_floor_kb(ctx, REQUIRED_IMPORTS),
         import_floor_kb(ctx, REQUIRED_IMPORTS + RECOMMENDED_IMPORTS),
     )
-    _report(results, idle_rss, floors)
+    _report(results, idle_rss, floors, lambda: to.report(rounds, side).ratio)

@@ -11,6 +11,11 @@ the top functions by own time and by total time are printed, as shares of the sa
 
     .venv/bin/python bench/profile_l7.py --rounds 3 --profile . /tmp/baseline-checkout
 
+With ``--paired``, each round loads every meshd at the same time (one wrk each) instead of
+one after the other, and prints each checkout's CPU per request as a ratio to the first
+checkout's in the same round. On a shared machine whose load comes and goes, runs in turn
+compare different moments (10% apart for the same code); paired runs share them.
+
 Each checkout runs with itself first on ``PYTHONPATH``, in this interpreter. Settings:
 ``BENCH_DURATION``, ``BENCH_WARMUP``, ``BENCH_THREADS``, ``BENCH_CONNECTIONS`` as for
 ``bench/run``.
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +41,7 @@ from common import (
     CLK_TCK,
     BenchError,
     Context,
+    ManagedProcess,
     ProcessGroup,
     WrkParams,
     _stat_fields,
@@ -128,6 +135,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--keep", help="directory to keep py-spy's collapsed stacks in")
     parser.add_argument(
+        "--paired", action="store_true", help="load all the checkouts at once in each round"
+    )
+    parser.add_argument(
         "--ratio",
         metavar="NAME",
         help="also print `RATIO NAME=<x>`: the median over rounds of the second checkout's "
@@ -161,7 +171,9 @@ def main(argv: list[str]) -> int:
             meshds.append((root, proc, path))
         print(f"profile_l7: {wrk_params.describe()}, warm-up {wrk_params.warmup_s}s", flush=True)
         per_req: dict[int, list[float]] = {i: [] for i in range(len(meshds))}
-        for rnd in range(args.rounds):
+        if args.paired:
+            _paired_rounds(args.rounds, tools["wrk"], wrk_params, meshds, per_req)
+        for rnd in range(0 if args.paired else args.rounds):
             order = list(range(len(meshds)))
             if rnd % 2:
                 order.reverse()
@@ -193,6 +205,40 @@ def main(argv: list[str]) -> int:
                 _profile(args, tools["wrk"], wrk_params, root, proc.pid, path.port, workroot)
     shutil.rmtree(workroot, ignore_errors=True)
     return 0
+
+
+def _paired_rounds(
+    rounds: int,
+    wrk: str,
+    params: WrkParams,
+    meshds: list[tuple[Path, ManagedProcess, dp.BenchPath]],
+    per_req: dict[int, list[float]],
+) -> None:
+    """Rounds that load every meshd at once; ratios to the first checkout per round."""
+    ratios: dict[int, list[float]] = {i: [] for i in range(1, len(meshds))}
+    urls = [f"http://127.0.0.1:{path.port}/" for _, _, path in meshds]
+    with ThreadPoolExecutor(max_workers=len(meshds)) as pool:
+        for rnd in range(rounds):
+            if params.warmup_s:
+                list(pool.map(lambda url: run_wrk(wrk, url, params, params.warmup_s), urls))
+            before = [user_sys_ticks(proc.pid) for _, proc, _ in meshds]
+            results = list(pool.map(lambda url: run_wrk(wrk, url, params, params.duration_s), urls))
+            after = [user_sys_ticks(proc.pid) for _, proc, _ in meshds]
+            line = []
+            for i, result in enumerate(results):
+                ticks = sum(after[i]) - sum(before[i])
+                per_req[i].append(ticks * 1e6 / CLK_TCK / max(result.requests, 1))
+                line.append(f"{meshds[i][0]}: rps={result.rps:.0f} cpu_us/req={per_req[i][-1]:.1f}")
+            for i, values in ratios.items():
+                values.append(per_req[i][-1] / per_req[0][-1])
+            print(f"paired round {rnd}: " + "  ".join(line), flush=True)
+    for i, values in ratios.items():
+        values.sort()
+        shown = ", ".join(f"{v:.3f}" for v in values)
+        print(
+            f"PAIRED_RATIO {meshds[i][0]} / {meshds[0][0]}: median={values[len(values) // 2]:.3f} "
+            f"[{shown}]"
+        )
 
 
 def _profile(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -28,6 +27,7 @@ from prometheus_client.registry import Collector
 from controld.sealed import InvalidRecord, RecordKey
 from controld.store import InvalidRecords
 from controld.store.records import rfc3339
+from meshcore.api.audit import AuditEntry
 from meshcore.registry import RegistryError
 from meshcore.registry.client import RegistryClient
 
@@ -35,6 +35,8 @@ __all__ = [
     "DEFAULT_MAX_ENTRIES",
     "AuditEntry",
     "AuditLog",
+    "entry_from_json",
+    "entry_json",
     "parse_time",
 ]
 
@@ -75,74 +77,17 @@ def _clip(value: Any) -> Any:
     return _clip(str(value))
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    """One control-plane request that (tried to) change something."""
+def entry_json(entry: AuditEntry) -> dict[str, Any]:
+    """The entry as stored (its ``details`` kept small: see :data:`MAX_TEXT`)."""
+    doc = entry.model_dump(mode="json", exclude={"details"})
+    doc["details"] = {str(k): _clip(v) for k, v in entry.details.items()}
+    return doc
 
-    #: When it was answered (RFC 3339, ms).
-    time: str
-    #: Which credential: ``admin``, ``sidecar:<service>``, a client certificate's SPIFFE ID,
-    #: or ``anonymous`` (a public endpoint such as enrollment, whose credential is in the body).
-    actor: str
-    method: str
-    #: The route template (``/v1/resources/{kind}/{name}``), or the path when none matched.
-    route: str
-    path: str
-    #: ``host:port`` of the client.
-    source: str
-    #: HTTP status of the answer.
-    status: int
-    #: What the endpoint said happened (``applied``, ``deleted``, ``minted``, ...), else
-    #: ``ok`` / ``refused`` / ``error`` from the status.
-    outcome: str
-    #: ``Kind/name`` (or the path parameters) the request was about, where known.
-    resource: str | None = None
-    #: The revision a policy change made.
-    revision: int | None = None
-    #: What else the endpoint reported (service, namespace, changes, ...).
-    details: Mapping[str, Any] = field(default_factory=dict)
 
-    def as_json(self) -> dict[str, Any]:
-        """The entry as stored and as ``GET /v1/audit`` returns it."""
-        return {
-            "time": self.time,
-            "actor": self.actor,
-            "method": self.method,
-            "route": self.route,
-            "path": self.path,
-            "source": self.source,
-            "status": self.status,
-            "outcome": self.outcome,
-            "resource": self.resource,
-            "revision": self.revision,
-            "details": {str(k): _clip(v) for k, v in self.details.items()},
-        }
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> AuditEntry:
-        """Inverse of :meth:`as_json`; ``ValueError`` when a field is missing or mistyped."""
-
-        def get(name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-            value = body.get(name)
-            if optional and value is None:
-                return None
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ValueError(f"audit entry field {name!r} is missing or mistyped")
-            return value
-
-        return cls(
-            time=get("time", str),
-            actor=get("actor", str),
-            method=get("method", str),
-            route=get("route", str),
-            path=get("path", str),
-            source=get("source", str),
-            status=get("status", int),
-            outcome=get("outcome", str),
-            resource=get("resource", str, optional=True),
-            revision=get("revision", int, optional=True),
-            details=get("details", dict),
-        )
+def entry_from_json(body: Mapping[str, Any]) -> AuditEntry:
+    """Inverse of :func:`entry_json`; ``ValueError`` when a field is missing or mistyped."""
+    # Strict: a stored status of "200" or true is a damaged record, not a number.
+    return AuditEntry.model_validate(body, strict=True)
 
 
 class AuditLog(Collector):
@@ -185,14 +130,14 @@ class AuditLog(Collector):
         stamp = int(parse_time(entry.time) * _NS)
         kv_key = f"{self.prefix}{stamp:020d}-{secrets.token_hex(4)}"
         try:
-            await self._client.kv_put(kv_key, self._key.seal(_KIND, kv_key, entry.as_json()))
+            await self._client.kv_put(kv_key, self._key.seal(_KIND, kv_key, entry_json(entry)))
             self._since_trim += 1
             if self._since_trim >= self._trim_every:
                 self._since_trim = 0
                 await self._trim()
         except RegistryError as exc:
             self.failed += 1
-            log.warning("audit entry not stored", key=kv_key, error=str(exc), **entry.as_json())
+            log.warning("audit entry not stored", key=kv_key, error=str(exc), **entry_json(entry))
             return False
         self.stored += 1
         return True
@@ -216,7 +161,7 @@ class AuditLog(Collector):
                 break
             try:
                 body = self._key.open(_KIND, entry.key, entry.value)
-                out.append(AuditEntry.from_json(body))
+                out.append(entry_from_json(body))
             except (InvalidRecord, ValueError) as exc:
                 self._invalid.note(_KIND, entry.key, entry.modify_index, str(exc))
         return out

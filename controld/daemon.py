@@ -9,6 +9,9 @@ while the registry is unreachable. On top of it:
 * :class:`~controld.push.PushHub` holds the registered sidecars and their long-polls,
 * :class:`~controld.push.Reconciler` recompiles snapshots on view, resource and registration
   changes and publishes them to the hub,
+* :class:`~controld.events.EventJournal` records control-plane events (the hub's, the
+  resource routes', the CA's, :class:`~controld.push.PresenceWatch`'s connections and
+  :class:`~controld.events.EndpointWatch`'s endpoint health changes),
 * the HTTP API (:func:`controld.api.build_api`, bearer-token auth) serves all of it on the
   admin address (hypercorn), and the same app on the *push* address for the sidecars.
 
@@ -43,7 +46,8 @@ from controld.ca.storage import CAStore
 from controld.ca.sweeper import JoinTokenSweeper, RevocationSync
 from controld.compiler import Compiler
 from controld.discovery import DiscoveryView, RegistryWatcher
-from controld.push import PushHub, Reconciler
+from controld.events import EndpointWatch, EventJournal
+from controld.push import PresenceWatch, PushHub, Reconciler
 from controld.registry import RegistryConfig, RegistryServer
 from controld.registry.httpserver import HTTPServer, ServerLimits, limit_events_counter
 from controld.sealed import RECORD_KEY_FILE, RecordKey
@@ -178,8 +182,10 @@ class ControlDaemon:
         #: The daemon's own Prometheus registry (served on ``/metrics``).
         self.metrics = CollectorRegistry(auto_describe=True)
         self.watcher: RegistryWatcher | None = None
+        #: The control-plane events (``GET /v1/events``).
+        self.events = EventJournal()
         #: Registered sidecars and their long-polls.
-        self.hub = PushHub(metrics=self.metrics)
+        self.hub = PushHub(metrics=self.metrics, events=self.events)
         self.reconciler: Reconciler | None = None
         #: The sidecars' telemetry (rolling window) and the operators' taps.
         self.telemetry = TelemetryWindow()
@@ -321,6 +327,7 @@ class ControlDaemon:
                     record_key=record_key,
                     trust_domain=lambda: store.current.mesh().trust_domain,
                     metrics=self.metrics,
+                    events=self.events,
                 )
                 self.auth.tokens = SidecarTokens(
                     kv,
@@ -345,6 +352,7 @@ class ControlDaemon:
                     self._ready = False
                     # Parked long-polls answer "no news", so the API servers drain at once.
                     self.hub.close()
+                    self.events.close()
                     for lean in (push, tls):
                         if lean is not None:
                             lean.shutdown_nowait()
@@ -368,6 +376,8 @@ class ControlDaemon:
         await nursery.start(self._scoped, store.run)
         reconciler = self.reconciler = Reconciler(self.hub, Compiler(), watcher, store)
         await nursery.start(self._scoped, reconciler.run)
+        await nursery.start(self._scoped, PresenceWatch(self.hub.presence, self.events).run)
+        await nursery.start(self._scoped, EndpointWatch(watcher, self.events).run)
         assert self.identity is not None
         await nursery.start(self._scoped, JoinTokenSweeper(self.identity.join_tokens).run)
         await nursery.start(self._scoped, RevocationSync(self.identity).run)
@@ -380,6 +390,7 @@ class ControlDaemon:
             max_body_bytes=cfg.api_max_body_bytes,
             telemetry=self.telemetry,
             taps=self.taps,
+            events=self.events,
         )
         limit_events = limit_events_counter(self.metrics)
         push: HTTPServer | None = None

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from controld.ca.kv import KV
 from controld.sealed import InvalidRecord, RecordKey
+from meshcore.api.tokens import DEFAULT_SIDECAR_TTL_S, MAX_SIDECAR_TTL_S
 from meshcore.model.policy import SERVICE_PATTERN
 
 __all__ = [
@@ -45,9 +46,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 #: Lifetime of a ``meshctl token sidecar`` token unless ``--ttl`` says otherwise (30 days).
-DEFAULT_TTL_S: Final = 30 * 86400
+DEFAULT_TTL_S: Final = DEFAULT_SIDECAR_TTL_S
 #: Longest lifetime a token may be given (1 year).
-MAX_TTL_S: Final = 365 * 86400
+MAX_TTL_S: Final = MAX_SIDECAR_TTL_S
 #: How long a verified record is trusted from memory before it is read again: longer than a
 #: long-poll (30 s), so a sidecar's polls read its record from the registry once a minute.
 REFRESH_S: Final = 60.0

@@ -44,17 +44,21 @@ class MirrorSink(Protocol):
 
 
 class RequestObserver(Protocol):
-    """Sees finished HTTP exchanges: the tap sampler and the span recorder
+    """Sees finished HTTP exchanges: the span recorder and the tap sampler
     (:mod:`meshd.telemetry`). Installed in :class:`ProxyShared` only while it has work, so
     the request path pays one ``is None`` check otherwise."""
 
-    def wants(self) -> bool:
-        """Whether :meth:`observe` could keep anything now (cheap: checked first, so a tap
-        over its rate costs no record)."""
-        ...
-
     def observe(self, record: ExchangeRecord) -> None:
         """Look at one finished exchange (must not block or raise)."""
+        ...
+
+
+class TapObserver(RequestObserver, Protocol):
+    """The tap sampler: asked first, with the values its filters look at, so a request no
+    tap can keep (over the rate, or not matching) costs no record."""
+
+    def wants(self, source: str, destination: str, method: str, code: int, target: bytes) -> bool:
+        """Whether :meth:`observe` would keep this exchange now (cheap)."""
         ...
 
 
@@ -113,7 +117,7 @@ class ProxyShared:
     #: Sends mirrored copies of requests (None: mirroring is not running).
     mirror: MirrorSink | None = None
     #: Active taps (None: no tap is active, nothing is sampled).
-    tap: RequestObserver | None = None
+    tap: TapObserver | None = None
     #: Records sampled spans (None: tracing is off).
     tracer: RequestObserver | None = None
 

@@ -1,42 +1,99 @@
 """A small synchronous client of controld's HTTP API (``/v1/...``), for ``meshctl``.
 
-Every failure is one of two errors: :class:`ApiError` (controld answered with an error
-status; carries its ``error`` message and ``problems``) or :class:`Unreachable` (no answer at
-all: connection refused, DNS, timeout), so the CLI can map them to exit codes 1 and 3.
+Requests, answers and paths are the shared wire models of :mod:`meshcore.api`. Every failure
+is one of three errors: :class:`ApiError` (controld answered with an error status; carries
+its ``error`` message and ``problems``), :class:`Unreachable` (no answer at all: connection
+refused, DNS, timeout) or :class:`~meshcore.api.errors.UnexpectedAnswer` (a success answer
+without the promised shape), so the CLI can map them to exit codes 1, 3 and 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
-__all__ = ["DEFAULT_SERVER", "ApiError", "ClientError", "ControldClient", "Unreachable"]
+from meshcore.api.audit import AUDIT_PATH, AuditPage
+from meshcore.api.base import request_body
+from meshcore.api.ca import (
+    CA_PATH,
+    CA_ROTATE_PATH,
+    IDENTITIES_PATH,
+    REVOCATIONS_PATH,
+    CaStatus,
+    IdentityList,
+    RevokeAnswer,
+    RevokeRequest,
+    RotateAnswer,
+    RotateRequest,
+    RotationStep,
+)
+from meshcore.api.errors import Problem, UnexpectedAnswer, error_of, parse_answer, parse_object
+from meshcore.api.proxies import PROXIES_PATH, DrainAnswer, ProxyList, drain_path
+from meshcore.api.resources import (
+    RESOURCES_PATH,
+    ApplyAnswer,
+    ApplyRequest,
+    ResourceList,
+    resource_path,
+)
+from meshcore.api.status import (
+    EXPLAIN_PATH,
+    SCHEMA_PATH,
+    STATUS_PATH,
+    ExplainRequest,
+    StatusAnswer,
+)
+from meshcore.api.tokens import (
+    JOIN_TOKENS_PATH,
+    REGISTRY_TOKENS_PATH,
+    SIDECAR_TOKENS_PATH,
+    JoinToken,
+    JoinTokenRequest,
+    RegistryToken,
+    RegistryTokenRequest,
+    SidecarToken,
+    SidecarTokenList,
+    SidecarTokenRequest,
+    TokenRevoked,
+    sidecar_token_path,
+)
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "ApiError",
+    "ClientError",
+    "ControldClient",
+    "UnexpectedAnswer",
+    "Unreachable",
+]
 
 #: Where ``controld run`` serves its API unless told otherwise.
 DEFAULT_SERVER = "http://127.0.0.1:8501"
 
+M = TypeVar("M", bound=BaseModel)
+
 
 class ClientError(Exception):
-    """Root of the errors :class:`ControldClient` raises."""
+    """Root of the errors :class:`ControldClient` raises (besides
+    :class:`~meshcore.api.errors.UnexpectedAnswer`, shared with the dashboard)."""
 
 
 class ApiError(ClientError):
     """controld answered with an error status.
 
-    ``problems`` is the list of problem objects of a 422 answer (each a mapping with
-    ``document``, ``kind``, ``name``, ``path``, ``message``), empty otherwise.
+    ``problems`` are the problems of a 422 answer (field ``path`` and ``message``; for
+    policy resources also ``document``, ``kind`` and ``name``), empty otherwise.
     """
 
-    def __init__(
-        self, status: int, message: str, problems: Sequence[Mapping[str, Any]] = ()
-    ) -> None:
+    def __init__(self, status: int, message: str, problems: Sequence[Problem] = ()) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
-        self.problems: list[Mapping[str, Any]] = list(problems)
+        self.problems: tuple[Problem, ...] = tuple(problems)
 
 
 class Unreachable(ClientError):
@@ -50,27 +107,11 @@ class Unreachable(ClientError):
 
 def _error_of(response: httpx.Response) -> ApiError:
     """The :class:`ApiError` for a non-2xx answer, from its JSON body when it has one."""
-    message = response.reason_phrase or "error"
-    problems: list[Mapping[str, Any]] = []
-    try:
-        body = response.json()
-    except ValueError:
-        text = response.text.strip()
-        if text:
-            message = text.splitlines()[0][:200]
-    else:
-        if isinstance(body, dict):
-            error = body.get("error", body.get("detail"))
-            if isinstance(error, str):
-                message = error
-            elif error is not None:
-                message = str(error)
-            raw = body.get("problems")
-            if isinstance(raw, list):
-                problems = [p for p in raw if isinstance(p, dict)]
+    body = error_of(response.content, response.reason_phrase)
+    message = body.error
     if response.status_code == 401:
         message += " (give an admin token with --token, --token-file or MESHCTL_TOKEN)"
-    return ApiError(response.status_code, message, problems)
+    return ApiError(response.status_code, message, body.problems)
 
 
 class ControldClient:
@@ -125,7 +166,7 @@ class ControldClient:
         """One call; the decoded JSON body (``None`` for an empty one).
 
         Raises :class:`ApiError` on an error status, :class:`Unreachable` when there is no
-        answer.
+        answer, :class:`~meshcore.api.errors.UnexpectedAnswer` when a success isn't JSON.
         """
         try:
             response = self._http.request(method, path, json=json, params=params)
@@ -138,7 +179,19 @@ class ControldClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise ApiError(response.status_code, "answer is not JSON") from exc
+            raise UnexpectedAnswer(path, "not JSON") from exc
+
+    def _answer(
+        self,
+        model: type[M],
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str | int] | None = None,
+    ) -> M:
+        """One call whose answer is a ``model``."""
+        return parse_answer(model, path, self.request(method, path, json=json, params=params))
 
     # -- the endpoints meshctl uses ----------------------------------------------------------
 
@@ -148,35 +201,43 @@ class ControldClient:
         *,
         dry_run: bool = False,
         strict: bool = False,
-    ) -> Any:
-        """``PUT /v1/resources``: ``{"revision", "changes": [{"kind","name","action"}],
-        "warnings": [...]}``; ``strict``: refused (422) when there would be warnings."""
-        body: dict[str, Any] = {"resources": list(resources), "dry_run": dry_run}
-        if strict:
-            # Sent only when asked, so a controld without the field still takes the others.
-            body["strict"] = True
-        return self.request("PUT", "/v1/resources", json=body)
+    ) -> ApplyAnswer:
+        """``PUT /v1/resources``: the revision, the change of each resource and the feature
+        warnings; ``strict``: refused (422) when there would be warnings."""
+        # ``strict`` only when asked: a controld without the field still takes the others.
+        body = request_body(
+            ApplyRequest,
+            resources=[dict(r) for r in resources],
+            dry_run=dry_run,
+            strict=True if strict else None,
+        )
+        return self._answer(ApplyAnswer, "PUT", RESOURCES_PATH, json=body)
 
-    def list_resources(self, kind: str | None = None) -> Any:
-        """``GET /v1/resources[?kind=K]``: ``{"revision", "resources": [...]}``."""
+    def list_resources(self, kind: str | None = None) -> ResourceList:
+        """``GET /v1/resources[?kind=K]``: the revision and the resources."""
         params = {"kind": kind} if kind else None
-        return self.request("GET", "/v1/resources", params=params)
+        return self._answer(ResourceList, "GET", RESOURCES_PATH, params=params)
 
-    def get_resource(self, kind: str, name: str) -> Any:
-        """``GET /v1/resources/{kind}/{name}``: the resource plus ``meta``."""
-        return self.request("GET", f"/v1/resources/{kind}/{name}")
+    def get_resource(self, kind: str, name: str) -> dict[str, Any]:
+        """``GET /v1/resources/{kind}/{name}``: the resource document plus ``meta``."""
+        path = resource_path(kind, name)
+        return parse_object(path, self.request("GET", path))
 
-    def delete_resource(self, kind: str, name: str) -> Any:
+    def delete_resource(self, kind: str, name: str) -> ApplyAnswer:
         """``DELETE /v1/resources/{kind}/{name}``: like :meth:`apply`'s answer."""
-        return self.request("DELETE", f"/v1/resources/{kind}/{name}")
+        return self._answer(ApplyAnswer, "DELETE", resource_path(kind, name))
 
-    def proxies(self) -> Any:
-        """``GET /v1/proxies``: ``{"proxies": [...]}``."""
-        return self.request("GET", "/v1/proxies")
+    def proxies(self) -> ProxyList:
+        """``GET /v1/proxies``: every registered sidecar's push state."""
+        return self._answer(ProxyList, "GET", PROXIES_PATH)
 
-    def status(self) -> Any:
-        """``GET /v1/status``."""
-        return self.request("GET", "/v1/status")
+    def drain(self, proxy_id: str) -> DrainAnswer:
+        """``POST /v1/proxies/{id}/drain``: ask that sidecar to drain."""
+        return self._answer(DrainAnswer, "POST", drain_path(proxy_id))
+
+    def status(self) -> StatusAnswer:
+        """``GET /v1/status``: registry, discovery, push, store, endpoint mix."""
+        return self._answer(StatusAnswer, "GET", STATUS_PATH)
 
     def explain(
         self,
@@ -186,77 +247,80 @@ class ControldClient:
         method: str = "GET",
         path: str = "/",
         headers: Mapping[str, str] | None = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
         """``POST /v1/explain``: the explanation JSON."""
-        body = {
-            "source": source,
-            "destination": destination,
-            "method": method,
-            "path": path,
-            "headers": dict(headers or {}),
-        }
-        return self.request("POST", "/v1/explain", json=body)
-
-    def sidecar_token(self, service: str, *, ttl_s: int | None = None) -> dict[str, Any]:
-        """``POST /v1/tokens/sidecar``: a token for the sidecars of ``service`` (``{token,
-        id, expires}``)."""
-        request: dict[str, Any] = {"service": service}
-        if ttl_s is not None:
-            request["ttl_s"] = ttl_s
-        body = self.request("POST", "/v1/tokens/sidecar", json=request)
-        if not isinstance(body, dict) or not isinstance(body.get("token"), str):
-            raise ApiError(200, "answer has no token")
-        return body
-
-    def sidecar_tokens(self) -> list[dict[str, Any]]:
-        """``GET /v1/tokens/sidecar``: every unexpired sidecar token (no secrets)."""
-        body = self.request("GET", "/v1/tokens/sidecar")
-        tokens = body.get("tokens") if isinstance(body, dict) else None
-        return [t for t in tokens or () if isinstance(t, dict)]
-
-    def revoke_sidecar_token(self, token_id: str) -> Any:
-        """``DELETE /v1/tokens/sidecar/{id}``: revoke one sidecar token."""
-        return self.request("DELETE", f"/v1/tokens/sidecar/{token_id}")
-
-    def registry_token(self, service: str, *, ttl_s: int | None = None) -> str:
-        """``POST /v1/tokens/registry``: a registry ACL token with ``service``'s identity."""
-        payload: dict[str, Any] = {"service": service}
-        if ttl_s is not None:
-            payload["ttl_s"] = ttl_s
-        body = self.request("POST", "/v1/tokens/registry", json=payload)
-        if not isinstance(body, dict) or not isinstance(body.get("secret_id"), str):
-            raise ApiError(200, "answer has no secret_id")
-        return str(body["secret_id"])
-
-    def join_token(self, service: str, *, namespace: str = "default", ttl_s: int = 3600) -> str:
-        """``POST /v1/tokens/join``: a single-use join token to enroll a sidecar of ``service``."""
-        body = self.request(
-            "POST",
-            "/v1/tokens/join",
-            json={"service": service, "namespace": namespace, "ttl_s": ttl_s},
+        body = request_body(
+            ExplainRequest,
+            source=source,
+            destination=destination,
+            method=method,
+            path=path,
+            headers=dict(headers or {}),
         )
-        if not isinstance(body, dict) or not isinstance(body.get("token"), str):
-            raise ApiError(200, "answer has no token")
-        return str(body["token"])
+        answer = self.request("POST", EXPLAIN_PATH, json=body)
+        return parse_object(EXPLAIN_PATH, answer)
 
-    def schema(self) -> Any:
+    def sidecar_token(self, service: str, *, ttl_s: int | None = None) -> SidecarToken:
+        """``POST /v1/tokens/sidecar``: a token for the sidecars of ``service``."""
+        body = request_body(SidecarTokenRequest, service=service, ttl_s=ttl_s)
+        return self._answer(SidecarToken, "POST", SIDECAR_TOKENS_PATH, json=body)
+
+    def sidecar_tokens(self) -> SidecarTokenList:
+        """``GET /v1/tokens/sidecar``: every unexpired sidecar token (no secrets)."""
+        return self._answer(SidecarTokenList, "GET", SIDECAR_TOKENS_PATH)
+
+    def revoke_sidecar_token(self, token_id: str) -> TokenRevoked:
+        """``DELETE /v1/tokens/sidecar/{id}``: revoke one sidecar token."""
+        return self._answer(TokenRevoked, "DELETE", sidecar_token_path(token_id))
+
+    def registry_token(self, service: str, *, ttl_s: int | None = None) -> RegistryToken:
+        """``POST /v1/tokens/registry``: a registry ACL token with ``service``'s identity."""
+        body = request_body(RegistryTokenRequest, service=service, ttl_s=ttl_s)
+        return self._answer(RegistryToken, "POST", REGISTRY_TOKENS_PATH, json=body)
+
+    def join_token(
+        self, service: str, *, namespace: str = "default", ttl_s: int = 3600
+    ) -> JoinToken:
+        """``POST /v1/tokens/join``: a single-use join token to enroll a sidecar of ``service``."""
+        body = request_body(JoinTokenRequest, service=service, namespace=namespace, ttl_s=ttl_s)
+        return self._answer(JoinToken, "POST", JOIN_TOKENS_PATH, json=body)
+
+    def schema(self) -> dict[str, Any]:
         """``GET /v1/schema``: ``{kind: JSON schema}``."""
-        return self.request("GET", "/v1/schema")
+        return parse_object(SCHEMA_PATH, self.request("GET", SCHEMA_PATH))
 
-    def ca_status(self) -> Any:
+    def ca_status(self) -> CaStatus:
         """``GET /v1/ca``: rotation phase, signer, bundle and outstanding leaves per root."""
-        return self.request("GET", "/v1/ca")
+        return self._answer(CaStatus, "GET", CA_PATH)
 
-    def ca_rotate(self, step: str, *, force: bool = False) -> Any:
+    def ca_rotate(self, step: RotationStep, *, force: bool = False) -> RotateAnswer:
         """``POST /v1/ca/rotate``: one root rotation step (``stage``, ``activate``, ``retire``)."""
-        body: dict[str, Any] = {"step": step}
-        if force:
-            body["force"] = True
-        return self.request("POST", "/v1/ca/rotate", json=body)
+        body = request_body(RotateRequest, step=step, force=True if force else None)
+        return self._answer(RotateAnswer, "POST", CA_ROTATE_PATH, json=body)
 
-    def audit(self, *, since: str | None = None, limit: int = 50) -> Any:
-        """``GET /v1/audit``: ``{"entries": [...]}``, newest first (``since``: RFC 3339)."""
+    def identities(self, service: str | None = None) -> IdentityList:
+        """``GET /v1/identities[?service=S]``: the enrolled instances."""
+        params = {"service": service} if service else None
+        return self._answer(IdentityList, "GET", IDENTITIES_PATH, params=params)
+
+    def revoke(
+        self,
+        *,
+        identity: str | None = None,
+        serial: str | None = None,
+        service: str | None = None,
+        namespace: str | None = None,
+    ) -> RevokeAnswer:
+        """``POST /v1/revocations``: revoke one instance (its ``identity`` id or a certificate
+        ``serial``) or every instance of ``service`` (in ``namespace``)."""
+        body = request_body(
+            RevokeRequest, identity=identity, serial=serial, service=service, namespace=namespace
+        )
+        return self._answer(RevokeAnswer, "POST", REVOCATIONS_PATH, json=body)
+
+    def audit(self, *, since: str | None = None, limit: int = 50) -> AuditPage:
+        """``GET /v1/audit``: the entries, newest first (``since``: RFC 3339)."""
         params: dict[str, str | int] = {"limit": limit}
         if since is not None:
             params["since"] = since
-        return self.request("GET", "/v1/audit", params=params)
+        return self._answer(AuditPage, "GET", AUDIT_PATH, params=params)

@@ -8,9 +8,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 __all__ = [
     "age",
+    "json_value",
     "manifest",
     "manifest_yaml",
     "table",
@@ -47,10 +49,27 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
+def json_value(value: Any) -> Any:
+    """``value`` with the API's wire models (:mod:`meshcore.api`) replaced by their JSON form,
+    as controld sent them: the fields it sent, in the model's order (the order it sends)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True)
+    if isinstance(value, Mapping):
+        return {k: json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    return value
+
+
 def to_yaml(value: Any) -> str:
-    """One YAML document, keys in their given order, ending with a newline."""
+    """One YAML document, keys in their given order, ending with a newline (wire models as
+    :func:`json_value`)."""
     text: str = yaml.dump(
-        value, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+        json_value(value),
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
     )
     return text
 
@@ -61,8 +80,8 @@ def to_yaml_documents(values: Iterable[Any]) -> str:
 
 
 def to_json(value: Any) -> str:
-    """Indented JSON (2 spaces), keys in their given order."""
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    """Indented JSON (2 spaces), keys in their given order (wire models as :func:`json_value`)."""
+    return json.dumps(json_value(value), indent=2, ensure_ascii=False)
 
 
 def manifest(resource: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from controld.api.audit import audit_router
 from controld.api.deps import Auditor, Guard
 from controld.api.errors import install_error_handlers
+from controld.api.events import events_router
 from controld.api.gate import DEFAULT_MAX_BODY_BYTES, ApiGate
 from controld.api.identity import identity_router
 from controld.api.misc import api_router, probes_router
@@ -22,6 +23,7 @@ from controld.api.telemetry import report_route, telemetry_router
 from controld.api.tokens import tokens_router
 from controld.audit import AuditLog
 from controld.auth import TokenAuth
+from controld.events import EventJournal
 from controld.telemetry import TapHub, TelemetryWindow
 from meshcore import __version__
 
@@ -41,6 +43,7 @@ def build_api(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     telemetry: TelemetryWindow | None = None,
     taps: TapHub | None = None,
+    events: EventJournal | None = None,
 ) -> FastAPI:
     """The API app: resources, proxies and snapshots, status/schema/explain, tokens, probes.
 
@@ -53,7 +56,9 @@ def build_api(
     ``async def``: it runs on the Trio thread, where the daemon's state is safe to read, and
     never needs a worker thread. The interactive docs (CDN assets) are off;
     ``/openapi.json`` is served without a token. ``telemetry`` and ``taps`` (made here when
-    not given) hold the sidecars' telemetry and the taps (:mod:`controld.api.telemetry`).
+    not given) hold the sidecars' telemetry and the taps (:mod:`controld.api.telemetry`);
+    ``events`` (made here when not given) is the journal of control-plane events served on
+    ``/v1/events``, where resource changes are recorded too.
     """
     auditor = Auditor(structlog.get_logger(AUDIT_LOGGER))
     guard = Guard(auth, auditor)
@@ -65,7 +70,8 @@ def build_api(
         redoc_url=None,
     )
     install_error_handlers(app)
-    app.include_router(resources_router(plane, guard, auditor))
+    events = events if events is not None else EventJournal()
+    app.include_router(resources_router(plane, guard, auditor, events))
     app.include_router(proxies_router(plane, guard))
     app.include_router(api_router(plane, auth, guard, auditor))
     app.include_router(probes_router(metrics, is_ready))
@@ -78,6 +84,7 @@ def build_api(
     telemetry = telemetry if telemetry is not None else TelemetryWindow()
     taps = taps if taps is not None else TapHub()
     app.include_router(telemetry_router(plane.hub, telemetry, taps, guard))
+    app.include_router(events_router(events, guard))
     # The hot long-poll goes first: matched before (and instead of) its documented twin.
     app.router.routes.insert(0, poll_route(plane, auth))
     # As hot: a report per sidecar per second.

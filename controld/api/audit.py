@@ -3,7 +3,7 @@
 # No `from __future__ import annotations`: FastAPI evaluates route signatures, whose
 # Annotated aliases are local to the router factory.
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Security
 
@@ -11,12 +11,15 @@ from controld.api.deps import BEARER, Guard
 from controld.api.errors import ApiError
 from controld.audit import AuditLog, parse_time
 from controld.auth import Principal
+from meshcore.api.audit import (
+    AUDIT_PATH,
+    DEFAULT_AUDIT_LIMIT,
+    MAX_AUDIT_LIMIT,
+    AuditPage,
+)
 from meshcore.registry import RegistryError
 
-__all__ = ["MAX_AUDIT_LIMIT", "audit_router"]
-
-#: Most entries one call returns.
-MAX_AUDIT_LIMIT = 1000
+__all__ = ["audit_router"]
 
 
 def audit_router(audit: AuditLog, guard: Guard) -> APIRouter:
@@ -25,7 +28,7 @@ def audit_router(audit: AuditLog, guard: Guard) -> APIRouter:
     Admin = Annotated[Principal, Depends(guard.admin)]
 
     @router.get(
-        "/v1/audit",
+        AUDIT_PATH,
         responses={
             400: {"description": "bad `since`"},
             503: {"description": "registry unavailable"},
@@ -37,8 +40,8 @@ def audit_router(audit: AuditLog, guard: Guard) -> APIRouter:
             str | None,
             Query(max_length=64, description="only entries at or after this RFC 3339 time"),
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_LIMIT)] = 100,
-    ) -> dict[str, Any]:
+        limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_LIMIT)] = DEFAULT_AUDIT_LIMIT,
+    ) -> AuditPage:
         """The newest audit entries first: time, actor, method, route, resource, source,
         status and outcome of each control-plane change (entries that aren't valid sealed
         records are skipped, logged and counted)."""
@@ -52,6 +55,6 @@ def audit_router(audit: AuditLog, guard: Guard) -> APIRouter:
             entries = await audit.read(since=floor, limit=limit)
         except RegistryError as exc:
             raise ApiError(503, f"registry unavailable: {exc}") from exc
-        return {"entries": [e.as_json() for e in entries]}
+        return AuditPage(entries=tuple(entries))
 
     return router

@@ -1,8 +1,9 @@
-"""Errors of the HTTP API and their JSON form ``{"error": "...", "problems": [...]}``."""
+"""Errors of the HTTP API and their JSON form ``{"error": "...", "problems": [...]}``
+(:class:`meshcore.api.errors.ErrorBody`, which the clients parse)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,37 +14,41 @@ from starlette.responses import JSONResponse, Response
 
 from controld.auth import Forbidden, Unauthenticated
 from controld.store import ResourceNotFound, StoreConflict, StoreError, StoreUnavailable
+from meshcore.api.errors import ErrorBody, Problem, loc_path
 
-__all__ = ["ApiError", "error_response", "install_error_handlers", "loc_path"]
+__all__ = ["ApiError", "ProblemLike", "error_response", "install_error_handlers", "loc_path"]
+
+#: A problem as a model, or as its JSON mapping (``path``, ``message``, ...).
+ProblemLike = Problem | Mapping[str, Any]
+
+
+def _problems(problems: Sequence[ProblemLike] | None) -> tuple[Problem, ...]:
+    return tuple(
+        p if isinstance(p, Problem) else Problem.model_validate(dict(p)) for p in problems or ()
+    )
 
 
 class ApiError(Exception):
     """An error answer: HTTP ``status`` with ``{"error": message, "problems": problems}``."""
 
     def __init__(
-        self, status: int, message: str, problems: list[dict[str, Any]] | None = None
+        self, status: int, message: str, problems: Sequence[ProblemLike] | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.problems = problems or []
+        self.problems = _problems(problems)
 
 
 def error_response(
     status: int,
     message: str,
-    problems: list[dict[str, Any]] | None = None,
+    problems: Sequence[ProblemLike] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The JSON error answer."""
-    return JSONResponse(
-        {"error": message, "problems": problems or []}, status_code=status, headers=headers
-    )
-
-
-def loc_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    """A pydantic error location as a dotted path (``spec.rules.0.backends``)."""
-    return ".".join(str(part) for part in loc)
+    """The JSON error answer (:class:`~meshcore.api.errors.ErrorBody`)."""
+    body = ErrorBody(error=message, problems=_problems(problems))
+    return JSONResponse(body.as_json(), status_code=status, headers=headers)
 
 
 _REASONS = {404: "not found", 405: "method not allowed"}
@@ -72,7 +77,7 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = [
         # FastAPI prefixes locations with where the value came from ("body", "query", ...).
-        {"path": loc_path(err.get("loc", ())), "message": str(err.get("msg", ""))}
+        Problem(path=loc_path(err.get("loc", ())), message=str(err.get("msg", "")))
         for err in exc.errors()
     ]
     return error_response(422, "invalid request", problems)

@@ -18,6 +18,8 @@ from controld.compiler import Compiler
 from controld.compiler.snapshot import outbound_listener_name
 from controld.discovery import DiscoveryView
 from controld.push.state import SidecarInfo
+from meshcore.api.errors import Problem
+from meshcore.api.resources import FeatureWarning
 from meshcore.model.base import SocketAddr
 from meshcore.model.features import feature_uses
 from meshcore.model.proxy import ProxyDescriptor, Upstream
@@ -48,25 +50,19 @@ class FeatureGap:
             f"(service {self.service}) does not enforce it and would refuse the snapshot"
         )
 
-    def as_json(self) -> dict[str, str]:
+    def as_warning(self) -> FeatureWarning:
         """The API form (``warnings`` of ``PUT /v1/resources``)."""
-        return {
-            "proxy_id": self.proxy_id,
-            "service": self.service,
-            "feature": self.feature,
-            "path": self.path,
-            "message": self.message,
-        }
+        return FeatureWarning(
+            proxy_id=self.proxy_id,
+            service=self.service,
+            feature=self.feature,
+            path=self.path,
+            message=self.message,
+        )
 
-    def as_problem(self) -> dict[str, Any]:
+    def as_problem(self) -> Problem:
         """The 422 problem of a ``strict`` apply (no resource document to name)."""
-        return {
-            "document": None,
-            "kind": None,
-            "name": None,
-            "path": self.path,
-            "message": self.message,
-        }
+        return Problem(document=None, kind=None, name=None, path=self.path, message=self.message)
 
 
 def _compile(

@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Match
 from controld.api.deps import AUDIT_NOTE, AuditNote, Guard
 from controld.api.errors import error_response
 from controld.api.peer import peer_spiffe_id
-from controld.audit import AuditEntry, AuditLog
+from controld.audit import AuditEntry, AuditLog, entry_json
 from controld.auth import Forbidden, Unauthenticated
 from meshcore.boundedjson import DEFAULT_MAX_DEPTH, BoundedJsonError, loads_bounded
 
@@ -329,12 +329,12 @@ class ApiGate:
             outcome=note.outcome or _outcome(status),
             resource=resource,
             revision=note.revision,
-            details=note.details,
+            details=dict(note.details),
         )
         # An anonymous refusal is only logged: nobody may push real entries out of the log.
         if self._audit is None or (actor == "anonymous" and status >= 400):
             if note.actor is None:  # else the endpoint logged it (controld.api.deps.Auditor)
-                fields = entry.as_json()
+                fields = entry_json(entry)
                 fields["principal"] = fields.pop("actor")
                 log.info("audit", stored=False, **fields)
             return

@@ -15,12 +15,11 @@ admin-only; the others are admin-only and audited.
 # Annotated aliases are local to the router factory.
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from cryptography import x509
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 
 from controld.api.bound_tokens import mint_bound_token
@@ -36,21 +35,38 @@ from controld.ca import (
     RotationError,
 )
 from controld.ca.authority import spiffe_id
-from controld.ca.identities import ID_PATTERN, IdentityRecord
+from controld.ca.identities import IdentityRecord
 from controld.ca.records import InvalidRecord
 from controld.ca.rotation import MAX_BUNDLE_WAIT_S
 from controld.ca.service import rfc3339
+from meshcore.api.ca import (
+    CA_PATH,
+    CA_ROTATE_PATH,
+    IDENTITIES_PATH,
+    REVOCATIONS_PATH,
+    CaStatus,
+    Identity,
+    IdentityList,
+    RevokeAnswer,
+    RevokeRequest,
+    RotateAnswer,
+    RotateRequest,
+)
+from meshcore.api.enroll import (
+    BUNDLE_PATH,
+    ENROLL_PATH,
+    INDEX_HEADER,
+    RENEW_PATH,
+    BundleAnswer,
+    EnrollRequest,
+    IssuedAnswer,
+    RenewRequest,
+)
+from meshcore.api.tokens import JOIN_TOKENS_PATH, JoinToken, JoinTokenRequest
 from meshcore.model.policy import SERVICE_PATTERN
 
 __all__ = ["identity_router"]
 
-#: Longest lifetime of a join token (30 days).
-MAX_JOIN_TTL_S = 30 * 86400
-_SPIFFE_PATTERN = r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$"
-#: What a sidecar may call itself (printable ASCII, no spaces); meshd sends nothing else.
-INSTANCE_PATTERN = r"^[!-~]{1,253}$"
-#: Header carrying the bundle's index.
-INDEX_HEADER = "X-Meshd-Index"
 #: Default wait of a bundle long-poll given an index and no ``wait``.
 DEFAULT_BUNDLE_WAIT_S = 60.0
 
@@ -77,66 +93,6 @@ def parse_wait(value: str | None) -> float:
     return min(seconds, MAX_BUNDLE_WAIT_S)
 
 
-class JoinTokenRequest(BaseModel):
-    """Body of ``POST /v1/tokens/join``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    service: str = Field(pattern=SERVICE_PATTERN)
-    namespace: str = Field(default="default", pattern=SERVICE_PATTERN)
-    ttl_s: int = Field(default=3600, ge=1, le=MAX_JOIN_TTL_S)
-
-
-class EnrollRequest(BaseModel):
-    """Body of ``POST /v1/enroll``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    token: str = Field(min_length=1, max_length=256)
-    csr: str = Field(min_length=1, max_length=16384)
-    #: The sidecar's proxy id, recorded with its identity (for display).
-    instance: str | None = Field(default=None, pattern=INSTANCE_PATTERN)
-
-
-class RenewRequest(BaseModel):
-    """Body of ``POST /v1/renew`` (over mutual TLS: the client certificate is the credential)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    csr: str = Field(min_length=1, max_length=16384)
-
-
-class RevokeRequest(BaseModel):
-    """Body of ``POST /v1/revocations``: exactly one of ``identity`` (an instance's identity
-    id), ``serial`` (of one of its certificates, hex), ``service`` (every instance; with
-    ``namespace``) or ``spiffe_id`` (every instance of it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    identity: str | None = Field(default=None, pattern=ID_PATTERN)
-    serial: str | None = Field(default=None, pattern=r"^(0x)?[0-9a-fA-F]{1,40}$")
-    service: str | None = Field(default=None, pattern=SERVICE_PATTERN)
-    namespace: str = Field(default="default", pattern=SERVICE_PATTERN)
-    spiffe_id: str | None = Field(default=None, pattern=_SPIFFE_PATTERN, max_length=512)
-
-    @model_validator(mode="after")
-    def _one_target(self) -> "RevokeRequest":
-        given = [self.identity, self.serial, self.service, self.spiffe_id]
-        if sum(value is not None for value in given) != 1:
-            raise ValueError("give exactly one of identity, serial, service or spiffe_id")
-        return self
-
-
-class RotateRequest(BaseModel):
-    """Body of ``POST /v1/ca/rotate``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    step: Literal["stage", "activate", "retire"]
-    #: ``retire`` even while leaves of the old root are outstanding.
-    force: bool = False
-
-
 def identity_router(
     identity: IdentityService, auth: TokenAuth, guard: Guard, auditor: Auditor
 ) -> APIRouter:
@@ -145,10 +101,10 @@ def identity_router(
     AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
     Admin = Annotated[Principal, Depends(guard.admin)]
 
-    @router.post("/v1/tokens/join")
+    @router.post(JOIN_TOKENS_PATH)
     async def create_join_token(
         body: JoinTokenRequest, request: Request, principal: AdminAudited
-    ) -> dict[str, str]:
+    ) -> JoinToken:
         """A single-use join token for ``namespace``/``service`` (admin only; audited)."""
         token, expires = await identity.join_tokens.create(
             body.service, body.namespace, body.ttl_s, pins=identity.pins()
@@ -156,13 +112,13 @@ def identity_router(
         auditor.record(
             principal.name, request, "minted", service=body.service, namespace=body.namespace
         )
-        return {"token": token, "expires": _rfc3339_unix(expires)}
+        return JoinToken(token=token, expires=_rfc3339_unix(expires))
 
     @router.post(
-        "/v1/enroll",
+        ENROLL_PATH,
         responses={400: {"description": "bad CSR"}, 401: {"description": "bad join token"}},
     )
-    async def enroll(body: EnrollRequest, request: Request) -> dict[str, Any]:
+    async def enroll(body: EnrollRequest, request: Request) -> IssuedAnswer:
         """Trade a join token and a CSR for a leaf, the trust bundle and a sidecar token."""
         address = request.client.host if request.client is not None else None
         try:
@@ -173,15 +129,14 @@ def identity_router(
             raise ApiError(400, str(exc)) from exc
         except JoinTokenInvalid as exc:
             raise ApiError(401, str(exc)) from exc
-        answer = issued.as_json()
-        answer["sidecar_token"] = await mint_bound_token(auth, issued)
-        return answer
+        token = await mint_bound_token(auth, issued)
+        return IssuedAnswer.model_validate({**issued.as_json(), "sidecar_token": token})
 
     @router.post(
-        "/v1/renew",
+        RENEW_PATH,
         responses={400: {"description": "bad CSR"}, 401: {"description": "renewal refused"}},
     )
-    async def renew(body: RenewRequest, request: Request) -> dict[str, Any]:
+    async def renew(body: RenewRequest, request: Request) -> IssuedAnswer:
         """A new leaf for the holder of the current one, proven by mutual TLS."""
         current = client_certificate(request)
         try:
@@ -190,17 +145,23 @@ def identity_router(
             raise ApiError(400, str(exc)) from exc
         except RenewalRefused as exc:
             raise ApiError(401, str(exc)) from exc
-        answer = issued.as_json()
-        answer["sidecar_token"] = await mint_bound_token(auth, issued, replaces=current)
-        return answer
+        token = await mint_bound_token(auth, issued, replaces=current)
+        return IssuedAnswer.model_validate({**issued.as_json(), "sidecar_token": token})
 
-    @router.get("/v1/bundle", responses={400: {"description": "bad wait"}})
+    @router.get(
+        BUNDLE_PATH,
+        response_class=JSONResponse,
+        responses={200: {"model": BundleAnswer}, 400: {"description": "bad wait"}},
+    )
     async def bundle(
         index: Annotated[int | None, Query(ge=0)] = None,
         wait: Annotated[str | None, Query(max_length=32)] = None,
     ) -> JSONResponse:
         """The trust domain, the trusted roots (PEM), the signing root (``active``, PEM;
-        ``active_id``) and the bundle's ``index``; with ``index`` a blocking query."""
+        ``active_id``) and the bundle's ``index``; with ``index`` a blocking query.
+
+        The body is a :class:`~meshcore.api.enroll.BundleAnswer` built as a dict: a woken
+        query answers every waiting sidecar, with the revocations encoded once."""
         ca = identity.ca
         if index is not None:
             try:
@@ -219,17 +180,17 @@ def identity_router(
         }
         return JSONResponse(body, headers={INDEX_HEADER: str(current)})
 
-    @router.get("/v1/ca")
-    async def ca_status(principal: Admin) -> dict[str, Any]:
+    @router.get(CA_PATH)
+    async def ca_status(principal: Admin) -> CaStatus:
         """Rotation phase, signer, bundle and outstanding leaves per root (admin only)."""
         del principal
-        return identity.status()
+        return CaStatus.model_validate(identity.status())
 
-    @router.get("/v1/identities")
+    @router.get(IDENTITIES_PATH)
     async def identities(
         principal: Admin,
         service: Annotated[str | None, Query(pattern=SERVICE_PATTERN)] = None,
-    ) -> dict[str, Any]:
+    ) -> IdentityList:
         """Every enrolled instance: service, instance, SPIFFE ID, current serial, expiry and
         revocation (admin only)."""
         del principal
@@ -237,10 +198,12 @@ def identity_router(
         records = await identity.identities.all()
         found = [r for r in records if service is None or r.service == service]
         found.sort(key=lambda r: (r.namespace, r.service, r.enrolled))
-        return {"identities": [identity_json(r, now) for r in found]}
+        return IdentityList(identities=tuple(identity_json(r, now) for r in found))
 
     @router.post(
-        "/v1/revocations",
+        REVOCATIONS_PATH,
+        # ``spiffe_id`` is sent only when a whole service was revoked.
+        response_model_exclude_unset=True,
         responses={
             404: {"description": "no such identity or serial"},
             409: {"description": "the identity's record is unusable"},
@@ -248,7 +211,7 @@ def identity_router(
     )
     async def revoke(
         body: RevokeRequest, request: Request, principal: AdminAudited
-    ) -> dict[str, Any]:
+    ) -> RevokeAnswer:
         """Revoke one instance (by ``identity`` or certificate ``serial``) or every instance
         of a service: peers refuse its certificates within a bundle long-poll and it can't
         renew (admin only; audited)."""
@@ -270,17 +233,18 @@ def identity_router(
         ids = [r.id for r in revoked]
         auditor.record(principal.name, request, "revoked", identities=ids, **fields)
         now = datetime.now(UTC).timestamp()
-        answer: dict[str, Any] = {"revoked": [identity_json(r, now) for r in revoked]}
-        if body.spiffe_id is not None or body.service is not None:
-            answer["spiffe_id"] = body.spiffe_id or spiffe_id(
-                identity.trust_domain, body.namespace, str(body.service)
-            )
-        return answer
+        listed = tuple(identity_json(r, now) for r in revoked)
+        if body.spiffe_id is None and body.service is None:
+            return RevokeAnswer(revoked=listed)
+        target = body.spiffe_id or spiffe_id(
+            identity.trust_domain, body.namespace, str(body.service)
+        )
+        return RevokeAnswer(revoked=listed, spiffe_id=target)
 
-    @router.post("/v1/ca/rotate", responses={409: {"description": "step out of order"}})
+    @router.post(CA_ROTATE_PATH, responses={409: {"description": "step out of order"}})
     async def rotate(
         body: RotateRequest, request: Request, principal: AdminAudited
-    ) -> dict[str, Any]:
+    ) -> RotateAnswer:
         """One root rotation step: ``stage``, ``activate`` or ``retire`` (admin; audited).
 
         ``retire`` answers 409 while leaves of the old root are outstanding, unless ``force``.
@@ -291,13 +255,13 @@ def identity_router(
         except RotationError as exc:
             raise ApiError(409, str(exc)) from exc
         auditor.record(principal.name, request, body.step, active=state.active, force=body.force)
-        return {
-            "phase": state.phase,
-            "active": state.active,
-            "bundle": list(state.bundle),
-            "roots": ca.bundle_pem(),
-            "index": ca.index,
-        }
+        return RotateAnswer(
+            phase=state.phase,
+            active=state.active,
+            bundle=tuple(state.bundle),
+            roots=tuple(ca.bundle_pem()),
+            index=ca.index,
+        )
 
     return router
 
@@ -325,21 +289,21 @@ def _rfc3339_unix(when: float) -> str:
     return rfc3339(datetime.fromtimestamp(when, UTC))
 
 
-def identity_json(record: IdentityRecord, now: float) -> dict[str, Any]:
+def identity_json(record: IdentityRecord, now: float) -> Identity:
     """One identity as the API shows it (times in RFC 3339, serials in hex)."""
     current = record.current
-    return {
-        "id": record.id,
-        "service": record.service,
-        "namespace": record.namespace,
-        "spiffe_id": record.spiffe_id,
-        "instance": record.instance,
-        "address": record.address,
-        "enrolled": _rfc3339_unix(record.enrolled),
-        "renewed": None if record.renewed is None else _rfc3339_unix(record.renewed),
-        "serial": None if current is None else current.serial,
-        "not_after": None if current is None else _rfc3339_unix(current.not_after),
-        "expires_in_s": None if current is None else round(current.not_after - now, 1),
-        "serials": [leaf.serial for leaf in record.unexpired(now)],
-        "revoked": None if record.revoked is None else _rfc3339_unix(record.revoked),
-    }
+    return Identity(
+        id=record.id,
+        service=record.service,
+        namespace=record.namespace,
+        spiffe_id=record.spiffe_id,
+        instance=record.instance,
+        address=record.address,
+        enrolled=_rfc3339_unix(record.enrolled),
+        renewed=None if record.renewed is None else _rfc3339_unix(record.renewed),
+        serial=None if current is None else current.serial,
+        not_after=None if current is None else _rfc3339_unix(current.not_after),
+        expires_in_s=None if current is None else round(current.not_after - now, 1),
+        serials=tuple(leaf.serial for leaf in record.unexpired(now)),
+        revoked=None if record.revoked is None else _rfc3339_unix(record.revoked),
+    )

@@ -10,7 +10,6 @@ import trio
 from fastapi import APIRouter, Depends, Security
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse, Response
 
 from controld.api.deps import BEARER, Auditor, Guard
@@ -21,33 +20,16 @@ from controld.auth import Principal, TokenAuth
 from controld.compiler import explain
 from controld.compiler.endpoint_tls import endpoint_mix
 from controld.compiler.inputs import Inputs
-from meshcore.model.policy import SERVICE_PATTERN
+from meshcore.api.status import (
+    EXPLAIN_PATH,
+    SCHEMA_PATH,
+    STATUS_PATH,
+    ExplainRequest,
+    StatusAnswer,
+)
 from meshcore.model.resources import json_schemas
-from meshcore.pathnorm import MalformedPath, normalize_target
 
 __all__ = ["api_router", "probes_router"]
-
-
-class ExplainRequest(BaseModel):
-    """Body of ``POST /v1/explain``: one request from ``source`` to ``destination``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = Field(min_length=1)
-    destination: str = Field(pattern=SERVICE_PATTERN)
-    method: str = Field(default="GET", min_length=1)
-    path: str = Field(default="/", pattern=r"^/")
-    headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("path")
-    @classmethod
-    def _well_formed(cls, value: str) -> str:
-        # A path the sidecar would refuse (400) has no route to explain.
-        try:
-            normalize_target(value.encode("utf-8", "surrogateescape"))
-        except MalformedPath as exc:
-            raise ValueError(f"{exc} (the sidecar answers 400 bad_request)") from exc
-        return value
 
 
 class _Collected:
@@ -66,22 +48,23 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
     Admin = Annotated[Principal, Depends(guard.admin)]
     AnyToken = Annotated[Principal, Depends(guard.principal)]
 
-    @router.get("/v1/status")
-    async def status(_: Admin) -> dict[str, Any]:
+    # Only the sections and fields the daemon filled in are sent.
+    @router.get(STATUS_PATH, response_model_exclude_unset=True)
+    async def status(_: Admin) -> StatusAnswer:
         """Registry link, discovery view, push hub and store state; ``endpoint_mix``: the
         services with plain (no sidecar) endpoints, how each endpoint is reached and which
         are excluded (STRICT) and why."""
         doc = plane.status()
         view = plane.view()
         doc["endpoint_mix"] = endpoint_mix(Inputs(view, plane.resources()), view.services)
-        return doc
+        return StatusAnswer.model_validate(doc)
 
-    @router.get("/v1/schema")
+    @router.get(SCHEMA_PATH)
     async def schema(_: AnyToken) -> dict[str, Any]:
         """JSON Schema of each resource kind."""
         return json_schemas()
 
-    @router.post("/v1/explain")
+    @router.post(EXPLAIN_PATH)
     async def explain_request(body: ExplainRequest, _: Admin) -> dict[str, Any]:
         """How a request from ``source`` to ``destination`` is routed and authorized.
 

@@ -15,10 +15,9 @@ more than the whole plain request (~80 us for nursery + task + cancel on this ma
 # Annotated aliases are local to the router factories.
 
 import math
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, Security
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -28,50 +27,26 @@ from controld.api.peer import authenticate_plain
 from controld.api.plane import ControlPlane, PushHubAPI
 from controld.auth import Principal, TokenAuth
 from controld.push import MAX_WAIT_S, UnknownProxy
-from meshcore.model.features import FEATURES_HEADER
+from meshcore.api.proxies import PROXIES_PATH, DrainAnswer, ProxyList, ProxyState
+from meshcore.api.sidecar import (
+    DEFAULT_WAIT_S,
+    DRAIN_HEADER,
+    DRAIN_VALUE,
+    FEATURES_HEADER,
+    HASH_PARAM,
+    MAX_NACK_ERROR,
+    NACK_ROUTE,
+    PROXY_ROUTE,
+    SNAPSHOT_ROUTE,
+    VERSION_PARAM,
+    WAIT_PARAM,
+    NackRequest,
+    Registered,
+    SnapshotAnswer,
+)
 from meshcore.model.proxy import ProxyDescriptor
-from meshcore.model.snapshot import Snapshot
 
 __all__ = ["DRAIN_HEADER", "MAX_WAIT_S", "poll_route", "proxies_router"]
-
-DEFAULT_WAIT_S = 30.0
-#: Longest NACK error text kept (a sidecar's validation errors can be long).
-MAX_NACK_ERROR = 4096
-_SNAPSHOT_PATH = "/v1/snapshots/{proxy_id}"
-#: Header of a long-poll answer telling the sidecar to drain (an operator asked for it).
-DRAIN_HEADER = "x-meshd-drain"
-
-
-class SnapshotAnswer(BaseModel):
-    """A ``200`` answer of the long-poll (sent pre-serialized by the hub)."""
-
-    version: int
-    hash: str
-    snapshot: Snapshot
-
-
-class NackRequest(BaseModel):
-    """Body of ``POST /v1/snapshots/{proxy_id}/nack``: the snapshot the sidecar rejected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: int
-    hash: str = Field(max_length=256)
-    error: str
-
-
-class DrainAnswer(BaseModel):
-    """Answer of ``POST /v1/proxies/{proxy_id}/drain``."""
-
-    proxy_id: str
-    #: When the drain was first asked for (Unix seconds).
-    drain_requested: float
-
-
-class Registered(BaseModel):
-    """Answer of ``POST /v1/proxies/{proxy_id}``."""
-
-    proxy_id: str
 
 
 def _scope_error(principal: Principal, hub: PushHubAPI, proxy_id: str) -> Response | None:
@@ -109,23 +84,23 @@ def poll_route(plane: ControlPlane, auth: TokenAuth) -> Route:
         if denied is not None:
             return denied
         query = request.query_params
-        raw = query.get("version")
+        raw = query.get(VERSION_PARAM)
         version: int | None = None
         if raw:
             try:
                 version = int(raw)
             except ValueError:
-                return _bad_query("version", "must be an integer")
-        hash_ = query.get("hash") or None
-        raw = query.get("wait")
+                return _bad_query(VERSION_PARAM, "must be an integer")
+        hash_ = query.get(HASH_PARAM) or None
+        raw = query.get(WAIT_PARAM)
         wait = DEFAULT_WAIT_S
         if raw:
             try:
                 wait = float(raw)
             except ValueError:
-                return _bad_query("wait", "must be a number of seconds")
+                return _bad_query(WAIT_PARAM, "must be a number of seconds")
             if math.isnan(wait):
-                return _bad_query("wait", "must be a number of seconds")
+                return _bad_query(WAIT_PARAM, "must be a number of seconds")
             wait = min(MAX_WAIT_S, max(0.0, wait))
         try:
             envelope = await hub.poll(
@@ -137,12 +112,12 @@ def poll_route(plane: ControlPlane, auth: TokenAuth) -> Route:
             )
         except UnknownProxy:
             return error_response(404, "unknown proxy")
-        headers = {DRAIN_HEADER: "1"} if hub.take_drain(proxy_id) else None
+        headers = {DRAIN_HEADER: DRAIN_VALUE} if hub.take_drain(proxy_id) else None
         if envelope is None:
             return Response(status_code=304, headers=headers)
         return Response(envelope.body, media_type="application/json", headers=headers)
 
-    return Route(_SNAPSHOT_PATH, poll_snapshot, methods=["GET"], name="poll_snapshot")
+    return Route(SNAPSHOT_ROUTE, poll_snapshot, methods=["GET"], name="poll_snapshot")
 
 
 def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
@@ -152,7 +127,7 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
     Admin = Annotated[Principal, Depends(guard.admin)]
     AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
 
-    @router.post("/v1/proxies/{proxy_id}", responses={403: {"description": "wrong service"}})
+    @router.post(PROXY_ROUTE, responses={403: {"description": "wrong service"}})
     async def register_proxy(
         proxy_id: str, descriptor: ProxyDescriptor, principal: AnyToken, request: Request
     ) -> Registered:
@@ -177,7 +152,7 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
         return Registered(proxy_id=proxy_id)
 
     @router.get(
-        _SNAPSHOT_PATH,
+        SNAPSHOT_ROUTE,
         response_class=Response,
         responses={
             200: {"model": SnapshotAnswer, "description": "a snapshot newer than `hash`"},
@@ -205,7 +180,7 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
         raise ApiError(500, "the plain long-poll route should have answered")
 
     @router.post(
-        "/v1/snapshots/{proxy_id}/nack",
+        NACK_ROUTE,
         status_code=204,
         response_class=Response,
         responses={404: {"description": "unknown proxy"}},
@@ -224,18 +199,22 @@ def proxies_router(plane: ControlPlane, guard: Guard) -> APIRouter:
             raise ApiError(404, "unknown proxy") from exc
         return Response(status_code=204)
 
-    @router.get("/v1/proxies")
-    async def list_proxies(_: Admin) -> dict[str, Any]:
+    @router.get(PROXIES_PATH)
+    async def list_proxies(_: Admin) -> ProxyList:
         """Every registered sidecar: connection, ACKed and latest versions, last NACK, and
         ``drain_requested`` (when an operator asked it to drain, else null)."""
         hub = plane.hub
-        rows = hub.proxies()
-        for row in rows:
-            row["drain_requested"] = hub.drain_requested(str(row["proxy_id"]))
-        return {"proxies": rows}
+        return ProxyList(
+            proxies=tuple(
+                ProxyState.model_validate(
+                    {**row, "drain_requested": hub.drain_requested(str(row["proxy_id"]))}
+                )
+                for row in hub.proxies()
+            )
+        )
 
     @router.post(
-        "/v1/proxies/{proxy_id}/drain",
+        PROXIES_PATH + "/{proxy_id}/drain",
         status_code=202,
         responses={404: {"description": "unknown proxy"}},
     )

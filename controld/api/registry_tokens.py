@@ -11,36 +11,16 @@ and health, never controld's KV prefix. Admin only; audited.
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
 from controld.api.deps import Auditor, Guard
 from controld.api.errors import ApiError
 from controld.auth import Principal
-from meshcore.model.policy import SERVICE_PATTERN
+from meshcore.api.tokens import REGISTRY_TOKENS_PATH, RegistryToken, RegistryTokenRequest
 from meshcore.registry import RegistryError, RegistryPermissionDenied, RegistryRequestError
 from meshcore.registry.client import RegistryClient, RegistrySettings
 
-__all__ = ["RegistryTokenAnswer", "RegistryTokenRequest", "registry_tokens_router"]
-
-
-class RegistryTokenRequest(BaseModel):
-    """Body of ``POST /v1/tokens/registry``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    service: str = Field(pattern=SERVICE_PATTERN)
-    #: Lifetime in seconds (the registry allows 60 s to 24 h); none: never expires.
-    ttl_s: float | None = Field(default=None, ge=60, le=86400)
-
-
-class RegistryTokenAnswer(BaseModel):
-    """The created token: ``secret_id`` goes to the sidecar (``registry.token_file``)."""
-
-    accessor_id: str
-    secret_id: str
-    service: str
-    expires: str | None = None
+__all__ = ["registry_tokens_router"]
 
 
 def registry_tokens_router(plane: object, guard: Guard, auditor: Auditor) -> APIRouter:
@@ -50,7 +30,7 @@ def registry_tokens_router(plane: object, guard: Guard, auditor: Auditor) -> API
     AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
 
     @router.post(
-        "/v1/tokens/registry",
+        REGISTRY_TOKENS_PATH,
         responses={
             422: {"description": "the registry refused the service identity"},
             503: {"description": "registry unreachable or controld's token lacks acl:write"},
@@ -58,7 +38,7 @@ def registry_tokens_router(plane: object, guard: Guard, auditor: Auditor) -> API
     )
     async def create_registry_token(
         body: RegistryTokenRequest, request: Request, principal: AdminAudited
-    ) -> RegistryTokenAnswer:
+    ) -> RegistryToken:
         """A registry token with a service identity for ``service`` (admin only; audited)."""
         settings = getattr(plane, "registry_settings", None)
         if not isinstance(settings, RegistrySettings):
@@ -77,7 +57,7 @@ def registry_tokens_router(plane: object, guard: Guard, auditor: Auditor) -> API
         except RegistryError as exc:
             raise ApiError(503, f"registry: {exc}") from exc
         auditor.record(principal.name, request, "minted", service=body.service, kind="registry")
-        return RegistryTokenAnswer(
+        return RegistryToken(
             accessor_id=str(token.get("AccessorID", "")),
             secret_id=str(token.get("SecretID", "")),
             service=body.service,

@@ -8,68 +8,32 @@ from typing import Annotated, Any
 
 import trio
 from fastapi import APIRouter, Depends, Query, Security
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 
 from controld.api.deps import BEARER, Auditor, Guard
-from controld.api.errors import ApiError, loc_path
+from controld.api.errors import ApiError
 from controld.api.features import FeatureGap, feature_gaps
 from controld.api.plane import ControlPlane
 from controld.auth import Principal
 from controld.compiler import ResourceProblem, validate_resources
+from controld.events import EventSink, NullSink, record_changes
 from controld.store import ApplyResult, ResourceNotFound, RevisionRecord, StoreError
+from meshcore.api.errors import Problem, loc_path
+from meshcore.api.resources import (
+    RESOURCES_PATH,
+    REVISIONS_PATH,
+    ApplyAnswer,
+    ApplyRequest,
+    Change,
+    ResourceList,
+)
 from meshcore.model.resources import KINDS, Resource, ResourceSet, parse_resource, resource_key
 
-__all__ = ["ApplyRequest", "resources_router"]
+__all__ = ["resources_router"]
 
-#: Documents one PUT may carry (bounds the work of one request).
-MAX_DOCUMENTS = 5000
 #: Longest a write waits for the store's watch to show its revision.
 SETTLE_S = 2.0
-
-
-class ApplyRequest(BaseModel):
-    """Body of ``PUT /v1/resources``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: Resource documents as JSON (``apiVersion``, ``kind``, ``metadata``, ``spec``).
-    resources: list[dict[str, Any]] = Field(max_length=MAX_DOCUMENTS)
-    #: Validate and report the changes without storing anything.
-    dry_run: bool = False
-    #: Refuse (422, nothing stored) when a connected sidecar would get a snapshot feature it
-    #: doesn't enforce, instead of storing and warning.
-    strict: bool = False
-
-
-class ChangeOut(BaseModel):
-    """One resource a call created, updated, deleted or left unchanged."""
-
-    kind: str
-    name: str
-    action: str
-
-
-class FeatureWarning(BaseModel):
-    """A connected sidecar would get a snapshot using a feature it doesn't enforce (it will
-    NACK it and keep its current one)."""
-
-    proxy_id: str
-    service: str
-    feature: str
-    #: The first field of that sidecar's snapshot using it.
-    path: str
-    message: str
-
-
-class ApplyAnswer(BaseModel):
-    """Answer of ``PUT`` and ``DELETE``: the revision in force after the call (the current
-    one for a dry run or when nothing changed), and the feature warnings of ``PUT``."""
-
-    revision: int
-    changes: list[ChangeOut]
-    dry_run: bool = False
-    warnings: list[FeatureWarning] = Field(default_factory=list)
 
 
 def _doc_identity(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -81,10 +45,10 @@ def _doc_identity(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
 
 def parse_documents(
     docs: Sequence[Mapping[str, Any]],
-) -> tuple[list[Resource], list[dict[str, Any]]]:
+) -> tuple[list[Resource], list[Problem]]:
     """Parse each document; problems carry the 0-based ``document`` index and a field path."""
     parsed: list[Resource] = []
-    problems: list[dict[str, Any]] = []
+    problems: list[Problem] = []
     seen: dict[tuple[str, str], int] = {}
     for index, doc in enumerate(docs):
         kind, name = _doc_identity(doc)
@@ -99,25 +63,25 @@ def parse_documents(
                 elif not loc and err.get("type", "").startswith("union_tag"):
                     loc = ("kind",)
                 problems.append(
-                    {
-                        "document": index,
-                        "kind": kind,
-                        "name": name,
-                        "path": loc_path(loc),
-                        "message": str(err.get("msg", "")),
-                    }
+                    Problem(
+                        document=index,
+                        kind=kind,
+                        name=name,
+                        path=loc_path(loc),
+                        message=str(err.get("msg", "")),
+                    )
                 )
             continue
         key = resource_key(resource)
         if key in seen:
             problems.append(
-                {
-                    "document": index,
-                    "kind": key[0],
-                    "name": key[1],
-                    "path": "metadata.name",
-                    "message": f"duplicate of document {seen[key]}",
-                }
+                Problem(
+                    document=index,
+                    kind=key[0],
+                    name=key[1],
+                    path="metadata.name",
+                    message=f"duplicate of document {seen[key]}",
+                )
             )
             continue
         seen[key] = index
@@ -129,17 +93,17 @@ def cross_problems(
     candidate: ResourceSet,
     index_of: Mapping[tuple[str, str], int],
     ignore: frozenset[ResourceProblem] = frozenset(),
-) -> list[dict[str, Any]]:
-    """``validate_resources`` problems of ``candidate`` not in ``ignore``, as JSON; each names
-    the request ``document`` of its resource (None for a resource already stored)."""
+) -> list[Problem]:
+    """``validate_resources`` problems of ``candidate`` not in ``ignore``; each names the
+    request ``document`` of its resource (None for a resource already stored)."""
     return [
-        {
-            "document": index_of.get((problem.kind, problem.name)),
-            "kind": problem.kind,
-            "name": problem.name,
-            "path": problem.path,
-            "message": problem.message,
-        }
+        Problem(
+            document=index_of.get((problem.kind, problem.name)),
+            kind=problem.kind,
+            name=problem.name,
+            path=problem.path,
+            message=problem.message,
+        )
         for problem in validate_resources(candidate)
         if problem not in ignore
     ]
@@ -148,7 +112,7 @@ def cross_problems(
 class _Rejected(Exception):
     """The resulting set has cross-resource problems (raised through the store's ``check``)."""
 
-    def __init__(self, problems: list[dict[str, Any]], message: str = "invalid resources") -> None:
+    def __init__(self, problems: list[Problem], message: str = "invalid resources") -> None:
         super().__init__(f"{len(problems)} problems")
         self.problems = problems
         self.message = message
@@ -159,9 +123,9 @@ def _answer(
 ) -> ApplyAnswer:
     return ApplyAnswer(
         revision=result.revision,
-        changes=[ChangeOut(kind=c.kind, name=c.name, action=c.action) for c in result.changes],
+        changes=tuple(Change(kind=c.kind, name=c.name, action=c.action) for c in result.changes),
         dry_run=dry_run,
-        warnings=[FeatureWarning.model_validate(g.as_json()) for g in gaps],
+        warnings=tuple(g.as_warning() for g in gaps),
     )
 
 
@@ -179,18 +143,21 @@ def _check_kind(kind: str) -> None:
         raise ApiError(
             404,
             f"unknown kind {kind!r}",
-            [{"path": "kind", "message": "known kinds: " + ", ".join(sorted(KINDS))}],
+            [Problem(path="kind", message="known kinds: " + ", ".join(sorted(KINDS)))],
         )
 
 
-def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> APIRouter:
-    """The resource routes (admin token)."""
+def resources_router(
+    plane: ControlPlane, guard: Guard, auditor: Auditor, events: EventSink | None = None
+) -> APIRouter:
+    """The resource routes (admin token); changes made are recorded in ``events``."""
+    journal = events if events is not None else NullSink()
     router = APIRouter(tags=["resources"], dependencies=[Security(BEARER)])
     Admin = Annotated[Principal, Depends(guard.admin)]
     AdminAudited = Annotated[Principal, Depends(guard.admin_audited)]
 
     @router.put(
-        "/v1/resources",
+        RESOURCES_PATH,
         responses={422: {"description": "invalid resources (nothing stored)"}},
     )
     async def apply_resources(
@@ -234,24 +201,27 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
         else:
             outcome = "applied" if result.changed else "unchanged"
             auditor.record(principal.name, request, outcome, revision=result.revision)
+            record_changes(journal, result.changes, principal.name)
             await _settle(plane, result.revision)
         return _answer(result, dry_run=body.dry_run, gaps=gaps)
 
-    @router.get("/v1/resources")
+    @router.get(RESOURCES_PATH)
     async def list_resources(
         _: Admin, kind: Annotated[str | None, Query(description="only this kind")] = None
-    ) -> dict[str, Any]:
+    ) -> ResourceList:
         """The current resources (``{"revision", "resources": [...]}``), sorted by kind, name."""
         current = plane.resources()
         if kind is not None:
             _check_kind(kind)
         items = sorted(current.resources.items(), key=lambda kv: kv[0])
-        return {
-            "revision": current.revision,
-            "resources": [r.to_json() for key, r in items if kind is None or key[0] == kind],
-        }
+        return ResourceList(
+            revision=current.revision,
+            resources=tuple(r.to_json() for key, r in items if kind is None or key[0] == kind),
+        )
 
-    @router.get("/v1/resources/{kind}/{name}", responses={404: {"description": "no such resource"}})
+    @router.get(
+        RESOURCES_PATH + "/{kind}/{name}", responses={404: {"description": "no such resource"}}
+    )
     async def get_resource(kind: str, name: str, _: Admin) -> dict[str, Any]:
         """One resource, with ``meta`` = ``{"revision", "author", "time"}`` of its last change."""
         _check_kind(kind)
@@ -264,7 +234,7 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
         return doc
 
     @router.delete(
-        "/v1/resources/{kind}/{name}",
+        RESOURCES_PATH + "/{kind}/{name}",
         responses={
             404: {"description": "no such resource"},
             422: {"description": "would break other resources"},
@@ -294,11 +264,12 @@ def resources_router(plane: ControlPlane, guard: Guard, auditor: Auditor) -> API
         except StoreError as exc:
             auditor.record(principal.name, request, "error", error=str(exc))
             raise
+        record_changes(journal, result.changes, principal.name)
         await _settle(plane, result.revision)
         auditor.record(principal.name, request, "deleted", revision=result.revision)
         return _answer(result)
 
-    @router.get("/v1/revisions")
+    @router.get(REVISIONS_PATH)
     async def revisions(
         _: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 50
     ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controld.ca.errors import CAError, IdentityNotFound, RenewalRefused
 from controld.ca.records import CARecords, InvalidRecord
+from meshcore.api.ca import IDENTITY_ID_PATTERN
 from meshcore.model.policy import SERVICE_PATTERN
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 IDENTITY_KIND = "identity"
 #: Unexpired leaves one identity may hold; an honest sidecar has two or three.
 MAX_LEAVES = 32
-ID_PATTERN = r"^[0-9a-f]{16}$"
+ID_PATTERN = IDENTITY_ID_PATTERN
 _ID = re.compile(ID_PATTERN)
 _SPIFFE_PATTERN = r"^spiffe://[a-z0-9.-]+/ns/[a-z0-9._-]+/svc/[a-z0-9._-]+$"
 #: Attempts of one check-and-set update before giving up (each one re-reads the record).

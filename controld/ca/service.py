@@ -35,6 +35,7 @@ from controld.ca.outstanding import Outstanding, OutstandingLeaves
 from controld.ca.records import CARecords, InvalidRecord
 from controld.ca.revocations import RevokedLeaf, RevokedSerials, ServiceRevocations
 from controld.ca.rotation import CertificateAuthority, RotationState
+from controld.events.ring import EventSink, NullSink
 from controld.sealed import RecordKey
 from meshcore.pki import spki_pin
 
@@ -88,8 +89,11 @@ class IdentityService:
         trust_domain: Callable[[], str],
         leaf_ttl: timedelta = DEFAULT_LEAF_TTL,
         metrics: CollectorRegistry | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.ca = ca
+        #: Where certificates issued and renewed and rotation steps are recorded.
+        self.events: EventSink = events if events is not None else NullSink()
         #: The sealed records in the KV (counts the invalid ones it skipped).
         self.records = CARecords(kv, record_key, metrics=metrics)
         self.join_tokens = JoinTokens(self.records, prefix)
@@ -139,6 +143,7 @@ class IdentityService:
             instance=instance,
             address=address,
         )
+        self._issued("cert.issued", identity, instance_id, leaf, instance)
         return Issued(leaf, identity, self.ca.bundle_pem(), self.ca.index, instance_id)
 
     async def renew(self, csr_pem: str, current: x509.Certificate) -> Issued:
@@ -170,6 +175,7 @@ class IdentityService:
         leaf = self._sign(public_key, identity, instance_id)
         await self.identities.add_leaf(instance_id, leaf, self.ca.state.active)
         self.outstanding.renewed(current)
+        self._issued("cert.renewed", identity, instance_id, leaf, record.instance)
         return Issued(leaf, identity, self.ca.bundle_pem(), self.ca.index, instance_id)
 
     async def _adopt(
@@ -195,7 +201,15 @@ class IdentityService:
             root_id=self.ca.state.active,
         )
         self.outstanding.renewed(current)
+        self._issued("cert.renewed", identity, instance_id, leaf, None)
         return Issued(leaf, identity, self.ca.bundle_pem(), self.ca.index, instance_id)
+
+    def _issued(
+        self, kind: str, identity: str, instance_id: str, leaf: x509.Certificate, proxy: str | None
+    ) -> None:
+        until = rfc3339(leaf.not_valid_after_utc)
+        by = f", proxy {proxy}" if proxy else ""
+        self.events.record(kind, identity, f"identity {instance_id}{by}, valid until {until}")
 
     def _sign(self, public_key: LeafKey, identity: str, instance_id: str) -> x509.Certificate:
         leaf = self.ca.sign(public_key, identity, ttl=self.leaf_ttl, instance_id=instance_id)
@@ -281,7 +295,9 @@ class IdentityService:
             ca.retire_old()
         else:
             raise RotationError(f"unknown rotation step {step!r}")
-        return ca.state
+        state = ca.state
+        self.events.record("ca.rotation", step, f"phase {state.phase}, signer {state.active}")
+        return state
 
     def status(self) -> dict[str, object]:
         """For ``GET /v1/ca``: phase, signer, bundle, index, outstanding leaves per root, the

@@ -17,7 +17,9 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
+from controld.events.ring import EventSink, NullSink
 from controld.push.metrics import PushMetrics
+from controld.push.presence import PresenceRow
 from controld.push.state import (
     Compiled,
     ProxyStatus,
@@ -48,7 +50,8 @@ class PushHub:
     """Registered sidecars, their compiled snapshots and the long-polls waiting for them.
 
     Everything runs on the Trio thread. ``metrics`` (the daemon's registry) gets the
-    :class:`~controld.push.metrics.PushMetrics`; without it nothing is counted.
+    :class:`~controld.push.metrics.PushMetrics`; without it nothing is counted. ``events``
+    gets the control-plane events (registrations, pushes, ACKs, NACKs, drains).
     """
 
     def __init__(
@@ -56,8 +59,10 @@ class PushHub:
         *,
         metrics: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        events: EventSink | None = None,
     ) -> None:
         self._clock = clock
+        self.journal: EventSink = events if events is not None else NullSink()
         self.metrics: PushMetrics | None = None
         observer: PushObserver | None = None
         if metrics is not None:
@@ -82,6 +87,8 @@ class PushHub:
         if drain is not None and drain[1]:
             # A sidecar registering after it was told to drain is a new process.
             del self._drains[descriptor.proxy_id]
+        if descriptor.proxy_id not in self._state:
+            self.journal.record("sidecar.registered", descriptor.proxy_id, descriptor.service)
         if self._state.register(descriptor, features=features):
             self._dirty.add(descriptor.proxy_id)
             self._dirty_event.set()
@@ -90,6 +97,7 @@ class PushHub:
         """Forget a sidecar (its parked polls raise :class:`UnknownProxy`)."""
         self._drains.pop(proxy_id, None)
         if self._state.unregister(proxy_id):
+            self.journal.record("sidecar.deregistered", proxy_id)
             self._dirty.discard(proxy_id)
             self._wake(proxy_id)
 
@@ -161,6 +169,7 @@ class PushHub:
             raise UnknownProxy(proxy_id)
         drain = self._drains.setdefault(proxy_id, [self._clock(), False])
         drain[1] = False
+        self.journal.record("sidecar.drain_requested", proxy_id, severity="warning")
         self._wake(proxy_id)
         return float(drain[0])
 
@@ -202,6 +211,7 @@ class PushHub:
         Raises :class:`UnknownProxy` when the proxy isn't (or stops being) registered.
         """
         timeout = min(MAX_WAIT_S, max(0.0, wait if wait is not None else (wait_s or 0.0)))
+        acked_before = self._state.get(proxy_id).acked
         state = self._state.observe_poll(
             proxy_id,
             version=version,
@@ -210,7 +220,9 @@ class PushHub:
             now=self._clock(),
             features=features,
         )
-        compiled = self._state.take(proxy_id)
+        if state.acked is not acked_before and state.acked is not None and state.acked.acked:
+            self.journal.record("snapshot.acked", proxy_id, f"version {state.acked.version}")
+        compiled = self._take(proxy_id)
         if (
             compiled is not None
             or timeout <= 0
@@ -230,7 +242,7 @@ class PushHub:
                         return None
                     if proxy_id not in self._state or self._state.get(proxy_id) is not state:
                         raise UnknownProxy(proxy_id)
-                    compiled = self._state.take(proxy_id)
+                    compiled = self._take(proxy_id)
                     if compiled is not None or self._drain_pending(proxy_id):
                         return _envelope(compiled)
             return None
@@ -238,9 +250,20 @@ class PushHub:
             state.parked -= 1
             state.last_contact = self._clock()
 
+    def _take(self, proxy_id: str) -> Compiled | None:
+        compiled = self._state.take(proxy_id)
+        if compiled is not None:
+            self.journal.record("snapshot.pushed", proxy_id, f"version {compiled.version}")
+        return compiled
+
     def nack(self, proxy_id: str, *, version: int, hash: str, error: str) -> None:
         """Record that the sidecar rejected ``version``/``hash``; raises :class:`UnknownProxy`."""
         self._state.nack(proxy_id, version=version, hash=hash, error=error, now=self._clock())
+        lines = error.strip().splitlines()
+        reason = lines[0] if lines else "(no reason)"
+        self.journal.record(
+            "snapshot.nacked", proxy_id, f"version {version}: {reason}", severity="error"
+        )
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -255,6 +278,14 @@ class PushHub:
     def sidecars(self) -> list[SidecarInfo]:
         """Each sidecar's declared features and ACKed snapshot (feature checks)."""
         return self._state.sidecars(self._clock())
+
+    def presence(self) -> list[PresenceRow]:
+        """Each sidecar's connection and unsupported features now (:class:`PresenceWatch`)."""
+        now = self._clock()
+        return [
+            PresenceRow(pid, state.connected(now), state.unsupported())
+            for pid, state in self._state.states()
+        ]
 
     def connected_count(self) -> int:
         """Sidecars with a poll parked now or recently."""

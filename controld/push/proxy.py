@@ -48,7 +48,10 @@ class Compiled:
         return self._features
 
     def body(self) -> bytes:
-        """The JSON ``{"version", "hash", "snapshot"}``, serialized on first use only."""
+        """The JSON ``{"version", "hash", "snapshot"}`` (a
+        :class:`~meshcore.api.sidecar.SnapshotAnswer`), serialized on first use only.
+
+        Built by hand: the snapshot is dumped once, not copied into an answer model."""
         if self._body is None:
             snapshot = self.snapshot.model_copy(update={"version": self.version})
             self._body = b'{"version":%d,"hash":"%s","snapshot":%s}' % (

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from meshcore.api.telemetry import Answer, Request, TapEvent, TapFilter
+from meshcore.api.base import Answer, Request
+from meshcore.api.telemetry import TapEvent, TapFilter
 
 __all__ = [
     "LATENCY_BOUNDS_MS",

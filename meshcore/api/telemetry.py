@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+# Re-exported (__all__): wire modules written before base.py import them from here.
+from meshcore.api.base import Answer, Request
 
 __all__ = [
     "DEFAULT_TAP_DURATION_S",
@@ -36,12 +39,14 @@ __all__ = [
     "ROUTES_PATH",
     "SERVICES_PATH",
     "TAPS_PATH",
+    "Answer",
     "Edge",
     "EdgesTelemetry",
     "EndpointStats",
     "EndpointsTelemetry",
     "InstanceTelemetry",
     "InstancesTelemetry",
+    "Request",
     "RouteStats",
     "RoutesTelemetry",
     "ServiceStats",
@@ -83,18 +88,6 @@ def tap_path(tap_id: str) -> str:
 def tap_events_path(tap_id: str) -> str:
     """``/v1/taps/{id}/events`` (the long-poll of a tap's events)."""
     return f"{TAPS_PATH}/{tap_id}/events"
-
-
-class Answer(BaseModel):
-    """An immutable answer model; unknown fields are ignored (newer servers may add some)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class Request(BaseModel):
-    """An immutable request model; unknown fields are refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # --- traffic views -------------------------------------------------------------------------

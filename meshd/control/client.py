@@ -19,13 +19,16 @@ import json
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
-from urllib.parse import quote, urlencode, urlsplit
+from typing import Any, Final, TypeVar
+from urllib.parse import urlencode, urlsplit
 
 import httptools
 import trio
+from pydantic import BaseModel, ValidationError
 
+from meshcore.api.sidecar import path_segment
 from meshcore.errors import ConfigError
+from meshcore.model.loading import format_validation_error
 from meshd.errors import MeshdError
 from meshd.net.stream import SocketStream, open_tcp
 from meshd.net.tls import TlsError, TlsStream, tls_connect
@@ -43,6 +46,7 @@ __all__ = [
 #: Largest response body accepted (a snapshot of a big mesh is a few MB at most).
 MAX_BODY: Final = 64 * 1024 * 1024
 _MAX_HEAD: Final = 64 * 1024
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class ControlError(MeshdError):
@@ -71,6 +75,15 @@ class ControlResponse:
             return json.loads(self.body)
         except ValueError as exc:
             raise ControlProtocolError(f"HTTP {self.status}: body is not JSON: {exc}") from exc
+
+    def parse(self, model: type[_M], what: str) -> _M:
+        """The body as ``model`` (a :mod:`meshcore.api` answer); :class:`ControlProtocolError`
+        naming ``what`` and each problem if it isn't one."""
+        try:
+            return model.model_validate_json(self.body)
+        except ValidationError as exc:
+            problems = format_validation_error(f"HTTP {self.status}: {what}", exc)
+            raise ControlProtocolError(problems) from exc
 
     def error_text(self) -> str:
         """A short description of an error answer (its ``error`` field when JSON)."""
@@ -289,8 +302,3 @@ class ControlClient:
 
 class _StaleError(Exception):
     """A reused connection failed before any response byte: safe to send again."""
-
-
-def path_segment(value: str) -> str:
-    """``value`` quoted for use as one path segment."""
-    return quote(value, safe="")

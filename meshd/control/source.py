@@ -1,6 +1,7 @@
 """Snapshots from controld: register, long-poll, apply, ACK by the next poll, NACK on rejection.
 
-Protocol (controld's HTTP API, Contract 5):
+Protocol (controld's HTTP API, Contract 5; its models, paths and headers are
+:mod:`meshcore.api.sidecar`'s):
 
 * ``POST /v1/proxies/{id}`` registers the sidecar's :class:`ProxyDescriptor` (again after a
   404 on a poll: controld restarted and forgot it, or after a reload changed the descriptor).
@@ -14,8 +15,9 @@ Protocol (controld's HTTP API, Contract 5):
   ``POST /v1/snapshots/{id}/nack {version, hash, error}``; polling continues with the old
   version and hash, so the running configuration stays and controld knows why.
 
-While controld is unreachable (connection errors, timeouts, 5xx) the sidecar keeps serving what
-it has and retries with jittered exponential backoff up to ``retry_max_s``. Each applied
+While controld is unreachable (connection errors, timeouts, 5xx) or answers something that
+isn't the protocol's, the sidecar keeps serving what it has and retries with jittered
+exponential backoff up to ``retry_max_s``. Each applied
 snapshot is written atomically (temporary file, fsync, rename; mode 0600) to ``cache_file``,
 from which :func:`load_cache` reads it back when controld can't be reached at start.
 """
@@ -35,9 +37,21 @@ import structlog
 import trio
 from pydantic import ValidationError
 
+from meshcore.api.sidecar import (
+    DRAIN_HEADER,
+    DRAIN_VALUE,
+    FEATURES_HEADER,
+    MAX_NACK_ERROR,
+    NackRequest,
+    RawSnapshotAnswer,
+    Registered,
+    nack_path,
+    proxy_path,
+    snapshot_path,
+    snapshot_query,
+)
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
-from meshcore.model.features import FEATURES_HEADER
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.loading import format_validation_error
 from meshcore.model.proxy import ProxyDescriptor
@@ -46,10 +60,8 @@ from meshcore.registry import Backoff
 from meshd.control.client import (
     ControlClient,
     ControlError,
-    ControlProtocolError,
     ControlResponse,
     ControlUnavailable,
-    path_segment,
 )
 from meshd.errors import SnapshotRejected
 
@@ -62,9 +74,6 @@ ApplyFn = Callable[[Snapshot], None]
 #: Errors of ``apply`` (and of validation) that mean "rejected", i.e. NACK and keep the old one.
 REJECTIONS = (SnapshotRejected, ConfigError, ValidationError)
 _INITIAL_BACKOFF_S = 0.25
-#: Header of a poll answer by which controld relays an operator's drain request.
-DRAIN_HEADER = "x-meshd-drain"
-_MAX_NACK_ERROR = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +215,8 @@ class ControlSource:
             headers=None if self._features is None else {FEATURES_HEADER: self._features},
         )
         self._backoff = Backoff(min(_INITIAL_BACKOFF_S, config.retry_max_s), config.retry_max_s)
-        self._proxy_path = path_segment(descriptor.proxy_id)
+        proxy_id = descriptor.proxy_id
+        self._paths = (proxy_path(proxy_id), snapshot_path(proxy_id), nack_path(proxy_id))
 
     # -- control --------------------------------------------------------------------------------
 
@@ -321,23 +331,18 @@ class ControlSource:
             self._take_provided_token()
         client = self._client
         just_registered = False
+        register, poll, _ = self._paths
         if not self.registered:
-            answer = await client.post_json(
-                f"/v1/proxies/{self._proxy_path}", self.descriptor.model_dump(mode="json")
-            )
+            answer = await client.post_json(register, self.descriptor.model_dump(mode="json"))
             if not 200 <= answer.status < 300:
                 raise _ServerError(f"registering: {answer.error_text()}")
+            answer.parse(Registered, "registration answer")
             self.registered = just_registered = True
             log.info("registered with controld", url=self.config.url)
-        query: dict[str, object] = {}
-        if self.version is not None and self.hash is not None:
-            query = {"version": self.version, "hash": self.hash}
-        query["wait"] = f"{self.config.wait_s:g}"
+        query = snapshot_query(self.version, self.hash, self.config.wait_s)
         self.polls += 1
-        answer = await client.get(
-            f"/v1/snapshots/{self._proxy_path}", query, wait_s=self.config.wait_s
-        )
-        if answer.headers.get(DRAIN_HEADER) == "1" and self._on_drain is not None:
+        answer = await client.get(poll, query, wait_s=self.config.wait_s)
+        if answer.headers.get(DRAIN_HEADER) == DRAIN_VALUE and self._on_drain is not None:
             log.warning("controld asks this sidecar to drain")
             self._on_drain()
         if answer.status == 304:
@@ -356,12 +361,9 @@ class ControlSource:
         await self._receive(answer)
 
     async def _receive(self, answer: ControlResponse) -> None:
-        doc = answer.json()
-        if not isinstance(doc, dict):
-            raise ControlProtocolError("snapshot answer is not a JSON object")
-        version, digest, document = doc.get("version"), doc.get("hash"), doc.get("snapshot")
-        if not isinstance(version, int) or not isinstance(digest, str):
-            raise ControlProtocolError("snapshot answer lacks an integer version or a hash")
+        # The snapshot stays a dict here: a bad one is rejected (NACKed) below, not retried.
+        parsed = answer.parse(RawSnapshotAnswer, "snapshot answer")
+        version, digest, document = parsed.version, parsed.hash, parsed.snapshot
         if digest == self.hash:
             # Same content under a new version: nothing to apply, only to report.
             self.version = version
@@ -378,7 +380,6 @@ class ControlSource:
         except REJECTIONS as exc:
             await self._nack(version, digest, str(exc))
             return
-        assert isinstance(document, dict)
         self.version, self.hash = version, digest
         self.applied += 1
         self.first_applied.set()
@@ -387,7 +388,7 @@ class ControlSource:
 
     async def _nack(self, version: int, digest: str, error: str) -> None:
         self.rejected += 1
-        error = error[:_MAX_NACK_ERROR]
+        error = error[:MAX_NACK_ERROR]
         if self._on_rejected is not None:
             self._on_rejected(error)
         self.last_nack = {"version": version, "hash": digest, "error": error, "time": time.time()}
@@ -395,10 +396,8 @@ class ControlSource:
         await self._send_nack(version, digest, error)
 
     async def _send_nack(self, version: int, digest: str, error: str) -> None:
-        answer = await self._client.post_json(
-            f"/v1/snapshots/{self._proxy_path}/nack",
-            {"version": version, "hash": digest, "error": error},
-        )
+        body = NackRequest(version=version, hash=digest, error=error)
+        answer = await self._client.post_json(self._paths[2], body.model_dump(mode="json"))
         if not 200 <= answer.status < 300:
             raise _ServerError(f"sending NACK: {answer.error_text()}")
 

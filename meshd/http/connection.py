@@ -146,13 +146,20 @@ class HttpConnection:
 
     async def _loop(self) -> None:
         idle_timeout = self.cfg.idle_timeout_s
+        events = self.parser.events
+        # After a response the next request is seldom there yet: park before reading.
+        down = self.down
+        receive = down.receive_later if down.parks_reads else down.receive_some
         served = 0
         while not self.close_after:
             self.phase = IDLE
             self.deadline = now() + idle_timeout
-            head = await self._next_head()
-            if head is None:
-                return
+            # Read here, not in a coroutine of its own: one frame less to pass through on
+            # every wake-up of the connection's task.
+            while not events:
+                if not self._take(await receive()):
+                    return
+            head = self._pop_head()
             self.phase = REQUEST
             if served + 1 >= self.cfg.max_requests_per_connection:
                 # The last request this connection may carry: its answer says so.
@@ -166,24 +173,22 @@ class HttpConnection:
                 # answers are always ready must still not starve the other connections.
                 await trio.lowlevel.checkpoint()
 
-    async def _next_head(self) -> RequestHead | None:
+    def _take(self, data: bytes | bytearray) -> bool:
+        """Parse bytes read while waiting for a request head; False at the client's end."""
         parser = self.parser
-        events = parser.events
-        # After a response the next request is seldom there yet: park before reading.
-        down = self.down
-        receive = down.receive_later if down.parks_reads else down.receive_some
-        while not events:
-            data = await receive()
-            if not data:
-                if parser.in_head:
-                    raise HttpError("bad_request", "connection closed inside request head")
-                return None
-            parser.feed(data)
-            if self.phase is IDLE and parser.in_head:
-                # The head did not arrive in one piece: it now has a deadline of its own.
-                self.phase = HEAD
-                self.deadline = now() + self.cfg.headers_timeout_s
-        kind, value = events.popleft()
+        if not data:
+            if parser.in_head:
+                raise HttpError("bad_request", "connection closed inside request head")
+            return False
+        parser.feed(data)
+        if self.phase is IDLE and parser.in_head:
+            # The head did not arrive in one piece: it now has a deadline of its own.
+            self.phase = HEAD
+            self.deadline = now() + self.cfg.headers_timeout_s
+        return True
+
+    def _pop_head(self) -> RequestHead:
+        kind, value = self.parser.events.popleft()
         assert kind == codec.EV_HEAD and isinstance(value, RequestHead)
         return value
 

@@ -103,7 +103,9 @@ def record(
     # trace flags) and exported.
     traced = shared.tracer is not None and traceparent is not None and traceparent[-1] in _SAMPLED
     tap = shared.tap
-    tapped = tap is not None and tap.wants()
+    tapped = tap is not None and tap.wants(
+        source, destination, method, code, head.target if head is not None else b""
+    )
     if tapped or traced:
         _observe(
             cfg,

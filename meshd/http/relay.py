@@ -34,10 +34,17 @@ from meshd.net.stream import Stream
 if TYPE_CHECKING:
     from meshd.http.connection import HttpConnection
 
-__all__ = ["HeldResponse", "StaleConnectionError", "exchange_with"]
+__all__ = [
+    "BROKEN",
+    "HeldResponse",
+    "StaleConnectionError",
+    "exchange_with",
+    "relay_response",
+    "send_failure",
+]
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
-_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 #: Called with a final response's status: True to hold it for a retry.
 Hold = Callable[[int], bool]
@@ -72,12 +79,10 @@ async def exchange_with(
     up = conn.stream
     try:
         await up.send_all(payload)
-    except _BROKEN as exc:
-        if conn.reused:
-            raise StaleConnectionError from exc
-        raise UpstreamResetError("upstream_reset", "send failed") from exc
+    except BROKEN as exc:
+        raise send_failure(conn) from exc
     if ex.body_done:
-        return await _relay_response(c, head, conn=conn, edit=edit, hold=hold, try_scope=try_scope)
+        return await relay_response(c, head, conn=conn, edit=edit, hold=hold, try_scope=try_scope)
     # Body and response move at once: an upstream may answer before reading the body,
     # and a client waiting on "Expect: 100-continue" sends it only after the 100.
     # Neither task raises through the nursery (that would wrap errors in groups).
@@ -86,10 +91,10 @@ async def exchange_with(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_send_body, c, up, head.framing == CHUNKED, nursery.cancel_scope)
         try:
-            reusable = await _relay_response(
+            reusable = await relay_response(
                 c, head, conn=conn, edit=edit, hold=None, try_scope=try_scope
             )
-        except (UpstreamResetError, HttpError, StaleConnectionError, *_BROKEN) as exc:
+        except (UpstreamResetError, HttpError, StaleConnectionError, *BROKEN) as exc:
             failure = exc
         if not ex.body_done:
             # The upstream answered before the whole body came (e.g. 413), or failed:
@@ -106,6 +111,13 @@ async def exchange_with(
     return reusable
 
 
+def send_failure(conn: UpstreamConnection) -> Exception:
+    """What a failed send of the request on ``conn`` means (raise it from the send's error)."""
+    if conn.reused:
+        return StaleConnectionError()
+    return UpstreamResetError("upstream_reset", "send failed")
+
+
 async def _send_body(c: HttpConnection, up: Stream, chunked: bool, scope: trio.CancelScope) -> None:
     ex = c.exchange
     assert ex is not None
@@ -117,7 +129,7 @@ async def _send_body(c: HttpConnection, up: Stream, chunked: bool, scope: trio.C
             if parts:
                 try:
                     await up.send_all(b"".join(parts))
-                except _BROKEN:
+                except BROKEN:
                     # The upstream stopped reading; its response (if any) still counts.
                     c.close_after = True
                     return
@@ -129,13 +141,13 @@ async def _send_body(c: HttpConnection, up: Stream, chunked: bool, scope: trio.C
             if not data:
                 raise trio.BrokenResourceError("client closed mid-body")
             parser.feed(data)
-    except (HttpError, *_BROKEN) as exc:
+    except (HttpError, *BROKEN) as exc:
         # The client's side failed: nothing more can be relayed to it either.
         c.body_failure = exc
         scope.cancel()
 
 
-async def _relay_response(
+async def relay_response(
     c: HttpConnection,
     head: RequestHead,
     *,
@@ -166,7 +178,7 @@ async def _relay_response(
     while True:
         try:
             data = await up.receive_later()
-        except _BROKEN as exc:
+        except BROKEN as exc:
             if held:
                 raise HeldResponse(held, reusable=False) from exc
             if reused and not received:

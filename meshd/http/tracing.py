@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from binascii import hexlify
 
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = b"0" * 32
@@ -11,12 +12,13 @@ _ZERO_SPAN = b"0" * 16
 
 
 # Ids come from a per-process PRNG, not os.urandom: they must be unique, not secret, and a
-# getrandom(2) call per id costs more than the rest of building the header.
+# getrandom(2) call per id costs more than the rest of building the header. The digits come
+# from hexlify over the number's bytes: a third of the cost of %-formatting a wide integer.
 
 
 def new_request_id(rng: random.Random) -> bytes:
     """A random 128-bit id as 32 hex digits (the form of nginx's ``$request_id``)."""
-    return b"%032x" % rng.getrandbits(128)
+    return hexlify(rng.getrandbits(128).to_bytes(16, "big"))
 
 
 def next_traceparent(incoming: bytes | None, sample_rate: float, rng: random.Random) -> bytes:
@@ -34,11 +36,12 @@ def next_traceparent(incoming: bytes | None, sample_rate: float, rng: random.Ran
             and m.group(3) != _ZERO_SPAN
             and (m.group(1) != b"00" or len(incoming) == 55)
         ):
-            return b"00-%s-%016x-%s" % (m.group(2), rng.getrandbits(64) | 1, m.group(4))
+            span = hexlify((rng.getrandbits(64) | 1).to_bytes(8, "big"))
+            return b"00-" + m.group(2) + b"-" + span + b"-" + m.group(4)
     flags = b"01" if sample_rate > 0 and rng.random() < sample_rate else b"00"
     # One draw for trace id and span id; the low bit set keeps both from being all zeros,
     # which W3C trace context forbids.
-    ids = b"%048x" % (rng.getrandbits(192) | _NONZERO)
+    ids = hexlify((rng.getrandbits(192) | _NONZERO).to_bytes(24, "big"))
     return b"00-" + ids[:32] + b"-" + ids[32:] + b"-" + flags
 
 

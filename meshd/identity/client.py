@@ -1,43 +1,46 @@
 """Enrollment and renewal calls to controld (the enrollment contract of issue 5).
 
-* ``POST /v1/enroll {token, csr}`` -> ``{certificate, bundle, spiffe_id, not_after,
-  sidecar_token}``: the join token is the credential (single use).
-* ``POST /v1/renew {csr}`` over mutual TLS on controld's TLS listener: the current leaf,
-  presented as client certificate, is the credential (the connection's context comes from
-  :class:`~meshd.identity.trust.ControldTrust`).
-* ``GET /v1/bundle[?index=<n>&wait=<s>]`` -> ``{trust_domain, roots, active, active_id,
-  index, revoked}`` (header ``X-Meshd-Index``): with ``index`` a blocking query answered when
-  the bundle's index differs from ``n`` or after ``wait``; ``revoked`` lists the revoked
-  leaves (``{serial: <hex>, not_after, identity}``) that haven't expired. An older controld
-  answers ``{trust_domain, roots}`` only (:attr:`Bundle.index` ``None``, nothing revoked).
+The requests, answers and paths are :mod:`meshcore.api.enroll`'s: ``POST /v1/enroll`` (the
+join token is the credential), ``POST /v1/renew`` over mutual TLS on controld's TLS listener
+(the current leaf, presented as client certificate, is the credential; the connection's
+context comes from :class:`~meshd.identity.trust.ControldTrust`) and
+``GET /v1/bundle[?index=<n>&wait=<s>]``, a blocking query with ``index``. An older controld
+answers the bundle as ``{trust_domain, roots}`` only (:attr:`Bundle.index` ``None``, nothing
+revoked).
 
-4xx answers raise :class:`EnrollmentRefused`; unreachable controld, 5xx and malformed answers
-raise :class:`~meshd.control.client.ControlError` subclasses (worth retrying).
+4xx answers raise :class:`EnrollmentRefused` (and so does a join token controld would refuse
+as malformed); unreachable controld, 5xx and malformed answers raise
+:class:`~meshd.control.client.ControlError` subclasses (worth retrying).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
+from pydantic import ValidationError
 
-from meshd.control.client import (
-    ControlClient,
-    ControlProtocolError,
-    ControlResponse,
-    ControlUnavailable,
+from meshcore.api.enroll import (
+    BUNDLE_PATH,
+    ENROLL_PATH,
+    INSTANCE_PATTERN,
+    MAX_REVOKED,
+    RENEW_PATH,
+    BundleAnswer,
+    EnrollRequest,
+    IssuedAnswer,
+    RenewRequest,
+    bundle_query,
 )
+from meshcore.model.loading import format_validation_error
+from meshd.control.client import ControlClient, ControlResponse, ControlUnavailable
 from meshd.identity.csr import csr_pem
 from meshd.identity.errors import EnrollmentRefused
 
 __all__ = ["MAX_REVOKED", "Bundle", "IdentityClient", "Issued"]
 
-#: Most revoked serials a bundle may carry (a bigger list is refused as malformed).
-MAX_REVOKED = 100_000
-#: An instance name controld records (printable ASCII, no spaces, at most 253).
-_INSTANCE = re.compile(r"^[!-~]{1,253}$")
+_INSTANCE = re.compile(INSTANCE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,34 +72,8 @@ class Bundle:
     revoked: frozenset[int] = frozenset()
 
 
-def _index(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
-
-
-def _revoked(value: object) -> frozenset[int]:
-    if value is None:
-        return frozenset()
-    if not isinstance(value, list) or len(value) > MAX_REVOKED:
-        raise ControlProtocolError(f"bundle: 'revoked' is not a list of at most {MAX_REVOKED}")
-    serials = set()
-    for item in value:
-        serial = item.get("serial") if isinstance(item, dict) else None
-        if not isinstance(serial, str) or not 0 < len(serial) <= 40:
-            raise ControlProtocolError("bundle: a 'revoked' entry has no hex 'serial'")
-        try:
-            serials.add(int(serial, 16))
-        except ValueError as exc:
-            raise ControlProtocolError(f"bundle: revoked serial {serial!r} is not hex") from exc
-    return frozenset(serials)
-
-
-def _text(doc: dict[str, Any], name: str, where: str) -> str:
-    value = doc.get(name)
-    if not isinstance(value, str) or not value:
-        raise ControlProtocolError(f"{where}: {name!r} missing or not a string")
-    return value
+def _pem(text: str) -> bytes:
+    return text.encode("ascii", "replace")
 
 
 def _issued(resp: ControlResponse, where: str) -> Issued:
@@ -105,20 +82,14 @@ def _issued(resp: ControlResponse, where: str) -> Issued:
         raise EnrollmentRefused(f"{where}: {resp.error_text()}", resp.status)
     if resp.status != 200:
         raise ControlUnavailable(f"{where}: {resp.error_text()}")
-    doc = resp.json()
-    if not isinstance(doc, dict):
-        raise ControlProtocolError(f"{where}: the answer is not a JSON object")
-    bundle = doc.get("bundle")
-    if not isinstance(bundle, list) or not all(isinstance(b, str) and b for b in bundle):
-        raise ControlProtocolError(f"{where}: 'bundle' is not a list of PEM strings")
-    token = doc.get("sidecar_token")
+    answer = resp.parse(IssuedAnswer, where)
     return Issued(
-        cert_pem=_text(doc, "certificate", where).encode("ascii", "replace"),
-        bundle_pems=tuple(b.encode("ascii", "replace") for b in bundle),
-        spiffe_id=_text(doc, "spiffe_id", where),
-        not_after=_text(doc, "not_after", where),
-        sidecar_token=token if isinstance(token, str) and token else None,
-        bundle_index=_index(doc.get("bundle_index")),
+        cert_pem=_pem(answer.certificate),
+        bundle_pems=tuple(_pem(b) for b in answer.bundle),
+        spiffe_id=answer.spiffe_id,
+        not_after=answer.not_after,
+        sidecar_token=answer.sidecar_token or None,
+        bundle_index=answer.bundle_index,
     )
 
 
@@ -133,16 +104,21 @@ class IdentityClient:
     ) -> Issued:
         """Trade a join token and a CSR for a leaf, the bundle and the service's API token;
         ``instance`` (the proxy id) is recorded with the new identity."""
-        body = {"token": token, "csr": csr_pem(csr)}
-        if instance is not None and _INSTANCE.match(instance):  # else not worth a refusal
-            body["instance"] = instance
-        resp = await self.control.post_json("/v1/enroll", body)
+        if instance is not None and not _INSTANCE.match(instance):
+            instance = None  # not worth a refusal
+        try:
+            body = EnrollRequest(token=token, csr=csr_pem(csr), instance=instance)
+        except ValidationError as exc:
+            # What controld would answer (422), without asking it.
+            raise EnrollmentRefused(format_validation_error("enroll", exc), 422) from exc
+        resp = await self.control.post_json(ENROLL_PATH, body.model_dump(exclude_none=True))
         return _issued(resp, "enroll")
 
     async def renew(self, csr: x509.CertificateSigningRequest) -> Issued:
         """A new leaf for ``csr``; the connection presents the current leaf (mutual TLS)."""
         self.control.close()  # a new connection, with the context of the current leaf
-        resp = await self.control.post_json("/v1/renew", {"csr": csr_pem(csr)})
+        body = RenewRequest(csr=csr_pem(csr))
+        resp = await self.control.post_json(RENEW_PATH, body.model_dump())
         return _issued(resp, "renew")
 
     async def bundle(self) -> tuple[str, tuple[bytes, ...]]:
@@ -154,26 +130,16 @@ class IdentityClient:
         """The bundle; with ``index``, once its index differs from ``index`` (at once if it
         does already) or after ``wait_s`` seconds. Raises ``ControlError`` subclasses."""
         if index is None:
-            resp = await self.control.get("/v1/bundle")
+            resp = await self.control.get(BUNDLE_PATH)
         else:
-            query = {"index": index, "wait": f"{wait_s:g}s"}
-            resp = await self.control.get("/v1/bundle", query, wait_s=wait_s)
+            resp = await self.control.get(BUNDLE_PATH, bundle_query(index, wait_s), wait_s=wait_s)
         if resp.status != 200:
             raise ControlUnavailable(f"bundle: {resp.error_text()}")
-        doc = resp.json()
-        roots = doc.get("roots") if isinstance(doc, dict) else None
-        if (
-            not isinstance(roots, list)
-            or not roots
-            or not all(isinstance(r, str) and r for r in roots)
-        ):
-            raise ControlProtocolError("bundle: 'roots' is not a list of PEM strings")
-        domain = _text(doc, "trust_domain", "bundle")
-        active = doc.get("active")
+        answer = resp.parse(BundleAnswer, "bundle")
         return Bundle(
-            trust_domain=domain,
-            roots=tuple(r.encode("ascii", "replace") for r in roots),
-            active=active.encode("ascii", "replace") if isinstance(active, str) else None,
-            index=_index(doc.get("index")),
-            revoked=_revoked(doc.get("revoked")),
+            trust_domain=answer.trust_domain,
+            roots=tuple(_pem(r) for r in answer.roots),
+            active=None if answer.active is None else _pem(answer.active),
+            index=answer.index,
+            revoked=frozenset(int(leaf.serial, 16) for leaf in answer.revoked),
         )

@@ -229,7 +229,14 @@ class IdentityService(IdentityHolder):
                 # Saved while waiting for the next renewal: its thread hop never delays one.
                 token, self._token_to_save = self._token_to_save, None
                 if token is not None:
-                    error = await self._persist(self.store.save_sidecar_token, token)
+                    try:
+                        error = await self._persist(self.store.save_sidecar_token, token)
+                    except trio.Cancelled:
+                        # The renewal is due before the save began (an overdue schedule):
+                        # the token stays to save, unless a newer one replaced it meanwhile.
+                        if self._token_to_save is None:
+                            self._token_to_save = token
+                        raise
                     self._last_error = self._last_error or error
                 await trio.sleep_forever()
             self._sleep = None

@@ -49,10 +49,6 @@ class SpanRecorder:
         self.queue: deque[Span] = deque()
         self.max_queue = max_queue
 
-    def wants(self) -> bool:
-        """Always: the caller records only sampled traces (a full queue counts the drop)."""
-        return True
-
     def observe(self, record: ExchangeRecord) -> None:
         """Queue the span of ``record`` (dropped and counted when the queue is full)."""
         if len(self.queue) >= self.max_queue:

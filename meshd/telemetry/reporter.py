@@ -16,7 +16,7 @@ import structlog
 import trio
 from pydantic import ValidationError
 
-from meshcore.api.report import TelemetryAck
+from meshcore.api.report import TelemetryAck, telemetry_path
 from meshd.context import ProxyShared
 from meshd.control.client import ControlClient, ControlError, path_segment
 from meshd.policystats import PolicyStats
@@ -46,7 +46,7 @@ class TelemetryReporter:
     ) -> None:
         self.builder = builder
         self.sampler = TapSampler()
-        self._path = f"/v1/telemetry/{path_segment(proxy_id)}"
+        self._path = telemetry_path(path_segment(proxy_id))
         self._shared = shared
         self._client = client
         self._facts = facts
@@ -78,7 +78,10 @@ class TelemetryReporter:
         if client is None:
             return False  # no token yet (the identity is still enrolling)
         try:
-            answer = await client.post_json(self._path, report.model_dump(mode="json"))
+            # Encoded by pydantic-core in one pass (the tap's events too): a third of the
+            # time of model_dump + json.dumps.
+            body = report.model_dump_json().encode()
+            answer = await client.request("POST", self._path, body)
             if not 200 <= answer.status < 300:
                 raise ControlError(answer.error_text())
             ack = TelemetryAck.model_validate_json(answer.body)

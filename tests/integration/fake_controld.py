@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from meshcore.api.sidecar import NACK_ROUTE, PROXY_ROUTE, SNAPSHOT_ROUTE
 from meshcore.model.hashing import document_hash
 from meshcore.runtime.asgi import AsgiServer
 
@@ -44,6 +45,8 @@ class FakeControld:
     poll_features: list[str | None] = field(default_factory=list)
     #: Answer polls with this status instead (e.g. 503), when set.
     fail_status: int | None = None
+    #: Answer polls with 200 and this body instead (a malformed answer), when set.
+    garbage: bytes | None = None
     changed: trio.Event = field(default_factory=trio.Event)
     polled: trio.Event = field(default_factory=trio.Event)
     _scope: trio.CancelScope | None = None
@@ -127,7 +130,7 @@ class FakeControld:
             if not authorized(request):
                 return JSONResponse({"error": "unauthorized"}, status_code=401)
             body = await request.json()
-            proxy = request.path_params["proxy"]
+            proxy = request.path_params["proxy_id"]
             self.proxies[proxy] = body
             self.registrations.append(body)
             return JSONResponse({"proxy_id": proxy})
@@ -135,13 +138,15 @@ class FakeControld:
         async def poll(request: Request) -> Response:
             if not authorized(request):
                 return JSONResponse({"error": "unauthorized"}, status_code=401)
-            proxy = request.path_params["proxy"]
+            proxy = request.path_params["proxy_id"]
             query = dict(request.query_params)
             self.poll_features.append(request.headers.get("x-meshd-features"))
             self.polls.append(query)
             self.polled.set()
             if self.fail_status is not None:
                 return JSONResponse({"error": "failing on purpose"}, status_code=self.fail_status)
+            if self.garbage is not None:
+                return Response(self.garbage, media_type="application/json")
             if proxy not in self.proxies:
                 return JSONResponse({"error": "unknown proxy"}, status_code=404)
             wait = min(float(query.get("wait", "30")), MAX_WAIT_S)
@@ -164,9 +169,9 @@ class FakeControld:
 
         return Starlette(
             routes=[
-                Route("/v1/proxies/{proxy}", register, methods=["POST"]),
-                Route("/v1/snapshots/{proxy}", poll, methods=["GET"]),
-                Route("/v1/snapshots/{proxy}/nack", nack, methods=["POST"]),
+                Route(PROXY_ROUTE, register, methods=["POST"]),
+                Route(SNAPSHOT_ROUTE, poll, methods=["GET"]),
+                Route(NACK_ROUTE, nack, methods=["POST"]),
             ]
         )
 

@@ -11,10 +11,11 @@ import trio
 from fake_controld import FakeControld
 from starlette.applications import Starlette
 
+from meshcore.api.sidecar import DRAIN_HEADER
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
-from meshd.control.source import DRAIN_HEADER, ControlSource
+from meshd.control.source import ControlSource
 
 pytestmark = pytest.mark.timeout(30)
 

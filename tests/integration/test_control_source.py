@@ -291,7 +291,8 @@ async def test_sighup_reload_keeps_the_pushed_snapshot_and_reregisters(
 
 
 async def test_control_source_alone(nursery: trio.Nursery, tmp_path: Path) -> None:
-    """The service object on its own: 401, 503 backoff, 404 re-registration, NACK bookkeeping."""
+    """The service object on its own: 401, 503 backoff, 404 re-registration, NACK bookkeeping,
+    malformed answers."""
     fake = FakeControld(token=TOKEN)
     await fake.start(nursery)
     applied: list[Snapshot] = []
@@ -333,6 +334,14 @@ async def test_control_source_alone(nursery: trio.Nursery, tmp_path: Path) -> No
     assert source.version == 1 and source.rejected == 1
     assert len(applied) == 1
     assert os.stat(tmp_path / "c.json").st_size > 0
+
+    # A malformed answer is controld's fault: retried with backoff, not NACKed, and the
+    # running snapshot stays.
+    fake.garbage = b'{"version":"2","hash":"h","snapshot":{}}'
+    failures = source.failures
+    await wait_until(lambda: source.failures > failures + 1, "backing off on garbage")
+    assert source.last_error is not None and "snapshot answer: version" in source.last_error
+    assert len(fake.nacks) == 1 and len(applied) == 1 and source.version == 1
 
 
 async def test_not_ready_until_the_first_snapshot(

@@ -3,7 +3,7 @@
 Offline: ``validate`` checks snapshot, bootstrap and resource files. Against controld's API
 (``--server``, token from ``--token``/``--token-file``/the environment): ``apply``, ``get``,
 ``delete``, ``diff``, ``status``, ``explain``, ``token``, ``ca``, ``identities``, ``revoke``,
-``audit``, ``schema`` and ``dashboard`` (the live terminal dashboard).
+``audit``, ``events``, ``schema`` and ``dashboard`` (the live terminal dashboard).
 
 Exit codes: 0 ok, 1 validation failed / differences found / controld answered with an error,
 2 usage error, 3 controld unreachable.
@@ -66,7 +66,7 @@ def _files(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``meshctl`` argument parser."""
-    from tui.cli import audit, ca, dashboard, identities, ops, resources, tokens
+    from tui.cli import audit, ca, dashboard, events, identities, ops, resources, tokens
     from tui.cli.validate import VALIDATE_KINDS
 
     parser = argparse.ArgumentParser(
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_ca_parser(sub, add_global_options)
     identities.add_identity_parsers(sub, add_global_options)
     audit.add_audit_parser(sub, add_global_options)
+    events.add_events_parser(sub, add_global_options)
     dashboard.add_dashboard_parser(sub, add_global_options)
 
     p = _sub(sub, "schema", "JSON Schema of the resource kinds (all, or one)")
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meshctl`` command; returns the exit code."""
-    from tui.client import ApiError, Unreachable
+    from tui.client import ApiError, UnexpectedAnswer, Unreachable
 
     parser = build_parser()
     try:
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         error(f"controld answered {exc.status}: {exc.message}")
         for line in problem_lines(exc.problems, ()):
             print(line, file=sys.stderr)
+        return EXIT_FAILED
+    except UnexpectedAnswer as exc:
+        error(str(exc))
         return EXIT_FAILED
 
 

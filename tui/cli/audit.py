@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from meshcore.api.audit import AuditEntry
 from tui import render
 from tui.cli.common import EXIT_OK, Options
 from tui.cli.ops import parse_duration
@@ -47,35 +48,29 @@ def since_time(text: str, now: float | None = None) -> str:
     return value
 
 
-def _action(entry: Mapping[str, Any]) -> str:
-    return f"{entry.get('method', '?')} {entry.get('route', '?')}"
-
-
-def _resource(entry: Mapping[str, Any]) -> str:
-    resource = entry.get("resource")
-    details = entry.get("details")
-    if not resource and isinstance(details, Mapping):
+def _resource(entry: AuditEntry) -> str:
+    if not entry.resource:
         for name in ("spiffe_id", "service"):
-            if isinstance(details.get(name), str):
-                return f"{name}={details[name]}"
-    return str(resource) if resource else "-"
+            if isinstance(entry.details.get(name), str):
+                return f"{name}={entry.details[name]}"
+    return entry.resource or "-"
 
 
-def audit_rows(entries: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+def audit_rows(entries: Sequence[AuditEntry]) -> list[list[str]]:
     """Rows of the ``audit`` table, in the order given (newest first)."""
     rows = []
     for entry in entries:
-        outcome = str(entry.get("outcome", "?"))
-        if entry.get("revision") is not None:
-            outcome += f" (revision {entry['revision']})"
+        outcome = entry.outcome
+        if entry.revision is not None:
+            outcome += f" (revision {entry.revision})"
         rows.append(
             [
-                str(entry.get("time", "?")),
-                str(entry.get("actor", "?")),
-                _action(entry),
+                entry.time,
+                entry.actor,
+                f"{entry.method} {entry.route}",
                 _resource(entry),
-                str(entry.get("source") or "-"),
-                str(entry.get("status", "?")),
+                entry.source or "-",
+                str(entry.status),
                 outcome,
             ]
         )
@@ -85,8 +80,7 @@ def audit_rows(entries: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 def cmd_audit(opts: Options, args: argparse.Namespace) -> int:
     """``audit``: the newest entries of the audit log as a table (or JSON/YAML)."""
     with opts.client() as client:
-        answer = client.audit(since=args.since, limit=args.limit)
-    entries = [e for e in (answer or {}).get("entries", ()) if isinstance(e, Mapping)]
+        entries = client.audit(since=args.since, limit=args.limit).entries
     output = "json" if args.json else opts.output
     if output == "json":
         print(render.to_json(entries))

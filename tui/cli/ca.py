@@ -9,72 +9,60 @@ it signed are outstanding, unless ``--force``). ``status`` shows where the rotat
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from typing import Any
 
+from meshcore.api.ca import NEXT_STEP, CaRoot, CaStatus, RotationStep
 from tui import render
 from tui.cli.common import EXIT_OK, Options
 
 __all__ = ["NEXT_STEP", "STEPS", "ca_status_lines", "cmd_ca_rotate", "cmd_ca_status"]
 
-STEPS = ("stage", "activate", "retire")
-#: The step that follows each phase.
-NEXT_STEP = {"stable": "stage", "staged": "activate", "active": "retire"}
+STEPS: tuple[RotationStep, ...] = ("stage", "activate", "retire")
 ROOT_HEADERS = ("ROOT", "ROLE", "NOT AFTER", "OUTSTANDING", "LAST EXPIRES")
 
 
-def _role(root: Mapping[str, Any], index: int, count: int) -> str:
-    if root.get("active"):
+def _role(root: CaRoot, index: int, count: int) -> str:
+    if root.active:
         return "signer"
     return "old" if index == 0 and count > 1 else "staged"
 
 
-def _outstanding(root: Mapping[str, Any]) -> tuple[str, str]:
-    out = root.get("outstanding")
-    if not isinstance(out, Mapping):
-        return "-", "-"
-    count = str(out.get("count", "-"))
-    if out.get("untracked_until"):
-        count += f" (+ untracked until {out['untracked_until']})"
-    return count, str(out.get("last_expiry") or "-")
+def _outstanding(root: CaRoot) -> tuple[str, str]:
+    out = root.outstanding
+    count = str(out.count)
+    if out.untracked_until:
+        count += f" (+ untracked until {out.untracked_until})"
+    return count, out.last_expiry or "-"
 
 
-def ca_status_lines(status: Mapping[str, Any]) -> list[str]:
+def ca_status_lines(status: CaStatus) -> list[str]:
     """The table form of ``GET /v1/ca``."""
-    phase = str(status.get("phase", "?"))
     lines = [
-        f"phase {phase}, signer {status.get('active', '?')}, bundle index "
-        f"{status.get('index', '?')}, trust domain {status.get('trust_domain', '?')}"
+        f"phase {status.phase}, signer {status.active}, bundle index {status.index}, "
+        f"trust domain {status.trust_domain}"
     ]
-    roots = [r for r in status.get("roots", ()) if isinstance(r, Mapping)]
     rows = []
-    for i, root in enumerate(roots):
+    for i, root in enumerate(status.roots):
         count, last = _outstanding(root)
-        role = _role(root, i, len(roots))
-        rows.append([str(root.get("id", "?")), role, str(root.get("not_after", "-")), count, last])
+        rows.append([root.id, _role(root, i, len(status.roots)), root.not_after, count, last])
     lines.append("")
     lines.extend(render.table(ROOT_HEADERS, rows).rstrip("\n").splitlines())
-    tls = status.get("tls")
+    tls = status.tls
     lines.append("")
-    if isinstance(tls, Mapping):
+    if tls is not None:
         lines.append(
-            f"TLS listener {tls.get('listen', '?')}: {tls.get('spiffe_id', '?')}, until "
-            f"{tls.get('not_after', '?')}; names {', '.join(map(str, tls.get('sans', ())))}"
+            f"TLS listener {tls.listen}: {tls.spiffe_id}, until {tls.not_after}; "
+            f"names {', '.join(tls.sans)}"
         )
     else:
         lines.append("TLS listener off: sidecars can't renew (controld run --tls)")
-    if "revoked_leaves" in status:
-        invalid = status.get("invalid_records")
-        skipped = (
-            ", ".join(f"{kind} {count}" for kind, count in sorted(invalid.items()))
-            if isinstance(invalid, Mapping) and invalid
-            else "none"
-        )
-        lines.append(
-            f"revoked certificates not yet expired: {status['revoked_leaves']} "
-            f"(meshctl identities); invalid CA records skipped: {skipped}"
-        )
-    step = NEXT_STEP.get(phase)
+    invalid = status.invalid_records
+    skipped = ", ".join(f"{kind} {count}" for kind, count in sorted(invalid.items())) or "none"
+    lines.append(
+        f"revoked certificates not yet expired: {status.revoked_leaves} "
+        f"(meshctl identities); invalid CA records skipped: {skipped}"
+    )
+    step = NEXT_STEP.get(status.phase)
     if step is not None:
         lines.append("")
         lines.append(f"next step: meshctl ca rotate --step {step}")
@@ -106,8 +94,8 @@ def cmd_ca_rotate(opts: Options, args: argparse.Namespace) -> int:
     if opts.output != "table":
         _print(opts, answer)
         return EXIT_OK
-    bundle = ", ".join(str(b) for b in answer.get("bundle", ()))
-    print(f"{args.step}: phase {answer.get('phase')}, signer {answer.get('active')}")
+    bundle = ", ".join(answer.bundle)
+    print(f"{args.step}: phase {answer.phase}, signer {answer.active}")
     print(f"bundle: {bundle}")
     return EXIT_OK
 

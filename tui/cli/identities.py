@@ -10,9 +10,10 @@ peers refuse its certificates within seconds and it can't renew.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
+from meshcore.api.ca import Identity
 from tui import render
 from tui.cli.common import EXIT_OK, EXIT_USAGE, Options, error
 
@@ -36,29 +37,26 @@ def _expires_in(seconds: object) -> str:
     return f"{whole}s"
 
 
-def _service(item: Mapping[str, Any]) -> str:
-    namespace = item.get("namespace")
-    name = str(item.get("service", "?"))
-    return name if namespace in (None, "default") else f"{namespace}/{name}"
+def _service(item: Identity) -> str:
+    name = item.service
+    return name if item.namespace == "default" else f"{item.namespace}/{name}"
 
 
-def identity_rows(items: list[Mapping[str, Any]]) -> list[list[str]]:
+def identity_rows(items: Sequence[Identity]) -> list[list[str]]:
     """Table rows of ``GET /v1/identities`` entries."""
-    rows = []
-    for item in items:
-        rows.append(
-            [
-                str(item.get("id", "?")),
-                _service(item),
-                str(item.get("instance") or "-"),
-                str(item.get("spiffe_id", "?")),
-                str(item.get("serial") or "-"),
-                str(item.get("not_after") or "-"),
-                _expires_in(item.get("expires_in_s")),
-                str(item.get("revoked") or "no"),
-            ]
-        )
-    return rows
+    return [
+        [
+            item.id,
+            _service(item),
+            item.instance or "-",
+            item.spiffe_id,
+            item.serial or "-",
+            item.not_after or "-",
+            _expires_in(item.expires_in_s),
+            item.revoked or "no",
+        ]
+        for item in items
+    ]
 
 
 def _printed_as_document(opts: Options, args: argparse.Namespace, answer: Any) -> bool:
@@ -75,12 +73,11 @@ def _printed_as_document(opts: Options, args: argparse.Namespace, answer: Any) -
 
 def cmd_identities(opts: Options, args: argparse.Namespace) -> int:
     """``identities [--service S]``: the enrolled instances."""
-    params = {"service": args.service} if args.service else None
     with opts.client() as client:
-        answer = client.request("GET", "/v1/identities", params=params)
+        answer = client.identities(args.service)
     if _printed_as_document(opts, args, answer):
         return EXIT_OK
-    items = [i for i in answer.get("identities", ()) if isinstance(i, Mapping)]
+    items = answer.identities
     if not items:
         print("no identities" + (f" of service {args.service}" if args.service else ""))
         return EXIT_OK
@@ -94,29 +91,29 @@ def cmd_revoke(opts: Options, args: argparse.Namespace) -> int:
     if sum(value is not None for value in given) != 1:
         error("revoke: give exactly one of an identity ID, --serial or --service")
         return EXIT_USAGE
-    body: dict[str, str] = {}
-    if args.identity is not None:
-        body["identity"] = args.identity
-    elif args.serial is not None:
-        body["serial"] = args.serial.lower().removeprefix("0x").replace(":", "")
-    else:
-        body["service"] = args.service
-        body["namespace"] = args.namespace
+    serial = args.serial
+    if serial is not None:
+        serial = serial.lower().removeprefix("0x").replace(":", "")
     with opts.client() as client:
-        answer = client.request("POST", "/v1/revocations", json=body)
+        answer = client.revoke(
+            identity=args.identity,
+            serial=serial,
+            service=args.service,
+            namespace=args.namespace if args.service is not None else None,
+        )
     if _printed_as_document(opts, args, answer):
         return EXIT_OK
-    items = [i for i in answer.get("revoked", ()) if isinstance(i, Mapping)]
+    items = answer.revoked
     if args.service is not None:
         print(
-            f"revoked service {answer.get('spiffe_id', args.service)}: {len(items)} instance(s);"
+            f"revoked service {answer.spiffe_id or args.service}: {len(items)} instance(s);"
             " its certificates issued until now can't renew"
         )
     for item in items:
-        serials = ", ".join(map(str, item.get("serials", ()))) or "none unexpired"
+        serials = ", ".join(item.serials) or "none unexpired"
         print(
-            f"revoked identity {item.get('id')} ({_service(item)}, instance "
-            f"{item.get('instance') or '-'}); certificates refused by peers: {serials}"
+            f"revoked identity {item.id} ({_service(item)}, instance "
+            f"{item.instance or '-'}); certificates refused by peers: {serials}"
         )
     return EXIT_OK
 

@@ -7,11 +7,12 @@ controld reports problems by the index of a resource in the request; :class:`Ori
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshcore.api.errors import Problem
 from meshcore.errors import ConfigError
 from meshcore.model.yamlload import YamlError, load_yaml_all
 
@@ -142,7 +143,7 @@ def _number(numbers: list[int], index: int) -> int:
     return numbers[index] if index < len(numbers) else index + 1
 
 
-def problem_lines(problems: Sequence[Mapping[str, Any]], origins: Sequence[Origin]) -> list[str]:
+def problem_lines(problems: Sequence[Problem], origins: Sequence[Origin]) -> list[str]:
     """controld's 422 problems as ``file: document N (Kind/name): path: message`` lines.
 
     A problem names the request index in ``document`` (0-based); cross-resource problems may
@@ -151,22 +152,22 @@ def problem_lines(problems: Sequence[Mapping[str, Any]], origins: Sequence[Origi
     by_key = {(o.kind, o.name): o for o in origins}
     lines = []
     for problem in problems:
-        kind = problem.get("kind")
-        name = problem.get("name")
-        path = problem.get("path") or "(top level)"
-        message = problem.get("message", "invalid")
-        index = problem.get("document")
+        kind = problem.kind
+        name = problem.name
+        path = problem.path or "(top level)"
+        message = problem.message or "invalid"
+        index = problem.document
         origin: Origin | None = None
         if isinstance(index, int) and 0 <= index < len(origins):
             origin = origins[index]
         elif kind is not None and name is not None:
-            origin = by_key.get((str(kind), str(name)))
+            origin = by_key.get((kind, name))
         if origin is not None:
             shown = Origin(
                 origin.source,
                 origin.document,
-                str(kind) if kind else origin.kind,
-                str(name) if name else origin.name,
+                kind or origin.kind,
+                name or origin.name,
             )
             lines.append(f"{shown.where()}: {path}: {message}")
         elif kind is not None or name is not None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshcore.api.proxies import ProxyState
+from meshcore.api.status import StatusAnswer
 from tui import render
 from tui.cli.clustertext import cluster_settings_lines
 from tui.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Options, error
@@ -44,58 +47,53 @@ PROXY_HEADERS = [
 ]
 
 
-def proxy_state(proxy: Mapping[str, Any]) -> str:
+def proxy_state(proxy: ProxyState) -> str:
     """``synced``, ``pending`` or ``NACKED: <first line of the error>``."""
-    latest_version = proxy.get("latest_version")
-    latest_hash = proxy.get("latest_hash")
-    nack = proxy.get("nack")
-    if isinstance(nack, Mapping):
-        nacked_latest = nack.get("version") == latest_version or (
-            latest_hash is not None and nack.get("hash") == latest_hash
+    latest_version = proxy.latest_version
+    latest_hash = proxy.latest_hash
+    nack = proxy.nack
+    if nack is not None:
+        nacked_latest = nack.version == latest_version or (
+            latest_hash is not None and nack.hash == latest_hash
         )
         if nacked_latest or latest_version is None:
-            lines = str(nack.get("error") or "").strip().splitlines()
+            lines = nack.error.strip().splitlines()
             return f"NACKED: {lines[0] if lines else '(no reason given)'}"
     if latest_version is None and latest_hash is None:
         return "pending"
-    if latest_hash is not None and proxy.get("acked_hash") is not None:
-        synced = proxy.get("acked_hash") == latest_hash
+    if latest_hash is not None and proxy.acked_hash is not None:
+        synced = proxy.acked_hash == latest_hash
     else:
-        synced = proxy.get("acked_version") == latest_version
+        synced = proxy.acked_version == latest_version
     return "synced" if synced else "pending"
 
 
-def proxy_rows(proxies: Sequence[Mapping[str, Any]], now: float) -> list[list[str]]:
+def proxy_rows(proxies: Sequence[ProxyState], now: float) -> list[list[str]]:
     """Rows of the ``status`` table, sorted by service and proxy id."""
     rows = []
     for p in proxies:
-        last = p.get("last_contact")
+        last = p.last_contact
         rows.append(
             [
-                str(p.get("proxy_id", "?")),
-                str(p.get("service", "?")),
-                "yes" if p.get("connected") else "no",
-                _version(p.get("acked_version")),
-                _version(p.get("latest_version")),
+                p.proxy_id,
+                p.service,
+                "yes" if p.connected else "no",
+                _version(p.acked_version),
+                _version(p.latest_version),
                 proxy_state(p),
                 *feature_cells(p),
-                render.age(now - float(last)) if isinstance(last, int | float) else "-",
+                "-" if last is None else render.age(now - last),
             ]
         )
     rows.sort(key=lambda r: (r[1], r[0]))
     return rows
 
 
-def feature_cells(proxy: Mapping[str, Any]) -> tuple[str, str]:
+def feature_cells(proxy: ProxyState) -> tuple[str, str]:
     """``FEATURES`` (how many the sidecar declares; ``?``: it declares none, an older meshd)
     and ``UNSUPPORTED IN USE`` (features its latest snapshot uses that it doesn't declare)."""
-    features = proxy.get("features")
-    count = str(len(features)) if isinstance(features, list) else "?"
-    missing = [
-        str(u.get("feature"))
-        for u in proxy.get("unsupported") or ()
-        if isinstance(u, Mapping) and u.get("feature")
-    ]
+    count = "?" if proxy.features is None else str(len(proxy.features))
+    missing = [u.feature for u in proxy.unsupported if u.feature]
     return count, ",".join(missing) or "-"
 
 
@@ -103,19 +101,18 @@ def _version(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def status_header(status: Mapping[str, Any], proxies: int) -> str:
+def status_header(status: StatusAnswer, proxies: int) -> str:
     """``registry: embedded (connected)   resources: revision 7   sidecars: 3``."""
-    registry = status.get("registry") or {}
-    mode = registry.get("mode", "?")
-    state = "connected" if registry.get("connected") else "DISCONNECTED"
-    parts = [f"registry: {mode} ({state})"]
-    store = status.get("store") or {}
-    revision = store.get("revision", status.get("revision"))
-    count = store.get("resources")
+    registry = status.registry
+    state = "connected" if registry.connected else "DISCONNECTED"
+    parts = [f"registry: {registry.mode} ({state})"]
+    store = status.store
+    revision = None if store is None else store.revision
+    count = None if store is None else store.resources
     text = f"resources: revision {'-' if revision is None else revision}"
-    if isinstance(count, int):
+    if count is not None:
         text += f" ({count} resource{'' if count == 1 else 's'})"
-    if store and not store.get("connected", True):
+    if store is not None and not store.connected:
         text += " STORE DISCONNECTED"
     parts.append(text)
     parts.append(f"sidecars: {proxies}")
@@ -126,8 +123,7 @@ def cmd_status(opts: Options, _: argparse.Namespace) -> int:
     """Per-sidecar sync state from ``/v1/proxies`` under a line from ``/v1/status``."""
     with opts.client() as client:
         status = client.status()
-        answer = client.proxies()
-    proxies = [p for p in answer.get("proxies", ()) if isinstance(p, Mapping)]
+        proxies = client.proxies().proxies
     if opts.output != "table":
         value = {"status": status, "proxies": proxies}
         print(render.to_json(value) if opts.output == "json" else render.to_yaml(value), end="")
@@ -138,10 +134,9 @@ def cmd_status(opts: Options, _: argparse.Namespace) -> int:
     if proxies:
         print()
         print(render.table(PROXY_HEADERS, proxy_rows(proxies, time.time())))
-    mixed = status.get("endpoint_mix")
-    if isinstance(mixed, Mapping) and mixed:
+    if status.endpoint_mix:
         print()
-        print("\n".join(endpoint_mix_lines(mixed)))
+        print("\n".join(endpoint_mix_lines(status.endpoint_mix)))
     return EXIT_OK
 
 
@@ -398,11 +393,9 @@ def cmd_explain(opts: Options, args: argparse.Namespace) -> int:
             args.source, args.destination, method=args.method, path=args.path, headers=headers
         )
         if opts.output == "table" and answer.get("route") is not None:
-            try:
-                listed = client.list_resources("HTTPRoute")
-            except ApiError:
-                listed = {}  # a sidecar token may explain but not list; the match is optional
-            routes = [r for r in listed.get("resources", ()) if isinstance(r, Mapping)]
+            # A sidecar token may explain but not list; the match is optional.
+            with contextlib.suppress(ApiError):
+                routes = list(client.list_resources("HTTPRoute").resources)
     if opts.output == "json":
         print(render.to_json(answer))
     elif opts.output == "yaml":
@@ -430,14 +423,14 @@ def parse_duration(text: str) -> int:
 def cmd_token_create(opts: Options, args: argparse.Namespace) -> int:
     """``token create --service S [--namespace NS] [--ttl 1h]``: print a join token."""
     with opts.client() as client:
-        print(client.join_token(args.service, namespace=args.namespace, ttl_s=args.ttl))
+        print(client.join_token(args.service, namespace=args.namespace, ttl_s=args.ttl).token)
     return EXIT_OK
 
 
 def cmd_token_registry(opts: Options, args: argparse.Namespace) -> int:
     """``token registry --service S [--ttl D]``: print a registry token's SecretID."""
     with opts.client() as client:
-        print(client.registry_token(args.service, ttl_s=args.ttl))
+        print(client.registry_token(args.service, ttl_s=args.ttl).secret_id)
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshcore.api.resources import ApplyAnswer, ResourceList
 from meshcore.errors import ConfigError
 from tui import render
 from tui.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Options, error
@@ -36,21 +37,17 @@ def _load(sources: Sequence[str]) -> list[LocalResource] | None:
 
 
 def apply_lines(
-    keys: Sequence[tuple[str, str]], answer: Mapping[str, Any], *, dry_run: bool
+    keys: Sequence[tuple[str, str]], answer: ApplyAnswer, *, dry_run: bool
 ) -> list[str]:
     """``HTTPRoute/api-split created|updated|unchanged`` per resource sent, then the revision."""
-    actions = {
-        (str(c.get("kind")), str(c.get("name"))): str(c.get("action", "?"))
-        for c in answer.get("changes", ())
-        if isinstance(c, Mapping)
-    }
+    actions = {(c.kind, c.name): c.action for c in answer.changes}
     suffix = " (dry run)" if dry_run else ""
     lines = [
         f"{kind}/{name} {actions.pop((kind, name), 'unchanged')}{suffix}" for kind, name in keys
     ]
     # Changes controld reports beyond what was sent (shouldn't happen, but don't hide them).
     lines += [f"{kind}/{name} {action}{suffix}" for (kind, name), action in actions.items()]
-    lines.append(f"revision {answer.get('revision', '?')}")
+    lines.append(f"revision {answer.revision}")
     return lines
 
 
@@ -83,14 +80,10 @@ def cmd_apply(opts: Options, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def warning_lines(answer: Mapping[str, Any]) -> list[str]:
+def warning_lines(answer: ApplyAnswer) -> list[str]:
     """One ``warning:`` line per connected sidecar that would get a snapshot feature it
     doesn't enforce (it will NACK that snapshot and keep its current one)."""
-    return [
-        f"warning: {w.get('message') or w}"
-        for w in answer.get("warnings") or ()
-        if isinstance(w, Mapping)
-    ]
+    return [f"warning: {w.message}" for w in answer.warnings]
 
 
 def resource_rows(resources: Sequence[Mapping[str, Any]]) -> list[list[str]]:
@@ -116,13 +109,14 @@ def resource_rows(resources: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 def cmd_get(opts: Options, args: argparse.Namespace) -> int:
     """``get [KIND [NAME]]``: a table, re-appliable YAML or controld's JSON."""
     kind = resolve_kind(args.kind) if args.kind else None
+    listing: ResourceList | None = None
     with opts.client() as client:
         if kind is not None and args.name:
-            answer = client.get_resource(kind, args.name)
+            answer: Any = client.get_resource(kind, args.name)
             resources = [answer]
         else:
-            answer = client.list_resources(kind)
-            resources = [r for r in answer.get("resources", ()) if isinstance(r, Mapping)]
+            answer = listing = client.list_resources(kind)
+            resources = list(listing.resources)
     if opts.output == "json":
         print(render.to_json(answer))
     elif opts.output == "yaml":
@@ -137,8 +131,8 @@ def cmd_get(opts: Options, args: argparse.Namespace) -> int:
             headers.pop(2)
             rows = [[k, n, labels] for k, n, _, labels in rows]
         print(render.table(headers, rows))
-        if "revision" in answer and "meta" not in answer:
-            print(f"revision {answer['revision']}")
+        if listing is not None:
+            print(f"revision {listing.revision}")
     return EXIT_OK
 
 
@@ -178,7 +172,7 @@ def cmd_delete(opts: Options, args: argparse.Namespace) -> int:
             answers.append(answer)
             if opts.output == "table":
                 print(f"{kind}/{name} deleted")
-                print(f"revision {answer.get('revision', '?')}")
+                print(f"revision {answer.revision}")
     if opts.output != "table":
         _dump(opts, answers[0] if len(answers) == 1 else answers)
     return EXIT_FAILED if failed else EXIT_OK

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from meshcore.api.tokens import SidecarTokenInfo
 from tui import render
 from tui.cli.common import EXIT_OK, Options
 
@@ -15,18 +16,9 @@ __all__ = ["TOKEN_HEADERS", "cmd_token_list", "cmd_token_revoke", "cmd_token_sid
 TOKEN_HEADERS = ["ID", "SERVICE", "NAMESPACE", "IDENTITY", "EXPIRES"]
 
 
-def token_rows(tokens: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+def token_rows(tokens: Sequence[SidecarTokenInfo]) -> list[list[str]]:
     """Rows of the ``token list`` table (identity ``-`` for tokens not bound to one)."""
-    return [
-        [
-            str(t.get("id", "?")),
-            str(t.get("service", "?")),
-            str(t.get("namespace", "?")),
-            str(t.get("identity") or "-"),
-            str(t.get("expires", "?")),
-        ]
-        for t in tokens
-    ]
+    return [[t.id, t.service, t.namespace, t.identity or "-", t.expires] for t in tokens]
 
 
 def _print(opts: Options, value: Any) -> None:
@@ -44,19 +36,19 @@ def cmd_token_sidecar(opts: Options, args: argparse.Namespace) -> int:
     if opts.output != "table":
         _print(opts, answer)
         return EXIT_OK
-    print(answer["token"])
-    print(f"token id {answer.get('id')}, expires {answer.get('expires')}", file=sys.stderr)
+    print(answer.token)
+    print(f"token id {answer.id}, expires {answer.expires}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_token_list(opts: Options, _: argparse.Namespace) -> int:
     """``token list``: the sidecar tokens (never their secrets)."""
     with opts.client() as client:
-        tokens = client.sidecar_tokens()
+        answer = client.sidecar_tokens()
     if opts.output != "table":
-        _print(opts, {"tokens": tokens})
+        _print(opts, answer)
         return EXIT_OK
-    print(render.table(TOKEN_HEADERS, token_rows(tokens)))
+    print(render.table(TOKEN_HEADERS, token_rows(answer.tokens)))
     return EXIT_OK
 
 

@@ -2,8 +2,10 @@
 
 One worker polls controld (:func:`~tui.dashboard.state.fetch_state`) and hands each new
 :class:`~tui.dashboard.state.MeshState` down to the views; when controld can't be reached
-the last state stays, marked STALE, and the worker retries with backoff. Control actions
-run in their own worker (:mod:`tui.dashboard.control`), the tap in a third.
+the last state stays, marked STALE, and the worker retries with backoff. A second worker
+streams controld's control-plane events (the ``GET /v1/events`` long-poll) into the Events
+view. Control actions run in their own worker (:mod:`tui.dashboard.control`), the tap in
+another.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
+from meshcore.api.events import MAX_EVENTS_LIMIT, Severity
 from meshcore.api.telemetry import TapFilter, TapRequest
 from tui.dashboard import control, fmt
 from tui.dashboard.screens import ConfirmScreen, HelpScreen, PromptScreen
-from tui.dashboard.source import DashboardSource, SourceError, SourceUnreachable
-from tui.dashboard.state import MeshState, PlaneEvent, fetch_state, proxy_events
+from tui.dashboard.source import DashboardSource, SourceError, SourceRefused, SourceUnreachable
+from tui.dashboard.state import MeshState, PlaneEvent, fetch_state, plane_event
 from tui.dashboard.views.events import EventsView
 from tui.dashboard.views.instances import InstancesView
 from tui.dashboard.views.policy import PolicyView
@@ -43,6 +46,8 @@ TABS = ("traffic", "topology", "policy", "instances", "tap", "events")
 MAX_BACKOFF_S = 10.0
 #: Events kept in the Events view.
 MAX_EVENTS = 200
+#: Longest wait of one events long-poll.
+EVENTS_WAIT_S = 10.0
 
 
 def _tearing_down() -> contextlib.suppress:
@@ -123,6 +128,7 @@ class DashboardApp(App[None]):
     def on_mount(self) -> None:
         self.show_status()
         self.poll()
+        self.stream_events()
         # The terminal went away (window closed, SSH dropped): quit rather than linger.
         # Only the main thread may set signal handlers (tests run the app in others).
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -208,16 +214,45 @@ class DashboardApp(App[None]):
             else:
                 backoff = 0.5
                 self.refresh_error = None
-                old = self.state
-                self.add_events(
-                    proxy_events(old.proxies if old else (), new.proxies, new.fetched_at)
-                )
                 self.stale = False
                 self.state = new
                 delay = self.refresh_s
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    @work(exclusive=True, group="events")
+    async def stream_events(self) -> None:
+        """Follow controld's control-plane events: the held ones first (pages without
+        waiting), then one long-poll after another; retry while controld is away."""
+        after = 0
+        backoff = 0.5
+        caught_up = False
+        while True:
+            try:
+                wait_s = EVENTS_WAIT_S if caught_up else 0.0
+                answer = await self.source.events(after, wait_s, MAX_EVENTS_LIMIT)
+            except SourceUnreachable:
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                continue
+            except SourceRefused as exc:
+                # An older controld (404) or a refused token: say so, look again later.
+                with _tearing_down():
+                    self.events_view.events_note = f"controld's events unavailable: {exc}"
+                await asyncio.sleep(MAX_BACKOFF_S)
+                continue
+            backoff = 0.5
+            note = ""
+            if answer.reset:
+                note = "controld restarted: its events start again"
+            elif answer.missed and after:
+                note = f"{answer.missed} events dropped by controld before they were read"
+            with _tearing_down():
+                self.events_view.events_note = note
+            self.add_events(plane_event(e) for e in answer.events)
+            after = answer.next
+            caught_up = len(answer.events) < MAX_EVENTS_LIMIT
 
     def add_events(self, events: Iterable[PlaneEvent]) -> None:
         """Append events for the Events view (attribute down)."""
@@ -282,7 +317,8 @@ class DashboardApp(App[None]):
             severity="information" if outcome.ok else "error",
         )
         kind = "action" if outcome.ok else "failed"
-        self.add_events([PlaneEvent(self.clock(), kind, "dashboard", outcome.message)])
+        severity: Severity = "info" if outcome.ok else "error"
+        self.add_events([PlaneEvent(self.clock(), kind, "dashboard", outcome.message, severity)])
         self.show_status()
         self._wake.set()
 

@@ -12,13 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from meshcore.api.ca import NEXT_STEP
+from meshcore.api.resources import ApplyAnswer
 from tui.dashboard import edits
 from tui.dashboard.source import DashboardSource, SourceError
 
 __all__ = ["Outcome", "Ui", "access", "drain", "rotate_ca", "shift_split", "toggle_fault"]
-
-#: The CA rotation step that follows each phase.
-NEXT_STEP = {"stable": "stage", "staged": "activate", "active": "retire"}
 
 
 class Ui(Protocol):
@@ -51,12 +50,10 @@ def _parse_route_key(key: str | None) -> tuple[str, int] | None:
     return name, int(index)
 
 
-def _applied(answer: Mapping[str, Any], what: str) -> Outcome:
-    changes = answer.get("changes") or ()
-    revision = answer.get("revision")
-    if not changes:
-        return Outcome(True, f"{what}: no change (revision {revision})")
-    return Outcome(True, f"{what}: applied, revision {revision}")
+def _applied(answer: ApplyAnswer, what: str) -> Outcome:
+    if not answer.changes:
+        return Outcome(True, f"{what}: no change (revision {answer.revision})")
+    return Outcome(True, f"{what}: applied, revision {answer.revision}")
 
 
 def _pick_split(resources: Sequence[Mapping[str, Any]], key: str | None) -> tuple[str, int] | None:
@@ -178,7 +175,7 @@ async def drain(ui: Ui, source: DashboardSource, proxy_id: str) -> Outcome:
 async def rotate_ca(ui: Ui, source: DashboardSource) -> Outcome:
     """The next CA root rotation step (stage, activate or retire), after confirmation."""
     try:
-        phase = str((await source.ca_status()).get("phase", "stable"))
+        phase = (await source.ca_status()).phase
         step = NEXT_STEP.get(phase)
         if step is None:
             return Outcome(False, f"CA rotation: unknown phase {phase!r}")
@@ -188,4 +185,4 @@ async def rotate_ca(ui: Ui, source: DashboardSource) -> Outcome:
         answer = await source.ca_rotate(step)
     except SourceError as exc:
         return Outcome(False, f"CA rotation: {exc}")
-    return Outcome(True, f"CA rotation {step}: now {answer.get('phase', '?')}")
+    return Outcome(True, f"CA rotation {step}: now {answer.phase}")

@@ -1,17 +1,27 @@
 """:class:`FakeSource`: a small in-memory mesh behind the :class:`DashboardSource` seam.
 
 For unit, pilot and snapshot tests (and nothing else): a fixed clock, the demo's services
-(loadgen -> web -> api v1/v2), its policy resources, and control actions that change the
-resources and append audit entries the way controld does. ``unreachable = True`` makes every
-call fail like a stopped controld.
+(loadgen -> web -> api v1/v2), its policy resources, a few control-plane events, and control
+actions that change the resources and append audit entries and events the way controld does.
+``unreachable = True`` makes every call fail like a stopped controld. Its state is kept as
+the JSON controld sends (tests edit it); each answer is parsed into the :mod:`meshcore.api`
+model, as :class:`HttpSource` does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+from meshcore.api.audit import AuditEntry
+from meshcore.api.base import JsonObject
+from meshcore.api.ca import CaStatus, RotateAnswer, RotationStep
+from meshcore.api.events import ControlEvent, ControlEvents, Severity
+from meshcore.api.proxies import DrainAnswer, ProxyState
+from meshcore.api.resources import ApplyAnswer
 from meshcore.api.telemetry import (
     Edge,
     EdgesTelemetry,
@@ -84,6 +94,18 @@ def demo_resources() -> list[Json]:
     ]
 
 
+#: (seconds ago, kind, subject, detail, severity) of the fake's first events.
+_DEMO_EVENTS: tuple[tuple[float, str, str, str, Severity], ...] = (
+    (300, "sidecar.registered", "api-v2-sidecar", "api", "info"),
+    (299, "sidecar.connected", "api-v2-sidecar", "", "info"),
+    (60, "resource.updated", "HTTPRoute/api", "by admin", "info"),
+    (59, "snapshot.pushed", "api-v2-sidecar", "version 12", "info"),
+    (59, "snapshot.nacked", "api-v2-sidecar", "version 12: route canary: fault.headers", "error"),
+    (58, "sidecar.unsupported", "api-v2-sidecar", "fault.headers at routes[1]", "warning"),
+    (58, "snapshot.acked", "web-sidecar", "version 12", "info"),
+)
+
+
 def _stats(rps: float, errors: float, p50: float) -> dict[str, Any]:
     requests = int(rps * 60)
     failed = int(requests * errors)
@@ -115,6 +137,9 @@ class FakeSource:
         self.ca_phase = "stable"
         self.taps: dict[str, list[TapEvent]] = {}
         self.calls: list[str] = []
+        self.events_: list[ControlEvent] = []
+        for ago, kind, subject, detail, severity in _DEMO_EVENTS:
+            self.add_event(kind, subject, detail, severity, at=self.now - ago)
         self.proxies_: list[Json] = [
             self._proxy("api-v1-sidecar", "api", 12, 12),
             self._proxy(
@@ -145,6 +170,28 @@ class FakeSource:
             if nack is None
             else [{"feature": "fault.headers", "path": "routes[1]"}],
         }
+
+    def add_event(
+        self,
+        kind: str,
+        subject: str,
+        detail: str = "",
+        severity: Severity = "info",
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Record a control-plane event (at the fake's clock unless ``at``)."""
+        when = datetime.fromtimestamp(self.now if at is None else at, UTC)
+        self.events_.append(
+            ControlEvent(
+                seq=len(self.events_) + 1,
+                time=when.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                kind=kind,
+                subject=subject,
+                detail=detail,
+                severity=severity,
+            )
+        )
 
     def _check(self, name: str) -> None:
         self.calls.append(name)
@@ -244,21 +291,60 @@ class FakeSource:
 
     # -- control plane -------------------------------------------------------------------------
 
-    async def resources(self) -> list[Json]:
+    async def resources(self) -> list[JsonObject]:
         self._check("resources")
         return [copy.deepcopy(r) for _, r in sorted(self.resources_.items())]
 
-    async def proxies(self) -> list[Json]:
+    async def proxies(self) -> list[ProxyState]:
         self._check("proxies")
-        return copy.deepcopy(self.proxies_)
+        return [ProxyState.model_validate(p) for p in self.proxies_]
 
-    async def audit(self, limit: int) -> list[Json]:
+    async def audit(self, limit: int) -> list[AuditEntry]:
         self._check("audit")
-        return copy.deepcopy(self.audit_[::-1][:limit])
+        return [AuditEntry.model_validate(e) for e in self.audit_[::-1][:limit]]
 
-    async def ca_status(self) -> Json:
+    def _roots(self) -> list[str]:
+        """The bundle: root-1, plus root-2 while a rotation is under way."""
+        return ["root-1"] if self.ca_phase == "stable" else ["root-1", "root-2"]
+
+    def _active(self) -> str:
+        return "root-2" if self.ca_phase == "active" else "root-1"
+
+    async def ca_status(self) -> CaStatus:
         self._check("ca")
-        return {"phase": self.ca_phase, "active": "root-1"}
+        roots = self._roots()
+        active = self._active()
+        return CaStatus.model_validate(
+            {
+                "phase": self.ca_phase,
+                "active": active,
+                "bundle": roots,
+                "index": len(self.rotations) + 1,
+                "trust_domain": "demo.mesh.local",
+                "leaf_ttl_s": 86400.0,
+                "roots": [
+                    {
+                        "id": root,
+                        "active": root == active,
+                        "subject": f"CN={root}",
+                        "not_after": "2036-01-01T00:00:00Z",
+                        "outstanding": {"count": 4 if root == active else 0},
+                    }
+                    for root in roots
+                ],
+            }
+        )
+
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        self._check("events")
+        # A long-poll: look for news every 50 ms up to wait_s (bounded; a test adds events).
+        for _ in range(int(wait_s / 0.05)):
+            if len(self.events_) > after:
+                break
+            await asyncio.sleep(0.05)
+            self._check("events")
+        fresh = tuple(self.events_[after : after + limit])
+        return ControlEvents(events=fresh, next=fresh[-1].seq if fresh else after)
 
     def _record(self, method: str, route: str, resource: str, outcome: str) -> None:
         self.audit_.append(
@@ -309,36 +395,45 @@ class FakeSource:
         self._check("stop_tap")
         self.taps.pop(tap_id, None)
 
-    async def get_resource(self, kind: str, name: str) -> Json:
+    async def get_resource(self, kind: str, name: str) -> JsonObject:
         self._check("get_resource")
         found = self.resources_.get((kind, name))
         if found is None:
             raise SourceRefused(404, f"{kind}/{name} not found")
         return copy.deepcopy(found)
 
-    async def apply(self, resource: Mapping[str, Any]) -> Json:
+    async def apply(self, resource: Mapping[str, Any]) -> ApplyAnswer:
         self._check("apply")
         key = (str(resource["kind"]), str(resource["metadata"]["name"]))
         self.revision += 1
         self.resources_[key] = copy.deepcopy(dict(resource))
         self._record("PUT", "/v1/resources", f"{key[0]}/{key[1]}", "applied")
+        self.add_event("resource.updated", f"{key[0]}/{key[1]}", "by admin")
         change = {"kind": key[0], "name": key[1], "action": "updated"}
-        return {"revision": self.revision, "changes": [change], "dry_run": False}
+        answer = {"revision": self.revision, "changes": [change], "dry_run": False}
+        return ApplyAnswer.model_validate(answer)
 
-    async def drain(self, proxy_id: str) -> Json:
+    async def drain(self, proxy_id: str) -> DrainAnswer:
         self._check("drain")
         if proxy_id not in {p["proxy_id"] for p in self.proxies_}:
             raise SourceRefused(404, "unknown proxy")
         self.drained.append(proxy_id)
         self._record("POST", "/v1/proxies/{proxy_id}/drain", proxy_id, "drain_requested")
-        return {"proxy_id": proxy_id, "drain_requested": self.now}
+        self.add_event("sidecar.drain_requested", proxy_id, severity="warning")
+        return DrainAnswer(proxy_id=proxy_id, drain_requested=self.now)
 
-    async def ca_rotate(self, step: str) -> Json:
+    async def ca_rotate(self, step: RotationStep) -> RotateAnswer:
         self._check("ca_rotate")
         self.rotations.append(step)
         self.ca_phase = {"stage": "staged", "activate": "active", "retire": "stable"}[step]
         self._record("POST", "/v1/ca/rotate", "ca", step)
-        return {"phase": self.ca_phase, "active": "root-2"}
+        self.add_event("ca.rotation", step, f"phase {self.ca_phase}, signer {self._active()}")
+        return RotateAnswer(
+            phase=self.ca_phase,
+            active=self._active(),
+            bundle=tuple(self._roots()),
+            index=len(self.rotations) + 1,
+        )
 
     async def aclose(self) -> None:
         self.calls.append("aclose")

@@ -6,8 +6,28 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from meshcore.api.audit import AUDIT_PATH, AuditEntry, AuditPage
+from meshcore.api.base import JsonObject, request_body
+from meshcore.api.ca import (
+    CA_PATH,
+    CA_ROTATE_PATH,
+    CaStatus,
+    RotateAnswer,
+    RotateRequest,
+    RotationStep,
+)
+from meshcore.api.errors import UnexpectedAnswer, error_of, parse_answer, parse_object
+from meshcore.api.events import EVENTS_PATH, ControlEvents
+from meshcore.api.proxies import PROXIES_PATH, DrainAnswer, ProxyList, ProxyState, drain_path
+from meshcore.api.resources import (
+    RESOURCES_PATH,
+    ApplyAnswer,
+    ApplyRequest,
+    ResourceList,
+    resource_path,
+)
 from meshcore.api.telemetry import (
     EDGES_PATH,
     ENDPOINTS_PATH,
@@ -30,20 +50,7 @@ from tui.dashboard.source import SourceRefused, SourceUnreachable
 
 __all__ = ["HttpSource"]
 
-Json = dict[str, Any]
 M = TypeVar("M", bound=BaseModel)
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip().splitlines()[0][:200] if response.text.strip() else "error"
-    if isinstance(body, dict):
-        error = body.get("error", body.get("detail"))
-        if error is not None:
-            return str(error)
-    return response.reason_phrase or "error"
 
 
 class HttpSource:
@@ -90,7 +97,7 @@ class HttpSource:
             reason = str(exc) or type(exc).__name__
             raise SourceUnreachable(f"cannot reach controld at {self.base_url}: {reason}") from exc
         if response.status_code >= 400:
-            message = _message(response)
+            message = error_of(response.content, response.reason_phrase).error
             if response.status_code in (401, 403):
                 message += (
                     " (the dashboard needs an admin token: --token, --token-file or MESHCTL_TOKEN)"
@@ -101,83 +108,97 @@ class HttpSource:
         try:
             return response.json()
         except ValueError as exc:
-            raise SourceRefused(response.status_code, "answer is not JSON") from exc
+            detail = str(UnexpectedAnswer(path, "not JSON"))
+            raise SourceRefused(response.status_code, detail) from exc
 
-    async def _model(self, model: type[M], path: str, params: Mapping[str, str | int | float]) -> M:
-        body = await self._call("GET", path, params=params)
+    async def _model(
+        self,
+        model: type[M],
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        json: Any = None,
+        timeout_s: float | None = None,
+    ) -> M:
+        """One call whose answer is a ``model``; an answer of another shape is refused."""
+        body = await self._call(method, path, params=params, json=json, timeout_s=timeout_s)
         try:
-            return model.model_validate(body)
-        except ValidationError as exc:
-            raise SourceRefused(200, f"{path}: unexpected answer: {exc.errors()[0]}") from exc
+            return parse_answer(model, path, body)
+        except UnexpectedAnswer as exc:
+            raise SourceRefused(200, str(exc)) from exc
+
+    async def _get(self, model: type[M], path: str, params: Mapping[str, str | int | float]) -> M:
+        return await self._model(model, "GET", path, params=params)
 
     async def services(self, window_s: int) -> ServicesTelemetry:
-        return await self._model(ServicesTelemetry, SERVICES_PATH, {"window_s": window_s})
+        return await self._get(ServicesTelemetry, SERVICES_PATH, {"window_s": window_s})
 
     async def routes(self, service: str, window_s: int) -> RoutesTelemetry:
         params: dict[str, str | int | float] = {"service": service, "window_s": window_s}
-        return await self._model(RoutesTelemetry, ROUTES_PATH, params)
+        return await self._get(RoutesTelemetry, ROUTES_PATH, params)
 
     async def endpoints(self, service: str, window_s: int) -> EndpointsTelemetry:
         params: dict[str, str | int | float] = {"service": service, "window_s": window_s}
-        return await self._model(EndpointsTelemetry, ENDPOINTS_PATH, params)
+        return await self._get(EndpointsTelemetry, ENDPOINTS_PATH, params)
 
     async def edges(self, window_s: int) -> EdgesTelemetry:
-        return await self._model(EdgesTelemetry, EDGES_PATH, {"window_s": window_s})
+        return await self._get(EdgesTelemetry, EDGES_PATH, {"window_s": window_s})
 
     async def instances(self, window_s: int) -> InstancesTelemetry:
-        return await self._model(InstancesTelemetry, INSTANCES_PATH, {"window_s": window_s})
+        return await self._get(InstancesTelemetry, INSTANCES_PATH, {"window_s": window_s})
 
-    async def _list(
-        self, path: str, key: str, params: Mapping[str, str | int] | None = None
-    ) -> list[Json]:
-        body = await self._call("GET", path, params=params)
-        items = body.get(key) if isinstance(body, dict) else None
-        return [item for item in items or () if isinstance(item, dict)]
+    async def resources(self) -> list[JsonObject]:
+        return list((await self._get(ResourceList, RESOURCES_PATH, {})).resources)
 
-    async def resources(self) -> list[Json]:
-        return await self._list("/v1/resources", "resources")
+    async def proxies(self) -> list[ProxyState]:
+        return list((await self._get(ProxyList, PROXIES_PATH, {})).proxies)
 
-    async def proxies(self) -> list[Json]:
-        return await self._list("/v1/proxies", "proxies")
+    async def audit(self, limit: int) -> list[AuditEntry]:
+        return list((await self._get(AuditPage, AUDIT_PATH, {"limit": limit})).entries)
 
-    async def audit(self, limit: int) -> list[Json]:
-        return await self._list("/v1/audit", "entries", {"limit": limit})
+    async def ca_status(self) -> CaStatus:
+        return await self._get(CaStatus, CA_PATH, {})
 
-    async def ca_status(self) -> Json:
-        body = await self._call("GET", "/v1/ca")
-        return body if isinstance(body, dict) else {}
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        params: dict[str, str | int | float] = {"after": after, "wait_s": wait_s, "limit": limit}
+        return await self._model(
+            ControlEvents, "GET", EVENTS_PATH, params=params, timeout_s=wait_s + 5.0
+        )
 
     async def start_tap(self, request: TapRequest) -> TapCreated:
-        body = await self._call("POST", TAPS_PATH, json=request.model_dump(mode="json"))
-        return TapCreated.model_validate(body)
+        body = request.model_dump(mode="json")
+        return await self._model(TapCreated, "POST", TAPS_PATH, json=body)
 
     async def tap_events(self, tap_id: str, after: int, wait_s: float) -> TapEvents:
-        body = await self._call(
+        return await self._model(
+            TapEvents,
             "GET",
             tap_events_path(tap_id),
             params={"after": after, "wait_s": wait_s},
             timeout_s=wait_s + 5.0,
         )
-        return TapEvents.model_validate(body)
 
     async def stop_tap(self, tap_id: str) -> None:
         await self._call("DELETE", tap_path(tap_id))
 
-    async def get_resource(self, kind: str, name: str) -> Json:
-        body = await self._call("GET", f"/v1/resources/{kind}/{name}")
-        return body if isinstance(body, dict) else {}
+    async def get_resource(self, kind: str, name: str) -> JsonObject:
+        path = resource_path(kind, name)
+        try:
+            return parse_object(path, await self._call("GET", path))
+        except UnexpectedAnswer as exc:
+            raise SourceRefused(200, str(exc)) from exc
 
-    async def apply(self, resource: Mapping[str, Any]) -> Json:
-        body = await self._call("PUT", "/v1/resources", json={"resources": [dict(resource)]})
-        return body if isinstance(body, dict) else {}
+    async def apply(self, resource: Mapping[str, Any]) -> ApplyAnswer:
+        body = request_body(ApplyRequest, resources=[dict(resource)])
+        return await self._model(ApplyAnswer, "PUT", RESOURCES_PATH, json=body)
 
-    async def drain(self, proxy_id: str) -> Json:
-        body = await self._call("POST", f"/v1/proxies/{proxy_id}/drain")
-        return body if isinstance(body, dict) else {}
+    async def drain(self, proxy_id: str) -> DrainAnswer:
+        return await self._model(DrainAnswer, "POST", drain_path(proxy_id))
 
-    async def ca_rotate(self, step: str) -> Json:
-        body = await self._call("POST", "/v1/ca/rotate", json={"step": step})
-        return body if isinstance(body, dict) else {}
+    async def ca_rotate(self, step: RotationStep) -> RotateAnswer:
+        body = request_body(RotateRequest, step=step)
+        return await self._model(RotateAnswer, "POST", CA_ROTATE_PATH, json=body)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -2,8 +2,10 @@
 
 The real source is :class:`~tui.dashboard.http.HttpSource` (controld's API with the
 operator's token); tests fill the seam with :class:`~tui.dashboard.fake.FakeSource`.
-Telemetry and taps come as :mod:`meshcore.api.telemetry` models; the older endpoints
-(resources, proxies, audit, CA) as the JSON mappings controld answers.
+Answers come as the wire models of :mod:`meshcore.api` (control-plane events as
+:mod:`meshcore.api.events` models, policy resources as the JSON documents controld stores,
+which the control actions edit); an answer without the promised shape is a
+:class:`SourceRefused` naming the route and the first bad field.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from meshcore.api.audit import AuditEntry
+from meshcore.api.base import JsonObject
+from meshcore.api.ca import CaStatus, RotateAnswer, RotationStep
+from meshcore.api.events import ControlEvents
+from meshcore.api.proxies import DrainAnswer, ProxyState
+from meshcore.api.resources import ApplyAnswer
 from meshcore.api.telemetry import (
     EdgesTelemetry,
     EndpointsTelemetry,
@@ -23,8 +31,6 @@ from meshcore.api.telemetry import (
 )
 
 __all__ = ["DashboardSource", "SourceError", "SourceRefused", "SourceUnreachable"]
-
-Json = dict[str, Any]
 
 
 class SourceError(Exception):
@@ -67,20 +73,25 @@ class DashboardSource(Protocol):
         """What each sidecar reported."""
         ...
 
-    async def resources(self) -> list[Json]:
+    async def resources(self) -> list[JsonObject]:
         """The policy resources (``GET /v1/resources``)."""
         ...
 
-    async def proxies(self) -> list[Json]:
+    async def proxies(self) -> list[ProxyState]:
         """The sidecars' push state (``GET /v1/proxies``): ACKs, NACKs, features."""
         ...
 
-    async def audit(self, limit: int) -> list[Json]:
+    async def audit(self, limit: int) -> list[AuditEntry]:
         """The newest audit entries first (``GET /v1/audit``)."""
         ...
 
-    async def ca_status(self) -> Json:
+    async def ca_status(self) -> CaStatus:
         """The CA's rotation phase (``GET /v1/ca``)."""
+        ...
+
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        """Control-plane events numbered after ``after`` (``GET /v1/events``, a long-poll:
+        waits up to ``wait_s`` when there is none yet)."""
         ...
 
     async def start_tap(self, request: TapRequest) -> TapCreated:
@@ -95,19 +106,19 @@ class DashboardSource(Protocol):
         """Stop a tap."""
         ...
 
-    async def get_resource(self, kind: str, name: str) -> Json:
+    async def get_resource(self, kind: str, name: str) -> JsonObject:
         """One resource as stored now (read right before an edit)."""
         ...
 
-    async def apply(self, resource: Mapping[str, Any]) -> Json:
+    async def apply(self, resource: Mapping[str, Any]) -> ApplyAnswer:
         """``PUT /v1/resources`` with one resource; the answer (revision, changes)."""
         ...
 
-    async def drain(self, proxy_id: str) -> Json:
+    async def drain(self, proxy_id: str) -> DrainAnswer:
         """Ask a sidecar to drain (``POST /v1/proxies/{id}/drain``)."""
         ...
 
-    async def ca_rotate(self, step: str) -> Json:
+    async def ca_rotate(self, step: RotationStep) -> RotateAnswer:
         """One CA root rotation step (``stage``, ``activate``, ``retire``)."""
         ...
 

@@ -3,16 +3,21 @@
 :func:`fetch_state` reads the source once per refresh; the app hands the result down to the
 views. Telemetry answering 404 (a controld without the telemetry API) is not an outage: the
 other views still work and the traffic views say why they are empty.
-:func:`proxy_events` turns two consecutive proxy lists into the control-plane events the
-Events view shows (ACKs of new snapshots, NACKs, sidecars connecting and going away).
+:class:`PlaneEvent` is one row of the Events view: a control-plane event controld recorded
+(:func:`plane_event` of a :class:`~meshcore.api.events.ControlEvent`, streamed from
+``GET /v1/events``) or the result of one of the dashboard's own actions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
+from meshcore.api.audit import AuditEntry
+from meshcore.api.base import JsonObject
+from meshcore.api.ca import CaStatus
+from meshcore.api.events import ControlEvent, Severity
+from meshcore.api.proxies import ProxyState
 from meshcore.api.telemetry import (
     Edge,
     EndpointStats,
@@ -22,19 +27,28 @@ from meshcore.api.telemetry import (
 )
 from tui.dashboard.source import DashboardSource, SourceRefused
 
-__all__ = ["MeshState", "PlaneEvent", "fetch_state", "proxy_events"]
-
-Json = dict[str, Any]
+__all__ = ["MeshState", "PlaneEvent", "fetch_state", "plane_event"]
 
 
 @dataclass(frozen=True, slots=True)
 class PlaneEvent:
-    """Something that happened in the control plane, as the dashboard saw it."""
+    """One row of the Events view: a control-plane event or a dashboard action's result."""
 
     time: float
     kind: str
     subject: str
     detail: str
+    severity: Severity = "info"
+
+
+def plane_event(event: ControlEvent) -> PlaneEvent:
+    """A row for an event controld recorded (its RFC 3339 time as Unix seconds; an
+    unreadable one as 0, shown as midnight rather than dropping the event)."""
+    try:
+        when = datetime.fromisoformat(event.time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        when = 0.0
+    return PlaneEvent(when, event.kind, event.subject, event.detail, event.severity)
 
 
 @dataclass(frozen=True)
@@ -48,10 +62,12 @@ class MeshState:
     endpoints: tuple[EndpointStats, ...] = ()
     edges: tuple[Edge, ...] = ()
     instances: tuple[InstanceTelemetry, ...] = ()
-    proxies: tuple[Json, ...] = ()
-    resources: tuple[Json, ...] = ()
-    audit: tuple[Json, ...] = ()
-    ca: Json = field(default_factory=dict)
+    proxies: tuple[ProxyState, ...] = ()
+    #: The policy resource documents (what the control actions edit).
+    resources: tuple[JsonObject, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
+    #: None: the CA state is unavailable (see ``notes``).
+    ca: CaStatus | None = None
     #: Why telemetry is missing (controld without the telemetry API), else None.
     telemetry_error: str | None = None
     #: Why the audit log or the CA state is missing (e.g. not enabled), else None.
@@ -81,12 +97,12 @@ async def fetch_state(
     proxies = tuple(await source.proxies())
     resources = tuple(await source.resources())
     notes: list[str] = []
-    audit: tuple[Json, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
     try:
         audit = tuple(await source.audit(audit_limit))
     except SourceRefused as exc:
         notes.append(f"audit log unavailable: {exc.message}")
-    ca: Json = {}
+    ca: CaStatus | None = None
     try:
         ca = await source.ca_status()
     except SourceRefused as exc:
@@ -105,48 +121,3 @@ async def fetch_state(
         telemetry_error=telemetry_error,
         notes=tuple(notes),
     )
-
-
-def _nack_key(proxy: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    nack = proxy.get("nack")
-    if not isinstance(nack, Mapping):
-        return None
-    return (nack.get("version"), nack.get("hash"))
-
-
-def proxy_events(
-    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], now: float
-) -> list[PlaneEvent]:
-    """What changed between two ``GET /v1/proxies`` answers (empty ``before``: nothing, the
-    first refresh is the baseline)."""
-    if not before:
-        return []
-    old = {str(p.get("proxy_id")): p for p in before}
-    new = {str(p.get("proxy_id")): p for p in after}
-    events: list[PlaneEvent] = []
-    for pid, proxy in sorted(new.items()):
-        prev = old.get(pid)
-        if prev is None:
-            events.append(PlaneEvent(now, "registered", pid, f"service {proxy.get('service')}"))
-            continue
-        if proxy.get("acked_version") != prev.get("acked_version"):
-            events.append(
-                PlaneEvent(now, "acked", pid, f"snapshot version {proxy.get('acked_version')}")
-            )
-        if _nack_key(proxy) != _nack_key(prev) and _nack_key(proxy) is not None:
-            nack = proxy["nack"]
-            first = str(nack.get("error") or "").strip().splitlines()
-            events.append(
-                PlaneEvent(
-                    now,
-                    "NACKED",
-                    pid,
-                    f"version {nack.get('version')}: {first[0] if first else '(no reason)'}",
-                )
-            )
-        if bool(proxy.get("connected")) != bool(prev.get("connected")):
-            state = "connected" if proxy.get("connected") else "disconnected"
-            events.append(PlaneEvent(now, state, pid, ""))
-    for pid in sorted(old.keys() - new.keys()):
-        events.append(PlaneEvent(now, "gone", pid, "no longer registered"))
-    return events

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 from daemon_support import TIMEOUT, running_daemon, tls_url
 
+from meshcore.api.enroll import BundleAnswer, IssuedAnswer
 from meshcore.pemfile import pem_path
 from meshcore.pki import parse_join_token_pins, spki_pin
 from tui.cli import main as meshctl
@@ -126,6 +127,7 @@ class Sidecar:
         csr, key = make_csr()
         resp = await self.anon.post("/v1/enroll", json={"token": token, "csr": csr})
         if resp.status_code == 200:
+            IssuedAnswer.model_validate_json(resp.content)  # the shape meshd reads
             self.key, self.answer = key, resp.json()
         return resp
 
@@ -141,6 +143,7 @@ class Sidecar:
         async with httpx.AsyncClient(base_url=self.tls, verify=ctx, timeout=TIMEOUT) as client:
             resp = await client.post("/v1/renew", json=body or {"csr": csr})
         if resp.status_code == 200:
+            IssuedAnswer.model_validate_json(resp.content)
             self.key, self.answer = key, resp.json()
         return resp
 
@@ -158,6 +161,8 @@ async def join_token(http: httpx.AsyncClient, service: str = "web", ttl_s: int =
 async def bundle(anon: httpx.AsyncClient) -> dict[str, Any]:
     resp = await anon.get("/v1/bundle")
     assert resp.status_code == 200, resp.text
+    parsed = BundleAnswer.model_validate_json(resp.content)  # the shape meshd reads
+    assert resp.headers["x-meshd-index"] == str(parsed.index)
     body: dict[str, Any] = resp.json()
     return body
 
@@ -233,6 +238,7 @@ async def test_enroll_renew_revoke(tmp_path: Path) -> None:
         revoked = await web.renew(roots)
         assert revoked.status_code == 401
         assert "revoked" in revoked.json()["error"]
+        assert len((await bundle(anon))["revoked"]) == 2  # the enrolled and the renewed leaf
 
         # The trust domain of new identities follows the Mesh resource.
         mesh = {"kind": "Mesh", "metadata": {"name": "default"}, "spec": {"trust_domain": "corp"}}

@@ -26,8 +26,9 @@ async def run(capsys: pytest.CaptureFixture[str], base: list[str], *args: str) -
 
 
 def last_json(out: str) -> Any:
-    """meshctl's JSON document (the daemon's log lines share this stdout, before it)."""
-    start = out.rindex("\n{") + 1 if not out.startswith("{") else 0
+    """meshctl's JSON document (the daemon's log lines share this stdout, before it): from
+    the last line opening an object or a list (its inner lines are indented)."""
+    start = max(out.rfind("\n{"), out.rfind("\n[")) + 1
     return json.loads(out[start:])
 
 
@@ -96,3 +97,40 @@ async def test_identities_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert (await run(capsys, base, "revoke", "x" * 16, "--service", "api"))[0] == 2
         assert (await run(capsys, base, "revoke", "0123456789abcdef"))[0] == 1
         assert (await run(capsys, base, "revoke", "--serial", "abc123"))[0] == 1
+
+
+async def test_json_output_is_the_daemons_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o json`` goes through the shared wire models (meshcore.api) and still prints what
+    controld sent: same fields, same values, same order."""
+    async with running_daemon(tmp_path / "data") as (daemon, http):
+        base = ["--server", str(http.base_url), "--token-file", str(daemon.config.token_path)]
+        await join_token(http, "web")  # an audited change, so the audit log isn't empty
+        for args, path, key in (
+            (("ca", "status"), "/v1/ca", None),
+            (("identities",), "/v1/identities", None),
+            (("token", "list"), "/v1/tokens/sidecar", None),
+            (("audit",), "/v1/audit?limit=50", "entries"),
+        ):
+            code, out = await run(capsys, base, *args, "-o", "json")
+            assert code == 0, args
+            raw = (await http.get(path)).json()
+            expected = raw if key is None else raw[key]
+            assert expected, path  # something to compare
+            assert json.dumps(last_json(out)) == json.dumps(expected), args
+        # The status moves (contact times, counters): the same sections and fields, in order.
+        code, out = await run(capsys, base, "status", "-o", "json")
+        assert code == 0
+        raw = (await http.get("/v1/status")).json()
+        assert _shape(last_json(out)["status"]) == _shape(raw)
+        assert "registry" in raw and "store" in raw
+
+
+def _shape(value: Any) -> Any:
+    """The keys of ``value``'s objects, in order, recursively (the values left out)."""
+    if isinstance(value, dict):
+        return [(key, _shape(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return None

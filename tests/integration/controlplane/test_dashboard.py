@@ -383,6 +383,13 @@ class Scenario:
         assert {r[1] for r in rows(app, "audit-table")} >= {"admin"}
         assert [r[1] for r in rows(app, "events-table")].count("action") >= 5
 
+        def plane_events() -> bool:
+            # controld's own events, streamed: the changes, and the sidecars taking them.
+            kinds = {r[1] for r in rows(app, "events-table")}
+            return {"resource.updated", "snapshot.acked", "sidecar.connected"} <= kinds
+
+        await self.wait(pilot, plane_events, "controld's events in the Events view")
+
     async def drain(self, pilot: Pilot[None], app: DashboardApp) -> None:
         proc = self.mesh.sidecars["api-1"].proc
         assert proc is not None and proc.poll() is None

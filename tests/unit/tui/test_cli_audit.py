@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from meshcore.api.audit import AuditEntry
 from tui.cli.audit import audit_rows, since_time
 
 
@@ -26,6 +27,7 @@ def test_rows() -> None:
         "actor": "admin",
         "method": "DELETE",
         "route": "/v1/resources/{kind}/{name}",
+        "path": "/v1/resources/HTTPRoute/r",
         "resource": "HTTPRoute/r",
         "source": "127.0.0.1:5",
         "status": 200,
@@ -33,7 +35,8 @@ def test_rows() -> None:
         "revision": 4,
     }
     revoke = {**entry, "resource": None, "revision": None, "details": {"spiffe_id": "spiffe://x"}}
-    assert audit_rows([entry, revoke]) == [
+    entries = [AuditEntry.model_validate(e) for e in (entry, revoke)]
+    assert audit_rows(entries) == [
         [
             "T",
             "admin",

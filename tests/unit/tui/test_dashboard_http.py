@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from meshcore.api.proxies import ProxyState
 from meshcore.api.telemetry import TapFilter, TapRequest
 from tui.dashboard.http import HttpSource
 from tui.dashboard.source import SourceRefused, SourceUnreachable
@@ -34,7 +35,9 @@ def handler(request: httpx.Request) -> httpx.Response:
     if path == "/v1/resources" and request.method == "PUT":
         return httpx.Response(200, json={"revision": 9, "changes": [], "dry_run": False})
     if path == "/v1/proxies":
-        return httpx.Response(200, json={"proxies": [{"proxy_id": "p"}, "junk"]})
+        return httpx.Response(200, json={"proxies": [{"proxy_id": "p", "service": "web"}]})
+    if path == "/v1/ca":
+        return httpx.Response(200, json={"phase": "stable", "roots": ["junk"]})
     if path == "/v1/proxies/p/drain":
         return httpx.Response(202, json={"proxy_id": "p", "drain_requested": 3.0})
     if path == "/v1/taps":
@@ -56,10 +59,13 @@ def test_calls_and_answers() -> None:
         with pytest.raises(SourceRefused) as refused:
             await source.edges(60)
         assert (refused.value.status, refused.value.message) == (404, "Not Found")
-        assert await source.proxies() == [{"proxy_id": "p"}]
-        assert (await source.apply({"kind": "HTTPRoute"}))["revision"] == 9
+        assert await source.proxies() == [ProxyState(proxy_id="p", service="web")]
+        assert (await source.apply({"kind": "HTTPRoute"})).revision == 9
         assert json.loads(SEEN[-1].content) == {"resources": [{"kind": "HTTPRoute"}]}
-        assert (await source.drain("p"))["drain_requested"] == 3.0
+        assert (await source.drain("p")).drain_requested == 3.0
+        # An answer without the promised shape is refused with where it is wrong.
+        with pytest.raises(SourceRefused, match=r"unexpected answer from controld to /v1/ca: "):
+            await source.ca_status()
         created = await source.start_tap(TapRequest(filter=TapFilter(destination="api")))
         assert json.loads(SEEN[-1].content)["filter"]["destination"] == "api"
         events = await source.tap_events(created.id, 0, 1.0)

@@ -10,10 +10,13 @@ from dashboard_pilot import run_app, status_text, table_rows, wait_for
 from textual.pilot import Pilot
 from textual.widgets import TabbedContent
 
+from meshcore.api.events import ControlEvents
+from meshcore.api.proxies import ProxyState
 from tui.dashboard.app import DashboardApp
 from tui.dashboard.fake import FakeSource
 from tui.dashboard.screens import ConfirmScreen, HelpScreen, PromptScreen
 from tui.dashboard.source import SourceRefused
+from tui.dashboard.views.table import TitledTable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,15 +119,25 @@ def test_instances_view() -> None:
     run_app(scenario)
 
 
-def test_events_view_shows_the_audit_log_and_plane_events() -> None:
+def test_events_view_streams_controld_events_and_the_audit_log() -> None:
     source = FakeSource()
+    held = len(source.events_)
 
     async def scenario(pilot: Pilot[None], app: DashboardApp) -> None:
         await pilot.press("6")
         assert table_rows(app, "audit-table") == []
-        source.proxies_[0]["acked_version"] = 13
-        source.proxies_[2]["connected"] = False
+        await wait_for(pilot, lambda: len(table_rows(app, "events-table")) == held, "events")
+        rows = table_rows(app, "events-table")
+        assert rows[0] == ["23:59:02", "snapshot.acked", "web-sidecar", "version 12"]
+        assert rows[-1][1:3] == ["sidecar.registered", "api-v2-sidecar"]
+        # A new event wakes the long-poll; an apply adds one (and an audit entry).
+        source.add_event("sidecar.disconnected", "loadgen-sidecar", "gone quiet", "warning")
         await source.apply(await source.get_resource("RateLimit", "api-limit"))
+        await wait_for(pilot, lambda: len(table_rows(app, "events-table")) == held + 2, "news")
+        assert [r[1:3] for r in table_rows(app, "events-table")[:2]] == [
+            ["resource.updated", "RateLimit/api-limit"],
+            ["sidecar.disconnected", "loadgen-sidecar"],
+        ]
         await wait_for(pilot, lambda: table_rows(app, "audit-table"), "the audit entry")
         assert table_rows(app, "audit-table")[0] == [
             "00:00:00",
@@ -133,13 +146,23 @@ def test_events_view_shows_the_audit_log_and_plane_events() -> None:
             "RateLimit/api-limit",
             "applied",
         ]
-        await wait_for(pilot, lambda: len(table_rows(app, "events-table")) == 2, "the events")
-        assert [r[1:3] for r in table_rows(app, "events-table")] == [
-            ["disconnected", "loadgen-sidecar"],
-            ["acked", "api-v1-sidecar"],
-        ]
 
     run_app(scenario, source)
+
+
+class NoEvents(FakeSource):
+    async def events(self, after: int, wait_s: float, limit: int) -> ControlEvents:
+        raise SourceRefused(404, "not found")
+
+
+def test_events_view_says_why_controld_events_are_missing() -> None:
+    async def scenario(pilot: Pilot[None], app: DashboardApp) -> None:
+        await pilot.press("6")
+        title = app.events_view.query_one("#events-table", TitledTable).query_one(".table-title")
+        await wait_for(pilot, lambda: "unavailable" in str(title.render()), "the note")
+        assert "404: not found" in str(title.render())
+
+    run_app(scenario, NoEvents())
 
 
 def test_tap_view_streams_events() -> None:
@@ -288,7 +311,12 @@ def test_drain_an_instance() -> None:
         assert source.drained == ["api-v2-sidecar"]
         assert app.last_action.startswith("✔ drain of api-v2-sidecar requested")
         await pilot.press("6")
-        assert [r[1] for r in table_rows(app, "events-table")] == ["action"]
+
+        def kinds() -> list[str]:
+            return [r[1] for r in table_rows(app, "events-table")]
+
+        await wait_for(pilot, lambda: "sidecar.drain_requested" in kinds(), "controld's event")
+        assert "action" in kinds()
 
     run_app(scenario, source)
 
@@ -335,7 +363,7 @@ def test_quit() -> None:
 
 
 class Forbidden(FakeSource):
-    async def proxies(self) -> list[dict]:  # type: ignore[type-arg]
+    async def proxies(self) -> list[ProxyState]:
         raise SourceRefused(401, "unauthenticated (the dashboard needs an admin token)")
 
 

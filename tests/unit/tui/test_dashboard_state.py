@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 
+from meshcore.api.events import ControlEvent
 from meshcore.api.telemetry import ServicesTelemetry
 from tui.dashboard import fmt
 from tui.dashboard.fake import FAKE_NOW, FakeSource
 from tui.dashboard.source import SourceRefused, SourceUnreachable
-from tui.dashboard.state import MeshState, fetch_state, proxy_events
+from tui.dashboard.state import MeshState, PlaneEvent, fetch_state, plane_event
 from tui.dashboard.views.tap import parse_filter
 
 pytestmark = pytest.mark.timeout(30)
@@ -26,7 +27,7 @@ def test_fetch_reads_everything_and_the_drilled_service() -> None:
     assert [s.service for s in state.services] == ["api", "web"]
     assert state.routes == () and state.endpoints == ()
     assert len(state.edges) == 3 and len(state.instances) == 4
-    assert state.ca["phase"] == "stable"
+    assert state.ca is not None and state.ca.phase == "stable"
     drilled = _fetch(source, "api")
     assert {r.route for r in drilled.routes} == {"canary", "slow"}
     assert {e.proxy_id for e in drilled.endpoints} == {"api-v1-sidecar", "api-v2-sidecar"}
@@ -51,33 +52,29 @@ def test_unreachable_passes_through() -> None:
         _fetch(source)
 
 
-def test_proxy_events() -> None:
-    before = [
-        {"proxy_id": "a", "service": "x", "connected": True, "acked_version": 1, "nack": None},
-        {"proxy_id": "b", "service": "x", "connected": True, "acked_version": 1, "nack": None},
-    ]
-    after = [
-        {"proxy_id": "a", "service": "x", "connected": False, "acked_version": 2, "nack": None},
-        {
-            "proxy_id": "c",
-            "service": "y",
-            "connected": True,
-            "acked_version": None,
-            "nack": {"version": 3, "hash": "h", "error": "bad\nmore"},
-        },
-    ]
-    events = proxy_events(before, after, 5.0)
-    assert [(e.kind, e.subject) for e in events] == [
-        ("acked", "a"),
-        ("disconnected", "a"),
-        ("registered", "c"),
-        ("gone", "b"),
-    ]
-    assert proxy_events([], after, 5.0) == []  # the first refresh is the baseline
-    nacked = [dict(after[1], nack={"version": 4, "hash": "h4", "error": "worse"})]
-    assert [(e.kind, e.detail) for e in proxy_events(after[1:], nacked, 6.0)] == [
-        ("NACKED", "version 4: worse")
-    ]
+def test_plane_event_of_a_control_event() -> None:
+    event = ControlEvent(
+        seq=3,
+        time="2026-01-01T00:00:05.250Z",
+        kind="snapshot.nacked",
+        subject="api-v2-sidecar",
+        detail="version 12: bad",
+        severity="error",
+    )
+    assert plane_event(event) == PlaneEvent(
+        FAKE_NOW + 5.25, "snapshot.nacked", "api-v2-sidecar", "version 12: bad", "error"
+    )
+    assert plane_event(event.model_copy(update={"time": "yesterday"})).time == 0.0
+
+
+def test_fake_events_page_and_wait() -> None:
+    source = FakeSource()
+    held = len(source.events_)
+    first = asyncio.run(source.events(0, 0.0, 2))
+    assert [e.seq for e in first.events] == [1, 2] and first.next == 2
+    rest = asyncio.run(source.events(2, 0.0, 100))
+    assert rest.next == held
+    assert asyncio.run(source.events(held, 0.1, 100)).events == ()
 
 
 def test_text_helpers() -> None:

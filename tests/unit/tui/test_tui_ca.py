@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from meshcore.api.ca import CaStatus
 from tui.cli import build_parser
 from tui.cli.ca import ca_status_lines, cmd_ca_rotate, cmd_ca_status
 from tui.client import ApiError, ControldClient
@@ -42,8 +43,12 @@ STATUS: dict[str, Any] = {
 }
 
 
+def _lines(status: dict[str, Any]) -> list[str]:
+    return ca_status_lines(CaStatus.model_validate(status))
+
+
 def test_status_lines_name_roles_outstanding_and_next_step() -> None:
-    lines = ca_status_lines(STATUS)
+    lines = _lines(STATUS)
     assert lines[0] == "phase active, signer bbbb, bundle index 42, trust domain mesh.local"
     text = "\n".join(lines)
     old = next(line for line in lines if line.startswith("aaaa"))
@@ -58,7 +63,7 @@ def test_status_lines_name_roles_outstanding_and_next_step() -> None:
         {**STATUS["roots"][0], "active": True},
         {**STATUS["roots"][1], "active": False},
     ]
-    lines = ca_status_lines(staged)
+    lines = _lines(staged)
     assert "staged" in next(line for line in lines if line.startswith("bbbb"))
     assert lines[-1] == "next step: meshctl ca rotate --step activate"
     assert "TLS listener off" in "\n".join(lines)
@@ -68,11 +73,11 @@ def test_status_lines_name_roles_outstanding_and_next_step() -> None:
         "not_after": "2026-11-23T06:00:00Z",
         "sans": ["localhost", "127.0.0.1"],
     }
-    text = "\n".join(ca_status_lines({**STATUS, "tls": tls}))
+    text = "\n".join(_lines({**STATUS, "tls": tls}))
     assert "TLS listener 127.0.0.1:8503: spiffe://mesh.local/controld" in text
     assert "names localhost, 127.0.0.1" in text
     revoked = {**STATUS, "revoked_leaves": 3, "invalid_records": {"join-token": 2}}
-    text = "\n".join(ca_status_lines(revoked))
+    text = "\n".join(_lines(revoked))
     assert "revoked certificates not yet expired: 3" in text
     assert "invalid CA records skipped: join-token 2" in text
 
@@ -87,15 +92,16 @@ def test_client_rotate_sends_step_and_force_and_surfaces_409() -> None:
         seen.append(body)
         if body["step"] == "retire" and not body.get("force"):
             return httpx.Response(409, json={"error": "refusing to retire root aaaa: 2 leaf"})
-        return httpx.Response(200, json={"phase": "stable", "active": "bbbb", "bundle": ["bbbb"]})
+        answer = {"phase": "stable", "active": "bbbb", "bundle": ["bbbb"], "roots": [], "index": 43}
+        return httpx.Response(200, json=answer)
 
     transport = httpx.MockTransport(handle)
     with ControldClient("http://controld.test", "t", transport=transport) as client:
-        assert client.ca_status() == STATUS
+        assert client.ca_status() == CaStatus.model_validate(STATUS)
         with pytest.raises(ApiError) as info:
             client.ca_rotate("retire")
         assert info.value.status == 409 and "2 leaf" in info.value.message
-        assert client.ca_rotate("retire", force=True)["phase"] == "stable"
+        assert client.ca_rotate("retire", force=True).phase == "stable"
     assert seen == [{"step": "retire"}, {"step": "retire", "force": True}]
 
 

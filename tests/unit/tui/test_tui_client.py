@@ -8,8 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshcore.api.errors import Problem
+from meshcore.api.resources import ResourceList
 from tui.cli import main
-from tui.client import ApiError, ControldClient, Unreachable
+from tui.client import ApiError, ControldClient, UnexpectedAnswer, Unreachable
 
 
 def _client(handler: httpx.MockTransport) -> ControldClient:
@@ -24,7 +26,7 @@ def test_sends_bearer_token_and_decodes_json() -> None:
         return httpx.Response(200, json={"revision": 1, "resources": []})
 
     with _client(httpx.MockTransport(handle)) as client:
-        assert client.list_resources("HTTPRoute") == {"revision": 1, "resources": []}
+        assert client.list_resources("HTTPRoute") == ResourceList(revision=1, resources=())
     assert seen[0].headers["authorization"] == "Bearer secret"
     assert seen[0].url.params["kind"] == "HTTPRoute"
 
@@ -39,7 +41,7 @@ def test_problems_of_a_422() -> None:
         client.apply([{"kind": "Mesh"}])
     assert info.value.status == 422
     assert info.value.message == "invalid resources"
-    assert info.value.problems == [problem]
+    assert info.value.problems == (Problem.model_validate(problem),)
 
 
 def test_error_without_json_body_and_401_hint() -> None:
@@ -53,6 +55,38 @@ def test_error_without_json_body_and_401_hint() -> None:
             client.status()
         with pytest.raises(ApiError, match=r"missing token .*--token"):
             client.proxies()
+
+
+def _odd_answers(request: httpx.Request) -> httpx.Response:
+    """A server whose success answers don't have the API's shape."""
+    if request.url.path == "/v1/explain":
+        return httpx.Response(200, json=["not", "an", "object"])
+    if request.url.path == "/v1/schema":
+        return httpx.Response(200, text="<html>a login page</html>")
+    return httpx.Response(200, json={"proxies": [{"proxy_id": "p"}]})
+
+
+def test_an_answer_of_another_shape_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _client(httpx.MockTransport(_odd_answers)) as client:
+        with pytest.raises(UnexpectedAnswer, match=r"/v1/proxies: proxies\.0\.service: Field"):
+            client.proxies()
+        with pytest.raises(UnexpectedAnswer, match="/v1/explain: not a JSON object"):
+            client.explain("web", "api")
+        with pytest.raises(UnexpectedAnswer, match="/v1/schema: not JSON"):
+            client.schema()
+    # meshctl says so in one line and exits 1 (no traceback).
+    monkeypatch.setattr(
+        "tui.cli.common.ControldClient",
+        lambda server, token: ControldClient(
+            server, token, transport=httpx.MockTransport(_odd_answers)
+        ),
+    )
+    assert main(["--server", "http://controld.test", "--token", "t", "token", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("meshctl: unexpected answer from controld to /v1/tokens/sidecar")
+    assert "Traceback" not in err
 
 
 def test_no_content() -> None:

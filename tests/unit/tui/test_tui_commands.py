@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshcore.api.proxies import ProxyState
+from meshcore.api.resources import ApplyAnswer
+from meshcore.api.status import StatusAnswer
 from tui.cli.ops import (
     endpoint_mix_lines,
     explain_lines,
@@ -17,13 +20,15 @@ from tui.cli.resources import apply_lines, diff_resource, resource_rows, warning
 
 
 def test_apply_lines_mark_unsent_changes_unchanged() -> None:
-    answer = {
-        "revision": 7,
-        "changes": [
-            {"kind": "HTTPRoute", "name": "api-split", "action": "updated"},
-            {"kind": "Mesh", "name": "default", "action": "created"},
-        ],
-    }
+    answer = ApplyAnswer.model_validate(
+        {
+            "revision": 7,
+            "changes": [
+                {"kind": "HTTPRoute", "name": "api-split", "action": "updated"},
+                {"kind": "Mesh", "name": "default", "action": "created"},
+            ],
+        }
+    )
     keys = [("Mesh", "default"), ("HTTPRoute", "api-split"), ("ServiceResolver", "api")]
     assert apply_lines(keys, answer, dry_run=False) == [
         "Mesh/default created",
@@ -66,7 +71,7 @@ def test_diff_states() -> None:
     assert "+  service: api" in text
 
 
-def _proxy(**fields: Any) -> dict[str, Any]:
+def _proxy(**fields: Any) -> ProxyState:
     base: dict[str, Any] = {
         "proxy_id": "web-1",
         "service": "web",
@@ -80,19 +85,19 @@ def _proxy(**fields: Any) -> dict[str, Any]:
         "nack": None,
     }
     base.update(fields)
-    return base
+    return ProxyState.model_validate(base)
 
 
 def test_proxy_state() -> None:
     assert proxy_state(_proxy()) == "synced"
     assert proxy_state(_proxy(latest_version=6, latest_hash="h6")) == "pending"
-    nack = {"version": 6, "error": "cluster api: no endpoints\ndetails", "time": 1.0}
+    nack = {"version": 6, "hash": "h6", "error": "cluster api: no endpoints\ndetails", "time": 1.0}
     assert (
         proxy_state(_proxy(latest_version=6, latest_hash="h6", nack=nack))
         == "NACKED: cluster api: no endpoints"
     )
     # An old NACK doesn't hide that the proxy caught up since.
-    old = {"version": 4, "error": "bad", "time": 1.0}
+    old = {"version": 4, "hash": "h4", "error": "bad", "time": 1.0}
     assert proxy_state(_proxy(nack=old)) == "synced"
     assert proxy_state(_proxy(latest_version=None, latest_hash=None, acked_version=None)) == (
         "pending"
@@ -123,14 +128,22 @@ def test_proxy_rows_show_features_and_those_in_use_it_lacks() -> None:
     assert feature_cells(_proxy(features=[], unsupported=[])) == ("0", "-")
 
 
+def _header(status: dict[str, Any], proxies: int) -> str:
+    return status_header(StatusAnswer.model_validate(status), proxies)
+
+
 def test_status_header() -> None:
-    status = {"registry": {"mode": "embedded", "connected": True}, "store": {"revision": 9}}
-    assert status_header(status, 3) == (
+    status: dict[str, Any] = {
+        "registry": {"mode": "embedded", "connected": True},
+        "store": {"revision": 9},
+    }
+    assert _header(status, 3) == (
         "registry: embedded (connected)   resources: revision 9   sidecars: 3"
     )
     status["store"] = {"revision": 9, "resources": 1, "connected": False}
-    assert "resources: revision 9 (1 resource) STORE DISCONNECTED" in status_header(status, 3)
-    assert "DISCONNECTED" in status_header({"registry": {"mode": "external"}}, 0)
+    assert "resources: revision 9 (1 resource) STORE DISCONNECTED" in _header(status, 3)
+    assert "DISCONNECTED" in _header({"registry": {"mode": "external"}}, 0)
+    assert "revision -" in _header({}, 0)
 
 
 EXPLANATION: dict[str, Any] = {
@@ -339,6 +352,13 @@ def test_explain_shows_what_the_source_sidecar_enforces() -> None:
 
 
 def test_apply_warning_lines() -> None:
-    warning = {"proxy_id": "web-1", "feature": "route.mirror", "message": "unsupported ..."}
-    assert warning_lines({"warnings": [warning]}) == ["warning: unsupported ..."]
-    assert warning_lines({"revision": 3}) == []
+    warning = {
+        "proxy_id": "web-1",
+        "service": "web",
+        "feature": "route.mirror",
+        "path": "route_tables.0.routes.0.mirror",
+        "message": "unsupported ...",
+    }
+    answer = {"revision": 3, "changes": [], "warnings": [warning]}
+    assert warning_lines(ApplyAnswer.model_validate(answer)) == ["warning: unsupported ..."]
+    assert warning_lines(ApplyAnswer(revision=3, changes=())) == []

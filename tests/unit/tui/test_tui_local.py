@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from meshcore.api.errors import Problem
 from tui.cli.local import Origin, _groups, document_numbers, problem_lines
 
 ORIGINS = [
@@ -14,6 +15,11 @@ ORIGINS = [
     Origin("routes/api.yaml", 1, "HTTPRoute", "api-split"),
     Origin("routes/api.yaml", 3, "ServiceResolver", "api"),
 ]
+
+
+def _lines(problems: list[dict[str, Any]]) -> list[str]:
+    """controld's problems (as it sends them) as ``meshctl`` prints them."""
+    return problem_lines([Problem.model_validate(p) for p in problems], ORIGINS)
 
 
 def test_problem_by_request_index() -> None:
@@ -26,7 +32,7 @@ def test_problem_by_request_index() -> None:
             "message": "subset v3 is not defined by ServiceResolver/api",
         }
     ]
-    assert problem_lines(problems, ORIGINS) == [
+    assert _lines(problems) == [
         "routes/api.yaml: document 1 (HTTPRoute/api-split): spec.rules.0.backends.0.subset: "
         "subset v3 is not defined by ServiceResolver/api"
     ]
@@ -36,9 +42,7 @@ def test_problem_by_kind_and_name_when_no_index() -> None:
     problems = [
         {"document": None, "kind": "ServiceResolver", "name": "api", "path": "spec", "message": "x"}
     ]
-    assert problem_lines(problems, ORIGINS) == [
-        "routes/api.yaml: document 3 (ServiceResolver/api): spec: x"
-    ]
+    assert _lines(problems) == ["routes/api.yaml: document 3 (ServiceResolver/api): spec: x"]
 
 
 def test_problem_not_from_the_request() -> None:
@@ -47,7 +51,7 @@ def test_problem_not_from_the_request() -> None:
         {"path": "", "message": "too many resources"},
         {"document": 99, "message": "bad"},
     ]
-    assert problem_lines(problems, ORIGINS) == [
+    assert _lines(problems) == [
         "controld: HTTPRoute/other: spec.service: dup",
         "controld: (top level): too many resources",
         "controld: (top level): bad",
@@ -56,9 +60,7 @@ def test_problem_not_from_the_request() -> None:
 
 def test_problem_without_kind_uses_origin() -> None:
     problems = [{"document": 0, "path": "kind", "message": "unknown kind"}]
-    assert problem_lines(problems, ORIGINS) == [
-        "mesh.yaml: document 1 (Mesh/default): kind: unknown kind"
-    ]
+    assert _lines(problems) == ["mesh.yaml: document 1 (Mesh/default): kind: unknown kind"]
 
 
 def test_document_numbers_skip_empty_documents() -> None:

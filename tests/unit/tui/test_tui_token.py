@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from meshcore.api.tokens import SidecarTokenInfo
 from tui.cli import build_parser
 from tui.cli.ops import cmd_token_create, parse_duration
 from tui.cli.tokens import cmd_token_list, cmd_token_revoke, cmd_token_sidecar, token_rows
@@ -45,19 +46,21 @@ def test_sidecar_token_command_lines() -> None:
 def test_token_rows_show_no_secret_and_a_dash_for_unbound_tokens() -> None:
     rows = token_rows(
         [
-            {
-                "id": "a1",
-                "service": "web",
-                "namespace": "default",
-                "expires": "2027-01-01T00:00:00Z",
-            },
-            {
-                "id": "b2",
-                "service": "web",
-                "namespace": "default",
-                "identity": "spiffe://mesh.local/ns/default/svc/web",
-                "expires": "2026-12-07T00:00:00Z",
-            },
+            SidecarTokenInfo(
+                id="a1",
+                service="web",
+                namespace="default",
+                created="2026-12-01T00:00:00Z",
+                expires="2027-01-01T00:00:00Z",
+            ),
+            SidecarTokenInfo(
+                id="b2",
+                service="web",
+                namespace="default",
+                identity="spiffe://mesh.local/ns/default/svc/web",
+                created="2026-12-06T00:00:00Z",
+                expires="2026-12-07T00:00:00Z",
+            ),
         ]
     )
     assert rows[0] == ["a1", "web", "default", "-", "2027-01-01T00:00:00Z"]

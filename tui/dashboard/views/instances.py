@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -12,6 +11,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import reactive
 
+from meshcore.api.proxies import ProxyState
 from meshcore.api.telemetry import InstanceTelemetry
 from tui.dashboard import fmt
 from tui.dashboard.state import MeshState
@@ -26,31 +26,33 @@ CERT_WARN_S = 3600.0
 
 
 def instance_rows(
-    proxies: Sequence[Mapping[str, Any]],
+    proxies: Sequence[ProxyState],
     instances: Sequence[InstanceTelemetry],
     now: float,
 ) -> list[tuple[str, list[Cell]]]:
     """One row per sidecar known to the push hub or to telemetry, by service and id."""
     telemetry = {i.proxy_id: i for i in instances}
-    pushed = {str(p.get("proxy_id")): p for p in proxies}
+    pushed = {p.proxy_id: p for p in proxies}
     rows: list[tuple[str, list[Cell]]] = []
     for pid in sorted(pushed.keys() | telemetry.keys()):
-        proxy = pushed.get(pid, {})
+        proxy = pushed.get(pid)
         tele = telemetry.get(pid)
-        service = str(proxy.get("service") or (tele.service if tele else "?"))
+        service = proxy.service if proxy else (tele.service if tele else "?")
         health: Cell
-        if proxy.get("drain_requested"):
+        if proxy is None:
+            health = "ok"
+        elif proxy.drain_requested:
             health = Text("draining", style="yellow")
-        elif proxy and not proxy.get("connected"):
+        elif not proxy.connected:
             health = Text("disconnected", style="bold red")
-        elif proxy.get("nack"):
+        elif proxy.nack is not None:
             health = Text("NACK", style="bold red")
         else:
             health = "ok"
         ejected = "-"
         cert: Cell = "-"
-        contact = proxy.get("last_contact")
-        snapshot = proxy.get("acked_version")
+        contact = proxy.last_contact if proxy else None
+        snapshot = proxy.acked_version if proxy else None
         if tele is not None:
             ejected = ", ".join(tele.ejected_endpoints) or "-"
             if tele.cert_not_after is not None:
@@ -60,7 +62,7 @@ def instance_rows(
                     cert = Text(str(cert), style="bold red")
             if tele.snapshot_version is not None:
                 snapshot = tele.snapshot_version
-            if not isinstance(contact, int | float) or tele.last_contact > contact:
+            if contact is None or tele.last_contact > contact:
                 contact = tele.last_contact
         rows.append(
             (

@@ -14,6 +14,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import reactive
 
+from meshcore.api.proxies import ProxyState
 from tui.dashboard import fmt
 from tui.dashboard.edits import split_rules
 from tui.dashboard.state import MeshState
@@ -72,41 +73,37 @@ def policy_rows(resources: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[
     return rows
 
 
-def sidecar_state(proxy: Mapping[str, Any]) -> Cell:
+def sidecar_state(proxy: ProxyState) -> Cell:
     """``synced``, ``pending`` or ``NACK vN: <error>`` (as ``meshctl status`` says)."""
-    nack = proxy.get("nack")
-    latest = proxy.get("latest_version")
-    if isinstance(nack, Mapping) and (nack.get("version") == latest or latest is None):
-        lines = str(nack.get("error") or "").strip().splitlines()
-        text = f"NACK v{nack.get('version')}: {lines[0] if lines else '?'}"
+    nack = proxy.nack
+    latest = proxy.latest_version
+    if nack is not None and (nack.version == latest or latest is None):
+        lines = nack.error.strip().splitlines()
+        text = f"NACK v{nack.version}: {lines[0] if lines else '?'}"
         if len(text) > MAX_STATE:
             text = text[: MAX_STATE - 1] + "…"
         return Text(text, style="bold red")
     if latest is None:
         return "pending"
-    if proxy.get("acked_hash") is not None and proxy.get("latest_hash") is not None:
-        synced = proxy["acked_hash"] == proxy["latest_hash"]
+    if proxy.acked_hash is not None and proxy.latest_hash is not None:
+        synced = proxy.acked_hash == proxy.latest_hash
     else:
-        synced = proxy.get("acked_version") == latest
+        synced = proxy.acked_version == latest
     return "synced" if synced else Text("pending", style="yellow")
 
 
-def sidecar_rows(proxies: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Cell]]]:
+def sidecar_rows(proxies: Sequence[ProxyState]) -> list[tuple[str, list[Cell]]]:
     """One row per sidecar: snapshot ACKed, latest, state, unsupported features in use."""
     rows: list[tuple[str, list[Cell]]] = []
-    for p in sorted(proxies, key=lambda p: (str(p.get("service")), str(p.get("proxy_id")))):
-        unsupported = p.get("unsupported") or ()
-        missing = ", ".join(
-            f"{u.get('feature')} ({u.get('path')})" if isinstance(u, Mapping) else str(u)
-            for u in unsupported
-        )
+    for p in sorted(proxies, key=lambda p: (p.service, p.proxy_id)):
+        missing = ", ".join(f"{u.feature} ({u.path})" for u in p.unsupported)
         rows.append(
             (
-                str(p.get("proxy_id")),
+                p.proxy_id,
                 [
-                    f"{p.get('proxy_id')} ({p.get('service')})",
-                    "-" if p.get("acked_version") is None else str(p.get("acked_version")),
-                    "-" if p.get("latest_version") is None else str(p.get("latest_version")),
+                    f"{p.proxy_id} ({p.service})",
+                    "-" if p.acked_version is None else str(p.acked_version),
+                    "-" if p.latest_version is None else str(p.latest_version),
                     sidecar_state(p),
                     Text(missing, style="bold red") if missing else "-",
                 ],
@@ -156,7 +153,7 @@ class PolicyView(Vertical):
         policy.set_rows(policy_rows(state.resources))
         nacks = sum(1 for p in state.proxies if str(sidecar_state(p)).startswith("NACK"))
         title = f"Sidecars: {len(state.proxies)}, {nacks} NACKing"
-        ca = state.ca.get("phase")
+        ca = None if state.ca is None else state.ca.phase
         if ca:
             title += f"   CA rotation: {ca}"
         title += f"   (at {fmt.clock(state.fetched_at)})"

@@ -9,6 +9,7 @@ import trio
 import trio.testing
 from api_support import Api, serving_api
 
+from meshcore.api.sidecar import SnapshotAnswer
 from meshcore.model.snapshot import Snapshot
 
 DESCRIPTOR: dict[str, Any] = {
@@ -89,6 +90,9 @@ async def test_poll_returns_the_hubs_body_then_304() -> None:
             body = json.loads(resp.content)
             assert body["hash"] == "h1"
             assert body["snapshot"]["version"] == body["version"]
+            # The hub's hand-built body is the answer model.
+            answer = SnapshotAnswer.model_validate_json(resp.content)
+            assert answer.snapshot == Snapshot(version=body["version"])
             resp = await client.get(
                 "/v1/snapshots/web-1",
                 params={"version": body["version"], "hash": "h1", "wait": 0},

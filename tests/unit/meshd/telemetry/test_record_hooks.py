@@ -13,12 +13,16 @@ import pytest
 import structlog
 from prometheus_client import generate_latest
 
+from meshcore.api.report import ActiveTap
+from meshcore.api.telemetry import TapFilter
 from meshcore.model import Endpoint
 from meshd.accesslog import AccessLog
 from meshd.context import ExchangeRecord, ProxyShared, now
+from meshd.http.codec import RequestHead
 from meshd.http.exchange import Exchange, record
 from meshd.http.tracing import next_traceparent
 from meshd.stats import Stats, build_registry
+from meshd.telemetry.tap import TapSampler
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,9 +32,6 @@ CFG: Any = types.SimpleNamespace(direction="outbound", local_service="web", name
 class Recorder:
     def __init__(self) -> None:
         self.records: list[ExchangeRecord] = []
-
-    def wants(self) -> bool:
-        return True
 
     def observe(self, rec: ExchangeRecord) -> None:
         self.records.append(rec)
@@ -90,3 +91,40 @@ def test_no_certificate_no_expiry_sample() -> None:
     text = generate_latest(build_registry(Stats())).decode()
     assert "# TYPE meshd_certificate_expiry_timestamp_seconds gauge" in text
     assert "\nmeshd_certificate_expiry_timestamp_seconds " not in text
+
+
+class CountingTap(TapSampler):
+    """A tap sampler that counts the records made for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = 0
+
+    def observe(self, record: ExchangeRecord) -> None:
+        self.records += 1
+        super().observe(record)
+
+
+def test_a_tap_gets_a_record_only_for_a_request_it_keeps() -> None:
+    shared = ProxyShared(stats=Stats(), access_log=AccessLog(enabled=False, sample_rate=0.0))
+    tap = CountingTap()
+    flt = TapFilter(destination="api", path_prefix="/orders")
+    tap.set_taps([ActiveTap(id="t", filter=flt, max_events_per_s=1, remaining_s=60)])
+    shared.tap = tap
+    head = RequestHead()
+    head.method, head.target = b"GET", b"/users/1"
+    for _ in range(5):
+        record(CFG, shared, head, exchange(200, None))
+    assert tap.records == 0  # the filter says no: not even a record
+    head.target = b"/orders/7"
+    for _ in range(5):
+        record(CFG, shared, head, exchange(200, None))
+    assert tap.records == 1  # one token: the next ones are not looked at
+    [event] = tap.take_events()
+    assert (event.tap_id, event.path, event.destination, event.method) == (
+        "t",
+        "/orders/7",
+        "api",
+        "GET",
+    )
+    assert event.endpoint == "10.0.0.1:8080" and event.status == 200

@@ -26,8 +26,9 @@ class FakeClient:
         self.answers = answers
         self.sent: list[tuple[str, Any]] = []
 
-    async def post_json(self, path: str, document: object) -> ControlResponse:
-        self.sent.append((path, document))
+    async def request(self, method: str, path: str, body: bytes | None = None) -> ControlResponse:
+        assert method == "POST" and body is not None
+        self.sent.append((path, json.loads(body)))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer

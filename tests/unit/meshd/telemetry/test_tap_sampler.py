@@ -40,6 +40,10 @@ def rec(path: bytes = b"/api/x", code: int = 200, method: str = "GET") -> Exchan
     )
 
 
+#: What the request path passes to ``wants`` for :func:`rec`'s exchange.
+FIELDS = ("web", "api", "GET", 200, b"/api/x")
+
+
 def tap(tap_id: str = "t1", rate: int = 10, remaining: float = 60, **flt: object) -> ActiveTap:
     return ActiveTap(
         id=tap_id,
@@ -75,9 +79,9 @@ def test_rate_bound_per_tap_and_events() -> None:
     assert len(events) == 4
     assert sampler.dropped == 16
     # Without a token, a request is not even looked at.
-    assert not sampler.wants()
+    assert not sampler.wants(*FIELDS)
     clock.t += 1.0
-    assert sampler.wants()
+    assert sampler.wants(*FIELDS)
     e = events[0]
     assert (e.tap_id, e.path, e.status, e.trace_id) == ("t1", "/api/x", 200, "a" * 32)
     assert e.latency_ms == 2.0 and e.ts == 123.0 and e.direction == "outbound"
@@ -96,3 +100,49 @@ def test_buffer_bound_and_expiry() -> None:
     assert not sampler.active
     sampler.observe(rec())
     assert sampler.take_events() == []
+
+
+def test_wants_only_what_a_tap_with_a_token_matches() -> None:
+    clock = Clock()
+    sampler = TapSampler(clock=clock)
+    sampler.set_taps([tap(rate=2, destination="api", path_prefix="/api/")])
+    # A token, but the filter says no: no record is made for these.
+    assert not sampler.wants("web", "db", "GET", 200, b"/api/x")
+    assert not sampler.wants("web", "api", "GET", 200, b"/admin")
+    assert sampler.wants(*FIELDS)
+    sampler.observe(rec())
+    # The only token is taken: quiet, whatever comes, until the next one (half a second).
+    assert not sampler.wants(*FIELDS)
+    clock.t += 0.49
+    assert not sampler.wants(*FIELDS)
+    clock.t += 0.02
+    assert sampler.wants(*FIELDS)
+    assert [e.tap_id for e in sampler.take_events()] == ["t1"]
+
+
+def test_a_full_buffer_quiets_until_the_events_are_taken() -> None:
+    clock = Clock()
+    sampler = TapSampler(clock=clock, max_buffer=2)
+    sampler.set_taps([tap(rate=100)])
+    for _ in range(2):
+        clock.t += 0.1
+        assert sampler.wants(*FIELDS)
+        sampler.observe(rec())
+    clock.t += 0.1
+    assert not sampler.wants(*FIELDS)
+    assert len(sampler.take_events()) == 2
+    assert sampler.wants(*FIELDS)
+
+
+def test_several_taps_each_keep_their_matches() -> None:
+    clock = Clock()
+    sampler = TapSampler(clock=clock)
+    sampler.set_taps([tap("a", status=503), tap("b", method="GET")])
+    assert sampler.wants(*FIELDS)  # "b" matches
+    sampler.observe(rec())
+    clock.t += 1.0
+    sampler.observe(rec(code=503))
+    assert sorted(e.tap_id for e in sampler.take_events()) == ["a", "b", "b"]
+    # A filter change applies to the tap's next request.
+    sampler.set_taps([tap("a", status=200)])
+    assert sampler.wants(*FIELDS)
