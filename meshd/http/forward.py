@@ -129,6 +129,7 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
                 return
             ex.upstream = endpoint
             reusable = False
+            resend = False
             try:
                 if ex.body_done:
                     try:
@@ -145,8 +146,8 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
                 cluster.report(endpoint, ex.code, now() - started)
                 return
             except StaleConnectionError:
-                if attempt == 0 and ex.body_done and head.method in IDEMPOTENT:
-                    continue
+                # Decided here, acted on after the release (mypyc has no continue in a finally).
+                resend = attempt == 0 and ex.body_done and head.method in IDEMPOTENT
                 failure: UpstreamError | HttpError = UpstreamResetError(
                     "upstream_reset", "upstream closed"
                 )
@@ -156,6 +157,8 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
                 failure = exc
             finally:
                 cluster.release(endpoint, conn, reusable=reusable)
+            if resend:
+                continue
             cluster.report(endpoint, 0, now() - started)
             c.shared.stats.upstream_error(cluster.name, failure.reason)
             await c.respond_error(failure)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -49,6 +50,14 @@ PACKAGES = ("meshd", "controld", "meshctl")
 for _shared in (REPO / "tests" / "integration", REPO / "tests" / "integration" / "controlplane"):
     if str(_shared) not in sys.path:
         sys.path.append(str(_shared))
+
+
+def mypyc_modules() -> list[str]:
+    """The dotted names of the modules the packages carry compiled by mypyc (pyproject's
+    ``mypyc-modules``, read by hatch_build.py)."""
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        hook = tomllib.load(fh)["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
+    return [path.removesuffix(".py").replace("/", ".") for path in hook["mypyc-modules"]]
 
 
 def require_tools() -> None:

@@ -27,6 +27,7 @@ from pkgtools import (
     fresh_chroot,
     http_get,
     in_root,
+    mypyc_modules,
     require_tools,
     start_controld,
     write_sidecar,
@@ -96,6 +97,15 @@ def test_install_and_serve_a_request_through_the_sidecars(
         assert entry.split(":")[5] == f"/var/lib/{user}"
         assert (root / "var/lib" / user).is_dir()
     assert list((root / "opt/controld/lib").rglob("*.pyc")), "postinst compiled nothing"
+    # The installed meshd runs its hot modules compiled (mypyc): the request below goes
+    # through them.
+    modules = mypyc_modules()
+    script = (
+        "import importlib, sys\nfor m in sys.argv[1:]: print(importlib.import_module(m).__file__)"
+    )
+    files = in_root(root, "/opt/meshd/bin/python", "-I", "-c", script, *modules).stdout.split()
+    assert len(files) == len(modules)
+    assert all(f.endswith(".so") for f in files), files
 
     _serve_through_the_mesh(root, app, tmp_path)
 

@@ -11,7 +11,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pkgtools import PACKAGES, REPO, Dist, build, build_into, fresh_chroot, in_root, require_tools
+from pkgtools import (
+    PACKAGES,
+    REPO,
+    Dist,
+    build,
+    build_into,
+    fresh_chroot,
+    in_root,
+    mypyc_modules,
+    require_tools,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -46,6 +56,12 @@ def test_build_makes_a_deb_and_an_rpm_per_package(dist: Dist) -> None:
     assert "./lib/systemd/system/meshd@.socket" in files
     assert "./usr/share/man/man1/meshd.1.gz" in files
     assert ".pyc" not in files  # compiled at install (reproducible packages)
+    # The hot modules as mypyc compiled them, beside their source (hatch_build.py).
+    for module in mypyc_modules():
+        stem = re.escape(module.replace(".", "/"))
+        assert re.search(rf"/site-packages/{stem}\.cpython-[^/ ]+\.so$", files, re.M), module
+        assert re.search(rf"/site-packages/{stem}\.py$", files, re.M), module
+    assert re.search(r"/site-packages/[0-9a-f]+__mypyc\.cpython-[^/ ]+\.so$", files, re.M)
     conffiles = subprocess.run(
         ["dpkg-deb", "--info", str(dist.deb("meshd")), "conffiles"],
         capture_output=True, text=True, check=True,

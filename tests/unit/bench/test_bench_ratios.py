@@ -3,6 +3,7 @@ and the collapsed-stack reading of ``bench/profile_l7.py``."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -147,3 +148,9 @@ def test_profile_reads_collapsed_stacks() -> None:
     assert total["main (meshd/cli.py)"] == 9
     assert total["recurse (/x/a.py)"] == 1  # once per stack, however deep
     assert profile_l7.format_top(own, samples, 1) == ["  60.0%  send_all (meshd/net/stream.py)"]
+
+
+def test_profile_paired_ratio_is_the_median_of_the_rounds() -> None:
+    # Round 2 ran under a load that doubled both figures: its ratio is still 0.8.
+    assert profile_l7.paired_ratio([50.0, 100.0, 60.0], [40.0, 80.0, 57.0]) == 0.8
+    assert math.isnan(profile_l7.paired_ratio([], []))

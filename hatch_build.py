@@ -1,0 +1,143 @@
+"""Hatchling build hook: ``MESHD_MYPYC=1`` compiles meshd's hot modules with mypyc.
+
+The typed Python stays the source. Without ``MESHD_MYPYC=1`` (development, editable installs,
+the test suite) the wheel is pure Python and this hook does nothing. With it, the modules listed
+in pyproject's ``[tool.hatch.build.targets.wheel.hooks.custom] mypyc-modules`` are compiled into
+extension modules (plus mypyc's shared runtime library) that the wheel carries next to the
+``.py`` files; Python imports the extension first. The wheel is then tagged for this
+interpreter and platform (e.g. ``cp311-cp311-linux_x86_64``).
+
+    MESHD_MYPYC=1 pip install .                  # isolated: pip fetches mypy and the deps
+    MESHD_MYPYC=1 pip wheel --no-deps --no-build-isolation -w dist .   # needs them installed
+
+Needs a C compiler and the Python headers (``gcc``, ``python3-dev``), mypy (which ships
+mypyc) and setuptools (its ``build_ext`` drives the compiler). mypyc type-checks the modules as
+``mypy --strict`` does, with the project's runtime dependencies installed for their types.
+
+``MESHD_MYPYC_CACHE=<dir>`` keeps the compiled modules under a key of everything they are made
+from (every ``.py`` of meshd and meshcore with ``__version__`` lines left out, the module list,
+mypy's and Python's versions), so a build of the same source under another version number
+(``packaging/build`` stamps it) reuses them instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.config import BuilderConfig
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+ENABLE = "MESHD_MYPYC"
+CACHE = "MESHD_MYPYC_CACHE"
+#: gcc's optimization level for the generated C (mypyc's default).
+OPT_LEVEL = "3"
+#: No debug information: it would hold the temporary build paths, and the ELF build id is a
+#: hash over it, so two builds of the same source would differ (packaging/build strips the
+#: modules anyway).
+DEBUG_LEVEL = "0"
+#: The packages whose source the compiled modules are typed against (the cache key).
+SOURCE_PACKAGES = ("meshd", "meshcore")
+_VERSION_LINE = re.compile(rb"^__version__ = .*$", re.M)
+
+
+def enabled() -> bool:
+    """Whether this build compiles (``MESHD_MYPYC=1``)."""
+    return os.environ.get(ENABLE, "") == "1"
+
+
+class MypycBuildHook(BuildHookInterface[BuilderConfig]):
+    """Adds the mypyc-compiled modules to a standard wheel when :func:`enabled`."""
+
+    PLUGIN_NAME = "custom"
+
+    def dependencies(self) -> list[str]:
+        if not enabled():
+            return []
+        # mypy ships mypyc; the runtime dependencies give the type checker their types.
+        return ["mypy>=1.10", "setuptools>=61", *self.metadata.core.dependencies]
+
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if not enabled() or self.target_name != "wheel" or version != "standard":
+            return
+        modules: list[str] = list(self.config["mypyc-modules"])
+        root = Path(self.root)
+        lib = self._cached(root, modules)
+        for ext in sorted(lib.rglob("*" + _ext_suffix())):
+            build_data["force_include"][str(ext)] = ext.relative_to(lib).as_posix()
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        work = getattr(self, "_work", None)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _cached(self, root: Path, modules: list[str]) -> Path:
+        """The directory of compiled modules: from the cache, or compiled now (and cached)."""
+        self._work = Path(tempfile.mkdtemp(prefix="meshd-mypyc-"))
+        cache_dir = os.environ.get(CACHE)
+        if not cache_dir:
+            return compile_modules(root, modules, self._work)
+        entry = Path(cache_dir) / cache_key(root, modules)
+        if entry.is_dir():
+            self.app.display_info(f"mypyc: compiled modules from {entry}")
+            return entry
+        lib = compile_modules(root, modules, self._work)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
+        shutil.copytree(lib, staged, dirs_exist_ok=True)
+        with contextlib.suppress(OSError):  # another build cached the same key meanwhile
+            staged.rename(entry)
+        shutil.rmtree(staged, ignore_errors=True)
+        return lib
+
+
+def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
+    """mypyc on ``modules`` (paths relative to ``root``); returns the directory holding the
+    extension modules in their package layout."""
+    from mypyc.build import mypycify
+    from setuptools import Distribution
+
+    lib = work / "lib"
+    options = ["--cache-dir", str(work / "mypy-cache")]
+    with contextlib.chdir(root):  # mypy reads its configuration from root's pyproject.toml
+        extensions = mypycify(
+            [*options, *modules],
+            opt_level=OPT_LEVEL,
+            debug_level=DEBUG_LEVEL,
+            target_dir=str(work / "c"),
+        )
+        dist = Distribution({"name": "meshd-mypyc", "ext_modules": extensions})
+        build_ext = dist.get_command_obj("build_ext")
+        build_ext.build_lib = str(lib)
+        build_ext.build_temp = str(work / "obj")
+        dist.run_command("build_ext")
+    return lib
+
+
+def cache_key(root: Path, modules: list[str]) -> str:
+    """What the compiled modules are made of, as a hex digest."""
+    import mypy.version
+
+    digest = hashlib.sha256()
+    parts = (sys.version, _ext_suffix(), mypy.version.__version__, OPT_LEVEL, DEBUG_LEVEL)
+    for part in (*parts, *modules):
+        digest.update(part.encode() + b"\0")
+    for package in SOURCE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(_VERSION_LINE.sub(b"", path.read_bytes()) + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _ext_suffix() -> str:
+    return str(sysconfig.get_config_var("EXT_SUFFIX"))
