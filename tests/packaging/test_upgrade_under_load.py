@@ -41,11 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pkgbuild import Dist, build
 from pkgtools import (
     PACKAGES,
     Daemon,
-    Dist,
-    build,
     free_ports,
     fresh_chroot,
     http_get,
@@ -70,9 +69,9 @@ STEADY_REQUESTS = 150
 
 
 @pytest.fixture(scope="module")
-def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dist, Dist]:
+def dists(request: pytest.FixtureRequest) -> tuple[Dist, Dist]:
     require_tools()
-    return build(tmp_path_factory), build(tmp_path_factory, version="0.1.1")
+    return build(request), build(request, version="0.1.1")
 
 
 @pytest.fixture
