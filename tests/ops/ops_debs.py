@@ -1,9 +1,10 @@
 """The controld and meshd .debs the Ansible tests install.
 
-In order: ``$MESHD_TEST_DEB_DIR``, the repository's ``dist/`` (what ``packaging/build``
-writes; built first when the build script exists and ``dist/`` has none), else two stand-in
-packages made with dpkg-deb that carry what the roles rely on (the unit files, the system
-users, ``/etc/<package>/``) so the role logic is still exercised (the test then says so).
+In order: ``$MESHD_TEST_DEB_DIR``, else the build of this tree that the packaging tests
+install too (``packaging/build`` run once per test run by tests/packaging/pkgbuild.py, so a
+run of both directories builds the packages once), else, without the build script, two
+stand-in packages made with dpkg-deb that carry what the roles rely on (the unit files, the
+system users, ``/etc/<package>/``) so the role logic is still exercised (the test then says so).
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
+
+# The shared build (pkgbuild) lives with the packaging tests; appended, so nothing of this
+# directory is shadowed.
+_PACKAGING_TESTS = Path(__file__).resolve().parents[1] / "packaging"
+if str(_PACKAGING_TESTS) not in sys.path:
+    sys.path.append(str(_PACKAGING_TESTS))
+
+from pkgbuild import BUILD, build  # noqa: E402
 
 __all__ = ["find_debs", "with_version", "write_repository"]
 
@@ -31,28 +42,23 @@ def _newest(directory: Path) -> dict[str, Path]:
     return found
 
 
-def find_debs(repo: Path, scratch: Path) -> dict[str, Path]:
-    """``{"controld": path, "meshd": path}``: copies in ``scratch``, so a rebuild running
-    meanwhile can't change them under the test."""
-    found = _find(repo, scratch / "stand-in")
+def find_debs(request: pytest.FixtureRequest, scratch: Path) -> dict[str, Path]:
+    """``{"controld": path, "meshd": path}``: copies in ``scratch``, so that nothing can
+    change them under the test."""
+    found = _find(request, scratch / "stand-in")
     return {name: Path(shutil.copy(path, scratch)) for name, path in found.items()}
 
 
-def _find(repo: Path, scratch: Path) -> dict[str, Path]:
+def _find(request: pytest.FixtureRequest, scratch: Path) -> dict[str, Path]:
     given = os.environ.get("MESHD_TEST_DEB_DIR")
     if given:
         found = _newest(Path(given))
         if set(found) != set(PACKAGES):
             raise AssertionError(f"MESHD_TEST_DEB_DIR={given} lacks {set(PACKAGES) - set(found)}")
         return found
-    dist = repo / "dist"
-    found = _newest(dist) if dist.is_dir() else {}
-    build = repo / "packaging" / "build"
-    if set(found) != set(PACKAGES) and build.exists():
-        subprocess.run([str(build)], cwd=repo, check=True, stdin=subprocess.DEVNULL, timeout=1500)
-        found = _newest(dist)
-    if set(found) == set(PACKAGES):
-        return found
+    if BUILD.exists():
+        dist = build(request)
+        return {name: dist.deb(name) for name in PACKAGES}
     # Said on stderr (shown with the test's output): the real packages were not tested.
     print("no controld/meshd .debs (packaging/build): using stand-in packages", file=sys.stderr)
     return {name: _stand_in(name, scratch) for name in PACKAGES}

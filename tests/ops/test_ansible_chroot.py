@@ -1,8 +1,8 @@
 """The Ansible roles converged against a Debian chroot through ``community.general.chroot``.
 
-``site.yml`` installs the controld and meshd .debs (from ``$MESHD_TEST_DEB_DIR``, else the
-repository's ``dist/`` as ``packaging/build`` writes it, else two stand-in packages made here
-with dpkg-deb), writes the configuration and enables the units, with
+``site.yml`` installs the controld and meshd .debs (from ``$MESHD_TEST_DEB_DIR``, else this
+tree's ``packaging/build``, built once per run with the packaging tests, else two stand-in
+packages made here with dpkg-deb), writes the configuration and enables the units, with
 ``*_service_start: false``: in a chroot ``systemctl enable`` only makes symlinks, and nothing
 is started (a ``policy-rc.d`` also forbids the packages' scripts to start anything). Then:
 the files, users and symlinks are there, the written configuration is valid for the code in
@@ -68,8 +68,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return find_debs(REPO, tmp_path_factory.mktemp("debs"))
+def debs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    return find_debs(request, tmp_path_factory.mktemp("debs"))
 
 
 def _inventory(path: Path, root: Path, debs: dict[str, Path], **overrides: Any) -> Path:

@@ -1,6 +1,6 @@
-"""Helpers of the packaging tests: builds of packaging/build, a cached Debian chroot, daemons.
+"""Helpers of the packaging tests: a cached Debian chroot, daemons (the builds of
+packaging/build they install are :mod:`pkgbuild`'s).
 
-Builds are memoized per (version, output) in this process, so the test modules share them.
 The chroot is a debootstrap of Debian 12 (minbase plus python3, adduser, procps and systemd's
 unit files), cached as a tarball outside the repository and extracted afresh for each use.
 Nothing here starts systemd: daemons run as plain processes through chroot(8), a sidecar
@@ -24,15 +24,11 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD = REPO / "packaging" / "build"
-#: Every build of the tests uses this timestamp (reproducibility is checked against it).
-SOURCE_DATE_EPOCH = "1765000000"
 CHROOT_CACHE = Path(
     os.environ.get("MESHD_TEST_CHROOT_CACHE", "/var/cache/meshd-test/chroot-bookworm.tar.zst")
 )
@@ -60,67 +56,23 @@ def mypyc_modules() -> list[str]:
     return [path.removesuffix(".py").replace("/", ".") for path in hook["mypyc-modules"]]
 
 
+def tools_problem() -> str:
+    """Why the packaging tests can't run here ("" when they can): no root, or missing tools."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        return "needs root (chroot, mount)"
+    if missing:
+        return f"missing tools: {' '.join(missing)} (apt-get install {' '.join(missing)})"
+    return ""
+
+
 def require_tools() -> None:
     """Skip (fail in CI, where .ci/run installs them) without root or the tools."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    problem = ""
-    if os.geteuid() != 0:
-        problem = "needs root (chroot, mount)"
-    elif missing:
-        problem = f"missing tools: {' '.join(missing)} (apt-get install {' '.join(missing)})"
+    problem = tools_problem()
     if problem:
         if os.environ.get("CI"):
             pytest.fail(problem)
         pytest.skip(problem)
-
-
-@dataclass(frozen=True)
-class Dist:
-    """One build's output directory."""
-
-    path: Path
-    version: str
-
-    def deb(self, name: str) -> Path:
-        return self.path / f"{name}_{self.version}-1_amd64.deb"
-
-    def rpm(self, name: str) -> Path:
-        return self.path / f"{name}-{self.version}-1.x86_64.rpm"
-
-    def debs(self) -> list[Path]:
-        return [self.deb(name) for name in PACKAGES]
-
-    def rpms(self) -> list[Path]:
-        return [self.rpm(name) for name in PACKAGES]
-
-    def sums(self) -> dict[str, str]:
-        out = {}
-        for line in (self.path / "SHA256SUMS").read_text().splitlines():
-            digest, name = line.split()
-            out[name] = digest
-        return out
-
-
-_builds: dict[str, Dist] = {}
-
-
-def build(factory: pytest.TempPathFactory, version: str = "0.1.0") -> Dist:
-    """``packaging/build`` of ``version`` (once per test run: the modules share it)."""
-    if version not in _builds:
-        _builds[version] = build_into(factory.mktemp(f"dist-{version}"), version)
-    return _builds[version]
-
-
-def build_into(out: Path, version: str = "0.1.0") -> Dist:
-    """``packaging/build`` into ``out``, with the tests' SOURCE_DATE_EPOCH."""
-    env = dict(
-        os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, MESHD_PKG_VERSION=version, DIST=str(out)
-    )
-    done = subprocess.run(
-        [str(BUILD)], env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return Dist(out, version)
 
 
 def _make_chroot_cache() -> None:

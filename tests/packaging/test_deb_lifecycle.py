@@ -18,11 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from pkgbuild import Dist, build
 from pkgtools import (
     PACKAGES,
     Daemon,
-    Dist,
-    build,
     free_ports,
     fresh_chroot,
     http_get,
@@ -60,11 +59,9 @@ def app() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dist, Dist]:
+def dists(request: pytest.FixtureRequest) -> tuple[Dist, Dist]:
     require_tools()
-    old = build(tmp_path_factory)
-    new = build(tmp_path_factory, version="0.1.1")
-    return old, new
+    return build(request), build(request, version="0.1.1")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """packaging/build: reproducible, lintian and rpmlint clean; the rpms install, upgrade and
 erase with `rpm --root`, and their scriptlets are what docs/install.md says.
 
-Slow (three builds of about a minute each, lintian); needs root and the tools .ci/run
-installs (lintian, rpm, rpmlint, debootstrap, help2man)."""
+Slow (three builds, which the other packaging and ops tests share: pkgbuild; lintian); needs
+root and the tools .ci/run installs (lintian, rpm, rpmlint, debootstrap, help2man)."""
 
 from __future__ import annotations
 
@@ -11,30 +11,27 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pkgtools import (
-    PACKAGES,
-    REPO,
-    Dist,
-    build,
-    build_into,
-    fresh_chroot,
-    in_root,
-    mypyc_modules,
-    require_tools,
-)
+from pkgbuild import Dist, build
+from pkgtools import PACKAGES, REPO, fresh_chroot, in_root, mypyc_modules, require_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
+def dist(request: pytest.FixtureRequest) -> Dist:
     require_tools()
-    return build(tmp_path_factory)
+    return build(request)
 
 
 @pytest.fixture(scope="module")
-def newer(tmp_path_factory: pytest.TempPathFactory, dist: Dist) -> Dist:
-    return build(tmp_path_factory, version="0.1.1")
+def newer(request: pytest.FixtureRequest, dist: Dist) -> Dist:
+    return build(request, version="0.1.1")
+
+
+@pytest.fixture
+def again(request: pytest.FixtureRequest, dist: Dist) -> Dist:
+    """A second build of ``dist``'s version, made independently of it."""
+    return build(request, again=True)
 
 
 def test_build_makes_a_deb_and_an_rpm_per_package(dist: Dist) -> None:
@@ -69,10 +66,8 @@ def test_build_makes_a_deb_and_an_rpm_per_package(dist: Dist) -> None:
     assert conffiles.split() == ["/etc/meshd/meshd.env"]
 
 
-def test_two_builds_with_the_same_source_date_epoch_are_identical(
-    dist: Dist, tmp_path: Path
-) -> None:
-    again = build_into(tmp_path / "again")
+def test_two_builds_with_the_same_source_date_epoch_are_identical(dist: Dist, again: Dist) -> None:
+    assert again.path != dist.path
     assert again.sums() == dist.sums()
     assert len(dist.sums()) == 2 * len(PACKAGES)
 

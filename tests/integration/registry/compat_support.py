@@ -7,9 +7,7 @@
   rather than hanging it.
 * :class:`CheckTarget` is a tiny HTTP server (status settable) and TCP listener on
   127.0.0.1 for the HTTP/TCP health checks to probe.
-* :class:`CompatVenv` builds (once, cached under ``.venv-compat/`` in the checkout) a venv
-  with another Consul client, e.g. python-consul 1.1.0 which cannot share a venv with
-  py-consul (both are ``import consul``), and runs small client scripts in it.
+* :mod:`compat_venv` has the venvs of other Consul clients the suite runs scripts in.
 
 Every expectation in the suite is Consul's documented behaviour (HTTP API docs at
 developer.hashicorp.com/consul/api-docs) or what py-consul / python-consul send and expect.
@@ -20,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,8 +37,6 @@ REPO = Path(__file__).resolve().parents[3]
 TIMEOUT = 15.0
 #: The management token of the ACL-enabled registries.
 MGMT_TOKEN = "9c5e4d2a-0b7e-4c39-8f51-3f1c2a6d7e80"
-#: Where the extra client venvs live (git-ignored; reused between runs).
-COMPAT_VENV_ROOT = REPO / ".venv-compat"
 
 T = TypeVar("T")
 
@@ -276,95 +270,8 @@ class CheckTarget:
 
 
 # ----------------------------------------------------------------------------------------------
-# Other client libraries in their own venvs
+# Listeners for the checks
 # ----------------------------------------------------------------------------------------------
-
-
-def find_python(versions: tuple[str, ...]) -> str | None:
-    """The first interpreter found for ``versions`` (e.g. ``("3.10", "3.9")``): PATH, then pyenv."""
-    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    for version in versions:
-        candidates = [str(p) for p in sorted(root.glob(f"{version}*/bin/python{version}"))]
-        candidates += [p for p in (shutil.which(f"python{version}"),) if p]
-        for candidate in candidates:
-            # pyenv shims exist for versions that are not selected and then fail: try it.
-            probe = subprocess.run(
-                [candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            if probe.returncode == 0 and probe.stdout.strip() == version:
-                return candidate
-    return None
-
-
-class CompatVenv:
-    """A venv under ``.venv-compat/<name>`` with ``requirements`` installed by pip, reused.
-
-    A stamp file records what was installed; a venv whose stamp does not match (or that is
-    broken) is rebuilt. Building needs the package index (PyPI) once.
-    """
-
-    def __init__(self, name: str, python: str, requirements: tuple[str, ...]) -> None:
-        self.name = name
-        self.python = python
-        self.requirements = requirements
-        self.path = COMPAT_VENV_ROOT / name
-
-    @property
-    def bin_python(self) -> Path:
-        """The venv's interpreter."""
-        return self.path / "bin" / "python"
-
-    def _stamp(self) -> str:
-        return json.dumps({"python": self.python, "requirements": list(self.requirements)})
-
-    def ensure(self) -> None:
-        """Create or repair the venv; raises ``RuntimeError`` with pip's output on failure."""
-        stamp = self.path / ".compat-stamp"
-        if stamp.exists() and stamp.read_text() == self._stamp() and self.bin_python.exists():
-            return
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Keeps the cache out of git even before the checkout's .gitignore lists it.
-        (self.path.parent / ".gitignore").write_text("*\n")
-        steps = [
-            [self.python, "-m", "venv", str(self.path)],
-            [str(self.bin_python), "-m", "pip", "install", "-q", *self.requirements],
-        ]
-        for argv in steps:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=600, check=False, env=clean_env()
-            )
-            if done.returncode != 0:
-                shutil.rmtree(self.path, ignore_errors=True)
-                raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
-        stamp.write_text(self._stamp())
-
-    def run_script(
-        self, script: str, *args: str, timeout: float = 60.0, env: Mapping[str, str] | None = None
-    ) -> Any:
-        """Run ``script`` (Python source) with ``args``; its last stdout line is JSON, returned."""
-        done = subprocess.run(
-            [str(self.bin_python), "-c", script, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            # The checkout must not shadow the client under test, so no PYTHONPATH here.
-            env={k: v for k, v in clean_env(env).items() if k != "PYTHONPATH"},
-            cwd=str(self.path),
-        )
-        if done.returncode != 0:
-            raise AssertionError(
-                f"client script exited {done.returncode}:\n{done.stdout[-3000:]}\n"
-                f"{done.stderr[-3000:]}"
-            )
-        lines = [line for line in done.stdout.splitlines() if line.strip()]
-        assert lines, f"client script printed nothing; stderr:\n{done.stderr[-3000:]}"
-        return json.loads(lines[-1])
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@
   ``make_client(registry, token=...)`` for others. Their HTTP sessions are closed at the end.
 * ``http``: an httpx client on ``registry`` for raw requests (exact JSON, headers, codes).
 * ``pyconsul11``: a venv with python-consul 1.1.0 (the original client; same ``import
-  consul`` name, so it cannot live in the project's venv), built once under
-  ``.venv-compat/``.
+  consul`` name, so it cannot live in the project's venv), built once and cached
+  (``compat_venv.COMPAT_VENV_CACHE``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import consul
 import httpx
 import pytest
 
-from .compat_support import MGMT_TOKEN, CompatVenv, RegistryProcess, find_python
+from .compat_support import MGMT_TOKEN, RegistryProcess
+from .compat_venv import CompatVenv, find_python
 
 #: python-consul 1.1.0's asyncio client uses ``@asyncio.coroutine`` (gone in Python 3.11),
 #: so its venv needs an older interpreter; the std client runs on any.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .compat_support import MGMT_TOKEN, CompatVenv, RegistryProcess
+from .compat_support import MGMT_TOKEN, RegistryProcess
+from .compat_venv import CompatVenv
 
 STD_KV = r"""
 import json, sys, consul
