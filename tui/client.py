@@ -32,6 +32,7 @@ from meshcore.api.ca import (
     RotationStep,
 )
 from meshcore.api.errors import Problem, UnexpectedAnswer, error_of, parse_answer, parse_object
+from meshcore.api.explain import EXPLAIN_PATH, ExplainAnswer, ExplainRequest
 from meshcore.api.proxies import PROXIES_PATH, DrainAnswer, ProxyList, drain_path
 from meshcore.api.resources import (
     RESOURCES_PATH,
@@ -40,13 +41,7 @@ from meshcore.api.resources import (
     ResourceList,
     resource_path,
 )
-from meshcore.api.status import (
-    EXPLAIN_PATH,
-    SCHEMA_PATH,
-    STATUS_PATH,
-    ExplainRequest,
-    StatusAnswer,
-)
+from meshcore.api.status import SCHEMA_PATH, STATUS_PATH, StatusAnswer
 from meshcore.api.tokens import (
     JOIN_TOKENS_PATH,
     REGISTRY_TOKENS_PATH,
@@ -247,8 +242,8 @@ class ControldClient:
         method: str = "GET",
         path: str = "/",
         headers: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """``POST /v1/explain``: the explanation JSON."""
+    ) -> ExplainAnswer:
+        """``POST /v1/explain``: how that request would be routed and authorized."""
         body = request_body(
             ExplainRequest,
             source=source,
@@ -257,8 +252,7 @@ class ControldClient:
             path=path,
             headers=dict(headers or {}),
         )
-        answer = self.request("POST", EXPLAIN_PATH, json=body)
-        return parse_object(EXPLAIN_PATH, answer)
+        return self._answer(ExplainAnswer, "POST", EXPLAIN_PATH, json=body)
 
     def sidecar_token(self, service: str, *, ttl_s: int | None = None) -> SidecarToken:
         """``POST /v1/tokens/sidecar``: a token for the sidecars of ``service``."""

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 from controld.compiler import Compiler
 from controld.compiler.snapshot import outbound_listener_name
 from controld.discovery import DiscoveryView
 from controld.push.state import SidecarInfo
 from meshcore.api.errors import Problem
+from meshcore.api.explain import FeatureUse, SidecarEnforcement
 from meshcore.api.resources import FeatureWarning
 from meshcore.model.base import SocketAddr
 from meshcore.model.features import feature_uses
@@ -180,17 +181,17 @@ def enforcement(
     destination: str,
     route: str | None,
     clusters: Sequence[str],
-) -> list[dict[str, Any]]:
+) -> list[SidecarEnforcement]:
     """``explain``'s ``sidecars`` section: for each sidecar of the ``source``
     service (and of the ``destination``, which enforces inbound policy and rate limits), the
     features of this request's path in the snapshot it ACKed, and those of the latest
     snapshot it doesn't declare ("NOT ENFORCED by <proxy>")."""
-    section: list[dict[str, Any]] = []
+    section: list[SidecarEnforcement] = []
     for sidecar in sidecars:
         service = sidecar.descriptor.service
         if service not in (source, destination):
             continue
-        role = "source" if service == source else "destination"
+        role: Literal["source", "destination"] = "source" if service == source else "destination"
         running = _uses(
             sidecar.acked_snapshot,
             ()
@@ -205,16 +206,16 @@ def enforcement(
         declared = sidecar.features
         missing = {} if declared is None else {f: p for f, p in wanted.items() if f not in declared}
         section.append(
-            {
-                "proxy_id": sidecar.proxy_id,
-                "service": service,
-                "role": role,
-                "connected": sidecar.connected,
-                "acked_version": sidecar.acked_version,
-                "latest_version": sidecar.latest_version,
-                "features": None if declared is None else len(declared),
-                "enforces": [{"feature": f, "path": p} for f, p in running.items()],
-                "not_enforced": [{"feature": f, "path": p} for f, p in missing.items()],
-            }
+            SidecarEnforcement(
+                proxy_id=sidecar.proxy_id,
+                service=service,
+                role=role,
+                connected=sidecar.connected,
+                acked_version=sidecar.acked_version,
+                latest_version=sidecar.latest_version,
+                features=None if declared is None else len(declared),
+                enforces=tuple(FeatureUse(feature=f, path=p) for f, p in running.items()),
+                not_enforced=tuple(FeatureUse(feature=f, path=p) for f, p in missing.items()),
+            )
         )
     return section

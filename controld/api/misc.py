@@ -20,13 +20,8 @@ from controld.auth import Principal, TokenAuth
 from controld.compiler import explain
 from controld.compiler.endpoint_tls import endpoint_mix
 from controld.compiler.inputs import Inputs
-from meshcore.api.status import (
-    EXPLAIN_PATH,
-    SCHEMA_PATH,
-    STATUS_PATH,
-    ExplainRequest,
-    StatusAnswer,
-)
+from meshcore.api.explain import EXPLAIN_PATH, ExplainAnswer, ExplainRequest
+from meshcore.api.status import SCHEMA_PATH, STATUS_PATH, StatusAnswer
 from meshcore.model.resources import json_schemas
 
 __all__ = ["api_router", "probes_router"]
@@ -65,7 +60,7 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
         return json_schemas()
 
     @router.post(EXPLAIN_PATH)
-    async def explain_request(body: ExplainRequest, _: Admin) -> dict[str, Any]:
+    async def explain_request(body: ExplainRequest, _: Admin) -> ExplainAnswer:
         """How a request from ``source`` to ``destination`` is routed and authorized.
 
         ``sidecars``: for each registered sidecar of the source (and destination) service, the
@@ -84,15 +79,15 @@ def api_router(plane: ControlPlane, auth: TokenAuth, guard: Guard, auditor: Audi
             )
         except ValueError as exc:
             raise ApiError(422, str(exc)) from exc
-        doc = explanation.as_json()
-        doc["sidecars"] = enforcement(
+        sidecars = enforcement(
             plane.hub.sidecars(),
             source=_service_of(explanation.source_id, body.source),
             destination=body.destination,
             route=explanation.route,
             clusters=[c.name for c in explanation.clusters],
         )
-        return doc
+        # The compiler's fields as they are (already validated models), plus the sidecars.
+        return ExplainAnswer(**dict(explanation), sidecars=tuple(sidecars))
 
     return router
 

@@ -5,14 +5,13 @@ Pure, synchronous and deterministic. :func:`compile_snapshot` compiles one proxy
 the cross-resource checks; :func:`explain` traces one request through the result.
 """
 
-from controld.compiler.explain import Explanation, explain
+from controld.compiler.explain import explain
 from controld.compiler.hashing import snapshot_hash
 from controld.compiler.snapshot import Compiler, compile_snapshot
 from controld.compiler.validate import ResourceProblem, validate_resources
 
 __all__ = [
     "Compiler",
-    "Explanation",
     "ResourceProblem",
     "compile_snapshot",
     "explain",

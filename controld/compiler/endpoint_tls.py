@@ -20,8 +20,9 @@ from typing import Any, Literal
 from controld.compiler.inputs import ClusterRef, Inputs
 from controld.compiler.policy import effective_mtls
 from controld.discovery.view import ServiceEndpoint
+from meshcore.api.explain import EndpointMix, ExcludedEndpoint
 
-__all__ = ["EndpointDecision", "TlsChoice", "decide", "endpoint_mix", "mix_json"]
+__all__ = ["EndpointDecision", "TlsChoice", "decide", "endpoint_mix", "mix_of"]
 
 #: How an endpoint is reached.
 TlsChoice = Literal["mtls", "plaintext", "excluded"]
@@ -66,30 +67,27 @@ def decisions(
     return found
 
 
-def mix_json(found: Iterable[EndpointDecision]) -> dict[str, Any]:
+def mix_of(found: Iterable[EndpointDecision]) -> EndpointMix:
     """Counts of sidecar and plain endpoints, how many of each choice, and the excluded ones
     with their reason (the form ``explain`` and ``status`` show)."""
     items = list(found)
-    return {
-        "sidecar": sum(1 for d in items if d.endpoint.sidecar),
-        "plain": sum(1 for d in items if not d.endpoint.sidecar),
-        "mtls": sum(1 for d in items if d.choice == "mtls"),
-        "plaintext": sum(1 for d in items if d.choice == "plaintext"),
-        "excluded": [
-            {
-                "host": d.endpoint.host,
-                "port": d.endpoint.port,
-                "service": d.service,
-                "reason": d.reason,
-            }
+    return EndpointMix(
+        sidecar=sum(1 for d in items if d.endpoint.sidecar),
+        plain=sum(1 for d in items if not d.endpoint.sidecar),
+        mtls=sum(1 for d in items if d.choice == "mtls"),
+        plaintext=sum(1 for d in items if d.choice == "plaintext"),
+        excluded=tuple(
+            ExcludedEndpoint(
+                host=d.endpoint.host, port=d.endpoint.port, service=d.service, reason=d.reason
+            )
             for d in items
             if d.choice == "excluded"
-        ],
-    }
+        ),
+    )
 
 
 def endpoint_mix(inputs: Inputs, services: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Per service of ``services`` that has plain endpoints: its mode and :func:`mix_json` of
+    """Per service of ``services`` that has plain endpoints: its mode and :func:`mix_of` of
     its healthy endpoints (services whose endpoints are all sidecars are left out)."""
     mixes: dict[str, dict[str, Any]] = {}
     for service in sorted(services):
@@ -97,5 +95,6 @@ def endpoint_mix(inputs: Inputs, services: Iterable[str]) -> dict[str, dict[str,
         if all(e.sidecar for e in endpoints):
             continue
         found = decisions(inputs, [((service, None), 0, endpoints)])
-        mixes[service] = {"mtls_mode": effective_mtls(inputs, service), **mix_json(found)}
+        mix = mix_of(found).model_dump(mode="json")
+        mixes[service] = {"mtls_mode": effective_mtls(inputs, service), **mix}
     return mixes

@@ -3,22 +3,30 @@
 Compiles the source's snapshot (a synthetic sidecar calling only the destination unless a
 real descriptor is given) and the destination's, then runs the request through the same
 route matcher meshd uses (:mod:`meshcore.routing`) and the same access-policy evaluator
-(:mod:`meshcore.authz`).
+(:mod:`meshcore.authz`). The answer is the API's wire model
+(:class:`~meshcore.api.explain.Explanation`), built here once.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from controld.compiler.clusters import cluster_decisions
-from controld.compiler.endpoint_tls import mix_json
+from controld.compiler.endpoint_tls import mix_of
 from controld.compiler.inputs import Inputs, spiffe_id
 from controld.compiler.policy import inbound_policy
 from controld.compiler.snapshot import Compiler, outbound_listener_name
 from controld.discovery.view import DiscoveryView
+from meshcore.api.explain import (
+    ExplainAccess,
+    ExplainBackend,
+    ExplainCluster,
+    ExplainEndpoint,
+    ExplainMirror,
+    Explanation,
+)
 from meshcore.authz import evaluate, normalize_path
 from meshcore.matchers import RequestMatcher
 from meshcore.model.base import SocketAddr
@@ -28,149 +36,12 @@ from meshcore.model.snapshot import Cluster, Route, Snapshot
 from meshcore.pathnorm import normalize_target
 from meshcore.routing import CompiledRouteTable
 
-__all__ = [
-    "ExplainAccess",
-    "ExplainBackend",
-    "ExplainCluster",
-    "Explanation",
-    "cluster_settings",
-    "explain",
-]
+__all__ = ["cluster_settings", "explain"]
 
 _SOURCE_PROXY = "explain-source"
 _DESTINATION_PROXY = "explain-destination"
 _EXPLAIN_PORT = 15001
 _INBOUND = SocketAddr(host="127.0.0.1", port=15006)
-
-
-@dataclass(frozen=True)
-class ExplainBackend:
-    """A backend of the matched route: its cluster and share of the traffic."""
-
-    cluster: str
-    weight: int
-    percent: float
-
-
-@dataclass(frozen=True)
-class ExplainEndpoint:
-    """One endpoint of a cluster (priority 0: primary, 1..: failover tiers)."""
-
-    host: str
-    port: int
-    priority: int
-    tags: tuple[str, ...]
-    #: ``mtls`` or ``plaintext``: how the source's sidecar reaches it.
-    tls: str = "plaintext"
-    #: The instance's zone (registry meta), for locality.
-    zone: str | None = None
-
-
-@dataclass(frozen=True)
-class ExplainCluster:
-    """A cluster the request may go to (backends and mirror)."""
-
-    name: str
-    service: str
-    subset: str | None
-    lb_policy: str
-    endpoints: tuple[ExplainEndpoint, ...]
-    #: Sidecar vs plain endpoints and the excluded ones (see ``endpoint_tls.mix_json``).
-    mix: dict[str, Any] = field(default_factory=dict)
-    #: The cluster's resilience and balancing settings as the snapshot carries them
-    #: (:func:`cluster_settings`).
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ExplainAccess:
-    """The destination's access-policy decision."""
-
-    action: str
-    rule_index: int | None
-    #: The AccessPolicy the deciding rule belongs to (None: the default decided).
-    policy: str | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """The answer of :func:`explain`; :meth:`as_json` is its API form."""
-
-    source: str
-    source_id: str | None
-    destination: str
-    method: str
-    path: str
-    protocol: str
-    listener: str
-    #: The matched route's name (None: TCP, or no route matched).
-    route: str | None
-    backends: tuple[ExplainBackend, ...]
-    clusters: tuple[ExplainCluster, ...]
-    access: ExplainAccess
-    mtls: str
-    timeout_s: float | None = None
-    redirect: dict[str, Any] | None = None
-    mirror: dict[str, Any] | None = None
-    #: Names of the destination's rate limits that count this request.
-    rate_limits: tuple[str, ...] = ()
-    #: The matched route's retries, fault, header changes and rewrite, as the source's
-    #: sidecar applies them (only those set).
-    route_policy: dict[str, Any] = field(default_factory=dict)
-    notes: tuple[str, ...] = field(default=())
-
-    def as_json(self) -> dict[str, Any]:
-        """JSON data (tuples as lists)."""
-        return {
-            "source": self.source,
-            "source_id": self.source_id,
-            "destination": self.destination,
-            "method": self.method,
-            "path": self.path,
-            "protocol": self.protocol,
-            "listener": self.listener,
-            "route": self.route,
-            "timeout_s": self.timeout_s,
-            "backends": [
-                {"cluster": b.cluster, "weight": b.weight, "percent": b.percent}
-                for b in self.backends
-            ],
-            "redirect": self.redirect,
-            "mirror": self.mirror,
-            "clusters": [
-                {
-                    "name": c.name,
-                    "service": c.service,
-                    "subset": c.subset,
-                    "lb_policy": c.lb_policy,
-                    "endpoints": [
-                        {
-                            "host": e.host,
-                            "port": e.port,
-                            "priority": e.priority,
-                            "tags": list(e.tags),
-                            "tls": e.tls,
-                            "zone": e.zone,
-                        }
-                        for e in c.endpoints
-                    ],
-                    "mix": c.mix,
-                    "settings": c.settings,
-                }
-                for c in self.clusters
-            ],
-            "access": {
-                "action": self.access.action,
-                "rule_index": self.access.rule_index,
-                "policy": self.access.policy,
-                "reason": self.access.reason,
-            },
-            "mtls": self.mtls,
-            "rate_limits": list(self.rate_limits),
-            "route_policy": self.route_policy,
-            "notes": list(self.notes),
-        }
 
 
 def _source_service(source: str) -> str:
@@ -219,7 +90,6 @@ def cluster_settings(cluster: Cluster) -> dict[str, Any]:
 
 
 def _cluster_view(cluster: Cluster, inputs: Inputs) -> ExplainCluster:
-    mix = mix_json(cluster_decisions(inputs, (cluster.service, cluster.subset)))
     return ExplainCluster(
         name=cluster.name,
         service=cluster.service,
@@ -227,16 +97,16 @@ def _cluster_view(cluster: Cluster, inputs: Inputs) -> ExplainCluster:
         lb_policy=cluster.lb_policy,
         endpoints=tuple(
             ExplainEndpoint(
-                e.host,
-                e.port,
-                e.priority,
-                e.tags,
-                "mtls" if cluster.tls is not None and not e.plaintext else "plaintext",
-                e.zone,
+                host=e.host,
+                port=e.port,
+                priority=e.priority,
+                tags=e.tags,
+                tls="mtls" if cluster.tls is not None and not e.plaintext else "plaintext",
+                zone=e.zone,
             )
             for e in cluster.endpoints
         ),
-        mix=mix,
+        mix=mix_of(cluster_decisions(inputs, (cluster.service, cluster.subset))),
         settings=cluster_settings(cluster),
     )
 
@@ -256,7 +126,11 @@ def _route_policy(route: Route) -> dict[str, Any]:
 def _backends(route: Route) -> tuple[ExplainBackend, ...]:
     total = sum(b.weight for b in route.backends)
     return tuple(
-        ExplainBackend(b.cluster, b.weight, round(100.0 * b.weight / total, 3) if total else 0.0)
+        ExplainBackend(
+            cluster=b.cluster,
+            weight=b.weight,
+            percent=round(100.0 * b.weight / total, 3) if total else 0.0,
+        )
         for b in route.backends
     )
 
@@ -312,7 +186,8 @@ def explain(
     backends: tuple[ExplainBackend, ...] = ()
     cluster_names: list[str] = []
     timeout: float | None = None
-    redirect = mirror = None
+    redirect: dict[str, Any] | None = None
+    mirror: ExplainMirror | None = None
     route_policy: dict[str, Any] = {}
     if listener.route_table is not None:
         table = src_snapshot.route_table(listener.route_table)
@@ -333,7 +208,7 @@ def explain(
                 redirect = route.redirect.model_dump(mode="json")
                 notes.append("the sidecar answers with a redirect; nothing is forwarded")
             if route.mirror is not None:
-                mirror = route.mirror.model_dump(mode="json")
+                mirror = ExplainMirror(cluster=route.mirror.cluster, percent=route.mirror.percent)
                 cluster_names.append(route.mirror.cluster)
     elif listener.cluster is not None:
         cluster_names.append(listener.cluster)
@@ -344,10 +219,10 @@ def explain(
         if cluster is not None:
             view_ = _cluster_view(cluster, inputs)
             clusters.append(view_)
-            for left_out in view_.mix["excluded"]:
+            for left_out in view_.mix.excluded:
                 notes.append(
-                    f"endpoint {left_out['host']}:{left_out['port']} of {left_out['service']!r}"
-                    f" is excluded from cluster {name!r}: {left_out['reason']}"
+                    f"endpoint {left_out.host}:{left_out.port} of {left_out.service!r}"
+                    f" is excluded from cluster {name!r}: {left_out.reason}"
                 )
             if not cluster.endpoints:
                 notes.append(f"cluster {name!r} has no healthy endpoint: the sidecar answers 503")
@@ -382,7 +257,12 @@ def explain(
         route=route_name,
         backends=backends,
         clusters=tuple(clusters),
-        access=ExplainAccess(decision.action, decision.rule_index, policy_name, decision.reason),
+        access=ExplainAccess(
+            action=decision.action,
+            rule_index=decision.rule_index,
+            policy=policy_name,
+            reason=decision.reason,
+        ),
         mtls=dst_snapshot.mtls,
         timeout_s=timeout,
         redirect=redirect,

@@ -1,35 +1,27 @@
-"""Wire models of controld's status, schema and explain routes (``meshctl status``,
-``schema``, ``explain``).
+"""Wire models of controld's status and schema routes (``meshctl status``, ``schema``).
 
 Paths (admin listener):
 
 * ``GET /v1/status`` (admin token) -> :class:`StatusAnswer`: ``registry`` (mode, address,
   connected, ...), ``discovery``, ``push``, ``telemetry``, ``store`` and ``endpoint_mix``
 * ``GET /v1/schema`` (any token) -> ``{kind: JSON Schema}``
-* ``POST /v1/explain`` (:class:`ExplainRequest`, admin token) -> a JSON object: route,
-  backends, clusters, access, rate limits, and ``sidecars`` (what each sidecar of the path
-  enforces)
 
 The status models name the fields clients read and keep every other one they are sent
 (``extra="allow"``: the sections mirror the daemon's state and grow with it), so a client
-prints back the whole answer. The answers of explain and schema are JSON objects this module
-doesn't model field by field (they mirror the compiler's output); clients check that they are
-objects (:data:`~meshcore.api.base.JSON_OBJECT`) and read them leniently.
+prints back the whole answer. The answer of schema is a JSON object this module doesn't model
+field by field (JSON Schemas); clients check that it is one
+(:data:`~meshcore.api.base.JSON_OBJECT`). Explain's models are in :mod:`meshcore.api.explain`.
 """
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
-from meshcore.api.base import Answer, JsonObject, Request
-from meshcore.model.policy import SERVICE_PATTERN
-from meshcore.pathnorm import MalformedPath, normalize_target
+from meshcore.api.base import Answer, JsonObject
 
 __all__ = [
-    "EXPLAIN_PATH",
     "SCHEMA_PATH",
     "STATUS_PATH",
-    "ExplainRequest",
     "RegistryState",
     "StatusAnswer",
     "StoreState",
@@ -37,27 +29,6 @@ __all__ = [
 
 STATUS_PATH = "/v1/status"
 SCHEMA_PATH = "/v1/schema"
-EXPLAIN_PATH = "/v1/explain"
-
-
-class ExplainRequest(Request):
-    """Body of ``POST /v1/explain``: one request from ``source`` to ``destination``."""
-
-    source: str = Field(min_length=1)
-    destination: str = Field(pattern=SERVICE_PATTERN)
-    method: str = Field(default="GET", min_length=1)
-    path: str = Field(default="/", pattern=r"^/")
-    headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("path")
-    @classmethod
-    def _well_formed(cls, value: str) -> str:
-        # A path the sidecar would refuse (400) has no route to explain.
-        try:
-            normalize_target(value.encode("utf-8", "surrogateescape"))
-        except MalformedPath as exc:
-            raise ValueError(f"{exc} (the sidecar answers 400 bad_request)") from exc
-        return value
 
 
 class _Open(Answer):

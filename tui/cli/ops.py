@@ -9,6 +9,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshcore.api.explain import (
+    ExplainAnswer,
+    ExplainCluster,
+    ExplainEndpoint,
+    FeatureUse,
+    SidecarEnforcement,
+)
 from meshcore.api.proxies import ProxyState
 from meshcore.api.status import StatusAnswer
 from tui import render
@@ -160,16 +167,12 @@ def _headers(values: Sequence[str]) -> dict[str, str]:
     return headers
 
 
-def _endpoint(ep: Any) -> str:
-    if not isinstance(ep, Mapping):
-        return str(ep)
-    text = f"{ep.get('host', '?')}:{ep.get('port', '?')}"
-    if ep.get("tls"):
-        text += f" [{'mTLS' if ep['tls'] == 'mtls' else str(ep['tls'])}]"
-    if ep.get("zone"):
-        text += f" zone {ep['zone']}"
-    if ep.get("priority"):
-        text += f" (failover {ep['priority']})"
+def _endpoint(ep: ExplainEndpoint) -> str:
+    text = f"{ep.host}:{ep.port} [{'mTLS' if ep.tls == 'mtls' else ep.tls}]"
+    if ep.zone:
+        text += f" zone {ep.zone}"
+    if ep.priority:
+        text += f" (failover {ep.priority})"
     return text
 
 
@@ -207,21 +210,17 @@ def _pruned(value: Any) -> Any:
     return value
 
 
-def _cluster_lines(name: str, cluster: Mapping[str, Any] | None) -> list[str]:
+def _cluster_lines(cluster: ExplainCluster | None) -> list[str]:
     if cluster is None:
         return []
-    lines = []
-    subset = cluster.get("subset")
-    service = cluster.get("service", "?")
-    where = f"service {service}" + (f", subset {subset}" if subset else "")
-    if cluster.get("lb_policy"):
-        where += f", {cluster['lb_policy']}"
-    lines.append(f"      cluster {name}: {where}")
-    endpoints = cluster.get("endpoints") or []
-    shown = ", ".join(_endpoint(e) for e in endpoints) or "(none)"
+    where = f"service {cluster.service}" + (f", subset {cluster.subset}" if cluster.subset else "")
+    if cluster.lb_policy:
+        where += f", {cluster.lb_policy}"
+    lines = [f"      cluster {cluster.name}: {where}"]
+    shown = ", ".join(_endpoint(e) for e in cluster.endpoints) or "(none)"
     lines.append(f"      endpoints: {shown}")
-    lines += mix_lines(cluster.get("mix"), "      ")
-    lines += cluster_settings_lines(cluster.get("settings"), "      ")
+    lines += mix_lines(cluster.mix.model_dump(mode="json"), "      ")
+    lines += cluster_settings_lines(cluster.settings, "      ")
     return lines
 
 
@@ -243,140 +242,103 @@ def route_rule_match(
 
 
 def explain_lines(
-    explanation: Mapping[str, Any], routes: Sequence[Mapping[str, Any]] = ()
+    explanation: ExplainAnswer, routes: Sequence[Mapping[str, Any]] = ()
 ) -> list[str]:
     """A human reading of ``POST /v1/explain``'s answer.
 
     ``routes`` (the HTTPRoute resources, optional) supply the match of the rule that matched.
     """
-    dst = str(explanation.get("destination", "?"))
-    method = explanation.get("method", "")
-    path = explanation.get("path", "")
-    lines = [f"{explanation.get('source', '?')} -> {dst}  {method} {path}".rstrip()]
-    if explanation.get("source_id"):
-        lines.append(f"source identity: {explanation['source_id']}")
+    ex = explanation
+    dst = ex.destination
+    lines = [f"{ex.source} -> {dst}  {ex.method} {ex.path}".rstrip()]
+    if ex.source_id:
+        lines.append(f"source identity: {ex.source_id}")
     facts = [
-        f"{key} {explanation[key]}"
-        for key in ("protocol", "listener", "mtls")
-        if explanation.get(key)
+        f"{key} {value}"
+        for key, value in (("protocol", ex.protocol), ("listener", ex.listener), ("mtls", ex.mtls))
+        if value
     ]
     if facts:
         lines.append(", ".join(facts))
-    route = explanation.get("route")
-    if route is not None:
-        text = f"route: {route}"
-        if explanation.get("timeout_s") is not None:
-            text += f" (timeout {float(explanation['timeout_s']):g}s)"
+    if ex.route is not None:
+        text = f"route: {ex.route}"
+        if ex.timeout_s is not None:
+            text += f" (timeout {ex.timeout_s:g}s)"
         lines.append(text)
-        match = route_rule_match(routes, dst, str(route))
+        match = route_rule_match(routes, dst, ex.route)
         if match is not None:
             lines.append(f"  matched: {_compact(match) if match else 'any request'}")
-        elif route in ("default", "mesh-default"):
+        elif ex.route in ("default", "mesh-default"):
             lines.append("  matched: no rule of the HTTPRoute did; catch-all to the whole service")
-    elif explanation.get("protocol") != "tcp":
+    elif ex.protocol != "tcp":
         lines.append("route: none matched")
-    policy = explanation.get("route_policy")
-    if isinstance(policy, Mapping):
-        lines += [f"  {name}: {_compact(value)}" for name, value in policy.items()]
-    if explanation.get("redirect"):
-        lines.append(
-            f"redirect: {_compact(explanation['redirect'])}"
-            + _lacking(explanation, "route.redirect")
-        )
-    clusters = {
-        str(c.get("name")): c for c in explanation.get("clusters") or () if isinstance(c, Mapping)
-    }
-    backends = explanation.get("backends")
-    if isinstance(backends, list) and (backends or route is not None):
-        lines.append("backends:" if backends else "backends: (none)")
-        for b in backends:
-            name = str(b.get("cluster", "?"))
-            head = f"  - {name}"
-            if b.get("percent") is not None:
-                head += f"  {float(b['percent']):g}%"
-            if b.get("weight") is not None:
-                head += f" (weight {b['weight']})"
-            lines.append(head)
-            lines += _cluster_lines(name, clusters.get(name))
-    elif explanation.get("protocol") == "tcp":
+    lines += [f"  {name}: {_compact(value)}" for name, value in ex.route_policy.items()]
+    if ex.redirect:
+        lines.append(f"redirect: {_compact(ex.redirect)}" + _lacking(ex, "route.redirect"))
+    clusters = {c.name: c for c in ex.clusters}
+    if ex.backends or ex.route is not None:
+        lines.append("backends:" if ex.backends else "backends: (none)")
+        for b in ex.backends:
+            lines.append(f"  - {b.cluster}  {b.percent:g}% (weight {b.weight})")
+            lines += _cluster_lines(clusters.get(b.cluster))
+    elif ex.protocol == "tcp":
         for name, cluster in clusters.items():
             lines.append(f"  - {name}")
-            lines += _cluster_lines(name, cluster)
-    mirror = explanation.get("mirror")
-    if isinstance(mirror, Mapping):
-        name = str(mirror.get("cluster", "?"))
+            lines += _cluster_lines(cluster)
+    if ex.mirror is not None:
         lines.append(
-            f"mirror: {name} {float(mirror.get('percent', 100)):g}%"
-            + _lacking(explanation, "route.mirror")
+            f"mirror: {ex.mirror.cluster} {ex.mirror.percent:g}%" + _lacking(ex, "route.mirror")
         )
-        lines += _cluster_lines(name, clusters.get(name))
-    access = explanation.get("access")
-    if isinstance(access, Mapping):
-        text = f"access: {str(access.get('action', '?')).upper()}"
-        if access.get("rule_index") is not None:
-            text += f" (rule {access['rule_index']}"
-            text += f" of AccessPolicy/{access['policy']})" if access.get("policy") else ")"
-        if access.get("reason"):
-            text += f": {access['reason']}"
-        lines.append(text)
-    limits = explanation.get("rate_limits")
-    if limits:
-        lines.append(
-            "rate limits: "
-            + ", ".join(str(x) for x in limits)
-            + _lacking(explanation, "rate_limits")
-        )
-    lines += sidecar_lines(explanation.get("sidecars") or ())
-    lines += [f"note: {note}" for note in explanation.get("notes") or ()]
+        lines += _cluster_lines(clusters.get(ex.mirror.cluster))
+    access = ex.access
+    text = f"access: {access.action.upper()}"
+    if access.rule_index is not None:
+        text += f" (rule {access.rule_index}"
+        text += f" of AccessPolicy/{access.policy})" if access.policy else ")"
+    if access.reason:
+        text += f": {access.reason}"
+    lines.append(text)
+    if ex.rate_limits:
+        lines.append("rate limits: " + ", ".join(ex.rate_limits) + _lacking(ex, "rate_limits"))
+    lines += sidecar_lines(ex.sidecars)
+    lines += [f"note: {note}" for note in ex.notes]
     return lines
 
 
-def _lacking(explanation: Mapping[str, Any], feature: str) -> str:
+def _lacking(explanation: ExplainAnswer, feature: str) -> str:
     """``  (NOT ENFORCED by web-1, web-2)`` when sidecars of the path lack ``feature``."""
     pids = [
-        str(s.get("proxy_id"))
-        for s in explanation.get("sidecars") or ()
-        if isinstance(s, Mapping) and any(f == feature for f, _ in _uses(s.get("not_enforced")))
+        s.proxy_id
+        for s in explanation.sidecars
+        if any(u.feature == feature for u in s.not_enforced)
     ]
     return f"  (NOT ENFORCED by {', '.join(pids)})" if pids else ""
 
 
-def _uses(items: Any) -> list[tuple[str, str]]:
-    return [
-        (str(u.get("feature")), str(u.get("path")))
-        for u in items or ()
-        if isinstance(u, Mapping) and u.get("feature")
-    ]
+def _uses(items: Sequence[FeatureUse]) -> str:
+    return ", ".join(f"{u.feature} ({u.path})" for u in items)
 
 
-def sidecar_lines(sidecars: Sequence[Any]) -> list[str]:
+def sidecar_lines(sidecars: Sequence[SidecarEnforcement]) -> list[str]:
     """What each sidecar of the request's path enforces, from the snapshot it ACKed, and the
     features of the current policy it lacks (``NOT ENFORCED by <proxy>``)."""
     lines: list[str] = []
     for sidecar in sidecars:
-        if not isinstance(sidecar, Mapping):
-            continue
-        pid = str(sidecar.get("proxy_id", "?"))
-        acked, latest = sidecar.get("acked_version"), sidecar.get("latest_version")
-        head = f"sidecar {pid} ({sidecar.get('role', '?')}): runs version {_version(acked)}"
+        pid = sidecar.proxy_id
+        acked, latest = sidecar.acked_version, sidecar.latest_version
+        head = f"sidecar {pid} ({sidecar.role}): runs version {_version(acked)}"
         if latest is not None and latest != acked:
             head += f" (latest {latest} not ACKed)"
-        count = sidecar.get("features")
         head += (
-            f", declares {count} features"
-            if isinstance(count, int)
+            f", declares {sidecar.features} features"
+            if sidecar.features is not None
             else ", declares no features (older meshd: unknown)"
         )
-        if not sidecar.get("connected"):
+        if not sidecar.connected:
             head += ", not connected"
         lines.append(head)
-        running = _uses(sidecar.get("enforces"))
-        lines.append(
-            "  enforces: " + (", ".join(f"{f} ({p})" for f, p in running) if running else "-")
-        )
-        lines += [
-            f"  {f} ({p}): NOT ENFORCED by {pid}" for f, p in _uses(sidecar.get("not_enforced"))
-        ]
+        lines.append(f"  enforces: {_uses(sidecar.enforces) or '-'}")
+        lines += [f"  {_uses((u,))}: NOT ENFORCED by {pid}" for u in sidecar.not_enforced]
     return lines
 
 
@@ -392,7 +354,7 @@ def cmd_explain(opts: Options, args: argparse.Namespace) -> int:
         answer = client.explain(
             args.source, args.destination, method=args.method, path=args.path, headers=headers
         )
-        if opts.output == "table" and answer.get("route") is not None:
+        if opts.output == "table" and answer.route is not None:
             # A sidecar token may explain but not list; the match is optional.
             with contextlib.suppress(ApiError):
                 routes = list(client.list_resources("HTTPRoute").resources)

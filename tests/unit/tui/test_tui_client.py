@@ -72,7 +72,7 @@ def test_an_answer_of_another_shape_is_a_clear_error(
     with _client(httpx.MockTransport(_odd_answers)) as client:
         with pytest.raises(UnexpectedAnswer, match=r"/v1/proxies: proxies\.0\.service: Field"):
             client.proxies()
-        with pytest.raises(UnexpectedAnswer, match="/v1/explain: not a JSON object"):
+        with pytest.raises(UnexpectedAnswer, match="/v1/explain: Input should be a valid dict"):
             client.explain("web", "api")
         with pytest.raises(UnexpectedAnswer, match="/v1/schema: not JSON"):
             client.schema()
@@ -87,6 +87,11 @@ def test_an_answer_of_another_shape_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("meshctl: unexpected answer from controld to /v1/tokens/sidecar")
     assert "Traceback" not in err
+    server = ["--server", "http://controld.test", "--token", "t"]
+    assert main([*server, "explain", "web", "api", "-o", "json"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("meshctl: unexpected answer from controld to /v1/explain: ")
+    assert len(err.splitlines()) == 1
 
 
 def test_no_content() -> None:

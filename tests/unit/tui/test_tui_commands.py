@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshcore.api.explain import ExplainAnswer
 from meshcore.api.proxies import ProxyState
 from meshcore.api.resources import ApplyAnswer
 from meshcore.api.status import StatusAnswer
@@ -168,14 +169,18 @@ EXPLANATION: dict[str, Any] = {
             "service": "api",
             "subset": "v1",
             "lb_policy": "least_request",
-            "endpoints": [{"host": "127.0.0.1", "port": 9001, "priority": 0, "tags": ["v1"]}],
+            "endpoints": [
+                {"host": "127.0.0.1", "port": 9001, "priority": 0, "tags": ["v1"], "tls": "mtls"}
+            ],
         },
         {
             "name": "api~v2",
             "service": "api",
             "subset": "v2",
             "lb_policy": "least_request",
-            "endpoints": [{"host": "127.0.0.1", "port": 9002, "priority": 1, "tags": []}],
+            "endpoints": [
+                {"host": "127.0.0.1", "port": 9002, "priority": 1, "tags": [], "tls": "mtls"}
+            ],
         },
     ],
     "access": {"action": "allow", "rule_index": 0, "policy": "api-callers", "reason": "web"},
@@ -183,6 +188,12 @@ EXPLANATION: dict[str, Any] = {
     "rate_limits": [],
     "notes": [],
 }
+
+
+def _answer(changes: dict[str, Any] | None = None) -> ExplainAnswer:
+    """:data:`EXPLANATION` with ``changes``, as meshctl parses it."""
+    return ExplainAnswer.model_validate({**EXPLANATION, **(changes or {})})
+
 
 ROUTES = [
     {
@@ -201,34 +212,33 @@ ROUTES = [
 
 
 def test_explain_lines() -> None:
-    lines = explain_lines(EXPLANATION, ROUTES)
+    lines = explain_lines(_answer(), ROUTES)
     assert lines[0] == "web -> api  GET /api/items"
     assert lines[1] == "protocol http, listener outbound-api, mtls permissive"
     assert "route: canary (timeout 5s)" in lines
     assert '  matched: {"path": {"prefix": "/api/"}}' in lines
     assert "  - api~v1  90% (weight 90)" in lines
     assert "      cluster api~v1: service api, subset v1, least_request" in lines
-    assert "      endpoints: 127.0.0.1:9002 (failover 1)" in lines
+    assert "      endpoints: 127.0.0.1:9002 [mTLS] (failover 1)" in lines
     assert "access: ALLOW (rule 0 of AccessPolicy/api-callers): web" in lines
 
 
 def test_route_rule_match_by_generated_name() -> None:
     assert route_rule_match(ROUTES, "api", "rule-2") == {"methods": ["POST"]}
     assert route_rule_match(ROUTES, "web", "canary") is None
-    lines = explain_lines({**EXPLANATION, "route": "default"}, ROUTES)
+    lines = explain_lines(_answer({"route": "default"}), ROUTES)
     assert any("catch-all" in line for line in lines)
 
 
 def test_explain_lines_without_route() -> None:
     explanation = {
-        **EXPLANATION,
         "route": None,
         "backends": [],
         "clusters": [],
         "access": {"action": "deny", "rule_index": None, "policy": None, "reason": "default"},
         "notes": ["no route matches: the sidecar answers 404"],
     }
-    lines = explain_lines(explanation)
+    lines = explain_lines(_answer(explanation))
     assert "route: none matched" in lines
     assert "access: DENY: default" in lines
     assert lines[-1] == "note: no route matches: the sidecar answers 404"
@@ -236,13 +246,12 @@ def test_explain_lines_without_route() -> None:
 
 def test_explain_lines_tcp() -> None:
     explanation = {
-        **EXPLANATION,
         "protocol": "tcp",
         "route": None,
         "backends": [],
         "clusters": [EXPLANATION["clusters"][0]],
     }
-    lines = explain_lines(explanation)
+    lines = explain_lines(_answer(explanation))
     assert "route: none matched" not in lines
     assert "  - api~v1" in lines
 
@@ -268,8 +277,7 @@ def test_explain_lines_show_tls_per_endpoint_and_the_mix() -> None:
         ],
         "mix": MIX,
     }
-    explanation = {**EXPLANATION, "clusters": [cluster]}
-    lines = explain_lines(explanation)
+    lines = explain_lines(_answer({"clusters": [cluster]}))
     assert "      endpoints: 10.0.0.1:21000 [mTLS], 10.0.0.2:21000 [mTLS]" in lines
     assert "      mix: 2 sidecar, 1 plain (2 mTLS, 0 plaintext, 1 excluded)" in lines
     assert "      excluded: 10.0.0.9:8080 (api): under STRICT mTLS" in lines
@@ -320,14 +328,12 @@ def test_compact_manifest_leaves_out_defaults() -> None:
 
 def test_explain_shows_what_the_source_sidecar_enforces() -> None:
     explanation = {
-        "source": "web",
-        "destination": "api",
-        "protocol": "http",
         "route": "copy",
         "mirror": {"cluster": "shadow", "percent": 50},
         "sidecars": [
             {
                 "proxy_id": "web-1",
+                "service": "web",
                 "role": "source",
                 "connected": True,
                 "acked_version": 5,
@@ -342,7 +348,7 @@ def test_explain_shows_what_the_source_sidecar_enforces() -> None:
             }
         ],
     }
-    lines = explain_lines(explanation)
+    lines = explain_lines(_answer(explanation))
     assert "sidecar web-1 (source): runs version 5 (latest 6 not ACKed), declares 26 features" in (
         lines
     )

@@ -6,6 +6,7 @@ import json
 
 from compiler.builders import access, defaults, ep, proxy, ratelimit, resolver, route, rset, view
 from controld.compiler import explain
+from meshcore.api.explain import EndpointMix, ExplainMirror
 
 SUBSETS = {"v1": {"tags": ["v1"]}, "v2": {"tags": ["v2"]}}
 VIEW = view(
@@ -54,7 +55,7 @@ def test_matched_route_backends_clusters_and_access() -> None:
         ("api~v2", 3, 75.0),
         ("api~v1", 1, 25.0),
     ]
-    assert ex.mirror == {"cluster": "web", "percent": 10.0}
+    assert ex.mirror == ExplainMirror(cluster="web", percent=10.0)
     assert [c.name for c in ex.clusters] == ["api~v2", "api~v1", "web"]
     v2 = ex.clusters[0]
     assert (v2.service, v2.subset) == ("api", "v2")
@@ -67,7 +68,7 @@ def test_matched_route_backends_clusters_and_access() -> None:
     )
     assert ex.rate_limits == ("all",)
     assert ex.mtls == "permissive"
-    data = ex.as_json()
+    data = ex.model_dump(mode="json")
     assert json.loads(json.dumps(data)) == data
     assert data["access"]["policy"] == "api-access"
     assert data["clusters"][0]["endpoints"][1] == {
@@ -132,17 +133,18 @@ def test_mixed_endpoints_show_the_mix_and_the_excluded_ones() -> None:
         ("10.0.0.1", "mtls"),
         ("10.0.0.9", "plaintext"),
     ]
-    assert cluster.mix == {"sidecar": 1, "plain": 1, "mtls": 1, "plaintext": 1, "excluded": []}
+    assert cluster.mix == EndpointMix(sidecar=1, plain=1, mtls=1, plaintext=1)
     strict = explain(
         view({"api": mixed}), rset(defaults("api", mtls="strict")), source="web", destination="api"
     )
     [cluster] = strict.clusters
     assert [(e.host, e.tls) for e in cluster.endpoints] == [("10.0.0.1", "mtls")]
-    [left_out] = cluster.mix["excluded"]
-    assert (left_out["host"], left_out["port"], left_out["service"]) == ("10.0.0.9", 21000, "api")
-    assert "STRICT" in left_out["reason"]
+    [left_out] = cluster.mix.excluded
+    assert (left_out.host, left_out.port, left_out.service) == ("10.0.0.9", 21000, "api")
+    assert "STRICT" in left_out.reason
     assert any("10.0.0.9:21000" in note and "excluded" in note for note in strict.notes)
-    assert strict.as_json()["clusters"][0]["mix"]["excluded"] == [left_out]
+    data = strict.model_dump(mode="json")
+    assert data["clusters"][0]["mix"]["excluded"] == [left_out.model_dump()]
 
 
 def test_the_path_is_normalized_as_the_sidecar_does() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from compiler.builders import defaults, ep, route, rset, view
 from controld.compiler import explain
+from meshcore.api.explain import ExplainAnswer
 from tui.cli.ops import explain_lines
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,7 +36,7 @@ RESOURCES = rset(
 
 def test_cluster_settings_in_the_json() -> None:
     ex = explain(VIEW, RESOURCES, source="web", destination="api")
-    data = ex.as_json()
+    data = ex.model_dump(mode="json")
     assert json.loads(json.dumps(data)) == data
     (cluster,) = data["clusters"]
     settings = cluster["settings"]
@@ -70,8 +71,8 @@ def test_unset_settings_are_left_out() -> None:
 
 
 def test_meshctl_prints_the_settings() -> None:
-    data = explain(VIEW, RESOURCES, source="web", destination="api").as_json()
-    lines = explain_lines(data)
+    data = explain(VIEW, RESOURCES, source="web", destination="api").model_dump(mode="json")
+    lines = explain_lines(ExplainAnswer.model_validate(data))
     assert "      endpoints: 10.0.0.1:21000 [mTLS] zone a, 10.0.0.2:21000 [mTLS]" in lines
     assert (
         "      balancing: ring_hash on cookie session, own zone first while >= 60% healthy,"
@@ -92,14 +93,16 @@ def test_meshctl_prints_the_settings() -> None:
 
 
 def test_meshctl_without_settings_prints_no_settings() -> None:
-    data = explain(VIEW, rset(), source="web", destination="api").as_json()
-    lines = explain_lines(data)
+    data = explain(VIEW, rset(), source="web", destination="api").model_dump(mode="json")
+    lines = explain_lines(ExplainAnswer.model_validate(data))
     assert (
         "      balancing: round_robin, any zone, panic below 50% healthy, connect timeout 5s"
     ) in lines
     assert not any("limits" in line or "health check" in line for line in lines)
     data["clusters"][0].pop("settings")
-    assert not any("balancing" in line for line in explain_lines(data))
+    assert not any(
+        "balancing" in line for line in explain_lines(ExplainAnswer.model_validate(data))
+    )
 
 
 def test_the_matched_route_policies_are_shown() -> None:
@@ -114,7 +117,7 @@ def test_the_matched_route_policies_are_shown() -> None:
             },
         )
     )
-    data = explain(VIEW, resources, source="web", destination="api").as_json()
+    data = explain(VIEW, resources, source="web", destination="api").model_dump(mode="json")
     policy = data["route_policy"]
     assert policy["retries"]["attempts"] == 3
     assert policy["retries"]["retry_on"] == ["connect-failure"]
@@ -122,6 +125,6 @@ def test_the_matched_route_policies_are_shown() -> None:
     assert policy["fault"] == {"abort": {"percent": 5.0, "status": 503}}
     assert policy["rewrite"] == {"path_prefix": "/v2/"}
     assert "request_headers" not in policy
-    lines = explain_lines(data)
+    lines = explain_lines(ExplainAnswer.model_validate(data))
     assert '  rewrite: {"path_prefix": "/v2/"}' in lines
     assert any(line.startswith('  retries: {"attempts": 3') for line in lines)

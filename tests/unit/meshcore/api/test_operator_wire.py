@@ -25,9 +25,10 @@ from meshcore.api.errors import (
     parse_answer,
     parse_object,
 )
+from meshcore.api.explain import ExplainRequest
 from meshcore.api.proxies import ProxyList, drain_path
 from meshcore.api.resources import ApplyAnswer, ApplyRequest, resource_path
-from meshcore.api.status import ExplainRequest, StatusAnswer
+from meshcore.api.status import StatusAnswer
 from meshcore.api.tokens import (
     JoinTokenRequest,
     RegistryTokenRequest,
