@@ -82,16 +82,17 @@ ANSWER: dict[str, Any] = {
     "route_policy": {"retries": {"attempts": 3, "retry_on": ["connect-failure"]}},
     "notes": ["the sidecar normalizes the path to /x"],
     "sidecars": [
+        # The destination's sidecar, an older meshd that declares no features.
         {
-            "proxy_id": "web-1",
-            "service": "web",
-            "role": "source",
-            "connected": True,
-            "acked_version": 5,
-            "latest_version": 6,
-            "features": 26,
-            "enforces": [{"feature": "route.retries", "path": "route_tables.0.routes.0.retries"}],
-            "not_enforced": [{"feature": "route.mirror", "path": "route_tables.0.routes.0.mirror"}],
+            "proxy_id": "api-1",
+            "service": "api",
+            "role": "destination",
+            "connected": False,
+            "acked_version": None,
+            "latest_version": 4,
+            "features": None,
+            "enforces": [],
+            "not_enforced": [{"feature": "rate_limits", "path": "rate_limits"}],
         }
     ],
 }
@@ -108,7 +109,8 @@ def test_a_realistic_answer_round_trips_byte_for_byte() -> None:
     settings = answer.clusters[0].settings
     assert settings["panic_threshold_percent"] == 20
     assert isinstance(settings["panic_threshold_percent"], int)
-    assert answer.sidecars[0].not_enforced[0].feature == "route.mirror"
+    assert answer.sidecars[0].features is None
+    assert answer.sidecars[0].not_enforced[0].feature == "rate_limits"
     assert answer.clusters[0].mix.excluded[0].reason == "STRICT"
 
 
