@@ -11,7 +11,6 @@ having enrolled itself (one enrollment: the join token is spent once).
 
 from __future__ import annotations
 
-import random
 import socket
 from pathlib import Path
 
@@ -20,27 +19,12 @@ import pytest
 import trio
 from daemon_support import TIMEOUT, running_daemon
 from helpers import TestApp, app_headers, closed_port, start_sidecar
+from process_support import admin_port_pair
 from test_mixed_endpoints import WEB_ID, bootstrap, endpoints, registry_token, until
 
 from meshd.sidecar import Sidecar
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _admin_pair() -> int:
-    """A port p such that p and p + 1 were both free a moment ago, below the ephemeral range
-    (so that no outgoing connection of any process takes p + 1 before the worker binds it)."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no two adjacent free ports")
 
 
 def _inbound_requests(stats: dict[str, object]) -> int:
@@ -56,7 +40,7 @@ async def test_worker_serves_strict_mtls_with_the_primary_identity(
 ) -> None:
     async with running_daemon(tmp_path / "data", push=False) as (daemon, http):
         assert daemon.ports is not None
-        inbound, outbound, admin = closed_port(), closed_port(), _admin_pair()
+        inbound, outbound, admin = closed_port(), closed_port(), admin_port_pair()
         api_boot = await bootstrap(
             tmp_path / "api",
             http,
