@@ -86,6 +86,7 @@ class TlsStream:
         "_broken",
         "_closed",
         "_eof_sent",
+        "_fresh",
         "_peer_der",
         "_probe",
         "_reused",
@@ -93,8 +94,10 @@ class TlsStream:
         "sock",
     )
 
-    #: A next request is read with :meth:`receive_some` (see :meth:`receive_later`).
-    parks_reads = False
+    #: A next request is awaited with :meth:`receive_later`: on a keep-alive connection it
+    #: comes a round trip after the last response, so reading first would only raise
+    #: SSLWantRead (a failed ``read`` and a Python exception per request).
+    parks_reads = True
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
@@ -107,6 +110,9 @@ class TlsStream:
         self._peer_der: bytes | None = None
         self._reused = False
         self._probe: ReadProbe | None = None
+        # No read since the handshake: a client's first bytes usually came right behind its
+        # Finished, so the first receive_later reads at once.
+        self._fresh = True
 
     async def do_handshake(self) -> None:
         """Run the handshake; raise :class:`TlsHandshakeError` if it fails."""
@@ -156,13 +162,17 @@ class TlsStream:
         """Like :meth:`receive_some`, for when bytes can't be there yet (a reply just asked for).
 
         Parks on the fd first, saving the read that would only have raised SSLWantRead,
-        unless OpenSSL already holds decrypted bytes (``pending()``) or the stream ended.
-        Unlike with plain TCP, this measured slower than :meth:`receive_some` for 1 KB
-        echoes on loopback: encrypting and writing the request takes long enough that the
-        reply is usually there already.
+        unless OpenSSL already holds decrypted bytes (``pending()``), the stream ended, or
+        this is the first read since the handshake (a client's first request usually
+        arrives with its Finished). For a reply to a request just sent, parking first
+        measured slower than :meth:`receive_some` for 1 KB echoes with an echo server on
+        loopback (the reply was usually there already), but a sidecar's upstream takes
+        longer than that to answer.
         """
         sock = self.sock
-        if not self._unwrapped and not sock.pending():
+        if self._fresh:
+            self._fresh = False
+        elif not self._unwrapped and not sock.pending():
             try:
                 await trio.lowlevel.wait_readable(sock)
             except (OSError, ValueError) as exc:

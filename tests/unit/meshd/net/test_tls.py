@@ -303,6 +303,25 @@ async def test_session_resumption(pki: Pki) -> None:
     assert server.peers == [spiffe("client")] * 3
 
 
+async def test_one_ticket_per_handshake_keeps_resuming(pki: Pki) -> None:
+    # Servers send one ticket (not OpenSSL's two); a pool that takes the newest session of
+    # each connection resumes every time, from resumed connections' tickets too.
+    server_ctx = pki.server_ctx()
+    assert server_ctx.num_tickets == 1
+    ctx = pki.client_ctx()
+    session = None
+    async with tls_server(server_ctx, echo) as server:
+        for _ in range(3):
+            stream = await tls_connect("127.0.0.1", server.port, ctx, session=session)
+            try:
+                await stream.send_all(b"x")
+                assert await stream.receive_later() == b"x"
+                session = stream.session
+            finally:
+                await stream.aclose()
+    assert server.reused == [False, True, True]
+
+
 async def test_sniff_tls_and_plaintext(pki: Pki) -> None:
     listener = bind_tcp("127.0.0.1", 0)
     port = listener.getsockname()[1]
