@@ -1,5 +1,5 @@
 """The ratio lines and target verdicts of ``bench/run dataplane`` and ``bench/run mtls``,
-and the collapsed-stack reading of ``bench/profile_l7.py``."""
+the collapsed-stack reading of ``bench/profile_l7.py`` and ``bench/profile_mtls.py``'s report."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCH))
 import dataplane  # noqa: E402
 import mtls  # noqa: E402
 import profile_l7  # noqa: E402
+import profile_mtls  # noqa: E402
 from common import Target, WrkResult, print_verdicts, ratio, ratio_line  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
@@ -154,3 +155,21 @@ def test_profile_paired_ratio_is_the_median_of_the_rounds() -> None:
     # Round 2 ran under a load that doubled both figures: its ratio is still 0.8.
     assert profile_l7.paired_ratio([50.0, 100.0, 60.0], [40.0, 80.0, 57.0]) == 0.8
     assert math.isnan(profile_l7.paired_ratio([], []))
+
+
+def test_profile_mtls_reports_medians_and_paired_ratios() -> None:
+    def server(name: str, **figures: list[float]) -> profile_mtls.Server:
+        return profile_mtls.Server(name, 1, list, int, figures=dict(figures))
+
+    servers = [
+        server("0:base", handshakes=[2000.0, 2400.0, 2100.0], pair=[170.0, 200.0]),
+        server("1:.", handshakes=[1800.0, 2100.0, 1900.0], pair=[160.0, 190.0]),
+        server("nginx-back", handshakes=[1400.0, 1500.0, 1300.0]),
+    ]
+    assert profile_mtls.report(servers) == [
+        "handshakes (cpu_us/hs, median): 0:base=2100.0  1:.=1900.0  nginx-back=1400.0",
+        "PAIRED_RATIO handshakes 1:. / 0:base: 0.900",
+        "PAIRED_RATIO handshakes nginx-back / 0:base: 0.625",
+        "pair (cpu_us/req, median): 0:base=185.0  1:.=175.0",
+        "PAIRED_RATIO pair 1:. / 0:base: 0.946",
+    ]

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""meshd's mTLS costs, A/B between checkouts: CPU per full handshake and per request.
+
+Not a suite (no ``run_suite``): a tool for working on the mTLS path. It writes the ``mtls``
+suite's PKI, starts the ``dataplane`` backend nginx and, per checkout named, the ``mtls``
+suite's meshd pair (``meshd-outbound`` -> mTLS -> ``meshd-inbound`` -> backend); with
+``--nginx``, the suite's ``nginx-back`` too (handshakes only). Each of ``--rounds`` rounds
+loads every server at the same time (paired: on a shared machine, runs in turn compare
+different moments):
+
+* ``handshakes``: one ``openssl s_time -new -tls1_3`` client (the suite's settings) per
+  inbound side for ``BENCH_MTLS_HS_SECONDS``; the inbound process's CPU per completed full
+  handshake;
+* ``pair``: one wrk per meshd pair (warm-up, then ``BENCH_DURATION``); both sidecars' CPU
+  per request.
+
+Prints each round's figures, then per figure the median of each checkout and the median of the
+per-round ratios to the first checkout (``PAIRED_RATIO``). A checkout compared with itself
+(``. .``) shows the noise floor.
+
+    BENCH_DURATION=4 .venv/bin/python bench/profile_mtls.py --rounds 5 /tmp/base .
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dataplane as dp
+import mtls
+from certs import Pki, write_pki
+from common import (
+    CLK_TCK,
+    Context,
+    ProcessGroup,
+    WrkParams,
+    cpu_ticks,
+    ensure_tools,
+    free_ports,
+    run_wrk,
+)
+from profile_l7 import paired_ratio
+
+FIGURES = ("handshakes", "pair")
+
+
+@dataclass
+class Server:
+    """One inbound side under test, and its pair's outbound port (None: no pair)."""
+
+    name: str
+    port: int
+    cpu_pids: Callable[[], list[int]]
+    refused: Callable[[], int]
+    pair_port: int | None = None
+    pair_pids: Callable[[], list[int]] | None = None
+    response_len: int = 0
+    figures: dict[str, list[float]] = field(default_factory=dict)
+
+    def as_mtls_server(self) -> mtls.MtlsServer:
+        """What ``mtls._handshakes`` measures."""
+        return mtls.MtlsServer(self.name, self.port, self.cpu_pids, self.refused)
+
+
+def _meshd_pair(ctx: Context, procs: ProcessGroup, pki: Pki, name: str, backend: int) -> Server:
+    inbound, outbound, in_admin, out_admin = free_ports(4)
+    ports = {"app_port": backend, "inbound_port": inbound}
+    mesh_in = mtls._start_sidecar(
+        ctx, procs, pki, "api", port=inbound, admin_port=in_admin, **ports
+    )
+    mesh_out = mtls._start_sidecar(
+        ctx, procs, pki, "web", port=outbound, admin_port=out_admin, **ports
+    )
+    dp.check_path(dp.BenchPath(name, outbound, None))
+    in_pids = dp.process_tree(mesh_in)
+    return Server(
+        name,
+        inbound,
+        in_pids,
+        lambda: mtls._meshd_refused(in_admin),
+        pair_port=outbound,
+        pair_pids=mtls._both(in_pids, dp.process_tree(mesh_out)),
+    )
+
+
+def _handshake_round(
+    ctx: Context, openssl: str, pki: Pki, servers: list[Server], pool: ThreadPoolExecutor, rnd: int
+) -> None:
+    settings = mtls.Settings.from_env()
+    settings = mtls.Settings(settings.rate_connections, 1, settings.hs_seconds)
+
+    def one(server: Server) -> mtls.Handshakes:
+        sub = Context(ctx.root, ctx.python, ctx.wrk, ctx.tempdir(f"hs-{rnd}-{server.port}"))
+        return mtls._handshakes(
+            sub, openssl, pki, settings, server.as_mtls_server(), server.response_len
+        )
+
+    for server, result in zip(servers, pool.map(one, servers), strict=True):
+        if result.cpu_us_per_hs is not None:
+            server.figures.setdefault("handshakes", []).append(result.cpu_us_per_hs)
+
+
+def _pair_round(
+    wrk: str, params: WrkParams, servers: list[Server], pool: ThreadPoolExecutor
+) -> None:
+    pairs = [s for s in servers if s.pair_port is not None and s.pair_pids is not None]
+    urls = [f"http://127.0.0.1:{s.pair_port}/" for s in pairs]
+    if params.warmup_s:
+        list(pool.map(lambda url: run_wrk(wrk, url, params, params.warmup_s), urls))
+    pids = [s.pair_pids() for s in pairs if s.pair_pids is not None]
+    before = [cpu_ticks(p) for p in pids]
+    results = list(pool.map(lambda url: run_wrk(wrk, url, params, params.duration_s), urls))
+    after = [cpu_ticks(p) for p in pids]
+    for server, result, b, a in zip(pairs, results, before, after, strict=True):
+        per_req = (a - b) * 1e6 / CLK_TCK / max(result.requests, 1)
+        server.figures.setdefault("pair", []).append(per_req)
+
+
+def report(servers: list[Server]) -> list[str]:
+    """Per figure: each server's median, then each one's median per-round ratio to the first."""
+    lines = []
+    for figure in FIGURES:
+        measured = [s for s in servers if s.figures.get(figure)]
+        if not measured:
+            continue
+        unit = "cpu_us/hs" if figure == "handshakes" else "cpu_us/req"
+        medians = "  ".join(
+            f"{s.name}={statistics.median(s.figures[figure]):.1f}" for s in measured
+        )
+        lines.append(f"{figure} ({unit}, median): {medians}")
+        first = measured[0].figures[figure]
+        for other in measured[1:]:
+            values = other.figures[figure]
+            if len(values) == len(first):
+                ratio = paired_ratio(first, values)
+                lines.append(
+                    f"PAIRED_RATIO {figure} {other.name} / {measured[0].name}: {ratio:.3f}"
+                )
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    """Parse the arguments, start everything, run the rounds, print the figures."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("checkouts", nargs="+", type=Path, help="meshd source trees to compare")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=FIGURES, help="measure one figure only")
+    parser.add_argument("--nginx", action="store_true", help="also nginx-back's handshakes")
+    args = parser.parse_args(argv)
+    tools = ensure_tools(mtls.TOOLS)
+    params = WrkParams.from_env()
+    workroot = Path(tempfile.mkdtemp(prefix="meshd-profile-mtls-"))
+    base = Context(Path.cwd(), sys.executable, params, workroot)
+    pki = write_pki(base.tempdir("pki"), mtls.SERVICES)
+    (backend,) = free_ports(1)
+    with ProcessGroup() as procs, ThreadPoolExecutor(max_workers=8) as pool:
+        dp.start_nginx(base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
+        servers = []
+        for i, root in enumerate(args.checkouts):
+            ctx = Context(root.resolve(), sys.executable, params, base.tempdir(f"checkout-{i}"))
+            servers.append(_meshd_pair(ctx, procs, pki, f"{i}:{root}", backend))
+        if args.nginx:
+            (back,) = free_ports(1)
+            proc = dp.start_nginx(
+                base, procs, tools["nginx"], "nginx-back", "nginx-mtls-back.conf",
+                port=back, backend_port=backend,
+            )  # fmt: skip
+            not_ok = proc.log.parent / "not-ok.log"
+            refused = lambda: len(not_ok.read_bytes().splitlines()) if not_ok.exists() else 0  # noqa: E731
+            servers.append(Server("nginx-back", back, dp.nginx_workers(proc), refused))
+        for server in servers:
+            server.response_len = mtls.check_mtls_server(server.name, server.port, pki)
+        print(f"profile_mtls: {params.describe()}, warm-up {params.warmup_s}s", flush=True)
+        for rnd in range(args.rounds):
+            if args.only in (None, "handshakes"):
+                _handshake_round(base, tools["openssl"], pki, servers, pool, rnd)
+            if args.only in (None, "pair"):
+                _pair_round(tools["wrk"], params, servers, pool)
+            shown = "  ".join(
+                f"{s.name}: " + " ".join(f"{k}={v[-1]:.1f}" for k, v in s.figures.items())
+                for s in servers
+            )
+            print(f"round {rnd}: {shown}", flush=True)
+    print("\n".join(report(servers)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
