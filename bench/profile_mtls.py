@@ -24,6 +24,7 @@ per-round ratios to the first checkout (``PAIRED_RATIO``). A checkout compared w
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -190,6 +191,7 @@ def main(argv: list[str]) -> int:
             )
             print(f"round {rnd}: {shown}", flush=True)
     print("\n".join(report(servers)))
+    shutil.rmtree(workroot, ignore_errors=True)
     return 0
 
 
