@@ -9,8 +9,8 @@ loads every server at the same time (paired: on a shared machine, runs in turn c
 different moments):
 
 * ``handshakes``: one ``openssl s_time -new -tls1_3`` client (the suite's settings) per
-  inbound side for ``BENCH_MTLS_HS_SECONDS``; the inbound process's CPU per completed full
-  handshake;
+  inbound side for ``BENCH_MTLS_HS_SECONDS``, started in an order that alternates each round;
+  the inbound process's CPU per completed full handshake;
 * ``pair``: one wrk per meshd pair (warm-up, then ``BENCH_DURATION``); both sidecars' CPU
   per request.
 
@@ -104,7 +104,10 @@ def _handshake_round(
             sub, openssl, pki, settings, server.as_mtls_server(), server.response_len
         )
 
-    for server, result in zip(servers, pool.map(one, servers), strict=True):
+    # The clients start in turn: the order alternates each round, so neither side always
+    # starts first.
+    order = servers if rnd % 2 == 0 else servers[::-1]
+    for server, result in zip(order, pool.map(one, order), strict=True):
         if result.cpu_us_per_hs is not None:
             server.figures.setdefault("handshakes", []).append(result.cpu_us_per_hs)
 
