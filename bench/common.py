@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from meshd_build import PURE, MeshdBuild
+
 BENCH_DIR = Path(__file__).resolve().parent
 TEMPLATES = BENCH_DIR / "templates"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -89,6 +91,8 @@ class Context:
     wrk: WrkParams
     #: A fresh directory for this suite's configs, pid files and logs.
     workdir: Path
+    #: Which meshd the project daemons run (``bench/run``: the compiled build by default).
+    build: MeshdBuild = PURE
 
     def tempdir(self, name: str) -> Path:
         """A new directory ``name`` under the suite's workdir (one per started component)."""
@@ -97,10 +101,12 @@ class Context:
         return path
 
     def project_env(self) -> dict[str, str]:
-        """Environment for project daemons: the checkout first on ``PYTHONPATH``, no systemd fds."""
+        """Environment for project daemons: the build (compiled modules), then the checkout
+        first on ``PYTHONPATH``; no systemd fds."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+        first = [str(self.build.path)] if self.build.path is not None else []
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.root), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (*first, str(self.root), os.environ.get("PYTHONPATH", "")) if p
         )
         return env
 
