@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from meshd_build import PURE, MeshdBuild
-
 BENCH_DIR = Path(__file__).resolve().parent
 TEMPLATES = BENCH_DIR / "templates"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -80,6 +78,24 @@ class WrkParams:
     def describe(self) -> str:
         """The measured runs' wrk command line, for the report header."""
         return " ".join(["wrk", *self.flags(self.duration_s)])
+
+
+@dataclass(frozen=True)
+class MeshdBuild:
+    """The meshd a bench run starts (``meshd_build.py``): ``path``, if any, goes before the
+    checkout on the daemons' ``PYTHONPATH``."""
+
+    kind: str
+    path: Path | None = None
+    detail: str = "the checkout's source as it is"
+
+    def info_line(self) -> str:
+        """``INFO meshd_build=<kind> (...)``: which build made a run's figures."""
+        return f"INFO meshd_build={self.kind} ({self.detail})"
+
+
+#: The checkout as it is (development, the tests).
+PURE = MeshdBuild("pure")
 
 
 @dataclass(frozen=True)

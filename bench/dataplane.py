@@ -8,7 +8,7 @@ with a tap active, against both off: ``telemetry_overhead.py``) and ``RSS_MB mes
 verdict, after INFO lines with the floors any Trio proxy has here: a bare Trio byte relay
 against nginx and haproxy, and the resident memory of the required (and recommended) libraries
 imported by themselves. With the compiled build (``bench/run``'s default), a pure-Python meshd
-is measured too (paths ``meshd-l7-pure``, ``meshd-l4-pure``; INFO lines only).
+is measured beside it at the end (INFO lines only).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from common import (
     start_meshd,
     wait_for_port,
 )
-from meshd_build import PURE, pure_info_lines
+from meshd_build import PURE, compare_pure
 
 BODY = b"hello world\n"
 TOOLS = {"nginx": "nginx-light", "haproxy": "haproxy", "wrk": "wrk"}
@@ -369,9 +369,6 @@ def run_suite(ctx: Context) -> None:
             BenchPath("meshd-l7-w2", w2_l7, process_tree(meshd_w2)),
             BenchPath("trio-relay", relay, process_tree(relay_proc)),
         ]
-        if pure is not None:
-            paths.append(BenchPath("meshd-l7-pure", pure_l7, process_tree(pure)))
-            paths.append(BenchPath("meshd-l4-pure", pure_l4, process_tree(pure)))
         for path in paths:
             check_path(path)
         status, _, head = http_get(admin, "/metrics")
@@ -381,10 +378,17 @@ def run_suite(ctx: Context) -> None:
         time.sleep(1.0)
         idle_rss = sum(rss_kb(pid) for pid in process_tree(meshd)())
         pure_rss = sum(rss_kb(pid) for pid in process_tree(pure)()) if pure else 0
+        pure_lines = []
         results = []
         for path in paths:
             results.append(measure_path(ctx, tools["wrk"], path))
             print(f"dataplane: measured {path.name}", file=sys.stderr, flush=True)
+        if pure is not None:
+            mine, pure_tree = process_tree(meshd), process_tree(pure)
+            pairs = {"l7": ((meshd_l7, mine), (pure_l7, pure_tree))}
+            pairs["l4"] = ((meshd_l4, mine), (pure_l4, pure_tree))
+            pure_lines = compare_pure(ctx, tools["wrk"], pairs)
+            pure_lines.append(f"INFO rss_mb_meshd_idle_pure={pure_rss / 1024:.2f}")
         started = (backend_proc, nginx, haproxy, meshd, meshd_w2, relay_proc)
         for proc in (*started, *([pure] if pure else [])):
             if not proc.alive():
@@ -399,7 +403,5 @@ def run_suite(ctx: Context) -> None:
         import_floor_kb(ctx, REQUIRED_IMPORTS + RECOMMENDED_IMPORTS),
     )
     _report(results, idle_rss, floors, lambda: to.report(rounds, side).ratio)
-    if pure is not None:
-        cpu = {m.path.name: m.cpu_us_per_req for m in results}
-        for line in pure_info_lines(cpu, idle_rss, pure_rss):
-            print(line)
+    for line in pure_lines:
+        print(line)

@@ -19,8 +19,11 @@ import sys
 import sysconfig
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from common import CLK_TCK, PURE, Context, MeshdBuild, cpu_ticks, run_wrk
 
 #: ``pure`` or ``mypyc`` (the default); ``bench/run --pure`` sets it to ``pure``.
 BUILD_ENV = "BENCH_MESHD_BUILD"
@@ -29,25 +32,11 @@ KINDS = ("mypyc", "pure")
 _PROBE = "meshd.http.codec"
 
 
+__all__ = ["PURE", "BuildError", "MeshdBuild", "compare_pure", "prepare", "requested"]
+
+
 class BuildError(Exception):
     """The compiled build could not be made (no compiler, a module mypyc refuses...)."""
-
-
-@dataclass(frozen=True)
-class MeshdBuild:
-    """The meshd a bench run starts: ``path`` goes before the checkout on ``PYTHONPATH``."""
-
-    kind: str
-    path: Path | None = None
-    detail: str = "the checkout's source as it is"
-
-    def info_line(self) -> str:
-        """``INFO meshd_build=<kind> (...)``: which build made a run's figures."""
-        return f"INFO meshd_build={self.kind} ({self.detail})"
-
-
-#: The checkout as it is (development, the tests).
-PURE = MeshdBuild("pure")
 
 
 def requested(pure_flag: bool = False) -> str:
@@ -142,19 +131,38 @@ def _check(build: MeshdBuild) -> None:
         )
 
 
-def pure_info_lines(cpu: dict[str, float | None], rss_kb: int, pure_rss_kb: int) -> list[str]:
-    """``dataplane``'s INFO lines on the pure-Python meshd beside the compiled one: CPU per
-    request of ``meshd-l7``/``-l4`` and their ``-pure`` paths (measured in turn, not paired:
-    read the ratio against the run-to-run noise) and idle RSS."""
+#: A meshd's listener port and its processes (whose CPU a request costs).
+Listener = tuple[int, Callable[[], list[int]]]
+
+
+def compare_pure(ctx: Context, wrk: str, pairs: dict[str, tuple[Listener, Listener]]) -> list[str]:
+    """``dataplane``'s INFO lines on the pure-Python meshd beside the compiled one: for each
+    ``layer: ((port, pids), (pure_port, pure_pids))``, one warm-up and one measured wrk run on
+    both at the same time (the machine's load of that moment weighs on both alike), and each
+    one's CPU per request."""
     lines = []
-    for layer in ("l7", "l4"):
-        compiled, pure = cpu.get(f"meshd-{layer}"), cpu.get(f"meshd-{layer}-pure")
-        shown = "n/a" if pure is None else f"{pure:.1f}"
-        share = "n/a" if compiled is None or not pure else f"{compiled / pure:.2f}"
-        lines.append(
-            f"INFO {layer}_cpu_us_per_req_pure={shown} "
-            f"(mypyc {'n/a' if compiled is None else f'{compiled:.1f}'}; mypyc/pure {share})"
-        )
-    mb = (pure_rss_kb / 1024, rss_kb / 1024)
-    lines.append(f"INFO rss_mb_meshd_idle_pure={mb[0]:.2f} (mypyc {mb[1]:.2f})")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for layer, ((port, pids), (pure_port, pure_pids)) in pairs.items():
+            urls = [f"http://127.0.0.1:{p}/" for p in (port, pure_port)]
+            if ctx.wrk.warmup_s:
+                list(pool.map(lambda url: run_wrk(wrk, url, ctx.wrk, ctx.wrk.warmup_s), urls))
+            before = [cpu_ticks(pids()), cpu_ticks(pure_pids())]
+            runs = list(pool.map(lambda url: run_wrk(wrk, url, ctx.wrk, ctx.wrk.duration_s), urls))
+            spent = [cpu_ticks(pids()) - before[0], cpu_ticks(pure_pids()) - before[1]]
+            cpu = [
+                s * 1e6 / CLK_TCK / r.requests if r.requests else None
+                for s, r in zip(spent, runs, strict=True)
+            ]
+            lines.append(cpu_line(layer, cpu[0], cpu[1]))
     return lines
+
+
+def cpu_line(layer: str, compiled: float | None, pure: float | None) -> str:
+    """``INFO <layer>_cpu_us_per_req_pure=<µs> (mypyc <µs>, loaded at once; mypyc/pure <x>)``."""
+    shown = "n/a" if pure is None else f"{pure:.1f}"
+    share = "n/a" if compiled is None or not pure else f"{compiled / pure:.2f}"
+    mine = "n/a" if compiled is None else f"{compiled:.1f}"
+    return (
+        f"INFO {layer}_cpu_us_per_req_pure={shown} "
+        f"(mypyc {mine}, loaded at the same time; mypyc/pure {share})"
+    )

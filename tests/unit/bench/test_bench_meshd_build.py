@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import meshd_build  # noqa: E402
-from common import Context, WrkParams  # noqa: E402
+from common import PURE, Context, MeshdBuild, WrkParams  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,14 +37,14 @@ def test_the_build_goes_before_the_checkout_on_the_daemons_path(tmp_path: Path) 
     wrk = WrkParams()
     pure = Context(ROOT, sys.executable, wrk, tmp_path)
     assert pure.project_env()["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
-    build = meshd_build.MeshdBuild("mypyc", tmp_path / "build", "test")
+    build = MeshdBuild("mypyc", tmp_path / "build", "test")
     compiled = Context(ROOT, sys.executable, wrk, tmp_path, build)
     assert compiled.project_env()["PYTHONPATH"].split(os.pathsep)[:2] == [
         str(tmp_path / "build"),
         str(ROOT),
     ]
     assert build.info_line() == "INFO meshd_build=mypyc (test)"
-    assert meshd_build.PURE.info_line().startswith("INFO meshd_build=pure ")
+    assert PURE.info_line().startswith("INFO meshd_build=pure ")
 
 
 def test_assemble_puts_the_extension_modules_beside_a_copy_of_the_source(tmp_path: Path) -> None:
@@ -63,15 +63,10 @@ def test_assemble_puts_the_extension_modules_beside_a_copy_of_the_source(tmp_pat
     assert not (dest / "pkg" / "sub" / "__pycache__").exists()
 
 
-def test_pure_info_lines() -> None:
-    cpu: dict[str, float | None] = {
-        "meshd-l7": 40.0,
-        "meshd-l7-pure": 50.0,
-        "meshd-l4": 20.0,
-        "meshd-l4-pure": None,
-    }
-    assert meshd_build.pure_info_lines(cpu, 30 * 1024, 29 * 1024) == [
-        "INFO l7_cpu_us_per_req_pure=50.0 (mypyc 40.0; mypyc/pure 0.80)",
-        "INFO l4_cpu_us_per_req_pure=n/a (mypyc 20.0; mypyc/pure n/a)",
-        "INFO rss_mb_meshd_idle_pure=29.00 (mypyc 30.00)",
-    ]
+def test_the_pure_cpu_line() -> None:
+    assert meshd_build.cpu_line("l7", 40.0, 50.0) == (
+        "INFO l7_cpu_us_per_req_pure=50.0 (mypyc 40.0, loaded at the same time; mypyc/pure 0.80)"
+    )
+    assert meshd_build.cpu_line("l4", 20.0, None) == (
+        "INFO l4_cpu_us_per_req_pure=n/a (mypyc 20.0, loaded at the same time; mypyc/pure n/a)"
+    )
