@@ -65,6 +65,8 @@ def prepare(root: Path, kind: str, dest: Path) -> MeshdBuild:
     sys.path.insert(0, str(root))
     try:
         import hatch_build
+    except ImportError as exc:  # hatchling and mypy come with the dev extra (scripts/setup)
+        raise BuildError(f"{exc}: the mypyc build needs `pip install -e .[dev]`") from exc
     finally:
         sys.path.remove(str(root))
     modules = hatch_build.listed_modules(root)
