@@ -8,6 +8,7 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -70,3 +71,42 @@ def test_the_pure_cpu_line() -> None:
     assert meshd_build.cpu_line("l4", 20.0, None) == (
         "INFO l4_cpu_us_per_req_pure=n/a (mypyc 20.0, loaded at the same time; mypyc/pure n/a)"
     )
+
+
+def _hatch_build() -> ModuleType:
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hatch_build
+    finally:
+        sys.path.remove(str(ROOT))
+    return hatch_build
+
+
+def test_the_compile_cache_answers_a_known_source_and_keeps_the_entries_used_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hatch_build = _hatch_build()
+    compiled: list[Path] = []
+
+    def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
+        compiled.append(work)
+        (work / "lib" / "pkg").mkdir(parents=True)
+        (work / "lib" / "pkg" / "mod.so").write_bytes(b"elf")
+        return work / "lib"
+
+    monkeypatch.setattr(hatch_build, "compile_modules", compile_modules)
+    monkeypatch.setattr(hatch_build, "cache_key", lambda root, modules: "k" + modules[0])
+    cache = tmp_path / "cache"
+    for i in range(hatch_build.KEEP_ENTRIES):
+        (cache / f"kold{i}").mkdir(parents=True)
+        os.utime(cache / f"kold{i}", (i, i))
+    work = tmp_path / "work"
+    lib = hatch_build.cached_compile(ROOT, ["new"], str(cache), work, print)
+    assert lib == work / "lib" and compiled == [work]
+    assert (cache / "knew" / "pkg" / "mod.so").read_bytes() == b"elf"
+    # The oldest entry made room; a second build of the same source compiles nothing.
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        ["knew", *(f"kold{i}" for i in range(1, hatch_build.KEEP_ENTRIES))]
+    )
+    assert hatch_build.cached_compile(ROOT, ["new"], str(cache), work, print) == cache / "knew"
+    assert compiled == [work]
