@@ -174,10 +174,11 @@ def main(argv: list[str]) -> int:
         parser.error("--profile needs py-spy (--py-spy PATH or $PY_SPY)")
     tools = ensure_tools(TOOLS)
     wrk_params = WrkParams.from_env()
-    workroot = Path(tempfile.mkdtemp(prefix="meshd-profile-"))
-    base = Context(Path.cwd(), sys.executable, wrk_params, workroot)
-    (backend,) = free_ports(1)
-    with ProcessGroup() as procs:
+    # The temp dir goes however the run ends (a failed build or start leaves nothing behind).
+    with tempfile.TemporaryDirectory(prefix="meshd-profile-") as tmp, ProcessGroup() as procs:
+        workroot = Path(tmp)
+        base = Context(Path.cwd(), sys.executable, wrk_params, workroot)
+        (backend,) = free_ports(1)
         dp.start_nginx(base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
         meshds = []
         for i, root in enumerate(args.checkouts):
@@ -239,7 +240,6 @@ def main(argv: list[str]) -> int:
         if args.profile:
             for root, proc, path in meshds:
                 _profile(args, tools["wrk"], wrk_params, root, proc.pid, path.port, workroot)
-    shutil.rmtree(workroot, ignore_errors=True)
     return 0
 
 
