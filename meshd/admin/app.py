@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
 
 from meshd.admin.origin import refusal
+
+if TYPE_CHECKING:
+    # prometheus-client loads at the first scrape (the registry's factory imports it).
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 __all__ = ["AdminApp", "AdminBackend", "build_admin_app"]
 
@@ -81,7 +84,7 @@ class AdminApp:
     Views run on the Trio thread: the backend and the stats are only safe to read there.
     """
 
-    def __init__(self, backend: AdminBackend, registry: CollectorRegistry) -> None:
+    def __init__(self, backend: AdminBackend, registry: Callable[[], CollectorRegistry]) -> None:
         self._backend = backend
         self._registry = registry
         get: dict[str, Callable[[], Awaitable[Answer]]] = {
@@ -147,7 +150,11 @@ class AdminApp:
         # Collecting reads live proxy state, so it stays on the Trio thread. Formatting the
         # immutable families is the expensive part (~10 us per sample in prometheus_client):
         # a thread turns one long loop stall into GIL-switch-sized slices.
-        families = list(self._registry.collect())
+        # The first scrape imports prometheus-client (tens of ms, once): idle sidecars that
+        # nobody scrapes never load it.
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        families = list(self._registry().collect())
         body = await trio.to_thread.run_sync(generate_latest, _Collected(families))
         return 200, CONTENT_TYPE_LATEST.encode("ascii"), body
 
@@ -175,6 +182,7 @@ async def _read_body(receive: Receive) -> bytes:
             return body
 
 
-def build_admin_app(backend: AdminBackend, registry: CollectorRegistry) -> AdminApp:
-    """The admin app serving ``backend`` and the metrics in ``registry``."""
+def build_admin_app(backend: AdminBackend, registry: Callable[[], CollectorRegistry]) -> AdminApp:
+    """The admin app serving ``backend`` and the metrics in the registry ``registry()`` returns
+    (called at each scrape, so it can be built at the first)."""
     return AdminApp(backend, registry)
