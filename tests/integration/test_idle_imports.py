@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.integration.helpers import clean_env, closed_port, write_sidecar_config
+from helpers import clean_env, closed_port, write_sidecar_config
 
 pytestmark = pytest.mark.timeout(60)
 
