@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -194,12 +195,12 @@ class ListenerManager:
         assert self._connections is not None
         stats = self.shared.stats
 
-        async def serve(sock: socket.socket, addr: Any) -> None:
-            await self._serve(slot, sock, addr)
-
         def count(event: str) -> None:
             stats.listener_limit_event(slot.model.name, event)
 
+        # A partial, not a closure: a coroutine frame less in every connection's task (its
+        # memory, and one hop less on each of its wake-ups).
+        serve = partial(self._serve, slot)
         slot.acceptor = Acceptor(connection_limits(slot.model), serve, on_event=count)
         with slot.scope:
             try:

@@ -3,21 +3,18 @@ detection, health checks, rate limits, faults and mirroring.
 
 Every metric is declared once in :data:`POLICY_METRICS` (name, help, labels, kind); callers
 record by name with plain dict updates (:meth:`PolicyStats.inc`, :meth:`PolicyStats.set`), and
-:class:`PolicyCollector` turns the values into Prometheus families at scrape time. Recording a
-name that isn't declared, or with the wrong number of labels, is a programming error and
-raises at once.
+:class:`meshd.metrics.PolicyCollector` turns the values into Prometheus families at scrape
+time. Recording a name that isn't declared, or with the wrong number of labels, is a
+programming error and raises at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-__all__ = ["POLICY_METRICS", "MetricSpec", "PolicyCollector", "PolicyStats"]
+__all__ = ["POLICY_METRICS", "MetricSpec", "PolicyStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,28 +109,3 @@ class PolicyStats:
         """Each metric with a copy of its series."""
         for name, spec in POLICY_METRICS.items():
             yield name, spec, list(self._values[name].items())
-
-
-class PolicyCollector(Collector):
-    """Builds the policy metric families from a :class:`PolicyStats` at scrape time."""
-
-    def __init__(self, stats: PolicyStats) -> None:
-        self._stats = stats
-
-    def describe(self) -> Iterable[Metric]:
-        """Sample-free families, so registration can check names without a collection."""
-        return [_family(name, spec) for name, spec in POLICY_METRICS.items()]
-
-    def collect(self) -> Iterator[Metric]:
-        """Convert the current values into metric families."""
-        for name, spec, series in self._stats.items():
-            family = _family(name, spec)
-            for labels, value in series:
-                family.add_metric(list(labels), value)
-            yield family
-
-
-def _family(name: str, spec: MetricSpec) -> CounterMetricFamily | GaugeMetricFamily:
-    if spec.kind == "counter":
-        return CounterMetricFamily(name, spec.help, labels=spec.labels)
-    return GaugeMetricFamily(name, spec.help, labels=spec.labels)

@@ -42,14 +42,12 @@ from meshd.control.settings import control_settings
 from meshd.drain import IDLE_CLOSE_AFTER_S
 from meshd.errors import SnapshotRejected
 from meshd.memory import settle_after_start
-from meshd.registration import Registration
 from meshd.telemetry.wiring import start_reporter, start_tracing
-from meshd.workers import WorkerSupervisor
-from meshd.workers.feed import WorkerFeed
-from meshd.workers.follower import watch_primary
 
 if TYPE_CHECKING:
-    # The identity modules (and cryptography) load only when the bootstrap has ``identity:``.
+    # The identity modules (and cryptography) load only when the bootstrap has ``identity:``;
+    # registration, the worker modules and controld's client likewise only in the modes that
+    # use them (issue 15: a file-mode sidecar doesn't carry them in its memory).
     pass
 
 from meshd.sidecar_control import CACHE_AFTER_S, ControlledSidecar
@@ -96,6 +94,8 @@ class Sidecar(ControlledSidecar):
             # each process.
             self.listeners.reuse_port = True
             if not self.worker_index:
+                from meshd.workers.feed import WorkerFeed
+
                 self._feed = WorkerFeed()
         self._bootstrap = bootstrap
         static = bootstrap.identity.static if bootstrap.identity is not None else None
@@ -131,7 +131,7 @@ class Sidecar(ControlledSidecar):
                 from meshd.admin.app import build_admin_app
                 from meshd.admin.server import AdminServer
 
-                app = build_admin_app(self, self.registry)
+                app = build_admin_app(self, self.metrics_registry)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 sock = self.succession.admin_socket(
                     bootstrap.admin.host, port, primary=self.worker_index == 0
@@ -157,11 +157,15 @@ class Sidecar(ControlledSidecar):
                 assert self._bootstrap is not None
                 bootstrap = self._bootstrap
             if bootstrap.registry is not None and self.worker_index == 0:
+                from meshd.registration import Registration
+
                 self.registration = Registration.for_sidecar(
                     self, bootstrap.registry, self.stats, bootstrap_path=self.bootstrap_path
                 )
                 await nursery.start(self.registration.run)
             if self._feed is not None:
+                from meshd.workers import WorkerSupervisor
+
                 self.workers = WorkerSupervisor(
                     self.bootstrap_path,
                     workers,
@@ -172,6 +176,8 @@ class Sidecar(ControlledSidecar):
             await nursery.start(WatchdogService(self.notifier, _watchdog()).run)
             await nursery.start(self._signals)
             if self.worker_index:
+                from meshd.workers.follower import watch_primary
+
                 nursery.start_soon(watch_primary, os.getppid(), self._primary_gone)
             self._ready = True
             self.notifier.ready(f"serving snapshot {snapshot.version}")

@@ -30,7 +30,6 @@ from meshd.cluster.state import ClusterStates
 from meshd.config import RuntimeConfig, build_runtime
 from meshd.context import ProxyShared
 from meshd.control.settings import ControlSettings
-from meshd.control.source import ControlSource
 from meshd.drain import DrainControl
 from meshd.features import ENFORCED, check_features
 from meshd.handoff import Takeover
@@ -38,19 +37,25 @@ from meshd.http.mirror import MirrorService
 from meshd.listeners import ListenerManager
 from meshd.mtls import MeshTls
 from meshd.ratelimit import RateLimits
-from meshd.registration import Registration
-from meshd.stats import Stats, build_registry
+from meshd.stats import Stats
 from meshd.succession import Succession
-from meshd.telemetry.reporter import TelemetryReporter
 from meshd.telemetry.wiring import cert_not_after
-from meshd.workers import WorkerSupervisor
-from meshd.workers.feed import WorkerFeed
-from meshd.workers.follower import WorkerFollower
 
 if TYPE_CHECKING:
-    # The identity modules (and cryptography) load only when the bootstrap has ``identity:``.
+    # prometheus-client loads at the first scrape (:meth:`SidecarBase.metrics_registry`).
+    from prometheus_client import CollectorRegistry
+
+    # The identity modules (and cryptography) load only when the bootstrap has ``identity:``;
+    # controld's client, registration, telemetry and the workers likewise only in the modes
+    # that use them (:mod:`meshd.sidecar`, :mod:`meshd.sidecar_control`).
+    from meshd.control.source import ControlSource
     from meshd.identity import IdentityService
     from meshd.identity.static import StaticIdentity
+    from meshd.registration import Registration
+    from meshd.telemetry.reporter import TelemetryReporter
+    from meshd.workers import WorkerSupervisor
+    from meshd.workers.feed import WorkerFeed
+    from meshd.workers.follower import WorkerFollower
     from meshd.workers.identity import RelayedIdentity
 
 log = structlog.get_logger("meshd.sidecar")
@@ -83,7 +88,7 @@ class SidecarBase:
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
         self.stats.cert_expiry = lambda: cert_not_after(self)
-        self.registry = build_registry(self.stats, self._pool_stats)
+        self._registry: CollectorRegistry | None = None
         #: What inbound access control keeps across snapshots (JWKS caches, log limiters).
         self.authz = AuthzContext(self.stats)
         #: Token buckets of the snapshot's rate limits, kept across snapshots.
@@ -238,6 +243,15 @@ class SidecarBase:
         if self.workers is not None:
             out["workers"] = self.workers.describe()
         return out
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """The Prometheus registry of this sidecar's metrics, built at the first call (the
+        first scrape): prometheus-client loads then, not at start-up."""
+        if self._registry is None:
+            from meshd.metrics import build_registry
+
+            self._registry = build_registry(self.stats, self._pool_stats)
+        return self._registry
 
     def _mirror_cluster(self, name: str) -> ClusterRuntime | None:
         """The cluster called ``name`` in the configuration in force (mirrored copies)."""

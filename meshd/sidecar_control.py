@@ -18,12 +18,13 @@ from meshcore import __version__
 from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshd.control.settings import control_settings
-from meshd.control.source import ControlSource, load_cache
 from meshd.errors import SnapshotRejected
 from meshd.features import features_header
-from meshd.workers.follower import WorkerFollower
 
 if TYPE_CHECKING:
+    # controld's client and the worker's follower load in the modes that use them.
+    from meshd.control.source import ControlSource
+
     # The identity modules (and cryptography) load only when the bootstrap has ``identity:``.
     from meshd.identity import IdentityService
     from meshd.identity.trust import ControldTrust
@@ -48,6 +49,8 @@ class ControlledSidecar(SidecarBase):
         *,
         task_status: trio.TaskStatus[ControlSource] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        from meshd.control.source import ControlSource
+
         settings = control_settings(bootstrap, self.bootstrap_path)
         self._control_settings = settings
         # An https controld is verified (and called with the leaf) as the identity does.
@@ -83,6 +86,8 @@ class ControlledSidecar(SidecarBase):
 
             relayed = RelayedIdentity()
             self.identity = relayed
+        from meshd.workers.follower import WorkerFollower
+
         self.follower = WorkerFollower(
             self._channel,
             apply=self._apply_relayed if self._controld else None,
@@ -172,6 +177,8 @@ class ControlledSidecar(SidecarBase):
         if not settings.cache_file.exists():
             log.info("no cached snapshot yet", path=str(settings.cache_file))
             return
+        from meshd.control.source import load_cache
+
         try:
             cached = load_cache(settings.cache_file)
             self._apply(bootstrap, cached.snapshot)

@@ -1,9 +1,9 @@
-"""The sidecar's counters and their Prometheus view.
+"""The sidecar's counters.
 
 The proxy's hot path only bumps plain ints (and one float) in dicts; nothing there allocates a
-metric object or takes a lock. :class:`MeshdCollector` turns the raw counts into metric families
-when ``/metrics`` is scraped, so the cost of Prometheus formatting is paid per scrape, not per
-request.
+metric object or takes a lock. Their Prometheus view, :mod:`meshd.metrics`, turns the raw
+counts into metric families when ``/metrics`` is scraped, so the cost of Prometheus formatting
+is paid per scrape, not per request (and prometheus-client is imported at the first scrape).
 
 Everything here runs on the daemon's one Trio thread; the admin app calls ``collect`` on that
 thread too (only the text formatting of the finished families goes to a worker thread), which is
@@ -13,18 +13,9 @@ why plain dict updates need no locking.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
-
-from meshd.policystats import PolicyCollector, PolicyStats
+from meshd.policystats import PolicyStats
 
 __all__ = [
     "AUTHZ_ACTIONS",
@@ -32,10 +23,8 @@ __all__ = [
     "AUTHZ_AUDIT",
     "AUTHZ_DENY",
     "BUCKETS",
-    "MeshdCollector",
     "PoolStats",
     "Stats",
-    "build_registry",
 ]
 
 BUCKETS: tuple[float, ...] = (
@@ -60,10 +49,6 @@ _METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 _NBUCKETS = len(BUCKETS) + 1  # the last slot counts observations above BUCKETS[-1]
-_BUCKET_LABELS = (*(repr(float(b)) for b in BUCKETS), "+Inf")
-
-_HTTP_LABELS = ("direction", "source", "destination", "route", "method", "code")
-_TCP_LABELS = ("direction", "source", "destination")
 
 # TCP record slots.
 _OPENED, _CLOSED, _RECEIVED, _SENT = range(4)
@@ -84,10 +69,6 @@ TcpKey = tuple[str, str, str]
 EndpointKey = tuple[str, str, int, int]
 #: (destination, route, reason)
 RouteErrorKey = tuple[str, str, str]
-
-
-def _no_pools() -> Iterable[tuple[str, str, int, int]]:
-    return ()
 
 
 class _Histogram:
@@ -310,215 +291,5 @@ class Stats:
         return dict(sorted(out.items()))
 
 
-class MeshdCollector(Collector):
-    """Builds the ``meshd_*`` metric families from a :class:`Stats` at scrape time."""
-
-    def __init__(self, stats: Stats, pool_stats: PoolStats = _no_pools) -> None:
-        self._stats = stats
-        self._pool_stats = pool_stats
-
-    def describe(self) -> Iterable[Metric]:
-        """Sample-free families, so registration can check names without a collection."""
-        return [*_families(), *_extra_families(None)]
-
-    def collect(self) -> Iterator[Metric]:
-        """Convert the current counts into metric families."""
-        s = self._stats
-        (
-            requests,
-            duration,
-            tcp_opened,
-            tcp_closed,
-            tcp_received,
-            tcp_sent,
-            ds_active,
-            ds_total,
-            limit_events,
-            upstream_errors,
-            pool,
-            snap_version,
-            snap_updates,
-            authz,
-        ) = _families()
-
-        # Copies: cheap, and immune to a recording call adding a key mid-iteration.
-        for (direction, src, dst, route, method, code), hist in list(s._http.items()):
-            labels = [direction, src, dst, route, method, str(code)]
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, n in zip(_BUCKET_LABELS, hist.buckets, strict=True):
-                cumulative += n
-                buckets.append((bound, cumulative))
-            requests.add_metric(labels, cumulative)
-            duration.add_metric(labels, buckets, hist.total)
-
-        for (direction, src, dst), rec in list(s._tcp.items()):
-            labels = [direction, src, dst]
-            tcp_opened.add_metric(labels, rec[_OPENED])
-            tcp_closed.add_metric(labels, rec[_CLOSED])
-            tcp_received.add_metric(labels, rec[_RECEIVED])
-            tcp_sent.add_metric(labels, rec[_SENT])
-
-        for listener, (active, total) in list(s._downstream.items()):
-            ds_active.add_metric([listener], active)
-            ds_total.add_metric([listener], total)
-
-        for (listener, event), count in list(s._limit_events.items()):
-            limit_events.add_metric([listener, event], count)
-
-        for (cluster, reason), count in list(s._upstream_errors.items()):
-            upstream_errors.add_metric([cluster, reason], count)
-
-        for cluster, endpoint, active, idle in self._pool_stats():
-            pool.add_metric([cluster, endpoint, "active"], active)
-            pool.add_metric([cluster, endpoint, "idle"], idle)
-
-        snap_version.add_metric([], s._snapshot_version)
-        snap_updates.add_metric(["applied"], s._snapshot_applied)
-        snap_updates.add_metric(["rejected"], s._snapshot_rejected)
-
-        for listener, counts in list(s._authz.items()):
-            for action, count in zip(AUTHZ_ACTIONS, counts, strict=True):
-                authz.add_metric([listener, action], count)
-
-        yield requests
-        yield duration
-        yield tcp_opened
-        yield tcp_closed
-        yield tcp_received
-        yield tcp_sent
-        yield ds_active
-        yield ds_total
-        yield limit_events
-        yield upstream_errors
-        yield pool
-        yield snap_version
-        yield snap_updates
-        yield authz
-        yield from _extra_families(s)
-
-
-def _families() -> tuple[
-    CounterMetricFamily,
-    HistogramMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-]:
-    return (
-        CounterMetricFamily("meshd_requests_total", "HTTP requests proxied.", labels=_HTTP_LABELS),
-        HistogramMetricFamily(
-            "meshd_request_duration_seconds",
-            "Time from request start to the end of the response.",
-            labels=_HTTP_LABELS,
-        ),
-        CounterMetricFamily(
-            "meshd_tcp_connections_opened_total",
-            "Proxied TCP connections established.",
-            labels=_TCP_LABELS,
-        ),
-        CounterMetricFamily(
-            "meshd_tcp_connections_closed_total",
-            "Proxied TCP connections closed.",
-            labels=_TCP_LABELS,
-        ),
-        CounterMetricFamily(
-            "meshd_tcp_received_bytes_total",
-            "Bytes the proxy received on proxied TCP connections.",
-            labels=_TCP_LABELS,
-        ),
-        CounterMetricFamily(
-            "meshd_tcp_sent_bytes_total",
-            "Bytes the proxy sent on proxied TCP connections.",
-            labels=_TCP_LABELS,
-        ),
-        GaugeMetricFamily(
-            "meshd_downstream_connections_active",
-            "Downstream connections currently open.",
-            labels=("listener",),
-        ),
-        CounterMetricFamily(
-            "meshd_downstream_connections_total",
-            "Downstream connections accepted.",
-            labels=("listener",),
-        ),
-        CounterMetricFamily(
-            "meshd_listener_limit_events_total",
-            "Connections closed or refused by a listener's connection limits, and failed "
-            "accepts (over_limit, idle_evicted, first_byte_timeout, accept_failed).",
-            labels=("listener", "event"),
-        ),
-        CounterMetricFamily(
-            "meshd_upstream_errors_total",
-            "Failures talking to an upstream cluster, by reason.",
-            labels=("cluster", "reason"),
-        ),
-        GaugeMetricFamily(
-            "meshd_upstream_pool_connections",
-            "Pooled upstream connections by endpoint and state (active or idle).",
-            labels=("cluster", "endpoint", "state"),
-        ),
-        GaugeMetricFamily(
-            "meshd_snapshot_version",
-            "Version of the snapshot in service (0 before the first).",
-        ),
-        CounterMetricFamily(
-            "meshd_snapshot_updates_total",
-            "Snapshots received from the control plane, by result.",
-            labels=("result",),
-        ),
-        CounterMetricFamily(
-            "meshd_authz_decisions_total",
-            "Inbound access decisions, by listener and outcome (allow, deny, audit).",
-            labels=("listener", "action"),
-        ),
-    )
-
-
 def _no_expiry() -> float | None:
     return None
-
-
-def _extra_families(s: Stats | None) -> Iterator[Metric]:
-    """Per-endpoint requests and the certificate expiry (``s`` None: sample-free)."""
-    endpoint = CounterMetricFamily(
-        "meshd_upstream_endpoint_requests_total",
-        "HTTP requests by upstream cluster, endpoint (host:port) and status class (0xx: no "
-        "response).",
-        labels=("cluster", "endpoint", "code_class"),
-    )
-    expiry = GaugeMetricFamily(
-        "meshd_certificate_expiry_timestamp_seconds",
-        "Expiry (not_after, Unix seconds) of the workload certificate in use; absent without one.",
-    )
-    if s is not None:
-        counts: dict[tuple[str, str, str], int] = {}
-        for (cluster, host, port, klass), hist in list(s._endpoints.items()):
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            key = (cluster, address, f"{klass}xx")
-            counts[key] = counts.get(key, 0) + sum(hist.buckets)
-        for labels, count in counts.items():
-            endpoint.add_metric(list(labels), count)
-        not_after = s.cert_expiry()
-        if not_after is not None:
-            expiry.add_metric([], not_after)
-    yield endpoint
-    yield expiry
-
-
-def build_registry(stats: Stats, pool_stats: PoolStats = _no_pools) -> CollectorRegistry:
-    """A fresh registry for one daemon: the ``meshd_*`` metrics plus process metrics."""
-    registry = CollectorRegistry()
-    registry.register(MeshdCollector(stats, pool_stats))
-    registry.register(PolicyCollector(stats.policy))
-    ProcessCollector(registry=registry)
-    return registry

@@ -18,10 +18,10 @@ import trio
 
 from meshd.handoff import HandedSocket, HandoffError, HandoffServer, Takeover, bind_admin
 from meshd.listeners import ListenerManager
-from meshd.workers import WorkerSupervisor
 
 if TYPE_CHECKING:
     from meshd.admin.server import AdminServer
+    from meshd.workers import WorkerSupervisor
 
 __all__ = ["Succession"]
 

@@ -188,7 +188,7 @@ class HttpConnection:
         return True
 
     def _pop_head(self) -> RequestHead:
-        kind, value = self.parser.events.popleft()
+        kind, value = self.parser.events.pop(0)
         assert kind == codec.EV_HEAD and isinstance(value, RequestHead)
         return value
 
@@ -265,12 +265,12 @@ class HttpConnection:
         while events:
             kind, value = events[0]
             if kind == EV_DATA:
-                events.popleft()
+                events.pop(0)
                 assert isinstance(value, bytes)
                 ex.bytes_in += len(value)
                 out.append(chunk(value) if chunked else value)
             elif kind == EV_END:
-                events.popleft()
+                events.pop(0)
                 if chunked:
                     out.append(LAST_CHUNK)
                 return True
@@ -281,7 +281,7 @@ class HttpConnection:
     def _take_end(self) -> None:
         events = self.parser.events
         if events and events[0][0] == EV_END:
-            events.popleft()
+            events.pop(0)
 
     async def respond(self, answer: Answer) -> None:
         """Answer the request in flight on the proxy's behalf (see :mod:`meshd.http.failure`)."""

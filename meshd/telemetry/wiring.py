@@ -10,13 +10,12 @@ import trio
 
 from meshcore.model import Bootstrap
 from meshcore.model.snapshot import LOCAL_APP_CLUSTER
-from meshd.telemetry.delta import ClusterFacts, ReportBuilder
-from meshd.telemetry.exporter import SpanExporter
-from meshd.telemetry.reporter import TelemetryReporter
 
 if TYPE_CHECKING:
     from meshd.control.source import ControlSource
     from meshd.sidecar_base import SidecarBase
+    from meshd.telemetry.delta import ClusterFacts
+    from meshd.telemetry.reporter import TelemetryReporter
 
 __all__ = ["cert_not_after", "start_reporter", "start_tracing"]
 
@@ -32,6 +31,10 @@ async def start_tracing(sidecar: SidecarBase, nursery: trio.Nursery, bootstrap: 
     restart)."""
     if bootstrap.tracing is None:
         return
+    # Loaded here, not at import: a sidecar without tracing or telemetry (file mode) never
+    # carries the exporter, the report models or controld's client (issue 15).
+    from meshd.telemetry.exporter import SpanExporter
+
     exporter = SpanExporter(
         bootstrap.tracing,
         service=bootstrap.service,
@@ -48,6 +51,9 @@ async def start_reporter(
     """controld mode: report telemetry about once a second (None when turned off)."""
     if not bootstrap.telemetry.enabled:
         return None
+    from meshd.telemetry.delta import ReportBuilder
+    from meshd.telemetry.reporter import TelemetryReporter
+
     reporter = TelemetryReporter(
         builder=ReportBuilder(sidecar.stats, bootstrap.service),
         proxy_id=bootstrap.node_id,
@@ -64,6 +70,8 @@ async def start_reporter(
 
 
 def _facts(sidecar: SidecarBase) -> ClusterFacts:
+    from meshd.telemetry.delta import ClusterFacts
+
     runtime = sidecar.runtime
     if runtime is None:
         return ClusterFacts()

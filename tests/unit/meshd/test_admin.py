@@ -10,11 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshd.admin import AdminBindError, AdminServer, build_admin_app
-from meshd.stats import Stats, build_registry
+from meshd.admin.app import AdminApp
+from meshd.metrics import build_registry
+from meshd.stats import Stats
 
 
 @dataclass
@@ -47,6 +49,18 @@ class FakeBackend:
         self.draining = True
 
 
+def _app(backend: FakeBackend) -> AdminApp:
+    """The admin app over ``backend``, its metrics in a registry built at the first scrape."""
+    registry: list[CollectorRegistry] = []
+
+    def metrics() -> CollectorRegistry:
+        if not registry:
+            registry.append(build_registry(backend.stats))
+        return registry[0]
+
+    return build_admin_app(backend, metrics)
+
+
 @dataclass
 class Admin:
     backend: FakeBackend
@@ -57,7 +71,7 @@ class Admin:
 @pytest.fixture
 async def admin() -> AsyncIterator[Admin]:
     backend = FakeBackend()
-    server = AdminServer(build_admin_app(backend, build_registry(backend.stats)), "127.0.0.1", 0)
+    server = AdminServer(_app(backend), "127.0.0.1", 0)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.run)
         assert port == server.port != 0
@@ -187,7 +201,7 @@ async def test_unknown_path(admin: Admin) -> None:
 
 async def test_graceful_shutdown_returns() -> None:
     backend = FakeBackend()
-    server = AdminServer(build_admin_app(backend, build_registry(backend.stats)), "127.0.0.1", 0)
+    server = AdminServer(_app(backend), "127.0.0.1", 0)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.run)
@@ -212,7 +226,7 @@ def has_ipv6_loopback() -> bool:
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 async def test_ipv6_loopback() -> None:
     backend = FakeBackend()
-    server = AdminServer(build_admin_app(backend, build_registry(backend.stats)), "::1", 0)
+    server = AdminServer(_app(backend), "::1", 0)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.run)
         async with httpx.AsyncClient() as client:
@@ -227,9 +241,7 @@ async def test_port_in_use_is_typed_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = AdminServer(
-            build_admin_app(backend, build_registry(backend.stats)), "127.0.0.1", port
-        )
+        server = AdminServer(_app(backend), "127.0.0.1", port)
         with pytest.raises(AdminBindError, match="in use"):
             await server.run()
 
@@ -237,6 +249,6 @@ async def test_port_in_use_is_typed_error() -> None:
 async def test_address_not_local_is_typed_error() -> None:
     backend = FakeBackend()
     # TEST-NET-1: never assigned to a local interface, so bind fails without any traffic.
-    server = AdminServer(build_admin_app(backend, build_registry(backend.stats)), "192.0.2.1", 0)
+    server = AdminServer(_app(backend), "192.0.2.1", 0)
     with pytest.raises(AdminBindError):
         await server.run()

@@ -62,7 +62,7 @@ def parse_requests(*pieces: bytes, limit: int = LIMIT) -> Parsed:
     for piece in pieces:
         parser.feed(piece)
         while parser.events:
-            kind, value = parser.events.popleft()
+            kind, value = parser.events.pop(0)
             out.order.append(kind)
             if kind == EV_HEAD:
                 assert isinstance(value, RequestHead)
@@ -205,7 +205,7 @@ def test_upgrade_request_keeps_tail() -> None:
         b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Sec-WebSocket-Version: 13\r\n\r\n\x81\x05hello"
     )
-    kind, head = parser.events.popleft()
+    kind, head = parser.events.pop(0)
     assert kind == EV_HEAD and isinstance(head, RequestHead)
     assert head.upgrade == b"websocket"
     assert (b"Sec-WebSocket-Version", b"13") in head.headers

@@ -254,7 +254,7 @@ def feed_requests(pieces: list[bytes]) -> list[tuple[RequestHead, bytes, bool]]:
     for piece in pieces:
         parser.feed(piece)
         while parser.events:
-            kind, value = parser.events.popleft()
+            kind, value = parser.events.pop(0)
             if kind == EV_HEAD:
                 assert isinstance(value, RequestHead)
                 out.append((value, b"", False))

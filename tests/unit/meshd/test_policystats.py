@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from meshd.stats import Stats, build_registry
+from meshd.metrics import build_registry
+from meshd.stats import Stats
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from meshd.stats import BUCKETS, MeshdCollector, Stats, build_registry
+from meshd.metrics import MeshdCollector, build_registry
+from meshd.stats import BUCKETS, Stats
 
 HTTP = ("outbound", "web", "api", "default", "GET", 200)
 

@@ -92,7 +92,7 @@ def feed_all(
 def head_of(data: bytes, **limits: int) -> RequestHead:
     parser = RequestParser(limits.pop("max_head", 64 * 1024), **limits)
     parser.feed(data)
-    kind, head = parser.events.popleft()
+    kind, head = parser.events.pop(0)
     assert kind == EV_HEAD and isinstance(head, RequestHead)
     return head
 

@@ -21,7 +21,8 @@ from meshd.context import ExchangeRecord, ProxyShared, now
 from meshd.http.codec import RequestHead
 from meshd.http.exchange import Exchange, record
 from meshd.http.tracing import next_traceparent
-from meshd.stats import Stats, build_registry
+from meshd.metrics import build_registry
+from meshd.stats import Stats
 from meshd.telemetry.tap import TapSampler
 
 pytestmark = pytest.mark.timeout(30)
