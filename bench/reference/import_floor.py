@@ -2,7 +2,7 @@
 
 Usage: ``python import_floor.py MODULE...``; prints VmRSS in kB. The dataplane suite uses it
 to show how much of meshd's idle footprint the libraries the project requires take by
-themselves (trio, hypercorn, structlog, prometheus-client), next to ``RSS_MB meshd_idle``.
+themselves (e.g. trio and structlog), next to ``RSS_MB meshd_idle``.
 """
 
 from __future__ import annotations
