@@ -7,9 +7,10 @@ in its own task; an EOF on one side becomes ``send_eof()`` (``shutdown(SHUT_WR)`
 until it ends too (TCP half-close).
 
 When both ends are plain :class:`~meshd.net.stream.SocketStream` sockets the bytes never
-enter Python: each direction moves them with ``splice(2)`` from the source socket into a
-private pipe and from the pipe into the destination socket. Any other :class:`Stream`
-(trio memory streams, TLS) goes through ``receive_some``/``send_all``.
+enter Python, and no task wakes per read: the run's reactor (:mod:`meshd.net.reactor`) moves
+them with ``splice(2)`` from the source socket into a private pipe and from the pipe into the
+destination socket as epoll reports them ready. Any other :class:`Stream` (trio memory
+streams, TLS) goes through ``receive_some``/``send_all`` in a task per direction.
 
 The pump never closes its streams; that is the caller's job, and how depends on
 :attr:`PumpResult.reason`:
@@ -25,15 +26,14 @@ Cancellation of the calling scope propagates as usual (no result is returned for
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import trio
 
+from meshd.net.reactor import EPOLL_AVAILABLE, relay
 from meshd.net.stream import RECEIVE_SIZE, SocketStream, Stream
 
 PumpReason = Literal["eof", "idle_timeout", "reset"]
@@ -42,16 +42,11 @@ PumpReason = Literal["eof", "idle_timeout", "reset"]
 ProgressCallback = Callable[[int, int], None]
 """Called with byte deltas ``(downstream_to_upstream, upstream_to_downstream)``."""
 
-SPLICE_AVAILABLE: Final = hasattr(os, "splice") and hasattr(os, "pipe2")
-"""Whether this platform has ``os.splice`` (Linux, Python 3.10+)."""
+SPLICE_AVAILABLE: Final = EPOLL_AVAILABLE
+"""Whether this platform has ``os.splice`` and epoll (Linux, Python 3.10+)."""
 
-# The pipe's default capacity: asking for more than fits only makes splice return less.
-_SPLICE_CHUNK: Final = 65536
-# SPLICE_F_NONBLOCK covers the pipe; the sockets are non-blocking already (O_NONBLOCK).
-_SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if SPLICE_AVAILABLE else 0
-# Neither path checkpoints while the kernel keeps up, so a busy connection would starve the
-# other tasks and never see a cancellation: yield after this many chunks (at most 1 MiB;
-# the splice path counts only chunks in a row that did not wait).
+# The copy path does not checkpoint while the streams keep up, so a busy connection would
+# starve the other tasks and never see a cancellation: yield after this many chunks.
 _YIELD_EVERY: Final = 16
 
 
@@ -65,6 +60,13 @@ class PumpResult:
     downstream_to_upstream: int
     upstream_to_downstream: int
     reason: PumpReason
+
+
+_REASONS: Final[dict[str, PumpReason]] = {
+    "eof": "eof",
+    "idle_timeout": "idle_timeout",
+    "reset": "reset",
+}
 
 
 def can_splice(down: Stream, up: Stream) -> bool:
@@ -116,7 +118,22 @@ async def pump(
         use_splice = spliceable
     elif use_splice and not spliceable:
         raise ValueError("splice needs two SocketStreams on a platform with os.splice")
-    state = _Pump(on_progress, use_splice=use_splice)
+    if use_splice:
+        assert isinstance(down, SocketStream)
+        assert isinstance(up, SocketStream)
+        moved = await relay(
+            down,
+            up,
+            idle_timeout_s=idle_timeout_s,
+            initial_to_up=initial_to_up,
+            initial_to_down=initial_to_down,
+            on_progress=on_progress,
+        )
+        if moved is not None:
+            down_to_up, up_to_down, reason = moved
+            return PumpResult(down_to_up, up_to_down, _REASONS[reason])
+        # The initial bytes did not fit the reactor's pipes (rare): copy instead.
+    state = _Pump(on_progress)
     async with trio.open_nursery() as nursery:
         state.scope = nursery.cancel_scope
         nursery.start_soon(state.run_direction, down, up, initial_to_up, True)
@@ -137,12 +154,10 @@ class _Pump:
         "reason",
         "scope",
         "up_to_down",
-        "use_splice",
     )
 
-    def __init__(self, on_progress: ProgressCallback | None, *, use_splice: bool) -> None:
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
         self.on_progress = on_progress
-        self.use_splice = use_splice
         self.down_to_up = 0
         self.up_to_down = 0
         self.open_directions = 2
@@ -159,12 +174,7 @@ class _Pump:
     async def run_direction(self, src: Stream, dst: Stream, initial: bytes, to_up: bool) -> None:
         """Pump one direction; a broken side stops both."""
         try:
-            if self.use_splice:
-                assert isinstance(src, SocketStream)
-                assert isinstance(dst, SocketStream)
-                await self._splice_one_way(src, dst, initial, to_up)
-            else:
-                await self._copy_one_way(src, dst, initial, to_up)
+            await self._copy_one_way(src, dst, initial, to_up)
             await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.finish("reset")
@@ -224,73 +234,4 @@ class _Pump:
                     budget = _YIELD_EVERY
                     await trio.lowlevel.checkpoint()
         finally:
-            self._count(moved, to_up)
-
-    async def _splice_one_way(
-        self, src: SocketStream, dst: SocketStream, initial: bytes, to_up: bool
-    ) -> None:
-        if initial:
-            await self._send_initial(dst, initial, to_up)
-        report = self.on_progress
-        current_time = trio.current_time
-        splice = os.splice
-        wait_readable = trio.lowlevel.wait_readable
-        wait_writable = trio.lowlevel.wait_writable
-        src_sock = src.sock
-        dst_sock = dst.sock
-        moved = 0
-        budget = _YIELD_EVERY
-        pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        drained = False
-        try:
-            while True:
-                if drained:
-                    # The last read took less than a pipeful, so the socket was empty then:
-                    # park first rather than make a splice that would only say EAGAIN.
-                    drained = False
-                    budget = _YIELD_EVERY
-                    await wait_readable(src_sock)
-                # The pipe is empty here, so EAGAIN can only mean the socket has nothing.
-                # fileno() is read after every await: a socket closed while we were parked
-                # gives -1 (EBADF), never a recycled descriptor.
-                try:
-                    n = splice(src_sock.fileno(), pipe_w, _SPLICE_CHUNK, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    budget = _YIELD_EVERY
-                    await wait_readable(src_sock)
-                    continue
-                if not n:
-                    return
-                self.last_activity = current_time()
-                # Drain the pipe completely before reading again, so the next read's
-                # EAGAIN is unambiguous and EOF is only seen with nothing left to send.
-                left = n
-                while left:
-                    try:
-                        sent = splice(pipe_r, dst_sock.fileno(), left, flags=_SPLICE_FLAGS)
-                    except BlockingIOError:
-                        budget = _YIELD_EVERY
-                        await wait_writable(dst_sock)
-                        continue
-                    if not sent:
-                        raise trio.BrokenResourceError("splice to the socket made no progress")
-                    left -= sent
-                    moved += sent
-                if report is not None:
-                    if to_up:
-                        report(n, 0)
-                    else:
-                        report(0, n)
-                drained = n < _SPLICE_CHUNK
-                budget -= 1
-                if not budget:
-                    budget = _YIELD_EVERY
-                    await trio.lowlevel.checkpoint()
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise trio.ClosedResourceError("stream was closed") from exc
-            raise trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}") from exc
-        finally:
-            os.close(pipe_r)
-            os.close(pipe_w)
             self._count(moved, to_up)
