@@ -2,17 +2,23 @@
 
 Why: a pump built from Trio tasks parks and wakes a task for every read (an ``epoll_ctl`` to
 re-arm Trio's one-shot registration, a trip through the scheduler, a coroutine resumed), twice
-per request/response over a kept-alive connection. That machinery, not the byte moving, was most
-of an L4 proxy's CPU. Here every pumped socket is registered once, level-triggered, in an epoll
-set of our own; one system task waits for that set to be readable (one Trio wait however many
-sockets are ready), and moves the bytes of each ready socket right there with ``splice(2)``
-through a private pipe per direction, without waking any task. The task that called
-:func:`relay` sleeps until its connection is done (or idle for too long).
+per request/response over a kept-alive connection. That machinery, not the byte moving, was
+most of an L4 proxy's CPU. Here every pumped socket is registered once, level-triggered, in an
+epoll set of our own; one system task waits for that set to be readable (one Trio wait however
+many sockets are ready) and moves the bytes of each ready socket right there, without waking
+any task. The task that called :func:`relay` sleeps until its connection is done (or idle for
+too long).
 
-Per socket the registration changes only on back-pressure (the destination's buffer full: stop
-reading the source, watch the destination for writability) and when a direction ends. Each
-ready socket moves at most one pipeful per wake-up, so a bulk transfer cannot starve the other
-sockets or the rest of the Trio run.
+How bytes move, per direction: a read that doesn't fill the buffer (a request, a response) is
+``recv_into`` one shared buffer and ``send`` on, which costs the kernel less than two splices
+for small messages; a read that fills it switches the direction to ``splice(2)`` through a
+private pipe (zero-copy) until a read comes back short. Bytes the destination can't take yet
+wait in that pipe (created on first need, so most connections never have one): the direction
+stops reading its source and watches the destination for room.
+
+Per socket the registration changes only on such back-pressure and when a direction ends.
+Each ready socket moves at most :data:`_BURST` pipefuls per wake-up, so a bulk transfer cannot
+starve the other sockets or the rest of the Trio run.
 
 Half-close, resets, idle timeouts and cancellation behave as in the task-based pump (see
 :mod:`meshd.net.pump`); closing a pumped :class:`SocketStream` (``close_nowait``/``reset``)
@@ -37,7 +43,8 @@ from meshd.net.stream import SocketStream
 EPOLL_AVAILABLE: Final = hasattr(select, "epoll") and hasattr(os, "splice")
 """Whether :func:`relay` can run here (Linux)."""
 
-# The pipe's default capacity: asking for more than fits only makes splice return less.
+# The buffer's size, and the pipe's default capacity: asking splice for more than fits only
+# makes it return less.
 _CHUNK: Final = 65536
 # SPLICE_F_NONBLOCK covers the pipe; the sockets are non-blocking already (O_NONBLOCK).
 _FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if EPOLL_AVAILABLE else 0
@@ -51,15 +58,21 @@ _BURST: Final = 8
 _MAX_EVENTS: Final = 256
 
 # A direction's states.
-_READING: Final = 0  # the pipe is empty; read the source when it is readable
+_READING: Final = 0  # nothing held back: read the source when it is readable
 _PAUSED: Final = 1  # the pipe holds bytes the destination could not take yet
 _DONE: Final = 2  # end of stream read and passed on (shutdown of the destination)
 
 ProgressCallback = Callable[[int, int], None]
+"""Called with byte deltas ``(downstream_to_upstream, upstream_to_downstream)``."""
+
+# One buffer for every small read of the run's reactor: its bytes are sent on (or put in a
+# pipe) before the next read.
+_BUFFER: Final = bytearray(_CHUNK)
+_VIEW: Final = memoryview(_BUFFER)
 
 
 class _Half:
-    """One direction of a flow: ``src`` into the pipe, the pipe into ``dst``."""
+    """One direction of a flow: ``src`` into ``dst``."""
 
     __slots__ = ("dst", "full", "moved", "pending", "pipe_r", "pipe_w", "src", "state", "to_up")
 
@@ -70,8 +83,8 @@ class _Half:
         self.state = _READING
         self.pending = 0  # bytes in the pipe
         self.moved = 0  # bytes delivered to dst
-        self.full = False  # the last read filled the pipe (the source likely has more)
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.full = False  # the last read filled its buffer: the source likely has more
+        self.pipe_r = self.pipe_w = -1  # the pipe, once needed
 
 
 class _End:
@@ -104,7 +117,6 @@ class Flow:
 
     __slots__ = (
         "done",
-        "down",
         "down_to_up",
         "ends",
         "error",
@@ -113,8 +125,8 @@ class Flow:
         "open_halves",
         "reactor",
         "reason",
+        "released",
         "streams",
-        "up",
         "up_to_down",
     )
 
@@ -130,23 +142,17 @@ class Flow:
         self.on_progress = on_progress
         self.reason: str | None = None
         self.error: Exception | None = None
+        self.released = False
         self.done = trio.Event()
         self.last_activity = trio.current_time()
         self.open_halves = 2
         down_end = _End(self, down.sock)
         up_end = _End(self, up.sock)
         self.ends = (down_end, up_end)
-        # Pipes are opened here: if the second pipe fails, close the first.
         self.down_to_up = _Half(down_end, up_end, True)
-        try:
-            self.up_to_down = _Half(up_end, down_end, False)
-        except BaseException:
-            _close_pipe(self.down_to_up)
-            raise
+        self.up_to_down = _Half(up_end, down_end, False)
         down_end.reads = up_end.writes = self.down_to_up
         up_end.reads = down_end.writes = self.up_to_down
-        self.down = down_end
-        self.up = up_end
 
     def stream_closing(self) -> None:
         """A pumped stream is being closed under the pump: stop, as for a reset."""
@@ -179,13 +185,13 @@ class Reactor:
     ) -> Flow | None:
         """Start pumping ``down`` and ``up``; None if the initial bytes don't fit the pipes."""
         flow = Flow(self, down, up, on_progress)
-        if not (
-            _preload(flow.down_to_up, initial_to_up) and _preload(flow.up_to_down, initial_to_down)
-        ):
-            _close_pipe(flow.down_to_up)
-            _close_pipe(flow.up_to_down)
-            return None
         try:
+            if not (
+                _preload(flow.down_to_up, initial_to_up)
+                and _preload(flow.up_to_down, initial_to_down)
+            ):
+                self._release(flow)
+                return None
             for end in flow.ends:
                 self._watch(end)
         except BaseException:
@@ -241,9 +247,9 @@ class Reactor:
         if mask & _OUT:
             half = end.writes
             if half.state == _PAUSED:
-                self._drain(half)
+                _drain(half)
                 if half.state == _READING and half.full:
-                    # The last read filled the pipe, so the source likely has more: go on
+                    # The last read filled its buffer, so the source likely has more: go on
                     # now rather than one wake-up later.
                     self._read(half, now)
                 if flow.reason is not None:
@@ -266,14 +272,32 @@ class Reactor:
                 self._unwatch(end)
 
     def _read(self, half: _Half, now: float) -> None:
-        """Pipefuls from the source, each passed on as far as the destination takes it.
-
-        Another pipeful only while each fills the pipe and goes out whole, and at most
-        :data:`_BURST` of them: a bulk transfer must not hold up the other sockets.
-        """
+        """Read what the source has and pass it on as far as the destination takes it."""
+        if not half.full:
+            try:
+                n = half.src.sock.recv_into(_BUFFER)
+            except BlockingIOError:
+                return
+            if not n:
+                self._end_direction(half)
+                return
+            half.src.flow.last_activity = now
+            try:
+                sent = half.dst.sock.send(_VIEW[:n])
+            except BlockingIOError:
+                sent = 0
+            if sent:
+                _delivered(half, sent)
+            if sent < n:
+                _hold(half, _VIEW[sent:n])
+                return
+            if n < _CHUNK:
+                return
+            half.full = True
+        # Bulk: splice, another pipeful only while each fills the pipe and goes out whole.
         splice = os.splice
         src_fd = half.src.fd
-        pipe_w = half.pipe_w
+        pipe_w = half.pipe_w if half.pipe_w >= 0 else _open_pipe(half)
         for _ in range(_BURST):
             try:
                 n = splice(src_fd, pipe_w, _CHUNK, None, None, _FLAGS)
@@ -281,42 +305,15 @@ class Reactor:
                 half.full = False
                 return
             if not n:
+                half.full = False
                 self._end_direction(half)
                 return
             half.src.flow.last_activity = now
             half.pending = n
             half.full = n == _CHUNK
-            self._drain(half)
+            _drain(half)
             if half.pending or not half.full:
                 return
-
-    def _drain(self, half: _Half) -> None:
-        """Empty the pipe into the destination; the direction is paused if it won't take it all."""
-        splice = os.splice
-        pipe_r = half.pipe_r
-        dst_fd = half.dst.fd
-        left = half.pending
-        delivered = 0
-        try:
-            while left:
-                try:
-                    sent = splice(pipe_r, dst_fd, left, None, None, _FLAGS)
-                except BlockingIOError:
-                    break
-                if not sent:
-                    raise OSError(errno.EPIPE, "splice to the socket made no progress")
-                left -= sent
-                delivered += sent
-        finally:
-            half.pending = left
-            half.moved += delivered
-            report = half.src.flow.on_progress
-            if report is not None and delivered:
-                if half.to_up:
-                    report(delivered, 0)
-                else:
-                    report(0, delivered)
-        half.state = _PAUSED if left else _READING
 
     def _end_direction(self, half: _Half) -> None:
         """End of stream from the source: pass it on (TCP half-close)."""
@@ -358,8 +355,9 @@ class Reactor:
 
     def _release(self, flow: Flow) -> None:
         """Unregister both sockets and close the pipes; idempotent."""
-        if flow.down_to_up.pipe_r < 0:
+        if flow.released:
             return
+        flow.released = True
         for end in flow.ends:
             self._unwatch(end)
         _close_pipe(flow.down_to_up)
@@ -368,19 +366,65 @@ class Reactor:
             stream.on_close = None
 
 
+def _drain(half: _Half) -> None:
+    """Empty the pipe into the destination; the direction is paused if it won't take it all."""
+    splice = os.splice
+    pipe_r = half.pipe_r
+    dst_fd = half.dst.fd
+    left = half.pending
+    delivered = 0
+    try:
+        while left:
+            try:
+                sent = splice(pipe_r, dst_fd, left, None, None, _FLAGS)
+            except BlockingIOError:
+                break
+            if not sent:
+                raise OSError(errno.EPIPE, "splice to the socket made no progress")
+            left -= sent
+            delivered += sent
+    finally:
+        half.pending = left
+        if delivered:
+            _delivered(half, delivered)
+    half.state = _PAUSED if left else _READING
+
+
+def _delivered(half: _Half, n: int) -> None:
+    half.moved += n
+    report = half.src.flow.on_progress
+    if report is not None:
+        if half.to_up:
+            report(n, 0)
+        else:
+            report(0, n)
+
+
+def _hold(half: _Half, data: memoryview | bytes) -> None:
+    """Keep bytes the destination didn't take in the (empty) pipe, and pause the direction."""
+    pipe_w = half.pipe_w if half.pipe_w >= 0 else _open_pipe(half)
+    written = os.write(pipe_w, data)
+    # An empty pipe takes a whole buffer (its capacity is _CHUNK); anything else would lose
+    # bytes, so fail the connection rather than go on.
+    if written != len(data):
+        raise OSError(errno.ENOBUFS, "the pipe did not take the held-back bytes")
+    half.pending = written
+    half.state = _PAUSED
+
+
 def _preload(half: _Half, data: bytes) -> bool:
     """Put bytes already read into the direction's pipe, to go out first."""
     if not data:
         return True
-    try:
-        written = os.write(half.pipe_w, data)
-    except BlockingIOError:
+    if len(data) > _CHUNK:
         return False
-    if written != len(data):
-        return False
-    half.pending = written
-    half.state = _PAUSED
+    _hold(half, data)
     return True
+
+
+def _open_pipe(half: _Half) -> int:
+    half.pipe_r, half.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    return half.pipe_w
 
 
 def _close_pipe(half: _Half) -> None:
