@@ -6,11 +6,11 @@ in its own task; an EOF on one side becomes ``send_eof()`` (``shutdown(SHUT_WR)`
 :class:`~meshd.net.stream.SocketStream`) on the other, and the other direction keeps going
 until it ends too (TCP half-close).
 
-When both ends are plain :class:`~meshd.net.stream.SocketStream` sockets the bytes never
-enter Python, and no task wakes per read: the run's reactor (:mod:`meshd.net.reactor`) moves
-them with ``splice(2)`` from the source socket into a private pipe and from the pipe into the
-destination socket as epoll reports them ready. Any other :class:`Stream` (trio memory
-streams, TLS) goes through ``receive_some``/``send_all`` in a task per direction.
+When both ends are plain :class:`~meshd.net.stream.SocketStream` sockets, no task wakes per
+read: the run's reactor (:mod:`meshd.net.reactor`) moves the bytes as epoll reports the
+sockets ready, small reads through one shared buffer and bulk with ``splice(2)`` through a
+pipe (zero-copy). Any other :class:`Stream` (trio memory streams, TLS) goes through
+``receive_some``/``send_all`` in a task per direction.
 
 The pump never closes its streams; that is the caller's job, and how depends on
 :attr:`PumpResult.reason`:
@@ -27,23 +27,18 @@ Cancellation of the calling scope propagates as usual (no result is returned for
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import trio
 
-from meshd.net.reactor import EPOLL_AVAILABLE, relay
+from meshd.net.reactor import EPOLL_AVAILABLE, ProgressCallback, PumpReason, relay
 from meshd.net.stream import RECEIVE_SIZE, SocketStream, Stream
 
-PumpReason = Literal["eof", "idle_timeout", "reset"]
-"""Why :func:`pump` returned."""
-
-ProgressCallback = Callable[[int, int], None]
-"""Called with byte deltas ``(downstream_to_upstream, upstream_to_downstream)``."""
+__all__ = ["SPLICE_AVAILABLE", "ProgressCallback", "PumpReason", "PumpResult", "can_splice", "pump"]
 
 SPLICE_AVAILABLE: Final = EPOLL_AVAILABLE
-"""Whether this platform has ``os.splice`` and epoll (Linux, Python 3.10+)."""
+"""Whether this platform has ``os.splice`` and epoll (Linux), which the reactor needs."""
 
 # The copy path does not checkpoint while the streams keep up, so a busy connection would
 # starve the other tasks and never see a cancellation: yield after this many chunks.
@@ -62,15 +57,8 @@ class PumpResult:
     reason: PumpReason
 
 
-_REASONS: Final[dict[str, PumpReason]] = {
-    "eof": "eof",
-    "idle_timeout": "idle_timeout",
-    "reset": "reset",
-}
-
-
 def can_splice(down: Stream, up: Stream) -> bool:
-    """True if :func:`pump` can move bytes between these two with ``splice(2)``.
+    """True if :func:`pump` can move bytes between these two in the reactor (epoll, splice).
 
     Only exact :class:`SocketStream` instances qualify: a subclass might hold bytes of
     its own that the kernel does not know about.
@@ -100,8 +88,9 @@ async def pump(
         initial_to_down: Likewise, bytes already read from ``up`` for ``down``.
         on_progress: Called with byte deltas ``(down->up, up->down)`` as bytes are
             delivered, for live metrics. It runs on the hot path: keep it cheap.
-        use_splice: ``None`` picks ``splice(2)`` when :func:`can_splice` allows it; ``False``
-            forces ``receive_some``/``send_all``; ``True`` requires splice.
+        use_splice: ``None`` picks the reactor (:mod:`meshd.net.reactor`) when
+            :func:`can_splice` allows it; ``False`` forces ``receive_some``/``send_all`` in a
+            task per direction; ``True`` requires the reactor.
 
     Returns:
         Byte counts per direction and the reason for stopping (see the module docstring
@@ -117,7 +106,7 @@ async def pump(
     if use_splice is None:
         use_splice = spliceable
     elif use_splice and not spliceable:
-        raise ValueError("splice needs two SocketStreams on a platform with os.splice")
+        raise ValueError("splice needs two SocketStreams on a platform with os.splice and epoll")
     if use_splice:
         assert isinstance(down, SocketStream)
         assert isinstance(up, SocketStream)
@@ -130,9 +119,8 @@ async def pump(
             on_progress=on_progress,
         )
         if moved is not None:
-            down_to_up, up_to_down, reason = moved
-            return PumpResult(down_to_up, up_to_down, _REASONS[reason])
-        # The initial bytes did not fit the reactor's pipes (rare): copy instead.
+            return PumpResult(*moved)
+        # The initial bytes did not fit a pipe (rare), or the run is ending: copy instead.
     state = _Pump(on_progress)
     async with trio.open_nursery() as nursery:
         state.scope = nursery.cancel_scope

@@ -34,7 +34,7 @@ import os
 import select
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 import trio
 
@@ -64,6 +64,9 @@ _DONE: Final = 2  # end of stream read and passed on (shutdown of the destinatio
 
 ProgressCallback = Callable[[int, int], None]
 """Called with byte deltas ``(downstream_to_upstream, upstream_to_downstream)``."""
+
+PumpReason = Literal["eof", "idle_timeout", "reset"]
+"""Why a pump returned (see :mod:`meshd.net.pump`)."""
 
 # One buffer for every small read of the run's reactor: its bytes are sent on (or put in a
 # pipe) before the next read.
@@ -140,7 +143,7 @@ class Flow:
         self.reactor = reactor
         self.streams = (down, up)
         self.on_progress = on_progress
-        self.reason: str | None = None
+        self.reason: PumpReason | None = None
         self.error: Exception | None = None
         self.released = False
         self.done = trio.Event()
@@ -162,11 +165,13 @@ class Flow:
 class Reactor:
     """The epoll set and the system task that serves it (one per Trio run)."""
 
-    __slots__ = ("_ends", "_epoll", "wakeups")
+    __slots__ = ("_ends", "_epoll", "closed", "wakeups")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._ends: dict[int, _End] = {}
+        #: The task has ended (the run is ending): no flow is served any more.
+        self.closed = False
         #: Times the task woke up (tests check it does not spin).
         self.wakeups = 0
 
@@ -183,7 +188,10 @@ class Reactor:
         initial_to_down: bytes,
         on_progress: ProgressCallback | None,
     ) -> Flow | None:
-        """Start pumping ``down`` and ``up``; None if the initial bytes don't fit the pipes."""
+        """Start pumping ``down`` and ``up``; None if the initial bytes don't fit a pipe or the
+        reactor has stopped."""
+        if self.closed:
+            return None
         flow = Flow(self, down, up, on_progress)
         try:
             if not (
@@ -200,7 +208,7 @@ class Reactor:
         down.on_close = up.on_close = flow.stream_closing
         return flow
 
-    def finish(self, flow: Flow, reason: str | None) -> None:
+    def finish(self, flow: Flow, reason: PumpReason | None) -> None:
         """Stop moving ``flow``'s bytes (the first reason given wins) and wake its task."""
         if flow.reason is None:
             flow.reason = reason
@@ -233,6 +241,7 @@ class Reactor:
                         end.flow.error = exc
                         self.finish(end.flow, "reset")
         finally:
+            self.closed = True
             for end in list(ends.values()):
                 self.finish(end.flow, None)
             trio.lowlevel.notify_closing(fileno)
@@ -457,12 +466,12 @@ async def relay(
     initial_to_up: bytes = b"",
     initial_to_down: bytes = b"",
     on_progress: ProgressCallback | None = None,
-) -> tuple[int, int, str] | None:
+) -> tuple[int, int, PumpReason] | None:
     """Pump two plain sockets through the run's reactor until both ends are done.
 
     Returns ``(down_to_up, up_to_down, reason)`` as :func:`~meshd.net.pump.pump` describes
-    them, or None, having done nothing, when the initial bytes don't fit the pipes (then the
-    caller pumps some other way).
+    them, or None, having done nothing, when the initial bytes don't fit a pipe or the run's
+    reactor has stopped (the run is ending); then the caller pumps some other way.
     """
     flow = current_reactor().open(down, up, initial_to_up, initial_to_down, on_progress)
     if flow is None:

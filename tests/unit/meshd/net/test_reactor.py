@@ -192,3 +192,18 @@ async def test_many_connections_share_the_reactor() -> None:
                 stream.close_nowait()
     assert sorted(r.reason for r in results) == ["eof"] * 20
     assert current_reactor().watched == 0
+
+
+async def test_a_stopped_reactor_leaves_the_pump_to_tasks(topo: Topology) -> None:
+    reactor = current_reactor()
+    reactor.closed = True  # as when the run is ending
+    try:
+        await topo.client.send_all(b"late")
+        await topo.client.send_eof()
+        await topo.server.send_eof()
+        result = await pump(topo.down, topo.up, idle_timeout_s=30)
+    finally:
+        reactor.closed = False
+    assert result == PumpResult(4, 0, "eof")
+    assert reactor.watched == 0
+    assert await _receive_all(topo.server) == b"late"
