@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import trio
 import trio.testing
+from pump_support import Topology, tcp_pair, topology
 
 from meshd.net.pump import PumpResult, pump
 from meshd.net.reactor import EPOLL_AVAILABLE, current_reactor
@@ -25,35 +25,10 @@ pytestmark = [
 ]
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
-        server, _addr = listener.accept()
-    return client, server
-
-
-@dataclass
-class Topology:
-    """client <-TCP-> down [pump] up <-TCP-> server."""
-
-    client: SocketStream
-    down: SocketStream
-    up: SocketStream
-    server: SocketStream
-
-
 @pytest.fixture
 async def topo() -> AsyncIterator[Topology]:
-    client, down = _tcp_pair()
-    up, server = _tcp_pair()
-    streams = Topology(
-        SocketStream(client), SocketStream(down), SocketStream(up), SocketStream(server)
-    )
-    try:
+    async with topology() as streams:
         yield streams
-    finally:
-        for stream in (streams.client, streams.down, streams.up, streams.server):
-            stream.close_nowait()
 
 
 async def _receive_all(stream: SocketStream) -> bytes:
@@ -155,7 +130,7 @@ async def test_a_failing_progress_callback_reaches_the_caller(topo: Topology) ->
 
 
 async def test_many_connections_share_the_reactor() -> None:
-    pairs = [(_tcp_pair(), _tcp_pair()) for _ in range(20)]
+    pairs = [(tcp_pair(), tcp_pair()) for _ in range(20)]
     streams = [
         tuple(SocketStream(s) for s in (client, down, up, server))
         for (client, down), (up, server) in pairs
