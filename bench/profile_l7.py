@@ -277,7 +277,7 @@ def _profile(
     pid: int,
     port: int,
     workroot: Path,
-    script: Path | None,
+    script: Path | None = None,
 ) -> None:
     out = workroot / f"profile-{pid}.txt"
     duration = params.duration_s
