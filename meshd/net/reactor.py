@@ -68,11 +68,6 @@ ProgressCallback = Callable[[int, int], None]
 PumpReason = Literal["eof", "idle_timeout", "reset"]
 """Why a pump returned (see :mod:`meshd.net.pump`)."""
 
-# One buffer for every small read of the run's reactor: its bytes are sent on (or put in a
-# pipe) before the next read.
-_BUFFER: Final = bytearray(_CHUNK)
-_VIEW: Final = memoryview(_BUFFER)
-
 
 class _Half:
     """One direction of a flow: ``src`` into ``dst``."""
@@ -165,11 +160,16 @@ class Flow:
 class Reactor:
     """The epoll set and the system task that serves it (one per Trio run)."""
 
-    __slots__ = ("_ends", "_epoll", "closed", "wakeups")
+    __slots__ = ("_buffer", "_ends", "_epoll", "_view", "closed", "wakeups")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._ends: dict[int, _End] = {}
+        # One buffer for every small read of this reactor: its bytes are sent on (or put in a
+        # pipe) before the next read. Per reactor, not per process: runs in other threads
+        # have reactors of their own.
+        self._buffer = bytearray(_CHUNK)
+        self._view = memoryview(self._buffer)
         #: The task has ended (the run is ending): no flow is served any more.
         self.closed = False
         #: Times the task woke up (tests check it does not spin).
@@ -283,8 +283,9 @@ class Reactor:
     def _read(self, half: _Half, now: float) -> None:
         """Read what the source has and pass it on as far as the destination takes it."""
         if not half.full:
+            view = self._view
             try:
-                n = half.src.sock.recv_into(_BUFFER)
+                n = half.src.sock.recv_into(self._buffer)
             except BlockingIOError:
                 return
             if not n:
@@ -292,13 +293,13 @@ class Reactor:
                 return
             half.src.flow.last_activity = now
             try:
-                sent = half.dst.sock.send(_VIEW[:n])
+                sent = half.dst.sock.send(view[:n])
             except BlockingIOError:
                 sent = 0
             if sent:
                 _delivered(half, sent)
             if sent < n:
-                _hold(half, _VIEW[sent:n])
+                _hold(half, view[sent:n])
                 return
             if n < _CHUNK:
                 return
