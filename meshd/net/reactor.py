@@ -249,10 +249,6 @@ class Reactor:
 
     def _serve(self, end: _End, mask: int, now: float) -> None:
         flow = end.flow
-        if mask & _ERR:
-            # A reset (or another error the socket now carries): nothing more can move.
-            self.finish(flow, "reset")
-            return
         if mask & _OUT:
             half = end.writes
             if half.state == _PAUSED:
@@ -265,9 +261,11 @@ class Reactor:
                     return
                 self._update(half.src)
                 self._update(half.dst)
-        if mask & (_IN | _HUP):
+        if mask & (_IN | _HUP | _ERR):
             half = end.reads
             if half.state == _READING:
+                # After a reset too: bytes that came before it still go on, then the read
+                # fails (and the flow ends with "reset").
                 self._read(half, now)
                 if flow.reason is not None:
                     return
@@ -275,9 +273,13 @@ class Reactor:
                     # Stop reading the source; watch the destination for room.
                     self._update(half.src)
                     self._update(half.dst)
-            if mask & _HUP and not end.wanted() & _IN:
-                # Both ways shut on this socket, with nothing to read now: level-triggered
-                # HUP would be reported on every wake-up, so stop watching until reads resume.
+            elif mask & _ERR and half.state == _DONE:
+                # Reset after its end of stream: nothing can go to it any more.
+                self.finish(flow, "reset")
+                return
+            if mask & (_HUP | _ERR) and not end.wanted() & _IN:
+                # Level-triggered HUP and ERR are reported on every wake-up, wanted or not:
+                # with nothing to read now, stop watching this socket until reads resume.
                 self._unwatch(end)
 
     def _read(self, half: _Half, now: float) -> None:

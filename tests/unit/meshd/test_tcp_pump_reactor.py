@@ -182,3 +182,16 @@ async def test_a_stopped_reactor_leaves_the_pump_to_tasks(topo: Topology) -> Non
     assert result == PumpResult(4, 0, "eof")
     assert reactor.watched == 0
     assert await _receive_all(topo.server) == b"late"
+
+
+async def test_bytes_sent_before_a_reset_are_passed_on(topo: Topology) -> None:
+    # The server answers and aborts at once (RST right behind the data, as with SO_LINGER 0):
+    # the answer still reaches the client, then the reset.
+    await topo.server.send_all(b"answer")
+    topo.server.reset()
+    result = await pump(topo.down, topo.up, idle_timeout_s=30)
+    assert result == PumpResult(0, 6, "reset")
+    topo.down.reset()
+    assert await topo.client.receive_some() == b"answer"
+    with pytest.raises(trio.BrokenResourceError):
+        await topo.client.receive_some()
