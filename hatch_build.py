@@ -17,7 +17,9 @@ mypyc) and setuptools (its ``build_ext`` drives the compiler). mypyc type-checks
 ``MESHD_MYPYC_CACHE=<dir>`` keeps the compiled modules under a key of everything they are made
 from (every ``.py`` of meshd and meshcore with ``__version__`` lines left out, the module list,
 mypy's and Python's versions), so a build of the same source under another version number
-(``packaging/build`` stamps it) reuses them instead of compiling again.
+(``packaging/build`` stamps it) reuses them instead of compiling again. ``bench/run`` runs meshd
+from the same cache (:func:`cached_compile`, :func:`listed_modules`; ``bench/meshd_build.py``).
+The cache keeps the :data:`KEEP_ENTRIES` entries used last.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,8 @@ DEBUG_LEVEL = "0"
 #: The packages whose source the compiled modules are typed against (the cache key).
 SOURCE_PACKAGES = ("meshd", "meshcore")
 _VERSION_LINE = re.compile(rb"^__version__ = .*$", re.M)
+#: Cache entries kept (the ones used last): every edit of meshd's source makes a new key.
+KEEP_ENTRIES = 6
 
 
 def enabled() -> bool:
@@ -84,21 +90,49 @@ class MypycBuildHook(BuildHookInterface[BuilderConfig]):
     def _cached(self, root: Path, modules: list[str]) -> Path:
         """The directory of compiled modules: from the cache, or compiled now (and cached)."""
         self._work = Path(tempfile.mkdtemp(prefix="meshd-mypyc-"))
-        cache_dir = os.environ.get(CACHE)
-        if not cache_dir:
-            return compile_modules(root, modules, self._work)
-        entry = Path(cache_dir) / cache_key(root, modules)
-        if entry.is_dir():
-            self.app.display_info(f"mypyc: compiled modules from {entry}")
-            return entry
-        lib = compile_modules(root, modules, self._work)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
-        shutil.copytree(lib, staged, dirs_exist_ok=True)
-        with contextlib.suppress(OSError):  # another build cached the same key meanwhile
-            staged.rename(entry)
-        shutil.rmtree(staged, ignore_errors=True)
-        return lib
+        return cached_compile(
+            root, modules, os.environ.get(CACHE) or None, self._work, self.app.display_info
+        )
+
+
+def listed_modules(root: Path) -> list[str]:
+    """pyproject's ``mypyc-modules`` (paths relative to ``root``), as the hook reads them."""
+    with (root / "pyproject.toml").open("rb") as fh:
+        hook = tomllib.load(fh)["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
+    return list(hook["mypyc-modules"])
+
+
+def cached_compile(
+    root: Path, modules: list[str], cache_dir: str | None, work: Path, log: Callable[[str], None]
+) -> Path:
+    """The directory of ``modules`` compiled (their package layout): the entry of
+    ``cache_dir`` under :func:`cache_key` when there is one, else compiled in ``work`` now (and
+    cached when ``cache_dir`` is given)."""
+    if not cache_dir:
+        return compile_modules(root, modules, work)
+    entry = Path(cache_dir) / cache_key(root, modules)
+    if entry.is_dir():
+        log(f"mypyc: compiled modules from {entry}")
+        entry.touch()  # used now: the pruning keeps it
+        return entry
+    lib = compile_modules(root, modules, work)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
+    shutil.copytree(lib, staged, dirs_exist_ok=True)
+    with contextlib.suppress(OSError):  # another build cached the same key meanwhile
+        staged.rename(entry)
+    shutil.rmtree(staged, ignore_errors=True)
+    _prune(entry.parent)
+    return lib
+
+
+def _prune(cache: Path) -> None:
+    """Drop all but the :data:`KEEP_ENTRIES` entries used last (a partly written entry has a
+    ``.`` in its name and is left to the build writing it)."""
+    entries = [p for p in cache.iterdir() if p.is_dir() and "." not in p.name]
+    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP_ENTRIES:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def compile_modules(root: Path, modules: list[str], work: Path) -> Path:

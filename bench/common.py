@@ -81,6 +81,24 @@ class WrkParams:
 
 
 @dataclass(frozen=True)
+class MeshdBuild:
+    """The meshd a bench run starts (``meshd_build.py``): ``path``, if any, goes before the
+    checkout on the daemons' ``PYTHONPATH``."""
+
+    kind: str
+    path: Path | None = None
+    detail: str = "the checkout's source as it is"
+
+    def info_line(self) -> str:
+        """``INFO meshd_build=<kind> (...)``: which build made a run's figures."""
+        return f"INFO meshd_build={self.kind} ({self.detail})"
+
+
+#: The checkout as it is (development, the tests).
+PURE = MeshdBuild("pure")
+
+
+@dataclass(frozen=True)
 class Context:
     """What a suite gets: where the checkout is, which Python runs the project, the load."""
 
@@ -89,6 +107,8 @@ class Context:
     wrk: WrkParams
     #: A fresh directory for this suite's configs, pid files and logs.
     workdir: Path
+    #: Which meshd the project daemons run (``bench/run``: the compiled build by default).
+    build: MeshdBuild = PURE
 
     def tempdir(self, name: str) -> Path:
         """A new directory ``name`` under the suite's workdir (one per started component)."""
@@ -97,10 +117,12 @@ class Context:
         return path
 
     def project_env(self) -> dict[str, str]:
-        """Environment for project daemons: the checkout first on ``PYTHONPATH``, no systemd fds."""
+        """Environment for project daemons: the build (compiled modules), then the checkout
+        first on ``PYTHONPATH``; no systemd fds."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+        first = [str(self.build.path)] if self.build.path is not None else []
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.root), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (*first, str(self.root), os.environ.get("PYTHONPATH", "")) if p
         )
         return env
 

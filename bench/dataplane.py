@@ -7,7 +7,8 @@ has one worker/thread. Prints a table (rps, p50, p99, proxy CPU per request, err
 with a tap active, against both off: ``telemetry_overhead.py``) and ``RSS_MB meshd_idle`` and a
 verdict, after INFO lines with the floors any Trio proxy has here: a bare Trio byte relay
 against nginx and haproxy, and the resident memory of the required (and recommended) libraries
-imported by themselves.
+imported by themselves. With the compiled build (``bench/run``'s default), a pure-Python meshd
+is measured beside it at the end (INFO lines only).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common import (
     CLK_TCK,
@@ -45,6 +46,7 @@ from common import (
     start_meshd,
     wait_for_port,
 )
+from meshd_build import PURE, compare_pure
 
 BODY = b"hello world\n"
 TOOLS = {"nginx": "nginx-light", "haproxy": "haproxy", "wrk": "wrk"}
@@ -291,9 +293,9 @@ def run_suite(ctx: Context) -> None:
     import telemetry_overhead as to  # here: it imports this module's pieces
 
     tools = ensure_tools(TOOLS)
-    ports = free_ports(10)
+    ports = free_ports(13)
     backend, nginx_l7, haproxy_l7, haproxy_l4, meshd_l7, meshd_l4, admin = ports[:7]
-    w2_l7, w2_l4, relay = ports[7:10]
+    w2_l7, w2_l4, relay, pure_l7, pure_l4, pure_admin = ports[7:13]
     w2_admin = _free_pair()
     print(
         f"dataplane: {ctx.wrk.describe()} per path after a {ctx.wrk.warmup_s}s warm-up; "
@@ -345,6 +347,18 @@ def run_suite(ctx: Context) -> None:
             env=ctx.project_env(),
         )
         wait_for_port(relay, relay_proc)
+        # The compiled build's cost beside pure Python's (what development runs), same run.
+        pure = None
+        if ctx.build.path is not None:
+            pure = _start_meshd(
+                replace(ctx, build=PURE),
+                procs,
+                backend_port=backend,
+                l7_port=pure_l7,
+                l4_port=pure_l4,
+                admin_port=pure_admin,
+                name="meshd-pure",
+            )
         paths = [
             BenchPath("direct", backend, None),
             BenchPath("nginx-l7", nginx_l7, nginx_workers(nginx)),
@@ -363,11 +377,20 @@ def run_suite(ctx: Context) -> None:
         # Idle: let the check requests' connections settle before reading the footprint.
         time.sleep(1.0)
         idle_rss = sum(rss_kb(pid) for pid in process_tree(meshd)())
+        pure_rss = sum(rss_kb(pid) for pid in process_tree(pure)()) if pure else 0
+        pure_lines = []
         results = []
         for path in paths:
             results.append(measure_path(ctx, tools["wrk"], path))
             print(f"dataplane: measured {path.name}", file=sys.stderr, flush=True)
-        for proc in (backend_proc, nginx, haproxy, meshd, meshd_w2, relay_proc):
+        if pure is not None:
+            mine, pure_tree = process_tree(meshd), process_tree(pure)
+            pairs = {"l7": ((meshd_l7, mine), (pure_l7, pure_tree))}
+            pairs["l4"] = ((meshd_l4, mine), (pure_l4, pure_tree))
+            pure_lines = compare_pure(ctx, tools["wrk"], pairs)
+            pure_lines.append(f"INFO rss_mb_meshd_idle_pure={pure_rss / 1024:.2f}")
+        started = (backend_proc, nginx, haproxy, meshd, meshd_w2, relay_proc)
+        for proc in (*started, *([pure] if pure else [])):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
         # Started only now, so their reports and taps cost the paths above nothing.
@@ -380,3 +403,5 @@ def run_suite(ctx: Context) -> None:
         import_floor_kb(ctx, REQUIRED_IMPORTS + RECOMMENDED_IMPORTS),
     )
     _report(results, idle_rss, floors, lambda: to.report(rounds, side).ratio)
+    for line in pure_lines:
+        print(line)

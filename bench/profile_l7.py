@@ -16,6 +16,13 @@ one after the other, and prints each checkout's CPU per request as a ratio to th
 checkout's in the same round. On a shared machine whose load comes and goes, runs in turn
 compare different moments (10% apart for the same code); paired runs share them.
 
+``--policy`` runs each meshd with the ``policy`` suite's snapshot instead (retries, breakers,
+outlier detection, a health check, EWMA, a rate limit on every request: none triggered).
+
+A checkout named ``mypyc:DIR`` runs DIR's mypyc-compiled build (as ``bench/run`` does by
+default: ``meshd_build.py``, compiled modules cached by source), e.g. ``. mypyc:.`` compares
+pure Python with the compiled build of the same tree.
+
 Each checkout runs with itself first on ``PYTHONPATH``, in this interpreter. Settings:
 ``BENCH_DURATION``, ``BENCH_WARMUP``, ``BENCH_THREADS``, ``BENCH_CONNECTIONS`` as for
 ``bench/run``.
@@ -37,6 +44,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dataplane as dp
+import meshd_build
+import policy
 from common import (
     CLK_TCK,
     BenchError,
@@ -49,6 +58,7 @@ from common import (
     ensure_tools,
     free_ports,
     run_wrk,
+    start_meshd,
 )
 
 TOOLS = {"nginx": "nginx-light", "wrk": "wrk"}
@@ -111,14 +121,23 @@ def user_sys_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
-def _checkout_ctx(ctx: Context, root: Path) -> Context:
-    return Context(root, ctx.python, ctx.wrk, ctx.workdir)
+def _checkout_ctx(ctx: Context, spec: str, index: int) -> Context:
+    """``DIR`` as it is, or ``mypyc:DIR``: DIR's compiled build, assembled in the workdir."""
+    kind, sep, where = spec.partition("mypyc:")
+    root = Path(where if sep and not kind else spec).resolve()
+    build = meshd_build.PURE
+    if sep and not kind:
+        build = meshd_build.prepare(root, "mypyc", ctx.workdir / f"build-{index}")
+        print(f"{spec}: {build.info_line()}", flush=True)
+    return Context(root, ctx.python, ctx.wrk, ctx.workdir, build)
 
 
 def main(argv: list[str]) -> int:
     """Parse the arguments, run the rounds, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkouts", nargs="+", type=Path, help="meshd source trees to compare")
+    parser.add_argument(
+        "checkouts", nargs="+", help="meshd source trees to compare (mypyc:DIR: DIR compiled)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also sample each with py-spy")
     parser.add_argument("--py-spy", default=os.environ.get("PY_SPY") or shutil.which("py-spy"))
@@ -131,6 +150,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="a new connection per request (wrk sends `Connection: close`): measures what "
         "a connection costs (accept, upstream connect, close) rather than a request",
+    )
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="the policy suite's snapshot (policy configured, not triggered) on the HTTP listener",
     )
     parser.add_argument(
         "--gil",
@@ -150,29 +174,42 @@ def main(argv: list[str]) -> int:
         "CPU per request divided by the first's in the same round (e.g. mypyc_cpu_vs_pure)",
     )
     args = parser.parse_args(argv)
+    if args.policy and args.l4:
+        parser.error("--policy loads the HTTP listener: not with --l4")
     if args.profile and not args.py_spy:
         parser.error("--profile needs py-spy (--py-spy PATH or $PY_SPY)")
     tools = ensure_tools(TOOLS)
     wrk_params = WrkParams.from_env()
-    workroot = Path(tempfile.mkdtemp(prefix="meshd-profile-"))
-    base = Context(Path.cwd(), sys.executable, wrk_params, workroot)
-    script = _close_script(workroot) if args.close else None
-    (backend,) = free_ports(1)
-    with ProcessGroup() as procs:
+    # The temp dir goes however the run ends (a failed build or start leaves nothing behind).
+    with tempfile.TemporaryDirectory(prefix="meshd-profile-") as tmp, ProcessGroup() as procs:
+        workroot = Path(tmp)
+        base = Context(Path.cwd(), sys.executable, wrk_params, workroot)
+        script = _close_script(workroot) if args.close else None
+        (backend,) = free_ports(1)
         dp.start_nginx(base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
         meshds = []
         for i, root in enumerate(args.checkouts):
-            ctx = _checkout_ctx(base, root.resolve())
+            ctx = _checkout_ctx(base, root, i)
             l7, l4, admin = free_ports(3)
-            proc = dp._start_meshd(
-                ctx,
-                procs,
-                backend_port=backend,
-                l7_port=l7,
-                l4_port=l4,
-                admin_port=admin,
-                name=f"meshd-{i}",
-            )
+            if args.policy:
+                bootstrap = policy.write_sidecar(
+                    ctx.tempdir(f"meshd-{i}"),
+                    backend_port=backend,
+                    port=l7,
+                    admin_port=admin,
+                    policy=True,
+                )
+                proc = start_meshd(ctx, procs, f"meshd-{i}", bootstrap, (l7,), admin)
+            else:
+                proc = dp._start_meshd(
+                    ctx,
+                    procs,
+                    backend_port=backend,
+                    l7_port=l7,
+                    l4_port=l4,
+                    admin_port=admin,
+                    name=f"meshd-{i}",
+                )
             path = dp.BenchPath(f"meshd-{i}", l4 if args.l4 else l7, dp.process_tree(proc))
             dp.check_path(path)
             meshds.append((root, proc, path))
@@ -214,7 +251,6 @@ def main(argv: list[str]) -> int:
                 _profile(
                     args, tools["wrk"], wrk_params, root, proc.pid, path.port, workroot, script
                 )
-    shutil.rmtree(workroot, ignore_errors=True)
     return 0
 
 
@@ -222,7 +258,7 @@ def _paired_rounds(
     rounds: int,
     wrk: str,
     params: WrkParams,
-    meshds: list[tuple[Path, ManagedProcess, dp.BenchPath]],
+    meshds: list[tuple[str, ManagedProcess, dp.BenchPath]],
     per_req: dict[int, list[float]],
     script: Path | None,
 ) -> None:
@@ -273,7 +309,7 @@ def _profile(
     args: argparse.Namespace,
     wrk: str,
     params: WrkParams,
-    root: Path,
+    root: str | Path,
     pid: int,
     port: int,
     workroot: Path,
@@ -309,7 +345,10 @@ def _profile(
         raise BenchError(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')}")
     text = out.read_text()
     if args.keep:
-        kept = Path(args.keep) / f"profile-{root.name or 'root'}.txt"
+        spec = str(root)
+        compiled = "-mypyc" if spec.startswith("mypyc:") else ""
+        name = Path(spec.removeprefix("mypyc:")).resolve().name or "root"
+        kept = Path(args.keep) / f"profile-{name}{compiled}.txt"
         kept.write_text(text)
         print(f"(collapsed stacks kept in {kept})")
     own, total, samples = parse_collapsed(text)

@@ -25,6 +25,10 @@ Buckets outlive a snapshot: :class:`RateLimits` (one per sidecar process) hands 
 the state of each ``(listener, rule)`` pair, so a new snapshot in which a rule is unchanged
 keeps its buckets, and a changed rule (any field) starts full. Each worker process of a
 sidecar has its own buckets: with ``workers: N`` the limits apply per process.
+
+The packages compile this module with mypyc, whose classes' instances can't be weakly
+referenced: the registry holds each rule's state in a :class:`~meshd.held.Held` box, which the
+limiters using the state keep.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Final
 from meshcore.matchers import RequestMatcher
 from meshcore.model.snapshot import RateLimitRule
 from meshd.errors import SnapshotRejected
+from meshd.held import Held
 from meshd.policystats import PolicyStats
 
 __all__ = [
@@ -90,7 +95,7 @@ class TokenBucket:
 class _RuleState:
     """The buckets of one rule on one listener, shared by the snapshots that keep the rule."""
 
-    __slots__ = ("__weakref__", "_max_sources", "_shared", "_sources", "matcher", "rule")
+    __slots__ = ("_max_sources", "_shared", "_sources", "matcher", "rule")
 
     def __init__(self, rule: RateLimitRule, max_sources: int, now: float) -> None:
         self.rule = rule
@@ -130,16 +135,19 @@ class ListenerRateLimiter:
     :class:`meshd.tcp.config.ConnectionRateCheck` (connections).
     """
 
-    __slots__ = ("_always", "_clock", "_matched", "_stats", "listener")
+    __slots__ = ("_always", "_clock", "_held", "_matched", "_stats", "listener")
 
     def __init__(
         self,
         listener: str,
-        states: Sequence[_RuleState],
+        held: Sequence[Held[_RuleState]],
         stats: PolicyStats,
         clock: Callable[[], float],
     ) -> None:
         self.listener = listener
+        #: Kept so that :class:`RateLimits` keeps the states while this limiter is in use.
+        self._held = tuple(held)
+        states = [h.value for h in self._held]
         self._always = tuple(s for s in states if s.matcher is None)
         self._matched = tuple(s for s in states if s.matcher is not None)
         self._stats = stats
@@ -227,7 +235,7 @@ class RateLimits:
         self.stats = stats
         self.clock = clock
         self.max_sources = max_sources
-        self._states: weakref.WeakValueDictionary[tuple[str, RateLimitRule], _RuleState] = (
+        self._states: weakref.WeakValueDictionary[tuple[str, RateLimitRule], Held[_RuleState]] = (
             weakref.WeakValueDictionary()
         )
 
@@ -248,7 +256,8 @@ class RateLimits:
         if not rules:
             return None
         states = self._states_of(listener, rules)
-        for state in states:
+        for held in states:
+            state = held.value
             if state.matcher is not None:
                 raise SnapshotRejected(
                     f"listener {listener}: rate limit {state.rule.name} has a match, which a "
@@ -256,12 +265,13 @@ class RateLimits:
                 )
         return ListenerRateLimiter(listener, states, self.stats, self.clock)
 
-    def _states_of(self, listener: str, rules: Sequence[RateLimitRule]) -> list[_RuleState]:
+    def _states_of(self, listener: str, rules: Sequence[RateLimitRule]) -> list[Held[_RuleState]]:
         states = []
         for rule in rules:
             key = (listener, rule)
-            state = self._states.get(key)
-            if state is None:
-                state = self._states[key] = _RuleState(rule, self.max_sources, self.clock())
-            states.append(state)
+            held = self._states.get(key)
+            if held is None:
+                state = _RuleState(rule, self.max_sources, self.clock())
+                held = self._states[key] = Held(state)
+            states.append(held)
         return states

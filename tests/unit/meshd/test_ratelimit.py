@@ -133,7 +133,7 @@ def test_per_source_buckets_are_bounded_least_recently_seen_first() -> None:
     assert get(lim, source=b"a") is not None  # a is seen again: most recent now
     for i in range(1000):
         get(lim, source=b"x%d" % i)
-    state = limits._states[("inbound", lim.rules[0])]
+    state = limits._states[("inbound", lim.rules[0])].value
     assert state.source_count == 3
     # a was forgotten among the flood: it starts with a full bucket again.
     assert get(lim, source=b"a") is None
