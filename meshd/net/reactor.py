@@ -33,128 +33,53 @@ import math
 import os
 import select
 import socket
-from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final
 
 import trio
 
+from meshd.net.flow import (
+    CHUNK,
+    DONE,
+    EPOLLIN,
+    EPOLLOUT,
+    PAUSED,
+    READING,
+    SPLICE_AVAILABLE,
+    SPLICE_FLAGS,
+    End,
+    Flow,
+    Half,
+    ProgressCallback,
+    PumpReason,
+    close_pipe,
+    count_delivered,
+    drain,
+    hold,
+    open_pipe,
+    preload,
+)
 from meshd.net.stream import SocketStream
 
-EPOLL_AVAILABLE: Final = hasattr(select, "epoll") and hasattr(os, "splice")
+__all__ = [
+    "EPOLL_AVAILABLE",
+    "ProgressCallback",
+    "PumpReason",
+    "Reactor",
+    "current_reactor",
+    "relay",
+]
+
+EPOLL_AVAILABLE: Final = SPLICE_AVAILABLE
 """Whether :func:`relay` can run here (Linux)."""
 
-# The buffer's size, and the pipe's default capacity: asking splice for more than fits only
-# makes it return less.
-_CHUNK: Final = 65536
-# SPLICE_F_NONBLOCK covers the pipe; the sockets are non-blocking already (O_NONBLOCK).
-_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if EPOLL_AVAILABLE else 0
-_IN: Final = select.EPOLLIN if EPOLL_AVAILABLE else 1
-_OUT: Final = select.EPOLLOUT if EPOLL_AVAILABLE else 4
+_IN: Final = EPOLLIN
+_OUT: Final = EPOLLOUT
 _ERR: Final = select.EPOLLERR if EPOLL_AVAILABLE else 8
 _HUP: Final = select.EPOLLHUP if EPOLL_AVAILABLE else 16
 # Pipefuls in a row from one socket per wake-up, while each fills the pipe (at most 512 KiB).
 _BURST: Final = 8
 # Events taken per wake-up; more wait for the next one (level-triggered: none is lost).
 _MAX_EVENTS: Final = 256
-
-# A direction's states.
-_READING: Final = 0  # nothing held back: read the source when it is readable
-_PAUSED: Final = 1  # the pipe holds bytes the destination could not take yet
-_DONE: Final = 2  # end of stream read and passed on (shutdown of the destination)
-
-ProgressCallback = Callable[[int, int], None]
-"""Called with byte deltas ``(downstream_to_upstream, upstream_to_downstream)``."""
-
-PumpReason = Literal["eof", "idle_timeout", "reset"]
-"""Why a pump returned (see :mod:`meshd.net.pump`)."""
-
-
-class _Half:
-    """One direction of a flow: ``src`` into ``dst``."""
-
-    __slots__ = ("dst", "full", "moved", "pending", "pipe_r", "pipe_w", "src", "state", "to_up")
-
-    def __init__(self, src: _End, dst: _End, to_up: bool) -> None:
-        self.src = src
-        self.dst = dst
-        self.to_up = to_up
-        self.state = _READING
-        self.pending = 0  # bytes in the pipe
-        self.moved = 0  # bytes delivered to dst
-        self.full = False  # the last read filled its buffer: the source likely has more
-        self.pipe_r = self.pipe_w = -1  # the pipe, once needed
-
-
-class _End:
-    """One socket of a flow and how it is registered."""
-
-    __slots__ = ("fd", "flow", "mask", "reads", "registered", "sock", "writes")
-
-    def __init__(self, flow: Flow, sock: socket.socket) -> None:
-        self.flow = flow
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.mask = 0
-        self.registered = False
-        # Set right after both ends exist.
-        self.reads: _Half
-        self.writes: _Half
-
-    def wanted(self) -> int:
-        """The events this socket is watched for now."""
-        mask = 0
-        if self.reads.state == _READING:
-            mask = _IN
-        if self.writes.state == _PAUSED:
-            mask |= _OUT
-        return mask
-
-
-class Flow:
-    """One pumped connection: two sockets, two directions."""
-
-    __slots__ = (
-        "done",
-        "down_to_up",
-        "ends",
-        "error",
-        "last_activity",
-        "on_progress",
-        "open_halves",
-        "reactor",
-        "reason",
-        "released",
-        "streams",
-        "up_to_down",
-    )
-
-    def __init__(
-        self,
-        reactor: Reactor,
-        down: SocketStream,
-        up: SocketStream,
-        on_progress: ProgressCallback | None,
-    ) -> None:
-        self.reactor = reactor
-        self.streams = (down, up)
-        self.on_progress = on_progress
-        self.reason: PumpReason | None = None
-        self.error: Exception | None = None
-        self.released = False
-        self.done = trio.Event()
-        self.last_activity = trio.current_time()
-        self.open_halves = 2
-        down_end = _End(self, down.sock)
-        up_end = _End(self, up.sock)
-        self.ends = (down_end, up_end)
-        self.down_to_up = _Half(down_end, up_end, True)
-        self.up_to_down = _Half(up_end, down_end, False)
-        down_end.reads = up_end.writes = self.down_to_up
-        up_end.reads = down_end.writes = self.up_to_down
-
-    def stream_closing(self) -> None:
-        """A pumped stream is being closed under the pump: stop, as for a reset."""
-        self.reactor.finish(self, "reset")
 
 
 class Reactor:
@@ -164,11 +89,11 @@ class Reactor:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._ends: dict[int, _End] = {}
+        self._ends: dict[int, End] = {}
         # One buffer for every small read of this reactor: its bytes are sent on (or put in a
         # pipe) before the next read. Per reactor, not per process: runs in other threads
         # have reactors of their own.
-        self._buffer = bytearray(_CHUNK)
+        self._buffer = bytearray(CHUNK)
         self._view = memoryview(self._buffer)
         #: The task has ended (the run is ending): no flow is served any more.
         self.closed = False
@@ -192,11 +117,11 @@ class Reactor:
         reactor has stopped."""
         if self.closed:
             return None
-        flow = Flow(self, down, up, on_progress)
+        flow = Flow(self.finish, down, up, on_progress)
         try:
             if not (
-                _preload(flow.down_to_up, initial_to_up)
-                and _preload(flow.up_to_down, initial_to_down)
+                preload(flow.down_to_up, initial_to_up)
+                and preload(flow.up_to_down, initial_to_down)
             ):
                 self._release(flow)
                 return None
@@ -247,13 +172,13 @@ class Reactor:
             trio.lowlevel.notify_closing(fileno)
             epoll.close()
 
-    def _serve(self, end: _End, mask: int, now: float) -> None:
+    def _serve(self, end: End, mask: int, now: float) -> None:
         flow = end.flow
         if mask & _OUT:
             half = end.writes
-            if half.state == _PAUSED:
-                _drain(half)
-                if half.state == _READING and half.full:
+            if half.state == PAUSED:
+                drain(half)
+                if half.state == READING and half.full:
                     # The last read filled its buffer, so the source likely has more: go on
                     # now rather than one wake-up later.
                     self._read(half, now)
@@ -263,17 +188,17 @@ class Reactor:
                 self._update(half.dst)
         if mask & (_IN | _HUP | _ERR):
             half = end.reads
-            if half.state == _READING:
+            if half.state == READING:
                 # After a reset too: bytes that came before it still go on, then the read
                 # fails (and the flow ends with "reset").
                 self._read(half, now)
                 if flow.reason is not None:
                     return
-                if half.state == _PAUSED:
+                if half.state == PAUSED:
                     # Stop reading the source; watch the destination for room.
                     self._update(half.src)
                     self._update(half.dst)
-            elif mask & _ERR and half.state == _DONE:
+            elif mask & _ERR and half.state == DONE:
                 # Reset after its end of stream: nothing can go to it any more.
                 self.finish(flow, "reset")
                 return
@@ -282,7 +207,7 @@ class Reactor:
                 # with nothing to read now, stop watching this socket until reads resume.
                 self._unwatch(end)
 
-    def _read(self, half: _Half, now: float) -> None:
+    def _read(self, half: Half, now: float) -> None:
         """Read what the source has and pass it on as far as the destination takes it."""
         if not half.full:
             view = self._view
@@ -299,20 +224,20 @@ class Reactor:
             except BlockingIOError:
                 sent = 0
             if sent:
-                _delivered(half, sent)
+                count_delivered(half, sent)
             if sent < n:
-                _hold(half, view[sent:n])
+                hold(half, view[sent:n])
                 return
-            if n < _CHUNK:
+            if n < CHUNK:
                 return
             half.full = True
         # Bulk: splice, another pipeful only while each fills the pipe and goes out whole.
         splice = os.splice
         src_fd = half.src.fd
-        pipe_w = half.pipe_w if half.pipe_w >= 0 else _open_pipe(half)
+        pipe_w = half.pipe_w if half.pipe_w >= 0 else open_pipe(half)
         for _ in range(_BURST):
             try:
-                n = splice(src_fd, pipe_w, _CHUNK, None, None, _FLAGS)
+                n = splice(src_fd, pipe_w, CHUNK, None, None, SPLICE_FLAGS)
             except BlockingIOError:
                 half.full = False
                 return
@@ -322,14 +247,14 @@ class Reactor:
                 return
             half.src.flow.last_activity = now
             half.pending = n
-            half.full = n == _CHUNK
-            _drain(half)
+            half.full = n == CHUNK
+            drain(half)
             if half.pending or not half.full:
                 return
 
-    def _end_direction(self, half: _Half) -> None:
+    def _end_direction(self, half: Half) -> None:
         """End of stream from the source: pass it on (TCP half-close)."""
-        half.state = _DONE
+        half.state = DONE
         try:
             half.dst.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -342,14 +267,14 @@ class Reactor:
             return
         self._update(half.src)
 
-    def _watch(self, end: _End) -> None:
+    def _watch(self, end: End) -> None:
         mask = end.wanted()
         self._epoll.register(end.fd, mask)
         end.mask = mask
         end.registered = True
         self._ends[end.fd] = end
 
-    def _update(self, end: _End) -> None:
+    def _update(self, end: End) -> None:
         mask = end.wanted()
         if not end.registered:
             if mask:
@@ -358,7 +283,7 @@ class Reactor:
             self._epoll.modify(end.fd, mask)
             end.mask = mask
 
-    def _unwatch(self, end: _End) -> None:
+    def _unwatch(self, end: End) -> None:
         if end.registered:
             end.registered = False
             self._ends.pop(end.fd, None)
@@ -372,78 +297,10 @@ class Reactor:
         flow.released = True
         for end in flow.ends:
             self._unwatch(end)
-        _close_pipe(flow.down_to_up)
-        _close_pipe(flow.up_to_down)
+        close_pipe(flow.down_to_up)
+        close_pipe(flow.up_to_down)
         for stream in flow.streams:
             stream.on_close = None
-
-
-def _drain(half: _Half) -> None:
-    """Empty the pipe into the destination; the direction is paused if it won't take it all."""
-    splice = os.splice
-    pipe_r = half.pipe_r
-    dst_fd = half.dst.fd
-    left = half.pending
-    delivered = 0
-    try:
-        while left:
-            try:
-                sent = splice(pipe_r, dst_fd, left, None, None, _FLAGS)
-            except BlockingIOError:
-                break
-            if not sent:
-                raise OSError(errno.EPIPE, "splice to the socket made no progress")
-            left -= sent
-            delivered += sent
-    finally:
-        half.pending = left
-        if delivered:
-            _delivered(half, delivered)
-    half.state = _PAUSED if left else _READING
-
-
-def _delivered(half: _Half, n: int) -> None:
-    half.moved += n
-    report = half.src.flow.on_progress
-    if report is not None:
-        if half.to_up:
-            report(n, 0)
-        else:
-            report(0, n)
-
-
-def _hold(half: _Half, data: memoryview | bytes) -> None:
-    """Keep bytes the destination didn't take in the (empty) pipe, and pause the direction."""
-    pipe_w = half.pipe_w if half.pipe_w >= 0 else _open_pipe(half)
-    written = os.write(pipe_w, data)
-    # An empty pipe takes a whole buffer (its capacity is _CHUNK); anything else would lose
-    # bytes, so fail the connection rather than go on.
-    if written != len(data):
-        raise OSError(errno.ENOBUFS, "the pipe did not take the held-back bytes")
-    half.pending = written
-    half.state = _PAUSED
-
-
-def _preload(half: _Half, data: bytes) -> bool:
-    """Put bytes already read into the direction's pipe, to go out first."""
-    if not data:
-        return True
-    if len(data) > _CHUNK:
-        return False
-    _hold(half, data)
-    return True
-
-
-def _open_pipe(half: _Half) -> int:
-    half.pipe_r, half.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    return half.pipe_w
-
-
-def _close_pipe(half: _Half) -> None:
-    if half.pipe_r >= 0:
-        os.close(half.pipe_r)
-        os.close(half.pipe_w)
-        half.pipe_r = half.pipe_w = -1
 
 
 _REACTOR: trio.lowlevel.RunVar[Reactor] = trio.lowlevel.RunVar("meshd_reactor")
@@ -476,10 +333,10 @@ async def relay(
     them, or None, having done nothing, when the initial bytes don't fit a pipe or the run's
     reactor has stopped (the run is ending); then the caller pumps some other way.
     """
-    flow = current_reactor().open(down, up, initial_to_up, initial_to_down, on_progress)
+    reactor = current_reactor()
+    flow = reactor.open(down, up, initial_to_up, initial_to_down, on_progress)
     if flow is None:
         return None
-    reactor = flow.reactor
     done = flow.done
     try:
         if idle_timeout_s == math.inf:
