@@ -230,7 +230,8 @@ def _report(
     if not rps["nginx-l7"] or not rps["haproxy-l4"]:
         raise BenchError("a reference proxy completed no requests; no ratio to report")
     rss_mb = meshd_rss_kb / 1024
-    # Context, not targets: two SO_REUSEPORT workers, and the floor any Trio proxy has here.
+    # Context, not targets: two SO_REUSEPORT workers, and the floor of a proxy that parks a
+    # task per read (meshd's L4 reactor parks none).
     print(f"INFO l7_rps_vs_nginx_workers2={rps['meshd-l7-w2'] / rps['nginx-l7']:.2f}")
     print(f"INFO l7_trio_relay_floor_vs_nginx={rps['trio-relay'] / rps['nginx-l7']:.2f}")
     # The relay moves bytes with no HTTP work: the L4 floor of a Trio proxy as well.

@@ -146,6 +146,12 @@ def main(argv: list[str]) -> int:
         "--l4", action="store_true", help="load the TCP listener instead of the HTTP one"
     )
     parser.add_argument(
+        "--close",
+        action="store_true",
+        help="a new connection per request (wrk sends `Connection: close`): measures what "
+        "a connection costs (accept, upstream connect, close) rather than a request",
+    )
+    parser.add_argument(
         "--policy",
         action="store_true",
         help="the policy suite's snapshot (policy configured, not triggered) on the HTTP listener",
@@ -178,6 +184,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="meshd-profile-") as tmp, ProcessGroup() as procs:
         workroot = Path(tmp)
         base = Context(Path.cwd(), sys.executable, wrk_params, workroot)
+        script = _close_script(workroot) if args.close else None
         (backend,) = free_ports(1)
         dp.start_nginx(base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
         meshds = []
@@ -209,7 +216,7 @@ def main(argv: list[str]) -> int:
         print(f"profile_l7: {wrk_params.describe()}, warm-up {wrk_params.warmup_s}s", flush=True)
         per_req: dict[int, list[float]] = {i: [] for i in range(len(meshds))}
         if args.paired:
-            _paired_rounds(args.rounds, tools["wrk"], wrk_params, meshds, per_req)
+            _paired_rounds(args.rounds, tools["wrk"], wrk_params, meshds, per_req, script)
         for rnd in range(0 if args.paired else args.rounds):
             order = list(range(len(meshds)))
             if rnd % 2:
@@ -218,9 +225,11 @@ def main(argv: list[str]) -> int:
                 root, proc, path = meshds[i]
                 url = f"http://127.0.0.1:{path.port}/"
                 if wrk_params.warmup_s:
-                    run_wrk(tools["wrk"], url, wrk_params, wrk_params.warmup_s)
+                    run_wrk(tools["wrk"], url, wrk_params, wrk_params.warmup_s, script=script)
                 before = user_sys_ticks(proc.pid)
-                result = run_wrk(tools["wrk"], url, wrk_params, wrk_params.duration_s)
+                result = run_wrk(
+                    tools["wrk"], url, wrk_params, wrk_params.duration_s, script=script
+                )
                 after = user_sys_ticks(proc.pid)
                 scale = 1e6 / CLK_TCK / max(result.requests, 1)
                 user, system = ((a - b) * scale for a, b in zip(after, before, strict=True))
@@ -239,7 +248,9 @@ def main(argv: list[str]) -> int:
             print(f"RATIO {args.ratio}={paired_ratio(per_req[0], per_req[1]):.2f}")
         if args.profile:
             for root, proc, path in meshds:
-                _profile(args, tools["wrk"], wrk_params, root, proc.pid, path.port, workroot)
+                _profile(
+                    args, tools["wrk"], wrk_params, root, proc.pid, path.port, workroot, script
+                )
     return 0
 
 
@@ -249,6 +260,7 @@ def _paired_rounds(
     params: WrkParams,
     meshds: list[tuple[str, ManagedProcess, dp.BenchPath]],
     per_req: dict[int, list[float]],
+    script: Path | None,
 ) -> None:
     """Rounds that load every meshd at once; ratios to the first checkout per round."""
     ratios: dict[int, list[float]] = {i: [] for i in range(1, len(meshds))}
@@ -256,9 +268,18 @@ def _paired_rounds(
     with ThreadPoolExecutor(max_workers=len(meshds)) as pool:
         for rnd in range(rounds):
             if params.warmup_s:
-                list(pool.map(lambda url: run_wrk(wrk, url, params, params.warmup_s), urls))
+                list(
+                    pool.map(
+                        lambda url: run_wrk(wrk, url, params, params.warmup_s, script=script),
+                        urls,
+                    )
+                )
             before = [user_sys_ticks(proc.pid) for _, proc, _ in meshds]
-            results = list(pool.map(lambda url: run_wrk(wrk, url, params, params.duration_s), urls))
+            results = list(
+                pool.map(
+                    lambda url: run_wrk(wrk, url, params, params.duration_s, script=script), urls
+                )
+            )
             after = [user_sys_ticks(proc.pid) for _, proc, _ in meshds]
             line = []
             for i, result in enumerate(results):
@@ -277,6 +298,13 @@ def _paired_rounds(
         )
 
 
+def _close_script(workroot: Path) -> Path:
+    """A wrk Lua script that asks for a new connection per request."""
+    script = workroot / "close.lua"
+    script.write_text('wrk.headers["Connection"] = "close"\n')
+    return script
+
+
 def _profile(
     args: argparse.Namespace,
     wrk: str,
@@ -285,6 +313,7 @@ def _profile(
     pid: int,
     port: int,
     workroot: Path,
+    script: Path | None = None,
 ) -> None:
     out = workroot / f"profile-{pid}.txt"
     duration = params.duration_s
@@ -309,7 +338,7 @@ def _profile(
         stderr=subprocess.PIPE,
     )
     before = cpu_ticks([pid])
-    result = run_wrk(wrk, f"http://127.0.0.1:{port}/", params, duration)
+    result = run_wrk(wrk, f"http://127.0.0.1:{port}/", params, duration, script=script)
     spent = cpu_ticks([pid]) - before
     _, err = spy.communicate(timeout=duration + 60)
     if spy.returncode != 0 or not out.exists():

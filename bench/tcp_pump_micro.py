@@ -1,9 +1,12 @@
-"""Micro-benchmark: meshd.net.pump over loopback, splice(2) against receive_some/send_all.
+"""Micro-benchmark: meshd.net.pump over loopback, the reactor against receive_some/send_all tasks.
 
 A child process (plain blocking sockets, one thread per direction) is the client and the
 server; this process runs only the pump, so its wall and CPU time are the pump's.
 
     PYTHONPATH=. python bench/tcp_pump_micro.py [--mib 1024] [--reps 2] [--bidir]
+
+``reactor`` is the path plain sockets take (:mod:`meshd.net.reactor`: epoll, bulk reads with
+splice(2)); ``copy`` is the task-per-direction path that TLS and other streams take.
 
 Not a test: numbers depend on the machine, only the ratio between the two paths means much.
 """
@@ -120,7 +123,7 @@ def main() -> None:
         peer(port_down, port_up, total_bytes, bidir=args.bidir)
         return
     total = min(args.mib, 4096) << 20  # bounded: at most 4 GiB per run
-    modes = [("splice", True), ("copy", False)] if SPLICE_AVAILABLE else [("copy", False)]
+    modes = [("reactor", True), ("copy", False)] if SPLICE_AVAILABLE else [("copy", False)]
     direction = "both ways" if args.bidir else "one way"
     print(f"{args.mib} MiB {direction}, {args.reps} reps")
     for name, use_splice in modes:

@@ -3,8 +3,10 @@
 Each downstream connection gets one upstream connection; a read from the client is written
 upstream, one read of the reply is written back. That is only correct for one-read requests
 and one-read responses (wrk's GETs against a small fixed body), which is all it is for: the
-least Python any Trio-based proxy must run per request, using the same non-blocking sockets
-and ``trio.lowlevel`` waits as meshd. Not a proxy; a yardstick.
+least Python any Trio-based proxy that parks a task per read must run per request, using the
+same non-blocking sockets and ``trio.lowlevel`` waits as meshd's HTTP path. (meshd's L4 path
+parks no task per read, see ``meshd/net/reactor.py``, and goes below it.) Not a proxy; a
+yardstick.
 
 Usage: ``python trio_relay.py LISTEN_PORT UPSTREAM_PORT``
 """

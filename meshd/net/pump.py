@@ -6,10 +6,11 @@ in its own task; an EOF on one side becomes ``send_eof()`` (``shutdown(SHUT_WR)`
 :class:`~meshd.net.stream.SocketStream`) on the other, and the other direction keeps going
 until it ends too (TCP half-close).
 
-When both ends are plain :class:`~meshd.net.stream.SocketStream` sockets the bytes never
-enter Python: each direction moves them with ``splice(2)`` from the source socket into a
-private pipe and from the pipe into the destination socket. Any other :class:`Stream`
-(trio memory streams, TLS) goes through ``receive_some``/``send_all``.
+When both ends are plain :class:`~meshd.net.stream.SocketStream` sockets, no task wakes per
+read: the run's reactor (:mod:`meshd.net.reactor`) moves the bytes as epoll reports the
+sockets ready, small reads through one shared buffer and bulk with ``splice(2)`` through a
+pipe (zero-copy). Any other :class:`Stream` (trio memory streams, TLS) goes through
+``receive_some``/``send_all`` in a task per direction.
 
 The pump never closes its streams; that is the caller's job, and how depends on
 :attr:`PumpResult.reason`:
@@ -25,33 +26,22 @@ Cancellation of the calling scope propagates as usual (no result is returned for
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import trio
 
+from meshd.net.reactor import EPOLL_AVAILABLE, ProgressCallback, PumpReason, relay
 from meshd.net.stream import RECEIVE_SIZE, SocketStream, Stream
 
-PumpReason = Literal["eof", "idle_timeout", "reset"]
-"""Why :func:`pump` returned."""
+__all__ = ["SPLICE_AVAILABLE", "ProgressCallback", "PumpReason", "PumpResult", "can_splice", "pump"]
 
-ProgressCallback = Callable[[int, int], None]
-"""Called with byte deltas ``(downstream_to_upstream, upstream_to_downstream)``."""
+SPLICE_AVAILABLE: Final = EPOLL_AVAILABLE
+"""Whether this platform has ``os.splice`` and epoll (Linux), which the reactor needs."""
 
-SPLICE_AVAILABLE: Final = hasattr(os, "splice") and hasattr(os, "pipe2")
-"""Whether this platform has ``os.splice`` (Linux, Python 3.10+)."""
-
-# The pipe's default capacity: asking for more than fits only makes splice return less.
-_SPLICE_CHUNK: Final = 65536
-# SPLICE_F_NONBLOCK covers the pipe; the sockets are non-blocking already (O_NONBLOCK).
-_SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if SPLICE_AVAILABLE else 0
-# Neither path checkpoints while the kernel keeps up, so a busy connection would starve the
-# other tasks and never see a cancellation: yield after this many chunks (at most 1 MiB;
-# the splice path counts only chunks in a row that did not wait).
+# The copy path does not checkpoint while the streams keep up, so a busy connection would
+# starve the other tasks and never see a cancellation: yield after this many chunks.
 _YIELD_EVERY: Final = 16
 
 
@@ -68,7 +58,7 @@ class PumpResult:
 
 
 def can_splice(down: Stream, up: Stream) -> bool:
-    """True if :func:`pump` can move bytes between these two with ``splice(2)``.
+    """True if :func:`pump` can move bytes between these two in the reactor (epoll, splice).
 
     Only exact :class:`SocketStream` instances qualify: a subclass might hold bytes of
     its own that the kernel does not know about.
@@ -98,8 +88,9 @@ async def pump(
         initial_to_down: Likewise, bytes already read from ``up`` for ``down``.
         on_progress: Called with byte deltas ``(down->up, up->down)`` as bytes are
             delivered, for live metrics. It runs on the hot path: keep it cheap.
-        use_splice: ``None`` picks ``splice(2)`` when :func:`can_splice` allows it; ``False``
-            forces ``receive_some``/``send_all``; ``True`` requires splice.
+        use_splice: ``None`` picks the reactor (:mod:`meshd.net.reactor`) when
+            :func:`can_splice` allows it; ``False`` forces ``receive_some``/``send_all`` in a
+            task per direction; ``True`` requires the reactor.
 
     Returns:
         Byte counts per direction and the reason for stopping (see the module docstring
@@ -115,8 +106,22 @@ async def pump(
     if use_splice is None:
         use_splice = spliceable
     elif use_splice and not spliceable:
-        raise ValueError("splice needs two SocketStreams on a platform with os.splice")
-    state = _Pump(on_progress, use_splice=use_splice)
+        raise ValueError("splice needs two SocketStreams on a platform with os.splice and epoll")
+    if use_splice:
+        assert isinstance(down, SocketStream)
+        assert isinstance(up, SocketStream)
+        moved = await relay(
+            down,
+            up,
+            idle_timeout_s=idle_timeout_s,
+            initial_to_up=initial_to_up,
+            initial_to_down=initial_to_down,
+            on_progress=on_progress,
+        )
+        if moved is not None:
+            return PumpResult(*moved)
+        # The initial bytes did not fit a pipe (rare), or the run is ending: copy instead.
+    state = _Pump(on_progress)
     async with trio.open_nursery() as nursery:
         state.scope = nursery.cancel_scope
         nursery.start_soon(state.run_direction, down, up, initial_to_up, True)
@@ -137,12 +142,10 @@ class _Pump:
         "reason",
         "scope",
         "up_to_down",
-        "use_splice",
     )
 
-    def __init__(self, on_progress: ProgressCallback | None, *, use_splice: bool) -> None:
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
         self.on_progress = on_progress
-        self.use_splice = use_splice
         self.down_to_up = 0
         self.up_to_down = 0
         self.open_directions = 2
@@ -159,12 +162,7 @@ class _Pump:
     async def run_direction(self, src: Stream, dst: Stream, initial: bytes, to_up: bool) -> None:
         """Pump one direction; a broken side stops both."""
         try:
-            if self.use_splice:
-                assert isinstance(src, SocketStream)
-                assert isinstance(dst, SocketStream)
-                await self._splice_one_way(src, dst, initial, to_up)
-            else:
-                await self._copy_one_way(src, dst, initial, to_up)
+            await self._copy_one_way(src, dst, initial, to_up)
             await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.finish("reset")
@@ -224,73 +222,4 @@ class _Pump:
                     budget = _YIELD_EVERY
                     await trio.lowlevel.checkpoint()
         finally:
-            self._count(moved, to_up)
-
-    async def _splice_one_way(
-        self, src: SocketStream, dst: SocketStream, initial: bytes, to_up: bool
-    ) -> None:
-        if initial:
-            await self._send_initial(dst, initial, to_up)
-        report = self.on_progress
-        current_time = trio.current_time
-        splice = os.splice
-        wait_readable = trio.lowlevel.wait_readable
-        wait_writable = trio.lowlevel.wait_writable
-        src_sock = src.sock
-        dst_sock = dst.sock
-        moved = 0
-        budget = _YIELD_EVERY
-        pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        drained = False
-        try:
-            while True:
-                if drained:
-                    # The last read took less than a pipeful, so the socket was empty then:
-                    # park first rather than make a splice that would only say EAGAIN.
-                    drained = False
-                    budget = _YIELD_EVERY
-                    await wait_readable(src_sock)
-                # The pipe is empty here, so EAGAIN can only mean the socket has nothing.
-                # fileno() is read after every await: a socket closed while we were parked
-                # gives -1 (EBADF), never a recycled descriptor.
-                try:
-                    n = splice(src_sock.fileno(), pipe_w, _SPLICE_CHUNK, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    budget = _YIELD_EVERY
-                    await wait_readable(src_sock)
-                    continue
-                if not n:
-                    return
-                self.last_activity = current_time()
-                # Drain the pipe completely before reading again, so the next read's
-                # EAGAIN is unambiguous and EOF is only seen with nothing left to send.
-                left = n
-                while left:
-                    try:
-                        sent = splice(pipe_r, dst_sock.fileno(), left, flags=_SPLICE_FLAGS)
-                    except BlockingIOError:
-                        budget = _YIELD_EVERY
-                        await wait_writable(dst_sock)
-                        continue
-                    if not sent:
-                        raise trio.BrokenResourceError("splice to the socket made no progress")
-                    left -= sent
-                    moved += sent
-                if report is not None:
-                    if to_up:
-                        report(n, 0)
-                    else:
-                        report(0, n)
-                drained = n < _SPLICE_CHUNK
-                budget -= 1
-                if not budget:
-                    budget = _YIELD_EVERY
-                    await trio.lowlevel.checkpoint()
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise trio.ClosedResourceError("stream was closed") from exc
-            raise trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}") from exc
-        finally:
-            os.close(pipe_r)
-            os.close(pipe_w)
             self._count(moved, to_up)

@@ -21,6 +21,7 @@ import errno
 import select
 import socket
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -82,7 +83,7 @@ class ProxyStream(Stream, Protocol):
 class SocketStream:
     """A connected TCP socket in non-blocking mode."""
 
-    __slots__ = ("_closed", "_probe", "sock")
+    __slots__ = ("_closed", "_probe", "on_close", "sock")
 
     #: Waiting for readability first saves the ``recv`` that would only say EAGAIN.
     parks_reads = True
@@ -94,6 +95,9 @@ class SocketStream:
         self.sock = sock
         self._closed = False
         self._probe: ReadProbe | None = None
+        #: Called (once) just before the socket closes: set while a reactor pumps it
+        #: (:mod:`meshd.net.reactor`), which must stop watching the descriptor first.
+        self.on_close: Callable[[], None] | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return what the kernel has, waiting only when it has nothing."""
@@ -179,6 +183,10 @@ class SocketStream:
         """Close at once, waking any task parked on this socket."""
         if not self._closed:
             self._closed = True
+            on_close = self.on_close
+            if on_close is not None:
+                self.on_close = None
+                on_close()
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 

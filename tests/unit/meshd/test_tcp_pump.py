@@ -1,4 +1,4 @@
-"""meshd.net.pump over real loopback sockets (splice and copy paths) and memory streams."""
+"""meshd.net.pump over real loopback sockets (reactor and copy paths) and memory streams."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import random
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import trio
 import trio.testing
+from pump_support import Topology, topology
 
 from meshd.net.pump import SPLICE_AVAILABLE, PumpResult, can_splice, pump
 from meshd.net.stream import SocketStream, Stream
@@ -19,42 +19,10 @@ from meshd.net.stream import SocketStream, Stream
 BIG = 64 * 1024 * 1024
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected (client, server) pair of TCP sockets on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        try:
-            server, _addr = listener.accept()
-        except BaseException:
-            client.close()
-            raise
-    return client, server
-
-
-@dataclass
-class Topology:
-    """client <-TCP-> down [pump] up <-TCP-> server."""
-
-    client: SocketStream
-    down: SocketStream
-    up: SocketStream
-    server: SocketStream
-
-
 @pytest.fixture
 async def topo() -> AsyncIterator[Topology]:
-    client, down = _tcp_pair()
-    up, server = _tcp_pair()
-    streams = Topology(
-        SocketStream(client), SocketStream(down), SocketStream(up), SocketStream(server)
-    )
-    try:
+    async with topology() as streams:
         yield streams
-    finally:
-        for stream in (streams.client, streams.down, streams.up, streams.server):
-            stream.close_nowait()
 
 
 @pytest.fixture(
