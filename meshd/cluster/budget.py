@@ -75,7 +75,9 @@ class RetryBudgetWindow:
 
     def record_request(self, now: float) -> None:
         """A request (not a retry) started."""
-        slot = self._advance(now)
+        epoch = int(now // self._width)
+        # Still the newest bucket, the usual case: _advance's first test, without its call.
+        slot = epoch % len(self._requests) if epoch == self._epoch else self._advance(now)
         self._requests[slot] += 1
         self.requests += 1
 

@@ -63,6 +63,7 @@ class ClusterRuntime:
         "_pools",
         "_starts",
         "_unavailable",
+        "hashes",
         "model",
         "name",
         "selector",
@@ -97,6 +98,8 @@ class ClusterRuntime:
         self._hash_header = policy.header.encode() if policy and policy.header else None
         self._hash_cookie = policy.cookie.encode() if policy and policy.cookie else None
         self._hash_source = bool(policy and policy.source_ip)
+        #: Whether :meth:`hash_key` can return a key (skip the call when it can't).
+        self.hashes = policy is not None
         #: id(connection) -> when its try was picked, for the latency fed to the balancer.
         self._starts: dict[int, float] = {}
         limits = PoolLimits(

@@ -19,7 +19,7 @@ from meshcore.model import Cluster, Endpoint
 from meshd.cluster.lb import HASH_POLICIES, Balancer, make_balancer
 from meshd.cluster.lb_hash import HashTables
 from meshd.cluster.lb_hash import hash_key as key_of
-from meshd.cluster.lb_load import Addr, EndpointLoad, LoadBook, addr
+from meshd.cluster.lb_load import Addr, LoadBook, addr
 from meshd.cluster.priority import Group, TierLoad, plan
 
 __all__ = ["EndpointSelector"]
@@ -85,6 +85,9 @@ class EndpointSelector:
         else:
             self.book = LoadBook(self.endpoints, clock=clock or time.monotonic)
             self._tables = HashTables()
+        # Loads by endpoint identity: the request path hands back the snapshot's own objects,
+        # and hashing a tuple of two fields per request is avoidable work (looked up inline in
+        # started/finished/observe, a call less each; other endpoints go through the book).
         self._by_id = {id(e): self.book.get(e) for e in self.endpoints}
         self._hashing = model.lb_policy in HASH_POLICIES
         self.unavailable: frozenset[Addr] = frozenset()
@@ -189,15 +192,10 @@ class EndpointSelector:
         ]
         return available[0] if available else None
 
-    def _load(self, endpoint: Endpoint) -> EndpointLoad:
-        # By identity first: the request path hands back the snapshot's own objects, and
-        # hashing a tuple of two fields per request is avoidable work.
-        load = self._by_id.get(id(endpoint))
-        return load if load is not None else self.book.get(endpoint)
-
     def started(self, endpoint: Endpoint) -> None:
         """A try began on ``endpoint`` (counted in flight until :meth:`finished`)."""
-        self._load(endpoint).in_flight += 1
+        load = self._by_id.get(id(endpoint))
+        (load if load is not None else self.book.get(endpoint)).in_flight += 1
 
     def finished(self, endpoint: Endpoint, latency_s: float | None = None) -> None:
         """A try that :meth:`started` on ``endpoint`` ended.
@@ -206,7 +204,9 @@ class EndpointSelector:
         :meth:`observe`-d for the endpoint since the try began (the request path's report
         is more precise; this covers callers that don't report).
         """
-        load = self._load(endpoint)
+        load = self._by_id.get(id(endpoint))
+        if load is None:
+            load = self.book.get(endpoint)
         if load.in_flight > 0:  # clamped: the try may have started before a restart of counts
             load.in_flight -= 1
         if latency_s is None:
@@ -219,7 +219,11 @@ class EndpointSelector:
     def observe(self, endpoint: Endpoint, latency_s: float, *, failed: bool = False) -> None:
         """One try's latency on ``endpoint`` for the EWMA estimate; ``failed``: no response
         came (recorded as at least :data:`~meshd.cluster.lb_load.FAILURE_PENALTY_S`)."""
-        self.book.sample(self._load(endpoint), latency_s, self.book.clock(), failed=failed)
+        book = self.book
+        load = self._by_id.get(id(endpoint))
+        book.sample(
+            load if load is not None else book.get(endpoint), latency_s, book.clock(), failed=failed
+        )
 
     def endpoint_state(self, endpoint: Endpoint) -> dict[str, object]:
         """JSON-able balancing state of ``endpoint`` for the admin API."""

@@ -159,7 +159,8 @@ class HttpConnection:
             while not events:
                 if not self._take(await receive()):
                     return
-            head = self._pop_head()
+            kind, head = events.pop(0)  # the parser queues a head first, always
+            assert kind == codec.EV_HEAD and isinstance(head, RequestHead)
             self.phase = REQUEST
             if served + 1 >= self.cfg.max_requests_per_connection:
                 # The last request this connection may carry: its answer says so.
@@ -186,11 +187,6 @@ class HttpConnection:
             self.phase = HEAD
             self.deadline = now() + self.cfg.headers_timeout_s
         return True
-
-    def _pop_head(self) -> RequestHead:
-        kind, value = self.parser.events.pop(0)
-        assert kind == codec.EV_HEAD and isinstance(value, RequestHead)
-        return value
 
     async def _handle(self, head: RequestHead) -> None:
         source = self.source

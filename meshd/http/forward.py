@@ -111,7 +111,7 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
             ex.body_done = True
         payload = b"".join(first) if len(first) > 1 else out
         ex.bytes_in += len(payload)
-        key = cluster.hash_key(head.headers, c.peer_ip)
+        key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
         # A pooled connection the upstream closed meanwhile fails before any response byte;
         # such a request is sent again once on a new connection when nothing is lost by it.
         for attempt in (0, 1):
