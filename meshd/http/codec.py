@@ -382,7 +382,11 @@ class ResponseParser(HeadLimits):
 
     def on_message_begin(self) -> None:
         if self.complete:
+            # Bytes after a complete response, even in the same read, are never parsed as a
+            # response of their own: relayed, they would answer the client's next request.
             self.extra = True
+            self._stale = True
+            raise _HeadDoneError
         self._head = ResponseHead()
         self._begin()
 
@@ -446,4 +450,4 @@ class ResponseParser(HeadLimits):
 
 
 class _HeadDoneError(Exception):
-    """Stops llhttp after a HEAD response's head."""
+    """Stops llhttp after a HEAD response's head, or at bytes after a complete response."""

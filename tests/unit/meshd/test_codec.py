@@ -499,6 +499,23 @@ def test_bytes_after_complete_response_mark_extra() -> None:
     assert parser.complete and parser.extra
 
 
+def test_second_response_in_the_same_read_is_not_parsed() -> None:
+    """An unasked-for response that comes in the same read as a complete one is extra bytes,
+    not a response: relayed, it would answer the client's next request."""
+    parser = ResponseParser()
+    parser.feed(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nSTRAY"
+    )
+    assert [h.status for h in parser.heads] == [200]
+    assert parser.body == [b"ok"]
+    assert parser.complete and parser.extra
+    parser.reset(head_request=False)  # a fresh llhttp parser: the old one stopped mid-message
+    parser.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert [h.status for h in parser.heads] == [204]
+    assert parser.complete and not parser.extra
+
+
 def test_garbage_after_complete_response_keeps_the_response() -> None:
     """A complete response followed by junk in the same read is still that response."""
     parser = ResponseParser()
