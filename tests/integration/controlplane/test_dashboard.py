@@ -294,8 +294,14 @@ class Scenario:
         await pilot.press("1")
         table = app.traffic.query_one(DataTable)
         table.focus()
-        keys = [r[0] for r in rows(app, "traffic-table")]
-        table.move_cursor(row=keys.index("api"))
+
+        def keys() -> list[str]:
+            return [r[0] for r in rows(app, "traffic-table")]
+
+        # The view shows a service once a telemetry report with its calls came in: on a loaded
+        # machine that may be after the switch.
+        await self.wait(pilot, lambda: "api" in keys(), "api in the traffic view")
+        table.move_cursor(row=keys().index("api"))
         await pilot.press("enter")
         await self.wait(
             pilot, lambda: [r[0] for r in rows(app, "traffic-table")] == ["canary"], "api's routes"
