@@ -222,22 +222,42 @@ class Acceptor:
             if conn.sock.fileno() == -1:
                 return  # evicted before this task started
             if first_byte_s is not None:
-                try:
-                    with trio.move_on_after(first_byte_s) as timer:
-                        await trio.lowlevel.wait_readable(conn.sock)
-                except trio.ClosedResourceError:
-                    return  # evicted
-                finally:
+                if _readable_now(conn.sock):
+                    # The usual case: the client wrote right behind its connect. Saves the
+                    # deadline scope and the park/wake through epoll.
                     self._silent.pop(conn, None)
-                if timer.cancelled_caught:
-                    self._event("first_byte_timeout")
-                    return
-                if conn.sock.fileno() == -1:
-                    # Evicted (a drain's close_silent, a full listener) after the socket became
-                    # readable but before this task ran again: nothing to serve.
-                    return
+                else:
+                    try:
+                        with trio.move_on_after(first_byte_s) as timer:
+                            await trio.lowlevel.wait_readable(conn.sock)
+                    except trio.ClosedResourceError:
+                        return  # evicted
+                    finally:
+                        self._silent.pop(conn, None)
+                    if timer.cancelled_caught:
+                        self._event("first_byte_timeout")
+                        return
+                    if conn.sock.fileno() == -1:
+                        # Evicted (a drain's close_silent, a full listener) after the socket
+                        # became readable but before this task ran again: nothing to serve.
+                        return
             await self._handler(conn.sock, addr)
         finally:
             self._silent.pop(conn, None)
             self._live.discard(conn)
             conn.close()
+
+
+def _readable_now(sock: socket.socket) -> bool:
+    """Whether a read of ``sock`` would not block (bytes, end of stream or an error).
+
+    A ``recv(MSG_PEEK)`` of one byte: nothing is consumed, and it raises only when there is
+    nothing yet.
+    """
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # a reset is readable too: the handler's first read reports it
+    return True

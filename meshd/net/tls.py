@@ -433,6 +433,7 @@ async def tls_accept(sock: socket.socket | SocketStream, ctx: ssl.SSLContext) ->
     The socket is closed if the handshake fails or is cancelled.
     """
     if isinstance(sock, SocketStream):
-        sock = sock.sock
-    sock.setblocking(False)
+        sock = sock.sock  # non-blocking already
+    else:
+        sock.setblocking(False)
     return await _wrap(sock, ctx, server_side=True)
