@@ -11,6 +11,10 @@ instructions per request, start-up cancelled out. A run without the proxy (clien
 to the backend) gives the harness's own share, subtracted.
 
     .venv/bin/python bench/l7_instructions.py /tmp/base .
+    .venv/bin/python bench/l7_instructions.py mypyc:/tmp/base mypyc:.   # the compiled builds
+
+A checkout named ``mypyc:DIR`` runs DIR's mypyc-compiled build, made as ``bench/run`` makes it
+(``meshd_build.py``: from the compile cache, or compiled there first).
 
 Counted: user-space instructions (Python, trio, llhttp, libc), deterministic to about 0.01%
 with ``PYTHONHASHSEED=0``. Not counted: the kernel's share (syscalls, about a quarter of
@@ -28,6 +32,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CONNECTIONS = 8
@@ -180,10 +185,27 @@ def per_request(valgrind: str, checkout: Path, requests: int, *, direct: bool = 
     return (high - low) / (2 * (requests // CONNECTIONS) * CONNECTIONS)
 
 
+def _tree(spec: str, work: Path) -> Path:
+    """The directory whose ``meshd`` the harness imports: ``DIR`` as it is, or for
+    ``mypyc:DIR`` DIR's compiled build, assembled under ``work``."""
+    kind, sep, where = spec.partition("mypyc:")
+    if not sep or kind:
+        return Path(spec).resolve()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import meshd_build  # only a compiled build needs it (and hatchling)
+
+    build = meshd_build.prepare(Path(where).resolve(), "mypyc", work)
+    print(f"{spec}: {build.info_line()}", flush=True)
+    assert build.path is not None
+    return build.path
+
+
 def main(argv: list[str]) -> int:
     """Parse the arguments, measure each checkout, print instructions per request."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkouts", nargs="*", type=Path, help="meshd source trees")
+    parser.add_argument(
+        "checkouts", nargs="*", help="meshd source trees (mypyc:DIR: DIR's compiled build)"
+    )
     parser.add_argument("--requests", type=int, default=1600)
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
@@ -196,16 +218,18 @@ def main(argv: list[str]) -> int:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is needed (apt-get install valgrind)")
-    roots = [c.resolve() for c in args.checkouts]
-    own = per_request(valgrind, roots[0], args.requests, direct=True)
-    print(f"harness alone (clients and backend): {own:,.0f} instructions/request", flush=True)
-    first = 0.0
-    for root in roots:
-        proxied = per_request(valgrind, root, args.requests) - own
-        first = first or proxied
-        print(
-            f"IR_PER_REQ {root}: {proxied:,.0f} (x{proxied / first:.4f} of the first)", flush=True
-        )
+    with tempfile.TemporaryDirectory(prefix="l7-instructions-") as work:
+        roots = [_tree(spec, Path(work) / str(i)) for i, spec in enumerate(args.checkouts)]
+        own = per_request(valgrind, roots[0], args.requests, direct=True)
+        print(f"harness alone (clients and backend): {own:,.0f} instructions/request", flush=True)
+        first = 0.0
+        for spec, root in zip(args.checkouts, roots, strict=True):
+            proxied = per_request(valgrind, root, args.requests) - own
+            first = first or proxied
+            print(
+                f"IR_PER_REQ {spec}: {proxied:,.0f} (x{proxied / first:.4f} of the first)",
+                flush=True,
+            )
     return 0
 
 

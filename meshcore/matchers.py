@@ -142,7 +142,7 @@ def query_match(checks: tuple[QueryCheck, ...], params: dict[str, str]) -> bool:
 
 def _unquote(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
-        if b"%" not in raw:
+        if raw.find(b"%") < 0:  # not `in` (meshcore.pathnorm.normalize_target says why)
             return raw.decode("utf-8", "surrogateescape")
         return unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
     return unquote(raw, errors="surrogateescape") if "%" in raw else raw

@@ -38,9 +38,12 @@ _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 def normalize_target(target: bytes) -> bytes:
     """``target`` (origin form, ``/path?query``, or ``*``) with its path normalized."""
     path, sep, query = target.partition(b"?")
-    if b"%" not in path and b"//" not in path and b"/." not in path:
+    # find, not `in`: bytes.__contains__ first tries its argument as an int and formats (then
+    # clears) a TypeError, ~1.8k instructions each on CPython 3.11; this runs per request.
+    percent = path.find(b"%") >= 0
+    if not percent and path.find(b"//") < 0 and path.find(b"/.") < 0:
         return target  # the common case: nothing to do
-    if b"%" in path:
+    if percent:
         path = _decode_unreserved(path)
     return _remove_dot_segments(path) + sep + query
 
