@@ -69,7 +69,7 @@ def peer(port_down: int, port_up: int, total: int, bidir: bool) -> None:
     print(sum(received))
 
 
-def run_once(total: int, use_splice: bool, bidir: bool) -> tuple[PumpResult, float, float]:
+def run_once(total: int, use_reactor: bool, bidir: bool) -> tuple[PumpResult, float, float]:
     """One pump of ``total`` bytes (each way with ``bidir``): result, wall s, CPU s."""
     with (
         socket.create_server(("127.0.0.1", 0)) as listen_down,
@@ -95,7 +95,7 @@ def run_once(total: int, use_splice: bool, bidir: bool) -> tuple[PumpResult, flo
         down, up = SocketStream(down_sock), SocketStream(up_sock)
         try:
             wall, cpu = time.perf_counter(), time.process_time()
-            result = await pump(down, up, idle_timeout_s=60, use_splice=use_splice)
+            result = await pump(down, up, idle_timeout_s=60, use_reactor=use_reactor)
             return result, time.perf_counter() - wall, time.process_time() - cpu
         finally:
             await down.aclose()
@@ -126,9 +126,9 @@ def main() -> None:
     modes = [("reactor", True), ("copy", False)] if SPLICE_AVAILABLE else [("copy", False)]
     direction = "both ways" if args.bidir else "one way"
     print(f"{args.mib} MiB {direction}, {args.reps} reps")
-    for name, use_splice in modes:
+    for name, use_reactor in modes:
         for rep in range(min(args.reps, 10)):
-            result, wall, cpu = run_once(total, use_splice, args.bidir)
+            result, wall, cpu = run_once(total, use_reactor, args.bidir)
             moved = result.downstream_to_upstream + result.upstream_to_downstream
             print(
                 f"{name:>6} rep {rep}: {moved / wall / 1e6:8.0f} MB/s  "

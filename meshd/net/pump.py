@@ -35,7 +35,14 @@ import trio
 from meshd.net.reactor import EPOLL_AVAILABLE, ProgressCallback, PumpReason, relay
 from meshd.net.stream import RECEIVE_SIZE, SocketStream, Stream
 
-__all__ = ["SPLICE_AVAILABLE", "ProgressCallback", "PumpReason", "PumpResult", "can_splice", "pump"]
+__all__ = [
+    "SPLICE_AVAILABLE",
+    "ProgressCallback",
+    "PumpReason",
+    "PumpResult",
+    "pump",
+    "reactor_can_pump",
+]
 
 SPLICE_AVAILABLE: Final = EPOLL_AVAILABLE
 """Whether this platform has ``os.splice`` and epoll (Linux), which the reactor needs."""
@@ -57,7 +64,7 @@ class PumpResult:
     reason: PumpReason
 
 
-def can_splice(down: Stream, up: Stream) -> bool:
+def reactor_can_pump(down: Stream, up: Stream) -> bool:
     """True if :func:`pump` can move bytes between these two in the reactor (epoll, splice).
 
     Only exact :class:`SocketStream` instances qualify: a subclass might hold bytes of
@@ -74,7 +81,7 @@ async def pump(
     initial_to_up: bytes = b"",
     initial_to_down: bytes = b"",
     on_progress: ProgressCallback | None = None,
-    use_splice: bool | None = None,
+    use_reactor: bool | None = None,
 ) -> PumpResult:
     """Copy ``down`` into ``up`` and ``up`` into ``down`` until both have ended.
 
@@ -88,8 +95,8 @@ async def pump(
         initial_to_down: Likewise, bytes already read from ``up`` for ``down``.
         on_progress: Called with byte deltas ``(down->up, up->down)`` as bytes are
             delivered, for live metrics. It runs on the hot path: keep it cheap.
-        use_splice: ``None`` picks the reactor (:mod:`meshd.net.reactor`) when
-            :func:`can_splice` allows it; ``False`` forces ``receive_some``/``send_all`` in a
+        use_reactor: ``None`` picks the reactor (:mod:`meshd.net.reactor`) when
+            :func:`reactor_can_pump` allows it; ``False`` forces ``receive_some``/``send_all`` in a
             task per direction; ``True`` requires the reactor.
 
     Returns:
@@ -97,17 +104,19 @@ async def pump(
         for what the caller must do with the streams in each case).
 
     Raises:
-        ValueError: ``idle_timeout_s`` is not positive, or ``use_splice=True`` for streams
+        ValueError: ``idle_timeout_s`` is not positive, or ``use_reactor=True`` for streams
             that cannot be spliced.
     """
     if not idle_timeout_s > 0:
         raise ValueError(f"idle_timeout_s must be positive, not {idle_timeout_s!r}")
-    spliceable = can_splice(down, up)
-    if use_splice is None:
-        use_splice = spliceable
-    elif use_splice and not spliceable:
-        raise ValueError("splice needs two SocketStreams on a platform with os.splice and epoll")
-    if use_splice:
+    relayable = reactor_can_pump(down, up)
+    if use_reactor is None:
+        use_reactor = relayable
+    elif use_reactor and not relayable:
+        raise ValueError(
+            "the reactor needs two SocketStreams on a platform with os.splice and epoll"
+        )
+    if use_reactor:
         assert isinstance(down, SocketStream)
         assert isinstance(up, SocketStream)
         moved = await relay(

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from pump_support import Topology, topology
 
-from meshd.net.pump import SPLICE_AVAILABLE, PumpResult, can_splice, pump
+from meshd.net.pump import SPLICE_AVAILABLE, PumpResult, pump, reactor_can_pump
 from meshd.net.stream import SocketStream, Stream
 
 BIG = 64 * 1024 * 1024
@@ -33,7 +33,7 @@ async def topo() -> AsyncIterator[Topology]:
         pytest.param(False, id="copy"),
     ]
 )
-def use_splice(request: pytest.FixtureRequest) -> bool:
+def use_reactor(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
@@ -64,14 +64,14 @@ async def _receive_exactly(stream: Stream, size: int) -> bytes:
     return bytes(received)
 
 
-async def test_can_splice_only_plain_socket_streams(topo: Topology) -> None:
-    assert can_splice(topo.down, topo.up) == SPLICE_AVAILABLE
+async def test_reactor_pumps_only_plain_socket_streams(topo: Topology) -> None:
+    assert reactor_can_pump(topo.down, topo.up) == SPLICE_AVAILABLE
     a, _b = trio.testing.memory_stream_pair()
-    assert not can_splice(topo.down, a)
-    assert not can_splice(a, topo.up)
+    assert not reactor_can_pump(topo.down, a)
+    assert not reactor_can_pump(a, topo.up)
 
 
-async def test_echo(topo: Topology, use_splice: bool) -> None:
+async def test_echo(topo: Topology, use_reactor: bool) -> None:
     messages = [f"ping {i}".encode() * (i + 1) for i in range(20)]
 
     async def client() -> None:
@@ -84,12 +84,12 @@ async def test_echo(topo: Topology, use_splice: bool) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_echo, topo.server)
         nursery.start_soon(client)
-        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_splice=use_splice)
+        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_reactor=use_reactor)
     total = sum(map(len, messages))
     assert result == PumpResult(total, total, "eof")
 
 
-async def test_half_close_delivers_everything(topo: Topology, use_splice: bool) -> None:
+async def test_half_close_delivers_everything(topo: Topology, use_reactor: bool) -> None:
     payload = _blob(1)[: 3 * 1024 * 1024 + 17]
     got: list[bytes] = []
 
@@ -107,12 +107,12 @@ async def test_half_close_delivers_everything(topo: Topology, use_splice: bool) 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client)
         nursery.start_soon(server)
-        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_splice=use_splice)
+        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_reactor=use_reactor)
     assert got == [payload]
     assert result == PumpResult(len(payload), len(payload), "eof")
 
 
-async def test_large_transfer_both_directions(topo: Topology, use_splice: bool) -> None:
+async def test_large_transfer_both_directions(topo: Topology, use_reactor: bool) -> None:
     to_server, to_client = _blob(2), _blob(3)
     progress = [0, 0]
 
@@ -139,21 +139,21 @@ async def test_large_transfer_both_directions(topo: Topology, use_splice: bool) 
         nursery.start_soon(send, topo.server, to_client)
         nursery.start_soon(expect, topo.server, to_server)
         result = await pump(
-            topo.down, topo.up, idle_timeout_s=60, on_progress=on_progress, use_splice=use_splice
+            topo.down, topo.up, idle_timeout_s=60, on_progress=on_progress, use_reactor=use_reactor
         )
     assert result == PumpResult(BIG, BIG, "eof")
     assert progress == [BIG, BIG]
 
 
 async def test_idle_timeout(
-    topo: Topology, use_splice: bool, autojump_clock: trio.testing.MockClock
+    topo: Topology, use_reactor: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
-    result = await pump(topo.down, topo.up, idle_timeout_s=30, use_splice=use_splice)
+    result = await pump(topo.down, topo.up, idle_timeout_s=30, use_reactor=use_reactor)
     assert result == PumpResult(0, 0, "idle_timeout")
 
 
 async def test_traffic_in_either_direction_rearms_idle_timer(
-    topo: Topology, use_splice: bool, autojump_clock: trio.testing.MockClock
+    topo: Topology, use_reactor: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
     async def chatter() -> None:
         for i in range(6):
@@ -164,13 +164,13 @@ async def test_traffic_in_either_direction_rearms_idle_timer(
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(chatter)
-        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_splice=use_splice)
+        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_reactor=use_reactor)
     assert result == PumpResult(3, 3, "idle_timeout")
     # Virtual time: the last byte went through at 120 s, so the pump lived until 150 s.
     assert trio.current_time() - start >= 150
 
 
-async def test_upstream_reset(topo: Topology, use_splice: bool) -> None:
+async def test_upstream_reset(topo: Topology, use_reactor: bool) -> None:
     async def server() -> None:
         assert await _receive_exactly(topo.server, 5) == b"hello"
         topo.server.reset()
@@ -178,7 +178,7 @@ async def test_upstream_reset(topo: Topology, use_splice: bool) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server)
         await topo.client.send_all(b"hello")
-        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_splice=use_splice)
+        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_reactor=use_reactor)
     assert result == PumpResult(5, 0, "reset")
     # The caller's side of the contract: reset the other end so the client sees an error.
     topo.down.reset()
@@ -186,7 +186,7 @@ async def test_upstream_reset(topo: Topology, use_splice: bool) -> None:
         await topo.client.receive_some()
 
 
-async def test_downstream_reset_while_upstream_sends(topo: Topology, use_splice: bool) -> None:
+async def test_downstream_reset_while_upstream_sends(topo: Topology, use_reactor: bool) -> None:
     async def flood() -> None:
         for _ in range(1000):
             await topo.server.send_all(b"y" * 65536)
@@ -204,14 +204,14 @@ async def test_downstream_reset_while_upstream_sends(topo: Topology, use_splice:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server)
         nursery.start_soon(client)
-        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_splice=use_splice)
+        result = await pump(topo.down, topo.up, idle_timeout_s=30, use_reactor=use_reactor)
         assert result.reason == "reset"
         assert result.downstream_to_upstream == 0
         assert result.upstream_to_downstream >= 1000
         topo.up.reset()
 
 
-async def test_initial_bytes_go_first(topo: Topology, use_splice: bool) -> None:
+async def test_initial_bytes_go_first(topo: Topology, use_reactor: bool) -> None:
     got: dict[str, bytes] = {}
 
     async def side(name: str, stream: SocketStream, data: bytes) -> None:
@@ -228,24 +228,24 @@ async def test_initial_bytes_go_first(topo: Topology, use_splice: bool) -> None:
             idle_timeout_s=30,
             initial_to_up=b"early-up|",
             initial_to_down=b"early-down|",
-            use_splice=use_splice,
+            use_reactor=use_reactor,
         )
     assert got == {"client": b"early-down|late-down", "server": b"early-up|late-up"}
     assert result == PumpResult(len(b"early-up|late-up"), len(b"early-down|late-down"), "eof")
 
 
 async def test_outer_cancellation_propagates(
-    topo: Topology, use_splice: bool, autojump_clock: trio.testing.MockClock
+    topo: Topology, use_reactor: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.move_on_after(100) as scope:
-        await pump(topo.down, topo.up, idle_timeout_s=math.inf, use_splice=use_splice)
+        await pump(topo.down, topo.up, idle_timeout_s=math.inf, use_reactor=use_reactor)
     assert scope.cancelled_caught
 
 
 async def test_memory_streams() -> None:
     client, down = trio.testing.memory_stream_pair()
     up, server = trio.testing.memory_stream_pair()
-    assert not can_splice(down, up)
+    assert not reactor_can_pump(down, up)
     progress = [0, 0]
 
     def on_progress(to_up: int, to_down: int) -> None:
@@ -292,7 +292,7 @@ async def test_mixed_streams_use_the_copy_path(topo: Topology) -> None:
 async def test_rejects_bad_arguments(topo: Topology) -> None:
     a, b = trio.testing.memory_stream_pair()
     with pytest.raises(ValueError, match="splice"):
-        await pump(a, b, idle_timeout_s=30, use_splice=True)
+        await pump(a, b, idle_timeout_s=30, use_reactor=True)
     for bad in (0.0, -1.0, math.nan):
         with pytest.raises(ValueError, match="idle_timeout_s"):
             await pump(topo.down, topo.up, idle_timeout_s=bad)
