@@ -226,7 +226,9 @@ async def _step1_views(api: Api, *, refused: int) -> None:
     assert ep.proxy_id == "api-1", ep
     edges = EdgesTelemetry.model_validate(await api.ok("GET", "/v1/telemetry/edges"))
     [edge] = [e for e in edges.edges if (e.source, e.destination) == ("web", "api")]
-    assert edge.protocol == "http" and edge.error_rate == 0.0
+    # The edge counts the same answers: only refused warm-ups (web's 503s) may be failures.
+    assert edge.protocol == "http" and edge.error_rate is not None
+    assert edge.error_rate <= refused / (41 + refused), (edge, refused)
 
     async def instances() -> InstancesTelemetry | None:
         doc = InstancesTelemetry.model_validate(await api.ok("GET", "/v1/telemetry/instances"))
