@@ -16,7 +16,6 @@ Plain ``controld`` prints the help.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import sys
@@ -24,39 +23,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controld.cli_options import add_logging, add_registry_identity, add_run, listen
 from meshcore import __version__
 
 if TYPE_CHECKING:
-    from controld.daemon import DaemonConfig
-
-_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def _positive_int(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
-    return number
-
-
-def _listen_or_off(value: str) -> tuple[str, int] | None:
-    return None if value == "off" else _listen(value)
+    from controld.daemon_config import DaemonConfig
 
 
 def _parser(
@@ -72,7 +43,7 @@ def _parser(
     )
     parser.add_argument("--version", action="version", version=f"controld {__version__}")
     sub = parser.add_subparsers(dest="command")
-    run = _add_run(sub)
+    run = add_run(sub)
     run.set_defaults(run_parser=run)
     reg = sub.add_parser(
         "registry",
@@ -88,13 +59,13 @@ def _parser(
     )
     reg.add_argument(
         "--listen",
-        type=_listen,
+        type=listen,
         default=("127.0.0.1", 8500),
         metavar="HOST:PORT",
         help="HTTP address (default 127.0.0.1:8500; port 0 picks a free port)",
     )
     reg.add_argument("--data-dir", type=Path, required=True, help="directory of the SQLite state")
-    _add_registry_identity(reg, "")
+    add_registry_identity(reg, "")
     reg.add_argument(
         "--acl-enabled",
         action="store_true",
@@ -109,178 +80,8 @@ def _parser(
         default="builtin",
         help="HTTP front-end: built-in (fast blocking-query wake-ups, default) or hypercorn",
     )
-    _add_logging(reg)
+    add_logging(reg)
     return parser
-
-
-def _add_registry_identity(parser: argparse.ArgumentParser, scope: str) -> None:
-    """ACL token, node and datacenter of a registry this process serves."""
-    parser.add_argument(
-        "--acl-management-token",
-        default=os.environ.get("CONTROLD_ACL_TOKEN"),
-        help=f"{scope}enable ACLs with this management token (env CONTROLD_ACL_TOKEN)",
-    )
-    parser.add_argument("--node-name", default="", help=f"{scope}node name (default: hostname)")
-    parser.add_argument("--datacenter", default="dc1", help=f"{scope}datacenter (default dc1)")
-
-
-def _add_logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-format", choices=("json", "console"), default="json")
-    parser.add_argument("--log-level", choices=_LEVELS, type=str.lower, default="info")
-
-
-def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    run = sub.add_parser(
-        "run",
-        help="run the controld daemon",
-        description=(
-            "The control plane daemon. By default it runs the Consul-compatible registry "
-            "embedded (--registry-listen, --data-dir); with --registry URL it follows an "
-            "external one instead. It watches services and their health in the registry "
-            "(keeping the last view while the registry is unreachable), keeps the policy "
-            "resources in the registry KV (--kv-prefix), compiles each registered sidecar's "
-            "snapshot and pushes it (long-poll, on --push), and serves the HTTP API on --admin "
-            "(bearer tokens; the admin token is in --admin-token-file; OpenAPI at "
-            "/openapi.json)."
-        ),
-    )
-    run.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help=(
-            "YAML file of these options (long names without --, e.g. `admin: "
-            "127.0.0.1:8501`); the command line wins. SIGHUP reads it again: log-level and "
-            "the admin token file apply at once, other changes need a restart"
-        ),
-    )
-    run.add_argument(
-        "--registry",
-        metavar="URL",
-        help="use this external registry (http(s)://host:port) instead of the embedded one",
-    )
-    run.add_argument(
-        "--registry-token",
-        default=os.environ.get("CONSUL_HTTP_TOKEN"),
-        help="ACL token for the external registry (env CONSUL_HTTP_TOKEN)",
-    )
-    run.add_argument(
-        "--registry-listen",
-        type=_listen,
-        metavar="HOST:PORT",
-        help="embedded registry's HTTP address (default 127.0.0.1:8500)",
-    )
-    run.add_argument(
-        "--data-dir",
-        type=Path,
-        help=(
-            "embedded registry's SQLite state (required when embedded) and the default home "
-            "of the admin token file; with --registry only the latter"
-        ),
-    )
-    _add_registry_identity(run, "embedded registry: ")
-    run.add_argument(
-        "--registry-acl-disabled",
-        action="store_true",
-        help=(
-            "UNSAFE: run the embedded registry without ACLs, so anyone who reaches it can "
-            "rewrite controld's KV prefix (join tokens, policy) and every registration. By "
-            "default ACLs are on (default deny) with a management token generated at first "
-            "start into <data-dir>/registry-token (or --acl-management-token)"
-        ),
-    )
-    run.add_argument(
-        "--admin",
-        type=_listen,
-        default=("127.0.0.1", 8501),
-        metavar="HOST:PORT",
-        help="HTTP API address (default 127.0.0.1:8501; port 0 picks a free port)",
-    )
-    run.add_argument(
-        "--push",
-        type=_listen_or_off,
-        default=("127.0.0.1", 8502),
-        metavar="HOST:PORT|off",
-        help=(
-            "address the sidecars register and long-poll on: the same API, served by a lean "
-            "server made for waking many parked polls at once (default 127.0.0.1:8502; "
-            "off: sidecars use --admin)"
-        ),
-    )
-    run.add_argument(
-        "--tls",
-        type=_listen_or_off,
-        default=("127.0.0.1", 8503),
-        metavar="HOST:PORT|off",
-        help=(
-            "TLS listener (the same API) with a certificate from controld's own CA, "
-            "spiffe://<trust domain>/controld: sidecars enroll and renew there, renewal over "
-            "mutual TLS (default 127.0.0.1:8503; off: no TLS listener, no renewals)"
-        ),
-    )
-    run.add_argument(
-        "--tls-san",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="extra DNS name or IP address in the TLS listener's certificate (repeatable)",
-    )
-    run.add_argument(
-        "--admin-token-file",
-        type=Path,
-        metavar="PATH",
-        help=(
-            "the API's admin token, created (mode 0600, random token) if missing; default "
-            "<data-dir>/admin-token, or $XDG_STATE_HOME/controld/admin-token without --data-dir"
-        ),
-    )
-    run.add_argument(
-        "--kv-prefix",
-        default="meshd/",
-        metavar="PREFIX",
-        help="registry KV prefix of the policy resources (default meshd/; must end with /)",
-    )
-    run.add_argument(
-        "--ca-import-cert",
-        type=Path,
-        metavar="PEM",
-        help=(
-            "on first start, the CA uses this root certificate (ECDSA CA) instead of "
-            "generating one; needs --ca-import-key; ignored once <data-dir>/ca exists"
-        ),
-    )
-    run.add_argument(
-        "--ca-import-key", type=Path, metavar="PEM", help="the imported root's private key"
-    )
-    run.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        metavar="N",
-        help=(
-            "open connections at most on each of the push and TLS listeners (default: a "
-            "third of what RLIMIT_NOFILE leaves); over it, silent connections are closed first"
-        ),
-    )
-    run.add_argument(
-        "--first-byte-timeout",
-        type=_positive_float,
-        default=10.0,
-        metavar="SECONDS",
-        help="push and TLS listeners close a connection that sends nothing for this long "
-        "(default 10)",
-    )
-    run.add_argument(
-        "--api-max-body-bytes",
-        type=_positive_int,
-        default=1 << 20,
-        metavar="BYTES",
-        help=(
-            "largest request body the API accepts (default 1048576 = 1 MiB); a larger one is "
-            "refused with 413 before it is read"
-        ),
-    )
-    _add_logging(run)
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,7 +143,7 @@ def _run_registry(args: argparse.Namespace) -> int:
 
 
 def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DaemonConfig:
-    from controld.daemon import DaemonConfig
+    from controld.daemon_config import DaemonConfig
     from controld.registry import RegistryConfig
     from controld.registry.httpserver import ServerLimits
     from meshcore.registry.client import RegistrySettings
