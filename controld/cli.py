@@ -145,7 +145,7 @@ def _run_registry(args: argparse.Namespace) -> int:
 def _daemon_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DaemonConfig:
     from controld.daemon_config import DaemonConfig
     from controld.registry import RegistryConfig
-    from controld.registry.httpserver import ServerLimits
+    from controld.registry.serverlimits import ServerLimits
     from meshcore.registry.client import RegistrySettings
 
     admin_host, admin_port = args.admin

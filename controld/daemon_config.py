@@ -12,7 +12,7 @@ from pathlib import Path
 
 from controld.api.gate import DEFAULT_MAX_BODY_BYTES
 from controld.registry import RegistryConfig
-from controld.registry.httpserver import ServerLimits
+from controld.registry.serverlimits import ServerLimits
 
 __all__ = ["DaemonConfig", "DaemonPorts"]
 

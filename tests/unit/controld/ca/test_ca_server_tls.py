@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controld.ca.rotation import CertificateAuthority
 from controld.ca.servertls import ServerTls, server_sans
-from controld.registry import httpserver
+from controld.registry import serverlimits
 from controld.registry.httpserver import HTTPServer
 from meshcore.pemfile import pem_path
 
@@ -156,7 +156,7 @@ async def test_an_expired_client_certificate_is_refused(
 async def test_a_silent_client_is_dropped_after_the_handshake_timeout(
     nursery: trio.Nursery, ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(httpserver, "HANDSHAKE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(serverlimits, "HANDSHAKE_TIMEOUT_S", 0.2)
     _, port = await serve(nursery, ca)
     raw = await trio.open_tcp_stream("127.0.0.1", port)
     with trio.fail_after(5):
