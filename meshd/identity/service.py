@@ -32,10 +32,9 @@ from typing import TypeVar
 import structlog
 import trio
 
-from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import Bootstrap
 from meshcore.registry import Backoff
-from meshd.control.client import ControlClient, ControlError
+from meshd.control.client import ControlError
 from meshd.identity.bundlewatch import BundleWatch, newer_bundle, second_client, signer_changed
 from meshd.identity.client import Bundle, IdentityClient, Issued
 from meshd.identity.csr import build_csr, spiffe_id_for
@@ -45,26 +44,14 @@ from meshd.identity.holder import IdentityHolder
 from meshd.identity.jointoken import forget_join_token, has_join_token, read_join_token
 from meshd.identity.keys import PrivateKey, generate_key, key_from_pem
 from meshd.identity.material import Identity, parse_identity, with_bundle
-from meshd.identity.trust import FIELD, ControldTrust, first_contact
+from meshd.identity.schedule import BUNDLE_POLL_S, RENEW_FROM, RENEW_TO, renewal_delay
+from meshd.identity.trust import ControldTrust, first_contact
 
 __all__ = ["RENEW_FROM", "RENEW_TO", "IdentityService", "renewal_delay"]
 
 log = structlog.get_logger("meshd.identity")
 
 T = TypeVar("T")
-
-#: Renewal happens at a uniformly random point in this fraction of the leaf's lifetime.
-RENEW_FROM = 0.5
-RENEW_TO = 0.7
-#: Poll interval of the bundle when controld doesn't do blocking queries.
-BUNDLE_POLL_S = 60.0
-
-
-def renewal_delay(start: float, not_after: float, now: float, rng: random.Random) -> float:
-    """Seconds from ``now`` to a random point in 50-70 % of ``[start, not_after]`` (>= 0)."""
-    lifetime = max(0.0, not_after - start)
-    at = start + lifetime * rng.uniform(RENEW_FROM, RENEW_TO)
-    return max(0.0, at - now)
 
 
 class IdentityService(IdentityHolder):
@@ -133,32 +120,9 @@ class IdentityService(IdentityHolder):
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap, base_dir: Path) -> IdentityService:
         """The service for ``bootstrap.identity``; relative paths are relative to ``base_dir``."""
-        config = bootstrap.identity
-        if config is None:
-            raise ConfigError("identity: not configured")
-        if config.controld_url is None:
-            raise ConfigError(f"{FIELD}: required to enroll (controld's TLS listener, https://)")
-        token_file, ca_file = config.join_token_file, config.ca_file
-        trust = ControldTrust()
-        control = ControlClient(
-            config.controld_url,
-            user_agent="meshd-identity",
-            tls=trust.context,
-            peer_id=trust.peer_id,
-            field=FIELD,
-        )
-        return cls(
-            IdentityStore(base_dir / config.state_dir),
-            IdentityClient(control),
-            trust=trust,
-            ca_file=None if ca_file is None else base_dir / ca_file,
-            service=bootstrap.service,
-            namespace=bootstrap.namespace,
-            join_token_file=None if token_file is None else base_dir / token_file,
-            rotation_renew_jitter_s=config.rotation_renew_jitter_s,
-            bundle_wait_s=config.bundle_wait_s,
-            instance=bootstrap.node_id,
-        )
+        from meshd.identity.fromconfig import identity_service
+
+        return identity_service(bootstrap, base_dir)
 
     # -- what consumers use ----------------------------------------------------------------
 
