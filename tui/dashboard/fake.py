@@ -38,6 +38,7 @@ from meshcore.api.telemetry import (
     TapEvents,
     TapRequest,
 )
+from tui.dashboard.fakedata import DEMO_EVENTS, demo_resources, stats_row
 from tui.dashboard.source import SourceRefused, SourceUnreachable
 
 __all__ = ["FAKE_NOW", "FakeSource", "demo_resources"]
@@ -46,79 +47,6 @@ Json = dict[str, Any]
 
 #: The fake's clock: 2026-01-01T00:00:00Z.
 FAKE_NOW = 1767225600.0
-
-
-def demo_resources() -> list[Json]:
-    """The demo's policy, as ``GET /v1/resources`` lists it."""
-    return [
-        {
-            "apiVersion": "meshd.io/v1",
-            "kind": "AccessPolicy",
-            "metadata": {"name": "api-callers"},
-            "spec": {
-                "destination": "api",
-                "rules": [
-                    {
-                        "sources": ["web"],
-                        "action": "allow",
-                        "permissions": [{"path": {"prefix": "/api/"}, "methods": ["GET"]}],
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "meshd.io/v1",
-            "kind": "HTTPRoute",
-            "metadata": {"name": "api"},
-            "spec": {
-                "service": "api",
-                "rules": [
-                    {"name": "slow", "match": {"path": {"prefix": "/api/slow"}}, "timeout_s": 2},
-                    {
-                        "name": "canary",
-                        "match": {"path": {"prefix": "/api/"}},
-                        "backends": [
-                            {"subset": "v1", "weight": 90},
-                            {"subset": "v2", "weight": 10},
-                        ],
-                    },
-                ],
-            },
-        },
-        {
-            "apiVersion": "meshd.io/v1",
-            "kind": "RateLimit",
-            "metadata": {"name": "api-limit"},
-            "spec": {"destination": "api", "requests_per_second": 50, "burst": 100},
-        },
-    ]
-
-
-#: (seconds ago, kind, subject, detail, severity) of the fake's first events.
-_DEMO_EVENTS: tuple[tuple[float, str, str, str, Severity], ...] = (
-    (300, "sidecar.registered", "api-v2-sidecar", "api", "info"),
-    (299, "sidecar.connected", "api-v2-sidecar", "", "info"),
-    (60, "resource.updated", "HTTPRoute/api", "by admin", "info"),
-    (59, "snapshot.pushed", "api-v2-sidecar", "version 12", "info"),
-    (59, "snapshot.nacked", "api-v2-sidecar", "version 12: route canary: fault.headers", "error"),
-    (58, "sidecar.unsupported", "api-v2-sidecar", "fault.headers at routes[1]", "warning"),
-    (58, "snapshot.acked", "web-sidecar", "version 12", "info"),
-)
-
-
-def _stats(rps: float, errors: float, p50: float) -> dict[str, Any]:
-    requests = int(rps * 60)
-    failed = int(requests * errors)
-    return {
-        "requests": requests,
-        "errors": failed,
-        "rps": rps,
-        "success_rate": 1 - errors if requests else None,
-        "p50_ms": p50,
-        "p95_ms": p50 * 3,
-        "p99_ms": p50 * 6,
-        "rps_series": tuple(rps * f for f in (0.6, 0.8, 1.0, 0.9, 1.1, 1.0)),
-    }
 
 
 class FakeSource:
@@ -138,7 +66,7 @@ class FakeSource:
         self.taps: dict[str, list[TapEvent]] = {}
         self.calls: list[str] = []
         self.events_: list[ControlEvent] = []
-        for ago, kind, subject, detail, severity in _DEMO_EVENTS:
+        for ago, kind, subject, detail, severity in DEMO_EVENTS:
             self.add_event(kind, subject, detail, severity, at=self.now - ago)
         self.proxies_: list[Json] = [
             self._proxy("api-v1-sidecar", "api", 12, 12),
@@ -208,15 +136,15 @@ class FakeSource:
     async def services(self, window_s: int) -> ServicesTelemetry:
         self._check("services")
         rows = [
-            ServiceStats(service="api", **_stats(5.0, 0.02, 4.0)),
-            ServiceStats(service="web", **_stats(5.0, 0.0, 9.0)),
+            ServiceStats(service="api", **stats_row(5.0, 0.02, 4.0)),
+            ServiceStats(service="web", **stats_row(5.0, 0.0, 9.0)),
         ]
         return ServicesTelemetry(generated_at=self.now, window_s=window_s, services=tuple(rows))
 
     async def routes(self, service: str, window_s: int) -> RoutesTelemetry:
         self._check("routes")
-        rows = [RouteStats(service=service, route="canary", **_stats(4.8, 0.02, 4.0))]
-        rows.append(RouteStats(service=service, route="slow", **_stats(0.2, 0.0, 2000.0)))
+        rows = [RouteStats(service=service, route="canary", **stats_row(4.8, 0.02, 4.0))]
+        rows.append(RouteStats(service=service, route="slow", **stats_row(0.2, 0.0, 2000.0)))
         return RoutesTelemetry(
             generated_at=self.now, window_s=window_s, service=service, routes=tuple(rows)
         )
@@ -230,13 +158,13 @@ class FakeSource:
                 service=service,
                 endpoint="127.0.0.1:15106",
                 proxy_id="api-v1-sidecar",
-                **_stats(total * v1 / (v1 + v2), 0.0, 4.0),
+                **stats_row(total * v1 / (v1 + v2), 0.0, 4.0),
             ),
             EndpointStats(
                 service=service,
                 endpoint="127.0.0.1:15206",
                 proxy_id="api-v2-sidecar",
-                **_stats(total * v2 / (v1 + v2), 0.1, 5.0),
+                **stats_row(total * v2 / (v1 + v2), 0.1, 5.0),
             ),
         ]
         return EndpointsTelemetry(
