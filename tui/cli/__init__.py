@@ -66,7 +66,7 @@ def _files(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``meshctl`` argument parser."""
-    from tui.cli import audit, ca, dashboard, events, identities, ops, resources, tokens
+    from tui.cli import audit, ca, dashboard, events, explain, identities, ops, resources, tokens
     from tui.cli.validate import VALIDATE_KINDS
 
     parser = argparse.ArgumentParser(
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="request header (repeatable)",
     )
-    p.set_defaults(run=ops.cmd_explain)
+    p.set_defaults(run=explain.cmd_explain)
 
     p = _sub(sub, "token", "mint, list and revoke tokens")
     token_sub = p.add_subparsers(dest="token_kind", required=True, metavar="KIND")

@@ -8,15 +8,8 @@ from meshcore.api.explain import ExplainAnswer
 from meshcore.api.proxies import ProxyState
 from meshcore.api.resources import ApplyAnswer
 from meshcore.api.status import StatusAnswer
-from tui.cli.ops import (
-    endpoint_mix_lines,
-    explain_lines,
-    feature_cells,
-    proxy_rows,
-    proxy_state,
-    route_rule_match,
-    status_header,
-)
+from tui.cli.explain import explain_lines, route_rule_match
+from tui.cli.ops import endpoint_mix_lines, feature_cells, proxy_rows, proxy_state, status_header
 from tui.cli.resources import apply_lines, diff_resource, resource_rows, warning_lines
 
 

@@ -10,7 +10,7 @@ import pytest
 from compiler.builders import defaults, ep, route, rset, view
 from controld.compiler import explain
 from meshcore.api.explain import ExplainAnswer
-from tui.cli.ops import explain_lines
+from tui.cli.explain import explain_lines
 
 pytestmark = pytest.mark.timeout(60)
 
