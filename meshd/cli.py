@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _validate_controld(path: Path, bootstrap: Bootstrap) -> int:
     """controld mode: the bootstrap, its descriptor and the cached snapshot, if any."""
+    from meshd.control.cache import load_cache
     from meshd.control.settings import control_settings
-    from meshd.control.source import load_cache
 
     settings = control_settings(bootstrap, path)
     descriptor = bootstrap.descriptor(__version__)

@@ -177,7 +177,7 @@ class ControlledSidecar(SidecarBase):
         if not settings.cache_file.exists():
             log.info("no cached snapshot yet", path=str(settings.cache_file))
             return
-        from meshd.control.source import load_cache
+        from meshd.control.cache import load_cache
 
         try:
             cached = load_cache(settings.cache_file)

@@ -17,19 +17,15 @@ Protocol (controld's HTTP API, Contract 5; its models, paths and headers are
 
 While controld is unreachable (connection errors, timeouts, 5xx) or answers something that
 isn't the protocol's, the sidecar keeps serving what it has and retries with jittered
-exponential backoff up to ``retry_max_s``. Each applied
-snapshot is written atomically (temporary file, fsync, rename; mode 0600) to ``cache_file``,
-from which :func:`load_cache` reads it back when controld can't be reached at start.
+exponential backoff up to ``retry_max_s``. Each applied snapshot is written to ``cache_file``
+(:mod:`meshd.control.cache`), read back when controld can't be reached at start.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +48,10 @@ from meshcore.api.sidecar import (
 )
 from meshcore.errors import ConfigError
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
-from meshcore.model.hashing import snapshot_hash
-from meshcore.model.loading import format_validation_error
 from meshcore.model.proxy import ProxyDescriptor
 from meshcore.model.snapshot import Snapshot
 from meshcore.registry import Backoff
+from meshd.control.cache import validate_snapshot, write_cache
 from meshd.control.client import (
     ControlClient,
     ControlError,
@@ -65,7 +60,7 @@ from meshd.control.client import (
 )
 from meshd.errors import SnapshotRejected
 
-__all__ = ["CachedSnapshot", "ControlSource", "load_cache", "write_cache"]
+__all__ = ["ControlSource"]
 
 log = structlog.get_logger("meshd.control")
 
@@ -74,61 +69,6 @@ ApplyFn = Callable[[Snapshot], None]
 #: Errors of ``apply`` (and of validation) that mean "rejected", i.e. NACK and keep the old one.
 REJECTIONS = (SnapshotRejected, ConfigError, ValidationError)
 _INITIAL_BACKOFF_S = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class CachedSnapshot:
-    """A snapshot as controld sent it: its version, its hash, the validated model."""
-
-    version: int
-    hash: str
-    snapshot: Snapshot
-
-
-def _validate(document: Any, version: int, source: str) -> Snapshot:
-    if not isinstance(document, dict):
-        raise ConfigError(f"{source}: the snapshot is not a JSON object")
-    try:
-        return Snapshot.model_validate({**document, "version": version})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from exc
-
-
-def load_cache(path: Path) -> CachedSnapshot:
-    """Read a cache file written by :func:`write_cache`; raises :class:`ConfigError`."""
-    try:
-        doc = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("version"), int):
-        raise ConfigError(f"{path}: expected {{version, hash, snapshot}}")
-    snapshot_doc = doc.get("snapshot")
-    snapshot = _validate(snapshot_doc, doc["version"], str(path))
-    digest = doc.get("hash")
-    if not isinstance(digest, str) or not digest:
-        digest = snapshot_hash(snapshot)
-    return CachedSnapshot(doc["version"], digest, snapshot)
-
-
-def write_cache(path: Path, version: int, digest: str, document: dict[str, Any]) -> None:
-    """Write ``{version, hash, snapshot}`` to ``path`` atomically, readable by the owner only."""
-    data = json.dumps(
-        {"version": version, "hash": digest, "snapshot": {**document, "version": version}},
-        separators=(",", ":"),
-    ).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class _NoTokenYet(ControlError):
@@ -375,7 +315,7 @@ class ControlSource:
             await self._send_nack(version, digest, nack["error"])
             raise _ServerError(f"controld sent snapshot {version} again after its NACK")
         try:
-            snapshot = _validate(document, version, f"snapshot {version}")
+            snapshot = validate_snapshot(document, version, f"snapshot {version}")
             self._apply(snapshot)
         except REJECTIONS as exc:
             await self._nack(version, digest, str(exc))

@@ -21,7 +21,8 @@ from meshcore.model import Snapshot
 from meshcore.model.bootstrap import ControlSource as ControlSourceConfig
 from meshcore.model.hashing import document_hash
 from meshcore.model.proxy import ProxyDescriptor
-from meshd.control.source import ControlSource, load_cache, write_cache
+from meshd.control.cache import load_cache, write_cache
+from meshd.control.source import ControlSource
 from meshd.errors import SnapshotRejected
 from meshd.sidecar import Sidecar
 

@@ -15,8 +15,8 @@ from meshcore.errors import ConfigError
 from meshcore.model import Bootstrap, Snapshot
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.policy import Redirect
+from meshd.control.cache import load_cache, write_cache
 from meshd.control.settings import control_settings
-from meshd.control.source import load_cache, write_cache
 from meshd.http.responses import location_response, redirect_location
 
 
