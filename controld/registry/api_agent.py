@@ -19,7 +19,7 @@ from controld.registry.agent_acl import (
     require_check_write,
     require_service_write,
 )
-from controld.registry.api_health import aggregate_status
+from controld.registry.api_agent_health import health_by_id, health_by_name
 from controld.registry.errors import BadRequest, NotFound, RequestError
 from controld.registry.http import Ctx, allow, json_response, query_opts, read_json
 from controld.registry.render import agent_service_json, check_json
@@ -253,69 +253,6 @@ async def check_update(request: Request, ctx: Ctx) -> Response:
     require_check_write(request, ctx, request.path_params["id"])
     ctx.agent.update_ttl(request.path_params["id"], status, str(output))
     return Response(b"", status_code=200)
-
-
-_HEALTH_CODES = {"passing": 200, "warning": 429, "critical": 503, "maintenance": 503}
-
-
-def _health_info(ctx: Ctx, svc_ids: list[str]) -> list[dict[str, Any]]:
-    out = []
-    for sid in svc_ids:
-        svc = ctx.agent.local_service(sid)
-        if svc is None:
-            continue
-        node_checks = ctx.state.checks.get(ctx.agent.node, {})
-        svc_checks = [
-            c for c in node_checks.values() if c.service_id == sid or (not c.service_id and c.local)
-        ]
-        out.append(
-            {
-                "AggregatedStatus": aggregate_status(svc_checks),
-                "Service": agent_service_json(svc, ctx.datacenter),
-                "Checks": [check_json(c) for c in sorted(svc_checks, key=lambda c: c.check_id)],
-            }
-        )
-    return out
-
-
-async def health_by_id(request: Request, ctx: Ctx) -> Response:
-    """GET /v1/agent/health/service/id/:id: aggregated status (200/429/503, 404 unknown)."""
-    allow(request, "GET")
-    sid = request.path_params["id"]
-    svc = ctx.agent.local_service(sid)
-    if svc is not None:
-        access(request).require(access(request).authz.service_read(svc.name))
-    infos = _health_info(ctx, [sid])
-    text = "format" in request.query_params and request.query_params["format"] == "text"
-    if not infos:
-        msg = f"ServiceId {sid} not found"
-        return Response(msg.encode(), status_code=404, media_type="text/plain")
-    info = infos[0]
-    code = _HEALTH_CODES[info["AggregatedStatus"]]
-    if text:
-        return Response(
-            info["AggregatedStatus"].encode(), status_code=code, media_type="text/plain"
-        )
-    return json_response(info, status=code)
-
-
-async def health_by_name(request: Request, ctx: Ctx) -> Response:
-    """GET /v1/agent/health/service/name/:name: every local instance, worst status wins."""
-    allow(request, "GET")
-    name = request.path_params["name"]
-    access(request).require(access(request).authz.service_read(name))
-    ids = [s.id for s in ctx.agent.local_services() if s.name == name]
-    infos = _health_info(ctx, ids)
-    text = request.query_params.get("format") == "text"
-    if not infos:
-        msg = f"ServiceName {name} Not Found"
-        return Response(msg.encode(), status_code=404, media_type="text/plain")
-    rank = ["passing", "warning", "critical", "maintenance"]
-    worst = max((i["AggregatedStatus"] for i in infos), key=rank.index)
-    code = _HEALTH_CODES[worst]
-    if text:
-        return Response(worst.encode(), status_code=code, media_type="text/plain")
-    return json_response(infos, status=code)
 
 
 async def reload(request: Request, ctx: Ctx) -> Response:
