@@ -21,6 +21,7 @@ from typing import Any
 
 from controld.ca.authority import RootCA
 from controld.ca.errors import CAFileError
+from meshcore.atomicfile import write_atomic
 from meshcore.boundedjson import BoundedJsonError, loads_bounded
 
 __all__ = ["CAStore"]
@@ -133,19 +134,7 @@ class CAStore:
         self._write(self.directory / _REVOKED, body.encode("utf-8"), 0o600)
 
     def _write(self, path: Path, data: bytes, mode: int) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(path, data, mode, sync_dir=True)
         except OSError as exc:
             raise CAFileError(f"cannot write {path}: {exc}") from exc

@@ -7,13 +7,13 @@ Each applied snapshot is written atomically (temporary file, fsync, rename; mode
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from meshcore.atomicfile import write_atomic
 from meshcore.errors import ConfigError
 from meshcore.model.hashing import snapshot_hash
 from meshcore.model.loading import format_validation_error
@@ -66,14 +66,4 @@ def write_cache(path: Path, version: int, digest: str, document: dict[str, Any])
         {"version": version, "hash": digest, "snapshot": {**document, "version": version}},
         separators=(",", ":"),
     ).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o600)

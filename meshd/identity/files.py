@@ -23,11 +23,12 @@ import secrets
 import shutil
 from pathlib import Path
 
+from meshcore.atomicfile import write_atomic
 from meshd.identity.errors import InvalidIdentity
 from meshd.identity.keys import ensure_private_dir
 from meshd.identity.material import Identity, parse_identity, split_pem_certificates
 
-__all__ = ["IdentityStore", "write_atomic"]
+__all__ = ["IdentityStore"]
 
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
@@ -44,23 +45,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename; file mode ``mode``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            # O_CREAT's mode is filtered by the umask; an existing tmp keeps its mode.
-            os.fchmod(out.fileno(), mode)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path) -> bytes:

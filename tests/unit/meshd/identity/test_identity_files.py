@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from meshcore.atomicfile import write_atomic
 from meshd.identity.errors import InvalidIdentity
-from meshd.identity.files import IdentityStore, write_atomic
+from meshd.identity.files import IdentityStore
 from meshd.identity.keys import generate_key, key_to_pem
 from meshd.identity.material import Identity, parse_identity, split_pem_certificates
 
