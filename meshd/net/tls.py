@@ -9,13 +9,8 @@ and writes only writes in practice: no renegotiation, KeyUpdate answers go out w
 next write). Decrypted bytes buffered inside OpenSSL are always drained first: we only park
 after OpenSSL itself asked for more input.
 
-The connection object is the C one behind ``ssl.SSLSocket`` (``_ssl._SSLSocket``, made by
-the context's ``_wrap_socket``, which ``SSLContext.wrap_socket`` calls too), used without
-the ``SSLSocket`` wrapper: that wrapper duplicates the socket object and checks it with four
-system calls (``SO_TYPE``, ``getsockname``, ``getpeername``, a ``FIONBIO`` ioctl) per
-connection, sets the timeout again (one more ioctl) after every ``do_handshake`` call, and
-adds two Python calls to every read (about 14 µs of a full handshake's CPU, 1 µs per read).
-The C object's methods are the ones ``SSLSocket`` calls: same errors, same semantics.
+The connection object is OpenSSL's own, without the ``ssl.SSLSocket`` wrapper
+(:mod:`meshd.net.sslconn` says why).
 
 One task may receive while another sends (full duplex); two tasks receiving (or sending)
 at once is an error, as with any trio stream.
@@ -39,11 +34,12 @@ import errno
 import socket
 import ssl
 import struct
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from meshd.errors import MeshdError
+from meshd.net.sslconn import CLOSED, SslConnection, wrap
 from meshd.net.stream import RECEIVE_SIZE, ReadProbe, SocketStream, open_tcp
 
 _WantRead = ssl.SSLWantReadError
@@ -71,39 +67,6 @@ class PeerGuard(Protocol):
         """Accept the peer of ``stream`` (which may be kept to close it later) or raise
         :class:`PeerRevoked`."""
         ...
-
-
-class _SslConnection(Protocol):
-    """What :class:`TlsStream` uses of CPython's ``_ssl._SSLSocket`` (no stubs for it)."""
-
-    session: ssl.SSLSession | None
-    session_reused: bool
-
-    def do_handshake(self) -> None: ...
-    def read(self, size: int, /) -> bytes: ...
-    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
-    def pending(self) -> int: ...
-    def shutdown(self) -> Any: ...
-    def getpeercert(self, binary_form: bool = False, /) -> Any: ...
-
-
-class _Closed:
-    """Stands in for the connection of a closed :class:`TlsStream`: frees OpenSSL's state at
-    close, and nothing can reach the descriptor number, which may be another socket's now."""
-
-    session: ssl.SSLSession | None = None
-    session_reused = False
-
-    def _gone(self, *_args: object) -> Any:
-        raise ValueError("TLS stream was closed")
-
-    do_handshake = read = write = shutdown = getpeercert = _gone
-
-    def pending(self) -> int:
-        return 0
-
-
-_CLOSED: _SslConnection = _Closed()
 
 
 class GuardedContext(ssl.SSLContext):
@@ -141,7 +104,7 @@ class TlsStream:
     #: SSLWantRead (a failed ``read`` and a Python exception per request).
     parks_reads = True
 
-    def __init__(self, sock: socket.socket, conn: _SslConnection) -> None:
+    def __init__(self, sock: socket.socket, conn: SslConnection) -> None:
         #: The TCP socket (non-blocking); OpenSSL reads and writes its descriptor.
         self.sock = sock
         self._conn = conn
@@ -340,7 +303,7 @@ class TlsStream:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.shutdown()
         # OpenSSL's state goes now, before the descriptor does (its number may be reused).
-        self._conn = _CLOSED
+        self._conn = CLOSED
         trio.lowlevel.notify_closing(sock)
         sock.close()
 
@@ -398,7 +361,7 @@ class TlsStream:
         return trio.BrokenResourceError(f"connection broken: {exc}")
 
 
-def _session_of(conn: _SslConnection) -> ssl.SSLSession | None:
+def _session_of(conn: SslConnection) -> ssl.SSLSession | None:
     try:
         return conn.session
     except ValueError:  # no session to serialize: the handshake didn't complete
@@ -430,11 +393,8 @@ async def _wrap(
     session: ssl.SSLSession | None = None,
 ) -> TlsStream:
     try:
-        # What ctx.wrap_socket does, without the SSLSocket around it (module docstring).
         # The C object keeps only a weak reference to `sock`: the TlsStream holds it.
-        hostname = server_hostname.encode("idna").decode("ascii") if server_hostname else None
-        wrap = ctx._wrap_socket  # type: ignore[attr-defined]
-        conn: _SslConnection = wrap(sock, server_side, hostname, owner=None, session=None)
+        conn = wrap(ctx, sock, server_side=server_side, server_hostname=server_hostname)
     except BaseException:
         if sock.fileno() != -1:
             trio.lowlevel.notify_closing(sock)
