@@ -5,8 +5,7 @@ controld publishes the serials of revoked leaves with its trust bundle
 :class:`~meshd.net.tls.PeerGuard` of every mesh context a sidecar builds
 (:mod:`meshd.mtls`): after each handshake, inbound or outbound, the peer's certificate serial
 is looked up and a revoked peer is refused (:class:`~meshd.net.tls.PeerRevoked`). The streams
-it admits are kept (weakly, through :meth:`~meshd.net.tls.TlsStream.box`, so a closed
-connection is simply forgotten); a new list of
+it admits are kept (weakly, so a finished connection is simply forgotten); a new list of
 revoked serials resets the open ones whose peer is now revoked, so a revoked sidecar loses its
 keep-alive connections too, not only new ones.
 
@@ -18,7 +17,6 @@ from __future__ import annotations
 import functools
 import weakref
 
-from meshd.held import Held
 from meshd.net.tls import PeerRevoked, TlsStream
 
 __all__ = ["RevokedPeers", "certificate_serial"]
@@ -42,7 +40,7 @@ class RevokedPeers:
 
     def __init__(self) -> None:
         self._serials: frozenset[int] = frozenset()
-        self._open: weakref.WeakSet[Held[TlsStream]] = weakref.WeakSet()
+        self._open: weakref.WeakSet[TlsStream] = weakref.WeakSet()
         #: Handshakes refused because the peer's certificate is revoked.
         self.refused = 0
         #: Open connections reset because their peer's certificate was revoked.
@@ -64,7 +62,7 @@ class RevokedPeers:
             if serial in self._serials:
                 self.refused += 1
                 raise PeerRevoked(f"TLS peer certificate (serial {serial:x}) is revoked")
-        self._open.add(stream.box())
+        self._open.add(stream)
 
     def update(self, serials: frozenset[int]) -> int:
         """Put ``serials`` in force; reset the open streams whose peer is in it. How many."""
@@ -74,16 +72,15 @@ class RevokedPeers:
         if not serials:
             return 0
         closed = 0
-        for box in list(self._open):
-            stream = box.value
+        for stream in list(self._open):
             der = stream.peer_certificate_der()
             if der is not None and certificate_serial(der) in serials:
-                self._open.discard(box)
+                self._open.discard(stream)
                 stream.reset()
                 closed += 1
         self.reset += closed
         return closed
 
     def __len__(self) -> int:
-        """Streams tracked (open, or unclosed and not yet collected)."""
+        """Streams tracked (open or not yet collected)."""
         return len(self._open)

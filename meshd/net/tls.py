@@ -34,35 +34,46 @@ import errno
 import socket
 import ssl
 import struct
+from typing import Protocol
 
 import trio
 
-from meshd.held import Held
+from meshd.errors import MeshdError
 from meshd.net.sslconn import CLOSED, SslConnection, wrap
 from meshd.net.stream import RECEIVE_SIZE, ReadProbe, SocketStream, open_tcp
-from meshd.net.tlsguard import (
-    GuardedContext,
-    PeerGuard,
-    PeerRevoked,
-    TlsError,
-    TlsHandshakeError,
-)
-
-__all__ = [
-    "GuardedContext",
-    "PeerGuard",
-    "PeerRevoked",
-    "TlsError",
-    "TlsHandshakeError",
-    "TlsStream",
-    "tls_accept",
-    "tls_connect",
-]
 
 _WantRead = ssl.SSLWantReadError
 _WantWrite = ssl.SSLWantWriteError
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class TlsError(MeshdError):
+    """Base of the TLS layer's own errors."""
+
+
+class TlsHandshakeError(TlsError):
+    """The TLS handshake failed (bad certificate, protocol mismatch, reset, ...)."""
+
+
+class PeerRevoked(TlsHandshakeError):
+    """The peer presented a revoked certificate (the connection was closed)."""
+
+
+class PeerGuard(Protocol):
+    """Sees each handshake a :class:`GuardedContext` completes."""
+
+    def admit(self, stream: TlsStream) -> None:
+        """Accept the peer of ``stream`` (which may be kept to close it later) or raise
+        :class:`PeerRevoked`."""
+        ...
+
+
+class GuardedContext(ssl.SSLContext):
+    """An :class:`ssl.SSLContext` whose completed handshakes pass :attr:`peer_guard` (after
+    OpenSSL's verification; resumed sessions too, whose peer certificate is the session's)."""
+
+    peer_guard: PeerGuard | None = None
 
 
 class TlsStream:
@@ -75,7 +86,7 @@ class TlsStream:
     """
 
     __slots__ = (
-        "_box",
+        "__weakref__",  # a PeerGuard keeps open streams weakly, to close a revoked peer's
         "_broken",
         "_closed",
         "_conn",
@@ -109,7 +120,6 @@ class TlsStream:
         # No read since the handshake: a client's first bytes usually came right behind its
         # Finished, so the first receive_later reads at once.
         self._fresh = True
-        self._box: Held[TlsStream] | None = None
 
     async def do_handshake(self) -> None:
         """Run the handshake; raise :class:`TlsHandshakeError` if it fails."""
@@ -294,7 +304,6 @@ class TlsStream:
                 self._conn.shutdown()
         # OpenSSL's state goes now, before the descriptor does (its number may be reused).
         self._conn = CLOSED
-        self._box = None
         trio.lowlevel.notify_closing(sock)
         sock.close()
 
@@ -302,16 +311,6 @@ class TlsStream:
         """Close, with trio's checkpoint semantics; returns promptly on a dead peer."""
         self.close_nowait()
         await trio.lowlevel.checkpoint()
-
-    def box(self) -> Held[TlsStream]:
-        """A box of this stream that can be weakly referenced (a compiled class's instances
-        can't be), held by the stream until it closes: a registry that keeps it weakly (a
-        :class:`PeerGuard` keeping open streams) forgets the stream when it closes, or when
-        an unclosed one is collected."""
-        box = self._box
-        if box is None:
-            box = self._box = Held(self)
-        return box
 
     def peer_certificate_der(self) -> bytes | None:
         """The peer's leaf certificate (DER), or None if it sent none."""
@@ -376,16 +375,12 @@ def _os_reason(exc: OSError | ValueError) -> str:
 
 
 def _reason(exc: ssl.SSLError) -> str:
-    # Read as optional: the stubs say str, but OpenSSL may give no reason (None), and the
-    # compiled module would check the declared type.
-    verify: str | None = getattr(exc, "verify_message", None)
-    if isinstance(exc, ssl.SSLCertVerificationError) and verify:
-        return f"certificate verify failed: {verify}"
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLEOFError):
         return "connection closed without close_notify"
-    reason: str | None = getattr(exc, "reason", None)
-    if reason:
-        return reason.lower().replace("_", " ")
+    if exc.reason:
+        return exc.reason.lower().replace("_", " ")
     return str(exc)
 
 

@@ -129,26 +129,3 @@ async def test_client_refuses_a_revoked_server_and_drops_its_pooled_connection()
         again.close_nowait()
         nursery.cancel_scope.cancel()
     server.listener.close()
-
-
-async def test_closed_streams_leave_the_guard_at_once() -> None:
-    # Open streams are kept through boxes they hold (compiled streams can't be weakly
-    # referenced): closing one drops its box, with no garbage collection needed.
-    ca = make_ca()
-    server_leaf, client = ca.service("api"), ca.service("web")
-    server = EchoServer(server_context(server_leaf.cert_pem, server_leaf.key_pem, ca.root_pem))
-    guard = RevokedPeers()
-    ctx = client_context(client.cert_pem, client.key_pem, ca.root_pem, guard=guard)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.serve, nursery)
-        streams = [await tls_connect("127.0.0.1", server.port, ctx) for _ in range(3)]
-        assert len(guard) == 3
-        streams[0].close_nowait()
-        await streams[1].aclose()
-        assert len(guard) == 1
-        # A later revocation resets only the stream still open.
-        assert guard.update(frozenset({serial(server_leaf)})) == 1
-        assert streams[2].is_stale()
-        streams[2].close_nowait()
-        nursery.cancel_scope.cancel()
-    server.listener.close()
