@@ -16,7 +16,7 @@ import socket
 import ssl
 from typing import Any, Protocol
 
-__all__ = ["CLOSED", "SslConnection", "wrap"]
+__all__ = ["CLOSED", "SslConnection", "os_reason", "ssl_reason", "wrap"]
 
 
 class SslConnection(Protocol):
@@ -93,3 +93,21 @@ class _Closed:
 
 #: The connection of every closed stream.
 CLOSED: SslConnection = _Closed()
+
+
+def os_reason(exc: OSError | ValueError) -> str:
+    """Why an OS-level call failed, for an error message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def ssl_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason for ``exc``, readable ('certificate verify failed: ...')."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "connection closed without close_notify"
+    if exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return str(exc)

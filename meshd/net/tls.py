@@ -39,7 +39,7 @@ from typing import Protocol
 import trio
 
 from meshd.errors import MeshdError
-from meshd.net.sslconn import CLOSED, SslConnection, wrap
+from meshd.net.sslconn import CLOSED, SslConnection, os_reason, ssl_reason, wrap
 from meshd.net.stream import RECEIVE_SIZE, ReadProbe, SocketStream, open_tcp
 
 _WantRead = ssl.SSLWantReadError
@@ -133,9 +133,9 @@ class TlsStream:
             except _WantWrite:
                 await trio.lowlevel.wait_writable(sock)
             except ssl.SSLError as exc:
-                raise TlsHandshakeError(f"TLS handshake failed: {_reason(exc)}") from exc
+                raise TlsHandshakeError(f"TLS handshake failed: {ssl_reason(exc)}") from exc
             except (OSError, ValueError) as exc:  # ValueError: closed under us
-                raise TlsHandshakeError(f"TLS handshake failed: {_os_reason(exc)}") from exc
+                raise TlsHandshakeError(f"TLS handshake failed: {os_reason(exc)}") from exc
             else:
                 # Kept: gone once the stream is closed.
                 self._peer_der = conn.getpeercert(True)
@@ -355,7 +355,7 @@ class TlsStream:
         if self._unwrapped:
             return trio.ClosedResourceError("TLS session was shut down")
         if isinstance(exc, ssl.SSLError):
-            return trio.BrokenResourceError(f"TLS connection broken: {_reason(exc)}")
+            return trio.BrokenResourceError(f"TLS connection broken: {ssl_reason(exc)}")
         if isinstance(exc, OSError):
             return trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}")
         return trio.BrokenResourceError(f"connection broken: {exc}")
@@ -366,22 +366,6 @@ def _session_of(conn: SslConnection) -> ssl.SSLSession | None:
         return conn.session
     except ValueError:  # no session to serialize: the handshake didn't complete
         return None
-
-
-def _os_reason(exc: OSError | ValueError) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLEOFError):
-        return "connection closed without close_notify"
-    if exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    return str(exc)
 
 
 async def _wrap(
