@@ -19,6 +19,9 @@ per-round ratios to the first checkout (``PAIRED_RATIO``). A checkout compared w
 (``. .``) shows the noise floor.
 
     BENCH_DURATION=4 .venv/bin/python bench/profile_mtls.py --rounds 5 /tmp/base .
+
+A checkout named ``mypyc:DIR`` runs DIR's mypyc-compiled build (what ``bench/run`` measures),
+as in ``bench/profile_l7.py``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from common import (
     free_ports,
     run_wrk,
 )
-from profile_l7 import paired_ratio
+from profile_l7 import _checkout_ctx, paired_ratio
 
 FIGURES = ("handshakes", "pair")
 
@@ -154,7 +157,9 @@ def report(servers: list[Server]) -> list[str]:
 def main(argv: list[str]) -> int:
     """Parse the arguments, start everything, run the rounds, print the figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("checkouts", nargs="+", type=Path, help="meshd source trees to compare")
+    parser.add_argument(
+        "checkouts", nargs="+", help="meshd source trees to compare (mypyc:DIR: DIR compiled)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=FIGURES, help="measure one figure only")
     parser.add_argument("--nginx", action="store_true", help="also nginx-back's handshakes")
@@ -168,9 +173,10 @@ def main(argv: list[str]) -> int:
     with ProcessGroup() as procs, ThreadPoolExecutor(max_workers=8) as pool:
         dp.start_nginx(base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
         servers = []
-        for i, root in enumerate(args.checkouts):
-            ctx = Context(root.resolve(), sys.executable, params, base.tempdir(f"checkout-{i}"))
-            servers.append(_meshd_pair(ctx, procs, pki, f"{i}:{root}", backend))
+        for i, spec in enumerate(args.checkouts):
+            workdir = base.tempdir(f"checkout-{i}")
+            ctx = _checkout_ctx(Context(Path.cwd(), sys.executable, params, workdir), spec, i)
+            servers.append(_meshd_pair(ctx, procs, pki, f"{i}:{spec}", backend))
         if args.nginx:
             (back,) = free_ports(1)
             proc = dp.start_nginx(

@@ -1,13 +1,16 @@
-"""mTLS streams: an ``ssl.SSLSocket`` in non-blocking mode under trio's fd waits.
+"""mTLS streams: OpenSSL over a non-blocking TCP socket, under trio's fd waits.
 
 :class:`TlsStream` fills the :class:`~meshd.net.stream.Stream` protocol like
-:class:`~meshd.net.stream.SocketStream` does: it calls ``recv``/``send`` on the
-``SSLSocket`` directly and parks on ``trio.lowlevel.wait_readable``/``wait_writable`` only
-when OpenSSL says it wants to read or write. OpenSSL's contract lets either operation
+:class:`~meshd.net.stream.SocketStream` does: it calls OpenSSL's read/write on the socket
+directly and parks on ``trio.lowlevel.wait_readable``/``wait_writable`` only when OpenSSL
+says it wants to read or write. OpenSSL's contract lets either operation
 want either direction, so every loop handles both (with TLS 1.3 only, reads only want reads
 and writes only writes in practice: no renegotiation, KeyUpdate answers go out with the
-next write). Decrypted bytes buffered inside the ``SSLSocket`` are always drained first: we
-only park after OpenSSL itself asked for more input.
+next write). Decrypted bytes buffered inside OpenSSL are always drained first: we only park
+after OpenSSL itself asked for more input.
+
+The connection object is OpenSSL's own, without the ``ssl.SSLSocket`` wrapper
+(:mod:`meshd.net.sslconn` says why).
 
 One task may receive while another sends (full duplex); two tasks receiving (or sending)
 at once is an error, as with any trio stream.
@@ -36,6 +39,7 @@ from typing import Protocol
 import trio
 
 from meshd.errors import MeshdError
+from meshd.net.sslconn import CLOSED, SslConnection, os_reason, ssl_reason, wrap
 from meshd.net.stream import RECEIVE_SIZE, ReadProbe, SocketStream, open_tcp
 
 _WantRead = ssl.SSLWantReadError
@@ -85,6 +89,7 @@ class TlsStream:
         "__weakref__",  # a PeerGuard keeps open streams weakly, to close a revoked peer's
         "_broken",
         "_closed",
+        "_conn",
         "_eof_sent",
         "_fresh",
         "_peer_der",
@@ -99,13 +104,15 @@ class TlsStream:
     #: SSLWantRead (a failed ``read`` and a Python exception per request).
     parks_reads = True
 
-    def __init__(self, sock: ssl.SSLSocket) -> None:
+    def __init__(self, sock: socket.socket, conn: SslConnection) -> None:
+        #: The TCP socket (non-blocking); OpenSSL reads and writes its descriptor.
         self.sock = sock
+        self._conn = conn
         self._closed = False
         self._broken = False
         self._eof_sent = False
-        # unwrap() completed: both close_notify alerts went through and the SSLSocket
-        # would now read the raw TCP socket, so reads must answer end of stream themselves.
+        # The shutdown completed: both close_notify alerts went through, so reads answer
+        # end of stream themselves.
         self._unwrapped = False
         self._peer_der: bytes | None = None
         self._reused = False
@@ -117,33 +124,35 @@ class TlsStream:
     async def do_handshake(self) -> None:
         """Run the handshake; raise :class:`TlsHandshakeError` if it fails."""
         sock = self.sock
+        conn = self._conn
         while True:
             try:
-                sock.do_handshake()
+                conn.do_handshake()
             except _WantRead:
                 await trio.lowlevel.wait_readable(sock)
             except _WantWrite:
                 await trio.lowlevel.wait_writable(sock)
             except ssl.SSLError as exc:
-                raise TlsHandshakeError(f"TLS handshake failed: {_reason(exc)}") from exc
-            except OSError as exc:
-                raise TlsHandshakeError(f"TLS handshake failed: {exc.strerror or exc}") from exc
+                raise TlsHandshakeError(f"TLS handshake failed: {ssl_reason(exc)}") from exc
+            except (OSError, ValueError) as exc:  # ValueError: closed under us
+                raise TlsHandshakeError(f"TLS handshake failed: {os_reason(exc)}") from exc
             else:
-                # Kept: the SSLSocket forgets it once shut down or closed.
-                self._peer_der = sock.getpeercert(binary_form=True)
-                self._reused = bool(sock.session_reused)
+                # Kept: gone once the stream is closed.
+                self._peer_der = conn.getpeercert(True)
+                self._reused = bool(conn.session_reused)
                 return
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Decrypted bytes, or ``b""`` once the peer sent ``close_notify``."""
         if self._unwrapped:
-            # Both close_notify went through; the SSLSocket would read raw TCP now.
+            # Both close_notify went through: nothing more comes over TLS.
             return b""
         sock = self.sock
+        conn = self._conn
         size = max_bytes or RECEIVE_SIZE
         while True:
             try:
-                return sock.recv(size)
+                return conn.read(size)
             except _WantRead:
                 await trio.lowlevel.wait_readable(sock)
                 continue
@@ -155,7 +164,7 @@ class TlsStream:
                 # came first).
                 return b""
             except (OSError, ValueError) as exc:
-                # ValueError: the SSLSocket was closed under us.
+                # ValueError: the stream was closed under us.
                 raise self._translate(exc) from exc
 
     async def receive_later(self, max_bytes: int | None = None) -> bytes:
@@ -172,7 +181,7 @@ class TlsStream:
         sock = self.sock
         if self._fresh:
             self._fresh = False
-        elif not self._unwrapped and not sock.pending():
+        elif not self._unwrapped and not self._conn.pending():
             try:
                 await trio.lowlevel.wait_readable(sock)
             except (OSError, ValueError) as exc:
@@ -183,9 +192,8 @@ class TlsStream:
         """Encrypt and write all of ``data``, parking only while OpenSSL can't proceed."""
         if self._broken or self._eof_sent:
             raise self._send_refused()
-        sock = self.sock
         try:
-            sent = sock.send(data)
+            sent = self._conn.write(data)
         except (_WantRead, _WantWrite):
             sent = 0
         except (OSError, ValueError) as exc:
@@ -198,6 +206,7 @@ class TlsStream:
         # OpenSSL without partial writes: after WANT_*, the retry must pass the same bytes,
         # which `view` is until a call returns a count.
         sock = self.sock
+        conn = self._conn
         view = memoryview(data)[sent:]
         want_read = False
         try:
@@ -207,7 +216,7 @@ class TlsStream:
                 else:
                     await trio.lowlevel.wait_writable(sock)
                 try:
-                    sent = sock.send(view)
+                    sent = conn.write(view)
                 except _WantRead:
                     want_read = True
                     continue
@@ -238,7 +247,7 @@ class TlsStream:
         self._eof_sent = True
         while True:
             try:
-                sock.unwrap()
+                self._conn.shutdown()
             except _WantRead:
                 # Our alert is out; the peer's hasn't come yet. That's the half-close.
                 return
@@ -257,7 +266,9 @@ class TlsStream:
         and don't make the connection stale; application bytes do.
         """
         sock = self.sock
-        if self._closed or self._broken or self._unwrapped or sock.pending() or sock.fileno() < 0:
+        if self._closed or self._broken or self._unwrapped or self._conn.pending():
+            return True
+        if sock.fileno() < 0:
             return True
         probe = self._probe
         if probe is None:
@@ -265,7 +276,7 @@ class TlsStream:
         if not probe.ready():
             return False  # nothing on the socket (the usual case)
         try:
-            self.sock.recv(1)
+            self._conn.read(1)
         except _WantRead:
             return False  # only control records
         except (OSError, ValueError):
@@ -290,7 +301,9 @@ class TlsStream:
         if not (self._broken or self._unwrapped):
             # One non-blocking attempt: a dead or stalled peer must not hold us up.
             with contextlib.suppress(OSError, ValueError):
-                sock.unwrap()
+                self._conn.shutdown()
+        # OpenSSL's state goes now, before the descriptor does (its number may be reused).
+        self._conn = CLOSED
         trio.lowlevel.notify_closing(sock)
         sock.close()
 
@@ -314,7 +327,7 @@ class TlsStream:
         """
         if self._closed or self._unwrapped:
             return None
-        return _session_of(self.sock)
+        return _session_of(self._conn)
 
     @property
     def session_reused(self) -> bool:
@@ -342,27 +355,17 @@ class TlsStream:
         if self._unwrapped:
             return trio.ClosedResourceError("TLS session was shut down")
         if isinstance(exc, ssl.SSLError):
-            return trio.BrokenResourceError(f"TLS connection broken: {_reason(exc)}")
+            return trio.BrokenResourceError(f"TLS connection broken: {ssl_reason(exc)}")
         if isinstance(exc, OSError):
             return trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}")
         return trio.BrokenResourceError(f"connection broken: {exc}")
 
 
-def _session_of(sock: ssl.SSLSocket) -> ssl.SSLSession | None:
+def _session_of(conn: SslConnection) -> ssl.SSLSession | None:
     try:
-        return sock.session
+        return conn.session
     except ValueError:  # no session to serialize: the handshake didn't complete
         return None
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLEOFError):
-        return "connection closed without close_notify"
-    if exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    return str(exc)
 
 
 async def _wrap(
@@ -374,26 +377,20 @@ async def _wrap(
     session: ssl.SSLSession | None = None,
 ) -> TlsStream:
     try:
-        # wrap_socket detaches `sock`: from here on the SSLSocket owns the fd.
-        tls = ctx.wrap_socket(
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=False,
-            server_hostname=server_hostname,
-        )
+        # The C object keeps only a weak reference to `sock`: the TlsStream holds it.
+        conn = wrap(ctx, sock, server_side=server_side, server_hostname=server_hostname)
     except BaseException:
         if sock.fileno() != -1:
             trio.lowlevel.notify_closing(sock)
             sock.close()
         raise
-    stream = TlsStream(tls)
+    stream = TlsStream(sock, conn)
     try:
         if session is not None:
             # A session from another context (the certificate rotated since) can't be
             # used: fall back to a full handshake.
             with contextlib.suppress(ValueError):
-                tls.session = session
+                conn.session = session
         await stream.do_handshake()
         if isinstance(ctx, GuardedContext) and ctx.peer_guard is not None:
             ctx.peer_guard.admit(stream)

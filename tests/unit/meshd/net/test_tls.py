@@ -628,3 +628,30 @@ async def test_new_server_context_ends_resumption(pki: Pki) -> None:
         finally:
             await second.aclose()
     assert new.reused == [False]
+
+
+async def test_closed_stream_never_touches_its_old_descriptor(pki: Pki) -> None:
+    # OpenSSL keeps the descriptor number; a closed stream must not read or write it once
+    # another socket got that number.
+    async with tls_server(pki.server_ctx(), echo) as server:
+        client = await tls_connect("127.0.0.1", server.port, pki.client_ctx())
+        fd = client.sock.fileno()
+        await client.aclose()
+        a, b = socket.socketpair()
+        try:
+            if fd not in (a.fileno(), b.fileno()):
+                pytest.skip("the descriptor number was not reused")
+            a.setblocking(False)
+            b.setblocking(False)
+            a.send(b"kept")
+            with pytest.raises(trio.ClosedResourceError):
+                await client.receive_some()
+            with pytest.raises(trio.ClosedResourceError):
+                await client.send_all(b"x")
+            assert client.is_stale()
+            assert b.recv(16) == b"kept"  # nobody read it
+            with pytest.raises(BlockingIOError):
+                a.recv(16)  # nobody wrote to it
+        finally:
+            a.close()
+            b.close()
