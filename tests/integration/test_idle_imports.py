@@ -1,7 +1,7 @@
 """A file-mode sidecar's memory: what it doesn't import until it needs it (issue 15).
 
 Each module below costs resident memory in every sidecar process that loads it
-(prometheus-client ~2.5 MB with the stdlib servers it pulls in; controld's client, the
+(prometheus-client ~3.6 MB with the stdlib servers it pulls in; controld's client, the
 telemetry reporter, registration and the workers ~2 MB; asyncio, which structlog imports, ~1.5
 MB; importlib.metadata, which pydantic's plugin loader imports, ~2 MB). A file-mode sidecar
 that has served a request and answered ``/ready`` must not have loaded them; the first
