@@ -15,10 +15,13 @@ from __future__ import annotations
 import ctypes
 import gc
 
-__all__ = ["settle_after_start"]
+__all__ = ["return_free_heap", "settle_after_start"]
 
 
-def _malloc_trim() -> None:
+def return_free_heap() -> None:
+    """Hand the free pages of every malloc arena back to the OS (glibc's ``malloc_trim``;
+    elsewhere a no-op). Worker threads allocate from arenas of their own, which glibc trims
+    only when their free top grows past a threshold."""
     # The symbols already loaded into the process (libc among them), not
     # ``ctypes.util.find_library``: that one runs ``ldconfig -p`` in a child process, a blocking
     # fork on the Trio thread and a stray child for anyone watching the process tree.
@@ -34,5 +37,5 @@ def _malloc_trim() -> None:
 def settle_after_start() -> None:
     """Collect, trim and freeze (see the module docstring); call once, when serving."""
     gc.collect()
-    _malloc_trim()
+    return_free_heap()
     gc.freeze()

@@ -1,11 +1,12 @@
 """A file-mode sidecar's memory: what it doesn't import until it needs it (issue 15).
 
 Each module below costs resident memory in every sidecar process that loads it
-(prometheus-client ~2.5 MB with the stdlib servers it pulls in; controld's client, the
-telemetry reporter, registration and the workers ~2 MB). A file-mode sidecar that has served a
-request and answered ``/ready`` must not have loaded them; the first ``/metrics`` scrape loads
-prometheus-client. The sidecar runs in a fresh interpreter, so the test process's own imports
-don't count.
+(prometheus-client ~3.6 MB with the stdlib servers it pulls in; controld's client, the
+telemetry reporter, registration and the workers ~2 MB; asyncio, which structlog imports, ~1.5
+MB; importlib.metadata, which pydantic's plugin loader imports, ~2 MB). A file-mode sidecar
+that has served a request and answered ``/ready`` must not have loaded them; the first
+``/metrics`` scrape loads prometheus-client. The sidecar runs in a fresh interpreter, so the
+test process's own imports don't count.
 """
 
 from __future__ import annotations
@@ -35,13 +36,19 @@ LAZY = (
     "meshd.workers",
     "meshd.identity",
     "cryptography",
+    # Deferred by the CLI before anything imports structlog or builds a pydantic model.
+    "asyncio",
+    "importlib.metadata",
 )
 
-# Runs one sidecar in-process: one request through its listener, GET /ready, the loaded
-# modules; then GET /metrics and the modules again. Prints both lists as JSON.
+# Runs one sidecar in-process, its imports set up as the CLI does: one request through its
+# listener, GET /ready, the loaded modules; then GET /metrics and the modules again. Prints both
+# lists as JSON.
 _PROGRAM = """
 import json, sys
 from pathlib import Path
+from meshd.cli import _defer_unused_imports
+_defer_unused_imports()  # what `meshd run` does first
 import trio
 from meshd.sidecar import Sidecar
 
@@ -95,3 +102,21 @@ def test_file_mode_sidecar_loads_no_lazy_module(tmp_path: Path) -> None:
     assert result["statuses"] == [502, 200, 200]
     assert [m for m in LAZY if _loaded(result["idle"], m)] == []
     assert _loaded(result["scraped"], "prometheus_client")
+
+
+def test_cli_defers_asyncio_and_importlib_metadata(tmp_path: Path) -> None:
+    # `meshd validate` goes through the CLI's start (models built, the sidecar module and
+    # structlog imported); -X importtime lists every module the process imported.
+    bootstrap = write_sidecar_config(tmp_path, service="api", app_port=closed_port(), listeners=[])
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "meshd", "validate", "-c", str(bootstrap)],
+        capture_output=True,
+        env=clean_env(),
+        timeout=45,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    imported = [line.rpartition("|")[2].strip() for line in done.stderr.decode().splitlines()]
+    assert "structlog.stdlib" in imported  # the module that imports asyncio
+    assert "meshcore.model.snapshot" in imported  # pydantic models built
+    assert [m for m in ("asyncio", "importlib.metadata") if _loaded(imported, m)] == []

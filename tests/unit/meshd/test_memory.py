@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from meshd.memory import settle_after_start
+from meshd.memory import return_free_heap, settle_after_start
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -25,3 +25,11 @@ def test_settle_starts_no_process_and_freezes(monkeypatch: pytest.MonkeyPatch) -
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_return_free_heap_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"return_free_heap started a process: {args}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    return_free_heap()  # glibc here; a no-op elsewhere

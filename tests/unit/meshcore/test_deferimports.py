@@ -1,0 +1,135 @@
+"""Tests for meshcore.deferimports: stand-ins load the real module on first use; pydantic still
+finds an installed plugin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshcore.deferimports import declares_pydantic_plugins, import_deferring
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A module ``lib`` that imports a module ``dep`` and reads it only in ``use()``."""
+    suffix = uuid.uuid4().hex[:8]
+    lib, dep = f"lib_{suffix}", f"dep_{suffix}"
+    (tmp_path / f"{dep}.py").write_text("VALUE = 42\n")
+    (tmp_path / f"{lib}.py").write_text(
+        f"import {dep}\n\ndef use():\n    return {dep}.VALUE\n\ndef held():\n    return {dep}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield lib, dep
+    for name in (lib, dep):
+        sys.modules.pop(name, None)
+
+
+def test_deferred_module_loads_at_first_use(modules: tuple[str, str]) -> None:
+    lib, dep = modules
+    module = import_deferring(lib, (dep,))
+    assert lib in sys.modules
+    assert dep not in sys.modules  # the stand-in left sys.modules after the import
+    assert module.use() == 42
+    real = sys.modules[dep]  # the first use imported the real module...
+    assert module.use() == 42  # ...and the stand-in now holds its attributes
+    assert module.held().VALUE is real.VALUE
+    with pytest.raises(AttributeError):
+        _ = module.held().MISSING
+
+
+def test_an_imported_module_is_not_replaced(modules: tuple[str, str]) -> None:
+    lib, dep = modules
+    real = __import__(dep)
+    module = import_deferring(lib, (dep,))
+    assert module.held() is real
+
+
+def test_from_import_of_a_deferred_module_gets_the_real_one(
+    tmp_path: Path, modules: tuple[str, str]
+) -> None:
+    _, dep = modules
+    other = f"other_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{other}.py").write_text(f"from {dep} import VALUE\n")
+    try:
+        module = import_deferring(other, (dep,))
+        assert module.VALUE == 42
+        assert sys.modules[dep].VALUE == 42
+    finally:
+        sys.modules.pop(other, None)
+
+
+def _dist(root: Path, name: str, entry_points: str) -> None:
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_declared_plugins_are_found_on_the_path(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _dist(site, "tool", "[console_scripts]\ntool = tool:main\n")
+    (site / "old.egg-info").write_text("Name: old\n")  # a file, not a directory
+    assert not declares_pydantic_plugins([str(site), str(tmp_path / "missing")])
+    _dist(site, "plugged", "[console_scripts]\nx = y:z\n\n[ pydantic ]\nrec = rec:plugin\n")
+    assert declares_pydantic_plugins([str(site)])
+    archive = tmp_path / "lib.zip"
+    archive.write_bytes(b"PK")
+    assert declares_pydantic_plugins([str(archive)])  # can't tell: ask importlib.metadata
+
+
+# A fresh interpreter: the stand-in loader, then a model validated; prints the plugin's calls
+# and whether importlib.metadata was imported.
+_PROGRAM = """
+import json, sys
+from meshcore.deferimports import skip_pydantic_plugin_scan
+skip_pydantic_plugin_scan()
+from pydantic import BaseModel
+
+class Item(BaseModel):
+    n: int
+
+assert Item.model_validate({"n": 1}).n == 1
+calls = sys.modules["recplugin"].CALLS if "recplugin" in sys.modules else []
+print(json.dumps({"calls": calls, "metadata": "importlib.metadata" in sys.modules}))
+"""
+
+_PLUGIN = """
+CALLS = []
+
+class Plugin:
+    def new_schema_validator(self, schema, schema_type, *args, **kwargs):
+        CALLS.append(schema_type.__name__)
+        return None, None, None
+
+plugin = Plugin()
+"""
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_pydantic_plugins_load_only_when_declared(tmp_path: Path, installed: bool) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    if installed:
+        (site / "recplugin.py").write_text(textwrap.dedent(_PLUGIN))
+        _dist(site, "recplugin", "[pydantic]\nrecorder = recplugin:plugin\n")
+    env = {"PYTHONPATH": f"{REPO}:{site}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROGRAM], capture_output=True, env=env, timeout=45, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    if installed:
+        assert result == {"calls": ["Item"], "metadata": True}  # pydantic's own loader ran
+    else:
+        assert result == {"calls": [], "metadata": False}
