@@ -19,6 +19,7 @@ import httptools
 
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS, HeadLimits, HttpError
 from meshd.http.lookups import (
+    LOWER_NAMES,
     connection_tokens,
     lower_name,
     request_line_version,
@@ -255,7 +256,7 @@ class RequestParser(HeadLimits):
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         head = self._head
-        lname = lower_name(name)
+        lname = LOWER_NAMES.get(name) or lower_name(name)
         if lname in _SPECIAL:
             head._special(lname, value)
         elif lname.startswith(MESH_HEADER_PREFIX):
@@ -441,7 +442,7 @@ class ResponseParser(HeadLimits):
             raise HttpError(self._too_large, "head too large")
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
-        lname = lower_name(name)
+        lname = LOWER_NAMES.get(name) or lower_name(name)
         if lname in _SPECIAL_RESPONSE:
             if lname == b"content-length":
                 self._head.content_length = int(value)  # llhttp has validated it

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Final, TypeVar
 
 __all__ = [
+    "LOWER_NAMES",
     "MEMO_ENTRIES",
     "connection_tokens",
     "lower_name",
@@ -34,7 +35,9 @@ _MEMO_KEY_BYTES: Final = 64
 
 _T = TypeVar("_T")
 
-_LOWER: Final[dict[bytes, bytes]] = {}
+#: Header names as received -> lower case (callers look here first, then call lower_name:
+#: one dict lookup per header, no Python call, in the pure Python build too).
+LOWER_NAMES: Final[dict[bytes, bytes]] = {}
 _TOKENS: Final[dict[bytes, tuple[bytes, ...]]] = {}
 
 
@@ -50,9 +53,9 @@ def remember(memo: dict[bytes, _T], key: bytes, value: _T, max_key: int = _MEMO_
 
 def lower_name(name: bytes) -> bytes:
     """``name.lower()``, remembered for short names."""
-    lname = _LOWER.get(name)
+    lname = LOWER_NAMES.get(name)
     if lname is None:
-        return remember(_LOWER, name, name.lower())
+        return remember(LOWER_NAMES, name, name.lower())
     return lname
 
 
