@@ -18,13 +18,7 @@ from typing import Final
 import httptools
 
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS, HeadLimits, HttpError
-from meshd.http.lookups import (
-    LOWER_NAMES,
-    connection_tokens,
-    lower_name,
-    request_line_version,
-    status_line_version,
-)
+from meshd.http.lookups import connection_tokens, request_line_version, status_line_version
 from meshd.http.strict import MESH_HEADER_PREFIX, SUPPORTED_VERSIONS, removable, valid_host
 
 __all__ = [
@@ -256,7 +250,7 @@ class RequestParser(HeadLimits):
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         head = self._head
-        lname = LOWER_NAMES.get(name) or lower_name(name)
+        lname = name.lower()
         if lname in _SPECIAL:
             head._special(lname, value)
         elif lname.startswith(MESH_HEADER_PREFIX):
@@ -442,7 +436,7 @@ class ResponseParser(HeadLimits):
             raise HttpError(self._too_large, "head too large")
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
-        lname = LOWER_NAMES.get(name) or lower_name(name)
+        lname = name.lower()
         if lname in _SPECIAL_RESPONSE:
             if lname == b"content-length":
                 self._head.content_length = int(value)  # llhttp has validated it

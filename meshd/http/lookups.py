@@ -1,15 +1,15 @@
-"""What the HTTP parsers look up per header and per message, at the cost of a dict lookup.
+"""What the HTTP parsers look up per message, at less than the cost of asking llhttp or bytes.
 
 The parsers' callbacks run for every header of every request and response, and compiled with
 mypyc the generic calls in them cost more than the rest of the callback together: a method
-call on ``bytes`` (``lower()``, ``strip()``) is a few hundred instructions, llhttp's
-``get_http_version()`` formats a str (~2k). So:
+call on ``bytes`` (``find()``, ``strip()``, ``lower()``) is a few hundred instructions,
+llhttp's ``get_http_version()`` formats a str (~2k). So:
 
-* header names and ``Connection`` values are lower-cased / split once per distinct value and
-  remembered (peers send the same few over and over; the remembered lower-case name also keeps
-  its hash for the set lookups that follow). The memos are bounded: only short keys, and a
-  memo starts over when full, so a peer sending endless distinct names costs memory for at
-  most :data:`MEMO_ENTRIES` short ones;
+* ``Connection`` values are split and lower-cased once per distinct value and remembered (peers
+  send the same one or two over and over). Memos are bounded: only short keys, and a memo
+  starts over when full, so a peer sending endless distinct values costs memory for at most
+  :data:`MEMO_ENTRIES` short ones. (Header names are not remembered: a dict lookup hashes the
+  new name, which costs what ``lower()`` and the set lookup after it save.)
 * a message's HTTP version is read from the bytes of its first line when those bytes start
   the data fed to the parser (:func:`request_line_version`, :func:`status_line_version`).
 """
@@ -19,10 +19,8 @@ from __future__ import annotations
 from typing import Final, TypeVar
 
 __all__ = [
-    "LOWER_NAMES",
     "MEMO_ENTRIES",
     "connection_tokens",
-    "lower_name",
     "remember",
     "request_line_version",
     "status_line_version",
@@ -35,9 +33,6 @@ _MEMO_KEY_BYTES: Final = 64
 
 _T = TypeVar("_T")
 
-#: Header names as received -> lower case (callers look here first, then call lower_name:
-#: one dict lookup per header, no Python call, in the pure Python build too).
-LOWER_NAMES: Final[dict[bytes, bytes]] = {}
 _TOKENS: Final[dict[bytes, tuple[bytes, ...]]] = {}
 
 
@@ -49,14 +44,6 @@ def remember(memo: dict[bytes, _T], key: bytes, value: _T, max_key: int = _MEMO_
             memo.clear()
         memo[key] = value
     return value
-
-
-def lower_name(name: bytes) -> bytes:
-    """``name.lower()``, remembered for short names."""
-    lname = LOWER_NAMES.get(name)
-    if lname is None:
-        return remember(LOWER_NAMES, name, name.lower())
-    return lname
 
 
 def connection_tokens(value: bytes) -> tuple[bytes, ...]:
