@@ -12,8 +12,8 @@ why plain dict updates need no locking.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from meshd.policystats import PolicyStats
 
@@ -27,7 +27,7 @@ __all__ = [
     "Stats",
 ]
 
-BUCKETS: tuple[float, ...] = (
+BUCKETS: Final[tuple[float, ...]] = (
     0.0005,
     0.001,
     0.0025,
@@ -38,17 +38,17 @@ BUCKETS: tuple[float, ...] = (
     0.1,
     0.25,
     0.5,
-    1,
+    1.0,
     2.5,
-    5,
-    10,
+    5.0,
+    10.0,
 )
 """Upper bounds (seconds, inclusive) of the request duration histogram; ``+Inf`` is implied."""
 
-_METHODS = frozenset(
+_METHODS: Final = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
-_NBUCKETS = len(BUCKETS) + 1  # the last slot counts observations above BUCKETS[-1]
+_NBUCKETS: Final = len(BUCKETS) + 1  # the last slot counts observations above BUCKETS[-1]
 
 # TCP record slots.
 _OPENED, _CLOSED, _RECEIVED, _SENT = range(4)
@@ -69,6 +69,18 @@ TcpKey = tuple[str, str, str]
 EndpointKey = tuple[str, str, int, int]
 #: (destination, route, reason)
 RouteErrorKey = tuple[str, str, str]
+
+
+def _bucket(seconds: float) -> int:
+    """The histogram slot of ``seconds``: the first bound it doesn't exceed (what
+    ``bisect_left(BUCKETS, seconds)`` gives). A loop, not bisect: requests mostly fall in the
+    first slots, and compiled with mypyc the loop costs a tenth of the call into ``bisect``."""
+    slot = 0
+    for bound in BUCKETS:
+        if seconds <= bound:
+            return slot
+        slot += 1
+    return slot
 
 
 class _Histogram:
@@ -143,7 +155,7 @@ class Stats:
         hist = self._http.get(key)
         if hist is None:
             hist = self._http[key] = _Histogram()
-        hist.buckets[bisect_left(BUCKETS, seconds)] += 1
+        hist.buckets[_bucket(seconds)] += 1
         hist.total += seconds
 
     def upstream_endpoint(
@@ -154,7 +166,7 @@ class Stats:
         hist = self._endpoints.get(key)
         if hist is None:
             hist = self._endpoints[key] = _Histogram()
-        hist.buckets[bisect_left(BUCKETS, seconds)] += 1
+        hist.buckets[_bucket(seconds)] += 1
         hist.total += seconds
 
     def route_error(self, destination: str, route: str, reason: str) -> None:

@@ -18,6 +18,7 @@ from typing import Final
 import httptools
 
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS, HeadLimits, HttpError
+from meshd.http.lookups import connection_tokens, request_line_version, status_line_version
 from meshd.http.strict import MESH_HEADER_PREFIX, SUPPORTED_VERSIONS, removable, valid_host
 
 __all__ = [
@@ -107,12 +108,7 @@ class MessageHead:
         elif lname == b"transfer-encoding":
             self.framing = CHUNKED if value.lower().rstrip().endswith(b"chunked") else UNTIL_CLOSE
         elif lname == b"connection":
-            # find, not `in`: bytes.__contains__ first tries its argument as an int and
-            # formats (then clears) a TypeError, ~1.8k instructions on CPython 3.11.
-            if value.find(b",") >= 0:
-                self.connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
-            else:  # one token, as nearly always: no generator for it
-                self.connection_tokens += (value.strip().lower(),)
+            self.connection_tokens += connection_tokens(value)
         elif lname == b"upgrade":
             self.upgrade = value
         elif lname == b"expect":
@@ -159,7 +155,15 @@ class RequestParser(HeadLimits):
     followed its head: they belong to the tunnel, not to HTTP.
     """
 
-    __slots__ = ("_head", "_parser", "_url", "events", "upgrade_tail")
+    __slots__ = (
+        "_between",
+        "_head",
+        "_parser",
+        "_start",
+        "_url",
+        "events",
+        "upgrade_tail",
+    )
 
     _too_large = "headers_too_large"
     _too_many = "too_many_headers"
@@ -173,6 +177,10 @@ class RequestParser(HeadLimits):
         # every open connection keeps one; the events of one read are few, so pop(0) is cheap.
         self.events: list[tuple[int, object]] = []
         self.upgrade_tail: bytes | bytearray | None = None
+        #: No message in progress: the next byte llhttp takes starts one.
+        self._between = True
+        #: During a feed that began between messages: its data (see meshd.http.lookups).
+        self._start: bytes | None = None
 
     @property
     def in_head(self) -> bool:
@@ -183,6 +191,8 @@ class RequestParser(HeadLimits):
         """Parse ``data``; raises :class:`HttpError` on bad input."""
         continuing = self._in_head
         in_trailers = self._chunk_pending
+        if self._between and isinstance(data, bytes):
+            self._start = data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -195,6 +205,8 @@ class RequestParser(HeadLimits):
             raise
         except httptools.HttpParserError as exc:
             raise HttpError("bad_request", str(exc)) from exc
+        finally:
+            self._start = None  # never kept past the feed
         if continuing or in_trailers:
             self._count_read(len(data), continuing, in_trailers)
         elif not self._chunk_pending:
@@ -217,6 +229,7 @@ class RequestParser(HeadLimits):
     def on_message_begin(self) -> None:
         self._head = RequestHead()
         self._url = []
+        self._between = False
         self._begin()
 
     def on_url(self, url: bytes) -> None:
@@ -252,14 +265,17 @@ class RequestParser(HeadLimits):
     def on_headers_complete(self) -> None:
         head = self._head
         parser = self._parser
-        version = parser.get_http_version()
-        head.version = _VERSION_BYTES.get(version) or version.encode()
-        if head.version not in SUPPORTED_VERSIONS:
-            raise HttpError(
-                "unsupported_http_version", f"HTTP/{head.version.decode()} is not supported"
-            )
-        head.method = parser.get_method()
-        head.target = b"".join(self._url)
+        head.method = method = parser.get_method()
+        head.target = target = b"".join(self._url)
+        start = self._start
+        self._start = None  # a later message of the same feed did not start it
+        version = b"" if start is None else request_line_version(start, method, target)
+        if not version:
+            asked = parser.get_http_version()
+            version = _VERSION_BYTES.get(asked) or asked.encode()
+        head.version = version
+        if version not in SUPPORTED_VERSIONS:
+            raise HttpError("unsupported_http_version", f"HTTP/{version.decode()} is not supported")
         head.keep_alive = parser.should_keep_alive()
         if head.framing == NO_BODY and head.content_length > 0:
             head.framing = LENGTH
@@ -283,6 +299,7 @@ class RequestParser(HeadLimits):
 
     def on_message_complete(self) -> None:
         self._chunk_pending = False
+        self._between = True
         self.events.append((EV_END, None))
 
 
@@ -296,10 +313,12 @@ class ResponseParser(HeadLimits):
     """
 
     __slots__ = (
+        "_between",
         "_head",
         "_head_request",
         "_parser",
         "_stale",
+        "_start",
         "body",
         "complete",
         "extra",
@@ -321,6 +340,9 @@ class ResponseParser(HeadLimits):
         self._stale = False
         self._head_request = head_request
         self._head = ResponseHead()
+        #: As in RequestParser.
+        self._between = True
+        self._start: bytes | None = None
         #: Heads parsed and not yet taken: zero or more 1xx, then the final one.
         self.heads: list[ResponseHead] = []
         #: Body pieces parsed and not yet taken.
@@ -340,6 +362,7 @@ class ResponseParser(HeadLimits):
         if self._stale:
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
+            self._between = True
         self._head_request = head_request
         self._max_head = max_head_bytes
         self._max_headers = max_headers
@@ -356,6 +379,8 @@ class ResponseParser(HeadLimits):
         """
         continuing = self._in_head
         in_trailers = self._chunk_pending
+        if self._between:
+            self._start = data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -376,6 +401,8 @@ class ResponseParser(HeadLimits):
                 self._stale = True
                 return None
             raise HttpError("upstream_protocol_error", str(exc)) from exc
+        finally:
+            self._start = None  # never kept past the feed
         if continuing or in_trailers:
             self._count_read(len(data), continuing, in_trailers)
         elif not self._chunk_pending:
@@ -390,6 +417,7 @@ class ResponseParser(HeadLimits):
             self._stale = True
             raise _HeadDoneError
         self._head = ResponseHead()
+        self._between = False
         self._begin()
 
     def on_status(self, reason: bytes) -> None:
@@ -423,7 +451,10 @@ class ResponseParser(HeadLimits):
         self._in_head = False
         self._count = 0
         self._head_bytes = 0
-        if parser.get_http_version() not in _VERSION_BYTES:
+        start = self._start
+        self._start = None  # a later message of the same feed did not start it
+        version = b"" if start is None else status_line_version(start)
+        if (version or _VERSION_BYTES.get(parser.get_http_version())) not in SUPPORTED_VERSIONS:
             raise HttpError("upstream_protocol_error", "not an HTTP/1.x response")
         head.status = status = parser.get_status_code()
         head.keep_alive = parser.should_keep_alive()
@@ -447,6 +478,7 @@ class ResponseParser(HeadLimits):
 
     def on_message_complete(self) -> None:
         self._chunk_pending = False
+        self._between = True
         if self._head.status >= 200 or self._head.status == 101:
             self.complete = True
 

@@ -7,13 +7,16 @@ from typing import Final
 from meshd.http.codec import CHUNKED, LENGTH, NO_BODY, RequestHead, ResponseHead
 
 _STATUS: Final = {code: str(code).encode() for code in range(100, 600)}
-# map() over a C method builds header lines without a Python frame per header.
-_FIELD = b": ".join
-_LINES = b"\r\n".join
 
 
-def _fields(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return _LINES(map(_FIELD, headers)) + b"\r\n" if headers else b""
+def _put_fields(parts: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    """Append the header lines to ``parts``: the head is joined once, at the end.
+
+    A loop of list appends: compiled with mypyc it costs a fraction of ``b"\\r\\n".join(map(
+    b": ".join, headers))``, which goes through generic calls and an intermediate bytes.
+    """
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
 
 
 def chunk(data: bytes) -> bytes:
@@ -36,26 +39,32 @@ def request_head_bytes(
     ``headers`` replace the head's own (a policy edited them). It goes out as HTTP/1.1, which
     requires Host: an HTTP/1.0 request without one gets ``default_host``.
     """
+    parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
     if headers is None:
-        fields = _fields(head.headers)
+        _put_fields(parts, head.headers)
         missing_host = head.host is None
     else:
-        fields = _fields(headers)
+        _put_fields(parts, headers)
         missing_host = not any(n.lower() == b"host" for n, _ in headers)
-    parts = [head.method, b" ", target, b" HTTP/1.1\r\n", fields]
     if missing_host:
-        parts.append(b"host: " + default_host + b"\r\n")
+        parts += (b"host: ", default_host, b"\r\n")
     if head.framing == CHUNKED:
         parts.append(b"transfer-encoding: chunked\r\n")
     elif head.content_length >= 0:
         parts.append(b"content-length: %d\r\n" % head.content_length)
     if head.upgrade is not None:
-        parts.append(b"connection: upgrade\r\nupgrade: " + head.upgrade + b"\r\n")
+        parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
     elif head.expect_continue:
         parts.append(b"expect: 100-continue\r\n")
-    parts.append(b"x-forwarded-for: " + xff + b"\r\n")
-    parts.append(b"x-request-id: " + request_id + b"\r\n")
-    parts.append(b"traceparent: " + traceparent + b"\r\n\r\n")
+    parts += (
+        b"x-forwarded-for: ",
+        xff,
+        b"\r\nx-request-id: ",
+        request_id,
+        b"\r\ntraceparent: ",
+        traceparent,
+        b"\r\n\r\n",
+    )
     return b"".join(parts)
 
 
@@ -64,16 +73,10 @@ def response_head_bytes(
 ) -> bytes:
     """The response head as sent downstream with the framing the proxy chose."""
     status = head.status
-    parts = [
-        b"HTTP/1.1 ",
-        _STATUS.get(status) or str(status).encode(),
-        b" ",
-        head.reason,
-        b"\r\n",
-        _fields(head.headers),
-    ]
+    parts = [b"HTTP/1.1 ", _STATUS.get(status) or str(status).encode(), b" ", head.reason, b"\r\n"]
+    _put_fields(parts, head.headers)
     if status == 101:
-        parts.append(b"connection: upgrade\r\nupgrade: " + (head.upgrade or b"") + b"\r\n\r\n")
+        parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade or b"", b"\r\n\r\n")
         return b"".join(parts)
     if framing == CHUNKED:
         parts.append(b"transfer-encoding: chunked\r\n")

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import lru_cache
 from typing import Final
+
+from meshd.http.lookups import remember
 
 #: Versions the proxy speaks; anything else llhttp accepts is answered 505.
 SUPPORTED_VERSIONS: Final = frozenset({b"1.0", b"1.1"})
@@ -47,13 +48,19 @@ _HOST: Final = re.compile(
 _CACHED_HOST_BYTES: Final = 260
 
 
+#: Verdicts of recent Host values (a plain dict, see meshd.http.lookups: lru_cache's
+#: bookkeeping costs more per call than the lookup).
+_VERDICTS: Final[dict[bytes, bool]] = {}
+
+
 def valid_host(value: bytes) -> bool:
     """True if ``value`` is ``host[:port]`` as RFC 3986 defines it (see the module doc)."""
-    # Clients send the same few Host values over and over, so the verdict is cached; only
-    # for short values, so 512 entries hold little memory however large a client makes them.
-    if len(value) <= _CACHED_HOST_BYTES:
-        return _valid_host_cached(value)
-    return _valid_host(value)
+    # Clients send the same few Host values over and over, so the verdict is remembered; only
+    # for short values, so the memo holds little memory however large a client makes them.
+    verdict = _VERDICTS.get(value)
+    if verdict is None:
+        return remember(_VERDICTS, value, _valid_host(value), _CACHED_HOST_BYTES)
+    return verdict
 
 
 def _valid_host(value: bytes) -> bool:
@@ -70,9 +77,6 @@ def _valid_host(value: bytes) -> bool:
         except ValueError:
             return False
     return True
-
-
-_valid_host_cached: Final = lru_cache(maxsize=512)(_valid_host)
 
 
 def removable(token: bytes) -> bool:

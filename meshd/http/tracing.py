@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 import re
 from binascii import hexlify
+from typing import Final
 
-_TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_ZERO_TRACE = b"0" * 32
-_ZERO_SPAN = b"0" * 16
+_TRACEPARENT: Final = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_SPAN: Final = b"0" * 16
 
 
 # Ids come from a per-process PRNG, not os.urandom: they must be unique, not secret, and a
@@ -42,10 +43,10 @@ def next_traceparent(incoming: bytes | None, sample_rate: float, rng: random.Ran
     # One draw for trace id and span id; the low bit set keeps both from being all zeros,
     # which W3C trace context forbids.
     ids = hexlify((rng.getrandbits(192) | _NONZERO).to_bytes(24, "big"))
-    return b"00-" + ids[:32] + b"-" + ids[32:] + b"-" + flags
+    return b"".join((b"00-", ids[:32], b"-", ids[32:], b"-", flags))
 
 
-_NONZERO = 1 << 64 | 1
+_NONZERO: Final = 1 << 64 | 1
 
 
 def trace_id(traceparent: bytes) -> str:
