@@ -17,9 +17,22 @@ from typing import Final
 
 import httptools
 
+from meshd.http.heads import (
+    CHUNKED,
+    CONNECTION_OPTIONS,
+    LENGTH,
+    NO_BODY,
+    SPECIAL,
+    SPECIAL_RESPONSE,
+    UNTIL_CLOSE,
+    VERSION_BYTES,
+    MessageHead,
+    RequestHead,
+    ResponseHead,
+)
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS, HeadLimits, HttpError
-from meshd.http.lookups import connection_tokens, request_line_version, status_line_version
-from meshd.http.strict import MESH_HEADER_PREFIX, SUPPORTED_VERSIONS, removable, valid_host
+from meshd.http.lookups import request_line_version, status_line_version
+from meshd.http.strict import MESH_HEADER_PREFIX, SUPPORTED_VERSIONS, valid_host
 
 __all__ = [
     "CHUNKED",
@@ -37,114 +50,10 @@ __all__ = [
     "ResponseParser",
 ]
 
-# Framing of a message body.
-NO_BODY: Final = 0
-LENGTH: Final = 1
-CHUNKED: Final = 2
-UNTIL_CLOSE: Final = 3
-
 # Request events.
 EV_HEAD: Final = 0
 EV_DATA: Final = 1
 EV_END: Final = 2
-
-#: Headers a proxy must not forward as they are (RFC 9110 7.6.1), plus the framing headers it
-#: regenerates itself and the tracing headers it rewrites.
-_SPECIAL: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-request-id",
-        b"traceparent",
-    }
-)
-#: Of those, the ones that matter in a response.
-_SPECIAL_RESPONSE: Final = _SPECIAL - {
-    b"expect",
-    b"x-forwarded-for",
-    b"x-request-id",
-    b"traceparent",
-}
-_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
-#: llhttp's version string -> the bytes heads carry (saves an encode per message).
-_VERSION_BYTES: Final = {"1.1": b"1.1", "1.0": b"1.0"}
-
-
-class MessageHead:
-    """Fields common to request and response heads.
-
-    Defaults live on the class, so a new head costs one allocation and only the fields a
-    message actually has are ever written.
-    """
-
-    #: Headers to forward as they are, in order (always set per instance).
-    headers: list[tuple[bytes, bytes]]
-    version = b"1.1"
-    framing = NO_BODY
-    #: -1 when the message has no Content-Length header.
-    content_length = -1
-    keep_alive = True
-    upgrade: bytes | None = None
-    expect_continue = False
-    connection_tokens: tuple[bytes, ...] = ()
-    xff: bytes | None = None
-    request_id: bytes | None = None
-    traceparent: bytes | None = None
-
-    def __init__(self) -> None:
-        self.headers = []
-
-    def _special(self, lname: bytes, value: bytes) -> None:
-        if lname == b"content-length":
-            self.content_length = int(value)  # llhttp has validated it
-        elif lname == b"transfer-encoding":
-            self.framing = CHUNKED if value.lower().rstrip().endswith(b"chunked") else UNTIL_CLOSE
-        elif lname == b"connection":
-            self.connection_tokens += connection_tokens(value)
-        elif lname == b"upgrade":
-            self.upgrade = value
-        elif lname == b"expect":
-            self.expect_continue = value.lower() == b"100-continue"
-        elif lname == b"x-forwarded-for":
-            self.xff = value if self.xff is None else self.xff + b", " + value
-        elif lname == b"x-request-id":
-            self.request_id = value
-        elif lname == b"traceparent":
-            self.traceparent = value
-
-    def _drop_connection_options(self) -> None:
-        """Remove headers named by Connection (they are hop-by-hop too), unless protected."""
-        named = {t for t in self.connection_tokens if t not in _CONNECTION_OPTIONS and removable(t)}
-        if named:
-            self.headers = [(n, v) for n, v in self.headers if n.lower() not in named]
-
-
-class RequestHead(MessageHead):
-    """A parsed request head."""
-
-    method = b""
-    target = b""
-    host: bytes | None = None
-
-    @property
-    def path(self) -> str:
-        """The target's path, without the query string, for route matching."""
-        return self.target.partition(b"?")[0].decode("latin-1")
-
-
-class ResponseHead(MessageHead):
-    """A parsed response head."""
-
-    status = 0
-    reason = b""
 
 
 class RequestParser(HeadLimits):
@@ -251,7 +160,7 @@ class RequestParser(HeadLimits):
             return  # a trailer field: never merged into the head that was already sent
         head = self._head
         lname = name.lower()
-        if lname in _SPECIAL:
+        if lname in SPECIAL:
             head._special(lname, value)
         elif lname.startswith(MESH_HEADER_PREFIX):
             return  # only the mesh sets these: a client's copy never reaches anyone
@@ -272,14 +181,14 @@ class RequestParser(HeadLimits):
         version = b"" if start is None else request_line_version(start, method, target)
         if not version:
             asked = parser.get_http_version()
-            version = _VERSION_BYTES.get(asked) or asked.encode()
+            version = VERSION_BYTES.get(asked) or asked.encode()
         head.version = version
         if version not in SUPPORTED_VERSIONS:
             raise HttpError("unsupported_http_version", f"HTTP/{version.decode()} is not supported")
         head.keep_alive = parser.should_keep_alive()
         if head.framing == NO_BODY and head.content_length > 0:
             head.framing = LENGTH
-        if head.connection_tokens and not _CONNECTION_OPTIONS.issuperset(head.connection_tokens):
+        if head.connection_tokens and not CONNECTION_OPTIONS.issuperset(head.connection_tokens):
             head._drop_connection_options()
         if head.upgrade is not None and b"upgrade" not in head.connection_tokens:
             head.upgrade = None  # Upgrade without Connection: upgrade is not a request for it
@@ -437,7 +346,7 @@ class ResponseParser(HeadLimits):
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         lname = name.lower()
-        if lname in _SPECIAL_RESPONSE:
+        if lname in SPECIAL_RESPONSE:
             if lname == b"content-length":
                 self._head.content_length = int(value)  # llhttp has validated it
             else:
@@ -454,11 +363,11 @@ class ResponseParser(HeadLimits):
         start = self._start
         self._start = None  # a later message of the same feed did not start it
         version = b"" if start is None else status_line_version(start)
-        if (version or _VERSION_BYTES.get(parser.get_http_version())) not in SUPPORTED_VERSIONS:
+        if (version or VERSION_BYTES.get(parser.get_http_version())) not in SUPPORTED_VERSIONS:
             raise HttpError("upstream_protocol_error", "not an HTTP/1.x response")
         head.status = status = parser.get_status_code()
         head.keep_alive = parser.should_keep_alive()
-        if head.connection_tokens and not _CONNECTION_OPTIONS.issuperset(head.connection_tokens):
+        if head.connection_tokens and not CONNECTION_OPTIONS.issuperset(head.connection_tokens):
             head._drop_connection_options()
         if status < 200 or status in (204, 304) or self._head_request:
             head.framing = NO_BODY
