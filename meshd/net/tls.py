@@ -349,16 +349,16 @@ class TlsStream:
             return trio.BrokenResourceError("TLS stream broken by an interrupted send")
         return trio.ClosedResourceError("send_eof was called")
 
-    def _translate(self, exc: Exception) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    def _translate(
+        self, exc: OSError | ValueError
+    ) -> trio.BrokenResourceError | trio.ClosedResourceError:
         if self._closed or (isinstance(exc, OSError) and exc.errno == errno.EBADF):
             return trio.ClosedResourceError("stream was closed")
         if self._unwrapped:
             return trio.ClosedResourceError("TLS session was shut down")
         if isinstance(exc, ssl.SSLError):
             return trio.BrokenResourceError(f"TLS connection broken: {ssl_reason(exc)}")
-        if isinstance(exc, OSError):
-            return trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}")
-        return trio.BrokenResourceError(f"connection broken: {exc}")
+        return trio.BrokenResourceError(f"connection broken: {os_reason(exc)}")
 
 
 def _session_of(conn: SslConnection) -> ssl.SSLSession | None:
