@@ -88,10 +88,7 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
         ex.request_id or b"",
         traceparent,
         xff,
-        # Only an HTTP/1.0 request may come without Host (or a policy's headers drop it).
-        default_host=cluster.service.encode()
-        if head.host is None or plan.headers is not None
-        else b"",
+        default_host=cluster.service,
         headers=plan.headers,
     )
     mirror = plan.mirror is not None and shared.mirror is not None

@@ -31,7 +31,7 @@ def request_head_bytes(
     traceparent: bytes,
     xff: bytes,
     *,
-    default_host: bytes = b"",
+    default_host: str = "",
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """The request head as sent upstream: hop-by-hop headers gone, framing and tracing redone.
@@ -47,7 +47,7 @@ def request_head_bytes(
         _put_fields(parts, headers)
         missing_host = not any(n.lower() == b"host" for n, _ in headers)
     if missing_host:
-        parts += (b"host: ", default_host, b"\r\n")
+        parts += (b"host: ", default_host.encode(), b"\r\n")  # rare: encoded only here
     if head.framing == CHUNKED:
         parts.append(b"transfer-encoding: chunked\r\n")
     elif head.content_length >= 0:
