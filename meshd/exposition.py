@@ -55,8 +55,8 @@ def format_value(value: float) -> str:
         return "NaN"
     s = repr(d)
     dot = s.find(".")
-    # Go switches to an exponent from 1e21 down to 1e6 where Python's repr keeps the digits
-    # (1e16 and up already come with one, without a dot).
+    # Go (Prometheus) writes an exponent from seven digits before the point on, Python's repr
+    # only from 1e16 on: prometheus-client's conversion, kept so the text stays the same.
     if d > 0 and dot > 6:
         mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
