@@ -170,8 +170,8 @@ def measure_path(ctx: Context, wrk: str, path: BenchPath) -> Measured:
 
 
 #: The libraries the project requires in the daemon, and those it recommends on top.
-#: The required libraries an idle file-mode meshd imports (hypercorn is controld's; the
-#: Prometheus client loads at the first scrape), and the recommended ones it imports too.
+#: The required libraries an idle file-mode meshd imports (hypercorn is controld's; meshd
+#: writes the Prometheus text format itself), and the recommended ones it imports too.
 REQUIRED_IMPORTS = ("trio", "structlog")
 RECOMMENDED_IMPORTS = ("pydantic", "httptools", "yaml")
 

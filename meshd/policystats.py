@@ -3,9 +3,9 @@ detection, health checks, rate limits, faults and mirroring.
 
 Every metric is declared once in :data:`POLICY_METRICS` (name, help, labels, kind); callers
 record by name with plain dict updates (:meth:`PolicyStats.inc`, :meth:`PolicyStats.set`), and
-:class:`meshd.metrics.PolicyCollector` turns the values into Prometheus families at scrape
-time. Recording a name that isn't declared, or with the wrong number of labels, is a
-programming error and raises at once.
+:func:`meshd.metrics.write_policy` writes the values as Prometheus text at scrape time.
+Recording a name that isn't declared, or with the wrong number of labels, is a programming
+error and raises at once.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class Sidecar(ControlledSidecar):
                 from meshd.admin.app import build_admin_app
                 from meshd.admin.server import AdminServer
 
-                app = build_admin_app(self, self.metrics_registry)
+                app = build_admin_app(self, self.metrics_text)
                 port = bootstrap.admin.port + self.worker_index if bootstrap.admin.port else 0
                 sock = self.succession.admin_socket(
                     bootstrap.admin.host, port, primary=self.worker_index == 0

@@ -42,15 +42,14 @@ from meshd.succession import Succession
 from meshd.telemetry.wiring import cert_not_after
 
 if TYPE_CHECKING:
-    # prometheus-client loads at the first scrape (:meth:`SidecarBase.metrics_registry`).
-    from prometheus_client import CollectorRegistry
-
     # The identity modules (and cryptography) load only when the bootstrap has ``identity:``;
     # controld's client, registration, telemetry and the workers likewise only in the modes
-    # that use them (:mod:`meshd.sidecar`, :mod:`meshd.sidecar_control`).
+    # that use them (:mod:`meshd.sidecar`, :mod:`meshd.sidecar_control`); the metrics view at
+    # the first scrape (:meth:`SidecarBase.metrics_text`).
     from meshd.control.source import ControlSource
     from meshd.identity import IdentityService
     from meshd.identity.static import StaticIdentity
+    from meshd.metrics import MetricsView
     from meshd.registration import Registration
     from meshd.telemetry.reporter import TelemetryReporter
     from meshd.workers import WorkerSupervisor
@@ -88,7 +87,7 @@ class SidecarBase:
         self.notifier = notifier or Notifier(None)
         self.stats = Stats()
         self.stats.cert_expiry = lambda: cert_not_after(self)
-        self._registry: CollectorRegistry | None = None
+        self._metrics: MetricsView | None = None
         #: What inbound access control keeps across snapshots (JWKS caches, log limiters).
         self.authz = AuthzContext(self.stats)
         #: Token buckets of the snapshot's rate limits, kept across snapshots.
@@ -244,14 +243,14 @@ class SidecarBase:
             out["workers"] = self.workers.describe()
         return out
 
-    def metrics_registry(self) -> CollectorRegistry:
-        """The Prometheus registry of this sidecar's metrics, built at the first call (the
-        first scrape): prometheus-client loads then, not at start-up."""
-        if self._registry is None:
-            from meshd.metrics import build_registry
+    def metrics_text(self) -> bytes:
+        """This sidecar's metrics in the Prometheus text format; the view (:mod:`meshd.metrics`)
+        loads at the first call (the first scrape), not at start-up."""
+        if self._metrics is None:
+            from meshd.metrics import MetricsView
 
-            self._registry = build_registry(self.stats, self._pool_stats)
-        return self._registry
+            self._metrics = MetricsView(self.stats, self._pool_stats)
+        return self._metrics.render()
 
     def _mirror_cluster(self, name: str) -> ClusterRuntime | None:
         """The cluster called ``name`` in the configuration in force (mirrored copies)."""

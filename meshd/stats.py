@@ -1,13 +1,12 @@
 """The sidecar's counters.
 
 The proxy's hot path only bumps plain ints (and one float) in dicts; nothing there allocates a
-metric object or takes a lock. Their Prometheus view, :mod:`meshd.metrics`, turns the raw
-counts into metric families when ``/metrics`` is scraped, so the cost of Prometheus formatting
-is paid per scrape, not per request (and prometheus-client is imported at the first scrape).
+metric object or takes a lock. Their Prometheus view, :mod:`meshd.metrics`, writes the raw
+counts as Prometheus text when ``/metrics`` is scraped, so the cost of the format is paid per
+scrape, not per request.
 
-Everything here runs on the daemon's one Trio thread; the admin app calls ``collect`` on that
-thread too (only the text formatting of the finished families goes to a worker thread), which is
-why plain dict updates need no locking.
+Everything here runs on the daemon's one Trio thread, and the admin app writes the metrics on
+that thread too, which is why plain dict updates need no locking.
 """
 
 from __future__ import annotations

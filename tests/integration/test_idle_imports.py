@@ -1,12 +1,13 @@
 """A file-mode sidecar's memory: what it doesn't import until it needs it (issue 15).
 
-Each module below costs resident memory in every sidecar process that loads it
-(prometheus-client ~3.6 MB with the stdlib servers it pulls in; controld's client, the
-telemetry reporter, registration and the workers ~2 MB; asyncio, which structlog imports, ~1.5
-MB; importlib.metadata, which pydantic's plugin loader imports, ~2 MB). A file-mode sidecar
-that has served a request and answered ``/ready`` must not have loaded them; the first
-``/metrics`` scrape loads prometheus-client. The sidecar runs in a fresh interpreter, so the
-test process's own imports don't count.
+Each module below costs resident memory in every sidecar process that loads it (controld's
+client, the telemetry reporter, registration and the workers ~2 MB; asyncio, which structlog
+imports, ~1.5 MB; importlib.metadata, which pydantic's plugin loader imports, ~2 MB). A
+file-mode sidecar that has served a request and answered ``/ready`` must not have loaded them;
+the first ``/metrics`` scrape loads meshd's metrics view, and never prometheus-client or the
+stdlib HTTP servers and clients its exposition module imports (~3.5 MB: meshd writes the text
+format itself). The sidecar runs in a fresh interpreter, so the test process's own imports
+don't count.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from helpers import clean_env, closed_port, write_sidecar_config
 
 pytestmark = pytest.mark.timeout(60)
 
+#: Never loaded by a sidecar, scraped or not: prometheus-client and what its exposition module
+#: imports (meshd writes the text format itself).
+NEVER = ("prometheus_client", "http.server", "http.client", "urllib.request", "wsgiref")
 #: Loaded only at the first scrape, or in the modes that use them (controld, registry, workers,
 #: identity), never by an idle file-mode sidecar.
 LAZY = (
-    "prometheus_client",
+    *NEVER,
     "meshd.metrics",
     "meshd.control.client",
     "meshd.control.source",
@@ -101,7 +105,8 @@ def test_file_mode_sidecar_loads_no_lazy_module(tmp_path: Path) -> None:
     # The app is down: the proxied request fails upstream, but it went through the HTTP path.
     assert result["statuses"] == [502, 200, 200]
     assert [m for m in LAZY if _loaded(result["idle"], m)] == []
-    assert _loaded(result["scraped"], "prometheus_client")
+    assert _loaded(result["scraped"], "meshd.metrics")
+    assert [m for m in NEVER if _loaded(result["scraped"], m)] == []
 
 
 def test_cli_defers_asyncio_and_importlib_metadata(tmp_path: Path) -> None:

@@ -10,12 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshd.admin import AdminBindError, AdminServer, build_admin_app
 from meshd.admin.app import AdminApp
-from meshd.metrics import build_registry
+from meshd.metrics import MetricsView
 from meshd.stats import Stats
 
 
@@ -50,13 +49,13 @@ class FakeBackend:
 
 
 def _app(backend: FakeBackend) -> AdminApp:
-    """The admin app over ``backend``, its metrics in a registry built at the first scrape."""
-    registry: list[CollectorRegistry] = []
+    """The admin app over ``backend``, its metrics view built at the first scrape."""
+    view: list[MetricsView] = []
 
-    def metrics() -> CollectorRegistry:
-        if not registry:
-            registry.append(build_registry(backend.stats))
-        return registry[0]
+    def metrics() -> bytes:
+        if not view:
+            view.append(MetricsView(backend.stats))
+        return view[0].render()
 
     return build_admin_app(backend, metrics)
 
@@ -125,7 +124,7 @@ async def test_metrics(admin: Admin) -> None:
     admin.backend.stats.http_request("inbound", "web", "api", "r1", "POST", 201, 0.004)
     resp = await admin.client.get("/metrics")
     assert resp.status_code == 200
-    assert resp.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     families = {f.name: f for f in text_string_to_metric_families(resp.text)}
     (sample,) = families["meshd_requests"].samples
     assert sample.labels["method"] == "POST"
@@ -137,8 +136,8 @@ async def test_metrics(admin: Admin) -> None:
 async def test_first_scrape_returns_free_heap_once(
     admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The first scrape imports prometheus-client in a worker thread, whose malloc arena glibc
-    # doesn't trim by itself; later scrapes allocate the same again and keep it.
+    # The first scrape imports the metrics modules, which leaves freed pages among live heap
+    # blocks that glibc returns only when asked; later scrapes allocate the same again.
     trims: list[int] = []
     monkeypatch.setattr("meshd.admin.app.return_free_heap", lambda: trims.append(1))
     for _ in range(3):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import generate_latest
 
-from meshd.metrics import build_registry
+from meshd.metrics import MetricsView
 from meshd.stats import Stats
 
 pytestmark = pytest.mark.timeout(30)
@@ -16,7 +15,7 @@ def test_counters_and_gauges_reach_the_scrape() -> None:
     stats.policy.inc("meshd_upstream_retries", "api", "reset")
     stats.policy.inc("meshd_upstream_retries", "api", "reset")
     stats.policy.set("meshd_outlier_ejected_endpoints", "api", value=1)
-    text = generate_latest(build_registry(stats)).decode()
+    text = MetricsView(stats).render().decode()
     assert 'meshd_upstream_retries_total{cluster="api",reason="reset"} 2.0' in text
     assert 'meshd_outlier_ejected_endpoints{cluster="api"} 1.0' in text
     assert stats.policy.value("meshd_upstream_retries", "api", "reset") == 2

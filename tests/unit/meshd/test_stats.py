@@ -1,26 +1,26 @@
-"""Tests for meshd.stats: raw counters rendered through a per-daemon registry."""
+"""Tests for meshd.stats: raw counters rendered through a per-daemon metrics view."""
 
 from __future__ import annotations
 
 import math
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from meshd.metrics import MeshdCollector, build_registry
+from meshd.exposition import TextWriter
+from meshd.metrics import MetricsView, write_meshd
 from meshd.stats import BUCKETS, Stats
 
 HTTP = ("outbound", "web", "api", "default", "GET", 200)
 
 
-def samples(registry: CollectorRegistry) -> list[Sample]:
-    text = generate_latest(registry).decode()
+def samples(view: MetricsView) -> list[Sample]:
+    text = view.render().decode()
     return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
-def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    found = [s.value for s in samples(registry) if s.name == name and s.labels == labels]
+def value(view: MetricsView, name: str, **labels: str) -> float:
+    found = [s.value for s in samples(view) if s.name == name and s.labels == labels]
     assert len(found) == 1, (name, labels, found)
     return found[0]
 
@@ -38,17 +38,17 @@ def http_labels(method: str = "GET", code: str = "200") -> dict[str, str]:
 
 def test_requests_total_and_histogram() -> None:
     stats = Stats()
-    registry = build_registry(stats)
+    view = MetricsView(stats)
     for seconds in (0.0001, 0.0005, 0.003, 0.3, 7.0, 60.0):
         stats.http_request(*HTTP, seconds)
     stats.http_request("outbound", "web", "api", "default", "GET", 503, 0.02)
 
-    assert value(registry, "meshd_requests_total", **http_labels()) == 6
-    assert value(registry, "meshd_requests_total", **http_labels(code="503")) == 1
+    assert value(view, "meshd_requests_total", **http_labels()) == 6
+    assert value(view, "meshd_requests_total", **http_labels(code="503")) == 1
 
     buckets = {
         s.labels["le"]: s.value
-        for s in samples(registry)
+        for s in samples(view)
         if s.name == "meshd_request_duration_seconds_bucket"
         and {k: v for k, v in s.labels.items() if k != "le"} == http_labels()
     }
@@ -62,39 +62,39 @@ def test_requests_total_and_histogram() -> None:
     assert buckets["0.5"] == 4
     assert buckets["10.0"] == 5
     assert buckets["+Inf"] == 6
-    count = value(registry, "meshd_request_duration_seconds_count", **http_labels())
+    count = value(view, "meshd_request_duration_seconds_count", **http_labels())
     assert count == buckets["+Inf"]
-    total = value(registry, "meshd_request_duration_seconds_sum", **http_labels())
+    total = value(view, "meshd_request_duration_seconds_sum", **http_labels())
     assert math.isclose(total, 0.0001 + 0.0005 + 0.003 + 0.3 + 7.0 + 60.0)
 
 
 def test_method_normalised() -> None:
     stats = Stats()
-    registry = build_registry(stats)
+    view = MetricsView(stats)
     for method in ("PATCH", "PROPFIND", "get", "BREW"):
         stats.http_request("inbound", "a", "b", "r", method, 200, 0.01)
     methods = {
-        s.labels["method"]: s.value for s in samples(registry) if s.name == "meshd_requests_total"
+        s.labels["method"]: s.value for s in samples(view) if s.name == "meshd_requests_total"
     }
     assert methods == {"PATCH": 1, "OTHER": 3}
 
 
 def test_tcp_counters() -> None:
     stats = Stats()
-    registry = build_registry(stats)
+    view = MetricsView(stats)
     stats.tcp_opened("inbound", "web", "db")
     stats.tcp_opened("inbound", "web", "db")
     stats.tcp_closed("inbound", "web", "db", received=100, sent=2000)
     labels = {"direction": "inbound", "source": "web", "destination": "db"}
-    assert value(registry, "meshd_tcp_connections_opened_total", **labels) == 2
-    assert value(registry, "meshd_tcp_connections_closed_total", **labels) == 1
-    assert value(registry, "meshd_tcp_received_bytes_total", **labels) == 100
-    assert value(registry, "meshd_tcp_sent_bytes_total", **labels) == 2000
+    assert value(view, "meshd_tcp_connections_opened_total", **labels) == 2
+    assert value(view, "meshd_tcp_connections_closed_total", **labels) == 1
+    assert value(view, "meshd_tcp_received_bytes_total", **labels) == 100
+    assert value(view, "meshd_tcp_sent_bytes_total", **labels) == 2000
 
 
 def test_downstream_upstream_and_snapshot() -> None:
     stats = Stats()
-    registry = build_registry(stats)
+    view = MetricsView(stats)
     for _ in range(3):
         stats.downstream_opened("outbound_http")
     stats.downstream_closed("outbound_http")
@@ -105,43 +105,44 @@ def test_downstream_upstream_and_snapshot() -> None:
     stats.snapshot_applied(9)
     stats.snapshot_rejected()
 
-    assert value(registry, "meshd_downstream_connections_active", listener="outbound_http") == 2
-    assert value(registry, "meshd_downstream_connections_total", listener="outbound_http") == 3
+    assert value(view, "meshd_downstream_connections_active", listener="outbound_http") == 2
+    assert value(view, "meshd_downstream_connections_total", listener="outbound_http") == 3
     errors = "meshd_upstream_errors_total"
-    assert value(registry, errors, cluster="api", reason="connect_failed") == 2
-    assert value(registry, errors, cluster="api", reason="timeout") == 1
-    assert value(registry, "meshd_snapshot_version") == 9
-    assert value(registry, "meshd_snapshot_updates_total", result="applied") == 2
-    assert value(registry, "meshd_snapshot_updates_total", result="rejected") == 1
+    assert value(view, errors, cluster="api", reason="connect_failed") == 2
+    assert value(view, errors, cluster="api", reason="timeout") == 1
+    assert value(view, "meshd_snapshot_version") == 9
+    assert value(view, "meshd_snapshot_updates_total", result="applied") == 2
+    assert value(view, "meshd_snapshot_updates_total", result="rejected") == 1
 
 
 def test_pool_stats_and_process_metrics() -> None:
     def pools() -> list[tuple[str, str, int, int]]:
         return [("api", "10.0.0.1:8080", 3, 5), ("db", "10.0.0.2:5432", 0, 1)]
 
-    registry = build_registry(Stats(), pools)
+    view = MetricsView(Stats(), pools)
     gauge = "meshd_upstream_pool_connections"
-    assert value(registry, gauge, cluster="api", endpoint="10.0.0.1:8080", state="active") == 3
-    assert value(registry, gauge, cluster="api", endpoint="10.0.0.1:8080", state="idle") == 5
-    assert value(registry, gauge, cluster="db", endpoint="10.0.0.2:5432", state="idle") == 1
-    names = {s.name for s in samples(registry)}
+    assert value(view, gauge, cluster="api", endpoint="10.0.0.1:8080", state="active") == 3
+    assert value(view, gauge, cluster="api", endpoint="10.0.0.1:8080", state="idle") == 5
+    assert value(view, gauge, cluster="db", endpoint="10.0.0.2:5432", state="idle") == 1
+    names = {s.name for s in samples(view)}
     assert "process_resident_memory_bytes" in names
 
 
 def test_registries_independent() -> None:
     a, b = Stats(), Stats()
-    reg_a, reg_b = build_registry(a), build_registry(b)
+    view_a, view_b = MetricsView(a), MetricsView(b)
     a.http_request(*HTTP, 0.01)
     a.downstream_opened("l")
-    assert value(reg_a, "meshd_requests_total", **http_labels()) == 1
-    assert not [s for s in samples(reg_b) if s.name == "meshd_requests_total"]
-    assert not [s for s in samples(reg_b) if s.name == "meshd_downstream_connections_total"]
+    assert value(view_a, "meshd_requests_total", **http_labels()) == 1
+    assert not [s for s in samples(view_b) if s.name == "meshd_requests_total"]
+    assert not [s for s in samples(view_b) if s.name == "meshd_downstream_connections_total"]
 
 
-def test_collector_alone_has_only_meshd_metrics() -> None:
-    registry = CollectorRegistry()
-    registry.register(MeshdCollector(Stats()))
-    names = {s.name for s in samples(registry)}
+def test_meshd_families_alone_have_only_meshd_metrics() -> None:
+    out = TextWriter()
+    write_meshd(out, Stats())
+    text = out.body().decode()
+    names = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert names == {
         "meshd_snapshot_version",
         "meshd_snapshot_updates_total",

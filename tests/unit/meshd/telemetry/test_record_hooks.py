@@ -11,7 +11,6 @@ from typing import Any, cast
 
 import pytest
 import structlog
-from prometheus_client import generate_latest
 
 from meshcore.api.report import ActiveTap
 from meshcore.api.telemetry import TapFilter
@@ -21,7 +20,7 @@ from meshd.context import ExchangeRecord, ProxyShared, now
 from meshd.http.codec import RequestHead
 from meshd.http.exchange import Exchange, record
 from meshd.http.tracing import next_traceparent
-from meshd.metrics import build_registry
+from meshd.metrics import MetricsView
 from meshd.stats import Stats
 from meshd.telemetry.tap import TapSampler
 
@@ -79,7 +78,7 @@ def test_counters_trace_ids_and_spans() -> None:
         ("api", "r", "upstream_overflow"): 1,
         ("api", "r", "no_response"): 1,
     }
-    text = generate_latest(build_registry(stats)).decode()
+    text = MetricsView(stats).render().decode()
     assert (
         'meshd_upstream_endpoint_requests_total{cluster="api",code_class="2xx",'
         'endpoint="10.0.0.1:8080"} 2.0'
@@ -89,7 +88,7 @@ def test_counters_trace_ids_and_spans() -> None:
 
 
 def test_no_certificate_no_expiry_sample() -> None:
-    text = generate_latest(build_registry(Stats())).decode()
+    text = MetricsView(Stats()).render().decode()
     assert "# TYPE meshd_certificate_expiry_timestamp_seconds gauge" in text
     assert "\nmeshd_certificate_expiry_timestamp_seconds " not in text
 
