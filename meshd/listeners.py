@@ -21,7 +21,7 @@ from meshd.config import ListenerConfig, RuntimeConfig
 from meshd.context import ProxyShared
 from meshd.errors import SnapshotRejected
 from meshd.http.connection import serve_http
-from meshd.net.listen import bind_tcp
+from meshd.net.listen import bind_tcp, nodelay_listener
 from meshd.net.stream import SocketStream
 from meshd.tcp.config import TcpListenerConfig
 from meshd.tcp.proxy import serve_tcp
@@ -179,13 +179,14 @@ class ListenerManager:
         if found is not None:
             self._inherited.remove(found)
             found.sock.setblocking(False)
+            nodelay_listener(found.sock)
             return found.sock, True
         return bind_tcp(lst.address.host, lst.address.port, reuse_port=self.reuse_port), False
 
-    async def _serve(self, slot: ListenerSlot, sock: socket.socket, _addr: Any) -> None:
+    async def _serve(self, slot: ListenerSlot, sock: socket.socket, addr: Any) -> None:
         self._live += 1
         try:
-            await slot.handle(SocketStream(sock))
+            await slot.handle(SocketStream(sock, accepted_from=addr))
         finally:
             self._live -= 1
             if not self._live:

@@ -112,7 +112,7 @@ class MeshTls:
             elif not self.lost:
                 self.client = None
             return
-        cert, key, roots = identity.cert_pem, identity.key_pem, identity.bundle_pems
+        cert, key, roots = identity.presented_pem, identity.key_pem, identity.bundle_pems
         guard = self.revoked
         self.server_strict = server_context(cert, key, roots, require_client_cert=True, guard=guard)
         self.server_permissive = server_context(

@@ -102,7 +102,7 @@ class ControldTrust:
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         if identity is not None:
-            ctx = client_context(identity.cert_pem, identity.key_pem, identity.bundle_pems)
+            ctx = client_context(identity.presented_pem, identity.key_pem, identity.bundle_pems)
         else:
             ctx = anonymous_client_context(roots)
         self._cached = (key, ctx)

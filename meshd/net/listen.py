@@ -8,7 +8,8 @@ import socket
 def bind_tcp(
     host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
 ) -> socket.socket:
-    """A non-blocking listening socket on ``host:port``."""
+    """A non-blocking listening socket on ``host:port`` (``TCP_NODELAY``, see
+    :func:`nodelay_listener`)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _name, addr = infos[0]
     sock = socket.socket(family, type_, proto)
@@ -21,7 +22,14 @@ def bind_tcp(
         sock.bind(addr)
         sock.listen(backlog)
         sock.setblocking(False)
+        nodelay_listener(sock)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def nodelay_listener(sock: socket.socket) -> None:
+    """Set ``TCP_NODELAY`` on a listening TCP socket: Linux copies it to every socket
+    accepted from it, so connections don't each set it again (a system call each)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -83,15 +83,27 @@ class ProxyStream(Stream, Protocol):
 class SocketStream:
     """A connected TCP socket in non-blocking mode."""
 
-    __slots__ = ("_closed", "_probe", "on_close", "sock")
+    __slots__ = ("_closed", "_peer", "_probe", "on_close", "sock")
 
     #: Waiting for readability first saves the ``recv`` that would only say EAGAIN.
     parks_reads = True
 
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, sock: socket.socket, *, accepted_from: object = None) -> None:
+        """Make ``sock`` non-blocking, without Nagle's delay when it is TCP.
+
+        ``accepted_from``: the address ``accept()`` gave, for a socket a listener accepted.
+        Such a socket is non-blocking already (:class:`meshcore.net.accept.Acceptor`) and has
+        ``TCP_NODELAY`` from its listening socket (Linux copies it to accepted sockets;
+        :func:`meshd.net.listen.nodelay_listener`), so the three system calls are left out,
+        and :meth:`peer` answers with the address instead of asking the kernel.
+        """
+        self._peer: tuple[str, int] | None = None
+        if accepted_from is None:
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            self._peer = peer_address(accepted_from)
         self.sock = sock
         self._closed = False
         self._probe: ReadProbe | None = None
@@ -209,11 +221,30 @@ class SocketStream:
 
     def peer(self) -> tuple[str, int]:
         """The remote address, or ``("", 0)`` if the socket is gone."""
-        try:
-            addr = self.sock.getpeername()
-        except OSError:
-            return ("", 0)
+        if self._peer is not None:
+            return self._peer
+        return socket_peer(self.sock)
+
+    @property
+    def known_peer(self) -> tuple[str, int] | None:
+        """The remote address given as ``accepted_from``, else None."""
+        return self._peer
+
+
+def peer_address(addr: object) -> tuple[str, int]:
+    """``(host, port)`` of an address ``accept()`` or ``getpeername()`` gave (IPv6 ones
+    have four parts); ``("", 0)`` for any other kind (a Unix socket's path)."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
         return (str(addr[0]), int(addr[1]))
+    return ("", 0)
+
+
+def socket_peer(sock: socket.socket) -> tuple[str, int]:
+    """The remote address of ``sock``, or ``("", 0)`` if the socket is gone."""
+    try:
+        return peer_address(sock.getpeername())
+    except OSError:
+        return ("", 0)
 
 
 class ReadProbe:

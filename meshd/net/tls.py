@@ -40,7 +40,7 @@ import trio
 
 from meshd.errors import MeshdError
 from meshd.net.sslconn import CLOSED, SslConnection, os_reason, ssl_reason, wrap
-from meshd.net.stream import RECEIVE_SIZE, ReadProbe, SocketStream, open_tcp
+from meshd.net.stream import RECEIVE_SIZE, ReadProbe, SocketStream, open_tcp, socket_peer
 
 _WantRead = ssl.SSLWantReadError
 _WantWrite = ssl.SSLWantWriteError
@@ -92,6 +92,7 @@ class TlsStream:
         "_conn",
         "_eof_sent",
         "_fresh",
+        "_peer",
         "_peer_der",
         "_probe",
         "_reused",
@@ -104,10 +105,14 @@ class TlsStream:
     #: SSLWantRead (a failed ``read`` and a Python exception per request).
     parks_reads = True
 
-    def __init__(self, sock: socket.socket, conn: SslConnection) -> None:
+    def __init__(
+        self, sock: socket.socket, conn: SslConnection, peer: tuple[str, int] | None = None
+    ) -> None:
         #: The TCP socket (non-blocking); OpenSSL reads and writes its descriptor.
         self.sock = sock
         self._conn = conn
+        #: The remote address when known already (accepted connections), else asked for.
+        self._peer = peer
         self._closed = False
         self._broken = False
         self._eof_sent = False
@@ -336,11 +341,9 @@ class TlsStream:
 
     def peer(self) -> tuple[str, int]:
         """The remote address, or ``("", 0)`` if the socket is gone."""
-        try:
-            addr = self.sock.getpeername()
-        except OSError:
-            return ("", 0)
-        return (str(addr[0]), int(addr[1]))
+        if self._peer is not None:
+            return self._peer
+        return socket_peer(self.sock)
 
     def _send_refused(self) -> trio.BrokenResourceError | trio.ClosedResourceError:
         if self._closed:
@@ -375,6 +378,7 @@ async def _wrap(
     server_side: bool,
     server_hostname: str | None = None,
     session: ssl.SSLSession | None = None,
+    peer: tuple[str, int] | None = None,
 ) -> TlsStream:
     try:
         # The C object keeps only a weak reference to `sock`: the TlsStream holds it.
@@ -384,7 +388,7 @@ async def _wrap(
             trio.lowlevel.notify_closing(sock)
             sock.close()
         raise
-    stream = TlsStream(sock, conn)
+    stream = TlsStream(sock, conn, peer)
     try:
         if session is not None:
             # A session from another context (the certificate rotated since) can't be
@@ -429,8 +433,10 @@ async def tls_accept(sock: socket.socket | SocketStream, ctx: ssl.SSLContext) ->
 
     The socket is closed if the handshake fails or is cancelled.
     """
+    peer = None
     if isinstance(sock, SocketStream):
+        peer = sock.known_peer
         sock = sock.sock  # non-blocking already
     else:
         sock.setblocking(False)
-    return await _wrap(sock, ctx, server_side=True)
+    return await _wrap(sock, ctx, server_side=True, peer=peer)

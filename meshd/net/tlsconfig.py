@@ -73,6 +73,11 @@ def server_context(
 ) -> ssl.SSLContext:
     """A TLS 1.3 server context presenting ``cert_pem`` (leaf, then any intermediates).
 
+    A leaf alone makes OpenSSL build the chain it sends from ``roots_pem`` on every
+    handshake, verifying the leaf's signature each time: pass the leaf with the root that
+    issued it (:attr:`Identity.presented_pem <meshd.identity.material.Identity.presented_pem>`)
+    and that chain is sent as it is, for the same bytes on the wire.
+
     With ``require_client_cert`` (STRICT mTLS) clients without a certificate verified by
     ``roots_pem`` are refused; without it a client certificate is still verified if sent.
     ``guard`` sees every completed handshake (and may refuse the client).
@@ -91,9 +96,9 @@ def client_context(
     *,
     guard: PeerGuard | None = None,
 ) -> ssl.SSLContext:
-    """A TLS 1.3 client context presenting ``cert_pem`` and requiring a server verified by
-    ``roots_pem``; the server's identity is then checked with :func:`check_peer`. ``guard``
-    sees every completed handshake (and may refuse the server)."""
+    """A TLS 1.3 client context presenting ``cert_pem`` (as :func:`server_context` does) and
+    requiring a server verified by ``roots_pem``; the server's identity is then checked with
+    :func:`check_peer`. ``guard`` sees every completed handshake (and may refuse the server)."""
     ctx = _guarded(False, guard)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED

@@ -96,6 +96,22 @@ def test_leaf_must_chain_to_a_bundle_root(tmp_path: Path, ca: TestCA) -> None:
     assert loaded is not None and loaded.bundle_pems == (other.pem, ca.pem)
 
 
+def test_a_leaf_is_presented_with_the_bundle_root_that_issued_it(ca: TestCA) -> None:
+    # So OpenSSL sends that chain as it is instead of building it (and verifying the leaf)
+    # from the verify store on every handshake.
+    other = TestCA("other root")
+    identity = make_identity(ca, roots=(other.pem, ca.pem))
+    assert split_pem_certificates(identity.presented_pem) == (identity.cert_pem, ca.pem)
+    assert identity.cert_pem in identity.presented_pem
+    assert "chain_pem" not in repr(identity)
+
+
+def test_a_certificate_file_with_its_chain_is_presented_as_given(ca: TestCA) -> None:
+    leaf = make_identity(ca)
+    chained = parse_identity(leaf.key_pem, leaf.cert_pem + ca.pem, (ca.pem,))
+    assert chained.presented_pem == leaf.cert_pem + ca.pem
+
+
 def test_split_pem_certificates(ca: TestCA) -> None:
     other = TestCA("other root")
     assert split_pem_certificates(ca.pem + other.pem) == (ca.pem, other.pem)

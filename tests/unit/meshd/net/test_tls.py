@@ -322,6 +322,38 @@ async def test_one_ticket_per_handshake_keeps_resuming(pki: Pki) -> None:
     assert server.reused == [False, True, True]
 
 
+async def test_accepted_connection_keeps_nodelay_and_its_address(pki: Pki) -> None:
+    # What ListenerManager hands a listener: a socket accepted from bind_tcp's listening
+    # socket, its accept() address given, so no per-connection TCP_NODELAY or getpeername.
+    listener = bind_tcp("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    try:
+        async with trio.open_nursery() as nursery:
+            clients: list[TlsStream] = []
+
+            async def connect() -> None:
+                clients.append(await tls_connect("127.0.0.1", port, pki.client_ctx()))
+
+            nursery.start_soon(connect)
+            await trio.lowlevel.wait_readable(listener)
+            conn, addr = listener.accept()
+            conn.setblocking(False)
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            with trio.fail_after(10):
+                server_side = await tls_accept(
+                    SocketStream(conn, accepted_from=addr), pki.server_ctx()
+                )
+        try:
+            client_address = clients[0].sock.getsockname()
+            assert server_side.peer() == (client_address[0], client_address[1])
+            assert SocketStream(clients[0].sock).peer() == ("127.0.0.1", port)
+        finally:
+            await server_side.aclose()
+            await clients[0].aclose()
+    finally:
+        listener.close()
+
+
 async def test_sniff_tls_and_plaintext(pki: Pki) -> None:
     listener = bind_tcp("127.0.0.1", 0)
     port = listener.getsockname()[1]

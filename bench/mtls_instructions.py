@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""meshd-inbound's user-space instructions per full mTLS handshake: an A/B that load can't move.
+
+Not a suite (no ``run_suite``): a tool for working on the handshake path next to
+``bench/profile_mtls.py``, whose CPU per handshake moves several percent between rounds of
+the same code on a shared machine. Each checkout's ``meshd-inbound`` of the ``mtls`` suite
+(STRICT, identity from files, in front of the ``dataplane`` backend nginx) runs under
+``valgrind --tool=callgrind``; one Python client makes ``--warm`` full mTLS 1.3 handshakes
+with the ``web`` certificate, each followed by ``GET / HTTP/1.0`` as ``openssl s_time -new``
+sends it, then ``--handshakes`` more, counted between two callgrind dumps. ``nginx`` as a
+checkout measures the suite's ``nginx-back`` (one process, ``master_process off``) alike.
+
+    .venv/bin/python bench/mtls_instructions.py /tmp/base . nginx
+    .venv/bin/python bench/mtls_instructions.py --objects mypyc:/tmp/base mypyc:.
+
+Counted: user-space instructions of the server process (OpenSSL, the interpreter, libc),
+deterministic to about 0.3% with ``PYTHONHASHSEED=0``; ``--objects`` splits them by shared
+object (libcrypto, libssl, libc, python3.11, ...). Not counted: the kernel's share (system
+calls: ``strace -c`` them) and scheduling, so a change of syscalls or wake-ups still needs
+``profile_mtls.py``. A checkout takes about half a minute (meshd starts slowly under valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dataplane as dp
+import mtls
+from certs import Pki, write_pki
+from common import (
+    BenchError,
+    Context,
+    ManagedProcess,
+    ProcessGroup,
+    WrkParams,
+    ensure_tools,
+    free_ports,
+    http_get,
+    render,
+    wait_for_port,
+)
+from profile_l7 import _checkout_ctx
+
+#: The checkout name that measures the suite's ``nginx-back`` instead of a meshd.
+NGINX = "nginx"
+_TOTALS = re.compile(r"^(?:totals|summary): (\d+)", re.M)
+_START_S = 300.0
+
+
+def handshakes(port: int, pki: Pki, count: int) -> int:
+    """``count`` full mTLS handshakes one after the other, each with ``GET / HTTP/1.0`` read to
+    its end (the ``mtls`` suite's check exchange, as ``openssl s_time -new``); how many were
+    answered 200."""
+    ok = 0
+    for _ in range(count):
+        data = mtls._mtls_exchange(port, pki, with_cert=True)
+        ok += data.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+    return ok
+
+
+def dump(proc: ManagedProcess, out: Path) -> Path:
+    """Make callgrind write (and zero) its counters; the file it wrote."""
+    before = set(out.parent.glob(f"{out.name}.*"))
+    subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        for path in set(out.parent.glob(f"{out.name}.*")) - before:
+            if _TOTALS.search(path.read_text(errors="replace")):
+                return path
+        time.sleep(0.2)
+    raise BenchError(f"{proc.name}: callgrind wrote no dump:\n{proc.log_tail()}")
+
+
+def by_object(path: Path) -> Counter[str]:
+    """Instructions per shared object in a callgrind dump (each function's own cost)."""
+    names: dict[str, str] = {}
+    costs: Counter[str] = Counter()
+    current = ""
+    after_call = False
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("ob=", "cob=")):
+            ident, _, name = line.split("=", 1)[1].partition(" ")
+            if name:
+                names[ident] = name
+            if line.startswith("ob="):
+                current = names.get(ident, ident)
+        elif line.startswith("calls="):
+            after_call = True  # the next cost line is the call's inclusive cost
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if after_call:
+                after_call = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2:
+                costs[current] += int(parts[1])
+    return costs
+
+
+def _start_meshd(
+    ctx: Context, procs: ProcessGroup, pki: Pki, backend: int, out: Path
+) -> tuple[ManagedProcess, int]:
+    port, admin = free_ports(2)
+    workdir = out.parent
+    ports = {"port": port, "admin_port": admin, "app_port": backend, "inbound_port": port}
+    bootstrap = mtls.sidecar_config(workdir, pki, "api", **ports)
+    env = {**ctx.project_env(), "PYTHONHASHSEED": "0"}
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", ctx.python]
+    argv += ["-m", "meshd", "run", "-c", str(bootstrap), "--log-level", "warning"]
+    proc = procs.start("meshd-inbound", argv, cwd=workdir, env=env)
+    for wanted in (admin, port):
+        wait_for_port(wanted, proc, timeout=_START_S)
+    deadline = time.monotonic() + _START_S
+    while http_get(admin, "/ready")[0] != 200:
+        if time.monotonic() > deadline:
+            raise BenchError(f"meshd-inbound never became ready:\n{proc.log_tail()}")
+        time.sleep(0.5)
+    return proc, port
+
+
+def _start_nginx(
+    nginx: str, procs: ProcessGroup, workdir: Path, backend: int, out: Path
+) -> tuple[ManagedProcess, int]:
+    (port,) = free_ports(1)
+    conf = workdir / "nginx.conf"
+    values = {"dir": workdir, "user_line": dp._user_line(), "port": port, "backend_port": backend}
+    render("nginx-mtls-back.conf", conf, **values)
+    # One process, so the worker's instructions are the counted process's.
+    conf.write_text(conf.read_text().replace("daemon off;", "daemon off;\nmaster_process off;"))
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", nginx]
+    argv += ["-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+    proc = procs.start("nginx-back", argv, cwd=workdir)
+    wait_for_port(port, proc, timeout=_START_S)
+    return proc, port
+
+
+def measure(
+    base: Context, spec: str, index: int, pki: Pki, backend: int, args: argparse.Namespace
+) -> tuple[float, Counter[str]]:
+    """Instructions per handshake of one checkout (or ``nginx``), and their split by object."""
+    workdir = base.tempdir(f"server-{index}" if spec != NGINX else "nginx-back")
+    out = workdir / "callgrind.out"
+    with ProcessGroup() as procs:
+        if spec == NGINX:
+            server, port = _start_nginx(args.nginx, procs, workdir, backend, out)
+        else:
+            ctx = _checkout_ctx(Context(base.root, base.python, base.wrk, workdir), spec, index)
+            server, port = _start_meshd(ctx, procs, pki, backend, out)
+        if handshakes(port, pki, args.warm) != args.warm:
+            raise BenchError(f"{spec}: the warm-up handshakes were not all answered 200")
+        dump(server, out)
+        if handshakes(port, pki, args.handshakes) != args.handshakes:
+            raise BenchError(f"{spec}: the handshakes were not all answered 200")
+        counted = dump(server, out)
+    total = _TOTALS.search(counted.read_text(errors="replace"))
+    assert total is not None
+    return int(total.group(1)) / args.handshakes, by_object(counted)
+
+
+def main(argv: list[str]) -> int:
+    """Parse the arguments, measure each checkout, print instructions per handshake."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "checkouts",
+        nargs="+",
+        help=f"meshd source trees (mypyc:DIR: DIR's compiled build; {NGINX}: nginx-back)",
+    )
+    parser.add_argument("--handshakes", type=int, default=60)
+    parser.add_argument("--warm", type=int, default=20)
+    parser.add_argument("--objects", action="store_true", help="split by shared object")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is needed (apt-get install valgrind)")
+    tools = ensure_tools({"nginx": "nginx-light"})
+    args.nginx = tools["nginx"]
+    workroot = Path(tempfile.mkdtemp(prefix="meshd-mtls-instructions-"))
+    try:
+        base = Context(Path.cwd(), sys.executable, WrkParams.from_env(), workroot)
+        pki = write_pki(base.tempdir("pki"), mtls.SERVICES)
+        (backend,) = free_ports(1)
+        with ProcessGroup() as procs:
+            dp.start_nginx(
+                base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend
+            )
+            first = 0.0
+            for index, spec in enumerate(args.checkouts):
+                per_hs, objects = measure(base, spec, index, pki, backend, args)
+                first = first or per_hs
+                print(
+                    f"IR_PER_HANDSHAKE {spec}: {per_hs:,.0f} (x{per_hs / first:.4f} of the first)",
+                    flush=True,
+                )
+                if args.objects:
+                    for name, count in objects.most_common(6):
+                        print(f"    {count / args.handshakes:>12,.0f}  {name}", flush=True)
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
