@@ -199,9 +199,19 @@ async def query(client: httpx.AsyncClient, promql: str) -> list[dict[str, Any]]:
     return result
 
 
-def own_labels(metric: dict[str, str]) -> dict[str, str]:
-    """A series' labels without the ones Prometheus adds (name, job, instance)."""
-    return {k: v for k, v in metric.items() if k not in {"__name__", "job", "instance"}}
+#: A series' own labels, sorted: what identifies it within its family.
+Key = tuple[tuple[str, str], ...]
+
+
+def key(metric: dict[str, str], *, drop: tuple[str, ...] = ()) -> Key:
+    """A series' labels without the ones Prometheus adds (name, job, instance) and ``drop``."""
+    skip = {"__name__", "job", "instance", *drop}
+    return tuple(sorted((k, v) for k, v in metric.items() if k not in skip))
+
+
+async def values(client: httpx.AsyncClient, promql: str) -> dict[Key, float]:
+    """An instant query's values by :func:`key`."""
+    return {key(s["metric"]): float(s["value"][1]) for s in await query(client, promql)}
 
 
 async def test_prometheus_scrapes_sidecar_metrics(
@@ -226,7 +236,7 @@ async def test_prometheus_scrapes_sidecar_metrics(
 
             await until(scraped, "the first scrape")
             [target] = targets
-            assert (target["health"], target["lastError"]) == ("up", ""), target
+            assert (target["health"], target["lastError"]) == ("up", ""), target["lastError"]
 
             total = float(sum(SENT.values()))
 
@@ -242,11 +252,7 @@ async def test_prometheus_scrapes_sidecar_metrics(
 
 
 async def _check_series(client: httpx.AsyncClient, app_port: int) -> None:
-    requests = {
-        tuple(sorted(own_labels(s["metric"]).items())): float(s["value"][1])
-        for s in await query(client, "meshd_requests_total")
-    }
-    want: dict[tuple[tuple[str, str], ...], float] = {}
+    want: dict[Key, float] = {}
     for (method, path, status), count in SENT.items():
         odd = path.startswith("/odd")
         labels = {
@@ -257,28 +263,38 @@ async def _check_series(client: httpx.AsyncClient, app_port: int) -> None:
             "method": method,
             "code": str(status),
         }
-        want[tuple(sorted(labels.items()))] = count
-    assert requests == want
+        want[key(labels)] = count
+    assert await values(client, "meshd_requests_total") == want
 
-    by_endpoint = {
-        (s["metric"]["cluster"], s["metric"]["endpoint"], s["metric"]["code_class"]): s["value"][1]
-        for s in await query(client, "meshd_upstream_endpoint_requests_total")
-    }
-    assert by_endpoint[(ODD_CLUSTER, f"127.0.0.1:{app_port}", "2xx")] == "4"
+    by_endpoint = await values(client, "meshd_upstream_endpoint_requests_total")
+    odd_endpoint = key(
+        {"cluster": ODD_CLUSTER, "endpoint": f"127.0.0.1:{app_port}", "code_class": "2xx"}
+    )
+    assert by_endpoint[odd_endpoint] == SENT[("GET", "/odd/x", 200)]
 
+    # Each histogram series: as many observations as requests, buckets cumulative up to +Inf.
+    assert await values(client, "meshd_request_duration_seconds_count") == want
+    buckets: dict[Key, list[tuple[float, float]]] = {}
+    for s in await query(client, "meshd_request_duration_seconds_bucket"):
+        le = float(s["metric"]["le"])
+        buckets.setdefault(key(s["metric"], drop=("le",)), []).append((le, float(s["value"][1])))
+    assert buckets.keys() == want.keys()
+    for series, counts in buckets.items():
+        cumulative = [n for _, n in sorted(counts)]
+        assert cumulative == sorted(cumulative) and cumulative[-1] == want[series], counts
     # Over the raw buckets (no rate(): every count was there at the first scrape).
-    buckets = "sum by (le, route) (meshd_request_duration_seconds_bucket)"
-    quantiles = await query(client, f"histogram_quantile(0.9, {buckets})")
+    by_route = "sum by (le, route) (meshd_request_duration_seconds_bucket)"
+    quantiles = await query(client, f"histogram_quantile(0.9, {by_route})")
     assert {q["metric"]["route"] for q in quantiles} == {ODD_ROUTE, "plain"}
     for q in quantiles:
         value = float(q["value"][1])
         assert math.isfinite(value) and 0 < value <= 10, q
 
     processes = await query(client, '{__name__=~"process_.+", job="meshd"}')
-    assert {s["metric"]["__name__"] for s in processes} >= PROCESS_METRICS
-    values = {s["metric"]["__name__"]: float(s["value"][1]) for s in processes}
-    assert values["process_resident_memory_bytes"] > 0
-    assert values["process_open_fds"] > 0
+    found = {s["metric"]["__name__"]: float(s["value"][1]) for s in processes}
+    assert found.keys() >= PROCESS_METRICS
+    assert found["process_resident_memory_bytes"] > 0
+    assert found["process_open_fds"] > 0
 
 
 async def _check_promtool(promtool: Path, admin_port: int) -> None:
