@@ -112,8 +112,9 @@ class ServerTls:
         domain = self._trust_domain()
         ttl = self._leaf_ttl()
         index = self._ca.index
+        signer = self._ca.signer
         cert = sign_server(
-            self._ca.signer,
+            signer,
             key.public_key(),
             domain,
             dns_names=self._dns_names,
@@ -124,13 +125,18 @@ class ServerTls:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.load_verify_locations(cadata="".join(self._ca.bundle_pem()))
+        # The leaf with the root that signed it: given a leaf alone, OpenSSL builds the chain
+        # it sends from the verify store on every handshake, verifying the leaf's signature
+        # each time (as meshd's Identity.presented_pem says); a chain given is sent as it is,
+        # the same two certificates.
         cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        chain_pem = cert_pem + signer.cert.public_bytes(serialization.Encoding.PEM)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        with pem_path(cert_pem) as cert_path, pem_path(key_pem) as key_path:
+        with pem_path(chain_pem) as cert_path, pem_path(key_pem) as key_path:
             ctx.load_cert_chain(cert_path, key_path)
         return ServerCertificate(cert, ctx, domain, index, self._ca.state)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from controld.ca import servertls
 from controld.ca.rotation import CertificateAuthority
 from controld.ca.servertls import ServerTls, server_sans
 from controld.registry import serverlimits
@@ -184,3 +185,25 @@ async def test_new_connections_get_the_new_signer_after_activate(
     assert "controld.example" in san.value.get_values_for_type(x509.DNSName)
     for stream in (before, after):
         await stream.aclose()
+
+
+def test_the_leaf_is_loaded_with_the_root_that_signed_it(
+    ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a leaf alone, OpenSSL would build the chain it sends (the same two certificates)
+    # from the verify store on every handshake, verifying our own leaf's signature each time.
+    loaded: list[bytes] = []
+
+    @contextmanager
+    def recorded(data: bytes) -> Iterator[str]:
+        loaded.append(data)
+        with pem_path(data) as path:
+            yield path
+
+    monkeypatch.setattr(servertls, "pem_path", recorded)
+    pem = serialization.Encoding.PEM
+    ca.stage_new_root()
+    ca.activate()  # the bundle is (old, new) and the new root signs
+    current = ServerTls(ca, lambda: "mesh.local", leaf_ttl=lambda: timedelta(hours=1)).current
+    chains = [data for data in loaded if b"CERTIFICATE" in data]
+    assert chains == [current.cert.public_bytes(pem) + ca.signer.cert.public_bytes(pem)]
