@@ -1,4 +1,6 @@
-"""CA pins: how a join token names the roots a sidecar may trust for controld's certificate.
+"""CA pins, and which root signed a certificate.
+
+Pins are how a join token names the roots a sidecar may trust for controld's certificate.
 
 A pin is the SHA-256 of a root certificate's SubjectPublicKeyInfo (DER), base64url without
 padding (43 characters), as kubeadm's ``--discovery-token-ca-cert-hash`` pins a cluster CA.
@@ -13,9 +15,10 @@ import hashlib
 import re
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["JOIN_TOKEN_PATTERN", "parse_join_token_pins", "spki_pin"]
+__all__ = ["JOIN_TOKEN_PATTERN", "parse_join_token_pins", "signed_by", "spki_pin"]
 
 #: A join token: id, secret, then zero to two pins.
 JOIN_TOKEN_PATTERN = re.compile(
@@ -37,3 +40,14 @@ def parse_join_token_pins(token: str) -> tuple[str, ...]:
     if match is None or not match.group(3):
         return ()
     return tuple(match.group(3)[1:].split("."))
+
+
+def signed_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    """Whether ``root`` signed ``cert`` directly (issuer name and signature both match)."""
+    if cert.issuer != root.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import trio
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from controld.ca.authority import (
     DEFAULT_LEAF_TTL,
@@ -37,6 +36,7 @@ from controld.ca.authority import (
 )
 from controld.ca.errors import CAFileError, RotationError
 from controld.ca.storage import CAStore
+from meshcore.pki import signed_by
 
 __all__ = ["MAX_BUNDLE_WAIT_S", "CertificateAuthority", "RotationState"]
 
@@ -141,16 +141,8 @@ class CertificateAuthority:
 
     def issuer_id(self, leaf: x509.Certificate) -> str | None:
         """The id of the bundle root that signed ``leaf`` (``None``: none of them)."""
-        for root_id in self._state.bundle:
-            root = self._roots[root_id]
-            if leaf.issuer != root.cert.subject:
-                continue
-            try:
-                leaf.verify_directly_issued_by(root.cert)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return root_id
-        return None
+        bundle = self._state.bundle
+        return next((r for r in bundle if signed_by(leaf, self._roots[r].cert)), None)
 
     @property
     def signer(self) -> RootCA:

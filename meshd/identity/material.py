@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
+from meshcore.pki import signed_by
 from meshd.identity.csr import spiffe_ids
 from meshd.identity.errors import InvalidIdentity
 from meshd.identity.keys import PrivateKey, key_from_pem, key_to_pem, same_public_key
@@ -83,13 +83,7 @@ def _load_cert(pem: bytes, source: str) -> x509.Certificate:
 
 def _issuer(leaf: x509.Certificate, roots: list[x509.Certificate]) -> int | None:
     """The index of the root in ``roots`` that signed ``leaf``, or None."""
-    for i, root in enumerate(roots):
-        try:
-            leaf.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return i
-    return None
+    return next((i for i, root in enumerate(roots) if signed_by(leaf, root)), None)
 
 
 def parse_identity(
