@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshcore import __version__
-from meshcore.deferimports import import_deferring, skip_pydantic_plugin_scan
+from meshcore.deferimports import (
+    import_deferring,
+    pthread_found_without_ldconfig,
+    skip_pydantic_plugin_scan,
+)
 from meshcore.errors import ConfigError
 from meshd.errors import MeshdError
 
@@ -20,11 +24,53 @@ if TYPE_CHECKING:
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, asking the terminal's width only when it formats text.
+
+    argparse makes a formatter for every argument it adds, and argparse's own asks
+    :func:`shutil.get_terminal_size` every time, so merely parsing a command line imports
+    :mod:`shutil` (with bz2 and lzma): ~0.6 MB resident in every sidecar (issue 15). This one
+    asks when usage, help or an error is written, so the text is the same.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(
+            prog, indent_increment, max_help_position, _NO_WIDTH_YET if width is None else width
+        )
+        self._asked_width = width
+        self._asked_max_help_position = max_help_position
+
+    def format_help(self) -> str:
+        if self._asked_width is None:
+            import shutil
+
+            # What argparse.HelpFormatter.__init__ does with width=None.
+            width = shutil.get_terminal_size().columns - 2
+            self._width = width
+            self._max_help_position = min(
+                self._asked_max_help_position, max(width - 20, self._indent_increment * 2)
+            )
+        return super().format_help()
+
+
+#: A width for the formatters argparse makes only to check an argument (they format no text).
+_NO_WIDTH_YET = 78
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshd", description="meshd sidecar proxy")
+    parser = argparse.ArgumentParser(
+        prog="meshd", description="meshd sidecar proxy", formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the sidecar")
+    # prog given: argparse would format the parser's usage to find it (and ask the width).
+    sub = parser.add_subparsers(dest="command", required=True, prog="meshd")
+    run = sub.add_parser("run", help="run the sidecar", formatter_class=_HelpFormatter)
     run.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
     run.add_argument("--log-format", choices=("json", "console"), default="json")
     run.add_argument(
@@ -50,7 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     # A worker's channel to its primary, and the listening sockets it inherits (NAME=FD).
     run.add_argument("--worker-channel", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--worker-listen-fd", action="append", default=[], help=argparse.SUPPRESS)
-    check = sub.add_parser("validate", help="check a bootstrap file and its snapshot, then exit")
+    check = sub.add_parser(
+        "validate",
+        help="check a bootstrap file and its snapshot, then exit",
+        formatter_class=_HelpFormatter,
+    )
     check.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
     return parser
 
@@ -85,8 +135,10 @@ def _defer_unused_imports() -> None:
     sys.modules.setdefault("better_exceptions", None)  # type: ignore[arg-type]
     skip_pydantic_plugin_scan()
     import_deferring("structlog", ("asyncio",))
-    # trio reads idna (and its tables) only to encode a host name that isn't ASCII.
-    import_deferring("trio", ("idna",))
+    # trio reads idna (and its tables) only to encode a host name that isn't ASCII, and looks
+    # for the pthread library with ldconfig (a child process, tempfile and shutil).
+    with pthread_found_without_ldconfig():
+        import_deferring("trio", ("idna",))
 
 
 def _validate_controld(path: Path, bootstrap: Bootstrap) -> int:
