@@ -21,13 +21,18 @@ meshd loads cost an idle sidecar about 3.5 MB (of ~46) for nothing it uses:
   libraries): ~0.5 MB, and a fork at every start. :func:`pthread_found_without_ldconfig` answers
   that one question itself on glibc, which names the library ``libpthread.so.0`` everywhere.
 
-All must run before the library's first import (meshd's CLI calls them first thing); a module
+And one the other way round: :func:`call_and_forget` runs a one-off job at start (meshd's
+command line parser) and then drops the modules it imported, so the memory they took is reused
+by what the process imports next.
+
+The others must run before the library's first import (meshd's CLI calls them first thing); a module
 already imported is left as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -37,6 +42,7 @@ from types import ModuleType
 from typing import Any
 
 __all__ = [
+    "call_and_forget",
     "declares_pydantic_plugins",
     "import_deferring",
     "pthread_found_without_ldconfig",
@@ -197,3 +203,30 @@ def _is_glibc() -> bool:
     except (ValueError, OSError):  # not a name this libc knows
         return False
     return bool(version) and str(version).startswith("glibc ")
+
+
+def call_and_forget(module: str, function: str, *args: Any, forget: Iterable[str] = ()) -> Any:
+    """``module.function(*args)``, then ``module`` and the modules of ``forget`` forgotten.
+
+    Each of them that this call imported leaves ``sys.modules`` and its package's attributes,
+    and a collection frees it, so its memory goes to what the process allocates next; a module
+    imported before the call stays. For a job done once: what it returns must hold nothing of
+    those modules (plain values), or they stay alive anyway, and a later import loads a module
+    afresh.
+    """
+    loaded = set(sys.modules)
+    try:
+        return getattr(importlib.import_module(module), function)(*args)
+    finally:
+        for name in (module, *forget):
+            if name not in loaded:
+                _forget(name)
+        gc.collect()
+
+
+def _forget(name: str) -> None:
+    module = sys.modules.pop(name, None)
+    package, _, attribute = name.rpartition(".")
+    parent = sys.modules.get(package)
+    if module is not None and parent is not None and getattr(parent, attribute, None) is module:
+        delattr(parent, attribute)

@@ -3,18 +3,20 @@ finds an installed plugin."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from meshcore.deferimports import declares_pydantic_plugins, import_deferring
+from meshcore.deferimports import call_and_forget, declares_pydantic_plugins, import_deferring
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -199,3 +201,16 @@ def test_trio_still_names_its_threads() -> None:
     assert done.returncode == 0, done.stderr.decode()
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])
     assert result == {"names_threads": True, "loaded": []}
+
+
+def test_call_and_forget_frees_what_the_call_imported(modules: tuple[str, str]) -> None:
+    lib, dep = modules
+    kept = "json"  # imported before the call: stays
+    assert kept in sys.modules
+    assert call_and_forget(lib, "use", forget=(dep, kept)) == 42
+    assert lib not in sys.modules
+    assert dep not in sys.modules
+    assert kept in sys.modules
+    alive = {o.__name__ for o in gc.get_objects() if isinstance(o, types.ModuleType)}
+    assert not {lib, dep} & alive
+    assert call_and_forget(lib, "use") == 42  # imported afresh

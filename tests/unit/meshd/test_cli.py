@@ -1,5 +1,6 @@
-"""Tests for meshd.cli's argument parser: the same usage and help text as argparse's own
-formatter, without importing shutil to parse a command line (issue 15)."""
+"""Tests for meshd's command line (meshd.cliargs, meshd.cli): the same usage and help text as
+argparse's own formatter, without importing shutil to parse a command line, and the parser
+forgotten once it has parsed (issue 15)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.cli import _parser
+from meshd.cliargs import parser
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,10 +29,10 @@ def test_help_and_usage_as_argparse_writes_them(
     monkeypatch: pytest.MonkeyPatch, columns: str
 ) -> None:
     monkeypatch.setenv("COLUMNS", columns)
-    ours = _parsers(_parser())
-    plain = _parsers(_parser())
-    for parser in plain:
-        parser.formatter_class = argparse.HelpFormatter
+    ours = _parsers(parser())
+    plain = _parsers(parser())
+    for each in plain:
+        each.formatter_class = argparse.HelpFormatter
     assert [p.prog for p in ours] == ["meshd", "meshd run", "meshd validate"]
     for mine, theirs in zip(ours, plain, strict=True):
         assert mine.format_help() == theirs.format_help()
@@ -39,14 +40,22 @@ def test_help_and_usage_as_argparse_writes_them(
 
 
 _PROGRAM = """
-import json, sys
-from meshd.cli import _parser
-args = _parser().parse_args(["run", "-c", "bootstrap.yaml", "--log-level", "INFO"])
-print(json.dumps({"level": args.log_level, "shutil": "shutil" in sys.modules}))
+import gc, json, sys, types
+before = [m for m in ("argparse", "gettext") if m in sys.modules]
+from meshd.cli import _options
+options = _options(["run", "-c", "bootstrap.yaml", "--log-level", "INFO"])
+gone = ("argparse", "gettext", "meshd.cliargs", "shutil")
+alive = [o.__name__ for o in gc.get_objects() if isinstance(o, types.ModuleType)]
+print(json.dumps({
+    "before": before,
+    "options": [options.command, str(options.config), options.log_level, options.worker_index],
+    "listed": [m for m in gone if m in sys.modules],
+    "alive": [m for m in gone if m in alive],
+}))
 """
 
 
-def test_parsing_imports_no_shutil() -> None:
+def test_the_parser_is_forgotten_once_it_has_parsed() -> None:
     done = subprocess.run(
         [sys.executable, "-c", _PROGRAM],
         capture_output=True,
@@ -55,4 +64,8 @@ def test_parsing_imports_no_shutil() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
-    assert json.loads(done.stdout.decode()) == {"level": "info", "shutil": False}
+    result = json.loads(done.stdout.decode())
+    assert result["before"] == []
+    assert result["options"] == ["run", "bootstrap.yaml", "info", 0]
+    # Neither listed nor alive: freed for what the sidecar imports next.
+    assert result["listed"] == result["alive"] == []
