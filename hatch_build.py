@@ -48,6 +48,11 @@ OPT_LEVEL = "3"
 #: hash over it, so two builds of the same source would differ (packaging/build strips the
 #: modules anyway).
 DEBUG_LEVEL = "0"
+#: What the extension modules export (a GNU linker version script; Linux only). Python looks up
+#: only ``PyInit_*``, and the modules reach the shared group library through Python, never by
+#: symbol, so everything else stays local: ~170 kB fewer dynamic symbols and relocations loaded
+#: into every process, and direct calls where the linker made calls through the PLT (issue 15).
+EXPORTS = "{\n  global: PyInit_*;\n  local: *;\n};\n"
 #: The packages whose source the compiled modules are typed against (the cache key).
 SOURCE_PACKAGES = ("meshd", "meshcore")
 _VERSION_LINE = re.compile(rb"^__version__ = .*$", re.M)
@@ -150,6 +155,11 @@ def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
             debug_level=DEBUG_LEVEL,
             target_dir=str(work / "c"),
         )
+        if sys.platform.startswith("linux"):
+            exports = work / "exports.map"
+            exports.write_text(EXPORTS)
+            for ext in extensions:
+                ext.extra_link_args = [*ext.extra_link_args, f"-Wl,--version-script={exports}"]
         dist = Distribution({"name": "meshd-mypyc", "ext_modules": extensions})
         build_ext = dist.get_command_obj("build_ext")
         build_ext.build_lib = str(lib)
@@ -163,7 +173,7 @@ def cache_key(root: Path, modules: list[str]) -> str:
     import mypy.version
 
     digest = hashlib.sha256()
-    parts = (sys.version, _ext_suffix(), mypy.version.__version__, OPT_LEVEL, DEBUG_LEVEL)
+    parts = (sys.version, _ext_suffix(), mypy.version.__version__, OPT_LEVEL, DEBUG_LEVEL, EXPORTS)
     for part in (*parts, *modules):
         digest.update(part.encode() + b"\0")
     for package in SOURCE_PACKAGES:

@@ -12,6 +12,7 @@ the checkout as it is.
 
 from __future__ import annotations
 
+import compileall
 import os
 import shutil
 import subprocess
@@ -99,11 +100,16 @@ def prepare(root: Path, kind: str, dest: Path) -> MeshdBuild:
 
 def _assemble(root: Path, lib: Path, dest: Path, packages: tuple[str, ...]) -> None:
     """Copy ``packages`` from ``root`` and the extension modules of ``lib`` over them: Python
-    imports an extension module before the ``.py`` of the same name, as installed."""
+    imports an extension module before the ``.py`` of the same name, as installed. The copies
+    are byte-compiled, as the packages' install scripts do: a daemon that compiles its modules
+    from source at every start (``PYTHONDONTWRITEBYTECODE``, no ``__pycache__``) keeps ~0.4 MB
+    more resident than an installed one."""
     for package in packages:
         shutil.copytree(
             root / package, dest / package, ignore=shutil.ignore_patterns("__pycache__")
         )
+        if not compileall.compile_dir(dest / package, quiet=1):
+            raise BuildError(f"byte-compiling {dest / package} failed")
     suffix = str(sysconfig.get_config_var("EXT_SUFFIX"))
     for ext in lib.rglob("*" + suffix):
         target = dest / ext.relative_to(lib)

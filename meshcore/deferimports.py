@@ -15,23 +15,45 @@ meshd loads cost an idle sidecar about 3.5 MB (of ~46) for nothing it uses:
   pydantic's loader when it finds one, or whenever it can't tell (another distribution finder,
   a zip file on ``sys.path``). So an installed plugin still loads.
 
-Both must run before the library's first import (meshd's CLI calls them first thing); a module
+* trio names its worker threads through ``pthread_setname_np``, and to find that function it
+  calls :func:`ctypes.util.find_library` when imported. That runs ``ldconfig -p`` in a child
+  process and imports :mod:`tempfile` and :mod:`shutil` (with the bz2 and lzma modules and
+  libraries): ~0.5 MB, and a fork at every start. :func:`pthread_found_without_ldconfig` answers
+  that one question itself on glibc, which names the library ``libpthread.so.0`` everywhere.
+
+And one the other way round: :func:`call_and_forget` runs a one-off job at start (meshd's
+command line parser) and then drops the modules it imported, so the memory they took is reused
+by what the process imports next.
+
+The others must run before the library's first import (meshd's CLI calls them first thing); a module
 already imported is left as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib.machinery import PathFinder
 from types import ModuleType
 from typing import Any
 
-__all__ = ["declares_pydantic_plugins", "import_deferring", "skip_pydantic_plugin_scan"]
+__all__ = [
+    "call_and_forget",
+    "declares_pydantic_plugins",
+    "import_deferring",
+    "pthread_found_without_ldconfig",
+    "skip_pydantic_plugin_scan",
+]
 
 _PYDANTIC_LOADER = "pydantic.plugin._loader"
+_CTYPES_UTIL = "ctypes.util"
+#: glibc's soname of its threads library (a stub since 2.34 that resolves to libc's functions):
+#: what ``ldconfig -p`` lists for ``pthread`` on every glibc system.
+_GLIBC_PTHREAD = "libpthread.so.0"
 
 
 def import_deferring(name: str, deferred: Iterable[str]) -> ModuleType:
@@ -140,3 +162,71 @@ def _has_pydantic_group(path: str) -> bool:
         if line.startswith("[") and line.endswith("]") and line[1:-1].strip() == "pydantic":
             return True
     return False
+
+
+@contextlib.contextmanager
+def pthread_found_without_ldconfig() -> Iterator[None]:
+    """Within the block, ``ctypes.util.find_library("pthread")`` answers without ``ldconfig``.
+
+    On glibc, while :mod:`ctypes.util` isn't imported yet, a stand-in takes its place (in
+    ``sys.modules`` and as the ``ctypes`` package's attribute) that answers ``pthread`` with
+    glibc's soname; any other name, or any other use, imports the real module and asks it. The
+    stand-in is gone after the block, so every later importer gets the real module.
+    """
+    import ctypes
+
+    if _CTYPES_UTIL in sys.modules or not _is_glibc():
+        yield
+        return
+    stand_in = _stand_in(_CTYPES_UTIL)
+
+    def find_library(name: str) -> str | None:
+        if name == "pthread":
+            return _GLIBC_PTHREAD
+        return stand_in.__getattr__("find_library")(name)  # type: ignore[no-any-return]
+
+    stand_in.find_library = find_library  # type: ignore[attr-defined]
+    sys.modules[_CTYPES_UTIL] = stand_in
+    ctypes.util = stand_in  # type: ignore[attr-defined]  # what `import ctypes.util` binds
+    try:
+        yield
+    finally:
+        if sys.modules.get(_CTYPES_UTIL) is stand_in:
+            del sys.modules[_CTYPES_UTIL]
+        if getattr(ctypes, "util", None) is stand_in:
+            del ctypes.util  # type: ignore[attr-defined]
+
+
+def _is_glibc() -> bool:
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):  # not a name this libc knows
+        return False
+    return bool(version) and str(version).startswith("glibc ")
+
+
+def call_and_forget(module: str, function: str, *args: Any, forget: Iterable[str] = ()) -> Any:
+    """``module.function(*args)``, then ``module`` and the modules of ``forget`` forgotten.
+
+    Each of them that this call imported leaves ``sys.modules`` and its package's attributes,
+    and a collection frees it, so its memory goes to what the process allocates next; a module
+    imported before the call stays. For a job done once: what it returns must hold nothing of
+    those modules (plain values), or they stay alive anyway, and a later import loads a module
+    afresh.
+    """
+    loaded = set(sys.modules)
+    try:
+        return getattr(importlib.import_module(module), function)(*args)
+    finally:
+        for name in (module, *forget):
+            if name not in loaded:
+                _forget(name)
+        gc.collect()
+
+
+def _forget(name: str) -> None:
+    module = sys.modules.pop(name, None)
+    package, _, attribute = name.rpartition(".")
+    parent = sys.modules.get(package)
+    if module is not None and parent is not None and getattr(parent, attribute, None) is module:
+        delattr(parent, attribute)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 
 __all__ = ["pem_path"]
@@ -26,6 +25,8 @@ def pem_path(data: bytes) -> Iterator[str]:
         finally:
             os.close(fd)
         return
+    import tempfile  # only here: an idle sidecar doesn't load it (with shutil, bz2 and lzma)
+
     with tempfile.TemporaryDirectory(prefix="mesh-pem-") as tmp:
         path = os.path.join(tmp, "pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

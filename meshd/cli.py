@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshcore import __version__
-from meshcore.deferimports import import_deferring, skip_pydantic_plugin_scan
+from meshcore.deferimports import (
+    call_and_forget,
+    import_deferring,
+    pthread_found_without_ldconfig,
+    skip_pydantic_plugin_scan,
+)
 from meshcore.errors import ConfigError
 from meshd.errors import MeshdError
 
@@ -17,47 +21,32 @@ if TYPE_CHECKING:
     from meshcore.model.bootstrap import Bootstrap
     from meshd.sidecar import Sidecar
 
-_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+@dataclass(frozen=True)
+class Options:
+    """The parsed command line (:mod:`meshd.cliargs`; ``validate`` gives only ``config``)."""
+
+    command: str
+    config: Path
+    log_format: str = "json"
+    log_level: str = "info"
+    takeover: bool = False
+    handoff_socket: Path | None = None
+    worker_index: int = 0
+    worker_channel: int | None = None
+    worker_listen_fd: list[str] = field(default_factory=list)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshd", description="meshd sidecar proxy")
-    parser.add_argument("--version", action="version", version=f"meshd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the sidecar")
-    run.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
-    run.add_argument("--log-format", choices=("json", "console"), default="json")
-    run.add_argument(
-        "--log-level",
-        choices=_LEVELS,
-        type=str.lower,
-        default=os.environ.get("MESHD_LOG_LEVEL", "info").lower(),
-    )
-    run.add_argument(
-        "--takeover",
-        action="store_true",
-        help="take the listening sockets over from the meshd running with this bootstrap "
-        "(restart without socket activation); start normally if none runs",
-    )
-    run.add_argument(
-        "--handoff-socket",
-        type=Path,
-        default=None,
-        help="Unix socket of the hand-off (default $RUNTIME_DIRECTORY/handoff.sock, "
-        "else BOOTSTRAP.handoff.sock)",
-    )
-    run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    # A worker's channel to its primary, and the listening sockets it inherits (NAME=FD).
-    run.add_argument("--worker-channel", type=int, default=None, help=argparse.SUPPRESS)
-    run.add_argument("--worker-listen-fd", action="append", default=[], help=argparse.SUPPRESS)
-    check = sub.add_parser("validate", help="check a bootstrap file and its snapshot, then exit")
-    check.add_argument("-c", "--config", type=Path, required=True, help="bootstrap YAML file")
-    return parser
+def _options(argv: list[str] | None) -> Options:
+    """The command line, parsed by a parser the process then forgets: argparse, gettext and the
+    parser would otherwise stay resident in every sidecar (~0.4 MB) for a job done once."""
+    parsed = call_and_forget("meshd.cliargs", "parse", argv, forget=("argparse", "gettext"))
+    return Options(**parsed)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meshd`` command."""
-    args = _parser().parse_args(argv)
+    args = _options(argv)
     _defer_unused_imports()
     if args.command == "validate":
         from meshd.sidecar import load_config
@@ -85,8 +74,10 @@ def _defer_unused_imports() -> None:
     sys.modules.setdefault("better_exceptions", None)  # type: ignore[arg-type]
     skip_pydantic_plugin_scan()
     import_deferring("structlog", ("asyncio",))
-    # trio reads idna (and its tables) only to encode a host name that isn't ASCII.
-    import_deferring("trio", ("idna",))
+    # trio reads idna (and its tables) only to encode a host name that isn't ASCII, and looks
+    # for the pthread library with ldconfig (a child process, tempfile and shutil).
+    with pthread_found_without_ldconfig():
+        import_deferring("trio", ("idna",))
 
 
 def _validate_controld(path: Path, bootstrap: Bootstrap) -> int:
@@ -108,7 +99,7 @@ def _validate_controld(path: Path, bootstrap: Bootstrap) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: Options) -> int:
     import trio
 
     from meshcore.net.accept import raise_nofile_limit
@@ -156,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     return 2 if failures else 0
 
 
-def _worker(args: argparse.Namespace) -> Sidecar:
+def _worker(args: Options) -> Sidecar:
     """Worker ``args.worker_index`` with the channel and sockets its primary passed down."""
     import signal
     import socket

@@ -43,6 +43,10 @@ LAZY = (
     # Deferred by the CLI before anything imports structlog or builds a pydantic model.
     "asyncio",
     "importlib.metadata",
+    # trio's look for the pthread library (ldconfig) and the PEM fallback without memfd.
+    "ctypes.util",
+    "tempfile",
+    "shutil",
 )
 
 # Runs one sidecar in-process, its imports set up as the CLI does: one request through its
@@ -124,4 +128,6 @@ def test_cli_defers_asyncio_and_importlib_metadata(tmp_path: Path) -> None:
     imported = [line.rpartition("|")[2].strip() for line in done.stderr.decode().splitlines()]
     assert "structlog.stdlib" in imported  # the module that imports asyncio
     assert "meshcore.model.snapshot" in imported  # pydantic models built
-    assert [m for m in ("asyncio", "importlib.metadata") if _loaded(imported, m)] == []
+    # shutil: argparse's formatter asks it the terminal's width (meshd's asks only for text).
+    deferred = ("asyncio", "importlib.metadata", "ctypes.util", "tempfile", "shutil")
+    assert [m for m in deferred if _loaded(imported, m)] == []

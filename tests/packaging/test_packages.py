@@ -66,6 +66,32 @@ def test_build_makes_a_deb_and_an_rpm_per_package(dist: Dist) -> None:
     assert conffiles.split() == ["/etc/meshd/meshd.env"]
 
 
+def test_compiled_modules_export_only_their_init(dist: Dist, tmp_path: Path) -> None:
+    # hatch_build.EXPORTS: Python looks up nothing else, so no other symbol is loaded as dynamic.
+    tree = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(dist.deb("meshd"))], capture_output=True, check=True
+    ).stdout
+    subprocess.run(
+        ["tar", "-x", "-C", str(tmp_path), "--wildcards", "*/site-packages/*.so"],
+        input=tree, check=True,
+    )  # fmt: skip
+    site = next(tmp_path.rglob("site-packages"))
+    shims = [*site.glob("meshd/**/*.so"), *site.glob("meshcore/**/*.so")]
+    assert len(shims) == len(mypyc_modules())
+    # The group library the shims load (other distributions may ship mypyc libraries too).
+    groups = {m for shim in shims for m in re.findall(rb"[0-9a-f]{20}__mypyc", shim.read_bytes())}
+    assert len(groups) == 1
+    ours = [*shims, *site.glob(f"{groups.pop().decode()}.*.so")]
+    assert len(ours) == len(shims) + 1
+    for lib in ours:
+        symbols = subprocess.run(
+            ["nm", "-D", "--defined-only", "--format=posix", str(lib)],
+            capture_output=True, text=True, check=True,
+        ).stdout.split("\n")  # fmt: skip
+        exported = [line.split()[0] for line in symbols if line.strip()]
+        assert exported and all(name.startswith("PyInit_") for name in exported), (lib, exported)
+
+
 def test_two_builds_with_the_same_source_date_epoch_are_identical(dist: Dist, again: Dist) -> None:
     assert again.path != dist.path
     assert again.sums() == dist.sums()

@@ -4,6 +4,7 @@ The compile itself is ``hatch_build``'s (exercised by ``packaging/build`` and it
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -61,7 +62,9 @@ def test_assemble_puts_the_extension_modules_beside_a_copy_of_the_source(tmp_pat
     assert (dest / "pkg" / "sub" / "mod.py").read_text() == "X = 1\n"
     assert (dest / "pkg" / "sub" / ("mod" + suffix)).read_bytes() == b"elf"
     assert (dest / ("abc__mypyc" + suffix)).exists()
-    assert not (dest / "pkg" / "sub" / "__pycache__").exists()
+    # The checkout's (here stale) .pyc isn't copied: the copy is byte-compiled, as installed.
+    compiled = dest / "pkg" / "sub" / "__pycache__" / f"mod.{sys.implementation.cache_tag}.pyc"
+    assert compiled.read_bytes().startswith(importlib.util.MAGIC_NUMBER)
 
 
 def test_the_pure_cpu_line() -> None:

@@ -3,17 +3,20 @@ finds an installed plugin."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from meshcore.deferimports import declares_pydantic_plugins, import_deferring
+from meshcore.deferimports import call_and_forget, declares_pydantic_plugins, import_deferring
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,3 +136,81 @@ def test_pydantic_plugins_load_only_when_declared(tmp_path: Path, installed: boo
         assert result == {"calls": ["Item"], "metadata": True}  # pydantic's own loader ran
     else:
         assert result == {"calls": [], "metadata": False}
+
+
+# A fresh interpreter (this one has imported ctypes.util): a module asking for the pthread
+# library inside the block, then the state after it; prints JSON.
+_PTHREAD_PROGRAM = """
+import json, sys
+from meshcore.deferimports import pthread_found_without_ldconfig
+with pthread_found_without_ldconfig():
+    import asks_pthread
+after = {"util": "ctypes.util" in sys.modules, "subprocess": "subprocess" in sys.modules}
+import ctypes.util
+print(json.dumps({
+    "found": asks_pthread.FOUND,
+    "after": after,
+    "real": ctypes.util.find_library("pthread"),
+    "other": ctypes.util.find_library("c"),
+}))
+"""
+
+
+def test_pthread_is_found_without_ldconfig(tmp_path: Path) -> None:
+    (tmp_path / "asks_pthread.py").write_text(
+        'import ctypes.util\nFOUND = ctypes.util.find_library("pthread")\n'
+    )
+    env = {"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin:/sbin:/usr/sbin"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PTHREAD_PROGRAM],
+        capture_output=True,
+        env=env,
+        timeout=45,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    if not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.skip("not glibc: the real find_library answers")
+    # The same answer as ldconfig's, with no child process and no real ctypes.util loaded.
+    assert result["found"] == result["real"] == "libpthread.so.0"
+    assert result["after"] == {"util": False, "subprocess": False}
+    assert result["other"]  # the real module answers every other name
+
+
+_TRIO_PROGRAM = """
+import json, sys
+from meshd.cli import _defer_unused_imports
+_defer_unused_imports()
+from trio._core import _thread_cache
+print(json.dumps({
+    "names_threads": _thread_cache.set_os_thread_name is not None,
+    "loaded": [m for m in ("ctypes.util", "tempfile", "shutil") if m in sys.modules],
+}))
+"""
+
+
+def test_trio_still_names_its_threads() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _TRIO_PROGRAM],
+        capture_output=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=45,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert result == {"names_threads": True, "loaded": []}
+
+
+def test_call_and_forget_frees_what_the_call_imported(modules: tuple[str, str]) -> None:
+    lib, dep = modules
+    kept = "json"  # imported before the call: stays
+    assert kept in sys.modules
+    assert call_and_forget(lib, "use", forget=(dep, kept)) == 42
+    assert lib not in sys.modules
+    assert dep not in sys.modules
+    assert kept in sys.modules
+    alive = {o.__name__ for o in gc.get_objects() if isinstance(o, types.ModuleType)}
+    assert not {lib, dep} & alive
+    assert call_and_forget(lib, "use") == 42  # imported afresh
