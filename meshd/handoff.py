@@ -304,12 +304,15 @@ class HandoffServer:
             log.warning("hand-off: another meshd serves this socket, none here", path=str(path))
             return None
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # 0600 from the start: no window with a wider mode
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # 0600 from the start: no window with a wider mode. The umask is the whole process's,
+        # so nothing between setting and restoring it may yield to another task (which would
+        # create its files with it): the stdlib socket binds here, not trio's in a thread.
+        old_umask = os.umask(0o177)
         try:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-            await sock.bind(str(tmp))
+            sock.bind(str(tmp))
             sock.listen(4)
             os.replace(tmp, path)  # atomic: a successor never finds no socket at all
         except OSError as exc:
@@ -319,7 +322,7 @@ class HandoffServer:
         finally:
             os.umask(old_umask)
         log.info("hand-off socket ready", path=str(path))
-        return sock
+        return trio.socket.from_stdlib_socket(sock)
 
     async def _serve(self, conn: trio.socket.SocketType) -> bool:
         """One successor's exchange; True once it is ready (this process hands over)."""

@@ -99,6 +99,35 @@ async def test_sockets_pass_and_ready_hands_over(tmp_path: Path, listening: sock
         sock.close()
 
 
+async def test_the_private_umask_never_reaches_other_tasks(tmp_path: Path) -> None:
+    # The hand-off socket is bound under umask 0177; the umask is the process's, so another task
+    # that runs while it is set would create its files private too.
+    path = _short_dir(tmp_path) / f"h10-um-{os.getpid()}.sock"
+    seen: set[int] = set()
+    done = trio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            mask = os.umask(0o022)
+            os.umask(mask)
+            seen.add(mask)
+            await trio.lowlevel.checkpoint()
+
+    old = os.umask(0o022)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await trio.lowlevel.checkpoint()  # the watcher runs first
+            server = HandoffServer(path, list, lambda pid: None)
+            assert await nursery.start(server.run)
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            done.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        os.umask(old)
+    assert seen == {0o022}
+
+
 async def test_refusal_and_a_successor_that_gives_up(
     tmp_path: Path, listening: socket.socket
 ) -> None:
