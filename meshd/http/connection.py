@@ -40,7 +40,7 @@ from meshd.http.forward import forward
 from meshd.http.phase import Phase
 from meshd.http.serialize import chunk
 from meshd.http.strict import valid_host
-from meshd.http.tracing import new_request_id
+from meshd.http.tracing import new_ids
 from meshd.net.stream import ProxyStream
 
 __all__ = ["HttpConnection", "Phase", "serve_http"]
@@ -221,7 +221,8 @@ class HttpConnection:
         shared = self.shared
         ex = self.exchange = Exchange(now())
         self.head = head
-        ex.request_id = head.request_id or new_request_id(shared.rng)
+        ids = ex.ids = new_ids(shared.rng)
+        ex.request_id = head.request_id or ids[:32]
         if self.peer_identity is not None:
             # The parser dropped any client-sent copy; this one the TLS handshake verified.
             head.headers.append((PEER_IDENTITY, self.peer_identity))
