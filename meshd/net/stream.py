@@ -6,9 +6,9 @@ also satisfy (handy in unit tests); the HTTP proxy needs a little more of its co
 :class:`SocketStream` and :class:`meshd.net.tls.TlsStream` both provide.
 
 :class:`SocketStream` fills them with a non-blocking stdlib socket: it calls
-``recv``/``send`` directly and parks on ``trio.lowlevel.wait_readable``/``wait_writable``
-only on ``EAGAIN``, which measured about half the cost per proxied request of
-``trio.socket`` and a third of ``trio.SocketStream``.
+``recv``/``send`` directly and parks on the trio loop's ``wait_readable``/``wait_writable``
+(:func:`io_waits`) only on ``EAGAIN``, which measured about half the cost per proxied request
+of ``trio.socket`` and a third of ``trio.SocketStream``.
 
 Errors are trio's: :class:`trio.BrokenResourceError` for a reset or broken pipe,
 :class:`trio.ClosedResourceError` after :meth:`SocketStream.aclose`.
