@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshcore.pathnorm import MalformedPath, normalize_target
+from meshcore.pathnorm import MalformedPath, _normal, normalize_target
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,3 +51,13 @@ def test_idempotent_and_without_dot_segments(segments: list[str]) -> None:
     parts = once.split(b"/")[1:]
     assert b"." not in parts and b".." not in parts
     assert b"//" not in once
+
+
+@given(st.lists(st.sampled_from([b"/", b".", b"%", b"?", b"a", b"%41"]), max_size=12))
+def test_the_common_case_is_found_as_the_path_says(pieces: list[bytes]) -> None:
+    target = b"".join(pieces)
+    path = target.partition(b"?")[0]
+    plain = path.find(b"%") < 0 and path.find(b"//") < 0 and path.find(b"/.") < 0
+    assert _normal(target) is plain
+    if plain:
+        assert normalize_target(target) is target
