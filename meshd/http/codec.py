@@ -31,7 +31,7 @@ from meshd.http.heads import (
     ResponseHead,
 )
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS, HeadLimits, HttpError
-from meshd.http.lookups import request_line_version, status_line_version
+from meshd.http.lookups import LOWER, decimal, request_line_version, status_line_version
 from meshd.http.strict import MESH_HEADER_PREFIX, SUPPORTED_VERSIONS, valid_host
 
 __all__ = [
@@ -159,7 +159,7 @@ class RequestParser(HeadLimits):
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
         head = self._head
-        lname = name.lower()
+        lname = name.translate(LOWER)
         if lname in SPECIAL:
             head._special(lname, value)
         elif lname.startswith(MESH_HEADER_PREFIX):
@@ -345,10 +345,10 @@ class ResponseParser(HeadLimits):
             raise HttpError(self._too_large, "head too large")
         if not self._in_head:
             return  # a trailer field: never merged into the head that was already sent
-        lname = name.lower()
+        lname = name.translate(LOWER)
         if lname in SPECIAL_RESPONSE:
             if lname == b"content-length":
-                self._head.content_length = int(value)  # llhttp has validated it
+                self._head.content_length = decimal(value)  # llhttp has validated it
             else:
                 self._head._special(lname, value)
         else:

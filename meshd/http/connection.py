@@ -40,7 +40,7 @@ from meshd.http.forward import forward
 from meshd.http.phase import Phase
 from meshd.http.serialize import chunk
 from meshd.http.strict import valid_host
-from meshd.http.tracing import new_request_id
+from meshd.http.tracing import new_ids
 from meshd.net.stream import ProxyStream
 
 __all__ = ["HttpConnection", "Phase", "serve_http"]
@@ -159,6 +159,7 @@ class HttpConnection:
         # costs a recv, so after misses in a row the probe backs off (1, 2, 4... up to 16
         # requests): a lone client's connection seldom tries it.
         nowait: Callable[[], bytes | None] | None = getattr(down, "receive_nowait", None)
+        checkpoint = trio.lowlevel.checkpoint  # looked up once, not twice per request
         backoff = skip = 0
         served = 0
         while not self.close_after:
@@ -171,7 +172,7 @@ class HttpConnection:
                 if skip:
                     skip -= 1
                 elif nowait is not None and served:
-                    await trio.lowlevel.checkpoint()  # the other tasks' turn (and cancellation)
+                    await checkpoint()  # the other tasks' turn (and cancellation)
                     data = nowait()
                     if data is None:
                         backoff = min(backoff * 2 or 1, _PROBE_BACKOFF_MAX)
@@ -195,7 +196,7 @@ class HttpConnection:
             if served % _YIELD_EVERY == 0:
                 # Requests normally wait on the upstream, which yields; a client whose
                 # answers are always ready must still not starve the other connections.
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
 
     def _take(self, data: bytes | bytearray) -> bool:
         """Parse bytes read while waiting for a request head; False at the client's end."""
@@ -221,7 +222,8 @@ class HttpConnection:
         shared = self.shared
         ex = self.exchange = Exchange(now())
         self.head = head
-        ex.request_id = head.request_id or new_request_id(shared.rng)
+        ids = ex.ids = new_ids(shared.rng)
+        ex.request_id = head.request_id or ids[:32]
         if self.peer_identity is not None:
             # The parser dropped any client-sent copy; this one the TLS handshake verified.
             head.headers.append((PEER_IDENTITY, self.peer_identity))

@@ -46,6 +46,7 @@ class Exchange:
         "destination",
         "error",
         "head_sent",
+        "ids",
         "request_id",
         "retries",
         "route",
@@ -66,6 +67,8 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_id: bytes | None = None
+        #: Ids drawn for the request (:func:`meshd.http.tracing.new_ids`; b"": none yet).
+        self.ids = b""
         self.upstream: Endpoint | None = None
         #: The client's SPIFFE ID (inbound mTLS), else None.
         self.source_identity: bytes | None = None

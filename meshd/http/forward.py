@@ -79,7 +79,7 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
         await c.respond(plan.abort)
         return
     traceparent = ex.traceparent = next_traceparent(
-        head.traceparent, shared.trace_sample_rate, shared.rng
+        head.traceparent, shared.trace_sample_rate, shared.rng, ex.ids
     )
     xff = head.xff + b", " + c.peer_ip if head.xff else c.peer_ip
     out = request_head_bytes(

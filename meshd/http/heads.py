@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from meshd.http.lookups import connection_tokens
+from meshd.http.lookups import connection_tokens, decimal
 from meshd.http.strict import removable
 
 __all__ = [
@@ -88,7 +88,7 @@ class MessageHead:
 
     def _special(self, lname: bytes, value: bytes) -> None:
         if lname == b"content-length":
-            self.content_length = int(value)  # llhttp has validated it
+            self.content_length = decimal(value)  # llhttp has validated it
         elif lname == b"transfer-encoding":
             self.framing = CHUNKED if value.lower().rstrip().endswith(b"chunked") else UNTIL_CLOSE
         elif lname == b"connection":

@@ -51,3 +51,14 @@ def test_idempotent_and_without_dot_segments(segments: list[str]) -> None:
     parts = once.split(b"/")[1:]
     assert b"." not in parts and b".." not in parts
     assert b"//" not in once
+
+
+@given(st.lists(st.sampled_from([b"/", b".", b"?", b"a", b"%41", b"%2f"]), max_size=12))
+def test_nothing_to_normalize_gives_the_target_back(pieces: list[bytes]) -> None:
+    target = b"".join(pieces)
+    path = target.partition(b"?")[0]
+    plain = path.find(b"%") < 0 and path.find(b"//") < 0 and path.find(b"/.") < 0
+    if plain:  # nothing to normalize: the very same object back, whatever the query holds
+        assert normalize_target(target) is target
+    else:
+        assert normalize_target(target) == normalize_target(normalize_target(target))

@@ -17,6 +17,28 @@ def test_connection_tokens() -> None:
     assert lookups.connection_tokens(b"close, X-Foo ,") == (b"close", b"x-foo", b"")
 
 
+def test_lower_table_lowercases_as_bytes_lower_does() -> None:
+    every_byte = bytes(range(256))
+    assert every_byte.translate(lookups.LOWER) == every_byte.lower()
+    assert b"Content-Length".translate(lookups.LOWER) == b"content-length"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"0", b"12", b"007", b"18446744073709551615", b"9" * 40, b" 12", b"12 ", b"+5", b"1_2"],
+)
+def test_decimal_reads_as_int_does(value: bytes) -> None:
+    assert lookups.decimal(value) == int(value)
+
+
+@pytest.mark.parametrize("value", [b"", b"1a", b"-", b"\xff"])
+def test_decimal_refuses_as_int_does(value: bytes) -> None:
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        int(value)
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        lookups.decimal(value)
+
+
 def test_memos_are_bounded() -> None:
     memo: dict[bytes, int] = {}
     for i in range(lookups.MEMO_ENTRIES * 2 + 7):
