@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 import trio
-from trio._core._run import GLOBAL_RUN_CONTEXT
 
 #: Bytes asked of the kernel per read (Final: compiled code reads a C static, not a dict).
 RECEIVE_SIZE: Final = 65536
@@ -92,12 +91,14 @@ def io_waits() -> tuple[Wait, Wait]:
     coroutine of its own to reach the same method: taken once per connection, a park costs
     ~2k fewer instructions (and meshd installs its own SIGINT handling, so the KeyboardInterrupt
     protection that wrapper adds has nothing to protect). Outside a trio run, or should trio
-    ever move its loop's state, the public functions.
+    ever move or rename its loop's state (a private module), the public functions.
     """
     try:
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
         io = GLOBAL_RUN_CONTEXT.runner.io_manager
         return io.wait_readable, io.wait_writable
-    except AttributeError:
+    except (ImportError, AttributeError):
         return trio.lowlevel.wait_readable, trio.lowlevel.wait_writable
 
 

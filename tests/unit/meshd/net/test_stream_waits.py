@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 import trio
@@ -20,6 +21,14 @@ async def test_inside_a_run_the_loops_own_waits() -> None:
     readable, writable = io_waits()
     assert readable is not trio.lowlevel.wait_readable
     assert writable is not trio.lowlevel.wait_writable
+
+
+async def test_if_trio_moves_its_loop_state_the_public_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A private module: a trio that renames it must not break meshd (None: import fails).
+    monkeypatch.setitem(sys.modules, "trio._core._run", None)
+    assert io_waits() == (trio.lowlevel.wait_readable, trio.lowlevel.wait_writable)
 
 
 async def _echo_once(stream: SocketStream, peer: socket.socket) -> None:
