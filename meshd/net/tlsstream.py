@@ -2,7 +2,7 @@
 
 :class:`TlsStream` fills the :class:`~meshd.net.stream.Stream` protocol like
 :class:`~meshd.net.stream.SocketStream` does: it calls OpenSSL's read/write on the socket
-directly and parks on ``trio.lowlevel.wait_readable``/``wait_writable`` only when OpenSSL
+directly and parks on the loop's ``wait_readable``/``wait_writable`` only when OpenSSL
 says it wants to read or write. OpenSSL's contract lets either operation
 want either direction, so every loop handles both (with TLS 1.3 only, reads only want reads
 and writes only writes in practice: no renegotiation, KeyUpdate answers go out with the
@@ -36,7 +36,7 @@ import trio
 
 from meshd.errors import MeshdError
 from meshd.net.sslconn import CLOSED, SslConnection, os_reason, ssl_reason
-from meshd.net.stream import RECEIVE_SIZE, ReadProbe, socket_peer
+from meshd.net.stream import RECEIVE_SIZE, ReadProbe, io_waits, socket_peer
 
 __all__ = ["TlsError", "TlsHandshakeError", "TlsStream"]
 
@@ -75,6 +75,8 @@ class TlsStream:
         "_probe",
         "_reused",
         "_unwrapped",
+        "_wait_readable",
+        "_wait_writable",
         "sock",
     )
 
@@ -103,6 +105,8 @@ class TlsStream:
         # No read since the handshake: a client's first bytes usually came right behind its
         # Finished, so the first receive_later reads at once.
         self._fresh = True
+        # The running loop's own waits, taken once (see meshd.net.stream.io_waits).
+        self._wait_readable, self._wait_writable = io_waits()
 
     async def do_handshake(self) -> None:
         """Run the handshake; raise :class:`TlsHandshakeError` if it fails."""
@@ -112,9 +116,9 @@ class TlsStream:
             try:
                 conn.do_handshake()
             except _WantRead:
-                await trio.lowlevel.wait_readable(sock)
+                await self._wait_readable(sock)
             except _WantWrite:
-                await trio.lowlevel.wait_writable(sock)
+                await self._wait_writable(sock)
             except ssl.SSLError as exc:
                 raise TlsHandshakeError(f"TLS handshake failed: {ssl_reason(exc)}") from exc
             except (OSError, ValueError) as exc:  # ValueError: closed under us
@@ -137,10 +141,10 @@ class TlsStream:
             try:
                 return conn.read(size)
             except _WantRead:
-                await trio.lowlevel.wait_readable(sock)
+                await self._wait_readable(sock)
                 continue
             except _WantWrite:
-                await trio.lowlevel.wait_writable(sock)
+                await self._wait_writable(sock)
                 continue
             except ssl.SSLZeroReturnError:
                 # close_notify after our own (CPython returns b"" only when the peer's
@@ -166,7 +170,7 @@ class TlsStream:
             self._fresh = False
         elif not self._unwrapped and not self._conn.pending():
             try:
-                await trio.lowlevel.wait_readable(sock)
+                await self._wait_readable(sock)
             except (OSError, ValueError) as exc:
                 raise self._translate(exc) from exc
         return await self.receive_some(max_bytes)
@@ -195,9 +199,9 @@ class TlsStream:
         try:
             while view:
                 if want_read:
-                    await trio.lowlevel.wait_readable(sock)
+                    await self._wait_readable(sock)
                 else:
-                    await trio.lowlevel.wait_writable(sock)
+                    await self._wait_writable(sock)
                 try:
                     sent = conn.write(view)
                 except _WantRead:
@@ -235,7 +239,7 @@ class TlsStream:
                 # Our alert is out; the peer's hasn't come yet. That's the half-close.
                 return
             except _WantWrite:
-                await trio.lowlevel.wait_writable(sock)
+                await self._wait_writable(sock)
                 continue
             except (OSError, ValueError) as exc:
                 raise self._translate(exc) from exc
