@@ -149,6 +149,9 @@ def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
     lib = work / "lib"
     options = ["--cache-dir", str(work / "mypy-cache")]
     with contextlib.chdir(root):  # mypy reads its configuration from root's pyproject.toml
+        # One group library for all modules (mypyc's default): a sidecar imports every listed
+        # module at start-up, so more groups (``separate=``) only add libraries, each with its
+        # own copy of mypyc's runtime, and calls through export tables (bench/README.md).
         extensions = mypycify(
             [*options, *modules],
             opt_level=OPT_LEVEL,
