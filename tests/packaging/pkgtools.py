@@ -82,6 +82,7 @@ def _make_chroot_cache() -> None:
         if CHROOT_CACHE.exists():
             return
         work = Path(tempfile.mkdtemp(prefix="meshd-debootstrap-", dir="/var/tmp"))
+        work.chmod(0o755)  # the root directory of the tree: mkdtemp made it 0700
         try:
             subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={CHROOT_INCLUDE}",
@@ -113,6 +114,9 @@ def fresh_chroot() -> Iterator[Path]:
             check=True,
             timeout=600,
         )
+        # A root of mode 0700 (mkdtemp's; also what a tarball cached by an older version of
+        # this module holds for "./") keeps the packages' users from running anything inside.
+        root.chmod(0o755)
         policy = root / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\n# packaging tests: never start a service here\nexit 101\n")
         policy.chmod(0o755)

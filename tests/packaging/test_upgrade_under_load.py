@@ -163,7 +163,12 @@ def test_upgrade_restarts_the_sidecars_without_failing_a_request(
     api = _Instance("api", api_admin, [("meshd@api.socket", listening_socket(api_in))])
     web_sockets = [listening_socket(web_in), listening_socket(web_out)]
     web = _Instance("web", web_admin, [("meshd@web.socket", sock) for sock in web_sockets])
-    controld, urls = start_controld(root, tmp_path / "controld.log")
+    try:
+        controld, urls = start_controld(root, tmp_path / "controld.log")
+    except BaseException:
+        for _name, sock in api.sockets + web.sockets:
+            sock.close()
+        raise
     try:
         # Each drains for up to 10 s after SIGUSR2: kept-alive downstreams get
         # `Connection: close` on their next answer meanwhile. The registry check keeps its
