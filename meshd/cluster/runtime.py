@@ -22,7 +22,9 @@ Health (:mod:`meshd.cluster.state`): the circuit breaker, the retry budget, outl
 and active health checks live in a :class:`ClusterState` that outlives the snapshot; the
 :class:`~meshd.cluster.selector.EndpointSelector` avoids the endpoints it marks unavailable
 (ejected or failing health checks), spilling over to lower-priority tiers and, below the panic
-threshold, using every endpoint.
+threshold, using every endpoint. Once a newer snapshot is in service, a replaced runtime (its
+requests still in flight, and their retries) no longer uses the endpoints the newer one left
+out, not even in panic.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class ClusterRuntime:
     """
 
     __slots__ = (
+        "_addresses",
         "_budget",
         "_clock",
         "_hash_cookie",
@@ -88,6 +91,7 @@ class ClusterRuntime:
         self._limits = model.limits
         self._budget = state.budget(model.retry_budget)
         self._unavailable: frozenset[Address] = frozenset()
+        self._addresses: frozenset[Address] = frozenset((e.host, e.port) for e in model.endpoints)
         self.model = model
         self.name = model.name
         self.service = model.service
@@ -195,8 +199,10 @@ class ClusterRuntime:
         if state.due < _NEVER and state.due <= self._clock():
             state.tick()
         if state.unavailable is not self._unavailable:
+            # Health changed, or the endpoints did (then this may be a replaced snapshot's
+            # runtime, whose endpoints the newest snapshot left out are not to be used).
             self._unavailable = state.unavailable
-            self.selector.set_unavailable(state.unavailable)
+            self.selector.set_unavailable(state.unavailable, state.removed(self._addresses))
         selector = self.selector
         endpoint = selector.pick(hash_key, exclude)
         if endpoint is None:

@@ -5,7 +5,9 @@ the cluster's :class:`~meshd.cluster.lb_load.LoadBook` and one balancer per grou
 endpoints that :func:`~meshd.cluster.priority.plan` sends traffic to; health changes
 (:meth:`EndpointSelector.set_unavailable`) recompute the groups. A new snapshot's selector
 takes over the previous one's state (``previous=``): latency estimates, in-flight counts,
-the unavailable set and recently built hash tables, for the endpoints that stay.
+the unavailable set and recently built hash tables, for the endpoints that stay. The
+selector of a replaced snapshot, still used by the requests that began on it, is told which
+of its endpoints the cluster no longer has (``removed``) and never picks them again.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class EndpointSelector:
         "book",
         "endpoints",
         "model",
+        "removed",
         "tiers",
         "unavailable",
         "zone",
@@ -91,6 +94,7 @@ class EndpointSelector:
         self._by_id = {id(e): self.book.get(e) for e in self.endpoints}
         self._hashing = model.lb_policy in HASH_POLICIES
         self.unavailable: frozenset[Addr] = frozenset()
+        self.removed: frozenset[Addr] = frozenset()
         self.tiers: list[TierLoad] = []
         self._groups: list[Group] = []
         self._balancers: list[Balancer] = []
@@ -100,19 +104,29 @@ class EndpointSelector:
         kept = previous.unavailable if previous is not None else frozenset()
         self.set_unavailable(kept & {addr(e) for e in self.endpoints})
 
-    def set_unavailable(self, addrs: frozenset[Addr]) -> None:
+    def set_unavailable(
+        self, addrs: frozenset[Addr], removed: frozenset[Addr] = frozenset()
+    ) -> None:
         """Endpoints (by host, port) not to send to: ejected or failing health checks.
 
-        Replaces the previous set and recomputes tier loads, panic and locality groups (a set
-        equal to the current one changes nothing).
+        ``removed``: endpoints the cluster no longer has (a newer snapshot left them out: the
+        registry dropped them or calls them unhealthy). They are not used at all, not even in
+        panic, as if this snapshot did not list them.
+
+        Replaces the previous sets and recomputes tier loads, panic and locality groups (sets
+        equal to the current ones change nothing).
         """
         addrs = frozenset(addrs)
-        if addrs == self.unavailable and self._balancers:
+        if addrs == self.unavailable and removed == self.removed and self._balancers:
             return
         self.unavailable = addrs
+        self.removed = removed
+        endpoints = self.endpoints
+        if removed:
+            endpoints = tuple(e for e in endpoints if addr(e) not in removed)
         locality = self.model.locality
         self.tiers, self._groups = plan(
-            self.endpoints,
+            endpoints,
             self.unavailable,
             panic_threshold_percent=self.model.panic_threshold_percent,
             zone=self.zone,
@@ -188,7 +202,9 @@ class EndpointSelector:
         available = [
             e
             for e in sorted(self.endpoints, key=lambda e: e.priority)
-            if addr(e) not in tried and addr(e) not in self.unavailable
+            if addr(e) not in tried
+            and addr(e) not in self.unavailable
+            and addr(e) not in self.removed
         ]
         return available[0] if available else None
 

@@ -9,7 +9,11 @@ removed cluster's state is dropped.
 
 :attr:`ClusterState.unavailable` is what the load balancer must avoid: endpoints ejected by
 outlier detection or failing their active health check. It is a new object whenever it
-changes, so the request path notices a change with one identity check.
+changes, and whenever the cluster's endpoints do, so the request path notices a change with
+one identity check. :attr:`ClusterState.members` are the endpoints of the newest snapshot:
+a replaced snapshot's runtime, still serving the requests that began on it (their retries),
+avoids every endpoint it lists that is no longer one of them (:meth:`ClusterState.removed`):
+the state of such an endpoint (an ejection) is gone, but so is the endpoint.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class ClusterState:
         "due",
         "health",
         "health_check",
+        "members",
         "name",
         "outliers",
         "stats",
@@ -91,6 +96,8 @@ class ClusterState:
         self._unhealthy: frozenset[Address] = frozenset()
         #: Ejected or unhealthy endpoints.
         self.unavailable: frozenset[Address] = frozenset()
+        #: The endpoints of the snapshot configured last (None: not configured yet).
+        self.members: frozenset[Address] | None = None
         #: When :meth:`tick` has work next (infinity: never): outlier returns and intervals.
         self.due = float("inf")
 
@@ -104,6 +111,9 @@ class ClusterState:
     def configure(self, model: Cluster) -> None:
         """Follow the cluster's newest snapshot: its endpoints and policies."""
         addresses = [(ep.host, ep.port) for ep in model.endpoints]
+        members = frozenset(addresses)
+        moved = members != self.members
+        self.members = members
         config = model.outlier_detection
         now = self.clock()
         if config is None:
@@ -119,14 +129,20 @@ class ClusterState:
             old = self.health
             self.health = {a: old.get(a) or EndpointHealth() for a in addresses}
         self._unhealthy = frozenset(a for a, h in self.health.items() if not h.healthy)
-        self._refresh()
+        # Endpoints came or went: runtimes of older snapshots must look again (removed()).
+        self._refresh(renew=moved)
         self.budget(model.retry_budget)
 
-    def _refresh(self) -> None:
+    def removed(self, addresses: frozenset[Address]) -> frozenset[Address]:
+        """Those of ``addresses`` (a runtime's endpoints) that the cluster no longer has."""
+        members = self.members
+        return frozenset() if members is None else addresses - members
+
+    def _refresh(self, *, renew: bool = False) -> None:
         self.due = self.outliers.next_deadline if self.outliers is not None else float("inf")
         ejected = self.outliers.ejected if self.outliers is not None else frozenset()
-        unavailable = ejected | self._unhealthy
-        if unavailable != self.unavailable:
+        unavailable = ejected | self._unhealthy  # a new object
+        if renew or unavailable != self.unavailable:
             self.unavailable = unavailable
         self.stats.set("meshd_outlier_ejected_endpoints", self.name, value=len(ejected))
         self.stats.set(

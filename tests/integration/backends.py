@@ -84,6 +84,11 @@ class BackendState:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    #: socketserver's default listen backlog is 5: on a loaded host a burst of connects
+    #: overflows it before the accept thread runs, and the kernel drops the SYNs, so those
+    #: connects (a sidecar's, its health probe's) stall for the 1 s SYN retransmission.
+    #: Real servers listen with a deep backlog; so does this one.
+    request_queue_size = 128
 
     def __init__(self, state: BackendState, count_file: Path) -> None:
         self.state = state

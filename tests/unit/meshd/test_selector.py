@@ -355,3 +355,21 @@ def test_same_unavailable_set_keeps_the_balancers() -> None:
     assert [p.host for p in (sel.pick(), sel.pick()) if p] == ["c", "a"]
     sel.set_unavailable(frozenset())  # a change: new balancers
     assert [p.host for p in (sel.pick(), sel.pick()) if p] == ["a", "b"]
+
+
+def test_removed_endpoints_are_never_picked_not_even_in_panic_or_on_retry() -> None:
+    a, b, c = ep("a"), ep("b"), ep("c")
+    sel = EndpointSelector(model([a, b, c]), rng=random.Random(9))
+    # A newer snapshot left b out (deregistered); this older snapshot's selector lists it still.
+    sel.set_unavailable(frozenset(), removed=down("b"))
+    assert set(counts(sel, 100)) == {"a", "c"}
+    # a and c ejected: panic over the endpoints the cluster still has, never over b.
+    sel.set_unavailable(down("a", "c"), removed=down("b"))
+    assert set(counts(sel, 100)) == {"a", "c"}
+    # A retry after a: c, else a again; never the removed b, healthy as it looks here.
+    sel.set_unavailable(down("c"), removed=down("b"))
+    assert counts(sel, 50, exclude=[a]) == {"a": 50}
+    # All removed: nothing to pick.
+    sel.set_unavailable(frozenset(), removed=down("a", "b", "c"))
+    assert sel.pick() is None
+    assert sel.pick(exclude=[a]) is None

@@ -12,7 +12,7 @@ from meshcore.model.snapshot import Cluster, Endpoint
 from meshd.cluster.pool import PoolManager
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.cluster.state import ClusterStates, EndpointHealth
-from meshd.errors import PoolOverflow, UpstreamConnectError
+from meshd.errors import NoHealthyUpstream, PoolOverflow, UpstreamConnectError
 from meshd.policystats import PolicyStats
 
 pytestmark = pytest.mark.timeout(30)
@@ -156,6 +156,52 @@ async def test_runtime_avoids_unavailable_endpoints_and_uses_all_when_none_is_le
     clock.now += 5
     assert await picks(6) == set(listeners)
     assert runtime.state.unavailable == frozenset()
+
+
+async def test_a_replaced_runtime_never_retries_on_an_endpoint_the_new_snapshot_left_out(
+    listeners: list[int], pools: PoolManager
+) -> None:
+    # The chaos test's case: b's app died, b was ejected, then the registry dropped b (a new
+    # snapshot without it, so b's ejection is forgotten). Requests still running on the old
+    # snapshot's runtime retry a try that timed out on a (ejected in turn): a again (panic),
+    # never b, which that runtime would otherwise see as the one healthy endpoint.
+    clock = FakeClock()
+    states = ClusterStates(PolicyStats(), clock)
+    a, b = ("127.0.0.1", listeners[0]), ("127.0.0.1", listeners[1])
+    old_model = _cluster(listeners[:2], outlier_detection=OUTLIERS)
+    old = ClusterRuntime(old_model, pools, states.get("api"))
+    states.apply([old_model])
+    state = states.get("api")
+    state.report(b, 502)
+    state.report(b, 502)
+    assert state.unavailable == {b}
+    new_model = _cluster(listeners[:1], outlier_detection=OUTLIERS)
+    new = ClusterRuntime(new_model, pools, states.get("api"), previous=old)
+    states.apply([new_model])
+    assert state.unavailable == frozenset()  # b's state went with it
+
+    async def picks(runtime: ClusterRuntime, n: int, exclude: list[Endpoint]) -> set[int]:
+        seen = set()
+        for _ in range(n):
+            endpoint, conn = await runtime.acquire(exclude=exclude)
+            seen.add(endpoint.port)
+            runtime.release(endpoint, conn, reusable=True)
+        return seen
+
+    assert await picks(old, 6, []) == {a[1]}
+    state.report(a, 0)
+    state.report(a, 0)
+    assert state.unavailable == {a}
+    tried = [old_model.endpoints[0]]
+    assert await picks(old, 6, tried) == {a[1]}
+    assert await picks(new, 6, tried) == {a[1]}
+    # b back in a newer snapshot (registered again): the old runtime may use it again.
+    states.apply([old_model])
+    assert await picks(old, 6, tried) == {b[1]}
+    # Neither a nor b in the newest snapshot: the old runtime has no endpoint left.
+    states.apply([_cluster(listeners[2:], outlier_detection=OUTLIERS)])
+    with pytest.raises(NoHealthyUpstream):
+        await old.acquire(exclude=tried)
 
 
 async def test_a_failed_connect_names_its_endpoint_for_the_report(
