@@ -113,3 +113,15 @@ def test_the_compile_cache_answers_a_known_source_and_keeps_the_entries_used_las
     )
     assert hatch_build.cached_compile(ROOT, ["new"], str(cache), work, print) == cache / "knew"
     assert compiled == [work]
+
+
+def test_each_checkout_is_built_by_its_own_hatch_build(tmp_path: Path) -> None:
+    # l7_instructions.py mypyc:A mypyc:B builds two trees in one process: B's build hook (its
+    # flags, its link order) must not be A's, already imported.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "hatch_build.py").write_text(f"WHICH = {name!r}\n")
+    assert meshd_build.load_hatch_build(tmp_path / "a").WHICH == "a"
+    assert meshd_build.load_hatch_build(tmp_path / "b").WHICH == "b"
+    with pytest.raises(meshd_build.BuildError):
+        meshd_build.load_hatch_build(tmp_path / "missing")
