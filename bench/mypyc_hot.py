@@ -67,8 +67,12 @@ HEADER = (
     "# hatch_build.py links them together, bench/README.md `memory`). A name that no longer\n"
     "# exists is skipped; one missing costs memory only.\n"
 )
-#: ``callgrind_annotate`` lines: ``<Ir> (<pct>)  <file>:<function> [<object>]``.
-_LINE = re.compile(r"^\s*[\d,]+\s.*?:(?P<fn>\S+) \[(?P<obj>[^\]]+)\]\s*$")
+#: Profile runs whose functions are joined: the cyclic GC (``*_traverse``) and the timers run
+#: at times no run controls.
+RUNS = 2
+#: ``callgrind_annotate`` lines: ``<Ir> (<pct>)  <file>:<function>['<depth>] [<object>]``
+#: (callgrind names a function's recursive calls by their depth).
+_LINE = re.compile(r"^\s*[\d,]+\s.*?:(?P<fn>[^\s']+)(?:'\d+)? \[(?P<obj>[^\]]+)\]\s*$")
 #: A symbol (callgrind names code without one by its address: left out).
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
@@ -163,25 +167,26 @@ def main(argv: list[str]) -> int:
         raise SystemExit("valgrind is needed (apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="mypyc-hot-") as tmp:
         work = Path(tmp)
-        (work / "suite").mkdir()
         build = prepare(ROOT, "mypyc", work / "build")
         print(build.info_line(), flush=True)
-        ctx = Context(ROOT, sys.executable, WrkParams.from_env(), work / "suite", build)
-        counts = work / "callgrind.out"
-        profile(ctx, valgrind, counts)
-        dumps = sorted(work.glob("callgrind.out.*"))
-        if not dumps:
-            raise SystemExit("callgrind wrote no dump")
-        annotated = subprocess.run(
-            ["callgrind_annotate", "--threshold=100", "--inclusive=no", str(dumps[0])],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
         assert build.path is not None
         (library,) = [p.name for p in build.path.glob("*__mypyc.*.so")]
-        names = hot_functions(annotated, library)
+        names: set[str] = set()
+        for run in range(RUNS):
+            ctx = Context(ROOT, sys.executable, WrkParams.from_env(), work / f"suite{run}", build)
+            ctx.workdir.mkdir()
+            profile(ctx, valgrind, work / f"callgrind{run}.out")
+            dumps = sorted(work.glob(f"callgrind{run}.out.*"))
+            if not dumps:
+                raise SystemExit("callgrind wrote no dump")
+            annotated = subprocess.run(
+                ["callgrind_annotate", "--threshold=100", "--inclusive=no", str(dumps[0])],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            names.update(hot_functions(annotated, library))
     if not names:
         raise SystemExit(f"no function of {library} ran: is it the compiled build?")
-    args.out.write_text(HEADER + "".join(f"{name}\n" for name in names))
+    args.out.write_text(HEADER + "".join(f"{name}\n" for name in sorted(names)))
     print(f"{len(names)} functions of {library} -> {args.out}")
     return 0
 
