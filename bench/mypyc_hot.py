@@ -38,18 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
-    LOOPBACK,
-    BenchError,
-    Context,
-    ProcessGroup,
-    WrkParams,
-    ensure_tools,
-    free_ports,
-    http_get,
-    render,
-    wait_for_port,
-)
+import common
+from common import LOOPBACK, BenchError, Context, http_get
 from dataplane import start_nginx
 from meshd_build import prepare
 from policy import bench_snapshot
@@ -113,23 +103,23 @@ def _write_sidecar(workdir: Path, backend: int, l7: int, l4: int, admin: int) ->
         }
     )
     (workdir / "snapshot.yaml").write_text(json.dumps(snapshot, indent=2) + "\n")
-    return render(
+    return common.render(
         "meshd-bootstrap.yaml", workdir / "bootstrap.yaml", backend_port=backend, admin_port=admin
     )
 
 
 def profile(ctx: Context, valgrind: str, out: Path) -> None:
     """Run the sidecar under callgrind (counts dumped to ``out``.1 before the stop)."""
-    tools = ensure_tools({"nginx": "nginx-light"})
-    backend, l7, l4, admin = free_ports(4)
-    with ProcessGroup() as procs:
+    tools = common.ensure_tools({"nginx": "nginx-light"})
+    backend, l7, l4, admin = common.free_ports(4)
+    with common.ProcessGroup() as procs:
         start_nginx(ctx, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
         bootstrap = _write_sidecar(ctx.tempdir("meshd"), backend, l7, l4, admin)
         argv = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
         argv += [ctx.python, "-m", "meshd", "run", "-c", str(bootstrap), "--log-level", "info"]
         meshd = procs.start("meshd", argv, cwd=bootstrap.parent, env=ctx.project_env())
         for port in (admin, l7, l4):
-            wait_for_port(port, meshd, timeout=600.0)  # valgrind: ~50x slower
+            common.wait_for_port(port, meshd, timeout=600.0)  # valgrind: ~50x slower
         deadline = time.monotonic() + 300
         while http_get(admin, "/ready", timeout=30)[0] != 200:
             if time.monotonic() > deadline:
@@ -173,7 +163,8 @@ def main(argv: list[str]) -> int:
         (library,) = [p.name for p in build.path.glob("*__mypyc.*.so")]
         names: set[str] = set()
         for run in range(RUNS):
-            ctx = Context(ROOT, sys.executable, WrkParams.from_env(), work / f"suite{run}", build)
+            wrk = common.WrkParams.from_env()
+            ctx = Context(ROOT, sys.executable, wrk, work / f"suite{run}", build)
             ctx.workdir.mkdir()
             profile(ctx, valgrind, work / f"callgrind{run}.out")
             dumps = sorted(work.glob(f"callgrind{run}.out.*"))

@@ -8,11 +8,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import hatch_build  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,19 +27,9 @@ SOURCE = (
 )
 
 
-def _hatch_build() -> ModuleType:
-    sys.path.insert(0, str(ROOT))
-    try:
-        import hatch_build
-    finally:
-        sys.path.remove(str(ROOT))
-    return hatch_build
-
-
 def _link(tmp_path: Path, functions: list[str]) -> dict[str, int]:
     """The small library linked as hatch_build links the group library: its functions'
     addresses."""
-    hatch_build = _hatch_build()
     if shutil.which("gcc") is None:
         pytest.skip("no gcc")
     (tmp_path / "small.c").write_text(SOURCE)
@@ -78,7 +70,6 @@ def test_a_stale_list_still_links(tmp_path: Path) -> None:
 
 
 def test_the_list_names_functions_and_their_cold_parts() -> None:
-    hatch_build = _hatch_build()
     text = "# a comment\n\nCPyDef_x\n0x0000000000033500\nCPyDef_y.cold  # split off\nbad name\n"
     assert hatch_build.hot_functions(text) == ["CPyDef_x", "CPyDef_y.cold"]
     assert hatch_build.section_order(["CPyDef_x", "f.constprop.0", "CPyDef_y.cold"]) == (
@@ -87,7 +78,6 @@ def test_the_list_names_functions_and_their_cold_parts() -> None:
 
 
 def test_the_checked_in_list_is_the_one_the_build_reads() -> None:
-    hatch_build = _hatch_build()
     names = hatch_build.hot_functions((ROOT / hatch_build.HOT_LIST).read_text())
     assert names == sorted(set(names)) and len(names) > 500
     # What every idle sidecar runs: the group's init and the HTTP listener's connection loop.

@@ -9,7 +9,6 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -76,19 +75,10 @@ def test_the_pure_cpu_line() -> None:
     )
 
 
-def _hatch_build() -> ModuleType:
-    sys.path.insert(0, str(ROOT))
-    try:
-        import hatch_build
-    finally:
-        sys.path.remove(str(ROOT))
-    return hatch_build
-
-
 def test_the_compile_cache_answers_a_known_source_and_keeps_the_entries_used_last(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hatch_build = _hatch_build()
+    hatch_build = meshd_build.load_hatch_build(ROOT)
     compiled: list[Path] = []
 
     def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
