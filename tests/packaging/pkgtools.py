@@ -113,6 +113,9 @@ def fresh_chroot() -> Iterator[Path]:
             check=True,
             timeout=600,
         )
+        # A root directory's mode: mkdtemp's (and the tarball's "./", debootstrapped into one)
+        # is 0700, which no daemon user may enter.
+        root.chmod(0o755)
         policy = root / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\n# packaging tests: never start a service here\nexit 101\n")
         policy.chmod(0o755)
