@@ -16,10 +16,11 @@ mypyc) and setuptools (its ``build_ext`` drives the compiler). mypyc type-checks
 
 ``MESHD_MYPYC_CACHE=<dir>`` keeps the compiled modules under a key of everything they are made
 from (every ``.py`` of meshd and meshcore with ``__version__`` lines left out, the module list,
-mypy's and Python's versions), so a build of the same source under another version number
-(``packaging/build`` stamps it) reuses them instead of compiling again. ``bench/run`` runs meshd
-from the same cache (:func:`cached_compile`, :func:`listed_modules`; ``bench/meshd_build.py``).
-The cache keeps the :data:`KEEP_ENTRIES` entries used last.
+the :data:`HOT_LIST`, the flags, mypy's and Python's versions), so a build of the same source
+under another version number (``packaging/build`` stamps it) reuses them instead of compiling
+again. ``bench/run`` runs meshd from the same cache (:func:`cached_compile`,
+:func:`listed_modules`; ``bench/meshd_build.py``). The cache keeps the :data:`KEEP_ENTRIES`
+entries used last.
 
 On Linux the modules are linked with GNU gold (``ld.gold``, in Debian's binutils), the functions
 a sidecar runs together (:data:`HOT_LIST`), and export only their ``PyInit_*``.
