@@ -33,9 +33,9 @@ def _link(tmp_path: Path, functions: list[str]) -> dict[str, int]:
     if shutil.which("gcc") is None:
         pytest.skip("no gcc")
     (tmp_path / "small.c").write_text(SOURCE)
-    obj, lib = tmp_path / "small.o", tmp_path / "small.so"
+    obj, lib = str(tmp_path / "small.o"), str(tmp_path / "small.so")
     compile_ = ["gcc", "-O2", "-fPIC", *hatch_build.COMPILE_ARGS, "-c", "-o", obj]
-    subprocess.run([*compile_, tmp_path / "small.c"], check=True, timeout=30)
+    subprocess.run([*compile_, str(tmp_path / "small.c")], check=True, timeout=30)
     link = ["gcc", "-shared", "-o", lib, obj, *hatch_build.link_args(tmp_path, functions)]
     done = subprocess.run(link, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0 and not done.stderr, done.stderr
