@@ -16,10 +16,14 @@ mypyc) and setuptools (its ``build_ext`` drives the compiler). mypyc type-checks
 
 ``MESHD_MYPYC_CACHE=<dir>`` keeps the compiled modules under a key of everything they are made
 from (every ``.py`` of meshd and meshcore with ``__version__`` lines left out, the module list,
-mypy's and Python's versions), so a build of the same source under another version number
-(``packaging/build`` stamps it) reuses them instead of compiling again. ``bench/run`` runs meshd
-from the same cache (:func:`cached_compile`, :func:`listed_modules`; ``bench/meshd_build.py``).
-The cache keeps the :data:`KEEP_ENTRIES` entries used last.
+the :data:`HOT_LIST`, the flags, mypy's and Python's versions), so a build of the same source
+under another version number (``packaging/build`` stamps it) reuses them instead of compiling
+again. ``bench/run`` runs meshd from the same cache (:func:`cached_compile`,
+:func:`listed_modules`; ``bench/meshd_build.py``). The cache keeps the :data:`KEEP_ENTRIES`
+entries used last.
+
+On Linux the modules are linked with GNU gold (``ld.gold``, in Debian's binutils), the functions
+a sidecar runs together (:data:`HOT_LIST`), and export only their ``PyInit_*``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,18 @@ DEBUG_LEVEL = "0"
 #: symbol, so everything else stays local: ~170 kB fewer dynamic symbols and relocations loaded
 #: into every process, and direct calls where the linker made calls through the PLT (issue 15).
 EXPORTS = "{\n  global: PyInit_*;\n  local: *;\n};\n"
+#: The functions a sidecar runs (start-up, requests, scrapes, timers), one name a line
+#: (``bench/mypyc_hot.py`` writes it). The group library is linked with them together, after
+#: the code no sidecar runs (:func:`section_order`): the kernel maps code in 64 kB fault-around
+#: windows, so the windows of that code then stay out of a sidecar's memory (-0.6 MB resident,
+#: bench/README.md ``memory``). A listed name that no longer exists is skipped, an unlisted
+#: function linked with the code no sidecar runs: a stale list costs memory, never the build.
+HOT_LIST = "packaging/mypyc-hot.txt"
+#: Every function in a section of its own (``.text.<name>``), which the order places.
+COMPILE_ARGS = ("-ffunction-sections",)
+#: GNU gold (Debian's binutils) links by a section order; GNU ld (bfd) 2.40 can't.
+LINKER = "gold"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 #: The packages whose source the compiled modules are typed against (the cache key).
 SOURCE_PACKAGES = ("meshd", "meshcore")
 _VERSION_LINE = re.compile(rb"^__version__ = .*$", re.M)
@@ -159,10 +175,10 @@ def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
             target_dir=str(work / "c"),
         )
         if sys.platform.startswith("linux"):
-            exports = work / "exports.map"
-            exports.write_text(EXPORTS)
+            linking = link_args(work, hot_functions((root / HOT_LIST).read_text()))
             for ext in extensions:
-                ext.extra_link_args = [*ext.extra_link_args, f"-Wl,--version-script={exports}"]
+                ext.extra_compile_args = [*ext.extra_compile_args, *COMPILE_ARGS]
+                ext.extra_link_args = [*ext.extra_link_args, *linking]
         dist = Distribution({"name": "meshd-mypyc", "ext_modules": extensions})
         build_ext = dist.get_command_obj("build_ext")
         build_ext.build_lib = str(lib)
@@ -171,13 +187,53 @@ def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
     return lib
 
 
+def hot_functions(text: str) -> list[str]:
+    """The function names of a :data:`HOT_LIST` text, in its order (``#`` comments, blank lines
+    and anything that can't be a C symbol left out)."""
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if _NAME.fullmatch(line)]
+
+
+def section_order(functions: list[str]) -> str:
+    """gold's ``--section-ordering-file`` for ``functions``: the section gcc's
+    ``-ffunction-sections`` puts each in, ``.text.<name>``, or for the part gcc split off as
+    unlikely to run (``<name>.cold``, run all the same) ``.text.unlikely.<name>``. gold places
+    the listed sections in this order after the others and skips names that match none."""
+    sections = (
+        f".text.unlikely.{name.removesuffix('.cold')}"
+        if name.endswith(".cold")
+        else f".text.{name}"
+        for name in functions
+    )
+    return "".join(f"{section}\n" for section in sections)
+
+
+def link_args(work: Path, functions: list[str]) -> list[str]:
+    """The linker options of every extension module (Linux): exports (:data:`EXPORTS`) and
+    ``functions`` together in their order (:func:`section_order`); the files they name go in
+    ``work``."""
+    if shutil.which(f"ld.{LINKER}") is None:
+        raise RuntimeError(
+            f"the mypyc build links with GNU {LINKER} (ld.{LINKER}, Debian's binutils); not found"
+        )
+    exports, order = work / "exports.map", work / "section-order.txt"
+    exports.write_text(EXPORTS)
+    order.write_text(section_order(functions))
+    return [
+        f"-fuse-ld={LINKER}",
+        f"-Wl,--version-script={exports}",
+        f"-Wl,--section-ordering-file={order}",
+    ]
+
+
 def cache_key(root: Path, modules: list[str]) -> str:
     """What the compiled modules are made of, as a hex digest."""
     import mypy.version
 
     digest = hashlib.sha256()
     parts = (sys.version, _ext_suffix(), mypy.version.__version__, OPT_LEVEL, DEBUG_LEVEL, EXPORTS)
-    for part in (*parts, *modules):
+    linking = (*COMPILE_ARGS, LINKER, (root / HOT_LIST).read_text())
+    for part in (*parts, *linking, *modules):
         digest.update(part.encode() + b"\0")
     for package in SOURCE_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):

@@ -13,6 +13,7 @@ the checkout as it is.
 from __future__ import annotations
 
 import compileall
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 
 from common import CLK_TCK, PURE, Context, MeshdBuild, cpu_ticks, run_wrk
 
@@ -63,13 +65,7 @@ def prepare(root: Path, kind: str, dest: Path) -> MeshdBuild:
     (which must not exist). Runs in the project's Python (mypy, hatchling, a C compiler)."""
     if kind == "pure":
         return PURE
-    sys.path.insert(0, str(root))
-    try:
-        import hatch_build
-    except ImportError as exc:  # hatchling and mypy come with the dev extra (scripts/setup)
-        raise BuildError(f"{exc}: the mypyc build needs `pip install -e .[dev]`") from exc
-    finally:
-        sys.path.remove(str(root))
+    hatch_build = load_hatch_build(root)
     modules = hatch_build.listed_modules(root)
     cache = cache_dir(root)
     key = hatch_build.cache_key(root, modules)
@@ -96,6 +92,21 @@ def prepare(root: Path, kind: str, dest: Path) -> MeshdBuild:
     build = MeshdBuild("mypyc", dest, f"{len(modules)} modules compiled, {how}, key {key[:12]}")
     _check(build)
     return build
+
+
+def load_hatch_build(root: Path) -> ModuleType:
+    """``root``'s own ``hatch_build.py``, loaded anew: two checkouts built by one process (e.g.
+    ``l7_instructions.py mypyc:A mypyc:B``) may compile differently (flags, link order)."""
+    path = root / "hatch_build.py"
+    spec = importlib.util.spec_from_file_location("_hatch_build", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise BuildError(f"no hatch_build.py in {root}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:  # hatchling and mypy come with the dev extra (scripts/setup)
+        raise BuildError(f"{exc}: the mypyc build needs `pip install -e .[dev]`") from exc
+    return module
 
 
 def _assemble(root: Path, lib: Path, dest: Path, packages: tuple[str, ...]) -> None:

@@ -162,6 +162,9 @@ class Build:
             shutil.copytree(REPO / name, src / name, ignore=skip)
         shutil.copy2(REPO / "README.md", src / "README.md")
         shutil.copy2(REPO / "hatch_build.py", src / "hatch_build.py")
+        # The functions hatch_build links together (hatch_build.HOT_LIST).
+        (src / "packaging").mkdir()
+        shutil.copy2(REPO / "packaging" / "mypyc-hot.txt", src / "packaging" / "mypyc-hot.txt")
         pyproject = (REPO / "pyproject.toml").read_text()
         pyproject, found = re.subn(
             r'^version = "[^"]*"$', f'version = "{self.version}"', pyproject, count=1, flags=re.M

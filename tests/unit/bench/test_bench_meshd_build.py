@@ -9,7 +9,6 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -76,19 +75,10 @@ def test_the_pure_cpu_line() -> None:
     )
 
 
-def _hatch_build() -> ModuleType:
-    sys.path.insert(0, str(ROOT))
-    try:
-        import hatch_build
-    finally:
-        sys.path.remove(str(ROOT))
-    return hatch_build
-
-
 def test_the_compile_cache_answers_a_known_source_and_keeps_the_entries_used_last(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hatch_build = _hatch_build()
+    hatch_build = meshd_build.load_hatch_build(ROOT)
     compiled: list[Path] = []
 
     def compile_modules(root: Path, modules: list[str], work: Path) -> Path:
@@ -113,3 +103,15 @@ def test_the_compile_cache_answers_a_known_source_and_keeps_the_entries_used_las
     )
     assert hatch_build.cached_compile(ROOT, ["new"], str(cache), work, print) == cache / "knew"
     assert compiled == [work]
+
+
+def test_each_checkout_is_built_by_its_own_hatch_build(tmp_path: Path) -> None:
+    # l7_instructions.py mypyc:A mypyc:B builds two trees in one process: B's build hook (its
+    # flags, its link order) must not be A's, already imported.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "hatch_build.py").write_text(f"WHICH = {name!r}\n")
+    assert meshd_build.load_hatch_build(tmp_path / "a").WHICH == "a"
+    assert meshd_build.load_hatch_build(tmp_path / "b").WHICH == "b"
+    with pytest.raises(meshd_build.BuildError):
+        meshd_build.load_hatch_build(tmp_path / "missing")
