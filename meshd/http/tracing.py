@@ -6,8 +6,13 @@ import random
 from binascii import hexlify
 from typing import Final
 
-_DASH: Final = 45  # b"-"
-_LOWER_HEX: Final = b"0123456789abcdef"
+#: Each byte's class for :func:`_continues`: ``h`` for a lower-case hex digit, ``-`` for the
+#: dash, ``x`` for anything else (a table without deletions: CPython's fast translate).
+_CLASSES: Final = bytes(
+    0x68 if c in b"0123456789abcdef" else 0x2D if c == 0x2D else 0x78 for c in range(256)
+)
+#: The classes of a ``traceparent``'s first 55 bytes.
+_SHAPE: Final = b"hh-" + b"h" * 32 + b"-" + b"h" * 16 + b"-hh"
 _ZERO_TRACE: Final = b"0" * 32
 _ZERO_SPAN: Final = b"0" * 16
 
@@ -54,11 +59,10 @@ def _continues(incoming: bytes) -> bool:
     compiled build about four times as much, on every request that comes with one (any
     request from another sidecar).
     """
-    if len(incoming) < 55 or incoming[2] != _DASH or incoming[35] != _DASH:
-        return False
     head = incoming[:55]
-    # With the dashes in place, all hex is when deleting the digits leaves only them.
-    if head[52] != _DASH or head.translate(None, _LOWER_HEX) != b"---":
+    # One C loop over the bytes: each becomes its class, which must make the header's shape
+    # (a shorter header can't).
+    if head.translate(_CLASSES) != _SHAPE:
         return False
     version = head[:2]
     if version == b"ff" or (version == b"00" and len(incoming) != 55):
