@@ -23,6 +23,7 @@ calls: ``strace -c`` them) and scheduling, so a change of syscalls or wake-ups s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -176,6 +178,22 @@ def measure(
     return int(total.group(1)) / args.handshakes, by_object(counted)
 
 
+@contextlib.contextmanager
+def backend_and_pki(prefix: str, nginx: str) -> Iterator[tuple[Context, Pki, int]]:
+    """A work directory (removed after), the ``mtls`` suite's PKI in it and the ``dataplane``
+    backend nginx (stopped after): the context, the PKI and the backend's port."""
+    workroot = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        base = Context(Path.cwd(), sys.executable, WrkParams.from_env(), workroot)
+        pki = write_pki(base.tempdir("pki"), mtls.SERVICES)
+        (backend,) = free_ports(1)
+        with ProcessGroup() as procs:
+            dp.start_nginx(base, procs, nginx, "backend", "nginx-backend.conf", port=backend)
+            yield base, pki, backend
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
     """Parse the arguments, measure each checkout, print instructions per handshake."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -192,28 +210,18 @@ def main(argv: list[str]) -> int:
         raise SystemExit("valgrind is needed (apt-get install valgrind)")
     tools = ensure_tools({"nginx": "nginx-light"})
     args.nginx = tools["nginx"]
-    workroot = Path(tempfile.mkdtemp(prefix="meshd-mtls-instructions-"))
-    try:
-        base = Context(Path.cwd(), sys.executable, WrkParams.from_env(), workroot)
-        pki = write_pki(base.tempdir("pki"), mtls.SERVICES)
-        (backend,) = free_ports(1)
-        with ProcessGroup() as procs:
-            dp.start_nginx(
-                base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend
+    with backend_and_pki("meshd-mtls-instructions-", tools["nginx"]) as (base, pki, backend):
+        first = 0.0
+        for index, spec in enumerate(args.checkouts):
+            per_hs, objects = measure(base, spec, index, pki, backend, args)
+            first = first or per_hs
+            print(
+                f"IR_PER_HANDSHAKE {spec}: {per_hs:,.0f} (x{per_hs / first:.4f} of the first)",
+                flush=True,
             )
-            first = 0.0
-            for index, spec in enumerate(args.checkouts):
-                per_hs, objects = measure(base, spec, index, pki, backend, args)
-                first = first or per_hs
-                print(
-                    f"IR_PER_HANDSHAKE {spec}: {per_hs:,.0f} (x{per_hs / first:.4f} of the first)",
-                    flush=True,
-                )
-                if args.objects:
-                    for name, count in objects.most_common(6):
-                        print(f"    {count / args.handshakes:>12,.0f}  {name}", flush=True)
-    finally:
-        shutil.rmtree(workroot, ignore_errors=True)
+            if args.objects:
+                for name, count in objects.most_common(6):
+                    print(f"    {count / args.handshakes:>12,.0f}  {name}", flush=True)
     return 0
 
 

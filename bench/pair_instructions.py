@@ -41,7 +41,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -51,23 +50,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 import dataplane as dp
 import mtls
-from certs import Pki, write_pki
-from common import (
-    CLK_TCK,
-    BenchError,
-    Context,
-    ManagedProcess,
-    ProcessGroup,
-    WrkParams,
-    ensure_tools,
-    free_ports,
-    run_wrk,
-    start_meshd,
-)
+from certs import Pki
 from dataplane import BODY
-from mtls_instructions import OUT, by_object, dump, start_callgrind_meshd
+from mtls_instructions import OUT, backend_and_pki, by_object, dump, start_callgrind_meshd
 from profile_l7 import _checkout_ctx, user_sys_ticks
 
 MODES = ("plain", "mtls")
@@ -121,10 +109,16 @@ class Side:
 
 
 def start_pair(
-    ctx: Context, procs: ProcessGroup, pki: Pki, backend: int, mode: str, *, callgrind: bool
-) -> tuple[int, list[ManagedProcess]]:
+    ctx: common.Context,
+    procs: common.ProcessGroup,
+    pki: Pki,
+    backend: int,
+    mode: str,
+    *,
+    callgrind: bool,
+) -> tuple[int, list[common.ManagedProcess]]:
     """The pair of ``mode`` (outbound first); returns the outbound port and the processes."""
-    inbound, outbound, in_admin, out_admin = free_ports(4)
+    inbound, outbound, in_admin, out_admin = common.free_ports(4)
     ports = {"app_port": backend, "inbound_port": inbound}
     procs_started = []
     # The inbound side first: the outbound one connects to it.
@@ -138,7 +132,7 @@ def start_pair(
         if callgrind:
             proc = start_callgrind_meshd(ctx, procs, name, bootstrap, port, admin)
         else:
-            proc = start_meshd(ctx, procs, name, bootstrap, [port], admin)
+            proc = common.start_meshd(ctx, procs, name, bootstrap, [port], admin)
         procs_started.append(proc)
     dp.check_path(dp.BenchPath(f"pair-{mode}", outbound, None))
     return outbound, procs_started[::-1]
@@ -154,17 +148,17 @@ def _client(port: int, warm: int, count: int, barrier: threading.Barrier) -> Non
                 while not got.endswith(BODY):
                     piece = sock.recv(65536)
                     if not piece:
-                        raise BenchError("the pair closed a client connection")
+                        raise common.BenchError("the pair closed a client connection")
                     got += piece
                 if not got.startswith(b"HTTP/1.1 200 "):
-                    raise BenchError(f"unexpected response: {got[:300]!r}")
+                    raise common.BenchError(f"unexpected response: {got[:300]!r}")
             if phase == 0:
                 barrier.wait()  # warmed up: the dumps
                 barrier.wait()  # counted from here
 
 
 def count_pair(
-    port: int, sidecars: list[ManagedProcess], connections: int, warm: int, requests: int
+    port: int, sidecars: list[common.ManagedProcess], connections: int, warm: int, requests: int
 ) -> list[Path]:
     """Warm the pair up, count ``requests`` (rounded to the connections); each sidecar's dump."""
     barrier = threading.Barrier(connections + 1, timeout=1800.0)
@@ -182,7 +176,7 @@ def count_pair(
 
 
 def measure(
-    base: Context,
+    base: common.Context,
     spec: str,
     index: int,
     pki: Pki,
@@ -192,8 +186,8 @@ def measure(
 ) -> list[Side]:
     """Both sidecars' instructions per request of one checkout in one mode."""
     workdir = base.tempdir(f"{index}-{mode}")
-    ctx = _checkout_ctx(Context(base.root, base.python, base.wrk, workdir), spec, index)
-    with ProcessGroup() as procs:
+    ctx = _checkout_ctx(common.Context(base.root, base.python, base.wrk, workdir), spec, index)
+    with common.ProcessGroup() as procs:
         port, sidecars = start_pair(ctx, procs, pki, backend, mode, callgrind=True)
         dumps = count_pair(port, sidecars, args.connections, args.warm, args.requests)
     counted = args.requests // args.connections * args.connections
@@ -226,17 +220,17 @@ def _show(spec: str, mode: str, sides: list[Side], counted: int) -> None:
 
 
 def syscalls(
-    base: Context, spec: str, index: int, pki: Pki, backend: int, mode: str, wrk: str
+    base: common.Context, spec: str, index: int, pki: Pki, backend: int, mode: str, wrk: str
 ) -> None:
     """Each sidecar's system calls per request under wrk (perf stat on the tracepoints)."""
     workdir = base.tempdir(f"{index}-{mode}")
-    ctx = _checkout_ctx(Context(base.root, base.python, base.wrk, workdir), spec, index)
+    ctx = _checkout_ctx(common.Context(base.root, base.python, base.wrk, workdir), spec, index)
     params = base.wrk
-    with ProcessGroup() as procs:
+    with common.ProcessGroup() as procs:
         url_port, sidecars = start_pair(ctx, procs, pki, backend, mode, callgrind=False)
         url = f"http://127.0.0.1:{url_port}/"
         if params.warmup_s:
-            run_wrk(wrk, url, params, params.warmup_s)
+            common.run_wrk(wrk, url, params, params.warmup_s)
         perfs = []
         for proc in sidecars:
             out = proc.log.parent / "perf.csv"
@@ -247,9 +241,9 @@ def syscalls(
         time.sleep(PERF_SETTLE_S)  # attaching to ~350 tracepoints takes perf a moment
         for perf, _ in perfs:
             if not perf.alive():
-                raise BenchError(f"{perf.name} exited:\n{perf.log_tail()}")
+                raise common.BenchError(f"{perf.name} exited:\n{perf.log_tail()}")
         before = [user_sys_ticks(proc.pid) for proc in sidecars]
-        result = run_wrk(wrk, url, params, params.duration_s)
+        result = common.run_wrk(wrk, url, params, params.duration_s)
         after = [user_sys_ticks(proc.pid) for proc in sidecars]
         # All told at once: stopped one after the other, the second perf measured ignoring
         # its SIGINT once the first had exited (and wrote nothing when killed).
@@ -261,10 +255,10 @@ def syscalls(
         for proc, (_, out), b, a in zip(sidecars, perfs, before, after, strict=True):
             counts = {m.group(2): int(m.group(1)) for m in _PERF.finditer(out.read_text())}
             if not counts:
-                raise BenchError(f"perf counted nothing for {proc.name}")
+                raise common.BenchError(f"perf counted nothing for {proc.name}")
             top = sorted(counts.items(), key=lambda kv: -kv[1])[:7]
             shown = ", ".join(f"{n} {c / requests:.2f}" for n, c in top if c)
-            user, system = ((a[i] - b[i]) * 1e6 / CLK_TCK / requests for i in (0, 1))
+            user, system = ((a[i] - b[i]) * 1e6 / common.CLK_TCK / requests for i in (0, 1))
             print(
                 f"SYSCALLS_PER_REQ {spec} {mode} {proc.name}: {sum(counts.values()) / requests:.2f}"
                 f" ({shown}); cpu_us/req {user + system:.1f} (user {user:.1f}, sys {system:.1f}),"
@@ -288,35 +282,25 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     modes = args.mode or list(MODES)
     needed = {"nginx": "nginx-light", **({"wrk": "wrk"} if args.syscalls else {})}
-    tools = ensure_tools(needed)
+    tools = common.ensure_tools(needed)
     if not args.syscalls and shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is needed (apt-get install valgrind)")
     if args.syscalls and shutil.which("perf") is None:
         raise SystemExit("perf is needed (apt-get install linux-perf)")
-    workroot = Path(tempfile.mkdtemp(prefix="meshd-pair-instructions-"))
-    try:
-        base = Context(Path.cwd(), sys.executable, WrkParams.from_env(), workroot)
-        pki = write_pki(base.tempdir("pki"), mtls.SERVICES)
-        (backend,) = free_ports(1)
-        counted = args.requests // args.connections * args.connections
-        with ProcessGroup() as procs:
-            dp.start_nginx(
-                base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend
-            )
-            for index, spec in enumerate(args.checkouts):
-                pairs: dict[str, float] = {}
-                for mode in modes:
-                    if args.syscalls:
-                        syscalls(base, spec, index, pki, backend, mode, tools["wrk"])
-                        continue
-                    sides = measure(base, spec, index, pki, backend, mode, args)
-                    pairs[mode] = sum(s.per_request for s in sides)
-                    _show(spec, mode, sides, counted)
-                if len(pairs) == 2:
-                    extra = pairs["mtls"] - pairs["plain"]
-                    print(f"IR_TLS_EXTRA {spec}: {extra:,.0f} per request", flush=True)
-    finally:
-        shutil.rmtree(workroot, ignore_errors=True)
+    counted = args.requests // args.connections * args.connections
+    with backend_and_pki("meshd-pair-instructions-", tools["nginx"]) as (base, pki, backend):
+        for index, spec in enumerate(args.checkouts):
+            pairs: dict[str, float] = {}
+            for mode in modes:
+                if args.syscalls:
+                    syscalls(base, spec, index, pki, backend, mode, tools["wrk"])
+                    continue
+                sides = measure(base, spec, index, pki, backend, mode, args)
+                pairs[mode] = sum(s.per_request for s in sides)
+                _show(spec, mode, sides, counted)
+            if len(pairs) == 2:
+                extra = pairs["mtls"] - pairs["plain"]
+                print(f"IR_TLS_EXTRA {spec}: {extra:,.0f} per request", flush=True)
     return 0
 
 
