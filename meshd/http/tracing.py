@@ -9,7 +9,7 @@ from typing import Final
 #: Each byte's class for :func:`_continues`: ``h`` for a lower-case hex digit, ``-`` for the
 #: dash, ``x`` for anything else (a table without deletions: CPython's fast translate).
 _CLASSES: Final = bytes(
-    0x68 if c in b"0123456789abcdef" else 0x2D if c == 0x2D else 0x78 for c in range(256)
+    [0x68 if c in b"0123456789abcdef" else 0x2D if c == 0x2D else 0x78 for c in range(256)]
 )
 #: The classes of a ``traceparent``'s first 55 bytes.
 _SHAPE: Final = b"hh-" + b"h" * 32 + b"-" + b"h" * 16 + b"-hh"
