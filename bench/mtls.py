@@ -156,12 +156,23 @@ def sidecar_config(workdir: Path, pki: Pki, service: str, **ports: int) -> Path:
     return render("meshd-mtls-bootstrap.yaml", workdir / "bootstrap.yaml", **values)
 
 
+def without_identity(bootstrap: Path) -> None:
+    """Drop the identity from a bootstrap :func:`sidecar_config` wrote: the sidecar then
+    neither accepts nor originates TLS (the snapshot's ``mtls`` mode needs an identity to
+    act), so a pair of two such sidecars is two plain L7 hops."""
+    text = bootstrap.read_text()
+    bootstrap.write_text(text[: text.index("\nidentity:") + 1])
+
+
 def _start_sidecar(
-    ctx: Context, procs: ProcessGroup, pki: Pki, service: str, **ports: int
-) -> ManagedProcess:
+    ctx: Context, procs: ProcessGroup, pki: Pki, service: str, ports: dict[str, int], *,
+    plain: bool = False,
+) -> ManagedProcess:  # fmt: skip
     name = "meshd-inbound" if service == "api" else "meshd-outbound"
-    workdir = ctx.tempdir(name)
+    workdir = ctx.tempdir(f"{name}-plain" if plain else name)
     bootstrap = sidecar_config(workdir, pki, service, **ports)
+    if plain:
+        without_identity(bootstrap)
     return start_meshd(ctx, procs, name, bootstrap, [ports["port"]], ports["admin_port"])
 
 
@@ -401,9 +412,11 @@ def run_suite(ctx: Context) -> None:
             ctx, procs, nginx, "nginx-front", "nginx-mtls-front.conf", port=front, back_port=back
         )
         ports = {"app_port": backend, "inbound_port": inbound}
-        mesh_in = _start_sidecar(ctx, procs, pki, "api", port=inbound, admin_port=in_admin, **ports)
+        mesh_in = _start_sidecar(
+            ctx, procs, pki, "api", {**ports, "port": inbound, "admin_port": in_admin}
+        )
         mesh_out = _start_sidecar(
-            ctx, procs, pki, "web", port=outbound, admin_port=out_admin, **ports
+            ctx, procs, pki, "web", {**ports, "port": outbound, "admin_port": out_admin}
         )
         relays = _start_relay_pair(ctx, procs, pki, relay_out, relay_in, backend)
         stats = json.loads(http_get(in_admin, "/stats")[1])

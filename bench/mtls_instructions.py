@@ -23,6 +23,7 @@ calls: ``strace -c`` them) and scheduling, so a change of syscalls or wake-ups s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,6 +57,8 @@ from profile_l7 import _checkout_ctx
 NGINX = "nginx"
 _TOTALS = re.compile(r"^(?:totals|summary): (\d+)", re.M)
 _START_S = 300.0
+#: The name of callgrind's output files (``callgrind.out.1``, ... one per dump).
+OUT = "callgrind.out"
 
 
 def handshakes(port: int, pki: Pki, count: int) -> int:
@@ -69,7 +73,7 @@ def handshakes(port: int, pki: Pki, count: int) -> int:
 
 
 def dump(proc: ManagedProcess, out: Path) -> Path:
-    """Make callgrind write (and zero) its counters; the file it wrote."""
+    """Make callgrind write (and zero) its counters to ``out.N``; the file it wrote."""
     before = set(out.parent.glob(f"{out.name}.*"))
     subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
     deadline = time.monotonic() + 60.0
@@ -106,25 +110,33 @@ def by_object(path: Path) -> Counter[str]:
     return costs
 
 
-def _start_meshd(
-    ctx: Context, procs: ProcessGroup, pki: Pki, backend: int, out: Path
-) -> tuple[ManagedProcess, int]:
-    port, admin = free_ports(2)
-    workdir = out.parent
-    ports = {"port": port, "admin_port": admin, "app_port": backend, "inbound_port": port}
-    bootstrap = mtls.sidecar_config(workdir, pki, "api", **ports)
+def start_callgrind_meshd(
+    ctx: Context, procs: ProcessGroup, name: str, bootstrap: Path, port: int, admin: int
+) -> ManagedProcess:
+    """``meshd run -c bootstrap`` as ``name`` under callgrind (its counters written to
+    ``callgrind.out.*`` beside the bootstrap on each :func:`dump`), once it is ready."""
+    workdir = bootstrap.parent
     env = {**ctx.project_env(), "PYTHONHASHSEED": "0"}
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", ctx.python]
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir / OUT}", ctx.python]
     argv += ["-m", "meshd", "run", "-c", str(bootstrap), "--log-level", "warning"]
-    proc = procs.start("meshd-inbound", argv, cwd=workdir, env=env)
+    proc = procs.start(name, argv, cwd=workdir, env=env)
     for wanted in (admin, port):
         wait_for_port(wanted, proc, timeout=_START_S)
     deadline = time.monotonic() + _START_S
     while http_get(admin, "/ready")[0] != 200:
         if time.monotonic() > deadline:
-            raise BenchError(f"meshd-inbound never became ready:\n{proc.log_tail()}")
+            raise BenchError(f"{name} never became ready:\n{proc.log_tail()}")
         time.sleep(0.5)
-    return proc, port
+    return proc
+
+
+def _start_meshd(
+    ctx: Context, procs: ProcessGroup, pki: Pki, backend: int, workdir: Path
+) -> tuple[ManagedProcess, int]:
+    port, admin = free_ports(2)
+    ports = {"port": port, "admin_port": admin, "app_port": backend, "inbound_port": port}
+    bootstrap = mtls.sidecar_config(workdir, pki, "api", **ports)
+    return start_callgrind_meshd(ctx, procs, "meshd-inbound", bootstrap, port, admin), port
 
 
 def _start_nginx(
@@ -148,13 +160,13 @@ def measure(
 ) -> tuple[float, Counter[str]]:
     """Instructions per handshake of one checkout (or ``nginx``), and their split by object."""
     workdir = base.tempdir(f"server-{index}" if spec != NGINX else "nginx-back")
-    out = workdir / "callgrind.out"
+    out = workdir / OUT
     with ProcessGroup() as procs:
         if spec == NGINX:
             server, port = _start_nginx(args.nginx, procs, workdir, backend, out)
         else:
             ctx = _checkout_ctx(Context(base.root, base.python, base.wrk, workdir), spec, index)
-            server, port = _start_meshd(ctx, procs, pki, backend, out)
+            server, port = _start_meshd(ctx, procs, pki, backend, workdir)
         if handshakes(port, pki, args.warm) != args.warm:
             raise BenchError(f"{spec}: the warm-up handshakes were not all answered 200")
         dump(server, out)
@@ -164,6 +176,22 @@ def measure(
     total = _TOTALS.search(counted.read_text(errors="replace"))
     assert total is not None
     return int(total.group(1)) / args.handshakes, by_object(counted)
+
+
+@contextlib.contextmanager
+def backend_and_pki(prefix: str, nginx: str) -> Iterator[tuple[Context, Pki, int]]:
+    """A work directory (removed after), the ``mtls`` suite's PKI in it and the ``dataplane``
+    backend nginx (stopped after): the context, the PKI and the backend's port."""
+    workroot = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        base = Context(Path.cwd(), sys.executable, WrkParams.from_env(), workroot)
+        pki = write_pki(base.tempdir("pki"), mtls.SERVICES)
+        (backend,) = free_ports(1)
+        with ProcessGroup() as procs:
+            dp.start_nginx(base, procs, nginx, "backend", "nginx-backend.conf", port=backend)
+            yield base, pki, backend
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
@@ -182,28 +210,18 @@ def main(argv: list[str]) -> int:
         raise SystemExit("valgrind is needed (apt-get install valgrind)")
     tools = ensure_tools({"nginx": "nginx-light"})
     args.nginx = tools["nginx"]
-    workroot = Path(tempfile.mkdtemp(prefix="meshd-mtls-instructions-"))
-    try:
-        base = Context(Path.cwd(), sys.executable, WrkParams.from_env(), workroot)
-        pki = write_pki(base.tempdir("pki"), mtls.SERVICES)
-        (backend,) = free_ports(1)
-        with ProcessGroup() as procs:
-            dp.start_nginx(
-                base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend
+    with backend_and_pki("meshd-mtls-instructions-", tools["nginx"]) as (base, pki, backend):
+        first = 0.0
+        for index, spec in enumerate(args.checkouts):
+            per_hs, objects = measure(base, spec, index, pki, backend, args)
+            first = first or per_hs
+            print(
+                f"IR_PER_HANDSHAKE {spec}: {per_hs:,.0f} (x{per_hs / first:.4f} of the first)",
+                flush=True,
             )
-            first = 0.0
-            for index, spec in enumerate(args.checkouts):
-                per_hs, objects = measure(base, spec, index, pki, backend, args)
-                first = first or per_hs
-                print(
-                    f"IR_PER_HANDSHAKE {spec}: {per_hs:,.0f} (x{per_hs / first:.4f} of the first)",
-                    flush=True,
-                )
-                if args.objects:
-                    for name, count in objects.most_common(6):
-                        print(f"    {count / args.handshakes:>12,.0f}  {name}", flush=True)
-    finally:
-        shutil.rmtree(workroot, ignore_errors=True)
+            if args.objects:
+                for name, count in objects.most_common(6):
+                    print(f"    {count / args.handshakes:>12,.0f}  {name}", flush=True)
     return 0
 
 

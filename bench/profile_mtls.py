@@ -67,6 +67,8 @@ class Server:
     pair_port: int | None = None
     pair_pids: Callable[[], list[int]] | None = None
     response_len: int = 0
+    #: False for a pair without TLS (``--plain``): no handshakes to measure.
+    handshake: bool = True
     figures: dict[str, list[float]] = field(default_factory=dict)
 
     def as_mtls_server(self) -> mtls.MtlsServer:
@@ -74,14 +76,16 @@ class Server:
         return mtls.MtlsServer(self.name, self.port, self.cpu_pids, self.refused)
 
 
-def _meshd_pair(ctx: Context, procs: ProcessGroup, pki: Pki, name: str, backend: int) -> Server:
+def _meshd_pair(
+    ctx: Context, procs: ProcessGroup, pki: Pki, name: str, backend: int, *, plain: bool = False
+) -> Server:
     inbound, outbound, in_admin, out_admin = free_ports(4)
     ports = {"app_port": backend, "inbound_port": inbound}
     mesh_in = mtls._start_sidecar(
-        ctx, procs, pki, "api", port=inbound, admin_port=in_admin, **ports
+        ctx, procs, pki, "api", {**ports, "port": inbound, "admin_port": in_admin}, plain=plain
     )
     mesh_out = mtls._start_sidecar(
-        ctx, procs, pki, "web", port=outbound, admin_port=out_admin, **ports
+        ctx, procs, pki, "web", {**ports, "port": outbound, "admin_port": out_admin}, plain=plain
     )
     dp.check_path(dp.BenchPath(name, outbound, None))
     in_pids = dp.process_tree(mesh_in)
@@ -109,7 +113,8 @@ def _handshake_round(
 
     # The clients start in turn: the order alternates each round, so neither side always
     # starts first.
-    order = servers if rnd % 2 == 0 else servers[::-1]
+    tls = [s for s in servers if s.handshake]
+    order = tls if rnd % 2 == 0 else tls[::-1]
     for server, result in zip(order, pool.map(one, order), strict=True):
         if result.cpu_us_per_hs is not None:
             server.figures.setdefault("handshakes", []).append(result.cpu_us_per_hs)
@@ -163,6 +168,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=FIGURES, help="measure one figure only")
     parser.add_argument("--nginx", action="store_true", help="also nginx-back's handshakes")
+    parser.add_argument(
+        "--plain", action="store_true", help="also each checkout's pair without TLS (pair only)"
+    )
     args = parser.parse_args(argv)
     tools = ensure_tools(mtls.TOOLS)
     params = WrkParams.from_env()
@@ -177,6 +185,10 @@ def main(argv: list[str]) -> int:
             workdir = base.tempdir(f"checkout-{i}")
             ctx = _checkout_ctx(Context(Path.cwd(), sys.executable, params, workdir), spec, i)
             servers.append(_meshd_pair(ctx, procs, pki, f"{i}:{spec}", backend))
+            if args.plain:
+                plain = _meshd_pair(ctx, procs, pki, f"{i}:{spec}:plain", backend, plain=True)
+                plain.handshake = False
+                servers.append(plain)
         if args.nginx:
             (back,) = free_ports(1)
             proc = dp.start_nginx(
@@ -187,7 +199,8 @@ def main(argv: list[str]) -> int:
             refused = lambda: len(not_ok.read_bytes().splitlines()) if not_ok.exists() else 0  # noqa: E731
             servers.append(Server("nginx-back", back, dp.nginx_workers(proc), refused))
         for server in servers:
-            server.response_len = mtls.check_mtls_server(server.name, server.port, pki)
+            if server.handshake:
+                server.response_len = mtls.check_mtls_server(server.name, server.port, pki)
         print(f"profile_mtls: {params.describe()}, warm-up {params.warmup_s}s", flush=True)
         for rnd in range(args.rounds):
             if args.only in (None, "handshakes"):

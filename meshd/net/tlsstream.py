@@ -146,13 +146,8 @@ class TlsStream:
             except _WantWrite:
                 await self._wait_writable(sock)
                 continue
-            except ssl.SSLZeroReturnError:
-                # close_notify after our own (CPython returns b"" only when the peer's
-                # came first).
-                return b""
             except (OSError, ValueError) as exc:
-                # ValueError: the stream was closed under us.
-                raise self._translate(exc) from exc
+                return self._read_failed(exc)
 
     async def receive_later(self, max_bytes: int | None = None) -> bytes:
         """Like :meth:`receive_some`, for when bytes can't be there yet (a reply just asked for).
@@ -165,14 +160,20 @@ class TlsStream:
         loopback (the reply was usually there already), but a sidecar's upstream takes
         longer than that to answer.
         """
-        sock = self.sock
         if self._fresh:
             self._fresh = False
         elif not self._unwrapped and not self._conn.pending():
             try:
-                await self._wait_readable(sock)
+                await self._wait_readable(self.sock)
             except (OSError, ValueError) as exc:
                 raise self._translate(exc) from exc
+            # The usual case read here, not through receive_some: a coroutine less per read.
+            try:
+                return self._conn.read(max_bytes or RECEIVE_SIZE)
+            except (_WantRead, _WantWrite):
+                pass  # woken before a whole record came: receive_some waits for the rest
+            except (OSError, ValueError) as exc:
+                return self._read_failed(exc)
         return await self.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -326,6 +327,14 @@ class TlsStream:
         if self._peer is not None:
             return self._peer
         return socket_peer(self.sock)
+
+    def _read_failed(self, exc: OSError | ValueError) -> bytes:
+        """What a read that raised ``exc`` (not a WANT_*) returns: ``b""`` for a
+        ``close_notify`` after our own (CPython returns ``b""`` itself only when the peer's
+        came first); else raises the stream error (ValueError: closed under us)."""
+        if isinstance(exc, ssl.SSLZeroReturnError):
+            return b""
+        raise self._translate(exc) from exc
 
     def _send_refused(self) -> trio.BrokenResourceError | trio.ClosedResourceError:
         if self._closed:

@@ -192,3 +192,33 @@ def test_settings_are_clamped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_MTLS_HS_SECONDS", "0")
     settings = mtls.Settings.from_env()
     assert (settings.hs_clients, settings.hs_seconds) == (8, 1)
+
+
+def test_plain_pair_configs_have_no_identity(pki: certs.Pki, tmp_path: Path) -> None:
+    """``without_identity``: the same sidecar, which then can do no TLS (bench/pair_instructions
+    compares this pair with the mTLS one)."""
+    ports = {"admin_port": 20001, "app_port": 20002, "inbound_port": 20003, "port": 20004}
+    path = mtls.sidecar_config(tmp_path, pki, "web", **ports)
+    before = load_model(Bootstrap, path)
+    mtls.without_identity(path)
+    boot = load_model(Bootstrap, path)
+    assert before.identity is not None and boot.identity is None
+    assert boot.model_dump(exclude={"identity"}) == before.model_dump(exclude={"identity"})
+    assert load_model(Snapshot, tmp_path / "snapshot.yaml").clusters[0].tls is not None
+
+
+def test_pair_instructions_counts_calls_by_callee(tmp_path: Path) -> None:
+    """The callgrind dump parser of bench/pair_instructions.py: calls summed over callers,
+    with names given once and referred to by number after."""
+    import pair_instructions
+
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text(
+        "events: Ir\nfn=(1) caller_a\n0 5\ncfn=(2) SSL_read_ex\ncalls=3 0\n0 300\n"
+        "cfn=(3) poll\ncalls=1 0\n0 10\nfn=(4) caller_b\n0 1\ncfn=(2)\ncalls=2 0\n0 200\n"
+        "fn=(2)\n0 500\n"
+    )
+    assert pair_instructions.calls(dump, ("SSL_read_ex", "poll", "recv")) == {
+        "SSL_read_ex": 5,
+        "poll": 1,
+    }

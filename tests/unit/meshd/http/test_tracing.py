@@ -42,3 +42,43 @@ def test_traceparent_draws_its_own_ids_without_any() -> None:
     out = next_traceparent(None, 0.0, random.Random(3))
     assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-00", out)
     assert next_traceparent(None, 0.0, random.Random(3)) == out  # the same seed, the same ids
+
+
+def _with(at: int, byte: bytes, base: bytes = _INCOMING) -> bytes:
+    return base[:at] + byte + base[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("incoming", "continued"),
+    [
+        (_INCOMING, True),
+        (_INCOMING.replace(b"-01", b"-00"), True),  # not sampled: the flags carry over
+        (b"01" + _INCOMING[2:] + b"-later-fields", True),  # a later version may append
+        (_INCOMING + b"-x", False),  # version 00 is exactly 55 bytes
+        (b"ff" + _INCOMING[2:], False),  # the invalid version
+        (_INCOMING[:3] + b"0" * 32 + _INCOMING[35:], False),  # trace id all zeros
+        (_INCOMING[:36] + b"0" * 16 + _INCOMING[52:], False),  # span id all zeros
+        (_INCOMING.upper(), False),  # hex is lower-case
+        (_with(20, b"A"), False),
+        (_with(40, b"g"), False),
+        (_with(0, b"-"), False),
+        (_with(54, b" "), False),
+        (_INCOMING[:54], False),  # too short
+        (b"", False),
+        # A dash moved: one missing at its place, another inside an id.
+        (_with(10, b"-", _with(52, b"a")), False),
+        (_with(10, b"-", _with(35, b"a")), False),
+        (_with(10, b"-", _with(2, b"a")), False),
+    ],
+)
+def test_which_incoming_traceparent_is_continued(incoming: bytes, continued: bool) -> None:
+    """W3C trace context: a valid parent keeps its trace id and flags; anything else starts
+    a new trace (and never passes the client's bytes on)."""
+    ids = new_ids(random.Random(5))
+    out = next_traceparent(incoming, 0.0, random.Random(6), ids)
+    assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", out)
+    assert out[36:52] == ids[64:80]  # always this proxy's span
+    if continued:
+        assert out == b"00-" + incoming[3:35] + b"-" + ids[64:80] + b"-" + incoming[53:55]
+    else:
+        assert out == b"00-" + ids[32:64] + b"-" + ids[64:80] + b"-00"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -687,3 +688,96 @@ async def test_closed_stream_never_touches_its_old_descriptor(pki: Pki) -> None:
         finally:
             a.close()
             b.close()
+
+
+@asynccontextmanager
+async def dribbling_relay(port: int, piece: int) -> AsyncIterator[int]:
+    """A TCP relay to ``port`` on 127.0.0.1 that passes the server's bytes on ``piece`` bytes at
+    a time, each after a pause: TLS records reach the client in several reads."""
+    listener = bind_tcp("127.0.0.1", 0)
+
+    async def pipe(src: SocketStream, dst: SocketStream, size: int | None) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await src.receive_some():
+                for start in range(0, len(data), size or len(data)):
+                    if size:
+                        await trio.sleep(0.002)
+                    await dst.send_all(data[start : start + (size or len(data))])
+            await dst.send_eof()
+
+    async def relay(conn: socket.socket) -> None:
+        down = SocketStream(conn)
+        up = await open_tcp("127.0.0.1", port)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pipe, down, up, None)
+                nursery.start_soon(pipe, up, down, piece)
+        finally:
+            down.close_nowait()
+            up.close_nowait()
+
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            await trio.lowlevel.wait_readable(listener)
+            conn, _ = listener.accept()
+            nursery.start_soon(relay, conn)
+
+        nursery.start_soon(serve)
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            nursery.cancel_scope.cancel()
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
+
+
+async def test_receive_later_woken_by_part_of_a_record_waits_for_the_rest(pki: Pki) -> None:
+    """The park ends at the first bytes on the socket; a record that isn't whole yet must
+    be waited for, not answered with an empty read (an end of stream)."""
+
+    async def answer(stream: TlsStream) -> None:
+        while data := await stream.receive_some():
+            await stream.send_all(data.upper() * 50)
+
+    async with (
+        tls_server(pki.server_ctx(), answer) as server,
+        dribbling_relay(server.port, 7) as port,
+    ):
+        client = await tls_connect("127.0.0.1", port, pki.client_ctx())
+        try:
+            with trio.fail_after(20):
+                for word in (b"one", b"two"):
+                    await client.send_all(word)
+                    got = b""
+                    while len(got) < 150:
+                        data = await client.receive_later()
+                        assert data, "an empty read: the stream would look ended"
+                        got += data
+                    assert got == word.upper() * 50
+        finally:
+            await client.aclose()
+
+
+async def test_receive_later_after_both_close_notify_is_end_of_stream(pki: Pki) -> None:
+    """Our close_notify first, then the peer's: a parked read answers end of stream."""
+    done = trio.Event()
+
+    async def reply_then_close(stream: TlsStream) -> None:
+        await stream.send_all(b"hi")
+        assert await stream.receive_some() == b""  # the client's close_notify
+        await trio.sleep(0.05)  # the client is parked by now
+        await stream.send_eof()
+        done.set()
+
+    async with tls_server(pki.server_ctx(), reply_then_close) as server:
+        client = await tls_connect("127.0.0.1", server.port, pki.client_ctx())
+        try:
+            with trio.fail_after(10):
+                assert await client.receive_later() == b"hi"
+                await client.send_eof()
+                assert await client.receive_later() == b""
+                await done.wait()
+        finally:
+            await client.aclose()
+    assert server.errors == []
