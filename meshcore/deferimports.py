@@ -7,6 +7,10 @@ meshd loads cost an idle sidecar about 3.5 MB (of ~46) for nothing it uses:
   ``asyncio.get_running_loop()`` in its async logging methods, which a Trio daemon doesn't use.
   :func:`import_deferring` imports structlog with a stand-in for asyncio that imports the real
   module the first time anything of it is used.
+* trio imports :mod:`ssl` (for its ``SSLStream``) and :mod:`hmac` (for its DTLS cookies), and
+  pydantic :mod:`secrets` (for ``SecretStr``'s comparison, through hmac): each loads OpenSSL's
+  libcrypto (with libssl, the Python modules and OpenSSL's start-up ~4 MB resident), which a
+  sidecar without TLS never uses. The same stand-ins defer them.
 * pydantic's first model class asks its plugin loader for plugins, and the loader imports
   :mod:`importlib.metadata` (with email, zipfile, csv and more: ~2 MB) to read the ``pydantic``
   entry points of the installed distributions. Usually none declares one.

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _defer_unused_imports() -> None:
-    """Before pydantic builds a model or anything imports structlog or trio: ~3.7 MB less
-    resident memory in every sidecar process (:mod:`meshcore.deferimports`)."""
+    """Before pydantic builds a model or anything imports structlog or trio: ~7.5 MB less
+    resident memory in every sidecar process without TLS (:mod:`meshcore.deferimports`)."""
     # structlog imports rich, when installed, only to pretty-print console tracebacks; the
     # daemon doesn't need that, and rich costs ~3.6 MB of resident memory.
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
@@ -75,9 +75,14 @@ def _defer_unused_imports() -> None:
     skip_pydantic_plugin_scan()
     import_deferring("structlog", ("asyncio",))
     # trio reads idna (and its tables) only to encode a host name that isn't ASCII, and looks
-    # for the pthread library with ldconfig (a child process, tempfile and shutil).
+    # for the pthread library with ldconfig (a child process, tempfile and shutil). It imports
+    # ssl for its SSLStream, and hmac (with hashlib) for its DTLS cookies: both load OpenSSL's
+    # libcrypto (~4 MB resident with libssl, the modules and OpenSSL's start-up), which a
+    # sidecar without TLS never uses; meshd's TLS layer imports ssl where TLS is used.
     with pthread_found_without_ldconfig():
-        import_deferring("trio", ("idna",))
+        import_deferring("trio", ("idna", "ssl", "hmac"))
+    # pydantic.types imports secrets (so hmac and libcrypto) only for SecretStr's comparison.
+    import_deferring("pydantic.types", ("secrets",))
 
 
 def _validate_controld(path: Path, bootstrap: Bootstrap) -> int:

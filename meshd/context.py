@@ -6,13 +6,15 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from meshd.accesslog import AccessLog
-from meshd.mtls import MeshTls
 from meshd.stats import Stats
+
+if TYPE_CHECKING:
+    from meshd.mtls import MeshTls
 
 #: How late a deadline may fire (the reaper's period).
 DEADLINE_RESOLUTION_S: Final = 0.05

@@ -20,7 +20,6 @@ a new list also resets the open connections whose peer it revokes
 
 from __future__ import annotations
 
-import ssl
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -28,18 +27,15 @@ import trio
 
 from meshd.net.revoked import RevokedPeers
 from meshd.net.stream import ProxyStream, SocketStream
-from meshd.net.tls import PeerRevoked, TlsError, TlsStream, tls_accept
-from meshd.net.tlsconfig import (
-    anonymous_client_context,
-    client_context,
-    peer_spiffe_id,
-    server_context,
-    sniff_tls,
-)
 
 if TYPE_CHECKING:
-    # cryptography (behind Identity) loads only when the sidecar has an identity.
+    # The TLS layer (ssl with OpenSSL's libraries, ~4 MB resident) loads only when a context
+    # is built or an inbound handshake may happen: not in a sidecar without mTLS (issue 15);
+    # cryptography (behind Identity) only when the sidecar has an identity.
+    import ssl
+
     from meshd.identity.material import Identity
+    from meshd.net.tls import TlsStream
 
 __all__ = ["IdentitySource", "MeshTls"]
 
@@ -102,6 +98,8 @@ class MeshTls:
         if identity is None:
             self.server_strict = self.server_permissive = None
             if previous is not None:
+                from meshd.net.tlsconfig import anonymous_client_context
+
                 self.lost = True
                 self.client = anonymous_client_context(previous.bundle_pems, guard=self.revoked)
                 log.error(
@@ -112,6 +110,8 @@ class MeshTls:
             elif not self.lost:
                 self.client = None
             return
+        from meshd.net.tlsconfig import client_context, server_context
+
         cert, key, roots = identity.presented_pem, identity.key_pem, identity.bundle_pems
         guard = self.revoked
         self.server_strict = server_context(cert, key, roots, require_client_cert=True, guard=guard)
@@ -161,6 +161,9 @@ class MeshTls:
                 self.no_identity_refused += 1
                 stream.reset()
                 return None
+        from meshd.net.tls import PeerRevoked, TlsError, tls_accept
+        from meshd.net.tlsconfig import peer_spiffe_id, sniff_tls
+
         tls: TlsStream | None = None
         try:
             # A plain deadline scope, not trio.fail_after (a generator-based context manager,

@@ -12,12 +12,18 @@ so that a health change flapping back and forth doesn't rebuild them each time.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
 from meshcore.model import Endpoint
+
+try:
+    # What hashlib.blake2b is: CPython's own BLAKE2, never OpenSSL's. Not through hashlib,
+    # which loads OpenSSL's libcrypto (~3.5 MB resident) when imported (issue 15).
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without its own BLAKE2
+    from hashlib import blake2b
 
 __all__ = [
     "MAGLEV_TABLE_SIZE",
@@ -41,7 +47,7 @@ MAGLEV_TABLE_SIZE = 65537
 
 def hash_key(data: bytes) -> int:
     """The 64-bit key of a request's hash input (header value, cookie value, source IP)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
 def _name(endpoint: Endpoint) -> bytes:
@@ -139,7 +145,7 @@ class RingHash:
             block = 0
             while count > 0:
                 # One digest gives four points (as Ketama's MD5 does).
-                digest = hashlib.blake2b(name + str(block).encode(), digest_size=32).digest()
+                digest = blake2b(name + str(block).encode(), digest_size=32).digest()
                 for k in range(min(4, count)):
                     pairs.append((int.from_bytes(digest[8 * k : 8 * k + 8], "big"), index))
                 count -= 4
@@ -205,7 +211,7 @@ class Maglev:
         offsets: list[int] = []
         skips: list[int] = []
         for i in order:
-            digest = hashlib.blake2b(_name(endpoints[i]), digest_size=16).digest()
+            digest = blake2b(_name(endpoints[i]), digest_size=16).digest()
             offsets.append(int.from_bytes(digest[:8], "big") % size)
             skips.append(int.from_bytes(digest[8:], "big") % (size - 1) + 1)
         weights = [endpoints[i].weight for i in order]

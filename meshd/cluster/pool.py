@@ -14,18 +14,22 @@ session of its endpoint for resumption.
 from __future__ import annotations
 
 import math
-import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from meshd.errors import PoolOverflow, UpstreamConnectError, UpstreamTlsError
 from meshd.net.stream import SocketStream, open_tcp
-from meshd.net.tls import TlsHandshakeError, TlsStream, tls_connect
-from meshd.net.tlsconfig import PeerIdentityError, check_peer
+
+if TYPE_CHECKING:
+    # The TLS layer (with ssl and OpenSSL, ~4 MB resident) loads with a pool's first mTLS
+    # connection: a sidecar without TLS never loads it (issue 15).
+    import ssl
+
+    from meshd.net.tls import TlsStream
 
 
 class ClientContexts(Protocol):
@@ -162,6 +166,9 @@ class EndpointPool:
         return UpstreamConnection(self, stream)
 
     async def _connect_tls(self, ctx: ssl.SSLContext) -> UpstreamConnection:
+        from meshd.net.tls import TlsHandshakeError, tls_connect
+        from meshd.net.tlsconfig import PeerIdentityError, check_peer
+
         expected = self.tls_id
         assert expected is not None
         stream: TlsStream | None = None
@@ -202,7 +209,7 @@ class EndpointPool:
             # so the server's ticket has usually arrived.
             conn.session_taken = True
             stream = conn.stream
-            if isinstance(stream, TlsStream):
+            if not isinstance(stream, SocketStream):  # a TlsStream
                 self.session = stream.session or self.session
         if reusable and not self.closed and len(self._idle) < self.limits.max_idle:
             self._idle.append((conn, time.monotonic()))

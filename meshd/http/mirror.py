@@ -23,7 +23,7 @@ dictionary operations) nor errors (nothing a copy does reaches the client's exch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -32,8 +32,10 @@ from meshd.context import now
 from meshd.errors import UpstreamError
 from meshd.http.codec import HttpError, ResponseParser
 from meshd.net.stream import SocketStream
-from meshd.net.tls import TlsStream
 from meshd.policystats import PolicyStats
+
+if TYPE_CHECKING:
+    from meshd.net.tls import TlsStream
 
 __all__ = [
     "ANSWER_TIMEOUT_S",

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import weakref
+from typing import TYPE_CHECKING
 
-from meshd.net.tls import PeerRevoked, TlsStream
+if TYPE_CHECKING:  # the TLS layer loads with the first context (meshd.mtls), not before
+    from meshd.net.tls import TlsStream
 
 __all__ = ["RevokedPeers", "certificate_serial"]
 
@@ -60,6 +62,8 @@ class RevokedPeers:
         if self._serials:
             serial = certificate_serial(der)
             if serial in self._serials:
+                from meshd.net.tls import PeerRevoked  # loaded: a handshake called this
+
                 self.refused += 1
                 raise PeerRevoked(f"TLS peer certificate (serial {serial:x}) is revoked")
         self._open.add(stream)

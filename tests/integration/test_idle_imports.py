@@ -6,7 +6,8 @@ imports, ~1.5 MB; importlib.metadata, which pydantic's plugin loader imports, ~2
 file-mode sidecar that has served a request and answered ``/ready`` must not have loaded them;
 the first ``/metrics`` scrape loads meshd's metrics view, and never prometheus-client or the
 stdlib HTTP servers and clients its exposition module imports (~3.5 MB: meshd writes the text
-format itself). The sidecar runs in a fresh interpreter, so the test process's own imports
+format itself). Nor, scraped or not, ssl and hashlib with OpenSSL's libraries (~4 MB): only
+TLS uses them. The sidecar runs in a fresh interpreter, so the test process's own imports
 don't count.
 """
 
@@ -48,6 +49,21 @@ LAZY = (
     "tempfile",
     "shutil",
 )
+#: Loaded only where TLS is used, never by a file-mode sidecar without TLS, scraped or not:
+#: meshd's TLS layer, ssl and what loads OpenSSL's libcrypto (trio's ssl and hmac, pydantic's
+#: secrets, hashlib).
+NO_TLS = (
+    "meshd.net.tls",
+    "meshd.net.tlsconfig",
+    "ssl",
+    "_ssl",
+    "hashlib",
+    "_hashlib",
+    "hmac",
+    "secrets",
+)
+#: The shared libraries behind them (~4 MB resident with OpenSSL's start-up).
+OPENSSL_LIBRARIES = ("libcrypto", "libssl")
 
 # Runs one sidecar in-process, its imports set up as the CLI does: one request through its
 # listener, GET /ready, the loaded modules; then GET /metrics and the modules again. Prints both
@@ -79,8 +95,10 @@ async def main():
         idle = sorted(sys.modules)
         metrics = await get(sidecar.admin_port, "/metrics")
         scraped = sorted(sys.modules)
+        maps = Path("/proc/self/maps").read_text()
         nursery.cancel_scope.cancel()
-    print(json.dumps({"statuses": [proxied, ready, metrics], "idle": idle, "scraped": scraped}))
+    print(json.dumps({"statuses": [proxied, ready, metrics], "idle": idle, "scraped": scraped,
+                      "maps": maps}))
 
 trio.run(main)
 """
@@ -111,6 +129,8 @@ def test_file_mode_sidecar_loads_no_lazy_module(tmp_path: Path) -> None:
     assert [m for m in LAZY if _loaded(result["idle"], m)] == []
     assert _loaded(result["scraped"], "meshd.metrics")
     assert [m for m in NEVER if _loaded(result["scraped"], m)] == []
+    assert [m for m in NO_TLS if _loaded(result["scraped"], m)] == []
+    assert [lib for lib in OPENSSL_LIBRARIES if lib in result["maps"]] == []
 
 
 def test_cli_defers_asyncio_and_importlib_metadata(tmp_path: Path) -> None:
@@ -129,5 +149,5 @@ def test_cli_defers_asyncio_and_importlib_metadata(tmp_path: Path) -> None:
     assert "structlog.stdlib" in imported  # the module that imports asyncio
     assert "meshcore.model.snapshot" in imported  # pydantic models built
     # shutil: argparse's formatter asks it the terminal's width (meshd's asks only for text).
-    deferred = ("asyncio", "importlib.metadata", "ctypes.util", "tempfile", "shutil")
+    deferred = ("asyncio", "importlib.metadata", "ctypes.util", "tempfile", "shutil", *NO_TLS)
     assert [m for m in deferred if _loaded(imported, m)] == []
