@@ -15,8 +15,10 @@ different moments):
   per request.
 
 Prints each round's figures, then per figure the median of each checkout and the median of the
-per-round ratios to the first checkout (``PAIRED_RATIO``). A checkout compared with itself
-(``. .``) shows the noise floor.
+per-round ratios to the first checkout (``PAIRED_RATIO``); the handshake figure also split into
+user and system time (``hs_user``, ``hs_sys``). ``--syscalls`` adds each inbound server's
+system calls and context switches per handshake (``perf stat``, root). A checkout compared
+with itself (``. .``) shows the noise floor.
 
     BENCH_DURATION=4 .venv/bin/python bench/profile_mtls.py --rounds 5 /tmp/base .
 
@@ -27,10 +29,13 @@ as in ``bench/profile_l7.py``.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +48,9 @@ import mtls
 from certs import Pki, write_pki
 from common import (
     CLK_TCK,
+    BenchError,
     Context,
+    ManagedProcess,
     ProcessGroup,
     WrkParams,
     cpu_ticks,
@@ -51,9 +58,14 @@ from common import (
     free_ports,
     run_wrk,
 )
-from profile_l7 import _checkout_ctx, paired_ratio
+from profile_l7 import _checkout_ctx, paired_ratio, user_sys_ticks
 
 FIGURES = ("handshakes", "pair")
+#: Handshake figures split by where the CPU went (``cpu_us/hs`` of user and system time).
+SPLIT = ("hs_user", "hs_sys")
+#: How long perf gets to attach before the clients start (``--syscalls``).
+PERF_SETTLE_S = 3.0
+_PERF = re.compile(r"^(\d+),[^,]*,(?:syscalls:sys_enter_)?([\w-]+),", re.M)
 
 
 @dataclass
@@ -70,6 +82,9 @@ class Server:
     #: False for a pair without TLS (``--plain``): no handshakes to measure.
     handshake: bool = True
     figures: dict[str, list[float]] = field(default_factory=dict)
+    #: ``--syscalls``: system calls (by name) and context switches per completed handshake,
+    #: summed over the rounds, and the rounds counted.
+    syscalls: dict[str, float] = field(default_factory=dict)
 
     def as_mtls_server(self) -> mtls.MtlsServer:
         """What ``mtls._handshakes`` measures."""
@@ -100,8 +115,18 @@ def _meshd_pair(
 
 
 def _handshake_round(
-    ctx: Context, openssl: str, pki: Pki, servers: list[Server], pool: ThreadPoolExecutor, rnd: int
+    ctx: Context,
+    openssl: str,
+    pki: Pki,
+    servers: list[Server],
+    pool: ThreadPoolExecutor,
+    rnd: int,
+    *,
+    procs: ProcessGroup | None = None,
 ) -> None:
+    """One round of handshakes on every TLS server at once; with ``procs``, each server's
+    system calls too (``perf stat``, started in ``procs``: it slows the server down, so
+    compare those rounds' CPU only with each other)."""
     settings = mtls.Settings.from_env()
     settings = mtls.Settings(settings.rate_connections, 1, settings.hs_seconds)
 
@@ -115,9 +140,45 @@ def _handshake_round(
     # starts first.
     tls = [s for s in servers if s.handshake]
     order = tls if rnd % 2 == 0 else tls[::-1]
-    for server, result in zip(order, pool.map(one, order), strict=True):
-        if result.cpu_us_per_hs is not None:
-            server.figures.setdefault("handshakes", []).append(result.cpu_us_per_hs)
+    perfs = _start_perf(ctx, procs, order, rnd) if procs is not None else []
+    before = [[user_sys_ticks(pid) for pid in s.cpu_pids()] for s in order]
+    results = list(pool.map(one, order))
+    after = [[user_sys_ticks(pid) for pid in s.cpu_pids()] for s in order]
+    for perf, _ in perfs:
+        perf.popen.send_signal(signal.SIGINT)
+    for perf, _ in perfs:
+        perf.popen.wait(60)
+    for i, (server, result) in enumerate(zip(order, results, strict=True)):
+        if result.cpu_us_per_hs is None or not result.completed:
+            continue
+        server.figures.setdefault("handshakes", []).append(result.cpu_us_per_hs)
+        for j, name in enumerate(SPLIT):
+            ticks = sum(a[j] - b[j] for a, b in zip(after[i], before[i], strict=True))
+            server.figures.setdefault(name, []).append(ticks / CLK_TCK * 1e6 / result.completed)
+        if perfs:
+            text = perfs[i][1].read_text()
+            for m in _PERF.finditer(text):
+                name, count = m.group(2), int(m.group(1)) / result.completed
+                server.syscalls[name] = server.syscalls.get(name, 0.0) + count
+            server.syscalls["rounds"] = server.syscalls.get("rounds", 0.0) + 1
+
+
+def _start_perf(
+    ctx: Context, procs: ProcessGroup, servers: list[Server], rnd: int
+) -> list[tuple[ManagedProcess, Path]]:
+    perfs = []
+    for server in servers:
+        out = ctx.tempdir(f"perf-{rnd}-{server.port}") / "perf.csv"
+        pids = ",".join(str(pid) for pid in server.cpu_pids())
+        argv = ["perf", "stat", "-x,", "-o", str(out), "-e", "syscalls:sys_enter_*"]
+        argv += ["-e", "context-switches", "-p", pids]
+        perf = procs.start("perf", argv, cwd=out.parent, stop_signal=signal.SIGINT)
+        perfs.append((perf, out))
+    time.sleep(PERF_SETTLE_S)  # attaching to ~350 tracepoints takes perf a moment
+    for perf, _ in perfs:
+        if not perf.alive():
+            raise BenchError(f"perf exited:\n{perf.log_tail()}")
+    return perfs
 
 
 def _pair_round(
@@ -156,6 +217,24 @@ def report(servers: list[Server]) -> list[str]:
                 lines.append(
                     f"PAIRED_RATIO {figure} {other.name} / {measured[0].name}: {ratio:.3f}"
                 )
+    for figure in SPLIT:
+        measured = [s for s in servers if s.figures.get(figure)]
+        if measured:
+            medians = "  ".join(
+                f"{s.name}={statistics.median(s.figures[figure]):.1f}" for s in measured
+            )
+            lines.append(f"{figure} (cpu_us/hs, median): {medians}")
+    for server in servers:
+        rounds = server.syscalls.get("rounds", 0)
+        if rounds:
+            counts = {k: v / rounds for k, v in server.syscalls.items() if k != "rounds"}
+            switches = counts.pop("context-switches", 0.0)
+            ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in ordered if v >= 0.05)
+            lines.append(
+                f"SYSCALLS_PER_HS {server.name}: {sum(counts.values()):.2f} ({shown});"
+                f" context switches {switches:.2f}"
+            )
     return lines
 
 
@@ -168,6 +247,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=FIGURES, help="measure one figure only")
     parser.add_argument("--nginx", action="store_true", help="also nginx-back's handshakes")
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="handshakes: also system calls per handshake (perf stat, root; slows the servers)",
+    )
     parser.add_argument(
         "--plain", action="store_true", help="also each checkout's pair without TLS (pair only)"
     )
@@ -204,7 +288,8 @@ def main(argv: list[str]) -> int:
         print(f"profile_mtls: {params.describe()}, warm-up {params.warmup_s}s", flush=True)
         for rnd in range(args.rounds):
             if args.only in (None, "handshakes"):
-                _handshake_round(base, tools["openssl"], pki, servers, pool, rnd)
+                perf_procs = procs if args.syscalls else None
+                _handshake_round(base, tools["openssl"], pki, servers, pool, rnd, procs=perf_procs)
             if args.only in (None, "pair"):
                 _pair_round(tools["wrk"], params, servers, pool)
             shown = "  ".join(

@@ -49,7 +49,7 @@ class ListenerSlot:
         cfg = self.config
         tls = self.shared.tls
         if tls is not None and tls.inbound_active and self.model.direction == "inbound":
-            accepted = await tls.accept(stream)
+            accepted = await tls.accept(stream, self.shared.connections)
             if accepted is None:
                 return  # refused (plaintext under STRICT, failed handshake): closed
             down, peer_identity = accepted

@@ -20,6 +20,8 @@ a new list also resets the open connections whose peer it revokes
 
 from __future__ import annotations
 
+import math
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -34,8 +36,9 @@ if TYPE_CHECKING:
     # cryptography (behind Identity) only when the sidecar has an identity.
     import ssl
 
+    # meshd.context imports this module (ProxyShared.tls).
+    from meshd.context import Connection
     from meshd.identity.material import Identity
-    from meshd.net.tls import TlsStream
 
 __all__ = ["IdentitySource", "MeshTls"]
 
@@ -147,10 +150,18 @@ class MeshTls:
         closed = self.revoked.update(serials)
         log.info("revoked certificates applied", revoked=len(serials), connections_reset=closed)
 
-    async def accept(self, stream: SocketStream) -> tuple[ProxyStream, bytes | None] | None:
+    async def accept(
+        self, stream: SocketStream, deadlines: set[Connection] | None = None
+    ) -> tuple[ProxyStream, bytes | None] | None:
         """The stream to serve and the client's SPIFFE ID, or None if the connection is refused.
 
-        Closes ``stream`` when it refuses it.
+        Closes ``stream`` when it refuses it. The sniff and the handshake together get
+        :data:`HANDSHAKE_TIMEOUT_S`. With ``deadlines`` (the sidecar's
+        :attr:`~meshd.context.ProxyShared.connections`, which
+        :meth:`~meshd.context.ProxyShared.run_deadlines` sweeps) the connection waits in that
+        set, and passing its deadline closes it, which ends a parked sniff or handshake: no
+        trio cancel scope per connection (entering and leaving one with a deadline is ~10 µs
+        of interpreted code). Without, under a trio deadline of its own.
         """
         strict = self.mode == "strict"
         ctx = self.server_strict if strict else self.server_permissive
@@ -161,36 +172,84 @@ class MeshTls:
                 self.no_identity_refused += 1
                 stream.reset()
                 return None
-        from meshd.net.tls import PeerRevoked, TlsError, tls_accept
-        from meshd.net.tlsconfig import peer_spiffe_id, sniff_tls
+        from meshd.net.tls import PeerRevoked, TlsError, TlsStream
+        from meshd.net.tlsconfig import peer_spiffe_id
 
-        tls: TlsStream | None = None
+        opened: ProxyStream | None = None
+        failed = True  # until the sniff and the handshake are through (or refused)
+        bound: _HandshakeBound | None = None
         try:
-            # A plain deadline scope, not trio.fail_after (a generator-based context manager,
-            # about 10 µs a connection): a timeout leaves `tls` None.
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                is_tls = await sniff_tls(stream)
-                if not is_tls:
-                    if not strict:
-                        return stream, None
-                    self.plaintext_refused += 1
-                    stream.reset()
-                    return None
-                if ctx is None:  # PERMISSIVE without an identity: no TLS to offer
-                    self.no_identity_refused += 1
-                    stream.reset()
-                    return None
-                tls = await tls_accept(stream, ctx)
+            if deadlines is None:
+                # A plain deadline scope, not trio.fail_after (a generator-based context
+                # manager, about 10 µs a connection): a timeout leaves `failed` set.
+                with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                    opened = await self._open(stream, ctx, strict=strict)
+                    failed = False
+            else:
+                # The clock of ProxyShared.run_deadlines (meshd.context.now).
+                bound = _HandshakeBound(stream, time.monotonic() + HANDSHAKE_TIMEOUT_S)
+                deadlines.add(bound)
+                opened = await self._open(stream, ctx, strict=strict)
+                failed = False
         except PeerRevoked as exc:
             log.warning("revoked peer refused", error=str(exc))
             return None  # closed by tls_accept; counted by the guard
-        except (TlsError, trio.BrokenResourceError, OSError):
-            tls = None
-        if tls is None:  # failed or timed out
+        except (TlsError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # ClosedResourceError: closed at its deadline
+        finally:
+            if bound is not None and deadlines is not None:
+                deadlines.discard(bound)
+        if failed:  # failed or timed out
             self.handshake_failed += 1
             if stream.sock.fileno() != -1:  # tls_accept closed it already otherwise
                 stream.close_nowait()
             return None
+        if opened is None:
+            return None  # refused (counted and closed)
+        if not isinstance(opened, TlsStream):
+            return opened, None  # PERMISSIVE plaintext
+        tls = opened
         der = tls.peer_certificate_der()
         spiffe_id = peer_spiffe_id(der) if der is not None else None
         return tls, spiffe_id.encode() if spiffe_id is not None else None
+
+    async def _open(
+        self, stream: SocketStream, ctx: ssl.SSLContext | None, *, strict: bool
+    ) -> ProxyStream | None:
+        """Sniff, then the handshake: the TLS stream, ``stream`` itself (plaintext under
+        PERMISSIVE) or None (refused: counted, and reset)."""
+        from meshd.net.tls import tls_accept
+        from meshd.net.tlsconfig import sniff_tls
+
+        if not await sniff_tls(stream):
+            if not strict:
+                return stream
+            self.plaintext_refused += 1
+            stream.reset()
+            return None
+        if ctx is None:  # PERMISSIVE without an identity: no TLS to offer
+            self.no_identity_refused += 1
+            stream.reset()
+            return None
+        return await tls_accept(stream, ctx)
+
+
+class _HandshakeBound:
+    """An inbound connection until its handshake is through, among the sidecar's
+    :attr:`~meshd.context.ProxyShared.connections` (a :class:`~meshd.context.Connection`):
+    its deadline passed, the socket is closed, which wakes the parked sniff or handshake
+    with :class:`trio.ClosedResourceError`."""
+
+    __slots__ = ("deadline", "stream")
+
+    def __init__(self, stream: SocketStream, deadline: float) -> None:
+        self.stream = stream
+        self.deadline = deadline
+
+    def expire(self) -> None:
+        """Close the connection (no close_notify: no TLS session yet)."""
+        self.deadline = math.inf
+        self.stream.close_nowait()
+
+    def drain(self) -> None:
+        """Nothing: a handshake under way finishes, then its connection drains."""

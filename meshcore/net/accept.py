@@ -171,9 +171,10 @@ class Acceptor:
         Accepts in batches until the backlog is empty, so a burst costs one wakeup.
         """
         backoff = _BACKOFF_MIN_S
+        accept = _accept_of(sock)
         while True:
             try:
-                conn, addr = sock.accept()
+                conn, addr = accept()
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
                 continue
@@ -246,6 +247,29 @@ class Acceptor:
             self._silent.pop(conn, None)
             self._live.discard(conn)
             conn.close()
+
+
+def _accept_of(listener: socket.socket) -> Callable[[], tuple[socket.socket, Any]]:
+    """``listener.accept`` without its per-call look-ups.
+
+    ``socket.accept`` converts the listener's family and type to enums (interpreted Python,
+    twice per connection) to build the accepted socket; they are the same for every
+    connection, so they are taken once here. The socket is built as ``socket.accept`` builds
+    it, from the descriptor ``_socket.socket._accept`` returns (the listener is non-blocking,
+    so ``accept``'s reset to blocking mode never applies). Without ``_accept`` (another
+    Python), ``accept`` itself.
+    """
+    raw = getattr(listener, "_accept", None)
+    if raw is None or listener.gettimeout() != 0.0:
+        return listener.accept
+    family, type_, proto = int(listener.family), int(listener.type), listener.proto
+    make = socket.socket
+
+    def accept() -> tuple[socket.socket, Any]:
+        fd, addr = raw()
+        return make(family, type_, proto, fileno=fd), addr
+
+    return accept
 
 
 def _readable_now(sock: socket.socket) -> bool:

@@ -128,6 +128,11 @@ class TlsStream:
                 self._peer_der = conn.getpeercert(True)
                 self._reused = bool(conn.session_reused)
                 return
+            if sock.fileno() == -1:
+                # Closed while this task was parked or about to resume (a handshake deadline,
+                # :mod:`meshd.mtls`): OpenSSL keeps the descriptor's number, which may be
+                # another socket's by now, so it must not read or write again.
+                raise TlsHandshakeError("TLS handshake failed: connection closed")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Decrypted bytes, or ``b""`` once the peer sent ``close_notify``."""
@@ -288,8 +293,10 @@ class TlsStream:
         sock = self.sock
         if not (self._broken or self._unwrapped):
             # One non-blocking attempt: a dead or stalled peer must not hold us up.
-            with contextlib.suppress(OSError, ValueError):
+            try:  # noqa: SIM105 - not contextlib.suppress: a context manager per connection
                 self._conn.shutdown()
+            except (OSError, ValueError):
+                pass  # usually SSLWantRead: our close_notify is out, the peer's not in
         # OpenSSL's state goes now, before the descriptor does (its number may be reused).
         self._conn = CLOSED
         trio.lowlevel.notify_closing(sock)

@@ -15,6 +15,7 @@ import trio
 from meshcore.net.accept import (
     Acceptor,
     ConnectionLimits,
+    _accept_of,
     default_max_connections,
     nofile_limit,
     raise_nofile_limit,
@@ -237,3 +238,37 @@ async def test_drain_racing_a_connection_that_just_spoke(
             acceptor.close_silent()
     await trio.testing.wait_all_tasks_blocked()
     assert acceptor.open_connections == 0
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_accepted_socket_is_what_socket_accept_makes(family: socket.AddressFamily) -> None:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    try:
+        listener = socket.socket(family)
+    except OSError:
+        pytest.skip("no IPv6")
+    with listener, contextlib.ExitStack() as stack:
+        listener.bind((host, 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        accept = _accept_of(listener)
+        assert accept != listener.accept  # the fast path, not the fallback
+        made = []
+        for take in (accept, listener.accept):
+            client = stack.enter_context(socket.create_connection(listener.getsockname()[:2]))
+            sock, addr = take()
+            stack.enter_context(sock)
+            assert addr == client.getsockname()
+            made.append((sock.family, sock.type, sock.proto, sock.gettimeout()))
+            assert sock.getpeername() == client.getsockname()
+        assert made[0] == made[1]
+        assert made[0][0] is family  # the enum, as socket.accept gives it
+        with pytest.raises(BlockingIOError):
+            accept()
+
+
+def test_blocking_listener_accepts_with_socket_accept() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        assert _accept_of(listener) == listener.accept
