@@ -52,9 +52,10 @@ def _listen() -> tuple[socket.socket, int]:
     return sock, int(sock.getsockname()[1])
 
 
-def harness(requests: int, direct: bool) -> None:
-    """Serve ``requests`` requests (after a warm-up) through meshd's proxy code, or straight
-    to the backend with ``direct``; imports meshd from ``sys.path`` (the checkout)."""
+def harness(requests: int, direct: bool, l4: bool = False) -> None:
+    """Serve ``requests`` requests (after a warm-up) through meshd's proxy code (its TCP
+    listener's with ``l4``), or straight to the backend with ``direct``; imports meshd from
+    ``sys.path`` (the checkout)."""
     import trio
 
     from meshcore.model import Bootstrap, Snapshot
@@ -66,6 +67,8 @@ def harness(requests: int, direct: bool) -> None:
     from meshd.http.connection import serve_http
     from meshd.net.stream import SocketStream
     from meshd.stats import Stats
+    from meshd.tcp.config import TcpListenerConfig
+    from meshd.tcp.proxy import serve_tcp
 
     async def accept(lsock: socket.socket, handle: object, nursery: trio.Nursery) -> None:
         while True:
@@ -133,6 +136,7 @@ def harness(requests: int, direct: bool) -> None:
                         "direction": "outbound",
                         "address": f"127.0.0.1:{proxy_port}",
                         "cluster": "backend",
+                        **({"protocol": "tcp"} if l4 else {}),
                     }
                 ],
                 "clusters": [
@@ -145,11 +149,14 @@ def harness(requests: int, direct: bool) -> None:
             }
         )
         cfg = build_runtime(bootstrap, snapshot, PoolManager()).listeners["bench-l7"]
-        assert isinstance(cfg, HttpListenerConfig)
         shared = ProxyShared(stats=Stats(), access_log=AccessLog(enabled=False, sample_rate=1.0))
 
         async def proxy(sock: socket.socket) -> None:
-            await serve_http(SocketStream(sock), cfg, shared)
+            if isinstance(cfg, TcpListenerConfig):
+                await serve_tcp(SocketStream(sock), cfg, shared)
+            else:
+                assert isinstance(cfg, HttpListenerConfig)
+                await serve_http(SocketStream(sock), cfg, shared)
 
         port = backend_port if direct else proxy_port
         request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
@@ -165,11 +172,14 @@ def harness(requests: int, direct: bool) -> None:
     trio.run(main)
 
 
-def instructions(valgrind: str, checkout: Path, requests: int, *, direct: bool) -> int:
+def instructions(
+    valgrind: str, checkout: Path, requests: int, *, direct: bool, l4: bool = False
+) -> int:
     """User-space instructions of one harness run of ``checkout``."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(checkout)}
     cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
     cmd += [__file__, "--worker", str(requests), *(["--direct"] if direct else [])]
+    cmd += ["--l4"] if l4 else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
@@ -177,11 +187,13 @@ def instructions(valgrind: str, checkout: Path, requests: int, *, direct: bool) 
     return int(found.group(1))
 
 
-def per_request(valgrind: str, checkout: Path, requests: int, *, direct: bool = False) -> float:
+def per_request(
+    valgrind: str, checkout: Path, requests: int, *, direct: bool = False, l4: bool = False
+) -> float:
     """Instructions per request: the difference of a run of ``requests`` and one of thrice
     as many, so start-up and warm-up cancel out."""
-    low = instructions(valgrind, checkout, requests, direct=direct)
-    high = instructions(valgrind, checkout, 3 * requests, direct=direct)
+    low = instructions(valgrind, checkout, requests, direct=direct, l4=l4)
+    high = instructions(valgrind, checkout, 3 * requests, direct=direct, l4=l4)
     return (high - low) / (2 * (requests // CONNECTIONS) * CONNECTIONS)
 
 
@@ -209,9 +221,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=1600)
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--l4",
+        action="store_true",
+        help="through meshd's TCP listener (bytes relayed by meshd/net/reactor.py)",
+    )
     args = parser.parse_args(argv)
     if args.worker is not None:
-        harness(args.worker, args.direct)
+        harness(args.worker, args.direct, args.l4)
         return 0
     if not args.checkouts:
         parser.error("name at least one checkout")
@@ -224,7 +241,7 @@ def main(argv: list[str]) -> int:
         print(f"harness alone (clients and backend): {own:,.0f} instructions/request", flush=True)
         first = 0.0
         for spec, root in zip(args.checkouts, roots, strict=True):
-            proxied = per_request(valgrind, root, args.requests) - own
+            proxied = per_request(valgrind, root, args.requests, l4=args.l4) - own
             first = first or proxied
             print(
                 f"IR_PER_REQ {spec}: {proxied:,.0f} (x{proxied / first:.4f} of the first)",

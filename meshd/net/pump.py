@@ -8,7 +8,7 @@ until it ends too (TCP half-close).
 
 When both ends are plain :class:`~meshd.net.stream.SocketStream` sockets, no task wakes per
 read: the run's reactor (:mod:`meshd.net.reactor`) moves the bytes as epoll reports the
-sockets ready, small reads through one shared buffer and bulk with ``splice(2)`` through a
+sockets ready, small reads with ``read``/``write`` and bulk with ``splice(2)`` through a
 pipe (zero-copy). Any other :class:`Stream` (trio memory streams, TLS) goes through
 ``receive_some``/``send_all`` in a task per direction.
 

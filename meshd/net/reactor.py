@@ -10,7 +10,7 @@ any task. The task that called :func:`relay` sleeps until its connection is done
 too long).
 
 How bytes move, per direction: a read that doesn't fill the buffer (a request, a response) is
-``recv_into`` one shared buffer and ``send`` on, which costs the kernel less than two splices
+read (``os.read``) and written on, which costs the kernel less than two splices
 for small messages; a read that fills it switches the direction to ``splice(2)`` through a
 private pipe (zero-copy) until a read comes back short. Bytes the destination can't take yet
 wait in that pipe (created on first need, so most connections never have one): the direction
@@ -85,16 +85,11 @@ _MAX_EVENTS: Final = 256
 class Reactor:
     """The epoll set and the system task that serves it (one per Trio run)."""
 
-    __slots__ = ("_buffer", "_ends", "_epoll", "_view", "closed", "wakeups")
+    __slots__ = ("_ends", "_epoll", "closed", "wakeups")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._ends: dict[int, End] = {}
-        # One buffer for every small read of this reactor: its bytes are sent on (or put in a
-        # pipe) before the next read. Per reactor, not per process: runs in other threads
-        # have reactors of their own.
-        self._buffer = bytearray(CHUNK)
-        self._view = memoryview(self._buffer)
         #: The task has ended (the run is ending): no flow is served any more.
         self.closed = False
         #: Times the task woke up (tests check it does not spin).
@@ -156,15 +151,14 @@ class Reactor:
                 now = current_time()
                 for fd, mask in events:
                     end = ends.get(fd)
-                    if end is None:
-                        continue  # its flow ended earlier in this batch
-                    try:
-                        self._serve(end, mask, now)
-                    except OSError:
-                        self.finish(end.flow, "reset")
-                    except Exception as exc:  # noqa: BLE001 (from on_progress: re-raised to its caller)
-                        end.flow.error = exc
-                        self.finish(end.flow, "reset")
+                    if end is not None:  # None: its flow ended earlier in this batch
+                        try:
+                            self._serve(end, mask, now)
+                        except OSError:
+                            self.finish(end.flow, "reset")
+                        except Exception as exc:  # noqa: BLE001 (from on_progress: re-raised to its caller)
+                            end.flow.error = exc
+                            self.finish(end.flow, "reset")
         finally:
             self.closed = True
             for end in list(ends.values()):
@@ -210,23 +204,26 @@ class Reactor:
     def _read(self, half: Half, now: float) -> None:
         """Read what the source has and pass it on as far as the destination takes it."""
         if not half.full:
-            view = self._view
+            # os.read and os.write on the descriptors rather than the socket's recv_into and
+            # send: the same syscall work on a socket, with less argument parsing around it,
+            # and the bytes read go on as they are (no slice of a shared buffer).
             try:
-                n = half.src.sock.recv_into(self._buffer)
+                data = os.read(half.src.fd, CHUNK)
             except BlockingIOError:
                 return
+            n = len(data)
             if not n:
                 self._end_direction(half)
                 return
             half.src.flow.last_activity = now
             try:
-                sent = half.dst.sock.send(view[:n])
+                sent = os.write(half.dst.fd, data)
             except BlockingIOError:
                 sent = 0
             if sent:
                 count_delivered(half, sent)
             if sent < n:
-                hold(half, view[sent:n])
+                hold(half, memoryview(data)[sent:])
                 return
             if n < CHUNK:
                 return
