@@ -112,6 +112,9 @@ class Reactor:
         reactor has stopped."""
         if self.closed:
             return None
+        # Read waits (:mod:`meshd.net.waits`) would be woken by every byte pumped here.
+        down.release_waits()
+        up.release_waits()
         flow = Flow(self.finish, down, up, on_progress)
         try:
             if not (

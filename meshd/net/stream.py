@@ -6,9 +6,10 @@ also satisfy (handy in unit tests); the HTTP proxy needs a little more of its co
 :class:`SocketStream` and :class:`meshd.net.tls.TlsStream` both provide.
 
 :class:`SocketStream` fills them with a non-blocking stdlib socket: it calls
-``recv``/``send`` directly and parks on the trio loop's ``wait_readable``/``wait_writable``
-(:func:`io_waits`) only on ``EAGAIN``, which measured about half the cost per proxied request
-of ``trio.socket`` and a third of ``trio.SocketStream``.
+``recv``/``send`` directly and parks only on ``EAGAIN``, which measured about half the cost per
+proxied request of ``trio.socket`` and a third of ``trio.SocketStream``. Reads wait in the
+run's dispatcher (:mod:`meshd.net.waits`: the socket registered once, no ``epoll_ctl`` per
+park), writes on the trio loop's ``wait_writable`` (:func:`io_waits`).
 
 Errors are trio's: :class:`trio.BrokenResourceError` for a reset or broken pipe,
 :class:`trio.ClosedResourceError` after :meth:`SocketStream.aclose`.
@@ -25,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 import trio
+
+from meshd.net.waits import EPOLL_WAITS, Waiter, current_dispatcher
 
 #: Bytes asked of the kernel per read (Final: compiled code reads a C static, not a dict).
 RECEIVE_SIZE: Final = 65536
@@ -107,10 +110,12 @@ class SocketStream:
 
     __slots__ = (
         "_closed",
+        "_full",
         "_peer",
         "_probe",
         "_wait_readable",
         "_wait_writable",
+        "_waiter",
         "on_close",
         "sock",
     )
@@ -138,6 +143,11 @@ class SocketStream:
         self._closed = False
         self._probe: ReadProbe | None = None
         self._wait_readable, self._wait_writable = io_waits()
+        #: The socket's registration for read waits (:mod:`meshd.net.waits`), made at the
+        #: first wait.
+        self._waiter: Waiter | None = None
+        #: The last read filled its buffer: bytes may be left that no event will announce.
+        self._full = False
         #: Called (once) just before the socket closes: set while a reactor pumps it
         #: (:mod:`meshd.net.reactor`), which must stop watching the descriptor first.
         self.on_close: Callable[[], None] | None = None
@@ -148,38 +158,80 @@ class SocketStream:
         size = max_bytes or RECEIVE_SIZE
         while True:
             try:
-                return sock.recv(size)
+                data = sock.recv(size)
             except BlockingIOError:
                 pass
             except OSError as exc:
                 raise self._translate(exc) from exc
-            await self._wait_readable(sock)
+            else:
+                self._read(len(data), size)
+                return data
+            waiter = self._waiter or self._watch()
+            if waiter is None:
+                await self._wait_readable(sock)
+            else:
+                await waiter.wait()
 
     async def receive_later(self, max_bytes: int | None = None) -> bytes:
         """Like :meth:`receive_some`, for when bytes can't be there yet (a reply just asked for).
 
         Parking first saves the ``recv`` that would only have said EAGAIN.
         """
+        if self._full:
+            # The last read left bytes behind, maybe: no event will say so.
+            return await self.receive_some(max_bytes)
         sock = self.sock
         size = max_bytes or RECEIVE_SIZE
-        wait = self._wait_readable
         while True:
-            await wait(sock)
+            waiter = self._waiter or self._watch()
+            if waiter is None:
+                await self._wait_readable(sock)
+            else:
+                await waiter.wait()
             try:
-                return sock.recv(size)
+                data = sock.recv(size)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise self._translate(exc) from exc
+            self._read(len(data), size)
+            return data
 
     def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
         """What the kernel has right now, ``b""`` at end of stream, None if nothing yet."""
+        size = max_bytes or RECEIVE_SIZE
         try:
-            return self.sock.recv(max_bytes or RECEIVE_SIZE)
+            data = self.sock.recv(size)
         except BlockingIOError:
             return None
         except OSError as exc:
             raise self._translate(exc) from exc
+        self._read(len(data), size)
+        return data
+
+    def _read(self, n: int, size: int) -> None:
+        """Keep the read waits' account: a short read took everything an event announced."""
+        if n == size:
+            self._full = True
+            return
+        self._full = False
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.ready = waiter.sticky
+
+    def _watch(self) -> Waiter | None:
+        """Register the socket for read waits (None: wait through Trio's I/O manager)."""
+        if not EPOLL_WAITS or self._closed:
+            return None
+        waiter = self._waiter = current_dispatcher().watch(self.sock)
+        return waiter
+
+    def release_waits(self) -> None:
+        """Drop the socket's registration for read waits (another poller takes it over)."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.dispatcher.forget(waiter)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write everything, waiting only while the kernel's buffer is full."""
@@ -231,6 +283,7 @@ class SocketStream:
             if on_close is not None:
                 self.on_close = None
                 on_close()
+            self.release_waits()  # a task parked on it gets ClosedResourceError
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 

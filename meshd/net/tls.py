@@ -122,6 +122,7 @@ async def tls_accept(sock: socket.socket | SocketStream, ctx: ssl.SSLContext) ->
     peer = None
     if isinstance(sock, SocketStream):
         peer = sock.known_peer
+        sock.release_waits()  # the TLS socket waits through Trio (none made yet, as a rule)
         sock = sock.sock  # non-blocking already
     else:
         sock.setblocking(False)

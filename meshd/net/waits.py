@@ -1,0 +1,185 @@
+"""Read waits without an ``epoll_ctl`` per park: one epoll set, one system task, per Trio run.
+
+Trio's I/O manager registers a socket one-shot and re-arms it at every park: an
+``epoll_ctl`` per wait, twice per proxied L7 request. Here a :class:`SocketStream
+<meshd.net.stream.SocketStream>` that waits to read registers its socket once, edge-triggered
+(``EPOLLIN | EPOLLRDHUP | EPOLLET``), in an epoll set of our own; one system task waits for
+that set (one Trio wait however many sockets are ready) and wakes the tasks parked on the
+sockets it reports (``wait_task_rescheduled``/``reschedule``), as :mod:`meshd.net.reactor`
+serves L4 flows from its own set.
+
+Edge-triggered, an event comes once per arrival, so a wait must never miss one:
+
+* an event for a socket nobody waits on marks it :attr:`Waiter.ready`: the next wait returns
+  at once (the caller reads; EAGAIN sends it back to wait, now parked);
+* end of stream, a reset or an error marks it ready for good (:attr:`Waiter.sticky`): the
+  read says so, however many events came before;
+* registering reports what is there already (``epoll_ctl(ADD)`` checks readiness);
+* bytes left unread by a read that filled its buffer make no event: the stream reads again
+  before it waits (:class:`~meshd.net.stream.SocketStream` keeps track).
+
+A wake-up is only ever early, never missing: every caller reads after a wait and waits again
+on EAGAIN. Cancellation and deadlines abort a parked wait as Trio's own do; closing the
+socket (:meth:`Dispatcher.forget`) wakes a parked task with :class:`trio.ClosedResourceError`,
+as ``notify_closing`` does. Once the run's task has ended, waits go to Trio's I/O manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+from typing import Final
+
+import outcome
+import trio
+
+__all__ = ["EPOLL_WAITS", "Dispatcher", "Waiter", "current_dispatcher"]
+
+#: Whether this platform has epoll (Linux): elsewhere streams wait through Trio.
+EPOLL_WAITS: Final = hasattr(select, "epoll")
+
+_FLAGS: Final = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET) if EPOLL_WAITS else 0
+# End of stream, reset, error: states that last, unlike the arrival of bytes.
+_LASTING: Final = (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR) if EPOLL_WAITS else 0
+# Events taken per wake-up; edge-triggered ones left over come with the next (none is lost).
+_MAX_EVENTS: Final = 256
+
+
+class Waiter:
+    """One socket's registration in the dispatcher's set, and the task parked on it."""
+
+    __slots__ = ("dispatcher", "fd", "ready", "sticky", "task")
+
+    def __init__(self, dispatcher: Dispatcher, fd: int) -> None:
+        self.dispatcher = dispatcher
+        self.fd = fd
+        #: An event came while no task waited: the next wait returns at once.
+        self.ready = False
+        #: End of stream, reset or error seen: every wait returns at once.
+        self.sticky = False
+        self.task: trio.lowlevel.Task | None = None
+
+    async def wait(self) -> None:
+        """Park until the socket has something to read (possibly early, never late)."""
+        if self.ready:
+            # A cancelled task stops here, as in a park, even though the socket is ready
+            # (and the mark stays for the next wait).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self.ready = self.sticky
+            return
+        if self.dispatcher.closed:
+            await trio.lowlevel.wait_readable(self.fd)
+            return
+        if self.task is not None:
+            raise trio.BusyResourceError("another task is already reading this socket")
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def drained(self) -> None:
+        """A read came back short: whatever an event already reported has been read."""
+        self.ready = self.sticky
+
+
+class Dispatcher:
+    """The epoll set of read waits and the system task that serves it (one per Trio run)."""
+
+    __slots__ = ("_epoll", "_waiters", "closed", "wakeups")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._waiters: dict[int, Waiter] = {}
+        #: The task has ended (the run is ending): waits go to Trio's I/O manager.
+        self.closed = False
+        #: Times the task woke up.
+        self.wakeups = 0
+
+    @property
+    def watched(self) -> int:
+        """How many sockets are registered now."""
+        return len(self._waiters)
+
+    def watch(self, sock: socket.socket) -> Waiter | None:
+        """Register ``sock`` (once); None once the dispatcher has stopped."""
+        if self.closed:
+            return None
+        fd = sock.fileno()
+        try:
+            self._epoll.register(fd, _FLAGS)
+        except FileExistsError:
+            # A descriptor number closed under a registration another file still holds.
+            self._epoll.modify(fd, _FLAGS)
+        waiter = Waiter(self, fd)
+        self._waiters[fd] = waiter
+        return waiter
+
+    def forget(self, waiter: Waiter) -> None:
+        """The socket is closing: drop its registration, wake its parked task with
+        :class:`trio.ClosedResourceError`. Call before closing the descriptor."""
+        if self._waiters.get(waiter.fd) is waiter:
+            del self._waiters[waiter.fd]
+            if not self.closed:
+                with contextlib.suppress(OSError):  # closed already: the kernel dropped it
+                    self._epoll.unregister(waiter.fd)
+        task = waiter.task
+        if task is not None:
+            waiter.task = None
+            trio.lowlevel.reschedule(
+                task, outcome.Error(trio.ClosedResourceError("another task closed this socket"))
+            )
+
+    async def run(self) -> None:
+        """Serve the epoll set until the Trio run ends."""
+        epoll = self._epoll
+        waiters = self._waiters
+        fileno = epoll.fileno()
+        poll = epoll.poll
+        wait_readable = trio.lowlevel.wait_readable
+        reschedule = trio.lowlevel.reschedule
+        try:
+            while True:
+                await wait_readable(fileno)
+                self.wakeups += 1
+                for fd, mask in poll(0, _MAX_EVENTS):
+                    waiter = waiters.get(fd)
+                    if waiter is None:
+                        continue
+                    if mask & _LASTING:
+                        waiter.sticky = True
+                    task = waiter.task
+                    if task is None:
+                        waiter.ready = True
+                    else:
+                        waiter.task = None
+                        reschedule(task)
+        finally:
+            self.closed = True
+            # Parked tasks read again (EAGAIN) and wait through Trio from now on.
+            for waiter in waiters.values():
+                waiter.ready = True
+                task = waiter.task
+                if task is not None:
+                    waiter.task = None
+                    reschedule(task)
+            waiters.clear()
+            trio.lowlevel.notify_closing(fileno)
+            epoll.close()
+
+
+_DISPATCHER: trio.lowlevel.RunVar[Dispatcher] = trio.lowlevel.RunVar("meshd_dispatcher")
+
+
+def current_dispatcher() -> Dispatcher:
+    """This Trio run's dispatcher, started on first use."""
+    try:
+        return _DISPATCHER.get()
+    except LookupError:
+        pass
+    dispatcher = Dispatcher()
+    trio.lowlevel.spawn_system_task(dispatcher.run, name="meshd.net.waits")
+    _DISPATCHER.set(dispatcher)
+    return dispatcher

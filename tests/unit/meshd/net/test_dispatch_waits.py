@@ -1,0 +1,278 @@
+"""SocketStream's read waits through the run's dispatcher (meshd/net/waits.py), real sockets.
+
+Edge-triggered registrations made once: every test here hangs (and fails on its time limit)
+if an event is missed.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+
+from meshd.net.reactor import EPOLL_AVAILABLE, current_reactor
+from meshd.net.stream import SocketStream
+from meshd.net.waits import EPOLL_WAITS, current_dispatcher
+
+pytestmark = [
+    pytest.mark.timeout(20),
+    pytest.mark.skipif(not (EPOLL_WAITS and EPOLL_AVAILABLE), reason="epoll (Linux) only"),
+]
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
+def _rst(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def _marked(stream: SocketStream) -> None:
+    """Until the dispatcher has taken the event of bytes that came while nobody waited."""
+    waiter = stream._waiter
+    assert waiter is not None
+    with trio.fail_after(5):
+        while not waiter.ready:
+            await trio.sleep(0.001)
+
+
+async def _parked(stream: SocketStream) -> None:
+    # The reader is parked in the dispatcher (not returned, not in Trio's I/O manager).
+    await trio.testing.wait_all_tasks_blocked()
+    waiter = stream._waiter
+    assert waiter is not None and waiter.task is not None
+
+
+async def test_a_parked_read_wakes_through_the_dispatcher() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        for i in range(3):
+            async with trio.open_nursery() as nursery:
+
+                async def send(i: int = i) -> None:
+                    await _parked(stream)
+                    b.sendall(b"ping%d" % i)
+
+                nursery.start_soon(send)
+                assert await stream.receive_later() == b"ping%d" % i
+        dispatcher = current_dispatcher()
+        assert dispatcher.watched == 1  # registered once, not per wait
+        assert dispatcher.wakeups >= 3
+        stream.close_nowait()
+        assert dispatcher.watched == 0
+
+
+async def test_cancel_while_parked_then_the_next_read_still_wakes() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        with trio.CancelScope() as scope:
+
+            async def cancel() -> None:
+                await _parked(stream)
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel)
+                await stream.receive_later()
+        assert scope.cancelled_caught
+        assert stream._waiter is not None and stream._waiter.task is None
+        b.sendall(b"after")
+        assert await stream.receive_later() == b"after"
+        stream.close_nowait()
+
+
+async def test_a_deadline_while_parked() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        with trio.move_on_after(0.05) as scope:
+            await stream.receive_some()
+        assert scope.cancelled_caught
+        b.sendall(b"late")
+        assert await stream.receive_some() == b"late"
+        stream.close_nowait()
+
+
+async def test_a_cancelled_task_stops_even_if_bytes_are_marked_and_keeps_the_mark() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        b.sendall(b"first")
+        assert await stream.receive_later() == b"first"  # registered now
+        b.sendall(b"second")
+        await _marked(stream)  # the event comes while nobody waits: a mark
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await stream.receive_later()
+        assert scope.cancelled_caught
+        assert await stream.receive_later() == b"second"
+        stream.close_nowait()
+
+
+async def test_close_while_parked_raises_closed_resource_error() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+
+        async def close() -> None:
+            await _parked(stream)
+            stream.close_nowait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            with pytest.raises(trio.ClosedResourceError):
+                await stream.receive_later()
+        assert current_dispatcher().watched == 0
+
+
+async def test_bytes_that_came_while_nobody_waited() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        b.sendall(b"one")
+        assert await stream.receive_later() == b"one"
+        b.sendall(b"two")
+        await _marked(stream)
+        with trio.fail_after(5):
+            assert await stream.receive_later() == b"two"
+        stream.close_nowait()
+
+
+async def test_bytes_a_full_read_left_behind() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        b.sendall(b"x")
+        assert await stream.receive_later() == b"x"
+        b.sendall(b"y" * 10_000)  # one event for it all
+        await _marked(stream)
+        got = bytearray()
+        with trio.fail_after(5):
+            while len(got) < 10_000:
+                got += await stream.receive_later(1000)  # ten reads, one event
+        assert got == b"y" * 10_000
+        stream.close_nowait()
+
+
+async def test_bytes_and_end_of_stream_in_one_event() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        b.sendall(b"x")
+        assert await stream.receive_later() == b"x"
+        b.sendall(b"last")
+        b.shutdown(socket.SHUT_WR)
+        await _marked(stream)
+        with trio.fail_after(5):
+            assert await stream.receive_later() == b"last"
+            assert await stream.receive_later() == b""
+            assert await stream.receive_some() == b""
+        stream.close_nowait()
+
+
+async def test_a_reset_while_parked() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+
+    async def reset() -> None:
+        await _parked(stream)
+        _rst(b)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reset)
+        with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+            await stream.receive_later()
+    stream.close_nowait()
+
+
+@pytest.mark.parametrize("what", ["close", "reset", "bytes"])
+async def test_an_idle_pooled_connection_that_waited_before_is_stale(what: str) -> None:
+    # A pooled upstream connection read its last answer through the dispatcher; while idle,
+    # the peer closes, resets or writes: the check before reuse says stale.
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    b.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert await stream.receive_later()
+    assert not stream.is_stale()
+    if what == "close":
+        b.close()
+    elif what == "reset":
+        _rst(b)
+    else:
+        b.sendall(b"unexpected")
+    with trio.fail_after(5):
+        while not stream.is_stale():
+            await trio.sleep(0.001)
+    stream.close_nowait()
+    b.close()
+
+
+async def test_two_readers_at_once_is_an_error() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    with b:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.receive_later)
+            await _parked(stream)
+            with pytest.raises(trio.BusyResourceError):
+                await stream.receive_later()
+            nursery.cancel_scope.cancel()
+        stream.close_nowait()
+
+
+def test_waits_after_the_dispatcher_stopped_go_through_trio() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+
+    async def first() -> None:
+        b.sendall(b"x")
+        assert await stream.receive_later() == b"x"
+
+    async def second() -> None:
+        # A new run: the stream's registration belongs to the stopped dispatcher: Trio waits.
+        async def send() -> None:
+            await trio.sleep(0.02)
+            b.sendall(b"y")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            with trio.fail_after(5):
+                assert await stream.receive_later() == b"y"
+        stream.close_nowait()
+
+    trio.run(first)
+    waiter = stream._waiter
+    assert waiter is not None and waiter.dispatcher.closed
+    trio.run(second)
+    b.close()
+
+
+async def test_a_stream_the_l4_reactor_takes_leaves_the_set() -> None:
+    # Else every byte the reactor pumps would wake the dispatcher too.
+    a, b = _tcp_pair()
+    c, d = _tcp_pair()
+    down, up = SocketStream(a), SocketStream(c)
+    b.sendall(b"x")
+    assert await down.receive_later() == b"x"
+    dispatcher = current_dispatcher()
+    assert dispatcher.watched == 1
+    reactor = current_reactor()
+    flow = reactor.open(down, up, b"", b"", None)
+    assert flow is not None
+    assert dispatcher.watched == 0
+    reactor.finish(flow, None)
+    down.close_nowait()
+    up.close_nowait()
+    b.close()
+    d.close()
