@@ -87,6 +87,31 @@ def start_nginx(
     return proc
 
 
+def start_haproxy(
+    ctx: Context,
+    procs: ProcessGroup,
+    haproxy: str,
+    *,
+    backend_port: int,
+    l7_port: int,
+    l4_port: int,
+) -> ManagedProcess:
+    """haproxy from ``haproxy.cfg``: an HTTP frontend on ``l7_port``, a TCP one on ``l4_port``,
+    both to the backend; returns once both listen."""
+    workdir = ctx.tempdir("haproxy")
+    cfg = render(
+        "haproxy.cfg",
+        workdir / "haproxy.cfg",
+        backend_port=backend_port,
+        l7_port=l7_port,
+        l4_port=l4_port,
+    )
+    proc = procs.start("haproxy", [haproxy, "-db", "-f", str(cfg)], cwd=workdir)
+    wait_for_port(l7_port, proc)
+    wait_for_port(l4_port, proc)
+    return proc
+
+
 def nginx_workers(master: ManagedProcess) -> Callable[[], list[int]]:
     def pids() -> list[int]:
         workers = children(master.pid)
@@ -317,17 +342,14 @@ def run_suite(ctx: Context) -> None:
             port=nginx_l7,
             backend_port=backend,
         )
-        hap_dir = ctx.tempdir("haproxy")
-        cfg = render(
-            "haproxy.cfg",
-            hap_dir / "haproxy.cfg",
+        haproxy = start_haproxy(
+            ctx,
+            procs,
+            tools["haproxy"],
             backend_port=backend,
             l7_port=haproxy_l7,
             l4_port=haproxy_l4,
         )
-        haproxy = procs.start("haproxy", [tools["haproxy"], "-db", "-f", str(cfg)], cwd=hap_dir)
-        wait_for_port(haproxy_l7, haproxy)
-        wait_for_port(haproxy_l4, haproxy)
         meshd = _start_meshd(
             ctx, procs, backend_port=backend, l7_port=meshd_l7, l4_port=meshd_l4, admin_port=admin
         )

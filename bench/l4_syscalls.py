@@ -40,10 +40,8 @@ from common import (
     WrkParams,
     ensure_tools,
     free_ports,
-    render,
     rss_kb,
     run_wrk,
-    wait_for_port,
 )
 from profile_l7 import _checkout_ctx, user_sys_ticks
 
@@ -162,16 +160,9 @@ def main(argv: list[str]) -> int:
         dp.start_nginx(base, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
         targets: list[tuple[str, int, int]] = []
         if not args.no_haproxy:
-            hap_dir = base.tempdir("haproxy")
-            cfg = render(
-                "haproxy.cfg",
-                hap_dir / "haproxy.cfg",
-                backend_port=backend,
-                l7_port=hap_l7,
-                l4_port=hap_l4,
+            hap = dp.start_haproxy(
+                base, procs, tools["haproxy"], backend_port=backend, l7_port=hap_l7, l4_port=hap_l4
             )
-            hap = procs.start("haproxy", [tools["haproxy"], "-db", "-f", str(cfg)], cwd=hap_dir)
-            wait_for_port(hap_l4, hap)
             dp.check_path(dp.BenchPath("haproxy-l4", hap_l4, None))
             targets.append(("haproxy-l4", hap_l4, hap.pid))
         for i, spec in enumerate(args.checkouts):

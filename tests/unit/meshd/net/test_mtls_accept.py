@@ -31,11 +31,7 @@ async def test_stalled_client_times_out(
     monkeypatch: pytest.MonkeyPatch, first_bytes: bytes
 ) -> None:
     monkeypatch.setattr(mtls, "HANDSHAKE_TIMEOUT_S", 0.1)
-    ca = make_ca()
-    leaf = ca.service("server")
-    tls = MeshTls()
-    tls.mode = "strict"
-    tls.server_strict = server_context(leaf.cert_pem, leaf.key_pem, ca.root_pem)
+    tls = _strict_tls()
     ours, theirs = socket.socketpair()
     with theirs:
         theirs.sendall(first_bytes)
@@ -43,6 +39,16 @@ async def test_stalled_client_times_out(
         assert await tls.accept(stream) is None
         assert tls.handshake_failed == 1
         assert stream.sock.fileno() == -1  # closed
+
+
+def _strict_tls() -> MeshTls:
+    """Inbound mTLS in STRICT mode with a fresh CA's server certificate."""
+    ca = make_ca()
+    leaf = ca.service("server")
+    tls = MeshTls()
+    tls.mode = "strict"
+    tls.server_strict = server_context(leaf.cert_pem, leaf.key_pem, ca.root_pem)
+    return tls
 
 
 def _shared() -> ProxyShared:
@@ -62,11 +68,7 @@ async def test_stalled_client_closed_by_the_deadline_sweep(
     monkeypatch.setattr(mtls, "HANDSHAKE_TIMEOUT_S", 0.1)
     shared = _shared()
     await nursery.start(shared.run_deadlines)
-    ca = make_ca()
-    leaf = ca.service("server")
-    tls = MeshTls()
-    tls.mode = "strict"
-    tls.server_strict = server_context(leaf.cert_pem, leaf.key_pem, ca.root_pem)
+    tls = _strict_tls()
     ours, theirs = socket.socketpair()
     with theirs:
         theirs.sendall(first_bytes)
