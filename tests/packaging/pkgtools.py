@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from ports import free_ports as free_ports  # noqa: PLC0414 (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 CHROOT_CACHE = Path(
@@ -159,19 +160,6 @@ def in_root(
     if check:
         assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]}{done.stderr[-4000:]}"
     return done
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 class Daemon:

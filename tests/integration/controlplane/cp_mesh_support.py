@@ -14,7 +14,6 @@ Every process is stopped by PID (SIGTERM, then SIGKILL); every wait is bounded.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import httpx
 import trio
 import yaml
 from helpers import clean_env, ready_record, stop_process
+from ports import free_ports as free_ports  # noqa: PLC0414 (re-exported)
 
 REPO = Path(__file__).resolve().parents[3]
 #: Bound of any single wait in this test.
@@ -59,18 +59,6 @@ for ident in sys.argv[1:]:
 print(json.dumps(servers), flush=True)
 sys.stdin.read()
 """
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports on 127.0.0.1 (all held while picking)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 async def wait_for(

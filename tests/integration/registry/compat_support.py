@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import httpx
 from helpers import stop_process
+from ports import free_port as free_port  # noqa: PLC0414 (re-exported)
 
 REPO = Path(__file__).resolve().parents[3]
 #: Bound for any single wait: a broken server fails the test, it never hangs it.
@@ -41,13 +42,6 @@ MGMT_TOKEN = "9c5e4d2a-0b7e-4c39-8f51-3f1c2a6d7e80"
 T = TypeVar("T")
 
 _CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
