@@ -187,6 +187,7 @@ class ClusterRuntime:
         hash_key: bytes | None = None,
         exclude: Collection[Endpoint] = (),
         fresh: bool = False,
+        picked: Endpoint | None = None,
     ) -> tuple[Endpoint, UpstreamConnection]:
         """An endpoint (not one of ``exclude`` when another is available) and a connection to
         it; raises an :class:`UpstreamError`.
@@ -194,19 +195,11 @@ class ClusterRuntime:
         ``hash_key``: from :meth:`hash_key`. The try counts as in flight on the endpoint
         (least-request, EWMA) from here until :meth:`release`. When the connect fails, the
         error's ``endpoint`` names the endpoint picked: the caller reports that try.
+        ``picked``: the endpoint :meth:`acquire_idle` picked (no second pick).
         """
         state = self.state
-        if state.due < _NEVER and state.due <= self._clock():
-            state.tick()
-        if state.unavailable is not self._unavailable:
-            # Health changed, or the endpoints did (then this may be a replaced snapshot's
-            # runtime, whose endpoints the newest snapshot left out are not to be used).
-            self._unavailable = state.unavailable
-            self.selector.set_unavailable(state.unavailable, state.removed(self._addresses))
+        endpoint = picked if picked is not None else self._pick(hash_key, exclude)
         selector = self.selector
-        endpoint = selector.pick(hash_key, exclude)
-        if endpoint is None:
-            raise NoHealthyUpstream("no_healthy_upstream", f"cluster {self.name}: no endpoint")
         pool = self._pools[id(endpoint)]
         limits = self._limits
         if limits is not None and (fresh or not pool.idle):
@@ -228,6 +221,46 @@ class ClusterRuntime:
             raise
         self._starts[id(conn)] = start
         return endpoint, conn
+
+    def acquire_idle(
+        self, hash_key: bytes | None = None
+    ) -> tuple[Endpoint, UpstreamConnection | None] | None:
+        """:meth:`acquire` when it needs no wait: the endpoint picked, and its idle
+        connection, counted as :meth:`acquire` counts it.
+
+        With no idle connection there: the endpoint alone, nothing counted; pass it to
+        :meth:`acquire` as ``picked``. None: no endpoint to pick (:meth:`acquire` says why).
+        """
+        try:
+            endpoint = self._pick(hash_key, ())
+        except UpstreamError:
+            return None
+        pool = self._pools[id(endpoint)]
+        if not pool.idle:
+            return endpoint, None
+        selector = self.selector
+        selector.started(endpoint)
+        start = now()
+        conn = pool.take_idle()
+        if conn is None:
+            selector.finished(endpoint)
+            return endpoint, None
+        self._starts[id(conn)] = start
+        return endpoint, conn
+
+    def _pick(self, hash_key: bytes | None, exclude: Collection[Endpoint]) -> Endpoint:
+        state = self.state
+        if state.due < _NEVER and state.due <= self._clock():
+            state.tick()
+        if state.unavailable is not self._unavailable:
+            # Health changed, or the endpoints did (then this may be a replaced snapshot's
+            # runtime, whose endpoints the newest snapshot left out are not to be used).
+            self._unavailable = state.unavailable
+            self.selector.set_unavailable(state.unavailable, state.removed(self._addresses))
+        endpoint = self.selector.pick(hash_key, exclude)
+        if endpoint is None:
+            raise NoHealthyUpstream("no_healthy_upstream", f"cluster {self.name}: no endpoint")
+        return endpoint
 
     def release(
         self, endpoint: Endpoint, conn: UpstreamConnection, *, reusable: bool, timed: bool = True

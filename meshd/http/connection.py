@@ -33,15 +33,17 @@ from meshd.errors import PROXY_ERRORS, ProxyError
 from meshd.http import codec
 from meshd.http.codec import CHUNKED, EV_DATA, EV_END, NO_BODY, HttpError, RequestHead
 from meshd.http.config import HttpListenerConfig
-from meshd.http.decide import Answer, check_escaped_slashes, decide
+from meshd.http.decide import Answer, Plan, check_escaped_slashes, decide
 from meshd.http.exchange import Exchange, record
 from meshd.http.failure import answer_for, error_answer, render
 from meshd.http.forward import forward
+from meshd.http.lane import Lane
 from meshd.http.phase import Phase
 from meshd.http.serialize import chunk
 from meshd.http.strict import valid_host
 from meshd.http.tracing import new_ids
-from meshd.net.stream import ProxyStream
+from meshd.net.stream import ProxyStream, SocketStream
+from meshd.net.waits import EPOLL_WAITS
 
 __all__ = ["HttpConnection", "Phase", "serve_http"]
 
@@ -59,6 +61,8 @@ _YIELD_EVERY: Final = 16
 _PROBE_BACKOFF_MAX: Final = 16
 BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 PEER_IDENTITY: Final = b"x-meshd-peer-identity"
+#: Plain connections' simple requests go through the fast lane (:mod:`meshd.http.lane`).
+LANE: Final = EPOLL_WAITS
 
 
 class HttpConnection:
@@ -72,11 +76,13 @@ class HttpConnection:
         "down",
         "exchange",
         "head",
+        "lane",
         "parser",
         "peer_identity",
         "peer_ip",
         "phase",
         "scope",
+        "served",
         "shared",
         "source",
     )
@@ -109,6 +115,12 @@ class HttpConnection:
         self.body_failure: BaseException | None = None
         #: When the current phase times out (trio clock); see :meth:`ProxyShared.run_deadlines`.
         self.deadline = math.inf
+        #: Requests answered on this connection.
+        self.served = 0
+        #: Serves the simple requests of a plain connection without waking this task.
+        self.lane: Lane | None = None
+        if LANE and isinstance(down, SocketStream):
+            self.lane = Lane(self, down)
 
     def expire(self) -> None:
         """The deadline passed: stop whatever the connection is waiting for."""
@@ -162,11 +174,25 @@ class HttpConnection:
         # requests): a lone client's connection seldom tries it.
         nowait: Callable[[], bytes | None] | None = getattr(down, "receive_nowait", None)
         checkpoint = trio.lowlevel.checkpoint  # looked up once, not twice per request
+        lane = self.lane
         backoff = skip = 0
-        served = 0
         while not self.close_after:
             self.phase = IDLE
             self.deadline = now() + idle_timeout
+            if lane is not None and not events:
+                step = await lane.run()
+                if step is False:
+                    return  # the client has gone
+                if step is not True:
+                    await step()  # a request the lane began and handed over
+                    begun = self.head
+                    if begun is None or not begun.keep_alive or self.phase is TUNNEL:
+                        return
+                    self.served += 1
+                else:
+                    lane = self.lane  # None once the dispatcher has stopped
+                continue
+            served = self.served
             # Read here, not in a coroutine of its own: one frame less to pass through on
             # every wake-up of the connection's task.
             while not events:
@@ -183,7 +209,7 @@ class HttpConnection:
                         backoff = 0
                 if data is None:
                     data = await receive()
-                if not self._take(data):
+                if not self.take(data):
                     return
             kind, head = events.pop(0)  # the parser queues a head first, always
             assert kind == codec.EV_HEAD and isinstance(head, RequestHead)
@@ -194,13 +220,13 @@ class HttpConnection:
             await self._handle(head)
             if not head.keep_alive or self.phase is TUNNEL:
                 return
-            served += 1
+            served = self.served = served + 1
             if served % _YIELD_EVERY == 0:
                 # Requests normally wait on the upstream, which yields; a client whose
                 # answers are always ready must still not starve the other connections.
                 await checkpoint()
 
-    def _take(self, data: bytes | bytearray) -> bool:
+    def take(self, data: bytes | bytearray) -> bool:
         """Parse bytes read while waiting for a request head; False at the client's end."""
         parser = self.parser
         if not data:
@@ -215,16 +241,24 @@ class HttpConnection:
         return True
 
     async def _handle(self, head: RequestHead) -> None:
+        target = self.begin(head)
+        if isinstance(target, Answer):
+            await self.respond(target)
+            return
+        await self.route(head, target)
+
+    def begin(self, head: RequestHead) -> bytes | Answer:
+        """Start the exchange of the request ``head``: its target as routed (normalized),
+        or the answer the proxy gives without routing it."""
         source = self.source
         if source is not None:
             latest = source.config
             if latest is not self.cfg and isinstance(latest, HttpListenerConfig):
                 self.cfg = latest  # a new snapshot's routes apply from this request on
         cfg = self.cfg
-        shared = self.shared
         ex = self.exchange = Exchange(now())
         self.head = head
-        ids = ex.ids = new_ids(shared.rng)
+        ids = ex.ids = new_ids(self.shared.rng)
         ex.request_id = head.request_id or ids[:32]
         if self.peer_identity is not None:
             # The parser dropped any client-sent copy; this one the TLS handshake verified.
@@ -237,8 +271,7 @@ class HttpConnection:
         elif head.framing == NO_BODY:
             self._take_end()
         if head.method == b"CONNECT":
-            await self.respond(answer_for("connect_unsupported", "CONNECT is not proxied"))
-            return
+            return answer_for("connect_unsupported", "CONNECT is not proxied")
         target = head.target
         if target[:1] != b"/" and target != b"*":
             target = _origin_form(head)
@@ -248,12 +281,12 @@ class HttpConnection:
         except MalformedPath as exc:
             raise HttpError("bad_request", str(exc)) from exc
         if cfg.escaped_slashes != "keep":
-            checked = check_escaped_slashes(target, cfg.escaped_slashes)
-            if isinstance(checked, Answer):
-                await self.respond(checked)
-                return
-            target = checked
-        guard = cfg.guard
+            return check_escaped_slashes(target, cfg.escaped_slashes)
+        return target
+
+    async def route(self, head: RequestHead, target: bytes) -> None:
+        """The access policy, routing and forwarding of the request begun."""
+        guard = self.cfg.guard
         if guard is not None:
             # Access policy (and JWT) before routing; it may edit the headers (claims).
             refusal = await guard.admit(head, self.peer_identity, target)
@@ -262,23 +295,33 @@ class HttpConnection:
                     Answer(refusal.status, refusal.error, refusal.detail, refusal.headers)
                 )
                 return
+        plan = self.plan(head, target)
+        if isinstance(plan, Answer):
+            await self.respond(plan)
+            return
+        await forward(self, head, plan, target)
+
+    def plan(self, head: RequestHead, target: bytes) -> Plan | Answer:
+        """Route the request (past the access policy): a plan, its deadline set, or the
+        proxy's answer."""
+        ex = self.exchange
+        assert ex is not None
         plan = decide(
-            cfg,
+            self.cfg,
             method=head.method,
             target=target,
             headers=head.headers,
             host=head.host,
             peer_identity=self.peer_identity,
             peer_ip=self.peer_ip,
-            rng=shared.rng,
+            rng=self.shared.rng,
         )
         if isinstance(plan, Answer):
             ex.route = plan.route
-            await self.respond(plan)
-            return
+            return plan
         ex.route = plan.route.name
         self.deadline = ex.start + plan.timeout_s
-        await forward(self, head, plan, target)
+        return plan
 
     def gather_body(self, out: list[bytes], chunked: bool) -> bool:
         """Move queued body events into ``out``; True once the request's end is reached."""

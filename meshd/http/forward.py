@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from meshcore.model import Endpoint
+from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.context import now
 from meshd.errors import (
@@ -36,6 +37,7 @@ from meshd.http.mirror import shadow_copy
 from meshd.http.relay import (
     BROKEN,
     HeldResponse,
+    ResponseRelay,
     StaleConnectionError,
     exchange_with,
     relay_response,
@@ -57,7 +59,16 @@ from meshd.http.tracing import next_traceparent
 if TYPE_CHECKING:
     from meshd.http.connection import HttpConnection
 
-__all__ = ["forward"]
+__all__ = [
+    "Taken",
+    "forward",
+    "one_payload",
+    "one_try",
+    "outgoing_head",
+    "refused",
+    "taken_on",
+    "target_cluster",
+]
 
 
 async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: bytes) -> None:
@@ -65,12 +76,10 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
     ex = c.exchange
     assert ex is not None
     shared = c.shared
-    cluster = c.cfg.clusters.get(plan.cluster)
+    cluster = target_cluster(c, plan)
     if cluster is None:
         await c.respond(answer_for("no_healthy_upstream", "cluster not in snapshot"))
         return
-    ex.destination = cluster.service
-    ex.cluster = cluster
     if plan.delay_s:
         shared.stats.policy.inc("meshd_faults_injected", plan.route.name, "delay")
         await trio.sleep(plan.delay_s)
@@ -78,11 +87,46 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
         shared.stats.policy.inc("meshd_faults_injected", plan.route.name, "abort")
         await c.respond(plan.abort)
         return
+    out = outgoing_head(c, head, plan, target, cluster)
+    mirror = plan.mirror is not None and shared.mirror is not None
+    try:
+        cluster.admit()
+    except UpstreamError as exc:
+        await refused(c, cluster, exc)
+        return
+    try:
+        if plan.retry is not None or mirror:
+            await _tries(c, head, plan, cluster=cluster, out=out, mirror=mirror)
+            return
+        payload = one_payload(c, head, out)
+        key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
+        await one_try(c, head, plan, cluster, payload=payload, key=key, taken=None)
+    finally:
+        cluster.done()
+
+
+def target_cluster(c: HttpConnection, plan: Plan) -> ClusterRuntime | None:
+    """The plan's cluster (None: not in the snapshot), named in the exchange."""
+    cluster = c.cfg.clusters.get(plan.cluster)
+    if cluster is not None:
+        ex = c.exchange
+        assert ex is not None
+        ex.destination = cluster.service
+        ex.cluster = cluster
+    return cluster
+
+
+def outgoing_head(
+    c: HttpConnection, head: RequestHead, plan: Plan, target: bytes, cluster: ClusterRuntime
+) -> bytes:
+    """The request head as sent upstream (the trace continued, the client's address added)."""
+    ex = c.exchange
+    assert ex is not None
     traceparent = ex.traceparent = next_traceparent(
-        head.traceparent, shared.trace_sample_rate, shared.rng, ex.ids
+        head.traceparent, c.shared.trace_sample_rate, c.shared.rng, ex.ids
     )
     xff = head.xff + b", " + c.peer_ip if head.xff else c.peer_ip
-    out = request_head_bytes(
+    return request_head_bytes(
         head,
         plan.target or target,
         ex.request_id or b"",
@@ -91,33 +135,86 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
         default_host=cluster.service,
         headers=plan.headers,
     )
-    mirror = plan.mirror is not None and shared.mirror is not None
-    try:
-        cluster.admit()
-    except UpstreamError as exc:
-        shared.stats.upstream_error(cluster.name, exc.reason)
-        await c.respond_error(exc)
-        return
-    try:
-        if plan.retry is not None or mirror:
-            await _tries(c, head, plan, cluster=cluster, out=out, mirror=mirror)
-            return
-        # One try (no retry policy), the hot path: written out here rather than in a
-        # coroutine of its own, so the task's wake-ups pass through fewer frames.
-        first = [out]
-        if head.framing != NO_BODY:
-            ex.body_done = c.gather_body(first, head.framing == CHUNKED)
+
+
+def one_payload(c: HttpConnection, head: RequestHead, out: bytes) -> bytes:
+    """The head and as much of the body as came with it (all of it when
+    ``ex.body_done``): what a single try sends first."""
+    ex = c.exchange
+    assert ex is not None
+    first = [out]
+    if head.framing != NO_BODY:
+        ex.body_done = c.gather_body(first, head.framing == CHUNKED)
+    else:
+        ex.body_done = True
+    payload = b"".join(first) if len(first) > 1 else out
+    ex.bytes_in += len(payload)
+    return payload
+
+
+async def refused(c: HttpConnection, cluster: ClusterRuntime, exc: UpstreamError) -> None:
+    """``admit`` refused the request (a circuit breaker's limit)."""
+    c.shared.stats.upstream_error(cluster.name, exc.reason)
+    await c.respond_error(exc)
+
+
+class Taken:
+    """A try begun outside the task (:mod:`meshd.http.lane`), for :func:`one_try` to go on
+    with: the endpoint picked, the connection acquired (None: to connect), and how far the
+    try got."""
+
+    __slots__ = ("conn", "endpoint", "error", "pending", "relay", "rest", "started")
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        conn: UpstreamConnection | None,
+        started: float,
+        *,
+        rest: bytes = b"",
+        relay: ResponseRelay | None = None,
+        pending: bytes = b"",
+        error: BaseException | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        self.started = started
+        #: Of the request, what is still to send (with ``relay`` None).
+        self.rest = rest
+        #: The response's relay, once the request is sent.
+        self.relay = relay
+        #: Bytes of the response still to send downstream.
+        self.pending = pending
+        #: What the try failed with, raised where the task takes it over.
+        self.error = error
+
+
+async def one_try(
+    c: HttpConnection,
+    head: RequestHead,
+    plan: Plan,
+    cluster: ClusterRuntime,
+    *,
+    payload: bytes,
+    key: bytes | None,
+    taken: Taken | None,
+) -> None:
+    """The request without a retry policy: one try (the hot path), or ``taken`` on. A pooled
+    connection the upstream closed meanwhile fails before any response byte; such a request
+    is sent again once on a new connection when nothing is lost by it."""
+    ex = c.exchange
+    assert ex is not None
+    for attempt in (0, 1):
+        if taken is not None and taken.conn is not None:
+            endpoint, conn, started = taken.endpoint, taken.conn, taken.started
         else:
-            ex.body_done = True
-        payload = b"".join(first) if len(first) > 1 else out
-        ex.bytes_in += len(payload)
-        key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
-        # A pooled connection the upstream closed meanwhile fails before any response byte;
-        # such a request is sent again once on a new connection when nothing is lost by it.
-        for attempt in (0, 1):
+            picked = taken.endpoint if taken is not None else None
+            taken = None
             started = now()
             try:
-                endpoint, conn = await cluster.acquire(hash_key=key, fresh=attempt == 1)
+                endpoint, conn = await cluster.acquire(
+                    hash_key=key, fresh=attempt == 1, picked=picked
+                )
             except UpstreamError as exc:
                 # Only a failed connect is the endpoint's fault; an overflow is this sidecar's.
                 if isinstance(exc, UpstreamConnectError | UpstreamTlsError) and isinstance(
@@ -127,42 +224,72 @@ async def forward(c: HttpConnection, head: RequestHead, plan: Plan, target: byte
                 c.shared.stats.upstream_error(cluster.name, exc.reason)
                 await c.respond_error(exc)
                 return
-            ex.upstream = endpoint
-            reusable = False
-            resend = False
-            try:
-                if ex.body_done:
+        ex.upstream = endpoint
+        reusable = False
+        resend = False
+        try:
+            if ex.body_done:
+                relay: ResponseRelay | None = None
+                pending = b""
+                rest = payload
+                if taken is not None:
+                    begun = taken
+                    taken = None
+                    if begun.error is not None:
+                        raise begun.error
+                    relay, pending, rest = begun.relay, begun.pending, begun.rest
+                if relay is None:
                     try:
-                        await conn.stream.send_all(payload)
+                        await conn.stream.send_all(rest)
                     except BROKEN as exc:
                         raise send_failure(conn) from exc
-                    reusable = await relay_response(
-                        c, head, conn=conn, edit=plan.response_headers, hold=None, try_scope=None
-                    )
-                else:
-                    reusable = await exchange_with(
-                        c, head, conn, payload, edit=plan.response_headers
-                    )
-                cluster.report(endpoint, ex.code, now() - started)
-                return
-            except StaleConnectionError:
-                # Decided here, acted on after the release (mypyc has no continue in a finally).
-                resend = attempt == 0 and ex.body_done and head.method in IDEMPOTENT
-                failure: UpstreamError | HttpError = UpstreamResetError(
-                    "upstream_reset", "upstream closed"
+                reusable = await relay_response(
+                    c,
+                    head,
+                    conn=conn,
+                    edit=plan.response_headers,
+                    hold=None,
+                    try_scope=None,
+                    relay=relay,
+                    pending=pending,
                 )
-            except (UpstreamResetError, HttpError) as exc:
-                # Reset, or a response that doesn't parse: 502, or a reset client once
-                # the response head has gone out.
-                failure = exc
-            finally:
-                cluster.release(endpoint, conn, reusable=reusable)
-            if resend:
-                continue
-            cluster.report(endpoint, 0, now() - started)
-            c.shared.stats.upstream_error(cluster.name, failure.reason)
-            await c.respond_error(failure)
+            else:
+                reusable = await exchange_with(c, head, conn, payload, edit=plan.response_headers)
+            cluster.report(endpoint, ex.code, now() - started)
             return
+        except StaleConnectionError:
+            # Decided here, acted on after the release (mypyc has no continue in a finally).
+            resend = attempt == 0 and ex.body_done and head.method in IDEMPOTENT
+            failure: UpstreamError | HttpError = UpstreamResetError(
+                "upstream_reset", "upstream closed"
+            )
+        except (UpstreamResetError, HttpError) as exc:
+            # Reset, or a response that doesn't parse: 502, or a reset client once
+            # the response head has gone out.
+            failure = exc
+        finally:
+            cluster.release(endpoint, conn, reusable=reusable)
+        if resend:
+            continue
+        cluster.report(endpoint, 0, now() - started)
+        c.shared.stats.upstream_error(cluster.name, failure.reason)
+        await c.respond_error(failure)
+        return
+
+
+async def taken_on(
+    c: HttpConnection,
+    head: RequestHead,
+    plan: Plan,
+    cluster: ClusterRuntime,
+    *,
+    payload: bytes,
+    key: bytes | None,
+    taken: Taken | None,
+) -> None:
+    """:func:`one_try` for a request admitted outside the task; ends it in the cluster."""
+    try:
+        await one_try(c, head, plan, cluster, payload=payload, key=key, taken=taken)
     finally:
         cluster.done()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BROKEN",
     "HeldResponse",
+    "ResponseRelay",
     "StaleConnectionError",
     "exchange_with",
     "relay_response",
@@ -147,54 +148,97 @@ async def _send_body(c: HttpConnection, up: Stream, chunked: bool, scope: trio.C
         scope.cancel()
 
 
-async def relay_response(
-    c: HttpConnection,
-    head: RequestHead,
-    *,
-    conn: UpstreamConnection,
-    edit: HeaderEdit | None,
-    hold: Hold | None,
-    try_scope: trio.CancelScope | None,
-) -> bool:
-    ex = c.exchange
-    assert ex is not None
-    down = c.down
-    up = conn.stream
-    reused = conn.reused
-    rp: ResponseParser | None = conn.protocol_state
-    if rp is None:
-        rp = conn.protocol_state = ResponseParser()
-    cfg = c.cfg
-    rp.reset(
-        head_request=head.method == b"HEAD",
-        max_head_bytes=cfg.max_response_head_bytes,
-        max_headers=cfg.max_response_headers,
+class ResponseRelay:
+    """One response on its way downstream: fed the upstream's reads, it gives what to send.
+
+    Sans-IO, so a task (:func:`relay_response`) and the dispatcher's callbacks
+    (:mod:`meshd.http.lane`) drive the same steps: :meth:`feed` each read, send what it
+    returns then call :meth:`sent`, until :attr:`tunnel` is set (a 101: bytes both ways from
+    here) or :attr:`done` (then :meth:`finish`).
+    """
+
+    __slots__ = (
+        "c",
+        "done",
+        "down_framing",
+        "edit",
+        "ex",
+        "final",
+        "head",
+        "held",
+        "hold",
+        "received",
+        "relayed",
+        "reused",
+        "rp",
+        "try_scope",
+        "tunnel",
     )
-    down_framing = NO_BODY
-    final: ResponseHead | None = None
-    held = 0
-    received = False
-    relayed = False
-    while True:
-        try:
-            data = await up.receive_later()
-        except BROKEN as exc:
-            if held:
-                raise HeldResponse(held, reusable=False) from exc
-            if reused and not received:
-                raise StaleConnectionError from exc
-            raise UpstreamResetError("upstream_reset", "connection reset") from exc
+
+    def __init__(
+        self,
+        c: HttpConnection,
+        head: RequestHead,
+        conn: UpstreamConnection,
+        *,
+        edit: HeaderEdit | None,
+        hold: Hold | None,
+        try_scope: trio.CancelScope | None,
+    ) -> None:
+        ex = c.exchange
+        assert ex is not None
+        self.c = c
+        self.ex = ex
+        self.head = head
+        self.edit = edit
+        self.hold = hold
+        self.try_scope = try_scope
+        self.reused = conn.reused
+        rp: ResponseParser | None = conn.protocol_state
+        if rp is None:
+            rp = conn.protocol_state = ResponseParser()
+        cfg = c.cfg
+        rp.reset(
+            head_request=head.method == b"HEAD",
+            max_head_bytes=cfg.max_response_head_bytes,
+            max_headers=cfg.max_response_headers,
+        )
+        self.rp = rp
+        self.down_framing = NO_BODY
+        self.final: ResponseHead | None = None
+        #: The status of a response held for a retry (0: none).
+        self.held = 0
+        self.received = False
+        self.relayed = False
+        #: After a 101: the bytes that followed its head (None: no tunnel).
+        self.tunnel: bytes | None = None
+        #: The response is complete, or ended with the connection.
+        self.done = False
+
+    def broken(self, exc: BaseException) -> NoReturn:
+        """Reading from the upstream failed with ``exc``: raise what that means."""
+        if self.held:
+            raise HeldResponse(self.held, reusable=False) from exc
+        if self.reused and not self.received:
+            raise StaleConnectionError from exc
+        raise UpstreamResetError("upstream_reset", "connection reset") from exc
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take one read of the upstream (``b""``: its end); returns the bytes to send
+        downstream, if any, then call :meth:`sent`."""
+        held = self.held
         if not data:
             if held:
                 raise HeldResponse(held, reusable=False)
+            final = self.final
             if final is not None and final.framing == UNTIL_CLOSE:
-                if down_framing == CHUNKED:
-                    await down.send_all(_LAST_CHUNK)
-                return False
-            if reused and not received:
+                self.done = True
+                return _LAST_CHUNK if self.down_framing == CHUNKED else None
+            if self.reused and not self.received:
                 raise StaleConnectionError
             raise UpstreamResetError("upstream_reset", "upstream closed mid-response")
-        received = True
+        self.received = True
+        rp = self.rp
         try:
             tail = rp.feed(data)
         except HttpError as exc:
@@ -205,7 +249,10 @@ async def relay_response(
             rp.body.clear()
             if rp.complete:
                 raise HeldResponse(held, reusable=rp.heads == [] and not rp.extra)
-            continue
+            return None
+        c = self.c
+        head = self.head
+        ex = self.ex
         out: list[bytes] = []
         while rp.heads:
             rh = rp.heads.pop(0)
@@ -218,21 +265,25 @@ async def relay_response(
                 # raw tunnel past every HTTP check: refused, and both connections end.
                 c.close_after = True
                 raise HttpError("upstream_unexpected_upgrade", "101 without an Upgrade request")
-            if hold is not None and not relayed and not out and hold(rh.status):
+            hold = self.hold
+            if hold is not None and not self.relayed and not out and hold(rh.status):
                 # Retried: nothing of this response goes downstream. Its body is read and
                 # dropped so the connection may serve again.
-                held = rh.status
+                self.held = rh.status
                 rp.body.clear()
                 if rp.complete:
-                    raise HeldResponse(held, reusable=rh.keep_alive and not rp.extra)
-                break
-            final = rh
+                    raise HeldResponse(rh.status, reusable=rh.keep_alive and not rp.extra)
+                return None
+            self.final = rh
+            try_scope = self.try_scope
             if try_scope is not None:
                 # The response is the client's now: only the route's deadline applies.
                 try_scope.deadline = math.inf
+            edit = self.edit
             if edit is not None:
                 rh.headers = edit.apply(rh.headers)
             down_framing, close = _response_framing(c, head, rh)
+            self.down_framing = down_framing
             ex.code = rh.status
             out.append(
                 response_head_bytes(
@@ -242,26 +293,79 @@ async def relay_response(
                     http10_keep_alive=head.version == b"1.0" and not close,
                 )
             )
-        if held:
-            continue
         if rp.body:
+            chunked = self.down_framing == CHUNKED
             for piece in rp.body:
                 ex.bytes_out += len(piece)
-                out.append(chunk(piece) if down_framing == CHUNKED else piece)
+                out.append(chunk(piece) if chunked else piece)
             rp.body.clear()
-        if rp.complete and down_framing == CHUNKED:
+        if rp.complete and self.down_framing == CHUNKED:
             out.append(_LAST_CHUNK)
-        if out:
-            await down.send_all(b"".join(out) if len(out) > 1 else out[0])
-            relayed = True
-            ex.head_sent = final is not None
+        final = self.final
         if final is not None and final.status == 101:
-            await _tunnel(c, up, tail or b"")
+            self.tunnel = tail or b""
+        elif rp.complete:
+            self.done = True
+        if not out:
+            return None
+        return b"".join(out) if len(out) > 1 else out[0]
+
+    def sent(self) -> None:
+        """What :meth:`feed` returned has gone downstream."""
+        self.relayed = True
+        self.ex.head_sent = self.final is not None
+
+    def finish(self) -> bool:
+        """The response is :attr:`done`: account for the exchange; True if the upstream
+        connection may serve another request."""
+        ex = self.ex
+        self.c.finish(ex)
+        rp = self.rp
+        if not rp.complete:
+            return False  # a body that ran until the upstream closed
+        final = self.final
+        assert final is not None
+        return final.keep_alive and not rp.extra and ex.body_done
+
+
+async def relay_response(
+    c: HttpConnection,
+    head: RequestHead,
+    *,
+    conn: UpstreamConnection,
+    edit: HeaderEdit | None,
+    hold: Hold | None,
+    try_scope: trio.CancelScope | None,
+    relay: ResponseRelay | None = None,
+    pending: bytes = b"",
+) -> bool:
+    """Relay the response to the request sent on ``conn``; True if ``conn`` is reusable.
+
+    ``relay``/``pending``: a relay begun elsewhere (:mod:`meshd.http.lane`) and the bytes it
+    left to send downstream.
+    """
+    if relay is None:
+        relay = ResponseRelay(c, head, conn, edit=edit, hold=hold, try_scope=try_scope)
+    down = c.down
+    up = conn.stream
+    if pending:
+        await down.send_all(pending)
+        relay.sent()
+    while True:
+        tunnel = relay.tunnel
+        if tunnel is not None:
+            await _tunnel(c, up, tunnel)
             return False
-        if rp.complete:
-            assert final is not None
-            c.finish(ex)
-            return final.keep_alive and not rp.extra and ex.body_done
+        if relay.done:
+            return relay.finish()
+        try:
+            data = await up.receive_later()
+        except BROKEN as exc:
+            relay.broken(exc)
+        out = relay.feed(data)
+        if out is not None:
+            await down.send_all(out)
+            relay.sent()
 
 
 def _response_framing(c: HttpConnection, head: RequestHead, rh: ResponseHead) -> tuple[int, bool]:

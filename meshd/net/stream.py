@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 import trio
 
-from meshd.net.waits import EPOLL_WAITS, Waiter, current_dispatcher
+from meshd.net.waits import EPOLL_WAITS, Reader, Waiter, current_dispatcher
 
 #: Bytes asked of the kernel per read (Final: compiled code reads a C static, not a dict).
 RECEIVE_SIZE: Final = 65536
@@ -208,6 +208,39 @@ class SocketStream:
             raise self._translate(exc) from exc
         self._read(len(data), size)
         return data
+
+    @property
+    def unread(self) -> bool:
+        """The last read filled its buffer: bytes may be left that no event will announce."""
+        return self._full
+
+    @property
+    def may_read(self) -> bool:
+        """Bytes may be there to read: the last read filled its buffer, or an event came
+        since the last short read."""
+        waiter = self._waiter
+        return self._full or (waiter is not None and waiter.ready)
+
+    def serve_reads(self, reader: Reader | None) -> bool:
+        """Have ``reader`` called for this socket's read events instead of waking a task
+        (:meth:`Waiter.serve <meshd.net.waits.Waiter.serve>`), or stop with None; False when
+        that can't be (no dispatcher here, or the stream is closed)."""
+        if reader is None:
+            waiter = self._waiter
+            if waiter is not None:
+                waiter.serve(None)
+            return True
+        waiter = self._waiter or self._watch()
+        return waiter is not None and waiter.serve(reader)
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what the kernel takes right now; returns how many bytes that was."""
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise self._translate(exc) from exc
 
     def _read(self, n: int, size: int) -> None:
         """Keep the read waits' account: a short read took everything an event announced."""

@@ -22,6 +22,11 @@ A wake-up is only ever early, never missing: every caller reads after a wait and
 on EAGAIN. Cancellation and deadlines abort a parked wait as Trio's own do; closing the
 socket (:meth:`Dispatcher.forget`) wakes a parked task with :class:`trio.ClosedResourceError`,
 as ``notify_closing`` does. Once the run's task has ended, waits go to Trio's I/O manager.
+
+A socket may instead be served by a :class:`Reader` (:meth:`Waiter.serve`): the dispatcher then
+calls it for every event, with no task woken (:mod:`meshd.http.lane` serves simple HTTP
+requests so). A reader is told when the socket closes or the dispatcher stops, and then stops
+serving.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-from typing import Final
+from typing import Final, Protocol
 
 import outcome
 import trio
 
-__all__ = ["EPOLL_WAITS", "Dispatcher", "Waiter", "current_dispatcher"]
+__all__ = ["EPOLL_WAITS", "Dispatcher", "Reader", "Waiter", "current_dispatcher"]
 
 #: Whether this platform has epoll (Linux): elsewhere streams wait through Trio.
 EPOLL_WAITS: Final = hasattr(select, "epoll")
@@ -46,10 +51,22 @@ _LASTING: Final = (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR) if EPO
 _MAX_EVENTS: Final = 256
 
 
+class Reader(Protocol):
+    """Serves a socket's events in the dispatcher's task (see :meth:`Waiter.serve`)."""
+
+    def readable(self, waiter: Waiter) -> None:
+        """The socket had an event (maybe early): read until EAGAIN or a short read. Must not
+        raise."""
+
+    def stopped(self, waiter: Waiter, closing: bool) -> None:
+        """No more events come: the socket is ``closing``, or else the dispatcher stopped.
+        Must not raise."""
+
+
 class Waiter:
     """One socket's registration in the dispatcher's set, and the task parked on it."""
 
-    __slots__ = ("dispatcher", "fd", "ready", "sticky", "task")
+    __slots__ = ("dispatcher", "fd", "reader", "ready", "sticky", "task")
 
     def __init__(self, dispatcher: Dispatcher, fd: int) -> None:
         self.dispatcher = dispatcher
@@ -59,6 +76,19 @@ class Waiter:
         #: End of stream, reset or error seen: every wait returns at once.
         self.sticky = False
         self.task: trio.lowlevel.Task | None = None
+        #: Called for every event instead of waking a task (see :meth:`serve`).
+        self.reader: Reader | None = None
+
+    def serve(self, reader: Reader | None) -> bool:
+        """Have ``reader`` called for the socket's events (None: back to waits); False once
+        the dispatcher has stopped. The reader reads first: bytes may be there already."""
+        if reader is not None:
+            if self.task is not None:
+                raise trio.BusyResourceError("another task is already reading this socket")
+            if self.dispatcher.closed:
+                return False
+        self.reader = reader
+        return True
 
     async def wait(self) -> None:
         """Park until the socket has something to read (possibly early, never late)."""
@@ -71,7 +101,7 @@ class Waiter:
         if self.dispatcher.closed:
             await trio.lowlevel.wait_readable(self.fd)
             return
-        if self.task is not None:
+        if self.task is not None or self.reader is not None:
             raise trio.BusyResourceError("another task is already reading this socket")
         self.task = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort)
@@ -125,6 +155,10 @@ class Dispatcher:
             if not self.closed:
                 with contextlib.suppress(OSError):  # closed already: the kernel dropped it
                     self._epoll.unregister(waiter.fd)
+        reader = waiter.reader
+        if reader is not None:
+            waiter.reader = None
+            reader.stopped(waiter, True)
         task = waiter.task
         if task is not None:
             waiter.task = None
@@ -150,6 +184,10 @@ class Dispatcher:
                         continue
                     if mask & _LASTING:
                         waiter.sticky = True
+                    reader = waiter.reader
+                    if reader is not None:
+                        reader.readable(waiter)
+                        continue
                     task = waiter.task
                     if task is None:
                         waiter.ready = True
@@ -159,8 +197,12 @@ class Dispatcher:
         finally:
             self.closed = True
             # Parked tasks read again (EAGAIN) and wait through Trio from now on.
-            for waiter in waiters.values():
+            for waiter in list(waiters.values()):
                 waiter.ready = True
+                reader = waiter.reader
+                if reader is not None:
+                    waiter.reader = None
+                    reader.stopped(waiter, False)
                 task = waiter.task
                 if task is not None:
                     waiter.task = None

@@ -1,0 +1,472 @@
+"""The fast lane (meshd/http/lane.py): meshd's HTTP proxy code in one Trio run, real sockets.
+
+The proxy (``serve_http`` on a listener built from a snapshot, with ``run_deadlines``), its
+backends and its clients are real TCP sockets on 127.0.0.1. Every test also checks what the
+lane is for or what it must hand back: simple requests are served without waking the
+connection's task; anything else is finished by the task, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+
+from meshcore.model import Bootstrap, Snapshot
+from meshd.accesslog import AccessLog
+from meshd.cluster.pool import PoolManager
+from meshd.config import build_runtime
+from meshd.context import ProxyShared
+from meshd.http import connection as connection_module
+from meshd.http.config import HttpListenerConfig
+from meshd.http.connection import serve_http
+from meshd.net.stream import SocketStream
+from meshd.net.waits import EPOLL_WAITS
+from meshd.stats import Stats
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.skipif(not EPOLL_WAITS, reason="epoll (Linux) only"),
+]
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"
+GET = b"GET /%d HTTP/1.1\r\nHost: app\r\n\r\n"
+
+
+def _listen() -> tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock, int(sock.getsockname()[1])
+
+
+@dataclass
+class Backend:
+    """A keep-alive HTTP backend: ``answer`` gives each request's response bytes."""
+
+    answer: Callable[[bytes], bytes | None] = lambda _: OK
+    requests: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    #: Requests held without an answer (None from ``answer``): their sockets.
+    hung: list[trio.SocketStream] = field(default_factory=list)
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        buffered = b""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffered += data
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffered) < length:
+                    buffered += await stream.receive_some(65536)
+                body, buffered = buffered[:length], buffered[length:]
+                self.requests.append(head + b"\r\n\r\n" + body)
+                response = self.answer(head + b"\r\n\r\n" + body)
+                if response is None:
+                    self.hung.append(stream)
+                    await trio.sleep_forever()
+                if response == b"RST":
+                    stream.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    await stream.aclose()
+                    return
+                await stream.send_all(response)
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps of the tasks serving client connections."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("proxy_connection"):
+            self.steps += 1
+
+
+@dataclass
+class Proxy:
+    port: int
+    shared: ProxyShared
+    backend: Backend
+    cfg: HttpListenerConfig
+
+
+@contextlib.asynccontextmanager
+async def proxy(
+    backend: Backend, *, route: dict[str, Any] | None = None, listener: dict[str, Any] | None = None
+) -> AsyncIterator[Proxy]:
+    backend_sock, backend_port = _listen()
+    proxy_sock, proxy_port = _listen()
+    bootstrap = Bootstrap.model_validate(
+        {
+            "service": "web",
+            "app": "127.0.0.1:1",
+            "admin": "127.0.0.1:1",
+            "snapshot": {"file": "snapshot.yaml"},
+            "access_log": {"enabled": False},
+        }
+    )
+    snapshot = Snapshot.model_validate(
+        {
+            "version": 1,
+            "listeners": [
+                {
+                    "name": "out",
+                    "direction": "outbound",
+                    "address": f"127.0.0.1:{proxy_port}",
+                    "route_table": "main",
+                    **(listener or {}),
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "app",
+                    "service": "app",
+                    "endpoints": [{"host": "127.0.0.1", "port": backend_port}],
+                }
+            ],
+            "route_tables": [
+                {
+                    "name": "main",
+                    "routes": [{"name": "r", "backends": [{"cluster": "app"}], **(route or {})}],
+                }
+            ],
+        }
+    )
+    pools = PoolManager()
+    cfg = build_runtime(bootstrap, snapshot, pools).listeners["out"]
+    assert isinstance(cfg, HttpListenerConfig)
+    shared = ProxyShared(stats=Stats(), access_log=AccessLog(enabled=False, sample_rate=1.0))
+
+    async def accept(
+        lsock: socket.socket, handle: Callable[[socket.socket], Awaitable[None]], name: str
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.lowlevel.wait_readable(lsock)
+                try:
+                    sock, _ = lsock.accept()
+                except BlockingIOError:
+                    continue
+                nursery.start_soon(handle, sock, name=name)
+
+    async def to_backend(sock: socket.socket) -> None:
+        with sock:
+            await backend.serve(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+
+    async def proxy_connection(sock: socket.socket) -> None:
+        await serve_http(SocketStream(sock), cfg, shared)
+
+    with backend_sock, proxy_sock:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(shared.run_deadlines)
+            nursery.start_soon(accept, backend_sock, to_backend, "backend_connection")
+            nursery.start_soon(accept, proxy_sock, proxy_connection, "proxy_connection")
+            try:
+                yield Proxy(proxy_port, shared, backend, cfg)
+            finally:
+                nursery.cancel_scope.cancel()
+                for pool in pools:
+                    pool.close()
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        self.buffered = b""
+
+    async def send(self, data: bytes) -> None:
+        await trio.lowlevel.wait_writable(self.sock)
+        self.sock.sendall(data)
+
+    async def _more(self) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                continue
+
+    async def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        """One response (Content-Length framed, or chunked, or until the end)."""
+        while b"\r\n\r\n" not in self.buffered:
+            data = await self._more()
+            if not data:
+                raise EOFError(self.buffered)
+            self.buffered += data
+        head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"0"))
+        while len(self.buffered) < length:
+            data = await self._more()
+            if not data:
+                raise EOFError(self.buffered)
+            self.buffered += data
+        body, self.buffered = self.buffered[:length], self.buffered[length:]
+        return status, headers, body
+
+    async def response_head_only(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        """The response to a HEAD request: its head says a length, no body follows."""
+        while b"\r\n\r\n" not in self.buffered:
+            data = await self._more()
+            if not data:
+                raise EOFError(self.buffered)
+            self.buffered += data
+        head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
+        status = int(head.split(b"\r\n")[0].split()[1])
+        return status, {}, b""
+
+    async def closed(self) -> bool:
+        """True once the proxy has closed the connection (after any bytes left)."""
+        with trio.fail_after(10):
+            while True:
+                try:
+                    data = await self._more()
+                except ConnectionResetError:
+                    return True
+                if not data:
+                    return True
+                self.buffered += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _blocked() -> None:
+    await trio.testing.wait_all_tasks_blocked(0.01)
+
+
+async def test_keep_alive_requests_go_through_the_lane_without_waking_the_task() -> None:
+    backend = Backend()
+    steps = TaskSteps()
+    async with proxy(backend) as p:
+        client = Client(p.port)
+        await client.send(GET % 0)
+        assert (await client.response())[0] == 200  # the first: connects upstream (the task)
+        await _blocked()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(1, 41):
+                await client.send(GET % i)
+                status, headers, body = await client.response()
+                assert (status, body) == (200, b"hello\n")
+                assert headers[b"content-length"] == b"6"
+            await _blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        client.close()
+        assert len(backend.requests) == 41
+        assert backend.connections == 1  # the pooled connection served them all
+        # The task-based path takes >= 2 steps per request (request, response).
+        assert steps.steps <= 2
+        # Each went upstream as the task would send it: the mesh's headers added.
+        last = backend.requests[-1].lower()
+        assert last.startswith(b"get /40 http/1.1\r\n")
+        for name in (b"x-request-id: ", b"traceparent: 00-", b"x-forwarded-for: 127.0.0.1"):
+            assert name in last
+        # ...and counted as the task would count it.
+        counted = {key: sum(buckets) for key, buckets in p.shared.stats.http_view()}
+        assert counted == {("outbound", "web", "app", "r", "GET", 200): 41}
+        assert [sum(b) for _, b in p.shared.stats.endpoint_view()] == [41]
+
+
+async def test_requests_the_lane_hands_back_are_served_in_order() -> None:
+    """A body, a pipelined pair, a HEAD and an error, between lane requests."""
+
+    def answer(request: bytes) -> bytes:
+        body = request.partition(b"\r\n\r\n")[2]
+        if request.startswith(b"POST"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        return OK
+
+    backend = Backend(answer)
+    async with proxy(backend) as p:
+        client = Client(p.port)
+        for i in range(3):
+            await client.send(GET % i)
+            assert (await client.response())[0] == 200
+        await client.send(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nabcde")
+        assert await client.response() == (200, {b"content-length": b"5"}, b"abcde")
+        await client.send((GET % 10) + (GET % 11))  # pipelined: answered in order
+        assert (await client.response())[2] == b"hello\n"
+        assert (await client.response())[2] == b"hello\n"
+        await client.send(b"HEAD /h HTTP/1.1\r\nHost: app\r\n\r\n")
+        status, _, body = await client.response_head_only()
+        assert status == 200 and body == b""
+        await client.send(b"GET /bad%zz HTTP/1.1\r\nHost: app\r\n\r\n")
+        assert (await client.response())[0] == 400
+        assert await client.closed()
+        client.close()
+        assert [r.split(b" ")[1] for r in backend.requests] == [
+            b"/0",
+            b"/1",
+            b"/2",
+            b"/up",
+            b"/10",
+            b"/11",
+            b"/h",
+        ]
+
+
+async def test_a_response_larger_than_a_read_is_finished_by_the_task() -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)
+    backend = Backend(lambda _: response)
+    async with proxy(backend) as p:
+        client = Client(p.port)
+        for _ in range(3):
+            await client.send(GET % 1)
+            status, _, body = await client.response()
+            assert status == 200 and body == big
+        await client.send(GET % 2)
+        await trio.sleep(0.2)  # a client slow to read: the proxy's sends block
+        status, _, body = await client.response()
+        assert status == 200 and body == big
+        client.close()
+        assert backend.connections == 1
+
+
+async def test_route_timeout_while_the_lane_waits_for_the_upstream() -> None:
+    hang = {"now": False}
+
+    def answer(_: bytes) -> bytes | None:
+        return None if hang["now"] else OK
+
+    backend = Backend(answer)
+    async with proxy(backend, route={"timeout_s": 0.3}) as p:
+        client = Client(p.port)
+        for i in range(2):
+            await client.send(GET % i)
+            assert (await client.response())[0] == 200
+        hang["now"] = True
+        await client.send(GET % 2)
+        status, headers, _ = await client.response()
+        assert (status, headers[b"x-meshd-error"]) == (504, b"upstream_timeout")
+        assert await client.closed()
+        client.close()
+        # The connection the lane had taken is not pooled again.
+        hang["now"] = False
+        second = Client(p.port)
+        await second.send(GET % 3)
+        assert (await second.response())[0] == 200
+        second.close()
+        assert backend.connections == 2
+
+
+async def test_idle_keep_alive_timeout_and_drain_reach_a_connection_in_the_lane() -> None:
+    async with proxy(Backend(), listener={"idle_timeout_s": 0.3}) as p:
+        client = Client(p.port)
+        for i in range(2):
+            await client.send(GET % i)
+            assert (await client.response())[0] == 200
+        assert await client.closed()  # the idle timeout
+        client.close()
+    async with proxy(Backend()) as p:
+        client = Client(p.port)
+        for i in range(2):
+            await client.send(GET % i)
+            assert (await client.response())[0] == 200
+        await _blocked()
+        p.shared.start_drain()
+        assert await client.closed()
+        client.close()
+        assert not p.shared.connections
+
+
+async def test_upstream_failures_in_the_lane_answer_as_the_task_does() -> None:
+    mode = {"now": "ok"}
+
+    def answer(_: bytes) -> bytes:
+        if mode["now"] == "rst":
+            return b"RST"
+        if mode["now"] == "garbage":
+            return b"NOT HTTP AT ALL\r\n\r\n"
+        return OK
+
+    backend = Backend(answer)
+    async with proxy(backend) as p:
+        client = Client(p.port)
+        for i in range(2):
+            await client.send(GET % i)
+            assert (await client.response())[0] == 200
+        mode["now"] = "garbage"
+        await client.send(GET % 2)
+        status, headers, _ = await client.response()
+        assert (status, headers[b"x-meshd-error"]) == (502, b"upstream_protocol_error")
+        mode["now"] = "ok"
+        await client.send(GET % 3)
+        assert (await client.response())[0] == 200
+        mode["now"] = "rst"
+        await client.send(b"POST /p HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n")
+        status, headers, _ = await client.response()
+        assert (status, headers[b"x-meshd-error"]) == (502, b"upstream_reset")
+        client.close()
+
+
+async def test_client_leaving_ends_the_connection_in_the_lane() -> None:
+    async with proxy(Backend()) as p:
+        for _ in range(3):
+            client = Client(p.port)
+            for i in range(2):
+                await client.send(GET % i)
+                assert (await client.response())[0] == 200
+            client.close()
+        with trio.fail_after(5):
+            while p.shared.connections:
+                await trio.sleep(0.01)
+        # A head cut short by the client's end is a 400 as before.
+        client = Client(p.port)
+        await client.send(GET % 1)
+        assert (await client.response())[0] == 200
+        await client.send(b"GET /x HTTP/1.1\r\nHo")
+        client.sock.shutdown(socket.SHUT_WR)
+        assert (await client.response())[0] == 400
+        client.close()
+
+
+async def test_last_request_per_connection_and_close_requests() -> None:
+    async with proxy(Backend(), listener={"max_requests_per_connection": 3}) as p:
+        client = Client(p.port)
+        for i in range(3):
+            await client.send(GET % i)
+            status, headers, _ = await client.response()
+            assert status == 200
+        assert headers.get(b"connection") == b"close"
+        assert await client.closed()
+        client.close()
+        client = Client(p.port)
+        await client.send(GET % 1)
+        assert (await client.response())[0] == 200
+        await client.send(b"GET /c HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        status, headers, _ = await client.response()
+        assert (status, headers.get(b"connection")) == (200, b"close")
+        assert await client.closed()
+        client.close()
+
+
+def test_lane_is_on_where_epoll_is() -> None:
+    assert connection_module.LANE
