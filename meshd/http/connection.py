@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 import trio
 
@@ -37,12 +37,12 @@ from meshd.http.decide import Answer, Plan, check_escaped_slashes, decide
 from meshd.http.exchange import Exchange, record
 from meshd.http.failure import answer_for, error_answer, render
 from meshd.http.forward import forward
-from meshd.http.lane import Lane
+from meshd.http.lane import Lane, LaneStream
 from meshd.http.phase import Phase
 from meshd.http.serialize import chunk
 from meshd.http.strict import valid_host
 from meshd.http.tracing import new_ids
-from meshd.net.stream import ProxyStream, SocketStream
+from meshd.net.stream import ProxyStream
 from meshd.net.waits import EPOLL_WAITS
 
 __all__ = ["HttpConnection", "Phase", "serve_http"]
@@ -119,8 +119,8 @@ class HttpConnection:
         self.served = 0
         #: Serves the simple requests of a plain connection without waking this task.
         self.lane: Lane | None = None
-        if LANE and isinstance(down, SocketStream):
-            self.lane = Lane(self, down)
+        if LANE and hasattr(down, "serve_reads"):  # SocketStream, TlsStream
+            self.lane = Lane(self, cast(LaneStream, down))
 
     def expire(self) -> None:
         """The deadline passed: stop whatever the connection is waiting for."""

@@ -25,8 +25,9 @@ cancel the parked task as before; the lane then lets the connection go and the t
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import outcome
 import trio
@@ -49,13 +50,12 @@ from meshd.http.forward import (
 )
 from meshd.http.phase import Phase
 from meshd.http.relay import BROKEN, ResponseRelay, send_failure
-from meshd.net.stream import SocketStream
-from meshd.net.waits import Waiter
+from meshd.net.waits import Reader, Waiter
 
 if TYPE_CHECKING:
     from meshd.http.connection import HttpConnection
 
-__all__ = ["Lane", "Next"]
+__all__ = ["Lane", "LaneStream", "Next"]
 
 #: What :meth:`Lane.run` gives the task: True, go on reading requests yourself; False, the
 #: client has gone; else the rest of a request in flight, to await.
@@ -63,6 +63,40 @@ Next = bool | Callable[[], Awaitable[None]]
 
 _REQUEST: Final = Phase.REQUEST
 _IDLE: Final = Phase.IDLE
+#: Reads of one response per event before the task takes a body over (it yields).
+_BURST: Final = 8
+
+
+class LaneStream(Protocol):
+    """What the lane needs of a stream (:class:`~meshd.net.stream.SocketStream`, and
+    :class:`~meshd.net.tlsstream.TlsStream`, OpenSSL reading a record at a time)."""
+
+    @property
+    def sock(self) -> socket.socket:
+        """The TCP socket."""
+        ...
+
+    @property
+    def may_read(self) -> bool:
+        """Bytes may be there to read (no event will say so)."""
+        ...
+
+    @property
+    def unread(self) -> bool:
+        """The last read filled its buffer."""
+        ...
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
+        """Bytes there now, ``b""`` at the end, None if none yet."""
+        ...
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what can go now; how much did."""
+        ...
+
+    def serve_reads(self, reader: Reader | None) -> bool:
+        """Have ``reader`` called for the socket's events (None: stop); False if it can't."""
+        ...
 
 
 class Lane:
@@ -88,7 +122,7 @@ class Lane:
         "up",
     )
 
-    def __init__(self, c: HttpConnection, down: SocketStream) -> None:
+    def __init__(self, c: HttpConnection, down: LaneStream) -> None:
         self.c = c
         self.down = down
         self.down_fd = down.sock.fileno()
@@ -105,7 +139,7 @@ class Lane:
         self.key: bytes | None = None
         self.endpoint: Endpoint | None = None
         self.conn: UpstreamConnection | None = None
-        self.up: SocketStream | None = None
+        self.up: LaneStream | None = None
         self.relay: ResponseRelay | None = None
         self.started = 0.0
 
@@ -273,8 +307,8 @@ class Lane:
         assert conn is not None
         ex.upstream = endpoint
         self.endpoint, self.conn, self.started = endpoint, conn, now()
-        up = conn.stream
-        if not isinstance(up, SocketStream) or not up.serve_reads(self):
+        up: LaneStream = conn.stream
+        if not up.serve_reads(self):
             self._take_over(rest=payload)
             return
         self.up = up
@@ -299,7 +333,7 @@ class Lane:
         up = self.up
         relay = self.relay
         assert up is not None and relay is not None
-        while True:
+        for _ in range(_BURST):
             try:
                 data = up.receive_nowait()
             except BROKEN as exc:
@@ -322,7 +356,9 @@ class Lane:
                 return
             if not up.may_read:
                 return  # the next event brings more
-            # The end of stream came with these bytes: read it now (no event will say so).
+            # More is there that no event will announce (the end of stream came with these
+            # bytes, or TLS records follow): read on.
+        self._take_over()  # a body coming fast: the task's, which yields to others
 
     def _done(self, relay: ResponseRelay) -> None:
         """The try succeeded: accounted as :func:`one_try` does, then the next request."""

@@ -37,6 +37,7 @@ import trio
 from meshd.errors import MeshdError
 from meshd.net.sslconn import CLOSED, SslConnection, os_reason, ssl_reason
 from meshd.net.stream import RECEIVE_SIZE, ReadProbe, io_waits, socket_peer
+from meshd.net.waits import EPOLL_WAITS, Reader, Waiter, current_dispatcher
 
 __all__ = ["TlsError", "TlsHandshakeError", "TlsStream"]
 
@@ -70,6 +71,7 @@ class TlsStream:
         "_conn",
         "_eof_sent",
         "_fresh",
+        "_more",
         "_peer",
         "_peer_der",
         "_probe",
@@ -77,6 +79,7 @@ class TlsStream:
         "_unwrapped",
         "_wait_readable",
         "_wait_writable",
+        "_waiter",
         "sock",
     )
 
@@ -107,6 +110,10 @@ class TlsStream:
         self._fresh = True
         # The running loop's own waits, taken once (see meshd.net.stream.io_waits).
         self._wait_readable, self._wait_writable = io_waits()
+        #: The socket's registration with the run's dispatcher, made by :meth:`serve_reads`.
+        self._waiter: Waiter | None = None
+        #: Records may be left on the socket: the last read returned bytes.
+        self._more = True
 
     async def do_handshake(self) -> None:
         """Run the handshake; raise :class:`TlsHandshakeError` if it fails."""
@@ -180,6 +187,72 @@ class TlsStream:
             except (OSError, ValueError) as exc:
                 return self._read_failed(exc)
         return await self.receive_some(max_bytes)
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
+        """Decrypted bytes there right now (one record's), ``b""`` at the end, None if
+        OpenSSL needs more from the socket first."""
+        self._fresh = False
+        if self._unwrapped:
+            return b""
+        try:
+            data = self._conn.read(max_bytes or RECEIVE_SIZE)
+        except (_WantRead, _WantWrite):
+            self._more = False
+            waiter = self._waiter
+            if waiter is not None:
+                waiter.drained()
+            return None
+        except (OSError, ValueError) as exc:
+            return self._read_failed(exc)
+        self._more = True
+        return data
+
+    @property
+    def may_read(self) -> bool:
+        """Bytes may be there to read: OpenSSL reads a record at a time, so only a read that
+        wanted more says the socket is drained (or an event came since)."""
+        waiter = self._waiter
+        return self._more or (waiter is not None and waiter.ready)
+
+    #: A read never fills its buffer (a record is at most 16 KiB): see :attr:`may_read`.
+    unread = False
+
+    def serve_reads(self, reader: Reader | None) -> bool:
+        """As :meth:`SocketStream.serve_reads <meshd.net.stream.SocketStream.serve_reads>`:
+        ``reader`` is called for the socket's events (read until :meth:`receive_nowait`
+        says None); the stream's own waits stay Trio's."""
+        if reader is None:
+            waiter = self._waiter
+            if waiter is not None:
+                waiter.serve(None)
+            return True
+        waiter = self._waiter
+        if waiter is None:
+            if not EPOLL_WAITS or self._closed:
+                return False
+            waiter = self._waiter = current_dispatcher().watch(self.sock)
+            if waiter is None:
+                return False
+        return waiter.serve(reader)
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt and write what OpenSSL takes right now (all of ``data`` or nothing); the
+        bytes taken. After 0, :meth:`send_all` must be given the same bytes."""
+        if self._broken or self._eof_sent:
+            raise self._send_refused()
+        try:
+            return self._conn.write(data)
+        except (_WantRead, _WantWrite):
+            return 0
+        except (OSError, ValueError) as exc:
+            raise self._translate(exc) from exc
+
+    def release_waits(self) -> None:
+        """Drop the socket's registration with the dispatcher (before it closes)."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.dispatcher.forget(waiter)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and write all of ``data``, parking only while OpenSSL can't proceed."""
@@ -299,6 +372,7 @@ class TlsStream:
                 pass  # usually SSLWantRead: our close_notify is out, the peer's not in
         # OpenSSL's state goes now, before the descriptor does (its number may be reused).
         self._conn = CLOSED
+        self.release_waits()
         trio.lowlevel.notify_closing(sock)
         sock.close()
 

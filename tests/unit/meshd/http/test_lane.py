@@ -27,8 +27,11 @@ from meshd.http import connection as connection_module
 from meshd.http.config import HttpListenerConfig
 from meshd.http.connection import serve_http
 from meshd.net.stream import SocketStream
+from meshd.net.tls import TlsStream, tls_accept, tls_connect
+from meshd.net.tlsconfig import client_context, server_context
 from meshd.net.waits import EPOLL_WAITS
 from meshd.stats import Stats
+from tests.unit.meshd.net.tls_certs import Leaf, MiniCA, make_ca, spiffe
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -57,7 +60,7 @@ class Backend:
     #: Requests held without an answer (None from ``answer``): their sockets.
     hung: list[trio.SocketStream] = field(default_factory=list)
 
-    async def serve(self, stream: trio.SocketStream) -> None:
+    async def serve(self, stream: trio.SocketStream | TlsStream) -> None:
         self.connections += 1
         buffered = b""
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -82,6 +85,7 @@ class Backend:
                     self.hung.append(stream)
                     await trio.sleep_forever()
                 if response == b"RST":
+                    assert isinstance(stream, trio.SocketStream)
                     stream.socket.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                     )
@@ -102,6 +106,38 @@ class TaskSteps(trio.abc.Instrument):
 
 
 @dataclass
+class Tls:
+    """mTLS for the proxy's downstream (an inbound sidecar's), its upstream (an outbound
+    sidecar's), or both: one CA, a leaf per service."""
+
+    ca: MiniCA
+    leaves: dict[str, Leaf] = field(default_factory=dict)
+
+    def leaf(self, service: str) -> Leaf:
+        if service not in self.leaves:
+            self.leaves[service] = self.ca.service(service)
+        return self.leaves[service]
+
+    def server(self, service: str) -> Any:
+        leaf = self.leaf(service)
+        return server_context(leaf.cert_pem, leaf.key_pem, self.ca.root_pem)
+
+    def client(self, service: str) -> Any:
+        leaf = self.leaf(service)
+        return client_context(leaf.cert_pem, leaf.key_pem, [self.ca.root_pem])
+
+
+@dataclass
+class Contexts:
+    client: Any
+
+
+@pytest.fixture(scope="module")
+def tls() -> Tls:
+    return Tls(make_ca())
+
+
+@dataclass
 class Proxy:
     port: int
     shared: ProxyShared
@@ -111,7 +147,13 @@ class Proxy:
 
 @contextlib.asynccontextmanager
 async def proxy(
-    backend: Backend, *, route: dict[str, Any] | None = None, listener: dict[str, Any] | None = None
+    backend: Backend,
+    *,
+    route: dict[str, Any] | None = None,
+    listener: dict[str, Any] | None = None,
+    tls: Tls | None = None,
+    tls_down: bool = False,
+    tls_up: bool = False,
 ) -> AsyncIterator[Proxy]:
     backend_sock, backend_port = _listen()
     proxy_sock, proxy_port = _listen()
@@ -141,6 +183,7 @@ async def proxy(
                     "name": "app",
                     "service": "app",
                     "endpoints": [{"host": "127.0.0.1", "port": backend_port}],
+                    **({"tls": {"spiffe_id": spiffe("app")}} if tls_up else {}),
                 }
             ],
             "route_tables": [
@@ -151,7 +194,7 @@ async def proxy(
             ],
         }
     )
-    pools = PoolManager()
+    pools = PoolManager(Contexts(tls.client("web")) if tls is not None and tls_up else None)
     cfg = build_runtime(bootstrap, snapshot, pools).listeners["out"]
     assert isinstance(cfg, HttpListenerConfig)
     shared = ProxyShared(stats=Stats(), access_log=AccessLog(enabled=False, sample_rate=1.0))
@@ -169,11 +212,21 @@ async def proxy(
                 nursery.start_soon(handle, sock, name=name)
 
     async def to_backend(sock: socket.socket) -> None:
+        if tls is not None and tls_up:
+            stream = await tls_accept(sock, tls.server("app"))
+            try:
+                await backend.serve(stream)
+            finally:
+                stream.close_nowait()
+            return
         with sock:
             await backend.serve(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
 
     async def proxy_connection(sock: socket.socket) -> None:
-        await serve_http(SocketStream(sock), cfg, shared)
+        if tls is not None and tls_down:
+            await serve_http(await tls_accept(sock, tls.server("web")), cfg, shared)
+        else:
+            await serve_http(SocketStream(sock), cfg, shared)
 
     with backend_sock, proxy_sock:
         async with trio.open_nursery() as nursery:
@@ -254,6 +307,27 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class TlsClient(Client):
+    """A client over mTLS (the outbound sidecar's side of an inbound one)."""
+
+    def __init__(self, stream: TlsStream) -> None:
+        self.stream = stream
+        self.buffered = b""
+
+    @classmethod
+    async def connect(cls, port: int, tls: Tls) -> TlsClient:
+        return cls(await tls_connect("127.0.0.1", port, tls.client("client")))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _more(self) -> bytes:
+        return await self.stream.receive_some()
+
+    def close(self) -> None:
+        self.stream.close_nowait()
 
 
 async def _blocked() -> None:
@@ -470,3 +544,37 @@ async def test_last_request_per_connection_and_close_requests() -> None:
 
 def test_lane_is_on_where_epoll_is() -> None:
     assert connection_module.LANE
+
+
+@pytest.mark.parametrize(("down", "up"), [(True, False), (False, True), (True, True)])
+async def test_mtls_connections_go_through_the_lane(tls: Tls, down: bool, up: bool) -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB: 16 TLS records
+    responses = iter(
+        [OK] * 41 + [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)]
+    )
+    backend = Backend(lambda _: next(responses, OK))
+    steps = TaskSteps()
+    async with proxy(backend, tls=tls, tls_down=down, tls_up=up) as p:
+        client: Client = await TlsClient.connect(p.port, tls) if down else Client(p.port)
+        await client.send(GET % 0)
+        assert (await client.response())[0] == 200
+        await _blocked()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(1, 41):
+                await client.send(GET % i)
+                assert (await client.response())[2] == b"hello\n"
+            await _blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps <= 2
+        # Records beyond a burst: the task finishes the body, then the lane goes on.
+        await client.send(GET % 41)
+        assert (await client.response())[2] == big
+        for i in range(42, 45):
+            await client.send(GET % i)
+            assert (await client.response())[2] == b"hello\n"
+        client.close()
+        assert backend.connections == 1
+        counted = {key: sum(buckets) for key, buckets in p.shared.stats.http_view()}
+        assert counted == {("outbound", "web", "app", "r", "GET", 200): 45}
