@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +33,10 @@ from meshd.net.tls import TlsStream, tls_accept, tls_connect
 from meshd.net.tlsconfig import client_context, server_context
 from meshd.net.waits import EPOLL_WAITS
 from meshd.stats import Stats
-from tests.unit.meshd.net.tls_certs import Leaf, MiniCA, make_ca, spiffe
+
+# The unit tests' mini CA (beside the TLS tests).
+sys.path.insert(0, str(Path(__file__).parents[1] / "net"))
+from tls_certs import Leaf, MiniCA, make_ca, spiffe
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -58,7 +63,7 @@ class Backend:
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
     #: Requests held without an answer (None from ``answer``): their sockets.
-    hung: list[trio.SocketStream] = field(default_factory=list)
+    hung: list[trio.SocketStream | TlsStream] = field(default_factory=list)
 
     async def serve(self, stream: trio.SocketStream | TlsStream) -> None:
         self.connections += 1
