@@ -209,8 +209,15 @@ class TlsStream:
 
     @property
     def may_read(self) -> bool:
-        """Bytes may be there to read: OpenSSL reads a record at a time, so only a read that
-        wanted more says the socket is drained (or an event came since)."""
+        """Bytes may be there to read: decrypted ones OpenSSL holds, or more on the socket
+        (OpenSSL reads a record at a time, so a read that returned bytes doesn't say the
+        socket is drained: a ``poll`` does, cheaper than a read that fails), or an event
+        came since the last read wanted more."""
+        if self._more and not self._closed:
+            probe = self._probe
+            if probe is None:
+                probe = self._probe = ReadProbe(self.sock)
+            self._more = bool(self._conn.pending()) or probe.ready()
         waiter = self._waiter
         return self._more or (waiter is not None and waiter.ready)
 
