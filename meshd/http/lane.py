@@ -238,12 +238,7 @@ class Lane:
     def _simple(self, head: RequestHead) -> bool:
         """Whether the request may start here: no body to stream, nothing to tunnel."""
         c = self.c
-        return (
-            head.framing == NO_BODY
-            and c.parser.upgrade_tail is None
-            and head.upgrade is None
-            and head.keep_alive
-        )
+        return head.framing == NO_BODY and c.parser.upgrade_tail is None and head.upgrade is None
 
     def _request(self, head: RequestHead) -> None:
         """A request, as :meth:`HttpConnection._handle` and :func:`forward` take it, up to the

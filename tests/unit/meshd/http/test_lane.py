@@ -545,6 +545,12 @@ async def test_last_request_per_connection_and_close_requests() -> None:
         assert (status, headers.get(b"connection")) == (200, b"close")
         assert await client.closed()
         client.close()
+        client = Client(p.port)  # HTTP/1.0, as `openssl s_time -www` asks
+        await client.send(b"GET /old HTTP/1.0\r\n\r\n")
+        status, headers, body = await client.response()
+        assert (status, headers.get(b"connection"), body) == (200, b"close", b"hello\n")
+        assert await client.closed()
+        client.close()
 
 
 def test_lane_is_on_where_epoll_is() -> None:
