@@ -16,8 +16,8 @@ it left (:class:`meshd.http.forward.Taken`); the task carries on with the code i
 <meshd.http.connection.HttpConnection.route>`...). So the lane takes nothing over that the task
 path doesn't also do, and every policy stays enforced in one place. Handed back: a request
 with a body still to come, an access policy (it may fetch keys), a retry policy, mirroring, a
-fault, a proxy answer, no idle pooled connection (a connect), a TLS upstream, a response
-larger than one read or a client slow to take it, a 101, every error. Deadlines and drains
+fault, a proxy answer, no idle pooled connection (a connect), a response larger than a few
+reads or a client slow to take it, an upgrade, every error. Deadlines and drains
 cancel the parked task as before; the lane then lets the connection go and the task answers
 (408, 504, or a reset).
 """
@@ -37,7 +37,7 @@ from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.context import now
 from meshd.errors import UpstreamError
-from meshd.http.codec import EV_HEAD, NO_BODY, RequestHead
+from meshd.http.codec import EV_HEAD, RequestHead
 from meshd.http.decide import Answer, Plan
 from meshd.http.forward import (
     Taken,
@@ -236,9 +236,9 @@ class Lane:
             self._request(head)
 
     def _simple(self, head: RequestHead) -> bool:
-        """Whether the request may start here: no body to stream, nothing to tunnel."""
-        c = self.c
-        return head.framing == NO_BODY and c.parser.upgrade_tail is None and head.upgrade is None
+        """Whether the request may start here: nothing to tunnel. (A body that hasn't come
+        whole goes to the task with the try, before any connection is taken.)"""
+        return self.c.parser.upgrade_tail is None and head.upgrade is None
 
     def _request(self, head: RequestHead) -> None:
         """A request, as :meth:`HttpConnection._handle` and :func:`forward` take it, up to the

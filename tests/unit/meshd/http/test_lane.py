@@ -390,6 +390,11 @@ async def test_requests_the_lane_hands_back_are_served_in_order() -> None:
             assert (await client.response())[0] == 200
         await client.send(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nabcde")
         assert await client.response() == (200, {b"content-length": b"5"}, b"abcde")
+        # A body that comes after its head: the task streams it.
+        await client.send(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 6\r\n\r\nabc")
+        await trio.sleep(0.05)
+        await client.send(b"def")
+        assert await client.response() == (200, {b"content-length": b"6"}, b"abcdef")
         await client.send((GET % 10) + (GET % 11))  # pipelined: answered in order
         assert (await client.response())[2] == b"hello\n"
         assert (await client.response())[2] == b"hello\n"
@@ -404,6 +409,7 @@ async def test_requests_the_lane_hands_back_are_served_in_order() -> None:
             b"/0",
             b"/1",
             b"/2",
+            b"/up",
             b"/up",
             b"/10",
             b"/11",
