@@ -97,6 +97,9 @@ class Backend:
                     await stream.aclose()
                     return
                 await stream.send_all(response)
+                if response.startswith(b"HTTP/1.1 200 OK\r\nX-Until-Close"):
+                    await stream.aclose()  # the body ends with the connection
+                    return
 
 
 class TaskSteps(trio.abc.Instrument):
@@ -601,3 +604,24 @@ async def test_mtls_connections_go_through_the_lane(tls: Tls, down: bool, up: bo
         assert backend.connections == 1
         counted = {key: sum(buckets) for key, buckets in p.shared.stats.http_view()}
         assert counted == {("outbound", "web", "app", "r", "GET", 200): 47}
+
+
+async def test_a_body_until_the_upstream_closes_is_relayed_and_counted() -> None:
+    until_close = b"HTTP/1.1 200 OK\r\nX-Until-Close: 1\r\n\r\nto the end"
+    answers = iter([OK, until_close])
+    async with proxy(Backend(lambda _: next(answers, OK))) as p:
+        client = Client(p.port)
+        await client.send(GET % 1)
+        assert (await client.response())[0] == 200
+        await client.send(GET % 2)
+        with trio.fail_after(10):  # chunked for an HTTP/1.1 client: the connection stays
+            while not client.buffered.endswith(b"\r\n0\r\n\r\n"):
+                client.buffered += await client._more()
+        assert client.buffered.endswith(b"\r\n\r\na\r\nto the end\r\n0\r\n\r\n")
+        assert b"transfer-encoding: chunked" in client.buffered.lower()
+        client.buffered = b""
+        await client.send(GET % 3)
+        assert (await client.response())[0] == 200
+        client.close()
+        counted = {key: sum(buckets) for key, buckets in p.shared.stats.http_view()}
+        assert counted == {("outbound", "web", "app", "r", "GET", 200): 3}
