@@ -38,17 +38,20 @@ def make_view(drop: str | None = None) -> DiscoveryView:
     for s in range(SERVICES):
         name = f"s{s}"
         count = INSTANCES - 1 if name == drop else INSTANCES
+        # Sorted, as build_view hands them out (the compiler sorts any other order itself).
         services[name] = tuple(
-            ServiceEndpoint(
-                host=f"10.{s}.{i // 250}.{i % 250 + 1}",
-                port=21000,
-                instance_id=f"{name}-{i}",
-                node=f"node-{i}",
-                sidecar=True,
-                tags=("v2",) if i % 10 == 0 else ("v1",),
-                meta=(("zone", "a" if i % 2 else "b"),),
+            sorted(
+                ServiceEndpoint(
+                    host=f"10.{s}.{i // 250}.{i % 250 + 1}",
+                    port=21000,
+                    instance_id=f"{name}-{i}",
+                    node=f"node-{i}",
+                    sidecar=True,
+                    tags=("v2",) if i % 10 == 0 else ("v1",),
+                    meta=(("zone", "a" if i % 2 else "b"),),
+                )
+                for i in range(count)
             )
-            for i in range(count)
         )
     return DiscoveryView(services=MappingProxyType(services), version=1)
 

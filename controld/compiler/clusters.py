@@ -132,6 +132,8 @@ def build_cluster(inputs: Inputs, ref: ClusterRef) -> Cluster:
     endpoints = [
         _endpoint(inputs, ref, d, tls is not None) for d in found if d.choice != "excluded"
     ]
+    # Stable: ties (one address, two registrations) keep the canonical order of
+    # Inputs.endpoints, never the view's.
     endpoints.sort(key=lambda e: (e.priority, e.host, e.port, e.tags))
     defaults = inputs.defaults(service)
     resolver = inputs.resolver(service)
