@@ -14,7 +14,10 @@ checkout measures the suite's ``nginx-back`` (one process, ``master_process off`
     .venv/bin/python bench/mtls_instructions.py --objects mypyc:/tmp/base mypyc:.
 
 Counted: user-space instructions of the server process (OpenSSL, the interpreter, libc),
-deterministic to about 0.3% with ``PYTHONHASHSEED=0``; ``--objects`` splits them by shared
+less the sweeps of meshd's deadline reaper in that time (a timer, every 50 ms of wall time:
+about as many as handshakes under callgrind; each counted at what it costs idle, measured
+after as long a pause; compiled builds only), deterministic to about 0.3% with
+``PYTHONHASHSEED=0``; ``--objects`` splits them by shared
 object (libcrypto, libssl, libc, python3.11, ...). Not counted: the kernel's share (system
 calls: ``strace -c`` them) and scheduling, so a change of syscalls or wake-ups still needs
 ``profile_mtls.py``. A checkout takes about half a minute (meshd starts slowly under valgrind).
@@ -32,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -157,7 +161,7 @@ def _start_nginx(
 
 def measure(
     base: Context, spec: str, index: int, pki: Pki, backend: int, args: argparse.Namespace
-) -> tuple[float, Counter[str]]:
+) -> Measured:
     """Instructions per handshake of one checkout (or ``nginx``), and their split by object."""
     workdir = base.tempdir(f"server-{index}" if spec != NGINX else "nginx-back")
     out = workdir / OUT
@@ -170,12 +174,62 @@ def measure(
         if handshakes(port, pki, args.warm) != args.warm:
             raise BenchError(f"{spec}: the warm-up handshakes were not all answered 200")
         dump(server, out)
+        started = time.monotonic()
         if handshakes(port, pki, args.handshakes) != args.handshakes:
             raise BenchError(f"{spec}: the handshakes were not all answered 200")
         counted = dump(server, out)
-    total = _TOTALS.search(counted.read_text(errors="replace"))
+        # As long again with no connection: what one sweep of the deadline reaper costs.
+        time.sleep(max(1.0, time.monotonic() - started))
+        idle = dump(server, out)
+    total, objects = _total(counted), by_object(counted)
+    sweeps, idle_sweeps = calls_to(counted, SWEEP), calls_to(idle, SWEEP)
+    if sweeps and idle_sweeps:
+        share = sweeps / idle_sweeps
+        total -= round(_total(idle) * share)
+        for name, count in by_object(idle).items():
+            objects[name] -= round(count * share)
+    return Measured(total / args.handshakes, objects, sweeps, _total(idle) / max(1, idle_sweeps))
+
+
+#: The compiled deadline reaper (``ProxyShared.run_deadlines``), once per sweep: every 50 ms
+#: of wall time, so ~1-2 times per handshake under callgrind's slow-down (against one in ~20
+#: at full speed), each ~145,000 instructions. Its count in the measured window, at the cost
+#: of an idle sweep, is taken out. Pure Python builds run it interpreted: not taken out.
+SWEEP = "run_deadlines_ProxyShared_gen_____mypyc_generator_helper__"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One checkout's count: instructions per handshake (less the reaper's sweeps), by
+    object, the sweeps taken out and what one costs."""
+
+    per_handshake: float
+    objects: Counter[str]
+    sweeps: int
+    per_sweep: float
+
+
+def _total(path: Path) -> int:
+    total = _TOTALS.search(path.read_text(errors="replace"))
     assert total is not None
-    return int(total.group(1)) / args.handshakes, by_object(counted)
+    return int(total.group(1))
+
+
+def calls_to(path: Path, name: str) -> int:
+    """Calls of the functions whose name contains ``name`` in a callgrind dump."""
+    ids: set[str] = set()
+    callee = ""
+    calls = 0
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            ident, _, fn = line.split("=", 1)[1].partition(" ")
+            if fn and name in fn:
+                ids.add(ident)
+            if line.startswith("cfn="):
+                callee = ident
+        elif line.startswith("calls=") and callee in ids:
+            calls += int(line[6:].split()[0])
+    return calls
 
 
 @contextlib.contextmanager
@@ -213,14 +267,17 @@ def main(argv: list[str]) -> int:
     with backend_and_pki("meshd-mtls-instructions-", tools["nginx"]) as (base, pki, backend):
         first = 0.0
         for index, spec in enumerate(args.checkouts):
-            per_hs, objects = measure(base, spec, index, pki, backend, args)
+            got = measure(base, spec, index, pki, backend, args)
+            per_hs = got.per_handshake
             first = first or per_hs
+            swept = f"; less {got.sweeps} sweeps of {got.per_sweep:,.0f}" if got.sweeps else ""
             print(
-                f"IR_PER_HANDSHAKE {spec}: {per_hs:,.0f} (x{per_hs / first:.4f} of the first)",
+                f"IR_PER_HANDSHAKE {spec}: {per_hs:,.0f} (x{per_hs / first:.4f} of the first"
+                f"{swept})",
                 flush=True,
             )
             if args.objects:
-                for name, count in objects.most_common(6):
+                for name, count in got.objects.most_common(6):
                     print(f"    {count / args.handshakes:>12,.0f}  {name}", flush=True)
     return 0
 

@@ -151,17 +151,16 @@ class MeshTls:
         log.info("revoked certificates applied", revoked=len(serials), connections_reset=closed)
 
     async def accept(
-        self, stream: SocketStream, deadlines: set[Connection] | None = None
+        self, stream: SocketStream, deadlines: set[Connection]
     ) -> tuple[ProxyStream, bytes | None] | None:
         """The stream to serve and the client's SPIFFE ID, or None if the connection is refused.
 
         Closes ``stream`` when it refuses it. The sniff and the handshake together get
-        :data:`HANDSHAKE_TIMEOUT_S`. With ``deadlines`` (the sidecar's
+        :data:`HANDSHAKE_TIMEOUT_S`: the connection waits in ``deadlines`` (the sidecar's
         :attr:`~meshd.context.ProxyShared.connections`, which
-        :meth:`~meshd.context.ProxyShared.run_deadlines` sweeps) the connection waits in that
-        set, and passing its deadline closes it, which ends a parked sniff or handshake: no
-        trio cancel scope per connection (entering and leaving one with a deadline is ~10 µs
-        of interpreted code). Without, under a trio deadline of its own.
+        :meth:`~meshd.context.ProxyShared.run_deadlines` sweeps), and passing its deadline
+        closes it, which ends a parked sniff or handshake: no trio cancel scope per
+        connection (entering and leaving one with a deadline is ~10 µs of interpreted code).
         """
         strict = self.mode == "strict"
         ctx = self.server_strict if strict else self.server_permissive
@@ -172,66 +171,45 @@ class MeshTls:
                 self.no_identity_refused += 1
                 stream.reset()
                 return None
-        from meshd.net.tls import PeerRevoked, TlsError, TlsStream
-        from meshd.net.tlsconfig import peer_spiffe_id
+        # The TLS layer, loaded once a context was built or the identity was lost.
+        from meshd.net.tls import PeerRevoked, TlsError, TlsStream, tls_accept
+        from meshd.net.tlsconfig import peer_spiffe_id, sniff_tls, sniffed_tls
 
-        opened: ProxyStream | None = None
-        failed = True  # until the sniff and the handshake are through (or refused)
-        bound: _HandshakeBound | None = None
+        # The clock of ProxyShared.run_deadlines (meshd.context.now).
+        bound = _HandshakeBound(stream, time.monotonic() + HANDSHAKE_TIMEOUT_S)
+        deadlines.add(bound)
+        tls: TlsStream | None = None
         try:
-            if deadlines is None:
-                # A plain deadline scope, not trio.fail_after (a generator-based context
-                # manager, about 10 µs a connection): a timeout leaves `failed` set.
-                with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                    opened = await self._open(stream, ctx, strict=strict)
-                    failed = False
-            else:
-                # The clock of ProxyShared.run_deadlines (meshd.context.now).
-                bound = _HandshakeBound(stream, time.monotonic() + HANDSHAKE_TIMEOUT_S)
-                deadlines.add(bound)
-                opened = await self._open(stream, ctx, strict=strict)
-                failed = False
+            # A ClientHello is usually there already (the acceptor waits for a first byte):
+            # no coroutine for the sniff then.
+            hello = sniffed_tls(stream.sock)
+            if hello is None:
+                hello = await sniff_tls(stream)
+            if hello and ctx is not None:
+                tls = await tls_accept(stream, ctx)
         except PeerRevoked as exc:
             log.warning("revoked peer refused", error=str(exc))
             return None  # closed by tls_accept; counted by the guard
         except (TlsError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # ClosedResourceError: closed at its deadline
-        finally:
-            if bound is not None and deadlines is not None:
-                deadlines.discard(bound)
-        if failed:  # failed or timed out
+            # ClosedResourceError: closed at its deadline.
             self.handshake_failed += 1
             if stream.sock.fileno() != -1:  # tls_accept closed it already otherwise
                 stream.close_nowait()
             return None
-        if opened is None:
-            return None  # refused (counted and closed)
-        if not isinstance(opened, TlsStream):
-            return opened, None  # PERMISSIVE plaintext
-        tls = opened
+        finally:
+            deadlines.discard(bound)
+        if tls is None:
+            if not hello:
+                if not strict:
+                    return stream, None  # PERMISSIVE plaintext
+                self.plaintext_refused += 1
+            else:  # PERMISSIVE without an identity: no TLS to offer
+                self.no_identity_refused += 1
+            stream.reset()
+            return None
         der = tls.peer_certificate_der()
         spiffe_id = peer_spiffe_id(der) if der is not None else None
         return tls, spiffe_id.encode() if spiffe_id is not None else None
-
-    async def _open(
-        self, stream: SocketStream, ctx: ssl.SSLContext | None, *, strict: bool
-    ) -> ProxyStream | None:
-        """Sniff, then the handshake: the TLS stream, ``stream`` itself (plaintext under
-        PERMISSIVE) or None (refused: counted, and reset)."""
-        from meshd.net.tls import tls_accept
-        from meshd.net.tlsconfig import sniff_tls
-
-        if not await sniff_tls(stream):
-            if not strict:
-                return stream
-            self.plaintext_refused += 1
-            stream.reset()
-            return None
-        if ctx is None:  # PERMISSIVE without an identity: no TLS to offer
-            self.no_identity_refused += 1
-            stream.reset()
-            return None
-        return await tls_accept(stream, ctx)
 
 
 class _HandshakeBound:

@@ -42,7 +42,9 @@ class RevokedPeers:
 
     def __init__(self) -> None:
         self._serials: frozenset[int] = frozenset()
-        self._open: weakref.WeakSet[TlsStream] = weakref.WeakSet()
+        # Weak references to the open streams, each dropped by its own callback (the set's
+        # C method, not a Python one as WeakSet's) once its stream is gone.
+        self._open: set[weakref.ref[TlsStream]] = set()
         #: Handshakes refused because the peer's certificate is revoked.
         self.refused = 0
         #: Open connections reset because their peer's certificate was revoked.
@@ -66,7 +68,8 @@ class RevokedPeers:
 
                 self.refused += 1
                 raise PeerRevoked(f"TLS peer certificate (serial {serial:x}) is revoked")
-        self._open.add(stream)
+        refs = self._open
+        refs.add(weakref.ref(stream, refs.discard))
 
     def update(self, serials: frozenset[int]) -> int:
         """Put ``serials`` in force; reset the open streams whose peer is in it. How many."""
@@ -76,10 +79,13 @@ class RevokedPeers:
         if not serials:
             return 0
         closed = 0
-        for stream in list(self._open):
+        for ref in list(self._open):
+            stream = ref()
+            if stream is None:
+                continue
             der = stream.peer_certificate_der()
             if der is not None and certificate_serial(der) in serials:
-                self._open.discard(stream)
+                self._open.discard(ref)
                 stream.reset()
                 closed += 1
         self.reset += closed

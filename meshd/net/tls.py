@@ -57,7 +57,7 @@ class GuardedContext(ssl.SSLContext):
     peer_guard: PeerGuard | None = None
 
 
-async def _wrap(
+def _start(
     sock: socket.socket,
     ctx: ssl.SSLContext,
     *,
@@ -66,6 +66,7 @@ async def _wrap(
     session: ssl.SSLSession | None = None,
     peer: tuple[str, int] | None = None,
 ) -> TlsStream:
+    """The stream over ``sock``, before its handshake (``sock`` closed if that fails)."""
     try:
         # The C object keeps only a weak reference to `sock`: the TlsStream holds it.
         conn = wrap(ctx, sock, server_side=server_side, server_hostname=server_hostname)
@@ -75,20 +76,29 @@ async def _wrap(
             sock.close()
         raise
     stream = TlsStream(sock, conn, peer)
-    try:
-        if session is not None:
+    if session is not None:
+        try:
             # A session from another context (the certificate rotated since) can't be
             # used: fall back to a full handshake.
             with contextlib.suppress(ValueError):
                 conn.session = session
-        await stream.do_handshake()
-        if isinstance(ctx, GuardedContext) and ctx.peer_guard is not None:
-            ctx.peer_guard.admit(stream)
-    except BaseException:
-        stream._broken = True  # no close_notify on a half-done handshake
-        stream.close_nowait()
-        raise
+        except BaseException:
+            _abandon(stream)
+            raise
     return stream
+
+
+def _admit(stream: TlsStream, ctx: ssl.SSLContext) -> None:
+    """Pass the handshaken ``stream`` to ``ctx``'s guard, if it has one (may raise
+    :class:`PeerRevoked`)."""
+    if isinstance(ctx, GuardedContext) and ctx.peer_guard is not None:
+        ctx.peer_guard.admit(stream)
+
+
+def _abandon(stream: TlsStream) -> None:
+    """Close a stream whose handshake failed (no close_notify on a half-done handshake)."""
+    stream._broken = True
+    stream.close_nowait()
 
 
 async def tls_connect(
@@ -109,9 +119,16 @@ async def tls_connect(
     shows up on the first read as :class:`trio.BrokenResourceError`.
     """
     raw = await open_tcp(host, port)
-    return await _wrap(
+    stream = _start(
         raw.sock, ctx, server_side=False, server_hostname=server_hostname, session=session
     )
+    try:
+        await stream.do_handshake()
+        _admit(stream, ctx)
+    except BaseException:
+        _abandon(stream)
+        raise
+    return stream
 
 
 async def tls_accept(sock: socket.socket | SocketStream, ctx: ssl.SSLContext) -> TlsStream:
@@ -126,4 +143,13 @@ async def tls_accept(sock: socket.socket | SocketStream, ctx: ssl.SSLContext) ->
         sock = sock.sock  # non-blocking already
     else:
         sock.setblocking(False)
-    return await _wrap(sock, ctx, server_side=True, peer=peer)
+    # The handshake awaited here, not through a helper shared with tls_connect: every
+    # wake-up of the handshake resumes one coroutine less.
+    stream = _start(sock, ctx, server_side=True, peer=peer)
+    try:
+        await stream.do_handshake()
+        _admit(stream, ctx)
+    except BaseException:
+        _abandon(stream)
+        raise
+    return stream

@@ -36,6 +36,7 @@ __all__ = [
     "peer_spiffe_id",
     "server_context",
     "sniff_tls",
+    "sniffed_tls",
 ]
 
 Pem = bytes | str
@@ -208,25 +209,44 @@ async def sniff_tls(sock: socket.socket | SocketStream) -> bool:
         sock.setblocking(False)  # accept() hands out blocking sockets
     while True:
         try:
-            head = sock.recv(3, socket.MSG_PEEK)
+            verdict = _sniff(sock)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(sock)
             continue
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}") from exc
-        if not head:
-            return False
-        if head[0] != _TLS_HANDSHAKE:
-            return False
-        if len(head) >= 2 and head[1] != _TLS_MAJOR:
-            return False
-        if len(head) >= 3:
-            return head[2] in _TLS_MINORS
-        # A prefix of a record header: the socket stays readable, so wait by the clock,
-        # unless the peer already shut down its side (then no more bytes will come).
-        if _peer_shut_down(sock):
-            return False
+        if verdict is not None:
+            return verdict
+        # A prefix of a record header: the socket stays readable, so wait by the clock.
         await trio.sleep(_SNIFF_RETRY_S)
+
+
+def sniffed_tls(sock: socket.socket) -> bool | None:
+    """:func:`sniff_tls`'s answer if the bytes that decide it are there already, else None
+    (then ask :func:`sniff_tls`, which waits). ``sock`` is non-blocking."""
+    try:
+        return _sniff(sock)
+    except BlockingIOError:
+        return None
+
+
+def _sniff(sock: socket.socket) -> bool | None:
+    """One peek: whether the connection starts with a TLS handshake record, or None for a
+    prefix of one (more bytes may come). Raises ``BlockingIOError`` when nothing came yet."""
+    try:
+        head = sock.recv(3, socket.MSG_PEEK)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"connection broken: {exc.strerror or exc}") from exc
+    if not head:
+        return False
+    if head[0] != _TLS_HANDSHAKE:
+        return False
+    if len(head) >= 2 and head[1] != _TLS_MAJOR:
+        return False
+    if len(head) >= 3:
+        return head[2] in _TLS_MINORS
+    # Unless the peer already shut down its side: then no more bytes will come.
+    return False if _peer_shut_down(sock) else None
 
 
 def _peer_shut_down(sock: socket.socket) -> bool:

@@ -174,6 +174,15 @@ class TlsStream:
         """
         if self._fresh:
             self._fresh = False
+            # The request usually came with the client's Finished: read it here, without
+            # the coroutine of receive_some (which waits if it didn't).
+            if not self._unwrapped:
+                try:
+                    return self._conn.read(max_bytes or RECEIVE_SIZE)
+                except (_WantRead, _WantWrite):
+                    pass
+                except (OSError, ValueError) as exc:
+                    return self._read_failed(exc)
         elif not self._unwrapped and not self._conn.pending():
             try:
                 await self._wait_readable(self.sock)

@@ -241,7 +241,7 @@ async def test_expiry_is_seen_by_mesh_tls(
         a, b = socket.socketpair()
         with b:
             a.setblocking(False)
-            assert await tls.accept(SocketStream(a)) is None
+            assert await tls.accept(SocketStream(a), set()) is None
             assert a.fileno() == -1
         assert tls.no_identity_refused == 1
         nursery.cancel_scope.cancel()

@@ -129,3 +129,35 @@ async def test_client_refuses_a_revoked_server_and_drops_its_pooled_connection()
         again.close_nowait()
         nursery.cancel_scope.cancel()
     server.listener.close()
+
+
+class _Admitted:
+    """What RevokedPeers keeps of a stream: its peer's certificate; weakly referenced."""
+
+    __slots__ = ("__weakref__", "der", "was_reset")
+
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+        self.was_reset = False
+
+    def peer_certificate_der(self) -> bytes:
+        return self.der
+
+    def reset(self) -> None:
+        self.was_reset = True
+
+
+def test_streams_gone_are_forgotten_and_open_ones_reset() -> None:
+    ca = make_ca()
+    revoked, kept = ca.service("api"), ca.service("web")
+    guard = RevokedPeers()
+    streams = [_Admitted(revoked.cert_der), _Admitted(kept.cert_der), _Admitted(revoked.cert_der)]
+    for admitted in streams:
+        guard.admit(admitted)  # type: ignore[arg-type]
+    assert len(guard) == 3
+    del admitted
+    streams.pop()  # the connection ended: nothing keeps its stream
+    assert len(guard) == 2
+    assert guard.update(frozenset({serial(revoked)})) == 1
+    assert [stream.was_reset for stream in streams] == [True, False]
+    assert len(guard) == 1

@@ -22,6 +22,7 @@ from meshd.net.tlsconfig import (
     peer_spiffe_id,
     server_context,
     sniff_tls,
+    sniffed_tls,
 )
 
 Handler = Callable[[TlsStream], Awaitable[None]]
@@ -640,6 +641,32 @@ async def test_sniff_first_bytes(chunks: tuple[bytes, ...], expected: bool) -> N
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "shut", "expected"),
+    [
+        (b"", False, None),  # nothing yet: sniff_tls waits
+        (b"\x16", False, None),  # a prefix: sniff_tls waits for the rest
+        (b"\x16", True, False),  # a prefix, then end of stream
+        (b"", True, False),
+        (b"\x16\x03\x01rest", False, True),
+        (b"\x16\x03\x09", False, False),
+        (b"GET / HTTP/1.1\r\n", False, False),
+    ],
+)
+def test_sniffed_tls_answers_without_waiting(
+    sent: bytes, shut: bool, expected: bool | None
+) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.send(sent)
+        if shut:
+            b.shutdown(socket.SHUT_WR)
+        assert sniffed_tls(a) is expected
+        if sent:
+            assert a.recv(64) == sent  # peeking consumed nothing
 
 
 async def test_new_server_context_ends_resumption(pki: Pki) -> None:
