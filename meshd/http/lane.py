@@ -14,8 +14,10 @@ Whatever a step can't do at once goes back to the task, at the point reached, wi
 it left (:class:`meshd.http.forward.Taken`); the task carries on with the code it always runs
 (:func:`meshd.http.forward.taken_on`, :meth:`HttpConnection.route
 <meshd.http.connection.HttpConnection.route>`...). So the lane takes nothing over that the task
-path doesn't also do, and every policy stays enforced in one place. Handed back: a request
-with a body still to come, an access policy (it may fetch keys), a retry policy, mirroring, a
+path doesn't also do, and every policy stays enforced in one place. The lane makes the first
+try of a retry policy too (:class:`meshd.http.tries.RetryHold` decides on its response).
+Handed back: a request with a body still to come, an access policy (it may fetch keys), a
+retry (and a retry policy's first try with a per-try deadline or a body), mirroring, a
 fault, a proxy answer, no idle pooled connection (a connect), a response larger than a few
 reads or a client slow to take it, an upgrade, every error. Deadlines and drains
 cancel the parked task as before; the lane then lets the connection go and the task answers
@@ -37,10 +39,9 @@ from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.context import now
 from meshd.errors import UpstreamError
-from meshd.http.codec import EV_HEAD, RequestHead
+from meshd.http.codec import EV_HEAD, NO_BODY, RequestHead
 from meshd.http.decide import Answer, Plan
 from meshd.http.forward import (
-    Taken,
     forward,
     one_payload,
     outgoing_head,
@@ -50,6 +51,8 @@ from meshd.http.forward import (
 )
 from meshd.http.phase import Phase
 from meshd.http.relay import BROKEN, ResponseRelay, send_failure
+from meshd.http.retry import IDEMPOTENT
+from meshd.http.tries import RetryHold, Taken, retries_on
 from meshd.net.waits import Reader, Waiter
 
 if TYPE_CHECKING:
@@ -111,6 +114,7 @@ class Lane:
         "down_pending",
         "endpoint",
         "head",
+        "hold",
         "key",
         "parked",
         "payload",
@@ -137,6 +141,8 @@ class Lane:
         self.cluster: ClusterRuntime | None = None
         self.payload = b""
         self.key: bytes | None = None
+        #: With a retry policy: its decision on the first try's response.
+        self.hold: RetryHold | None = None
         self.endpoint: Endpoint | None = None
         self.conn: UpstreamConnection | None = None
         self.up: LaneStream | None = None
@@ -258,12 +264,15 @@ class Lane:
         if isinstance(plan, Answer):
             self._carry_on(functools.partial(c.respond, plan))
             return
+        retry = plan.retry
         cluster = None
         if (
             not plan.delay_s
             and plan.abort is None
-            and plan.retry is None
             and (plan.mirror is None or c.shared.mirror is None)
+            # The first try of a retry policy, unless it has a per-try deadline (a Trio
+            # scope) or a body to buffer for replays.
+            and (retry is None or (retry.per_try_timeout_s is None and head.framing == NO_BODY))
         ):
             cluster = target_cluster(c, plan)
         if cluster is None:
@@ -278,26 +287,30 @@ class Lane:
         ex = c.exchange
         assert ex is not None
         payload = one_payload(c, head, out)
-        key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
-        self.head, self.plan, self.cluster, self.payload, self.key = (
+        hold = None
+        if retry is not None:
+            # As retry_loop's first try: the request (no body) may be sent again if idempotent.
+            key = cluster.hash_key(head.headers, c.peer_ip)
+            hold = RetryHold(retry, cluster, replayable=head.method in IDEMPOTENT)
+            hold.retry_left = retry.attempts > 1
+        else:
+            key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
+        self.head, self.plan, self.cluster, self.payload, self.key, self.hold = (
             head,
             plan,
             cluster,
             payload,
             key,
+            hold,
         )
         acquired = cluster.acquire_idle(key) if ex.body_done else None
         taken = None
         if acquired is not None:
             endpoint, conn = acquired
             if conn is None:  # to connect, by the task
-                taken = Taken(endpoint, None, 0.0)
+                taken = Taken(endpoint, None, 0.0, hold=hold)
         if acquired is None or taken is not None:
-            self._carry_on(
-                functools.partial(
-                    taken_on, c, head, plan, cluster, payload=payload, key=key, taken=taken
-                )
-            )
+            self._carry_on(self._rest_of_try(taken))
             return
         assert conn is not None
         ex.upstream = endpoint
@@ -318,7 +331,12 @@ class Lane:
             self._take_over(rest=payload[sent:])
             return
         self.relay = ResponseRelay(
-            c, head, conn, edit=plan.response_headers, hold=None, try_scope=None
+            c,
+            head,
+            conn,
+            edit=plan.response_headers,
+            hold=hold if hold is not None and hold.retry_left else None,
+            try_scope=None,
         )
 
     # The response --------------------------------------------------------------------------
@@ -382,7 +400,7 @@ class Lane:
         if up is not None:
             up.serve_reads(None)
         self.head = self.plan = self.cluster = self.endpoint = self.conn = None
-        self.up = self.relay = None
+        self.up = self.relay = self.hold = None
         self.payload = b""
         self.key = None
 
@@ -407,13 +425,22 @@ class Lane:
             relay=self.relay,
             pending=pending,
             error=error,
+            hold=self.hold,
         )
-        payload, key = self.payload, self.key
+        rest_of_try = self._rest_of_try(taken)
         self._let_go()
-        self._carry_on(
-            functools.partial(
-                taken_on, self.c, head, plan, cluster, payload=payload, key=key, taken=taken
+        self._carry_on(rest_of_try)
+
+    def _rest_of_try(self, taken: Taken | None) -> Callable[[], Awaitable[None]]:
+        """The task's part of the request admitted here: the try ``taken`` on (or made)."""
+        head, plan, cluster = self.head, self.plan, self.cluster
+        assert head is not None and plan is not None and cluster is not None
+        if self.hold is not None:
+            return functools.partial(
+                retries_on, self.c, head, plan, cluster, payload=self.payload, taken=taken
             )
+        return functools.partial(
+            taken_on, self.c, head, plan, cluster, payload=self.payload, key=self.key, taken=taken
         )
 
     def _carry_on(self, rest: Callable[[], Awaitable[None]]) -> None:

@@ -625,3 +625,45 @@ async def test_a_body_until_the_upstream_closes_is_relayed_and_counted() -> None
         client.close()
         counted = {key: sum(buckets) for key, buckets in p.shared.stats.http_view()}
         assert counted == {("outbound", "web", "app", "r", "GET", 200): 3}
+
+
+async def test_a_retry_policys_first_try_goes_through_the_lane_and_retries_in_the_task() -> None:
+    statuses = iter([200] * 21 + [503, 200, 200])
+
+    def answer(_: bytes) -> bytes:
+        status = next(statuses, 200)
+        if status == 503:
+            return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+        return OK
+
+    retries = {"attempts": 3, "retry_on": ["gateway-error", "connect-failure"]}
+    backend = Backend(answer)
+    steps = TaskSteps()
+    async with proxy(backend, route={"retries": retries}) as p:
+        client = Client(p.port)
+        await client.send(GET % 0)
+        assert (await client.response())[0] == 200
+        await _blocked()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(1, 21):
+                await client.send(GET % i)
+                assert (await client.response())[2] == b"hello\n"
+            await _blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps <= 2  # the policy configured, not triggered: all in the lane
+        # A 503 held back (the client never sees it), retried by the task: 200.
+        await client.send(GET % 21)
+        assert (await client.response())[:3:2] == (200, b"hello\n")
+        await client.send(GET % 22)
+        assert (await client.response())[0] == 200
+        # POST is not idempotent: its 503 is not held, not retried.
+        statuses = iter([503])
+        await client.send(b"POST /p HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n")
+        assert (await client.response())[0] == 503
+        client.close()
+        assert len(backend.requests) == 25
+        assert [r.split(b" ")[1] for r in backend.requests[21:23]] == [b"/21", b"/21"]
+        retried = p.shared.stats.policy.value("meshd_upstream_retries", "app", "gateway-error")
+        assert retried == 1
