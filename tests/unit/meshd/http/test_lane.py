@@ -342,29 +342,34 @@ async def _blocked() -> None:
     await trio.testing.wait_all_tasks_blocked(0.01)
 
 
+async def _task_steps(client: Client, requests: range) -> int:
+    """Steps of the connection's task while ``client`` makes ``requests`` (GETs answered
+    with ``hello``), from a task parked between requests."""
+    steps = TaskSteps()
+    await _blocked()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        for i in requests:
+            await client.send(GET % i)
+            assert (await client.response())[2] == b"hello\n"
+        await _blocked()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    return steps.steps
+
+
 async def test_keep_alive_requests_go_through_the_lane_without_waking_the_task() -> None:
     backend = Backend()
-    steps = TaskSteps()
     async with proxy(backend) as p:
         client = Client(p.port)
         await client.send(GET % 0)
         assert (await client.response())[0] == 200  # the first: connects upstream (the task)
-        await _blocked()
-        trio.lowlevel.add_instrument(steps)
-        try:
-            for i in range(1, 41):
-                await client.send(GET % i)
-                status, headers, body = await client.response()
-                assert (status, body) == (200, b"hello\n")
-                assert headers[b"content-length"] == b"6"
-            await _blocked()
-        finally:
-            trio.lowlevel.remove_instrument(steps)
+        steps = await _task_steps(client, range(1, 41))
         client.close()
         assert len(backend.requests) == 41
         assert backend.connections == 1  # the pooled connection served them all
         # The task-based path takes >= 2 steps per request (request, response).
-        assert steps.steps <= 2
+        assert steps <= 2
         # Each went upstream as the task would send it: the mesh's headers added.
         last = backend.requests[-1].lower()
         assert last.startswith(b"get /40 http/1.1\r\n")
@@ -573,21 +578,11 @@ async def test_mtls_connections_go_through_the_lane(tls: Tls, down: bool, up: bo
         [OK] * 43 + [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)]
     )
     backend = Backend(lambda _: next(responses, OK))
-    steps = TaskSteps()
     async with proxy(backend, tls=tls, tls_down=down, tls_up=up) as p:
         client: Client = await TlsClient.connect(p.port, tls) if down else Client(p.port)
         await client.send(GET % 0)
         assert (await client.response())[0] == 200
-        await _blocked()
-        trio.lowlevel.add_instrument(steps)
-        try:
-            for i in range(1, 41):
-                await client.send(GET % i)
-                assert (await client.response())[2] == b"hello\n"
-            await _blocked()
-        finally:
-            trio.lowlevel.remove_instrument(steps)
-        assert steps.steps <= 2
+        assert await _task_steps(client, range(1, 41)) <= 2
         # Two requests in two TLS records that arrive together: a record read doesn't drain
         # the socket, and no event will come for the second.
         await client.send(GET % 50)
@@ -638,21 +633,12 @@ async def test_a_retry_policys_first_try_goes_through_the_lane_and_retries_in_th
 
     retries = {"attempts": 3, "retry_on": ["gateway-error", "connect-failure"]}
     backend = Backend(answer)
-    steps = TaskSteps()
     async with proxy(backend, route={"retries": retries}) as p:
         client = Client(p.port)
         await client.send(GET % 0)
         assert (await client.response())[0] == 200
-        await _blocked()
-        trio.lowlevel.add_instrument(steps)
-        try:
-            for i in range(1, 21):
-                await client.send(GET % i)
-                assert (await client.response())[2] == b"hello\n"
-            await _blocked()
-        finally:
-            trio.lowlevel.remove_instrument(steps)
-        assert steps.steps <= 2  # the policy configured, not triggered: all in the lane
+        # The policy configured, not triggered: all in the lane.
+        assert await _task_steps(client, range(1, 21)) <= 2
         # A 503 held back (the client never sees it), retried by the task: 200.
         await client.send(GET % 21)
         assert (await client.response())[:3:2] == (200, b"hello\n")
