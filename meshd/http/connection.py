@@ -37,13 +37,13 @@ from meshd.http.decide import Answer, Plan, check_escaped_slashes, decide
 from meshd.http.exchange import Exchange, record
 from meshd.http.failure import answer_for, error_answer, render
 from meshd.http.forward import forward
-from meshd.http.lane import Lane, LaneStream
+from meshd.http.lane import Lane
 from meshd.http.phase import Phase
 from meshd.http.serialize import chunk
 from meshd.http.strict import valid_host
 from meshd.http.tracing import new_ids
 from meshd.net.stream import ProxyStream
-from meshd.net.waits import EPOLL_WAITS
+from meshd.net.waits import EPOLL_WAITS, ServedStream
 
 __all__ = ["HttpConnection", "Phase", "serve_http"]
 
@@ -120,7 +120,7 @@ class HttpConnection:
         #: Serves the simple requests of a plain connection without waking this task.
         self.lane: Lane | None = None
         if LANE and hasattr(down, "serve_reads"):  # SocketStream, TlsStream
-            self.lane = Lane(self, cast(LaneStream, down))
+            self.lane = Lane(self, cast(ServedStream, down))
 
     def expire(self) -> None:
         """The deadline passed: stop whatever the connection is waiting for."""

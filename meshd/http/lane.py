@@ -11,7 +11,7 @@ request goes through the same steps the task takes, only without awaiting:
     -> ClusterRuntime.acquire_idle -> send -> ResponseRelay.feed -> send -> finish
 
 Whatever a step can't do at once goes back to the task, at the point reached, with the state
-it left (:class:`meshd.http.forward.Taken`); the task carries on with the code it always runs
+it left (:class:`meshd.http.tries.Taken`); the task carries on with the code it always runs
 (:func:`meshd.http.forward.taken_on`, :meth:`HttpConnection.route
 <meshd.http.connection.HttpConnection.route>`...). So the lane takes nothing over that the task
 path doesn't also do, and every policy stays enforced in one place. The lane makes the first
@@ -27,9 +27,8 @@ cancel the parked task as before; the lane then lets the connection go and the t
 from __future__ import annotations
 
 import functools
-import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import outcome
 import trio
@@ -53,12 +52,12 @@ from meshd.http.phase import Phase
 from meshd.http.relay import BROKEN, ResponseRelay, send_failure
 from meshd.http.retry import IDEMPOTENT
 from meshd.http.tries import RetryHold, Taken, retries_on
-from meshd.net.waits import Reader, Waiter
+from meshd.net.waits import ServedStream, Waiter
 
 if TYPE_CHECKING:
     from meshd.http.connection import HttpConnection
 
-__all__ = ["Lane", "LaneStream", "Next"]
+__all__ = ["Lane", "Next"]
 
 #: What :meth:`Lane.run` gives the task: True, go on reading requests yourself; False, the
 #: client has gone; else the rest of a request in flight, to await.
@@ -68,38 +67,6 @@ _REQUEST: Final = Phase.REQUEST
 _IDLE: Final = Phase.IDLE
 #: Reads of one response per event before the task takes a body over (it yields).
 _BURST: Final = 8
-
-
-class LaneStream(Protocol):
-    """What the lane needs of a stream (:class:`~meshd.net.stream.SocketStream`, and
-    :class:`~meshd.net.tlsstream.TlsStream`, OpenSSL reading a record at a time)."""
-
-    @property
-    def sock(self) -> socket.socket:
-        """The TCP socket."""
-        ...
-
-    @property
-    def may_read(self) -> bool:
-        """Bytes may be there to read (no event will say so)."""
-        ...
-
-    @property
-    def unread(self) -> bool:
-        """The last read filled its buffer."""
-        ...
-
-    def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
-        """Bytes there now, ``b""`` at the end, None if none yet."""
-        ...
-
-    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
-        """Write what can go now; how much did."""
-        ...
-
-    def serve_reads(self, reader: Reader | None) -> bool:
-        """Have ``reader`` called for the socket's events (None: stop); False if it can't."""
-        ...
 
 
 class Lane:
@@ -126,7 +93,7 @@ class Lane:
         "up",
     )
 
-    def __init__(self, c: HttpConnection, down: LaneStream) -> None:
+    def __init__(self, c: HttpConnection, down: ServedStream) -> None:
         self.c = c
         self.down = down
         self.down_fd = down.sock.fileno()
@@ -145,7 +112,7 @@ class Lane:
         self.hold: RetryHold | None = None
         self.endpoint: Endpoint | None = None
         self.conn: UpstreamConnection | None = None
-        self.up: LaneStream | None = None
+        self.up: ServedStream | None = None
         self.relay: ResponseRelay | None = None
         self.started = 0.0
 
@@ -159,7 +126,7 @@ class Lane:
         try:
             self._next()
         except BaseException as exc:  # noqa: BLE001 - raised in the task, where it belongs
-            self._hand_back(outcome.Error(exc))
+            self._failed(exc)
         result = self._handed_back()
         if result is not None:
             return result.unwrap()
@@ -185,10 +152,15 @@ class Lane:
             elif self.conn is not None:
                 self._response()
         except BaseException as exc:  # noqa: BLE001 - never into the dispatcher: to the task
-            if self.conn is not None:
-                self._take_over(error=exc)
-            else:
-                self._hand_back(outcome.Error(exc))
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A step raised ``exc``: raised in the task, within the try in flight if any (which
+        then ends as the task ends a failed try)."""
+        if self.conn is not None:
+            self._take_over(error=exc)
+        else:
+            self._hand_back(outcome.Error(exc))
 
     def stopped(self, waiter: Waiter, closing: bool) -> None:
         """A socket closes, or the dispatcher stops: the task takes over where the lane is."""
@@ -284,6 +256,21 @@ class Lane:
         except UpstreamError as exc:
             self._carry_on(functools.partial(refused, c, cluster, exc))
             return
+        try:
+            self._first_try(head, plan, cluster, out)
+        except BaseException:
+            if self.conn is None:  # admitted, and no try that ends it in the cluster
+                self._let_go()
+                cluster.done()
+            raise
+
+    def _first_try(
+        self, head: RequestHead, plan: Plan, cluster: ClusterRuntime, out: bytes
+    ) -> None:
+        """The request's first try, as :func:`~meshd.http.forward.one_try` (or with a retry
+        policy :func:`~meshd.http.tries.retry_loop`) makes it, up to the response."""
+        c = self.c
+        retry = plan.retry
         ex = c.exchange
         assert ex is not None
         payload = one_payload(c, head, out)
@@ -310,12 +297,14 @@ class Lane:
             if conn is None:  # to connect, by the task
                 taken = Taken(endpoint, None, 0.0, hold=hold)
         if acquired is None or taken is not None:
-            self._carry_on(self._rest_of_try(taken))
+            rest_of_try = self._rest_of_try(taken)
+            self._let_go()
+            self._carry_on(rest_of_try)
             return
         assert conn is not None
         ex.upstream = endpoint
         self.endpoint, self.conn, self.started = endpoint, conn, now()
-        up: LaneStream = conn.stream
+        up: ServedStream = conn.stream
         if not up.serve_reads(self):
             self._take_over(rest=payload)
             return

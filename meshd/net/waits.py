@@ -39,7 +39,7 @@ from typing import Final, Protocol
 import outcome
 import trio
 
-__all__ = ["EPOLL_WAITS", "Dispatcher", "Reader", "Waiter", "current_dispatcher"]
+__all__ = ["EPOLL_WAITS", "Dispatcher", "Reader", "ServedStream", "Waiter", "current_dispatcher"]
 
 #: Whether this platform has epoll (Linux): elsewhere streams wait through Trio.
 EPOLL_WAITS: Final = hasattr(select, "epoll")
@@ -61,6 +61,39 @@ class Reader(Protocol):
     def stopped(self, waiter: Waiter, closing: bool) -> None:
         """No more events come: the socket is ``closing``, or else the dispatcher stopped.
         Must not raise."""
+
+
+class ServedStream(Protocol):
+    """A stream a :class:`Reader` can serve: reads and writes that never wait
+    (:class:`~meshd.net.stream.SocketStream`, :class:`~meshd.net.tlsstream.TlsStream`:
+    OpenSSL reads a record at a time). :mod:`meshd.http.lane` serves them."""
+
+    @property
+    def sock(self) -> socket.socket:
+        """The TCP socket."""
+        ...
+
+    @property
+    def may_read(self) -> bool:
+        """Bytes may be there to read (no event will say so)."""
+        ...
+
+    @property
+    def unread(self) -> bool:
+        """The last read filled its buffer."""
+        ...
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | None:
+        """Bytes there now, ``b""`` at the end, None if none yet."""
+        ...
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what can go now; how much did."""
+        ...
+
+    def serve_reads(self, reader: Reader | None) -> bool:
+        """Have ``reader`` called for the socket's events (None: stop); False if it can't."""
+        ...
 
 
 class Waiter:
