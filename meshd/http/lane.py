@@ -171,10 +171,10 @@ class Lane:
             self.c.lane = None  # for good
         if self.conn is not None:
             relay = self.relay
-            if error is not None and relay is not None:
+            if error is not None and relay is not None and waiter.fd != self.down_fd:
                 try:
-                    relay.broken(error)
-                except Exception as exc:  # noqa: BLE001 - what the read's failure means
+                    relay.broken(error)  # the upstream's socket: what that means for the try
+                except Exception as exc:  # noqa: BLE001 - the upstream failure it raises
                     error = exc
             self._take_over(error=error)
         elif error is not None:

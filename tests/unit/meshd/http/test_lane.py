@@ -151,6 +151,8 @@ class Proxy:
     shared: ProxyShared
     backend: Backend
     cfg: HttpListenerConfig
+    #: The proxy's side of each client connection, as accepted.
+    downstreams: list[SocketStream | TlsStream] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -230,11 +232,16 @@ async def proxy(
         with sock:
             await backend.serve(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
 
+    downstreams: list[SocketStream | TlsStream] = []
+
     async def proxy_connection(sock: socket.socket) -> None:
+        down: SocketStream | TlsStream
         if tls is not None and tls_down:
-            await serve_http(await tls_accept(sock, tls.server("web")), cfg, shared)
+            down = await tls_accept(sock, tls.server("web"))
         else:
-            await serve_http(SocketStream(sock), cfg, shared)
+            down = SocketStream(sock)
+        downstreams.append(down)
+        await serve_http(down, cfg, shared)
 
     with backend_sock, proxy_sock:
         async with trio.open_nursery() as nursery:
@@ -242,7 +249,7 @@ async def proxy(
             nursery.start_soon(accept, backend_sock, to_backend, "backend_connection")
             nursery.start_soon(accept, proxy_sock, proxy_connection, "proxy_connection")
             try:
-                yield Proxy(proxy_port, shared, backend, cfg)
+                yield Proxy(proxy_port, shared, backend, cfg, downstreams)
             finally:
                 nursery.cancel_scope.cancel()
                 for pool in pools:
@@ -653,3 +660,29 @@ async def test_a_retry_policys_first_try_goes_through_the_lane_and_retries_in_th
         assert [r.split(b" ")[1] for r in backend.requests[21:23]] == [b"/21", b"/21"]
         retried = p.shared.stats.policy.value("meshd_upstream_retries", "app", "gateway-error")
         assert retried == 1
+
+
+async def test_the_client_side_closed_under_a_try_in_flight_is_no_upstream_failure() -> None:
+    """As a revocation closes a revoked peer's stream: the try ends, nothing is sent again,
+    and the upstream is not blamed (no upstream error, no failure for outlier detection)."""
+    hang = {"now": False}
+    backend = Backend(lambda _: None if hang["now"] else OK)
+    async with proxy(backend) as p:
+        client = Client(p.port)
+        for i in range(2):
+            await client.send(GET % i)
+            assert (await client.response())[0] == 200
+        hang["now"] = True
+        await client.send(GET % 2)
+        with trio.fail_after(5):
+            while len(backend.requests) < 3:
+                await trio.sleep(0.01)
+        await _blocked()
+        p.downstreams[-1].close_nowait()
+        assert await client.closed()
+        client.close()
+        with trio.fail_after(5):
+            while p.shared.connections:
+                await trio.sleep(0.01)
+        assert len(backend.requests) == 3
+        assert p.shared.stats.upstream_error_view() == []
