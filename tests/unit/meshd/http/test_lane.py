@@ -274,15 +274,19 @@ class Client:
             except BlockingIOError:
                 continue
 
-    async def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
-        """One response (Content-Length framed, or chunked, or until the end)."""
+    async def _head(self) -> bytes:
+        """The next response's head (status line and fields), taken from the buffer."""
         while b"\r\n\r\n" not in self.buffered:
             data = await self._more()
             if not data:
                 raise EOFError(self.buffered)
             self.buffered += data
         head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
+        return head
+
+    async def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        """One response framed by Content-Length (none: an empty body)."""
+        lines = (await self._head()).split(b"\r\n")
         status = int(lines[0].split()[1])
         headers = {}
         for line in lines[1:]:
@@ -299,13 +303,7 @@ class Client:
 
     async def response_head_only(self) -> tuple[int, dict[bytes, bytes], bytes]:
         """The response to a HEAD request: its head says a length, no body follows."""
-        while b"\r\n\r\n" not in self.buffered:
-            data = await self._more()
-            if not data:
-                raise EOFError(self.buffered)
-            self.buffered += data
-        head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
-        status = int(head.split(b"\r\n")[0].split()[1])
+        status = int((await self._head()).split(b"\r\n")[0].split()[1])
         return status, {}, b""
 
     async def closed(self) -> bool:
