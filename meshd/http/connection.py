@@ -41,7 +41,7 @@ from meshd.http.lane import Lane
 from meshd.http.phase import Phase
 from meshd.http.serialize import chunk
 from meshd.http.strict import valid_host
-from meshd.http.tracing import new_ids
+from meshd.http.tracing import request_ids
 from meshd.net.stream import ProxyStream
 from meshd.net.waits import EPOLL_WAITS, ServedStream
 
@@ -258,7 +258,7 @@ class HttpConnection:
         cfg = self.cfg
         ex = self.exchange = Exchange(now())
         self.head = head
-        ids = ex.ids = new_ids(self.shared.rng)
+        ids = ex.ids = request_ids()
         ex.request_id = head.request_id or ids[:32]
         if self.peer_identity is not None:
             # The parser dropped any client-sent copy; this one the TLS handshake verified.

@@ -33,6 +33,34 @@ def new_ids(rng: random.Random) -> bytes:
     return _hexlify((rng.getrandbits(320) | _NONZERO).to_bytes(40, "big"))
 
 
+#: Requests' ids an :class:`IdPool` draws at once.
+ID_BATCH: Final = 64
+
+
+class IdPool:
+    """:func:`new_ids` for one request after another, drawn :data:`ID_BATCH` requests' worth
+    at a time: the draw, the conversion and hexlify are generic calls of a few thousand
+    instructions in all, where taking the next 80 digits is a slice."""
+
+    __slots__ = ("_at", "_digits", "_rng")
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._digits = b""
+        self._at = 0
+
+    def take(self) -> bytes:
+        """The next request's 80 hex digits, as :func:`new_ids` makes them."""
+        at = self._at
+        digits = self._digits
+        if at >= len(digits):
+            bits = self._rng.getrandbits(320 * ID_BATCH) | _BATCH_NONZERO
+            digits = self._digits = _hexlify(bits.to_bytes(40 * ID_BATCH, "big"))
+            at = 0
+        self._at = at + IDS_HEX
+        return digits[at : at + IDS_HEX]
+
+
 def next_traceparent(
     incoming: bytes | None, sample_rate: float, rng: random.Random, fresh: bytes = b""
 ) -> bytes:
@@ -72,9 +100,21 @@ def _continues(incoming: bytes) -> bool:
 
 # The low bit of the trace id and of the span id set: W3C trace context forbids all zeros.
 _NONZERO: Final = 1 << 64 | 1
+#: The same for each request's 320 bits of a batch.
+_BATCH_NONZERO: Final = sum(_NONZERO << (320 * k) for k in range(ID_BATCH))
 _hexlify: Final = hexlify
 
 
 def trace_id(traceparent: bytes) -> str:
     """The trace id part of a ``traceparent`` this module produced."""
     return traceparent[3:35].decode("ascii")
+
+
+#: This process's pool of request ids (``random.Random()`` seeds itself from the OS; workers are
+#: processes started anew, never forks, so none draws another's ids).
+_REQUESTS: Final = IdPool(random.Random())  # noqa: S311 - unique, not secret
+
+
+def request_ids() -> bytes:
+    """The next request's ids (:func:`new_ids`'s form), from this process's pool."""
+    return _REQUESTS.take()

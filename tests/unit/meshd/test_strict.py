@@ -90,7 +90,8 @@ def feed_all(
 
 
 def head_of(data: bytes, **limits: int) -> RequestHead:
-    parser = RequestParser(limits.pop("max_head", 64 * 1024), **limits)
+    parser = RequestParser(limits.pop("max_head", 64 * 1024), limits.pop("max_headers", 100))
+    assert not limits, limits
     parser.feed(data)
     kind, head = parser.events.pop(0)
     assert kind == EV_HEAD and isinstance(head, RequestHead)
@@ -98,7 +99,8 @@ def head_of(data: bytes, **limits: int) -> RequestHead:
 
 
 def refusal(*pieces: bytes, **limits: int) -> tuple[int, str]:
-    parser = RequestParser(limits.pop("max_head", 64 * 1024), **limits)
+    parser = RequestParser(limits.pop("max_head", 64 * 1024), limits.pop("max_headers", 100))
+    assert not limits, limits
     with pytest.raises(HttpError) as info:
         feed_all(parser, pieces)
     return info.value.status, info.value.reason

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from meshd.http.tracing import IDS_HEX, new_ids, next_traceparent
+from meshd.http.tracing import ID_BATCH, IDS_HEX, IdPool, new_ids, next_traceparent, request_ids
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -82,3 +82,17 @@ def test_which_incoming_traceparent_is_continued(incoming: bytes, continued: boo
         assert out == b"00-" + incoming[3:35] + b"-" + ids[64:80] + b"-" + incoming[53:55]
     else:
         assert out == b"00-" + ids[32:64] + b"-" + ids[64:80] + b"-00"
+
+
+def test_the_pool_gives_what_new_ids_gives_one_request_at_a_time() -> None:
+    """A batch is new_ids' 80 digits for each request in turn: the same checks hold, and no
+    request's ids repeat another's."""
+    pool = IdPool(random.Random(3))
+    taken = [pool.take() for _ in range(3 * ID_BATCH + 5)]  # across batches
+    for ids in taken:
+        assert len(ids) == IDS_HEX
+        assert _HEX.fullmatch(ids)
+        assert ids[63] in b"13579bdf"
+        assert ids[79] in b"13579bdf"
+    assert len(set(taken)) == len(taken)
+    assert len({request_ids() for _ in range(ID_BATCH + 1)}) == ID_BATCH + 1
