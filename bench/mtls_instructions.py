@@ -181,6 +181,11 @@ def measure(
         # As long again with no connection: what one sweep of the deadline reaper costs.
         time.sleep(max(1.0, time.monotonic() - started))
         idle = dump(server, out)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        label = f"{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec)}"
+        shutil.copy(counted, args.keep / f"{label}.counted")
+        shutil.copy(idle, args.keep / f"{label}.idle")
     total, objects = _total(counted), by_object(counted)
     sweeps, idle_sweeps = calls_to(counted, SWEEP), calls_to(idle, SWEEP)
     if sweeps and idle_sweeps:
@@ -259,6 +264,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--handshakes", type=int, default=60)
     parser.add_argument("--warm", type=int, default=20)
     parser.add_argument("--objects", action="store_true", help="split by shared object")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy each checkout's counted dump (and the idle one) to DIR",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is needed (apt-get install valgrind)")

@@ -63,6 +63,10 @@ from profile_l7 import _checkout_ctx, paired_ratio, user_sys_ticks
 FIGURES = ("handshakes", "pair")
 #: Handshake figures split by where the CPU went (``cpu_us/hs`` of user and system time).
 SPLIT = ("hs_user", "hs_sys")
+#: Completed handshakes per second of each side's ``s_time`` client: what the suite's
+#: ``handshakes_vs_nginx`` compares, the client's own work per handshake included (it shares
+#: the machine's CPUs), unlike ``cpu_us/hs``.
+RATE = "hs_per_s"
 #: How long perf gets to attach before the clients start (``--syscalls``).
 PERF_SETTLE_S = 3.0
 _PERF = re.compile(r"^(\d+),[^,]*,(?:syscalls:sys_enter_)?([\w-]+),", re.M)
@@ -152,6 +156,7 @@ def _handshake_round(
         if result.cpu_us_per_hs is None or not result.completed:
             continue
         server.figures.setdefault("handshakes", []).append(result.cpu_us_per_hs)
+        server.figures.setdefault(RATE, []).append(result.per_s)
         for j, name in enumerate(SPLIT):
             ticks = sum(a[j] - b[j] for a, b in zip(after[i], before[i], strict=True))
             server.figures.setdefault(name, []).append(ticks / CLK_TCK * 1e6 / result.completed)
@@ -217,6 +222,15 @@ def report(servers: list[Server]) -> list[str]:
                 lines.append(
                     f"PAIRED_RATIO {figure} {other.name} / {measured[0].name}: {ratio:.3f}"
                 )
+    measured = [s for s in servers if s.figures.get(RATE)]
+    if measured:
+        medians = "  ".join(f"{s.name}={statistics.median(s.figures[RATE]):.1f}" for s in measured)
+        lines.append(f"{RATE} (median): {medians}")
+        first = measured[0].figures[RATE]
+        for other in measured[1:]:
+            if len(other.figures[RATE]) == len(first):
+                ratio = paired_ratio(first, other.figures[RATE])
+                lines.append(f"PAIRED_RATIO {RATE} {other.name} / {measured[0].name}: {ratio:.3f}")
     for figure in SPLIT:
         measured = [s for s in servers if s.figures.get(figure)]
         if measured:
