@@ -31,6 +31,7 @@ the rounds, printing the pairs' ports and pids (for strace, perf), until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 import shutil
@@ -56,6 +57,7 @@ from common import (
     WrkResult,
     ensure_tools,
     free_ports,
+    http_get,
     run_wrk,
     start_meshd,
 )
@@ -72,6 +74,8 @@ class Pair:
     name: str
     port: int
     pids: list[int]
+    #: meshd-outbound's admin port (None: the nginx pair).
+    admin: int | None = None
     conns: list[socket.socket] = field(default_factory=list)
     rounds: list[list[float]] = field(default_factory=list)
 
@@ -240,7 +244,7 @@ def main(argv: list[str]) -> int:
                     settings,
                 )  # fmt: skip
                 pids = [mesh_out.pid, mesh_in.pid]
-                pairs.append(Pair(f"{i}:{spec}", outbound, pids))
+                pairs.append(Pair(f"{i}:{spec}", outbound, pids, admin=out_admin))
             for pair in pairs:
                 dp.check_path(dp.BenchPath(pair.name, pair.port, None))
                 pair.connect(args.connections)
@@ -274,6 +278,12 @@ def main(argv: list[str]) -> int:
                 )
             for pair in pairs if pairs[0].rounds else []:
                 print(f"ALL {pair.name:>24}: {summary([v for r in pair.rounds for v in r])}")
+            for pair in pairs:
+                if pair.admin is not None:
+                    clusters = json.loads(http_get(pair.admin, "/clusters")[1])
+                    api = next(c for c in clusters if c["name"] == "api")["endpoints"]
+                    opened = sum(e.get("created", 0) for e in api)
+                    print(f"INFO {pair.name}: meshd-outbound opened {opened} mTLS connections")
             if args.hold:
                 print("holding; Ctrl-C to stop", flush=True)
                 try:
