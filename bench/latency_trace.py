@@ -120,7 +120,7 @@ def start_sidecar(
     text = snapshot.read_text()
     for setting in settings:
         key, _, value = setting.partition("=")
-        text = re.sub(r"(\n  - \{name: \w+, direction: .*)\}", rf"\1, {key}: {value}}}", text)
+        text = re.sub(r"(\n  - \{name: \w+, direction: [^}]*)\}", rf"\1, {key}: {value}}}", text)
     snapshot.write_text(text)
     return start_meshd(ctx, procs, name, bootstrap, [ports["port"]], ports["admin_port"])
 
