@@ -4,10 +4,11 @@ Why: a pump built from Trio tasks parks and wakes a task for every read (an ``ep
 re-arm Trio's one-shot registration, a trip through the scheduler, a coroutine resumed), twice
 per request/response over a kept-alive connection. That machinery, not the byte moving, was
 most of an L4 proxy's CPU. Here every pumped socket is registered once, level-triggered, in an
-epoll set of our own; one system task waits for that set to be readable (one Trio wait however
-many sockets are ready) and moves the bytes of each ready socket right there, without waking
-any task. The task that called :func:`relay` sleeps until its connection is done (or idle for
-too long).
+epoll set of our own, which Trio's own I/O step serves right after Trio's ``epoll_wait``
+(:func:`meshd.net.waits.serve_in_trio_io`; where it can't, one system task waits for the set
+to be readable: one Trio wait however many sockets are ready): the bytes of each ready socket
+move right there, without waking any task. The task that called :func:`relay` sleeps until
+its connection is done (or idle for too long).
 
 How bytes move, per direction: a read that doesn't fill the buffer (a request, a response) is
 read (``os.read``) and written on, which costs the kernel less than two splices
@@ -59,6 +60,7 @@ from meshd.net.flow import (
     preload,
 )
 from meshd.net.stream import SocketStream
+from meshd.net.waits import serve_in_trio_io
 
 __all__ = [
     "EPOLL_AVAILABLE",
@@ -138,36 +140,46 @@ class Reactor:
         self._release(flow)
         flow.done.set()
 
-    async def run(self) -> None:
-        """Serve the epoll set until the Trio run ends."""
-        epoll = self._epoll
+    def serve(self) -> None:
+        """Move the bytes of the sockets the set reports ready now."""
+        events = self._epoll.poll(0, _MAX_EVENTS)
+        self.wakeups += 1
         ends = self._ends
-        fileno = epoll.fileno()
-        poll = epoll.poll
-        wait_readable = trio.lowlevel.wait_readable
-        current_time = trio.current_time
+        now = trio.current_time()
+        for fd, mask in events:
+            end = ends.get(fd)
+            if end is not None:  # None: its flow ended earlier in this batch
+                try:
+                    self._serve(end, mask, now)
+                except OSError:
+                    self.finish(end.flow, "reset")
+                except Exception as exc:  # noqa: BLE001 (from on_progress: re-raised to its caller)
+                    end.flow.error = exc
+                    self.finish(end.flow, "reset")
+
+    async def run(self) -> None:
+        """Serve the epoll set until the Trio run ends: from Trio's I/O step when it can
+        (:func:`~meshd.net.waits.serve_in_trio_io`), else as a task that waits for it."""
+        fileno = self._epoll.fileno()
+        unhook = serve_in_trio_io(fileno, self.serve)
         try:
-            while True:
-                await wait_readable(fileno)
-                events = poll(0, _MAX_EVENTS)
-                self.wakeups += 1
-                now = current_time()
-                for fd, mask in events:
-                    end = ends.get(fd)
-                    if end is not None:  # None: its flow ended earlier in this batch
-                        try:
-                            self._serve(end, mask, now)
-                        except OSError:
-                            self.finish(end.flow, "reset")
-                        except Exception as exc:  # noqa: BLE001 (from on_progress: re-raised to its caller)
-                            end.flow.error = exc
-                            self.finish(end.flow, "reset")
+            if unhook is not None:
+                await trio.sleep_forever()
+            else:
+                wait_readable = trio.lowlevel.wait_readable
+                serve = self.serve
+                while True:
+                    await wait_readable(fileno)
+                    serve()
         finally:
+            if unhook is not None:
+                unhook()
             self.closed = True
-            for end in list(ends.values()):
+            for end in list(self._ends.values()):
                 self.finish(end.flow, None)
-            trio.lowlevel.notify_closing(fileno)
-            epoll.close()
+            if unhook is None:
+                trio.lowlevel.notify_closing(fileno)
+            self._epoll.close()
 
     def _serve(self, end: End, mask: int, now: float) -> None:
         flow = end.flow

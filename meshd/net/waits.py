@@ -1,12 +1,16 @@
-"""Read waits without an ``epoll_ctl`` per park: one epoll set, one system task, per Trio run.
+"""Read waits without an ``epoll_ctl`` per park: one epoll set per Trio run, served in Trio's
+own I/O step.
 
 Trio's I/O manager registers a socket one-shot and re-arms it at every park: an
 ``epoll_ctl`` per wait, twice per proxied L7 request. Here a :class:`SocketStream
 <meshd.net.stream.SocketStream>` that waits to read registers its socket once, edge-triggered
-(``EPOLLIN | EPOLLRDHUP | EPOLLET``), in an epoll set of our own; one system task waits for
-that set (one Trio wait however many sockets are ready) and wakes the tasks parked on the
-sockets it reports (``wait_task_rescheduled``/``reschedule``), as :mod:`meshd.net.reactor`
-serves L4 flows from its own set.
+(``EPOLLIN | EPOLLRDHUP | EPOLLET``), in an epoll set of our own. That set is registered once,
+level-triggered, in Trio's own epoll, and Trio's I/O step serves it right after Trio's
+``epoll_wait`` (:func:`serve_in_trio_io`): it wakes the tasks parked on the sockets the set
+reports (``wait_task_rescheduled``/``reschedule``) and calls their readers, with no task of
+its own woken (as :mod:`meshd.net.reactor` serves L4 flows from its own set). Where Trio's I/O
+manager is not the epoll one this knows, a system task waits for the set instead (one Trio
+wait however many sockets are ready).
 
 Edge-triggered, an event comes once per arrival, so a wait must never miss one:
 
@@ -34,12 +38,21 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 import outcome
 import trio
 
-__all__ = ["EPOLL_WAITS", "Dispatcher", "Reader", "ServedStream", "Waiter", "current_dispatcher"]
+__all__ = [
+    "EPOLL_WAITS",
+    "Dispatcher",
+    "Reader",
+    "ServedStream",
+    "Waiter",
+    "current_dispatcher",
+    "serve_in_trio_io",
+]
 
 #: Whether this platform has epoll (Linux): elsewhere streams wait through Trio.
 EPOLL_WAITS: Final = hasattr(select, "epoll")
@@ -151,14 +164,16 @@ class Waiter:
 class Dispatcher:
     """The epoll set of read waits and the system task that serves it (one per Trio run)."""
 
-    __slots__ = ("_epoll", "_waiters", "closed", "wakeups")
+    __slots__ = ("_epoll", "_waiters", "closed", "inline", "wakeups")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._waiters: dict[int, Waiter] = {}
         #: The task has ended (the run is ending): waits go to Trio's I/O manager.
         self.closed = False
-        #: Times the task woke up.
+        #: Served from Trio's I/O step, not from a task (see :func:`serve_in_trio_io`).
+        self.inline = False
+        #: Times the set was served.
         self.wakeups = 0
 
     @property
@@ -199,36 +214,49 @@ class Dispatcher:
                 task, outcome.Error(trio.ClosedResourceError("another task closed this socket"))
             )
 
-    async def run(self) -> None:
-        """Serve the epoll set until the Trio run ends."""
-        epoll = self._epoll
+    def serve(self) -> None:
+        """Serve what the set reports now: wake the parked tasks, call the readers."""
+        self.wakeups += 1
         waiters = self._waiters
-        fileno = epoll.fileno()
-        poll = epoll.poll
-        wait_readable = trio.lowlevel.wait_readable
         reschedule = trio.lowlevel.reschedule
+        for fd, mask in self._epoll.poll(0, _MAX_EVENTS):
+            waiter = waiters.get(fd)
+            if waiter is None:
+                continue
+            if mask & _LASTING:
+                waiter.sticky = True
+            reader = waiter.reader
+            if reader is not None:
+                reader.readable(waiter)
+                continue
+            task = waiter.task
+            if task is None:
+                waiter.ready = True
+            else:
+                waiter.task = None
+                reschedule(task)
+
+    async def run(self) -> None:
+        """Serve the epoll set until the Trio run ends: from Trio's own I/O step when it can
+        (:func:`serve_in_trio_io`), else as a task that waits for the set to be readable."""
+        fileno = self._epoll.fileno()
+        unhook = serve_in_trio_io(fileno, self.serve)
         try:
-            while True:
-                await wait_readable(fileno)
-                self.wakeups += 1
-                for fd, mask in poll(0, _MAX_EVENTS):
-                    waiter = waiters.get(fd)
-                    if waiter is None:
-                        continue
-                    if mask & _LASTING:
-                        waiter.sticky = True
-                    reader = waiter.reader
-                    if reader is not None:
-                        reader.readable(waiter)
-                        continue
-                    task = waiter.task
-                    if task is None:
-                        waiter.ready = True
-                    else:
-                        waiter.task = None
-                        reschedule(task)
+            if unhook is not None:
+                self.inline = True
+                await trio.sleep_forever()
+            else:
+                wait_readable = trio.lowlevel.wait_readable
+                serve = self.serve
+                while True:
+                    await wait_readable(fileno)
+                    serve()
         finally:
+            if unhook is not None:
+                unhook()
             self.closed = True
+            waiters = self._waiters
+            reschedule = trio.lowlevel.reschedule
             # Parked tasks read again (EAGAIN) and wait through Trio from now on.
             for waiter in list(waiters.values()):
                 waiter.ready = True
@@ -241,8 +269,87 @@ class Dispatcher:
                     waiter.task = None
                     reschedule(task)
             waiters.clear()
-            trio.lowlevel.notify_closing(fileno)
-            epoll.close()
+            if unhook is None:
+                trio.lowlevel.notify_closing(fileno)
+            self._epoll.close()
+
+
+def serve_in_trio_io(fd: int, serve: Callable[[], None]) -> Callable[[], None] | None:
+    """Have Trio's I/O step call ``serve`` whenever the epoll set ``fd`` is readable (call
+    from a task of the run); returns the undo, or None when this Trio's I/O manager is not
+    the epoll one this knows (then wait for ``fd`` in a task).
+
+    A task that waits for the set costs every wake-up a trip through Trio's scheduler (the
+    task rescheduled, its coroutine resumed in its context, a cancel check) and an
+    ``epoll_ctl`` to re-arm Trio's one-shot registration before the next sleep: in a sidecar
+    at a low rate, as much as the wake-up's own work, on the path of every request at every
+    hop. Here the set is registered once, level-triggered, in Trio's epoll, and the I/O
+    manager's ``process_events`` (the step right after Trio's ``epoll_wait``) calls ``serve``
+    for it, then passes Trio's own events on. The manager's class is swapped for a subclass
+    that overrides only that method (no state of its own) while any set is served so, and
+    swapped back by the last undo. ``serve`` runs outside any task: it must not raise, nor
+    use what needs a current task (cancel scopes, checkpoints, ``current_task``).
+    """
+    try:
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
+        io: Any = GLOBAL_RUN_CONTEXT.runner.io_manager
+        trio_epoll = io._epoll
+    except (ImportError, AttributeError):
+        return None
+    hooked: Any = type(io)
+    served: dict[int, Callable[[], None]] | None = getattr(hooked, "meshd_served", None)
+    if served is None:
+        base: Any = hooked
+        if base.__name__ != "EpollIOManager" or not isinstance(trio_epoll, select.epoll):
+            return None
+        process = base.process_events
+        table: dict[int, Callable[[], None]] = {}
+
+        def process_events(events: list[tuple[int, int]]) -> None:
+            rest: list[tuple[int, int]] | None = None
+            for i in range(len(events)):
+                event = events[i]
+                serve_set = table.get(event[0])
+                if serve_set is not None:
+                    if rest is None:
+                        rest = events[:i]
+                    serve_set()
+                elif rest is not None:
+                    rest.append(event)
+            # Not ``events`` edited: Trio reads it again (empty means the wait timed out).
+            process(io, events if rest is None else rest)
+
+        hooked = type(
+            "ServingEpollIOManager",
+            (base,),
+            {
+                "__slots__": (),
+                "process_events": staticmethod(process_events),
+                "meshd_served": table,
+                "meshd_base": base,
+            },
+        )
+        io.__class__ = hooked
+        served = table
+    try:
+        trio_epoll.register(fd, select.EPOLLIN)
+    except OSError:
+        if not served:
+            io.__class__ = hooked.meshd_base
+        return None
+    served[fd] = serve
+    table_now = served
+
+    def undo() -> None:
+        if table_now.pop(fd, None) is None:
+            return
+        with contextlib.suppress(OSError, ValueError):  # Trio's epoll closed already
+            trio_epoll.unregister(fd)
+        if not table_now and type(io) is hooked:
+            io.__class__ = hooked.meshd_base
+
+    return undo
 
 
 _DISPATCHER: trio.lowlevel.RunVar[Dispatcher] = trio.lowlevel.RunVar("meshd_dispatcher")

@@ -195,3 +195,43 @@ async def test_bytes_sent_before_a_reset_are_passed_on(topo: Topology) -> None:
     assert await topo.client.receive_some() == b"answer"
     with pytest.raises(trio.BrokenResourceError):
         await topo.client.receive_some()
+
+
+class _TaskSteps(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def test_bytes_move_in_trios_io_step_without_the_reactors_task(topo: Topology) -> None:
+    # Every wake-up of a task of its own would be a trip through Trio's scheduler and an
+    # epoll_ctl, per message, on the path of every proxied byte.
+    steps = _TaskSteps()
+
+    async def exchange() -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the pump is running
+        trio.lowlevel.add_instrument(steps)
+        for i in range(3):
+            message = b"message %d" % i
+            await topo.client.send_all(message)
+            data = b""
+            while len(data) < len(message):
+                data += await topo.server.receive_some()
+            assert data == message
+            await topo.server.send_all(data.upper())
+            data = b""
+            while len(data) < len(message):
+                data += await topo.client.receive_some()
+            assert data == message.upper()
+        trio.lowlevel.remove_instrument(steps)
+        await topo.client.send_eof()
+        await topo.server.send_eof()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(exchange)
+        result = await pump(topo.down, topo.up, idle_timeout_s=30)
+    assert result.reason == "eof"
+    assert steps.names
+    assert "meshd.net.reactor" not in steps.names

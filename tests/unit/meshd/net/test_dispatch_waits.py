@@ -6,15 +6,18 @@ if an event is missed.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import struct
 
 import pytest
 import trio
+import trio.testing
 
 from meshd.net.reactor import EPOLL_AVAILABLE, current_reactor
 from meshd.net.stream import SocketStream
-from meshd.net.waits import EPOLL_WAITS, current_dispatcher
+from meshd.net.waits import EPOLL_WAITS, Dispatcher, Waiter, current_dispatcher, serve_in_trio_io
 
 pytestmark = [
     pytest.mark.timeout(20),
@@ -276,3 +279,178 @@ async def test_a_stream_the_l4_reactor_takes_leaves_the_set() -> None:
     up.close_nowait()
     b.close()
     d.close()
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """The names of the tasks Trio steps."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+class _Reader:
+    """Reads every event's bytes in the dispatcher's callback, sets ``got`` at ``want``."""
+
+    def __init__(self, stream: SocketStream, want: bytes) -> None:
+        self.stream = stream
+        self.want = want
+        self.data = b""
+        self.got = trio.Event()
+
+    def readable(self, waiter: Waiter) -> None:
+        while (data := self.stream.receive_nowait()) is not None and data:
+            self.data += data
+        if self.data == self.want:
+            self.got.set()
+
+    def stopped(self, waiter: Waiter, closing: bool) -> None:
+        pass
+
+
+async def _started() -> Dispatcher:
+    dispatcher = current_dispatcher()
+    # Its task's first step hooks it into Trio's I/O step.
+    await trio.testing.wait_all_tasks_blocked()
+    return dispatcher
+
+
+async def test_events_are_served_in_trios_io_step_not_by_a_task() -> None:
+    # The latency of every proxied request: a task woken per event is a trip through Trio's
+    # scheduler and an epoll_ctl per wake-up, at every hop.
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    dispatcher = await _started()
+    assert dispatcher.inline
+    reader = _Reader(stream, b"ping" * 3)
+    assert stream.serve_reads(reader)
+    steps = _TaskSteps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        with b:
+            for _ in range(3):
+                before = dispatcher.wakeups
+                b.sendall(b"ping")
+                while dispatcher.wakeups == before:
+                    await trio.sleep(0)
+            await reader.got.wait()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert reader.data == b"ping" * 3
+    assert steps.names  # this test's own task
+    assert "meshd.net.waits" not in steps.names
+    stream.close_nowait()
+
+
+async def test_a_parked_task_wakes_from_trios_io_step() -> None:
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    await _started()
+    steps = _TaskSteps()
+    with b:
+
+        async def send() -> None:
+            await _parked(stream)
+            trio.lowlevel.add_instrument(steps)
+            b.sendall(b"hi")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            assert await stream.receive_later() == b"hi"
+        trio.lowlevel.remove_instrument(steps)
+    assert "meshd.net.waits" not in steps.names
+    stream.close_nowait()
+
+
+def _io_manager() -> object:
+    from trio._core._run import GLOBAL_RUN_CONTEXT
+
+    return GLOBAL_RUN_CONTEXT.runner.io_manager
+
+
+async def test_serve_in_trio_io_serves_sets_until_their_undo() -> None:
+    io = _io_manager()
+    base = type(io)
+    first, second = select.epoll(), select.epoll()
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    first.register(r1, select.EPOLLIN)
+    second.register(r2, select.EPOLLIN)
+    served: list[str] = []
+    ready = trio.Event()
+
+    def serve(name: str, epoll: select.epoll, fd: int) -> None:
+        for _ in epoll.poll(0):
+            os.read(fd, 100)
+            served.append(name)
+            ready.set()
+
+    undo1 = serve_in_trio_io(first.fileno(), lambda: serve("first", first, r1))
+    undo2 = serve_in_trio_io(second.fileno(), lambda: serve("second", second, r2))
+    assert undo1 is not None and undo2 is not None
+    assert type(io) is not base and isinstance(io, base)
+    try:
+        for fd, name in ((w1, "first"), (w2, "second")):
+            ready = trio.Event()
+            os.write(fd, b"x")
+            await ready.wait()
+            assert served[-1] == name
+        undo1()
+        assert type(io) is not base  # the second set is still served
+        undo2()
+        assert type(io) is base
+        undo2()  # twice: nothing more
+        # No longer served: Trio's own waits still work, and the sets' fds are not in its set.
+        os.write(w1, b"y")
+        await trio.lowlevel.wait_readable(r1)
+        assert served == ["first", "second"]
+    finally:
+        undo1()
+        undo2()
+        for fd in (r1, w1, r2, w2):
+            os.close(fd)
+        first.close()
+        second.close()
+
+
+async def test_the_class_is_trios_again_once_the_run_ends() -> None:
+    ios: list[object] = []
+
+    async def main() -> None:
+        await _started()
+        ios.append(_io_manager())
+        assert type(ios[0]).__name__ == "ServingEpollIOManager"
+
+    await trio.to_thread.run_sync(trio.run, main)
+    assert type(ios[0]).__name__ == "EpollIOManager"
+
+
+async def test_waits_work_when_trios_io_step_cannot_be_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another Trio I/O manager (or a Trio whose internals moved): the dispatcher's task waits.
+    import meshd.net.waits
+
+    monkeypatch.setattr(meshd.net.waits, "serve_in_trio_io", lambda fd, serve: None)
+    a, b = _tcp_pair()
+    stream = SocketStream(a)
+    dispatcher = await _started()
+    assert not dispatcher.inline
+    with b:
+        for i in range(2):
+            async with trio.open_nursery() as nursery:
+
+                async def send(i: int = i) -> None:
+                    await _parked(stream)
+                    b.sendall(b"ping%d" % i)
+
+                nursery.start_soon(send)
+                assert await stream.receive_later() == b"ping%d" % i
+        reader = _Reader(stream, b"pong")
+        assert stream.serve_reads(reader)
+        b.sendall(b"pong")
+        await reader.got.wait()
+    assert type(_io_manager()).__name__ == "EpollIOManager"
+    stream.close_nowait()
