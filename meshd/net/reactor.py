@@ -60,7 +60,7 @@ from meshd.net.flow import (
     preload,
 )
 from meshd.net.stream import SocketStream
-from meshd.net.waits import serve_in_trio_io
+from meshd.net.waits import serve_set
 
 __all__ = [
     "EPOLL_AVAILABLE",
@@ -158,28 +158,14 @@ class Reactor:
                     self.finish(end.flow, "reset")
 
     async def run(self) -> None:
-        """Serve the epoll set until the Trio run ends: from Trio's I/O step when it can
-        (:func:`~meshd.net.waits.serve_in_trio_io`), else as a task that waits for it."""
-        fileno = self._epoll.fileno()
-        unhook = serve_in_trio_io(fileno, self.serve)
-        try:
-            if unhook is not None:
-                await trio.sleep_forever()
-            else:
-                wait_readable = trio.lowlevel.wait_readable
-                serve = self.serve
-                while True:
-                    await wait_readable(fileno)
-                    serve()
-        finally:
-            if unhook is not None:
-                unhook()
-            self.closed = True
-            for end in list(self._ends.values()):
-                self.finish(end.flow, None)
-            if unhook is None:
-                trio.lowlevel.notify_closing(fileno)
-            self._epoll.close()
+        """Serve the epoll set until the Trio run ends (:func:`~meshd.net.waits.serve_set`)."""
+        await serve_set(self._epoll, self.serve, self._stopped)
+
+    def _stopped(self) -> None:
+        """The run ends: every flow ends with it."""
+        self.closed = True
+        for end in list(self._ends.values()):
+            self.finish(end.flow, None)
 
     def _serve(self, end: End, mask: int, now: float) -> None:
         flow = end.flow

@@ -52,6 +52,7 @@ __all__ = [
     "Waiter",
     "current_dispatcher",
     "serve_in_trio_io",
+    "serve_set",
 ]
 
 #: Whether this platform has epoll (Linux): elsewhere streams wait through Trio.
@@ -237,41 +238,61 @@ class Dispatcher:
                 reschedule(task)
 
     async def run(self) -> None:
-        """Serve the epoll set until the Trio run ends: from Trio's own I/O step when it can
-        (:func:`serve_in_trio_io`), else as a task that waits for the set to be readable."""
-        fileno = self._epoll.fileno()
-        unhook = serve_in_trio_io(fileno, self.serve)
-        try:
-            if unhook is not None:
-                self.inline = True
-                await trio.sleep_forever()
-            else:
-                wait_readable = trio.lowlevel.wait_readable
-                serve = self.serve
-                while True:
-                    await wait_readable(fileno)
-                    serve()
-        finally:
-            if unhook is not None:
-                unhook()
-            self.closed = True
-            waiters = self._waiters
-            reschedule = trio.lowlevel.reschedule
-            # Parked tasks read again (EAGAIN) and wait through Trio from now on.
-            for waiter in list(waiters.values()):
-                waiter.ready = True
-                reader = waiter.reader
-                if reader is not None:
-                    waiter.reader = None
-                    reader.stopped(waiter, False)
-                task = waiter.task
-                if task is not None:
-                    waiter.task = None
-                    reschedule(task)
-            waiters.clear()
-            if unhook is None:
-                trio.lowlevel.notify_closing(fileno)
-            self._epoll.close()
+        """Serve the epoll set until the Trio run ends (:func:`serve_set`)."""
+        await serve_set(self._epoll, self.serve, self._stopped, inline=self._inline)
+
+    def _inline(self) -> None:
+        self.inline = True
+
+    def _stopped(self) -> None:
+        """The run ends: parked tasks read again (EAGAIN) and wait through Trio from now on."""
+        self.closed = True
+        waiters = self._waiters
+        reschedule = trio.lowlevel.reschedule
+        for waiter in list(waiters.values()):
+            waiter.ready = True
+            reader = waiter.reader
+            if reader is not None:
+                waiter.reader = None
+                reader.stopped(waiter, False)
+            task = waiter.task
+            if task is not None:
+                waiter.task = None
+                reschedule(task)
+        waiters.clear()
+
+
+async def serve_set(
+    epoll: select.epoll,
+    serve: Callable[[], None],
+    stopped: Callable[[], None],
+    *,
+    inline: Callable[[], None] | None = None,
+) -> None:
+    """Call ``serve`` whenever the epoll set ``epoll`` is readable, until this task is
+    cancelled (the Trio run ends): from Trio's own I/O step when it can
+    (:func:`serve_in_trio_io`; then ``inline()``), else from this task, which waits for the set
+    to be readable. Then ``stopped()``, and the set is closed. (The dispatcher's and the L4
+    reactor's sets.)"""
+    fileno = epoll.fileno()
+    unhook = serve_in_trio_io(fileno, serve)
+    try:
+        if unhook is not None:
+            if inline is not None:
+                inline()
+            await trio.sleep_forever()
+        else:
+            wait_readable = trio.lowlevel.wait_readable
+            while True:
+                await wait_readable(fileno)
+                serve()
+    finally:
+        if unhook is not None:
+            unhook()
+        stopped()
+        if unhook is None:
+            trio.lowlevel.notify_closing(fileno)
+        epoll.close()
 
 
 def serve_in_trio_io(fd: int, serve: Callable[[], None]) -> Callable[[], None] | None:

@@ -55,19 +55,24 @@ async def _parked(stream: SocketStream) -> None:
     assert waiter is not None and waiter.task is not None
 
 
+async def _pings(stream: SocketStream, b: socket.socket, count: int) -> None:
+    """``count`` reads of ``stream``, each parked before ``b`` sends its bytes."""
+    for i in range(count):
+        async with trio.open_nursery() as nursery:
+
+            async def send(i: int = i) -> None:
+                await _parked(stream)
+                b.sendall(b"ping%d" % i)
+
+            nursery.start_soon(send)
+            assert await stream.receive_later() == b"ping%d" % i
+
+
 async def test_a_parked_read_wakes_through_the_dispatcher() -> None:
     a, b = _tcp_pair()
     stream = SocketStream(a)
     with b:
-        for i in range(3):
-            async with trio.open_nursery() as nursery:
-
-                async def send(i: int = i) -> None:
-                    await _parked(stream)
-                    b.sendall(b"ping%d" % i)
-
-                nursery.start_soon(send)
-                assert await stream.receive_later() == b"ping%d" % i
+        await _pings(stream, b, 3)
         dispatcher = current_dispatcher()
         assert dispatcher.watched == 1  # registered once, not per wait
         assert dispatcher.wakeups >= 3
@@ -439,15 +444,7 @@ async def test_waits_work_when_trios_io_step_cannot_be_served(
     dispatcher = await _started()
     assert not dispatcher.inline
     with b:
-        for i in range(2):
-            async with trio.open_nursery() as nursery:
-
-                async def send(i: int = i) -> None:
-                    await _parked(stream)
-                    b.sendall(b"ping%d" % i)
-
-                nursery.start_soon(send)
-                assert await stream.receive_later() == b"ping%d" % i
+        await _pings(stream, b, 2)
         reader = _Reader(stream, b"pong")
         assert stream.serve_reads(reader)
         b.sendall(b"pong")
