@@ -138,10 +138,7 @@ class RequestParser(HeadLimits):
             raise HttpError("bad_request", str(exc)) from exc
         finally:
             self._start = None  # never kept past the feed
-        if continuing or in_trailers:
-            self._count_read(len(data), continuing, in_trailers)
-        elif not self._chunk_pending:
-            self._raw = 0  # what _count_read does for a read that continued nothing
+        self._count_read(len(data), continuing, in_trailers)
         if self._in_head:
             self._refuse_http09(data)
 
@@ -165,21 +162,13 @@ class RequestParser(HeadLimits):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        size = self._head_bytes = self._head_bytes + len(url)  # _count_line, inlined
+        size = self._head_bytes = self._head_bytes + len(url)  # the start line
         if size > self._max_head:
             raise HttpError(self._too_large, "head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Trailer fields too: they are bounded like a head. (HeadLimits._count_field, inlined:
-        # this runs for every header of every request.)
-        count = self._count = self._count + 1
-        if count > self._max_headers:
-            raise HttpError(self._too_many, f"more than {self._max_headers} header fields")
-        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
-        if size > self._max_head:
-            raise HttpError(self._too_large, "head too large")
-        if not self._in_head:
-            return  # a trailer field: never merged into the head that was already sent
+        if not self._field(name, value):  # trailer fields too are bounded like a head
+            return
         head = self._head
         lname = name.translate(LOWER)
         if lname in SPECIAL:

@@ -27,10 +27,9 @@ class HeadLimits:
     """What the request and response parsers share: counting a head's bytes and header fields,
     and those of a trailer section, against the limits.
 
-    The read that starts a head is counted by the parsers' callbacks (start line, complete
-    fields: each callback adds to ``_head_bytes`` and ``_count`` itself, since a call per header
-    costs more than the check); the reads that continue it are counted whole. Subclasses name
-    their reasons for "too large" and "too many fields".
+    The read that starts a head is counted by the parsers' callbacks (the start line, and
+    each complete field through :meth:`_field`); the reads that continue it are counted whole.
+    Subclasses name their reasons for "too large" and "too many fields".
     """
 
     __slots__ = (
@@ -65,6 +64,18 @@ class HeadLimits:
         self._count = 0
         self._raw = 0
         self._chunk_pending = False
+
+    def _field(self, name: bytes, value: bytes) -> bool:
+        """Count a field line (of a head or a trailer section) against the limits; True if it
+        belongs to the head being parsed, False for a trailer field (never merged into a head
+        that was already sent)."""
+        count = self._count = self._count + 1
+        if count > self._max_headers:
+            raise HttpError(self._too_many, f"more than {self._max_headers} header fields")
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
+        if size > self._max_head:
+            raise HttpError(self._too_large, "head too large")
+        return self._in_head
 
     def _count_read(self, size: int, continuing: bool, in_trailers: bool) -> None:
         """After a read: bound a head or trailer section that is still incomplete."""

@@ -143,10 +143,7 @@ class ResponseParser(HeadLimits):
             raise HttpError("upstream_protocol_error", str(exc)) from exc
         finally:
             self._start = None  # never kept past the feed
-        if continuing or in_trailers:
-            self._count_read(len(data), continuing, in_trailers)
-        elif not self._chunk_pending:
-            self._raw = 0  # what _count_read does for a read that continued nothing
+        self._count_read(len(data), continuing, in_trailers)
         return None
 
     def on_message_begin(self) -> None:
@@ -161,21 +158,14 @@ class ResponseParser(HeadLimits):
         self._begin()
 
     def on_status(self, reason: bytes) -> None:
-        size = self._head_bytes = self._head_bytes + len(reason)  # _count_line, inlined
+        size = self._head_bytes = self._head_bytes + len(reason)  # the start line
         if size > self._max_head:
             raise HttpError(self._too_large, "head too large")
         self._head.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # HeadLimits._count_field, inlined: this runs for every header of every response.
-        count = self._count = self._count + 1
-        if count > self._max_headers:
-            raise HttpError(self._too_many, f"more than {self._max_headers} header fields")
-        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
-        if size > self._max_head:
-            raise HttpError(self._too_large, "head too large")
-        if not self._in_head:
-            return  # a trailer field: never merged into the head that was already sent
+        if not self._field(name, value):
+            return
         lname = name.translate(LOWER)
         if lname in SPECIAL_RESPONSE:
             if lname == b"content-length":
