@@ -124,7 +124,6 @@ def one_payload(c: HttpConnection, head: RequestHead, out: bytes) -> bytes:
     else:
         ex.body_done = True
     payload = b"".join(first) if len(first) > 1 else out
-    ex.bytes_in += len(payload)
     return payload
 
 

@@ -208,7 +208,6 @@ async def tries(
     if mirror and replayable and plan.mirror is not None and shared.mirror is not None:
         # Fire and forget: the sink queues it (or drops it) without waiting.
         shared.mirror.submit(plan.mirror, shadow_copy(payload))
-    ex.bytes_in += len(payload)
     await retry_loop(c, head, plan, cluster, payload=payload, replayable=replayable, taken=None)
 
 
