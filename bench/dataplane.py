@@ -47,6 +47,7 @@ from common import (
     wait_for_port,
 )
 from meshd_build import PURE, compare_pure
+from rounds import median_figures, paired_order, rounds_from_env, rounds_lines
 
 BODY = b"hello world\n"
 TOOLS = {"nginx": "nginx-light", "haproxy": "haproxy", "wrk": "wrk"}
@@ -238,14 +239,22 @@ def print_measured(results: Iterable[Measured]) -> None:
 
 def _report(
     results: list[Measured],
+    extra: list[list[Measured]],
     meshd_rss_kb: int,
     floors_kb: tuple[int, int],
     telemetry: Callable[[], float],
 ) -> None:
     """Print the tables, INFO, RATIO and RSS lines and the verdict; ``telemetry`` prints the
-    telemetry sidecars' table and INFO lines and returns ``RATIO telemetry_overhead``."""
-    print_measured(results)
-    for m in results:
+    telemetry sidecars' table and INFO lines and returns ``RATIO telemetry_overhead``.
+    ``extra``: the later rounds of the compared paths (:mod:`rounds`); each ratio is the
+    median of the rounds'."""
+    later = [
+        replace(m, path=replace(m.path, name=f"{m.path.name}#{index}"))
+        for index, measured in enumerate(extra, start=2)
+        for m in measured
+    ]
+    print_measured(results + later)
+    for m in results + later:
         if m.wrk.non_2xx or m.wrk.socket_errors:
             print(
                 f"WARNING {m.path.name}: {m.wrk.non_2xx} non-2xx responses, "
@@ -266,7 +275,11 @@ def _report(
         f"INFO rss_mb_required_imports={required:.2f} (+pydantic/httptools/yaml {recommended:.2f})"
     )
     overhead = telemetry()
-    figures = ratios(results)
+    each = [ratios(results), *(ratios(measured) for measured in extra)]
+    if extra:
+        for line in rounds_lines(each):
+            print(line)
+    figures = median_figures(each)
     for name, value in figures.items():
         print(ratio_line(name, value))
     print(ratio_line(TELEMETRY_TARGET.name, overhead))
@@ -278,6 +291,10 @@ def _report(
             (RSS_TARGET, rss_mb),
         ]
     )
+
+
+#: The paths behind the ratios, measured again in each later round.
+COMPARED = ("nginx-l7", "meshd-l7", "haproxy-l4", "meshd-l4")
 
 
 #: The targets (issue 15: CPU per request, which moves less between machines than rps).
@@ -407,6 +424,12 @@ def run_suite(ctx: Context) -> None:
         for path in paths:
             results.append(measure_path(ctx, tools["wrk"], path))
             print(f"dataplane: measured {path.name}", file=sys.stderr, flush=True)
+        compared = [p for p in paths if p.name in COMPARED]
+        extra = []
+        for index in range(1, rounds_from_env()):
+            order = paired_order(compared, index)
+            extra.append([measure_path(ctx, tools["wrk"], p) for p in order])
+            print(f"dataplane: measured round {index + 1}", file=sys.stderr, flush=True)
         if pure is not None:
             mine, pure_tree = process_tree(meshd), process_tree(pure)
             pairs = {"l7": ((meshd_l7, mine), (pure_l7, pure_tree))}
@@ -426,6 +449,6 @@ def run_suite(ctx: Context) -> None:
         import_floor_kb(ctx, REQUIRED_IMPORTS),
         import_floor_kb(ctx, REQUIRED_IMPORTS + RECOMMENDED_IMPORTS),
     )
-    _report(results, idle_rss, floors, lambda: to.report(rounds, side).ratio)
+    _report(results, extra, idle_rss, floors, lambda: to.report(rounds, side).ratio)
     for line in pure_lines:
         print(line)

@@ -16,11 +16,12 @@ import os
 import re
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dataplane as dp
@@ -49,6 +50,7 @@ from common import (
     wait_for_port,
 )
 from dataplane import BODY, BenchPath, Measured
+from rounds import median_figures, paired_order, rounds_from_env, rounds_lines
 
 TOOLS = {"nginx": "nginx-light", "wrk": "wrk", "openssl": "openssl"}
 SERVICES = ("web", "api")
@@ -231,12 +233,13 @@ def _handshakes(
     settings: Settings,
     server: MtlsServer,
     response_len: int,
+    round_index: int = 0,
 ) -> Handshakes:
     leaf = pki.leaves["web"]
     argv = [openssl, "s_time", "-connect", f"127.0.0.1:{server.port}", "-new", "-tls1_3"]
     argv += ["-cert", str(leaf.cert), "-key", str(leaf.key), "-CAfile", str(pki.root)]
     argv += ["-www", "/", "-time", str(settings.hs_seconds)]
-    workdir = ctx.tempdir(f"s_time-{server.name}")
+    workdir = ctx.tempdir(f"s_time-{server.name}" + (f"-{round_index + 1}" if round_index else ""))
     pids = server.cpu_pids()
     before = cpu_ticks(pids)
     refused_before = server.refused()
@@ -310,22 +313,48 @@ def _hs_row(h: Handshakes) -> list[str]:
     return [h.name, f"{h.wall_s:.2f}", *counts, f"{h.per_s:.0f}", _opt(h.cpu_us_per_hs)]
 
 
-def _report(
-    full: list[Measured], rate: dict[str, WrkResult], hs: list[Handshakes], settings: Settings
-) -> None:
-    rows = [_row(m.path.name, "full", m.wrk, m.cpu_us_per_req) for m in full]
-    rows += [_row(name, f"{RATE}/s", r, None) for name, r in rate.items()]
+@dataclass(frozen=True)
+class Round:
+    """One round's measurements of the two pairs (the first round's ``full`` has every path)."""
+
+    full: list[Measured]
+    rate: dict[str, WrkResult]
+    hs: list[Handshakes]
+
+    def figures(self) -> dict[str, float | None]:
+        """The rps ratio at full load, then :func:`ratios`."""
+        rps = {m.path.name: m.wrk.rps for m in self.full}
+        pair_rps = ratio(rps.get("meshd-mtls-pair"), rps.get("nginx-mtls-pair"))
+        return {RPS_RATIO: pair_rps, **ratios(self.full, self.rate, self.hs)}
+
+
+RPS_RATIO = "mtls_pair_rps_vs_nginx_pair"
+
+
+def _report(rounds: list[Round], settings: Settings) -> None:
+    """Tables (later rounds' rows marked ``#<round>``), INFO, RATIO lines (each the median of
+    the rounds', :mod:`rounds`) and the verdict."""
+    rows, hs_rows = [], []
+    for index, r in enumerate(rounds, start=1):
+        mark = "" if index == 1 else f"#{index}"
+        rows += [_row(m.path.name + mark, "full", m.wrk, m.cpu_us_per_req) for m in r.full]
+        rows += [_row(name + mark, f"{RATE}/s", w, None) for name, w in r.rate.items()]
+        hs_rows += [_hs_row(replace(h, name=h.name + mark)) for h in r.hs]
     headers = ["path", "load", "rps", "p50_ms", "p99_ms", "cpu_us/req", "requests", "errors"]
     print_table(headers, rows)
     print()
-    hs_rows = [_hs_row(h) for h in hs]
     hs_headers = ["handshakes", "wall_s", "connections", "refused", "mtls_ok", "per_s", "cpu_us/hs"]
     print_table(hs_headers, hs_rows)
-    rps = {m.path.name: m.wrk.rps for m in full}
+    first = rounds[0]
+    rps = {m.path.name: m.wrk.rps for m in first.full}
     if not rps["nginx-mtls-pair"]:
         raise BenchError("the nginx pair completed no requests; no ratio to report")
-    rps_ratio = rps["meshd-mtls-pair"] / rps["nginx-mtls-pair"]
-    handshakes = next(h for h in hs if h.name == "meshd-inbound").per_s
+    each = [r.figures() for r in rounds]
+    figures = median_figures(each)
+    handshakes = statistics.median(
+        h.per_s for r in rounds for h in r.hs if h.name == "meshd-inbound"
+    )
+    rate = first.rate
     achieved = ", ".join(f"{name}={r.rps:.0f}" for name, r in rate.items())
     print(
         f"INFO p99 at {RATE}/s offered: wrk -t1 -c{settings.rate_connections}, each connection "
@@ -339,11 +368,17 @@ def _report(
     # Context, not a target: the same pair with no HTTP work (bench/reference/tls_relay.py).
     floor = rps["trio-tls-relay-pair"] / rps["nginx-mtls-pair"]
     print(f"INFO mtls_trio_relay_pair_floor_vs_nginx_pair={floor:.2f}")
-    print(f"RATIO mtls_pair_rps_vs_nginx_pair={rps_ratio:.2f}")
-    meshd_p99, nginx_p99 = (rate[f"{n}-mtls-pair"].p99_s * 1e3 for n in ("meshd", "nginx"))
+    if len(rounds) > 1:
+        for line in rounds_lines(each):
+            print(line)
+    rps_ratio = figures.pop(RPS_RATIO)
+    print(ratio_line(RPS_RATIO, rps_ratio))
+    meshd_p99, nginx_p99 = (
+        statistics.median(r.rate[f"{n}-mtls-pair"].p99_s * 1e3 for r in rounds)
+        for n in ("meshd", "nginx")
+    )
     print(f"MTLS_PAIR_P99_MS rps={RATE} meshd={meshd_p99:.2f} nginx={nginx_p99:.2f}")
     print(f"MTLS_HANDSHAKES_PER_S value={handshakes:.0f}")
-    figures = ratios(full, rate, hs)
     for name, value in figures.items():
         print(ratio_line(name, value))
     checks: list[tuple[Target, float | None]] = [
@@ -455,12 +490,22 @@ def run_suite(ctx: Context) -> None:
         for path in paths:
             full.append(dp.measure_path(ctx, tools["wrk"], path))
             print(f"mtls: measured {path.name}", file=sys.stderr, flush=True)
-        rate = {p.name: _measure_rate(ctx, tools["wrk"], p, settings) for p in paths[1:3]}
-        print("mtls: measured p99 at a fixed rate", file=sys.stderr, flush=True)
-        hs = [
-            _handshakes(ctx, tools["openssl"], pki, settings, s, response_len[s.name])
-            for s in servers
-        ]
+        pairs = paths[1:3]
+        rounds = []
+        for index in range(rounds_from_env()):
+            if index:
+                order = paired_order(pairs, index)
+                full = [dp.measure_path(ctx, tools["wrk"], p) for p in order]
+            rate = {
+                p.name: _measure_rate(ctx, tools["wrk"], p, settings)
+                for p in paired_order(pairs, index)
+            }
+            hs = [
+                _handshakes(ctx, tools["openssl"], pki, settings, s, response_len[s.name], index)
+                for s in paired_order(servers, index)
+            ]
+            rounds.append(Round(full, rate, hs))
+            print(f"mtls: measured round {index + 1}", file=sys.stderr, flush=True)
         for proc in (backend_proc, back_proc, front_proc, mesh_in, mesh_out, *relays):
             if not proc.alive():
                 raise BenchError(f"{proc.name} died during the run:\n{proc.log_tail()}")
@@ -470,4 +515,4 @@ def run_suite(ctx: Context) -> None:
         f"INFO meshd-outbound opened {sum(e.get('created', 0) for e in endpoints)} mTLS "
         "connections to meshd-inbound in all"
     )
-    _report(full, rate, hs, settings)
+    _report(rounds, settings)
