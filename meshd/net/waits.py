@@ -36,6 +36,7 @@ serving.
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 from collections.abc import Callable
@@ -63,6 +64,8 @@ _FLAGS: Final = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET) if EPOLL_W
 _LASTING: Final = (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR) if EPOLL_WAITS else 0
 # Events taken per wake-up; edge-triggered ones left over come with the next (none is lost).
 _MAX_EVENTS: Final = 256
+# Trio's longest sleep (trio._core._run._MAX_TIMEOUT).
+_MAX_TIMEOUT: Final = 24.0 * 60 * 60
 
 
 class Reader(Protocol):
@@ -306,15 +309,23 @@ def serve_in_trio_io(fd: int, serve: Callable[[], None]) -> Callable[[], None] |
     at a low rate, as much as the wake-up's own work, on the path of every request at every
     hop. Here the set is registered once, level-triggered, in Trio's epoll, and the I/O
     manager's ``process_events`` (the step right after Trio's ``epoll_wait``) calls ``serve``
-    for it, then passes Trio's own events on. The manager's class is swapped for a subclass
-    that overrides only that method (no state of its own) while any set is served so, and
-    swapped back by the last undo. ``serve`` runs outside any task: it must not raise, nor
-    use what needs a current task (cancel scopes, checkpoints, ``current_task``).
+    for it, then passes Trio's own events on. And when Trio's ``epoll_wait`` reports only such
+    sets, and serving them woke no task, the I/O manager's ``get_events`` waits again itself
+    (until the next deadline, as Trio would: no task ran, so the deadlines are the ones it
+    knew) rather than returning to Trio's loop for a pass that has nothing to do (deadlines,
+    run queue, next timeout: Python code, cold at a low rate, at every hop of a request); not
+    while a task waits in ``wait_all_tasks_blocked``, with an autojump clock or I/O-wait
+    instruments, nor in guest mode (``get_events`` runs in another thread there). The
+    manager's class is swapped for a subclass that overrides only those two methods (no state
+    of its own) while any set is served so, and swapped back by the last undo. ``serve`` runs
+    outside any task: it must not raise, nor use what needs a current task (cancel scopes,
+    checkpoints, ``current_task``).
     """
     try:
         from trio._core._run import GLOBAL_RUN_CONTEXT
 
-        io: Any = GLOBAL_RUN_CONTEXT.runner.io_manager
+        runner: Any = GLOBAL_RUN_CONTEXT.runner
+        io: Any = runner.io_manager
         trio_epoll = io._epoll
     except (ImportError, AttributeError):
         return None
@@ -341,6 +352,39 @@ def serve_in_trio_io(fd: int, serve: Callable[[], None]) -> Callable[[], None] |
             # Not ``events`` edited: Trio reads it again (empty means the wait timed out).
             process(io, events if rest is None else rest)
 
+        registered = io._registered
+        poll = trio_epoll.poll
+        deadlines = runner.deadlines
+        clock = runner.clock
+        instruments = runner.instruments
+
+        def get_events(timeout: float) -> list[tuple[int, int]]:
+            events: list[tuple[int, int]] = poll(timeout, len(registered) + len(table) + 1)
+            while events:
+                for event in events:
+                    if event[0] not in table:
+                        return events  # Trio's own: its loop (process_events serves ours)
+                if (
+                    runner.waiting_for_idle
+                    or runner.clock_autojump_threshold != math.inf
+                    or "after_io_wait" in instruments
+                    or "before_io_wait" in instruments
+                ):
+                    return events
+                for event in events:
+                    table[event[0]]()
+                if runner.runq:
+                    return []  # tasks to run: Trio's loop (no event left for it)
+                # Nothing for Trio: wait again as it would have (no task ran since, so the
+                # deadlines are the ones it knew), without a pass through its loop.
+                timeout = min(
+                    max(0.0, clock.deadline_to_sleep_time(deadlines.next_deadline())), _MAX_TIMEOUT
+                )
+                if timeout <= 0:
+                    return []
+                events = poll(timeout, len(registered) + len(table) + 1)
+            return events
+
         hooked = type(
             "ServingEpollIOManager",
             (base,),
@@ -349,6 +393,7 @@ def serve_in_trio_io(fd: int, serve: Callable[[], None]) -> Callable[[], None] |
                 "process_events": staticmethod(process_events),
                 "meshd_served": table,
                 "meshd_base": base,
+                **({} if runner.is_guest else {"get_events": staticmethod(get_events)}),
             },
         )
         io.__class__ = hooked
