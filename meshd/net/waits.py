@@ -36,14 +36,15 @@ serving.
 from __future__ import annotations
 
 import contextlib
-import math
 import select
 import socket
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import outcome
 import trio
+
+from meshd.net.trio_io import serve_in_trio_io
 
 __all__ = [
     "EPOLL_WAITS",
@@ -64,8 +65,6 @@ _FLAGS: Final = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET) if EPOLL_W
 _LASTING: Final = (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR) if EPOLL_WAITS else 0
 # Events taken per wake-up; edge-triggered ones left over come with the next (none is lost).
 _MAX_EVENTS: Final = 256
-# Trio's longest sleep (trio._core._run._MAX_TIMEOUT).
-_MAX_TIMEOUT: Final = 24.0 * 60 * 60
 
 
 class Reader(Protocol):
@@ -296,126 +295,6 @@ async def serve_set(
         if unhook is None:
             trio.lowlevel.notify_closing(fileno)
         epoll.close()
-
-
-def serve_in_trio_io(fd: int, serve: Callable[[], None]) -> Callable[[], None] | None:
-    """Have Trio's I/O step call ``serve`` whenever the epoll set ``fd`` is readable (call
-    from a task of the run); returns the undo, or None when this Trio's I/O manager is not
-    the epoll one this knows (then wait for ``fd`` in a task).
-
-    A task that waits for the set costs every wake-up a trip through Trio's scheduler (the
-    task rescheduled, its coroutine resumed in its context, a cancel check) and an
-    ``epoll_ctl`` to re-arm Trio's one-shot registration before the next sleep: in a sidecar
-    at a low rate, as much as the wake-up's own work, on the path of every request at every
-    hop. Here the set is registered once, level-triggered, in Trio's epoll, and the I/O
-    manager's ``process_events`` (the step right after Trio's ``epoll_wait``) calls ``serve``
-    for it, then passes Trio's own events on. And when Trio's ``epoll_wait`` reports only such
-    sets, and serving them woke no task, the I/O manager's ``get_events`` waits again itself
-    (until the next deadline, as Trio would: no task ran, so the deadlines are the ones it
-    knew) rather than returning to Trio's loop for a pass that has nothing to do (deadlines,
-    run queue, next timeout: Python code, cold at a low rate, at every hop of a request); not
-    while a task waits in ``wait_all_tasks_blocked``, with an autojump clock or I/O-wait
-    instruments, nor in guest mode (``get_events`` runs in another thread there). The
-    manager's class is swapped for a subclass that overrides only those two methods (no state
-    of its own) while any set is served so, and swapped back by the last undo. ``serve`` runs
-    outside any task: it must not raise, nor use what needs a current task (cancel scopes,
-    checkpoints, ``current_task``).
-    """
-    try:
-        from trio._core._run import GLOBAL_RUN_CONTEXT
-
-        runner: Any = GLOBAL_RUN_CONTEXT.runner
-        io: Any = runner.io_manager
-        trio_epoll = io._epoll
-    except (ImportError, AttributeError):
-        return None
-    hooked: Any = type(io)
-    served: dict[int, Callable[[], None]] | None = getattr(hooked, "meshd_served", None)
-    if served is None:
-        base: Any = hooked
-        if base.__name__ != "EpollIOManager" or not isinstance(trio_epoll, select.epoll):
-            return None
-        process = base.process_events
-        table: dict[int, Callable[[], None]] = {}
-
-        def process_events(events: list[tuple[int, int]]) -> None:
-            rest: list[tuple[int, int]] | None = None
-            for i in range(len(events)):
-                event = events[i]
-                serve_set = table.get(event[0])
-                if serve_set is not None:
-                    if rest is None:
-                        rest = events[:i]
-                    serve_set()
-                elif rest is not None:
-                    rest.append(event)
-            # Not ``events`` edited: Trio reads it again (empty means the wait timed out).
-            process(io, events if rest is None else rest)
-
-        registered = io._registered
-        poll = trio_epoll.poll
-        deadlines = runner.deadlines
-        clock = runner.clock
-        instruments = runner.instruments
-
-        def get_events(timeout: float) -> list[tuple[int, int]]:
-            events: list[tuple[int, int]] = poll(timeout, len(registered) + len(table) + 1)
-            while events:
-                for event in events:
-                    if event[0] not in table:
-                        return events  # Trio's own: its loop (process_events serves ours)
-                if (
-                    runner.waiting_for_idle
-                    or runner.clock_autojump_threshold != math.inf
-                    or "after_io_wait" in instruments
-                    or "before_io_wait" in instruments
-                ):
-                    return events
-                for event in events:
-                    table[event[0]]()
-                if runner.runq:
-                    return []  # tasks to run: Trio's loop (no event left for it)
-                # Nothing for Trio: wait again as it would have (no task ran since, so the
-                # deadlines are the ones it knew), without a pass through its loop.
-                timeout = min(
-                    max(0.0, clock.deadline_to_sleep_time(deadlines.next_deadline())), _MAX_TIMEOUT
-                )
-                if timeout <= 0:
-                    return []
-                events = poll(timeout, len(registered) + len(table) + 1)
-            return events
-
-        hooked = type(
-            "ServingEpollIOManager",
-            (base,),
-            {
-                "__slots__": (),
-                "process_events": staticmethod(process_events),
-                "meshd_served": table,
-                "meshd_base": base,
-                **({} if runner.is_guest else {"get_events": staticmethod(get_events)}),
-            },
-        )
-        io.__class__ = hooked
-        served = table
-    try:
-        trio_epoll.register(fd, select.EPOLLIN)
-    except OSError:
-        if not served:
-            io.__class__ = hooked.meshd_base
-        return None
-    served[fd] = serve
-    table_now = served
-
-    def undo() -> None:
-        if table_now.pop(fd, None) is None:
-            return
-        with contextlib.suppress(OSError, ValueError):  # Trio's epoll closed already
-            trio_epoll.unregister(fd)
-        if not table_now and type(io) is hooked:
-            io.__class__ = hooked.meshd_base
-
-    return undo
 
 
 _DISPATCHER: trio.lowlevel.RunVar[Dispatcher] = trio.lowlevel.RunVar("meshd_dispatcher")

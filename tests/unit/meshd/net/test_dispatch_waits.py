@@ -10,7 +10,6 @@ import os
 import select
 import socket
 import struct
-import time
 
 import pytest
 import trio
@@ -452,88 +451,3 @@ async def test_waits_work_when_trios_io_step_cannot_be_served(
         await reader.got.wait()
     assert type(_io_manager()).__name__ == "EpollIOManager"
     stream.close_nowait()
-
-
-class _CountingClock(trio.abc.Clock):
-    """Trio's system clock, counting ``current_time`` calls: Trio's loop reads it once per
-    pass (to expire deadlines); ``deadline_to_sleep_time`` doesn't read it."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-
-    def start_clock(self) -> None:
-        pass
-
-    def current_time(self) -> float:
-        self.reads += 1
-        return time.perf_counter()
-
-    def deadline_to_sleep_time(self, deadline: float) -> float:
-        return deadline - time.perf_counter()
-
-
-class _PingPong:
-    """Answers every byte with one, in the dispatcher's callback, up to ``rounds`` (0: for
-    ever, until ``stop``)."""
-
-    def __init__(self, stream: SocketStream, rounds: int, done: trio.Event) -> None:
-        self.stream = stream
-        self.rounds = rounds
-        self.done = done
-        self.count = 0
-        self.stop = False
-
-    def readable(self, waiter: Waiter) -> None:
-        while data := self.stream.receive_nowait():
-            self.count += len(data)
-            if self.stop or self.count == self.rounds:
-                self.done.set()
-                return
-            self.stream.send_nowait(b"x" * len(data))
-
-    def stopped(self, waiter: Waiter, closing: bool) -> None:
-        pass
-
-
-async def _ping_pong(rounds: int) -> tuple[_PingPong, _PingPong, trio.Event]:
-    a, b = _tcp_pair()
-    done = trio.Event()
-    ends = _PingPong(SocketStream(a), rounds, done), _PingPong(SocketStream(b), rounds, done)
-    await _started()
-    for end in ends:
-        assert end.stream.serve_reads(end)
-    ends[0].stream.send_nowait(b"x")
-    return ends[0], ends[1], done
-
-
-def test_events_only_for_the_sets_are_served_without_passes_through_trios_loop() -> None:
-    # Each pass through Trio's loop (deadlines, the run queue, the next timeout: Python code,
-    # cold at a low rate) is on the path of a request at every hop: between events that
-    # wake no task, the I/O step waits again itself.
-    clock = _CountingClock()
-    rounds = 400
-    passes: list[int] = []
-
-    async def main() -> None:
-        first, second, done = await _ping_pong(rounds)
-        before = clock.reads
-        await done.wait()
-        passes.append(clock.reads - before)
-        assert first.count + second.count >= rounds
-        first.stream.close_nowait()
-        second.stream.close_nowait()
-
-    trio.run(main, clock=clock)
-    assert passes[0] < rounds // 4
-
-
-async def test_deadlines_still_fire_while_the_sets_keep_the_io_step_busy() -> None:
-    first, second, done = await _ping_pong(0)
-    with trio.move_on_after(0.05) as scope:
-        await trio.sleep_forever()  # never woken by the ping-pong: only by its deadline
-    assert scope.cancelled_caught
-    assert first.count > 0
-    first.stop = second.stop = True
-    await done.wait()
-    first.stream.close_nowait()
-    second.stream.close_nowait()
