@@ -5,8 +5,10 @@ that hangs or fails without it. Real sockets, served by the run's dispatcher."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -46,8 +48,10 @@ class _PingPong:
         self.stop = False
         self.quiet = False
         self.last: Any = None
+        self.threads: set[int] = set()
 
     def readable(self, waiter: Waiter) -> None:
+        self.threads.add(threading.get_ident())
         while data := self.stream.receive_nowait():
             self.count += len(data)
             if self.stop or self.count == self.rounds:
@@ -214,3 +218,28 @@ def test_keyboard_interrupt_while_the_sets_are_busy() -> None:
     with pytest.raises(KeyboardInterrupt):
         trio.run(main)
     assert counts[0] > 0
+
+
+def test_in_guest_mode_the_sets_are_served_in_trios_thread_only() -> None:
+    # There Trio's get_events runs in a thread of its own (serving there would run the
+    # dispatcher's callbacks beside the run's tasks), or with a timeout of 0 in the host's
+    # thread first, where waiting again would block the host's loop: not overridden.
+    calls: queue.Queue[Any] = queue.Queue()
+    done: list[Any] = []
+    threads: list[set[int]] = []
+
+    async def main() -> None:
+        ends = await _ping_pong(100)
+        assert "get_events" not in vars(type(GLOBAL_RUN_CONTEXT.runner.io_manager))
+        with trio.fail_after(10):
+            await ends[0].done.wait()
+        threads.append(ends[0].threads | ends[1].threads)
+        _close(ends)
+
+    trio.lowlevel.start_guest_run(
+        main, run_sync_soon_threadsafe=calls.put, done_callback=done.append
+    )
+    while not done:
+        calls.get(timeout=10)()
+    done[0].unwrap()
+    assert threads == [{threading.get_ident()}]
