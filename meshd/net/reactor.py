@@ -5,7 +5,7 @@ re-arm Trio's one-shot registration, a trip through the scheduler, a coroutine r
 per request/response over a kept-alive connection. That machinery, not the byte moving, was
 most of an L4 proxy's CPU. Here every pumped socket is registered once, level-triggered, in an
 epoll set of our own, which Trio's own I/O step serves right after Trio's ``epoll_wait``
-(:func:`meshd.net.waits.serve_in_trio_io`; where it can't, one system task waits for the set
+(:func:`meshd.net.trio_io.serve_in_trio_io`; where it can't, one system task waits for the set
 to be readable: one Trio wait however many sockets are ready): the bytes of each ready socket
 move right there, without waking any task. The task that called :func:`relay` sleeps until
 its connection is done (or idle for too long).

@@ -39,10 +39,12 @@ import contextlib
 import select
 import socket
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import outcome
 import trio
+
+from meshd.net.trio_io import serve_in_trio_io
 
 __all__ = [
     "EPOLL_WAITS",
@@ -293,84 +295,6 @@ async def serve_set(
         if unhook is None:
             trio.lowlevel.notify_closing(fileno)
         epoll.close()
-
-
-def serve_in_trio_io(fd: int, serve: Callable[[], None]) -> Callable[[], None] | None:
-    """Have Trio's I/O step call ``serve`` whenever the epoll set ``fd`` is readable (call
-    from a task of the run); returns the undo, or None when this Trio's I/O manager is not
-    the epoll one this knows (then wait for ``fd`` in a task).
-
-    A task that waits for the set costs every wake-up a trip through Trio's scheduler (the
-    task rescheduled, its coroutine resumed in its context, a cancel check) and an
-    ``epoll_ctl`` to re-arm Trio's one-shot registration before the next sleep: in a sidecar
-    at a low rate, as much as the wake-up's own work, on the path of every request at every
-    hop. Here the set is registered once, level-triggered, in Trio's epoll, and the I/O
-    manager's ``process_events`` (the step right after Trio's ``epoll_wait``) calls ``serve``
-    for it, then passes Trio's own events on. The manager's class is swapped for a subclass
-    that overrides only that method (no state of its own) while any set is served so, and
-    swapped back by the last undo. ``serve`` runs outside any task: it must not raise, nor
-    use what needs a current task (cancel scopes, checkpoints, ``current_task``).
-    """
-    try:
-        from trio._core._run import GLOBAL_RUN_CONTEXT
-
-        io: Any = GLOBAL_RUN_CONTEXT.runner.io_manager
-        trio_epoll = io._epoll
-    except (ImportError, AttributeError):
-        return None
-    hooked: Any = type(io)
-    served: dict[int, Callable[[], None]] | None = getattr(hooked, "meshd_served", None)
-    if served is None:
-        base: Any = hooked
-        if base.__name__ != "EpollIOManager" or not isinstance(trio_epoll, select.epoll):
-            return None
-        process = base.process_events
-        table: dict[int, Callable[[], None]] = {}
-
-        def process_events(events: list[tuple[int, int]]) -> None:
-            rest: list[tuple[int, int]] | None = None
-            for i in range(len(events)):
-                event = events[i]
-                serve_set = table.get(event[0])
-                if serve_set is not None:
-                    if rest is None:
-                        rest = events[:i]
-                    serve_set()
-                elif rest is not None:
-                    rest.append(event)
-            # Not ``events`` edited: Trio reads it again (empty means the wait timed out).
-            process(io, events if rest is None else rest)
-
-        hooked = type(
-            "ServingEpollIOManager",
-            (base,),
-            {
-                "__slots__": (),
-                "process_events": staticmethod(process_events),
-                "meshd_served": table,
-                "meshd_base": base,
-            },
-        )
-        io.__class__ = hooked
-        served = table
-    try:
-        trio_epoll.register(fd, select.EPOLLIN)
-    except OSError:
-        if not served:
-            io.__class__ = hooked.meshd_base
-        return None
-    served[fd] = serve
-    table_now = served
-
-    def undo() -> None:
-        if table_now.pop(fd, None) is None:
-            return
-        with contextlib.suppress(OSError, ValueError):  # Trio's epoll closed already
-            trio_epoll.unregister(fd)
-        if not table_now and type(io) is hooked:
-            io.__class__ = hooked.meshd_base
-
-    return undo
 
 
 _DISPATCHER: trio.lowlevel.RunVar[Dispatcher] = trio.lowlevel.RunVar("meshd_dispatcher")
