@@ -142,6 +142,7 @@ def response_head(
     head.keep_alive = b"close" not in tokens and (length >= 0 or empty)
     if tokens and _named(tokens):
         head._drop_connection_options()
+        head.hop_fields = True
     if empty or head_request:
         head.framing = NO_BODY
     elif length < 0:
@@ -167,7 +168,7 @@ def _fields(
                 return -1
             end = pos + 2
             return end if end <= max_head else -1
-        i = pos
+        line = i = pos
         while i < n and _TOKEN[data[i]]:
             i += 1
         if i == pos or i >= n or data[i] != _COLON:
@@ -215,6 +216,10 @@ def _fields(
                 head.content_length = decimal(value)
             else:
                 head._special(lname, value)
+                if isinstance(head, ResponseHead):
+                    if head.cut_to:
+                        head.hop_fields = True  # a second one
+                    head.cut_from, head.cut_to = line, pos
             continue
         head.headers.append((name, value))
 

@@ -285,6 +285,15 @@ class ResponseRelay:
             down_framing, close = _response_framing(c, head, rh)
             self.down_framing = down_framing
             ex.code = rh.status
+            whole = rp.whole
+            if whole is not None and edit is None and not close and head.version == b"1.1":
+                # Nothing to change (no hop-by-hop field, the same framing, no header edit,
+                # the connection kept): the response goes on as the bytes that came.
+                for piece in rp.body:
+                    ex.bytes_out += len(piece)
+                rp.body.clear()
+                out.append(whole)
+                continue
             out.append(
                 response_head_bytes(
                     rh,

@@ -47,6 +47,7 @@ class ResponseParser(HeadLimits):
         "complete",
         "extra",
         "heads",
+        "whole",
     )
 
     _too_large = "upstream_response_headers_too_large"
@@ -77,6 +78,10 @@ class ResponseParser(HeadLimits):
         self.complete = False
         #: The upstream sent bytes after the response: the connection can't be reused.
         self.extra = False
+        #: The response's bytes, head and body, when they came in one read that
+        #: :mod:`meshd.http.quick` took, less its hop-by-hop field line if it had one: what to
+        #: relay when the proxy changes nothing in it. None otherwise.
+        self.whole: bytes | None = None
 
     def reset(
         self,
@@ -97,6 +102,7 @@ class ResponseParser(HeadLimits):
         self.body.clear()
         self.complete = False
         self.extra = False
+        self.whole = None
 
     def feed(self, data: bytes) -> bytes | None:
         """Parse ``data``. Returns the bytes after a 101 response (they belong to the tunnel).
@@ -114,7 +120,13 @@ class ResponseParser(HeadLimits):
                     self.body.append(data[end - length : end])
                 self.complete = True
                 # Bytes after the response are never a response of their own (on_message_begin)
-                self.extra = end < len(data)
+                extra = self.extra = end < len(data)
+                if not head.hop_fields:
+                    cut = head.cut_to
+                    if cut:  # the one hop-by-hop line cut out
+                        self.whole = data[: head.cut_from] + data[cut:end]
+                    else:
+                        self.whole = data[:end] if extra else data
                 self._raw = 0
                 return None
         continuing = self._in_head

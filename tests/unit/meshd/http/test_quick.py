@@ -28,6 +28,7 @@ from meshd.http.codec import (
 )
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS
 from meshd.http.quick import request_head, response_head
+from meshd.http.serialize import response_head_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -416,3 +417,41 @@ def test_a_bodiless_response_keeps_the_connection_as_llhttp_says(
         slow = llhttp_response(data, head_request)
         assert isinstance(slow, Parsed)
         assert slow.heads == [fields(got[0])]
+
+
+def _lines(message: bytes) -> tuple[list[bytes], list[int], bytes]:
+    """A message's head lines other than Content-Length, its Content-Length values, its body."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    lines, lengths = [], []
+    for line in head.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.lower() == b"content-length":
+            lengths.append(int(value))
+        else:
+            lines.append(name + colon + value.lstrip(b" \t") if colon else line)
+    return lines, lengths, body
+
+
+@CHECKS
+@given(responses(), st.booleans())
+def test_a_whole_response_is_what_the_proxy_would_make_of_it(
+    data: bytes, head_request: bool
+) -> None:
+    """``ResponseParser.whole`` (relayed as it came, less at most one hop-by-hop line, when
+    nothing is edited) has the lines the serializer would write for its head, up to the place
+    and case of Content-Length and the whitespace after a colon: nothing hop-by-hop, nothing
+    after the response."""
+    parser = ResponseParser(head_request=head_request)
+    try:
+        parser.feed(data)
+    except HttpError:
+        return
+    whole = parser.whole
+    if whole is None:
+        return
+    came = data.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    kept = whole.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert len(came) - len(kept) in {0, 1} and all(line in came for line in kept)
+    (head,) = parser.heads
+    made = response_head_bytes(head, head.framing, close=False) + b"".join(parser.body)
+    assert _lines(whole) == _lines(made)
