@@ -39,7 +39,7 @@ from meshd.http.heads import (
 from meshd.http.lookups import LOWER, decimal
 from meshd.http.strict import MESH_HEADER_PREFIX, valid_host
 
-__all__ = ["request_head", "response_head"]
+__all__ = ["request_head", "response_fields", "response_head"]
 
 _CR: Final = 13
 _LF: Final = 10
@@ -72,6 +72,10 @@ _REQUEST_ELSEWHERE: Final = frozenset(
 )
 #: Special fields after which a response goes to llhttp.
 _RESPONSE_ELSEWHERE: Final = frozenset({b"transfer-encoding", b"upgrade", b"proxy-connection"})
+#: 1 at the lengths of the special response fields' names (a table read, not a set lookup).
+_SPECIAL_LENGTH: Final = bytes(
+    [1 if any(len(f) == k for f in SPECIAL_RESPONSE) else 0 for k in range(32)]
+)
 #: Longest Content-Length taken here (llhttp checks the ones that might overflow).
 _MAX_LENGTH_DIGITS: Final = 15
 
@@ -109,10 +113,15 @@ def request_head(data: bytes, max_head: int, max_headers: int) -> tuple[RequestH
 
 
 def response_head(
-    data: bytes, head_request: bool, max_head: int, max_headers: int
+    data: bytes, head_request: bool, max_head: int, max_headers: int, *, as_sent: bool = False
 ) -> tuple[ResponseHead, int] | None:
     """The response at the start of ``data``, head and whole body: the head and where the body
-    ends (the body is ``data[end - content_length:end]``), or None (llhttp's)."""
+    ends (the body is ``data[end - content_length:end]``), or None (llhttp's).
+
+    ``as_sent``: the response is to be relayed as it came (less one hop-by-hop line): its
+    fields to forward are checked, not kept (``headers`` stays empty; :func:`response_fields`
+    reads them if that changes), and a head that needs more than that line cut is llhttp's.
+    """
     n = len(data)
     if n < 16 or not data.startswith(b"HTTP/1.1 "):
         return None
@@ -132,8 +141,8 @@ def response_head(
     head = ResponseHead()
     head.status = status
     head.reason = data[13:eol]
-    end = _fields(data, eol + 2, head, max_head, max_headers, request=False)
-    if end < 0:
+    end = _fields(data, eol + 2, head, max_head, max_headers, request=False, keep=not as_sent)
+    if end < 0 or (as_sent and head.hop_fields):
         return None
     tokens = head.connection_tokens
     length = head.content_length
@@ -141,6 +150,8 @@ def response_head(
     # llhttp's should_keep_alive(): no "close", and a body that doesn't run until the close.
     head.keep_alive = b"close" not in tokens and (length >= 0 or empty)
     if tokens and _named(tokens):
+        if as_sent:
+            return None
         head._drop_connection_options()
         head.hop_fields = True
     if empty or head_request:
@@ -155,11 +166,26 @@ def response_head(
     return head, end
 
 
+def response_fields(whole: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields to forward of a response :func:`response_head` took ``as_sent``."""
+    got = response_head(whole, True, len(whole), len(whole))
+    assert got is not None  # taken before, and the one hop-by-hop line is gone
+    return got[0].headers
+
+
 def _fields(
-    data: bytes, pos: int, head: MessageHead, max_head: int, max_headers: int, *, request: bool
+    data: bytes,
+    pos: int,
+    head: MessageHead,
+    max_head: int,
+    max_headers: int,
+    *,
+    request: bool,
+    keep: bool = True,
 ) -> int:
     """Read the field lines from ``pos`` to the empty line into ``head`` as the parsers'
-    ``on_header`` callbacks do; the end of the head, or -1 where llhttp must parse it."""
+    ``on_header`` callbacks do; the end of the head, or -1 where llhttp must parse it.
+    ``keep``: False, a response's fields to forward are only checked (``as_sent``)."""
     n = len(data)
     count = 0
     while True:
@@ -173,7 +199,7 @@ def _fields(
             i += 1
         if i == pos or i >= n or data[i] != _COLON:
             return -1
-        name = data[pos:i]
+        name_end = i
         i += 1
         while i < n and (data[i] == _SPACE or data[i] == _TAB):
             i += 1
@@ -184,11 +210,14 @@ def _fields(
             return -1
         if i > start and (data[i - 1] == _SPACE or data[i - 1] == _TAB):
             return -1  # whitespace after the value: llhttp's reading of it is not ours to guess
-        value = data[start:i]
         pos = i + 2
         count += 1
         if count > max_headers or pos > max_head:
             return -1
+        if not keep and not _SPECIAL_LENGTH[min(name_end - line, 31)]:
+            continue  # no special field has a name this long: forwarded as it came
+        name = data[line:name_end]
+        value = data[start:i]
         lname = name.translate(LOWER)
         if request:
             if lname in SPECIAL:
@@ -221,7 +250,8 @@ def _fields(
                         head.hop_fields = True  # a second one
                     head.cut_from, head.cut_to = line, pos
             continue
-        head.headers.append((name, value))
+        if keep:
+            head.headers.append((name, value))
 
 
 def _named(tokens: tuple[bytes, ...]) -> bool:

@@ -43,6 +43,7 @@ class ResponseParser(HeadLimits):
         "_quick",
         "_stale",
         "_start",
+        "as_sent",
         "body",
         "complete",
         "extra",
@@ -67,6 +68,7 @@ class ResponseParser(HeadLimits):
         self._quick = quick
         self._stale = False
         self._head_request = head_request
+        self.as_sent = False
         self._head = ResponseHead()
         #: As in RequestParser.
         self._between = True
@@ -89,13 +91,16 @@ class ResponseParser(HeadLimits):
         head_request: bool,
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
         max_headers: int = DEFAULT_MAX_HEADERS,
+        as_sent: bool = False,
     ) -> None:
-        """Get ready for the response to the next request (under the listener's limits)."""
+        """Get ready for the response to the next request (under the listener's limits).
+        ``as_sent``: it is to be relayed as it came if it can (:func:`response_head`)."""
         if self._stale:
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
             self._between = True
         self._head_request = head_request
+        self.as_sent = as_sent
         self._max_head = max_head_bytes
         self._max_headers = max_headers
         self.heads.clear()
@@ -111,7 +116,9 @@ class ResponseParser(HeadLimits):
         below when they don't even parse).
         """
         if self._between and self._quick and not self.complete:
-            got = response_head(data, self._head_request, self._max_head, self._max_headers)
+            got = response_head(
+                data, self._head_request, self._max_head, self._max_headers, as_sent=self.as_sent
+            )
             if got is not None:
                 head, end = got
                 self.heads.append(head)

@@ -27,7 +27,7 @@ from meshd.http.codec import (
     ResponseParser,
 )
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS
-from meshd.http.quick import request_head, response_head
+from meshd.http.quick import request_head, response_fields, response_head
 from meshd.http.serialize import response_head_bytes
 
 pytestmark = pytest.mark.timeout(120)
@@ -455,3 +455,30 @@ def test_a_whole_response_is_what_the_proxy_would_make_of_it(
     (head,) = parser.heads
     made = response_head_bytes(head, head.framing, close=False) + b"".join(parser.body)
     assert _lines(whole) == _lines(made)
+
+
+@CHECKS
+@given(responses(), st.booleans())
+def test_a_response_taken_as_sent_is_the_one_taken_whole(data: bytes, head_request: bool) -> None:
+    """``as_sent``: the same head but for the fields to forward (checked, not kept; read back
+    by ``response_fields``), and only where the response has its ``whole`` bytes."""
+    kept = ResponseParser(head_request=head_request)
+    sent = ResponseParser()
+    sent.reset(head_request=head_request, as_sent=True)
+    outcomes = []
+    for parser in (kept, sent):
+        try:
+            parser.feed(data)
+        except HttpError as exc:
+            outcomes.append(exc.reason)
+        else:
+            outcomes.append("")
+    assert outcomes[0] == outcomes[1]
+    assert sent.whole == kept.whole
+    if sent.whole is None:
+        return
+    assert [h.headers for h in sent.heads] == [[]]
+    assert response_fields(sent.whole) == kept.heads[0].headers
+    kept.heads[0].headers = []
+    assert [fields(h) for h in sent.heads] == [fields(h) for h in kept.heads]
+    assert (sent.body, sent.complete, sent.extra) == (kept.body, kept.complete, kept.extra)

@@ -144,3 +144,50 @@ def test_a_response_llhttp_parses_is_made_anew() -> None:
     assert relay.feed(PLAIN[:20]) is None
     out = relay.feed(PLAIN[20:])
     assert out is not None and out != PLAIN and b"X-A: b\r\n" in out
+
+
+def test_the_head_is_made_anew_with_its_fields_when_the_client_side_closes_meanwhile() -> None:
+    """The relay asked the parse for the bytes as they came (the fields only checked), then
+    the connection came to close before the response: its fields are read back."""
+    c = _connection()
+    relay = _relay(c)
+    assert relay.rp.as_sent
+    c.close_after = True
+    out = relay.feed(PLAIN.replace(b"Date: today", b"Connection: keep-alive"))
+    assert out == (
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nX-A: b\r\ncontent-length: 6\r\nconnection: close\r\n"
+        b"\r\nhello\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "as_sent"),
+    [
+        ({}, True),
+        ({"close_after": True}, False),
+        ({"draining": True}, False),
+        ({"keep_alive": False}, False),
+        ({"version": b"1.0"}, False),
+        ({"edit": HeaderEdit(frozenset(), ((b"x-b", b"c"),))}, False),
+    ],
+)
+def test_the_parse_keeps_the_fields_unless_the_response_goes_as_it_came(
+    settings: dict[str, Any], as_sent: bool
+) -> None:
+    c = _connection(
+        close_after=settings.get("close_after", False), draining=settings.get("draining", False)
+    )
+    relay = _relay(
+        c,
+        version=settings.get("version", b"1.1"),
+        keep_alive=settings.get("keep_alive", True),
+        edit=settings.get("edit"),
+    )
+    assert relay.rp.as_sent is as_sent
+    relay.feed(PLAIN)
+    head = relay.final
+    assert head is not None
+    if as_sent:
+        assert head.headers == []  # checked, not kept: the bytes went as they came
+    else:
+        assert head.headers[:3] == [(b"Server", b"up"), (b"X-A", b"b"), (b"Date", b"today")]
