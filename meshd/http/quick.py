@@ -24,7 +24,7 @@ every check and error it has: a head this pass refuses is never refused for that
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from meshd.http.heads import (
     CONNECTION_OPTIONS,
@@ -38,6 +38,11 @@ from meshd.http.heads import (
 )
 from meshd.http.lookups import LOWER, decimal
 from meshd.http.strict import MESH_HEADER_PREFIX, valid_host
+
+if TYPE_CHECKING:
+    # Native 64-bit integers for the byte loops' indices when compiled (mypyc's tagged ints
+    # cost a checked add and an unboxing per byte read); plain ints when interpreted.
+    from mypy_extensions import i64
 
 __all__ = ["request_head", "response_fields", "response_head"]
 
@@ -82,14 +87,15 @@ _MAX_LENGTH_DIGITS: Final = 15
 
 def request_head(data: bytes, max_head: int, max_headers: int) -> tuple[RequestHead, int] | None:
     """The head of the request at the start of ``data`` and where it ends, or None (llhttp's)."""
-    n = len(data)
-    i = 0
+    n: i64 = len(data)
+    i: i64 = 0
     while i < n and _TOKEN[data[i]]:
         i += 1
     method = data[:i]
     if method not in _METHODS or i + 2 >= n or data[i] != _SPACE or data[i + 1] != _SLASH:
         return None
-    start = j = i + 1
+    start: i64 = i + 1
+    j: i64 = start
     while j < n and _TARGET[data[j]]:
         j += 1
     if data[j : j + 11] != b" HTTP/1.1\r\n":
@@ -122,7 +128,7 @@ def response_head(
     fields to forward are checked, not kept (``headers`` stays empty; :func:`response_fields`
     reads them if that changes), and a head that needs more than that line cut is llhttp's.
     """
-    n = len(data)
+    n: i64 = len(data)
     if n < 16 or not data.startswith(b"HTTP/1.1 "):
         return None
     status = 0
@@ -133,7 +139,7 @@ def response_head(
         status = status * 10 + digit
     if status < 200 or data[12] != _SPACE:
         return None
-    eol = 13
+    eol: i64 = 13
     while eol < n and _TEXT[data[eol]]:
         eol += 1
     if eol + 1 >= n or data[eol] != _CR or data[eol + 1] != _LF:
@@ -175,35 +181,38 @@ def response_fields(whole: bytes) -> list[tuple[bytes, bytes]]:
 
 def _fields(
     data: bytes,
-    pos: int,
+    pos: i64,
     head: MessageHead,
-    max_head: int,
-    max_headers: int,
+    max_head: i64,
+    max_headers: i64,
     *,
     request: bool,
     keep: bool = True,
-) -> int:
+) -> i64:
     """Read the field lines from ``pos`` to the empty line into ``head`` as the parsers'
     ``on_header`` callbacks do; the end of the head, or -1 where llhttp must parse it.
     ``keep``: False, a response's fields to forward are only checked (``as_sent``)."""
-    n = len(data)
-    count = 0
+    n: i64 = len(data)
+    count: i64 = 0
     while True:
         if pos + 1 < n and data[pos] == _CR:
             if data[pos + 1] != _LF:
                 return -1
             end = pos + 2
-            return end if end <= max_head else -1
-        line = i = pos
+            if end > max_head:
+                return -1
+            return end
+        line: i64 = pos
+        i: i64 = pos
         while i < n and _TOKEN[data[i]]:
             i += 1
         if i == pos or i >= n or data[i] != _COLON:
             return -1
-        name_end = i
+        name_end: i64 = i
         i += 1
         while i < n and (data[i] == _SPACE or data[i] == _TAB):
             i += 1
-        start = i
+        start: i64 = i
         while i < n and _TEXT[data[i]]:
             i += 1
         if i + 1 >= n or data[i] != _CR or data[i + 1] != _LF:
@@ -214,7 +223,7 @@ def _fields(
         count += 1
         if count > max_headers or pos > max_head:
             return -1
-        if not keep and not _SPECIAL_LENGTH[min(name_end - line, 31)]:
+        if not keep and not _SPECIAL_LENGTH[name_end - line if name_end - line < 32 else 31]:
             continue  # no special field has a name this long: forwarded as it came
         name = data[line:name_end]
         value = data[start:i]
