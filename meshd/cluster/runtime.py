@@ -270,7 +270,11 @@ class ClusterRuntime:
         ``timed``: the time since :meth:`acquire` is the try's latency (for EWMA, unless
         :meth:`report` gave one); False for connections whose lifetime is no latency (TCP).
         """
-        start = self._starts.pop(id(conn), None)
+        starts = self._starts
+        key = id(conn)
+        start = starts.get(key)  # dict.pop(k, None) is a generic call compiled, these aren't
+        if start is not None:
+            del starts[key]
         if start is not None and timed:
             self.selector.finished(endpoint, now() - start)
         else:

@@ -129,3 +129,9 @@ class ResponseHead(MessageHead):
 
     status = 0
     reason = b""
+    #: Set by :mod:`meshd.http.quick`: the head's bytes need more than one hop-by-hop field
+    #: line cut out (Connection, Keep-Alive, TE, Trailer), or fields a Connection names.
+    hop_fields = False
+    #: Set by :mod:`meshd.http.quick`: where the one hop-by-hop field line is (0, 0: none).
+    cut_from = 0
+    cut_to = 0

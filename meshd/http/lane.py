@@ -52,6 +52,7 @@ from meshd.http.phase import Phase
 from meshd.http.relay import BROKEN, ResponseRelay, send_failure
 from meshd.http.retry import IDEMPOTENT
 from meshd.http.tries import RetryHold, Taken, retries_on
+from meshd.net import served
 from meshd.net.waits import ServedStream, Waiter
 
 if TYPE_CHECKING:
@@ -118,11 +119,11 @@ class Lane:
 
     async def run(self) -> Next:
         """Serve requests until one needs the task (or the client goes); what to do next."""
-        if not self.down.serve_reads(self):
+        if not served.serve_reads(self.down, self):
             self.c.lane = None  # the dispatcher has stopped: the task reads through Trio now
             return True
         self.task = trio.lowlevel.current_task()
-        self.down_pending = self.down.may_read
+        self.down_pending = served.may_read(self.down)
         try:
             self._next()
         except BaseException as exc:  # noqa: BLE001 - raised in the task, where it belongs
@@ -196,12 +197,12 @@ class Lane:
             if not events:
                 if not self.down_pending:
                     return
-                data = down.receive_nowait()
+                data = served.receive_nowait(down)
                 if data is None:
                     self.down_pending = False
                     return
                 # More to read: a full read, or the end of stream came with these bytes.
-                self.down_pending = down.may_read
+                self.down_pending = served.may_read(down)
                 if not c.take(data):
                     self._hand_back(outcome.Value(False))
                     return
@@ -282,14 +283,8 @@ class Lane:
             hold.retry_left = retry.attempts > 1
         else:
             key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
-        self.head, self.plan, self.cluster, self.payload, self.key, self.hold = (
-            head,
-            plan,
-            cluster,
-            payload,
-            key,
-            hold,
-        )
+        self.head, self.plan, self.cluster = head, plan, cluster
+        self.payload, self.key, self.hold = payload, key, hold
         acquired = cluster.acquire_idle(key) if ex.body_done else None
         taken = None
         if acquired is not None:
@@ -305,12 +300,12 @@ class Lane:
         ex.upstream = endpoint
         self.endpoint, self.conn, self.started = endpoint, conn, now()
         up: ServedStream = conn.stream
-        if not up.serve_reads(self):
+        if not served.serve_reads(up, self):
             self._take_over(rest=payload)
             return
         self.up = up
         try:
-            sent = up.send_nowait(payload)
+            sent = served.send_nowait(up, payload)
         except BROKEN as exc:
             error = send_failure(conn)
             error.__cause__ = exc
@@ -337,15 +332,15 @@ class Lane:
         assert up is not None and relay is not None
         for _ in range(_BURST):
             try:
-                data = up.receive_nowait()
+                data = served.receive_nowait(up)
             except BROKEN as exc:
                 relay.broken(exc)
             if data is None:
                 return  # an early wake-up
-            full = up.unread
+            full = served.unread(up)
             out = relay.feed(data)
             if out is not None:
-                sent = self.down.send_nowait(out)
+                sent = served.send_nowait(self.down, out)
                 if sent < len(out):
                     self._take_over(pending=out[sent:])
                     return
@@ -356,7 +351,7 @@ class Lane:
             if relay.done:
                 self._done(relay)
                 return
-            if not up.may_read:
+            if not served.may_read(up):
                 return  # the next event brings more
             # More is there that no event will announce (the end of stream came with these
             # bytes, or TLS records follow): read on.
@@ -387,7 +382,7 @@ class Lane:
         """Stop serving the upstream's events; forget the try."""
         up = self.up
         if up is not None:
-            up.serve_reads(None)
+            served.serve_reads(up, None)
         self.head = self.plan = self.cluster = self.endpoint = self.conn = None
         self.up = self.relay = self.hold = None
         self.payload = b""
@@ -441,7 +436,7 @@ class Lane:
         if task is None:
             return
         self.task = None
-        self.down.serve_reads(None)
+        served.serve_reads(self.down, None)
         if self.parked:
             self.parked = False
             trio.lowlevel.reschedule(task, result)
@@ -453,7 +448,7 @@ class Lane:
         the task answers as the phase it is in says."""
         self.task = None
         self.parked = False
-        self.down.serve_reads(None)
+        served.serve_reads(self.down, None)
         endpoint, conn, cluster = self.endpoint, self.conn, self.cluster
         if conn is not None:
             assert endpoint is not None and cluster is not None

@@ -24,7 +24,7 @@ every check and error it has: a head this pass refuses is never refused for that
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from meshd.http.heads import (
     CONNECTION_OPTIONS,
@@ -39,7 +39,12 @@ from meshd.http.heads import (
 from meshd.http.lookups import LOWER, decimal
 from meshd.http.strict import MESH_HEADER_PREFIX, valid_host
 
-__all__ = ["request_head", "response_head"]
+if TYPE_CHECKING:
+    # Native 64-bit integers for the byte loops' indices when compiled (mypyc's tagged ints
+    # cost a checked add and an unboxing per byte read); plain ints when interpreted.
+    from mypy_extensions import i64
+
+__all__ = ["request_head", "response_fields", "response_head"]
 
 _CR: Final = 13
 _LF: Final = 10
@@ -72,20 +77,25 @@ _REQUEST_ELSEWHERE: Final = frozenset(
 )
 #: Special fields after which a response goes to llhttp.
 _RESPONSE_ELSEWHERE: Final = frozenset({b"transfer-encoding", b"upgrade", b"proxy-connection"})
+#: 1 at the lengths of the special response fields' names (a table read, not a set lookup).
+_SPECIAL_LENGTH: Final = bytes(
+    [1 if any(len(f) == k for f in SPECIAL_RESPONSE) else 0 for k in range(32)]
+)
 #: Longest Content-Length taken here (llhttp checks the ones that might overflow).
 _MAX_LENGTH_DIGITS: Final = 15
 
 
 def request_head(data: bytes, max_head: int, max_headers: int) -> tuple[RequestHead, int] | None:
     """The head of the request at the start of ``data`` and where it ends, or None (llhttp's)."""
-    n = len(data)
-    i = 0
+    n: i64 = len(data)
+    i: i64 = 0
     while i < n and _TOKEN[data[i]]:
         i += 1
     method = data[:i]
     if method not in _METHODS or i + 2 >= n or data[i] != _SPACE or data[i + 1] != _SLASH:
         return None
-    start = j = i + 1
+    start: i64 = i + 1
+    j: i64 = start
     while j < n and _TARGET[data[j]]:
         j += 1
     if data[j : j + 11] != b" HTTP/1.1\r\n":
@@ -109,11 +119,16 @@ def request_head(data: bytes, max_head: int, max_headers: int) -> tuple[RequestH
 
 
 def response_head(
-    data: bytes, head_request: bool, max_head: int, max_headers: int
+    data: bytes, head_request: bool, max_head: int, max_headers: int, *, as_sent: bool = False
 ) -> tuple[ResponseHead, int] | None:
     """The response at the start of ``data``, head and whole body: the head and where the body
-    ends (the body is ``data[end - content_length:end]``), or None (llhttp's)."""
-    n = len(data)
+    ends (the body is ``data[end - content_length:end]``), or None (llhttp's).
+
+    ``as_sent``: the response is to be relayed as it came (less one hop-by-hop line): its
+    fields to forward are checked, not kept (``headers`` stays empty; :func:`response_fields`
+    reads them if that changes), and a head that needs more than that line cut is llhttp's.
+    """
+    n: i64 = len(data)
     if n < 16 or not data.startswith(b"HTTP/1.1 "):
         return None
     status = 0
@@ -124,7 +139,7 @@ def response_head(
         status = status * 10 + digit
     if status < 200 or data[12] != _SPACE:
         return None
-    eol = 13
+    eol: i64 = 13
     while eol < n and _TEXT[data[eol]]:
         eol += 1
     if eol + 1 >= n or data[eol] != _CR or data[eol + 1] != _LF:
@@ -132,8 +147,8 @@ def response_head(
     head = ResponseHead()
     head.status = status
     head.reason = data[13:eol]
-    end = _fields(data, eol + 2, head, max_head, max_headers, request=False)
-    if end < 0:
+    end = _fields(data, eol + 2, head, max_head, max_headers, request=False, keep=not as_sent)
+    if end < 0 or (as_sent and head.hop_fields):
         return None
     tokens = head.connection_tokens
     length = head.content_length
@@ -141,7 +156,10 @@ def response_head(
     # llhttp's should_keep_alive(): no "close", and a body that doesn't run until the close.
     head.keep_alive = b"close" not in tokens and (length >= 0 or empty)
     if tokens and _named(tokens):
+        if as_sent:
+            return None
         head._drop_connection_options()
+        head.hop_fields = True
     if empty or head_request:
         head.framing = NO_BODY
     elif length < 0:
@@ -154,40 +172,61 @@ def response_head(
     return head, end
 
 
+def response_fields(whole: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields to forward of a response :func:`response_head` took ``as_sent``."""
+    got = response_head(whole, True, len(whole), len(whole))
+    assert got is not None  # taken before, and the one hop-by-hop line is gone
+    return got[0].headers
+
+
 def _fields(
-    data: bytes, pos: int, head: MessageHead, max_head: int, max_headers: int, *, request: bool
-) -> int:
+    data: bytes,
+    pos: i64,
+    head: MessageHead,
+    max_head: i64,
+    max_headers: i64,
+    *,
+    request: bool,
+    keep: bool = True,
+) -> i64:
     """Read the field lines from ``pos`` to the empty line into ``head`` as the parsers'
-    ``on_header`` callbacks do; the end of the head, or -1 where llhttp must parse it."""
-    n = len(data)
-    count = 0
+    ``on_header`` callbacks do; the end of the head, or -1 where llhttp must parse it.
+    ``keep``: False, a response's fields to forward are only checked (``as_sent``)."""
+    n: i64 = len(data)
+    count: i64 = 0
     while True:
         if pos + 1 < n and data[pos] == _CR:
             if data[pos + 1] != _LF:
                 return -1
             end = pos + 2
-            return end if end <= max_head else -1
-        i = pos
+            if end > max_head:
+                return -1
+            return end
+        line: i64 = pos
+        i: i64 = pos
         while i < n and _TOKEN[data[i]]:
             i += 1
         if i == pos or i >= n or data[i] != _COLON:
             return -1
-        name = data[pos:i]
+        name_end: i64 = i
         i += 1
         while i < n and (data[i] == _SPACE or data[i] == _TAB):
             i += 1
-        start = i
+        start: i64 = i
         while i < n and _TEXT[data[i]]:
             i += 1
         if i + 1 >= n or data[i] != _CR or data[i + 1] != _LF:
             return -1
         if i > start and (data[i - 1] == _SPACE or data[i - 1] == _TAB):
             return -1  # whitespace after the value: llhttp's reading of it is not ours to guess
-        value = data[start:i]
         pos = i + 2
         count += 1
         if count > max_headers or pos > max_head:
             return -1
+        if not keep and not _SPECIAL_LENGTH[name_end - line if name_end - line < 32 else 31]:
+            continue  # no special field has a name this long: forwarded as it came
+        name = data[line:name_end]
+        value = data[start:i]
         lname = name.translate(LOWER)
         if request:
             if lname in SPECIAL:
@@ -215,8 +254,13 @@ def _fields(
                 head.content_length = decimal(value)
             else:
                 head._special(lname, value)
+                if isinstance(head, ResponseHead):
+                    if head.cut_to:
+                        head.hop_fields = True  # a second one
+                    head.cut_from, head.cut_to = line, pos
             continue
-        head.headers.append((name, value))
+        if keep:
+            head.headers.append((name, value))
 
 
 def _named(tokens: tuple[bytes, ...]) -> bool:

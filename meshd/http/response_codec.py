@@ -43,10 +43,12 @@ class ResponseParser(HeadLimits):
         "_quick",
         "_stale",
         "_start",
+        "as_sent",
         "body",
         "complete",
         "extra",
         "heads",
+        "whole",
     )
 
     _too_large = "upstream_response_headers_too_large"
@@ -66,6 +68,7 @@ class ResponseParser(HeadLimits):
         self._quick = quick
         self._stale = False
         self._head_request = head_request
+        self.as_sent = False
         self._head = ResponseHead()
         #: As in RequestParser.
         self._between = True
@@ -77,6 +80,10 @@ class ResponseParser(HeadLimits):
         self.complete = False
         #: The upstream sent bytes after the response: the connection can't be reused.
         self.extra = False
+        #: The response's bytes, head and body, when they came in one read that
+        #: :mod:`meshd.http.quick` took, less its hop-by-hop field line if it had one: what to
+        #: relay when the proxy changes nothing in it. None otherwise.
+        self.whole: bytes | None = None
 
     def reset(
         self,
@@ -84,19 +91,23 @@ class ResponseParser(HeadLimits):
         head_request: bool,
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
         max_headers: int = DEFAULT_MAX_HEADERS,
+        as_sent: bool = False,
     ) -> None:
-        """Get ready for the response to the next request (under the listener's limits)."""
+        """Get ready for the response to the next request (under the listener's limits).
+        ``as_sent``: it is to be relayed as it came if it can (:func:`response_head`)."""
         if self._stale:
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
             self._between = True
         self._head_request = head_request
+        self.as_sent = as_sent
         self._max_head = max_head_bytes
         self._max_headers = max_headers
         self.heads.clear()
         self.body.clear()
         self.complete = False
         self.extra = False
+        self.whole = None
 
     def feed(self, data: bytes) -> bytes | None:
         """Parse ``data``. Returns the bytes after a 101 response (they belong to the tunnel).
@@ -105,7 +116,9 @@ class ResponseParser(HeadLimits):
         below when they don't even parse).
         """
         if self._between and self._quick and not self.complete:
-            got = response_head(data, self._head_request, self._max_head, self._max_headers)
+            got = response_head(
+                data, self._head_request, self._max_head, self._max_headers, as_sent=self.as_sent
+            )
             if got is not None:
                 head, end = got
                 self.heads.append(head)
@@ -114,7 +127,13 @@ class ResponseParser(HeadLimits):
                     self.body.append(data[end - length : end])
                 self.complete = True
                 # Bytes after the response are never a response of their own (on_message_begin)
-                self.extra = end < len(data)
+                extra = self.extra = end < len(data)
+                if not head.hop_fields:
+                    cut = head.cut_to
+                    if cut:  # the one hop-by-hop line cut out
+                        self.whole = data[: head.cut_from] + data[cut:end]
+                    else:
+                        self.whole = data[:end] if extra else data
                 self._raw = 0
                 return None
         continuing = self._in_head

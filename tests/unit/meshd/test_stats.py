@@ -168,3 +168,52 @@ def test_as_json_flat() -> None:
     assert out["snapshot.version"] == 3
     assert all(isinstance(v, int | float) for v in out.values())
     assert list(out) == sorted(out)
+
+
+def test_requests_alternating_labels_count_in_their_own_histograms() -> None:
+    """The last labels' histogram is reused only for the same labels: equal strings that are
+    other objects, another code or route, each request counts where its labels say."""
+    stats = Stats()
+    route = "default"
+    other_route = "".join(["def", "ault"])  # equal, not the same object
+    assert other_route is not route
+    calls = [
+        ("outbound", "web", "api", route, "GET", 200),
+        ("outbound", "web", "api", route, "GET", 200),
+        ("outbound", "web", "api", route, "GET", 503),
+        ("outbound", "web", "api", other_route, "GET", 200),
+        ("outbound", "web", "api", "other", "GET", 200),
+        ("outbound", "web", "db", route, "GET", 200),
+        ("inbound", "web", "api", route, "GET", 200),
+        ("outbound", "web", "api", route, "POST", 200),
+        ("outbound", "web", "api", route, "GET", 200),
+    ]
+    for labels in calls:
+        stats.http_request(*labels, 0.001)
+    counted = {key: sum(buckets) for key, buckets in stats.http_view()}
+    assert counted == {
+        ("outbound", "web", "api", "default", "GET", 200): 4,
+        ("outbound", "web", "api", "default", "GET", 503): 1,
+        ("outbound", "web", "api", "other", "GET", 200): 1,
+        ("outbound", "web", "db", "default", "GET", 200): 1,
+        ("inbound", "web", "api", "default", "GET", 200): 1,
+        ("outbound", "web", "api", "default", "POST", 200): 1,
+    }
+    for cluster, host, port, code in [
+        ("api", "10.0.0.1", 80, 200),
+        ("api", "10.0.0.1", 80, 204),
+        ("api", "10.0.0.1", 80, 503),
+        ("api", "10.0.0.1", 81, 200),
+        ("api", "10.0.0.2", 80, 200),
+        ("db", "10.0.0.1", 80, 200),
+        ("api", "10.0.0.1", 80, 200),
+    ]:
+        stats.upstream_endpoint(cluster, host, port, code, 0.001)
+    endpoints = {key: sum(buckets) for key, buckets in stats.endpoint_view()}
+    assert endpoints == {
+        ("api", "10.0.0.1", 80, 2): 3,
+        ("api", "10.0.0.1", 80, 5): 1,
+        ("api", "10.0.0.1", 81, 2): 1,
+        ("api", "10.0.0.2", 80, 2): 1,
+        ("db", "10.0.0.1", 80, 2): 1,
+    }

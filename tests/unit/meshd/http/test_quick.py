@@ -27,7 +27,8 @@ from meshd.http.codec import (
     ResponseParser,
 )
 from meshd.http.limits import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS
-from meshd.http.quick import request_head, response_head
+from meshd.http.quick import request_head, response_fields, response_head
+from meshd.http.serialize import response_head_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -416,3 +417,68 @@ def test_a_bodiless_response_keeps_the_connection_as_llhttp_says(
         slow = llhttp_response(data, head_request)
         assert isinstance(slow, Parsed)
         assert slow.heads == [fields(got[0])]
+
+
+def _lines(message: bytes) -> tuple[list[bytes], list[int], bytes]:
+    """A message's head lines other than Content-Length, its Content-Length values, its body."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    lines, lengths = [], []
+    for line in head.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.lower() == b"content-length":
+            lengths.append(int(value))
+        else:
+            lines.append(name + colon + value.lstrip(b" \t") if colon else line)
+    return lines, lengths, body
+
+
+@CHECKS
+@given(responses(), st.booleans())
+def test_a_whole_response_is_what_the_proxy_would_make_of_it(
+    data: bytes, head_request: bool
+) -> None:
+    """``ResponseParser.whole`` (relayed as it came, less at most one hop-by-hop line, when
+    nothing is edited) has the lines the serializer would write for its head, up to the place
+    and case of Content-Length and the whitespace after a colon: nothing hop-by-hop, nothing
+    after the response."""
+    parser = ResponseParser(head_request=head_request)
+    try:
+        parser.feed(data)
+    except HttpError:
+        return
+    whole = parser.whole
+    if whole is None:
+        return
+    came = data.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    kept = whole.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert len(came) - len(kept) in {0, 1} and all(line in came for line in kept)
+    (head,) = parser.heads
+    made = response_head_bytes(head, head.framing, close=False) + b"".join(parser.body)
+    assert _lines(whole) == _lines(made)
+
+
+@CHECKS
+@given(responses(), st.booleans())
+def test_a_response_taken_as_sent_is_the_one_taken_whole(data: bytes, head_request: bool) -> None:
+    """``as_sent``: the same head but for the fields to forward (checked, not kept; read back
+    by ``response_fields``), and only where the response has its ``whole`` bytes."""
+    kept = ResponseParser(head_request=head_request)
+    sent = ResponseParser()
+    sent.reset(head_request=head_request, as_sent=True)
+    outcomes = []
+    for parser in (kept, sent):
+        try:
+            parser.feed(data)
+        except HttpError as exc:
+            outcomes.append(exc.reason)
+        else:
+            outcomes.append("")
+    assert outcomes[0] == outcomes[1]
+    assert sent.whole == kept.whole
+    if sent.whole is None:
+        return
+    assert [h.headers for h in sent.heads] == [[]]
+    assert response_fields(sent.whole) == kept.heads[0].headers
+    kept.heads[0].headers = []
+    assert [fields(h) for h in sent.heads] == [fields(h) for h in kept.heads]
+    assert (sent.body, sent.complete, sent.extra) == (kept.body, kept.complete, kept.extra)
