@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from loopback import tcp_pair
+
 from meshd.net.stream import SocketStream
 
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected (client, server) pair of TCP sockets on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        try:
-            server, _addr = listener.accept()
-        except BaseException:
-            client.close()
-            raise
-    return client, server
+__all__ = ["Topology", "tcp_pair", "topology"]
 
 
 @dataclass

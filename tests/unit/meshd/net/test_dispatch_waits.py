@@ -14,6 +14,7 @@ import struct
 import pytest
 import trio
 import trio.testing
+from loopback import tcp_pair
 
 from meshd.net.reactor import EPOLL_AVAILABLE, current_reactor
 from meshd.net.stream import SocketStream
@@ -23,15 +24,6 @@ pytestmark = [
     pytest.mark.timeout(20),
     pytest.mark.skipif(not (EPOLL_WAITS and EPOLL_AVAILABLE), reason="epoll (Linux) only"),
 ]
-
-
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    return client, server
 
 
 def _rst(sock: socket.socket) -> None:
@@ -69,7 +61,7 @@ async def _pings(stream: SocketStream, b: socket.socket, count: int) -> None:
 
 
 async def test_a_parked_read_wakes_through_the_dispatcher() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         await _pings(stream, b, 3)
@@ -81,7 +73,7 @@ async def test_a_parked_read_wakes_through_the_dispatcher() -> None:
 
 
 async def test_cancel_while_parked_then_the_next_read_still_wakes() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         with trio.CancelScope() as scope:
@@ -101,7 +93,7 @@ async def test_cancel_while_parked_then_the_next_read_still_wakes() -> None:
 
 
 async def test_a_deadline_while_parked() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         with trio.move_on_after(0.05) as scope:
@@ -113,7 +105,7 @@ async def test_a_deadline_while_parked() -> None:
 
 
 async def test_a_cancelled_task_stops_even_if_bytes_are_marked_and_keeps_the_mark() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         b.sendall(b"first")
@@ -129,7 +121,7 @@ async def test_a_cancelled_task_stops_even_if_bytes_are_marked_and_keeps_the_mar
 
 
 async def test_close_while_parked_raises_closed_resource_error() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
 
@@ -145,7 +137,7 @@ async def test_close_while_parked_raises_closed_resource_error() -> None:
 
 
 async def test_bytes_that_came_while_nobody_waited() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         b.sendall(b"one")
@@ -158,7 +150,7 @@ async def test_bytes_that_came_while_nobody_waited() -> None:
 
 
 async def test_bytes_a_full_read_left_behind() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         b.sendall(b"x")
@@ -174,7 +166,7 @@ async def test_bytes_a_full_read_left_behind() -> None:
 
 
 async def test_bytes_and_end_of_stream_in_one_event() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         b.sendall(b"x")
@@ -190,7 +182,7 @@ async def test_bytes_and_end_of_stream_in_one_event() -> None:
 
 
 async def test_a_reset_while_parked() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
 
     async def reset() -> None:
@@ -208,7 +200,7 @@ async def test_a_reset_while_parked() -> None:
 async def test_an_idle_pooled_connection_that_waited_before_is_stale(what: str) -> None:
     # A pooled upstream connection read its last answer through the dispatcher; while idle,
     # the peer closes, resets or writes: the check before reuse says stale.
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     b.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
     assert await stream.receive_later()
@@ -227,7 +219,7 @@ async def test_an_idle_pooled_connection_that_waited_before_is_stale(what: str) 
 
 
 async def test_two_readers_at_once_is_an_error() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     with b:
         async with trio.open_nursery() as nursery:
@@ -240,7 +232,7 @@ async def test_two_readers_at_once_is_an_error() -> None:
 
 
 def test_waits_after_the_dispatcher_stopped_go_through_trio() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
 
     async def first() -> None:
@@ -268,8 +260,8 @@ def test_waits_after_the_dispatcher_stopped_go_through_trio() -> None:
 
 async def test_a_stream_the_l4_reactor_takes_leaves_the_set() -> None:
     # Else every byte the reactor pumps would wake the dispatcher too.
-    a, b = _tcp_pair()
-    c, d = _tcp_pair()
+    a, b = tcp_pair()
+    c, d = tcp_pair()
     down, up = SocketStream(a), SocketStream(c)
     b.sendall(b"x")
     assert await down.receive_later() == b"x"
@@ -325,7 +317,7 @@ async def _started() -> Dispatcher:
 async def test_events_are_served_in_trios_io_step_not_by_a_task() -> None:
     # The latency of every proxied request: a task woken per event is a trip through Trio's
     # scheduler and an epoll_ctl per wake-up, at every hop.
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     dispatcher = await _started()
     assert dispatcher.inline
@@ -350,7 +342,7 @@ async def test_events_are_served_in_trios_io_step_not_by_a_task() -> None:
 
 
 async def test_a_parked_task_wakes_from_trios_io_step() -> None:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     await _started()
     steps = _TaskSteps()
@@ -439,7 +431,7 @@ async def test_waits_work_when_trios_io_step_cannot_be_served(
     import meshd.net.waits
 
     monkeypatch.setattr(meshd.net.waits, "serve_in_trio_io", lambda fd, serve: None)
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     stream = SocketStream(a)
     dispatcher = await _started()
     assert not dispatcher.inline

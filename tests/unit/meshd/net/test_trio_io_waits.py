@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import threading
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from loopback import tcp_pair
 from trio._core._run import GLOBAL_RUN_CONTEXT, Deadlines
 
 from meshd.net.reactor import EPOLL_AVAILABLE
@@ -24,15 +24,6 @@ pytestmark = [
     pytest.mark.timeout(20),
     pytest.mark.skipif(not (EPOLL_WAITS and EPOLL_AVAILABLE), reason="epoll (Linux) only"),
 ]
-
-
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    return client, server
 
 
 class _PingPong:
@@ -67,7 +58,7 @@ class _PingPong:
 
 
 async def _ping_pong(rounds: int, *, quiet: bool = False, last: Any = None) -> list[_PingPong]:
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     done = trio.Event()
     ends = [_PingPong(SocketStream(a), rounds, done), _PingPong(SocketStream(b), rounds, done)]
     current_dispatcher()
