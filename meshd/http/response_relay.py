@@ -111,7 +111,7 @@ class ResponseRelay:
             max_head_bytes=cfg.max_response_head_bytes,
             max_headers=cfg.max_response_headers,
             # Whether it may be relayed as it came, as things stand (feed checks again).
-            as_sent=edit is None and head.version == b"1.1" and not _closing(c, head),
+            as_sent=_as_came(edit, head, close=_closing(c, head)),
         )
         self.rp = rp
         self.down_framing = NO_BODY
@@ -195,7 +195,7 @@ class ResponseRelay:
             edit = self.edit
             whole = rp.whole
             if whole is not None:
-                if edit is None and not close and head.version == b"1.1":
+                if _as_came(edit, head, close=close):
                     # Nothing to change (no hop-by-hop field but the line cut, the same
                     # framing, no header edit, the connection kept): the bytes that came.
                     for piece in rp.body:
@@ -263,6 +263,12 @@ def _response_framing(c: HttpConnection, head: RequestHead, rh: ResponseHead) ->
     if close:
         c.close_after = True
     return framing, close
+
+
+def _as_came(edit: HeaderEdit | None, head: RequestHead, *, close: bool) -> bool:
+    """Whether a response the one-pass parse took whole goes downstream as the bytes that
+    came: no header edit, an HTTP/1.1 request, the client's connection kept."""
+    return edit is None and not close and head.version == b"1.1"
 
 
 def _closing(c: HttpConnection, head: RequestHead) -> bool:
