@@ -11,8 +11,12 @@ settle time VmRSS is sampled again. Prints a table (VmRSS, RssAnon, RssFile, Pss
     RSS_MB meshd_idle=<x>
     RSS_MB meshd_<N>_conns=<x>
     INFO kb_per_conn=<(RSS with N connections - idle RSS) / N>
+    INFO idle_cpu_ms_per_s meshd=<x> meshd_<N>_conns=<x> nginx_backend=<x>
 
-and a one-line verdict against the target (idle <= 40 MB).
+and a one-line verdict against the target (idle <= 40 MB). The CPU line is what the idle
+sidecar costs its host (CPU milliseconds per second over ``BENCH_MEMORY_CPU_S`` seconds,
+default 10): without connections, then with the N connections open and idle; the backend
+nginx's workers, as idle, over the first window for reference.
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ import socket
 import statistics
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
+    CLK_TCK,
     LOOPBACK,
     BenchError,
     Context,
     ProcessGroup,
+    cpu_ticks,
     ensure_tools,
     env_int,
     free_ports,
@@ -40,7 +47,7 @@ from common import (
     raise_fd_limit,
     start_meshd,
 )
-from dataplane import start_nginx
+from dataplane import nginx_workers, start_nginx
 from policy import write_sidecar
 
 TOOLS = {"nginx": "nginx-light"}
@@ -59,13 +66,17 @@ class MemoryParams:
 
     connections: int = 1000
     settle_s: int = 2
+    #: How long idle CPU is measured, idle and then with the connections open.
+    cpu_s: int = 10
 
     @classmethod
     def from_env(cls) -> MemoryParams:
-        """``BENCH_MEMORY_CONNECTIONS`` (1-20000) and ``BENCH_MEMORY_SETTLE`` (0-60 s)."""
+        """``BENCH_MEMORY_CONNECTIONS`` (1-20000), ``BENCH_MEMORY_SETTLE`` (0-60 s) and
+        ``BENCH_MEMORY_CPU_S`` (1-120 s)."""
         return cls(
             connections=env_int("BENCH_MEMORY_CONNECTIONS", 1000, 1, 20000),
             settle_s=env_int("BENCH_MEMORY_SETTLE", 2, 0, 60),
+            cpu_s=env_int("BENCH_MEMORY_CPU_S", 10, 1, 120),
         )
 
 
@@ -117,17 +128,39 @@ def mb(kb: int) -> float:
     return kb / 1024
 
 
-def report_lines(idle: Mapping[str, int], loaded: Mapping[str, int], connections: int) -> list[str]:
-    """The RSS_MB / INFO lines and the verdict, from the two samples."""
+def report_lines(
+    idle: Mapping[str, int],
+    loaded: Mapping[str, int],
+    connections: int,
+    cpu: Mapping[str, float] | None = None,
+) -> list[str]:
+    """The RSS_MB / INFO lines and the verdict, from the two samples; with ``cpu`` (CPU
+    milliseconds per second: ``meshd_idle``, ``meshd_conns``, ``nginx_idle``) its line too."""
     idle_mb, loaded_mb = mb(idle["VmRSS"]), mb(loaded["VmRSS"])
     per_conn = (loaded["VmRSS"] - idle["VmRSS"]) / connections
     verdict = "ok" if idle_mb <= TARGET_IDLE_MB else "MISS"
-    return [
+    lines = [
         f"RSS_MB meshd_idle={idle_mb:.2f}",
         f"RSS_MB meshd_{connections}_conns={loaded_mb:.2f}",
         f"INFO kb_per_conn={per_conn:.1f}",
-        f"memory: idle rss<={TARGET_IDLE_MB:g}MB {verdict}",
     ]
+    if cpu is not None:
+        lines.append(
+            f"INFO idle_cpu_ms_per_s meshd={cpu['meshd_idle']:.2f} "
+            f"meshd_{connections}_conns={cpu['meshd_conns']:.2f} "
+            f"nginx_backend={cpu['nginx_idle']:.2f}"
+        )
+    lines.append(f"memory: idle rss<={TARGET_IDLE_MB:g}MB {verdict}")
+    return lines
+
+
+def cpu_ms_per_s(pids: list[int], seconds: float) -> float:
+    """CPU milliseconds per second of wall time the processes ``pids`` use over ``seconds``."""
+    before = cpu_ticks(pids)
+    started = time.monotonic()
+    time.sleep(seconds)
+    spent = cpu_ticks(pids) - before
+    return spent / CLK_TCK * 1000 / (time.monotonic() - started)
 
 
 def open_keepalive(port: int, count: int, timeout_s: float = 60.0) -> list[socket.socket]:
@@ -200,7 +233,9 @@ def run_suite(ctx: Context) -> None:
         flush=True,
     )
     with ProcessGroup() as procs:
-        start_nginx(ctx, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend)
+        nginx = start_nginx(
+            ctx, procs, tools["nginx"], "backend", "nginx-backend.conf", port=backend
+        )
         bootstrap = write_sidecar(
             ctx.tempdir("meshd"), backend_port=backend, port=port, admin_port=admin, policy=True
         )
@@ -210,10 +245,17 @@ def run_suite(ctx: Context) -> None:
             raise BenchError(f"meshd's listener answered {status}:\n{head}")
         time.sleep(params.settle_s)
         idle = sample(meshd.pid)
+        # Idle CPU: what a sidecar costs its host while nothing happens (timers, sweeps); the
+        # backend nginx, as idle, for reference. Both measured over the same window.
+        with ThreadPoolExecutor(1) as pool:
+            ref = pool.submit(cpu_ms_per_s, nginx_workers(nginx)(), params.cpu_s)
+            cpu = {"meshd_idle": cpu_ms_per_s([meshd.pid], params.cpu_s)}
+            cpu["nginx_idle"] = ref.result()
         conns = open_keepalive(port, params.connections)
         try:
             time.sleep(params.settle_s)
             loaded = sample(meshd.pid)
+            cpu["meshd_conns"] = cpu_ms_per_s([meshd.pid], params.cpu_s)
         finally:
             for sock in conns:
                 sock.close()
@@ -223,5 +265,5 @@ def run_suite(ctx: Context) -> None:
         ["state", *(f"{f}_MB" for f in FIELDS)],
         [_row("idle", idle), _row(f"{params.connections} conns", loaded)],
     )
-    for line in report_lines(idle, loaded, params.connections):
+    for line in report_lines(idle, loaded, params.connections, cpu):
         print(line)

@@ -8,13 +8,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
+import structlog
 import trio
 
 from meshd.accesslog import AccessLog
+from meshd.net.trio_io import tick_in_trio_io
 from meshd.stats import Stats
 
 if TYPE_CHECKING:
     from meshd.mtls import MeshTls
+
+log = structlog.get_logger("meshd.context")
 
 #: How late a deadline may fire (the reaper's period).
 DEADLINE_RESOLUTION_S: Final = 0.05
@@ -133,15 +137,39 @@ class ProxyShared:
     async def run_deadlines(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Cancel connections whose deadline has passed, checking every 50 ms.
+        """Cancel connections whose deadline has passed, checking every 50 ms while there are
+        connections.
 
         Connections keep their deadline in a plain attribute: moving it is a store, where
-        moving a trio cancel scope's deadline re-registers it (three times per request).
+        moving a trio cancel scope's deadline re-registers it (three times per request). The
+        sweep is a tick of Trio's I/O step (:func:`~meshd.net.trio_io.tick_in_trio_io`), not
+        a task's ``trio.sleep``, wherever the step can keep it: no wake-up at all while the
+        sidecar has no connection, and a cheap one otherwise.
         """
+        undo = tick_in_trio_io(DEADLINE_RESOLUTION_S, self.sweep_deadlines, self.connections)
         task_status.started()
+        if undo is not None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                undo()
         while True:
             await trio.sleep(DEADLINE_RESOLUTION_S)
-            current = now()
-            for conn in self.connections:
-                if conn.deadline < current:
-                    conn.expire()
+            self.sweep_deadlines(now())
+
+    def sweep_deadlines(self, current: float) -> None:
+        """Expire the connections whose deadline is before ``current`` (runs outside any
+        task: never raises)."""
+        expired: list[Connection] | None = None
+        for conn in self.connections:
+            if conn.deadline < current:
+                if expired is None:
+                    expired = []
+                expired.append(conn)
+        if expired is None:
+            return
+        for conn in expired:  # not while iterating: an expiry may end a connection
+            try:
+                conn.expire()
+            except Exception:
+                log.exception("expiring a connection failed")

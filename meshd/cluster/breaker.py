@@ -106,8 +106,12 @@ class Breaker:
                 self.pending -= 1
 
     def released(self) -> None:
-        """A connection of the cluster was released: pending requests look again."""
-        if self._lot:
+        """A connection of the cluster was released: pending requests look again.
+
+        Asks :attr:`pending`, not the parking lot: a task is in the lot only while counted
+        there, and the lot's ``__bool__`` is an interpreted call on every request's release.
+        """
+        if self.pending:
             self._lot.unpark_all()
 
     def describe(self, limits: ConnectionLimits | None) -> dict[str, object]:

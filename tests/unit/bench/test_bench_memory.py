@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,10 +34,16 @@ Pss:               39010 kB
 def test_params_default_and_clamped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BENCH_MEMORY_CONNECTIONS", raising=False)
     monkeypatch.delenv("BENCH_MEMORY_SETTLE", raising=False)
-    assert memory.MemoryParams.from_env() == memory.MemoryParams(connections=1000, settle_s=2)
+    monkeypatch.delenv("BENCH_MEMORY_CPU_S", raising=False)
+    assert memory.MemoryParams.from_env() == memory.MemoryParams(
+        connections=1000, settle_s=2, cpu_s=10
+    )
     monkeypatch.setenv("BENCH_MEMORY_CONNECTIONS", "999999")
     monkeypatch.setenv("BENCH_MEMORY_SETTLE", "0")
-    assert memory.MemoryParams.from_env() == memory.MemoryParams(connections=20000, settle_s=0)
+    monkeypatch.setenv("BENCH_MEMORY_CPU_S", "0")
+    assert memory.MemoryParams.from_env() == memory.MemoryParams(
+        connections=20000, settle_s=0, cpu_s=1
+    )
     monkeypatch.setenv("BENCH_MEMORY_CONNECTIONS", "many")
     with pytest.raises(BenchError, match="not an integer"):
         memory.MemoryParams.from_env()
@@ -70,6 +78,23 @@ def test_report_lines() -> None:
         "memory: idle rss<=40MB ok",
     ]
     assert memory.report_lines({"VmRSS": 41 * 1024}, loaded, 10)[-1].endswith("MISS")
+    cpu = {"meshd_idle": 1.04, "meshd_conns": 4.5, "nginx_idle": 0.0}
+    assert memory.report_lines(idle, loaded, 1000, cpu)[3] == (
+        "INFO idle_cpu_ms_per_s meshd=1.04 meshd_1000_conns=4.50 nginx_backend=0.00"
+    )
+
+
+def test_cpu_ms_per_s_of_a_busy_and_an_idle_process() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)  # both started
+        assert memory.cpu_ms_per_s([busy.pid], 1.0) > 50  # a spinning loop: most of a CPU
+        assert memory.cpu_ms_per_s([idle.pid], 0.5) < 100
+    finally:
+        for proc in (busy, idle):
+            proc.kill()
+            proc.wait()
 
 
 def test_read_memory_of_this_process() -> None:

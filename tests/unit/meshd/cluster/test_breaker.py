@@ -91,6 +91,31 @@ async def test_full_connections_make_requests_pending_then_refuse() -> None:
     assert breaker.pending == 0
 
 
+async def test_a_release_wakes_a_pending_request_at_once_not_at_its_recheck() -> None:
+    breaker, _ = _breaker()
+    limits = ConnectionLimits(max_connections=1, max_pending_requests=2)
+    open_count = [1]
+    got_room: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await breaker.wait_connection_room(limits, lambda: open_count[0], lambda: False)
+        got_room.append(n)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter, 1)
+        nursery.start_soon(waiter, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert breaker.pending == 2
+        breaker.released()  # nothing freed yet: both look, both park again
+        await trio.testing.wait_all_tasks_blocked()
+        assert (got_room, breaker.pending) == ([], 2)
+        open_count[0] = 0
+        breaker.released()
+        # Woken by the release itself, not by the recheck timer (a quarter second away).
+        await trio.testing.wait_all_tasks_blocked()
+        assert got_room and breaker.pending == 0
+
+
 async def test_idle_connections_are_closed_rather_than_waited_for() -> None:
     breaker, _ = _breaker()
     limits = ConnectionLimits(max_connections=2, max_pending_requests=0)
