@@ -16,7 +16,8 @@ checkout measures the suite's ``nginx-back`` (one process, ``master_process off`
 Counted: user-space instructions of the server process (OpenSSL, the interpreter, libc),
 less the sweeps of meshd's deadline reaper in that time (a timer, every 50 ms of wall time:
 about as many as handshakes under callgrind; each counted at what it costs idle, measured
-after as long a pause; compiled builds only), deterministic to about 0.3% with
+after as long a pause; compiled builds from before the sweep became a tick of Trio's I/O
+step only: see ``SWEEP``), deterministic to about 0.3% with
 ``PYTHONHASHSEED=0``; ``--objects`` splits them by shared
 object (libcrypto, libssl, libc, python3.11, ...). Not counted: the kernel's share (system
 calls: ``strace -c`` them) and scheduling, so a change of syscalls or wake-ups still needs
@@ -199,7 +200,10 @@ def measure(
 #: The compiled deadline reaper (``ProxyShared.run_deadlines``), once per sweep: every 50 ms
 #: of wall time, so ~1-2 times per handshake under callgrind's slow-down (against one in ~20
 #: at full speed), each ~145,000 instructions. Its count in the measured window, at the cost
-#: of an idle sweep, is taken out. Pure Python builds run it interpreted: not taken out.
+#: of an idle sweep, is taken out. Pure Python builds run it interpreted: not taken out. Since
+#: 2026-12-07 the sweep is a tick of Trio's I/O step (``ProxyShared.sweep_deadlines``), only
+#: while there are connections: never idle, so nothing is taken out of such a build; its ticks
+#: (~1-2 per handshake here, ~10,000 instructions each against 145,000) are counted in.
 SWEEP = "run_deadlines_ProxyShared_gen_____mypyc_generator_helper__"
 
 
