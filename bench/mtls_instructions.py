@@ -203,7 +203,7 @@ def measure(
 #: of an idle sweep, is taken out. Pure Python builds run it interpreted: not taken out. Since
 #: 2026-12-07 the sweep is a tick of Trio's I/O step (``ProxyShared.sweep_deadlines``), only
 #: while there are connections: never idle, so nothing is taken out of such a build; its ticks
-#: (~1-2 per handshake here, ~10,000 instructions each against 145,000) are counted in.
+#: (~1-2 per handshake here, at most ~12,000 instructions each against 145,000) are counted in.
 SWEEP = "run_deadlines_ProxyShared_gen_____mypyc_generator_helper__"
 
 
