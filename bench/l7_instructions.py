@@ -12,6 +12,7 @@ to the backend) gives the harness's own share, subtracted.
 
     .venv/bin/python bench/l7_instructions.py /tmp/base .
     .venv/bin/python bench/l7_instructions.py mypyc:/tmp/base mypyc:.   # the compiled builds
+    .venv/bin/python bench/l7_instructions.py --policy mypyc:.   # with the suite's policy
 
 A checkout named ``mypyc:DIR`` runs DIR's mypyc-compiled build, made as ``bench/run`` makes it
 (``meshd_build.py``: from the compile cache, or compiled there first).
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 CONNECTIONS = 8
 RESPONSE = (
@@ -52,10 +54,60 @@ def _listen() -> tuple[socket.socket, int]:
     return sock, int(sock.getsockname()[1])
 
 
-def harness(requests: int, direct: bool, l4: bool = False) -> None:
+#: ``--policy``: the ``dataplane`` suite's resilience policy (bench/templates/meshd-snapshot.yaml),
+#: configured and never triggered, less its health check (a timer: its checks would land
+#: unevenly in the two runs whose difference is counted).
+POLICY_ROUTE = {
+    "timeout_s": 30,
+    "retries": {"attempts": 3, "retry_on": ["connect-failure", "gateway-error"]},
+}
+POLICY_CLUSTER = {
+    "lb_policy": "ewma",
+    "limits": {
+        "max_connections": 100000,
+        "max_pending_requests": 100000,
+        "max_requests": 100000,
+        "max_retries": 100000,
+    },
+    "outlier_detection": {
+        "consecutive_5xx": 5,
+        "consecutive_gateway_errors": 5,
+        "consecutive_local_origin_failures": 5,
+        "interval_s": 10,
+    },
+}
+
+
+def snapshot_doc(proxy_port: int, backend_port: int, *, l4: bool, policy: bool) -> dict[str, Any]:
+    """The harness's snapshot: one outbound listener to the one cluster, with ``policy`` the
+    dataplane suite's (:data:`POLICY_ROUTE`, :data:`POLICY_CLUSTER`) on a route table."""
+    listener: dict[str, Any] = {
+        "name": "bench-l7",
+        "direction": "outbound",
+        "address": f"127.0.0.1:{proxy_port}",
+    }
+    cluster: dict[str, Any] = {
+        "name": "backend",
+        "service": "backend",
+        "endpoints": [{"host": "127.0.0.1", "port": backend_port}],
+    }
+    doc: dict[str, Any] = {"version": 1, "listeners": [listener], "clusters": [cluster]}
+    if l4:
+        listener.update(protocol="tcp", cluster="backend")
+    elif policy:
+        listener["route_table"] = "bench"
+        route = {"name": "all", "backends": [{"cluster": "backend"}], **POLICY_ROUTE}
+        doc["route_tables"] = [{"name": "bench", "routes": [route]}]
+        cluster.update(POLICY_CLUSTER)
+    else:
+        listener["cluster"] = "backend"
+    return doc
+
+
+def harness(requests: int, direct: bool, l4: bool = False, policy: bool = False) -> None:
     """Serve ``requests`` requests (after a warm-up) through meshd's proxy code (its TCP
-    listener's with ``l4``), or straight to the backend with ``direct``; imports meshd from
-    ``sys.path`` (the checkout)."""
+    listener's with ``l4``; with ``policy``, the dataplane suite's resilience policy), or
+    straight to the backend with ``direct``; imports meshd from ``sys.path`` (the checkout)."""
     import trio
 
     from meshcore.model import Bootstrap, Snapshot
@@ -128,25 +180,7 @@ def harness(requests: int, direct: bool, l4: bool = False) -> None:
             }
         )
         snapshot = Snapshot.model_validate(
-            {
-                "version": 1,
-                "listeners": [
-                    {
-                        "name": "bench-l7",
-                        "direction": "outbound",
-                        "address": f"127.0.0.1:{proxy_port}",
-                        "cluster": "backend",
-                        **({"protocol": "tcp"} if l4 else {}),
-                    }
-                ],
-                "clusters": [
-                    {
-                        "name": "backend",
-                        "service": "backend",
-                        "endpoints": [{"host": "127.0.0.1", "port": backend_port}],
-                    }
-                ],
-            }
+            snapshot_doc(proxy_port, backend_port, l4=l4, policy=policy)
         )
         cfg = build_runtime(bootstrap, snapshot, PoolManager()).listeners["bench-l7"]
         shared = ProxyShared(stats=Stats(), access_log=AccessLog(enabled=False, sample_rate=1.0))
@@ -173,13 +207,20 @@ def harness(requests: int, direct: bool, l4: bool = False) -> None:
 
 
 def instructions(
-    valgrind: str, checkout: Path, requests: int, *, direct: bool, l4: bool = False
+    valgrind: str,
+    checkout: Path,
+    requests: int,
+    *,
+    direct: bool,
+    l4: bool = False,
+    policy: bool = False,
 ) -> int:
     """User-space instructions of one harness run of ``checkout``."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(checkout)}
     cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
     cmd += [__file__, "--worker", str(requests), *(["--direct"] if direct else [])]
     cmd += ["--l4"] if l4 else []
+    cmd += ["--policy"] if policy else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
@@ -188,12 +229,18 @@ def instructions(
 
 
 def per_request(
-    valgrind: str, checkout: Path, requests: int, *, direct: bool = False, l4: bool = False
+    valgrind: str,
+    checkout: Path,
+    requests: int,
+    *,
+    direct: bool = False,
+    l4: bool = False,
+    policy: bool = False,
 ) -> float:
     """Instructions per request: the difference of a run of ``requests`` and one of thrice
     as many, so start-up and warm-up cancel out."""
-    low = instructions(valgrind, checkout, requests, direct=direct, l4=l4)
-    high = instructions(valgrind, checkout, 3 * requests, direct=direct, l4=l4)
+    low = instructions(valgrind, checkout, requests, direct=direct, l4=l4, policy=policy)
+    high = instructions(valgrind, checkout, 3 * requests, direct=direct, l4=l4, policy=policy)
     return (high - low) / (2 * (requests // CONNECTIONS) * CONNECTIONS)
 
 
@@ -226,9 +273,17 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="through meshd's TCP listener (bytes relayed by meshd/net/reactor.py)",
     )
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="with the dataplane suite's resilience policy (retries, breakers, outlier "
+        "detection, EWMA; no health check), as bench/run dataplane's meshd-l7",
+    )
     args = parser.parse_args(argv)
+    if args.l4 and args.policy:
+        parser.error("--policy is for the HTTP listener")
     if args.worker is not None:
-        harness(args.worker, args.direct, args.l4)
+        harness(args.worker, args.direct, args.l4, args.policy)
         return 0
     if not args.checkouts:
         parser.error("name at least one checkout")
@@ -241,7 +296,8 @@ def main(argv: list[str]) -> int:
         print(f"harness alone (clients and backend): {own:,.0f} instructions/request", flush=True)
         first = 0.0
         for spec, root in zip(args.checkouts, roots, strict=True):
-            proxied = per_request(valgrind, root, args.requests, l4=args.l4) - own
+            proxied = per_request(valgrind, root, args.requests, l4=args.l4, policy=args.policy)
+            proxied -= own
             first = first or proxied
             print(
                 f"IR_PER_REQ {spec}: {proxied:,.0f} (x{proxied / first:.4f} of the first)",

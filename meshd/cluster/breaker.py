@@ -56,9 +56,10 @@ class Breaker:
         self.stats.inc("meshd_upstream_overflow", self.cluster, limit)
         return PoolOverflow("upstream_overflow", f"cluster {self.cluster}: {limit}")
 
-    def admit(self, limits: ConnectionLimits | None) -> None:
-        """Count a request in flight; raises :class:`PoolOverflow` at ``max_requests``."""
-        if limits is not None and self.requests >= limits.max_requests:
+    def admit(self, max_requests: int | None) -> None:
+        """Count a request in flight; raises :class:`PoolOverflow` at ``max_requests`` (the
+        cluster's ``limits.max_requests``, taken once per snapshot; None: no limit)."""
+        if max_requests is not None and self.requests >= max_requests:
             raise self.overflow("max_requests")
         self.requests += 1
 

@@ -56,6 +56,7 @@ class ClusterRuntime:
     """
 
     __slots__ = (
+        "_address_of",
         "_addresses",
         "_budget",
         "_clock",
@@ -63,6 +64,7 @@ class ClusterRuntime:
         "_hash_header",
         "_hash_source",
         "_limits",
+        "_max_requests",
         "_pools",
         "_starts",
         "_unavailable",
@@ -89,6 +91,11 @@ class ClusterRuntime:
         self.state = state
         self._clock = state.clock
         self._limits = model.limits
+        # Read per request: native copies, not the pydantic models' generic attributes.
+        self._max_requests = model.limits.max_requests if model.limits is not None else None
+        self._address_of: dict[int, Address] = {
+            id(ep): (ep.host, ep.port) for ep in model.endpoints
+        }
         self._budget = state.budget(model.retry_budget)
         self._unavailable: frozenset[Address] = frozenset()
         self._addresses: frozenset[Address] = frozenset((e.host, e.port) for e in model.endpoints)
@@ -128,7 +135,7 @@ class ClusterRuntime:
 
     def admit(self) -> None:
         """A request starts using this cluster; raises :class:`PoolOverflow` over a limit."""
-        self.state.breaker.admit(self._limits)
+        self.state.breaker.admit(self._max_requests)
         self._budget.record_request(self._clock())
 
     def done(self) -> None:
@@ -179,7 +186,10 @@ class ClusterRuntime:
         self.selector.observe(endpoint, latency_s, failed=status == 0)
         state = self.state
         if state.outliers is not None:
-            state.report((endpoint.host, endpoint.port), status)
+            address = self._address_of.get(id(endpoint))
+            if address is None:  # not one of this snapshot's endpoints
+                address = (endpoint.host, endpoint.port)
+            state.report(address, status)
 
     async def acquire(
         self,

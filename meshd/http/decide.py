@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from meshcore.matchers import HeaderCheck, compile_header, header_index, headers_match
-from meshcore.model.policy import FaultPolicy, HeaderMutation, RetryPolicy
+from meshcore.model.policy import FaultPolicy, HeaderMutation
 from meshcore.model.snapshot import RouteMirror
 from meshcore.pathnorm import normalize_target
 from meshcore.routing import CompiledRoute, CompiledRouteTable
 from meshd.errors import PROXY_ERRORS
 from meshd.http.exchange import METHODS
 from meshd.http.responses import redirect_location
+from meshd.http.retry import RetryRule
 from meshd.ratelimit import retry_after
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class Plan:
     cluster: str
     #: Whole-request deadline (seconds from the request head), across all tries.
     timeout_s: float
-    retry: RetryPolicy | None = None
+    retry: RetryRule | None = None
     #: The target to send upstream; None: the normalized target as it is.
     target: bytes | None = None
     #: The request headers to send upstream; None: the request's own.
@@ -129,6 +130,8 @@ class RoutePolicy:
     matched_prefix: bytes | None = None
     host: bytes | None = None
     mirror: RouteMirror | None = None
+    #: The route's retry policy, compiled.
+    retry: RetryRule | None = None
     #: Plans of routes whose policies don't vary per request, by cluster.
     static: Mapping[str, Plan] = field(default_factory=dict)
 
@@ -158,6 +161,7 @@ def _compile(route: CompiledRoute) -> RoutePolicy:
         matched_prefix=prefix.encode("utf-8") if prefix is not None else None,
         host=rewrite.host.encode("utf-8") if rewrite is not None and rewrite.host else None,
         mirror=model.mirror if model.mirror is not None and model.mirror.percent > 0 else None,
+        retry=RetryRule(model.retries) if model.retries is not None else None,
     )
     varies = (
         fault is not None
@@ -171,7 +175,7 @@ def _compile(route: CompiledRoute) -> RoutePolicy:
                 route,
                 b.cluster,
                 route.timeout_s,
-                retry=model.retries,
+                retry=policy.retry,
                 response_headers=policy.response_headers,
             )
             for b in model.backends
@@ -293,7 +297,7 @@ def _plan(
         route,
         cluster,
         route.timeout_s,
-        retry=route.route.retries,
+        retry=policy.retry,
         target=new_target,
         headers=new_headers,
         response_headers=policy.response_headers,

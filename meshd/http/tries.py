@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from meshcore.model import Endpoint
-from meshcore.model.policy import RetryPolicy
 from meshd.cluster.pool import UpstreamConnection
 from meshd.cluster.runtime import ClusterRuntime
 from meshd.context import now
@@ -50,6 +49,7 @@ from meshd.http.retry import (
     REPLAY_LIMIT,
     RESET,
     TIMEOUT,
+    RetryRule,
     backoff_s,
     failure_condition,
     status_condition,
@@ -69,7 +69,7 @@ class RetryHold:
     __slots__ = ("cluster", "condition", "policy", "replayable", "retry_left")
 
     def __init__(
-        self, policy: RetryPolicy | None, cluster: ClusterRuntime, *, replayable: bool
+        self, policy: RetryRule | None, cluster: ClusterRuntime, *, replayable: bool
     ) -> None:
         self.policy = policy
         self.cluster = cluster

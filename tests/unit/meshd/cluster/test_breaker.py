@@ -21,14 +21,14 @@ def _breaker() -> tuple[Breaker, PolicyStats]:
 def test_max_requests_refuses_at_once_with_503_upstream_overflow() -> None:
     breaker, stats = _breaker()
     limits = ConnectionLimits(max_requests=2)
-    breaker.admit(limits)
-    breaker.admit(limits)
+    breaker.admit(limits.max_requests)
+    breaker.admit(limits.max_requests)
     with pytest.raises(PoolOverflow) as caught:
-        breaker.admit(limits)
+        breaker.admit(limits.max_requests)
     assert (caught.value.status, caught.value.reason) == (503, "upstream_overflow")
     assert stats.value("meshd_upstream_overflow", "api", "max_requests") == 1
     breaker.done()
-    breaker.admit(limits)
+    breaker.admit(limits.max_requests)
     assert breaker.requests == 2
 
 
