@@ -276,13 +276,11 @@ class Lane:
         assert ex is not None
         payload = one_payload(c, head, out)
         hold = None
+        key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
         if retry is not None:
             # As retry_loop's first try: the request (no body) may be sent again if idempotent.
-            key = cluster.hash_key(head.headers, c.peer_ip)
             hold = RetryHold(retry, cluster, replayable=head.method in IDEMPOTENT)
             hold.retry_left = retry.attempts > 1
-        else:
-            key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
         self.head, self.plan, self.cluster = head, plan, cluster
         self.payload, self.key, self.hold = payload, key, hold
         acquired = cluster.acquire_idle(key) if ex.body_done else None

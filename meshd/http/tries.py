@@ -230,7 +230,7 @@ async def retry_loop(
     idempotent = head.method in IDEMPOTENT
     attempts = policy.attempts if policy is not None else 1
     per_try = policy.per_try_timeout_s if policy is not None else None
-    key = cluster.hash_key(head.headers, c.peer_ip)
+    key = cluster.hash_key(head.headers, c.peer_ip) if cluster.hashes else None
     tried: list[Endpoint] = []
     tries = 0
     stale_replaced = False
