@@ -1,5 +1,6 @@
-"""``bench/l7_instructions.py --policy``: the harness runs with the ``dataplane`` suite's
-resilience policy (briefly, without valgrind), and that policy is the suite's."""
+"""``bench/l7_instructions.py``'s harness (run briefly, without valgrind) through meshd's TCP
+listener (``--l4``) and with the ``dataplane`` suite's resilience policy (``--policy``), and
+that policy is the suite's."""
 
 from __future__ import annotations
 
@@ -37,11 +38,12 @@ def test_the_policy_is_the_dataplane_suites_less_its_health_check() -> None:
     assert "route_tables" not in plain and plain["listeners"][0]["cluster"] == "backend"
 
 
-def test_the_harness_proxies_with_the_policy() -> None:
-    # The worker the tool runs under valgrind: it raises (exit status 1) on any response but
-    # the backend's.
+@pytest.mark.parametrize("flag", ["--l4", "--policy"])
+def test_the_harness_proxies(flag: str) -> None:
+    # The worker the tool runs under valgrind: 100 warm-up requests per connection, then 64;
+    # it raises (exit status 1) on any response but the backend's.
     done = subprocess.run(
-        [sys.executable, str(BENCH / "l7_instructions.py"), "--worker", "64", "--policy"],
+        [sys.executable, str(BENCH / "l7_instructions.py"), "--worker", "64", flag],
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,
