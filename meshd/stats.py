@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from meshcore.model import Endpoint
 from meshd.policystats import PolicyStats
 
 __all__ = [
@@ -106,14 +107,15 @@ class _LastHttp:
 
 
 class _LastEndpoint:
-    """The same for the per-endpoint histograms."""
+    """The same for the per-endpoint histograms, and the endpoint they were last read from."""
 
-    __slots__ = ("cluster", "hist", "host", "port", "status_class")
+    __slots__ = ("cluster", "endpoint", "hist", "host", "port", "status_class")
 
     def __init__(self) -> None:
         self.cluster = self.host = ""
         self.port = self.status_class = -1  # matches no request
         self.hist = _Histogram()
+        self.endpoint: Endpoint | None = None
 
 
 class Stats:
@@ -218,6 +220,7 @@ class Stats:
             if found is None:
                 found = self._endpoints[key] = _Histogram()
             hist = last.hist = found
+            last.endpoint = None  # of another host and port, maybe
             last.cluster, last.host, last.port, last.status_class = (
                 cluster,
                 host,
@@ -226,6 +229,20 @@ class Stats:
             )
         hist.buckets[_bucket(seconds)] += 1
         hist.total += seconds
+
+    def endpoint_answered(
+        self, cluster: str, endpoint: Endpoint, code: int, seconds: float
+    ) -> None:
+        """:meth:`upstream_endpoint` for ``endpoint``'s host and port. Endpoints are frozen
+        values: the same one as last time has the same ones, which are not read again (an
+        interpreted model's attributes, a generic lookup each when compiled)."""
+        last = self._last_endpoint
+        if last.endpoint is endpoint:
+            host, port = last.host, last.port
+        else:
+            host, port = endpoint.host, endpoint.port
+        self.upstream_endpoint(cluster, host, port, code, seconds)
+        last.endpoint = endpoint  # whose host and port the last labels are now
 
     def route_error(self, destination: str, route: str, reason: str) -> None:
         """Count a failed outbound request (status >= 500 or no response) by ``reason``."""

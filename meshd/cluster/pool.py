@@ -51,12 +51,15 @@ class PoolLimits:
 class UpstreamConnection:
     """A pooled upstream connection; give it back with :meth:`EndpointPool.release`."""
 
-    __slots__ = ("pool", "protocol_state", "reused", "session_taken", "stream")
+    __slots__ = ("acquired_at", "pool", "protocol_state", "reused", "session_taken", "stream")
 
     def __init__(self, pool: EndpointPool, stream: SocketStream | TlsStream) -> None:
         self.pool = pool
         self.stream = stream
         self.reused = False
+        #: When a cluster's ``acquire`` gave it out (:func:`meshd.context.now`), until its
+        #: ``release``; -1.0: not given out by one.
+        self.acquired_at = -1.0
         #: TLS: this connection's session was kept for resumption already.
         self.session_taken = False
         #: Per-connection protocol state the proxy keeps across requests (its parser).

@@ -66,7 +66,6 @@ class ClusterRuntime:
         "_limits",
         "_max_requests",
         "_pools",
-        "_starts",
         "_unavailable",
         "hashes",
         "model",
@@ -111,8 +110,6 @@ class ClusterRuntime:
         self._hash_source = bool(policy and policy.source_ip)
         #: Whether :meth:`hash_key` can return a key (skip the call when it can't).
         self.hashes = policy is not None
-        #: id(connection) -> when its try was picked, for the latency fed to the balancer.
-        self._starts: dict[int, float] = {}
         limits = PoolLimits(
             max_connections=model.max_connections,
             max_idle=model.max_idle_per_endpoint,
@@ -229,7 +226,7 @@ class ClusterRuntime:
         except BaseException:
             selector.finished(endpoint)
             raise
-        self._starts[id(conn)] = start
+        conn.acquired_at = start
         return endpoint, conn
 
     def acquire_idle(
@@ -255,7 +252,7 @@ class ClusterRuntime:
         if conn is None:
             selector.finished(endpoint)
             return endpoint, None
-        self._starts[id(conn)] = start
+        conn.acquired_at = start
         return endpoint, conn
 
     def _pick(self, hash_key: bytes | None, exclude: Collection[Endpoint]) -> Endpoint:
@@ -280,12 +277,9 @@ class ClusterRuntime:
         ``timed``: the time since :meth:`acquire` is the try's latency (for EWMA, unless
         :meth:`report` gave one); False for connections whose lifetime is no latency (TCP).
         """
-        starts = self._starts
-        key = id(conn)
-        start = starts.get(key)  # dict.pop(k, None) is a generic call compiled, these aren't
-        if start is not None:
-            del starts[key]
-        if start is not None and timed:
+        start = conn.acquired_at  # an attribute: no dict keyed by id(conn) to update twice
+        conn.acquired_at = -1.0
+        if start >= 0.0 and timed:
             self.selector.finished(endpoint, now() - start)
         else:
             self.selector.finished(endpoint)

@@ -96,7 +96,7 @@ def record(
     upstream = ex.upstream
     cluster = ex.cluster
     if upstream is not None and cluster is not None:
-        stats.upstream_endpoint(cluster.name, upstream.host, upstream.port, code, seconds)
+        stats.endpoint_answered(cluster.name, upstream, code, seconds)
     if (code >= 500 or code == 0) and cfg.direction == "outbound":
         stats.route_error(
             destination, ex.route, ex.error or ("http_5xx" if code else "no_response")

@@ -53,7 +53,7 @@ from meshd.http.relay import BROKEN, ResponseRelay, send_failure
 from meshd.http.retry import IDEMPOTENT
 from meshd.http.tries import RetryHold, Taken, retries_on
 from meshd.net import served
-from meshd.net.waits import ServedStream, Waiter
+from meshd.net.waits import NativeReader, ServedStream, Waiter
 
 if TYPE_CHECKING:
     from meshd.http.connection import HttpConnection
@@ -70,8 +70,9 @@ _IDLE: Final = Phase.IDLE
 _BURST: Final = 8
 
 
-class Lane:
-    """Serves one plain downstream connection's simple requests from dispatcher callbacks."""
+class Lane(NativeReader):
+    """Serves one plain downstream connection's simple requests from dispatcher callbacks
+    (a :class:`~meshd.net.waits.NativeReader`: the dispatcher's calls are native)."""
 
     __slots__ = (
         "c",

@@ -12,11 +12,13 @@ _STATUS: Final = {code: str(code).encode() for code in range(100, 600)}
 def _put_fields(parts: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
     """Append the header lines to ``parts``: the head is joined once, at the end.
 
-    A loop of list appends: compiled with mypyc it costs a fraction of ``b"\\r\\n".join(map(
-    b": ".join, headers))``, which goes through generic calls and an intermediate bytes.
+    A line each, formatted with ``%b``: compiled with mypyc that is one bytes made from its
+    parts (``CPyBytes_Build``), cheaper than the join's work on four parts; and a loop of list
+    appends costs a fraction of ``b"\\r\\n".join(map(b": ".join, headers))``, which goes
+    through generic calls and an intermediate bytes.
     """
     for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
+        parts.append(b"%b: %b\r\n" % (name, value))
 
 
 def chunk(data: bytes) -> bytes:
@@ -39,7 +41,7 @@ def request_head_bytes(
     ``headers`` replace the head's own (a policy edited them). It goes out as HTTP/1.1, which
     requires Host: an HTTP/1.0 request without one gets ``default_host``.
     """
-    parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
+    parts = [b"%b %b HTTP/1.1\r\n" % (head.method, target)]
     if headers is None:
         _put_fields(parts, head.headers)
         missing_host = head.host is None
@@ -56,14 +58,9 @@ def request_head_bytes(
         parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
     elif head.expect_continue:
         parts.append(b"expect: 100-continue\r\n")
-    parts += (
-        b"x-forwarded-for: ",
-        xff,
-        b"\r\nx-request-id: ",
-        request_id,
-        b"\r\ntraceparent: ",
-        traceparent,
-        b"\r\n\r\n",
+    parts.append(
+        b"x-forwarded-for: %b\r\nx-request-id: %b\r\ntraceparent: %b\r\n\r\n"
+        % (xff, request_id, traceparent)
     )
     return b"".join(parts)
 
@@ -73,7 +70,8 @@ def response_head_bytes(
 ) -> bytes:
     """The response head as sent downstream with the framing the proxy chose."""
     status = head.status
-    parts = [b"HTTP/1.1 ", _STATUS.get(status) or str(status).encode(), b" ", head.reason, b"\r\n"]
+    code = _STATUS.get(status) or str(status).encode()
+    parts = [b"HTTP/1.1 %b %b\r\n" % (code, head.reason)]
     _put_fields(parts, head.headers)
     if status == 101:
         parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade or b"", b"\r\n\r\n")

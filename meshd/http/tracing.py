@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 from binascii import hexlify
+from collections.abc import Callable
 from typing import Final
 
 #: Each byte's class for :func:`_continues`: ``h`` for a lower-case hex digit, ``-`` for the
@@ -17,11 +19,10 @@ _ZERO_TRACE: Final = b"0" * 32
 _ZERO_SPAN: Final = b"0" * 16
 
 
-# Ids come from a per-process PRNG, not os.urandom: they must be unique, not secret, and a
-# getrandom(2) call per id costs more than the rest of building the header. The digits come
-# from hexlify over the number's bytes: a third of the cost of %-formatting a wide integer.
-# A request's ids are drawn at once (:func:`new_ids`): one draw, one conversion and one hexlify
-# where a request id and a trace context drawn apart took two of each.
+# Ids must be unique, not secret. A request's ids are drawn at once: the proxied requests' from
+# an :class:`IdPool` (the OS's random bytes, 64 requests' worth per getrandom(2) call, made hex
+# digits by one hexlify: the int conversions of a PRNG's wide draw, ``getrandbits``, ``|`` and
+# ``to_bytes``, cost three times as much); elsewhere :func:`new_ids` from a PRNG.
 
 #: Hex digits of :func:`new_ids`: the request id, then this proxy's trace id and span id.
 IDS_HEX: Final = 80
@@ -35,27 +36,34 @@ def new_ids(rng: random.Random) -> bytes:
 
 #: Requests' ids an :class:`IdPool` draws at once.
 ID_BATCH: Final = 64
+#: Random bytes per request of a batch (:data:`IDS_HEX` hex digits).
+_ID_BYTES: Final = IDS_HEX // 2
+#: A run of zero bytes as long as a span id: a batch with none anywhere has no id all zeros.
+_ZERO_RUN: Final = bytes(8)
 
 
 class IdPool:
-    """:func:`new_ids` for one request after another, drawn :data:`ID_BATCH` requests' worth
-    at a time: the draw, the conversion and hexlify are generic calls of a few thousand
-    instructions in all, where taking the next 80 digits is a slice."""
+    """:func:`new_ids`' form for one request after another, :data:`ID_BATCH` requests' worth
+    drawn at a time from ``draw`` (``os.urandom``: one ``getrandom(2)`` per batch): taking the
+    next 80 digits is a slice. A batch where any 8 bytes in a row are zero (so maybe an id:
+    odds of about 1 in 10^16) is drawn again, so no trace id or span id is ever all zeros."""
 
-    __slots__ = ("_at", "_digits", "_rng")
+    __slots__ = ("_at", "_digits", "_draw")
 
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
+    def __init__(self, draw: Callable[[int], bytes] = os.urandom) -> None:
+        self._draw = draw
         self._digits = b""
         self._at = 0
 
     def take(self) -> bytes:
-        """The next request's 80 hex digits, as :func:`new_ids` makes them."""
+        """The next request's 80 hex digits: a request id, a trace id, a span id."""
         at = self._at
         digits = self._digits
         if at >= len(digits):
-            bits = self._rng.getrandbits(320 * ID_BATCH) | _BATCH_NONZERO
-            digits = self._digits = _hexlify(bits.to_bytes(40 * ID_BATCH, "big"))
+            raw = self._draw(_ID_BYTES * ID_BATCH)
+            while _ZERO_RUN in raw:
+                raw = self._draw(_ID_BYTES * ID_BATCH)
+            digits = self._digits = _hexlify(raw)
             at = 0
         self._at = at + IDS_HEX
         return digits[at : at + IDS_HEX]
@@ -72,10 +80,11 @@ def next_traceparent(
     """
     if len(fresh) != IDS_HEX:
         fresh = new_ids(rng)
+    # Formatted with %b: compiled, one bytes made from the parts (no list, no join).
     if incoming is not None and _continues(incoming):
-        return b"".join((b"00-", incoming[3:35], b"-", fresh[64:80], b"-", incoming[53:55]))
+        return b"00-%b-%b-%b" % (incoming[3:35], fresh[64:80], incoming[53:55])
     flags = b"01" if sample_rate > 0 and rng.random() < sample_rate else b"00"
-    return b"".join((b"00-", fresh[32:64], b"-", fresh[64:80], b"-", flags))
+    return b"00-%b-%b-%b" % (fresh[32:64], fresh[64:80], flags)
 
 
 def _continues(incoming: bytes) -> bool:
@@ -100,8 +109,6 @@ def _continues(incoming: bytes) -> bool:
 
 # The low bit of the trace id and of the span id set: W3C trace context forbids all zeros.
 _NONZERO: Final = 1 << 64 | 1
-#: The same for each request's 320 bits of a batch.
-_BATCH_NONZERO: Final = sum(_NONZERO << (320 * k) for k in range(ID_BATCH))
 _hexlify: Final = hexlify
 
 
@@ -110,9 +117,9 @@ def trace_id(traceparent: bytes) -> str:
     return traceparent[3:35].decode("ascii")
 
 
-#: This process's pool of request ids (``random.Random()`` seeds itself from the OS; workers are
-#: processes started anew, never forks, so none draws another's ids).
-_REQUESTS: Final = IdPool(random.Random())  # noqa: S311 - unique, not secret
+#: This process's pool of request ids (from the OS's random bytes: no two processes draw the
+#: same ids).
+_REQUESTS: Final = IdPool()
 
 
 def request_ids() -> bytes:

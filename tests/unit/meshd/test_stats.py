@@ -7,6 +7,7 @@ import math
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from meshcore.model import Endpoint
 from meshd.exposition import TextWriter
 from meshd.metrics import MetricsView, write_meshd
 from meshd.stats import BUCKETS, Stats
@@ -216,4 +217,27 @@ def test_requests_alternating_labels_count_in_their_own_histograms() -> None:
         ("api", "10.0.0.1", 81, 2): 1,
         ("api", "10.0.0.2", 80, 2): 1,
         ("db", "10.0.0.1", 80, 2): 1,
+    }
+
+
+def test_an_endpoints_answers_count_under_its_host_and_port() -> None:
+    """endpoint_answered reads an endpoint's host and port once while it answers request
+    after request; the labels stay its own when other endpoints or other labels come between."""
+    stats = Stats()
+    a = Endpoint(host="10.0.0.1", port=80)
+    b = Endpoint(host="10.0.0.2", port=81)
+    for endpoint, code in [(a, 200), (a, 200), (b, 200), (a, 503), (b, 200), (a, 200)]:
+        stats.endpoint_answered("api", endpoint, code, 0.001)
+    stats.upstream_endpoint("api", "10.0.0.3", 82, 200, 0.001)  # another, by host and port
+    stats.endpoint_answered("api", a, 200, 0.001)
+    stats.endpoint_answered("api", b, 200, 0.001)
+    stats.upstream_endpoint("db", "10.0.0.4", 83, 200, 0.001)
+    stats.endpoint_answered("api", b, 200, 0.001)
+    endpoints = {key: sum(buckets) for key, buckets in stats.endpoint_view()}
+    assert endpoints == {
+        ("api", "10.0.0.1", 80, 2): 4,
+        ("api", "10.0.0.1", 80, 5): 1,
+        ("api", "10.0.0.2", 81, 2): 4,
+        ("api", "10.0.0.3", 82, 2): 1,
+        ("db", "10.0.0.4", 83, 2): 1,
     }

@@ -84,15 +84,42 @@ def test_which_incoming_traceparent_is_continued(incoming: bytes, continued: boo
         assert out == b"00-" + ids[32:64] + b"-" + ids[64:80] + b"-00"
 
 
-def test_the_pool_gives_what_new_ids_gives_one_request_at_a_time() -> None:
-    """A batch is new_ids' 80 digits for each request in turn: the same checks hold, and no
-    request's ids repeat another's."""
-    pool = IdPool(random.Random(3))
+def test_the_pool_gives_80_hex_digits_one_request_at_a_time() -> None:
+    """A batch is 80 hex digits for each request in turn (new_ids' form), and no request's ids
+    repeat another's."""
+    pool = IdPool(random.Random(3).randbytes)
     taken = [pool.take() for _ in range(3 * ID_BATCH + 5)]  # across batches
     for ids in taken:
         assert len(ids) == IDS_HEX
         assert _HEX.fullmatch(ids)
-        assert ids[63] in b"13579bdf"
-        assert ids[79] in b"13579bdf"
     assert len(set(taken)) == len(taken)
     assert len({request_ids() for _ in range(ID_BATCH + 1)}) == ID_BATCH + 1
+    default = IdPool()  # the OS's random bytes
+    assert len({default.take() for _ in range(ID_BATCH + 1)}) == ID_BATCH + 1
+
+
+@pytest.mark.parametrize(
+    ("zeros_at", "zeros"),
+    [(16, 16), (32, 8), (40 * 63 + 16, 16), (40 * 63 + 32, 8)],
+    ids=["first trace id", "first span id", "last trace id", "last span id"],
+)
+def test_the_pool_never_gives_a_trace_or_span_id_of_zeros(zeros_at: int, zeros: int) -> None:
+    """W3C trace context forbids an all-zero trace id or span id: a batch drawn with a run of
+    zero bytes (here a request's trace id, bytes 16-31 of its 40, or its span id, 32-39) is
+    drawn again."""
+    rng = random.Random(4)
+    draws: list[int] = []
+
+    def draw(n: int) -> bytes:
+        raw = bytearray(rng.randbytes(n))
+        if not draws:
+            raw[zeros_at : zeros_at + zeros] = bytes(zeros)
+        draws.append(n)
+        return bytes(raw)
+
+    pool = IdPool(draw)
+    taken = [pool.take() for _ in range(ID_BATCH)]
+    assert draws == [40 * ID_BATCH, 40 * ID_BATCH]  # the first batch drawn again
+    for ids in taken:
+        assert ids[32:64] != b"0" * 32
+        assert ids[64:80] != b"0" * 16

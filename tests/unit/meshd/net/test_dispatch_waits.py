@@ -16,9 +16,17 @@ import trio
 import trio.testing
 from loopback import tcp_pair
 
+from meshd.http.lane import Lane
 from meshd.net.reactor import EPOLL_AVAILABLE, current_reactor
 from meshd.net.stream import SocketStream
-from meshd.net.waits import EPOLL_WAITS, Dispatcher, Waiter, current_dispatcher, serve_in_trio_io
+from meshd.net.waits import (
+    EPOLL_WAITS,
+    Dispatcher,
+    NativeReader,
+    Waiter,
+    current_dispatcher,
+    serve_in_trio_io,
+)
 
 pytestmark = [
     pytest.mark.timeout(20),
@@ -442,4 +450,38 @@ async def test_waits_work_when_trios_io_step_cannot_be_served(
         b.sendall(b"pong")
         await reader.got.wait()
     assert type(_io_manager()).__name__ == "EpollIOManager"
+    stream.close_nowait()
+
+
+class _NativeReader(NativeReader):
+    """A reader on the dispatcher's native calls (the lane's base), counting its events."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.data = b""
+        self.got = trio.Event()
+
+    def readable(self, waiter: Waiter) -> None:
+        assert waiter is self.stream._waiter
+        while (data := self.stream.receive_nowait()) is not None and data:
+            self.data += data
+        self.got.set()
+
+    def stopped(self, waiter: Waiter, closing: bool) -> None:
+        pass
+
+
+async def test_a_native_reader_is_served_as_any_reader() -> None:
+    # The lane (two events per proxied request) is a NativeReader: compiled, the dispatcher
+    # calls it through the class's vtable rather than by a method looked up by name.
+    assert issubclass(Lane, NativeReader)
+    a, b = tcp_pair()
+    stream = SocketStream(a)
+    await _started()
+    reader = _NativeReader(stream)
+    assert stream.serve_reads(reader)
+    with b:
+        b.sendall(b"ping")
+        await reader.got.wait()
+    assert reader.data == b"ping"
     stream.close_nowait()
