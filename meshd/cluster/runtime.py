@@ -97,7 +97,7 @@ class ClusterRuntime:
         }
         self._budget = state.budget(model.retry_budget)
         self._unavailable: frozenset[Address] = frozenset()
-        self._addresses: frozenset[Address] = frozenset((e.host, e.port) for e in model.endpoints)
+        self._addresses: frozenset[Address] = frozenset(self._address_of.values())
         self.model = model
         self.name = model.name
         self.service = model.service

@@ -66,14 +66,11 @@ class RetryRule:
         "backoff_base_s",
         "backoff_max_s",
         "per_try_timeout_s",
-        "policy",
         "retry_on",
         "statuses",
     )
 
     def __init__(self, policy: RetryPolicy) -> None:
-        #: The policy as configured.
-        self.policy = policy
         #: Total tries, the first included.
         self.attempts: int = policy.attempts
         self.per_try_timeout_s: float | None = policy.per_try_timeout_s
